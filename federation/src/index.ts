@@ -1,0 +1,2 @@
+// Public surface of @isthmus/federation. raft-ts is exported separately as "@isthmus/federation/raft".
+export const FEDERATION_PACKAGE = "@isthmus/federation";

@@ -1,0 +1,23 @@
+// Public surface of @isthmus/schema: generated contracts plus the runtime basics every process
+// shares (logging, configuration, health, gRPC server lifecycle, shutdown).
+export * as healthpb from "./gen/isthmus/v1/health.js";
+export * as raftpb from "./gen/isthmus/v1/raft.js";
+export { ConfigError, type LoadConfigOptions, loadConfig } from "./runtime/config.js";
+export {
+  DEFAULT_GRPC_OPTIONS,
+  isLoopbackAddress,
+  type StartedServer,
+  startGrpcServer,
+} from "./runtime/grpc-server.js";
+export { HealthState, healthService, MAX_HEALTH_WATCHERS, ServingStatus } from "./runtime/health.js";
+export {
+  componentLogger,
+  createLogger,
+  LOG_LEVELS,
+  type Logger,
+  type LoggerOptions,
+  type LogLevel,
+  levelFromEnv,
+  silentLogger,
+} from "./runtime/logger.js";
+export { onShutdown, type StopHook } from "./runtime/shutdown.js";

@@ -1,0 +1,90 @@
+import assert from "node:assert/strict";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { test } from "node:test";
+import { z } from "zod";
+import { ConfigError, loadConfig } from "./config.js";
+
+const schema = z.object({
+  coordinator: z
+    .object({
+      listen: z
+        .string()
+        .regex(/^[^:]+:\d+$/, "expected host:port")
+        .default("127.0.0.1:7400"),
+      heartbeatMs: z.number().int().positive().default(100),
+    })
+    .default({ listen: "127.0.0.1:7400", heartbeatMs: 100 }),
+  logLevel: z.enum(["info", "debug"]).default("info"),
+});
+
+function tmpFile(text: string): string {
+  const dir = mkdtempSync(join(tmpdir(), "isthmus-config-"));
+  const f = join(dir, "isthmus.yaml");
+  writeFileSync(f, text);
+  return f;
+}
+
+test("defaults apply when nothing is given", () => {
+  const c = loadConfig(schema, {});
+  assert.equal(c.coordinator.listen, "127.0.0.1:7400");
+  assert.equal(c.coordinator.heartbeatMs, 100);
+});
+
+test("file, env and flags layer in that order", () => {
+  const f = tmpFile("coordinator:\n  listen: 10.0.0.1:1\n  heartbeatMs: 50\n");
+  const c = loadConfig(schema, {
+    file: f,
+    env: { ISTHMUS_COORDINATOR__HEARTBEAT_MS: "70", UNRELATED: "x" },
+    overrides: { "coordinator.listen": "127.0.0.2:9", logLevel: undefined },
+  });
+  assert.equal(c.coordinator.listen, "127.0.0.2:9");
+  assert.equal(c.coordinator.heartbeatMs, 70);
+});
+
+test("a bad field in a file is named with its line", () => {
+  const f = tmpFile("coordinator:\n  listen: nope\n");
+  assert.throws(
+    () => loadConfig(schema, { file: f }),
+    (err: unknown) => {
+      assert.ok(err instanceof ConfigError);
+      assert.equal(err.field, "coordinator.listen");
+      assert.match(err.message, /field "coordinator\.listen"/);
+      assert.match(err.message, /isthmus\.yaml:2:11/);
+      assert.match(err.message, /expected host:port/);
+      return true;
+    },
+  );
+});
+
+test("a bad field from the environment names the variable", () => {
+  assert.throws(
+    () => loadConfig(schema, { env: { ISTHMUS_COORDINATOR__HEARTBEAT_MS: "-5" } }),
+    (err: unknown) =>
+      err instanceof ConfigError &&
+      err.field === "coordinator.heartbeatMs" &&
+      /ISTHMUS_COORDINATOR__HEARTBEAT_MS/.test(err.message),
+  );
+});
+
+test("a bad flag value names the flag", () => {
+  assert.throws(
+    () => loadConfig(schema, { overrides: { logLevel: "loud" } }),
+    (err: unknown) =>
+      err instanceof ConfigError && err.field === "logLevel" && /flag --logLevel/.test(err.message),
+  );
+});
+
+test("malformed YAML names the file and line", () => {
+  const f = tmpFile("coordinator:\n  listen: [unclosed\n");
+  assert.throws(
+    () => loadConfig(schema, { file: f }),
+    (err: unknown) =>
+      err instanceof ConfigError && /invalid YAML in .*isthmus\.yaml:\d+:\d+/.test(err.message),
+  );
+});
+
+test("a missing file is a clear error", () => {
+  assert.throws(() => loadConfig(schema, { file: "/nonexistent/isthmus.yaml" }), /cannot read config file/);
+});
