@@ -1,7 +1,9 @@
 // Public surface of @isthmus/schema: generated contracts plus the runtime basics every process
 // shares (logging, configuration, health, gRPC server lifecycle, shutdown).
 export * as healthpb from "./gen/isthmus/v1/health.js";
+export * as intentpb from "./gen/isthmus/v1/intent.js";
 export * as raftpb from "./gen/isthmus/v1/raft.js";
+export * as sitesyncpb from "./gen/isthmus/v1/site_sync.js";
 export { ConfigError, type LoadConfigOptions, loadConfig } from "./runtime/config.js";
 export {
   DEFAULT_GRPC_OPTIONS,
