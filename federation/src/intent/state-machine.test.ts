@@ -77,7 +77,10 @@ describe("intent state machine: sites", () => {
       "invalid_argument",
       "public_key_jwk",
     );
-    h.fail({ joinSite: { ...base, site: "nowhere" } }, "not_found", "site");
+    h.fail({ joinSite: { ...base, site: "Not A Site" } }, "invalid_argument", "site");
+    // A valid token for a site not added beforehand creates it (the token is the admin's consent).
+    const created = h.ok({ joinSite: { ...base, site: "nyc", tokenExpiresUnixMs: h.now + 1000 } });
+    assert.equal(created.objects[0]?.site?.state, intentpb.SiteState.SITE_STATE_ACTIVE);
     h.fail(
       { addSite: { name: "bad name!", region: "", description: "", labels: {} } },
       "invalid_argument",

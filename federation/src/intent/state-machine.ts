@@ -32,6 +32,7 @@ import {
   checkRouterSubnetsDisjoint,
   checkSecurityGroup,
   checkSecurityGroupRule,
+  checkSiteName,
   GLOBAL_VNI_MAX,
   GLOBAL_VNI_MIN,
   type IntentView,
@@ -281,7 +282,7 @@ export class IntentStateMachine implements StateMachine<ApplyResult>, IntentView
         },
       });
     }
-    if (cmd.joinSite) return this.stageJoin(cmd.joinSite);
+    if (cmd.joinSite) return this.stageJoin(index, cmd.joinSite);
     if (cmd.revokeSite) return this.stageRevokeSite(cmd.revokeSite.site);
     if (cmd.revokeToken) return this.stageRevokeToken(cmd.revokeToken);
     if (cmd.reportRealized) return this.stageReport(index, cmd.reportRealized);
@@ -389,6 +390,7 @@ export class IntentStateMachine implements StateMachine<ApplyResult>, IntentView
         }
         if (old && s.meta?.name !== old.meta?.name)
           throw invalid("site.meta.name", "a site's name is its identity and cannot change");
+        checkSiteName("site.meta.name", s.meta?.name ?? "");
         if (s.region.length > 128) throw invalid("site.region", "longer than 128 characters");
         s.state = old ? old.state : intentpb.SiteState.SITE_STATE_PENDING;
         s.publicKeyJwk = old ? old.publicKeyJwk : "";
@@ -601,27 +603,47 @@ export class IntentStateMachine implements StateMachine<ApplyResult>, IntentView
     return staged;
   }
 
-  private stageJoin(j: federationpb.JoinSiteCommand): Staged {
-    const s = this.byName("site", j.site);
-    if (!s) throw new IntentError("not_found", `no site named "${j.site}"`, "site");
+  /**
+   * A site presenting a valid onboarding token. The token was signed with the coordinator's key,
+   * which is the admin's authorization: a site not added beforehand is created here, active.
+   */
+  private stageJoin(index: number, j: federationpb.JoinSiteCommand): Staged {
+    checkSiteName("site", j.site);
     if (!j.tokenId) throw invalid("token_id", "is required");
     if (this.tokens.has(j.tokenId)) {
       throw new IntentError("unauthenticated", "onboarding token was already used or revoked", "token");
     }
     if (j.tokenExpiresUnixMs <= this.clock)
       throw new IntentError("unauthenticated", "onboarding token has expired", "token");
-    if (s.state === intentpb.SiteState.SITE_STATE_REVOKED)
+    const s = this.byName("site", j.site);
+    if (s?.state === intentpb.SiteState.SITE_STATE_REVOKED)
       throw new IntentError("permission_denied", `site "${j.site}" is revoked`, "site");
-    if (s.state === intentpb.SiteState.SITE_STATE_ACTIVE) {
-      throw new IntentError("failed_precondition", `site "${j.site}" has already joined`, "site");
+    if (s?.state === intentpb.SiteState.SITE_STATE_ACTIVE) {
+      throw new IntentError(
+        "failed_precondition",
+        `site "${j.site}" has already joined; revoke and delete it to join again`,
+        "site",
+      );
     }
     checkJwk(j.publicKeyJwk);
     this.needTokenRoom();
-    const updated: intentpb.Site = {
-      ...structuredClone(s),
-      state: intentpb.SiteState.SITE_STATE_ACTIVE,
-      publicKeyJwk: j.publicKeyJwk,
-    };
+    const updated: intentpb.Site = s
+      ? { ...structuredClone(s), state: intentpb.SiteState.SITE_STATE_ACTIVE, publicKeyJwk: j.publicKeyJwk }
+      : {
+          meta: {
+            id: deterministicUuid(`${index}`),
+            name: j.site,
+            revision: index,
+            createdRevision: index,
+            description: "",
+            labels: {},
+          },
+          state: intentpb.SiteState.SITE_STATE_ACTIVE,
+          publicKeyJwk: j.publicKeyJwk,
+          appliedIndex: 0,
+          lastHeardUnixMs: 0,
+          region: "",
+        };
     return {
       upserts: [{ kind: "site", obj: updated }],
       deletes: [],

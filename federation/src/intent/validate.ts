@@ -23,6 +23,19 @@ export const MAX_LABELS = 64;
 export const MAX_DESCRIPTION = 1024;
 export const MAX_LIST_ITEMS = 256;
 
+/** Site names are DNS labels: they appear in tokens, logs and derived host names. */
+export const SITE_NAME_RE = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+
+export function checkSiteName(field: string, name: string): void {
+  if (!name) throw invalid(field, "is required");
+  if (!SITE_NAME_RE.test(name)) {
+    throw invalid(
+      field,
+      `"${name}" is not a valid site name (lowercase letters, digits and '-', 1–63, like a DNS label)`,
+    );
+  }
+}
+
 export interface IntentView {
   get<K extends KindKey>(kind: K, id: string): KindMessages[K] | undefined;
   list<K extends KindKey>(kind: K): KindMessages[K][];
