@@ -56,7 +56,7 @@ export async function verifyCoordinatorToken(
   expected: { issuer: string; audience: string; maxAgeSec: number },
   o: VerifyOptions = {},
 ): Promise<VerifiedToken> {
-  const header = checkHeader(token, kind, keys.algorithms);
+  const header = checkHeader(token, kind, keys.algorithms, keys.kids);
   const now = new Date(o.nowMs ?? Date.now());
   const skewSec = o.clockSkewSec ?? DEFAULT_CLOCK_SKEW_SEC;
   let payload: JWTPayload;
@@ -72,7 +72,13 @@ export async function verifyCoordinatorToken(
       requiredClaims: ["exp", "iat", "sub", "jti"],
     }));
   } catch (err) {
-    throw explainVerifyError(err, kind, { expected, now, skewSec, kid: header.kid });
+    throw explainVerifyError(err, kind, {
+      expected,
+      now,
+      skewSec,
+      kid: header.kid,
+      maxAgeSec: expected.maxAgeSec,
+    });
   }
   for (const claim of ["sub", "jti"] as const) {
     if (typeof payload[claim] !== "string" || payload[claim] === "") {

@@ -3,7 +3,7 @@
 // turning jose's verification errors into UNAUTHENTICATED errors a person can act on.
 import { decodeProtectedHeader, errors, type ProtectedHeaderParameters } from "jose";
 import { type AuthError, unauthenticated } from "./auth-error.js";
-import { TOKEN_TYPES, type TokenKind } from "./token-kinds.js";
+import { SIGNING_ALGORITHMS, TOKEN_TYPES, type TokenKind } from "./token-kinds.js";
 
 /** What to tell a person to do to get a valid token of each kind. */
 const REMEDY: Record<TokenKind, string> = {
@@ -11,6 +11,10 @@ const REMEDY: Record<TokenKind, string> = {
   onboarding: "ask an admin for a new one with `isthmus site add`",
   site: "the site controller signs a fresh one with its registered key (check its clock and credential)",
 };
+
+function article(kind: TokenKind): string {
+  return kind === "site" ? "a" : "an";
+}
 
 function kindOf(typ: string | undefined): TokenKind | undefined {
   for (const [kind, t] of Object.entries(TOKEN_TYPES)) if (t === typ) return kind as TokenKind;
@@ -22,6 +26,7 @@ export function checkHeader(
   token: string,
   kind: TokenKind,
   allowed: readonly string[],
+  trustedKids?: ReadonlySet<string>,
 ): ProtectedHeaderParameters {
   if (token.split(".").length !== 3) {
     throw unauthenticated(`${kind} token is not a signed JWT (expected three dot-separated parts)`);
@@ -38,6 +43,17 @@ export function checkHeader(
       `${kind} token is unsigned (alg "${alg ?? ""}"); unsigned tokens are never accepted`,
     );
   }
+  if (!(SIGNING_ALGORITHMS as readonly string[]).includes(alg)) {
+    throw unauthenticated(
+      `${kind} token is signed with alg "${alg}"; only ${allowed.join(", ")} is accepted here`,
+    );
+  }
+  if (trustedKids !== undefined && (typeof header.kid !== "string" || !trustedKids.has(header.kid))) {
+    throw unauthenticated(
+      `${kind} token is signed by key ${header.kid === undefined ? "(no kid)" : JSON.stringify(header.kid)}, ` +
+        `which this coordinator does not trust (another federation's key, or one retired after rotation); ${REMEDY[kind]}`,
+    );
+  }
   if (!allowed.includes(alg)) {
     throw unauthenticated(
       `${kind} token is signed with alg "${alg}"; only ${allowed.join(", ")} is accepted here`,
@@ -47,7 +63,7 @@ export function checkHeader(
     const other = kindOf(header.typ);
     if (other !== undefined) {
       throw unauthenticated(
-        `this is an ${other} token, but this call needs an ${kind} token; ${REMEDY[kind]}`,
+        `this is ${article(other)} ${other} token, but this call needs ${article(kind)} ${kind} token; ${REMEDY[kind]}`,
       );
     }
     throw unauthenticated(
@@ -65,9 +81,21 @@ function iso(sec: unknown): string {
 export function explainVerifyError(
   err: unknown,
   kind: TokenKind,
-  ctx: { expected: { issuer?: string; audience?: string }; now: Date; skewSec: number; kid?: string },
+  ctx: {
+    expected: { issuer?: string; audience?: string };
+    now: Date;
+    skewSec: number;
+    kid?: string;
+    maxAgeSec?: number;
+  },
 ): AuthError {
   const remedy = REMEDY[kind];
+  if (err instanceof errors.JWTExpired && err.claim === "iat") {
+    return unauthenticated(
+      `${kind} token was issued at ${iso(err.payload.iat)}, too old: ${kind} tokens are accepted for at most ` +
+        `${ctx.maxAgeSec ?? "?"}s after issue whatever their exp says; ${remedy}`,
+    );
+  }
   if (err instanceof errors.JWTExpired) {
     return unauthenticated(
       `${kind} token expired at ${iso(err.payload.exp)} (now ${ctx.now.toISOString()}, ` +
@@ -97,7 +125,7 @@ export function explainVerifyError(
         );
       case "iat:check_failed":
         return unauthenticated(
-          `${kind} token's iat ${iso(p.iat)} is in the future or too old ` +
+          `${kind} token's iat ${iso(p.iat)} is in the future ` +
             `(now ${ctx.now.toISOString()}, allowed clock skew ${ctx.skewSec}s); ${remedy}`,
         );
       default:
