@@ -5,9 +5,9 @@
 import { RaftInvariantError } from "./errors.js";
 import { CompactedError, type Entry, type Snapshot, type Storage, UnavailableError } from "./types.js";
 
-/** Bytes an entry counts for in size limits: its payload plus a small fixed header. */
+/** Bytes an entry counts for in size limits (its payload, as etcd counts it). */
 export function entrySize(e: Entry): number {
-  return e.data.length + 16;
+  return e.data.length;
 }
 
 /** Entries from the front of `ents` whose total size stays within maxBytes (always at least one). */

@@ -156,13 +156,14 @@ export class MemoryStorage implements WritableStorage {
   compact(snap: Snapshot, keepEntries: number): void {
     this.checkOpen();
     const idx = snap.metadata.index;
-    if (idx <= this.state.snapshot.metadata.index) return;
-    if (idx > this.lastIndex()) {
-      throw new RaftInvariantError(`memory storage: compact at ${idx} beyond last index ${this.lastIndex()}`);
-    }
-    if (idx > this.state.hardState.commit) {
+    const cur = this.state.snapshot.metadata.index;
+    if (idx < cur) throw new RaftInvariantError(`memory storage: snapshot at ${idx} is older than the current one at ${cur}`);
+    if (idx === cur) return;
+    if (idx > this.lastIndex()) throw new UnavailableError(idx, this.lastIndex());
+    const off0 = this.offset();
+    if (idx >= off0 && this.state.ents[idx - off0]!.term !== snap.metadata.term) {
       throw new RaftInvariantError(
-        `memory storage: snapshot at ${idx} beyond commit ${this.state.hardState.commit}`,
+        `memory storage: snapshot term ${snap.metadata.term} at ${idx} does not match the log's term ${this.state.ents[idx - off0]!.term}`,
       );
     }
     this.state.snapshot = snap;
