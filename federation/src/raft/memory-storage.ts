@@ -157,7 +157,10 @@ export class MemoryStorage implements WritableStorage {
     this.checkOpen();
     const idx = snap.metadata.index;
     const cur = this.state.snapshot.metadata.index;
-    if (idx < cur) throw new RaftInvariantError(`memory storage: snapshot at ${idx} is older than the current one at ${cur}`);
+    if (idx < cur)
+      throw new RaftInvariantError(
+        `memory storage: snapshot at ${idx} is older than the current one at ${cur}`,
+      );
     if (idx === cur) return;
     if (idx > this.lastIndex()) throw new UnavailableError(idx, this.lastIndex());
     const off0 = this.offset();
