@@ -36,6 +36,7 @@ export {
   retireKey,
   rotateSigningKey,
 } from "./key-dir.js";
+export { OnboardingTokenIssuer } from "./onboarding-issuer.js";
 export {
   checkSiteName,
   mintOnboardingToken,

@@ -4,6 +4,7 @@ import { Metadata, status } from "@grpc/grpc-js";
 import { mintAdminToken } from "./admin-token.js";
 import { AuthError } from "./auth-error.js";
 import { Authenticator } from "./grpc-authenticator.js";
+import { OnboardingTokenIssuer } from "./onboarding-issuer.js";
 import { mintOnboardingToken, verifyOnboardingToken } from "./onboarding-token.js";
 import { payloadOf, tamper, testCoordinator } from "./test-fixtures.js";
 
@@ -80,4 +81,13 @@ test("Authenticator.onboarding: bound to the site, revocable; an admin call with
   );
   revoked.add(grant.jti);
   await assert.rejects(auth.onboarding(md, "oslo"), isCode(status.UNAUTHENTICATED, /revoked/));
+});
+
+test("OnboardingTokenIssuer mints tokens the Authenticator accepts for that site", async () => {
+  const c = await testCoordinator();
+  const issuer = new OnboardingTokenIssuer(c.signer, c.settings);
+  const t = await issuer.issue("lima", 600);
+  const g = await verifyOnboardingToken(t.token, c.trusted, c.settings);
+  assert.deepEqual(g, { jti: t.jti, site: "lima", exp: t.exp });
+  await assert.rejects(issuer.issue("lima", 90_000), /maximum/);
 });
