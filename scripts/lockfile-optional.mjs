@@ -22,7 +22,17 @@ function platformOf(name) {
         : n.includes("freebsd")
           ? "freebsd"
           : "linux";
-  const cpu = /arm64|aarch64/.test(n) ? "arm64" : /armv7|arm\b|-arm$/.test(n) ? "arm" : /ia32|x86\b/.test(n) ? "ia32" : /ppc64/.test(n) ? "ppc64" : /s390x/.test(n) ? "s390x" : "x64";
+  const cpu = /arm64|aarch64/.test(n)
+    ? "arm64"
+    : /armv7|arm\b|-arm$/.test(n)
+      ? "arm"
+      : /ia32|x86\b/.test(n)
+        ? "ia32"
+        : /ppc64/.test(n)
+          ? "ppc64"
+          : /s390x/.test(n)
+            ? "s390x"
+            : "x64";
   const libc = n.includes("musl") ? ["musl"] : undefined;
   return { os: [os], cpu: [cpu], ...(libc ? { libc } : {}) };
 }
@@ -37,6 +47,8 @@ for (const [key, entry] of Object.entries(pkgs)) {
     added++;
   }
 }
-lock.packages = Object.fromEntries(Object.entries(pkgs).sort(([a], [b]) => (a === "" ? -1 : b === "" ? 1 : a < b ? -1 : a > b ? 1 : 0)));
+lock.packages = Object.fromEntries(
+  Object.entries(pkgs).sort(([a], [b]) => (a === "" ? -1 : b === "" ? 1 : a < b ? -1 : a > b ? 1 : 0)),
+);
 writeFileSync(path, `${JSON.stringify(lock, null, 2)}\n`);
 console.log(`lockfile-optional: recorded ${added} optional platform dependencies`);
