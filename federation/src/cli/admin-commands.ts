@@ -5,8 +5,12 @@ import { type Command, Option } from "commander";
 /** --server/--token-file/TLS flags shared by every command that talks to the coordinators. */
 export function withConnection(cmd: Command): Command {
   return cmd
-    .addOption(new Option("--server <addrs>", "coordinator addresses, host:port[,host:port] (env ISTHMUS_SERVER)"))
-    .addOption(new Option("--token-file <file>", "admin token file (env ISTHMUS_TOKEN_FILE, or ISTHMUS_TOKEN)"))
+    .addOption(
+      new Option("--server <addrs>", "coordinator addresses, host:port[,host:port] (env ISTHMUS_SERVER)"),
+    )
+    .addOption(
+      new Option("--token-file <file>", "admin token file (env ISTHMUS_TOKEN_FILE, or ISTHMUS_TOKEN)"),
+    )
     .option("--ca <file>", "CA certificate for the coordinators' TLS (env ISTHMUS_CA)")
     .option("--cert <file>", "client certificate for mutual TLS")
     .option("--key <file>", "client key for mutual TLS")
@@ -32,7 +36,10 @@ export function registerAdminCommands(program: Command): void {
     program
       .command("get")
       .description("list objects of a kind (or `all`), or show one by name")
-      .argument("<kind>", "site, network, router, router-interface, security-group, security-group-rule, floating-ip, port, gateway, all")
+      .argument(
+        "<kind>",
+        "site, network, router, router-interface, security-group, security-group-rule, floating-ip, port, gateway, all",
+      )
       .argument("[name]", "object name")
       .option("-o, --output <format>", "table or json", "table"),
   ).action(async (kind: string, name: string | undefined, opts) => {
@@ -66,7 +73,9 @@ export function registerAdminCommands(program: Command): void {
 
 /** `isthmus coordinator members add|remove` under the given `coordinator` command. */
 export function registerMemberCommands(coordinator: Command): void {
-  const members = coordinator.command("members").description("online membership changes of the coordinator group");
+  const members = coordinator
+    .command("members")
+    .description("online membership changes of the coordinator group");
   withConnection(
     members
       .command("add")

@@ -102,8 +102,8 @@ export class IntentFileError extends Error {
 export interface ParsedIntentFile {
   file: string;
   intent: IntentFile;
-  /** "file:line:col" of the node at `path`, or of its nearest existing ancestor. */
-  locate(path: YamlPath): string;
+  /** "file:line:col" of the node at `path` (its key with `atKey`), or of its nearest existing ancestor. */
+  locate(path: YamlPath, atKey?: boolean): string;
 }
 
 export function parseIntentFile(file: string, text?: string): ParsedIntentFile {
@@ -117,21 +117,21 @@ export function parseIntentFile(file: string, text?: string): ParsedIntentFile {
   const doc = parseDocument(body, { lineCounter: lc, prettyErrors: false });
   if (doc.errors.length > 0) {
     const e = doc.errors[0];
-    const pos = e?.linePos?.[0];
+    const pos = e?.linePos?.[0] ?? (e?.pos ? lc.linePos(e.pos[0]) : undefined);
     throw new IntentFileError(
       `invalid YAML: ${e?.message.split("\n")[0]}`,
       pos ? `${file}:${pos.line}:${pos.col}` : file,
     );
   }
-  const locate = (path: YamlPath): string => {
+  const locate = (path: YamlPath, atKey = false): string => {
     let node: unknown = doc.contents;
     let best: Node | undefined = doc.contents ?? undefined;
-    for (const key of path) {
+    for (const [i, key] of path.entries()) {
       if (isMap(node)) {
         const pair = node.items.find(
           (p) => String((p.key as { value?: unknown })?.value ?? p.key) === String(key),
         );
-        node = pair?.value;
+        node = atKey && i === path.length - 1 ? pair?.key : pair?.value;
       } else if (isSeq(node)) node = node.items[Number(key)];
       else node = undefined;
       if (!node) break;
@@ -153,7 +153,7 @@ export function parseIntentFile(file: string, text?: string): ParsedIntentFile {
       const keys = (issue as { keys: string[] }).keys;
       const key = keys[0] ?? "";
       msg = `unknown field "${key}" in ${describePath(path)}`;
-      return fail(msg, locate([...path, key]));
+      return fail(msg, locate([...path, key], true));
     }
     return fail(`${describePath(path)}: ${msg}`, locate(path));
   }
