@@ -201,8 +201,11 @@ function planSteps(
 ): Step[] {
   const f = parsed.intent;
   const steps: Step[] = [];
-  f.sites.forEach((s, i) =>
-    steps.push({
+  const add = (step: Step): void => {
+    steps.push(step);
+  };
+  f.sites.forEach((s, i) => {
+    add({
       kind: "site",
       name: s.name,
       path: ["sites", i],
@@ -214,10 +217,10 @@ function planSteps(
         lastHeardUnixMs: 0,
         region: s.region ?? "",
       }),
-    }),
-  );
-  f.securityGroups.forEach((g, i) =>
-    steps.push({
+    });
+  });
+  f.securityGroups.forEach((g, i) => {
+    add({
       kind: "securityGroup",
       name: g.name,
       path: ["securityGroups", i],
@@ -225,10 +228,10 @@ function planSteps(
         meta: meta(g.name, g.description, g.labels),
         stateless: g.stateless ?? false,
       }),
-    }),
-  );
-  f.networks.forEach((n, i) =>
-    steps.push({
+    });
+  });
+  f.networks.forEach((n, i) => {
+    add({
       kind: "network",
       name: n.name,
       path: ["networks", i],
@@ -239,10 +242,10 @@ function planSteps(
         vni: n.vni ?? 0,
         mtu: n.mtu ?? 0,
       }),
-    }),
-  );
-  f.routers.forEach((r, i) =>
-    steps.push({
+    });
+  });
+  f.routers.forEach((r, i) => {
+    add({
       kind: "router",
       name: r.name,
       path: ["routers", i],
@@ -262,9 +265,9 @@ function planSteps(
         })),
         transitVni: r.transitVni ?? 0,
       }),
-    }),
-  );
-  f.routers.forEach((r, i) =>
+    });
+  });
+  f.routers.forEach((r, i) => {
     r.interfaces.forEach((itf, j) => {
       const name = itf.name ?? `${r.name}-${itf.network}`;
       const path = ["routers", i, "interfaces", j];
@@ -280,9 +283,9 @@ function planSteps(
           mac: itf.mac ?? "",
         }),
       });
-    }),
-  );
-  f.securityGroups.forEach((g, i) =>
+    });
+  });
+  f.securityGroups.forEach((g, i) => {
     g.rules.forEach((rule, j) => {
       const name = rule.name ?? `${g.name}-${rule.direction}-${j}`;
       const path = ["securityGroups", i, "rules", j];
@@ -311,8 +314,8 @@ function planSteps(
             : "",
         }),
       });
-    }),
-  );
+    });
+  });
   f.floatingIps.forEach((fip, i) => {
     const path = ["floatingIps", i];
     steps.push({
