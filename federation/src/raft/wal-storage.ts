@@ -57,6 +57,8 @@ export const DEFAULT_CACHE_BYTES = 16 * 1024 * 1024;
 export const DEFAULT_MAX_RECORD_BYTES = 64 * 1024 * 1024;
 /** Bytes charged per cached entry beyond its data, so many tiny entries are bounded too. */
 const CACHE_ENTRY_OVERHEAD = 64;
+/** Per-entry bytes counted by entries(maxBytes) beyond the data (index, term, type), as the core counts. */
+const ENTRY_SIZE_OVERHEAD = 16;
 
 interface Segment {
   seq: number;
@@ -172,7 +174,7 @@ export class WalStorage implements WritableStorage {
     let bytes = 0;
     for (let i = lo; i < hi; i++) {
       const e = this.entryAt(i);
-      bytes += e.data.byteLength;
+      bytes += e.data.byteLength + ENTRY_SIZE_OVERHEAD;
       if (out.length > 0 && bytes > maxBytes) break;
       out.push(e);
     }
@@ -237,18 +239,19 @@ export class WalStorage implements WritableStorage {
     this.writeRecord(encodeRecord({ type: RecordType.SnapshotMarker, index, term }), 0);
     this.snap = snap;
     this.applyMarker(index, term);
+    // Everything in a snapshot is committed; the stored commit index must not trail it.
+    if (this.hardState.commit < index) this.setHardState({ ...this.hardState, commit: index });
     this.deleteObsoleteSegments();
   }
 
   compact(snap: Snapshot, keepEntries: number): void {
     this.checkUsable();
     const { index, term } = snap.metadata;
-    if (index < this.snap.metadata.index) {
-      throw new Error(
-        `raft wal: snapshot at ${index} is older than the current one at ${this.snap.metadata.index}`,
-      );
-    }
+    if (index <= this.snap.metadata.index) return; // already compacted at least this far
     if (index > this.lastIndex()) throw new UnavailableError(index, this.lastIndex());
+    if (index > this.hardState.commit) {
+      throw new Error(`raft wal: snapshot at ${index} is beyond the commit index ${this.hardState.commit}`);
+    }
     if (this.term(index) !== term) {
       throw new Error(
         `raft wal: snapshot at ${index} has term ${term} but the log has term ${this.term(index)}`,
