@@ -2,6 +2,7 @@
 // and the node driver. Internals (record formats, segment scanning) stay private.
 
 export { type RaftLogger, silentRaftLogger } from "./logger.js";
+export { MemoryNetwork, type MemoryNetworkOptions, MemoryTransport } from "./memory-transport.js";
 export * from "./types.js";
 export { WalCorruptionError } from "./wal-segment.js";
 export {
