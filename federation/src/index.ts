@@ -6,3 +6,4 @@ export {
   type GrpcRaftTransportOptions,
   type GrpcRaftTransportStats,
 } from "./api/raft-transport-grpc.js";
+export * as auth from "./auth/index.js";
