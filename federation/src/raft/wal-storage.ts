@@ -57,8 +57,6 @@ export const DEFAULT_CACHE_BYTES = 16 * 1024 * 1024;
 export const DEFAULT_MAX_RECORD_BYTES = 64 * 1024 * 1024;
 /** Bytes charged per cached entry beyond its data, so many tiny entries are bounded too. */
 const CACHE_ENTRY_OVERHEAD = 64;
-/** Per-entry bytes counted by entries(maxBytes) beyond the data (index, term, type), as the core counts. */
-const ENTRY_SIZE_OVERHEAD = 16;
 
 interface Segment {
   seq: number;
@@ -174,7 +172,7 @@ export class WalStorage implements WritableStorage {
     let bytes = 0;
     for (let i = lo; i < hi; i++) {
       const e = this.entryAt(i);
-      bytes += e.data.byteLength + ENTRY_SIZE_OVERHEAD;
+      bytes += e.data.byteLength; // payload bytes, as the core's entrySize counts
       if (out.length > 0 && bytes > maxBytes) break;
       out.push(e);
     }
@@ -247,7 +245,12 @@ export class WalStorage implements WritableStorage {
   compact(snap: Snapshot, keepEntries: number): void {
     this.checkUsable();
     const { index, term } = snap.metadata;
-    if (index <= this.snap.metadata.index) return; // already compacted at least this far
+    if (index < this.snap.metadata.index) {
+      throw new Error(
+        `raft wal: snapshot at ${index} is older than the current one at ${this.snap.metadata.index}`,
+      );
+    }
+    if (index === this.snap.metadata.index) return; // already compacted this far
     if (index > this.lastIndex()) throw new UnavailableError(index, this.lastIndex());
     if (index > this.hardState.commit) {
       throw new Error(`raft wal: snapshot at ${index} is beyond the commit index ${this.hardState.commit}`);
