@@ -6,11 +6,13 @@ import { test } from "node:test";
 import { type ClusterNode, httpJson, RaftKvCluster } from "./harness/raft-cluster.js";
 
 test("kill -9 of the leader during writes loses no acknowledged write and the nodes converge", async (t) => {
+  const acked = new Map<string, string>();
   const cluster = await RaftKvCluster.start({ tickMs: 50, electionTicks: 10, snapshotEvery: 300 });
   t.after(() => cluster.stop());
+  const t0 = Date.now();
+  const phase = (what: string) => t.diagnostic(`${what} at ${Date.now() - t0} ms, ${acked.size} acked`);
   const first = await cluster.waitLeader();
 
-  const acked = new Map<string, string>();
   let failures = 0;
   let stop = false;
   let seq = 0;
@@ -44,17 +46,22 @@ test("kill -9 of the leader during writes loses no acknowledged write and the no
       await new Promise((r) => setTimeout(r, 20));
     }
   };
-  await waitAcked(300, "writes before the crash");
+  await waitAcked(200, "writes before the crash");
+  phase("killing the leader");
   await cluster.kill(first.id);
   const beforeRestart = acked.size;
   const second = await cluster.waitLeader();
   assert.notEqual(second.id, first.id);
-  await waitAcked(beforeRestart + 300, "writes under the new leader");
+  phase(`new leader ${second.id}`);
+  await waitAcked(beforeRestart + 200, "writes under the new leader");
+  phase("restarting the old leader");
   await cluster.startNode(first.id);
-  await waitAcked(acked.size + 300, "writes after the restart");
+  phase("restarted");
+  await waitAcked(acked.size + 200, "writes after the restart");
   stop = true;
   await Promise.all(writers);
 
+  phase("writers stopped");
   // Convergence: every node, after a read barrier, holds the same data and every acked write.
   const end = Date.now() + 20_000;
   let dumps: { applied: number; data: Record<string, string> }[] = [];
@@ -75,6 +82,7 @@ test("kill -9 of the leader during writes loses no acknowledged write and the no
     if (Date.now() > end) throw new Error(`nodes did not converge: sizes ${sizes}, acked ${acked.size}`);
     await new Promise((r) => setTimeout(r, 100));
   }
+  phase("converged");
   for (const [k, v] of acked) {
     for (const [i, d] of dumps.entries()) {
       assert.equal(d.data[k], v, `acknowledged write ${k} missing or wrong on ${cluster.nodes[i]!.id}`);

@@ -21,7 +21,7 @@ import { fromWire, toWire } from "./raft-wire.js";
 export interface BackoffOptions {
   /** First retry delay after a stream fails. Default 50 ms. */
   initialMs?: number;
-  /** Ceiling for the doubling delay. Default 3 000 ms. */
+  /** Ceiling for the doubling delay. Default 1 000 ms (a restarted peer is heard from within about one election timeout). */
   maxMs?: number;
   /** Each delay is scaled by a random factor in [1 - jitter, 1 + jitter]. Default 0.2. */
   jitter?: number;
@@ -64,7 +64,7 @@ const DEFAULT_CHANNEL_OPTIONS: Partial<ClientOptions> = {
   "grpc.keepalive_timeout_ms": 5_000,
   "grpc.keepalive_permit_without_calls": 1,
   "grpc.initial_reconnect_backoff_ms": 100,
-  "grpc.max_reconnect_backoff_ms": 3_000,
+  "grpc.max_reconnect_backoff_ms": 1_000,
 };
 
 function messageBytes(m: Message): number {
@@ -222,7 +222,7 @@ export class GrpcRaftTransport implements Transport {
     this.maxBatchBytes = opts.maxBatchBytes ?? 4 * 1024 * 1024;
     this.backoff = {
       initialMs: opts.backoff?.initialMs ?? 50,
-      maxMs: opts.backoff?.maxMs ?? 3000,
+      maxMs: opts.backoff?.maxMs ?? 1000,
       jitter: opts.backoff?.jitter ?? 0.2,
     };
     this.random = opts.random ?? Math.random;

@@ -11,6 +11,7 @@ import {
   ConfChangeType,
   type Entry,
   EntryType,
+  type HardState,
   type Message,
   type NodeId,
   type Ready,
@@ -203,6 +204,7 @@ export class RaftNode<R = unknown> {
   /** A member was added while the log is compacted: it will need a snapshot that includes it. */
   private snapshotForNewMember = false;
   private leader: NodeId = "";
+  private persistedHard: HardState;
   private ticker: NodeJS.Timeout | undefined;
   private running = false;
   private loopDone: Promise<void> = Promise.resolve();
@@ -240,6 +242,7 @@ export class RaftNode<R = unknown> {
     if (snap.metadata.index > 0) this.restoreSnapshot(snap);
     for (const [id, addr] of Object.entries(o.peers))
       if (!this.addresses.has(id)) this.addresses.set(id, addr);
+    this.persistedHard = this.storage.initialState().hardState;
     const initial = this.storage.initialState().confState;
     const fresh = initial.voters.length === 0 && initial.learners.length === 0;
     this.core = new RaftCore({
@@ -517,22 +520,27 @@ export class RaftNode<R = unknown> {
 
   private async handleReady(rd: Ready): Promise<void> {
     if (rd.softState) this.onSoftState(rd.softState.leader);
-    let wrote = false;
+    let mustSync = false;
     if (rd.snapshot) {
       this.storage.applySnapshot(rd.snapshot);
-      wrote = true;
+      mustSync = true;
     }
     if (rd.entries.length > 0) {
       this.storage.append(rd.entries);
       this.noteOwnEntries(rd.entries);
-      wrote = true;
+      mustSync = true;
     }
     if (rd.hardState) {
       this.storage.setHardState(rd.hardState);
-      wrote = true;
+      // Term and vote must be durable before anyone hears of them; the commit index need not be
+      // (it is re-learned from the leader), so a commit-only change rides along with the next sync.
+      if (rd.hardState.term !== this.persistedHard.term || rd.hardState.vote !== this.persistedHard.vote) {
+        mustSync = true;
+      }
+      this.persistedHard = rd.hardState;
     }
     // Nothing that depends on these writes (votes, acks, appends) leaves before they are durable.
-    if (wrote) await this.storage.sync();
+    if (mustSync) await this.storage.sync();
     if (rd.messages.length > 0) this.transport.send(rd.messages);
     if (rd.snapshot) {
       this.restoreSnapshot(rd.snapshot);

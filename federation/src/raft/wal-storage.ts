@@ -536,6 +536,8 @@ export class WalStorage implements WritableStorage {
       );
     }
     if (loaded || this.terms.length === 0) this.applyMarker(snapIndex, this.snap.metadata.term);
+    // A snapshot holds only committed entries; the commit index, which is synced lazily, may trail it.
+    if (this.hardState.commit < snapIndex) this.hardState = { ...this.hardState, commit: snapIndex };
     if (this.base > snapIndex + 1 || (this.terms.length === 0 && this.base !== snapIndex + 1)) {
       throw new Error(
         `raft wal: entries ${snapIndex + 1}..${this.base - 1} are missing from ${this.walDir} (a segment was lost)`,
