@@ -1,3 +1,9 @@
 // Public surface of @isthmus/federation. raft-ts is exported separately as "@isthmus/federation/raft".
 export const FEDERATION_PACKAGE = "@isthmus/federation";
+export {
+  type BackoffOptions,
+  GrpcRaftTransport,
+  type GrpcRaftTransportOptions,
+  type GrpcRaftTransportStats,
+} from "./api/raft-transport-grpc.js";
 export * as auth from "./auth/index.js";
