@@ -3,3 +3,21 @@
 export const SITE_AGENT_PACKAGE = "@isthmus/site-agent";
 export * from "./packets/index.js";
 export * from "./sim/index.js";
+export type { Datapath, PortIO, Upcall, UpcallDecision } from "./agent/datapath.js";
+export { EdgeAgent } from "./agent/edge-agent.js";
+export { UserspaceDatapath } from "./agent/userspace-datapath.js";
+export {
+  DEFAULT_SITE_TOKEN_REFRESH_SEC,
+  DEFAULT_SITE_TOKEN_TTL_SEC,
+  generateSiteKeyPair,
+  loadSiteSigningKey,
+  publicJwkOf,
+  readSiteCredential,
+  SITE_TOKEN_TYPE,
+  type SiteCredential,
+  type SiteSigningKey,
+  SiteTokenSource,
+  type SiteTokenSourceOptions,
+  writePrivateFile,
+  writeSiteCredential,
+} from "./controller/site-credential.js";
