@@ -1,8 +1,6 @@
 // Public surface of @isthmus/site-agent: entry points the `isthmus` CLI calls lazily, and the
 // packet and simulation APIs other packages may use.
 export const SITE_AGENT_PACKAGE = "@isthmus/site-agent";
-export * from "./packets/index.js";
-export * from "./sim/index.js";
 export type { Datapath, PortIO, Upcall, UpcallDecision } from "./agent/datapath.js";
 export { EdgeAgent } from "./agent/edge-agent.js";
 export { UserspaceDatapath } from "./agent/userspace-datapath.js";
@@ -21,3 +19,5 @@ export {
   writePrivateFile,
   writeSiteCredential,
 } from "./controller/site-credential.js";
+export * from "./packets/index.js";
+export * from "./sim/index.js";
