@@ -55,7 +55,7 @@ function cluster(
       storage: s,
       transport: net.transport(id),
       stateMachine: kv,
-      tickMs: 10,
+      tickMs: 20,
       electionTicks: 10,
       snapshotEvery: opts.snapshotEvery ?? 0,
       snapshotKeepEntries: 5,
@@ -78,6 +78,17 @@ function cluster(
         if (leaders.length === 1) return leaders[0]!;
         if (Date.now() > end) throw new Error("no single leader elected in time");
         await new Promise((r) => setTimeout(r, 10));
+      }
+    },
+    /** Proposes through whoever leads, retrying when leadership moves (as a client would). */
+    async write(k: string, v: string): Promise<number> {
+      for (let attempt = 0; ; attempt++) {
+        const l = await this.leader();
+        try {
+          return await l.node.propose(put(k, v));
+        } catch (err) {
+          if (!(err instanceof RaftNodeError) || err.code === "timeout" || attempt > 20) throw err;
+        }
       }
     },
     async close() {
@@ -125,6 +136,17 @@ test("a read barrier on a follower observes every write acknowledged before it",
   }
 });
 
+test("read barriers issued at once on every node all resolve (request ids never collide)", async (t) => {
+  const c = cluster(["a", "b", "c"]);
+  t.after(() => c.close());
+  const leader = await c.leader();
+  await leader.node.propose(put("x", "1"));
+  for (let round = 0; round < 5; round++) {
+    await Promise.all([...c.members.values()].map((m) => m.node.read()));
+  }
+  for (const m of c.members.values()) assert.equal(m.kv.data.get("x"), "1");
+});
+
 test("an isolated leader's proposals fail with a clear error and the rest elect a new leader", async (t) => {
   const c = cluster(["a", "b", "c"]);
   t.after(() => c.close());
@@ -163,8 +185,9 @@ test("a follower with no leader rejects a proposal at once, naming the problem",
 test("snapshots compact the log and a node added later catches up from one", async (t) => {
   const c = cluster(["a", "b", "c"], { snapshotEvery: 50 });
   t.after(() => c.close());
+  await c.leader();
+  for (let k = 0; k < 150; k++) await c.write(`k${k}`, `${k}`);
   const leader = await c.leader();
-  for (let k = 0; k < 150; k++) await leader.node.propose(put(`k${k}`, `${k}`));
   assert.ok(leader.node.status().snapshotIndex >= 100, `snapshot at ${leader.node.status().snapshotIndex}`);
   assert.ok(leader.storage.firstIndex() > 90, `log compacted to ${leader.storage.firstIndex()}`);
   const d = c.make("d", peersOf(["a", "b", "c"]), undefined, true);
@@ -202,13 +225,14 @@ test("a node restarted on its WAL rebuilds its state and rejoins", async (t) => 
     await c.close();
     for (const d of dirs) rmSync(d, { recursive: true, force: true });
   });
-  const leader = await c.leader();
-  for (let k = 0; k < 60; k++) await leader.node.propose(put(`k${k}`, `${k}`));
-  const victim = [...c.members.values()].find((m) => m !== leader)!;
+  await c.leader();
+  for (let k = 0; k < 60; k++) await c.write(`k${k}`, `${k}`);
+  const current = await c.leader();
+  const victim = [...c.members.values()].find((m) => m !== current)!;
   const id = victim.node.id;
   await until(() => victim.kv.data.size === 60, "the victim has everything");
   await victim.node.close();
-  for (let k = 60; k < 80; k++) await leader.node.propose(put(`k${k}`, `${k}`));
+  for (let k = 60; k < 80; k++) await c.write(`k${k}`, `${k}`);
   const storage = await WalStorage.open(dirs[["a", "b", "c"].indexOf(id)]!);
   const back = c.make(id, { a: "mem://a", b: "mem://b", c: "mem://c" }, storage);
   await until(() => back.kv.data.size === 80, "the restarted node catches up");

@@ -108,7 +108,13 @@ interface PendingRead {
   reject(e: Error): void;
   timer: NodeJS.Timeout;
   index?: number;
+  ctx: Uint8Array;
+  /** Ticks since the request was (re)issued; a request forwarded to the leader may be lost. */
+  age: number;
 }
+
+/** Ticks after which an unanswered read request is issued again. */
+const READ_RETRY_TICKS = 5;
 
 interface PendingConf {
   resolve(): void;
@@ -265,6 +271,7 @@ export class RaftNode<R = unknown> {
     this.ticker = setInterval(() => {
       if (this.closed || this.fatal) return;
       this.guard(() => this.core.tick());
+      this.retryReads();
     }, this.opts.tickMs);
     this.log.info(
       {
@@ -313,9 +320,11 @@ export class RaftNode<R = unknown> {
         reject(this.error("timeout", `read barrier not confirmed within ${this.opts.readTimeoutMs} ms`));
       }, this.opts.readTimeoutMs);
       timer.unref?.();
-      this.reads.set(id, { resolve, reject, timer });
-      const ctx = Buffer.allocUnsafe(8);
+      // The leader keys pending reads by this context, so it names the node as well as the read.
+      const ctx = Buffer.allocUnsafe(8 + this.originBytes.length);
       ctx.writeDoubleBE(id, 0);
+      ctx.set(this.originBytes, 8);
+      this.reads.set(id, { resolve, reject, timer, ctx, age: 0 });
       try {
         this.core.readIndex(ctx);
       } catch (err) {
@@ -645,6 +654,19 @@ export class RaftNode<R = unknown> {
       this.confs.delete(key);
       this.confsDone.push(p); // the core switches configuration in advance()
     }
+  }
+
+  private retryReads(): void {
+    for (const r of this.reads.values()) {
+      if (r.index !== undefined || ++r.age < READ_RETRY_TICKS) continue;
+      r.age = 0;
+      try {
+        this.core.readIndex(r.ctx);
+      } catch {
+        // No leader right now; the next retry or the timeout settles it.
+      }
+    }
+    this.kick();
   }
 
   private resolveReads(): void {
