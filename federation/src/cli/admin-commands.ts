@@ -91,6 +91,7 @@ export function registerCoordinatorCommand(program: Command): void {
     .option("--tls-ca <file>", "CA that verifies peers (and clients with --tls-client-auth)")
     .option("--tls-client-auth", "require client certificates from every caller")
     .option("--insecure", "allow plaintext gRPC on non-loopback addresses (testing only; logged)")
+    .option("--join", "start empty and wait to be added with `isthmus coordinator members add`")
     .option("--config <file>", "YAML configuration file")
     .action(async (opts) => {
       const { runCoordinator } = await import("./coordinator.js");

@@ -25,6 +25,7 @@ const CoordinatorConfig = z.object({
   tlsCa: z.string().optional(),
   tlsClientAuth: z.boolean().default(false),
   insecure: z.boolean().default(false),
+  join: z.boolean().default(false),
   tickMs: z.number().int().min(1).max(10_000).default(100),
   heartbeatTicks: z.number().int().min(1).default(1),
   electionTicks: z.number().int().min(2).default(10),
@@ -44,12 +45,21 @@ export interface CoordinatorFlags {
   tlsCa?: string;
   tlsClientAuth?: boolean;
   insecure?: boolean;
+  join?: boolean;
   config?: string;
 }
 
 /** "n1=10.0.0.1:7400,n2=10.0.0.2:7400" → { n1: ..., n2: ... }; empty → just this node. */
-export function parsePeers(text: string | undefined, id: string, listen: string): Record<string, string> {
-  if (!text) return { [id]: listen };
+export function parsePeers(
+  text: string | undefined,
+  id: string,
+  listen: string,
+  join = false,
+): Record<string, string> {
+  if (!text) {
+    if (join) throw new Error("--join needs --peers naming the existing members");
+    return { [id]: listen };
+  }
   const out: Record<string, string> = {};
   for (const part of text
     .split(",")
@@ -60,7 +70,7 @@ export function parsePeers(text: string | undefined, id: string, listen: string)
     if (out[m[1]]) throw new Error(`--peers: node "${m[1]}" listed twice`);
     out[m[1]] = m[2];
   }
-  if (!out[id]) throw new Error(`--peers must include this node ("${id}=${listen}")`);
+  if (!out[id] && !join) throw new Error(`--peers must include this node ("${id}=${listen}")`);
   return out;
 }
 
@@ -91,9 +101,10 @@ export async function runCoordinator(flags: CoordinatorFlags): Promise<number> {
         tlsCa: flags.tlsCa,
         tlsClientAuth: flags.tlsClientAuth || undefined,
         insecure: flags.insecure || undefined,
+        join: flags.join || undefined,
       },
     });
-    peers = parsePeers(config.peers, config.id, config.listen);
+    peers = parsePeers(config.peers, config.id, config.listen, config.join);
   } catch (err) {
     console.error(`isthmus coordinator: ${(err as Error).message}`);
     return 2;
@@ -154,6 +165,7 @@ export async function runCoordinator(flags: CoordinatorFlags): Promise<number> {
       issuer: keyAuth.issuer,
       siteAudience: keyAuth.siteAudience,
       log,
+      join: config.join,
       tickMs: config.tickMs,
       heartbeatTicks: config.heartbeatTicks,
       electionTicks: config.electionTicks,

@@ -48,7 +48,7 @@ interface Group {
   nodes: Map<string, Coordinator>;
   peers: Record<string, string>;
   dirs: string[];
-  start(id: string): Promise<Coordinator>;
+  start(id: string, join?: boolean): Promise<Coordinator>;
   leader(): Promise<Coordinator>;
   close(): Promise<void>;
 }
@@ -62,11 +62,12 @@ async function startGroup(ids: string[]): Promise<Group> {
     nodes,
     peers,
     dirs: [base],
-    async start(id) {
+    async start(id, joining = false) {
       const c = await Coordinator.start({
         id,
         listen: peers[id] ?? "",
         peers,
+        join: joining,
         dataDir: join(base, id),
         serverCredentials: ServerCredentials.createInsecure(),
         peerCredentials: credentials.createInsecure(),
@@ -95,6 +96,13 @@ async function startGroup(ids: string[]): Promise<Group> {
   };
   await Promise.all(ids.map((id) => g.start(id)));
   return g;
+}
+
+/** Adds a member to the group's map of addresses without making it a founding voter. */
+async function reserve(g: Group, id: string): Promise<string> {
+  const address = `127.0.0.1:${await freePort()}`;
+  g.peers[id] = address;
+  return address;
 }
 
 describe("a 3-node coordinator group over gRPC on loopback", () => {
@@ -248,6 +256,42 @@ describe("a 3-node coordinator group over gRPC on loopback", () => {
       client.close();
       // Bring the killed node back so the group closes whole.
       if (!g.nodes.has(leader.id)) await g.start(leader.id);
+    }
+  });
+
+  it("changes membership online: adds a fourth member that catches up, then removes it", async () => {
+    const schema = await import("@isthmus/schema");
+    const address = await reserve(g, "c4");
+    const c4 = await g.start("c4", true);
+    const client = new FederationClient(
+      loadClientConfig(
+        {
+          server: Object.values(g.peers)
+            .filter((a) => a !== address)
+            .join(","),
+        },
+        { ISTHMUS_TOKEN: "admin" },
+      ),
+    );
+    try {
+      const added = await client.rpc((c) => c.addMember, { id: "c4", address, learner: false });
+      assert.ok(added.members.some((m) => m.id === "c4" && m.voter));
+      await until("c4 to catch up", () => (c4.sm.byName("securityGroup", "via-follower") ? true : undefined));
+      const fed = new schema.federationpb.FederationServiceClient(address, credentials.createInsecure());
+      const st = await call(fed, fed.status, {}, md("viewer"));
+      fed.close();
+      assert.equal(st.members.length, 4);
+      const removed = await client.rpc((c) => c.removeMember, { id: "c4" });
+      assert.deepEqual(removed.members.map((m) => m.id).sort(), ["c1", "c2", "c3"]);
+      const err = await client
+        .rpc((c) => c.addMember, { id: "", address, learner: false })
+        .catch((e: ServiceError) => e);
+      assert.equal((err as ServiceError).code, status.INVALID_ARGUMENT);
+    } finally {
+      client.close();
+      await c4.stop();
+      g.nodes.delete("c4");
+      delete g.peers.c4;
     }
   });
 });

@@ -27,8 +27,10 @@ export interface CoordinatorOptions {
   id: string;
   /** host:port this node's gRPC server binds. */
   listen: string;
-  /** Founding members, this node included: id → address peers dial. */
+  /** Founding members, this node included: id → address peers dial. With `join`, the existing members. */
   peers: Record<string, string>;
+  /** Start without a configuration and wait to be added (`isthmus coordinator members add`). */
+  join?: boolean;
   dataDir: string;
   serverCredentials: ServerCredentials;
   /** Credentials for dialing the other members (TLS or mTLS in production). */
@@ -68,7 +70,8 @@ export class Coordinator {
   }
 
   static async start(o: CoordinatorOptions): Promise<Coordinator> {
-    if (!o.peers[o.id]) throw new Error(`--peers must include this node (${o.id}) and its address`);
+    if (!o.join && !o.peers[o.id])
+      throw new Error(`--peers must include this node (${o.id}) and its address`);
     const log = o.log;
     const raftLog = componentLogger(log, "raft");
     const sm = new IntentStateMachine({ journalLimit: o.journalLimit });
@@ -79,6 +82,7 @@ export class Coordinator {
       node = new RaftNode<ApplyResult>({
         id: o.id,
         peers: o.peers,
+        join: o.join,
         storage,
         transport,
         stateMachine: sm,
