@@ -300,6 +300,14 @@ export class RaftCore {
           if (e.type === EntryType.ConfChange) this.applyConfChangeToConfig(decodeConfChange(e.data));
         }
       }
+      // Applied entries were committed even if the commit index on disk lags (a commit-only hard
+      // state need not be synced).
+      if (config.applied > this.raftLog.lastIndex()) {
+        throw new RaftInvariantError(
+          `applied index ${config.applied} is beyond the last stored index ${this.raftLog.lastIndex()}`,
+        );
+      }
+      this.raftLog.commitTo(config.applied);
       this.raftLog.appliedTo(config.applied);
     }
     this.becomeFollower(this.term, "");

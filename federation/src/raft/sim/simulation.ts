@@ -128,6 +128,10 @@ interface SimNode {
   gen: number;
   /** A Ready is being persisted; its messages/applies wait for the sync. */
   inFlight: Ready | undefined;
+  mustSync: boolean;
+  /** Term and vote as last synced (a change to either must be synced before messages leave). */
+  syncedTerm: number;
+  syncedVote: NodeId;
   role: Role;
   /** Client writes waiting to be applied here, by "client:seq". */
   writes: Map<string, PendingOp>;
@@ -271,6 +275,9 @@ class Simulation {
       retired: false,
       gen: 0,
       inFlight: undefined,
+      mustSync: false,
+      syncedTerm: 0,
+      syncedVote: "",
       role: "follower",
       writes: new Map(),
       reads: new Map(),
@@ -431,7 +438,14 @@ class Simulation {
     if (rd.entries.length > 0) n.storage.append(rd.entries);
     if (rd.hardState) n.storage.setHardState(rd.hardState);
     n.inFlight = rd;
-    const mustSync = rd.snapshot !== undefined || rd.entries.length > 0 || rd.hardState !== undefined;
+    // Like the real driver (and etcd), a Ready whose only durable change is the commit index is
+    // not synced: the commit index is re-learned from the leader after a crash.
+    const hs = rd.hardState;
+    const mustSync =
+      rd.snapshot !== undefined ||
+      rd.entries.length > 0 ||
+      (hs !== undefined && (hs.term !== n.syncedTerm || hs.vote !== n.syncedVote));
+    n.mustSync = mustSync;
     const delay = mustSync ? this.prng.range(0, 3) : 0;
     this.queue.push(this.now + delay, { kind: "synced", node: n.id, gen: n.gen });
   }
@@ -439,7 +453,12 @@ class Simulation {
   /** The Ready's writes are durable: send, apply, advance. */
   private finishReady(n: SimNode): void {
     const rd = n.inFlight!;
-    n.storage.syncNow();
+    if (n.mustSync) {
+      n.storage.syncNow();
+      const hs = n.storage.initialState().hardState;
+      n.syncedTerm = hs.term;
+      n.syncedVote = hs.vote;
+    }
     for (const m of rd.messages) {
       if (m.type === 9 /* Snapshot */ && (m.snapshotOffset ?? 0) === 0) this.stats.snapshotsSent++;
       for (const d of this.net.route(m)) {
@@ -605,6 +624,9 @@ class Simulation {
     n.kv = KvStore.restore(snap.data);
     n.applied = snap.metadata.index;
     n.role = "follower";
+    const hs = n.storage.initialState().hardState;
+    n.syncedTerm = hs.term;
+    n.syncedVote = hs.vote;
     n.core = this.newCore(n, this.bootstrapVoters(n));
     const st = n.core.status();
     this.trace(
