@@ -102,7 +102,8 @@ type Event =
   | { kind: "fault" }
   | { kind: "heal" }
   | { kind: "restart"; node: NodeId }
-  | { kind: "stop"; node: NodeId };
+  | { kind: "stop"; node: NodeId }
+  | { kind: "liveness-mark" };
 
 interface PendingOp {
   opId: number;
@@ -178,6 +179,8 @@ class Simulation {
     messages: 0,
   };
   private faultsInjected = 0;
+  /** Commit index of the leader well after faults stopped; every member must reach it by the end. */
+  private livenessMark = -1;
   private readonly end: number;
 
   constructor(private readonly o: SimOptions) {
@@ -215,6 +218,8 @@ class Simulation {
     for (let c = 0; c < this.o.clients; c++)
       this.queue.push(this.prng.range(50, 300), { kind: "client", client: c });
     this.queue.push(this.nextFaultDelay(), { kind: "fault" });
+    const stopAt0 = this.o.durationMs + this.o.drainMs;
+    this.queue.push(stopAt0 - Math.min(1_500, this.o.drainMs / 2), { kind: "liveness-mark" });
 
     const stopAt = this.o.durationMs + this.o.drainMs;
     let healed = false;
@@ -241,6 +246,7 @@ class Simulation {
     for (const op of this.pending.values()) this.finishUnknown(op);
     this.pending.clear();
     if (this.violations.length === 0) this.checkLogMatching();
+    if (this.violations.length === 0) this.checkConverged();
     let lin: CheckResult = "ok";
     if (this.violations.length === 0) {
       const r = checkOperations(kvModel, this.history);
@@ -379,6 +385,12 @@ class Simulation {
       case "restart":
         this.restart(this.nodes.get(ev.node)!);
         return;
+      case "liveness-mark": {
+        const l = this.leader();
+        this.livenessMark = l ? l.core.raftLog.committed : -1;
+        this.trace(`liveness mark: ${l ? `leader ${l.id} has committed ${this.livenessMark}` : "no leader"}`);
+        return;
+      }
       case "stop": {
         const n = this.nodes.get(ev.node)!;
         if (n.retired) return;
@@ -770,6 +782,30 @@ class Simulation {
   }
 
   // ------------------------------------------------------------------ end-of-run checks
+
+  /**
+   * Liveness once faults stop: a leader exists, and every member has applied what the leader had
+   * committed well before the end (a node stuck, e.g. unable to install a snapshot, shows here).
+   */
+  private checkConverged(): void {
+    const leader = this.leader();
+    if (!leader) {
+      this.violation("no leader at the end of the fault-free drain period");
+      return;
+    }
+    if (this.livenessMark < 0) {
+      this.violation("no leader in the middle of the fault-free drain period");
+      return;
+    }
+    for (const n of this.members()) {
+      if (n.applied < this.livenessMark) {
+        this.violation(
+          `${n.id} applied only ${n.applied} by the end; the leader had committed ${this.livenessMark}`,
+        );
+        return;
+      }
+    }
+  }
 
   /** Log matching: where two logs hold an entry with the same index and term, they agree before it. */
   private checkLogMatching(): void {
