@@ -3,6 +3,7 @@
 // `isthmus get` does not load the agent's datapath, and the site-agent entry points are only
 // loaded by the subcommands that run them.
 import { Command, CommanderError, Option } from "commander";
+import { registerAdminCommands } from "./admin-commands.js";
 
 const program = new Command();
 program
@@ -21,6 +22,8 @@ program
     const { runDev } = await import("./dev.js");
     await runDev(opts);
   });
+
+registerAdminCommands(program);
 
 program
   .command("health")
