@@ -19,3 +19,5 @@ export {
   writePrivateFile,
   writeSiteCredential,
 } from "./controller/site-credential.js";
+export * from "./packets/index.js";
+export * from "./sim/index.js";
