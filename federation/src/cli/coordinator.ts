@@ -30,6 +30,12 @@ const CoordinatorConfig = z.object({
   heartbeatTicks: z.number().int().min(1).default(1),
   electionTicks: z.number().int().min(2).default(10),
   snapshotEvery: z.number().int().min(0).default(10_000),
+  /** Recent changes a watcher can be replayed; older positions get a snapshot. */
+  journalLimit: z.number().int().min(1).max(1_000_000).default(10_000),
+  /** Open Watch/WatchIntent streams per node. */
+  maxWatchStreams: z.number().int().min(1).max(100_000).default(1_000),
+  /** Messages queued for one slow watcher before it is cut (it resumes from its last index). */
+  maxWatchBuffer: z.number().int().min(16).max(1_000_000).default(10_000),
   logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).optional(),
 });
 type CoordinatorConfig = z.infer<typeof CoordinatorConfig>;
@@ -170,6 +176,8 @@ export async function runCoordinator(flags: CoordinatorFlags): Promise<number> {
       heartbeatTicks: config.heartbeatTicks,
       electionTicks: config.electionTicks,
       snapshotEvery: config.snapshotEvery,
+      journalLimit: config.journalLimit,
+      streamLimits: { maxStreams: config.maxWatchStreams, maxBuffered: config.maxWatchBuffer },
     });
   } catch (err) {
     log.error({ err }, "coordinator failed to start");
