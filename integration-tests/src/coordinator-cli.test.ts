@@ -31,10 +31,14 @@ function startNode(args: string[]): ChildProcess {
   return spawn(process.execPath, [CLI, "coordinator", ...args], { stdio: ["ignore", "ignore", "inherit"] });
 }
 
-async function waitServing(address: string): Promise<void> {
+/** Polls health until SERVING; bounded by a deadline generous enough for a loaded CI machine. */
+async function waitServing(address: string, child: ChildProcess): Promise<void> {
   const client = new healthpb.HealthServiceClient(address, credentials.createInsecure());
+  const deadline = Date.now() + 45_000;
   try {
-    for (let i = 0; i < 200; i++) {
+    while (Date.now() < deadline) {
+      if (child.exitCode !== null)
+        throw new Error(`coordinator exited with ${child.exitCode} before serving`);
       const ok = await new Promise<boolean>((resolve) =>
         client.check({ service: "" }, new Metadata(), { deadline: Date.now() + 500 }, (err, r) =>
           resolve(!err && r.status === healthpb.HealthCheckResponse_ServingStatus.SERVING_STATUS_SERVING),
@@ -64,7 +68,7 @@ test("isthmus coordinator: serves the admin CLI, stops on SIGTERM, keeps intent 
 
   const first = startNode(nodeArgs);
   children.push(first);
-  await waitServing(address);
+  await waitServing(address, first);
   const applied = await runCli(["apply", "-f", SAMPLE], { env });
   assert.equal(applied.code, 0, applied.stderr);
   assert.match(applied.stdout, /16 created, 0 updated, 0 unchanged/);
@@ -75,7 +79,7 @@ test("isthmus coordinator: serves the admin CLI, stops on SIGTERM, keeps intent 
 
   const second = startNode(nodeArgs);
   children.push(second);
-  await waitServing(address);
+  await waitServing(address, second);
   const again = await runCli(["apply", "-f", SAMPLE], { env });
   assert.equal(again.code, 0, again.stderr);
   assert.match(again.stdout, /0 created, 0 updated, 16 unchanged/, "the intent survived the restart");
