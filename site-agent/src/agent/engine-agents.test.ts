@@ -132,33 +132,29 @@ test("return traffic passes B's stateful egress only thanks to flow state pushed
   assert.ok(B.sim.state.conntrack.size >= 1, "B holds A's conntrack entry");
   const pa = A.ports.get("vmA")!;
   const n = pa.received.length;
-  B.ports
-    .get("vmB")!
-    .inject(
-      tcpFrame({
-        srcMac: vmB.mac,
-        srcIp: "10.1.0.2",
-        dstMac: vmA.mac,
-        dstIp: "10.1.0.1",
-        sport: 5001,
-        dport: 40000,
-        flags: 0x12,
-      }),
-    );
+  B.ports.get("vmB")!.inject(
+    tcpFrame({
+      srcMac: vmB.mac,
+      srcIp: "10.1.0.2",
+      dstMac: vmA.mac,
+      dstIp: "10.1.0.1",
+      sport: 5001,
+      dport: 40000,
+      flags: 0x12,
+    }),
+  );
   await pa.waitFor(n + 1);
   // A new connection from vmB is not a reply: dropped by its egress chain.
-  B.ports
-    .get("vmB")!
-    .inject(
-      tcpFrame({
-        srcMac: vmB.mac,
-        srcIp: "10.1.0.2",
-        dstMac: vmA.mac,
-        dstIp: "10.1.0.1",
-        sport: 5555,
-        dport: 80,
-      }),
-    );
+  B.ports.get("vmB")!.inject(
+    tcpFrame({
+      srcMac: vmB.mac,
+      srcIp: "10.1.0.2",
+      dstMac: vmA.mac,
+      dstIp: "10.1.0.1",
+      sport: 5555,
+      dport: 80,
+    }),
+  );
   await new Promise((r) => setTimeout(r, 100));
   assert.equal(pa.received.length, n + 1);
 });
