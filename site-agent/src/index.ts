@@ -21,3 +21,5 @@ export {
 } from "./controller/site-credential.js";
 export * from "./packets/index.js";
 export * from "./sim/index.js";
+export { type AgentFlags, type RunningAgent, startAgent } from "./agent/agent-process.js";
+export * as agentTesting from "./agent/testing/index.js";
