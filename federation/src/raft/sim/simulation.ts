@@ -48,6 +48,8 @@ export interface SimOptions {
   clientTimeoutMs: number;
   /** Compact a node's log when it has applied this many entries past its snapshot. */
   compactEvery: number;
+  /** Fixes the election timeout (ticks) instead of drawing it from the seed (4–12). */
+  electionTicks?: number;
   trace?: (line: string) => void;
   /** Also trace every message delivery (very verbose). */
   traceMessages?: boolean;
@@ -196,7 +198,7 @@ class Simulation {
       slowDelayMs: 300,
     };
     this.net = new SimNetwork(this.prng.fork(), faults);
-    this.electionTicks = this.prng.range(4, 12);
+    this.electionTicks = o.electionTicks ?? this.prng.range(4, 12);
     this.clientSeq = new Array<number>(o.clients).fill(0);
     this.end = o.durationMs;
   }
