@@ -208,14 +208,18 @@ export function tupleOf(w: Walk): CtTuple {
   };
 }
 const EMPTY6 = new Uint32Array(4);
+const CT_ZONE = "";
 
 /**
- * Whether the packet belongs to the return direction of a connection committed in `zone`. A
+ * Whether the packet belongs to the return direction of a committed connection. A
  * forward packet records its own key, committed when the simulation ends without a drop.
  */
-function isReturnFlow(w: Walk, zone: string): boolean {
+function isReturnFlow(w: Walk, checkedAt: string): boolean {
   if (w.m.ipVersion === 0) return false;
   const t = tupleOf(w);
+  // One conntrack zone per agent: the forward packet and its reply are checked at different
+  // devices (each VM's own bridge), so a per-device zone would never see the reply.
+  const zone = CT_ZONE;
   const rk = ctReturnKey(zone, t);
   if (w.state.conntrack.has(rk, w.ctx.now)) {
     w.tag(tag.ct(rk));
@@ -223,7 +227,7 @@ function isReturnFlow(w: Walk, zone: string): boolean {
     return true;
   }
   const fk = ctKey(zone, t);
-  if (!w.ctPending.some((p) => p.key === fk)) w.ctPending.push({ key: fk, zoneId: zone });
+  if (!w.ctPending.some((p) => p.key === fk)) w.ctPending.push({ key: fk, zoneId: checkedAt });
   w.trace("conntrack", fk, "forward flow");
   return false;
 }
