@@ -8,7 +8,7 @@ import { CHAIN_ACCEPT, type ChainCtx, runFilter } from "./chain-eval.js";
 import { emitGenerated } from "./generate.js";
 import { LEARN_MOVED, LEARN_NEW } from "./mac-table.js";
 import { arpReply, ndAdvert } from "./replies.js";
-import { type BridgeView, type PortView, tag } from "./topology-view.js";
+import type { BridgeView, PortView } from "./topology-view.js";
 import type { Walk } from "./walk.js";
 
 const PT = topologypb.PortType;
@@ -32,7 +32,7 @@ export function simulateBridge(w: Walk, b: BridgeView, inPort: PortView | null):
   // ARP / ND proxy: answer from topology knowledge instead of flooding.
   if (inPort && m.etherType === ETH_ARP && m.arpOp === ARP_REQUEST) {
     const tpa = m.arpTpa;
-    w.tag(tag.arp(b.id, tpa));
+    w.tag(b.arpTags.get(tpa));
     const owner = b.arp.get(tpa);
     if (owner !== undefined) {
       w.trace("arp", b.id, `proxy reply for ${tpa >>> 0}`);
@@ -51,7 +51,7 @@ export function simulateBridge(w: Walk, b: BridgeView, inPort: PortView | null):
 
   const dst = m.ethDst;
   if (!isMulticastMac(dst)) {
-    w.tag(tag.mac(b.id, dst));
+    w.tag(b.macTags.get(dst));
     const out = b.staticMacs.get(vlan)?.get(dst) ?? learned(w, b, vlan, dst);
     if (out) {
       if (inPort && out.id === inPort.id) return w.drop(`destination ${dst} is behind the ingress port`);
@@ -79,7 +79,7 @@ function learn(w: Walk, b: BridgeView, vlan: number, mac: number, port: PortView
   if (r === LEARN_NEW || r === LEARN_MOVED) {
     w.result.learned.push({ bridgeId: b.id, vlan, mac, portId: port.id });
     // Flows that flooded to (or unicast to the old port of) this MAC are stale now.
-    w.result.invalidate.push(tag.mac(b.id, mac));
+    w.result.invalidate.push(b.macTags.get(mac));
     w.trace("decision", b.id, `learned ${mac} on ${port.id}${r === LEARN_MOVED ? " (moved)" : ""}`);
   }
 }

@@ -33,14 +33,15 @@ export interface ChainCtx {
 
 /** Runs the filter chain `chainId`; CHAIN_ACCEPT or CHAIN_DROP (drop reason set on the walk). */
 export function runFilter(w: Walk, chainId: string, cc: ChainCtx): number {
-  const stack: string[] = [];
+  const stack = w.jumpStack;
+  stack.length = 0;
   const v = evalChain(w, chainId, cc, stack);
   return v === CHAIN_DROP ? CHAIN_DROP : CHAIN_ACCEPT;
 }
 
 function evalChain(w: Walk, chainId: string, cc: ChainCtx, stack: string[]): number {
-  w.tag(tag.chain(chainId));
   const chain = w.view.chains.get(chainId);
+  w.tag(chain ? chain.tag : tag.chain(chainId));
   if (!chain) {
     w.drop(`chain ${chainId} is not in the topology (failing closed)`);
     return CHAIN_DROP;
@@ -122,8 +123,8 @@ function matches(w: Walk, c: CompiledCondition, cc: ChainCtx): boolean {
   if (c.inPorts && c.inPorts.has(cc.inPortId) === c.invInPorts) return false;
   if (c.outPorts && c.outPorts.has(cc.outPortId) === c.invOutPorts) return false;
   if (c.portGroupId) {
-    w.tag(tag.portGroup(c.portGroupId));
     const g = w.view.portGroups.get(c.portGroupId);
+    w.tag(g ? g.tag : tag.portGroup(c.portGroupId));
     if ((g?.ports.has(cc.inPortId) ?? false) === c.invPortGroup) return false;
   }
   if (c.ethSrc >= 0 && (m.ethSrc === c.ethSrc) === c.invEthSrc) return false;
@@ -172,9 +173,12 @@ function addrMatch(w: Walk, src: boolean, c: CompiledCondition): boolean {
 }
 
 function groupMatch(w: Walk, groupId: string, src: boolean): boolean {
-  w.tag(tag.ipGroup(groupId));
   const g = w.view.ipGroups.get(groupId);
-  if (!g) return false;
+  if (!g) {
+    w.tag(tag.ipGroup(groupId));
+    return false;
+  }
+  w.tag(g.tag);
   const m = w.m;
   const v = m.ipVersion;
   if (v === 4) {

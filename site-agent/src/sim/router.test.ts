@@ -81,6 +81,7 @@ test("router: no route → ICMP net unreachable, tagged noroute; reject and blac
   assert.equal(b.generated.length, 0);
   assert.equal(b.cacheable, true, "a blackhole drop is a flow like any other");
   assert.match(b.dropReason ?? "", /blackhole/);
+  assert.ok(b.tags.has(`route:${bh.id}`));
 });
 
 test("router: ICMP echo to a router address is answered", () => {

@@ -116,12 +116,12 @@ function resolve(w: Walk, r: RouterView, out: PortView, ip: number): number {
   if (peer) {
     const b = w.view.bridges.get(peer.deviceId);
     if (b) {
-      w.tag(tag.arp(b.id, ip));
+      w.tag(b.arpTags.get(ip));
       const mac = b.arp.get(ip);
       if (mac !== undefined) return mac;
     }
   }
-  w.tag(tag.arp(r.id, ip));
+  w.tag(r.arpTags.get(ip));
   const cached = w.state.arp.lookup(r.id, ip, w.ctx.now);
   if (cached >= 0) return cached;
   // Unknown: hold a copy of the packet until the reply arrives (bounded), and ask.
@@ -151,7 +151,7 @@ function routerArp(w: Walk, r: RouterView, inPort: PortView): undefined {
   if (op === ARP_REPLY) {
     const ip = m.arpSpa;
     const released = w.state.arp.learn(r.id, ip, m.arpSha, w.ctx.now);
-    w.result.invalidate.push(tag.arp(r.id, ip));
+    w.result.invalidate.push(r.arpTags.get(ip));
     w.result.resubmit.push(...released);
     w.trace("arp", r.id, `learned ${fmt(ip)}; released ${released.length} packets`);
     return w.drop("ARP reply consumed by router");

@@ -16,6 +16,7 @@ import {
 } from "../packets/addr.js";
 import { LpmTrie } from "./lpm.js";
 import { type CompiledRule, compileRule } from "./rule-compile.js";
+import { TagCache } from "./tag-cache.js";
 
 type Host = topologypb.Host;
 type Port = topologypb.Port;
@@ -51,6 +52,8 @@ export interface BridgeView {
   /** IPv6 (formatted) → MAC for neighbor solicitations. */
   readonly nd: Map<string, number>;
   readonly remoteSitePorts: Map<string, PortView>;
+  readonly macTags: TagCache;
+  readonly arpTags: TagCache;
 }
 
 export interface RouteView {
@@ -75,6 +78,7 @@ export interface RouterView {
   /** The router's own addresses → the port holding them. */
   readonly portIps: Map<number, PortView>;
   readonly trie: LpmTrie<RouteView>;
+  readonly arpTags: TagCache;
   /** Routes that could not be used (bad prefix), with why. */
   readonly badRoutes: { id: string; why: string }[];
 }
@@ -493,6 +497,8 @@ export class TopologyView {
       arp,
       nd,
       remoteSitePorts,
+      macTags: new TagCache((mac) => tag.mac(id, mac)),
+      arpTags: new TagCache((ip) => tag.arp(id, ip)),
     };
     this.bridges.set(id, v);
     if (raw.tunnelKey) this.bridgesByKey.set(raw.tunnelKey, v);
@@ -540,6 +546,7 @@ export class TopologyView {
       portIps,
       trie,
       badRoutes,
+      arpTags: new TagCache((ip) => tag.arp(id, ip)),
     });
   }
 

@@ -37,6 +37,8 @@ export class Walk {
   /** Why the packet was dropped (first reason wins). */
   dropReason: string | null = null;
   held: string | null = null;
+  /** Chains being evaluated (jump loop detection), reused across filters. */
+  readonly jumpStack: string[] = [];
   /** Generated packets may not generate further packets. */
   readonly generatedDepth: number;
   private lastSet: SetFieldsAction | null = null;
