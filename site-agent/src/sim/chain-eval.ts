@@ -41,7 +41,8 @@ export function runFilter(w: Walk, chainId: string, cc: ChainCtx): number {
 
 function evalChain(w: Walk, chainId: string, cc: ChainCtx, stack: string[]): number {
   const chain = w.view.chains.get(chainId);
-  w.tag(chain ? chain.tag : tag.chain(chainId));
+  if (chain) w.tag(chain.tag);
+  else w.tagStr(tag.chain(chainId));
   if (!chain) {
     w.drop(`chain ${chainId} is not in the topology (failing closed)`);
     return CHAIN_DROP;
@@ -55,7 +56,7 @@ function evalChain(w: Walk, chainId: string, cc: ChainCtx, stack: string[]): num
     return CHAIN_DROP;
   }
   stack.push(chainId);
-  w.trace("chain", chainId, `evaluate ${chain.rules.length} rules`);
+  if (w.tracing) w.trace("chain", chainId, `evaluate ${chain.rules.length} rules`);
   try {
     for (const rule of chain.rules) {
       if (rule.error) {
@@ -69,7 +70,7 @@ function evalChain(w: Walk, chainId: string, cc: ChainCtx, stack: string[]): num
       if (v !== CHAIN_CONTINUE) return v;
       if (rule.action === RA.RULE_ACTION_RETURN) return CHAIN_CONTINUE;
     }
-    w.trace("chain", chainId, "end of chain");
+    if (w.tracing) w.trace("chain", chainId, "end of chain");
     return stack.length === 1 ? CHAIN_ACCEPT : CHAIN_CONTINUE;
   } finally {
     stack.pop();
@@ -79,25 +80,25 @@ function evalChain(w: Walk, chainId: string, cc: ChainCtx, stack: string[]): num
 function applyRule(w: Walk, rule: CompiledRule, cc: ChainCtx, stack: string[]): number {
   switch (rule.action) {
     case RA.RULE_ACTION_ACCEPT:
-      w.trace("rule", rule.id, "accept");
+      if (w.tracing) w.trace("rule", rule.id, "accept");
       return CHAIN_ACCEPT;
     case RA.RULE_ACTION_DROP:
-      w.trace("rule", rule.id, "drop");
+      if (w.tracing) w.trace("rule", rule.id, "drop");
       w.drop(`dropped by rule ${rule.id} in chain ${rule.chainId}`);
       return CHAIN_DROP;
     case RA.RULE_ACTION_REJECT:
-      w.trace("rule", rule.id, "reject");
+      if (w.tracing) w.trace("rule", rule.id, "reject");
       reject(w, cc);
       w.drop(`rejected by rule ${rule.id} in chain ${rule.chainId}`);
       return CHAIN_DROP;
     case RA.RULE_ACTION_CONTINUE:
-      w.trace("rule", rule.id, "continue");
+      if (w.tracing) w.trace("rule", rule.id, "continue");
       return CHAIN_CONTINUE;
     case RA.RULE_ACTION_RETURN:
-      w.trace("rule", rule.id, "return");
+      if (w.tracing) w.trace("rule", rule.id, "return");
       return CHAIN_CONTINUE;
     case RA.RULE_ACTION_JUMP: {
-      w.trace("rule", rule.id, `jump to ${rule.jumpChainId}`);
+      if (w.tracing) w.trace("rule", rule.id, `jump to ${rule.jumpChainId}`);
       const v = evalChain(w, rule.jumpChainId, cc, stack);
       return v === CHAIN_CONTINUE ? CHAIN_CONTINUE : v;
     }
@@ -124,7 +125,8 @@ function matches(w: Walk, c: CompiledCondition, cc: ChainCtx): boolean {
   if (c.outPorts && c.outPorts.has(cc.outPortId) === c.invOutPorts) return false;
   if (c.portGroupId) {
     const g = w.view.portGroups.get(c.portGroupId);
-    w.tag(g ? g.tag : tag.portGroup(c.portGroupId));
+    if (g) w.tag(g.tag);
+    else w.tagStr(tag.portGroup(c.portGroupId));
     if ((g?.ports.has(cc.inPortId) ?? false) === c.invPortGroup) return false;
   }
   if (c.ethSrc >= 0 && (m.ethSrc === c.ethSrc) === c.invEthSrc) return false;
@@ -175,7 +177,7 @@ function addrMatch(w: Walk, src: boolean, c: CompiledCondition): boolean {
 function groupMatch(w: Walk, groupId: string, src: boolean): boolean {
   const g = w.view.ipGroups.get(groupId);
   if (!g) {
-    w.tag(tag.ipGroup(groupId));
+    w.tagStr(tag.ipGroup(groupId));
     return false;
   }
   w.tag(g.tag);
@@ -226,13 +228,13 @@ function isReturnFlow(w: Walk, checkedAt: string): boolean {
   const zone = CT_ZONE;
   const rk = ctReturnKey(zone, t);
   if (w.state.conntrack.has(rk, w.ctx.now)) {
-    w.tag(tag.ct(rk));
-    w.trace("conntrack", rk, "return flow");
+    w.tagStr(tag.ct(rk));
+    if (w.tracing) w.trace("conntrack", rk, "return flow");
     return true;
   }
   const fk = ctKey(zone, t);
   if (!w.ctPending.some((p) => p.key === fk)) w.ctPending.push({ key: fk, zoneId: checkedAt });
-  w.trace("conntrack", fk, "forward flow");
+  if (w.tracing) w.trace("conntrack", fk, "forward flow");
   return false;
 }
 
@@ -261,7 +263,7 @@ function forwardNat(w: Walk, rule: CompiledRule, cc: ChainCtx): boolean {
     const ip = rule.natTargets[0]!.ipStart;
     if (snat) m._nwSrc = ip;
     else m._nwDst = ip;
-    w.trace("nat", rule.id, `static ${snat ? "SNAT" : "DNAT"} to ${ip >>> 0}`);
+    if (w.tracing) w.trace("nat", rule.id, `static ${snat ? "SNAT" : "DNAT"} to ${ip >>> 0}`);
     return true;
   }
   const t = tupleOf(w);
@@ -324,7 +326,7 @@ function forwardNat(w: Walk, rule: CompiledRule, cc: ChainCtx): boolean {
     w.state.nat.put(b);
     w.result.nat.push({ ...b });
   }
-  w.tag(tag.nat(b.key));
+  w.tagStr(tag.nat(b.key));
   if (snat) {
     m._nwSrc = b.natIp;
     if (t.proto !== PROTO_ICMP) m._tpSrc = b.natPort;
@@ -332,7 +334,7 @@ function forwardNat(w: Walk, rule: CompiledRule, cc: ChainCtx): boolean {
     m._nwDst = b.natIp;
     if (t.proto !== PROTO_ICMP) m._tpDst = b.natPort;
   }
-  w.trace("nat", rule.id, `${kind} to ${b.natIp >>> 0}:${b.natPort}`);
+  if (w.tracing) w.trace("nat", rule.id, `${kind} to ${b.natIp >>> 0}:${b.natPort}`);
   return true;
 }
 
@@ -358,10 +360,10 @@ function reverseNat(w: Walk, rule: CompiledRule, cc: ChainCtx): boolean {
   const key = natKey(snat ? "rsnat" : "rdnat", cc.zoneId, t.proto, t.src, t.sport, t.dst, t.dport);
   const b = w.state.nat.lookupReverse(key, w.ctx.now);
   if (!b) {
-    w.trace("nat", rule.id, `no ${snat ? "SNAT" : "DNAT"} binding: continue`);
+    if (w.tracing) w.trace("nat", rule.id, `no ${snat ? "SNAT" : "DNAT"} binding: continue`);
     return false;
   }
-  w.tag(tag.nat(b.key));
+  w.tagStr(tag.nat(b.key));
   if (snat) {
     m._nwDst = b.origIp;
     if (t.proto !== PROTO_ICMP) m._tpDst = b.origPort;
@@ -369,7 +371,8 @@ function reverseNat(w: Walk, rule: CompiledRule, cc: ChainCtx): boolean {
     m._nwSrc = b.origIp;
     if (t.proto !== PROTO_ICMP) m._tpSrc = b.origPort;
   }
-  w.trace("nat", rule.id, `reverse ${snat ? "SNAT" : "DNAT"} to ${b.origIp >>> 0}:${b.origPort}`);
+  if (w.tracing)
+    w.trace("nat", rule.id, `reverse ${snat ? "SNAT" : "DNAT"} to ${b.origIp >>> 0}:${b.origPort}`);
   return true;
 }
 

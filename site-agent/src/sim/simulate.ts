@@ -37,7 +37,7 @@ export function simulate(
   if ("portId" in ingress) {
     const port = view.ports.get(ingress.portId);
     if (!port) {
-      w.tag(tag.port(ingress.portId));
+      w.tagStr(tag.port(ingress.portId));
       w.drop(`ingress port ${ingress.portId} is not in the topology`);
     } else if (!port.exterior) {
       w.tag(port.tag);
@@ -66,7 +66,7 @@ function fromTunnel(
     if (!port.exterior || port.raw.hostId !== w.ctx.hostId) {
       return w.drop(`tunnel key ${key} names port ${port.id}, which is not bound on host ${w.ctx.hostId}`);
     }
-    w.trace("port", port.id, `tunnel delivery by key ${key}`);
+    if (w.tracing) w.trace("port", port.id, `tunnel delivery by key ${key}`);
     return w.deliver(port);
   }
   const bridge = view.bridgesByKey.get(key);
