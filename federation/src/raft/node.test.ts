@@ -36,6 +36,21 @@ interface Member {
   node: RaftNode<number>;
   kv: Kv;
   storage: WritableStorage;
+  closed?: boolean;
+}
+
+/** Retries a call that failed only because leadership moved (what a client does). */
+async function retrying<T>(f: () => Promise<T>): Promise<T> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await f();
+    } catch (err) {
+      const moved =
+        err instanceof RaftNodeError && ["leader-changed", "dropped", "overwritten"].includes(err.code);
+      if (!moved || attempt >= 20) throw err;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
 }
 
 function cluster(
@@ -55,7 +70,7 @@ function cluster(
       storage: s,
       transport: net.transport(id),
       stateMachine: kv,
-      tickMs: 20,
+      tickMs: 50,
       electionTicks: 10,
       snapshotEvery: opts.snapshotEvery ?? 0,
       snapshotKeepEntries: 5,
@@ -75,7 +90,14 @@ function cluster(
       const end = Date.now() + timeoutMs;
       for (;;) {
         const leaders = [...members.values()].filter((m) => m.node.isLeader());
-        if (leaders.length === 1) return leaders[0]!;
+        const id = leaders[0]?.node.id;
+        // Settled: one leader, and every open member follows it.
+        if (
+          leaders.length === 1 &&
+          [...members.values()].every((m) => m.node.leaderId() === id || m.closed)
+        ) {
+          return leaders[0]!;
+        }
         if (Date.now() > end) throw new Error("no single leader elected in time");
         await new Promise((r) => setTimeout(r, 10));
       }
@@ -110,8 +132,8 @@ test("proposals resolve with apply()'s result on the leader and, forwarded, on a
   t.after(() => c.close());
   const leader = await c.leader();
   const follower = [...c.members.values()].find((m) => m !== leader)!;
-  const r1 = await leader.node.propose(put("x", "1"));
-  const r2 = await follower.node.propose(put("y", "2"));
+  const r1 = await retrying(() => leader.node.propose(put("x", "1")));
+  const r2 = await retrying(() => follower.node.propose(put("y", "2")));
   assert.ok(r2 > r1, `revisions increase (${r1} then ${r2})`);
   const many = await Promise.all(
     Array.from({ length: 200 }, (_, k) => leader.node.propose(put(`k${k}`, `${k}`))),
@@ -130,8 +152,8 @@ test("a read barrier on a follower observes every write acknowledged before it",
   const leader = await c.leader();
   const follower = [...c.members.values()].find((m) => m !== leader)!;
   for (let k = 0; k < 20; k++) {
-    await leader.node.propose(put("counter", String(k)));
-    await follower.node.read();
+    await c.write("counter", String(k));
+    await retrying(() => follower.node.read());
     assert.equal(follower.kv.data.get("counter"), String(k));
   }
 });
@@ -139,10 +161,10 @@ test("a read barrier on a follower observes every write acknowledged before it",
 test("read barriers issued at once on every node all resolve (request ids never collide)", async (t) => {
   const c = cluster(["a", "b", "c"]);
   t.after(() => c.close());
-  const leader = await c.leader();
-  await leader.node.propose(put("x", "1"));
+  await c.leader();
+  await c.write("x", "1");
   for (let round = 0; round < 5; round++) {
-    await Promise.all([...c.members.values()].map((m) => m.node.read()));
+    await Promise.all([...c.members.values()].map((m) => retrying(() => m.node.read())));
   }
   for (const m of c.members.values()) assert.equal(m.kv.data.get("x"), "1");
 });
@@ -207,6 +229,8 @@ test("leadership moves on request and a removed node stops being a member", asyn
   const target = [...c.members.values()].find((m) => m !== leader)!;
   await leader.node.transferLeadership(target.node.id);
   await until(() => target.node.isLeader(), "the target leads");
+  // A new leader accepts membership changes once its own first entry is applied.
+  await target.node.propose(put("new-leader", "1"));
   const third = [...c.members.values()].find((m) => m !== leader && m !== target)!;
   await target.node.removeNode(third.node.id);
   assert.deepEqual(
@@ -232,6 +256,7 @@ test("a node restarted on its WAL rebuilds its state and rejoins", async (t) => 
   const id = victim.node.id;
   await until(() => victim.kv.data.size === 60, "the victim has everything");
   await victim.node.close();
+  victim.closed = true;
   for (let k = 60; k < 80; k++) await c.write(`k${k}`, `${k}`);
   const storage = await WalStorage.open(dirs[["a", "b", "c"].indexOf(id)]!);
   const back = c.make(id, { a: "mem://a", b: "mem://b", c: "mem://c" }, storage);

@@ -80,7 +80,7 @@ export class RaftNodeError extends Error {
     options?: { cause?: unknown },
   ) {
     super(
-      `raft: ${message}${leader ? ` (leader is ${leader}${leaderAddress ? ` at ${leaderAddress}` : ""})` : " (no leader known)"}`,
+      `raft: ${message.replace(/^raft: /, "")}${leader ? ` (leader is ${leader}${leaderAddress ? ` at ${leaderAddress}` : ""})` : " (no leader known)"}`,
       options,
     );
     this.name = "RaftNodeError";
