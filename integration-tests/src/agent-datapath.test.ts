@@ -131,9 +131,10 @@ describe("isthmus agent processes between network namespaces", { skip }, () => {
     const done = Date.now();
     console.log(`# restart: process up after ${up - started} ms, forwarding after ${done - started} ms`);
     assert.equal(r.code, 0, "forwarding resumed");
-    // Process start (Node + modules) dominates on a loaded machine; once up, the agent binds its
-    // ports and forwards as soon as the first snapshot arrives.
+    // Process start (Node + modules) dominates on a loaded machine: CI shares 2 cores with the rest
+    // of the suite. Once up, the agent binds its ports and forwards as soon as the first snapshot
+    // arrives.
     assert.ok(done - up < 3000, `forwarding resumed ${done - up} ms after the agent was up`);
-    assert.ok(done - started < 10_000, `forwarding resumed ${done - started} ms after the restart`);
+    assert.ok(done - started < 15_000, `forwarding resumed ${done - started} ms after the restart`);
   });
 });
