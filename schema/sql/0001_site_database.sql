@@ -92,3 +92,6 @@ CREATE TABLE IF NOT EXISTS controller_keys (
   public_jwk TEXT NOT NULL,
   created_at TIMESTAMPTZ NOT NULL
 );
+
+INSERT INTO intent_state (id, applied_index, applied_at) VALUES (1, 0, now()) ON CONFLICT (id) DO NOTHING;
+INSERT INTO topology_revision (id, revision) VALUES (1, 0) ON CONFLICT (id) DO NOTHING;

@@ -36,6 +36,7 @@ export class Database {
   private readonly policy: RetryPolicy;
   private readonly log: Logger;
   private retries = 0;
+  private readonly guarded = new WeakSet<pg.PoolClient>();
 
   constructor(private readonly opts: DatabaseOptions) {
     this.pool = new pg.Pool({
@@ -64,6 +65,12 @@ export class Database {
     let lastError: unknown;
     for (let attempt = 1; attempt <= this.policy.maxAttempts; attempt++) {
       const client = await this.pool.connect();
+      if (!this.guarded.has(client)) {
+        // A connection dying while checked out surfaces as the query's rejection; without a
+        // listener the client's 'error' event would also crash the process.
+        this.guarded.add(client);
+        client.on("error", (err) => this.log.warn({ err: err.message }, "database connection failed"));
+      }
       let broken = false;
       try {
         await client.query(
