@@ -1,10 +1,11 @@
 // Public surface of @isthmus/schema: generated contracts plus the runtime basics every process
 // shares (logging, configuration, health, gRPC server lifecycle, shutdown).
+
+export * as topologypb from "./gen/isthmus/topology/v1/topology.js";
 export * as healthpb from "./gen/isthmus/v1/health.js";
 export * as intentpb from "./gen/isthmus/v1/intent.js";
 export * as raftpb from "./gen/isthmus/v1/raft.js";
 export * as sitesyncpb from "./gen/isthmus/v1/site_sync.js";
-export * as topologypb from "./gen/isthmus/topology/v1/topology.js";
 export { ConfigError, type LoadConfigOptions, loadConfig } from "./runtime/config.js";
 export {
   DEFAULT_GRPC_OPTIONS,

@@ -209,7 +209,7 @@ export function diffTopology(
     const k = keyString(ref.kind, ref.id);
     keep.add(k);
     const old = existing.get(k);
-    if (!old || !old.equals(encodeTopology(obj))) out.upserts.push(obj);
+    if (!old?.equals(encodeTopology(obj))) out.upserts.push(obj);
   }
   for (const k of existing.keys()) {
     if (keep.has(k)) continue;

@@ -123,12 +123,18 @@ export class IntentIndex implements IntentView {
     }
     this.objects.set(k, obj);
     let kindMap = this.byKind.get(key.kind);
-    if (!kindMap) this.byKind.set(key.kind, (kindMap = new Map()));
+    if (!kindMap) {
+      kindMap = new Map();
+      this.byKind.set(key.kind, kindMap);
+    }
     kindMap.set(k, obj);
     for (const r of referencesOf(obj)) {
       const rk = keyString(key.kind, r);
       let set = this.refs.get(rk);
-      if (!set) this.refs.set(rk, (set = new Set()));
+      if (!set) {
+        set = new Set();
+        this.refs.set(rk, set);
+      }
       set.add(k);
     }
   }

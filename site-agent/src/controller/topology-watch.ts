@@ -24,6 +24,8 @@ export type WatchAuthorizer = (call: Call) => Promise<void>;
 
 export class TopologyWatchService {
   private streams = 0;
+  /** Streams cut off for falling behind (a metric). */
+  slowCutoffs = 0;
 
   constructor(
     private readonly db: Database,
@@ -99,6 +101,7 @@ export class TopologyWatchService {
       if (closed) return;
       queue.push(c);
       if (queue.length > this.opts.maxQueuedChanges) {
+        this.slowCutoffs++;
         this.log.warn({ host: call.request.hostId, sent, queued: queue.length }, "slow watcher cut off");
         close(
           grpcError(

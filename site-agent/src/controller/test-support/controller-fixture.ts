@@ -37,6 +37,7 @@ export async function controllerFixture(
   const holder = opts.holder ?? "ctl-1";
   const lease = new ControllerLease(db, { holder, ttlMs: 2_000, renewEveryMs: 500 }, log);
   await lease.attempt();
+  lease.start();
   const committed: number[] = [];
   const ctx: WriteContext = {
     site: "a",
