@@ -2,6 +2,8 @@
 // shares (logging, configuration, health, gRPC server lifecycle, shutdown).
 
 export * as topologypb from "./gen/isthmus/topology/v1/topology.js";
+export * as federationpb from "./gen/isthmus/v1/federation.js";
+export * as flowstatepb from "./gen/isthmus/v1/flowstate.js";
 export * as healthpb from "./gen/isthmus/v1/health.js";
 export * as intentpb from "./gen/isthmus/v1/intent.js";
 export * as raftpb from "./gen/isthmus/v1/raft.js";

@@ -1,3 +1,23 @@
 // Public surface of @isthmus/site-agent: entry points the `isthmus` CLI calls lazily, and the
 // packet and simulation APIs other packages may use.
 export const SITE_AGENT_PACKAGE = "@isthmus/site-agent";
+export type { Datapath, PortIO, Upcall, UpcallDecision } from "./agent/datapath.js";
+export { EdgeAgent } from "./agent/edge-agent.js";
+export { UserspaceDatapath } from "./agent/userspace-datapath.js";
+export {
+  DEFAULT_SITE_TOKEN_REFRESH_SEC,
+  DEFAULT_SITE_TOKEN_TTL_SEC,
+  generateSiteKeyPair,
+  loadSiteSigningKey,
+  publicJwkOf,
+  readSiteCredential,
+  SITE_TOKEN_TYPE,
+  type SiteCredential,
+  type SiteSigningKey,
+  SiteTokenSource,
+  type SiteTokenSourceOptions,
+  writePrivateFile,
+  writeSiteCredential,
+} from "./controller/site-credential.js";
+export * from "./packets/index.js";
+export * from "./sim/index.js";

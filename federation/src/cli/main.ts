@@ -2,7 +2,8 @@
 // The one `isthmus` binary. Each subcommand lives in its own module and is imported lazily so
 // `isthmus get` does not load the agent's datapath, and the site-agent entry points are only
 // loaded by the subcommands that run them.
-import { Command, CommanderError } from "commander";
+import { Command, CommanderError, Option } from "commander";
+import { registerAdminCommands } from "./admin-commands.js";
 
 const program = new Command();
 program
@@ -22,6 +23,8 @@ program
     await runDev(opts);
   });
 
+registerAdminCommands(program);
+
 program
   .command("health")
   .description("ask an Isthmus process whether it is serving")
@@ -31,6 +34,91 @@ program
   .action(async (opts: { address: string; service: string; timeout: string }) => {
     const { runHealth } = await import("./health.js");
     process.exitCode = await runHealth(opts);
+  });
+
+function addBootstrapOptions(cmd: Command): Command {
+  return cmd
+    .description("create the coordinator signing keys and a first admin token (files 0600, dir 0700)")
+    .requiredOption("--dir <dir>", "key directory to create")
+    .option("--alg <alg>", "signing algorithm: EdDSA or ES256", "EdDSA")
+    .option("--force", "replace existing keys (invalidates every token they signed)")
+    .option("--subject <name>", "subject of the first admin token", "bootstrap-admin")
+    .option("--admin-ttl <duration>", "lifetime of the first admin token", "24h")
+    .option("--issuer <name>", "issuer name of this federation's tokens")
+    .action(async (opts) => {
+      const { runBootstrap } = await import("./auth-bootstrap.js");
+      process.exitCode = await runBootstrap(opts);
+    });
+}
+addBootstrapOptions(program.command("bootstrap"));
+const authCmd = program.command("auth").description("coordinator signing keys");
+addBootstrapOptions(authCmd.command("bootstrap"));
+authCmd
+  .command("rotate")
+  .description("make a new signing key current; old keys stay trusted until retired")
+  .requiredOption("--dir <dir>", "key directory")
+  .option("--alg <alg>", "algorithm of the new key (default: the current one's)")
+  .action(async (opts: { dir: string; alg?: string }) => {
+    const { runRotate } = await import("./auth-rotate.js");
+    process.exitCode = await runRotate(opts);
+  });
+authCmd
+  .command("retire")
+  .description("stop trusting an old signing key (tokens it signed are refused)")
+  .requiredOption("--dir <dir>", "key directory")
+  .requiredOption("--kid <kid>", "key id to retire")
+  .action(async (opts: { dir: string; kid: string }) => {
+    const { runRetire } = await import("./auth-rotate.js");
+    process.exitCode = await runRetire(opts);
+  });
+
+program
+  .command("token")
+  .description("admin and viewer tokens")
+  .command("create")
+  .description("mint an admin or viewer token with the coordinator's signing key")
+  .addOption(
+    new Option("--key-dir <dir>", "coordinator key directory").env("ISTHMUS_KEY_DIR").makeOptionMandatory(),
+  )
+  .option("--role <role>", "admin (read and write) or viewer (read only)", "admin")
+  .option("--ttl <duration>", "lifetime, e.g. 30m, 1h, 7d", "1h")
+  .option("--subject <name>", "who the token is for (shown in logs)", "admin")
+  .option("--out <file>", "write the token to this file (0600) instead of stdout")
+  .action(async (opts) => {
+    const { runTokenCreate } = await import("./token-create.js");
+    process.exitCode = await runTokenCreate(opts);
+  });
+
+const siteCmd = program.command("site").description("onboard and manage sites");
+siteCmd
+  .command("add")
+  .description("mint a single-use onboarding token for a new site")
+  .argument("<name>", "site name")
+  .addOption(
+    new Option("--key-dir <dir>", "coordinator key directory").env("ISTHMUS_KEY_DIR").makeOptionMandatory(),
+  )
+  .option("--ttl <duration>", "how long the token may be used", "15m")
+  .option("--out <file>", "write the token to this file (0600)")
+  .option("-o, --output <format>", "text or json", "text")
+  .action(async (name: string, opts) => {
+    const { runSiteAdd } = await import("./site-add.js");
+    process.exitCode = await runSiteAdd(name, opts);
+  });
+siteCmd
+  .command("join")
+  .description("run at the site: make its key pair, register it with the federation, write a credential")
+  .option("--token <jwt>", "the onboarding token from `isthmus site add`")
+  .option("--token-file <file>", "read the onboarding token from this file")
+  .requiredOption("--federation <addrs>", "coordinator addresses, comma separated (host:port)")
+  .requiredOption("--key-dir <dir>", "directory for the site's private key and credential")
+  .option("--credential <file>", "credential file to write (default KEY_DIR/credential.json)")
+  .option("--ca <file>", "CA certificate to verify the coordinators' TLS certificates")
+  .option("--insecure", "plaintext gRPC to a non-loopback address (testing only)")
+  .option("--force", "join again with a new key even if a credential exists")
+  .option("--timeout <ms>", "deadline per coordinator in milliseconds", "10000")
+  .action(async (opts) => {
+    const { runSiteJoin } = await import("./site-join.js");
+    process.exitCode = await runSiteJoin(opts);
   });
 
 try {

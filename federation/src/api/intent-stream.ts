@@ -1,0 +1,150 @@
+// Streams committed intent to one watcher (a site's WatchIntent or an admin's Watch): after a
+// linearizable read barrier, either the journal's changes after `fromIndex` or — when those were
+// dropped — a snapshot, then every new change as it is applied, in log order, without gaps.
+// A watcher that cannot keep up is cut (bounded buffer) and resumes from its last index.
+import { type ServerWritableStream, type ServiceError, status } from "@grpc/grpc-js";
+import type { Logger, sitesyncpb } from "@isthmus/schema";
+import type { AppliedEvent, IntentStateMachine } from "../intent/index.js";
+import { serviceError, toServiceError } from "./grpc-errors.js";
+import type { Replicator } from "./replicator.js";
+
+export interface StreamLimits {
+  /** Messages queued for one slow watcher before it is cut (it reconnects from its last index). */
+  maxBuffered: number;
+  /** How often an idle watcher is told the index it is now current at. */
+  progressIntervalMs: number;
+  /** Open watch streams on this node. */
+  maxStreams: number;
+}
+
+export const DEFAULT_STREAM_LIMITS: StreamLimits = {
+  maxBuffered: 10_000,
+  progressIntervalMs: 1_000,
+  maxStreams: 1_000,
+};
+
+/** Open streams of one server, so shutdown can end them instead of waiting on them. */
+export class OpenStreams {
+  private readonly ends = new Set<(err: ServiceError) => void>();
+
+  constructor(readonly limit: number) {}
+
+  get size(): number {
+    return this.ends.size;
+  }
+
+  add(end: (err: ServiceError) => void): () => void {
+    if (this.ends.size >= this.limit) {
+      throw serviceError(
+        status.RESOURCE_EXHAUSTED,
+        `this coordinator already serves ${this.limit} watch streams (the limit)`,
+      );
+    }
+    this.ends.add(end);
+    return () => this.ends.delete(end);
+  }
+
+  closeAll(reason: string): void {
+    for (const end of [...this.ends]) end(serviceError(status.UNAVAILABLE, reason));
+  }
+}
+
+export interface IntentStreamOptions<Req> {
+  sm: IntentStateMachine;
+  replicator: Replicator;
+  call: ServerWritableStream<Req, sitesyncpb.WatchIntentResponse>;
+  fromIndex: number;
+  limits: StreamLimits;
+  streams: OpenStreams;
+  log: Logger;
+  /** Checked on every applied entry; an error ends the stream (e.g. the site was revoked). */
+  cutIf?: (ev: AppliedEvent) => ServiceError | undefined;
+}
+
+export async function streamIntent<Req>(o: IntentStreamOptions<Req>): Promise<void> {
+  const { call, sm } = o;
+  let done = false;
+  let off = () => {};
+  let unregister = () => {};
+  let timer: NodeJS.Timeout | undefined;
+  const finish = (err?: ServiceError) => {
+    if (done) return;
+    done = true;
+    off();
+    unregister();
+    if (timer) clearInterval(timer);
+    if (err) call.emit("error", err);
+    else call.end();
+  };
+  call.on("cancelled", () => finish());
+  call.on("close", () => finish());
+  try {
+    unregister = o.streams.add((err) => finish(err));
+    await o.replicator.read();
+  } catch (err) {
+    finish(toServiceError(err));
+    return;
+  }
+  if (done) return;
+  if (o.fromIndex > sm.index) {
+    finish(
+      serviceError(
+        status.OUT_OF_RANGE,
+        `from_index ${o.fromIndex} is beyond this coordinator's applied index ${sm.index}; the watcher's state is from another federation or was restored wrongly`,
+      ),
+    );
+    return;
+  }
+  let cursor = sm.index;
+  let sentUpTo = o.fromIndex;
+  const send = (msg: sitesyncpb.WatchIntentResponse) => {
+    if (done) return;
+    call.write(msg);
+    if (call.writableLength > o.limits.maxBuffered) {
+      o.log.warn({ buffered: call.writableLength }, "watcher too slow; cutting its stream");
+      finish(
+        serviceError(
+          status.RESOURCE_EXHAUSTED,
+          `watcher fell more than ${o.limits.maxBuffered} messages behind; reconnect from your last applied index`,
+        ),
+      );
+    }
+  };
+  // From here to the subscription runs synchronously, so no applied entry can slip between.
+  if (!sm.journal.covers(o.fromIndex)) {
+    send({ snapshot: sm.intentSnapshot() });
+  } else {
+    for (const change of sm.journal.since(o.fromIndex)) send({ change });
+  }
+  sentUpTo = cursor;
+  off = sm.onApplied((ev) => {
+    const cut = o.cutIf?.(ev);
+    if (cut) {
+      finish(cut);
+      return;
+    }
+    cursor = ev.index;
+    if (ev.restored) {
+      send({ snapshot: sm.intentSnapshot() });
+      sentUpTo = cursor;
+    } else if (ev.change) {
+      send({ change: ev.change });
+      sentUpTo = cursor;
+    }
+  });
+  if (cursor > o.fromIndex || sm.index === 0) send({ progressIndex: cursor });
+  timer = setInterval(() => {
+    if (cursor > sentUpTo) {
+      send({ progressIndex: cursor });
+      sentUpTo = cursor;
+    }
+  }, o.limits.progressIntervalMs);
+  timer.unref();
+  await new Promise<void>((resolve) => {
+    if (done) return resolve();
+    call.once("finish", resolve);
+    call.once("close", resolve);
+    call.once("error", () => resolve());
+    call.once("cancelled", resolve);
+  });
+}

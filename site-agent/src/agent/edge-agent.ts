@@ -1,0 +1,180 @@
+// One host's edge agent without its process shell: applies topology events to the local copy and
+// the simulator, invalidates the flows they touch, binds and unbinds the ports assigned to this
+// host, answers upcalls, and installs flow state that peers push. agent-process.ts adds gRPC,
+// metrics, the admin endpoint and signals around it.
+import { componentLogger, type Logger, type topologypb } from "@isthmus/schema";
+import type { Datapath, PortIO, TunnelEndpoint } from "./datapath.js";
+import { decodeFlowState, FlowStateTable, flowStateTag } from "./flow-state.js";
+import { bridgeMacsTag, GatewayForwarder, macTag } from "./gateway-forwarder.js";
+import type { Simulator } from "./simulator.js";
+import { TopologyStore } from "./topology-store.js";
+import { UpcallHandler } from "./upcall-handler.js";
+
+/** Opens the frame I/O for a VM interface bound to this host. */
+export type PortOpener = (interfaceName: string) => PortIO;
+
+export interface EdgeAgentOptions {
+  hostId: string;
+  role: "host" | "gateway";
+  datapath: Datapath;
+  simulator: Simulator;
+  openPort: PortOpener;
+  log: Logger;
+  clock?: () => number;
+  maxFlowStateEntries?: number;
+  stateRefreshMs?: number;
+}
+
+export class EdgeAgent {
+  readonly store = new TopologyStore();
+  readonly flowState: FlowStateTable;
+  readonly handler: UpcallHandler;
+  private readonly portIdByNo = new Map<number, string>();
+  private readonly portNoById = new Map<string, number>();
+  private readonly boundKeys = new Map<string, number>();
+  private readonly clock: () => number;
+  private readonly log: Logger;
+  private nextPortNo = 1;
+  readonly stats = { flowStateMessages: 0, flowStateMalformed: 0, invalidated: 0, bindErrors: 0 };
+
+  constructor(private readonly o: EdgeAgentOptions) {
+    this.clock = o.clock ?? (() => performance.now());
+    this.log = componentLogger(o.log, "edge-agent");
+    this.flowState = new FlowStateTable(o.maxFlowStateEntries);
+    this.handler = new UpcallHandler({
+      hostId: o.hostId,
+      role: o.role,
+      store: this.store,
+      simulator: o.simulator,
+      datapath: o.datapath,
+      flowState: this.flowState,
+      portIdByNo: this.portIdByNo,
+      portNoById: this.portNoById,
+      gateway: o.role === "gateway" ? new GatewayForwarder(o.hostId, this.store, this.portNoById) : undefined,
+      stateRefreshMs: o.stateRefreshMs,
+      clock: this.clock,
+    });
+    o.datapath.onUpcall((u) => this.handler.handle(u));
+    o.datapath.onFlowState((payload, from) => this.onFlowState(payload, from));
+  }
+
+  get hostId(): string {
+    return this.o.hostId;
+  }
+
+  /** Local bindings: topology port id → datapath port number. */
+  boundPorts(): Map<string, number> {
+    return new Map(this.portNoById);
+  }
+
+  applySnapshot(s: topologypb.TopologySnapshot): void {
+    this.store.applySnapshot(s);
+    this.o.simulator.applySnapshot(s);
+    // A snapshot replaces everything: every cached decision may be stale.
+    this.stats.invalidated += this.o.datapath.stats().flows;
+    this.o.datapath.flush();
+    this.reconcilePorts();
+  }
+
+  applyChange(c: topologypb.TopologyChange): void {
+    const tags = this.macTagsOf(c);
+    const touched = this.store.applyChange(c);
+    this.o.simulator.applyChange(c);
+    for (const t of this.macTagsOf(c)) tags.add(t);
+    for (const id of touched) tags.add(id);
+    this.stats.invalidated += this.o.datapath.invalidate(tags);
+    this.reconcilePorts();
+  }
+
+  /** Tags derived from the MAC entries a change touches (their bridge's MAC set changed). */
+  private macTagsOf(c: topologypb.TopologyChange): Set<string> {
+    const tags = new Set<string>();
+    const add = (m: topologypb.MacEntry | undefined) => {
+      if (!m) return;
+      tags.add(bridgeMacsTag(m.bridgeId));
+      tags.add(macTag(m.bridgeId, m.mac));
+    };
+    for (const o of c.upserts) {
+      if (o.macEntry) {
+        add(o.macEntry);
+        add(this.store.macEntries.get(o.macEntry.id));
+      }
+    }
+    for (const d of c.deletes) add(this.store.macEntries.get(d.id));
+    return tags;
+  }
+
+  /** Binds ports newly assigned to this host, unbinds ports that left, keeps tunnel keys current. */
+  private reconcilePorts(): void {
+    const wanted = new Map(this.store.portsOnHost(this.o.hostId).map((p) => [p.id, p]));
+    for (const [portId, portNo] of [...this.portNoById]) {
+      if (wanted.has(portId)) continue;
+      this.o.datapath.removePort(portNo);
+      this.portNoById.delete(portId);
+      this.portIdByNo.delete(portNo);
+      this.boundKeys.delete(portId);
+      this.log.info({ portId, portNo }, "port unbound");
+    }
+    for (const [portId, port] of wanted) {
+      let portNo = this.portNoById.get(portId);
+      if (portNo === undefined) {
+        let io: PortIO;
+        try {
+          io = this.o.openPort(port.interfaceName);
+        } catch (err) {
+          this.stats.bindErrors++;
+          this.log.error(
+            { err, portId, interface: port.interfaceName },
+            "cannot bind port; will retry on next change",
+          );
+          continue;
+        }
+        portNo = this.nextPortNo++;
+        this.o.datapath.addPort(portNo, portId, io);
+        this.portNoById.set(portId, portNo);
+        this.portIdByNo.set(portNo, portId);
+        this.log.info({ portId, portNo, interface: port.interfaceName }, "port bound");
+      }
+      const oldKey = this.boundKeys.get(portId);
+      if (oldKey !== port.tunnelKey) {
+        if (oldKey !== undefined && oldKey !== 0) this.o.datapath.setTunnelKeyPort(oldKey, undefined);
+        if (port.tunnelKey !== 0) this.o.datapath.setTunnelKeyPort(port.tunnelKey, portNo);
+        this.boundKeys.set(portId, port.tunnelKey);
+      }
+    }
+  }
+
+  /** Retries binding ports whose interfaces were missing (called periodically by the process). */
+  retryBindings(): void {
+    if (this.store.ready) this.reconcilePorts();
+  }
+
+  expireFlowState(): number {
+    return this.flowState.expire(this.clock());
+  }
+
+  private onFlowState(payload: Buffer, from: TunnelEndpoint): void {
+    let msg: ReturnType<typeof decodeFlowState>;
+    try {
+      msg = decodeFlowState(payload);
+    } catch (err) {
+      this.stats.flowStateMalformed++;
+      this.o.datapath.countDrop("flow_state_malformed");
+      this.log.debug({ err, from }, "malformed flow state message");
+      return;
+    }
+    this.stats.flowStateMessages++;
+    const now = this.clock();
+    const tags: string[] = [];
+    for (const e of msg.entries) {
+      if (this.flowState.install(e, now)) tags.push(flowStateTag(e));
+    }
+    // Decisions cached before the state arrived (a return packet dropped as "not established")
+    // carry the entry's tag and must be recomputed.
+    this.o.datapath.invalidate(tags);
+  }
+
+  async stop(): Promise<void> {
+    await this.o.datapath.stop();
+  }
+}

@@ -1,0 +1,76 @@
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { extractKey, KEY_SIZE, maskFromFields } from "./flow-key.js";
+import { DEFAULT_FLOW_LIMITS, FlowTable } from "./flow-table.js";
+import { udpFrame } from "./testing/frames.js";
+
+function keyOf(frame: Buffer, inPort = 1): Buffer {
+  const k = Buffer.alloc(KEY_SIZE);
+  assert.ok(extractKey(frame, inPort, 0, k));
+  return k;
+}
+
+const A = { srcMac: "02:00:00:00:00:01", dstMac: "02:00:00:00:00:02", srcIp: "10.0.0.1", dstIp: "10.0.0.2" };
+const l2 = maskFromFields(["inPort", "ethDst"]);
+const out = { outputs: [{ kind: "port" as const, portNo: 2 }] };
+
+test("a megaflow matches every key equal under its mask; the exact cache serves repeats", () => {
+  const t = new FlowTable();
+  const k1 = keyOf(udpFrame({ ...A, sport: 1000, dport: 53 }));
+  const k2 = keyOf(udpFrame({ ...A, sport: 2000, dport: 80 }));
+  assert.equal(t.lookup(k1, 60, 0), undefined);
+  const f = t.install({ match: k1, mask: l2, actions: out, tags: ["bridge-1"] }, 0);
+  assert.ok(f);
+  assert.equal(t.lookup(k2, 60, 1)?.id, f.id); // same dst MAC, different ports: still a hit
+  assert.equal(t.lookup(k2, 60, 2)?.id, f.id);
+  assert.equal(t.stats.megaflowHits, 1);
+  assert.equal(t.stats.exactHits, 1);
+  assert.equal(f.packets, 2);
+  assert.equal(f.bytes, 120);
+  assert.equal(t.lookup(keyOf(udpFrame({ ...A, sport: 1, dport: 2 }), 7), 60, 3), undefined); // other port
+});
+
+test("invalidation by tag removes exactly the tagged flows, including their exact-cache entries", () => {
+  const t = new FlowTable();
+  const k1 = keyOf(udpFrame({ ...A, sport: 1, dport: 2 }));
+  const k2 = keyOf(udpFrame({ ...A, dstMac: "02:00:00:00:00:03", sport: 1, dport: 2 }));
+  t.install({ match: k1, mask: l2, actions: out, tags: ["bridge-1", "port-2"] }, 0);
+  t.install({ match: k2, mask: l2, actions: out, tags: ["bridge-1", "port-3"] }, 0);
+  assert.ok(t.lookup(k1, 1, 0));
+  assert.ok(t.lookup(k1, 1, 0)); // now in the exact cache
+  assert.equal(t.invalidate(["port-2"]), 1);
+  assert.equal(t.lookup(k1, 1, 0), undefined);
+  assert.ok(t.lookup(k2, 1, 0));
+  assert.equal(t.invalidate(["bridge-1"]), 1);
+  assert.equal(t.size, 0);
+  assert.equal(t.maskCount, 0);
+});
+
+test("idle and hard expiry, and the flow bound refuses installs until room is made", () => {
+  const t = new FlowTable({ ...DEFAULT_FLOW_LIMITS, maxFlows: 2, idleTimeoutMs: 100, hardTimeoutMs: 1000 });
+  const keys = [1, 2, 3].map((i) =>
+    keyOf(udpFrame({ ...A, dstMac: `02:00:00:00:00:1${i}`, sport: 1, dport: 2 })),
+  );
+  assert.ok(t.install({ match: keys[0]!, mask: l2, actions: out, tags: [] }, 0));
+  assert.ok(t.install({ match: keys[1]!, mask: l2, actions: out, tags: [] }, 0));
+  assert.equal(t.install({ match: keys[2]!, mask: l2, actions: out, tags: [] }, 0), undefined);
+  assert.equal(t.stats.refusedFull, 1);
+  for (let now = 50; now <= 950; now += 50) t.lookup(keys[0]!, 1, now); // keeps flow 0 busy
+  assert.equal(t.expire(960), 1); // flow 1 idle
+  assert.equal(t.stats.removed.idle, 1);
+  assert.ok(t.install({ match: keys[2]!, mask: l2, actions: out, tags: [] }, 960));
+  t.lookup(keys[0]!, 1, 990);
+  t.lookup(keys[2]!, 1, 990);
+  assert.equal(t.expire(1000), 1); // flow 0 reached its hard timeout although busy
+  assert.equal(t.stats.removed.hard, 1);
+});
+
+test("a mask with more fields is a separate megaflow; the first matching mask wins", () => {
+  const t = new FlowTable();
+  const k = keyOf(udpFrame({ ...A, sport: 1, dport: 2 }));
+  const fine = maskFromFields(["inPort", "ethDst", "ipDst", "tpDst"]);
+  t.install({ match: k, mask: fine, actions: out, tags: [] }, 0);
+  assert.equal(t.maskCount, 1);
+  assert.equal(t.lookup(keyOf(udpFrame({ ...A, sport: 1, dport: 3 })), 1, 0), undefined);
+  assert.ok(t.lookup(keyOf(udpFrame({ ...A, sport: 9, dport: 2 })), 1, 0));
+});

@@ -1,0 +1,172 @@
+// The agent's local read-only copy of its site's topology (isthmus.topology.v1), kept from the
+// controller's Watch stream: a snapshot, then ordered changes. The packet path reads it without
+// waiting on anything remote; each applied change reports the object ids it touched so the flows
+// tagged with them can be invalidated.
+import { topologypb } from "@isthmus/schema";
+
+type Obj = topologypb.TopologyObject;
+type Kind = Exclude<keyof Obj, never>;
+
+const KINDS: Kind[] = [
+  "host",
+  "bridge",
+  "router",
+  "port",
+  "route",
+  "chain",
+  "rule",
+  "ipAddrGroup",
+  "portGroup",
+  "macEntry",
+  "arpEntry",
+  "remoteGateway",
+];
+
+const KIND_BY_ENUM: Record<number, Kind> = {
+  [topologypb.TopologyKind.TOPOLOGY_KIND_HOST]: "host",
+  [topologypb.TopologyKind.TOPOLOGY_KIND_BRIDGE]: "bridge",
+  [topologypb.TopologyKind.TOPOLOGY_KIND_ROUTER]: "router",
+  [topologypb.TopologyKind.TOPOLOGY_KIND_PORT]: "port",
+  [topologypb.TopologyKind.TOPOLOGY_KIND_ROUTE]: "route",
+  [topologypb.TopologyKind.TOPOLOGY_KIND_CHAIN]: "chain",
+  [topologypb.TopologyKind.TOPOLOGY_KIND_RULE]: "rule",
+  [topologypb.TopologyKind.TOPOLOGY_KIND_IP_ADDR_GROUP]: "ipAddrGroup",
+  [topologypb.TopologyKind.TOPOLOGY_KIND_PORT_GROUP]: "portGroup",
+  [topologypb.TopologyKind.TOPOLOGY_KIND_MAC_ENTRY]: "macEntry",
+  [topologypb.TopologyKind.TOPOLOGY_KIND_ARP_ENTRY]: "arpEntry",
+  [topologypb.TopologyKind.TOPOLOGY_KIND_REMOTE_GATEWAY]: "remoteGateway",
+};
+
+export function objectKind(o: Obj): Kind | undefined {
+  return KINDS.find((k) => o[k] !== undefined);
+}
+
+export function objectId(o: Obj): string {
+  const k = objectKind(o);
+  return k ? (o[k] as { id: string }).id : "";
+}
+
+export class TopologyStore {
+  readonly hosts = new Map<string, topologypb.Host>();
+  readonly bridges = new Map<string, topologypb.Bridge>();
+  readonly ports = new Map<string, topologypb.Port>();
+  readonly remoteGateways = new Map<string, topologypb.RemoteGateway>();
+  readonly macEntries = new Map<string, topologypb.MacEntry>();
+  /** Every object by id, for kinds the agent itself does not index. */
+  private readonly others = new Map<string, Obj>();
+  revision = 0;
+  /** Whether a snapshot has been applied (before it, the agent cannot simulate). */
+  ready = false;
+
+  /** Replaces everything with a snapshot; returns every id that existed before or after. */
+  applySnapshot(s: topologypb.TopologySnapshot): Set<string> {
+    const touched = new Set<string>([...this.allIds()]);
+    this.hosts.clear();
+    this.bridges.clear();
+    this.ports.clear();
+    this.remoteGateways.clear();
+    this.macEntries.clear();
+    this.others.clear();
+    for (const o of s.objects) touched.add(this.upsert(o));
+    this.revision = s.revision;
+    this.ready = true;
+    return touched;
+  }
+
+  /** Applies one change in order; returns the ids it touched. Out-of-order changes are an error. */
+  applyChange(c: topologypb.TopologyChange): Set<string> {
+    if (!this.ready) throw new Error(`topology change ${c.revision} before any snapshot`);
+    if (c.revision <= this.revision) {
+      throw new Error(`topology change ${c.revision} is not after revision ${this.revision}`);
+    }
+    const touched = new Set<string>();
+    for (const o of c.upserts) touched.add(this.upsert(o));
+    for (const d of c.deletes) {
+      const kind = KIND_BY_ENUM[d.kind];
+      if (!kind) throw new Error(`topology change ${c.revision}: delete of unknown kind ${d.kind}`);
+      this.remove(kind, d.id);
+      touched.add(d.id);
+    }
+    this.revision = c.revision;
+    return touched;
+  }
+
+  private upsert(o: Obj): string {
+    const k = objectKind(o);
+    if (!k) throw new Error("topology object without a kind");
+    const id = objectId(o);
+    if (id === "") throw new Error(`topology ${k} without an id`);
+    switch (k) {
+      case "host":
+        this.hosts.set(id, o.host!);
+        break;
+      case "bridge":
+        this.bridges.set(id, o.bridge!);
+        break;
+      case "port":
+        this.ports.set(id, o.port!);
+        break;
+      case "remoteGateway":
+        this.remoteGateways.set(id, o.remoteGateway!);
+        break;
+      case "macEntry":
+        this.macEntries.set(id, o.macEntry!);
+        break;
+      default:
+        this.others.set(id, o);
+    }
+    return id;
+  }
+
+  private remove(k: Kind, id: string): void {
+    switch (k) {
+      case "host":
+        this.hosts.delete(id);
+        break;
+      case "bridge":
+        this.bridges.delete(id);
+        break;
+      case "port":
+        this.ports.delete(id);
+        break;
+      case "remoteGateway":
+        this.remoteGateways.delete(id);
+        break;
+      case "macEntry":
+        this.macEntries.delete(id);
+        break;
+      default:
+        this.others.delete(id);
+    }
+  }
+
+  private *allIds(): Iterable<string> {
+    yield* this.hosts.keys();
+    yield* this.bridges.keys();
+    yield* this.ports.keys();
+    yield* this.remoteGateways.keys();
+    yield* this.macEntries.keys();
+    yield* this.others.keys();
+  }
+
+  /** Every object, as the simulator's topology view is built from them. */
+  objects(): Obj[] {
+    const out: Obj[] = [];
+    for (const host of this.hosts.values()) out.push({ host });
+    for (const bridge of this.bridges.values()) out.push({ bridge });
+    for (const port of this.ports.values()) out.push({ port });
+    for (const remoteGateway of this.remoteGateways.values()) out.push({ remoteGateway });
+    for (const macEntry of this.macEntries.values()) out.push({ macEntry });
+    out.push(...this.others.values());
+    return out;
+  }
+
+  /** Exterior ports bound to this host. */
+  portsOnHost(hostId: string): topologypb.Port[] {
+    return [...this.ports.values()].filter((p) => p.hostId === hostId && p.interfaceName !== "");
+  }
+
+  gateways(): topologypb.Host[] {
+    return [...this.hosts.values()].filter((h) => h.role === topologypb.HostRole.HOST_ROLE_GATEWAY);
+  }
+}

@@ -1,0 +1,413 @@
+// The userspace datapath: frames from VM ports and the VXLAN socket are looked up in the flow table
+// and forwarded by their flow's actions; misses queue for the agent's upcall handler (simulation),
+// whose decision is executed and usually installed. Intra-site tunnel keys are delivered straight to
+// their port. Port writes are batched per received batch.
+import type { Logger } from "@isthmus/schema";
+import {
+  type Datapath,
+  type DatapathStats,
+  type FlowDump,
+  isLocalTunnelKey,
+  type PortCounters,
+  type PortIO,
+  TUNNEL_KEY,
+  type TunnelEndpoint,
+  type Upcall,
+  type UpcallHandler,
+} from "./datapath.js";
+import { applyRewrites, describeActions, type FlowActions, validateActions } from "./flow-actions.js";
+import { describeKey, extractKey, KEY_SIZE } from "./flow-key.js";
+import {
+  DEFAULT_FLOW_LIMITS,
+  type Flow,
+  FlowTable,
+  type FlowTableLimits,
+  type InstallRequest,
+} from "./flow-table.js";
+import { DEFAULT_UPCALL_LIMITS, UpcallQueue, type UpcallQueueLimits } from "./upcall-queue.js";
+import { VxlanSocket } from "./vxlan-socket.js";
+
+export interface UserspaceDatapathOptions {
+  tunnelIp: string;
+  tunnelPort: number;
+  flowLimits?: Partial<FlowTableLimits>;
+  upcallLimits?: Partial<UpcallQueueLimits>;
+  /** Upcalls handled concurrently (the handler may await). */
+  upcallConcurrency?: number;
+  expiryIntervalMs?: number;
+  clock?: () => number;
+  log: Logger;
+}
+
+interface BoundPort extends PortCounters {
+  portNo: number;
+  portId: string;
+  name: string;
+  io: PortIO;
+  pending: Buffer[];
+}
+
+function counters(): PortCounters {
+  return { rxPackets: 0, rxBytes: 0, txPackets: 0, txBytes: 0, txDropped: 0 };
+}
+
+export class UserspaceDatapath implements Datapath {
+  readonly kind = "userspace" as const;
+  readonly table: FlowTable;
+  private readonly queue: UpcallQueue<Upcall>;
+  private readonly ports = new Map<number, BoundPort>();
+  private readonly keyToPort = new Map<number, number>();
+  private readonly tunnels = new Map<string, PortCounters>();
+  private readonly drops = new Map<string, number>();
+  private readonly socket: VxlanSocket;
+  private readonly key = Buffer.alloc(KEY_SIZE);
+  private readonly clock: () => number;
+  private readonly dirty = new Set<BoundPort>();
+  private handler: UpcallHandler | undefined;
+  private flowStateHandler: ((p: Buffer, from: TunnelEndpoint) => void) | undefined;
+  private expiryTimer: NodeJS.Timeout | undefined;
+  private inFlight = 0;
+  private pumpScheduled = false;
+  private stopped = false;
+  private upcalls = 0;
+
+  constructor(private readonly opts: UserspaceDatapathOptions) {
+    this.table = new FlowTable({ ...DEFAULT_FLOW_LIMITS, ...opts.flowLimits });
+    this.queue = new UpcallQueue({ ...DEFAULT_UPCALL_LIMITS, ...opts.upcallLimits });
+    this.socket = new VxlanSocket({ address: opts.tunnelIp, port: opts.tunnelPort });
+    this.clock = opts.clock ?? (() => performance.now());
+  }
+
+  get tunnelPort(): number {
+    return this.socket.boundPort;
+  }
+
+  async start(): Promise<void> {
+    await this.socket.start(
+      (vni, frame, from) => this.onTunnelPacket(vni, frame, from),
+      (reason) => this.countDrop(reason),
+    );
+    const every = this.opts.expiryIntervalMs ?? 1000;
+    this.expiryTimer = setInterval(() => this.table.expire(this.clock()), every);
+    this.expiryTimer.unref();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.expiryTimer) clearInterval(this.expiryTimer);
+    for (const p of this.ports.values()) p.io.close();
+    this.ports.clear();
+    await this.socket.close();
+  }
+
+  addPort(portNo: number, portId: string, io: PortIO): void {
+    if (!Number.isInteger(portNo) || portNo <= 0 || portNo > 0xffffffff) {
+      throw new Error(`datapath: port number ${portNo} must be an integer in 1..2^32-1`);
+    }
+    if (this.ports.has(portNo)) throw new Error(`datapath: port number ${portNo} is already bound`);
+    const port: BoundPort = { portNo, portId, name: io.name, io, pending: [], ...counters() };
+    this.ports.set(portNo, port);
+    io.start((frames) => this.onPortFrames(port, frames));
+  }
+
+  removePort(portNo: number): void {
+    const p = this.ports.get(portNo);
+    if (!p) return;
+    this.ports.delete(portNo);
+    this.queue.drop(`port:${portNo}`);
+    for (const [k, n] of this.keyToPort) if (n === portNo) this.keyToPort.delete(k);
+    p.io.close();
+  }
+
+  setTunnelKeyPort(key: number, portNo: number | undefined): void {
+    if (!isLocalTunnelKey(key))
+      throw new Error(`datapath: tunnel key 0x${key.toString(16)} is not site-local`);
+    if (portNo === undefined) this.keyToPort.delete(key);
+    else this.keyToPort.set(key, portNo);
+  }
+
+  onUpcall(handler: UpcallHandler): void {
+    this.handler = handler;
+  }
+
+  onFlowState(handler: (payload: Buffer, from: TunnelEndpoint) => void): void {
+    this.flowStateHandler = handler;
+  }
+
+  sendFlowState(payload: Buffer, to: readonly TunnelEndpoint[]): void {
+    for (const t of to) {
+      this.socket.send(TUNNEL_KEY.flowState, payload, t.ip, t.port);
+      this.countTunnelTx(t.ip, t.port, payload.length);
+    }
+  }
+
+  install(req: InstallRequest): Flow | undefined {
+    validateActions(req.actions);
+    return this.table.install(req, this.clock());
+  }
+
+  invalidate(tags: Iterable<string>): number {
+    return this.table.invalidate(tags);
+  }
+
+  flush(): void {
+    this.table.clear();
+  }
+
+  execute(frame: Buffer, actions: FlowActions): void {
+    this.output(frame, actions);
+    this.flushPorts();
+  }
+
+  countDrop(reason: string): void {
+    this.drops.set(reason, (this.drops.get(reason) ?? 0) + 1);
+  }
+
+  dumpFlows(): FlowDump[] {
+    const now = this.clock();
+    return this.table.flows().map((f) => ({
+      id: f.id,
+      match: describeKey(f.match, f.mask),
+      actions: describeActions(f.actions),
+      tags: f.tags,
+      packets: f.packets,
+      bytes: f.bytes,
+      ageMs: Math.round(now - f.installedAt),
+      idleMs: Math.round(now - f.lastUsed),
+    }));
+  }
+
+  stats(): DatapathStats {
+    const s = this.table.stats;
+    return {
+      ports: new Map(
+        [...this.ports].map(([n, p]) => [
+          n,
+          {
+            name: p.name,
+            portId: p.portId,
+            rxPackets: p.rxPackets,
+            rxBytes: p.rxBytes,
+            txPackets: p.txPackets,
+            txBytes: p.txBytes,
+            txDropped: p.txDropped,
+          },
+        ]),
+      ),
+      tunnels: new Map([...this.tunnels].map(([k, v]) => [k, { ...v }])),
+      drops: new Map(this.drops),
+      flows: this.table.size,
+      exactEntries: this.table.exactSize,
+      masks: this.table.maskCount,
+      upcallQueueDepth: this.queue.size,
+      upcalls: this.upcalls,
+      flowHits: s.exactHits + s.megaflowHits,
+      flowMisses: s.misses,
+      installs: s.installs,
+    };
+  }
+
+  // ---- packet path ----
+
+  private onPortFrames(port: BoundPort, frames: Buffer[]): void {
+    if (this.stopped || this.ports.get(port.portNo) !== port) return;
+    for (const frame of frames) {
+      port.rxPackets++;
+      port.rxBytes += frame.length;
+      this.process(frame, port.portNo, 0, false, undefined);
+    }
+    this.flushPorts();
+  }
+
+  private onTunnelPacket(vni: number, frame: Buffer, from: TunnelEndpoint): void {
+    if (this.stopped) return;
+    const t = this.tunnelCounters(from.ip, from.port);
+    t.rxPackets++;
+    t.rxBytes += frame.length;
+    if (vni === TUNNEL_KEY.flowState) {
+      if (this.flowStateHandler) this.flowStateHandler(frame, from);
+      else this.countDrop("flow_state_unhandled");
+      return;
+    }
+    const traced = (vni & TUNNEL_KEY.traceBit) !== 0;
+    const key = vni & ~TUNNEL_KEY.traceBit;
+    if (key === 0) {
+      this.countDrop("vxlan_key_zero");
+      return;
+    }
+    if (isLocalTunnelKey(key)) {
+      // The sender simulated the whole path (egress filters included): deliver as is.
+      const portNo = this.keyToPort.get(key);
+      const port = portNo === undefined ? undefined : this.ports.get(portNo);
+      if (!port) {
+        this.countDrop("vxlan_unknown_key");
+        return;
+      }
+      this.queueToPort(port, frame);
+    } else {
+      this.process(frame, 0, key, traced, from);
+    }
+    this.flushPorts();
+  }
+
+  private process(
+    frame: Buffer,
+    portNo: number,
+    tunnelKey: number,
+    traced: boolean,
+    from: TunnelEndpoint | undefined,
+  ): void {
+    if (!extractKey(frame, portNo, tunnelKey, this.key)) {
+      this.countDrop("malformed_frame");
+      return;
+    }
+    const flow = traced ? undefined : this.table.lookup(this.key, frame.length, this.clock());
+    if (flow) {
+      this.output(frame, flow.actions);
+      return;
+    }
+    const source = portNo !== 0 ? `port:${portNo}` : `tunnel:${from?.ip ?? "?"}`;
+    const u: Upcall = { portNo, tunnelKey, traced, frame, key: Buffer.from(this.key), from };
+    if (!this.queue.push(source, u)) {
+      this.countDrop("upcall_queue_full");
+      return;
+    }
+    this.schedulePump();
+  }
+
+  private schedulePump(): void {
+    if (this.pumpScheduled) return;
+    this.pumpScheduled = true;
+    setImmediate(() => {
+      this.pumpScheduled = false;
+      this.pump();
+    });
+  }
+
+  private pump(): void {
+    const max = this.opts.upcallConcurrency ?? 8;
+    while (!this.stopped && this.inFlight < max) {
+      const next = this.queue.shift();
+      if (!next) break;
+      const u = next.item;
+      // An earlier upcall may have installed this packet's flow while it waited.
+      const flow = u.traced ? undefined : this.table.lookup(u.key, u.frame.length, this.clock());
+      if (flow) {
+        this.output(u.frame, flow.actions);
+        continue;
+      }
+      if (!this.handler) {
+        this.countDrop("no_upcall_handler");
+        continue;
+      }
+      this.upcalls++;
+      this.inFlight++;
+      let decision: ReturnType<UpcallHandler>;
+      try {
+        decision = this.handler(u);
+      } catch (err) {
+        this.inFlight--;
+        this.upcallFailed(err);
+        continue;
+      }
+      if (decision instanceof Promise) {
+        decision.then(
+          (d) => {
+            this.inFlight--;
+            this.applyDecision(u, d);
+            this.flushPorts();
+            this.schedulePump();
+          },
+          (err) => {
+            this.inFlight--;
+            this.upcallFailed(err);
+            this.schedulePump();
+          },
+        );
+      } else {
+        this.inFlight--;
+        this.applyDecision(u, decision);
+      }
+    }
+    this.flushPorts();
+  }
+
+  private upcallFailed(err: unknown): void {
+    this.countDrop("upcall_error");
+    this.opts.log.warn({ err }, "upcall handler failed; packet dropped");
+  }
+
+  private applyDecision(u: Upcall, d: Awaited<ReturnType<UpcallHandler>>): void {
+    if (this.stopped) return;
+    if (d.install && !u.traced) {
+      const flow = this.install({ ...d.install, match: u.key, actions: d.actions });
+      if (flow) {
+        flow.packets++;
+        flow.bytes += u.frame.length;
+      }
+    }
+    for (const g of d.generated ?? []) this.output(g.frame, g.actions);
+    this.output(u.frame, d.actions);
+  }
+
+  private output(frame: Buffer, a: FlowActions): void {
+    if (a.outputs.length === 0) {
+      this.countDrop(a.dropReason ?? "no_output");
+      return;
+    }
+    if (!applyRewrites(frame, a)) {
+      this.countDrop("ttl_expired");
+      return;
+    }
+    for (const o of a.outputs) {
+      if (o.kind === "port") {
+        const port = this.ports.get(o.portNo);
+        if (port) this.queueToPort(port, frame);
+        else this.countDrop("output_port_gone");
+      } else {
+        this.socket.send(o.key, frame, o.remoteIp, o.remotePort);
+        this.countTunnelTx(o.remoteIp, o.remotePort, frame.length);
+      }
+    }
+  }
+
+  private queueToPort(port: BoundPort, frame: Buffer): void {
+    port.pending.push(frame);
+    this.dirty.add(port);
+  }
+
+  private flushPorts(): void {
+    for (const p of this.dirty) {
+      const frames = p.pending;
+      p.pending = [];
+      const written = p.io.send(frames);
+      for (let i = 0; i < written; i++) {
+        p.txPackets++;
+        p.txBytes += frames[i]!.length;
+      }
+      if (written < frames.length) {
+        p.txDropped += frames.length - written;
+        for (let i = written; i < frames.length; i++) this.countDrop("port_tx_full");
+      }
+    }
+    this.dirty.clear();
+  }
+
+  private tunnelCounters(ip: string, port: number): PortCounters {
+    const k = `${ip}:${port}`;
+    let t = this.tunnels.get(k);
+    if (!t) {
+      // Bounded by the number of distinct senders; garbage from many addresses is capped.
+      if (this.tunnels.size >= 4096) return counters();
+      t = counters();
+      this.tunnels.set(k, t);
+    }
+    return t;
+  }
+
+  private countTunnelTx(ip: string, port: number, bytes: number): void {
+    const t = this.tunnelCounters(ip, port);
+    t.txPackets++;
+    t.txBytes += bytes;
+  }
+}

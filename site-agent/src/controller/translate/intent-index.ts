@@ -1,0 +1,172 @@
+// An in-memory IntentView: the site's copy of global intent plus its hosts and port bindings,
+// with the reverse indexes translation needs. Applying a change returns the prior versions of
+// what it touched, which is exactly what translateChange needs to see the state before it.
+import type { intentpb, topologypb } from "@isthmus/schema";
+import {
+  INTENT_KINDS,
+  type IntentView,
+  type LocalPortBinding,
+  type ViewKind,
+  type ViewKinds,
+} from "./view.js";
+import { type IndexName, indexEntries, kindOfObjectKind, unwrapIntentObject } from "./view-indexes.js";
+
+export interface IntentIndexOptions {
+  /** Most objects (intent and local together) the index holds; beyond it an apply throws. */
+  maxObjects?: number;
+}
+
+export const DEFAULT_MAX_INDEX_OBJECTS = 2_000_000;
+
+const EMPTY: ReadonlyMap<string, unknown> = new Map<string, unknown>();
+
+export class IntentIndex implements IntentView {
+  readonly maxObjects: number;
+  private readonly objects = new Map<ViewKind, Map<string, unknown>>();
+  private readonly indexes = new Map<IndexName, Map<string, Map<string, unknown>>>();
+  private count = 0;
+
+  constructor(
+    readonly site: string,
+    options: IntentIndexOptions = {},
+  ) {
+    this.maxObjects = options.maxObjects ?? DEFAULT_MAX_INDEX_OBJECTS;
+  }
+
+  get size(): number {
+    return this.count;
+  }
+
+  get<K extends ViewKind>(kind: K, id: string): ViewKinds[K] | undefined {
+    return this.objects.get(kind)?.get(id) as ViewKinds[K] | undefined;
+  }
+
+  list<K extends ViewKind>(kind: K): Iterable<ViewKinds[K]> {
+    return (this.objects.get(kind)?.values() ?? []) as Iterable<ViewKinds[K]>;
+  }
+
+  private bucket<T>(name: IndexName, key: string): Iterable<T> {
+    return ((this.indexes.get(name)?.get(key) ?? EMPTY) as Map<string, T>).values();
+  }
+
+  routerInterfacesOfRouter(routerId: string): Iterable<intentpb.RouterInterface> {
+    return this.bucket("routerInterfacesOfRouter", routerId);
+  }
+  routerInterfacesOfNetwork(networkId: string): Iterable<intentpb.RouterInterface> {
+    return this.bucket("routerInterfacesOfNetwork", networkId);
+  }
+  rulesOfGroup(securityGroupId: string): Iterable<intentpb.SecurityGroupRule> {
+    return this.bucket("rulesOfGroup", securityGroupId);
+  }
+  portRecordsOfGroup(securityGroupId: string): Iterable<intentpb.PortRecord> {
+    return this.bucket("portRecordsOfGroup", securityGroupId);
+  }
+  portRecordsOfNetwork(networkId: string): Iterable<intentpb.PortRecord> {
+    return this.bucket("portRecordsOfNetwork", networkId);
+  }
+  floatingIpsOfRouter(routerId: string): Iterable<intentpb.FloatingIP> {
+    return this.bucket("floatingIpsOfRouter", routerId);
+  }
+  routersWithUplinkHere(): Iterable<intentpb.Router> {
+    return this.bucket("routersWithUplinkHere", "");
+  }
+  gatewayHosts(): Iterable<topologypb.Host> {
+    return this.bucket("gatewayHosts", "");
+  }
+
+  /** Stores or replaces one object; returns its previous version. */
+  put<K extends ViewKind>(kind: K, id: string, value: ViewKinds[K]): ViewKinds[K] | undefined {
+    const prior = this.remove(kind, id);
+    if (this.count >= this.maxObjects) {
+      if (prior !== undefined) this.insert(kind, id, prior);
+      throw new Error(
+        `intent index is full (${this.maxObjects} objects, option maxObjects): cannot add ${kind} ${id}`,
+      );
+    }
+    this.insert(kind, id, value);
+    return prior;
+  }
+
+  /** Removes one object; returns what was stored (undefined when absent). */
+  remove<K extends ViewKind>(kind: K, id: string): ViewKinds[K] | undefined {
+    const byId = this.objects.get(kind);
+    const prior = byId?.get(id) as ViewKinds[K] | undefined;
+    if (prior === undefined) return undefined;
+    byId!.delete(id);
+    this.count--;
+    for (const [name, key] of indexEntries(this.site, kind, prior)) {
+      const buckets = this.indexes.get(name)!;
+      const b = buckets.get(key)!;
+      b.delete(id);
+      if (b.size === 0) buckets.delete(key);
+    }
+    return prior;
+  }
+
+  private insert<K extends ViewKind>(kind: K, id: string, value: ViewKinds[K]): void {
+    const byId = this.objects.get(kind) ?? new Map<string, unknown>();
+    this.objects.set(kind, byId);
+    byId.set(id, value);
+    this.count++;
+    for (const [name, key] of indexEntries(this.site, kind, value)) {
+      const buckets = this.indexes.get(name) ?? new Map<string, Map<string, unknown>>();
+      this.indexes.set(name, buckets);
+      const b = buckets.get(key) ?? new Map<string, unknown>();
+      buckets.set(key, b);
+      b.set(id, value);
+    }
+  }
+
+  /**
+   * Applies one committed intent change (its upserts, then its deletes) and returns the prior
+   * versions of every object it touched that existed before — translateChange's `prior`.
+   */
+  applyIntentChange(change: intentpb.IntentChange): intentpb.IntentObject[] {
+    const prior = new Map<string, intentpb.IntentObject>();
+    const seen = new Set<string>();
+    const remember = (kind: keyof intentpb.IntentObject, id: string): void => {
+      const key = `${kind}/${id}`;
+      if (seen.has(key)) return;
+      seen.add(key);
+      const before = this.get(kind, id);
+      if (before !== undefined) prior.set(key, { [kind]: before } as intentpb.IntentObject);
+    };
+    for (const o of change.upserts) {
+      const { kind, id, value } = unwrapIntentObject(o);
+      remember(kind, id);
+      this.put(kind, id, value);
+    }
+    for (const ref of change.deletes) {
+      const kind = kindOfObjectKind(ref.kind);
+      if (kind === undefined) throw new Error(`intent delete names unknown kind ${ref.kind} (id ${ref.id})`);
+      if (ref.id === "") throw new Error(`intent delete of ${kind} has no id`);
+      remember(kind, ref.id);
+      this.remove(kind, ref.id);
+    }
+    return [...prior.values()];
+  }
+
+  /** Replaces all intent objects with a snapshot's (local hosts and ports stay). */
+  loadIntentSnapshot(snapshot: intentpb.IntentSnapshot): void {
+    for (const kind of INTENT_KINDS) {
+      for (const id of [...(this.objects.get(kind)?.keys() ?? [])]) this.remove(kind, id);
+    }
+    for (const o of snapshot.objects) {
+      const { kind, id, value } = unwrapIntentObject(o);
+      this.put(kind, id, value);
+    }
+  }
+
+  putLocalPort(binding: LocalPortBinding): LocalPortBinding | undefined {
+    return this.put("localPort", binding.id, binding);
+  }
+  removeLocalPort(id: string): LocalPortBinding | undefined {
+    return this.remove("localPort", id);
+  }
+  putHost(host: topologypb.Host): topologypb.Host | undefined {
+    return this.put("host", host.id, host);
+  }
+  removeHost(id: string): topologypb.Host | undefined {
+    return this.remove("host", id);
+  }
+}

@@ -1,0 +1,244 @@
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { parseMac } from "../packets/addr.js";
+import { parsePacket } from "../packets/packet.js";
+import { eth } from "../packets/packet-dsl.js";
+import { F } from "./flow-match.js";
+import { simulate } from "./simulate.js";
+import { newSimContext, TopologyBuilder } from "./topology-builder.js";
+import { TopologyView } from "./topology-view.js";
+
+const MAC1 = "02:00:00:00:00:01";
+const MAC2 = "02:00:00:00:00:02";
+const MAC3 = "02:00:00:00:00:03";
+
+function twoHosts() {
+  const t = new TopologyBuilder();
+  const h1 = t.host("h1", "192.168.0.1");
+  const h2 = t.host("h2", "192.168.0.2");
+  const br = t.bridge();
+  const vm1 = t.vmPort(br, h1, MAC1, ["10.0.0.1"]);
+  const vm2 = t.vmPort(br, h1, MAC2, ["10.0.0.2"]);
+  const vm3 = t.vmPort(br, h2, MAC3, ["10.0.0.3"]);
+  return { t, h1, h2, br, vm1, vm2, vm3 };
+}
+
+test("bridge: unicast to a VM port on the same host is a local output, mask covers dst MAC", () => {
+  const { t, br, vm1, vm2 } = twoHosts();
+  const view = new TopologyView(t.objects);
+  const r = simulate(
+    view,
+    eth(MAC1, MAC2).ip4("10.0.0.1", "10.0.0.2").udp(1, 2).build(),
+    { portId: vm1.id },
+    newSimContext("h1"),
+  );
+  assert.deepEqual(r.actions, [{ kind: "output", portId: vm2.id }]);
+  assert.equal(r.cacheable, true);
+  assert.ok(r.mask & F.ETH_DST);
+  assert.equal(r.mask & (F.NW_SRC | F.NW_DST | F.TP_SRC | F.TP_DST), 0, "L3/L4 fields are wildcarded");
+  for (const x of [`device:${br.id}`, `port:${vm1.id}`, `port:${vm2.id}`, `mac:${br.id}:${MAC2}`])
+    assert.ok(r.tags.has(x), x);
+});
+
+test("bridge: destination on another host is tunnelled with the port's key to that host", () => {
+  const { t, vm1, vm3 } = twoHosts();
+  const view = new TopologyView(t.objects);
+  const r = simulate(
+    view,
+    eth(MAC1, MAC3).ip4("10.0.0.1", "10.0.0.3").tcp(1000, 80).build(),
+    { portId: vm1.id },
+    newSimContext("h1"),
+  );
+  assert.deepEqual(r.actions, [
+    { kind: "encap", tunnelKey: vm3.tunnelKey, remoteIp: "192.168.0.2", remotePort: 4789, hostId: "h2" },
+  ]);
+  assert.ok(r.tags.has("host:h2"));
+  assert.ok(vm3.tunnelKey > 0);
+});
+
+test("bridge: tunnel ingress with a site-local key delivers to the named local port without simulating", () => {
+  const { t, vm3 } = twoHosts();
+  const view = new TopologyView(t.objects);
+  const frame = eth(MAC1, MAC3).ip4("10.0.0.1", "10.0.0.3").udp(5, 6).build();
+  const r = simulate(view, frame, { tunnelKey: vm3.tunnelKey }, newSimContext("h2"));
+  assert.deepEqual(r.actions, [{ kind: "output", portId: vm3.id }]);
+  const wrongHost = simulate(view, frame, { tunnelKey: vm3.tunnelKey }, newSimContext("h1"));
+  assert.equal(wrongHost.actions[0]?.kind, "drop");
+  assert.match(wrongHost.dropReason ?? "", /not bound on host h1/);
+});
+
+test("bridge: unknown unicast floods to every other exterior port, learns the source", () => {
+  const { t, br, vm1, vm2, vm3 } = twoHosts();
+  const view = new TopologyView(t.objects);
+  const ctx = newSimContext("h1");
+  const unknown = "02:00:00:00:00:99";
+  const r = simulate(
+    view,
+    eth("02:aa:00:00:00:01", unknown).ip4("10.0.0.9", "10.0.0.99").udp(1, 2).build(),
+    { portId: vm1.id },
+    ctx,
+  );
+  const outs = r.actions.filter((a) => a.kind === "output" || a.kind === "encap");
+  assert.equal(outs.length, 2);
+  assert.deepEqual(outs[0], { kind: "output", portId: vm2.id });
+  assert.equal(outs[1]?.kind === "encap" && outs[1].tunnelKey, vm3.tunnelKey);
+  assert.ok(r.tags.has(`flood:${br.id}`));
+  assert.ok(r.tags.has(`mac:${br.id}:${unknown}`), "learning the MAC later must invalidate this flood flow");
+  assert.deepEqual(r.learned, [
+    { bridgeId: br.id, vlan: 0, mac: parseMac("02:aa:00:00:00:01"), portId: vm1.id },
+  ]);
+  assert.ok(r.invalidate.includes(`mac:${br.id}:02:aa:00:00:00:01`));
+
+  // The learned MAC is now forwarded to without flooding.
+  const back = simulate(
+    view,
+    eth(MAC2, "02:aa:00:00:00:01").ip4("10.0.0.2", "10.0.0.9").udp(2, 1).build(),
+    { portId: vm2.id },
+    ctx,
+  );
+  assert.deepEqual(back.actions, [{ kind: "output", portId: vm1.id }]);
+  // ... until it expires.
+  const later = { ...ctx, now: ctx.now + ctx.state.limits.macTtlMs + 1 };
+  assert.ok(ctx.state.expire(later.now).includes(`mac:${br.id}:02:aa:00:00:00:01`));
+  const flooded = simulate(
+    view,
+    eth(MAC2, "02:aa:00:00:00:01").ip4("10.0.0.2", "10.0.0.9").udp(2, 1).build(),
+    { portId: vm2.id },
+    later,
+  );
+  assert.ok(flooded.tags.has(`flood:${br.id}`));
+});
+
+test("bridge: broadcast floods; a frame for the ingress port's own MAC is dropped", () => {
+  const { t, vm1, vm2 } = twoHosts();
+  const view = new TopologyView(t.objects);
+  const bc = simulate(
+    view,
+    eth(MAC1, "ff:ff:ff:ff:ff:ff").ip4("10.0.0.1", "10.0.0.255").udp(1, 2).build(),
+    { portId: vm1.id },
+    newSimContext("h1"),
+  );
+  assert.equal(bc.actions.filter((a) => a.kind === "output" || a.kind === "encap").length, 2);
+  const back = simulate(
+    view,
+    eth(MAC2, MAC1).ip4("10.0.0.2", "10.0.0.1").udp(1, 2).build(),
+    { portId: vm1.id },
+    newSimContext("h1"),
+  );
+  assert.equal(back.actions[0]?.kind, "drop");
+  assert.match(back.dropReason ?? "", /behind the ingress port/);
+  void vm2;
+});
+
+test("bridge: ARP request for a known VM address is answered by proxy, not flooded or cached", () => {
+  const { t, vm1 } = twoHosts();
+  const view = new TopologyView(t.objects);
+  const r = simulate(
+    view,
+    eth(MAC1, "ff:ff:ff:ff:ff:ff").arpRequest(MAC1, "10.0.0.1", "10.0.0.3").build(),
+    { portId: vm1.id },
+    newSimContext("h1"),
+  );
+  assert.equal(r.cacheable, false);
+  assert.equal(r.actions[0]?.kind, "drop");
+  assert.equal(r.generated.length, 1);
+  const g = r.generated[0]!;
+  assert.deepEqual(g.actions, [{ kind: "output", portId: vm1.id }]);
+  const reply = parsePacket(g.frame);
+  assert.equal(reply.error, null);
+  assert.equal(reply.arpOp, 2);
+  assert.equal(reply.arpSha, parseMac(MAC3));
+  assert.equal(reply.ethDst, parseMac(MAC1));
+});
+
+test("bridge: ARP request for an unknown address floods", () => {
+  const { t, vm1 } = twoHosts();
+  const view = new TopologyView(t.objects);
+  const r = simulate(
+    view,
+    eth(MAC1, "ff:ff:ff:ff:ff:ff").arpRequest(MAC1, "10.0.0.1", "10.0.0.77").build(),
+    { portId: vm1.id },
+    newSimContext("h1"),
+  );
+  assert.equal(r.generated.length, 0);
+  assert.equal(r.actions.filter((a) => a.kind === "output" || a.kind === "encap").length, 2);
+});
+
+test("bridge: ARP proxy from an ArpEntry, and a MacEntry steers unicast to its port", () => {
+  const { t, br, vm1, vm2 } = twoHosts();
+  t.arpEntry(br, "10.0.0.50", "02:00:00:00:00:50");
+  t.macEntry(br, "02:00:00:00:00:50", vm2);
+  const view = new TopologyView(t.objects);
+  const r = simulate(
+    view,
+    eth(MAC1, "ff:ff:ff:ff:ff:ff").arpRequest(MAC1, "10.0.0.1", "10.0.0.50").build(),
+    { portId: vm1.id },
+    newSimContext("h1"),
+  );
+  assert.equal(parsePacket(r.generated[0]!.frame).arpSha, parseMac("02:00:00:00:00:50"));
+  const u = simulate(
+    view,
+    eth(MAC1, "02:00:00:00:00:50").ip4("10.0.0.1", "10.0.0.50").udp(1, 2).build(),
+    { portId: vm1.id },
+    newSimContext("h1"),
+  );
+  assert.deepEqual(u.actions, [{ kind: "output", portId: vm2.id }]);
+});
+
+test("bridge: IPv6 neighbor solicitation for a VM address gets a proxied advertisement", () => {
+  const t = new TopologyBuilder();
+  const h1 = t.host("h1", "192.168.0.1");
+  const br = t.bridge();
+  const a = t.vmPort(br, h1, MAC1, ["fd00::1"]);
+  t.vmPort(br, h1, MAC2, ["fd00::2"]);
+  const view = new TopologyView(t.objects);
+  const ns = eth(MAC1, "33:33:ff:00:00:02")
+    .ip6("fd00::1", "ff02::1:ff00:2", 255)
+    .neighborSolicit("fd00::2", MAC1)
+    .build();
+  const r = simulate(view, ns, { portId: a.id }, newSimContext("h1"));
+  assert.equal(r.generated.length, 1);
+  const na = parsePacket(r.generated[0]!.frame);
+  assert.equal(na.error, null);
+  assert.equal(na.icmpType, 136);
+  assert.equal(na.ndLinkAddr, parseMac(MAC2));
+});
+
+test("bridge: malformed frames are dropped with a reason and never cached", () => {
+  const { t, vm1 } = twoHosts();
+  const view = new TopologyView(t.objects);
+  const r = simulate(view, new Uint8Array([1, 2, 3]), { portId: vm1.id }, newSimContext("h1"));
+  assert.equal(r.cacheable, false);
+  assert.match(r.dropReason ?? "", /malformed frame: ethernet/);
+});
+
+test("bridge: remote-site port tunnels with the network's global key via the gateway", () => {
+  const t = new TopologyBuilder();
+  const h1 = t.host("h1", "192.168.0.1");
+  const gw = t.host("gw", "192.168.0.9");
+  const br = t.bridge({ tunnelKey: 0x100001 });
+  const vm1 = t.vmPort(br, h1, MAC1, ["10.0.0.1"]);
+  const remote = t.port(br.id, 5, { hostId: gw.id, remoteSite: "paris" });
+  t.macEntry(br, "02:00:00:00:0b:01", remote);
+  t.remoteGateway("paris", "203.0.113.7");
+  const view = new TopologyView(t.objects);
+  const frame = eth(MAC1, "02:00:00:00:0b:01").ip4("10.0.0.1", "10.0.0.200").udp(1, 2).build();
+  const atHost = simulate(view, frame, { portId: vm1.id }, newSimContext("h1"));
+  assert.deepEqual(atHost.actions, [
+    { kind: "encap", tunnelKey: 0x100001, remoteIp: "192.168.0.9", remotePort: 4789, hostId: "gw" },
+  ]);
+  const atGateway = simulate(view, frame, { tunnelKey: 0x100001 }, newSimContext("gw"));
+  assert.deepEqual(atGateway.actions, [
+    { kind: "encap", tunnelKey: 0x100001, remoteIp: "203.0.113.7", remotePort: 4789, hostId: "site:paris" },
+  ]);
+  // From the remote site, the gateway delivers by inner MAC to the VM's host.
+  const inbound = simulate(
+    view,
+    eth("02:00:00:00:0b:01", MAC1).ip4("10.0.0.200", "10.0.0.1").udp(2, 1).build(),
+    { tunnelKey: 0x100001, fromSite: "paris" },
+    newSimContext("gw"),
+  );
+  assert.deepEqual(inbound.actions, [
+    { kind: "encap", tunnelKey: vm1.tunnelKey, remoteIp: "192.168.0.1", remotePort: 4789, hostId: "h1" },
+  ]);
+});

@@ -1,0 +1,379 @@
+// Filter chains: ordered rules whose conditions read the working match (so the flow mask records
+// exactly what was looked at) and whose actions accept, drop, reject, jump, return or translate
+// addresses. Conntrack state (forward/return) and NAT bindings are consulted here.
+import { topologypb } from "@isthmus/schema";
+import { inCidr6 } from "../packets/addr.js";
+import { FRAG_LATER, PROTO_ICMP, PROTO_TCP, PROTO_UDP } from "../packets/packet.js";
+import { type CtTuple, ctKey, ctReturnKey } from "./conntrack.js";
+import { flowHash } from "./flow-hash.js";
+import { emitGenerated } from "./generate.js";
+import { type NatBinding, natKey } from "./nat-table.js";
+import { ICMP_UNREACH, icmpError, tcpReset, UNREACH_ADMIN } from "./replies.js";
+import type { CompiledCondition, CompiledRule } from "./rule-compile.js";
+import { type PortView, tag } from "./topology-view.js";
+import type { Walk } from "./walk.js";
+
+const RA = topologypb.RuleAction;
+
+export const CHAIN_ACCEPT = 0;
+export const CHAIN_DROP = 1;
+/** Internal: fell off the end of a jumped-to chain, or RETURN: continue in the caller. */
+const CHAIN_CONTINUE = 2;
+
+export interface ChainCtx {
+  /** The port the packet entered the chain's device by ("" for tunnel ingress). */
+  inPortId: string;
+  /** The port it is leaving by (outbound port filters only). */
+  outPortId: string;
+  /** The device owning the chain: conntrack zone and NAT scope. */
+  zoneId: string;
+  /** Where a REJECT's reply is sent back out (null: reject silently drops). */
+  replyPort: PortView | null;
+}
+
+/** Runs the filter chain `chainId`; CHAIN_ACCEPT or CHAIN_DROP (drop reason set on the walk). */
+export function runFilter(w: Walk, chainId: string, cc: ChainCtx): number {
+  const stack: string[] = [];
+  const v = evalChain(w, chainId, cc, stack);
+  return v === CHAIN_DROP ? CHAIN_DROP : CHAIN_ACCEPT;
+}
+
+function evalChain(w: Walk, chainId: string, cc: ChainCtx, stack: string[]): number {
+  w.tag(tag.chain(chainId));
+  const chain = w.view.chains.get(chainId);
+  if (!chain) {
+    w.drop(`chain ${chainId} is not in the topology (failing closed)`);
+    return CHAIN_DROP;
+  }
+  if (stack.includes(chainId)) {
+    w.drop(`jump loop: ${[...stack, chainId].join(" → ")}`);
+    return CHAIN_DROP;
+  }
+  if (stack.length >= w.state.limits.maxJumpDepth) {
+    w.drop(`chain jumps nested deeper than ${w.state.limits.maxJumpDepth}`);
+    return CHAIN_DROP;
+  }
+  stack.push(chainId);
+  w.trace("chain", chainId, `evaluate ${chain.rules.length} rules`);
+  try {
+    for (const rule of chain.rules) {
+      if (rule.error) {
+        w.tag(rule.tag);
+        w.drop(`${rule.error} (failing closed)`);
+        return CHAIN_DROP;
+      }
+      if (rule.cond && !matches(w, rule.cond, cc)) continue;
+      w.tag(rule.tag);
+      const v = applyRule(w, rule, cc, stack);
+      if (v !== CHAIN_CONTINUE) return v;
+      if (rule.action === RA.RULE_ACTION_RETURN) return CHAIN_CONTINUE;
+    }
+    w.trace("chain", chainId, "end of chain");
+    return stack.length === 1 ? CHAIN_ACCEPT : CHAIN_CONTINUE;
+  } finally {
+    stack.pop();
+  }
+}
+
+function applyRule(w: Walk, rule: CompiledRule, cc: ChainCtx, stack: string[]): number {
+  switch (rule.action) {
+    case RA.RULE_ACTION_ACCEPT:
+      w.trace("rule", rule.id, "accept");
+      return CHAIN_ACCEPT;
+    case RA.RULE_ACTION_DROP:
+      w.trace("rule", rule.id, "drop");
+      w.drop(`dropped by rule ${rule.id} in chain ${rule.chainId}`);
+      return CHAIN_DROP;
+    case RA.RULE_ACTION_REJECT:
+      w.trace("rule", rule.id, "reject");
+      reject(w, cc);
+      w.drop(`rejected by rule ${rule.id} in chain ${rule.chainId}`);
+      return CHAIN_DROP;
+    case RA.RULE_ACTION_CONTINUE:
+      w.trace("rule", rule.id, "continue");
+      return CHAIN_CONTINUE;
+    case RA.RULE_ACTION_RETURN:
+      w.trace("rule", rule.id, "return");
+      return CHAIN_CONTINUE;
+    case RA.RULE_ACTION_JUMP: {
+      w.trace("rule", rule.id, `jump to ${rule.jumpChainId}`);
+      const v = evalChain(w, rule.jumpChainId, cc, stack);
+      return v === CHAIN_CONTINUE ? CHAIN_CONTINUE : v;
+    }
+    case RA.RULE_ACTION_SNAT:
+    case RA.RULE_ACTION_DNAT:
+      return forwardNat(w, rule, cc) ? CHAIN_ACCEPT : w.dropReason ? CHAIN_DROP : CHAIN_CONTINUE;
+    case RA.RULE_ACTION_REVERSE_SNAT:
+    case RA.RULE_ACTION_REVERSE_DNAT:
+      return reverseNat(w, rule, cc) ? CHAIN_ACCEPT : CHAIN_CONTINUE;
+    default:
+      w.drop(`rule ${rule.id} has unknown action ${rule.action} (failing closed)`);
+      return CHAIN_DROP;
+  }
+}
+
+function inRange(v: number, start: number, end: number): boolean {
+  return v >= start && v <= end;
+}
+
+/** Every set field must match; each inversion negates its own field. */
+function matches(w: Walk, c: CompiledCondition, cc: ChainCtx): boolean {
+  const m = w.m;
+  if (c.inPorts && c.inPorts.has(cc.inPortId) === c.invInPorts) return false;
+  if (c.outPorts && c.outPorts.has(cc.outPortId) === c.invOutPorts) return false;
+  if (c.portGroupId) {
+    w.tag(tag.portGroup(c.portGroupId));
+    const g = w.view.portGroups.get(c.portGroupId);
+    if ((g?.ports.has(cc.inPortId) ?? false) === c.invPortGroup) return false;
+  }
+  if (c.ethSrc >= 0 && (m.ethSrc === c.ethSrc) === c.invEthSrc) return false;
+  if (c.ethDst >= 0 && (m.ethDst === c.ethDst) === c.invEthDst) return false;
+  if (c.etherType !== 0 && (m.etherType === c.etherType) === c.invEtherType) return false;
+  if (c.vlan !== 0 && m.vlan !== c.vlan) return false;
+  if (c.noVlan && m.vlan !== 0) return false;
+  if (c.nwProto !== 0 && (m.ipVersion !== 0 && m.nwProto === c.nwProto) === c.invNwProto) return false;
+  if ((c.nwSrc4 || c.nwSrc6) && addrMatch(w, true, c) === c.invNwSrc) return false;
+  if ((c.nwDst4 || c.nwDst6) && addrMatch(w, false, c) === c.invNwDst) return false;
+  if (c.tpSrcStart >= 0 && (hasPorts(w) && inRange(m.tpSrc, c.tpSrcStart, c.tpSrcEnd)) === c.invTpSrc)
+    return false;
+  if (c.tpDstStart >= 0 && (hasPorts(w) && inRange(m.tpDst, c.tpDstStart, c.tpDstEnd)) === c.invTpDst)
+    return false;
+  if (c.ipGroupSrc && groupMatch(w, c.ipGroupSrc, true) === c.invIpGroupSrc) return false;
+  if (c.ipGroupDst && groupMatch(w, c.ipGroupDst, false) === c.invIpGroupDst) return false;
+  if (c.matchForward || c.matchReturn) {
+    const ret = isReturnFlow(w, cc.zoneId);
+    if (c.matchReturn && !ret) return false;
+    if (c.matchForward && ret) return false;
+  }
+  return true;
+}
+
+function hasPorts(w: Walk): boolean {
+  const m = w.m;
+  if (m.ipVersion === 0 || m.nwFrag === FRAG_LATER) return false;
+  const p = m.nwProto;
+  return p === PROTO_TCP || p === PROTO_UDP || p === PROTO_ICMP || p === 58;
+}
+
+function addrMatch(w: Walk, src: boolean, c: CompiledCondition): boolean {
+  const m = w.m;
+  const v = m.ipVersion;
+  if (v === 4) {
+    const cidr = src ? c.nwSrc4 : c.nwDst4;
+    if (!cidr) return false;
+    const a = src ? m.nwSrc : m.nwDst;
+    return (a & cidr.mask) >>> 0 === cidr.addr;
+  }
+  if (v === 6) {
+    const cidr = src ? c.nwSrc6 : c.nwDst6;
+    return cidr !== null && inCidr6(cidr, src ? m.nwSrc6 : m.nwDst6);
+  }
+  return false;
+}
+
+function groupMatch(w: Walk, groupId: string, src: boolean): boolean {
+  w.tag(tag.ipGroup(groupId));
+  const g = w.view.ipGroups.get(groupId);
+  if (!g) return false;
+  const m = w.m;
+  const v = m.ipVersion;
+  if (v === 4) {
+    const a = src ? m.nwSrc : m.nwDst;
+    if (g.v4.has(a)) return true;
+    for (const c of g.v4Cidrs) if ((a & c.mask) >>> 0 === c.addr) return true;
+    return false;
+  }
+  if (v === 6) {
+    const a = src ? m.nwSrc6 : m.nwDst6;
+    for (const c of g.v6) if (inCidr6(c, a)) return true;
+  }
+  return false;
+}
+
+/** The 5-tuple conntrack and NAT key on (ICMP: the echo identifier stands in for ports). */
+export function tupleOf(w: Walk): CtTuple {
+  const m = w.m;
+  const proto = m.nwProto;
+  const icmp = proto === PROTO_ICMP || proto === 58;
+  const frag = m.nwFrag === FRAG_LATER;
+  return {
+    ipVersion: m.ipVersion,
+    proto,
+    src: m.ipVersion === 4 ? m.nwSrc : 0,
+    dst: m.ipVersion === 4 ? m.nwDst : 0,
+    src6: m.ipVersion === 6 ? m.nwSrc6 : EMPTY6,
+    dst6: m.ipVersion === 6 ? m.nwDst6 : EMPTY6,
+    sport: frag ? 0 : icmp ? m.icmpId : m.tpSrc,
+    dport: frag || icmp ? 0 : m.tpDst,
+  };
+}
+const EMPTY6 = new Uint32Array(4);
+
+/**
+ * Whether the packet belongs to the return direction of a connection committed in `zone`. A
+ * forward packet records its own key, committed when the simulation ends without a drop.
+ */
+function isReturnFlow(w: Walk, zone: string): boolean {
+  if (w.m.ipVersion === 0) return false;
+  const t = tupleOf(w);
+  const rk = ctReturnKey(zone, t);
+  if (w.state.conntrack.has(rk, w.ctx.now)) {
+    w.tag(tag.ct(rk));
+    w.trace("conntrack", rk, "return flow");
+    return true;
+  }
+  const fk = ctKey(zone, t);
+  if (!w.ctPending.some((p) => p.key === fk)) w.ctPending.push({ key: fk, zoneId: zone });
+  w.trace("conntrack", fk, "forward flow");
+  return false;
+}
+
+function isStatic(rule: CompiledRule): boolean {
+  const t = rule.natTargets[0];
+  return (
+    rule.natTargets.length === 1 &&
+    t !== undefined &&
+    t.ipStart === t.ipEnd &&
+    t.portStart === 0 &&
+    t.portEnd === 0
+  );
+}
+
+/** SNAT/DNAT. Returns true when translated (the rule then accepts). */
+function forwardNat(w: Walk, rule: CompiledRule, cc: ChainCtx): boolean {
+  const m = w.m;
+  const snat = rule.action === RA.RULE_ACTION_SNAT;
+  if (rule.natTargets.length === 0) {
+    w.drop(`rule ${rule.id}: ${snat ? "SNAT" : "DNAT"} without targets (failing closed)`);
+    return false;
+  }
+  if (m.ipVersion !== 4) return false;
+  // Static 1:1 (floating IP): one address, no ports — rewrite the address, keep no state.
+  if (isStatic(rule)) {
+    const ip = rule.natTargets[0]!.ipStart;
+    if (snat) m._nwSrc = ip;
+    else m._nwDst = ip;
+    w.trace("nat", rule.id, `static ${snat ? "SNAT" : "DNAT"} to ${ip >>> 0}`);
+    return true;
+  }
+  const t = tupleOf(w);
+  if (m.nwFrag === FRAG_LATER) {
+    w.drop(`rule ${rule.id}: cannot translate a non-first IP fragment`);
+    return false;
+  }
+  const kind = snat ? "snat" : "dnat";
+  const key = natKey(kind, cc.zoneId, t.proto, t.src, t.sport, t.dst, t.dport);
+  const now = w.ctx.now;
+  let b = w.state.nat.lookupForward(key, now);
+  if (!b) {
+    if (w.state.nat.full()) {
+      w.drop(`NAT table full (${w.state.nat.maxBindings} bindings): rule ${rule.id}`);
+      return false;
+    }
+    const h = flowHash(t, w.ctx.hashSeed ?? 0);
+    const target = rule.natTargets[h % rule.natTargets.length]!;
+    const natIp = (target.ipStart + (h % (target.ipEnd - target.ipStart + 1))) >>> 0;
+    const icmp = t.proto === PROTO_ICMP;
+    let natPort: number;
+    if (icmp || target.portEnd === 0) natPort = snat ? t.sport : t.dport;
+    else if (snat) {
+      natPort = w.state.natPorts.allocate(
+        cc.zoneId,
+        natIp,
+        Math.max(1, target.portStart),
+        target.portEnd,
+        h,
+        now,
+      );
+      if (natPort < 0) {
+        w.drop(`rule ${rule.id}: no SNAT port available on ${natIp >>> 0} (no free leased block)`);
+        return false;
+      }
+    } else natPort = target.portStart + (h % (target.portEnd - target.portStart + 1));
+    b = snat
+      ? binding(
+          "snat",
+          key,
+          natKey("rsnat", cc.zoneId, t.proto, t.dst, t.dport, natIp, natPort),
+          cc.zoneId,
+          t.src,
+          t.sport,
+          natIp,
+          natPort,
+          now + w.state.nat.idleMs,
+        )
+      : binding(
+          "dnat",
+          key,
+          natKey("rdnat", cc.zoneId, t.proto, natIp, natPort, t.src, t.sport),
+          cc.zoneId,
+          t.dst,
+          t.dport,
+          natIp,
+          natPort,
+          now + w.state.nat.idleMs,
+        );
+    w.state.nat.put(b);
+    w.result.nat.push({ ...b });
+  }
+  w.tag(tag.nat(b.key));
+  if (snat) {
+    m._nwSrc = b.natIp;
+    if (t.proto !== PROTO_ICMP) m._tpSrc = b.natPort;
+  } else {
+    m._nwDst = b.natIp;
+    if (t.proto !== PROTO_ICMP) m._tpDst = b.natPort;
+  }
+  w.trace("nat", rule.id, `${kind} to ${b.natIp >>> 0}:${b.natPort}`);
+  return true;
+}
+
+function binding(
+  kind: "snat" | "dnat",
+  key: string,
+  reverseKey: string,
+  deviceId: string,
+  origIp: number,
+  origPort: number,
+  natIp: number,
+  natPort: number,
+  expiresAt: number,
+): NatBinding {
+  return { kind, key, reverseKey, deviceId, origIp, origPort, natIp, natPort, expiresAt };
+}
+
+function reverseNat(w: Walk, rule: CompiledRule, cc: ChainCtx): boolean {
+  const m = w.m;
+  if (m.ipVersion !== 4) return false;
+  const t = tupleOf(w);
+  const snat = rule.action === RA.RULE_ACTION_REVERSE_SNAT;
+  const key = natKey(snat ? "rsnat" : "rdnat", cc.zoneId, t.proto, t.src, t.sport, t.dst, t.dport);
+  const b = w.state.nat.lookupReverse(key, w.ctx.now);
+  if (!b) {
+    w.trace("nat", rule.id, `no ${snat ? "SNAT" : "DNAT"} binding: continue`);
+    return false;
+  }
+  w.tag(tag.nat(b.key));
+  if (snat) {
+    m._nwDst = b.origIp;
+    if (t.proto !== PROTO_ICMP) m._tpDst = b.origPort;
+  } else {
+    m._nwSrc = b.origIp;
+    if (t.proto !== PROTO_ICMP) m._tpSrc = b.origPort;
+  }
+  w.trace("nat", rule.id, `reverse ${snat ? "SNAT" : "DNAT"} to ${b.origIp >>> 0}:${b.origPort}`);
+  return true;
+}
+
+/** REJECT: a TCP reset or ICMP admin-prohibited back toward the sender. */
+function reject(w: Walk, cc: ChainCtx): void {
+  const port = cc.replyPort;
+  const m = w.m;
+  const p = w.pkt;
+  if (!port || m.ipVersion !== 4 || w.generatedDepth > 0) return;
+  const frame =
+    m.nwProto === PROTO_TCP && m.nwFrag !== FRAG_LATER
+      ? tcpReset(p, m._ethDst, m._ethSrc, m._nwDst, m._nwSrc, m._tpDst, m._tpSrc)
+      : icmpError(p, ICMP_UNREACH, UNREACH_ADMIN, m._ethDst, m._ethSrc, m._nwDst, m._nwSrc);
+  emitGenerated(w, frame, port, "reject");
+}

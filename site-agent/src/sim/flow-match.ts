@@ -1,0 +1,237 @@
+// The flow match: every header field a simulation may look at, plus the input port and tunnel key.
+// Reads go through getters that record the field in `seen`, so the installed flow can wildcard
+// every field the simulation never looked at (a megaflow mask). Writes (NAT, router MAC rewrite)
+// do not record: a rewritten field's original value did not influence the result.
+import { FRAG_LATER, type Packet, PROTO_ICMP, PROTO_ICMP6 } from "../packets/packet.js";
+
+/** Field bits of a FlowMask. */
+export const F = {
+  IN_PORT: 1 << 0,
+  TUNNEL_KEY: 1 << 1,
+  ETH_SRC: 1 << 2,
+  ETH_DST: 1 << 3,
+  VLAN: 1 << 4,
+  ETHER_TYPE: 1 << 5,
+  NW_SRC: 1 << 6,
+  NW_DST: 1 << 7,
+  NW_PROTO: 1 << 8,
+  NW_TOS: 1 << 9,
+  NW_TTL: 1 << 10,
+  NW_FRAG: 1 << 11,
+  TP_SRC: 1 << 12,
+  TP_DST: 1 << 13,
+  ICMP_ID: 1 << 14,
+  ARP_OP: 1 << 15,
+  ARP_SPA: 1 << 16,
+  ARP_TPA: 1 << 17,
+  ARP_SHA: 1 << 18,
+  ARP_THA: 1 << 19,
+  TCP_FLAGS: 1 << 20,
+} as const;
+export type FieldName = keyof typeof F;
+/** Bitwise OR of F bits: the fields a flow must match exactly; the rest are wildcarded. */
+export type FlowMask = number;
+
+export function maskFields(mask: FlowMask): FieldName[] {
+  return (Object.keys(F) as FieldName[]).filter((k) => (mask & F[k]) !== 0);
+}
+
+export class FlowMatch {
+  /** Fields read so far (the mask being built). */
+  seen: FlowMask = F.IN_PORT | F.TUNNEL_KEY;
+
+  // Raw values; read them through the getters below so the mask stays honest.
+  _inPort = "";
+  _tunnelKey = 0;
+  _ethSrc = 0;
+  _ethDst = 0;
+  _vlan = 0;
+  _etherType = 0;
+  _nwSrc = 0;
+  _nwDst = 0;
+  readonly _nwSrc6 = new Uint32Array(4);
+  readonly _nwDst6 = new Uint32Array(4);
+  _ipVersion = 0;
+  _nwProto = 0;
+  _nwTos = 0;
+  _nwTtl = 0;
+  _nwFrag = 0;
+  _tpSrc = 0;
+  _tpDst = 0;
+  _icmpId = 0;
+  _arpOp = 0;
+  _arpSpa = 0;
+  _arpTpa = 0;
+  _arpSha = 0;
+  _arpTha = 0;
+  _tcpFlags = 0;
+
+  static fromPacket(p: Packet, inPort: string, tunnelKey: number): FlowMatch {
+    const m = new FlowMatch();
+    m.load(p, inPort, tunnelKey);
+    return m;
+  }
+
+  load(p: Packet, inPort: string, tunnelKey: number): void {
+    this.seen = F.IN_PORT | F.TUNNEL_KEY;
+    this._inPort = inPort;
+    this._tunnelKey = tunnelKey;
+    this._ethSrc = p.ethSrc;
+    this._ethDst = p.ethDst;
+    this._vlan = p.vlan;
+    this._etherType = p.etherType;
+    this._ipVersion = p.ipVersion;
+    this._nwSrc = p.nwSrc;
+    this._nwDst = p.nwDst;
+    this._nwSrc6.set(p.nwSrc6);
+    this._nwDst6.set(p.nwDst6);
+    this._nwProto = p.nwProto;
+    this._nwTos = p.nwTos;
+    this._nwTtl = p.nwTtl;
+    this._nwFrag = p.nwFrag;
+    this._tpSrc = p.tpSrc;
+    this._tpDst = p.tpDst;
+    this._icmpId = p.nwProto === PROTO_ICMP || p.nwProto === PROTO_ICMP6 ? p.icmpId : 0;
+    this._arpOp = p.arpOp;
+    this._arpSpa = p.arpSpa;
+    this._arpTpa = p.arpTpa;
+    this._arpSha = p.arpSha;
+    this._arpTha = p.arpTha;
+    this._tcpFlags = p.tcpFlags;
+  }
+
+  copyFrom(o: FlowMatch): void {
+    this.seen = o.seen;
+    this._inPort = o._inPort;
+    this._tunnelKey = o._tunnelKey;
+    this._ethSrc = o._ethSrc;
+    this._ethDst = o._ethDst;
+    this._vlan = o._vlan;
+    this._etherType = o._etherType;
+    this._ipVersion = o._ipVersion;
+    this._nwSrc = o._nwSrc;
+    this._nwDst = o._nwDst;
+    this._nwSrc6.set(o._nwSrc6);
+    this._nwDst6.set(o._nwDst6);
+    this._nwProto = o._nwProto;
+    this._nwTos = o._nwTos;
+    this._nwTtl = o._nwTtl;
+    this._nwFrag = o._nwFrag;
+    this._tpSrc = o._tpSrc;
+    this._tpDst = o._tpDst;
+    this._icmpId = o._icmpId;
+    this._arpOp = o._arpOp;
+    this._arpSpa = o._arpSpa;
+    this._arpTpa = o._arpTpa;
+    this._arpSha = o._arpSha;
+    this._arpTha = o._arpTha;
+    this._tcpFlags = o._tcpFlags;
+  }
+
+  clone(): FlowMatch {
+    const m = new FlowMatch();
+    m.copyFrom(this);
+    return m;
+  }
+
+  get inPort(): string {
+    return this._inPort;
+  }
+  get tunnelKey(): number {
+    return this._tunnelKey;
+  }
+  get ethSrc(): number {
+    this.seen |= F.ETH_SRC;
+    return this._ethSrc;
+  }
+  get ethDst(): number {
+    this.seen |= F.ETH_DST;
+    return this._ethDst;
+  }
+  get vlan(): number {
+    this.seen |= F.VLAN;
+    return this._vlan;
+  }
+  get etherType(): number {
+    this.seen |= F.ETHER_TYPE;
+    return this._etherType;
+  }
+  /** 4, 6 or 0; reading it depends on the ether type. */
+  get ipVersion(): number {
+    this.seen |= F.ETHER_TYPE;
+    return this._ipVersion;
+  }
+  get nwSrc(): number {
+    this.seen |= F.NW_SRC | F.ETHER_TYPE;
+    return this._nwSrc;
+  }
+  get nwDst(): number {
+    this.seen |= F.NW_DST | F.ETHER_TYPE;
+    return this._nwDst;
+  }
+  get nwSrc6(): Uint32Array {
+    this.seen |= F.NW_SRC | F.ETHER_TYPE;
+    return this._nwSrc6;
+  }
+  get nwDst6(): Uint32Array {
+    this.seen |= F.NW_DST | F.ETHER_TYPE;
+    return this._nwDst6;
+  }
+  get nwProto(): number {
+    this.seen |= F.NW_PROTO | F.ETHER_TYPE;
+    return this._nwProto;
+  }
+  get nwTos(): number {
+    this.seen |= F.NW_TOS;
+    return this._nwTos;
+  }
+  get nwTtl(): number {
+    this.seen |= F.NW_TTL;
+    return this._nwTtl;
+  }
+  get nwFrag(): number {
+    this.seen |= F.NW_FRAG;
+    return this._nwFrag;
+  }
+  /** Transport source port (ICMP: type); 0 for later fragments, which carry no L4 header. */
+  get tpSrc(): number {
+    this.seen |= F.TP_SRC | F.NW_PROTO | F.NW_FRAG;
+    return this._tpSrc;
+  }
+  get tpDst(): number {
+    this.seen |= F.TP_DST | F.NW_PROTO | F.NW_FRAG;
+    return this._tpDst;
+  }
+  get icmpId(): number {
+    this.seen |= F.ICMP_ID | F.NW_PROTO;
+    return this._icmpId;
+  }
+  get arpOp(): number {
+    this.seen |= F.ARP_OP | F.ETHER_TYPE;
+    return this._arpOp;
+  }
+  get arpSpa(): number {
+    this.seen |= F.ARP_SPA;
+    return this._arpSpa;
+  }
+  get arpTpa(): number {
+    this.seen |= F.ARP_TPA;
+    return this._arpTpa;
+  }
+  get arpSha(): number {
+    this.seen |= F.ARP_SHA;
+    return this._arpSha;
+  }
+  get arpTha(): number {
+    this.seen |= F.ARP_THA;
+    return this._arpTha;
+  }
+  get tcpFlags(): number {
+    this.seen |= F.TCP_FLAGS;
+    return this._tcpFlags;
+  }
+  /** True for a later IP fragment (no ports known). */
+  isLaterFragment(): boolean {
+    return this.nwFrag === FRAG_LATER;
+  }
+}

@@ -1,0 +1,24 @@
+// Generated packets (ARP/ND replies, ICMP, TCP resets, ARP requests) are simulated at once from the
+// port that emits them, so the datapath receives ready actions and never re-enters the simulator
+// for them. They are never installed as flows, and may not generate packets of their own.
+import { parsePacket } from "../packets/packet.js";
+import type { PortView } from "./topology-view.js";
+import { Walk } from "./walk.js";
+
+/** Simulates `frame` leaving its device through `port` and attaches it to `w`'s result. */
+export function emitGenerated(w: Walk, frame: Uint8Array, port: PortView, why: string): void {
+  w.result.cacheable = false;
+  if (w.generatedDepth > 0) return;
+  const pkt = parsePacket(frame);
+  if (pkt.error) throw new Error(`generated ${why} packet does not parse: ${pkt.error}`);
+  const sub = new Walk(w.view, w.ctx, pkt, { portId: port.id }, port.id, 0, w.generatedDepth + 1);
+  sub.exitPort(port, null, true);
+  const r = sub.finish();
+  w.trace("decision", port.id, `generated ${why}: ${r.actions.map((a) => a.kind).join(",")}`);
+  if (r.trace) w.result.trace?.push(...r.trace);
+  w.result.generated.push({ frame, actions: r.actions, why });
+  w.result.conntrack.push(...r.conntrack);
+  w.result.nat.push(...r.nat);
+  w.result.learned.push(...r.learned);
+  w.result.invalidate.push(...r.invalidate);
+}

@@ -1,0 +1,577 @@
+// The agent's read-only copy of the site topology, indexed for the packet path: per-port parsed
+// addresses, per-bridge MAC and ARP tables, per-router LPM tries, per-chain compiled rules. Built
+// from a snapshot and updated by `apply(change)`, which rebuilds only what the change touched and
+// returns the tags of flows it makes stale. Nothing here is computed per packet.
+import { topologypb } from "@isthmus/schema";
+import {
+  type Cidr4,
+  type Cidr6,
+  formatIp4,
+  formatIp6,
+  formatMac,
+  parseCidr4,
+  parseCidr6,
+  parseIp4,
+  parseMac,
+} from "../packets/addr.js";
+import { LpmTrie } from "./lpm.js";
+import { type CompiledRule, compileRule } from "./rule-compile.js";
+
+type Host = topologypb.Host;
+type Port = topologypb.Port;
+type Route = topologypb.Route;
+const PT = topologypb.PortType;
+
+export interface PortView {
+  readonly id: string;
+  readonly tag: string;
+  readonly raw: Port;
+  readonly type: topologypb.PortType;
+  readonly deviceId: string;
+  readonly mac: number;
+  /** Router ports: the port's address and prefix; VM ports: allowed addresses. */
+  readonly ips4: { ip: number; cidr: Cidr4 }[];
+  readonly ips6: { ip: Uint32Array; cidr: Cidr6 }[];
+  /** VM, uplink and remote-site ports face the outside; bridge↔router ports are interior. */
+  readonly exterior: boolean;
+  readonly up: boolean;
+}
+
+export interface BridgeView {
+  readonly id: string;
+  readonly tag: string;
+  readonly floodTag: string;
+  readonly raw: topologypb.Bridge;
+  readonly ports: PortView[];
+  readonly exteriorPorts: PortView[];
+  /** vlan → mac → port: MAC entries, VM port MACs and peer router port MACs. */
+  readonly staticMacs: Map<number, Map<number, PortView>>;
+  /** IPv4 → MAC the bridge can answer ARP for. */
+  readonly arp: Map<number, number>;
+  /** IPv6 (formatted) → MAC for neighbor solicitations. */
+  readonly nd: Map<string, number>;
+  readonly remoteSitePorts: Map<string, PortView>;
+}
+
+export interface RouteView {
+  readonly id: string;
+  readonly tag: string;
+  readonly raw: Route;
+  readonly dst: Cidr4;
+  readonly src: Cidr4;
+  readonly weight: number;
+  readonly type: topologypb.RouteType;
+  readonly nextHopPort: string;
+  /** -1 = on-link (the destination itself is the next hop). */
+  readonly gateway: number;
+}
+
+export interface RouterView {
+  readonly id: string;
+  readonly tag: string;
+  readonly noRouteTag: string;
+  readonly raw: topologypb.Router;
+  readonly ports: PortView[];
+  /** The router's own addresses → the port holding them. */
+  readonly portIps: Map<number, PortView>;
+  readonly trie: LpmTrie<RouteView>;
+  /** Routes that could not be used (bad prefix), with why. */
+  readonly badRoutes: { id: string; why: string }[];
+}
+
+export interface ChainView {
+  readonly id: string;
+  readonly tag: string;
+  readonly rules: CompiledRule[];
+}
+
+export interface IpGroupView {
+  readonly tag: string;
+  readonly v4: Set<number>;
+  readonly v4Cidrs: Cidr4[];
+  readonly v6: Cidr6[];
+}
+
+export interface PortGroupView {
+  readonly tag: string;
+  readonly ports: Set<string>;
+}
+
+/** Tags naming topology objects (see docs/simulation.md for the full list). */
+export const tag = {
+  device: (id: string) => `device:${id}`,
+  port: (id: string) => `port:${id}`,
+  chain: (id: string) => `chain:${id}`,
+  rule: (id: string) => `rule:${id}`,
+  route: (id: string) => `route:${id}`,
+  noRoute: (routerId: string) => `noroute:${routerId}`,
+  flood: (bridgeId: string) => `flood:${bridgeId}`,
+  mac: (bridgeId: string, mac: number) => `mac:${bridgeId}:${formatMac(mac)}`,
+  arp: (deviceId: string, ip: number) => `arp:${deviceId}:${formatIp4(ip)}`,
+  host: (id: string) => `host:${id}`,
+  ipGroup: (id: string) => `ipgroup:${id}`,
+  portGroup: (id: string) => `portgroup:${id}`,
+  gateway: (site: string) => `gateway:${site}`,
+  ct: (key: string) => `ct:${key}`,
+  nat: (key: string) => `nat:${key}`,
+} as const;
+
+function buildPortView(p: Port): PortView {
+  const ips4: PortView["ips4"] = [];
+  const ips6: PortView["ips6"] = [];
+  for (const s of p.ips) {
+    if (s.includes(":")) {
+      const c = parseCidr6(s.includes("/") ? s : `${s}/128`);
+      const bare = parseCidr6(s.split("/")[0]!);
+      if (c && bare) ips6.push({ ip: bare.addr, cidr: c });
+    } else {
+      const c = parseCidr4(s);
+      const ip = parseIp4(s.split("/")[0]!);
+      if (c && ip >= 0) ips4.push({ ip, cidr: c });
+    }
+  }
+  const exterior =
+    p.type === PT.PORT_TYPE_VM ||
+    p.type === PT.PORT_TYPE_ROUTER_UPLINK ||
+    p.type === PT.PORT_TYPE_REMOTE_SITE;
+  const mac = parseMac(p.mac);
+  return {
+    id: p.id,
+    tag: tag.port(p.id),
+    raw: p,
+    type: p.type,
+    deviceId: p.deviceId,
+    mac: Math.max(mac, 0),
+    ips4,
+    ips6,
+    exterior,
+    up: p.adminStateUp,
+  };
+}
+
+export class TopologyView {
+  readonly hosts = new Map<string, Host>();
+  readonly ports = new Map<string, PortView>();
+  readonly bridges = new Map<string, BridgeView>();
+  readonly routers = new Map<string, RouterView>();
+  readonly chains = new Map<string, ChainView>();
+  readonly ipGroups = new Map<string, IpGroupView>();
+  readonly portGroups = new Map<string, PortGroupView>();
+  readonly remoteGateways = new Map<string, topologypb.RemoteGateway>();
+  /** Site-local tunnel key → port; global key → bridge. */
+  readonly portsByKey = new Map<number, PortView>();
+  readonly bridgesByKey = new Map<number, BridgeView>();
+  revision = 0;
+
+  // Raw objects and reverse indexes, kept to rebuild derived views.
+  private readonly rawBridges = new Map<string, topologypb.Bridge>();
+  private readonly rawRouters = new Map<string, topologypb.Router>();
+  private readonly rawChains = new Map<string, topologypb.Chain>();
+  private readonly rawRules = new Map<string, topologypb.Rule>();
+  private readonly rawRoutes = new Map<string, Route>();
+  private readonly rawMacs = new Map<string, topologypb.MacEntry>();
+  private readonly rawArps = new Map<string, topologypb.ArpEntry>();
+  private readonly rawGateways = new Map<string, topologypb.RemoteGateway>();
+  private readonly portsByDevice = new Map<string, Set<string>>();
+  private readonly rulesByChain = new Map<string, Set<string>>();
+  private readonly routesByRouter = new Map<string, Set<string>>();
+  private readonly macsByBridge = new Map<string, Set<string>>();
+  private readonly arpsByBridge = new Map<string, Set<string>>();
+
+  constructor(objects: topologypb.TopologyObject[] = [], revision = 0) {
+    this.apply({ revision, upserts: objects, deletes: [] });
+  }
+
+  /** Applies one change; returns the tags of flows that may now be stale. */
+  apply(change: topologypb.TopologyChange): string[] {
+    const tags = new Set<string>();
+    const dirtyBridges = new Set<string>();
+    const dirtyRouters = new Set<string>();
+    const dirtyChains = new Set<string>();
+    const dirtyDevice = (id: string) => {
+      if (!id) return;
+      if (this.rawBridges.has(id)) dirtyBridges.add(id);
+      if (this.rawRouters.has(id)) dirtyRouters.add(id);
+    };
+    const index = (m: Map<string, Set<string>>, key: string, id: string, add: boolean) => {
+      let s = m.get(key);
+      if (!s) {
+        if (!add) return;
+        s = new Set();
+        m.set(key, s);
+      }
+      if (add) s.add(id);
+      else s.delete(id);
+    };
+
+    const portTouched = (p: Port) => {
+      tags.add(tag.port(p.id));
+      tags.add(tag.flood(p.deviceId));
+      const mac = parseMac(p.mac);
+      if (mac >= 0) tags.add(tag.mac(p.deviceId, mac));
+      for (const s of p.ips) {
+        const ip = parseIp4(s.split("/")[0]!);
+        if (ip >= 0) tags.add(tag.arp(p.deviceId, ip));
+      }
+      if (this.rawRouters.has(p.deviceId)) tags.add(tag.device(p.deviceId));
+      dirtyDevice(p.deviceId);
+      // A bridge knows the MACs and IPs of the router ports peered with it.
+      const peer = p.peerId ? this.ports.get(p.peerId) : undefined;
+      if (peer) {
+        dirtyDevice(peer.deviceId);
+        if (mac >= 0) tags.add(tag.mac(peer.deviceId, mac));
+        for (const s of p.ips) {
+          const ip = parseIp4(s.split("/")[0]!);
+          if (ip >= 0) tags.add(tag.arp(peer.deviceId, ip));
+        }
+      }
+      if (p.tunnelKey) this.portsByKey.delete(p.tunnelKey);
+    };
+    const routeTouched = (r: Route) => {
+      tags.add(tag.route(r.id));
+      tags.add(tag.noRoute(r.routerId));
+      // Flows that took a route covering this prefix might take this one now.
+      const dst = parseCidr4(r.dstPrefix);
+      if (dst) {
+        for (const id of this.routesByRouter.get(r.routerId) ?? []) {
+          const other = this.rawRoutes.get(id);
+          const od = other && parseCidr4(other.dstPrefix);
+          if (od && od.len <= dst.len && (dst.addr & od.mask) >>> 0 === od.addr) tags.add(tag.route(id));
+        }
+      }
+      dirtyRouters.add(r.routerId);
+    };
+    const ruleTouched = (r: topologypb.Rule) => {
+      tags.add(tag.rule(r.id));
+      tags.add(tag.chain(r.chainId));
+      dirtyChains.add(r.chainId);
+    };
+
+    const remove = (kind: topologypb.TopologyKind, id: string) => {
+      const K = topologypb.TopologyKind;
+      switch (kind) {
+        case K.TOPOLOGY_KIND_HOST:
+          this.hosts.delete(id);
+          tags.add(tag.host(id));
+          break;
+        case K.TOPOLOGY_KIND_BRIDGE: {
+          const b = this.rawBridges.get(id);
+          if (b?.tunnelKey) this.bridgesByKey.delete(b.tunnelKey);
+          this.rawBridges.delete(id);
+          this.bridges.delete(id);
+          tags.add(tag.device(id));
+          tags.add(tag.flood(id));
+          break;
+        }
+        case K.TOPOLOGY_KIND_ROUTER:
+          this.rawRouters.delete(id);
+          this.routers.delete(id);
+          tags.add(tag.device(id));
+          break;
+        case K.TOPOLOGY_KIND_PORT: {
+          const p = this.ports.get(id);
+          if (!p) break;
+          portTouched(p.raw);
+          this.ports.delete(id);
+          index(this.portsByDevice, p.deviceId, id, false);
+          break;
+        }
+        case K.TOPOLOGY_KIND_ROUTE: {
+          const r = this.rawRoutes.get(id);
+          if (!r) break;
+          routeTouched(r);
+          this.rawRoutes.delete(id);
+          index(this.routesByRouter, r.routerId, id, false);
+          break;
+        }
+        case K.TOPOLOGY_KIND_CHAIN:
+          this.rawChains.delete(id);
+          tags.add(tag.chain(id));
+          dirtyChains.add(id);
+          break;
+        case K.TOPOLOGY_KIND_RULE: {
+          const r = this.rawRules.get(id);
+          if (!r) break;
+          ruleTouched(r);
+          this.rawRules.delete(id);
+          index(this.rulesByChain, r.chainId, id, false);
+          break;
+        }
+        case K.TOPOLOGY_KIND_IP_ADDR_GROUP:
+          this.ipGroups.delete(id);
+          tags.add(tag.ipGroup(id));
+          break;
+        case K.TOPOLOGY_KIND_PORT_GROUP:
+          this.portGroups.delete(id);
+          tags.add(tag.portGroup(id));
+          break;
+        case K.TOPOLOGY_KIND_MAC_ENTRY: {
+          const e = this.rawMacs.get(id);
+          if (!e) break;
+          const mac = parseMac(e.mac);
+          if (mac >= 0) tags.add(tag.mac(e.bridgeId, mac));
+          this.rawMacs.delete(id);
+          index(this.macsByBridge, e.bridgeId, id, false);
+          dirtyBridges.add(e.bridgeId);
+          break;
+        }
+        case K.TOPOLOGY_KIND_ARP_ENTRY: {
+          const e = this.rawArps.get(id);
+          if (!e) break;
+          const ip = parseIp4(e.ip);
+          if (ip >= 0) tags.add(tag.arp(e.bridgeId, ip));
+          this.rawArps.delete(id);
+          index(this.arpsByBridge, e.bridgeId, id, false);
+          dirtyBridges.add(e.bridgeId);
+          break;
+        }
+        case K.TOPOLOGY_KIND_REMOTE_GATEWAY: {
+          const g = this.rawGateways.get(id);
+          if (!g) break;
+          tags.add(tag.gateway(g.site));
+          this.rawGateways.delete(id);
+          this.remoteGateways.delete(g.site);
+          break;
+        }
+        default:
+          throw new Error(`TopologyView: cannot delete object of unknown kind ${kind} (id ${id})`);
+      }
+    };
+
+    for (const ref of change.deletes) remove(ref.kind, ref.id);
+    const K = topologypb.TopologyKind;
+    for (const o of change.upserts) {
+      if (o.host) {
+        this.hosts.set(o.host.id, o.host);
+        tags.add(tag.host(o.host.id));
+      } else if (o.bridge) {
+        remove(K.TOPOLOGY_KIND_BRIDGE, o.bridge.id);
+        this.rawBridges.set(o.bridge.id, o.bridge);
+        dirtyBridges.add(o.bridge.id);
+        for (const pid of this.portsByDevice.get(o.bridge.id) ?? []) {
+          const peer = this.ports.get(this.ports.get(pid)?.raw.peerId ?? "");
+          if (peer) dirtyDevice(peer.deviceId);
+        }
+      } else if (o.router) {
+        remove(K.TOPOLOGY_KIND_ROUTER, o.router.id);
+        this.rawRouters.set(o.router.id, o.router);
+        dirtyRouters.add(o.router.id);
+      } else if (o.port) {
+        remove(K.TOPOLOGY_KIND_PORT, o.port.id);
+        const v = buildPortView(o.port);
+        this.ports.set(v.id, v);
+        index(this.portsByDevice, v.deviceId, v.id, true);
+        portTouched(o.port);
+      } else if (o.route) {
+        remove(K.TOPOLOGY_KIND_ROUTE, o.route.id);
+        this.rawRoutes.set(o.route.id, o.route);
+        index(this.routesByRouter, o.route.routerId, o.route.id, true);
+        routeTouched(o.route);
+      } else if (o.chain) {
+        this.rawChains.set(o.chain.id, o.chain);
+        tags.add(tag.chain(o.chain.id));
+        dirtyChains.add(o.chain.id);
+      } else if (o.rule) {
+        remove(K.TOPOLOGY_KIND_RULE, o.rule.id);
+        this.rawRules.set(o.rule.id, o.rule);
+        index(this.rulesByChain, o.rule.chainId, o.rule.id, true);
+        ruleTouched(o.rule);
+      } else if (o.ipAddrGroup) {
+        this.ipGroups.set(o.ipAddrGroup.id, buildIpGroup(o.ipAddrGroup));
+        tags.add(tag.ipGroup(o.ipAddrGroup.id));
+      } else if (o.portGroup) {
+        this.portGroups.set(o.portGroup.id, {
+          tag: tag.portGroup(o.portGroup.id),
+          ports: new Set(o.portGroup.portIds),
+        });
+        tags.add(tag.portGroup(o.portGroup.id));
+      } else if (o.macEntry) {
+        remove(K.TOPOLOGY_KIND_MAC_ENTRY, o.macEntry.id);
+        this.rawMacs.set(o.macEntry.id, o.macEntry);
+        index(this.macsByBridge, o.macEntry.bridgeId, o.macEntry.id, true);
+        const mac = parseMac(o.macEntry.mac);
+        if (mac >= 0) tags.add(tag.mac(o.macEntry.bridgeId, mac));
+        dirtyBridges.add(o.macEntry.bridgeId);
+      } else if (o.arpEntry) {
+        remove(K.TOPOLOGY_KIND_ARP_ENTRY, o.arpEntry.id);
+        this.rawArps.set(o.arpEntry.id, o.arpEntry);
+        index(this.arpsByBridge, o.arpEntry.bridgeId, o.arpEntry.id, true);
+        const ip = parseIp4(o.arpEntry.ip);
+        if (ip >= 0) tags.add(tag.arp(o.arpEntry.bridgeId, ip));
+        dirtyBridges.add(o.arpEntry.bridgeId);
+      } else if (o.remoteGateway) {
+        remove(K.TOPOLOGY_KIND_REMOTE_GATEWAY, o.remoteGateway.id);
+        this.rawGateways.set(o.remoteGateway.id, o.remoteGateway);
+        this.remoteGateways.set(o.remoteGateway.site, o.remoteGateway);
+        tags.add(tag.gateway(o.remoteGateway.site));
+      } else {
+        throw new Error("TopologyView: upsert carries no object");
+      }
+    }
+
+    for (const p of this.ports.values()) if (p.raw.tunnelKey) this.portsByKey.set(p.raw.tunnelKey, p);
+    for (const id of dirtyBridges) this.rebuildBridge(id);
+    for (const id of dirtyRouters) this.rebuildRouter(id);
+    for (const id of dirtyChains) this.rebuildChain(id);
+    if (change.revision > this.revision) this.revision = change.revision;
+    return [...tags];
+  }
+
+  private devicePorts(id: string): PortView[] {
+    const out: PortView[] = [];
+    for (const pid of this.portsByDevice.get(id) ?? []) {
+      const p = this.ports.get(pid);
+      if (p) out.push(p);
+    }
+    return out.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+  }
+
+  private rebuildBridge(id: string): void {
+    const raw = this.rawBridges.get(id);
+    if (!raw) {
+      this.bridges.delete(id);
+      return;
+    }
+    const ports = this.devicePorts(id);
+    const staticMacs = new Map<number, Map<number, PortView>>();
+    const put = (vlan: number, mac: number, p: PortView) => {
+      let m = staticMacs.get(vlan);
+      if (!m) {
+        m = new Map();
+        staticMacs.set(vlan, m);
+      }
+      m.set(mac, p);
+    };
+    const arp = new Map<number, number>();
+    const nd = new Map<string, number>();
+    const remoteSitePorts = new Map<string, PortView>();
+    for (const p of ports) {
+      if (p.type === PT.PORT_TYPE_VM && p.mac) {
+        put(p.raw.vlan, p.mac, p);
+        for (const a of p.ips4) arp.set(a.ip, p.mac);
+        for (const a of p.ips6) nd.set(formatIp6(a.ip), p.mac);
+      }
+      if (p.type === PT.PORT_TYPE_BRIDGE_ROUTER) {
+        const peer = this.ports.get(p.raw.peerId);
+        if (peer?.mac) {
+          put(p.raw.vlan, peer.mac, p);
+          for (const a of peer.ips4) arp.set(a.ip, peer.mac);
+          for (const a of peer.ips6) nd.set(formatIp6(a.ip), peer.mac);
+        }
+      }
+      if (p.type === PT.PORT_TYPE_REMOTE_SITE) remoteSitePorts.set(p.raw.remoteSite, p);
+    }
+    for (const eid of this.macsByBridge.get(id) ?? []) {
+      const e = this.rawMacs.get(eid);
+      const p = e && this.ports.get(e.portId);
+      const mac = e ? parseMac(e.mac) : -1;
+      if (e && p && mac >= 0) put(e.vlan, mac, p);
+    }
+    for (const eid of this.arpsByBridge.get(id) ?? []) {
+      const e = this.rawArps.get(eid);
+      if (!e) continue;
+      const mac = parseMac(e.mac);
+      if (mac < 0) continue;
+      if (e.ip.includes(":")) {
+        const c = parseCidr6(e.ip);
+        if (c) nd.set(formatIp6(c.addr), mac);
+      } else {
+        const ip = parseIp4(e.ip);
+        if (ip >= 0) arp.set(ip, mac);
+      }
+    }
+    const old = this.bridges.get(id);
+    if (old?.raw.tunnelKey) this.bridgesByKey.delete(old.raw.tunnelKey);
+    const v: BridgeView = {
+      id,
+      tag: tag.device(id),
+      floodTag: tag.flood(id),
+      raw,
+      ports,
+      exteriorPorts: ports.filter((p) => p.exterior),
+      staticMacs,
+      arp,
+      nd,
+      remoteSitePorts,
+    };
+    this.bridges.set(id, v);
+    if (raw.tunnelKey) this.bridgesByKey.set(raw.tunnelKey, v);
+  }
+
+  private rebuildRouter(id: string): void {
+    const raw = this.rawRouters.get(id);
+    if (!raw) {
+      this.routers.delete(id);
+      return;
+    }
+    const ports = this.devicePorts(id);
+    const portIps = new Map<number, PortView>();
+    for (const p of ports) for (const a of p.ips4) portIps.set(a.ip, p);
+    const trie = new LpmTrie<RouteView>();
+    const badRoutes: RouterView["badRoutes"] = [];
+    for (const rid of this.routesByRouter.get(id) ?? []) {
+      const r = this.rawRoutes.get(rid);
+      if (!r) continue;
+      const dst = parseCidr4(r.dstPrefix);
+      const src = parseCidr4(r.srcPrefix || "0.0.0.0/0");
+      const gw = r.nextHopGateway ? parseIp4(r.nextHopGateway) : -1;
+      if (!dst || !src || (r.nextHopGateway && gw < 0)) {
+        badRoutes.push({ id: rid, why: `route ${rid}: bad prefix or gateway` });
+        continue;
+      }
+      trie.insert({
+        id: rid,
+        tag: tag.route(rid),
+        raw: r,
+        dst,
+        src,
+        weight: r.weight,
+        type: r.type,
+        nextHopPort: r.nextHopPortId,
+        gateway: gw,
+      });
+    }
+    this.routers.set(id, {
+      id,
+      tag: tag.device(id),
+      noRouteTag: tag.noRoute(id),
+      raw,
+      ports,
+      portIps,
+      trie,
+      badRoutes,
+    });
+  }
+
+  private rebuildChain(id: string): void {
+    if (!this.rawChains.has(id)) {
+      this.chains.delete(id);
+      return;
+    }
+    const rules: CompiledRule[] = [];
+    for (const rid of this.rulesByChain.get(id) ?? []) {
+      const r = this.rawRules.get(rid);
+      if (r) rules.push(compileRule(r));
+    }
+    rules.sort((a, b) => a.position - b.position || (a.id < b.id ? -1 : 1));
+    this.chains.set(id, { id, tag: tag.chain(id), rules });
+  }
+}
+
+function buildIpGroup(g: topologypb.IpAddrGroup): IpGroupView {
+  const v4 = new Set<number>();
+  const v4Cidrs: Cidr4[] = [];
+  const v6: Cidr6[] = [];
+  for (const a of g.addresses) {
+    if (a.includes(":")) {
+      const c = parseCidr6(a);
+      if (c) v6.push(c);
+    } else {
+      const c = parseCidr4(a);
+      if (!c) continue;
+      if (c.len === 32) v4.add(c.addr);
+      else v4Cidrs.push(c);
+    }
+  }
+  return { tag: tag.ipGroup(g.id), v4, v4Cidrs, v6 };
+}
