@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
-import { intentpb } from "@isthmus/schema";
+import type { intentpb } from "@isthmus/schema";
 import { startTestPostgres, type TestPostgres } from "./db/test-postgres.js";
 import { FencedOut } from "./fence.js";
 import { controllerFixture, dumpState } from "./test-support/controller-fixture.js";
@@ -53,7 +53,7 @@ test("each change is applied in one transaction with its index; duplicates are s
     ["n1", "n2"],
   );
   assert.deepEqual(f.committed, [1, 2], "one topology revision per applied change");
-  assert.equal(f.ctx.index.get(intentpb.ObjectKind.OBJECT_KIND_NETWORK, "n2")?.network?.vni, 0x100002);
+  assert.equal(f.ctx.index.get("network", "n2")?.vni, 0x100002);
 });
 
 test("a crash mid-transaction or between entries, then replay from the start, equals a clean apply", async (t) => {
@@ -113,7 +113,7 @@ test("a snapshot replaces the intent copy and moves the topology to match", asyn
     intent.rows.map((r) => r.id),
     ["n2", "n4"],
   );
-  assert.equal(f.ctx.index.get(intentpb.ObjectKind.OBJECT_KIND_NETWORK, "n1"), undefined);
+  assert.equal(f.ctx.index.get("network", "n1"), undefined);
   assert.equal(
     await f.applier.applyChange({ index: 19, upserts: [network("n9", "x", 1)], deletes: [] }),
     "skipped",
@@ -130,7 +130,7 @@ test("a deposed controller cannot write and its in-memory view is unchanged", as
   await assert.rejects(f.applier.applyChange(STREAM[1]!), FencedOut);
   await assert.rejects(f.applier.applyProgress(50), FencedOut);
   assert.equal(f.applier.appliedIndex, 3);
-  assert.equal(f.ctx.index.get(intentpb.ObjectKind.OBJECT_KIND_NETWORK, "n2"), undefined);
+  assert.equal(f.ctx.index.get("network", "n2"), undefined);
   const n = await f.db.pool.query("SELECT count(*)::INT8 AS n FROM intent_objects");
   assert.equal(Number(n.rows[0].n), 1);
 });

@@ -3,8 +3,8 @@
 // skips nothing), snapshots by replacing the whole intent copy and diffing the topology.
 import type { intentpb, topologypb } from "@isthmus/schema";
 import type { Tx } from "./db/database.js";
-import { type IntentIndex, IntentIndex as IntentIndexClass } from "./intent-view.js";
-import { hostTopology, loadLocalObjects } from "./local-store.js";
+import { undoIntentChange } from "./index-undo.js";
+import { loadLocalObjects } from "./local-store.js";
 import {
   decodeIntent,
   encodeIntent,
@@ -13,7 +13,8 @@ import {
   keyString,
   topologyRefOf,
 } from "./objects.js";
-import { mergeDeltas, readAllTopology, type TopologyDelta, writeTopology } from "./topology-store.js";
+import { readAllTopology, type TopologyWrite, writeTopology } from "./topology-store.js";
+import { IntentIndex } from "./translate/index.js";
 import type { WriteContext } from "./write-context.js";
 
 export type ApplyOutcome = "applied" | "skipped";
@@ -50,9 +51,9 @@ export class IntentApplier {
         },
         { readOnly: true },
       );
-      index.replaceAll(state.objects);
-      for (const h of state.local.hosts) index.setHost(h);
-      for (const p of state.local.ports) index.setPort(p);
+      index.loadIntentSnapshot({ index: state.applied, objects: state.objects });
+      for (const h of state.local.hosts) index.putHost(h);
+      for (const p of state.local.ports) index.putLocalPort(p);
       this.applied = state.applied;
     });
   }
@@ -71,10 +72,11 @@ export class IntentApplier {
     const { ctx } = this;
     return ctx.queue.run(async (): Promise<ApplyOutcome> => {
       if (change.index <= this.applied) return "skipped";
-      const undo = ctx.index.apply(change);
+      const prior = ctx.index.applyIntentChange(change);
       let committed: number | undefined;
       try {
-        const delta = ctx.translator.translateChange(ctx.index, change, ctx.site);
+        const delta = ctx.translator.translateChange(ctx.index, change, prior);
+        if (delta.problems.length > 0) ctx.onProblems?.(delta.problems);
         const result = await ctx.db.tx(`apply ${change.index}`, async (tx) => {
           await ctx.fence.check(tx);
           if ((await this.dbIndex(tx)) >= change.index) return { skipped: true, revision: undefined };
@@ -96,16 +98,15 @@ export class IntentApplier {
         });
         if (result.skipped) {
           // Another writer got there first (only possible across a lease hand-over); reload.
-          ctx.index.undo(undo);
+          undoIntentChange(ctx.index, change, prior);
           await this.reloadUnqueued();
           return "skipped";
         }
         committed = result.revision;
       } catch (err) {
-        ctx.index.undo(undo);
+        undoIntentChange(ctx.index, change, prior);
         throw err;
       }
-      ctx.index.settle();
       this.applied = change.index;
       this.appliedAtMs = Date.now();
       if (committed !== undefined) ctx.onCommitted(committed);
@@ -133,11 +134,13 @@ export class IntentApplier {
     const { ctx } = this;
     return ctx.queue.run(async (): Promise<ApplyOutcome> => {
       // Translate against a fresh index holding the snapshot plus our local objects.
-      const next = new IntentIndexClass(ctx.site, ctx.index.maxObjects);
-      next.replaceAll(snapshot.objects);
-      for (const h of ctx.index.localHosts()) next.setHost(h);
-      for (const p of ctx.index.localPorts()) next.setPort(p);
-      const desired = this.fullTopology(next, snapshot);
+      const next = new IntentIndex(ctx.site, { maxObjects: ctx.index.maxObjects });
+      next.loadIntentSnapshot(snapshot);
+      for (const h of ctx.index.list("host")) next.putHost(h);
+      for (const p of ctx.index.list("localPort")) next.putLocalPort(p);
+      const full = ctx.translator.translateAll(next);
+      if (full.problems.length > 0) ctx.onProblems?.(full.problems);
+      const desired = full.objects;
       let committed: number | undefined;
       await ctx.db.tx(`snapshot ${snapshot.index}`, async (tx) => {
         await ctx.fence.check(tx);
@@ -156,21 +159,12 @@ export class IntentApplier {
         await this.recordIndex(tx, snapshot.index);
         await ctx.beforeCommit?.(tx, `snapshot ${snapshot.index}`);
       });
-      ctx.index.replaceAll(snapshot.objects);
+      ctx.index.loadIntentSnapshot(snapshot);
       this.applied = snapshot.index;
       this.appliedAtMs = Date.now();
       if (committed !== undefined) ctx.onCommitted(committed);
       return "applied";
     });
-  }
-
-  /** Everything the site's topology should hold for this intent and these local objects. */
-  private fullTopology(view: IntentIndex, snapshot: intentpb.IntentSnapshot): topologypb.TopologyObject[] {
-    const change: intentpb.IntentChange = { index: snapshot.index, upserts: snapshot.objects, deletes: [] };
-    const parts: TopologyDelta[] = [this.ctx.translator.translateChange(view, change, this.ctx.site)];
-    for (const p of view.localPorts()) parts.push(this.ctx.translator.translateLocalPort(view, p));
-    parts.push({ upserts: view.localHosts().map(hostTopology), deletes: [] });
-    return mergeDeltas(...parts).upserts;
   }
 
   private async reloadUnqueued(): Promise<void> {
@@ -184,7 +178,7 @@ export class IntentApplier {
       }),
       { readOnly: true },
     );
-    this.ctx.index.replaceAll(state.objects);
+    this.ctx.index.loadIntentSnapshot({ index: state.applied, objects: state.objects });
     this.applied = state.applied;
   }
 }
@@ -201,8 +195,8 @@ function revisionOf(obj: intentpb.IntentObject): number {
 export function diffTopology(
   existing: Map<string, Buffer>,
   desired: topologypb.TopologyObject[],
-): TopologyDelta {
-  const out: TopologyDelta = { upserts: [], deletes: [] };
+): TopologyWrite {
+  const out: TopologyWrite = { upserts: [], deletes: [] };
   const keep = new Set<string>();
   for (const obj of desired) {
     const ref = topologyRefOf(obj);

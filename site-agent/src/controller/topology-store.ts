@@ -6,38 +6,10 @@ import { topologypb } from "@isthmus/schema";
 import type { Database, Tx } from "./db/database.js";
 import { decodeTopology, encodeTopology, keyString, topologyRefOf } from "./objects.js";
 
-export interface TopologyDelta {
+/** What one revision writes (a translate TopologyDelta without its problems). */
+export interface TopologyWrite {
   upserts: topologypb.TopologyObject[];
   deletes: topologypb.TopologyRef[];
-}
-
-export const EMPTY_DELTA: TopologyDelta = { upserts: [], deletes: [] };
-
-/** Merges deltas in order: a later upsert or delete of the same object wins. */
-export function mergeDeltas(...deltas: TopologyDelta[]): TopologyDelta {
-  const last = new Map<string, topologypb.TopologyObject | topologypb.TopologyRef>();
-  const isRef = new Map<string, boolean>();
-  for (const d of deltas) {
-    for (const r of d.deletes) {
-      const k = keyString(r.kind, r.id);
-      last.delete(k);
-      last.set(k, r);
-      isRef.set(k, true);
-    }
-    for (const o of d.upserts) {
-      const r = topologyRefOf(o);
-      const k = keyString(r.kind, r.id);
-      last.delete(k);
-      last.set(k, o);
-      isRef.set(k, false);
-    }
-  }
-  const out: TopologyDelta = { upserts: [], deletes: [] };
-  for (const [k, v] of last) {
-    if (isRef.get(k)) out.deletes.push(v as topologypb.TopologyRef);
-    else out.upserts.push(v as topologypb.TopologyObject);
-  }
-  return out;
 }
 
 export interface ChangeLogOptions {
@@ -50,7 +22,7 @@ export interface ChangeLogOptions {
  */
 export async function writeTopology(
   tx: Tx,
-  delta: TopologyDelta,
+  delta: TopologyWrite,
   origin: "intent" | "local",
   log: ChangeLogOptions,
 ): Promise<number | undefined> {

@@ -6,7 +6,7 @@ import { ChangeFeed } from "./change-feed.js";
 import { Database } from "./db/database.js";
 import { startTestPostgres, type TestPostgres } from "./db/test-postgres.js";
 import { controllerFixture, type Fixture } from "./test-support/controller-fixture.js";
-import { network } from "./test-support/trivial-translator.js";
+import { network, trivialTranslator } from "./test-support/trivial-translator.js";
 import { readSnapshot } from "./topology-store.js";
 import { TopologyWatchService, type WatchOptions } from "./topology-watch.js";
 
@@ -39,7 +39,7 @@ async function serve(
   onService: (svc: TopologyWatchService) => void = () => {},
 ): Promise<Served> {
   const url = await pgs!.createDatabase();
-  const writer = await controllerFixture(url);
+  const writer = await controllerFixture(url, { translator: trivialTranslator });
   const readerDb = new Database({ url, log: silentLogger() });
   const feed = new ChangeFeed(readerDb, { pollMs: 20, ringSize: 8, batch: 50 }, silentLogger());
   await feed.start();
@@ -53,7 +53,12 @@ async function serve(
   onService(svc);
   const server = new Server();
   server.addService(topologypb.TopologyServiceService, svc.handlers());
-  const started = await startGrpcServer(server, "127.0.0.1:0", ServerCredentials.createInsecure(), silentLogger());
+  const started = await startGrpcServer(
+    server,
+    "127.0.0.1:0",
+    ServerCredentials.createInsecure(),
+    silentLogger(),
+  );
   const client = new topologypb.TopologyServiceClient(started.address, credentials.createInsecure());
   let idx = 0;
   return {
@@ -151,7 +156,10 @@ test("resume after a disconnect continues from the agent's revision without a sn
   await applyNetworks(s, 30);
   const second = await collect(s.client, 5, (ev) => lastRevision(ev) >= 35);
   assert.equal(second.error, undefined);
-  assert.equal(second.events.some((e) => e.snapshot), false);
+  assert.equal(
+    second.events.some((e) => e.snapshot),
+    false,
+  );
   assert.deepEqual(
     second.events.filter((e) => e.change).map((e) => e.change!.revision),
     Array.from({ length: 30 }, (_, i) => 6 + i),
@@ -167,6 +175,7 @@ test("resume after a disconnect continues from the agent's revision without a sn
 
 test("an agent that stops reading is cut off with RESOURCE_EXHAUSTED, not buffered without bound", async (t) => {
   if (skip) return t.skip(skip);
+  let service: TopologyWatchService | undefined;
   const s = await serve({ maxQueuedChanges: 5 }, (svc) => {
     service = svc;
   });
@@ -177,7 +186,6 @@ test("an agent that stops reading is cut off with RESOURCE_EXHAUSTED, not buffer
     stream.on("end", () => resolve({ code: 0, details: "ended" }));
   });
   let got = 0;
-  let service: TopologyWatchService | undefined;
   stream.on("data", () => {
     got++;
     if (got === 1) stream.pause(); // read one event, then stop reading
@@ -189,7 +197,10 @@ test("an agent that stops reading is cut off with RESOURCE_EXHAUSTED, not buffer
   assert.ok(got < 60, `the agent had read only ${got} events`);
   // The agent sees why once it reads what was already sent.
   stream.resume();
-  const err = await Promise.race([ended, new Promise<undefined>((r) => setTimeout(() => r(undefined), 10_000))]);
+  const err = await Promise.race([
+    ended,
+    new Promise<undefined>((r) => setTimeout(() => r(undefined), 10_000)),
+  ]);
   assert.ok(err, "the stream was ended");
   assert.equal(err.code, status.RESOURCE_EXHAUSTED);
   assert.match(err.details, /fell more than 5 changes behind/);

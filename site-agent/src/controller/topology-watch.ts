@@ -47,11 +47,12 @@ export class TopologyWatchService {
     try {
       await this.authorize(call);
     } catch (err) {
-      call.destroy(err as Error);
+      endWithError(call, err as Error);
       return;
     }
     if (this.streams >= this.opts.maxStreams) {
-      call.destroy(
+      endWithError(
+        call,
         grpcError(status.RESOURCE_EXHAUSTED, `too many watch streams (limit ${this.opts.maxStreams})`),
       );
       return;
@@ -69,7 +70,7 @@ export class TopologyWatchService {
       unsubscribe();
       if (heartbeat) clearInterval(heartbeat);
       this.streams--;
-      if (err) call.destroy(err);
+      if (err) endWithError(call, err);
       else call.end();
     };
     const pump = () => {
@@ -114,7 +115,6 @@ export class TopologyWatchService {
       pump();
     });
     call.on("cancelled", () => close());
-    call.on("error", () => close());
     try {
       const started = await this.start(call, from);
       queue.unshift(...started.backlog);
@@ -160,6 +160,18 @@ export class TopologyWatchService {
     call.write({ snapshot: snap });
     return { at: snap.revision, backlog: [] };
   }
+}
+
+/**
+ * Ends a stream with an error status after what was already written (grpc-js turns an 'error'
+ * event into the status), and frees it outright if the peer does not read that far in time.
+ */
+function endWithError(call: Call, err: Error): void {
+  call.emit("error", err);
+  const timer = setTimeout(() => call.destroy(), 10_000);
+  timer.unref();
+  call.once("finish", () => clearTimeout(timer));
+  call.once("close", () => clearTimeout(timer));
 }
 
 export function grpcError(code: status, message: string): Error & { code: status; details: string } {

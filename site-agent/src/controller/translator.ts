@@ -1,12 +1,31 @@
-// The seam between the controller's I/O and the pure translation of intent into local topology
-// (site-agent/src/controller/translate/). The controller calls it with an IntentView already
-// holding the state after the change (the state before it is available through `previous`).
-import type { intentpb } from "@isthmus/schema";
-import type { IntentView } from "./intent-view.js";
-import type { LocalPortBinding } from "./local-objects.js";
-import type { TopologyDelta } from "./topology-store.js";
+// The seam between the controller's I/O and the pure translation (./translate): the controller
+// calls it with the in-memory IntentIndex already holding the state after a change and the prior
+// versions of what the change touched. Tests may substitute a smaller translator.
+import type { intentpb, topologypb } from "@isthmus/schema";
+import {
+  type IntentView,
+  type LocalPortBinding,
+  type TopologyDelta,
+  translateAll,
+  translateChange,
+  translateHost,
+  translateLocalPort,
+} from "./translate/index.js";
 
 export interface Translator {
-  translateChange(view: IntentView, change: intentpb.IntentChange, site: string): TopologyDelta;
-  translateLocalPort(view: IntentView, binding: LocalPortBinding): TopologyDelta;
+  translateChange(
+    view: IntentView,
+    change: intentpb.IntentChange,
+    prior: readonly intentpb.IntentObject[],
+  ): TopologyDelta;
+  translateLocalPort(view: IntentView, portId: string, prior: LocalPortBinding | undefined): TopologyDelta;
+  translateHost(view: IntentView, hostId: string, prior: topologypb.Host | undefined): TopologyDelta;
+  translateAll(view: IntentView): { objects: topologypb.TopologyObject[]; problems: string[] };
 }
+
+export const siteTranslator: Translator = {
+  translateChange,
+  translateLocalPort,
+  translateHost,
+  translateAll,
+};

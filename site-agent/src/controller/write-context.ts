@@ -3,8 +3,8 @@
 import type { Logger } from "@isthmus/schema";
 import type { Database, Tx } from "./db/database.js";
 import type { Fence } from "./fence.js";
-import type { IntentIndex } from "./intent-view.js";
 import type { ChangeLogOptions } from "./topology-store.js";
+import type { IntentIndex } from "./translate/index.js";
 import type { Translator } from "./translator.js";
 import type { WriteQueue } from "./write-queue.js";
 
@@ -19,6 +19,8 @@ export interface WriteContext {
   log: Logger;
   /** Called after a commit that produced topology revision `revision`. */
   onCommitted(revision: number): void;
+  /** Parts of intent the translation skipped as invalid (logged, counted, shown in status). */
+  onProblems?(problems: string[]): void;
   /** Test hook: runs inside each write transaction just before COMMIT. */
   beforeCommit?: (tx: Tx, label: string) => Promise<void>;
 }

@@ -5,13 +5,12 @@ import { Database, type Tx } from "../db/database.js";
 import { migrate } from "../db/migrations.js";
 import { leaseFence } from "../fence.js";
 import { IntentApplier } from "../intent-applier.js";
-import { IntentIndex } from "../intent-view.js";
 import { ControllerLease } from "../lease.js";
 import { LocalWriter } from "../local-store.js";
-import type { Translator } from "../translator.js";
+import { IntentIndex } from "../translate/index.js";
+import { siteTranslator, type Translator } from "../translator.js";
 import type { WriteContext } from "../write-context.js";
 import { WriteQueue } from "../write-queue.js";
-import { trivialTranslator } from "./trivial-translator.js";
 
 export interface Fixture {
   db: Database;
@@ -45,7 +44,7 @@ export async function controllerFixture(
     index: new IntentIndex("a"),
     queue: new WriteQueue(),
     fence: leaseFence(holder, () => lease.currentToken()),
-    translator: opts.translator ?? trivialTranslator,
+    translator: opts.translator ?? siteTranslator,
     changeLog: { retention: 100_000 },
     log,
     onCommitted: (r) => committed.push(r),

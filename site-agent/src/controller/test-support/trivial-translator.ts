@@ -1,57 +1,46 @@
-// A deliberately tiny Translator for testing the controller's apply, store and watch paths
-// without the real translation: Network → Bridge (same id, its VNI), local port → VM Port.
-import { intentpb, topologypb } from "@isthmus/schema";
+// A deliberately tiny Translator for testing the controller's store and watch paths with easily
+// predicted output: Network → Bridge (same id, its VNI); nothing else.
+import { intentpb, type topologypb } from "@isthmus/schema";
+import type { IntentView } from "../translate/index.js";
 import type { Translator } from "../translator.js";
+
+function bridgeOf(n: intentpb.Network): topologypb.TopologyObject {
+  return {
+    bridge: {
+      id: n.meta!.id,
+      name: n.meta!.name,
+      networkId: n.meta!.id,
+      tunnelKey: n.vni,
+      inboundFilterId: "",
+      outboundFilterId: "",
+      mtu: n.mtu || 1450,
+      adminStateUp: true,
+    },
+  };
+}
+
+const none = { upserts: [], deletes: [], problems: [] };
 
 export const trivialTranslator: Translator = {
   translateChange(view, change) {
-    const upserts: topologypb.TopologyObject[] = [];
-    const deletes: topologypb.TopologyRef[] = [];
+    const out = {
+      upserts: [] as topologypb.TopologyObject[],
+      deletes: [] as topologypb.TopologyRef[],
+      problems: [],
+    };
     for (const ref of change.deletes) {
-      if (ref.kind === intentpb.ObjectKind.OBJECT_KIND_NETWORK) {
-        deletes.push({ kind: topologypb.TopologyKind.TOPOLOGY_KIND_BRIDGE, id: ref.id });
-      }
+      if (ref.kind === intentpb.ObjectKind.OBJECT_KIND_NETWORK) out.deletes.push({ kind: 2, id: ref.id });
     }
     for (const o of change.upserts) {
-      if (!o.network) continue;
-      const n = view.get(intentpb.ObjectKind.OBJECT_KIND_NETWORK, o.network.meta!.id)?.network ?? o.network;
-      upserts.push({
-        bridge: {
-          id: n.meta!.id,
-          name: n.meta!.name,
-          networkId: n.meta!.id,
-          tunnelKey: n.vni,
-          inboundFilterId: "",
-          outboundFilterId: "",
-          mtu: n.mtu || 1450,
-          adminStateUp: true,
-        },
-      });
+      const n = o.network && view.get("network", o.network.meta!.id);
+      if (n) out.upserts.push(bridgeOf(n));
     }
-    return { upserts, deletes };
+    return out;
   },
-  translateLocalPort(_view, b) {
-    if (b.hostId === "")
-      return { upserts: [], deletes: [{ kind: topologypb.TopologyKind.TOPOLOGY_KIND_PORT, id: b.id }] };
-    return {
-      upserts: [
-        {
-          port: topologypb.Port.fromPartial({
-            id: b.id,
-            name: b.name,
-            type: topologypb.PortType.PORT_TYPE_VM,
-            deviceId: b.networkId,
-            hostId: b.hostId,
-            interfaceName: b.interfaceName,
-            mac: b.mac,
-            ips: b.ips,
-            tunnelKey: b.tunnelKey,
-            adminStateUp: true,
-          }),
-        },
-      ],
-      deletes: [],
-    };
+  translateLocalPort: () => none,
+  translateHost: () => none,
+  translateAll(view: IntentView) {
+    return { objects: [...view.list("network")].map(bridgeOf), problems: [] };
   },
 };
 
