@@ -3,7 +3,7 @@
 // `isthmus get` does not load the agent's datapath, and the site-agent entry points are only
 // loaded by the subcommands that run them.
 import { Command, CommanderError, Option } from "commander";
-import { registerAdminCommands } from "./admin-commands.js";
+import { registerAdminCommands, withConnection } from "./admin-commands.js";
 
 const program = new Command();
 program
@@ -90,20 +90,47 @@ program
   });
 
 const siteCmd = program.command("site").description("onboard and manage sites");
-siteCmd
-  .command("add")
-  .description("mint a single-use onboarding token for a new site")
-  .argument("<name>", "site name")
-  .addOption(
-    new Option("--key-dir <dir>", "coordinator key directory").env("ISTHMUS_KEY_DIR").makeOptionMandatory(),
-  )
-  .option("--ttl <duration>", "how long the token may be used", "15m")
-  .option("--out <file>", "write the token to this file (0600)")
-  .option("-o, --output <format>", "text or json", "text")
-  .action(async (name: string, opts) => {
-    const { runSiteAdd } = await import("./site-add.js");
-    process.exitCode = await runSiteAdd(name, opts);
-  });
+withConnection(
+  siteCmd
+    .command("add")
+    .description(
+      "register a site and mint its single-use onboarding token (through a coordinator, or offline with --key-dir)",
+    )
+    .argument("<name>", "site name")
+    .addOption(
+      new Option(
+        "--key-dir <dir>",
+        "mint offline with this coordinator key directory instead of calling AddSite",
+      ).env("ISTHMUS_KEY_DIR"),
+    )
+    .option("--ttl <duration>", "how long the token may be used", "15m")
+    .option("--region <region>", "the site's region (AddSite only)")
+    .option("--description <text>", "free text (AddSite only)")
+    .option("--out <file>", "write the token to this file (0600)")
+    .option("-o, --output <format>", "text or json", "text"),
+).action(async (name: string, opts) => {
+  const { runSiteAdd } = await import("./site-add.js");
+  process.exitCode = await runSiteAdd(name, opts);
+});
+withConnection(
+  siteCmd
+    .command("list")
+    .description("sites with their state, key, applied index and lag")
+    .option("-o, --output <format>", "table or json", "table"),
+).action(async (opts) => {
+  const { runSiteList } = await import("./site-list.js");
+  process.exitCode = await runSiteList(opts);
+});
+withConnection(
+  siteCmd
+    .command("revoke")
+    .description("cut a site off on every coordinator (its calls are refused, its streams end)")
+    .argument("<name>", "site name")
+    .option("-o, --output <format>", "text or json", "text"),
+).action(async (name: string, opts) => {
+  const { runSiteRevoke } = await import("./site-revoke.js");
+  process.exitCode = await runSiteRevoke(name, opts);
+});
 siteCmd
   .command("join")
   .description("run at the site: make its key pair, register it with the federation, write a credential")
@@ -119,6 +146,32 @@ siteCmd
   .action(async (opts) => {
     const { runSiteJoin } = await import("./site-join.js");
     process.exitCode = await runSiteJoin(opts);
+  });
+
+const agentCmd = program
+  .command("agent")
+  .description("run this host's edge agent (datapath, tunnels, flow state); `agent flows` dumps its flows")
+  .option("--config <file>", "YAML configuration file (agent: section)")
+  .option("--host <id>", "this host's id in the site topology")
+  .option("--controller <host:port>", "site controller gRPC address")
+  .option("--token-file <file>", "host token issued by the site controller")
+  .option("--tunnel-ip <ip>", "underlay IPv4 address for VXLAN")
+  .option("--tunnel-port <port>", "VXLAN UDP port (default 4789)")
+  .option("--role <role>", "host | gateway")
+  .option("--metrics-listen <host:port>", "Prometheus /metrics and /healthz (default 127.0.0.1:9480)")
+  .option("--admin-listen <host:port>", "local admin endpoint (default 127.0.0.1:9481)")
+  .action(async (opts: Record<string, string | undefined>) => {
+    const { runAgent } = await import("./agent.js");
+    await runAgent(opts);
+  });
+agentCmd
+  .command("flows")
+  .description("dump the flows of the agent on this host")
+  .option("--admin <host:port>", "the agent's admin endpoint", "127.0.0.1:9481")
+  .option("--json", "print JSON")
+  .action(async (opts: { admin: string; json?: boolean }) => {
+    const { runAgentFlows } = await import("./agent-flows.js");
+    process.exitCode = await runAgentFlows(opts);
   });
 
 try {

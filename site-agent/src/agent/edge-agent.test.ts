@@ -119,7 +119,7 @@ test("a VM reaches a VM on another network across the router (MACs rewritten, TT
 test("a topology change invalidates exactly the flows tagged with what changed", async () => {
   const before = A.dp.dumpFlows();
   assert.equal(before.length, 2);
-  const routed = before.find((f) => f.tags.includes(routerId))!;
+  const routed = before.find((f) => f.tags.includes(`device:${routerId}`))!;
   const callsBefore = A.sim.calls;
   // vmB1 moves to a new tunnel key: only the flow towards it depended on it.
   A.agent.applyChange({ revision: 2, upserts: [{ port: { ...vmB1, tunnelKey: 0x22 } }], deletes: [] });
@@ -190,24 +190,24 @@ test("flow state reaches the egress host before the packet, and is refreshed by 
   let stateWhenDelivered = -1;
   const origSend = pb.send.bind(pb);
   pb.send = (frames) => {
-    if (stateWhenDelivered < 0) stateWhenDelivered = B.agent.flowState.size;
+    if (stateWhenDelivered < 0) stateWhenDelivered = B.sim.flowState.size;
     return origSend(frames);
   };
   const n = pb.received.length;
   pa.inject(udpFrame({ ...fromA1, dstMac: vmB1.mac, dstIp: "10.0.0.2", sport: 7777, dport: 53 }));
   await pb.waitFor(n + 1);
   assert.equal(stateWhenDelivered, 1, "state installed at B before the data packet arrived");
-  const entry = B.agent.flowState.all()[0]!;
-  assert.equal(entry.conntrack?.key?.srcPort, 7777);
-  assert.ok(B.agent.flowState.hasConntrack(entry.conntrack!.key!, performance.now()));
+  const entry = B.sim.flowState.all()[0]!;
+  assert.equal(entry.conntrack?.key, "fake|17|10.0.0.1|7777|10.0.0.2|53");
+  assert.ok(B.sim.flowState.has(`ct:${entry.conntrack?.key}`, performance.now()));
   // Lose the state at B, then a later packet after the refresh interval restores it.
-  B.agent.flowState.expire(Number.MAX_SAFE_INTEGER);
-  assert.equal(B.agent.flowState.size, 0);
+  B.sim.flowState.expire(Number.MAX_SAFE_INTEGER);
+  assert.equal(B.sim.flowState.size, 0);
   const refreshed = A.agent.handler.stats.flowStateRefreshes;
   await new Promise((r) => setTimeout(r, 1050));
   pa.inject(udpFrame({ ...fromA1, dstMac: vmB1.mac, dstIp: "10.0.0.2", sport: 7777, dport: 53 }));
   await pb.waitFor(n + 2);
   assert.equal(A.agent.handler.stats.flowStateRefreshes, refreshed + 1);
-  assert.equal(B.agent.flowState.size, 1);
+  assert.equal(B.sim.flowState.size, 1);
   A.sim.stateful = false;
 });

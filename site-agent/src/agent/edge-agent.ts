@@ -4,8 +4,7 @@
 // metrics, the admin endpoint and signals around it.
 import { componentLogger, type Logger, type topologypb } from "@isthmus/schema";
 import type { Datapath, PortIO, TunnelEndpoint } from "./datapath.js";
-import { decodeFlowState, FlowStateTable, flowStateTag } from "./flow-state.js";
-import { bridgeMacsTag, GatewayForwarder, macTag } from "./gateway-forwarder.js";
+import { decodeFlowState } from "./flow-state.js";
 import type { Simulator } from "./simulator.js";
 import { TopologyStore } from "./topology-store.js";
 import { UpcallHandler } from "./upcall-handler.js";
@@ -21,13 +20,11 @@ export interface EdgeAgentOptions {
   openPort: PortOpener;
   log: Logger;
   clock?: () => number;
-  maxFlowStateEntries?: number;
   stateRefreshMs?: number;
 }
 
 export class EdgeAgent {
   readonly store = new TopologyStore();
-  readonly flowState: FlowStateTable;
   readonly handler: UpcallHandler;
   private readonly portIdByNo = new Map<number, string>();
   private readonly portNoById = new Map<string, number>();
@@ -40,17 +37,14 @@ export class EdgeAgent {
   constructor(private readonly o: EdgeAgentOptions) {
     this.clock = o.clock ?? (() => performance.now());
     this.log = componentLogger(o.log, "edge-agent");
-    this.flowState = new FlowStateTable(o.maxFlowStateEntries);
     this.handler = new UpcallHandler({
       hostId: o.hostId,
       role: o.role,
       store: this.store,
       simulator: o.simulator,
       datapath: o.datapath,
-      flowState: this.flowState,
       portIdByNo: this.portIdByNo,
       portNoById: this.portNoById,
-      gateway: o.role === "gateway" ? new GatewayForwarder(o.hostId, this.store, this.portNoById) : undefined,
       stateRefreshMs: o.stateRefreshMs,
       clock: this.clock,
     });
@@ -77,31 +71,10 @@ export class EdgeAgent {
   }
 
   applyChange(c: topologypb.TopologyChange): void {
-    const tags = this.macTagsOf(c);
-    const touched = this.store.applyChange(c);
-    this.o.simulator.applyChange(c);
-    for (const t of this.macTagsOf(c)) tags.add(t);
-    for (const id of touched) tags.add(id);
+    const tags = this.store.applyChange(c);
+    for (const t of this.o.simulator.applyChange(c)) tags.add(t);
     this.stats.invalidated += this.o.datapath.invalidate(tags);
     this.reconcilePorts();
-  }
-
-  /** Tags derived from the MAC entries a change touches (their bridge's MAC set changed). */
-  private macTagsOf(c: topologypb.TopologyChange): Set<string> {
-    const tags = new Set<string>();
-    const add = (m: topologypb.MacEntry | undefined) => {
-      if (!m) return;
-      tags.add(bridgeMacsTag(m.bridgeId));
-      tags.add(macTag(m.bridgeId, m.mac));
-    };
-    for (const o of c.upserts) {
-      if (o.macEntry) {
-        add(o.macEntry);
-        add(this.store.macEntries.get(o.macEntry.id));
-      }
-    }
-    for (const d of c.deletes) add(this.store.macEntries.get(d.id));
-    return tags;
   }
 
   /** Binds ports newly assigned to this host, unbinds ports that left, keeps tunnel keys current. */
@@ -123,10 +96,7 @@ export class EdgeAgent {
           io = this.o.openPort(port.interfaceName);
         } catch (err) {
           this.stats.bindErrors++;
-          this.log.error(
-            { err, portId, interface: port.interfaceName },
-            "cannot bind port; will retry on next change",
-          );
+          this.log.warn({ err, portId, interface: port.interfaceName }, "cannot bind port yet; retrying");
           continue;
         }
         portNo = this.nextPortNo++;
@@ -144,13 +114,11 @@ export class EdgeAgent {
     }
   }
 
-  /** Retries binding ports whose interfaces were missing (called periodically by the process). */
-  retryBindings(): void {
+  /** Periodic work: retry bindings whose interfaces were missing, expire learned state. */
+  tick(): void {
     if (this.store.ready) this.reconcilePorts();
-  }
-
-  expireFlowState(): number {
-    return this.flowState.expire(this.clock());
+    const tags = this.o.simulator.expire(this.clock());
+    if (tags.length > 0) this.stats.invalidated += this.o.datapath.invalidate(tags);
   }
 
   private onFlowState(payload: Buffer, from: TunnelEndpoint): void {
@@ -164,14 +132,10 @@ export class EdgeAgent {
       return;
     }
     this.stats.flowStateMessages++;
-    const now = this.clock();
-    const tags: string[] = [];
-    for (const e of msg.entries) {
-      if (this.flowState.install(e, now)) tags.push(flowStateTag(e));
-    }
     // Decisions cached before the state arrived (a return packet dropped as "not established")
     // carry the entry's tag and must be recomputed.
-    this.o.datapath.invalidate(tags);
+    const tags = this.o.simulator.installFlowState(msg.entries, this.clock());
+    if (tags.length > 0) this.o.datapath.invalidate(tags);
   }
 
   async stop(): Promise<void> {

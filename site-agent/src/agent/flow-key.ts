@@ -18,8 +18,13 @@ export const KEY = {
   tcpFlags: 59, // u8
   tpSrc: 60, // u16 (ICMP: type)
   tpDst: 62, // u16 (ICMP: code)
+  icmpId: 64, // u16: ICMP echo identifier
+  ipTos: 66, // u8
+  pad: 67, // u8, always zero
+  arpSha: 68, // 6 bytes: ARP sender hardware address
+  arpTha: 74, // 6 bytes: ARP target hardware address
 } as const;
-export const KEY_SIZE = 64;
+export const KEY_SIZE = 80;
 
 export type FlowField =
   | "inPort"
@@ -35,7 +40,12 @@ export type FlowField =
   | "ipFrag"
   | "tcpFlags"
   | "tpSrc"
-  | "tpDst";
+  | "tpDst"
+  | "icmpId"
+  | "ipTos"
+  | "pad"
+  | "arpSha"
+  | "arpTha";
 
 export const FIELD_SIZE: Record<FlowField, number> = {
   inPort: 4,
@@ -52,6 +62,11 @@ export const FIELD_SIZE: Record<FlowField, number> = {
   tcpFlags: 1,
   tpSrc: 2,
   tpDst: 2,
+  icmpId: 2,
+  ipTos: 1,
+  pad: 1,
+  arpSha: 6,
+  arpTha: 6,
 };
 
 export const ETH_TYPE_IPV4 = 0x0800;
@@ -87,6 +102,7 @@ export function extractKey(frame: Buffer, inPort: number, tunnelKey: number, key
     const proto = frame[l3 + 9]!;
     key[KEY.ipProto] = proto;
     key[KEY.ipTtl] = frame[l3 + 8]!;
+    key[KEY.ipTos] = frame[l3 + 1]!;
     const fragField = frame.readUInt16BE(l3 + 6);
     const fragOffset = fragField & 0x1fff;
     const more = (fragField & 0x2000) !== 0;
@@ -99,11 +115,14 @@ export function extractKey(frame: Buffer, inPort: number, tunnelKey: number, key
     const proto = frame[l3 + 6]!;
     key[KEY.ipProto] = proto;
     key[KEY.ipTtl] = frame[l3 + 7]!;
+    key[KEY.ipTos] = ((frame.readUInt16BE(l3) >> 4) & 0xff) >>> 0;
     extractL4(frame, l3 + 40, proto, key);
   } else if (ethType === ETH_TYPE_ARP) {
     if (frame.length < l3 + 28) return true;
     key[KEY.ipProto] = frame[l3 + 7]!; // opcode (1 request, 2 reply)
+    frame.copy(key, KEY.arpSha, l3 + 8, l3 + 14);
     frame.copy(key, KEY.ipSrc, l3 + 14, l3 + 18);
+    frame.copy(key, KEY.arpTha, l3 + 18, l3 + 24);
     frame.copy(key, KEY.ipDst, l3 + 24, l3 + 28);
   }
   return true;
@@ -119,6 +138,7 @@ function extractL4(frame: Buffer, l4: number, proto: number, key: Buffer): void 
     if (frame.length < l4 + 2) return;
     key.writeUInt16BE(frame[l4]!, KEY.tpSrc);
     key.writeUInt16BE(frame[l4 + 1]!, KEY.tpDst);
+    if (frame.length >= l4 + 6) key.writeUInt16BE(frame.readUInt16BE(l4 + 4), KEY.icmpId);
   }
 }
 
@@ -163,6 +183,8 @@ export function describeKey(key: Buffer, mask: Buffer): Record<string, string | 
     switch (f) {
       case "ethDst":
       case "ethSrc":
+      case "arpSha":
+      case "arpTha":
         out[f] = hex(key, o, 6, ":");
         break;
       case "ipSrc":
@@ -177,6 +199,7 @@ export function describeKey(key: Buffer, mask: Buffer): Record<string, string | 
       case "ethType":
       case "tpSrc":
       case "tpDst":
+      case "icmpId":
         out[f] = key.readUInt16BE(o);
         break;
       default:

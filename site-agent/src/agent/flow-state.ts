@@ -1,26 +1,18 @@
 // Flow state shared between agents: conntrack entries and NAT bindings created at one host and
 // installed, with a lifetime, at the hosts that may see the connection's return traffic. This file
-// holds the bounded table with expiry and the protobuf encoding (schema: isthmus/v1/flowstate.proto).
+// holds the protobuf encoding (schema: isthmus/v1/flowstate.proto) and a bounded store with expiry
+// for simulators that keep no state of their own.
 import { flowstatepb } from "@isthmus/schema";
 
 export type FlowStateEntry = flowstatepb.FlowStateEntry;
-export type FlowStateKey = flowstatepb.FlowStateKey;
 
 export const DEFAULT_FLOW_STATE_TTL_MS = 120_000;
 
-export function flowStateKeyText(k: FlowStateKey): string {
-  return `${k.zone}|${k.etherType}|${k.protocol}|${k.srcIp}|${k.srcPort}|${k.dstIp}|${k.dstPort}`;
-}
-
-/** The tag a simulation puts on flows whose result depended on this entry (present or absent). */
+/** The flow tag of an entry (the simulation's convention: `ct:<key>`, `nat:<key>`). */
 export function flowStateTag(e: FlowStateEntry): string {
-  return entryId(e);
-}
-
-function entryId(e: FlowStateEntry): string {
-  if (e.conntrack?.key) return `ct|${flowStateKeyText(e.conntrack.key)}`;
-  if (e.nat?.key) return `nat|${e.nat.source ? "s" : "d"}|${flowStateKeyText(e.nat.key)}`;
-  throw new Error("flow state entry has neither conntrack nor nat with a key");
+  if (e.conntrack && e.conntrack.key !== "") return `ct:${e.conntrack.key}`;
+  if (e.nat && e.nat.key !== "") return `nat:${e.nat.key}`;
+  throw new Error("flow state entry has neither a conntrack nor a nat key");
 }
 
 interface Stored {
@@ -38,14 +30,14 @@ export class FlowStateTable {
     return this.entries.size;
   }
 
-  /** Installs or refreshes one entry; false when invalid or the table is full. */
-  install(e: FlowStateEntry, now: number): boolean {
+  /** Installs or refreshes one entry; returns its tag, or undefined when invalid or full. */
+  install(e: FlowStateEntry, now: number): string | undefined {
     let id: string;
     try {
-      id = entryId(e);
+      id = flowStateTag(e);
     } catch {
       this.stats.invalid++;
-      return false;
+      return undefined;
     }
     const ttl = e.ttlMs > 0 ? e.ttlMs : DEFAULT_FLOW_STATE_TTL_MS;
     const prev = this.entries.get(id);
@@ -53,38 +45,33 @@ export class FlowStateTable {
       prev.expiresAt = now + ttl;
       prev.entry = e;
       this.stats.refreshed++;
-      return true;
+      return id;
     }
     if (this.entries.size >= this.maxEntries) {
       this.stats.refusedFull++;
-      return false;
+      return undefined;
     }
     this.entries.set(id, { entry: e, expiresAt: now + ttl });
     this.stats.installed++;
-    return true;
+    return id;
   }
 
-  /** Is there a live conntrack entry for this forward-direction key? */
-  hasConntrack(k: FlowStateKey, now: number): boolean {
-    const s = this.entries.get(`ct|${flowStateKeyText(k)}`);
+  has(tag: string, now: number): boolean {
+    const s = this.entries.get(tag);
     return s !== undefined && s.expiresAt > now;
   }
 
-  nat(k: FlowStateKey, source: boolean, now: number): flowstatepb.NatEntry | undefined {
-    const s = this.entries.get(`nat|${source ? "s" : "d"}|${flowStateKeyText(k)}`);
-    return s !== undefined && s.expiresAt > now ? s.entry.nat : undefined;
-  }
-
-  expire(now: number): number {
-    let n = 0;
+  /** Removes expired entries; returns their tags. */
+  expire(now: number): string[] {
+    const out: string[] = [];
     for (const [id, s] of this.entries) {
       if (s.expiresAt <= now) {
         this.entries.delete(id);
-        n++;
+        out.push(id);
       }
     }
-    this.stats.expired += n;
-    return n;
+    this.stats.expired += out.length;
+    return out;
   }
 
   all(): FlowStateEntry[] {

@@ -3,6 +3,7 @@
 // waiting on anything remote; each applied change reports the object ids it touched so the flows
 // tagged with them can be invalidated.
 import { topologypb } from "@isthmus/schema";
+import { objectTag } from "./tags.js";
 
 type Obj = topologypb.TopologyObject;
 type Kind = Exclude<keyof Obj, never>;
@@ -58,34 +59,32 @@ export class TopologyStore {
   /** Whether a snapshot has been applied (before it, the agent cannot simulate). */
   ready = false;
 
-  /** Replaces everything with a snapshot; returns every id that existed before or after. */
-  applySnapshot(s: topologypb.TopologySnapshot): Set<string> {
-    const touched = new Set<string>([...this.allIds()]);
+  /** Replaces everything with a snapshot. */
+  applySnapshot(s: topologypb.TopologySnapshot): void {
     this.hosts.clear();
     this.bridges.clear();
     this.ports.clear();
     this.remoteGateways.clear();
     this.macEntries.clear();
     this.others.clear();
-    for (const o of s.objects) touched.add(this.upsert(o));
+    for (const o of s.objects) this.upsert(o);
     this.revision = s.revision;
     this.ready = true;
-    return touched;
   }
 
-  /** Applies one change in order; returns the ids it touched. Out-of-order changes are an error. */
+  /** Applies one change in order; returns tags naming what it touched. Out-of-order changes are an error. */
   applyChange(c: topologypb.TopologyChange): Set<string> {
     if (!this.ready) throw new Error(`topology change ${c.revision} before any snapshot`);
     if (c.revision <= this.revision) {
       throw new Error(`topology change ${c.revision} is not after revision ${this.revision}`);
     }
     const touched = new Set<string>();
-    for (const o of c.upserts) touched.add(this.upsert(o));
+    for (const o of c.upserts) touched.add(objectTag(objectKind(o) ?? "", this.upsert(o)));
     for (const d of c.deletes) {
       const kind = KIND_BY_ENUM[d.kind];
       if (!kind) throw new Error(`topology change ${c.revision}: delete of unknown kind ${d.kind}`);
       this.remove(kind, d.id);
-      touched.add(d.id);
+      touched.add(objectTag(kind, d.id));
     }
     this.revision = c.revision;
     return touched;
@@ -138,15 +137,6 @@ export class TopologyStore {
       default:
         this.others.delete(id);
     }
-  }
-
-  private *allIds(): Iterable<string> {
-    yield* this.hosts.keys();
-    yield* this.bridges.keys();
-    yield* this.ports.keys();
-    yield* this.remoteGateways.keys();
-    yield* this.macEntries.keys();
-    yield* this.others.keys();
   }
 
   /** Every object, as the simulator's topology view is built from them. */

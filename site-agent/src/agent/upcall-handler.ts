@@ -1,20 +1,21 @@
 // Turns a datapath miss into a decision: anti-spoofing on the ingress port, simulation, mapping the
-// simulated egress ports to local ports or VXLAN tunnels (intra-site key to the port's host, global
-// key towards a gateway), pushing new flow state to the hosts that may carry return traffic before
-// the packet itself goes out, and the flow to install with its mask and tags.
+// simulated outputs to local datapath ports or VXLAN tunnels, pushing new flow state to the hosts
+// that may carry return traffic before the packet itself goes out, and the flow to install with its
+// mask and tags.
 import { topologypb } from "@isthmus/schema";
 import type { Datapath, TunnelEndpoint, Upcall, UpcallDecision } from "./datapath.js";
 import { isGlobalTunnelKey } from "./datapath.js";
-import type { FlowActions, FlowOutput } from "./flow-actions.js";
-import { MAX_OUTPUTS } from "./flow-actions.js";
-import { type FlowField, KEY, maskFromFields } from "./flow-key.js";
-import { encodeFlowState, type FlowStateEntry, type FlowStateTable } from "./flow-state.js";
+import { type FlowActions, type FlowOutput, MAX_OUTPUTS } from "./flow-actions.js";
+import { extractKey, type FlowField, KEY, KEY_SIZE, maskFromFields } from "./flow-key.js";
+import { encodeFlowState, type FlowStateEntry } from "./flow-state.js";
 import type { Flow } from "./flow-table.js";
-import type { GatewayForwarder } from "./gateway-forwarder.js";
-import type { SimulationOutcome, Simulator } from "./simulator.js";
+import type { OutputGroup, SimOutput, SimulationInput, SimulationOutcome, Simulator } from "./simulator.js";
+import { agentTag } from "./tags.js";
 import type { TopologyStore } from "./topology-store.js";
 
 const ALL_FIELDS = Object.keys(KEY) as FlowField[];
+/** Resubmitted packets (released by ARP) may themselves release more; bound the chain. */
+const MAX_RESUBMIT_DEPTH = 4;
 
 export interface UpcallHandlerOptions {
   hostId: string;
@@ -22,11 +23,9 @@ export interface UpcallHandlerOptions {
   store: TopologyStore;
   simulator: Simulator;
   datapath: Datapath;
-  flowState: FlowStateTable;
   /** Local port bindings: datapath port number ↔ topology port id. */
   portIdByNo: Map<number, string>;
   portNoById: Map<string, number>;
-  gateway?: GatewayForwarder;
   /** How often an active flow re-sends its flow state (heals a lost message). */
   stateRefreshMs?: number;
   clock: () => number;
@@ -38,92 +37,105 @@ export function parseMac(mac: string): Buffer | undefined {
   return Buffer.from(parts.map((p) => Number.parseInt(p, 16)));
 }
 
+function drop(reason: string): UpcallDecision {
+  return { actions: { outputs: [], dropReason: reason } };
+}
+
 export class UpcallHandler {
   private sequence = 0;
-  readonly stats = { simulations: 0, flowStateSent: 0, flowStateRefreshes: 0 };
+  readonly stats = { simulations: 0, flowStateSent: 0, flowStateRefreshes: 0, resubmits: 0 };
 
   constructor(private readonly o: UpcallHandlerOptions) {}
 
   handle(u: Upcall): UpcallDecision | Promise<UpcallDecision> {
+    if (!this.o.store.ready) return drop("topology_not_ready");
     if (u.portNo === 0) return this.fromTunnel(u);
     const portId = this.o.portIdByNo.get(u.portNo);
     const port = portId === undefined ? undefined : this.o.store.ports.get(portId);
     if (!port || portId === undefined) return drop("unknown_port");
-    if (!this.o.store.ready) return drop("topology_not_ready");
     const mac = parseMac(port.mac);
     if (mac && !mac.equals(u.frame.subarray(6, 12))) {
       // Cache the drop so a VM spraying spoofed frames does not keep the simulator busy.
       return {
         actions: { outputs: [], dropReason: "spoofed_mac" },
-        install: { mask: maskFromFields(["inPort", "ethSrc"]), tags: [portId], idleTimeoutMs: 10_000 },
+        install: {
+          mask: maskFromFields(["inPort", "ethSrc"]),
+          tags: [agentTag.port(portId)],
+          idleTimeoutMs: 10_000,
+        },
       };
     }
-    const outcome = this.o.simulator.simulate({
-      frame: u.frame,
-      key: u.key,
-      ingressPortId: portId,
-      traced: u.traced,
-      now: this.o.clock(),
-    });
+    return this.run(
+      u,
+      { frame: u.frame, key: u.key, ingressPortId: portId, traced: u.traced, now: this.o.clock() },
+      [agentTag.port(portId)],
+    );
+  }
+
+  private fromTunnel(u: Upcall): UpcallDecision | Promise<UpcallDecision> {
+    if (!isGlobalTunnelKey(u.tunnelKey)) return drop("vxlan_unknown_key");
+    if (this.o.role !== "gateway") return drop("global_key_at_host");
+    const fromSite = [...this.o.store.remoteGateways.values()].find((g) => g.ip === u.from?.ip)?.site;
+    return this.run(
+      u,
+      { frame: u.frame, key: u.key, tunnelKey: u.tunnelKey, fromSite, traced: u.traced, now: this.o.clock() },
+      [],
+    );
+  }
+
+  private run(
+    u: Upcall,
+    input: SimulationInput,
+    extraTags: string[],
+  ): UpcallDecision | Promise<UpcallDecision> {
+    const outcome = this.o.simulator.simulate(input);
     return outcome instanceof Promise
-      ? outcome.then((r) => this.decide(u, portId, r))
-      : this.decide(u, portId, outcome);
+      ? outcome.then((r) => this.decide(u, r, extraTags, 0))
+      : this.decide(u, outcome, extraTags, 0);
   }
 
-  private fromTunnel(u: Upcall): UpcallDecision {
-    if (isGlobalTunnelKey(u.tunnelKey) && this.o.gateway) return this.o.gateway.forward(u);
-    return drop(this.o.role === "gateway" ? "vxlan_unknown_key" : "global_key_at_host");
-  }
-
-  private decide(u: Upcall, ingressPortId: string, r: SimulationOutcome): UpcallDecision {
+  private decide(u: Upcall, r: SimulationOutcome, extraTags: string[], depth: number): UpcallDecision {
     this.stats.simulations++;
-    const tags = new Set<string>(r.tags);
-    tags.add(ingressPortId);
-    const outputs: FlowOutput[] = [];
+    if (r.invalidate.length > 0) this.o.datapath.invalidate(r.invalidate);
+    const tags = new Set<string>([...r.tags, ...extraTags]);
     const stateTargets = new Map<string, TunnelEndpoint>();
-    let unreachable: string | undefined;
-    for (const egressId of r.egressPortIds) {
-      tags.add(egressId);
-      const out = this.outputFor(egressId, tags);
-      if (typeof out === "string") unreachable = out;
-      else {
-        outputs.push(out);
-        if (out.kind === "tunnel")
-          stateTargets.set(`${out.remoteIp}:${out.remotePort}`, { ip: out.remoteIp, port: out.remotePort });
+    const groups = r.groups.map((g) => this.resolveGroup(g, tags, stateTargets));
+    const first = groups[0] ?? { actions: { outputs: [] }, unreachable: undefined };
+    const actions: FlowActions = first.actions;
+    if (groups.every((g) => g.actions.outputs.length === 0)) {
+      actions.dropReason = r.dropReason ?? first.unreachable ?? "no_egress";
+    }
+    // Later groups (rewrites between outputs) go out as copies; such results are not cached.
+    const generated = groups.slice(1).map((g) => ({ frame: Buffer.from(u.frame), actions: g.actions }));
+    for (const gen of r.generated) {
+      for (const g of gen.groups) {
+        const resolved = this.resolveGroup(g, new Set(), new Map());
+        generated.push({ frame: Buffer.from(gen.frame), actions: resolved.actions });
       }
     }
-    const actions: FlowActions = { ...r.rewrites, outputs };
-    if (outputs.length === 0) actions.dropReason = r.dropReason ?? unreachable ?? "no_egress";
-    const generated = r.generated.flatMap((g) => {
-      const out = this.outputFor(g.egressPortId, tags);
-      return typeof out === "string" ? [] : [{ frame: g.frame, actions: { outputs: [out] } }];
-    });
     let onHit: ((f: Flow, now: number) => void) | undefined;
     if (r.flowState.length > 0) {
-      const now = this.o.clock();
-      for (const e of r.flowState) this.o.flowState.install(e, now);
       // Return traffic may come back through the egress hosts or, across sites, the gateways.
       for (const g of this.o.store.gateways()) {
         if (g.id !== this.o.hostId && g.tunnelIp !== "") {
-          stateTargets.set(`${g.tunnelIp}:${g.tunnelPort || 4789}`, {
-            ip: g.tunnelIp,
-            port: g.tunnelPort || 4789,
-          });
+          const port = g.tunnelPort || 4789;
+          stateTargets.set(`${g.tunnelIp}:${port}`, { ip: g.tunnelIp, port });
         }
       }
       const targets = [...stateTargets.values()];
-      this.sendState(r.flowState, targets);
+      this.sendState(r.flowState, targets); // before the packet: the caller outputs after this returns
       const refreshMs = this.o.stateRefreshMs ?? 1000;
-      let lastSent = now;
+      let lastSent = this.o.clock();
       onHit = (_f, t) => {
         if (t - lastSent < refreshMs) return;
         lastSent = t;
-        for (const e of r.flowState) this.o.flowState.install(e, t);
+        this.o.simulator.refreshFlowState(r.flowState, t);
         this.stats.flowStateRefreshes++;
         this.sendState(r.flowState, targets);
       };
     }
-    const cacheable = r.cacheable && outputs.length <= MAX_OUTPUTS && !u.traced;
+    for (const rs of depth < MAX_RESUBMIT_DEPTH ? r.resubmit : []) this.resubmit(rs, depth + 1);
+    const cacheable = r.cacheable && groups.length <= 1 && actions.outputs.length <= MAX_OUTPUTS && !u.traced;
     const fields = new Set<FlowField>(r.maskFields ?? ALL_FIELDS);
     fields.add("inPort");
     fields.add("tunnelKey");
@@ -136,14 +148,66 @@ export class UpcallHandler {
     };
   }
 
+  /** A packet the simulation held (waiting for ARP) and released: simulate and send it now. */
+  private resubmit(rs: SimulationOutcome["resubmit"][number], depth: number): void {
+    this.stats.resubmits++;
+    const key = Buffer.alloc(KEY_SIZE);
+    const portNo = rs.ingressPortId === undefined ? 0 : (this.o.portNoById.get(rs.ingressPortId) ?? 0);
+    extractKey(rs.frame, portNo, rs.tunnelKey ?? 0, key);
+    const outcome = this.o.simulator.simulate({
+      frame: rs.frame,
+      key,
+      ingressPortId: rs.ingressPortId,
+      tunnelKey: rs.tunnelKey,
+      fromSite: rs.fromSite,
+      traced: false,
+      now: this.o.clock(),
+    });
+    // Marked traced so the decision is executed once and not installed (it was held, not looked up).
+    const held: Upcall = { portNo, tunnelKey: rs.tunnelKey ?? 0, traced: true, frame: rs.frame, key };
+    const send = (r: SimulationOutcome) => {
+      const d = this.decide(held, r, [], depth);
+      for (const g of d.generated ?? []) this.o.datapath.execute(g.frame, g.actions);
+      this.o.datapath.execute(rs.frame, d.actions);
+    };
+    if (outcome instanceof Promise) outcome.then(send, () => this.o.datapath.countDrop("upcall_error"));
+    else send(outcome);
+  }
+
+  private resolveGroup(
+    g: OutputGroup,
+    tags: Set<string>,
+    stateTargets: Map<string, TunnelEndpoint>,
+  ): { actions: FlowActions; unreachable: string | undefined } {
+    const outputs: FlowOutput[] = [];
+    let unreachable: string | undefined;
+    for (const o of g.outputs) {
+      const out = this.outputFor(o, tags);
+      if (typeof out === "string") {
+        unreachable = out;
+        continue;
+      }
+      outputs.push(out);
+      if (out.kind === "tunnel") {
+        stateTargets.set(`${out.remoteIp}:${out.remotePort}`, { ip: out.remoteIp, port: out.remotePort });
+      }
+    }
+    return { actions: { ...g.rewrites, outputs }, unreachable };
+  }
+
   private sendState(entries: FlowStateEntry[], targets: TunnelEndpoint[]): void {
     if (targets.length === 0) return;
     this.o.datapath.sendFlowState(encodeFlowState(this.o.hostId, ++this.sequence, entries), targets);
     this.stats.flowStateSent++;
   }
 
-  /** Where a packet for a topology port goes from this host, or why it cannot. */
-  private outputFor(portId: string, tags: Set<string>): FlowOutput | string {
+  /** Where a simulated output goes from this host, or why it cannot. */
+  private outputFor(o: SimOutput, tags: Set<string>): FlowOutput | string {
+    if (o.kind === "tunnel") {
+      return { kind: "tunnel", key: o.key, remoteIp: o.remoteIp, remotePort: o.remotePort };
+    }
+    const portId = o.portId;
+    tags.add(agentTag.port(portId));
     const local = this.o.portNoById.get(portId);
     if (local !== undefined) return { kind: "port", portNo: local };
     const port = this.o.store.ports.get(portId);
@@ -151,16 +215,16 @@ export class UpcallHandler {
     if (port.type === topologypb.PortType.PORT_TYPE_REMOTE_SITE) {
       const bridge = this.o.store.bridges.get(port.deviceId);
       if (!bridge || bridge.tunnelKey === 0) return "remote_site_without_key";
-      tags.add(bridge.id);
+      tags.add(agentTag.device(bridge.id));
       if (this.o.role === "gateway") {
         const rg = [...this.o.store.remoteGateways.values()].find((g) => g.site === port.remoteSite);
         if (!rg) return "remote_gateway_unknown";
-        tags.add(rg.id);
+        tags.add(agentTag.gateway(rg.site));
         return { kind: "tunnel", key: bridge.tunnelKey, remoteIp: rg.ip, remotePort: rg.port || 4789 };
       }
       const gw = this.o.store.gateways().find((g) => g.alive && g.tunnelIp !== "");
       if (!gw) return "no_local_gateway";
-      tags.add(gw.id);
+      tags.add(agentTag.host(gw.id));
       return {
         kind: "tunnel",
         key: bridge.tunnelKey,
@@ -172,7 +236,7 @@ export class UpcallHandler {
     if (!host || host.tunnelIp === "") return "egress_host_unknown";
     if (host.id === this.o.hostId) return "egress_port_not_bound";
     if (port.tunnelKey === 0) return "egress_port_without_key";
-    tags.add(host.id);
+    tags.add(agentTag.host(host.id));
     return {
       kind: "tunnel",
       key: port.tunnelKey,
@@ -180,8 +244,4 @@ export class UpcallHandler {
       remotePort: host.tunnelPort || 4789,
     };
   }
-}
-
-function drop(reason: string): UpcallDecision {
-  return { actions: { outputs: [], dropReason: reason } };
 }

@@ -5,8 +5,9 @@
 // state a topology in a few lines.
 import { topologypb } from "@isthmus/schema";
 import { type FlowField, KEY } from "../flow-key.js";
-import type { FlowStateEntry } from "../flow-state.js";
+import { type FlowStateEntry, FlowStateTable } from "../flow-state.js";
 import type { SimulationInput, SimulationOutcome, Simulator } from "../simulator.js";
+import { agentTag } from "../tags.js";
 import { parseMac } from "../upcall-handler.js";
 
 const PT = topologypb.PortType;
@@ -16,15 +17,29 @@ export class FakeSimulator implements Simulator {
   calls = 0;
   /** When set, every forwarded IPv4 flow carries a conntrack entry to share. */
   stateful = false;
+  readonly flowState = new FlowStateTable();
 
   applySnapshot(s: topologypb.TopologySnapshot): void {
     this.ports.clear();
     for (const o of s.objects) if (o.port) this.ports.set(o.port.id, o.port);
   }
 
-  applyChange(c: topologypb.TopologyChange): void {
+  applyChange(c: topologypb.TopologyChange): string[] {
     for (const o of c.upserts) if (o.port) this.ports.set(o.port.id, o.port);
     for (const d of c.deletes) this.ports.delete(d.id);
+    return [];
+  }
+
+  installFlowState(entries: FlowStateEntry[], now: number): string[] {
+    return entries.flatMap((e) => this.flowState.install(e, now) ?? []);
+  }
+
+  refreshFlowState(entries: FlowStateEntry[], now: number): void {
+    for (const e of entries) this.flowState.install(e, now);
+  }
+
+  expire(now: number): string[] {
+    return this.flowState.expire(now);
   }
 
   simulate(input: SimulationInput): SimulationOutcome {
@@ -32,28 +47,27 @@ export class FakeSimulator implements Simulator {
     const ingress = this.ports.get(input.ingressPortId ?? "");
     const dstMac = input.frame.subarray(0, 6);
     const base: SimulationOutcome = {
-      rewrites: {},
-      egressPortIds: [],
+      groups: [],
       tags: [],
       cacheable: true,
       generated: [],
       flowState: [],
+      invalidate: [],
+      resubmit: [],
       maskFields: ["inPort", "ethDst", "ethSrc", "ethType"] as FlowField[],
     };
     if (!ingress) return { ...base, dropReason: "no_ingress" };
     const bridgeId = ingress.deviceId;
-    base.tags.push(bridgeId);
+    base.tags.push(agentTag.device(bridgeId));
     const onBridge = [...this.ports.values()].filter((p) => p.deviceId === bridgeId);
     if ((dstMac[0]! & 1) === 1) {
-      base.egressPortIds = onBridge
-        .filter((p) => p.type === PT.PORT_TYPE_VM && p.id !== ingress.id)
-        .map((p) => p.id);
+      const flood = onBridge.filter((p) => p.type === PT.PORT_TYPE_VM && p.id !== ingress.id);
+      base.groups = [{ rewrites: {}, outputs: flood.map((p) => ({ kind: "port" as const, portId: p.id })) }];
       return base;
     }
     const target = onBridge.find((p) => parseMac(p.mac)?.equals(dstMac));
     if (target?.type === PT.PORT_TYPE_VM) {
-      base.egressPortIds = [target.id];
-      base.tags.push(target.id);
+      base.groups = [{ rewrites: {}, outputs: [{ kind: "port", portId: target.id }] }];
       return this.withState(input, base);
     }
     // To the router: the bridge's router-facing port's peer owns the MAC.
@@ -75,32 +89,25 @@ export class FakeSimulator implements Simulator {
       if (!vm) continue;
       return this.withState(input, {
         ...base,
-        rewrites: { setEthSrc: parseMac(rp.mac)!, setEthDst: parseMac(vm.mac)!, decTtl: true },
-        egressPortIds: [vm.id],
-        tags: [...base.tags, routerId, rp.id, vm.id, peer.deviceId],
+        groups: [
+          {
+            rewrites: { setEthSrc: parseMac(rp.mac)!, setEthDst: parseMac(vm.mac)!, decTtl: 1 },
+            outputs: [{ kind: "port", portId: vm.id }],
+          },
+        ],
+        tags: [...base.tags, agentTag.device(routerId), agentTag.port(rp.id), agentTag.device(peer.deviceId)],
         maskFields: ["inPort", "ethDst", "ethSrc", "ethType", "ipDst", "ipTtl"],
       });
     }
-    return { ...base, dropReason: "no_route", tags: [...base.tags, routerId] };
+    return { ...base, dropReason: "no_route", tags: [...base.tags, agentTag.device(routerId)] };
   }
 
   private withState(input: SimulationInput, r: SimulationOutcome): SimulationOutcome {
     if (!this.stateful || input.key.readUInt16BE(KEY.ethType) !== 0x0800) return r;
     const ip = (o: number) => [...input.key.subarray(o, o + 4)].join(".");
-    const entry: FlowStateEntry = {
-      conntrack: {
-        key: {
-          etherType: 0x0800,
-          srcIp: ip(KEY.ipSrc),
-          dstIp: ip(KEY.ipDst),
-          protocol: input.key[KEY.ipProto]!,
-          srcPort: input.key.readUInt16BE(KEY.tpSrc),
-          dstPort: input.key.readUInt16BE(KEY.tpDst),
-          zone: "fake",
-        },
-      },
-      ttlMs: 60_000,
-    };
+    const key = `fake|${input.key[KEY.ipProto]}|${ip(KEY.ipSrc)}|${input.key.readUInt16BE(KEY.tpSrc)}|${ip(KEY.ipDst)}|${input.key.readUInt16BE(KEY.tpDst)}`;
+    const entry: FlowStateEntry = { conntrack: { key, zoneId: "fake" }, ttlMs: 60_000 };
+    this.flowState.install(entry, input.now);
     return {
       ...r,
       flowState: [entry],

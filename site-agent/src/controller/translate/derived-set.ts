@@ -72,7 +72,7 @@ export class DerivedSet {
   remoteGateway(g: Partial<topologypb.RemoteGateway>): void {
     this.add({ remoteGateway: topologypb.RemoteGateway.fromPartial(g) });
   }
-  host(h: topologypb.Host): void {
+  host(h: Partial<topologypb.Host>): void {
     this.add({ host: topologypb.Host.fromPartial(h) });
   }
 }

@@ -1,6 +1,5 @@
 // Site-local hosts pass through as topology Hosts; other sites' Gateway objects become
 // RemoteGateways (the endpoints this site's gateway agents tunnel inter-site traffic to).
-import { topologypb } from "@isthmus/schema";
 import { canonicalIp } from "./cidr.js";
 import type { DerivedSet } from "./derived-set.js";
 import { derivedId } from "./ids.js";
@@ -11,7 +10,17 @@ export const DEFAULT_VXLAN_PORT = 4789;
 /** Unit "host". */
 export function deriveHost(view: IntentView, id: string, out: DerivedSet): void {
   const h = view.get("host", id);
-  if (h) out.host(topologypb.Host.fromPartial(h));
+  if (!h) return;
+  out.host({
+    id: h.id,
+    name: h.name,
+    tunnelIp: h.tunnelIp,
+    tunnelPort: h.tunnelPort || DEFAULT_VXLAN_PORT,
+    role: h.role,
+    alive: h.alive ?? true,
+    wanIp: h.wanIp,
+    wanPort: h.wanPort,
+  });
 }
 
 /** Unit "gateway": one RemoteGateway per endpoint of another site's gateway. */

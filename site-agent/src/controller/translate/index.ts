@@ -6,7 +6,7 @@ export { normalizeMac, refKey, topologyRefOf } from "./derived-set.js";
 export * from "./ids.js";
 export { DEFAULT_MAX_INDEX_OBJECTS, IntentIndex, type IntentIndexOptions } from "./intent-index.js";
 export { DEFAULT_NETWORK_MTU, GLOBAL_VNI_MAX, GLOBAL_VNI_MIN } from "./network.js";
-export type { ChangedObject } from "./prior-view.js";
+export { type ChangedObject, type OverlayObject, overlayView } from "./prior-view.js";
 export { chosenGatewayHost } from "./router.js";
 export {
   translateAll,
@@ -19,6 +19,7 @@ export {
   INTENT_KINDS,
   type IntentKind,
   type IntentView,
+  type LocalHost,
   type LocalPortBinding,
   type TopologyDelta,
   type ViewKind,

@@ -1,15 +1,22 @@
 // An in-memory IntentView: the site's copy of global intent plus its hosts and port bindings,
 // with the reverse indexes translation needs. Applying a change returns the prior versions of
 // what it touched, which is exactly what translateChange needs to see the state before it.
-import type { intentpb, topologypb } from "@isthmus/schema";
+import type { intentpb } from "@isthmus/schema";
 import {
   INTENT_KINDS,
   type IntentView,
+  type LocalHost,
   type LocalPortBinding,
   type ViewKind,
   type ViewKinds,
 } from "./view.js";
-import { type IndexName, indexEntries, kindOfObjectKind, unwrapIntentObject } from "./view-indexes.js";
+import {
+  type IndexName,
+  indexEntries,
+  type KindedObject,
+  kindOfObjectKind,
+  unwrapIntentObject,
+} from "./view-indexes.js";
 
 export interface IntentIndexOptions {
   /** Most objects (intent and local together) the index holds; beyond it an apply throws. */
@@ -70,7 +77,7 @@ export class IntentIndex implements IntentView {
   routersWithUplinkHere(): Iterable<intentpb.Router> {
     return this.bucket("routersWithUplinkHere", "");
   }
-  gatewayHosts(): Iterable<topologypb.Host> {
+  gatewayHosts(): Iterable<LocalHost> {
     return this.bucket("gatewayHosts", "");
   }
 
@@ -146,6 +153,29 @@ export class IntentIndex implements IntentView {
     return [...prior.values()];
   }
 
+  /**
+   * Undoes applyIntentChange (for a transaction that failed after the index was updated):
+   * every object the change touched goes back to its prior version, or away if it had none.
+   */
+  revertIntentChange(change: intentpb.IntentChange, prior: readonly intentpb.IntentObject[]): void {
+    const before = new Map<string, KindedObject>();
+    for (const o of prior) {
+      const k = unwrapIntentObject(o);
+      before.set(`${k.kind}/${k.id}`, k);
+    }
+    const touched: { kind: keyof intentpb.IntentObject; id: string }[] =
+      change.upserts.map(unwrapIntentObject);
+    for (const ref of change.deletes) {
+      const kind = kindOfObjectKind(ref.kind);
+      if (kind !== undefined) touched.push({ kind, id: ref.id });
+    }
+    for (const { kind, id } of touched) {
+      const b = before.get(`${kind}/${id}`);
+      if (b) this.put(kind, id, b.value);
+      else this.remove(kind, id);
+    }
+  }
+
   /** Replaces all intent objects with a snapshot's (local hosts and ports stay). */
   loadIntentSnapshot(snapshot: intentpb.IntentSnapshot): void {
     for (const kind of INTENT_KINDS) {
@@ -163,10 +193,10 @@ export class IntentIndex implements IntentView {
   removeLocalPort(id: string): LocalPortBinding | undefined {
     return this.remove("localPort", id);
   }
-  putHost(host: topologypb.Host): topologypb.Host | undefined {
+  putHost(host: LocalHost): LocalHost | undefined {
     return this.put("host", host.id, host);
   }
-  removeHost(id: string): topologypb.Host | undefined {
+  removeHost(id: string): LocalHost | undefined {
     return this.remove("host", id);
   }
 }

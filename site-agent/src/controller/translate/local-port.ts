@@ -58,7 +58,7 @@ export function deriveLocalPort(view: IntentView, id: string, out: DerivedSet): 
     tunnelKey: b.tunnelKey,
     inboundFilterId: inChain,
     outboundFilterId: outChain,
-    adminStateUp: b.adminStateUp,
+    adminStateUp: b.adminStateUp ?? true,
     intentId: id,
   });
   out.ipAddrGroup({ id: addrGroup, name: `port-${b.name || id}-ips`, addresses: [...ips].sort() });

@@ -14,7 +14,7 @@ export const GLOBAL_VNI_MAX = 0x7ffffe;
 /** Unit "network": the bridge and its remote-site ports. */
 export function deriveNetwork(view: IntentView, id: string, out: DerivedSet): void {
   const n = view.get("network", id);
-  if (!n || !n.sites.includes(view.site)) return;
+  if (!n?.sites.includes(view.site)) return;
   const name = n.meta?.name ?? "";
   if (n.vni < GLOBAL_VNI_MIN || n.vni > GLOBAL_VNI_MAX) {
     out.problem(
@@ -53,7 +53,7 @@ export function deriveRemotePortRecord(view: IntentView, id: string, out: Derive
   const p = view.get("portRecord", id);
   if (!p || p.site === view.site) return;
   const n = view.get("network", p.networkId);
-  if (!n || !n.sites.includes(view.site) || !n.sites.includes(p.site)) return;
+  if (!n?.sites.includes(view.site) || !n.sites.includes(p.site)) return;
   if (n.vni < GLOBAL_VNI_MIN || n.vni > GLOBAL_VNI_MAX) return; // no bridge (deriveNetwork says why)
   const mac = normalizeMac(p.mac);
   if (!mac) {

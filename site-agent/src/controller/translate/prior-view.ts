@@ -1,8 +1,8 @@
 // The state before a change, seen through the state after it: the view after the change with
 // the changed objects swapped back to their prior versions. Translating both sides of only the
 // affected units is what keeps a change's cost independent of the size of the state.
-import type { intentpb, topologypb } from "@isthmus/schema";
-import { type IntentView, type ViewKind, type ViewKinds, viewObjectId } from "./view.js";
+import type { intentpb } from "@isthmus/schema";
+import { type IntentView, type LocalHost, type ViewKind, type ViewKinds, viewObjectId } from "./view.js";
 import { INDEX_KIND, type IndexName, indexEntries } from "./view-indexes.js";
 
 /** One object a change touched: its version before the change (undefined = did not exist). */
@@ -98,7 +98,25 @@ export class PriorView implements IntentView {
   routersWithUplinkHere(): Iterable<intentpb.Router> {
     return this.lookup("routersWithUplinkHere", "", this.after.routersWithUplinkHere());
   }
-  gatewayHosts(): Iterable<topologypb.Host> {
+  gatewayHosts(): Iterable<LocalHost> {
     return this.lookup("gatewayHosts", "", this.after.gatewayHosts());
   }
+}
+
+/** An object to show in place of the view's own (value undefined = show it as absent). */
+export interface OverlayObject<K extends ViewKind = ViewKind> {
+  kind: K;
+  id: string;
+  value: ViewKinds[K] | undefined;
+}
+
+/**
+ * `view` with some objects replaced or hidden — e.g. the state after a pending local change,
+ * before the index is updated: translateLocalPort(overlayView(index, [next]), id, old).
+ */
+export function overlayView(view: IntentView, objects: Iterable<OverlayObject>): IntentView {
+  return new PriorView(
+    view,
+    [...objects].map((o) => ({ kind: o.kind, id: o.id, before: o.value }) as ChangedObject),
+  );
 }

@@ -21,7 +21,7 @@ import {
   uplinkMac,
   uplinkPortId,
 } from "./ids.js";
-import type { IntentView } from "./view.js";
+import type { IntentView, LocalHost } from "./view.js";
 
 /** Route weights: lower wins among routes to one prefix. */
 export const LOCAL_ROUTE_WEIGHT = 0;
@@ -52,10 +52,12 @@ export function routerSpansHere(view: IntentView, r: intentpb.Router): boolean {
  * The gateway host uplinks are bound to: the alive gateway with the smallest id, else (none
  * alive) the gateway with the smallest id. Deterministic, and moves uplinks off a dead gateway.
  */
-export function chosenGatewayHost(view: IntentView): topologypb.Host | undefined {
-  let best: topologypb.Host | undefined;
+export function chosenGatewayHost(view: IntentView): LocalHost | undefined {
+  let best: LocalHost | undefined;
   for (const h of view.gatewayHosts()) {
-    if (!best || (h.alive && !best.alive) || (h.alive === best.alive && h.id < best.id)) best = h;
+    const alive = h.alive ?? true;
+    const bestAlive = best?.alive ?? true;
+    if (!best || (alive && !bestAlive) || (alive === bestAlive && h.id < best.id)) best = h;
   }
   return best;
 }
@@ -128,7 +130,7 @@ export function deriveRouter(view: IntentView, id: string, out: DerivedSet): voi
   const onLink: { subnet: string; portId: string }[] = [];
   for (const ri of view.routerInterfacesOfRouter(id)) {
     const n = view.get("network", ri.networkId);
-    if (!n || !n.sites.includes(site)) continue;
+    if (!n?.sites.includes(site)) continue;
     const a = routerInterfaceAddress(ri, n);
     if (typeof a !== "string")
       onLink.push({ subnet: a.subnet, portId: routerInterfaceRouterPortId(ri.meta!.id) });

@@ -9,7 +9,7 @@ import { deriveNetwork, deriveRemotePortRecord } from "./network.js";
 import { type ChangedObject, PriorView } from "./prior-view.js";
 import { chosenGatewayHost, deriveFloatingIp, deriveRouter, deriveRouterInterface } from "./router.js";
 import { deriveSecurityGroup, deriveSecurityGroupRule } from "./security-group.js";
-import type { IntentView, LocalPortBinding, TopologyDelta, ViewKind } from "./view.js";
+import type { IntentView, LocalHost, LocalPortBinding, TopologyDelta, ViewKind } from "./view.js";
 import { kindOfObjectKind, unwrapIntentObject } from "./view-indexes.js";
 
 type UnitKind =
@@ -210,11 +210,7 @@ export function translateLocalPort(
 }
 
 /** Local topology changes after a host registered, changed (liveness, role) or was removed. */
-export function translateHost(
-  view: IntentView,
-  hostId: string,
-  prior: topologypb.Host | undefined,
-): TopologyDelta {
+export function translateHost(view: IntentView, hostId: string, prior: LocalHost | undefined): TopologyDelta {
   return translateChangedObjects(view, [{ kind: "host", id: hostId, before: prior }]);
 }
 

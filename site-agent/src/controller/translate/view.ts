@@ -21,7 +21,23 @@ export interface LocalPortBinding {
   securityGroupIds: string[];
   /** Site-local tunnel key (0x000001–0x0FFFFF) naming the port; 0 = unassigned. */
   tunnelKey: number;
-  adminStateUp: boolean;
+  /** Undefined = up. */
+  adminStateUp?: boolean;
+}
+
+/**
+ * A host registered at this site, as the translation needs it (topologypb.Host satisfies it).
+ * `alive` undefined counts as alive.
+ */
+export interface LocalHost {
+  id: string;
+  name: string;
+  tunnelIp: string;
+  tunnelPort: number;
+  role: topologypb.HostRole;
+  alive?: boolean;
+  wanIp: string;
+  wanPort: number;
 }
 
 /** Every kind of object the view holds, keyed like intentpb.IntentObject's oneof fields. */
@@ -38,7 +54,7 @@ export interface ViewKinds {
   /** Site-local: VM port bindings. */
   localPort: LocalPortBinding;
   /** Site-local: hosts (including gateway hosts). */
-  host: topologypb.Host;
+  host: LocalHost;
 }
 
 export type ViewKind = keyof ViewKinds;
@@ -78,7 +94,7 @@ export interface IntentView {
   /** Routers with an uplink at this site (their uplink ports follow the gateway host choice). */
   routersWithUplinkHere(): Iterable<intentpb.Router>;
   /** Local hosts in the gateway role (router uplinks are bound to one of them). */
-  gatewayHosts(): Iterable<topologypb.Host>;
+  gatewayHosts(): Iterable<LocalHost>;
 }
 
 /** Local topology changes: objects to create or replace, and objects to remove. */

@@ -1,0 +1,238 @@
+// AF_PACKET port I/O for the Isthmus agent: one raw socket bound to a host interface (the host side
+// of a VM's veth), read in batches with recvmmsg when libuv reports it readable and written in
+// batches with sendmmsg. Frames carry a virtio_net_hdr (PACKET_VNET_HDR) so offloaded frames from the
+// VM (TSO super-frames, partial checksums) are visible as such; JavaScript finishes them.
+#define _GNU_SOURCE
+#include <errno.h>
+#include <linux/if_packet.h>
+#include <net/ethernet.h>
+#include <net/if.h>
+#include <node_api.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <uv.h>
+
+#define BATCH 32
+#define VNET_HDR 10
+#define FRAME_MAX (65536 + VNET_HDR + 64)
+
+typedef struct {
+  int fd;
+  uv_poll_t poll;
+  napi_env env;
+  napi_ref callback;
+  napi_ref self;
+  napi_async_context async;
+  int closed;
+  unsigned char* bufs; // BATCH * FRAME_MAX
+  struct mmsghdr msgs[BATCH];
+  struct iovec iovs[BATCH];
+} port_t;
+
+static napi_value throw_errno(napi_env env, const char* what, int err) {
+  char msg[256];
+  snprintf(msg, sizeof msg, "%s: %s", what, strerror(err));
+  napi_throw_error(env, NULL, msg);
+  return NULL;
+}
+
+static void on_readable(uv_poll_t* handle, int status, int events) {
+  port_t* p = (port_t*)handle->data;
+  if (p->closed) return;
+  napi_env env = p->env;
+  napi_handle_scope scope;
+  napi_open_handle_scope(env, &scope);
+  // Drain a few batches per wake-up so one busy port yields to the loop (and to other ports).
+  for (int round = 0; round < 4 && !p->closed; round++) {
+    for (int i = 0; i < BATCH; i++) {
+      p->iovs[i].iov_base = p->bufs + (size_t)i * FRAME_MAX;
+      p->iovs[i].iov_len = FRAME_MAX;
+      memset(&p->msgs[i].msg_hdr, 0, sizeof(struct msghdr));
+      p->msgs[i].msg_hdr.msg_iov = &p->iovs[i];
+      p->msgs[i].msg_hdr.msg_iovlen = 1;
+    }
+    int n = recvmmsg(p->fd, p->msgs, BATCH, MSG_DONTWAIT, NULL);
+    if (n <= 0) break;
+    napi_value arr;
+    napi_create_array_with_length(env, n, &arr);
+    for (int i = 0; i < n; i++) {
+      napi_value buf;
+      napi_create_buffer_copy(env, p->msgs[i].msg_len, p->iovs[i].iov_base, NULL, &buf);
+      napi_set_element(env, arr, i, buf);
+    }
+    napi_value cb, recv, result;
+    napi_get_reference_value(env, p->callback, &cb);
+    napi_get_reference_value(env, p->self, &recv);
+    napi_status st = napi_make_callback(env, p->async, recv, cb, 1, &arr, &result);
+    if (st == napi_pending_exception) {
+      napi_value exc;
+      napi_get_and_clear_last_exception(env, &exc);
+      napi_fatal_exception(env, exc);
+      break;
+    }
+    if (n < BATCH) break;
+  }
+  napi_close_handle_scope(env, scope);
+}
+
+static void on_closed(uv_handle_t* h) {
+  port_t* p = (port_t*)h->data;
+  free(p->bufs);
+  free(p);
+}
+
+static void finalize(napi_env env, void* data, void* hint) {
+  port_t* p = (port_t*)data;
+  if (!p->closed) {
+    p->closed = 1;
+    uv_poll_stop(&p->poll);
+    close(p->fd);
+    uv_close((uv_handle_t*)&p->poll, on_closed);
+  }
+}
+
+// open(ifname: string, onFrames: (frames: Buffer[]) => void): handle
+static napi_value Open(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  char name[IF_NAMESIZE + 1];
+  size_t len;
+  if (argc < 2 || napi_get_value_string_utf8(env, argv[0], name, sizeof name, &len) != napi_ok) {
+    napi_throw_type_error(env, NULL, "open(ifname, onFrames): ifname must be a string");
+    return NULL;
+  }
+  unsigned idx = if_nametoindex(name);
+  if (idx == 0) return throw_errno(env, name, errno);
+  int fd = socket(AF_PACKET, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, htons(ETH_P_ALL));
+  if (fd < 0) return throw_errno(env, "socket(AF_PACKET)", errno);
+  int one = 1;
+  if (setsockopt(fd, SOL_PACKET, PACKET_VNET_HDR, &one, sizeof one) < 0) {
+    int e = errno;
+    close(fd);
+    return throw_errno(env, "PACKET_VNET_HDR", e);
+  }
+  // Our own writes to the interface must not come back as reads.
+  setsockopt(fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &one, sizeof one);
+  setsockopt(fd, SOL_PACKET, PACKET_QDISC_BYPASS, &one, sizeof one);
+  int rcvbuf = 4 << 20;
+  setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
+  setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &rcvbuf, sizeof rcvbuf);
+  struct sockaddr_ll sll;
+  memset(&sll, 0, sizeof sll);
+  sll.sll_family = AF_PACKET;
+  sll.sll_protocol = htons(ETH_P_ALL);
+  sll.sll_ifindex = (int)idx;
+  if (bind(fd, (struct sockaddr*)&sll, sizeof sll) < 0) {
+    int e = errno;
+    close(fd);
+    return throw_errno(env, "bind(AF_PACKET)", e);
+  }
+  port_t* p = calloc(1, sizeof(port_t));
+  p->bufs = malloc((size_t)BATCH * FRAME_MAX);
+  if (!p || !p->bufs) {
+    close(fd);
+    napi_throw_error(env, NULL, "out of memory");
+    return NULL;
+  }
+  p->fd = fd;
+  p->env = env;
+  uv_loop_t* loop;
+  napi_get_uv_event_loop(env, &loop);
+  uv_poll_init(loop, &p->poll, fd);
+  p->poll.data = p;
+  napi_value handle, resname;
+  napi_create_object(env, &handle);
+  napi_create_reference(env, argv[1], 1, &p->callback);
+  napi_create_reference(env, handle, 0, &p->self);
+  napi_create_string_utf8(env, "isthmus.afpacket", NAPI_AUTO_LENGTH, &resname);
+  napi_async_init(env, handle, resname, &p->async);
+  napi_wrap(env, handle, p, finalize, NULL, NULL);
+  uv_poll_start(&p->poll, UV_READABLE, on_readable);
+  return handle;
+}
+
+static port_t* unwrap(napi_env env, napi_value v) {
+  port_t* p = NULL;
+  if (napi_unwrap(env, v, (void**)&p) != napi_ok || !p || p->closed) {
+    napi_throw_error(env, NULL, "afpacket: port is closed");
+    return NULL;
+  }
+  return p;
+}
+
+// send(handle, frames: Buffer[]): number written (EAGAIN stops early; the rest are the caller's drops)
+static napi_value Send(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  port_t* p = unwrap(env, argv[0]);
+  if (!p) return NULL;
+  uint32_t count;
+  napi_get_array_length(env, argv[1], &count);
+  static unsigned char zero_hdr[VNET_HDR];
+  struct mmsghdr msgs[BATCH];
+  struct iovec iovs[BATCH][2];
+  uint32_t sent = 0;
+  while (sent < count) {
+    uint32_t n = count - sent < BATCH ? count - sent : BATCH;
+    for (uint32_t i = 0; i < n; i++) {
+      napi_value b;
+      void* data;
+      size_t blen;
+      napi_get_element(env, argv[1], sent + i, &b);
+      napi_get_buffer_info(env, b, &data, &blen);
+      iovs[i][0].iov_base = zero_hdr;
+      iovs[i][0].iov_len = VNET_HDR;
+      iovs[i][1].iov_base = data;
+      iovs[i][1].iov_len = blen;
+      memset(&msgs[i].msg_hdr, 0, sizeof(struct msghdr));
+      msgs[i].msg_hdr.msg_iov = iovs[i];
+      msgs[i].msg_hdr.msg_iovlen = 2;
+    }
+    int r = sendmmsg(p->fd, msgs, n, MSG_DONTWAIT);
+    if (r <= 0) {
+      // A frame the device refuses (too big, bad) must not block the ones after it.
+      if (r < 0 && errno != EAGAIN && errno != ENOBUFS) {
+        sent++;
+        continue;
+      }
+      break;
+    }
+    sent += (uint32_t)r;
+  }
+  napi_value out;
+  napi_create_uint32(env, sent, &out);
+  return out;
+}
+
+static napi_value Close(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  port_t* p = NULL;
+  if (napi_unwrap(env, argv[0], (void**)&p) != napi_ok || !p || p->closed) return NULL;
+  p->closed = 1;
+  uv_poll_stop(&p->poll);
+  close(p->fd);
+  napi_delete_reference(env, p->callback);
+  napi_async_destroy(env, p->async);
+  void* unused;
+  napi_remove_wrap(env, argv[0], &unused);
+  uv_close((uv_handle_t*)&p->poll, on_closed);
+  return NULL;
+}
+
+static napi_value Init(napi_env env, napi_value exports) {
+  napi_property_descriptor props[] = {
+      {"open", NULL, Open, NULL, NULL, NULL, napi_default, NULL},
+      {"send", NULL, Send, NULL, NULL, NULL, napi_default, NULL},
+      {"close", NULL, Close, NULL, NULL, NULL, napi_default, NULL},
+  };
+  napi_define_properties(env, exports, 3, props);
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, Init)

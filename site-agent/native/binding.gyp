@@ -1,0 +1,9 @@
+{
+  "targets": [
+    {
+      "target_name": "isthmus_afpacket",
+      "sources": ["afpacket.c"],
+      "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+    }
+  ]
+}

@@ -1,0 +1,189 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import type { intentpb } from "@isthmus/schema";
+import * as b from "./intent-builders.js";
+import { IntentIndex } from "./intent-index.js";
+import { overlayView } from "./prior-view.js";
+import { TestWorld } from "./test-world.js";
+import { translateAll, translateChange, translateLocalPort } from "./translate.js";
+import type { IntentView } from "./view.js";
+
+const { id } = b;
+
+describe("IntentIndex", () => {
+  it("returns prior versions and keeps reverse indexes in step when membership moves", () => {
+    const ix = new IntentIndex("east");
+    const p = (groups: string[]) =>
+      b.portRecord("p", { site: "west", network: "n", mac: "02:00:00:00:00:01", ips: ["10.0.0.1"], groups });
+    assert.deepEqual(ix.applyIntentChange(b.upsert(1, p(["a"]))), []);
+    const prior = ix.applyIntentChange(b.upsert(2, p(["b"])));
+    assert.deepEqual(prior[0]?.portRecord?.securityGroupIds, [id("a")]);
+    assert.equal([...ix.portRecordsOfGroup(id("a"))].length, 0);
+    assert.equal([...ix.portRecordsOfGroup(id("b"))].length, 1);
+    assert.equal([...ix.portRecordsOfNetwork(id("n"))].length, 1);
+    ix.applyIntentChange(b.remove(3, "portRecord", "p"));
+    assert.equal([...ix.portRecordsOfGroup(id("b"))].length, 0);
+    assert.equal(ix.size, 0);
+  });
+
+  it("reverts a change exactly (a failed transaction leaves the index as it was)", () => {
+    const ix = new IntentIndex("east");
+    ix.applyIntentChange(
+      b.upsert(
+        1,
+        b.network("n", { sites: ["east"] }),
+        b.securityGroup("g"),
+        b.router("r", { uplinks: [{ site: "east", ipCidr: "198.51.100.2/24" }] }),
+      ),
+    );
+    const before = translateAll(ix);
+    const change: intentpb.IntentChange = {
+      index: 2,
+      upserts: [b.network("n", { sites: ["east", "west"] }), b.securityGroup("g2")],
+      deletes: b.remove(2, "router", "r").deletes,
+    };
+    const prior = ix.applyIntentChange(change);
+    assert.notDeepEqual(translateAll(ix), before);
+    ix.revertIntentChange(change, prior);
+    assert.deepEqual(translateAll(ix), before);
+    assert.equal([...ix.routersWithUplinkHere()].length, 1);
+  });
+
+  it("refuses to grow past its bound, naming the option, and keeps what it had", () => {
+    const ix = new IntentIndex("east", { maxObjects: 2 });
+    ix.applyIntentChange(b.upsert(1, b.securityGroup("a"), b.securityGroup("b")));
+    assert.throws(() => ix.applyIntentChange(b.upsert(2, b.securityGroup("c"))), /maxObjects/);
+    ix.applyIntentChange(b.upsert(3, b.securityGroup("a", { stateless: true }))); // replacing fits
+    assert.equal(ix.get("securityGroup", id("a"))?.stateless, true);
+    assert.equal(ix.size, 2);
+  });
+});
+
+describe("overlayView", () => {
+  it("translates a pending local port change the same as after applying it", () => {
+    const w = new TestWorld("east");
+    w.apply(b.upsert(1, b.network("n", { sites: ["east"] }), b.securityGroup("g")));
+    const next = b.localPort("vm", {
+      network: "n",
+      mac: "02:00:00:00:00:09",
+      ips: ["10.0.0.9"],
+      groups: ["g"],
+    });
+    const pending = translateLocalPort(
+      overlayView(w.index, [{ kind: "localPort", id: next.id, value: next }]),
+      next.id,
+      undefined,
+    );
+    assert.deepEqual(w.putPort(next), pending);
+  });
+});
+
+/** Wraps a view and counts every object it hands out. */
+function countingView(inner: IntentView): { view: IntentView; reads: () => number } {
+  let n = 0;
+  const counted = <T>(it: Iterable<T>): T[] => {
+    const xs = [...it];
+    n += xs.length;
+    return xs;
+  };
+  const view: IntentView = {
+    site: inner.site,
+    get: (kind, oid) => {
+      n++;
+      return inner.get(kind, oid);
+    },
+    list: (kind) => counted(inner.list(kind)),
+    routerInterfacesOfRouter: (x) => counted(inner.routerInterfacesOfRouter(x)),
+    routerInterfacesOfNetwork: (x) => counted(inner.routerInterfacesOfNetwork(x)),
+    rulesOfGroup: (x) => counted(inner.rulesOfGroup(x)),
+    portRecordsOfGroup: (x) => counted(inner.portRecordsOfGroup(x)),
+    portRecordsOfNetwork: (x) => counted(inner.portRecordsOfNetwork(x)),
+    floatingIpsOfRouter: (x) => counted(inner.floatingIpsOfRouter(x)),
+    routersWithUplinkHere: () => counted(inner.routersWithUplinkHere()),
+    gatewayHosts: () => counted(inner.gatewayHosts()),
+  };
+  return { view, reads: () => n };
+}
+
+describe("cost of a change", () => {
+  function worldOfSize(n: number): IntentIndex {
+    const ix = new IntentIndex("east");
+    const objs: intentpb.IntentObject[] = [
+      b.network("net", {
+        sites: ["east", "west"],
+        subnets: [{ cidr: "10.0.0.0/16", gatewayIp: "10.0.0.1" }],
+      }),
+    ];
+    objs.push(b.router("r", { uplinks: [{ site: "east", ipCidr: "198.51.100.2/24", snat: true }] }));
+    objs.push(b.routerInterface("ri", { router: "r", network: "net" }));
+    objs.push(b.securityGroup("web"));
+    for (let i = 0; i < n; i++) {
+      objs.push(b.network(`other${i}`, { sites: ["east"], vni: 0x110000 + i }));
+      objs.push(b.securityGroup(`sg${i}`));
+      objs.push(
+        b.securityGroupRule(`rule${i}`, { group: `sg${i}`, direction: "ingress", remoteGroup: "web" }),
+      );
+      objs.push(
+        b.portRecord(`p${i}`, {
+          site: "west",
+          network: `other${i}`,
+          mac: "02:00:00:00:00:01",
+          ips: ["10.9.0.1"],
+          groups: [`sg${i}`],
+        }),
+      );
+    }
+    ix.applyIntentChange(b.upsert(1, ...objs));
+    return ix;
+  }
+
+  it("does not grow with the size of the state", () => {
+    const reads: number[] = [];
+    for (const n of [10, 2000]) {
+      const ix = worldOfSize(n);
+      const c = countingView(ix);
+      let total = 0;
+      const changes = [
+        b.upsert(
+          2,
+          b.portRecord("new", {
+            site: "west",
+            network: "net",
+            mac: "02:00:00:00:00:02",
+            ips: ["10.0.5.5"],
+            groups: ["web"],
+          }),
+        ),
+        b.upsert(
+          3,
+          b.securityGroupRule("r-new", {
+            group: "web",
+            direction: "egress",
+            protocol: "tcp",
+            ports: [443, 443],
+          }),
+        ),
+        b.upsert(
+          4,
+          b.floatingIp("f", {
+            router: "r",
+            site: "east",
+            externalIp: "198.51.100.9",
+            port: "new",
+            fixedIp: "10.0.5.5",
+          }),
+        ),
+        b.upsert(5, b.router("r", { uplinks: [{ site: "east", ipCidr: "198.51.100.2/24", snat: false }] })),
+      ];
+      for (const change of changes) {
+        const prior = ix.applyIntentChange(change);
+        const before = c.reads();
+        const delta = translateChange(c.view, change, prior);
+        total += c.reads() - before;
+        assert.ok(delta.upserts.length + delta.deletes.length > 0);
+      }
+      reads.push(total);
+    }
+    assert.equal(reads[1], reads[0], `view reads per change: ${reads.join(" vs ")}`);
+  });
+});
