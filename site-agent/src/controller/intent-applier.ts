@@ -3,7 +3,6 @@
 // skips nothing), snapshots by replacing the whole intent copy and diffing the topology.
 import type { intentpb, topologypb } from "@isthmus/schema";
 import type { Tx } from "./db/database.js";
-import { undoIntentChange } from "./index-undo.js";
 import { loadLocalObjects } from "./local-store.js";
 import {
   decodeIntent,
@@ -98,13 +97,13 @@ export class IntentApplier {
         });
         if (result.skipped) {
           // Another writer got there first (only possible across a lease hand-over); reload.
-          undoIntentChange(ctx.index, change, prior);
+          ctx.index.revertIntentChange(change, prior);
           await this.reloadUnqueued();
           return "skipped";
         }
         committed = result.revision;
       } catch (err) {
-        undoIntentChange(ctx.index, change, prior);
+        ctx.index.revertIntentChange(change, prior);
         throw err;
       }
       this.applied = change.index;

@@ -4,6 +4,7 @@
 import type { intentpb, topologypb } from "@isthmus/schema";
 import {
   type IntentView,
+  type LocalHost,
   type LocalPortBinding,
   type TopologyDelta,
   translateAll,
@@ -19,7 +20,7 @@ export interface Translator {
     prior: readonly intentpb.IntentObject[],
   ): TopologyDelta;
   translateLocalPort(view: IntentView, portId: string, prior: LocalPortBinding | undefined): TopologyDelta;
-  translateHost(view: IntentView, hostId: string, prior: topologypb.Host | undefined): TopologyDelta;
+  translateHost(view: IntentView, hostId: string, prior: LocalHost | undefined): TopologyDelta;
   translateAll(view: IntentView): { objects: topologypb.TopologyObject[]; problems: string[] };
 }
 
