@@ -15,7 +15,7 @@ import {
   writeFileSync,
 } from "node:fs";
 import { createServer } from "node:net";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import type { Logger } from "@isthmus/schema";
 import pg from "pg";
 
@@ -98,6 +98,13 @@ export async function startPostgresServer(opts: PostgresServerOptions): Promise<
   }
   const dataDir = join(opts.dir, "data");
   mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+  if (ids) {
+    // The unprivileged user must be able to reach its directory: let it traverse (not list)
+    // the parent we own, typically the controller's data directory or a temp directory.
+    const parent = dirname(opts.dir);
+    const st = statSync(parent);
+    if (st.uid === 0 && (st.mode & 0o001) === 0) chmodSync(parent, (st.mode & 0o7777) | 0o711);
+  }
   const passwordFile = join(opts.dir, "password");
   const initialised = existsSync(join(dataDir, "PG_VERSION"));
   if (!initialised) {
@@ -120,7 +127,10 @@ export async function startPostgresServer(opts: PostgresServerOptions): Promise<
       execFileSync(initdb, args, { ...ids, stdio: ["ignore", "pipe", "pipe"], encoding: "utf8" });
     } catch (err) {
       const e = err as { stderr?: string; message: string };
-      throw new Error(`initdb failed for ${dataDir}: ${e.stderr?.trim() || e.message}`);
+      const hint = ids
+        ? ` (it runs as ${opts.runAsUser ?? "postgres"}; every directory above ${opts.dir} must be searchable by that user)`
+        : "";
+      throw new Error(`initdb failed for ${dataDir}: ${e.stderr?.trim() || e.message}${hint}`);
     }
   }
   if (!existsSync(passwordFile)) {
