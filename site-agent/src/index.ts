@@ -16,6 +16,7 @@ export { SiteController, type SiteControllerOptions } from "./controller/site-co
 export {
   DEFAULT_SITE_TOKEN_REFRESH_SEC,
   DEFAULT_SITE_TOKEN_TTL_SEC,
+  federationChannelCredentials,
   generateSiteKeyPair,
   loadSiteSigningKey,
   publicJwkOf,
