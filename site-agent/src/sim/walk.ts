@@ -78,6 +78,7 @@ export class Walk {
       invalidate: [],
       resubmit: [],
       trace: ctx.trace ? [] : null,
+      held: null,
     };
   }
 
@@ -203,8 +204,20 @@ export class Walk {
   /** Appends an output, preceded by the header rewrites in effect at this point. */
   private emit(a: Action): undefined {
     const set = this.diff();
-    if (set && !sameSet(set, this.lastSet)) {
-      this.result.actions.push(set);
+    if (!sameSet(set, this.lastSet)) {
+      // A flood port's filter may have rewritten fields for an earlier output: restore them.
+      const out: SetFieldsAction = set ? { ...set } : { kind: "set" };
+      const prev = this.lastSet;
+      const o = this.orig;
+      if (prev) {
+        if (prev.ethSrc !== undefined && out.ethSrc === undefined) out.ethSrc = o._ethSrc;
+        if (prev.ethDst !== undefined && out.ethDst === undefined) out.ethDst = o._ethDst;
+        if (prev.nwSrc !== undefined && out.nwSrc === undefined) out.nwSrc = o._nwSrc;
+        if (prev.nwDst !== undefined && out.nwDst === undefined) out.nwDst = o._nwDst;
+        if (prev.tpSrc !== undefined && out.tpSrc === undefined) out.tpSrc = o._tpSrc;
+        if (prev.tpDst !== undefined && out.tpDst === undefined) out.tpDst = o._tpDst;
+      }
+      this.result.actions.push(out);
       this.lastSet = set;
     }
     if (this.ttlDec > this.lastTtl) {
@@ -270,16 +283,19 @@ export class Walk {
         r.conntrack.push({ key: e.key, zoneId: e.zoneId, expiresAt: e.expiresAt });
       }
     }
-    if (this.held !== null) r.cacheable = false;
+    if (this.held !== null) {
+      r.cacheable = false;
+      r.held = this.held;
+    }
     r.mask = this.m.seen;
     this.orig.seen = this.m.seen;
     return r;
   }
 }
 
-function sameSet(a: SetFieldsAction, b: SetFieldsAction | null): boolean {
+function sameSet(a: SetFieldsAction | null, b: SetFieldsAction | null): boolean {
+  if (a === null || b === null) return a === b;
   return (
-    b !== null &&
     a.ethSrc === b.ethSrc &&
     a.ethDst === b.ethDst &&
     a.nwSrc === b.nwSrc &&
