@@ -30,7 +30,8 @@ export interface SimContext {
 let walks = 0;
 
 export class Walk {
-  readonly orig: FlowMatch;
+  /** Ingress values of the fields a walk may rewrite (the rest are never written). */
+  private readonly orig: Pick<FlowMatch, "_ethSrc" | "_ethDst" | "_nwSrc" | "_nwDst" | "_tpSrc" | "_tpDst" | "_nwTtl">;
   readonly m: FlowMatch;
   readonly result: SimResult;
   devices = 0;
@@ -63,10 +64,19 @@ export class Walk {
     this.epoch = ++walks;
     this.tracing = ctx.trace === true;
     this.m = FlowMatch.fromPacket(pkt, inPort, tunnelKey);
-    this.orig = this.m.clone();
+    const m = this.m;
+    this.orig = {
+      _ethSrc: m._ethSrc,
+      _ethDst: m._ethDst,
+      _nwSrc: m._nwSrc,
+      _nwDst: m._nwDst,
+      _tpSrc: m._tpSrc,
+      _tpDst: m._tpDst,
+      _nwTtl: m._nwTtl,
+    };
     this.result = {
       actions: [],
-      match: this.orig,
+      match: this.m, // restored to the ingress values by finish()
       mask: 0,
       tags: [],
       cacheable: true,
@@ -288,7 +298,15 @@ export class Walk {
       r.held = this.held;
     }
     r.mask = this.m.seen;
-    this.orig.seen = this.m.seen;
+    const m = this.m;
+    const o = this.orig;
+    m._ethSrc = o._ethSrc;
+    m._ethDst = o._ethDst;
+    m._nwSrc = o._nwSrc;
+    m._nwDst = o._nwDst;
+    m._tpSrc = o._tpSrc;
+    m._tpDst = o._tpDst;
+    m._nwTtl = o._nwTtl;
     return r;
   }
 }
