@@ -31,7 +31,10 @@ let walks = 0;
 
 export class Walk {
   /** Ingress values of the fields a walk may rewrite (the rest are never written). */
-  private readonly orig: Pick<FlowMatch, "_ethSrc" | "_ethDst" | "_nwSrc" | "_nwDst" | "_tpSrc" | "_tpDst" | "_nwTtl">;
+  private readonly orig: Pick<
+    FlowMatch,
+    "_ethSrc" | "_ethDst" | "_nwSrc" | "_nwDst" | "_tpSrc" | "_tpDst" | "_nwTtl"
+  >;
   readonly m: FlowMatch;
   readonly result: SimResult;
   devices = 0;
