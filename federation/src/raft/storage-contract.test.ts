@@ -24,6 +24,8 @@ import { WalStorage, type WalStorageOptions } from "./wal-storage.js";
 
 /** 1 MiB segments: the default 64 MiB would have every test preallocate 64 MiB of zeros. */
 const SMALL: WalStorageOptions = { segmentBytes: 1 << 20 };
+/** Without preallocation a segment ends at its last record, so tests can damage "the end". */
+const RAW: WalStorageOptions = { segmentBytes: 1 << 20, preallocate: false };
 
 function tempDir(): string {
   return mkdtempSync(join(tmpdir(), "raft-wal-"));
@@ -123,10 +125,10 @@ describe("WalStorage on disk", () => {
     const dir = tempDir();
     try {
       let s = await WalStorage.open(dir, { segmentBytes: 4096 });
-      s.append(ents(1, 10));
+      s.append(ents(1, 80)); // ~2.3 KiB: past half the segment, so the next one is prepared
       await s.sync();
-      await new Promise((r) => setTimeout(r, 100)); // the spare is written off the write path
-      s.append(ents(11, 200)); // ~5 KiB: crosses into the next segment
+      await new Promise((r) => setTimeout(r, 200)); // the spare is written off the write path
+      s.append(ents(81, 200)); // crosses into the next segment
       await s.sync();
       const files = segmentFiles(dir);
       assert.equal(files.length, 2);
@@ -159,20 +161,20 @@ describe("WalStorage on disk", () => {
   test("a torn tail is truncated with a warning and the log keeps working", async () => {
     const dir = tempDir();
     try {
-      let s = await WalStorage.open(dir, SMALL);
+      let s = await WalStorage.open(dir, RAW);
       s.append(ents(1, 10));
       await s.close();
       const seg = lastDataSegment(dir);
       truncateSync(seg, statSync(seg).size - 3); // the last record loses its final bytes
       const log = recordingLogger();
-      s = await WalStorage.open(dir, { ...SMALL, logger: log });
+      s = await WalStorage.open(dir, { ...RAW, logger: log });
       assert.equal(s.lastIndex(), 9, "the torn entry is not accepted");
       assert.equal(log.warnings.length, 1);
       assert.match(log.warnings[0]!, /torn tail/);
       assert.match(log.warnings[0]!, new RegExp(seg.split("/").pop()!));
       s.append([ent(10, 2, "rewritten")]);
       await s.close();
-      s = await WalStorage.open(dir, SMALL);
+      s = await WalStorage.open(dir, RAW);
       assert.deepEqual(text(s, 9, 11), ["e9", "rewritten"]);
       await s.close();
     } finally {
@@ -183,11 +185,11 @@ describe("WalStorage on disk", () => {
   test("zeros after the last record (a grown but unwritten file) are a tail, not data", async () => {
     const dir = tempDir();
     try {
-      let s = await WalStorage.open(dir, SMALL);
+      let s = await WalStorage.open(dir, RAW);
       s.append(ents(1, 4));
       await s.close();
       appendFileSync(lastDataSegment(dir), Buffer.alloc(100));
-      s = await WalStorage.open(dir, SMALL);
+      s = await WalStorage.open(dir, RAW);
       assert.equal(s.lastIndex(), 4);
       await s.close();
     } finally {
@@ -198,27 +200,27 @@ describe("WalStorage on disk", () => {
   test("a torn final record followed by preallocated zeros is a tail; data after it is not", async () => {
     const dir = tempDir();
     try {
-      let s = await WalStorage.open(dir, SMALL);
+      let s = await WalStorage.open(dir, RAW);
       s.append(ents(1, 6));
       await s.close();
       const seg = lastDataSegment(dir);
       const buf = readFileSync(seg);
       const torn = Buffer.concat([buf.subarray(0, buf.length - 4), Buffer.alloc(4), Buffer.alloc(4096)]);
       writeFileSync(seg, torn);
-      s = await WalStorage.open(dir, SMALL);
+      s = await WalStorage.open(dir, RAW);
       assert.equal(s.lastIndex(), 5, "the half-written entry 6 is dropped");
       await s.close();
       // The same damage with a record after it is corruption, not a tail.
       const dir2 = tempDir();
       try {
-        const s2 = await WalStorage.open(dir2, SMALL);
+        const s2 = await WalStorage.open(dir2, RAW);
         s2.append(ents(1, 6));
         await s2.close();
         const seg2 = lastDataSegment(dir2);
         const b2 = readFileSync(seg2);
         b2[b2.length - 40]! ^= 0xff;
         writeFileSync(seg2, Buffer.concat([b2, Buffer.alloc(100)]));
-        await assert.rejects(WalStorage.open(dir2, SMALL), WalCorruptionError);
+        await assert.rejects(WalStorage.open(dir2, RAW), WalCorruptionError);
       } finally {
         rmSync(dir2, { recursive: true, force: true });
       }
@@ -230,14 +232,14 @@ describe("WalStorage on disk", () => {
   test("a flipped byte in the final record is detected and that record dropped", async () => {
     const dir = tempDir();
     try {
-      let s = await WalStorage.open(dir, SMALL);
+      let s = await WalStorage.open(dir, RAW);
       s.append(ents(1, 6));
       await s.close();
       const seg = lastDataSegment(dir);
       const buf = readFileSync(seg);
       buf[buf.length - 1]! ^= 0x40;
       writeFileSync(seg, buf);
-      s = await WalStorage.open(dir, SMALL);
+      s = await WalStorage.open(dir, RAW);
       assert.equal(s.lastIndex(), 5);
       assert.deepEqual(text(s, 5, 6), ["e5"]);
       await s.close();
@@ -249,7 +251,7 @@ describe("WalStorage on disk", () => {
   test("a flipped byte in the middle of the log is a hard error naming file and offset", async () => {
     const dir = tempDir();
     try {
-      const s = await WalStorage.open(dir, SMALL);
+      const s = await WalStorage.open(dir, RAW);
       s.append(ents(1, 6));
       await s.close();
       const seg = lastDataSegment(dir);
@@ -257,7 +259,7 @@ describe("WalStorage on disk", () => {
       const at = Math.floor(buf.length / 2);
       buf[at]! ^= 0x01;
       writeFileSync(seg, buf);
-      await assert.rejects(WalStorage.open(dir, SMALL), (err: unknown) => {
+      await assert.rejects(WalStorage.open(dir, RAW), (err: unknown) => {
         assert.ok(err instanceof WalCorruptionError, String(err));
         assert.equal(err.file, seg);
         assert.ok(err.offset <= at && err.offset > 0);
@@ -286,7 +288,7 @@ describe("WalStorage on disk", () => {
   test("a crash at any byte after the last sync keeps every synced entry and never a torn one", async () => {
     const dir = tempDir();
     try {
-      const s = await WalStorage.open(dir, SMALL);
+      const s = await WalStorage.open(dir, RAW);
       s.append(ents(1, 5));
       s.setHardState({ term: 1, vote: "a", commit: 3 });
       await s.sync();
@@ -302,7 +304,7 @@ describe("WalStorage on disk", () => {
         try {
           cpSync(dir, copy, { recursive: true });
           truncateSync(join(copy, "wal", seg.split("/").pop()!), cut);
-          const r = await WalStorage.open(copy, { ...SMALL, preallocate: false });
+          const r = await WalStorage.open(copy, RAW);
           assert.ok(r.lastIndex() >= 5 && r.lastIndex() <= 7, `cut ${cut}: last ${r.lastIndex()}`);
           const all = text(r, 1, r.lastIndex() + 1);
           assert.deepEqual(all.slice(0, 5), ["e1", "e2", "e3", "e4", "e5"]);

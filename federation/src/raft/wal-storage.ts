@@ -127,6 +127,7 @@ export class WalStorage implements WritableStorage {
   /** The next segment's file, already filled to segmentBytes with zeros (see createSegment). */
   private spare: { path: string; fd: number } | undefined;
   private preparing: Promise<void> = Promise.resolve();
+  private spareRequested = false;
   private readonly preallocate: boolean;
   private failed: Error | undefined;
   private closed = false;
@@ -152,7 +153,11 @@ export class WalStorage implements WritableStorage {
   /** Opens (creating if needed) the storage in `dir`, replaying and checking everything on disk. */
   static async open(dir: string, opts: WalStorageOptions = {}): Promise<WalStorage> {
     const s = new WalStorage(dir, opts);
-    s.recover();
+    const nextSeq = s.recover();
+    // The first segment is preallocated too, so fsyncs are fast from the first write on.
+    s.prepareSpare();
+    await s.preparing;
+    s.startFirstSegment(nextSeq, s.snap.metadata.index);
     return s;
   }
 
@@ -376,6 +381,9 @@ export class WalStorage implements WritableStorage {
     this.pending = [];
     this.pendingBytes = 0;
     this.dirtyFds.add(cur.fd);
+    // Fill the next segment's file once this one is half used: early enough to be ready at
+    // rotation, late enough not to compete with a fresh node's first fsyncs.
+    if (!this.spare && cur.size >= this.segmentBytes / 2) this.prepareSpare();
   }
 
   private rotate(): void {
@@ -405,7 +413,6 @@ export class WalStorage implements WritableStorage {
       fd = openSync(path, "wx+");
     }
     this.segments.push({ seq, path, fd, size: 0, maxIndex: 0 });
-    this.prepareSpare();
     this.dirDirty = true;
     this.pending.push(encodeRecord({ type: RecordType.SegmentHeader, version: WAL_VERSION, seq }));
     this.pending.push(encodeRecord({ type: RecordType.HardState, hardState: this.hardState }));
@@ -413,7 +420,8 @@ export class WalStorage implements WritableStorage {
   }
 
   private prepareSpare(): void {
-    if (!this.preallocate || this.closed) return;
+    if (!this.preallocate || this.closed || this.spareRequested) return;
+    this.spareRequested = true;
     this.preparing = this.preparing.then(async () => {
       if (this.spare || this.closed) return;
       const path = join(this.walDir, SPARE_NAME);
@@ -431,6 +439,7 @@ export class WalStorage implements WritableStorage {
           return;
         }
         this.spare = { path, fd };
+        this.spareRequested = false;
       } catch (err) {
         // Only a slower fsync is lost: the next segment is then created empty when needed.
         this.log.warn(
@@ -545,7 +554,8 @@ export class WalStorage implements WritableStorage {
     return r.record.entry;
   }
 
-  private recover(): void {
+  /** Replays everything on disk; returns the sequence number for the next segment. */
+  private recover(): number {
     mkdirSync(this.walDir, { recursive: true });
     mkdirSync(this.snapDir, { recursive: true });
     const loaded = readLatestSnapshot(this.snapDir);
@@ -613,6 +623,10 @@ export class WalStorage implements WritableStorage {
       );
     }
     this.cacheLow = this.lastIndex() + 1;
+    return nextSeq;
+  }
+
+  private startFirstSegment(nextSeq: number, snapIndex: number): void {
     this.createSegment(nextSeq);
     this.flushPending();
     fsyncSync(this.current.fd);
