@@ -7,7 +7,7 @@ import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { Agent } from "node:http";
-import { cpus, tmpdir } from "node:os";
+import { cpus, loadavg, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { freePort, httpJson, RaftKvCluster } from "../harness/raft-cluster.js";
@@ -262,7 +262,7 @@ function markdown(rows: BenchRow[], meta: Record<string, string | number>): stri
     "## raft: raft-ts vs etcd (3 nodes, fsync, 256-byte puts)",
     "",
     `Measured ${meta.date} on ${meta.cpus} × ${meta.cpu}, ${meta.mode} mode (${meta.measureSeconds} s per level after ` +
-      `${meta.warmupSeconds} s warm-up), etcd ${meta.etcd}. Both systems: 3 members as separate processes on ` +
+      `${meta.warmupSeconds} s warm-up), etcd ${meta.etcd}, 1-minute load average ${meta.loadAverage}. Both systems: 3 members as separate processes on ` +
       "loopback, heartbeat 100 ms, election 1 s, WAL fsync before acknowledging; clients are closed loops " +
       "sending HTTP/JSON puts to the leader (raft-ts: the test node's `/put`; etcd: its gRPC gateway " +
       "`/v3/kv/put`) over 1 000 keys. Throughput ratio > 1 and latency ratio < 1 favour raft-ts.",
@@ -310,6 +310,7 @@ export async function run(opts: RaftBenchOptions): Promise<void> {
   const warmupMs = opts.quick ? 300 : 2000;
   const measureMs = opts.quick ? 1200 : 10_000;
   console.log(`raft bench: ${opts.quick ? "quick" : "full"} mode, clients ${levels.join(", ")}`);
+  const loadBefore = loadavg()[0]!;
   const raftRows = await benchRaftTs(levels, warmupMs, measureMs);
   const etcdRows = await benchEtcd(levels, warmupMs, measureMs);
   const rows = [...raftRows, ...etcdRows];
@@ -322,6 +323,7 @@ export async function run(opts: RaftBenchOptions): Promise<void> {
     warmupSeconds: warmupMs / 1000,
     etcd: etcdVersion(),
     node: process.version,
+    loadAverage: `${loadBefore.toFixed(1)} before, ${loadavg()[0]!.toFixed(1)} after`,
   };
   const ratios = levels.map((c) => {
     const a = raftRows.find((r) => r.clients === c)!;
