@@ -14,7 +14,7 @@ import { ProposalDroppedError, RaftInvariantError } from "./errors.js";
 import { entrySize, RaftLog } from "./log.js";
 import { Progress, type ProgressState } from "./progress.js";
 import { committedIndex, type VoteResult, voteResult } from "./quorum.js";
-import { type ReadIndexStatus, ReadOnly } from "./read-only.js";
+import { ReadOnly } from "./read-only.js";
 import {
   CompactedError,
   type ConfChange,
@@ -519,8 +519,11 @@ export class RaftCore {
 
   // ---------------------------------------------------------------- roles
 
+  /** Voters then learners, recomputed when the configuration changes. */
+  private members: NodeId[] = [];
+
   private peerIds(): NodeId[] {
-    return this.confState.voters.concat(this.confState.learners);
+    return this.members;
   }
 
   private isVoter(id: NodeId): boolean {
@@ -605,9 +608,9 @@ export class RaftCore {
     if (this.role === "leader") return;
     if (!this.promotable()) return;
     if (this.hasUnappliedConfChanges()) return;
-    if (transfer) this.campaign2("transfer");
-    else if (this.preVote) this.campaign2("pre-election");
-    else this.campaign2("election");
+    if (transfer) this.startCampaign("transfer");
+    else if (this.preVote) this.startCampaign("pre-election");
+    else this.startCampaign("election");
   }
 
   private hasUnappliedConfChanges(): boolean {
@@ -617,7 +620,7 @@ export class RaftCore {
     return ents.some((e) => e.type === EntryType.ConfChange);
   }
 
-  private campaign2(kind: "pre-election" | "election" | "transfer"): void {
+  private startCampaign(kind: "pre-election" | "election" | "transfer"): void {
     let voteType: MessageType;
     let term: number;
     if (kind === "pre-election") {
@@ -630,7 +633,7 @@ export class RaftCore {
       term = this.term;
     }
     if (this.poll(this.id, true) === "won") {
-      if (kind === "pre-election") this.campaign2("election");
+      if (kind === "pre-election") this.startCampaign("election");
       else this.becomeLeader();
       return;
     }
@@ -1057,11 +1060,7 @@ export class RaftCore {
     const votes = new Map<NodeId, boolean>();
     for (const id of acks) votes.set(id, true);
     if (voteResult(this.confState.voters, votes) !== "won") return;
-    for (const rs of this.readOnly.advance(m.context)) this.respondToReadStatus(rs);
-  }
-
-  private respondToReadStatus(rs: ReadIndexStatus): void {
-    this.respondToRead(rs.req, rs.index);
+    for (const rs of this.readOnly.advance(m.context)) this.respondToRead(rs.req, rs.index);
   }
 
   private handleSnapshotResponse(m: Message, pr: Progress): void {
@@ -1103,7 +1102,7 @@ export class RaftCore {
       case myResp: {
         const res = this.poll(m.from, !m.reject);
         if (res === "won") {
-          if (this.role === "pre-candidate") this.campaign2("election");
+          if (this.role === "pre-candidate") this.startCampaign("election");
           else {
             this.becomeLeader();
             this.bcastAppend();
@@ -1336,7 +1335,9 @@ export class RaftCore {
     this.uncommittedSize += size;
     li = this.raftLog.append(stamped);
     this.prs.get(this.id)?.maybeUpdate(li);
-    if (this.maybeCommit()) this.markBroadcast();
+    // Our own append can only complete a quorum on its own (a single voter): the others cannot
+    // have acknowledged entries not yet sent.
+    if (this.confState.voters.length === 1 && this.maybeCommit()) this.markBroadcast();
     return true;
   }
 
@@ -1514,6 +1515,7 @@ export class RaftCore {
 
   private applyConfState(cs: ConfState): void {
     this.confState = cs;
+    this.members = cs.voters.concat(cs.learners);
     const last = this.raftLog.lastIndex();
     const members = new Set(this.peerIds());
     for (const id of [...this.prs.keys()]) if (!members.has(id)) this.prs.delete(id);
