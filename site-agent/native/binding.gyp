@@ -4,6 +4,11 @@
       "target_name": "isthmus_afpacket",
       "sources": ["afpacket.c"],
       "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+    },
+    {
+      "target_name": "isthmus_bpfmap",
+      "sources": ["bpfmap.c"],
+      "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"]
     }
   ]
 }

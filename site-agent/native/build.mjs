@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Builds the agent's AF_PACKET addon (native/afpacket.c) with node-gyp against the Node headers
+// Builds the agent's AF_PACKET addon (native/afpacket.c) and the BPF map addon (native/bpfmap.c) with node-gyp against the Node headers
 // installed on this machine (never downloaded). Skips when the built addon is newer than its
 // sources. When node-gyp cannot run here (it needs Python), compiles the one file directly with cc.
 import { spawnSync } from "node:child_process";
@@ -8,13 +8,19 @@ import { dirname, join } from "node:path";
 
 const here = dirname(new URL(import.meta.url).pathname);
 const out = join(here, "build", "Release", "isthmus_afpacket.node");
-const sources = ["afpacket.c", "binding.gyp", "build.mjs"].map((f) => join(here, f));
+const addons = [
+  { name: "isthmus_afpacket", src: "afpacket.c" },
+  { name: "isthmus_bpfmap", src: "bpfmap.c" },
+];
+const outs = addons.map((a) => join(here, "build", "Release", `${a.name}.node`));
+const sources = [...addons.map((a) => a.src), "binding.gyp", "build.mjs"].map((f) => join(here, f));
 
 if (process.platform !== "linux") {
   console.log("native: AF_PACKET ports are Linux-only; addon not built (in-memory ports still work)");
   process.exit(0);
 }
-if (existsSync(out) && sources.every((s) => statSync(s).mtimeMs <= statSync(out).mtimeMs)) process.exit(0);
+const fresh = (o) => existsSync(o) && sources.every((s) => statSync(s).mtimeMs <= statSync(o).mtimeMs);
+if (outs.every(fresh)) process.exit(0);
 
 const nodeDir = dirname(dirname(process.execPath));
 const headers = join(nodeDir, "include", "node");
@@ -38,25 +44,28 @@ if (gyp && python) {
     cwd: here,
     stdio: ["ignore", "ignore", "inherit"],
   });
-  if (r.status === 0 && existsSync(out)) process.exit(0);
+  if (r.status === 0 && outs.every((o) => existsSync(o))) process.exit(0);
   console.error("native: node-gyp failed; trying the C compiler directly");
 } else {
   console.log(`native: ${gyp ? "python3" : "node-gyp"} not available; compiling with cc directly`);
 }
 mkdirSync(dirname(out), { recursive: true });
-const cc = spawnSync(
-  process.env.CC ?? "cc",
-  [
-    "-O2",
-    "-Wall",
-    "-fPIC",
-    "-shared",
-    `-I${headers}`,
-    "-DNODE_GYP_MODULE_NAME=isthmus_afpacket",
-    "-o",
-    out,
-    join(here, "afpacket.c"),
-  ],
-  { stdio: "inherit" },
-);
-process.exit(cc.status ?? 1);
+for (const a of addons) {
+  const cc = spawnSync(
+    process.env.CC ?? "cc",
+    [
+      "-O2",
+      "-Wall",
+      "-fPIC",
+      "-shared",
+      `-I${headers}`,
+      `-DNODE_GYP_MODULE_NAME=${a.name}`,
+      "-o",
+      join(here, "build", "Release", `${a.name}.node`),
+      join(here, a.src),
+    ],
+    { stdio: "inherit" },
+  );
+  if (cc.status !== 0) process.exit(cc.status ?? 1);
+}
+process.exit(0);

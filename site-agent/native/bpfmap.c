@@ -1,0 +1,213 @@
+// N-API addon for the kernel fast path: BPF map access through the bpf() syscall on maps pinned in
+// bpffs (obj_get, update, lookup, delete, next key, batch update). One syscall per call, so the
+// agent installs flows without spawning bpftool per entry. Errors throw with the errno name.
+#include <errno.h>
+#include <linux/bpf.h>
+#include <node_api.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+static long sys_bpf(int cmd, union bpf_attr *attr) {
+  return syscall(__NR_bpf, cmd, attr, sizeof(*attr));
+}
+
+static napi_value throw_errno(napi_env env, const char *what) {
+  char msg[4400];
+  int e = errno;
+  snprintf(msg, sizeof msg, "%s: %s", what, strerror(e));
+  char code[32];
+  snprintf(code, sizeof code, "E%d", e);
+  napi_throw_error(env, code, msg);
+  return NULL;
+}
+
+static int get_args(napi_env env, napi_callback_info info, size_t want, napi_value *argv) {
+  size_t argc = want;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < want) {
+    napi_throw_type_error(env, NULL, "bpfmap: too few arguments");
+    return -1;
+  }
+  return 0;
+}
+
+static int get_buf(napi_env env, napi_value v, void **data, size_t *len) {
+  bool is_buf = false;
+  napi_is_buffer(env, v, &is_buf);
+  if (!is_buf) {
+    napi_throw_type_error(env, NULL, "bpfmap: expected a Buffer");
+    return -1;
+  }
+  napi_get_buffer_info(env, v, data, len);
+  return 0;
+}
+
+static napi_value num(napi_env env, double d) {
+  napi_value r;
+  napi_create_double(env, d, &r);
+  return r;
+}
+
+// objGet(path) -> fd
+static napi_value obj_get(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (get_args(env, info, 1, argv)) return NULL;
+  char path[4096];
+  size_t n;
+  if (napi_get_value_string_utf8(env, argv[0], path, sizeof path, &n) != napi_ok) {
+    napi_throw_type_error(env, NULL, "bpfmap: path must be a string");
+    return NULL;
+  }
+  union bpf_attr a;
+  memset(&a, 0, sizeof a);
+  a.pathname = (uint64_t)(uintptr_t)path;
+  long fd = sys_bpf(BPF_OBJ_GET, &a);
+  if (fd < 0) return throw_errno(env, path);
+  return num(env, (double)fd);
+}
+
+// update(fd, key, value, flags)
+static napi_value update(napi_env env, napi_callback_info info) {
+  napi_value argv[4];
+  if (get_args(env, info, 4, argv)) return NULL;
+  int32_t fd;
+  uint32_t flags;
+  void *k, *v;
+  size_t kl, vl;
+  napi_get_value_int32(env, argv[0], &fd);
+  if (get_buf(env, argv[1], &k, &kl) || get_buf(env, argv[2], &v, &vl)) return NULL;
+  napi_get_value_uint32(env, argv[3], &flags);
+  union bpf_attr a;
+  memset(&a, 0, sizeof a);
+  a.map_fd = fd;
+  a.key = (uint64_t)(uintptr_t)k;
+  a.value = (uint64_t)(uintptr_t)v;
+  a.flags = flags;
+  if (sys_bpf(BPF_MAP_UPDATE_ELEM, &a) < 0) return throw_errno(env, "bpf map update");
+  return NULL;
+}
+
+// lookup(fd, key, out) -> true when found (value written into out)
+static napi_value lookup(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  if (get_args(env, info, 3, argv)) return NULL;
+  int32_t fd;
+  void *k, *v;
+  size_t kl, vl;
+  napi_get_value_int32(env, argv[0], &fd);
+  if (get_buf(env, argv[1], &k, &kl) || get_buf(env, argv[2], &v, &vl)) return NULL;
+  union bpf_attr a;
+  memset(&a, 0, sizeof a);
+  a.map_fd = fd;
+  a.key = (uint64_t)(uintptr_t)k;
+  a.value = (uint64_t)(uintptr_t)v;
+  napi_value r;
+  if (sys_bpf(BPF_MAP_LOOKUP_ELEM, &a) < 0) {
+    if (errno != ENOENT) return throw_errno(env, "bpf map lookup");
+    napi_get_boolean(env, false, &r);
+    return r;
+  }
+  napi_get_boolean(env, true, &r);
+  return r;
+}
+
+// remove(fd, key) -> true when an entry was deleted
+static napi_value remove_elem(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  if (get_args(env, info, 2, argv)) return NULL;
+  int32_t fd;
+  void *k;
+  size_t kl;
+  napi_get_value_int32(env, argv[0], &fd);
+  if (get_buf(env, argv[1], &k, &kl)) return NULL;
+  union bpf_attr a;
+  memset(&a, 0, sizeof a);
+  a.map_fd = fd;
+  a.key = (uint64_t)(uintptr_t)k;
+  napi_value r;
+  if (sys_bpf(BPF_MAP_DELETE_ELEM, &a) < 0) {
+    if (errno != ENOENT) return throw_errno(env, "bpf map delete");
+    napi_get_boolean(env, false, &r);
+    return r;
+  }
+  napi_get_boolean(env, true, &r);
+  return r;
+}
+
+// nextKey(fd, key | null, out) -> true when out holds the key after `key` (first key for null)
+static napi_value next_key(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  if (get_args(env, info, 3, argv)) return NULL;
+  int32_t fd;
+  void *k = NULL, *out;
+  size_t kl, ol;
+  napi_valuetype t;
+  napi_get_value_int32(env, argv[0], &fd);
+  napi_typeof(env, argv[1], &t);
+  if (t != napi_null && get_buf(env, argv[1], &k, &kl)) return NULL;
+  if (get_buf(env, argv[2], &out, &ol)) return NULL;
+  union bpf_attr a;
+  memset(&a, 0, sizeof a);
+  a.map_fd = fd;
+  a.key = (uint64_t)(uintptr_t)k;
+  a.next_key = (uint64_t)(uintptr_t)out;
+  napi_value r;
+  if (sys_bpf(BPF_MAP_GET_NEXT_KEY, &a) < 0) {
+    if (errno != ENOENT) return throw_errno(env, "bpf map next key");
+    napi_get_boolean(env, false, &r);
+    return r;
+  }
+  napi_get_boolean(env, true, &r);
+  return r;
+}
+
+// updateBatch(fd, keys, values, count, flags) -> number of entries written
+static napi_value update_batch(napi_env env, napi_callback_info info) {
+  napi_value argv[5];
+  if (get_args(env, info, 5, argv)) return NULL;
+  int32_t fd;
+  uint32_t count, flags;
+  void *k, *v;
+  size_t kl, vl;
+  napi_get_value_int32(env, argv[0], &fd);
+  if (get_buf(env, argv[1], &k, &kl) || get_buf(env, argv[2], &v, &vl)) return NULL;
+  napi_get_value_uint32(env, argv[3], &count);
+  napi_get_value_uint32(env, argv[4], &flags);
+  union bpf_attr a;
+  memset(&a, 0, sizeof a);
+  a.batch.map_fd = fd;
+  a.batch.keys = (uint64_t)(uintptr_t)k;
+  a.batch.values = (uint64_t)(uintptr_t)v;
+  a.batch.count = count;
+  a.batch.elem_flags = flags;
+  if (sys_bpf(BPF_MAP_UPDATE_BATCH, &a) < 0) return throw_errno(env, "bpf map batch update");
+  return num(env, (double)a.batch.count);
+}
+
+static napi_value close_fd(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (get_args(env, info, 1, argv)) return NULL;
+  int32_t fd;
+  napi_get_value_int32(env, argv[0], &fd);
+  if (close(fd) < 0) return throw_errno(env, "close bpf map fd");
+  return NULL;
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  napi_property_descriptor props[] = {
+      {"objGet", NULL, obj_get, NULL, NULL, NULL, napi_default, NULL},
+      {"update", NULL, update, NULL, NULL, NULL, napi_default, NULL},
+      {"lookup", NULL, lookup, NULL, NULL, NULL, napi_default, NULL},
+      {"remove", NULL, remove_elem, NULL, NULL, NULL, napi_default, NULL},
+      {"nextKey", NULL, next_key, NULL, NULL, NULL, napi_default, NULL},
+      {"updateBatch", NULL, update_batch, NULL, NULL, NULL, napi_default, NULL},
+      {"close", NULL, close_fd, NULL, NULL, NULL, napi_default, NULL},
+  };
+  napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)
