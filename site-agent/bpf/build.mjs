@@ -16,7 +16,9 @@ if (process.platform !== "linux") {
   process.exit(0);
 }
 if (spawnSync(clang, ["--version"], { stdio: "ignore" }).status !== 0) {
-  console.log(`bpf: ${clang} not found; flow.bpf.o not built (kernel datapath unavailable; install clang and libbpf-dev)`);
+  console.log(
+    `bpf: ${clang} not found; flow.bpf.o not built (kernel datapath unavailable; install clang and libbpf-dev)`,
+  );
   process.exit(0);
 }
 if (!existsSync("/usr/include/bpf/bpf_helpers.h")) {
