@@ -101,6 +101,10 @@ function countingView(inner: IntentView): { view: IntentView; reads: () => numbe
     floatingIpsOfRouter: (x) => counted(inner.floatingIpsOfRouter(x)),
     routersWithUplinkHere: () => counted(inner.routersWithUplinkHere()),
     gatewayHosts: () => counted(inner.gatewayHosts()),
+    tunnelKeyOf: (x) => {
+      n++;
+      return inner.tunnelKeyOf(x);
+    },
   };
   return { view, reads: () => n };
 }

@@ -31,6 +31,7 @@ export class IntentIndex implements IntentView {
   readonly maxObjects: number;
   private readonly objects = new Map<ViewKind, Map<string, unknown>>();
   private readonly indexes = new Map<IndexName, Map<string, Map<string, unknown>>>();
+  private readonly derivedPortKeys = new Map<string, number>();
   private count = 0;
 
   constructor(
@@ -76,6 +77,14 @@ export class IntentIndex implements IntentView {
   }
   routersWithUplinkHere(): Iterable<intentpb.Router> {
     return this.bucket("routersWithUplinkHere", "");
+  }
+  tunnelKeyOf(portId: string): number {
+    return this.derivedPortKeys.get(portId) ?? 0;
+  }
+  /** Records the key allocated for a derived port (0 = release it). */
+  setTunnelKey(portId: string, key: number): void {
+    if (key === 0) this.derivedPortKeys.delete(portId);
+    else this.derivedPortKeys.set(portId, key);
   }
   gatewayHosts(): Iterable<LocalHost> {
     return this.bucket("gatewayHosts", "");
