@@ -3,7 +3,7 @@
 // `isthmus get` does not load the agent's datapath, and the site-agent entry points are only
 // loaded by the subcommands that run them.
 import { Command, CommanderError, Option } from "commander";
-import { registerAdminCommands } from "./admin-commands.js";
+import { registerAdminCommands, withConnection } from "./admin-commands.js";
 
 const program = new Command();
 program
@@ -90,20 +90,47 @@ program
   });
 
 const siteCmd = program.command("site").description("onboard and manage sites");
-siteCmd
-  .command("add")
-  .description("mint a single-use onboarding token for a new site")
-  .argument("<name>", "site name")
-  .addOption(
-    new Option("--key-dir <dir>", "coordinator key directory").env("ISTHMUS_KEY_DIR").makeOptionMandatory(),
-  )
-  .option("--ttl <duration>", "how long the token may be used", "15m")
-  .option("--out <file>", "write the token to this file (0600)")
-  .option("-o, --output <format>", "text or json", "text")
-  .action(async (name: string, opts) => {
-    const { runSiteAdd } = await import("./site-add.js");
-    process.exitCode = await runSiteAdd(name, opts);
-  });
+withConnection(
+  siteCmd
+    .command("add")
+    .description(
+      "register a site and mint its single-use onboarding token (through a coordinator, or offline with --key-dir)",
+    )
+    .argument("<name>", "site name")
+    .addOption(
+      new Option(
+        "--key-dir <dir>",
+        "mint offline with this coordinator key directory instead of calling AddSite",
+      ).env("ISTHMUS_KEY_DIR"),
+    )
+    .option("--ttl <duration>", "how long the token may be used", "15m")
+    .option("--region <region>", "the site's region (AddSite only)")
+    .option("--description <text>", "free text (AddSite only)")
+    .option("--out <file>", "write the token to this file (0600)")
+    .option("-o, --output <format>", "text or json", "text"),
+).action(async (name: string, opts) => {
+  const { runSiteAdd } = await import("./site-add.js");
+  process.exitCode = await runSiteAdd(name, opts);
+});
+withConnection(
+  siteCmd
+    .command("list")
+    .description("sites with their state, key, applied index and lag")
+    .option("-o, --output <format>", "table or json", "table"),
+).action(async (opts) => {
+  const { runSiteList } = await import("./site-list.js");
+  process.exitCode = await runSiteList(opts);
+});
+withConnection(
+  siteCmd
+    .command("revoke")
+    .description("cut a site off on every coordinator (its calls are refused, its streams end)")
+    .argument("<name>", "site name")
+    .option("-o, --output <format>", "text or json", "text"),
+).action(async (name: string, opts) => {
+  const { runSiteRevoke } = await import("./site-revoke.js");
+  process.exitCode = await runSiteRevoke(name, opts);
+});
 siteCmd
   .command("join")
   .description("run at the site: make its key pair, register it with the federation, write a credential")

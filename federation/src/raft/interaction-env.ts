@@ -135,6 +135,17 @@ export class InteractionEnv {
         return [];
       case "crash-restart":
         return this.crashRestart(this.node(c.args[0]));
+      case "crash-before-sync": {
+        // Writes the next Ready to storage, then crashes before the sync: nothing is sent.
+        const n = this.node(c.args[0]);
+        if (!n.core.hasReady()) return [`${n.id} has no Ready`];
+        const rd = n.core.ready();
+        const out = [`> ${n.id} writing Ready (not synced)`, ...describeReady(rd, "  ")];
+        if (rd.snapshot) n.storage.applySnapshot(rd.snapshot);
+        if (rd.entries.length > 0) n.storage.append(rd.entries);
+        if (rd.hardState) n.storage.setHardState(rd.hardState);
+        return [...out, ...this.crashRestart(n)];
+      }
       case "status":
         return this.statusLines(c.args.length > 0 ? c.args : [...this.nodes.keys()]);
       case "raft-log":

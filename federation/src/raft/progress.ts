@@ -53,6 +53,12 @@ export class Inflights {
     }
   }
 
+  /** Frees the oldest append in flight (to probe a stalled pipeline). */
+  freeFirstOne(): void {
+    if (this.count === 0) return;
+    this.freeLE(this.idx[this.head]!);
+  }
+
   full(): boolean {
     return this.count >= this.maxCount || (this.maxBytes > 0 && this.bytes >= this.maxBytes);
   }

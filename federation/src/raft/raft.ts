@@ -300,6 +300,14 @@ export class RaftCore {
           if (e.type === EntryType.ConfChange) this.applyConfChangeToConfig(decodeConfChange(e.data));
         }
       }
+      // Applied entries were committed even if the commit index on disk lags (a commit-only hard
+      // state need not be synced).
+      if (config.applied > this.raftLog.lastIndex()) {
+        throw new RaftInvariantError(
+          `applied index ${config.applied} is beyond the last stored index ${this.raftLog.lastIndex()}`,
+        );
+      }
+      this.raftLog.commitTo(config.applied);
       this.raftLog.appliedTo(config.applied);
     }
     this.becomeFollower(this.term, "");
@@ -1000,6 +1008,9 @@ export class RaftCore {
       // Resend the chunk the follower is waiting for, in case it was lost.
       if (pr.snapshotSend) this.sendSnapshotChunk(m.from, pr, pr.snapshotSend.acked);
     } else if (pr.match < this.raftLog.lastIndex()) {
+      // A full pipeline whose appends were lost would stall forever: free one slot so an append can
+      // go out, which the follower answers (possibly with a rejection that resets to probing).
+      if (pr.state === "replicate" && pr.inflights.full()) pr.inflights.freeFirstOne();
       // Possibly lost appends: an (empty) append makes the follower reveal a gap. Coalesced with
       // any other append owed to this peer in the same Ready.
       this.pendingAppend.add(m.from);
@@ -1262,7 +1273,9 @@ export class RaftCore {
     if (s.metadata.index <= this.raftLog.committed) return false;
     if (this.role !== "follower") throw new RaftInvariantError(`restoring a snapshot as ${this.role}`);
     const cs = s.metadata.confState;
-    if (!cs.voters.includes(this.id) && !cs.learners.includes(this.id)) return false;
+    // The snapshot may predate this node's own addition (a joiner catching up from a snapshot taken
+    // before its AddLearner entry): it is still a committed prefix of the log, and the node learns
+    // its membership by applying the entries after it.
     if (this.raftLog.matchTerm(s.metadata.index, s.metadata.term)) {
       // Our log already holds the snapshot's last entry: just fast-forward the commit index.
       this.raftLog.commitTo(s.metadata.index);

@@ -102,7 +102,8 @@ type Event =
   | { kind: "fault" }
   | { kind: "heal" }
   | { kind: "restart"; node: NodeId }
-  | { kind: "stop"; node: NodeId };
+  | { kind: "stop"; node: NodeId }
+  | { kind: "liveness-mark" };
 
 interface PendingOp {
   opId: number;
@@ -128,6 +129,10 @@ interface SimNode {
   gen: number;
   /** A Ready is being persisted; its messages/applies wait for the sync. */
   inFlight: Ready | undefined;
+  mustSync: boolean;
+  /** Term and vote as last synced (a change to either must be synced before messages leave). */
+  syncedTerm: number;
+  syncedVote: NodeId;
   role: Role;
   /** Client writes waiting to be applied here, by "client:seq". */
   writes: Map<string, PendingOp>;
@@ -174,6 +179,8 @@ class Simulation {
     messages: 0,
   };
   private faultsInjected = 0;
+  /** Commit index of the leader well after faults stopped; every member must reach it by the end. */
+  private livenessMark = -1;
   private readonly end: number;
 
   constructor(private readonly o: SimOptions) {
@@ -211,6 +218,8 @@ class Simulation {
     for (let c = 0; c < this.o.clients; c++)
       this.queue.push(this.prng.range(50, 300), { kind: "client", client: c });
     this.queue.push(this.nextFaultDelay(), { kind: "fault" });
+    const stopAt0 = this.o.durationMs + this.o.drainMs;
+    this.queue.push(stopAt0 - Math.min(1_500, this.o.drainMs / 2), { kind: "liveness-mark" });
 
     const stopAt = this.o.durationMs + this.o.drainMs;
     let healed = false;
@@ -237,6 +246,7 @@ class Simulation {
     for (const op of this.pending.values()) this.finishUnknown(op);
     this.pending.clear();
     if (this.violations.length === 0) this.checkLogMatching();
+    if (this.violations.length === 0) this.checkConverged();
     let lin: CheckResult = "ok";
     if (this.violations.length === 0) {
       const r = checkOperations(kvModel, this.history);
@@ -271,6 +281,9 @@ class Simulation {
       retired: false,
       gen: 0,
       inFlight: undefined,
+      mustSync: false,
+      syncedTerm: 0,
+      syncedVote: "",
       role: "follower",
       writes: new Map(),
       reads: new Map(),
@@ -372,6 +385,12 @@ class Simulation {
       case "restart":
         this.restart(this.nodes.get(ev.node)!);
         return;
+      case "liveness-mark": {
+        const l = this.leader();
+        this.livenessMark = l ? l.core.raftLog.committed : -1;
+        this.trace(`liveness mark: ${l ? `leader ${l.id} has committed ${this.livenessMark}` : "no leader"}`);
+        return;
+      }
       case "stop": {
         const n = this.nodes.get(ev.node)!;
         if (n.retired) return;
@@ -431,7 +450,14 @@ class Simulation {
     if (rd.entries.length > 0) n.storage.append(rd.entries);
     if (rd.hardState) n.storage.setHardState(rd.hardState);
     n.inFlight = rd;
-    const mustSync = rd.snapshot !== undefined || rd.entries.length > 0 || rd.hardState !== undefined;
+    // Like the real driver (and etcd), a Ready whose only durable change is the commit index is
+    // not synced: the commit index is re-learned from the leader after a crash.
+    const hs = rd.hardState;
+    const mustSync =
+      rd.snapshot !== undefined ||
+      rd.entries.length > 0 ||
+      (hs !== undefined && (hs.term !== n.syncedTerm || hs.vote !== n.syncedVote));
+    n.mustSync = mustSync;
     const delay = mustSync ? this.prng.range(0, 3) : 0;
     this.queue.push(this.now + delay, { kind: "synced", node: n.id, gen: n.gen });
   }
@@ -439,7 +465,12 @@ class Simulation {
   /** The Ready's writes are durable: send, apply, advance. */
   private finishReady(n: SimNode): void {
     const rd = n.inFlight!;
-    n.storage.syncNow();
+    if (n.mustSync) {
+      n.storage.syncNow();
+      const hs = n.storage.initialState().hardState;
+      n.syncedTerm = hs.term;
+      n.syncedVote = hs.vote;
+    }
     for (const m of rd.messages) {
       if (m.type === 9 /* Snapshot */ && (m.snapshotOffset ?? 0) === 0) this.stats.snapshotsSent++;
       for (const d of this.net.route(m)) {
@@ -605,6 +636,9 @@ class Simulation {
     n.kv = KvStore.restore(snap.data);
     n.applied = snap.metadata.index;
     n.role = "follower";
+    const hs = n.storage.initialState().hardState;
+    n.syncedTerm = hs.term;
+    n.syncedVote = hs.vote;
     n.core = this.newCore(n, this.bootstrapVoters(n));
     const st = n.core.status();
     this.trace(
@@ -748,6 +782,30 @@ class Simulation {
   }
 
   // ------------------------------------------------------------------ end-of-run checks
+
+  /**
+   * Liveness once faults stop: a leader exists, and every member has applied what the leader had
+   * committed well before the end (a node stuck, e.g. unable to install a snapshot, shows here).
+   */
+  private checkConverged(): void {
+    const leader = this.leader();
+    if (!leader) {
+      this.violation("no leader at the end of the fault-free drain period");
+      return;
+    }
+    if (this.livenessMark < 0) {
+      this.violation("no leader in the middle of the fault-free drain period");
+      return;
+    }
+    for (const n of this.members()) {
+      if (n.applied < this.livenessMark) {
+        this.violation(
+          `${n.id} applied only ${n.applied} by the end; the leader had committed ${this.livenessMark}`,
+        );
+        return;
+      }
+    }
+  }
 
   /** Log matching: where two logs hold an entry with the same index and term, they agree before it. */
   private checkLogMatching(): void {
