@@ -1,8 +1,10 @@
 // Public surface of @isthmus/site-agent: entry points the `isthmus` CLI calls lazily, and the
 // packet and simulation APIs other packages may use.
 export const SITE_AGENT_PACKAGE = "@isthmus/site-agent";
+export { type AgentFlags, type RunningAgent, startAgent } from "./agent/agent-process.js";
 export type { Datapath, PortIO, Upcall, UpcallDecision } from "./agent/datapath.js";
 export { EdgeAgent } from "./agent/edge-agent.js";
+export * as agentTesting from "./agent/testing/index.js";
 export { UserspaceDatapath } from "./agent/userspace-datapath.js";
 export {
   DEFAULT_SITE_TOKEN_REFRESH_SEC,

@@ -148,6 +148,32 @@ siteCmd
     process.exitCode = await runSiteJoin(opts);
   });
 
+const agentCmd = program
+  .command("agent")
+  .description("run this host's edge agent (datapath, tunnels, flow state); `agent flows` dumps its flows")
+  .option("--config <file>", "YAML configuration file (agent: section)")
+  .option("--host <id>", "this host's id in the site topology")
+  .option("--controller <host:port>", "site controller gRPC address")
+  .option("--token-file <file>", "host token issued by the site controller")
+  .option("--tunnel-ip <ip>", "underlay IPv4 address for VXLAN")
+  .option("--tunnel-port <port>", "VXLAN UDP port (default 4789)")
+  .option("--role <role>", "host | gateway")
+  .option("--metrics-listen <host:port>", "Prometheus /metrics and /healthz (default 127.0.0.1:9480)")
+  .option("--admin-listen <host:port>", "local admin endpoint (default 127.0.0.1:9481)")
+  .action(async (opts: Record<string, string | undefined>) => {
+    const { runAgent } = await import("./agent.js");
+    await runAgent(opts);
+  });
+agentCmd
+  .command("flows")
+  .description("dump the flows of the agent on this host")
+  .option("--admin <host:port>", "the agent's admin endpoint", "127.0.0.1:9481")
+  .option("--json", "print JSON")
+  .action(async (opts: { admin: string; json?: boolean }) => {
+    const { runAgentFlows } = await import("./agent-flows.js");
+    process.exitCode = await runAgentFlows(opts);
+  });
+
 try {
   await program.parseAsync(process.argv);
 } catch (err) {

@@ -17,7 +17,7 @@ test("routing rewrites set MACs and decrement TTL with a valid IPv4 checksum", (
     applyRewrites(f, {
       setEthSrc: mac("02:aa:00:00:00:01"),
       setEthDst: mac("02:bb:00:00:00:02"),
-      decTtl: true,
+      decTtl: 1,
       outputs: [],
     }),
   );
@@ -26,7 +26,7 @@ test("routing rewrites set MACs and decrement TTL with a valid IPv4 checksum", (
   assert.equal(f[22], 4);
   assert.ok(checksumsValid(f));
   const dying = udpFrame({ ...base, sport: 1, dport: 2, ttl: 1 });
-  assert.equal(applyRewrites(dying, { decTtl: true, outputs: [] }), false);
+  assert.equal(applyRewrites(dying, { decTtl: 1, outputs: [] }), false);
 });
 
 test("NAT rewrites keep IP, TCP and UDP checksums valid for any addresses and ports", () => {

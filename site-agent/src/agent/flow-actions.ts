@@ -14,7 +14,8 @@ export type FlowOutput =
 export interface FlowActions {
   setEthSrc?: Buffer;
   setEthDst?: Buffer;
-  decTtl?: boolean;
+  /** Routers crossed: TTL / hop limit is decremented by this much (0 or absent = untouched). */
+  decTtl?: number;
   /** IPv4 NAT rewrites (network byte order as 4-byte buffers, ports as numbers). */
   setIpSrc?: Buffer;
   setIpDst?: Buffer;
@@ -26,6 +27,9 @@ export interface FlowActions {
 }
 
 export function validateActions(a: FlowActions): void {
+  if (a.decTtl !== undefined && (!Number.isInteger(a.decTtl) || a.decTtl < 0 || a.decTtl > 255)) {
+    throw new Error(`flow actions: decTtl ${a.decTtl} must be an integer in 0..255`);
+  }
   if (a.outputs.length > MAX_OUTPUTS) {
     throw new Error(`flow actions: ${a.outputs.length} outputs exceed MAX_OUTPUTS=${MAX_OUTPUTS}`);
   }
@@ -78,8 +82,8 @@ export function applyRewrites(frame: Buffer, a: FlowActions): boolean {
   }
   if (ethType === ETH_TYPE_IPV6) {
     if (a.decTtl) {
-      if (frame.length < l3 + 40 || frame[l3 + 7]! <= 1) return false;
-      frame[l3 + 7] = frame[l3 + 7]! - 1;
+      if (frame.length < l3 + 40 || frame[l3 + 7]! <= a.decTtl) return false;
+      frame[l3 + 7] = frame[l3 + 7]! - a.decTtl;
     }
     return true;
   }
@@ -97,9 +101,9 @@ export function applyRewrites(frame: Buffer, a: FlowActions): boolean {
   const udp = proto === 17;
   if (a.decTtl) {
     const ttl = frame[l3 + 8]!;
-    if (ttl <= 1) return false;
+    if (ttl <= a.decTtl) return false;
     const before = frame.readUInt16BE(l3 + 8);
-    frame[l3 + 8] = ttl - 1;
+    frame[l3 + 8] = ttl - a.decTtl;
     csumReplace16(frame, l3 + 10, before, frame.readUInt16BE(l3 + 8));
   }
   for (const [v, off] of [
@@ -130,7 +134,7 @@ export function describeActions(a: FlowActions): string {
   const mac = (b: Buffer) => [...b].map((x) => x.toString(16).padStart(2, "0")).join(":");
   if (a.setEthSrc) parts.push(`set(eth_src=${mac(a.setEthSrc)})`);
   if (a.setEthDst) parts.push(`set(eth_dst=${mac(a.setEthDst)})`);
-  if (a.decTtl) parts.push("dec_ttl");
+  if (a.decTtl) parts.push(a.decTtl === 1 ? "dec_ttl" : `dec_ttl(${a.decTtl})`);
   if (a.setIpSrc) parts.push(`set(ip_src=${[...a.setIpSrc].join(".")})`);
   if (a.setIpDst) parts.push(`set(ip_dst=${[...a.setIpDst].join(".")})`);
   if (a.setTpSrc !== undefined) parts.push(`set(tp_src=${a.setTpSrc})`);

@@ -15,6 +15,7 @@ import {
   type Upcall,
   type UpcallHandler,
 } from "./datapath.js";
+import { dropCategory, MAX_DROP_REASONS } from "./drop-reason.js";
 import { applyRewrites, describeActions, type FlowActions, validateActions } from "./flow-actions.js";
 import { describeKey, extractKey, KEY_SIZE } from "./flow-key.js";
 import {
@@ -160,7 +161,9 @@ export class UserspaceDatapath implements Datapath {
   }
 
   countDrop(reason: string): void {
-    this.drops.set(reason, (this.drops.get(reason) ?? 0) + 1);
+    let cat = dropCategory(reason);
+    if (!this.drops.has(cat) && this.drops.size >= MAX_DROP_REASONS) cat = "other";
+    this.drops.set(cat, (this.drops.get(cat) ?? 0) + 1);
   }
 
   dumpFlows(): FlowDump[] {

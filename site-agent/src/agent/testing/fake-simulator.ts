@@ -91,7 +91,7 @@ export class FakeSimulator implements Simulator {
         ...base,
         groups: [
           {
-            rewrites: { setEthSrc: parseMac(rp.mac)!, setEthDst: parseMac(vm.mac)!, decTtl: true },
+            rewrites: { setEthSrc: parseMac(rp.mac)!, setEthDst: parseMac(vm.mac)!, decTtl: 1 },
             outputs: [{ kind: "port", portId: vm.id }],
           },
         ],

@@ -1,0 +1,22 @@
+// `isthmus agent`: runs this host's edge agent (site-agent's entry point, loaded only here) until
+// SIGTERM/SIGINT.
+import { createLogger, onShutdown } from "@isthmus/schema";
+
+export interface AgentCommandOptions {
+  config?: string;
+  host?: string;
+  controller?: string;
+  tokenFile?: string;
+  tunnelIp?: string;
+  tunnelPort?: string;
+  role?: string;
+  metricsListen?: string;
+  adminListen?: string;
+}
+
+export async function runAgent(opts: AgentCommandOptions): Promise<void> {
+  const { startAgent } = await import("@isthmus/site-agent");
+  const log = createLogger({ name: "agent", base: opts.host ? { host: opts.host } : {} });
+  const agent = await startAgent(opts, { log });
+  onShutdown(log, [() => agent.stop()]);
+}

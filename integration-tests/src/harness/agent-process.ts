@@ -1,0 +1,58 @@
+// Runs `isthmus agent` as a separate process and learns its ports from its "agent started" log line.
+import { type ChildProcess, spawn } from "node:child_process";
+import { CLI } from "./cli.js";
+
+export interface AgentProc {
+  child: ChildProcess;
+  metricsPort: number;
+  adminPort: number;
+  logs: string[];
+  /** Sends SIGTERM and resolves with the exit code. */
+  stop(): Promise<number | null>;
+}
+
+export function spawnAgent(args: string[], timeoutMs = 20_000): Promise<AgentProc> {
+  const child = spawn(process.execPath, [CLI, "agent", ...args], { stdio: ["ignore", "pipe", "pipe"] });
+  const logs: string[] = [];
+  let buf = "";
+  const exited = new Promise<number | null>((resolve) => child.on("close", (code) => resolve(code)));
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL");
+      reject(new Error(`agent did not start in ${timeoutMs} ms:\n${logs.join("\n")}`));
+    }, timeoutMs);
+    child.stderr?.on("data", (d) => logs.push(String(d)));
+    child.stdout?.on("data", (d) => {
+      buf += d;
+      let i = buf.indexOf("\n");
+      while (i >= 0) {
+        const line = buf.slice(0, i);
+        buf = buf.slice(i + 1);
+        i = buf.indexOf("\n");
+        if (logs.length < 2000) logs.push(line);
+        try {
+          const j = JSON.parse(line) as { msg?: string; metrics?: number; admin?: number };
+          if (j.msg === "agent started") {
+            clearTimeout(timer);
+            resolve({
+              child,
+              metricsPort: j.metrics ?? 0,
+              adminPort: j.admin ?? 0,
+              logs,
+              stop: () => {
+                child.kill("SIGTERM");
+                return exited;
+              },
+            });
+          }
+        } catch {
+          // not a JSON log line
+        }
+      }
+    });
+    child.on("close", (code) => {
+      clearTimeout(timer);
+      reject(new Error(`agent exited with ${code} before starting:\n${logs.join("\n")}`));
+    });
+  });
+}

@@ -1,0 +1,190 @@
+// `isthmus agent`: one host's edge agent as a process. Loads config, starts the userspace datapath
+// and its VXLAN socket, the simulation engine, the topology watch against the site controller,
+// the metrics and admin endpoints, and a 1 s housekeeping tick; stops all of it cleanly.
+// VMs keep running across agent restarts: their veth host ends persist and are bound again as soon
+// as the first topology snapshot arrives.
+import { readFileSync } from "node:fs";
+import { componentLogger, createLogger, HealthState, type Logger, loadConfig } from "@isthmus/schema";
+import { AfPacketPort } from "./afpacket-port.js";
+import { type AgentConfig, AgentConfigSchema, splitHostPort } from "./agent-config.js";
+import { closeServer, startAdminServer, startMetricsServer } from "./agent-http.js";
+import { createAgentMetrics } from "./agent-metrics.js";
+import type { PortIO } from "./datapath.js";
+import { EdgeAgent } from "./edge-agent.js";
+import { EngineSimulator } from "./sim-adapter.js";
+import type { Simulator } from "./simulator.js";
+import { TopologyWatchClient } from "./topology-watch-client.js";
+import { UserspaceDatapath } from "./userspace-datapath.js";
+
+export interface AgentFlags {
+  config?: string;
+  host?: string;
+  controller?: string;
+  tokenFile?: string;
+  tunnelIp?: string;
+  tunnelPort?: string | number;
+  role?: string;
+  metricsListen?: string;
+  adminListen?: string;
+}
+
+export interface RunningAgent {
+  config: AgentConfig;
+  agent: EdgeAgent;
+  datapath: UserspaceDatapath;
+  metricsPort: number;
+  adminPort: number;
+  tunnelPort: number;
+  health: HealthState;
+  stop(): Promise<void>;
+}
+
+export interface AgentDeps {
+  log?: Logger;
+  /** Tests substitute in-memory ports; production binds VM veths through AF_PACKET. */
+  openPort?: (name: string) => PortIO;
+  simulator?: Simulator;
+}
+
+export function loadAgentConfig(flags: AgentFlags, env: NodeJS.ProcessEnv = process.env): AgentConfig {
+  const num = (v: string | number | undefined) => (v === undefined ? undefined : Number(v));
+  return loadConfig(AgentConfigSchema, {
+    file: flags.config,
+    env,
+    overrides: {
+      "agent.host": flags.host,
+      "agent.controller": flags.controller,
+      "agent.tokenFile": flags.tokenFile,
+      "agent.tunnelIp": flags.tunnelIp,
+      "agent.tunnelPort": num(flags.tunnelPort),
+      "agent.role": flags.role,
+      "agent.metricsListen": flags.metricsListen,
+      "agent.adminListen": flags.adminListen,
+    },
+  }).agent;
+}
+
+export async function startAgent(flags: AgentFlags, deps: AgentDeps = {}): Promise<RunningAgent> {
+  const cfg = loadAgentConfig(flags);
+  const root = deps.log ?? createLogger({ name: "agent", base: { host: cfg.host } });
+  const log = componentLogger(root, "agent");
+  const health = new HealthState("agent");
+  health.set("topology", false, "waiting for the first snapshot");
+  const datapath = new UserspaceDatapath({
+    tunnelIp: cfg.tunnelIp,
+    tunnelPort: cfg.tunnelPort,
+    flowLimits: {
+      maxFlows: cfg.flows.max,
+      maxExactEntries: cfg.flows.exactCache,
+      maxMasks: cfg.flows.masks,
+      idleTimeoutMs: cfg.flows.idleTimeoutMs,
+      hardTimeoutMs: cfg.flows.hardTimeoutMs,
+    },
+    upcallLimits: { perSource: cfg.upcalls.perPort, total: cfg.upcalls.total },
+    log: componentLogger(root, "datapath"),
+  });
+  await datapath.start();
+  health.set("datapath", true);
+  const agent = new EdgeAgent({
+    hostId: cfg.host,
+    role: cfg.role,
+    datapath,
+    simulator: deps.simulator ?? new EngineSimulator({ hostId: cfg.host }),
+    openPort: deps.openPort ?? ((name) => new AfPacketPort(name)),
+    log: root,
+    stateRefreshMs: cfg.stateRefreshMs,
+  });
+  const sink = {
+    get revision() {
+      return agent.store.revision;
+    },
+    get ready() {
+      return agent.store.ready;
+    },
+    applySnapshot: (s: Parameters<EdgeAgent["applySnapshot"]>[0]) => {
+      agent.applySnapshot(s);
+      health.set("topology", true);
+      log.info(
+        { revision: s.revision, objects: s.objects.length, ports: agent.boundPorts().size },
+        "topology snapshot applied",
+      );
+    },
+    applyChange: (c: Parameters<EdgeAgent["applyChange"]>[0]) => agent.applyChange(c),
+  };
+  const tokenFile = cfg.tokenFile;
+  const watch = new TopologyWatchClient({
+    address: cfg.controller,
+    hostId: cfg.host,
+    token: tokenFile ? () => readFileSync(tokenFile, "utf8").trim() : undefined,
+    sink,
+    log: root,
+  });
+  // Disconnected from the controller, the agent keeps forwarding with its last copy: still serving.
+  watch.onStatus = (connected, detail) =>
+    health.set("controller", true, connected ? "" : `disconnected: ${detail}`);
+  health.set("controller", true, "connecting");
+  watch.start();
+
+  const registry = createAgentMetrics({
+    datapath,
+    revision: () => agent.store.revision,
+    controllerConnected: () => watch.connected,
+    flowStateMessages: () => agent.stats.flowStateMessages,
+  });
+  const m = splitHostPort(cfg.metricsListen);
+  const metrics = await startMetricsServer(registry, health, m.host, m.port);
+  const a = splitHostPort(cfg.adminListen);
+  const admin = await startAdminServer(
+    {
+      flows: () => ({ host: cfg.host, flows: datapath.dumpFlows() }),
+      status: () => {
+        const s = datapath.stats();
+        return {
+          host: cfg.host,
+          role: cfg.role,
+          revision: agent.store.revision,
+          controllerConnected: watch.connected,
+          ports: [...s.ports.values()],
+          tunnels: Object.fromEntries(s.tunnels),
+          drops: Object.fromEntries(s.drops),
+          flows: s.flows,
+          upcallQueueDepth: s.upcallQueueDepth,
+          watch: watch.stats,
+        };
+      },
+    },
+    a.host,
+    a.port,
+  );
+  const tick = setInterval(() => agent.tick(), 1000);
+  tick.unref();
+  log.info(
+    {
+      tunnel: `${cfg.tunnelIp}:${datapath.tunnelPort}`,
+      metrics: metrics.port,
+      admin: admin.port,
+      role: cfg.role,
+    },
+    "agent started",
+  );
+  let stopped = false;
+  return {
+    config: cfg,
+    agent,
+    datapath,
+    metricsPort: metrics.port,
+    adminPort: admin.port,
+    tunnelPort: datapath.tunnelPort,
+    health,
+    async stop() {
+      if (stopped) return;
+      stopped = true;
+      clearInterval(tick);
+      watch.stop();
+      await closeServer(admin.server);
+      await closeServer(metrics.server);
+      await agent.stop();
+      log.info("agent stopped");
+    },
+  };
+}

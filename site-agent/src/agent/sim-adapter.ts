@@ -1,0 +1,233 @@
+// The agent's Simulator over the packet simulation engine (src/sim): keeps the engine's TopologyView
+// and SimState, translates a SimResult into output groups in the datapath's compact action form,
+// its FlowMask into flow-key fields, and its conntrack/NAT commits into flow-state entries — and
+// installs peers' entries into the engine's tables.
+import { flowstatepb, type topologypb } from "@isthmus/schema";
+import {
+  type Action,
+  F,
+  type FieldName,
+  InMemoryNatBlockRegistry,
+  type NatLeaseSource,
+  type SimLimits,
+  type SimResult,
+  SimState,
+  simulate,
+  TopologyView,
+  tag,
+} from "../sim/index.js";
+import type { FlowField } from "./flow-key.js";
+import type { FlowStateEntry } from "./flow-state.js";
+import type { OutputGroup, SimulationInput, SimulationOutcome, Simulator } from "./simulator.js";
+
+/** Which flow-key field carries each simulation match field. */
+const FIELD_OF: Record<FieldName, FlowField> = {
+  IN_PORT: "inPort",
+  TUNNEL_KEY: "tunnelKey",
+  ETH_SRC: "ethSrc",
+  ETH_DST: "ethDst",
+  VLAN: "vlan",
+  ETHER_TYPE: "ethType",
+  NW_SRC: "ipSrc",
+  NW_DST: "ipDst",
+  NW_PROTO: "ipProto",
+  NW_TOS: "ipTos",
+  NW_TTL: "ipTtl",
+  NW_FRAG: "ipFrag",
+  TP_SRC: "tpSrc",
+  TP_DST: "tpDst",
+  ICMP_ID: "icmpId",
+  ARP_OP: "ipProto",
+  ARP_SPA: "ipSrc",
+  ARP_TPA: "ipDst",
+  ARP_SHA: "arpSha",
+  ARP_THA: "arpTha",
+  TCP_FLAGS: "tcpFlags",
+};
+
+export function maskToFields(mask: number): FlowField[] {
+  const out = new Set<FlowField>();
+  for (const [name, bit] of Object.entries(F) as [FieldName, number][]) {
+    if ((mask & bit) !== 0) out.add(FIELD_OF[name]);
+  }
+  // The key's protocol/port fields are only meaningful together with the ether type.
+  if (out.size > 0) out.add("ethType");
+  return [...out];
+}
+
+function mac6(v: number): Buffer {
+  const b = Buffer.alloc(6);
+  b.writeUIntBE(v, 0, 6);
+  return b;
+}
+
+function ip4(v: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeUInt32BE(v >>> 0, 0);
+  return b;
+}
+
+/** Splits the engine's ordered action list into groups: rewrites, then the outputs that follow them. */
+export function toGroups(actions: Action[]): { groups: OutputGroup[]; dropReason?: string } {
+  const groups: OutputGroup[] = [];
+  let cur: OutputGroup = { rewrites: {}, outputs: [] };
+  let dropReason: string | undefined;
+  const startRewrite = () => {
+    // A rewrite after outputs applies only to later outputs: start a new group carrying what came before.
+    if (cur.outputs.length > 0) {
+      groups.push(cur);
+      cur = { rewrites: { ...cur.rewrites }, outputs: [] };
+    }
+  };
+  for (const a of actions) {
+    switch (a.kind) {
+      case "set":
+        startRewrite();
+        if (a.ethSrc !== undefined) cur.rewrites.setEthSrc = mac6(a.ethSrc);
+        if (a.ethDst !== undefined) cur.rewrites.setEthDst = mac6(a.ethDst);
+        if (a.nwSrc !== undefined) cur.rewrites.setIpSrc = ip4(a.nwSrc);
+        if (a.nwDst !== undefined) cur.rewrites.setIpDst = ip4(a.nwDst);
+        if (a.tpSrc !== undefined) cur.rewrites.setTpSrc = a.tpSrc;
+        if (a.tpDst !== undefined) cur.rewrites.setTpDst = a.tpDst;
+        break;
+      case "decTtl":
+        startRewrite();
+        cur.rewrites.decTtl = (cur.rewrites.decTtl ?? 0) + a.by;
+        break;
+      case "output":
+        cur.outputs.push({ kind: "port", portId: a.portId });
+        break;
+      case "encap":
+        cur.outputs.push({
+          kind: "tunnel",
+          key: a.tunnelKey,
+          remoteIp: a.remoteIp,
+          remotePort: a.remotePort,
+          hostId: a.hostId,
+        });
+        break;
+      case "drop":
+        dropReason ??= a.reason;
+        break;
+    }
+  }
+  if (cur.outputs.length > 0 || groups.length === 0) groups.push(cur);
+  return { groups, dropReason };
+}
+
+export interface EngineSimulatorOptions {
+  hostId: string;
+  limits?: Partial<SimLimits>;
+  /** Where SNAT port blocks come from (default: this process only; see docs/agent.md). */
+  natLeases?: NatLeaseSource;
+  hashSeed?: number;
+}
+
+export class EngineSimulator implements Simulator {
+  view = new TopologyView();
+  readonly state: SimState;
+
+  constructor(private readonly o: EngineSimulatorOptions) {
+    this.state = new SimState(o.natLeases ?? new InMemoryNatBlockRegistry().forHost(o.hostId), o.limits);
+  }
+
+  simulate(input: SimulationInput): SimulationOutcome {
+    const ingress =
+      input.ingressPortId !== undefined
+        ? { portId: input.ingressPortId }
+        : { tunnelKey: input.tunnelKey ?? 0, fromSite: input.fromSite };
+    const r: SimResult = simulate(this.view, input.frame, ingress, {
+      now: input.now,
+      hostId: this.o.hostId,
+      state: this.state,
+      trace: input.traced,
+      hashSeed: this.o.hashSeed,
+    });
+    const { groups, dropReason } = toGroups(r.actions);
+    const flowState: FlowStateEntry[] = [];
+    for (const c of r.conntrack) {
+      flowState.push({
+        conntrack: { key: c.key, zoneId: c.zoneId },
+        ttlMs: Math.max(1, Math.round(c.expiresAt - input.now)),
+      });
+    }
+    for (const n of r.nat) {
+      const nat: flowstatepb.NatEntry = {
+        kind: n.kind === "snat" ? flowstatepb.NatKind.NAT_KIND_SNAT : flowstatepb.NatKind.NAT_KIND_DNAT,
+        key: n.key,
+        reverseKey: n.reverseKey,
+        deviceId: n.deviceId,
+        origIp: n.origIp >>> 0,
+        origPort: n.origPort,
+        natIp: n.natIp >>> 0,
+        natPort: n.natPort,
+      };
+      flowState.push({ nat, ttlMs: Math.max(1, Math.round(n.expiresAt - input.now)) });
+    }
+    return {
+      groups,
+      dropReason: r.dropReason ?? dropReason,
+      maskFields: maskToFields(r.mask),
+      tags: [...r.tags],
+      cacheable: r.cacheable,
+      generated: r.generated.map((g) => ({
+        frame: Buffer.from(g.frame),
+        groups: toGroups(g.actions).groups,
+      })),
+      flowState,
+      invalidate: r.invalidate,
+      resubmit: r.resubmit.map((p) => ({
+        frame: Buffer.from(p.frame),
+        ...("portId" in p.ingress
+          ? { ingressPortId: p.ingress.portId }
+          : { tunnelKey: p.ingress.tunnelKey, fromSite: p.ingress.fromSite }),
+      })),
+    };
+  }
+
+  applySnapshot(s: topologypb.TopologySnapshot): void {
+    this.view = new TopologyView(s.objects, s.revision);
+  }
+
+  applyChange(c: topologypb.TopologyChange): string[] {
+    return this.view.apply(c);
+  }
+
+  installFlowState(entries: FlowStateEntry[], now: number): string[] {
+    const tags: string[] = [];
+    for (const e of entries) {
+      const expiresAt = now + (e.ttlMs > 0 ? e.ttlMs : this.state.limits.conntrackIdleMs);
+      if (e.conntrack && e.conntrack.key !== "") {
+        if (this.state.conntrack.put({ key: e.conntrack.key, zoneId: e.conntrack.zoneId, expiresAt })) {
+          tags.push(tag.ct(e.conntrack.key));
+        }
+      } else if (e.nat && e.nat.key !== "" && e.nat.kind !== flowstatepb.NatKind.NAT_KIND_UNSPECIFIED) {
+        const n = e.nat;
+        const ok = this.state.nat.put({
+          kind: n.kind === flowstatepb.NatKind.NAT_KIND_SNAT ? "snat" : "dnat",
+          key: n.key,
+          reverseKey: n.reverseKey,
+          deviceId: n.deviceId,
+          origIp: n.origIp,
+          origPort: n.origPort,
+          natIp: n.natIp,
+          natPort: n.natPort,
+          expiresAt,
+        });
+        if (ok) tags.push(tag.nat(n.key), tag.nat(n.reverseKey));
+      }
+    }
+    return tags;
+  }
+
+  refreshFlowState(entries: FlowStateEntry[], now: number): void {
+    for (const e of entries) {
+      if (e.conntrack) this.state.conntrack.touch(e.conntrack.key, now);
+      if (e.nat) this.state.nat.touch(e.nat.key, now);
+    }
+  }
+
+  expire(now: number): string[] {
+    return this.state.expire(now);
+  }
+}

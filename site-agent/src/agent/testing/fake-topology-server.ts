@@ -1,0 +1,83 @@
+// An in-process TopologyService for agent tests until (and besides) the real site controller:
+// serves a snapshot at the current revision or the changes after an agent's revision, streams
+// later changes, and can cut every stream to exercise resume.
+import { Server, ServerCredentials, type ServerWritableStream } from "@grpc/grpc-js";
+import { topologypb } from "@isthmus/schema";
+
+type Call = ServerWritableStream<topologypb.WatchTopologyRequest, topologypb.WatchTopologyResponse>;
+
+export class FakeTopologyServer {
+  private readonly server = new Server();
+  private readonly streams = new Set<Call>();
+  private objects = new Map<string, topologypb.TopologyObject>();
+  private readonly changes: topologypb.TopologyChange[] = [];
+  revision = 0;
+  readonly requests: topologypb.WatchTopologyRequest[] = [];
+  port = 0;
+
+  constructor(initial: topologypb.TopologyObject[], revision = 1) {
+    for (const o of initial) this.objects.set(idOf(o), o);
+    this.revision = revision;
+    this.server.addService(topologypb.TopologyServiceService, {
+      watch: (call: Call) => this.watch(call),
+    });
+  }
+
+  async start(): Promise<string> {
+    this.port = await new Promise<number>((resolve, reject) =>
+      this.server.bindAsync("127.0.0.1:0", ServerCredentials.createInsecure(), (err, p) =>
+        err ? reject(err) : resolve(p),
+      ),
+    );
+    return `127.0.0.1:${this.port}`;
+  }
+
+  private watch(call: Call): void {
+    this.requests.push(call.request);
+    const from = call.request.fromRevision;
+    const oldest = this.changes[0]?.revision ?? this.revision + 1;
+    if (from === 0 || from < oldest - 1 || from > this.revision) {
+      call.write({ snapshot: { revision: this.revision, objects: [...this.objects.values()] } });
+    } else {
+      for (const c of this.changes) if (c.revision > from) call.write({ change: c });
+    }
+    this.streams.add(call);
+    call.on("cancelled", () => this.streams.delete(call));
+    call.on("close", () => this.streams.delete(call));
+  }
+
+  /** Commits a change and streams it to every watcher. */
+  push(
+    upserts: topologypb.TopologyObject[],
+    deletes: topologypb.TopologyRef[] = [],
+  ): topologypb.TopologyChange {
+    const change = { revision: ++this.revision, upserts, deletes };
+    for (const o of upserts) this.objects.set(idOf(o), o);
+    for (const d of deletes) this.objects.delete(d.id);
+    this.changes.push(change);
+    for (const s of this.streams) s.write({ change });
+    return change;
+  }
+
+  /** Ends every open stream (as a controller restart would). */
+  dropStreams(): void {
+    for (const s of this.streams) s.end();
+    this.streams.clear();
+  }
+
+  get openStreams(): number {
+    return this.streams.size;
+  }
+
+  stop(): Promise<void> {
+    for (const s of this.streams) s.end();
+    return new Promise((resolve) => this.server.tryShutdown(() => resolve()));
+  }
+}
+
+function idOf(o: topologypb.TopologyObject): string {
+  for (const v of Object.values(o)) if (v && typeof v === "object" && "id" in v) return String(v.id);
+  throw new Error("topology object without an id");
+}
+
+export { topologypb };

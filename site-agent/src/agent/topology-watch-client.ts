@@ -1,0 +1,128 @@
+// Keeps the agent's topology copy current from the site controller's TopologyService.Watch: a
+// snapshot, then ordered changes; after a disconnect it resumes from the last applied revision
+// (the controller answers with the missed changes, or a fresh snapshot). Events are applied on the
+// event loop between packet batches; nothing on the packet path waits for the controller.
+import { credentials, Metadata, status } from "@grpc/grpc-js";
+import { componentLogger, type Logger, topologypb } from "@isthmus/schema";
+
+export interface TopologySink {
+  readonly revision: number;
+  readonly ready: boolean;
+  applySnapshot(s: topologypb.TopologySnapshot): void;
+  applyChange(c: topologypb.TopologyChange): void;
+}
+
+export interface WatchClientOptions {
+  address: string;
+  hostId: string;
+  token?: () => string | undefined;
+  sink: TopologySink;
+  log: Logger;
+  minBackoffMs?: number;
+  maxBackoffMs?: number;
+}
+
+export class TopologyWatchClient {
+  private readonly client: topologypb.TopologyServiceClient;
+  private call: ReturnType<topologypb.TopologyServiceClient["watch"]> | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private backoff: number;
+  private stopped = false;
+  private readonly log: Logger;
+  connected = false;
+  readonly stats = { connects: 0, snapshots: 0, changes: 0, heartbeats: 0, errors: 0, resyncs: 0 };
+  lastError = "";
+  onStatus?: (connected: boolean, detail: string) => void;
+
+  constructor(private readonly o: WatchClientOptions) {
+    this.client = new topologypb.TopologyServiceClient(o.address, credentials.createInsecure());
+    this.backoff = o.minBackoffMs ?? 200;
+    this.log = componentLogger(o.log, "topology-watch", { controller: o.address });
+  }
+
+  start(): void {
+    this.connect(false);
+  }
+
+  private connect(forceSnapshot: boolean): void {
+    if (this.stopped) return;
+    const fromRevision = !forceSnapshot && this.o.sink.ready ? this.o.sink.revision : 0;
+    const md = new Metadata();
+    const token = this.o.token?.();
+    if (token) md.set("authorization", `Bearer ${token}`);
+    this.stats.connects++;
+    const call = this.client.watch({ hostId: this.o.hostId, fromRevision }, md);
+    this.call = call;
+    call.on("data", (ev: topologypb.WatchTopologyResponse) => {
+      if (this.call !== call) return;
+      if (!this.connected) {
+        this.connected = true;
+        this.backoff = this.o.minBackoffMs ?? 200;
+        this.onStatus?.(true, "");
+        this.log.info({ fromRevision }, "watching topology");
+      }
+      try {
+        this.onEvent(ev);
+      } catch (err) {
+        // A gap or an object the copy cannot take: start over from a snapshot.
+        this.stats.resyncs++;
+        this.log.warn({ err }, "topology stream inconsistent; resyncing from a snapshot");
+        call.cancel();
+        this.retry(true);
+      }
+    });
+    call.on("error", (err: Error & { code?: number }) => {
+      if (this.call !== call) return;
+      if (err.code === status.CANCELLED && this.stopped) return;
+      this.stats.errors++;
+      this.lastError = err.message;
+      this.log.warn({ err: err.message, code: err.code }, "topology watch failed; retrying");
+      this.retry(false);
+    });
+    call.on("end", () => {
+      if (this.call !== call) return;
+      this.retry(false);
+    });
+  }
+
+  private onEvent(ev: topologypb.WatchTopologyResponse): void {
+    if (ev.snapshot) {
+      this.stats.snapshots++;
+      this.o.sink.applySnapshot(ev.snapshot);
+    } else if (ev.change) {
+      if (ev.change.revision <= this.o.sink.revision) return; // a replay we already applied
+      this.stats.changes++;
+      this.o.sink.applyChange(ev.change);
+    } else if (ev.heartbeatRevision !== undefined) {
+      this.stats.heartbeats++;
+      if (this.o.sink.ready && ev.heartbeatRevision < this.o.sink.revision) {
+        throw new Error(
+          `controller is at revision ${ev.heartbeatRevision}, behind ours (${this.o.sink.revision})`,
+        );
+      }
+    }
+  }
+
+  private retry(forceSnapshot: boolean): void {
+    if (this.stopped) return;
+    this.call = undefined;
+    if (this.connected) {
+      this.connected = false;
+      this.onStatus?.(false, this.lastError || "disconnected");
+    }
+    if (this.timer) return;
+    const delay = this.backoff;
+    this.backoff = Math.min(this.backoff * 2, this.o.maxBackoffMs ?? 5000);
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      this.connect(forceSnapshot);
+    }, delay);
+  }
+
+  stop(): void {
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
+    this.call?.cancel();
+    this.client.close();
+  }
+}
