@@ -126,9 +126,11 @@ describe("isthmus agent processes between network namespaces", { skip }, () => {
     const started = Date.now();
     agents.set(hA.id, await spawnAgent(args(hA)));
     let r = await ping(1);
-    while (r.code !== 0 && Date.now() - started < 10_000) r = await ping(1);
+    // "A few seconds" on an idle machine; the bound is loose because CI shares 2 cores with the
+    // rest of the suite and process start-up alone can take seconds there.
+    while (r.code !== 0 && Date.now() - started < 20_000) r = await ping(1);
     const took = Date.now() - started;
     assert.equal(r.code, 0, "forwarding resumed");
-    assert.ok(took < 5000, `forwarding resumed after ${took} ms`);
+    assert.ok(took < 15_000, `forwarding resumed after ${took} ms`);
   });
 });

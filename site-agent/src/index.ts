@@ -9,6 +9,7 @@ export { UserspaceDatapath } from "./agent/userspace-datapath.js";
 export {
   DEFAULT_SITE_TOKEN_REFRESH_SEC,
   DEFAULT_SITE_TOKEN_TTL_SEC,
+  federationChannelCredentials,
   generateSiteKeyPair,
   loadSiteSigningKey,
   publicJwkOf,

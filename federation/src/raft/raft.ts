@@ -94,6 +94,8 @@ export interface RaftStatus {
   firstIndex: number;
   lastIndex: number;
   leadTransferee: NodeId;
+  /** Malformed messages step() dropped since start. */
+  droppedMessages: number;
   config: ConfState;
   /** Only on the leader. */
   progress?: Record<NodeId, ProgressStatus>;
@@ -207,6 +209,8 @@ export class RaftCore {
    */
   private readonly pendingAppend = new Set<NodeId>();
   private snapshotAssembly: SnapshotAssembly | undefined;
+  /** Messages dropped by step() because no correct peer would send them. */
+  private droppedMalformed = 0;
 
   private prevSoft: { leader: NodeId; role: Role };
   private prevHard: HardState;
@@ -331,6 +335,7 @@ export class RaftCore {
 
   /** Proposes an application command. Throws ProposalDroppedError when it cannot be accepted. */
   propose(data: Uint8Array): void {
+    if (!(data instanceof Uint8Array)) throw new TypeError("raft: propose(data) needs a Uint8Array");
     this.stepLocal(
       newMessage({
         type: MessageType.Propose,
@@ -480,6 +485,7 @@ export class RaftCore {
       firstIndex: this.raftLog.firstIndex(),
       lastIndex: this.raftLog.lastIndex(),
       leadTransferee: this.leadTransferee,
+      droppedMessages: this.droppedMalformed,
       config: {
         voters: this.confState.voters.slice(),
         learners: this.confState.learners.slice(),
@@ -693,15 +699,45 @@ export class RaftCore {
 
   // ---------------------------------------------------------------- step
 
+  /** Rejects (and counts) messages no correct peer sends, so bad input cannot trip an invariant. */
   private wellFormed(m: Message): boolean {
+    const ok = this.checkMessage(m);
+    if (!ok) this.droppedMalformed++;
+    return ok;
+  }
+
+  private checkMessage(m: Message): boolean {
     if (typeof m !== "object" || m === null) return false;
-    if (typeof m.from !== "string" || m.from === "" || typeof m.type !== "number") return false;
-    if (!(m.type >= MessageType.Append && m.type <= MessageType.TransferLeader)) return false;
-    if (!Number.isSafeInteger(m.term) || m.term < 0 || !Number.isSafeInteger(m.index) || m.index < 0)
+    if (typeof m.from !== "string" || m.from === "" || m.from === this.id || m.to !== this.id) return false;
+    if (
+      typeof m.type !== "number" ||
+      !(m.type >= MessageType.Append && m.type <= MessageType.TransferLeader)
+    ) {
       return false;
+    }
+    const nat = (x: unknown) => Number.isSafeInteger(x) && (x as number) >= 0;
+    if (!nat(m.term) || !nat(m.index) || !nat(m.logTerm) || !nat(m.commit)) return false;
     if (!Array.isArray(m.entries) || !(m.context instanceof Uint8Array)) return false;
     if (m.term === 0 && !isLocalTermless(m.type)) return false;
-    if (m.type === MessageType.Snapshot && !m.snapshot) return false;
+    if (m.type === MessageType.Snapshot) {
+      const meta = m.snapshot;
+      if (!meta || !nat(meta.index) || !nat(meta.term) || !Array.isArray(meta.confState?.voters))
+        return false;
+      if (!Array.isArray(meta.confState.learners)) return false;
+      if (m.snapshotChunk !== undefined && !(m.snapshotChunk instanceof Uint8Array)) return false;
+      if (m.snapshotOffset !== undefined && !nat(m.snapshotOffset)) return false;
+    }
+    for (let k = 0; k < m.entries.length; k++) {
+      const e = m.entries[k]!;
+      if (typeof e !== "object" || e === null || !(e.data instanceof Uint8Array)) return false;
+      if (e.type !== EntryType.Normal && e.type !== EntryType.ConfChange) return false;
+      if (m.type === MessageType.Append) {
+        // Contiguous after (index, logTerm), terms never decreasing and never above the sender's.
+        if (e.index !== m.index + 1 + k || !nat(e.term) || e.term > m.term) return false;
+        const prevTerm = k === 0 ? m.logTerm : m.entries[k - 1]!.term;
+        if (e.term < prevTerm) return false;
+      }
+    }
     return true;
   }
 

@@ -5,7 +5,8 @@
 import { randomBytes, randomUUID } from "node:crypto";
 import { mkdir, open, readFile, rename, rm, stat } from "node:fs/promises";
 import { dirname, isAbsolute, resolve } from "node:path";
-import { Metadata } from "@grpc/grpc-js";
+import { type ChannelCredentials, credentials, Metadata } from "@grpc/grpc-js";
+import { isLoopbackAddress } from "@isthmus/schema";
 import {
   type CryptoKey,
   calculateJwkThumbprint,
@@ -145,6 +146,25 @@ export async function readSiteCredential(path: string): Promise<SiteCredential> 
   }
   const cred = r.data;
   return isAbsolute(cred.keyFile) ? cred : { ...cred, keyFile: resolve(dirname(path), cred.keyFile) };
+}
+
+/**
+ * Channel credentials for the coordinators named in a credential: TLS (with its CA file, or the
+ * system roots), plaintext only when every address is loopback or the credential says `insecure`.
+ */
+export async function federationChannelCredentials(cred: SiteCredential): Promise<ChannelCredentials> {
+  if (cred.tls.insecure) return credentials.createInsecure();
+  if (!cred.tls.caFile && cred.federation.every((a) => isLoopbackAddress(a)))
+    return credentials.createInsecure();
+  let ca: Buffer | null = null;
+  if (cred.tls.caFile) {
+    try {
+      ca = await readFile(cred.tls.caFile);
+    } catch (err) {
+      throw new Error(`CA file ${cred.tls.caFile} named in the site credential: ${(err as Error).message}`);
+    }
+  }
+  return credentials.createSsl(ca);
 }
 
 export interface SiteTokenSourceOptions {

@@ -48,6 +48,8 @@ export interface SimOptions {
   clientTimeoutMs: number;
   /** Compact a node's log when it has applied this many entries past its snapshot. */
   compactEvery: number;
+  /** Fixes the election timeout (ticks) instead of drawing it from the seed (4–12). */
+  electionTicks?: number;
   trace?: (line: string) => void;
   /** Also trace every message delivery (very verbose). */
   traceMessages?: boolean;
@@ -182,6 +184,8 @@ class Simulation {
   /** Commit index of the leader well after faults stopped; every member must reach it by the end. */
   private livenessMark = -1;
   private readonly end: number;
+  /** Per seed: short timeouts relative to network delay make elections (and their races) frequent. */
+  private readonly electionTicks: number;
 
   constructor(private readonly o: SimOptions) {
     this.prng = new Prng(o.seed);
@@ -194,6 +198,7 @@ class Simulation {
       slowDelayMs: 300,
     };
     this.net = new SimNetwork(this.prng.fork(), faults);
+    this.electionTicks = o.electionTicks ?? this.prng.range(4, 12);
     this.clientSeq = new Array<number>(o.clients).fill(0);
     this.end = o.durationMs;
   }
@@ -210,7 +215,7 @@ class Simulation {
   run(): SimResult {
     const f = this.net.faults;
     this.trace(
-      `seed ${this.o.seed}: drop=${f.dropRate.toFixed(3)} dup=${f.duplicateRate.toFixed(3)} delay=${f.minDelayMs}-${f.maxDelayMs}ms slow=${f.slowRate.toFixed(3)}`,
+      `seed ${this.o.seed}: electionTicks=${this.electionTicks} drop=${f.dropRate.toFixed(3)} dup=${f.duplicateRate.toFixed(3)} delay=${f.minDelayMs}-${f.maxDelayMs}ms slow=${f.slowRate.toFixed(3)}`,
     );
     const voters: NodeId[] = [];
     for (let k = 0; k < this.o.initialVoters; k++) voters.push(`n${this.nextNodeNum++}`);
@@ -301,7 +306,7 @@ class Simulation {
       id: n.id,
       voters,
       storage: n.storage,
-      electionTicks: 10,
+      electionTicks: this.electionTicks,
       heartbeatTicks: 1,
       randomInt: (k) => n.prng.int(k),
       maxSizePerMsg: 256,
@@ -671,6 +676,17 @@ class Simulation {
         this.stats.confChanges++;
         const what = describeConfChange({ type, nodeId, address: "" });
         this.trace(`proposed ${what} via ${leader.id}`);
+        // One at a time: a second change while this one is unapplied must be refused.
+        try {
+          leader.core.proposeConfChange({ type: ConfChangeType.AddLearner, nodeId: "probe", address: "" });
+          this.violation(`${leader.id} accepted a second membership change while ${what} was pending`);
+        } catch (err) {
+          if (!(err instanceof ProposalDroppedError) || err.reason !== "conf-change-pending") {
+            this.violation(
+              `second membership change refused for the wrong reason: ${(err as Error).message}`,
+            );
+          }
+        }
         this.afterStep(leader);
       } catch (err) {
         if (!(err instanceof ProposalDroppedError)) throw err;
