@@ -1,5 +1,11 @@
 // Public surface of @isthmus/federation. raft-ts is exported separately as "@isthmus/federation/raft".
 export const FEDERATION_PACKAGE = "@isthmus/federation";
 export * as api from "./api/index.js";
+export {
+  type BackoffOptions,
+  GrpcRaftTransport,
+  type GrpcRaftTransportOptions,
+  type GrpcRaftTransportStats,
+} from "./api/raft-transport-grpc.js";
 export * as auth from "./auth/index.js";
 export * as intent from "./intent/index.js";

@@ -69,10 +69,13 @@ test("isthmus bootstrap + token create: 0600 files, working admin and viewer tok
     "admin",
   );
 
+  const noRole = await runCli(["token", "create", "--key-dir", dir]);
+  assert.notEqual(noRole.code, 0);
+  assert.match(noRole.stderr, /--role/);
   const bad = await runCli(["token", "create", "--key-dir", dir, "--role", "root"]);
   assert.equal(bad.code, 2);
   assert.match(bad.stderr, /--role must be one of admin, viewer/);
-  const badTtl = await runCli(["token", "create", "--key-dir", dir, "--ttl", "soon"]);
+  const badTtl = await runCli(["token", "create", "--key-dir", dir, "--role", "viewer", "--ttl", "soon"]);
   assert.notEqual(badTtl.code, 0);
   assert.match(badTtl.stderr, /--ttl "soon" is not a duration/);
 });

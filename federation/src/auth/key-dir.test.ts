@@ -46,6 +46,17 @@ test("bootstrap refuses to overwrite existing keys unless forced", async (t) => 
   assert.equal((await loadSigningKeyDir(dir)).signer.alg, "ES256");
 });
 
+test("bootstrap will not use an existing directory others can read, nor change its mode", async (t) => {
+  const dir = await tempDir(t);
+  const { mkdir } = await import("node:fs/promises");
+  await mkdir(dir, { mode: 0o755 });
+  await chmod(dir, 0o755);
+  await assert.rejects(bootstrapKeyDir(dir), /accessible by other users \(mode 755\).*chmod 700/);
+  assert.equal(await mode(dir), 0o755);
+  await chmod(dir, 0o700);
+  await bootstrapKeyDir(dir);
+});
+
 test("a signing key readable by others is refused", async (t) => {
   const dir = await tempDir(t);
   await bootstrapKeyDir(dir);

@@ -7,9 +7,24 @@ import { dirname } from "node:path";
 export const SECRET_FILE_MODE = 0o600;
 export const SECRET_DIR_MODE = 0o700;
 
+/**
+ * Creates `dir` with mode 0700. An existing directory is used only if group and others already have
+ * no access: changing the mode of a directory someone else chose (say /etc) is not ours to do.
+ */
 export async function ensureSecretDir(dir: string): Promise<void> {
-  await mkdir(dir, { recursive: true, mode: SECRET_DIR_MODE });
-  await chmod(dir, SECRET_DIR_MODE);
+  const created = await mkdir(dir, { recursive: true, mode: SECRET_DIR_MODE });
+  if (created !== undefined) {
+    await chmod(dir, SECRET_DIR_MODE); // the umask may have cleared bits; be exact
+    return;
+  }
+  const st = await stat(dir);
+  if (!st.isDirectory()) throw new Error(`${dir} exists and is not a directory`);
+  if ((st.mode & 0o077) !== 0) {
+    throw new Error(
+      `${dir} is accessible by other users (mode ${(st.mode & 0o777).toString(8)}); ` +
+        `run \`chmod 700 ${dir}\` or choose a new directory for keys`,
+    );
+  }
 }
 
 /** Writes `data` to `path` with mode 0600 via a temporary file and rename, so readers never see half a file. */

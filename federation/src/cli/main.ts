@@ -80,7 +80,7 @@ program
   .addOption(
     new Option("--key-dir <dir>", "coordinator key directory").env("ISTHMUS_KEY_DIR").makeOptionMandatory(),
   )
-  .option("--role <role>", "admin (read and write) or viewer (read only)", "admin")
+  .requiredOption("--role <role>", "admin (read and write) or viewer (read only)")
   .option("--ttl <duration>", "lifetime, e.g. 30m, 1h, 7d", "1h")
   .option("--subject <name>", "who the token is for (shown in logs)", "admin")
   .option("--out <file>", "write the token to this file (0600) instead of stdout")

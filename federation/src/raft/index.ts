@@ -6,6 +6,14 @@ export { applyToConfState, decodeConfChange, describeConfChange, encodeConfChang
 export { type DropReason, ProposalDroppedError, RaftInvariantError } from "./errors.js";
 export { type RaftLogger, silentRaftLogger } from "./logger.js";
 export { MemoryStorage, type MemoryStorageOptions } from "./memory-storage.js";
+export { MemoryNetwork, type MemoryNetworkOptions, MemoryTransport } from "./memory-transport.js";
+export {
+  RaftNode,
+  RaftNodeError,
+  type RaftNodeErrorCode,
+  type RaftNodeOptions,
+  type RaftNodeStatus,
+} from "./node.js";
 export { newMessage, type ProgressStatus, type RaftConfig, RaftCore, type RaftStatus } from "./raft.js";
 export * from "./types.js";
 export { WalCorruptionError } from "./wal-segment.js";

@@ -264,6 +264,7 @@ describe("WalStorage on disk", () => {
     try {
       let s = await WalStorage.open(dir);
       s.append(ents(1, 10));
+      s.setHardState({ term: 1, vote: "", commit: 10 });
       s.compact(snap(5, 1), 0);
       await s.close();
       writeFileSync(join(dir, "snap", "0000000000000009-0000000000000001.snap.tmp"), "partial");
@@ -302,6 +303,7 @@ describe("WalStorage on disk", () => {
     try {
       const s = await WalStorage.open(dir);
       s.append(ents(1, 4));
+      s.setHardState({ term: 1, vote: "", commit: 4 });
       s.compact(snap(3, 1), 0);
       await s.close();
       const name = readdirSync(join(dir, "snap"))[0]!;
@@ -310,6 +312,20 @@ describe("WalStorage on disk", () => {
       buf[buf.length - 2]! ^= 0xff;
       writeFileSync(f, buf);
       await assert.rejects(WalStorage.open(dir), new RegExp(`${name} is damaged: checksum mismatch`));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("compact refuses a snapshot beyond the durable commit index", async () => {
+    const dir = tempDir();
+    try {
+      const s = await WalStorage.open(dir);
+      s.append(ents(1, 4, () => 2));
+      s.setHardState({ term: 2, vote: "", commit: 2 });
+      assert.throws(() => s.compact(snap(3, 2), 0), /beyond the commit index 2/);
+      assert.equal(s.snapshot().metadata.index, 0);
+      await s.close();
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -110,7 +110,7 @@ export function storageContract(name: string, make: () => Promise<StorageFixture
     });
 
     withStorage("entries() honours maxBytes but always returns at least one entry", (s) => {
-      s.append(ents(1, 5)); // 2 data bytes each
+      s.append(ents(1, 5)); // 2 payload bytes each; sizes count payload bytes, as the core does
       assert.deepEqual(indexes(s.entries(1, 6, 0)), [1]);
       assert.deepEqual(indexes(s.entries(1, 6, 5)), [1, 2]);
       assert.deepEqual(indexes(s.entries(1, 6, 6)), [1, 2, 3]);
@@ -132,6 +132,7 @@ export function storageContract(name: string, make: () => Promise<StorageFixture
 
     withStorage("compact keeps the requested tail and reports older indexes as compacted", async (s) => {
       s.append(ents(1, 10, (i) => i));
+      s.setHardState({ term: 10, vote: "", commit: 9 });
       s.compact(snap(6, 6), 2);
       await s.sync();
       assert.equal(s.firstIndex(), 5);
@@ -146,13 +147,17 @@ export function storageContract(name: string, make: () => Promise<StorageFixture
       assert.equal(s.firstIndex(), 9);
       assert.equal(s.term(8), 8);
       assert.throws(() => s.compact(snap(7, 7), 0), /older/);
+      s.compact(snap(8, 8), 0);
+      assert.equal(s.firstIndex(), 9, "compacting again at the current snapshot changes nothing");
     });
 
     withStorage("compact refuses a snapshot past the last index or with the wrong term", (s) => {
       s.append(ents(1, 4, () => 2));
+      s.setHardState({ term: 2, vote: "", commit: 4 });
       assert.throws(() => s.compact(snap(5, 2), 0), UnavailableError);
       assert.throws(() => s.compact(snap(3, 9), 0), /term/);
       assert.equal(s.firstIndex(), 1);
+      assert.equal(s.snapshot().metadata.index, 0);
     });
 
     withStorage("applySnapshot keeps a matching tail and discards a conflicting log", async (s) => {
@@ -187,6 +192,7 @@ export function storageContract(name: string, make: () => Promise<StorageFixture
 
     withStorage("appends below the first index are ignored for the compacted part", (s) => {
       s.append(ents(1, 5));
+      s.setHardState({ term: 1, vote: "", commit: 3 });
       s.compact(snap(3, 1), 0);
       s.append([ent(3, 1), ent(4, 1), ent(5, 1, "again5"), ent(6, 1)]);
       assert.equal(s.firstIndex(), 4);

@@ -172,7 +172,7 @@ export class WalStorage implements WritableStorage {
     let bytes = 0;
     for (let i = lo; i < hi; i++) {
       const e = this.entryAt(i);
-      bytes += e.data.byteLength;
+      bytes += e.data.byteLength; // payload bytes, as the core's entrySize counts
       if (out.length > 0 && bytes > maxBytes) break;
       out.push(e);
     }
@@ -237,6 +237,8 @@ export class WalStorage implements WritableStorage {
     this.writeRecord(encodeRecord({ type: RecordType.SnapshotMarker, index, term }), 0);
     this.snap = snap;
     this.applyMarker(index, term);
+    // Everything in a snapshot is committed; the stored commit index must not trail it.
+    if (this.hardState.commit < index) this.setHardState({ ...this.hardState, commit: index });
     this.deleteObsoleteSegments();
   }
 
@@ -248,7 +250,11 @@ export class WalStorage implements WritableStorage {
         `raft wal: snapshot at ${index} is older than the current one at ${this.snap.metadata.index}`,
       );
     }
+    if (index === this.snap.metadata.index) return; // already compacted this far
     if (index > this.lastIndex()) throw new UnavailableError(index, this.lastIndex());
+    if (index > this.hardState.commit) {
+      throw new Error(`raft wal: snapshot at ${index} is beyond the commit index ${this.hardState.commit}`);
+    }
     if (this.term(index) !== term) {
       throw new Error(
         `raft wal: snapshot at ${index} has term ${term} but the log has term ${this.term(index)}`,
@@ -530,6 +536,8 @@ export class WalStorage implements WritableStorage {
       );
     }
     if (loaded || this.terms.length === 0) this.applyMarker(snapIndex, this.snap.metadata.term);
+    // A snapshot holds only committed entries; the commit index, which is synced lazily, may trail it.
+    if (this.hardState.commit < snapIndex) this.hardState = { ...this.hardState, commit: snapIndex };
     if (this.base > snapIndex + 1 || (this.terms.length === 0 && this.base !== snapIndex + 1)) {
       throw new Error(
         `raft wal: entries ${snapIndex + 1}..${this.base - 1} are missing from ${this.walDir} (a segment was lost)`,

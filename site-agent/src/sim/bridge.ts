@@ -8,7 +8,7 @@ import { CHAIN_ACCEPT, type ChainCtx, runFilter } from "./chain-eval.js";
 import { emitGenerated } from "./generate.js";
 import { LEARN_MOVED, LEARN_NEW } from "./mac-table.js";
 import { arpReply, ndAdvert } from "./replies.js";
-import { type BridgeView, type PortView, tag } from "./topology-view.js";
+import type { BridgeView, PortView } from "./topology-view.js";
 import type { Walk } from "./walk.js";
 
 const PT = topologypb.PortType;
@@ -19,7 +19,7 @@ const PT = topologypb.PortType;
  */
 export function simulateBridge(w: Walk, b: BridgeView, inPort: PortView | null): undefined {
   w.tag(b.tag);
-  w.trace("device", b.id, `bridge ${b.raw.name || b.id}`);
+  if (w.tracing) w.trace("device", b.id, `bridge ${b.raw.name || b.id}`);
   if (!b.raw.adminStateUp) return w.drop(`bridge ${b.id} is administratively down`);
   const m = w.m;
   const vlan = inPort?.raw.vlan ? inPort.raw.vlan : m.vlan;
@@ -32,10 +32,10 @@ export function simulateBridge(w: Walk, b: BridgeView, inPort: PortView | null):
   // ARP / ND proxy: answer from topology knowledge instead of flooding.
   if (inPort && m.etherType === ETH_ARP && m.arpOp === ARP_REQUEST) {
     const tpa = m.arpTpa;
-    w.tag(tag.arp(b.id, tpa));
+    w.tag(b.arpTags.get(tpa));
     const owner = b.arp.get(tpa);
     if (owner !== undefined) {
-      w.trace("arp", b.id, `proxy reply for ${tpa >>> 0}`);
+      if (w.tracing) w.trace("arp", b.id, `proxy reply for ${tpa >>> 0}`);
       emitGenerated(w, arpReply(owner, tpa, m.arpSha, m.arpSpa), inPort, "arp-proxy");
       return;
     }
@@ -43,7 +43,7 @@ export function simulateBridge(w: Walk, b: BridgeView, inPort: PortView | null):
   if (inPort && m.etherType === ETH_IP6 && m.nwProto === PROTO_ICMP6 && m.tpSrc === ICMP6_NS) {
     const owner = b.nd.get(formatIp6(w.pkt.ndTarget));
     if (owner !== undefined) {
-      w.trace("arp", b.id, "ND proxy advertisement");
+      if (w.tracing) w.trace("arp", b.id, "ND proxy advertisement");
       emitGenerated(w, ndAdvert(w.pkt, owner), inPort, "nd-proxy");
       return;
     }
@@ -51,7 +51,7 @@ export function simulateBridge(w: Walk, b: BridgeView, inPort: PortView | null):
 
   const dst = m.ethDst;
   if (!isMulticastMac(dst)) {
-    w.tag(tag.mac(b.id, dst));
+    w.tag(b.macTags.get(dst));
     const out = b.staticMacs.get(vlan)?.get(dst) ?? learned(w, b, vlan, dst);
     if (out) {
       if (inPort && out.id === inPort.id) return w.drop(`destination ${dst} is behind the ingress port`);
@@ -60,7 +60,7 @@ export function simulateBridge(w: Walk, b: BridgeView, inPort: PortView | null):
         return w.drop("frame from a local host for a local port reached the gateway");
       }
       if (b.raw.outboundFilterId && runFilter(w, b.raw.outboundFilterId, cc) !== CHAIN_ACCEPT) return;
-      w.trace("decision", b.id, `forward to ${out.id}`);
+      if (w.tracing) w.trace("decision", b.id, `forward to ${out.id}`);
       return w.exitPort(out, inPort);
     }
   }
@@ -79,14 +79,15 @@ function learn(w: Walk, b: BridgeView, vlan: number, mac: number, port: PortView
   if (r === LEARN_NEW || r === LEARN_MOVED) {
     w.result.learned.push({ bridgeId: b.id, vlan, mac, portId: port.id });
     // Flows that flooded to (or unicast to the old port of) this MAC are stale now.
-    w.result.invalidate.push(tag.mac(b.id, mac));
-    w.trace("decision", b.id, `learned ${mac} on ${port.id}${r === LEARN_MOVED ? " (moved)" : ""}`);
+    w.result.invalidate.push(b.macTags.get(mac).s);
+    if (w.tracing)
+      w.trace("decision", b.id, `learned ${mac} on ${port.id}${r === LEARN_MOVED ? " (moved)" : ""}`);
   }
 }
 
 function flood(w: Walk, b: BridgeView, inPort: PortView | null, vlan: number, cc: ChainCtx): undefined {
   w.tag(b.floodTag);
-  w.trace("decision", b.id, "flood");
+  if (w.tracing) w.trace("decision", b.id, "flood");
   if (b.raw.outboundFilterId && runFilter(w, b.raw.outboundFilterId, cc) !== CHAIN_ACCEPT) return;
   const fromRemote = inPort?.type === PT.PORT_TYPE_REMOTE_SITE;
   const snapshot = w.m.clone();

@@ -33,14 +33,16 @@ export interface ChainCtx {
 
 /** Runs the filter chain `chainId`; CHAIN_ACCEPT or CHAIN_DROP (drop reason set on the walk). */
 export function runFilter(w: Walk, chainId: string, cc: ChainCtx): number {
-  const stack: string[] = [];
+  const stack = w.jumpStack;
+  stack.length = 0;
   const v = evalChain(w, chainId, cc, stack);
   return v === CHAIN_DROP ? CHAIN_DROP : CHAIN_ACCEPT;
 }
 
 function evalChain(w: Walk, chainId: string, cc: ChainCtx, stack: string[]): number {
-  w.tag(tag.chain(chainId));
   const chain = w.view.chains.get(chainId);
+  if (chain) w.tag(chain.tag);
+  else w.tagStr(tag.chain(chainId));
   if (!chain) {
     w.drop(`chain ${chainId} is not in the topology (failing closed)`);
     return CHAIN_DROP;
@@ -54,7 +56,7 @@ function evalChain(w: Walk, chainId: string, cc: ChainCtx, stack: string[]): num
     return CHAIN_DROP;
   }
   stack.push(chainId);
-  w.trace("chain", chainId, `evaluate ${chain.rules.length} rules`);
+  if (w.tracing) w.trace("chain", chainId, `evaluate ${chain.rules.length} rules`);
   try {
     for (const rule of chain.rules) {
       if (rule.error) {
@@ -68,7 +70,7 @@ function evalChain(w: Walk, chainId: string, cc: ChainCtx, stack: string[]): num
       if (v !== CHAIN_CONTINUE) return v;
       if (rule.action === RA.RULE_ACTION_RETURN) return CHAIN_CONTINUE;
     }
-    w.trace("chain", chainId, "end of chain");
+    if (w.tracing) w.trace("chain", chainId, "end of chain");
     return stack.length === 1 ? CHAIN_ACCEPT : CHAIN_CONTINUE;
   } finally {
     stack.pop();
@@ -78,25 +80,25 @@ function evalChain(w: Walk, chainId: string, cc: ChainCtx, stack: string[]): num
 function applyRule(w: Walk, rule: CompiledRule, cc: ChainCtx, stack: string[]): number {
   switch (rule.action) {
     case RA.RULE_ACTION_ACCEPT:
-      w.trace("rule", rule.id, "accept");
+      if (w.tracing) w.trace("rule", rule.id, "accept");
       return CHAIN_ACCEPT;
     case RA.RULE_ACTION_DROP:
-      w.trace("rule", rule.id, "drop");
+      if (w.tracing) w.trace("rule", rule.id, "drop");
       w.drop(`dropped by rule ${rule.id} in chain ${rule.chainId}`);
       return CHAIN_DROP;
     case RA.RULE_ACTION_REJECT:
-      w.trace("rule", rule.id, "reject");
+      if (w.tracing) w.trace("rule", rule.id, "reject");
       reject(w, cc);
       w.drop(`rejected by rule ${rule.id} in chain ${rule.chainId}`);
       return CHAIN_DROP;
     case RA.RULE_ACTION_CONTINUE:
-      w.trace("rule", rule.id, "continue");
+      if (w.tracing) w.trace("rule", rule.id, "continue");
       return CHAIN_CONTINUE;
     case RA.RULE_ACTION_RETURN:
-      w.trace("rule", rule.id, "return");
+      if (w.tracing) w.trace("rule", rule.id, "return");
       return CHAIN_CONTINUE;
     case RA.RULE_ACTION_JUMP: {
-      w.trace("rule", rule.id, `jump to ${rule.jumpChainId}`);
+      if (w.tracing) w.trace("rule", rule.id, `jump to ${rule.jumpChainId}`);
       const v = evalChain(w, rule.jumpChainId, cc, stack);
       return v === CHAIN_CONTINUE ? CHAIN_CONTINUE : v;
     }
@@ -122,8 +124,9 @@ function matches(w: Walk, c: CompiledCondition, cc: ChainCtx): boolean {
   if (c.inPorts && c.inPorts.has(cc.inPortId) === c.invInPorts) return false;
   if (c.outPorts && c.outPorts.has(cc.outPortId) === c.invOutPorts) return false;
   if (c.portGroupId) {
-    w.tag(tag.portGroup(c.portGroupId));
     const g = w.view.portGroups.get(c.portGroupId);
+    if (g) w.tag(g.tag);
+    else w.tagStr(tag.portGroup(c.portGroupId));
     if ((g?.ports.has(cc.inPortId) ?? false) === c.invPortGroup) return false;
   }
   if (c.ethSrc >= 0 && (m.ethSrc === c.ethSrc) === c.invEthSrc) return false;
@@ -172,9 +175,12 @@ function addrMatch(w: Walk, src: boolean, c: CompiledCondition): boolean {
 }
 
 function groupMatch(w: Walk, groupId: string, src: boolean): boolean {
-  w.tag(tag.ipGroup(groupId));
   const g = w.view.ipGroups.get(groupId);
-  if (!g) return false;
+  if (!g) {
+    w.tagStr(tag.ipGroup(groupId));
+    return false;
+  }
+  w.tag(g.tag);
   const m = w.m;
   const v = m.ipVersion;
   if (v === 4) {
@@ -208,23 +214,27 @@ export function tupleOf(w: Walk): CtTuple {
   };
 }
 const EMPTY6 = new Uint32Array(4);
+const CT_ZONE = "";
 
 /**
- * Whether the packet belongs to the return direction of a connection committed in `zone`. A
+ * Whether the packet belongs to the return direction of a committed connection. A
  * forward packet records its own key, committed when the simulation ends without a drop.
  */
-function isReturnFlow(w: Walk, zone: string): boolean {
+function isReturnFlow(w: Walk, checkedAt: string): boolean {
   if (w.m.ipVersion === 0) return false;
   const t = tupleOf(w);
+  // One conntrack zone per agent: the forward packet and its reply are checked at different
+  // devices (each VM's own bridge), so a per-device zone would never see the reply.
+  const zone = CT_ZONE;
   const rk = ctReturnKey(zone, t);
   if (w.state.conntrack.has(rk, w.ctx.now)) {
-    w.tag(tag.ct(rk));
-    w.trace("conntrack", rk, "return flow");
+    w.tagStr(tag.ct(rk));
+    if (w.tracing) w.trace("conntrack", rk, "return flow");
     return true;
   }
   const fk = ctKey(zone, t);
-  if (!w.ctPending.some((p) => p.key === fk)) w.ctPending.push({ key: fk, zoneId: zone });
-  w.trace("conntrack", fk, "forward flow");
+  if (!w.ctPending.some((p) => p.key === fk)) w.ctPending.push({ key: fk, zoneId: checkedAt });
+  if (w.tracing) w.trace("conntrack", fk, "forward flow");
   return false;
 }
 
@@ -253,7 +263,7 @@ function forwardNat(w: Walk, rule: CompiledRule, cc: ChainCtx): boolean {
     const ip = rule.natTargets[0]!.ipStart;
     if (snat) m._nwSrc = ip;
     else m._nwDst = ip;
-    w.trace("nat", rule.id, `static ${snat ? "SNAT" : "DNAT"} to ${ip >>> 0}`);
+    if (w.tracing) w.trace("nat", rule.id, `static ${snat ? "SNAT" : "DNAT"} to ${ip >>> 0}`);
     return true;
   }
   const t = tupleOf(w);
@@ -316,7 +326,7 @@ function forwardNat(w: Walk, rule: CompiledRule, cc: ChainCtx): boolean {
     w.state.nat.put(b);
     w.result.nat.push({ ...b });
   }
-  w.tag(tag.nat(b.key));
+  w.tagStr(tag.nat(b.key));
   if (snat) {
     m._nwSrc = b.natIp;
     if (t.proto !== PROTO_ICMP) m._tpSrc = b.natPort;
@@ -324,7 +334,7 @@ function forwardNat(w: Walk, rule: CompiledRule, cc: ChainCtx): boolean {
     m._nwDst = b.natIp;
     if (t.proto !== PROTO_ICMP) m._tpDst = b.natPort;
   }
-  w.trace("nat", rule.id, `${kind} to ${b.natIp >>> 0}:${b.natPort}`);
+  if (w.tracing) w.trace("nat", rule.id, `${kind} to ${b.natIp >>> 0}:${b.natPort}`);
   return true;
 }
 
@@ -350,10 +360,10 @@ function reverseNat(w: Walk, rule: CompiledRule, cc: ChainCtx): boolean {
   const key = natKey(snat ? "rsnat" : "rdnat", cc.zoneId, t.proto, t.src, t.sport, t.dst, t.dport);
   const b = w.state.nat.lookupReverse(key, w.ctx.now);
   if (!b) {
-    w.trace("nat", rule.id, `no ${snat ? "SNAT" : "DNAT"} binding: continue`);
+    if (w.tracing) w.trace("nat", rule.id, `no ${snat ? "SNAT" : "DNAT"} binding: continue`);
     return false;
   }
-  w.tag(tag.nat(b.key));
+  w.tagStr(tag.nat(b.key));
   if (snat) {
     m._nwDst = b.origIp;
     if (t.proto !== PROTO_ICMP) m._tpDst = b.origPort;
@@ -361,7 +371,8 @@ function reverseNat(w: Walk, rule: CompiledRule, cc: ChainCtx): boolean {
     m._nwSrc = b.origIp;
     if (t.proto !== PROTO_ICMP) m._tpSrc = b.origPort;
   }
-  w.trace("nat", rule.id, `reverse ${snat ? "SNAT" : "DNAT"} to ${b.origIp >>> 0}:${b.origPort}`);
+  if (w.tracing)
+    w.trace("nat", rule.id, `reverse ${snat ? "SNAT" : "DNAT"} to ${b.origIp >>> 0}:${b.origPort}`);
   return true;
 }
 

@@ -29,11 +29,13 @@ function addr(v: number, ip6: ArrayLike<number>, ver: number): string {
 
 /** Key of the tuple as seen (forward direction). */
 export function ctKey(zone: string, t: CtTuple): string {
+  if (t.ipVersion === 4) return `${zone}|${t.proto}|${t.src}|${t.sport}|${t.dst}|${t.dport}`;
   return `${zone}|${t.proto}|${addr(t.src, t.src6, t.ipVersion)}|${t.sport}|${addr(t.dst, t.dst6, t.ipVersion)}|${t.dport}`;
 }
 
 /** Key a return packet looks up: its own tuple reversed. */
 export function ctReturnKey(zone: string, t: CtTuple): string {
+  if (t.ipVersion === 4) return `${zone}|${t.proto}|${t.dst}|${t.dport}|${t.src}|${t.sport}`;
   return `${zone}|${t.proto}|${addr(t.dst, t.dst6, t.ipVersion)}|${t.dport}|${addr(t.src, t.src6, t.ipVersion)}|${t.sport}`;
 }
 

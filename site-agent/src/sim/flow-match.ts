@@ -36,6 +36,8 @@ export function maskFields(mask: FlowMask): FieldName[] {
   return (Object.keys(F) as FieldName[]).filter((k) => (mask & F[k]) !== 0);
 }
 
+const NO_IP6 = new Uint32Array(4);
+
 export class FlowMatch {
   /** Fields read so far (the mask being built). */
   seen: FlowMask = F.IN_PORT | F.TUNNEL_KEY;
@@ -49,8 +51,9 @@ export class FlowMatch {
   _etherType = 0;
   _nwSrc = 0;
   _nwDst = 0;
-  readonly _nwSrc6 = new Uint32Array(4);
-  readonly _nwDst6 = new Uint32Array(4);
+  // IPv6 addresses: copies taken only for IPv6 packets, shared between clones (never mutated).
+  _nwSrc6: Uint32Array = NO_IP6;
+  _nwDst6: Uint32Array = NO_IP6;
   _ipVersion = 0;
   _nwProto = 0;
   _nwTos = 0;
@@ -83,8 +86,13 @@ export class FlowMatch {
     this._ipVersion = p.ipVersion;
     this._nwSrc = p.nwSrc;
     this._nwDst = p.nwDst;
-    this._nwSrc6.set(p.nwSrc6);
-    this._nwDst6.set(p.nwDst6);
+    if (p.ipVersion === 6) {
+      this._nwSrc6 = p.nwSrc6.slice();
+      this._nwDst6 = p.nwDst6.slice();
+    } else {
+      this._nwSrc6 = NO_IP6;
+      this._nwDst6 = NO_IP6;
+    }
     this._nwProto = p.nwProto;
     this._nwTos = p.nwTos;
     this._nwTtl = p.nwTtl;
@@ -111,8 +119,8 @@ export class FlowMatch {
     this._ipVersion = o._ipVersion;
     this._nwSrc = o._nwSrc;
     this._nwDst = o._nwDst;
-    this._nwSrc6.set(o._nwSrc6);
-    this._nwDst6.set(o._nwDst6);
+    this._nwSrc6 = o._nwSrc6;
+    this._nwDst6 = o._nwDst6;
     this._nwProto = o._nwProto;
     this._nwTos = o._nwTos;
     this._nwTtl = o._nwTtl;

@@ -14,7 +14,7 @@ export function emitGenerated(w: Walk, frame: Uint8Array, port: PortView, why: s
   const sub = new Walk(w.view, w.ctx, pkt, { portId: port.id }, port.id, 0, w.generatedDepth + 1);
   sub.exitPort(port, null, true);
   const r = sub.finish();
-  w.trace("decision", port.id, `generated ${why}: ${r.actions.map((a) => a.kind).join(",")}`);
+  if (w.tracing) w.trace("decision", port.id, `generated ${why}: ${r.actions.map((a) => a.kind).join(",")}`);
   if (r.trace) w.result.trace?.push(...r.trace);
   w.result.generated.push({ frame, actions: r.actions, why });
   w.result.conntrack.push(...r.conntrack);

@@ -101,8 +101,8 @@ export interface SimResult {
   /** The ingress packet's match (original field values); `mask` says which fields matter. */
   match: FlowMatch;
   mask: FlowMask;
-  /** Tags of everything the result depends on (see docs/simulation.md). */
-  tags: Set<string>;
+  /** Tags of everything the result depends on, each once (see docs/simulation.md). */
+  tags: string[];
   /** False when the result must not be installed as a flow (ARP, echo, queued packets, errors). */
   cacheable: boolean;
   /** Set when the packet itself is dropped (no output at all). */

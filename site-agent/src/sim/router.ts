@@ -27,7 +27,7 @@ const usedSrc = { v: false };
 
 export function simulateRouter(w: Walk, r: RouterView, inPort: PortView): undefined {
   w.tag(r.tag);
-  w.trace("device", r.id, `router ${r.raw.name || r.id}`);
+  if (w.tracing) w.trace("device", r.id, `router ${r.raw.name || r.id}`);
   if (!r.raw.adminStateUp) return w.drop(`router ${r.id} is administratively down`);
   const m = w.m;
   if (m.etherType === ETH_ARP) return routerArp(w, r, inPort);
@@ -48,7 +48,7 @@ export function simulateRouter(w: Walk, r: RouterView, inPort: PortView): undefi
   const dst = m.nwDst;
   if (r.portIps.has(dst)) return toRouter(w, r, inPort);
   if (m.nwTtl <= 1) {
-    w.trace("decision", r.id, "TTL expired");
+    if (w.tracing) w.trace("decision", r.id, "TTL expired");
     icmpToSender(w, inPort, ICMP_TIME_EXCEEDED, 0);
     return w.drop("TTL expired in transit");
   }
@@ -58,7 +58,7 @@ export function simulateRouter(w: Walk, r: RouterView, inPort: PortView): undefi
   if (usedSrc.v) void m.nwSrc; // source prefixes were consulted: the source address matters
   if (routes.length === 0) {
     w.tag(r.noRouteTag);
-    w.trace("route", r.id, "no route");
+    if (w.tracing) w.trace("route", r.id, "no route");
     icmpToSender(w, inPort, ICMP_UNREACH, UNREACH_NET);
     return w.drop(`no route to ${fmt(dst)} on router ${r.id}`);
   }
@@ -68,11 +68,12 @@ export function simulateRouter(w: Walk, r: RouterView, inPort: PortView): undefi
     route = routes[flowHash(tupleOf(w), w.ctx.hashSeed ?? 0) % routes.length]!;
   }
   for (const rt of routes) w.tag(rt.tag);
-  w.trace(
-    "route",
-    route.id,
-    `${route.raw.dstPrefix} via ${route.nextHopPort || "-"}${route.gateway >= 0 ? ` gw ${fmt(route.gateway)}` : ""}`,
-  );
+  if (w.tracing)
+    w.trace(
+      "route",
+      route.id,
+      `${route.raw.dstPrefix} via ${route.nextHopPort || "-"}${route.gateway >= 0 ? ` gw ${fmt(route.gateway)}` : ""}`,
+    );
 
   switch (route.type) {
     case RT.ROUTE_TYPE_BLACKHOLE:
@@ -87,7 +88,7 @@ export function simulateRouter(w: Walk, r: RouterView, inPort: PortView): undefi
   }
   const out = w.view.ports.get(route.nextHopPort);
   if (!out || out.deviceId !== r.id) {
-    w.tag(tag.port(route.nextHopPort));
+    w.tagStr(tag.port(route.nextHopPort));
     return w.drop(`route ${route.id}: next-hop port ${route.nextHopPort} is not a port of router ${r.id}`);
   }
   w.ttlDec++;
@@ -116,12 +117,12 @@ function resolve(w: Walk, r: RouterView, out: PortView, ip: number): number {
   if (peer) {
     const b = w.view.bridges.get(peer.deviceId);
     if (b) {
-      w.tag(tag.arp(b.id, ip));
+      w.tag(b.arpTags.get(ip));
       const mac = b.arp.get(ip);
       if (mac !== undefined) return mac;
     }
   }
-  w.tag(tag.arp(r.id, ip));
+  w.tag(r.arpTags.get(ip));
   const cached = w.state.arp.lookup(r.id, ip, w.ctx.now);
   if (cached >= 0) return cached;
   // Unknown: hold a copy of the packet until the reply arrives (bounded), and ask.
@@ -130,7 +131,7 @@ function resolve(w: Walk, r: RouterView, out: PortView, ip: number): number {
   w.held = queued ? `waiting for ARP reply for ${fmt(ip)} on router ${r.id}` : null;
   if (!queued) w.drop(`ARP wait queue for ${fmt(ip)} on router ${r.id} is full`);
   w.result.cacheable = false;
-  w.trace("arp", r.id, `${fmt(ip)} unresolved${queued ? ", packet queued" : ", queue full"}`);
+  if (w.tracing) w.trace("arp", r.id, `${fmt(ip)} unresolved${queued ? ", packet queued" : ", queue full"}`);
   const own = out.ips4[0];
   if (sendRequest && own) emitGenerated(w, arpRequest(out.mac, own.ip, ip), out, "arp-request");
   return -1;
@@ -144,16 +145,16 @@ function routerArp(w: Walk, r: RouterView, inPort: PortView): undefined {
   const own = inPort.ips4.find((a) => a.ip === tpa);
   if (op === ARP_REQUEST) {
     if (!own) return w.drop("ARP request for an address this router port does not own");
-    w.trace("arp", r.id, "reply for own address");
+    if (w.tracing) w.trace("arp", r.id, "reply for own address");
     emitGenerated(w, arpReply(inPort.mac, tpa, m.arpSha, m.arpSpa), inPort, "arp-reply");
     return w.drop("ARP request answered by router");
   }
   if (op === ARP_REPLY) {
     const ip = m.arpSpa;
     const released = w.state.arp.learn(r.id, ip, m.arpSha, w.ctx.now);
-    w.result.invalidate.push(tag.arp(r.id, ip));
+    w.result.invalidate.push(r.arpTags.get(ip).s);
     w.result.resubmit.push(...released);
-    w.trace("arp", r.id, `learned ${fmt(ip)}; released ${released.length} packets`);
+    if (w.tracing) w.trace("arp", r.id, `learned ${fmt(ip)}; released ${released.length} packets`);
     return w.drop("ARP reply consumed by router");
   }
   w.drop(`ARP operation ${op} not handled`);
@@ -163,7 +164,7 @@ function routerArp(w: Walk, r: RouterView, inPort: PortView): undefined {
 function toRouter(w: Walk, r: RouterView, inPort: PortView): undefined {
   const m = w.m;
   if (m.nwProto === PROTO_ICMP && m.tpSrc === ICMP_ECHO_REQUEST) {
-    w.trace("decision", r.id, "echo reply");
+    if (w.tracing) w.trace("decision", r.id, "echo reply");
     const p = w.pkt;
     emitGenerated(w, icmpEchoReply(p, inPort.mac, m._ethSrc, m._nwDst, m._nwSrc), inPort, "echo-reply");
     return w.drop("ICMP echo answered by router");

@@ -4,6 +4,7 @@
 // traffic by being skipped).
 import type { topologypb } from "@isthmus/schema";
 import { type Cidr4, type Cidr6, parseCidr4, parseCidr6, parseIp4, parseMac } from "../packets/addr.js";
+import { Tag } from "./tag-cache.js";
 
 export interface CompiledNatTarget {
   ipStart: number;
@@ -51,7 +52,7 @@ export interface CompiledCondition {
 
 export interface CompiledRule {
   id: string;
-  tag: string;
+  tag: Tag;
   chainId: string;
   position: number;
   action: topologypb.RuleAction;
@@ -92,7 +93,7 @@ function range(r: topologypb.PortRange | undefined, field: string, rule: string)
 export function compileRule(r: topologypb.Rule): CompiledRule {
   const base: CompiledRule = {
     id: r.id,
-    tag: `rule:${r.id}`,
+    tag: new Tag(`rule:${r.id}`),
     chainId: r.chainId,
     position: r.position,
     action: r.action,

@@ -7,6 +7,10 @@ import type { Ingress, SimResult } from "./result.js";
 import { type TopologyView, tag } from "./topology-view.js";
 import { type SimContext, Walk } from "./walk.js";
 
+// Frames passed as bytes are parsed into this one Packet: simulate() is synchronous and the walk
+// copies what it keeps (held packets), so nothing refers to it after return.
+const scratch = new Packet();
+
 export const TUNNEL_TRACE_BIT = 0x800000;
 export const TUNNEL_FLOW_STATE = 0xffffff;
 export const MAX_LOCAL_TUNNEL_KEY = 0x0fffff;
@@ -21,7 +25,7 @@ export function simulate(
   ingress: Ingress,
   ctx: SimContext,
 ): SimResult {
-  const pkt = frame instanceof Packet ? frame : parsePacket(frame);
+  const pkt = frame instanceof Packet ? frame : parsePacket(frame, scratch);
   const inPort = "portId" in ingress ? ingress.portId : "";
   const rawKey = "portId" in ingress ? 0 : ingress.tunnelKey;
   const w = new Walk(view, ctx, pkt, ingress, inPort, rawKey, 0);
@@ -33,7 +37,7 @@ export function simulate(
   if ("portId" in ingress) {
     const port = view.ports.get(ingress.portId);
     if (!port) {
-      w.tag(tag.port(ingress.portId));
+      w.tagStr(tag.port(ingress.portId));
       w.drop(`ingress port ${ingress.portId} is not in the topology`);
     } else if (!port.exterior) {
       w.tag(port.tag);
@@ -62,7 +66,7 @@ function fromTunnel(
     if (!port.exterior || port.raw.hostId !== w.ctx.hostId) {
       return w.drop(`tunnel key ${key} names port ${port.id}, which is not bound on host ${w.ctx.hostId}`);
     }
-    w.trace("port", port.id, `tunnel delivery by key ${key}`);
+    if (w.tracing) w.trace("port", port.id, `tunnel delivery by key ${key}`);
     return w.deliver(port);
   }
   const bridge = view.bridgesByKey.get(key);

@@ -16,6 +16,7 @@ import {
 } from "../packets/addr.js";
 import { LpmTrie } from "./lpm.js";
 import { type CompiledRule, compileRule } from "./rule-compile.js";
+import { Tag, TagCache } from "./tag-cache.js";
 
 type Host = topologypb.Host;
 type Port = topologypb.Port;
@@ -24,7 +25,7 @@ const PT = topologypb.PortType;
 
 export interface PortView {
   readonly id: string;
-  readonly tag: string;
+  readonly tag: Tag;
   readonly raw: Port;
   readonly type: topologypb.PortType;
   readonly deviceId: string;
@@ -39,8 +40,8 @@ export interface PortView {
 
 export interface BridgeView {
   readonly id: string;
-  readonly tag: string;
-  readonly floodTag: string;
+  readonly tag: Tag;
+  readonly floodTag: Tag;
   readonly raw: topologypb.Bridge;
   readonly ports: PortView[];
   readonly exteriorPorts: PortView[];
@@ -51,11 +52,13 @@ export interface BridgeView {
   /** IPv6 (formatted) → MAC for neighbor solicitations. */
   readonly nd: Map<string, number>;
   readonly remoteSitePorts: Map<string, PortView>;
+  readonly macTags: TagCache;
+  readonly arpTags: TagCache;
 }
 
 export interface RouteView {
   readonly id: string;
-  readonly tag: string;
+  readonly tag: Tag;
   readonly raw: Route;
   readonly dst: Cidr4;
   readonly src: Cidr4;
@@ -68,32 +71,33 @@ export interface RouteView {
 
 export interface RouterView {
   readonly id: string;
-  readonly tag: string;
-  readonly noRouteTag: string;
+  readonly tag: Tag;
+  readonly noRouteTag: Tag;
   readonly raw: topologypb.Router;
   readonly ports: PortView[];
   /** The router's own addresses → the port holding them. */
   readonly portIps: Map<number, PortView>;
   readonly trie: LpmTrie<RouteView>;
+  readonly arpTags: TagCache;
   /** Routes that could not be used (bad prefix), with why. */
   readonly badRoutes: { id: string; why: string }[];
 }
 
 export interface ChainView {
   readonly id: string;
-  readonly tag: string;
+  readonly tag: Tag;
   readonly rules: CompiledRule[];
 }
 
 export interface IpGroupView {
-  readonly tag: string;
+  readonly tag: Tag;
   readonly v4: Set<number>;
   readonly v4Cidrs: Cidr4[];
   readonly v6: Cidr6[];
 }
 
 export interface PortGroupView {
-  readonly tag: string;
+  readonly tag: Tag;
   readonly ports: Set<string>;
 }
 
@@ -137,7 +141,7 @@ function buildPortView(p: Port): PortView {
   const mac = parseMac(p.mac);
   return {
     id: p.id,
-    tag: tag.port(p.id),
+    tag: new Tag(tag.port(p.id)),
     raw: p,
     type: p.type,
     deviceId: p.deviceId,
@@ -151,6 +155,7 @@ function buildPortView(p: Port): PortView {
 
 export class TopologyView {
   readonly hosts = new Map<string, Host>();
+  readonly hostTags = new Map<string, Tag>();
   readonly ports = new Map<string, PortView>();
   readonly bridges = new Map<string, BridgeView>();
   readonly routers = new Map<string, RouterView>();
@@ -252,6 +257,7 @@ export class TopologyView {
       switch (kind) {
         case K.TOPOLOGY_KIND_HOST:
           this.hosts.delete(id);
+          this.hostTags.delete(id);
           tags.add(tag.host(id));
           break;
         case K.TOPOLOGY_KIND_BRIDGE: {
@@ -343,6 +349,7 @@ export class TopologyView {
     for (const o of change.upserts) {
       if (o.host) {
         this.hosts.set(o.host.id, o.host);
+        this.hostTags.set(o.host.id, new Tag(tag.host(o.host.id)));
         tags.add(tag.host(o.host.id));
       } else if (o.bridge) {
         remove(K.TOPOLOGY_KIND_BRIDGE, o.bridge.id);
@@ -381,7 +388,7 @@ export class TopologyView {
         tags.add(tag.ipGroup(o.ipAddrGroup.id));
       } else if (o.portGroup) {
         this.portGroups.set(o.portGroup.id, {
-          tag: tag.portGroup(o.portGroup.id),
+          tag: new Tag(tag.portGroup(o.portGroup.id)),
           ports: new Set(o.portGroup.portIds),
         });
         tags.add(tag.portGroup(o.portGroup.id));
@@ -484,8 +491,8 @@ export class TopologyView {
     if (old?.raw.tunnelKey) this.bridgesByKey.delete(old.raw.tunnelKey);
     const v: BridgeView = {
       id,
-      tag: tag.device(id),
-      floodTag: tag.flood(id),
+      tag: new Tag(tag.device(id)),
+      floodTag: new Tag(tag.flood(id)),
       raw,
       ports,
       exteriorPorts: ports.filter((p) => p.exterior),
@@ -493,6 +500,8 @@ export class TopologyView {
       arp,
       nd,
       remoteSitePorts,
+      macTags: new TagCache((mac) => tag.mac(id, mac)),
+      arpTags: new TagCache((ip) => tag.arp(id, ip)),
     };
     this.bridges.set(id, v);
     if (raw.tunnelKey) this.bridgesByKey.set(raw.tunnelKey, v);
@@ -521,7 +530,7 @@ export class TopologyView {
       }
       trie.insert({
         id: rid,
-        tag: tag.route(rid),
+        tag: new Tag(tag.route(rid)),
         raw: r,
         dst,
         src,
@@ -533,13 +542,14 @@ export class TopologyView {
     }
     this.routers.set(id, {
       id,
-      tag: tag.device(id),
-      noRouteTag: tag.noRoute(id),
+      tag: new Tag(tag.device(id)),
+      noRouteTag: new Tag(tag.noRoute(id)),
       raw,
       ports,
       portIps,
       trie,
       badRoutes,
+      arpTags: new TagCache((ip) => tag.arp(id, ip)),
     });
   }
 
@@ -554,7 +564,7 @@ export class TopologyView {
       if (r) rules.push(compileRule(r));
     }
     rules.sort((a, b) => a.position - b.position || (a.id < b.id ? -1 : 1));
-    this.chains.set(id, { id, tag: tag.chain(id), rules });
+    this.chains.set(id, { id, tag: new Tag(tag.chain(id)), rules });
   }
 }
 
@@ -573,5 +583,5 @@ function buildIpGroup(g: topologypb.IpAddrGroup): IpGroupView {
       else v4Cidrs.push(c);
     }
   }
-  return { tag: tag.ipGroup(g.id), v4, v4Cidrs, v6 };
+  return { tag: new Tag(tag.ipGroup(g.id)), v4, v4Cidrs, v6 };
 }

@@ -10,6 +10,7 @@ import { FlowMatch } from "./flow-match.js";
 import type { Action, Ingress, SetFieldsAction, SimResult, TraceStep } from "./result.js";
 import { simulateRouter } from "./router.js";
 import type { SimState } from "./sim-state.js";
+import type { Tag } from "./tag-cache.js";
 import { type BridgeView, type PortView, type TopologyView, tag } from "./topology-view.js";
 
 const PT = topologypb.PortType;
@@ -26,6 +27,8 @@ export interface SimContext {
   hashSeed?: number;
 }
 
+let walks = 0;
+
 export class Walk {
   readonly orig: FlowMatch;
   readonly m: FlowMatch;
@@ -37,6 +40,11 @@ export class Walk {
   /** Why the packet was dropped (first reason wins). */
   dropReason: string | null = null;
   held: string | null = null;
+  /** Whether steps are recorded: call sites check it so detail strings are only built when tracing. */
+  readonly tracing: boolean;
+  /** Chains being evaluated (jump loop detection), reused across filters. */
+  readonly jumpStack: string[] = [];
+  private readonly epoch: number;
   /** Generated packets may not generate further packets. */
   readonly generatedDepth: number;
   private lastSet: SetFieldsAction | null = null;
@@ -52,13 +60,15 @@ export class Walk {
     depth: number,
   ) {
     this.generatedDepth = depth;
+    this.epoch = ++walks;
+    this.tracing = ctx.trace === true;
     this.m = FlowMatch.fromPacket(pkt, inPort, tunnelKey);
     this.orig = this.m.clone();
     this.result = {
       actions: [],
       match: this.orig,
       mask: 0,
-      tags: new Set(),
+      tags: [],
       cacheable: true,
       dropReason: null,
       generated: [],
@@ -79,13 +89,22 @@ export class Walk {
     this.result.trace?.push({ kind, id, detail });
   }
 
-  tag(t: string): undefined {
-    this.result.tags.add(t);
+  /** Adds a precomputed tag once per walk (no hashing: the tag's stamp marks it added). */
+  tag(t: Tag): undefined {
+    if (t.stamp !== this.epoch) {
+      t.stamp = this.epoch;
+      this.result.tags.push(t.s);
+    }
+  }
+
+  /** Adds a tag built for this packet (conntrack and NAT keys, objects missing from the view). */
+  tagStr(s: string): undefined {
+    if (!this.result.tags.includes(s)) this.result.tags.push(s);
   }
 
   drop(reason: string): undefined {
     if (this.dropReason === null) this.dropReason = reason;
-    this.trace("decision", "", `drop: ${reason}`);
+    if (this.tracing) this.trace("decision", "", `drop: ${reason}`);
   }
 
   /** The packet arrives at a device through `port` (from a VM, a tunnel or a peer device). */
@@ -95,7 +114,7 @@ export class Walk {
       this.drop(`loop: more than ${this.state.limits.maxDevices} devices traversed`);
       return;
     }
-    this.trace("port", port.id, `enter ${port.raw.name || port.id}`);
+    if (this.tracing) this.trace("port", port.id, `enter ${port.raw.name || port.id}`);
     if (!port.up) return this.drop(`port ${port.id} is administratively down`);
     if (port.raw.inboundFilterId) {
       const cc: ChainCtx = { inPortId: port.id, outPortId: "", zoneId: port.deviceId, replyPort: port };
@@ -105,7 +124,7 @@ export class Walk {
     if (bridge) return simulateBridge(this, bridge, port);
     const router = this.view.routers.get(port.deviceId);
     if (router) return simulateRouter(this, router, port);
-    this.tag(tag.device(port.deviceId));
+    this.tagStr(tag.device(port.deviceId));
     this.drop(`port ${port.id} belongs to unknown device ${port.deviceId}`);
   }
 
@@ -128,7 +147,7 @@ export class Walk {
     if (port.exterior) return this.deliver(port);
     const peer = this.view.ports.get(port.raw.peerId);
     if (!peer) {
-      this.tag(tag.port(port.raw.peerId));
+      this.tagStr(tag.port(port.raw.peerId));
       return this.drop(`port ${port.id} has no peer (peer_id "${port.raw.peerId}" unknown)`);
     }
     this.enterPort(peer);
@@ -147,7 +166,7 @@ export class Walk {
         );
       if (hostId === this.ctx.hostId) {
         const site = port.raw.remoteSite;
-        this.tag(tag.gateway(site));
+        this.tagStr(tag.gateway(site));
         const gw = this.view.remoteGateways.get(site);
         if (!gw) return this.drop(`no gateway known for remote site ${site}`);
         return this.emit({
@@ -166,7 +185,9 @@ export class Walk {
   }
 
   private tunnelToHost(hostId: string, key: number, port: PortView): undefined {
-    this.tag(tag.host(hostId));
+    const ht = this.view.hostTags.get(hostId);
+    if (ht) this.tag(ht);
+    else this.tagStr(tag.host(hostId));
     const host = this.view.hosts.get(hostId);
     if (!hostId || !host) return this.drop(`port ${port.id} is bound to unknown host "${hostId}"`);
     if (!host.tunnelIp) return this.drop(`host ${hostId} has no tunnel IP`);
@@ -193,7 +214,7 @@ export class Walk {
     this.result.actions.push(a);
     if (a.kind === "output") this.trace("decision", a.portId, "output");
     else if (a.kind === "encap")
-      this.trace("decision", a.hostId, `encap key ${a.tunnelKey} to ${a.remoteIp}`);
+      if (this.tracing) this.trace("decision", a.hostId, `encap key ${a.tunnelKey} to ${a.remoteIp}`);
   }
 
   private diff(): SetFieldsAction | null {

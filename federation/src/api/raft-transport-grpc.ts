@@ -1,0 +1,343 @@
+// raft-ts over gRPC: a Transport that keeps one client stream (RaftTransportService.Stream) open to
+// every peer and writes batches of messages on it, plus the server half that feeds incoming
+// batches to the node. Raft tolerates loss, so the sender never blocks: a full per-peer queue drops
+// and counts, and a broken stream is reopened with exponential backoff and jitter.
+import {
+  type ChannelCredentials,
+  type ClientOptions,
+  type ClientWritableStream,
+  connectivityState,
+} from "@grpc/grpc-js";
+import { raftpb } from "@isthmus/schema";
+import {
+  type Message,
+  type NodeId,
+  type RaftLogger,
+  silentRaftLogger,
+  type Transport,
+} from "../raft/index.js";
+import { fromWire, toWire } from "./raft-wire.js";
+
+export interface BackoffOptions {
+  /** First retry delay after a stream fails. Default 50 ms. */
+  initialMs?: number;
+  /** Ceiling for the doubling delay. Default 1 000 ms (a restarted peer is heard from within about one election timeout). */
+  maxMs?: number;
+  /** Each delay is scaled by a random factor in [1 - jitter, 1 + jitter]. Default 0.2. */
+  jitter?: number;
+}
+
+export interface GrpcRaftTransportOptions {
+  /** This node's id; incoming messages addressed to anyone else are dropped. */
+  id: NodeId;
+  /** Client credentials for dialing peers (insecure, TLS or mTLS), made by the caller. */
+  credentials: ChannelCredentials;
+  channelOptions?: Partial<ClientOptions>;
+  /** Messages queued per peer before new ones are dropped. Default 4 096. */
+  maxQueuedPerPeer?: number;
+  /** Messages per batch written on a stream. Default 512. */
+  maxBatchMessages?: number;
+  /** Approximate bytes of entry and snapshot data per batch. Default 4 MiB (under gRPC's 16 MiB limit). */
+  maxBatchBytes?: number;
+  backoff?: BackoffOptions;
+  logger?: RaftLogger;
+  /** Source of jitter; Math.random by default. */
+  random?: () => number;
+}
+
+export interface GrpcRaftTransportStats {
+  sent: number;
+  received: number;
+  droppedQueueFull: number;
+  droppedUnknownPeer: number;
+  /** Queued messages discarded when a stream to their peer broke (raft resends what matters). */
+  droppedStreamBroken: number;
+  malformed: number;
+  misaddressed: number;
+  streamFailures: number;
+}
+
+const DEFAULT_CHANNEL_OPTIONS: Partial<ClientOptions> = {
+  "grpc.max_send_message_length": 16 * 1024 * 1024,
+  "grpc.max_receive_message_length": 16 * 1024 * 1024,
+  "grpc.keepalive_time_ms": 10_000,
+  "grpc.keepalive_timeout_ms": 5_000,
+  "grpc.keepalive_permit_without_calls": 1,
+  "grpc.initial_reconnect_backoff_ms": 100,
+  "grpc.max_reconnect_backoff_ms": 1_000,
+};
+
+function messageBytes(m: Message): number {
+  let n = 64 + m.context.byteLength + (m.snapshotChunk?.byteLength ?? 0);
+  for (const e of m.entries) n += 24 + e.data.byteLength;
+  return n;
+}
+
+class PeerLink {
+  private queue: Message[] = [];
+  private client: InstanceType<typeof raftpb.RaftTransportServiceClient> | undefined;
+  private call: ClientWritableStream<raftpb.RaftMessageBatch> | undefined;
+  private failures = 0;
+  private retryTimer: NodeJS.Timeout | undefined;
+  private waitingDrain = false;
+  private flushScheduled = false;
+  private closed = false;
+
+  constructor(
+    readonly id: NodeId,
+    readonly address: string,
+    private readonly t: GrpcRaftTransport,
+  ) {}
+
+  enqueue(m: Message): void {
+    if (this.queue.length >= this.t.maxQueued) {
+      this.t.counters.droppedQueueFull++;
+      return;
+    }
+    this.queue.push(m);
+    if (!this.flushScheduled) {
+      // Everything sent in this turn of the event loop goes out as one batch.
+      this.flushScheduled = true;
+      setImmediate(() => {
+        this.flushScheduled = false;
+        this.flush();
+      });
+    }
+  }
+
+  private flush(): void {
+    if (this.closed || this.retryTimer || this.waitingDrain || this.queue.length === 0) return;
+    const call = this.call ?? this.open();
+    while (this.queue.length > 0) {
+      let bytes = 0;
+      let n = 0;
+      while (n < this.queue.length && n < this.t.maxBatchMessages) {
+        const b = messageBytes(this.queue[n]!);
+        if (n > 0 && bytes + b > this.t.maxBatchBytes) break;
+        bytes += b;
+        n++;
+      }
+      const batch = this.queue.splice(0, n);
+      this.t.counters.sent += batch.length;
+      const more = call.write({ messages: batch.map(toWire) });
+      if (!more) {
+        this.waitingDrain = true;
+        call.once("drain", () => {
+          this.waitingDrain = false;
+          this.flush();
+        });
+        return;
+      }
+    }
+    if (this.client?.getChannel().getConnectivityState(false) === connectivityState.READY) this.failures = 0;
+  }
+
+  private open(): ClientWritableStream<raftpb.RaftMessageBatch> {
+    if (!this.client) {
+      this.client = new raftpb.RaftTransportServiceClient(
+        this.address,
+        this.t.credentials,
+        this.t.channelOptions,
+      );
+    }
+    const call = this.client.stream((err) => {
+      if (this.call === call) this.call = undefined;
+      this.waitingDrain = false;
+      if (this.closed) return;
+      if (err) this.failed(err);
+      else if (this.queue.length > 0) this.flush();
+    });
+    // Errors also arrive through the callback above; this keeps them from being unhandled events.
+    call.on("error", () => {});
+    this.call = call;
+    return call;
+  }
+
+  private failed(err: Error): void {
+    this.failures++;
+    this.t.counters.streamFailures++;
+    this.t.counters.droppedStreamBroken += this.queue.length;
+    this.queue = [];
+    const delay = this.t.backoffDelay(this.failures);
+    const log = this.failures === 1 ? this.t.log.warn : this.t.log.debug;
+    log.call(
+      this.t.log,
+      {
+        peer: this.id,
+        address: this.address,
+        err: err.message,
+        retryInMs: Math.round(delay),
+        failures: this.failures,
+      },
+      "raft transport: stream to peer failed; will retry",
+    );
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = undefined;
+      this.flush();
+    }, delay);
+    this.retryTimer.unref();
+  }
+
+  close(): void {
+    this.closed = true;
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.call?.end();
+    this.call = undefined;
+    this.client?.close();
+    this.queue = [];
+  }
+}
+
+export class GrpcRaftTransport implements Transport {
+  readonly counters: GrpcRaftTransportStats = {
+    sent: 0,
+    received: 0,
+    droppedQueueFull: 0,
+    droppedUnknownPeer: 0,
+    droppedStreamBroken: 0,
+    malformed: 0,
+    misaddressed: 0,
+    streamFailures: 0,
+  };
+  readonly id: NodeId;
+  readonly credentials: ChannelCredentials;
+  readonly channelOptions: Partial<ClientOptions>;
+  readonly maxQueued: number;
+  readonly maxBatchMessages: number;
+  readonly maxBatchBytes: number;
+  readonly log: RaftLogger;
+  private readonly backoff: Required<BackoffOptions>;
+  private readonly random: () => number;
+  private readonly peers = new Map<NodeId, PeerLink>();
+  private readonly inbound = new Set<() => void>();
+  private handler: ((m: Message) => void) | undefined;
+  private closed = false;
+
+  constructor(opts: GrpcRaftTransportOptions) {
+    this.id = opts.id;
+    this.credentials = opts.credentials;
+    this.channelOptions = { ...DEFAULT_CHANNEL_OPTIONS, ...opts.channelOptions };
+    this.maxQueued = opts.maxQueuedPerPeer ?? 4096;
+    this.maxBatchMessages = opts.maxBatchMessages ?? 512;
+    this.maxBatchBytes = opts.maxBatchBytes ?? 4 * 1024 * 1024;
+    this.backoff = {
+      initialMs: opts.backoff?.initialMs ?? 50,
+      maxMs: opts.backoff?.maxMs ?? 1000,
+      jitter: opts.backoff?.jitter ?? 0.2,
+    };
+    this.random = opts.random ?? Math.random;
+    this.log = opts.logger ?? silentRaftLogger;
+    for (const [k, v] of Object.entries({
+      maxQueuedPerPeer: this.maxQueued,
+      maxBatchMessages: this.maxBatchMessages,
+      maxBatchBytes: this.maxBatchBytes,
+    })) {
+      if (!Number.isSafeInteger(v) || v <= 0)
+        throw new RangeError(`raft transport: ${k} must be a positive integer`);
+    }
+  }
+
+  /** The gRPC service to add to this node's server: `server.addService(t.service.definition, t.service.implementation)`. */
+  get service(): {
+    definition: typeof raftpb.RaftTransportServiceService;
+    implementation: raftpb.RaftTransportServiceServer;
+  } {
+    return {
+      definition: raftpb.RaftTransportServiceService,
+      implementation: {
+        stream: (call, callback) => {
+          let done = false;
+          const finish = () => {
+            if (done) return;
+            done = true;
+            this.inbound.delete(finish);
+            callback(null, {});
+          };
+          this.inbound.add(finish);
+          call.on("data", (batch: raftpb.RaftMessageBatch) => this.receive(batch));
+          call.on("end", finish);
+          call.on("error", () => {
+            done = true;
+            this.inbound.delete(finish);
+          });
+        },
+      },
+    };
+  }
+
+  /** Delay before retry number `failures` (1-based): doubling from initialMs up to maxMs, jittered. */
+  backoffDelay(failures: number): number {
+    const base = Math.min(this.backoff.maxMs, this.backoff.initialMs * 2 ** Math.min(failures - 1, 30));
+    return Math.round(base * (1 - this.backoff.jitter + 2 * this.backoff.jitter * this.random()));
+  }
+
+  send(messages: Message[]): void {
+    if (this.closed) return;
+    for (const m of messages) {
+      const link = this.peers.get(m.to);
+      if (!link) {
+        this.counters.droppedUnknownPeer++;
+        continue;
+      }
+      link.enqueue(m);
+    }
+  }
+
+  onMessage(handler: (m: Message) => void): void {
+    this.handler = handler;
+  }
+
+  addPeer(id: NodeId, address: string): void {
+    if (id === this.id) return;
+    const old = this.peers.get(id);
+    if (old && old.address === address) return;
+    old?.close();
+    this.peers.set(id, new PeerLink(id, address, this));
+  }
+
+  removePeer(id: NodeId): void {
+    this.peers.get(id)?.close();
+    this.peers.delete(id);
+  }
+
+  peerAddresses(): Record<NodeId, string> {
+    return Object.fromEntries([...this.peers.values()].map((p) => [p.id, p.address]));
+  }
+
+  stats(): GrpcRaftTransportStats {
+    return { ...this.counters };
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    for (const p of this.peers.values()) p.close();
+    this.peers.clear();
+    // End inbound streams from our side so the server can shut down without waiting them out.
+    for (const finish of [...this.inbound]) finish();
+  }
+
+  private receive(batch: raftpb.RaftMessageBatch): void {
+    if (this.closed) return;
+    for (const p of batch.messages) {
+      let m: Message;
+      try {
+        m = fromWire(p);
+      } catch (err) {
+        this.counters.malformed++;
+        if (this.counters.malformed === 1 || this.counters.malformed % 1000 === 0) {
+          this.log.warn(
+            { err: (err as Error).message, total: this.counters.malformed },
+            "raft transport: dropped malformed message",
+          );
+        }
+        continue;
+      }
+      if (m.to !== this.id) {
+        this.counters.misaddressed++;
+        continue;
+      }
+      this.counters.received++;
+      this.handler?.(m);
+    }
+  }
+}

@@ -1,0 +1,265 @@
+// RaftNode end to end inside one process: three (or four) nodes over the in-memory transport with
+// real timers, a small key-value state machine, and both storages.
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { test } from "node:test";
+import { MemoryStorage } from "./memory-storage.js";
+import { MemoryNetwork } from "./memory-transport.js";
+import { RaftNode, RaftNodeError } from "./node.js";
+import type { Entry, StateMachine, WritableStorage } from "./types.js";
+import { WalStorage } from "./wal-storage.js";
+
+/** put k=v returns the entry's index (the revision); the state is a JSON object. */
+class Kv implements StateMachine<number> {
+  data = new Map<string, string>();
+  apply(e: Entry): number {
+    const { k, v } = JSON.parse(new TextDecoder().decode(e.data)) as { k: string; v: string };
+    this.data.set(k, v);
+    return e.index;
+  }
+  snapshot(): Uint8Array {
+    return new TextEncoder().encode(JSON.stringify([...this.data]));
+  }
+  restore(data: Uint8Array): void {
+    this.data = new Map(
+      data.byteLength ? (JSON.parse(new TextDecoder().decode(data)) as [string, string][]) : [],
+    );
+  }
+}
+
+const peersOf = (ids: string[]) => Object.fromEntries(ids.map((id) => [id, `mem://${id}`]));
+const put = (k: string, v: string) => new TextEncoder().encode(JSON.stringify({ k, v }));
+
+interface Member {
+  node: RaftNode<number>;
+  kv: Kv;
+  storage: WritableStorage;
+  closed?: boolean;
+}
+
+/** Retries a call that failed only because leadership moved (what a client does). */
+async function retrying<T>(f: () => Promise<T>): Promise<T> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await f();
+    } catch (err) {
+      const moved =
+        err instanceof RaftNodeError && ["leader-changed", "dropped", "overwritten"].includes(err.code);
+      if (!moved || attempt >= 20) throw err;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+}
+
+function cluster(
+  ids: string[],
+  opts: { snapshotEvery?: number; storages?: Record<string, WritableStorage> } = {},
+) {
+  const net = new MemoryNetwork();
+  const peers = peersOf(ids);
+  const members = new Map<string, Member>();
+  const make = (id: string, founding: Record<string, string>, storage?: WritableStorage, join = false) => {
+    const kv = new Kv();
+    const s = storage ?? opts.storages?.[id] ?? new MemoryStorage();
+    const node = new RaftNode<number>({
+      id,
+      peers: founding,
+      join,
+      storage: s,
+      transport: net.transport(id),
+      stateMachine: kv,
+      tickMs: 50,
+      electionTicks: 10,
+      snapshotEvery: opts.snapshotEvery ?? 0,
+      snapshotKeepEntries: 5,
+      proposalTimeoutMs: 3000,
+      readTimeoutMs: 3000,
+    }).start();
+    const m = { node, kv, storage: s };
+    members.set(id, m);
+    return m;
+  };
+  for (const id of ids) make(id, peers);
+  return {
+    net,
+    members,
+    make,
+    async leader(timeoutMs = 5000): Promise<Member> {
+      const end = Date.now() + timeoutMs;
+      for (;;) {
+        const leaders = [...members.values()].filter((m) => m.node.isLeader());
+        const id = leaders[0]?.node.id;
+        // Settled: one leader, and every open member follows it.
+        if (
+          leaders.length === 1 &&
+          [...members.values()].every((m) => m.node.leaderId() === id || m.closed)
+        ) {
+          return leaders[0]!;
+        }
+        if (Date.now() > end) throw new Error("no single leader elected in time");
+        await new Promise((r) => setTimeout(r, 10));
+      }
+    },
+    /** Proposes through whoever leads, retrying when leadership moves (as a client would). */
+    async write(k: string, v: string): Promise<number> {
+      for (let attempt = 0; ; attempt++) {
+        const l = await this.leader();
+        try {
+          return await l.node.propose(put(k, v));
+        } catch (err) {
+          if (!(err instanceof RaftNodeError) || err.code === "timeout" || attempt > 20) throw err;
+        }
+      }
+    },
+    async close() {
+      await Promise.all([...members.values()].map((m) => m.node.close()));
+    },
+  };
+}
+
+async function until(cond: () => boolean, what: string, ms = 5000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+test("proposals resolve with apply()'s result on the leader and, forwarded, on a follower", async (t) => {
+  const c = cluster(["a", "b", "c"]);
+  t.after(() => c.close());
+  const leader = await c.leader();
+  const follower = [...c.members.values()].find((m) => m !== leader)!;
+  const r1 = await retrying(() => leader.node.propose(put("x", "1")));
+  const r2 = await retrying(() => follower.node.propose(put("y", "2")));
+  assert.ok(r2 > r1, `revisions increase (${r1} then ${r2})`);
+  const many = await Promise.all(
+    Array.from({ length: 200 }, (_, k) => leader.node.propose(put(`k${k}`, `${k}`))),
+  );
+  assert.equal(new Set(many).size, 200, "every proposal got its own log index");
+  await until(
+    () => [...c.members.values()].every((m) => m.kv.data.size === 202),
+    "all nodes applied everything",
+  );
+  for (const m of c.members.values()) assert.equal(m.kv.data.get("k199"), "199");
+});
+
+test("a read barrier on a follower observes every write acknowledged before it", async (t) => {
+  const c = cluster(["a", "b", "c"]);
+  t.after(() => c.close());
+  const leader = await c.leader();
+  const follower = [...c.members.values()].find((m) => m !== leader)!;
+  for (let k = 0; k < 20; k++) {
+    await c.write("counter", String(k));
+    await retrying(() => follower.node.read());
+    assert.equal(follower.kv.data.get("counter"), String(k));
+  }
+});
+
+test("read barriers issued at once on every node all resolve (request ids never collide)", async (t) => {
+  const c = cluster(["a", "b", "c"]);
+  t.after(() => c.close());
+  await c.leader();
+  await c.write("x", "1");
+  for (let round = 0; round < 5; round++) {
+    await Promise.all([...c.members.values()].map((m) => retrying(() => m.node.read())));
+  }
+  for (const m of c.members.values()) assert.equal(m.kv.data.get("x"), "1");
+});
+
+test("an isolated leader's proposals fail with a clear error and the rest elect a new leader", async (t) => {
+  const c = cluster(["a", "b", "c"]);
+  t.after(() => c.close());
+  const old = await c.leader();
+  await old.node.propose(put("before", "1"));
+  c.net.isolate(old.node.id, ["a", "b", "c"]);
+  const lost = old.node.propose(put("lost", "1"));
+  const others = [...c.members.values()].filter((m) => m !== old);
+  await until(() => others.some((m) => m.node.isLeader()), "a new leader among the majority");
+  const fresh = others.find((m) => m.node.isLeader())!;
+  await fresh.node.propose(put("after", "1"));
+  await assert.rejects(lost, (err: unknown) => {
+    assert.ok(err instanceof RaftNodeError, String(err));
+    assert.ok(["leader-changed", "timeout", "overwritten"].includes(err.code), err.code);
+    return true;
+  });
+  c.net.heal();
+  await until(() => old.kv.data.get("after") === "1", "the old leader catches up");
+  assert.equal(old.kv.data.has("lost"), false, "the isolated leader's uncommitted write never applied");
+});
+
+test("a follower with no leader rejects a proposal at once, naming the problem", async (t) => {
+  const c = cluster(["a", "b", "c"]);
+  t.after(() => c.close());
+  c.net.isolate("a", ["a", "b", "c"]);
+  const a = c.members.get("a")!;
+  await until(() => !a.node.isLeader(), "a is not leader");
+  await new Promise((r) => setTimeout(r, 50));
+  if (a.node.leaderId() === "") {
+    await assert.rejects(a.node.propose(put("x", "1")), /no leader/);
+  } else {
+    await assert.rejects(a.node.propose(put("x", "1")), RaftNodeError);
+  }
+});
+
+test("snapshots compact the log and a node added later catches up from one", async (t) => {
+  const c = cluster(["a", "b", "c"], { snapshotEvery: 50 });
+  t.after(() => c.close());
+  await c.leader();
+  for (let k = 0; k < 150; k++) await c.write(`k${k}`, `${k}`);
+  const leader = await c.leader();
+  assert.ok(leader.node.status().snapshotIndex >= 100, `snapshot at ${leader.node.status().snapshotIndex}`);
+  assert.ok(leader.storage.firstIndex() > 90, `log compacted to ${leader.storage.firstIndex()}`);
+  const d = c.make("d", peersOf(["a", "b", "c"]), undefined, true);
+  assert.deepEqual(d.node.status().config.voters, [], "a joining node starts without a configuration");
+  await leader.node.addLearner("d", "mem://d");
+  await until(() => d.kv.data.size === 150, "the learner d receives the state", 10_000);
+  await leader.node.addVoter("d", "mem://d");
+  assert.deepEqual(leader.node.status().config.voters.slice().sort(), ["a", "b", "c", "d"]);
+  await leader.node.propose(put("with-d", "1"));
+  await until(() => d.kv.data.get("with-d") === "1", "d applies new writes");
+});
+
+test("leadership moves on request and a removed node stops being a member", async (t) => {
+  const c = cluster(["a", "b", "c"]);
+  t.after(() => c.close());
+  const leader = await c.leader();
+  const target = [...c.members.values()].find((m) => m !== leader)!;
+  await leader.node.transferLeadership(target.node.id);
+  await until(() => target.node.isLeader(), "the target leads");
+  // A new leader accepts membership changes once its own first entry is applied.
+  await target.node.propose(put("new-leader", "1"));
+  const third = [...c.members.values()].find((m) => m !== leader && m !== target)!;
+  await target.node.removeNode(third.node.id);
+  assert.deepEqual(
+    target.node.status().config.voters.slice().sort(),
+    [leader.node.id, target.node.id].sort(),
+  );
+  await target.node.propose(put("two-node", "ok"));
+});
+
+test("a node restarted on its WAL rebuilds its state and rejoins", async (t) => {
+  const dirs = ["a", "b", "c"].map(() => mkdtempSync(join(tmpdir(), "raft-node-")));
+  const storages: Record<string, WritableStorage> = {};
+  for (const [k, id] of ["a", "b", "c"].entries()) storages[id] = await WalStorage.open(dirs[k]!);
+  const c = cluster(["a", "b", "c"], { storages, snapshotEvery: 30 });
+  t.after(async () => {
+    await c.close();
+    for (const d of dirs) rmSync(d, { recursive: true, force: true });
+  });
+  await c.leader();
+  for (let k = 0; k < 60; k++) await c.write(`k${k}`, `${k}`);
+  const current = await c.leader();
+  const victim = [...c.members.values()].find((m) => m !== current)!;
+  const id = victim.node.id;
+  await until(() => victim.kv.data.size === 60, "the victim has everything");
+  await victim.node.close();
+  victim.closed = true;
+  for (let k = 60; k < 80; k++) await c.write(`k${k}`, `${k}`);
+  const storage = await WalStorage.open(dirs[["a", "b", "c"].indexOf(id)]!);
+  const back = c.make(id, { a: "mem://a", b: "mem://b", c: "mem://c" }, storage);
+  await until(() => back.kv.data.size === 80, "the restarted node catches up");
+  assert.equal(back.kv.data.get("k79"), "79");
+});

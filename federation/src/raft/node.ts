@@ -1,0 +1,750 @@
+// raft-ts: RaftNode, the driver that gives the pure core a clock, a disk, a network and an
+// application. One loop drains Ready batches: persist (entries, hard state, snapshot) → one fsync →
+// send → apply → advance. Everything proposed while an fsync runs lands in the next batch, so one
+// fsync and one Append per follower carry many proposals (group commit).
+import { decodeConfChange } from "./confchange.js";
+import { ProposalDroppedError } from "./errors.js";
+import { type RaftLogger, silentRaftLogger } from "./logger.js";
+import { type RaftConfig, RaftCore, type RaftStatus } from "./raft.js";
+import {
+  type ConfChange,
+  ConfChangeType,
+  type Entry,
+  EntryType,
+  type HardState,
+  type Message,
+  type NodeId,
+  type Ready,
+  type Snapshot,
+  type StateMachine,
+  type Transport,
+  type WritableStorage,
+} from "./types.js";
+
+export interface RaftNodeOptions<R> {
+  id: NodeId;
+  /**
+   * Member addresses. With empty storage and `join` unset these are the founding voters; with
+   * `join` they only tell a new node where the existing members are until it learns the rest.
+   */
+  peers: Record<NodeId, string>;
+  /** Empty storage means "wait to be added by the leader" rather than "found a new group". */
+  join?: boolean;
+  storage: WritableStorage;
+  transport: Transport;
+  stateMachine: StateMachine<R>;
+  logger?: RaftLogger;
+  /** Milliseconds per core tick. Default 100 (DESIGN §5: heartbeat 100 ms). */
+  tickMs?: number;
+  /** Ticks between heartbeats. Default 1. */
+  heartbeatTicks?: number;
+  /** Ticks before an election; the core randomizes it to [n, 2n). Default 10 (1 s → 2 s). */
+  electionTicks?: number;
+  /** Other core settings (pre-vote, check-quorum, size and in-flight bounds, ...). */
+  raft?: Omit<
+    RaftConfig,
+    "id" | "storage" | "randomInt" | "applied" | "voters" | "electionTicks" | "heartbeatTicks"
+  >;
+  /** Take a snapshot and compact the log after this many applied entries; 0 = never. Default 10 000. */
+  snapshotEvery?: number;
+  /** Entries kept behind a snapshot for slow followers. Default 1 000. */
+  snapshotKeepEntries?: number;
+  /** A proposal not applied within this time is rejected (its outcome is then unknown). Default 10 s. */
+  proposalTimeoutMs?: number;
+  /** A read barrier not satisfied within this time is rejected. Default 5 s. */
+  readTimeoutMs?: number;
+  /** Proposals and reads waiting at once; more are refused. Default 65 536. */
+  maxPending?: number;
+  /** Called once if the node stops on an unrecoverable error (storage failure, broken invariant). */
+  onFatal?: (err: Error) => void;
+  /** Randomness for election timeouts; Math.random by default. */
+  random?: () => number;
+}
+
+export type RaftNodeErrorCode =
+  | "dropped"
+  | "timeout"
+  | "leader-changed"
+  | "overwritten"
+  | "closed"
+  | "failed"
+  | "too-many-pending";
+
+/** Why a propose/read/membership call failed, with who the leader is (when known) to retry there. */
+export class RaftNodeError extends Error {
+  constructor(
+    readonly code: RaftNodeErrorCode,
+    message: string,
+    readonly leader: NodeId,
+    readonly leaderAddress: string,
+    options?: { cause?: unknown },
+  ) {
+    super(
+      `raft: ${message.replace(/^raft: /, "")}${leader ? ` (leader is ${leader}${leaderAddress ? ` at ${leaderAddress}` : ""})` : " (no leader known)"}`,
+      options,
+    );
+    this.name = "RaftNodeError";
+  }
+}
+
+export interface RaftNodeStatus extends RaftStatus {
+  addresses: Record<NodeId, string>;
+  pendingProposals: number;
+  pendingReads: number;
+  /** Index of the newest snapshot in storage. */
+  snapshotIndex: number;
+}
+
+interface PendingProposal<R> {
+  resolve(r: R): void;
+  reject(e: Error): void;
+  timer: NodeJS.Timeout;
+  /** Log position once this node has seen the entry in its log. */
+  index?: number;
+}
+
+interface PendingRead {
+  resolve(): void;
+  reject(e: Error): void;
+  timer: NodeJS.Timeout;
+  index?: number;
+  ctx: Uint8Array;
+  /** Ticks since the request was (re)issued; a request forwarded to the leader may be lost. */
+  age: number;
+}
+
+/** Ticks after which an unanswered read request is issued again. */
+const READ_RETRY_TICKS = 5;
+
+interface PendingConf {
+  resolve(): void;
+  reject(e: Error): void;
+  timer: NodeJS.Timeout;
+}
+
+// Every application command is wrapped so the proposing node recognises its entry when applied:
+// version | u16 origin length | origin id | u48 sequence | payload.
+const ENVELOPE_VERSION = 0xa1;
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+function wrapCommand(origin: Uint8Array, seq: number, data: Uint8Array): Uint8Array {
+  const out = Buffer.allocUnsafe(1 + 2 + origin.length + 6 + data.byteLength);
+  out[0] = ENVELOPE_VERSION;
+  out.writeUInt16BE(origin.length, 1);
+  out.set(origin, 3);
+  out.writeUIntBE(seq, 3 + origin.length, 6);
+  out.set(data, 9 + origin.length);
+  return out;
+}
+
+function unwrapCommand(data: Uint8Array): { origin: string; seq: number; payload: Uint8Array } | undefined {
+  if (data.byteLength < 9 || data[0] !== ENVELOPE_VERSION) return undefined;
+  const b = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+  const n = b.readUInt16BE(1);
+  if (9 + n > b.length) return undefined;
+  return {
+    origin: decoder.decode(b.subarray(3, 3 + n)),
+    seq: b.readUIntBE(3 + n, 6),
+    payload: b.subarray(9 + n),
+  };
+}
+
+// Snapshots carry the members' addresses next to the application state, so a node restored from
+// a snapshot can reach peers whose membership changes were compacted away.
+function wrapSnapshot(addresses: Record<NodeId, string>, app: Uint8Array): Uint8Array {
+  const meta = Buffer.from(JSON.stringify({ addresses }), "utf8");
+  const out = Buffer.allocUnsafe(4 + meta.length + app.byteLength);
+  out.writeUInt32BE(meta.length, 0);
+  meta.copy(out, 4);
+  out.set(app, 4 + meta.length);
+  return out;
+}
+
+function unwrapSnapshot(data: Uint8Array): { addresses: Record<NodeId, string>; app: Uint8Array } {
+  if (data.byteLength === 0) return { addresses: {}, app: data };
+  const b = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+  const n = b.readUInt32BE(0);
+  if (4 + n > b.length)
+    throw new Error("raft node: snapshot data is malformed (address header runs past the end)");
+  const meta = JSON.parse(b.subarray(4, 4 + n).toString("utf8")) as { addresses: Record<NodeId, string> };
+  return { addresses: meta.addresses ?? {}, app: b.subarray(4 + n) };
+}
+
+export class RaftNode<R = unknown> {
+  readonly id: NodeId;
+  private readonly core: RaftCore;
+  private readonly storage: WritableStorage;
+  private readonly transport: Transport;
+  private readonly sm: StateMachine<R>;
+  private readonly log: RaftLogger;
+  private readonly opts: Required<
+    Pick<
+      RaftNodeOptions<R>,
+      | "tickMs"
+      | "snapshotEvery"
+      | "snapshotKeepEntries"
+      | "proposalTimeoutMs"
+      | "readTimeoutMs"
+      | "maxPending"
+    >
+  >;
+  private readonly originBytes: Uint8Array;
+  private readonly addresses = new Map<NodeId, string>();
+  private readonly proposals = new Map<number, PendingProposal<R>>();
+  private readonly proposalAt = new Map<number, number>(); // log index → proposal seq
+  private readonly reads = new Map<number, PendingRead>();
+  private readonly confs = new Map<string, PendingConf>();
+  /** Membership changes applied in the current batch; their callers hear back after advance(). */
+  private confsDone: PendingConf[] = [];
+  private readonly transfers = new Set<{
+    to: NodeId;
+    resolve(): void;
+    reject(e: Error): void;
+    timer: NodeJS.Timeout;
+  }>();
+  private nextSeq = 1;
+  private nextReadId = 1;
+  private applied = 0;
+  private snapshotIndex = 0;
+  /** A member was added while the log is compacted: it will need a snapshot that includes it. */
+  private snapshotForNewMember = false;
+  private leader: NodeId = "";
+  private persistedHard: HardState;
+  private ticker: NodeJS.Timeout | undefined;
+  private running = false;
+  private loopDone: Promise<void> = Promise.resolve();
+  private closed = false;
+  private fatal: Error | undefined;
+  private readonly onFatal: ((err: Error) => void) | undefined;
+
+  constructor(o: RaftNodeOptions<R>) {
+    this.id = o.id;
+    this.storage = o.storage;
+    this.transport = o.transport;
+    this.sm = o.stateMachine;
+    this.log = o.logger ?? silentRaftLogger;
+    this.onFatal = o.onFatal;
+    this.opts = {
+      tickMs: o.tickMs ?? 100,
+      snapshotEvery: o.snapshotEvery ?? 10_000,
+      snapshotKeepEntries: o.snapshotKeepEntries ?? 1_000,
+      proposalTimeoutMs: o.proposalTimeoutMs ?? 10_000,
+      readTimeoutMs: o.readTimeoutMs ?? 5_000,
+      maxPending: o.maxPending ?? 65_536,
+    };
+    for (const [k, v] of Object.entries(this.opts)) {
+      if (!Number.isFinite(v) || v < 0 || (k === "tickMs" && v <= 0)) {
+        throw new RangeError(
+          `raft node: option ${k} must be a ${k === "tickMs" ? "positive" : "non-negative"} number`,
+        );
+      }
+    }
+    this.originBytes = encoder.encode(o.id);
+    const random = o.random ?? Math.random;
+
+    // The application state starts from the newest snapshot; the core hands out the rest again.
+    const snap = this.storage.snapshot();
+    if (snap.metadata.index > 0) this.restoreSnapshot(snap);
+    for (const [id, addr] of Object.entries(o.peers))
+      if (!this.addresses.has(id)) this.addresses.set(id, addr);
+    this.persistedHard = this.storage.initialState().hardState;
+    const initial = this.storage.initialState().confState;
+    const fresh = initial.voters.length === 0 && initial.learners.length === 0;
+    this.core = new RaftCore({
+      ...o.raft,
+      id: o.id,
+      storage: this.storage,
+      applied: this.applied,
+      voters: fresh && !o.join ? Object.keys(o.peers) : undefined,
+      electionTicks: o.electionTicks ?? 10,
+      heartbeatTicks: o.heartbeatTicks ?? 1,
+      randomInt: (n) => Math.floor(random() * n),
+    });
+    for (const [id, addr] of this.addresses) if (id !== this.id) this.transport.addPeer(id, addr);
+    this.transport.onMessage((m) => this.onMessage(m));
+  }
+
+  /** Starts ticking. The node answers messages from the moment it is constructed. */
+  start(): this {
+    if (this.ticker || this.closed) return this;
+    this.ticker = setInterval(() => {
+      if (this.closed || this.fatal) return;
+      this.guard(() => this.core.tick());
+      this.retryReads();
+    }, this.opts.tickMs);
+    this.log.info(
+      {
+        id: this.id,
+        applied: this.applied,
+        tickMs: this.opts.tickMs,
+        peers: Object.fromEntries(this.addresses),
+      },
+      "raft node started",
+    );
+    return this;
+  }
+
+  /** Replicates `data`; resolves with the state machine's apply() result once applied on this node. */
+  propose(data: Uint8Array): Promise<R> {
+    const seq = this.nextSeq++;
+    return new Promise<R>((resolve, reject) => {
+      if (!this.admit(reject)) return;
+      const timer = setTimeout(() => {
+        this.dropProposal(
+          seq,
+          "timeout",
+          `proposal not applied within ${this.opts.proposalTimeoutMs} ms; outcome unknown`,
+        );
+      }, this.opts.proposalTimeoutMs);
+      timer.unref?.();
+      this.proposals.set(seq, { resolve, reject, timer });
+      try {
+        this.core.propose(wrapCommand(this.originBytes, seq, data));
+      } catch (err) {
+        this.dropProposal(seq, "dropped", (err as Error).message, err);
+        if (!(err instanceof ProposalDroppedError)) this.die(err as Error);
+        return;
+      }
+      this.kick();
+    });
+  }
+
+  /** A linearizable read barrier: resolves once this node has applied everything committed before the call. */
+  read(): Promise<void> {
+    const id = this.nextReadId++;
+    return new Promise<void>((resolve, reject) => {
+      if (!this.admit(reject)) return;
+      const timer = setTimeout(() => {
+        this.reads.delete(id);
+        reject(this.error("timeout", `read barrier not confirmed within ${this.opts.readTimeoutMs} ms`));
+      }, this.opts.readTimeoutMs);
+      timer.unref?.();
+      // The leader keys pending reads by this context, so it names the node as well as the read.
+      const ctx = Buffer.allocUnsafe(8 + this.originBytes.length);
+      ctx.writeDoubleBE(id, 0);
+      ctx.set(this.originBytes, 8);
+      this.reads.set(id, { resolve, reject, timer, ctx, age: 0 });
+      try {
+        this.core.readIndex(ctx);
+      } catch (err) {
+        clearTimeout(timer);
+        this.reads.delete(id);
+        reject(this.error("dropped", (err as Error).message, err));
+        return;
+      }
+      this.kick();
+    });
+  }
+
+  addVoter(id: NodeId, address: string): Promise<void> {
+    return this.changeMembership({ type: ConfChangeType.AddVoter, nodeId: id, address });
+  }
+
+  addLearner(id: NodeId, address: string): Promise<void> {
+    return this.changeMembership({ type: ConfChangeType.AddLearner, nodeId: id, address });
+  }
+
+  removeNode(id: NodeId): Promise<void> {
+    return this.changeMembership({ type: ConfChangeType.RemoveNode, nodeId: id, address: "" });
+  }
+
+  /** Asks the leader to hand over to `to`; resolves when `to` is leader. */
+  transferLeadership(to: NodeId, timeoutMs = 5_000): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      if (!this.admit(reject)) return;
+      if (this.leader === to) {
+        resolve();
+        return;
+      }
+      const entry = {
+        to,
+        resolve,
+        reject,
+        timer: setTimeout(() => {
+          this.transfers.delete(entry);
+          reject(this.error("timeout", `leadership did not move to ${to} within ${timeoutMs} ms`));
+        }, timeoutMs),
+      };
+      entry.timer.unref?.();
+      this.transfers.add(entry);
+      try {
+        this.core.transferLeadership(to);
+      } catch (err) {
+        clearTimeout(entry.timer);
+        this.transfers.delete(entry);
+        reject(this.error("dropped", (err as Error).message, err));
+        return;
+      }
+      this.kick();
+    });
+  }
+
+  /** Starts an election at once (tests and operators; normally timeouts do this). */
+  campaign(): void {
+    this.guard(() => this.core.campaign());
+  }
+
+  status(): RaftNodeStatus {
+    return {
+      ...this.core.status(),
+      addresses: Object.fromEntries(this.addresses),
+      pendingProposals: this.proposals.size,
+      pendingReads: this.reads.size,
+      snapshotIndex: this.snapshotIndex,
+    };
+  }
+
+  isLeader(): boolean {
+    return this.core.status().role === "leader";
+  }
+
+  leaderId(): NodeId {
+    return this.leader;
+  }
+
+  addressOf(id: NodeId): string {
+    return this.addresses.get(id) ?? "";
+  }
+
+  /** Stops ticking, finishes the batch in progress, fails waiting calls, closes transport and storage. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.ticker) clearInterval(this.ticker);
+    await this.loopDone;
+    this.failAll("closed", "node is closed");
+    await this.transport.close();
+    await this.storage.close();
+    this.log.info({ id: this.id, applied: this.applied }, "raft node closed");
+  }
+
+  // ---------------------------------------------------------------- internals
+
+  private admit(reject: (e: Error) => void): boolean {
+    if (this.fatal) {
+      reject(this.error("failed", `node stopped after an unrecoverable error: ${this.fatal.message}`));
+      return false;
+    }
+    if (this.closed) {
+      reject(this.error("closed", "node is closed"));
+      return false;
+    }
+    if (this.proposals.size + this.reads.size >= this.opts.maxPending) {
+      reject(
+        this.error(
+          "too-many-pending",
+          `${this.opts.maxPending} proposals and reads already waiting (maxPending)`,
+        ),
+      );
+      return false;
+    }
+    return true;
+  }
+
+  private error(code: RaftNodeErrorCode, message: string, cause?: unknown): RaftNodeError {
+    const leader = this.leader;
+    return new RaftNodeError(code, message, leader, leader ? (this.addresses.get(leader) ?? "") : "", {
+      cause,
+    });
+  }
+
+  private changeMembership(cc: ConfChange): Promise<void> {
+    const key = `${cc.type}:${cc.nodeId}`;
+    return new Promise<void>((resolve, reject) => {
+      if (!this.admit(reject)) return;
+      if (this.confs.has(key)) {
+        reject(this.error("dropped", `the same membership change for ${cc.nodeId} is already in progress`));
+        return;
+      }
+      const timer = setTimeout(() => {
+        this.confs.delete(key);
+        reject(
+          this.error(
+            "timeout",
+            `membership change for ${cc.nodeId} not applied within ${this.opts.proposalTimeoutMs} ms`,
+          ),
+        );
+      }, this.opts.proposalTimeoutMs);
+      timer.unref?.();
+      this.confs.set(key, { resolve, reject, timer });
+      try {
+        this.core.proposeConfChange(cc);
+      } catch (err) {
+        clearTimeout(timer);
+        this.confs.delete(key);
+        reject(this.error("dropped", (err as Error).message, err));
+        return;
+      }
+      this.kick();
+    });
+  }
+
+  private onMessage(m: Message): void {
+    if (this.closed || this.fatal) return;
+    this.guard(() => this.core.step(m));
+  }
+
+  /** Runs a core call; an exception from the core other than a dropped proposal stops the node. */
+  private guard(f: () => void): void {
+    try {
+      f();
+    } catch (err) {
+      if (err instanceof ProposalDroppedError) throw err;
+      this.die(err as Error);
+      return;
+    }
+    this.kick();
+  }
+
+  private kick(): void {
+    if (this.running || this.closed || this.fatal) return;
+    if (!this.core.hasReady()) return;
+    this.running = true;
+    this.loopDone = new Promise<void>((resolve) => {
+      setImmediate(() => {
+        this.loop().finally(() => {
+          this.running = false;
+          resolve();
+          if (!this.closed && !this.fatal) this.kick();
+        });
+      });
+    });
+  }
+
+  private async loop(): Promise<void> {
+    try {
+      while (!this.fatal && this.core.hasReady()) {
+        const rd = this.core.ready();
+        await this.handleReady(rd);
+        this.core.advance();
+        for (const p of this.confsDone.splice(0)) p.resolve();
+        this.maybeSnapshot();
+        if (this.closed) return;
+      }
+    } catch (err) {
+      this.die(err as Error);
+    }
+  }
+
+  private async handleReady(rd: Ready): Promise<void> {
+    if (rd.softState) this.onSoftState(rd.softState.leader);
+    let mustSync = false;
+    if (rd.snapshot) {
+      this.storage.applySnapshot(rd.snapshot);
+      mustSync = true;
+    }
+    if (rd.entries.length > 0) {
+      this.storage.append(rd.entries);
+      this.noteOwnEntries(rd.entries);
+      mustSync = true;
+    }
+    if (rd.hardState) {
+      this.storage.setHardState(rd.hardState);
+      // Term and vote must be durable before anyone hears of them; the commit index need not be
+      // (it is re-learned from the leader), so a commit-only change rides along with the next sync.
+      if (rd.hardState.term !== this.persistedHard.term || rd.hardState.vote !== this.persistedHard.vote) {
+        mustSync = true;
+      }
+      this.persistedHard = rd.hardState;
+    }
+    // Nothing that depends on these writes (votes, acks, appends) leaves before they are durable.
+    if (mustSync) await this.storage.sync();
+    if (rd.messages.length > 0) this.transport.send(rd.messages);
+    if (rd.snapshot) {
+      this.restoreSnapshot(rd.snapshot);
+      this.log.info(
+        { id: this.id, index: rd.snapshot.metadata.index },
+        "raft node: installed snapshot from leader",
+      );
+    }
+    for (const e of rd.committedEntries) this.applyEntry(e);
+    for (const rs of rd.readStates) {
+      const id = Buffer.from(
+        rs.requestId.buffer,
+        rs.requestId.byteOffset,
+        rs.requestId.byteLength,
+      ).readDoubleBE(0);
+      const r = this.reads.get(id);
+      if (r) r.index = rs.index;
+    }
+    this.resolveReads();
+  }
+
+  private onSoftState(leader: NodeId): void {
+    if (leader === this.leader) return;
+    const prev = this.leader;
+    this.leader = leader;
+    this.log.info(
+      { id: this.id, leader, previous: prev, term: this.core.status().term },
+      "raft node: leader changed",
+    );
+    // Proposals not yet in our log were either dropped with the old leader or are lost in flight;
+    // those already in the log stay: they will be applied or overwritten, and we find out which.
+    for (const [seq, p] of this.proposals) {
+      if (p.index === undefined)
+        this.dropProposal(seq, "leader-changed", "leader changed before the proposal reached the log");
+    }
+    for (const t of this.transfers) {
+      if (t.to === leader) {
+        clearTimeout(t.timer);
+        this.transfers.delete(t);
+        t.resolve();
+      }
+    }
+  }
+
+  private noteOwnEntries(entries: Entry[]): void {
+    for (const e of entries) {
+      if (e.type !== EntryType.Normal) continue;
+      const cmd = unwrapCommand(e.data);
+      if (!cmd || cmd.origin !== this.id) continue;
+      const p = this.proposals.get(cmd.seq);
+      if (!p) continue;
+      p.index = e.index;
+      this.proposalAt.set(e.index, cmd.seq);
+    }
+  }
+
+  private applyEntry(e: Entry): void {
+    if (e.index <= this.applied) return; // already covered by a restored snapshot
+    this.applied = e.index;
+    const waiting = this.proposalAt.get(e.index);
+    if (waiting !== undefined) this.proposalAt.delete(e.index);
+    if (e.type === EntryType.ConfChange) {
+      this.applyConfChange(decodeConfChange(e.data));
+    } else if (e.data.byteLength > 0) {
+      const cmd = unwrapCommand(e.data);
+      const result = this.sm.apply(cmd ? { ...e, data: cmd.payload } : e);
+      if (cmd && cmd.origin === this.id) {
+        const p = this.proposals.get(cmd.seq);
+        if (p) {
+          clearTimeout(p.timer);
+          this.proposals.delete(cmd.seq);
+          p.resolve(result);
+        }
+        if (waiting === cmd.seq) return;
+      }
+    }
+    // Our proposal had been at this index but a different entry won it (a new leader's log).
+    if (waiting !== undefined)
+      this.dropProposal(waiting, "overwritten", `log index ${e.index} went to another entry`);
+  }
+
+  private applyConfChange(cc: ConfChange): void {
+    if (cc.type === ConfChangeType.RemoveNode) {
+      this.addresses.delete(cc.nodeId);
+      if (cc.nodeId !== this.id) this.transport.removePeer(cc.nodeId);
+    } else {
+      // A new member starts with an empty log and is caught up by snapshot when the log is
+      // compacted; the core only installs a snapshot whose configuration names the node, so the
+      // stored one must be retaken after this change.
+      if (this.storage.firstIndex() > 1) this.snapshotForNewMember = true;
+      if (cc.address) this.addresses.set(cc.nodeId, cc.address);
+      if (cc.nodeId !== this.id && cc.address) this.transport.addPeer(cc.nodeId, cc.address);
+    }
+    this.log.info(
+      { id: this.id, change: ConfChangeType[cc.type], node: cc.nodeId, address: cc.address },
+      "raft node: membership changed",
+    );
+    const key = `${cc.type}:${cc.nodeId}`;
+    const p = this.confs.get(key);
+    if (p) {
+      clearTimeout(p.timer);
+      this.confs.delete(key);
+      this.confsDone.push(p); // the core switches configuration in advance()
+    }
+  }
+
+  private retryReads(): void {
+    for (const r of this.reads.values()) {
+      if (r.index !== undefined || ++r.age < READ_RETRY_TICKS) continue;
+      r.age = 0;
+      try {
+        this.core.readIndex(r.ctx);
+      } catch {
+        // No leader right now; the next retry or the timeout settles it.
+      }
+    }
+    this.kick();
+  }
+
+  private resolveReads(): void {
+    for (const [id, r] of this.reads) {
+      if (r.index !== undefined && r.index <= this.applied) {
+        clearTimeout(r.timer);
+        this.reads.delete(id);
+        r.resolve();
+      }
+    }
+  }
+
+  private restoreSnapshot(snap: Snapshot): void {
+    const { addresses, app } = unwrapSnapshot(snap.data);
+    this.sm.restore(app);
+    for (const [id, addr] of Object.entries(addresses)) {
+      this.addresses.set(id, addr);
+      if (id !== this.id && this.core) this.transport.addPeer(id, addr);
+    }
+    this.applied = Math.max(this.applied, snap.metadata.index);
+    this.snapshotIndex = snap.metadata.index;
+  }
+
+  private maybeSnapshot(): void {
+    const due = this.opts.snapshotEvery > 0 && this.applied - this.snapshotIndex >= this.opts.snapshotEvery;
+    const forMember = this.snapshotForNewMember && this.applied > this.snapshotIndex;
+    this.snapshotForNewMember = false;
+    if (!due && !forMember) return;
+    const index = this.applied;
+    const snap: Snapshot = {
+      metadata: { index, term: this.storage.term(index), confState: this.core.status().config },
+      data: wrapSnapshot(Object.fromEntries(this.addresses), this.sm.snapshot()),
+    };
+    this.storage.compact(snap, this.opts.snapshotKeepEntries);
+    this.snapshotIndex = index;
+    this.log.info(
+      { id: this.id, index, bytes: snap.data.byteLength, firstIndex: this.storage.firstIndex() },
+      "raft node: took a snapshot and compacted the log",
+    );
+  }
+
+  private dropProposal(seq: number, code: RaftNodeErrorCode, message: string, cause?: unknown): void {
+    const p = this.proposals.get(seq);
+    if (!p) return;
+    clearTimeout(p.timer);
+    this.proposals.delete(seq);
+    if (p.index !== undefined && this.proposalAt.get(p.index) === seq) this.proposalAt.delete(p.index);
+    p.reject(this.error(code, message, cause));
+  }
+
+  private failAll(code: RaftNodeErrorCode, message: string): void {
+    for (const seq of [...this.proposals.keys()]) this.dropProposal(seq, code, message);
+    for (const [id, r] of this.reads) {
+      clearTimeout(r.timer);
+      this.reads.delete(id);
+      r.reject(this.error(code, message));
+    }
+    for (const [key, c] of this.confs) {
+      clearTimeout(c.timer);
+      this.confs.delete(key);
+      c.reject(this.error(code, message));
+    }
+    for (const t of this.transfers) {
+      clearTimeout(t.timer);
+      t.reject(this.error(code, message));
+    }
+    this.transfers.clear();
+  }
+
+  private die(err: Error): void {
+    if (this.fatal) return;
+    this.fatal = err;
+    if (this.ticker) clearInterval(this.ticker);
+    this.log.error(
+      { id: this.id, err: err.message, stack: err.stack },
+      "raft node stopped on an unrecoverable error",
+    );
+    this.failAll("failed", `node stopped after an unrecoverable error: ${err.message}`);
+    this.onFatal?.(err);
+  }
+}

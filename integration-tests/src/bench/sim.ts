@@ -1,0 +1,261 @@
+// `npm run bench -- sim`: first-packet simulations per second per core on the path the issue fixes
+// (VM → bridge → router → bridge → VM with anti-spoofing and an N-rule stateful security group),
+// for N = 10, 20, 100, 1000; the flow-hit path (parse, masked key, one Map lookup) beside it; and
+// bytes allocated per simulation. Single-threaded, so one core. Writes results/sim.json and its
+// section of docs/benchmarks.md.
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { cpus } from "node:os";
+import { fileURLToPath } from "node:url";
+import { GCProfiler } from "node:v8";
+import { topologypb } from "@isthmus/schema";
+import {
+  eth,
+  F,
+  type FlowMatch,
+  InMemoryNatBlockRegistry,
+  Packet,
+  parsePacket,
+  type SimContext,
+  SimState,
+  simulate,
+  TopologyBuilder,
+  TopologyView,
+} from "@isthmus/site-agent";
+
+const RA = topologypb.RuleAction;
+const VM1_MAC = "02:00:00:00:01:01";
+const VM2_MAC = "02:00:00:00:02:01";
+const RA_MAC = "02:00:00:00:01:fe";
+const RB_MAC = "02:00:00:00:02:fe";
+const FLOWS = 16384;
+
+/** The fixed path with an SG of `rules` rules on vm2 (the matching rule last before the drop). */
+export function buildPath(rules: number) {
+  const t = new TopologyBuilder();
+  const h1 = t.host("h1", "192.168.0.1");
+  const bA = t.bridge();
+  const bB = t.bridge();
+  const r = t.router();
+  const members = t.ipGroup(["10.0.1.0/24"]);
+  const spoof = t.chain("vm1-in");
+  t.rule(spoof, RA.RULE_ACTION_DROP, { ethSrc: VM1_MAC, invEthSrc: true });
+  t.rule(spoof, RA.RULE_ACTION_DROP, { etherType: 0x0800, nwSrc: "10.0.1.1/32", invNwSrc: true });
+  const sg = t.chain("vm2-sg");
+  t.accept(sg, { matchReturnFlow: true });
+  for (let i = 0; i < rules - 3; i++) {
+    t.accept(sg, { nwProto: 6, tpDst: { start: 10000 + i, end: 10000 + i }, ipAddrGroupSrc: members.id });
+  }
+  t.accept(sg, { nwProto: 6, tpDst: { start: 22, end: 22 }, ipAddrGroupSrc: members.id });
+  t.dropRule(sg);
+  const vm1 = t.vmPort(bA, h1, VM1_MAC, ["10.0.1.1"], { inboundFilterId: spoof.id });
+  const vm2 = t.vmPort(bB, h1, VM2_MAC, ["10.0.2.1"], { outboundFilterId: sg.id });
+  const ifA = t.routerInterface(r, bA, RA_MAC, "10.0.1.254/24");
+  const ifB = t.routerInterface(r, bB, RB_MAC, "10.0.2.254/24");
+  t.route(r, "10.0.1.0/24", ifA.routerPort);
+  t.route(r, "10.0.2.0/24", ifB.routerPort);
+  return { view: new TopologyView(t.objects), vm1, vm2 };
+}
+
+function frames(n: number): Uint8Array[] {
+  const out: Uint8Array[] = [];
+  for (let i = 0; i < n; i++) {
+    out.push(
+      eth(VM1_MAC, RA_MAC)
+        .ip4("10.0.1.1", "10.0.2.1")
+        .tcp(1024 + (i % 60000), 22)
+        .build(),
+    );
+  }
+  return out;
+}
+
+function newContext(): SimContext {
+  const state = new SimState(new InMemoryNatBlockRegistry().forHost("h1"), { conntrackEntries: FLOWS * 2 });
+  return { now: 1, hostId: "h1", state };
+}
+
+function cpuNs(): number {
+  const u = process.cpuUsage();
+  return (u.user + u.system) * 1000;
+}
+
+/** Bytes allocated in `fn`: live growth plus everything the collector reclaimed meanwhile. */
+function allocated(fn: () => void): number {
+  const prof = new GCProfiler();
+  const before = process.memoryUsage().heapUsed;
+  prof.start();
+  fn();
+  const after = process.memoryUsage().heapUsed;
+  const res = prof.stop();
+  let reclaimed = 0;
+  for (const s of res?.statistics ?? [])
+    reclaimed += s.beforeGC.heapStatistics.usedHeapSize - s.afterGC.heapStatistics.usedHeapSize;
+  return after - before + reclaimed;
+}
+
+/** The flow-hit path: parse into a reused Packet, build the masked key, one Map lookup. */
+function maskedKey(p: Packet, inPort: string, mask: number): string {
+  let k = inPort;
+  if (mask & F.ETH_SRC) k += `|${p.ethSrc}`;
+  if (mask & F.ETH_DST) k += `|${p.ethDst}`;
+  if (mask & F.ETHER_TYPE) k += `|${p.etherType}`;
+  if (mask & F.NW_SRC) k += `|${p.nwSrc}`;
+  if (mask & F.NW_DST) k += `|${p.nwDst}`;
+  if (mask & F.NW_PROTO) k += `|${p.nwProto}`;
+  if (mask & F.NW_TTL) k += `|${p.nwTtl}`;
+  if (mask & F.NW_FRAG) k += `|${p.nwFrag}`;
+  if (mask & F.TP_SRC) k += `|${p.tpSrc}`;
+  if (mask & F.TP_DST) k += `|${p.tpDst}`;
+  return k;
+}
+
+interface Row {
+  rules: number;
+  simsPerSec: number;
+  usPerSim: number;
+  bytesPerSim: number;
+  hitsPerSec: number;
+  hitToSimRatio: number;
+}
+
+function measure(rules: number, quick: boolean): Row {
+  const { view, vm1, vm2 } = buildPath(rules);
+  const fs = frames(quick ? 2000 : FLOWS);
+  const ingress = { portId: vm1.id };
+  // Check the path really is the one described before timing it.
+  const probe = simulate(view, fs[0]!, ingress, newContext());
+  const out = probe.actions.at(-1);
+  if (out?.kind !== "output" || out.portId !== vm2.id)
+    throw new Error(`bench path broken: ${JSON.stringify(probe.actions)}`);
+
+  const rounds = quick ? 1 : Math.max(1, Math.round(160 / rules));
+  let ctx = newContext();
+  for (const f of fs) simulate(view, f, ingress, ctx); // warm-up
+  let sims = 0;
+  // CPU time of this process, not wall time: the rate per core even on a busy machine.
+  const t0 = cpuNs();
+  for (let r = 0; r < rounds; r++) {
+    ctx = newContext(); // every tuple is a new connection again
+    for (const f of fs) {
+      simulate(view, f, ingress, ctx);
+      sims++;
+    }
+  }
+  const simNs = cpuNs() - t0;
+  ctx = newContext();
+  const bytes = allocated(() => {
+    for (const f of fs) simulate(view, f, ingress, ctx);
+  });
+
+  // Install every result in a map under its masked key, then look packets up.
+  const flows = new Map<string, FlowMatch>();
+  const pkt = new Packet();
+  ctx = newContext();
+  for (const f of fs) {
+    const r = simulate(view, f, ingress, ctx);
+    parsePacket(f, pkt);
+    flows.set(maskedKey(pkt, vm1.id, r.mask), r.match);
+  }
+  let hits = 0;
+  const hitRounds = rounds * 4;
+  const t1 = cpuNs();
+  for (let r = 0; r < hitRounds; r++) {
+    for (const f of fs) {
+      parsePacket(f, pkt);
+      if (flows.get(maskedKey(pkt, vm1.id, probe.mask)) !== undefined) hits++;
+    }
+  }
+  const hitNs = cpuNs() - t1;
+  if (hits !== hitRounds * fs.length)
+    throw new Error(`flow-hit path missed ${hitRounds * fs.length - hits} lookups`);
+  const simsPerSec = Math.round(sims / (simNs / 1e9));
+  const hitsPerSec = Math.round(hits / (hitNs / 1e9));
+  return {
+    rules,
+    simsPerSec,
+    usPerSim: Number((simNs / 1e3 / sims).toFixed(2)),
+    bytesPerSim: Math.round(bytes / fs.length),
+    hitsPerSec,
+    hitToSimRatio: Number((hitsPerSec / simsPerSec).toFixed(2)),
+  };
+}
+
+const GOAL = 250_000;
+/** MidoNet's own load harness: 20–26k new flows per second per host (cited, not measured here). */
+const MIDONET_CITED = 26_000;
+
+export async function run(opts: { quick: boolean }): Promise<void> {
+  const sizes = opts.quick ? [20] : [10, 20, 100, 1000];
+  const rows = sizes.map((n) => measure(n, opts.quick));
+  const twenty = rows.find((r) => r.rules === 20)!;
+  const result = {
+    bench: "sim",
+    date: new Date().toISOString(),
+    quick: opts.quick,
+    node: process.version,
+    cpu: cpus()[0]?.model ?? "unknown",
+    path: "VM → bridge (anti-spoof, 2 rules) → router → bridge → VM (stateful SG of N rules, match last)",
+    rows,
+    goalSimsPerSec: GOAL,
+    ratioToGoal: Number((twenty.simsPerSec / GOAL).toFixed(2)),
+    ratioToMidonetCited: Number((twenty.simsPerSec / MIDONET_CITED).toFixed(1)),
+  };
+  for (const r of rows) {
+    console.log(
+      `sim N=${r.rules}: ${r.simsPerSec.toLocaleString()} first-packet sims/s (${r.usPerSim} µs, ${r.bytesPerSim} B allocated), ` +
+        `${r.hitsPerSec.toLocaleString()} flow hits/s (${r.hitToSimRatio}× a simulation)`,
+    );
+  }
+  console.log(
+    `N=20: ${result.ratioToGoal}× the ${GOAL.toLocaleString()}/s goal, ${result.ratioToMidonetCited}× MidoNet's cited ${MIDONET_CITED.toLocaleString()} new flows/s`,
+  );
+  if (opts.quick) return;
+  const root = fileURLToPath(new URL("../../../", import.meta.url));
+  mkdirSync(`${root}integration-tests/bench/results`, { recursive: true });
+  writeFileSync(`${root}integration-tests/bench/results/sim.json`, `${JSON.stringify(result, null, 2)}\n`);
+  writeSection(`${root}docs/benchmarks.md`, result);
+}
+
+function writeSection(
+  file: string,
+  r: {
+    date: string;
+    cpu: string;
+    node: string;
+    path: string;
+    rows: Row[];
+    ratioToGoal: number;
+    ratioToMidonetCited: number;
+  },
+): void {
+  const lines = [
+    "## sim — packet simulation",
+    "",
+    `${r.date.slice(0, 10)}, ${r.cpu}, Node ${r.node}, one core (rates are per CPU-second of the process). Path: ${r.path}. Every packet is a new`,
+    "connection (first-packet simulation: parse, two chains, bridge, router, bridge, conntrack commit).",
+    "The flow-hit column is the userspace hit path this engine's masks allow: parse into a reused",
+    "Packet, build the masked key, one Map lookup (the agent's real flow table is measured by its own",
+    "benchmark).",
+    "",
+    "| SG rules | first-packet sims/s | µs/sim | bytes allocated/sim | flow hits/s | hit ÷ sim |",
+    "|---:|---:|---:|---:|---:|---:|",
+    ...r.rows.map(
+      (x) =>
+        `| ${x.rules} | ${x.simsPerSec.toLocaleString("en-US")} | ${x.usPerSim} | ${x.bytesPerSim} | ${x.hitsPerSec.toLocaleString("en-US")} | ${x.hitToSimRatio} |`,
+    ),
+    "",
+    `With 20 rules: ${r.ratioToGoal}× the goal of 250,000 sims/s/core; ${r.ratioToMidonetCited}× the 26,000 new flows/s per host`,
+    "MidoNet's own load harness reports (a cited figure, not run here: there is no in-process MidoNet to",
+    "run side by side). Rule evaluation is linear in the rules before the match, which the 1000-rule row shows.",
+    "",
+  ];
+  const doc = readFileSync(file, "utf8");
+  const start = doc.indexOf("## sim — packet simulation");
+  const section = lines.join("\n");
+  if (start < 0) {
+    writeFileSync(file, `${doc.trimEnd()}\n\n${section}`);
+    return;
+  }
+  const next = doc.indexOf("\n## ", start + 1);
+  writeFileSync(file, doc.slice(0, start) + section + (next < 0 ? "" : doc.slice(next + 1)));
+}

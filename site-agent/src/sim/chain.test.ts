@@ -1,0 +1,216 @@
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { topologypb } from "@isthmus/schema";
+import { formatIp4 } from "../packets/addr.js";
+import { TCP_ACK, TCP_RST, TCP_SYN } from "../packets/encode.js";
+import { parsePacket } from "../packets/packet.js";
+import { eth } from "../packets/packet-dsl.js";
+import { F } from "./flow-match.js";
+import type { SimResult } from "./result.js";
+import { simulate } from "./simulate.js";
+import { type ConditionSpec, newSimContext, TopologyBuilder } from "./topology-builder.js";
+import { TopologyView } from "./topology-view.js";
+
+const RA = topologypb.RuleAction;
+const M1 = "02:00:00:00:00:01";
+const M2 = "02:00:00:00:00:02";
+
+/** vm1 → vm2 on one bridge; `chain` is vm2's outbound filter (traffic toward vm2). */
+function setup(build: (t: TopologyBuilder, chain: topologypb.Chain) => void) {
+  const t = new TopologyBuilder();
+  const h = t.host("h1", "192.168.0.1");
+  const br = t.bridge();
+  const chain = t.chain("to-vm2");
+  const vm1 = t.vmPort(br, h, M1, ["10.0.0.1", "fd00::1"]);
+  const vm2 = t.vmPort(br, h, M2, ["10.0.0.2", "fd00::2"], { outboundFilterId: chain.id });
+  build(t, chain);
+  const view = new TopologyView(t.objects);
+  const ctx = newSimContext("h1");
+  const send = (frame: Uint8Array): SimResult => simulate(view, frame, { portId: vm1.id }, ctx);
+  return { t, view, ctx, vm1, vm2, chain, send, br };
+}
+const udp = (src = "10.0.0.1", dst = "10.0.0.2", sport = 1000, dport = 53) =>
+  eth(M1, M2).ip4(src, dst).udp(sport, dport).build();
+const passed = (r: SimResult) => r.actions.some((a) => a.kind === "output");
+
+/** One rule `action` with `cond` followed by a default drop; checks which frames pass. */
+function check(
+  cond: ConditionSpec,
+  pass: Uint8Array[],
+  fail: Uint8Array[],
+  extra?: (t: TopologyBuilder) => void,
+) {
+  const s = setup((t, c) => {
+    extra?.(t);
+    t.accept(c, cond);
+    t.dropRule(c);
+  });
+  for (const f of pass) assert.ok(passed(s.send(f)), `expected to pass: ${JSON.stringify(cond)}`);
+  for (const f of fail) assert.ok(!passed(s.send(f)), `expected to be dropped: ${JSON.stringify(cond)}`);
+  return s;
+}
+
+test("chain: accept and drop, with the deciding rule's tag and the chain's tag", () => {
+  let accept = "";
+  const s = setup((t, c) => {
+    accept = t.accept(c, { nwProto: 17 }).id;
+    t.dropRule(c);
+  });
+  const r = s.send(udp());
+  assert.ok(passed(r));
+  assert.ok(r.tags.includes(`rule:${accept}`) && r.tags.includes(`chain:${s.chain.id}`));
+  assert.ok(r.mask & F.NW_PROTO);
+  const d = s.send(eth(M1, M2).ip4("10.0.0.1", "10.0.0.2").tcp(1, 2).build());
+  assert.match(d.dropReason ?? "", /dropped by rule/);
+  assert.equal(d.cacheable, true);
+});
+
+test("chain: L2 conditions — eth src/dst, ether type, VLAN, with inversion", () => {
+  check(
+    { ethSrc: M1 },
+    [udp()],
+    [eth("02:00:00:00:00:09", M2).ip4("10.0.0.1", "10.0.0.2").udp(1, 2).build()],
+  );
+  check(
+    { ethSrc: M1, invEthSrc: true },
+    [eth("02:00:00:00:00:09", M2).ip4("10.0.0.1", "10.0.0.2").udp(1, 2).build()],
+    [udp()],
+  );
+  check({ ethDst: M2 }, [udp()], []);
+  check({ etherType: 0x0806 }, [eth(M1, M2).arpReply(M1, "10.0.0.1", M2, "10.0.0.2").build()], [udp()]);
+  check(
+    { etherType: 0x0800, invEtherType: true },
+    [eth(M1, M2).arpReply(M1, "10.0.0.1", M2, "10.0.0.2").build()],
+    [udp()],
+  );
+  check({ noVlan: true }, [udp()], []);
+});
+
+test("chain: L3 conditions — IPv4 and IPv6 prefixes, protocol, inversion", () => {
+  check({ nwSrc: "10.0.0.0/30" }, [udp()], [udp("10.0.0.9")]);
+  check({ nwSrc: "10.0.0.0/30", invNwSrc: true }, [udp("10.0.0.9")], [udp()]);
+  check({ nwDst: "10.0.0.2" }, [udp()], [udp("10.0.0.1", "10.0.0.3")]);
+  check(
+    { nwSrc: "fd00::/64" },
+    [eth(M1, M2).ip6("fd00::1", "fd00::2").udp(1, 2).build()],
+    [udp(), eth(M1, M2).ip6("fd01::1", "fd00::2").udp(1, 2).build()],
+  );
+  check(
+    { nwProto: 6, invNwProto: true },
+    [udp()],
+    [eth(M1, M2).ip4("10.0.0.1", "10.0.0.2").tcp(1, 2).build()],
+  );
+});
+
+test("chain: L4 port ranges with inversion; later fragments never match ports", () => {
+  const s = check(
+    { tpDst: { start: 50, end: 60 } },
+    [udp(), udp(undefined, undefined, 1, 50), udp(undefined, undefined, 1, 60)],
+    [udp(undefined, undefined, 1, 61)],
+  );
+  assert.ok(s.send(udp()).mask & F.TP_DST);
+  check({ tpSrc: { start: 1000, end: 1000 }, invTpSrc: true }, [udp(undefined, undefined, 999)], [udp()]);
+  check(
+    { tpDst: { start: 0, end: 65535 } },
+    [udp()],
+    [eth(M1, M2).ip4("10.0.0.1", "10.0.0.2", { fragOffset: 10, proto: 17 }).payload("xxxxxxxx").build()],
+  );
+});
+
+test("chain: in/out ports, port groups and IP address groups", () => {
+  let vm1Id = "";
+  const s = setup((t, c) => {
+    t.accept(c, { inPortIds: ["nope"] });
+    t.dropRule(c);
+  });
+  assert.ok(!passed(s.send(udp())));
+  vm1Id = s.vm1.id;
+  check({ inPortIds: [vm1Id] }, [udp()], []);
+  check({ inPortIds: [vm1Id], invInPorts: true }, [], [udp()]);
+  check({ outPortIds: ["port-4"] }, [udp()], []);
+  let pg = "";
+  check({ portGroupId: "portgroup-5" }, [udp()], [], (t) => {
+    pg = t.portGroup([vm1Id]).id;
+  });
+  assert.equal(pg, "portgroup-5");
+  let ig = "";
+  const g = check({ ipAddrGroupSrc: "ipgroup-5" }, [udp(), udp("10.1.2.3")], [udp("10.0.0.9")], (t) => {
+    ig = t.ipGroup(["10.0.0.1", "10.1.0.0/16"]).id;
+  });
+  assert.ok(g.send(udp()).tags.includes(`ipgroup:${ig}`));
+  check(
+    { ipAddrGroupDst: "ipgroup-5", invIpAddrGroupDst: true },
+    [udp("10.0.0.1", "10.0.0.2")],
+    [udp("10.0.0.1", "10.0.0.1")],
+    (t) => {
+      t.ipGroup(["10.0.0.1"]);
+    },
+  );
+});
+
+test("chain: jump and return; a jump loop is detected and drops", () => {
+  const s = setup((t, c) => {
+    const sub = t.chain("sub");
+    t.rule(sub, RA.RULE_ACTION_RETURN, { nwProto: 17 });
+    t.dropRule(sub);
+    t.rule(c, RA.RULE_ACTION_JUMP, {}, { jumpChainId: sub.id });
+    t.accept(c);
+  });
+  assert.ok(passed(s.send(udp())), "RETURN continues after the jump");
+  assert.match(
+    s.send(eth(M1, M2).ip4("10.0.0.1", "10.0.0.2").tcp(1, 2).build()).dropReason ?? "",
+    /dropped by rule/,
+  );
+
+  const loop = setup((t, c) => {
+    const a = t.chain("a");
+    const b = t.chain("b");
+    t.rule(c, RA.RULE_ACTION_JUMP, {}, { jumpChainId: a.id });
+    t.rule(a, RA.RULE_ACTION_JUMP, {}, { jumpChainId: b.id });
+    t.rule(b, RA.RULE_ACTION_JUMP, {}, { jumpChainId: a.id });
+  });
+  assert.match(loop.send(udp()).dropReason ?? "", /jump loop: chain-\d+ → chain-\d+ → chain-\d+ → chain-\d+/);
+});
+
+test("chain: reject answers TCP with RST and others with ICMP admin-prohibited", () => {
+  const s = setup((t, c) => {
+    t.rule(c, RA.RULE_ACTION_REJECT);
+  });
+  const syn = s.send(eth(M1, M2).ip4("10.0.0.1", "10.0.0.2").tcp(4000, 22, TCP_SYN, 500).build());
+  assert.match(syn.dropReason ?? "", /rejected/);
+  const rst = parsePacket(syn.generated[0]!.frame);
+  assert.equal(rst.tcpFlags, TCP_RST | TCP_ACK);
+  assert.equal(rst.tcpAck, 501);
+  assert.equal(rst.tpSrc, 22);
+  assert.equal(formatIp4(rst.nwDst), "10.0.0.1");
+  assert.deepEqual(syn.generated[0]!.actions, [{ kind: "output", portId: s.vm1.id }]);
+  const u = s.send(udp());
+  const icmp = parsePacket(u.generated[0]!.frame);
+  assert.equal(icmp.icmpType, 3);
+  assert.equal(icmp.icmpCode, 13);
+});
+
+test("chain: a rule that does not compile fails closed naming the field; a missing chain drops", () => {
+  const s = setup((t, c) => {
+    t.accept(c, { nwSrc: "10.0.0.0/99" });
+  });
+  assert.match(s.send(udp()).dropReason ?? "", /condition\.nw_src "10\.0\.0\.0\/99" is not an IPv4 prefix/);
+  const t = new TopologyBuilder();
+  const h = t.host("h1", "1.1.1.1");
+  const br = t.bridge();
+  const a = t.vmPort(br, h, M1, [], { inboundFilterId: "chain-missing" });
+  t.vmPort(br, h, M2, []);
+  const r = simulate(new TopologyView(t.objects), udp(), { portId: a.id }, newSimContext("h1"));
+  assert.match(r.dropReason ?? "", /chain chain-missing is not in the topology/);
+  assert.ok(r.tags.includes("chain:chain-missing"), "the chain appearing later invalidates this drop");
+});
+
+test("chain: trace records ports, devices, chains, rules and the decision", () => {
+  const s = setup((t, c) => {
+    t.accept(c, { nwProto: 17 });
+  });
+  const r = simulate(s.view, udp(), { portId: s.vm1.id }, { ...s.ctx, trace: true });
+  const kinds = r.trace!.map((x) => x.kind);
+  for (const k of ["port", "device", "chain", "rule", "decision"]) assert.ok(kinds.includes(k as never), k);
+  assert.equal(s.send(udp()).trace, null, "no trace unless asked");
+});
