@@ -74,7 +74,8 @@ export class Unstable {
   truncateAndAppend(ents: Entry[]): void {
     const after = ents[0]!.index;
     if (after === this.offset + this.entries.length) {
-      this.entries = this.entries.concat(ents);
+      // The common case (a leader's proposals, in-order appends): extend in place.
+      for (const e of ents) this.entries.push(e);
     } else if (after <= this.offset) {
       // Replaces everything unstable; storage truncation happens when the driver appends.
       this.offset = after;

@@ -126,7 +126,10 @@ export class MemoryStorage implements WritableStorage {
         `memory storage: more than maxEntries (${this.maxEntries}) entries; compact first`,
       );
     }
-    this.state.ents = this.state.ents.slice(0, at).concat(ents);
+    // In place: state.ents is never shared with the durable copy (copyState slices it).
+    const arr = this.state.ents;
+    arr.length = at;
+    for (const e of ents) arr.push(e);
   }
 
   setHardState(hs: HardState): void {

@@ -519,8 +519,11 @@ export class RaftCore {
 
   // ---------------------------------------------------------------- roles
 
+  /** Voters then learners, recomputed when the configuration changes. */
+  private members: NodeId[] = [];
+
   private peerIds(): NodeId[] {
-    return this.confState.voters.concat(this.confState.learners);
+    return this.members;
   }
 
   private isVoter(id: NodeId): boolean {
@@ -1336,7 +1339,9 @@ export class RaftCore {
     this.uncommittedSize += size;
     li = this.raftLog.append(stamped);
     this.prs.get(this.id)?.maybeUpdate(li);
-    if (this.maybeCommit()) this.markBroadcast();
+    // Our own append can only complete a quorum on its own (a single voter): the others cannot
+    // have acknowledged entries not yet sent.
+    if (this.confState.voters.length === 1 && this.maybeCommit()) this.markBroadcast();
     return true;
   }
 
@@ -1514,6 +1519,7 @@ export class RaftCore {
 
   private applyConfState(cs: ConfState): void {
     this.confState = cs;
+    this.members = cs.voters.concat(cs.learners);
     const last = this.raftLog.lastIndex();
     const members = new Set(this.peerIds());
     for (const id of [...this.prs.keys()]) if (!members.has(id)) this.prs.delete(id);
