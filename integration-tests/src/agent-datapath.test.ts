@@ -125,12 +125,16 @@ describe("isthmus agent processes between network namespaces", { skip }, () => {
     assert.equal(await old.stop(), 0, "clean exit on SIGTERM");
     const started = Date.now();
     agents.set(hA.id, await spawnAgent(args(hA)));
+    const up = Date.now();
     let r = await ping(1);
-    // "A few seconds" on an idle machine; the bound is loose because CI shares 2 cores with the
-    // rest of the suite and process start-up alone can take seconds there.
     while (r.code !== 0 && Date.now() - started < 20_000) r = await ping(1);
-    const took = Date.now() - started;
+    const done = Date.now();
+    console.log(`# restart: process up after ${up - started} ms, forwarding after ${done - started} ms`);
     assert.equal(r.code, 0, "forwarding resumed");
-    assert.ok(took < 15_000, `forwarding resumed after ${took} ms`);
+    // Process start (Node + modules) dominates on a loaded machine: CI shares 2 cores with the rest
+    // of the suite. Once up, the agent binds its ports and forwards as soon as the first snapshot
+    // arrives.
+    assert.ok(done - up < 3000, `forwarding resumed ${done - up} ms after the agent was up`);
+    assert.ok(done - started < 15_000, `forwarding resumed ${done - started} ms after the restart`);
   });
 });

@@ -7,7 +7,7 @@ import { test } from "node:test";
 import { CLI, runCli } from "./harness/cli.js";
 
 test("isthmus dev serves health and stops cleanly on SIGTERM", async (t) => {
-  const child = spawn(process.execPath, [CLI, "dev", "--listen", "127.0.0.1:0"], {
+  const child = spawn(process.execPath, [CLI, "dev", "--listen", "127.0.0.1:0", "--ephemeral"], {
     stdio: ["ignore", "pipe", "inherit"],
   });
   t.after(() => {

@@ -69,10 +69,38 @@ export function registerAdminCommands(program: Command): void {
     const { runStatus } = await import("./status.js");
     process.exitCode = await runStatus(opts);
   });
+
+  registerCoordinatorCommand(program);
 }
 
-/** `isthmus coordinator members add|remove` under the given `coordinator` command. */
-export function registerMemberCommands(coordinator: Command): void {
+/** `isthmus coordinator` (run a node) and `isthmus coordinator members add|remove`. */
+export function registerCoordinatorCommand(program: Command): void {
+  const coordinator = program
+    .command("coordinator")
+    .description("run one node of the coordinator's Raft group (see docs/coordinator.md)")
+    .option("--id <id>", "this node's id (env ISTHMUS_COORDINATOR_ID)")
+    .option("--listen <host:port>", "gRPC address for peers, admins and sites (default 127.0.0.1:7400)")
+    .option(
+      "--peers <list>",
+      "founding members id=host:port,... including this node (default: just this node)",
+    )
+    .option("--data-dir <dir>", "raft WAL and snapshots")
+    .option("--key-dir <dir>", "key directory from `isthmus bootstrap` (verifies tokens)")
+    .option("--tls-cert <file>", "TLS certificate (also presented to peers)")
+    .option("--tls-key <file>", "TLS private key")
+    .option("--tls-ca <file>", "CA that verifies peers (and clients with --tls-client-auth)")
+    .option("--tls-client-auth", "require client certificates from every caller")
+    .option("--insecure", "allow plaintext gRPC on non-loopback addresses (testing only; logged)")
+    .option("--join", "start empty and wait to be added with `isthmus coordinator members add`")
+    .option("--config <file>", "YAML configuration file")
+    .action(async (opts) => {
+      const { runCoordinator } = await import("./coordinator.js");
+      process.exitCode = await runCoordinator(opts);
+    });
+  registerMemberCommands(coordinator);
+}
+
+function registerMemberCommands(coordinator: Command): void {
   const members = coordinator
     .command("members")
     .description("online membership changes of the coordinator group");

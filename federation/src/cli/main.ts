@@ -18,6 +18,8 @@ program
   .description("run a whole local federation on this machine (what exists so far: see README)")
   .option("--listen <host:port>", "address of the local health endpoint", undefined)
   .option("--config <file>", "YAML configuration file")
+  .option("--data-dir <dir>", "where the local coordinators keep data and keys (default .isthmus)")
+  .option("--ephemeral", "keep data in a temporary directory removed on exit")
   .action(async (opts: { listen?: string; config?: string }) => {
     const { runDev } = await import("./dev.js");
     await runDev(opts);

@@ -36,7 +36,7 @@ export async function runStatus(flags: StatusFlags): Promise<number> {
           m.address || "-",
           m.voter ? "yes" : "learner",
           m.leader ? "*" : "",
-          String(m.matchIndex),
+          m.matchIndex ? String(m.matchIndex) : "-",
         ]),
       ),
     );

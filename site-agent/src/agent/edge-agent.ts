@@ -32,6 +32,7 @@ export class EdgeAgent {
   private readonly clock: () => number;
   private readonly log: Logger;
   private nextPortNo = 1;
+  private readonly bindWarned = new Set<string>();
   readonly stats = { flowStateMessages: 0, flowStateMalformed: 0, invalidated: 0, bindErrors: 0 };
 
   constructor(private readonly o: EdgeAgentOptions) {
@@ -96,9 +97,14 @@ export class EdgeAgent {
           io = this.o.openPort(port.interfaceName);
         } catch (err) {
           this.stats.bindErrors++;
-          this.log.warn({ err, portId, interface: port.interfaceName }, "cannot bind port yet; retrying");
+          // Retried every tick; say so once per port rather than every second.
+          if (!this.bindWarned.has(portId)) {
+            this.bindWarned.add(portId);
+            this.log.warn({ err, portId, interface: port.interfaceName }, "cannot bind port yet; retrying");
+          }
           continue;
         }
+        this.bindWarned.delete(portId);
         portNo = this.nextPortNo++;
         this.o.datapath.addPort(portNo, portId, io);
         this.portNoById.set(portId, portNo);

@@ -69,6 +69,7 @@ export class UserspaceDatapath implements Datapath {
   private expiryTimer: NodeJS.Timeout | undefined;
   private inFlight = 0;
   private pumpScheduled = false;
+  private flushScheduled = false;
   private stopped = false;
   private upcalls = 0;
 
@@ -250,7 +251,18 @@ export class UserspaceDatapath implements Datapath {
     } else {
       this.process(frame, 0, key, traced, from);
     }
-    this.flushPorts();
+    // Datagrams arrive one callback each; writing once per event-loop turn batches every frame
+    // read in this poll phase into one sendmmsg per port.
+    this.scheduleFlush();
+  }
+
+  private scheduleFlush(): void {
+    if (this.flushScheduled) return;
+    this.flushScheduled = true;
+    setImmediate(() => {
+      this.flushScheduled = false;
+      this.flushPorts();
+    });
   }
 
   private process(

@@ -1,0 +1,122 @@
+// `isthmus coordinator` as an operator runs it: one node process on loopback with a key directory
+// from `isthmus bootstrap`, driven by the admin CLI with a real admin token; SIGTERM stops it
+// cleanly and a restart on the same data directory still holds the intent (raft WAL).
+import assert from "node:assert/strict";
+import { type ChildProcess, spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { test } from "node:test";
+import { fileURLToPath } from "node:url";
+import { credentials, Metadata } from "@grpc/grpc-js";
+import { auth } from "@isthmus/federation";
+import { healthpb } from "@isthmus/schema";
+import { CLI, runCli } from "./harness/cli.js";
+
+const SAMPLE = fileURLToPath(new URL("../../docs/examples/two-site-web.yaml", import.meta.url));
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once("error", reject);
+    s.listen(0, "127.0.0.1", () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+function startNode(args: string[]): ChildProcess {
+  return spawn(process.execPath, [CLI, "coordinator", ...args], { stdio: ["ignore", "ignore", "inherit"] });
+}
+
+/** Polls health until SERVING; bounded by a deadline generous enough for a loaded CI machine. */
+async function waitServing(address: string, child: ChildProcess): Promise<void> {
+  const client = new healthpb.HealthServiceClient(address, credentials.createInsecure());
+  const deadline = Date.now() + 45_000;
+  try {
+    while (Date.now() < deadline) {
+      if (child.exitCode !== null)
+        throw new Error(`coordinator exited with ${child.exitCode} before serving`);
+      const ok = await new Promise<boolean>((resolve) =>
+        client.check({ service: "" }, new Metadata(), { deadline: Date.now() + 500 }, (err, r) =>
+          resolve(!err && r.status === healthpb.HealthCheckResponse_ServingStatus.SERVING_STATUS_SERVING),
+        ),
+      );
+      if (ok) return;
+      await new Promise((res) => setTimeout(res, 50));
+    }
+  } finally {
+    client.close();
+  }
+  throw new Error(`${address} never became SERVING`);
+}
+
+test("isthmus coordinator: serves the admin CLI, stops on SIGTERM, keeps intent across restarts", async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), "isthmus-coordinator-"));
+  const keys = join(dir, "keys");
+  const children: ChildProcess[] = [];
+  t.after(() => {
+    for (const c of children) if (c.exitCode === null) c.kill("SIGKILL");
+    rmSync(dir, { recursive: true, force: true });
+  });
+  await auth.bootstrapKeyDir(keys);
+  const address = `127.0.0.1:${await freePort()}`;
+  const nodeArgs = ["--id", "c1", "--listen", address, "--data-dir", join(dir, "c1"), "--key-dir", keys];
+  const env = { ISTHMUS_SERVER: address, ISTHMUS_TOKEN_FILE: join(keys, "admin.token") };
+
+  const first = startNode(nodeArgs);
+  children.push(first);
+  await waitServing(address, first);
+  const applied = await runCli(["apply", "-f", SAMPLE], { env });
+  assert.equal(applied.code, 0, applied.stderr);
+  assert.match(applied.stdout, /16 created, 0 updated, 0 unchanged/);
+
+  const exited = new Promise<number | null>((resolve) => first.once("exit", (code) => resolve(code)));
+  first.kill("SIGTERM");
+  assert.equal(await exited, 0, "clean exit on SIGTERM");
+
+  const second = startNode(nodeArgs);
+  children.push(second);
+  await waitServing(address, second);
+  const again = await runCli(["apply", "-f", SAMPLE], { env });
+  assert.equal(again.code, 0, again.stderr);
+  assert.match(again.stdout, /0 created, 0 updated, 16 unchanged/, "the intent survived the restart");
+  const nets = await runCli(["get", "network", "web", "-o", "json"], { env });
+  assert.equal(nets.code, 0, nets.stderr);
+  assert.equal((JSON.parse(nets.stdout) as { network: { vni: number } }).network.vni, 0x100000);
+  second.kill("SIGTERM");
+});
+
+test("isthmus coordinator refuses plaintext off loopback without --insecure, naming the address", async () => {
+  const r = await runCli([
+    "coordinator",
+    "--id",
+    "c1",
+    "--listen",
+    "127.0.0.1:7999",
+    "--peers",
+    "c1=127.0.0.1:7999,c2=192.0.2.10:7400",
+    "--data-dir",
+    "/nonexistent",
+    "--key-dir",
+    "/nonexistent",
+  ]);
+  assert.equal(r.code, 2);
+  assert.match(r.stderr, /192\.0\.2\.10:7400/);
+  assert.match(r.stderr, /--insecure/);
+  const bad = await runCli([
+    "coordinator",
+    "--id",
+    "c1",
+    "--peers",
+    "c1",
+    "--data-dir",
+    "x",
+    "--key-dir",
+    "y",
+  ]);
+  assert.equal(bad.code, 2);
+  assert.match(bad.stderr, /--peers: "c1" is not id=host:port/);
+});
