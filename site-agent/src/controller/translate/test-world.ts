@@ -3,7 +3,6 @@
 import assert from "node:assert/strict";
 import type { intentpb, topologypb } from "@isthmus/schema";
 import { refKey, topologyRefOf } from "./derived-set.js";
-import { uplinkPortId } from "./ids.js";
 import { IntentIndex } from "./intent-index.js";
 import { translateAll, translateChange, translateHost, translateLocalPort } from "./translate.js";
 import type { LocalPortBinding, TopologyDelta } from "./view.js";
@@ -22,15 +21,7 @@ export class TestWorld {
   /** Applies a change the way the controller does: uplink tunnel keys first, then translation. */
   apply(change: intentpb.IntentChange): TopologyDelta {
     const prior = this.index.applyIntentChange(change);
-    for (const o of [...prior, ...change.upserts]) {
-      const r = o.router;
-      if (!r) continue;
-      const portId = uplinkPortId(r.meta!.id, this.site);
-      const now = this.index.get("router", r.meta!.id);
-      const needs = now?.uplinks.some((u) => u.site === this.site) ?? false;
-      if (needs && this.index.tunnelKeyOf(portId) === 0) this.index.setTunnelKey(portId, this.nextKey++);
-      if (!needs) this.index.setTunnelKey(portId, 0);
-    }
+    this.index.syncUplinkTunnelKeys(change, () => this.nextKey++);
     return this.take(translateChange(this.index, change, prior));
   }
   putPort(b: LocalPortBinding): TopologyDelta {
