@@ -7,6 +7,7 @@ export * as flowstatepb from "./gen/isthmus/v1/flowstate.js";
 export * as healthpb from "./gen/isthmus/v1/health.js";
 export * as intentpb from "./gen/isthmus/v1/intent.js";
 export * as raftpb from "./gen/isthmus/v1/raft.js";
+export * as sitepb from "./gen/isthmus/v1/site.js";
 export * as sitesyncpb from "./gen/isthmus/v1/site_sync.js";
 export { ConfigError, type LoadConfigOptions, loadConfig } from "./runtime/config.js";
 export {

@@ -6,6 +6,13 @@ export type { Datapath, PortIO, Upcall, UpcallDecision } from "./agent/datapath.
 export { EdgeAgent } from "./agent/edge-agent.js";
 export * as agentTesting from "./agent/testing/index.js";
 export { UserspaceDatapath } from "./agent/userspace-datapath.js";
+export { startTestPostgres, type TestPostgres } from "./controller/db/test-postgres.js";
+export {
+  type RunningSiteController,
+  type SiteControllerFlags,
+  startSiteController,
+} from "./controller/run-site-controller.js";
+export { SiteController, type SiteControllerOptions } from "./controller/site-controller.js";
 export {
   DEFAULT_SITE_TOKEN_REFRESH_SEC,
   DEFAULT_SITE_TOKEN_TTL_SEC,

@@ -176,6 +176,41 @@ agentCmd
     process.exitCode = await runAgentFlows(opts);
   });
 
+siteCmd
+  .command("status")
+  .description(
+    "run at the site: how current the site controller is (active replica, applied index, staleness)",
+  )
+  .option("--controller <host:port>", "the site controller's gRPC address", "127.0.0.1:7600")
+  .requiredOption(
+    "--token-file <file>",
+    "a site admin or host token (see site-controller --admin-token-file)",
+  )
+  .option("--json", "print JSON")
+  .option("--timeout <ms>", "deadline in milliseconds", "5000")
+  .action(async (opts) => {
+    const { runSiteStatus } = await import("./site-status.js");
+    process.exitCode = await runSiteStatus(opts);
+  });
+
+program
+  .command("site-controller")
+  .description("run one controller replica of a site (intent → site database → agents)")
+  .option("--config <file>", "YAML configuration file (siteController: section)")
+  .option("--site <name>", "the site's name")
+  .option("--db <url>", "postgres:// URL of PostgreSQL or CockroachDB (default: embedded PostgreSQL)")
+  .option("--data-dir <dir>", "directory for the embedded database (default ./isthmus-site)")
+  .option("--federation <addrs>", "coordinator addresses, comma separated (default: the credential's)")
+  .option("--credential <file>", "the credential `isthmus site join` wrote")
+  .option("--listen <host:port>", "gRPC address for agents and the site API (default 127.0.0.1:7600)")
+  .option("--metrics-listen <host:port>", "Prometheus /metrics and /healthz (default 127.0.0.1:7680)")
+  .option("--admin-token-file <file>", "write a site admin token here at start when absent")
+  .option("--controller-id <id>", "this replica's name in the controller lease")
+  .action(async (opts: Record<string, string | undefined>) => {
+    const { runSiteController } = await import("./site-controller.js");
+    await runSiteController(opts);
+  });
+
 try {
   await program.parseAsync(process.argv);
 } catch (err) {

@@ -1,0 +1,22 @@
+// `isthmus site-controller`: runs one controller replica of a site (site-agent's entry point,
+// loaded only here) until SIGTERM/SIGINT.
+import { createLogger } from "@isthmus/schema";
+
+export interface SiteControllerCommandOptions {
+  config?: string;
+  site?: string;
+  db?: string;
+  dataDir?: string;
+  federation?: string;
+  credential?: string;
+  listen?: string;
+  metricsListen?: string;
+  adminTokenFile?: string;
+  controllerId?: string;
+}
+
+export async function runSiteController(opts: SiteControllerCommandOptions): Promise<void> {
+  const { startSiteController } = await import("@isthmus/site-agent");
+  const log = createLogger({ name: "site-controller", base: opts.site ? { site: opts.site } : {} });
+  await startSiteController(opts, { log });
+}

@@ -1,0 +1,110 @@
+// Tails the topology change log for every watch stream of this replica: polls the table on a
+// short interval (so the other replica's commits arrive too) and is woken at once by local
+// commits. Keeps a bounded ring of recent changes for streams resuming close to the head.
+import type { Logger, topologypb } from "@isthmus/schema";
+import type { Database } from "./db/database.js";
+import { readChangesAfter } from "./topology-store.js";
+
+export interface ChangeFeedOptions {
+  pollMs: number;
+  /** Changes kept in memory for resuming streams. */
+  ringSize: number;
+  /** Rows read per query. */
+  batch: number;
+}
+
+export type ChangeListener = (change: topologypb.TopologyChange) => void;
+
+export class ChangeFeed {
+  private head = -1;
+  private ring: topologypb.TopologyChange[] = [];
+  private readonly listeners = new Set<ChangeListener>();
+  private timer: NodeJS.Timeout | undefined;
+  private polling: Promise<void> | undefined;
+  private again = false;
+  private stopped = false;
+
+  constructor(
+    private readonly db: Database,
+    private readonly opts: ChangeFeedOptions,
+    private readonly log: Logger,
+  ) {}
+
+  /** Revision of the newest change delivered to listeners (-1 before the first poll). */
+  get revision(): number {
+    return this.head;
+  }
+
+  async start(): Promise<void> {
+    const r = await readChangesAfter(this.db, Number.MAX_SAFE_INTEGER, 1);
+    this.head = r.current;
+    const loop = async () => {
+      if (this.stopped) return;
+      await this.poll();
+      if (!this.stopped) this.timer = setTimeout(loop, this.opts.pollMs);
+    };
+    this.timer = setTimeout(loop, this.opts.pollMs);
+  }
+
+  subscribe(fn: ChangeListener): () => void {
+    this.listeners.add(fn);
+    return () => this.listeners.delete(fn);
+  }
+
+  /** Changes after `revision` still in memory, or undefined when the ring does not reach back. */
+  recentAfter(revision: number): topologypb.TopologyChange[] | undefined {
+    const first = this.ring[0]?.revision ?? this.head + 1;
+    if (revision + 1 < first) return undefined;
+    return this.ring.filter((c) => c.revision > revision);
+  }
+
+  /** A local commit happened: poll now rather than at the next tick. */
+  wake(): void {
+    void this.poll();
+  }
+
+  poll(): Promise<void> {
+    if (this.polling) {
+      this.again = true;
+      return this.polling;
+    }
+    this.polling = (async () => {
+      try {
+        do {
+          this.again = false;
+          for (;;) {
+            const r = await readChangesAfter(this.db, this.head, this.opts.batch);
+            for (const c of r.changes) this.deliver(c);
+            if (r.changes.length < this.opts.batch) break;
+          }
+        } while (this.again && !this.stopped);
+      } catch (err) {
+        this.log.warn({ err: (err as Error).message }, "reading the topology change log failed");
+      } finally {
+        this.polling = undefined;
+      }
+    })();
+    return this.polling;
+  }
+
+  private deliver(c: topologypb.TopologyChange): void {
+    if (c.revision !== this.head + 1) {
+      // Revisions are gap-free by construction; a gap means the log was pruned past us.
+      this.log.warn(
+        { expected: this.head + 1, got: c.revision },
+        "gap in topology change log; watchers resync",
+      );
+      this.ring = [];
+    }
+    this.head = c.revision;
+    this.ring.push(c);
+    if (this.ring.length > this.opts.ringSize) this.ring.splice(0, this.ring.length - this.opts.ringSize);
+    for (const l of this.listeners) l(c);
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
+    await this.polling;
+  }
+}

@@ -1,0 +1,40 @@
+// Configuration of `isthmus site-controller`: defaults, YAML file (`siteController:` section),
+// ISTHMUS_SITE_CONTROLLER__* env vars, then flags. The bounds of its queues and logs are here.
+import { z } from "zod";
+import { DEFAULT_TUNING } from "./site-controller.js";
+
+const hostPort = z.string().regex(/^[^\s]+:\d{1,5}$/, "expected host:port");
+const positive = z.number().int().positive();
+const T = DEFAULT_TUNING;
+
+export const SiteControllerConfigSchema = z.object({
+  siteController: z.object({
+    site: z.string().min(1, "the site name is required (--site)"),
+    /** postgres://… URL of PostgreSQL or CockroachDB; absent = embedded PostgreSQL in dataDir. */
+    db: z
+      .string()
+      .regex(/^postgres(ql)?:\/\//, "expected a postgres:// URL")
+      .optional(),
+    dataDir: z.string().min(1).default("./isthmus-site"),
+    /** Coordinator addresses; the credential's list is used when empty. */
+    federation: z.array(hostPort).default([]),
+    /** Credential file written by `isthmus site join`. */
+    credential: z.string().optional(),
+    listen: hostPort.default("127.0.0.1:7600"),
+    metricsListen: hostPort.default("127.0.0.1:7680"),
+    /** Written at start (mode 0600) when absent: an admin token for `isthmus site-status` etc. */
+    adminTokenFile: z.string().optional(),
+    controllerId: z.string().min(1).optional(),
+    leaseTtlMs: positive.default(T.leaseTtlMs),
+    leaseRenewMs: positive.default(T.leaseRenewMs),
+    feedPollMs: positive.default(T.feedPollMs),
+    feedRingSize: positive.default(T.feedRingSize),
+    changeLogRetention: positive.default(T.changeLogRetention),
+    watchMaxQueuedChanges: positive.default(T.watchMaxQueuedChanges),
+    watchMaxStreams: positive.default(T.watchMaxStreams),
+    maxIntentObjects: positive.default(T.maxIntentObjects),
+    dbMaxConnections: positive.default(T.dbMaxConnections),
+  }),
+});
+
+export type SiteControllerConfig = z.infer<typeof SiteControllerConfigSchema>["siteController"];

@@ -1,0 +1,133 @@
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+import { silentLogger } from "@isthmus/schema";
+import { Database } from "./database.js";
+import { loadMigrations, migrate } from "./migrations.js";
+import { TransactionRetriesExhausted } from "./retry.js";
+import { startTestPostgres, type TestPostgres } from "./test-postgres.js";
+
+let pgs: TestPostgres | undefined;
+let skip: string | undefined;
+
+before(async () => {
+  const r = await startTestPostgres();
+  if ("skip" in r) {
+    skip = r.skip;
+    console.log(`# skipping database tests: ${r.skip}`);
+  } else pgs = r;
+});
+after(async () => {
+  await pgs?.stop();
+});
+
+async function freshDb(opts: Partial<ConstructorParameters<typeof Database>[0]> = {}): Promise<Database> {
+  const url = await pgs!.createDatabase();
+  return new Database({ url, log: silentLogger(), ...opts });
+}
+
+test("migrations apply from empty, then re-running applies nothing", async (t) => {
+  if (skip) return t.skip(skip);
+  const db = await freshDb();
+  t.after(() => db.close());
+  const all = loadMigrations().map((m) => m.version);
+  assert.ok(all.length >= 1);
+  assert.deepEqual(await migrate(db), all);
+  assert.deepEqual(await migrate(db), []);
+  const tables = await db.pool.query(
+    "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY table_name",
+  );
+  const names = tables.rows.map((r) => r.table_name as string);
+  for (const t of [
+    "intent_objects",
+    "topology_changes",
+    "controller_lease",
+    "ports",
+    "tunnel_keys",
+    "hosts",
+  ]) {
+    assert.ok(names.includes(t), `table ${t} exists`);
+  }
+  const rec = await db.pool.query("SELECT count(*)::INT8 AS n FROM schema_migrations");
+  assert.equal(Number(rec.rows[0].n), all.length);
+});
+
+test("two controllers migrating at once both succeed and record each migration once", async (t) => {
+  if (skip) return t.skip(skip);
+  const url = await pgs!.createDatabase();
+  const a = new Database({ url, log: silentLogger() });
+  const b = new Database({ url, log: silentLogger() });
+  t.after(async () => {
+    await a.close();
+    await b.close();
+  });
+  const [ra, rb] = await Promise.all([migrate(a), migrate(b)]);
+  const all = loadMigrations().map((m) => m.version);
+  assert.deepEqual([...ra, ...rb].sort(), all, "each migration applied by exactly one of them");
+  const rec = await a.pool.query("SELECT version FROM schema_migrations ORDER BY version");
+  assert.deepEqual(
+    rec.rows.map((r) => Number(r.version)),
+    all,
+  );
+});
+
+test("serialization conflicts are retried until every increment lands", async (t) => {
+  if (skip) return t.skip(skip);
+  let retries = 0;
+  const db = await freshDb({ onRetry: () => retries++, retry: { maxAttempts: 50 } });
+  t.after(() => db.close());
+  await db.tx("setup", async (tx) => {
+    await tx.query("CREATE TABLE counter (id INT8 PRIMARY KEY, n INT8 NOT NULL)");
+    await tx.query("INSERT INTO counter VALUES (1, 0)");
+  });
+  const workers = 8;
+  const each = 5;
+  await Promise.all(
+    Array.from({ length: workers }, async () => {
+      for (let i = 0; i < each; i++) {
+        await db.tx("increment", async (tx) => {
+          const r = await tx.query("SELECT n FROM counter WHERE id = 1");
+          // Widen the read-write window so concurrent transactions really conflict.
+          await new Promise((res) => setTimeout(res, 2));
+          await tx.query("UPDATE counter SET n = $1 WHERE id = 1", [Number(r.rows[0].n) + 1]);
+        });
+      }
+    }),
+  );
+  const r = await db.pool.query("SELECT n FROM counter WHERE id = 1");
+  assert.equal(Number(r.rows[0].n), workers * each, "no lost update");
+  assert.ok(retries > 0, "the conflicts really happened and were retried");
+  assert.equal(db.retryCount, retries);
+});
+
+test("a transaction that keeps conflicting fails with a clear bounded error", async (t) => {
+  if (skip) return t.skip(skip);
+  const db = await freshDb({ retry: { maxAttempts: 3, baseDelayMs: 1, maxDelayMs: 2 } });
+  t.after(() => db.close());
+  let runs = 0;
+  await assert.rejects(
+    db.tx("always-conflicts", async () => {
+      runs++;
+      throw Object.assign(new Error("could not serialize access"), { code: "40001" });
+    }),
+    (err: unknown) =>
+      err instanceof TransactionRetriesExhausted &&
+      /always-conflicts" failed after 3 attempts/.test(err.message) &&
+      /40001/.test(err.message),
+  );
+  assert.equal(runs, 3);
+});
+
+test("a non-retryable error is not retried", async (t) => {
+  if (skip) return t.skip(skip);
+  const db = await freshDb();
+  t.after(() => db.close());
+  let runs = 0;
+  await assert.rejects(
+    db.tx("bad-sql", async (tx) => {
+      runs++;
+      await tx.query("SELECT * FROM no_such_table");
+    }),
+    /no_such_table/,
+  );
+  assert.equal(runs, 1);
+});

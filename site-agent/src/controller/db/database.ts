@@ -1,0 +1,112 @@
+// The site database handle: a `pg` pool where every transaction runs SERIALIZABLE and is re-run
+// on serialization failures (SQLSTATE 40001, CockroachDB restarts) with capped, jittered
+// backoff, up to a bound. Callers write transaction bodies that are safe to run more than once.
+
+import type { Logger } from "@isthmus/schema";
+import pg from "pg";
+import {
+  backoffDelayMs,
+  DEFAULT_RETRY_POLICY,
+  isRetryable,
+  type RetryPolicy,
+  sqlState,
+  TransactionRetriesExhausted,
+} from "./retry.js";
+
+export type Tx = pg.PoolClient;
+
+export interface DatabaseOptions {
+  url: string;
+  /** Pool size bound. */
+  maxConnections?: number;
+  retry?: Partial<RetryPolicy>;
+  log: Logger;
+  /** Called with every retry (tests and metrics count them). */
+  onRetry?: (label: string, err: unknown) => void;
+}
+
+export interface TxOptions {
+  readOnly?: boolean;
+  /** Extra SQLSTATEs to treat as retryable for this transaction (migrations add 23505). */
+  retryCodes?: ReadonlySet<string>;
+}
+
+export class Database {
+  readonly pool: pg.Pool;
+  private readonly policy: RetryPolicy;
+  private readonly log: Logger;
+  private retries = 0;
+  private readonly guarded = new WeakSet<pg.PoolClient>();
+
+  constructor(private readonly opts: DatabaseOptions) {
+    this.pool = new pg.Pool({
+      connectionString: opts.url,
+      max: opts.maxConnections ?? 8,
+      connectionTimeoutMillis: 5_000,
+      idleTimeoutMillis: 30_000,
+    });
+    // An idle client's connection dying (database restarted) must not crash the process.
+    this.pool.on("error", (err) => opts.log.warn({ err: err.message }, "idle database connection failed"));
+    this.policy = { ...DEFAULT_RETRY_POLICY, ...opts.retry };
+    if (this.policy.maxAttempts < 1) throw new Error("database retry.maxAttempts must be at least 1");
+    this.log = opts.log;
+  }
+
+  /** Transactions re-run after a serialization conflict since start (a metric). */
+  get retryCount(): number {
+    return this.retries;
+  }
+
+  /**
+   * Runs `body` in a SERIALIZABLE transaction, re-running it on retryable errors. The body may run
+   * several times; it must not have side effects outside the transaction.
+   */
+  async tx<T>(label: string, body: (tx: Tx) => Promise<T>, options: TxOptions = {}): Promise<T> {
+    let lastError: unknown;
+    for (let attempt = 1; attempt <= this.policy.maxAttempts; attempt++) {
+      const client = await this.pool.connect();
+      if (!this.guarded.has(client)) {
+        // A connection dying while checked out surfaces as the query's rejection; without a
+        // listener the client's 'error' event would also crash the process.
+        this.guarded.add(client);
+        client.on("error", (err) => this.log.warn({ err: err.message }, "database connection failed"));
+      }
+      let broken = false;
+      try {
+        await client.query(
+          options.readOnly
+            ? "BEGIN TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY"
+            : "BEGIN TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+        );
+        const result = await body(client);
+        await client.query("COMMIT");
+        return result;
+      } catch (err) {
+        lastError = err;
+        try {
+          await client.query("ROLLBACK");
+        } catch {
+          broken = true; // the connection is gone; do not return it to the pool
+        }
+        if (!isRetryable(err, options.retryCodes)) throw err;
+        this.retries++;
+        this.opts.onRetry?.(label, err);
+        this.log.debug({ label, attempt, sqlstate: sqlState(err) }, "transaction conflict; retrying");
+        if (attempt < this.policy.maxAttempts) {
+          await sleep(backoffDelayMs(this.policy, attempt, Math.random));
+        }
+      } finally {
+        client.release(broken ? true : undefined);
+      }
+    }
+    throw new TransactionRetriesExhausted(label, this.policy.maxAttempts, lastError);
+  }
+
+  async close(): Promise<void> {
+    await this.pool.end();
+  }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}

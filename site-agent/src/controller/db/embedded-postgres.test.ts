@@ -1,0 +1,46 @@
+import assert from "node:assert/strict";
+import { existsSync, lstatSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { test } from "node:test";
+import { silentLogger } from "@isthmus/schema";
+import pg from "pg";
+import { embeddedPostgresRoot, hydrateSymlinks, startEmbeddedPostgres } from "./embedded-postgres.js";
+
+test("library symlinks listed by the package are recreated once, then left alone", () => {
+  const root = mkdtempSync(join(tmpdir(), "isthmus-hydrate-"));
+  try {
+    mkdirSync(join(root, "native", "lib"), { recursive: true });
+    writeFileSync(join(root, "native", "lib", "libx.so.1.2"), "x");
+    writeFileSync(
+      join(root, "native", "pg-symlinks.json"),
+      JSON.stringify([{ source: "native/lib/libx.so.1.2", target: "native/lib/libx.so.1" }]),
+    );
+    assert.equal(hydrateSymlinks(root), 1);
+    assert.ok(lstatSync(join(root, "native", "lib", "libx.so.1")).isSymbolicLink());
+    assert.equal(hydrateSymlinks(root), 0, "idempotent");
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test("the embedded PostgreSQL from the npm package starts (as root: as the postgres user), serves, restarts on its data", async (t) => {
+  const root = await embeddedPostgresRoot();
+  assert.ok(existsSync(join(root, "native", "bin", "postgres")));
+  const dir = mkdtempSync(join(tmpdir(), "isthmus-embedded-"));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  for (let life = 0; life < 2; life++) {
+    const server = await startEmbeddedPostgres(join(dir, "postgres"), silentLogger(), { unsafeNoSync: true });
+    try {
+      const c = new pg.Client({ connectionString: server.url });
+      await c.connect();
+      const iso = await c.query("SHOW default_transaction_isolation");
+      assert.equal(iso.rows[0].default_transaction_isolation, "serializable");
+      if (life === 0) await c.query("CREATE TABLE survives (x INT8)");
+      else await c.query("SELECT count(*) FROM survives");
+      await c.end();
+    } finally {
+      await server.stop();
+    }
+  }
+});

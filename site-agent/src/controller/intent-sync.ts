@@ -1,0 +1,213 @@
+// Follows the federation: streams WatchIntent from the last applied index, applies each event
+// (snapshot, change, progress) through the IntentApplier one at a time, acks the applied index
+// upward, and reconnects with capped, jittered backoff across the coordinator addresses. While no
+// coordinator answers, the site keeps serving what it last applied; `staleness` says for how long.
+import { type ChannelCredentials, type ClientReadableStream, Metadata, status } from "@grpc/grpc-js";
+import { type Logger, sitesyncpb } from "@isthmus/schema";
+import { backoffDelayMs } from "./db/retry.js";
+import { FencedOut } from "./fence.js";
+import type { IntentApplier } from "./intent-applier.js";
+
+export interface IntentSyncOptions {
+  site: string;
+  /** Coordinator addresses (host:port), tried in turn. */
+  addresses: string[];
+  credentials: ChannelCredentials;
+  /** Per-call metadata (the site's bearer token). */
+  metadata?: () => Promise<Metadata>;
+  backoffInitialMs: number;
+  backoffMaxMs: number;
+  /** Acks are sent at most this often (the applied index only ever moves up). */
+  ackEveryMs: number;
+  log: Logger;
+  /** Called when the applier reports this replica was fenced out (lost the lease). */
+  onFenced?: (err: Error) => void;
+}
+
+export interface SyncStatus {
+  connected: boolean;
+  address: string;
+  /** Wall-clock ms of the last message from any coordinator; 0 = none since start. */
+  lastContactMs: number;
+  /** Since when the site has had no coordinator stream (0 while connected). */
+  disconnectedSinceMs: number;
+  reconnects: number;
+}
+
+export class IntentSync {
+  private readonly clients = new Map<string, sitesyncpb.SiteSyncServiceClient>();
+  private stream: ClientReadableStream<sitesyncpb.WatchIntentResponse> | undefined;
+  private stopped = true;
+  private loop: Promise<void> | undefined;
+  private wake: (() => void) | undefined;
+  private ackTimer: NodeJS.Timeout | undefined;
+  private ackedIndex = 0;
+  private next = 0;
+  readonly status: SyncStatus = {
+    connected: false,
+    address: "",
+    lastContactMs: 0,
+    disconnectedSinceMs: Date.now(),
+    reconnects: 0,
+  };
+
+  constructor(
+    private readonly applier: IntentApplier,
+    private readonly opts: IntentSyncOptions,
+  ) {
+    if (opts.addresses.length === 0) throw new Error("intent sync needs at least one coordinator address");
+  }
+
+  /** How long the site has been without a coordinator stream (0 while connected). */
+  stalenessMs(now = Date.now()): number {
+    return this.status.connected ? 0 : now - this.status.disconnectedSinceMs;
+  }
+
+  start(): void {
+    if (!this.stopped) return;
+    this.stopped = false;
+    this.loop = this.run();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.stream?.cancel();
+    this.wake?.();
+    await this.loop;
+    if (this.ackTimer) clearTimeout(this.ackTimer);
+    await this.flushAck().catch(() => undefined);
+    for (const c of this.clients.values()) c.close();
+    this.clients.clear();
+  }
+
+  private client(address: string): sitesyncpb.SiteSyncServiceClient {
+    let c = this.clients.get(address);
+    if (!c) {
+      c = new sitesyncpb.SiteSyncServiceClient(address, this.opts.credentials);
+      this.clients.set(address, c);
+    }
+    return c;
+  }
+
+  private async run(): Promise<void> {
+    let failures = 0;
+    while (!this.stopped) {
+      const address = this.opts.addresses[this.next % this.opts.addresses.length]!;
+      this.next++;
+      let progressed = false;
+      try {
+        progressed = await this.follow(address);
+      } catch (err) {
+        if (err instanceof FencedOut) {
+          this.opts.onFenced?.(err);
+          return;
+        }
+        this.opts.log.warn({ address, err: (err as Error).message }, "intent stream ended");
+      }
+      this.setDisconnected();
+      if (this.stopped) break;
+      failures = progressed ? 1 : failures + 1;
+      this.status.reconnects++;
+      const delay = Math.max(
+        this.opts.backoffInitialMs / 2,
+        backoffDelayMs(
+          { maxAttempts: 1, baseDelayMs: this.opts.backoffInitialMs, maxDelayMs: this.opts.backoffMaxMs },
+          failures,
+          Math.random,
+        ),
+      );
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, delay);
+        this.wake = () => {
+          clearTimeout(t);
+          resolve();
+        };
+      });
+      this.wake = undefined;
+    }
+  }
+
+  private setDisconnected(): void {
+    if (this.status.connected) this.status.disconnectedSinceMs = Date.now();
+    this.status.connected = false;
+  }
+
+  /** One stream's life; resolves true when at least one event arrived. */
+  private async follow(address: string): Promise<boolean> {
+    const metadata = this.opts.metadata ? await this.opts.metadata() : new Metadata();
+    const fromIndex = this.applier.appliedIndex;
+    const stream = this.client(address).watchIntent({ site: this.opts.site, fromIndex }, metadata);
+    this.stream = stream;
+    this.status.address = address;
+    this.opts.log.info({ address, fromIndex }, "watching intent");
+    let got = false;
+    return new Promise<boolean>((resolve, reject) => {
+      let chain = Promise.resolve();
+      let failed = false;
+      stream.on("metadata", () => this.markContact());
+      stream.on("data", (ev: sitesyncpb.WatchIntentResponse) => {
+        got = true;
+        this.markContact();
+        stream.pause(); // one event at a time; the coordinator waits (flow control) meanwhile
+        chain = chain
+          .then(() => this.handle(ev))
+          .then(
+            () => {
+              stream.resume();
+            },
+            (err) => {
+              failed = true;
+              stream.cancel();
+              reject(err);
+            },
+          );
+      });
+      stream.on("error", (err: { code?: number; message: string }) => {
+        void chain.then(() => {
+          if (failed) return;
+          if (err.code === status.CANCELLED && this.stopped) resolve(got);
+          else reject(new Error(`${address}: ${err.message}`));
+        });
+      });
+      stream.on("end", () => void chain.then(() => (failed ? undefined : resolve(got))));
+    });
+  }
+
+  private markContact(): void {
+    this.status.lastContactMs = Date.now();
+    if (!this.status.connected) {
+      this.status.connected = true;
+      this.status.disconnectedSinceMs = 0;
+    }
+  }
+
+  private async handle(ev: sitesyncpb.WatchIntentResponse): Promise<void> {
+    if (ev.snapshot) await this.applier.applySnapshot(ev.snapshot);
+    else if (ev.change) await this.applier.applyChange(ev.change);
+    else if (ev.progressIndex !== undefined) await this.applier.applyProgress(ev.progressIndex);
+    this.scheduleAck();
+  }
+
+  private scheduleAck(): void {
+    if (this.ackTimer) return;
+    this.ackTimer = setTimeout(() => {
+      this.ackTimer = undefined;
+      this.flushAck().catch((err) => this.opts.log.debug({ err: (err as Error).message }, "ack failed"));
+    }, this.opts.ackEveryMs);
+  }
+
+  private async flushAck(): Promise<void> {
+    const idx = this.applier.appliedIndex;
+    if (idx <= this.ackedIndex || !this.status.address) return;
+    const metadata = this.opts.metadata ? await this.opts.metadata() : new Metadata();
+    await new Promise<void>((resolve, reject) =>
+      this.client(this.status.address).ack(
+        { site: this.opts.site, appliedIndex: idx },
+        metadata,
+        { deadline: Date.now() + 5_000 },
+        (err) => (err ? reject(err) : resolve()),
+      ),
+    );
+    this.ackedIndex = Math.max(this.ackedIndex, idx);
+  }
+}

@@ -1,0 +1,84 @@
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+import { silentLogger } from "@isthmus/schema";
+import { Database } from "./db/database.js";
+import { migrate } from "./db/migrations.js";
+import { startTestPostgres, type TestPostgres } from "./db/test-postgres.js";
+import { FencedOut, leaseFence } from "./fence.js";
+import { ControllerLease } from "./lease.js";
+
+let pgs: TestPostgres | undefined;
+let skip: string | undefined;
+before(async () => {
+  const r = await startTestPostgres();
+  if ("skip" in r) {
+    skip = r.skip;
+    console.log(`# skipping: ${r.skip}`);
+  } else pgs = r;
+});
+after(async () => {
+  await pgs?.stop();
+});
+
+const OPTS = { ttlMs: 1_200, renewEveryMs: 300 };
+
+test("two controllers racing for the lease: exactly one wins; the other takes over when it dies", async (t) => {
+  if (skip) return t.skip(skip);
+  const url = await pgs!.createDatabase();
+  const dbs = [new Database({ url, log: silentLogger() }), new Database({ url, log: silentLogger() })];
+  t.after(async () => {
+    for (const d of dbs) await d.close();
+  });
+  await Promise.all(dbs.map((d) => migrate(d)));
+  const leases = dbs.map((d, i) => new ControllerLease(d, { holder: `ctl-${i}`, ...OPTS }, silentLogger()));
+  // Race repeatedly: never two holders at once.
+  for (let round = 0; round < 5; round++) {
+    const won = await Promise.all(leases.map((l) => l.attempt()));
+    assert.equal(won.filter(Boolean).length, 1, `round ${round}: exactly one active`);
+  }
+  for (const l of leases) l.start();
+  t.after(async () => {
+    for (const l of leases) await l.stop(false);
+  });
+  const activeIdx = leases.findIndex((l) => l.active);
+  assert.ok(activeIdx >= 0);
+  const standby = leases[1 - activeIdx]!;
+  const oldToken = leases[activeIdx]!.currentToken()!;
+  assert.equal(standby.active, false);
+
+  // The active one dies without releasing (crash): the standby takes over after expiry.
+  const died = Date.now();
+  await leases[activeIdx]!.stop(false);
+  const deadline = died + 10_000;
+  while (!standby.active && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  const tookMs = Date.now() - died;
+  assert.ok(standby.active, "standby took over");
+  assert.ok(tookMs < OPTS.ttlMs + 2 * OPTS.renewEveryMs + 1000, `take-over took ${tookMs} ms`);
+  assert.ok(standby.currentToken()! > oldToken, "new fencing token");
+
+  // The deposed holder's fence refuses writes.
+  const deposed = leaseFence(`ctl-${activeIdx}`, () => oldToken);
+  await assert.rejects(
+    dbs[activeIdx]!.tx("deposed-write", (tx) => deposed.check(tx)),
+    (err: unknown) => err instanceof FencedOut && /lost the lease/.test((err as Error).message),
+  );
+});
+
+test("a clean stop releases the lease so the standby takes over at once", async (t) => {
+  if (skip) return t.skip(skip);
+  const url = await pgs!.createDatabase();
+  const a = new Database({ url, log: silentLogger() });
+  const b = new Database({ url, log: silentLogger() });
+  t.after(async () => {
+    await a.close();
+    await b.close();
+  });
+  await migrate(a);
+  const la = new ControllerLease(a, { holder: "a", ttlMs: 60_000, renewEveryMs: 1_000 }, silentLogger());
+  const lb = new ControllerLease(b, { holder: "b", ttlMs: 60_000, renewEveryMs: 1_000 }, silentLogger());
+  assert.equal(await la.attempt(), true);
+  assert.equal(await lb.attempt(), false);
+  await la.stop(true);
+  assert.equal(await lb.attempt(), true, "released lease is taken without waiting for the 60 s expiry");
+  await lb.stop(false);
+});

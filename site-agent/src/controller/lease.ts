@@ -1,0 +1,139 @@
+// The controller lease: one row naming the active replica of a site, its fencing token and
+// when the lease expires (by the database's clock, so replicas' clocks need not agree). The
+// active replica renews it periodically; the other takes it over once it expires, bumping the
+// token, which fences every later write of the old holder (see fence.ts).
+import type { Logger } from "@isthmus/schema";
+import type { Database } from "./db/database.js";
+
+export interface LeaseOptions {
+  holder: string;
+  /** How long a grant lasts without renewal. */
+  ttlMs: number;
+  /** How often to renew / try to acquire; well under ttlMs. */
+  renewEveryMs: number;
+}
+
+export interface LeaseState {
+  active: boolean;
+  token: number | undefined;
+  holder: string;
+}
+
+export class ControllerLease {
+  private token: number | undefined;
+  /** Local deadline after which we stop believing we hold the lease if renewals keep failing. */
+  private validUntil = 0;
+  private timer: NodeJS.Timeout | undefined;
+  private stopped = false;
+  private running: Promise<unknown> | undefined;
+  private readonly listeners = new Set<(s: LeaseState) => void>();
+
+  constructor(
+    private readonly db: Database,
+    readonly opts: LeaseOptions,
+    private readonly log: Logger,
+  ) {
+    if (opts.renewEveryMs >= opts.ttlMs) throw new Error("lease renewEveryMs must be shorter than ttlMs");
+  }
+
+  /** The fencing token while this replica is active. */
+  currentToken(): number | undefined {
+    if (this.token !== undefined && Date.now() > this.validUntil) this.setToken(undefined);
+    return this.token;
+  }
+
+  get active(): boolean {
+    return this.currentToken() !== undefined;
+  }
+
+  onChange(fn: (s: LeaseState) => void): () => void {
+    this.listeners.add(fn);
+    return () => this.listeners.delete(fn);
+  }
+
+  start(): void {
+    const tick = async () => {
+      if (this.stopped) return;
+      this.running = this.attempt();
+      await this.running;
+      if (!this.stopped) this.timer = setTimeout(tick, this.opts.renewEveryMs);
+    };
+    void tick();
+  }
+
+  /** One acquire-or-renew round; returns whether this replica holds the lease afterwards. */
+  async attempt(): Promise<boolean> {
+    const { holder, ttlMs } = this.opts;
+    const sentAt = Date.now();
+    try {
+      const token = await this.db.tx("lease", async (tx) => {
+        const r = await tx.query(
+          "SELECT holder, token, expires_at < now() AS expired FROM controller_lease WHERE id = 1",
+        );
+        const ttl = `${ttlMs} milliseconds`;
+        const row = r.rows[0];
+        if (!row) {
+          await tx.query(
+            "INSERT INTO controller_lease (id, holder, token, expires_at) VALUES (1, $1, 1, now() + $2::INTERVAL)",
+            [holder, ttl],
+          );
+          return 1;
+        }
+        const current = Number(row.token);
+        if (row.holder === holder && current === this.token) {
+          await tx.query("UPDATE controller_lease SET expires_at = now() + $1::INTERVAL WHERE id = 1", [ttl]);
+          return current;
+        }
+        if (row.expired || row.holder === holder) {
+          // Expired, or ours from a previous life of this replica: take it with a new token so
+          // anything still in flight under the old token is fenced.
+          await tx.query(
+            "UPDATE controller_lease SET holder = $1, token = $2, expires_at = now() + $3::INTERVAL WHERE id = 1",
+            [holder, current + 1, ttl],
+          );
+          return current + 1;
+        }
+        return undefined;
+      });
+      if (this.stopped) return false;
+      // Count validity from when we asked, so the local belief never outlives the grant.
+      if (token !== undefined) this.validUntil = sentAt + ttlMs;
+      this.setToken(token);
+      return token !== undefined;
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, "lease renewal failed");
+      this.currentToken(); // drops the token once the local deadline passed
+      return this.token !== undefined;
+    }
+  }
+
+  private setToken(token: number | undefined): void {
+    if (token === this.token) return;
+    const was = this.token;
+    this.token = token;
+    this.log.info(
+      { holder: this.opts.holder, token, was },
+      token === undefined ? "lease lost" : "lease acquired",
+    );
+    const s: LeaseState = { active: token !== undefined, token, holder: this.opts.holder };
+    for (const l of this.listeners) l(s);
+  }
+
+  /** Stops renewing; when active, expires the lease now so the other replica takes over at once. */
+  async stop(release = true): Promise<void> {
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
+    await this.running;
+    const token = this.token;
+    this.setToken(undefined);
+    if (!release || token === undefined) return;
+    await this.db
+      .tx("lease-release", (tx) =>
+        tx.query(
+          "UPDATE controller_lease SET expires_at = now() WHERE id = 1 AND holder = $1 AND token = $2",
+          [this.opts.holder, token],
+        ),
+      )
+      .catch((err) => this.log.warn({ err: (err as Error).message }, "lease release failed"));
+  }
+}

@@ -1,0 +1,261 @@
+// Site-local hosts and ports in the database, and the writes the site API makes to them. Each
+// write runs in the controller's write queue under the lease fence: it updates the in-memory
+// index, translates what changed, and commits the row together with the resulting topology
+// revision — or puts the index back when the transaction fails.
+import { randomUUID } from "node:crypto";
+import { topologypb } from "@isthmus/schema";
+import type { Tx } from "./db/database.js";
+import { writeTopology } from "./topology-store.js";
+import type { LocalPortBinding, TopologyDelta } from "./translate/index.js";
+import type { WriteContext } from "./write-context.js";
+
+/** Site-local tunnel keys, disjoint from the coordinator's global keys (DESIGN.md §5). */
+export const LOCAL_TUNNEL_KEY_MIN = 0x000001;
+export const LOCAL_TUNNEL_KEY_MAX = 0x0fffff;
+
+const ROLE_NAMES: Record<number, string> = {
+  [topologypb.HostRole.HOST_ROLE_HOST]: "host",
+  [topologypb.HostRole.HOST_ROLE_GATEWAY]: "gateway",
+};
+
+function roleFromName(name: string): topologypb.HostRole {
+  return name === "gateway" ? topologypb.HostRole.HOST_ROLE_GATEWAY : topologypb.HostRole.HOST_ROLE_HOST;
+}
+
+export async function loadLocalObjects(
+  tx: Tx,
+): Promise<{ hosts: topologypb.Host[]; ports: LocalPortBinding[] }> {
+  const hosts = (await tx.query("SELECT * FROM hosts")).rows.map((r) =>
+    topologypb.Host.fromPartial({
+      id: r.id,
+      name: r.name,
+      tunnelIp: r.tunnel_ip,
+      tunnelPort: Number(r.tunnel_port),
+      role: roleFromName(r.role),
+      alive: true,
+      wanIp: r.wan_ip,
+      wanPort: Number(r.wan_port),
+    }),
+  );
+  const ports = (await tx.query("SELECT * FROM ports")).rows.map(
+    (r): LocalPortBinding => ({
+      id: r.id,
+      name: r.name,
+      networkId: r.network_id,
+      hostId: r.host_id,
+      interfaceName: r.interface_name,
+      mac: r.mac,
+      ips: r.ips as string[],
+      securityGroupIds: r.security_group_ids as string[],
+      tunnelKey: Number(r.tunnel_key),
+      adminStateUp: true,
+    }),
+  );
+  return { hosts, ports };
+}
+
+/** A request that cannot be carried out as asked; `field` names the offending request field. */
+export class LocalRequestError extends Error {
+  constructor(
+    readonly field: string,
+    message: string,
+    readonly kind: "invalid" | "not-found" | "exists" | "exhausted" = "invalid",
+  ) {
+    super(message);
+    this.name = "LocalRequestError";
+  }
+}
+
+export type HostInput = Omit<topologypb.Host, "id" | "alive">;
+export type PortInput = Omit<LocalPortBinding, "id" | "tunnelKey" | "adminStateUp"> & { id?: string };
+
+interface Step<T> {
+  result: T;
+  delta: TopologyDelta;
+  sql: (tx: Tx) => Promise<void>;
+  revert: () => void;
+}
+
+export class LocalWriter {
+  private keyCursor = LOCAL_TUNNEL_KEY_MIN;
+
+  constructor(private readonly ctx: WriteContext) {}
+
+  registerHost(input: HostInput): Promise<topologypb.Host> {
+    return this.write("register-host", () => {
+      const index = this.ctx.index;
+      const existing = [...index.list("host")].find((h) => h.name === input.name);
+      // Re-registering a host (agent restart, new address) keeps its id.
+      const host = topologypb.Host.fromPartial({ ...input, id: existing?.id ?? randomUUID(), alive: true });
+      const prior = index.putHost(host);
+      return {
+        result: host,
+        delta: this.ctx.translator.translateHost(index, host.id, prior),
+        revert: () => (prior ? index.putHost(prior) : index.removeHost(host.id)),
+        sql: async (tx) => {
+          await tx.query(
+            `INSERT INTO hosts (id, name, tunnel_ip, tunnel_port, role, wan_ip, wan_port, registered_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, now())
+             ON CONFLICT (id) DO UPDATE SET tunnel_ip = excluded.tunnel_ip, tunnel_port = excluded.tunnel_port,
+               role = excluded.role, wan_ip = excluded.wan_ip, wan_port = excluded.wan_port`,
+            [
+              host.id,
+              host.name,
+              host.tunnelIp,
+              host.tunnelPort,
+              ROLE_NAMES[host.role] ?? "host",
+              host.wanIp,
+              host.wanPort,
+            ],
+          );
+        },
+      };
+    });
+  }
+
+  createPort(input: PortInput): Promise<LocalPortBinding> {
+    return this.write("create-port", () => {
+      const index = this.ctx.index;
+      if (input.hostId !== "") this.requireHost(input.hostId);
+      if ([...index.list("localPort")].some((p) => p.name === input.name)) {
+        throw new LocalRequestError("name", `a port named "${input.name}" already exists`, "exists");
+      }
+      const id = input.id || randomUUID();
+      if (index.get("localPort", id))
+        throw new LocalRequestError("id", `port ${id} already exists`, "exists");
+      const port: LocalPortBinding = { ...input, id, tunnelKey: this.nextKey(), adminStateUp: true };
+      return {
+        ...this.portStep(undefined, port),
+        sql: async (tx) => {
+          await tx.query("INSERT INTO tunnel_keys (tunnel_key, port_id) VALUES ($1, $2)", [
+            port.tunnelKey,
+            port.id,
+          ]);
+          await upsertPortRow(tx, port);
+        },
+      };
+    });
+  }
+
+  bindPort(portId: string, hostId: string, interfaceName: string): Promise<LocalPortBinding> {
+    return this.write("bind-port", () => {
+      const old = this.requirePort(portId);
+      this.requireHost(hostId);
+      if (interfaceName === "")
+        throw new LocalRequestError("interface_name", "interface_name must not be empty");
+      const next = { ...old, hostId, interfaceName };
+      return { ...this.portStep(old, next), sql: (tx) => upsertPortRow(tx, next) };
+    });
+  }
+
+  unbindPort(portId: string): Promise<LocalPortBinding> {
+    return this.write("unbind-port", () => {
+      const old = this.requirePort(portId);
+      const next = { ...old, hostId: "", interfaceName: "" };
+      return { ...this.portStep(old, next), sql: (tx) => upsertPortRow(tx, next) };
+    });
+  }
+
+  deletePort(portId: string): Promise<LocalPortBinding> {
+    return this.write("delete-port", () => {
+      const old = this.requirePort(portId);
+      return {
+        ...this.portStep(old, undefined),
+        result: old,
+        sql: async (tx) => {
+          await tx.query("DELETE FROM ports WHERE id = $1", [old.id]);
+          await tx.query("DELETE FROM tunnel_keys WHERE port_id = $1", [old.id]);
+        },
+      };
+    });
+  }
+
+  private requirePort(id: string): LocalPortBinding {
+    if (id === "") throw new LocalRequestError("port_id", "port_id must not be empty");
+    const p = this.ctx.index.get("localPort", id);
+    if (!p) throw new LocalRequestError("port_id", `port ${id} does not exist at this site`, "not-found");
+    return p;
+  }
+
+  private requireHost(id: string): void {
+    if (!this.ctx.index.get("host", id)) {
+      throw new LocalRequestError("host", `host ${id} is not registered at this site`, "not-found");
+    }
+  }
+
+  /** Moves the index from `old` to `next` (undefined = absent) and translates the difference. */
+  private portStep(
+    old: LocalPortBinding | undefined,
+    next: LocalPortBinding | undefined,
+  ): Omit<Step<LocalPortBinding>, "sql"> {
+    const index = this.ctx.index;
+    const id = (next ?? old)!.id;
+    const prior = next ? index.putLocalPort(next) : index.removeLocalPort(id);
+    return {
+      result: (next ?? old)!,
+      delta: this.ctx.translator.translateLocalPort(index, id, prior),
+      revert: () => (prior ? index.putLocalPort(prior) : index.removeLocalPort(id)),
+    };
+  }
+
+  /** Lowest free site-local key at or after the cursor, wrapping once. */
+  private nextKey(): number {
+    const used = new Set([...this.ctx.index.list("localPort")].map((p) => p.tunnelKey));
+    const span = LOCAL_TUNNEL_KEY_MAX - LOCAL_TUNNEL_KEY_MIN + 1;
+    for (let i = 0; i < span; i++) {
+      const k = LOCAL_TUNNEL_KEY_MIN + ((this.keyCursor - LOCAL_TUNNEL_KEY_MIN + i) % span);
+      if (!used.has(k)) {
+        this.keyCursor = k >= LOCAL_TUNNEL_KEY_MAX ? LOCAL_TUNNEL_KEY_MIN : k + 1;
+        return k;
+      }
+    }
+    throw new LocalRequestError("tunnel_key", `all ${span} site-local tunnel keys are in use`, "exhausted");
+  }
+
+  /**
+   * Runs one local write in the queue: `step` validates, changes the index and translates (inside
+   * the queue, so it sees every earlier write); the transaction commits the rows and topology.
+   */
+  private write<T>(label: string, step: () => Step<T>): Promise<T> {
+    const ctx = this.ctx;
+    return ctx.queue.run(async () => {
+      const s = step();
+      if (s.delta.problems.length > 0) ctx.onProblems?.(s.delta.problems);
+      let revision: number | undefined;
+      try {
+        revision = await ctx.db.tx(label, async (tx) => {
+          await ctx.fence.check(tx);
+          await s.sql(tx);
+          const r = await writeTopology(tx, s.delta, "local", ctx.changeLog);
+          await ctx.beforeCommit?.(tx, label);
+          return r;
+        });
+      } catch (err) {
+        s.revert();
+        throw err;
+      }
+      if (revision !== undefined) ctx.onCommitted(revision);
+      return s.result;
+    });
+  }
+}
+
+async function upsertPortRow(tx: Tx, p: LocalPortBinding): Promise<void> {
+  await tx.query(
+    `INSERT INTO ports (id, name, network_id, host_id, interface_name, mac, ips, security_group_ids, tunnel_key, created_at)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now())
+     ON CONFLICT (id) DO UPDATE SET host_id = excluded.host_id, interface_name = excluded.interface_name,
+       mac = excluded.mac, ips = excluded.ips, security_group_ids = excluded.security_group_ids`,
+    [
+      p.id,
+      p.name,
+      p.networkId,
+      p.hostId,
+      p.interfaceName,
+      p.mac,
+      JSON.stringify(p.ips),
+      JSON.stringify(p.securityGroupIds),
+      p.tunnelKey,
+    ],
+  );
+}

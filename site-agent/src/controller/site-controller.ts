@@ -1,0 +1,374 @@
+// One site controller replica: opens (or starts) the site database, migrates it, competes for the
+// controller lease, and while active follows the federation's intent and accepts local writes.
+// Both replicas serve agents' TopologyService.Watch (tailing the shared change log) and Status.
+
+import { randomBytes } from "node:crypto";
+import { hostname } from "node:os";
+import type { Metadata } from "@grpc/grpc-js";
+import {
+  type ChannelCredentials,
+  credentials as grpcCredentials,
+  Server,
+  ServerCredentials,
+} from "@grpc/grpc-js";
+import {
+  componentLogger,
+  HealthState,
+  healthpb,
+  healthService,
+  type Logger,
+  type StartedServer,
+  sitepb as site,
+  type sitepb,
+  startGrpcServer,
+  topologypb,
+} from "@isthmus/schema";
+import type { Registry } from "prom-client";
+import { ChangeFeed } from "./change-feed.js";
+import { controllerMetrics } from "./controller-metrics.js";
+import { Database } from "./db/database.js";
+import { startEmbeddedPostgres } from "./db/embedded-postgres.js";
+import { migrate } from "./db/migrations.js";
+import type { RunningPostgres } from "./db/postgres-server.js";
+import { leaseFence } from "./fence.js";
+import { HostTokens } from "./host-token.js";
+import { IntentApplier } from "./intent-applier.js";
+import { IntentSync } from "./intent-sync.js";
+import { ControllerLease } from "./lease.js";
+import { LocalWriter } from "./local-store.js";
+import { RealizedReporter } from "./realized-reporter.js";
+import { siteService } from "./site-service.js";
+import { TopologyWatchService } from "./topology-watch.js";
+import { IntentIndex } from "./translate/index.js";
+import { siteTranslator, type Translator } from "./translator.js";
+import type { WriteContext } from "./write-context.js";
+import { WriteQueue } from "./write-queue.js";
+
+export interface SiteControllerTuning {
+  leaseTtlMs: number;
+  leaseRenewMs: number;
+  feedPollMs: number;
+  feedRingSize: number;
+  changeLogRetention: number;
+  watchMaxQueuedChanges: number;
+  watchHeartbeatMs: number;
+  watchMaxStreams: number;
+  backoffInitialMs: number;
+  backoffMaxMs: number;
+  ackEveryMs: number;
+  reportBatchMs: number;
+  hostTokenTtlSec: number;
+  maxIntentObjects: number;
+  dbMaxConnections: number;
+}
+
+export const DEFAULT_TUNING: SiteControllerTuning = {
+  leaseTtlMs: 3_000,
+  leaseRenewMs: 1_000,
+  feedPollMs: 100,
+  feedRingSize: 10_000,
+  changeLogRetention: 100_000,
+  watchMaxQueuedChanges: 10_000,
+  watchHeartbeatMs: 5_000,
+  watchMaxStreams: 10_000,
+  backoffInitialMs: 200,
+  backoffMaxMs: 5_000,
+  ackEveryMs: 200,
+  reportBatchMs: 100,
+  hostTokenTtlSec: 30 * 24 * 3600,
+  maxIntentObjects: 2_000_000,
+  dbMaxConnections: 16,
+};
+
+export interface SiteControllerOptions {
+  site: string;
+  /** This replica's name in the lease; unique per replica (hostname + random by default). */
+  controllerId?: string;
+  /** PostgreSQL / CockroachDB URL; undefined = embedded PostgreSQL in `dataDir`/postgres. */
+  dbUrl?: string;
+  dataDir?: string;
+  /** Coordinator addresses; empty = run without a federation (status says so). */
+  federation: string[];
+  federationCredentials?: ChannelCredentials;
+  /** Bearer metadata for coordinator calls (the site's own JWT). */
+  federationMetadata?: () => Promise<Metadata>;
+  listen: string;
+  log: Logger;
+  tuning?: Partial<SiteControllerTuning>;
+  translator?: Translator;
+}
+
+const MAX_PROBLEMS_KEPT = 50;
+
+export class SiteController {
+  readonly health = new HealthState("site-controller");
+  readonly metrics: Registry;
+  private sync: IntentSync | undefined;
+  private reporter: RealizedReporter | undefined;
+  private activeWriter: LocalWriter | undefined;
+  private problems: string[] = [];
+  private problemCount = 0;
+  private statusTimer: NodeJS.Timeout | undefined;
+  private transitions: Promise<void> = Promise.resolve();
+  private stopping: Promise<void> | undefined;
+
+  private constructor(
+    private readonly opts: SiteControllerOptions,
+    readonly controllerId: string,
+    private readonly tuning: SiteControllerTuning,
+    private readonly pg: RunningPostgres | undefined,
+    readonly db: Database,
+    readonly index: IntentIndex,
+    private readonly ctx: WriteContext,
+    readonly applier: IntentApplier,
+    readonly lease: ControllerLease,
+    private readonly feed: ChangeFeed,
+    private readonly watch: TopologyWatchService,
+    readonly tokens: HostTokens,
+    private server: StartedServer | undefined,
+  ) {
+    this.metrics = controllerMetrics({
+      appliedIndex: () => this.applier.appliedIndex,
+      stalenessSeconds: () => this.stalenessMs() / 1000,
+      federationConnected: () => this.sync?.status.connected ?? false,
+      active: () => this.lease.active,
+      topologyRevision: () => Math.max(0, this.feed.revision),
+      watchStreams: () => this.watch.openStreams,
+      slowWatchersCut: () => this.watch.slowCutoffs,
+      txRetries: () => this.db.retryCount,
+      translationProblems: () => this.problemCount,
+      reportsSent: () => this.reporter?.reportsSent ?? 0,
+    });
+  }
+
+  /** The gRPC address agents and operators connect to. */
+  get address(): string {
+    return this.server?.address ?? "";
+  }
+
+  static async start(opts: SiteControllerOptions): Promise<SiteController> {
+    const tuning = { ...DEFAULT_TUNING, ...opts.tuning };
+    const log = componentLogger(opts.log, "site-controller", { site: opts.site });
+    const controllerId = opts.controllerId ?? `${hostname()}-${randomBytes(3).toString("hex")}`;
+    let pg: RunningPostgres | undefined;
+    let url = opts.dbUrl;
+    if (!url) {
+      if (!opts.dataDir)
+        throw new Error("either a database URL (--db) or a data directory for the embedded one is needed");
+      pg = await startEmbeddedPostgres(`${opts.dataDir}/postgres`, componentLogger(log, "postgres"));
+      url = pg.url;
+    }
+    const db = new Database({
+      url,
+      log: componentLogger(log, "db"),
+      maxConnections: tuning.dbMaxConnections,
+    });
+    try {
+      const applied = await migrate(db);
+      if (applied.length > 0) log.info({ applied }, "database migrations applied");
+      const tokens = await HostTokens.load(db, opts.site);
+      const index = new IntentIndex(opts.site, { maxObjects: tuning.maxIntentObjects });
+      const lease = new ControllerLease(
+        db,
+        { holder: controllerId, ttlMs: tuning.leaseTtlMs, renewEveryMs: tuning.leaseRenewMs },
+        componentLogger(log, "lease"),
+      );
+      const feed = new ChangeFeed(
+        db,
+        { pollMs: tuning.feedPollMs, ringSize: tuning.feedRingSize, batch: 500 },
+        componentLogger(log, "change-feed"),
+      );
+      let self: SiteController | undefined;
+      const ctx: WriteContext = {
+        site: opts.site,
+        db,
+        index,
+        queue: new WriteQueue(),
+        fence: leaseFence(controllerId, () => lease.currentToken()),
+        translator: opts.translator ?? siteTranslator,
+        changeLog: { retention: tuning.changeLogRetention },
+        log,
+        onCommitted: () => feed.wake(),
+        onProblems: (p) => self?.recordProblems(p),
+      };
+      const applier = new IntentApplier(ctx);
+      await applier.load();
+      await feed.start();
+      const watch = new TopologyWatchService(
+        db,
+        feed,
+        {
+          maxQueuedChanges: tuning.watchMaxQueuedChanges,
+          heartbeatMs: tuning.watchHeartbeatMs,
+          catchUpBatch: 1000,
+          maxStreams: tuning.watchMaxStreams,
+        },
+        componentLogger(log, "topology-watch"),
+        async (call) => {
+          await tokens.verify(call.metadata, ["host", "admin"]);
+        },
+      );
+      self = new SiteController(
+        opts,
+        controllerId,
+        tuning,
+        pg,
+        db,
+        index,
+        ctx,
+        applier,
+        lease,
+        feed,
+        watch,
+        tokens,
+        undefined,
+      );
+      await self.serve(opts.listen);
+      lease.onChange((s) => self!.onLease(s.active));
+      lease.start();
+      self.statusTimer = setInterval(() => self!.updateHealth(), 1_000);
+      self.updateHealth();
+      log.info(
+        { controllerId, address: self.address, embedded: pg !== undefined },
+        "site controller started",
+      );
+      return self;
+    } catch (err) {
+      await db.close().catch(() => undefined);
+      await pg?.stop();
+      throw err;
+    }
+  }
+
+  private async serve(listen: string): Promise<void> {
+    const server = new Server();
+    server.addService(topologypb.TopologyServiceService, this.watch.handlers());
+    server.addService(
+      site.SiteServiceService,
+      siteService({
+        view: this.index,
+        writer: () => this.activeWriter,
+        tokens: this.tokens,
+        hostTokenTtlSec: this.tuning.hostTokenTtlSec,
+        status: () => this.status(),
+        log: this.opts.log,
+        onLocalChanged: (kind, id) => this.reporter?.changed(kind, id),
+      }),
+    );
+    server.addService(healthpb.HealthServiceService, healthService(this.health));
+    this.server = await startGrpcServer(server, listen, ServerCredentials.createInsecure(), this.opts.log);
+  }
+
+  private onLease(active: boolean): void {
+    // Transitions run one after another so a quick lose/regain cannot interleave.
+    this.transitions = this.transitions.then(() => (active ? this.becomeActive() : this.becomeStandby()));
+  }
+
+  private async becomeActive(): Promise<void> {
+    if (!this.lease.active) return;
+    // The other replica may have written since we last looked: reload before writing.
+    await this.applier.load();
+    this.activeWriter = new LocalWriter(this.ctx);
+    const creds = this.opts.federationCredentials ?? grpcCredentials.createInsecure();
+    if (this.opts.federation.length > 0) {
+      this.sync = new IntentSync(this.applier, {
+        site: this.opts.site,
+        addresses: this.opts.federation,
+        credentials: creds,
+        metadata: this.opts.federationMetadata,
+        backoffInitialMs: this.tuning.backoffInitialMs,
+        backoffMaxMs: this.tuning.backoffMaxMs,
+        ackEveryMs: this.tuning.ackEveryMs,
+        log: componentLogger(this.opts.log, "intent-sync"),
+        onFenced: () => this.onLease(false),
+      });
+      this.sync.start();
+      this.reporter = new RealizedReporter(this.index, {
+        site: this.opts.site,
+        addresses: this.opts.federation,
+        credentials: creds,
+        metadata: this.opts.federationMetadata,
+        batchMs: this.tuning.reportBatchMs,
+        backoffMaxMs: this.tuning.backoffMaxMs,
+        maxPending: 10_000,
+        log: componentLogger(this.opts.log, "realized"),
+      });
+      this.reporter.start();
+    }
+    this.updateHealth();
+  }
+
+  private async becomeStandby(): Promise<void> {
+    this.activeWriter = undefined;
+    await this.sync?.stop();
+    await this.reporter?.stop();
+    this.sync = undefined;
+    this.reporter = undefined;
+    this.updateHealth();
+  }
+
+  private recordProblems(p: string[]): void {
+    this.problemCount += p.length;
+    this.problems = [...p, ...this.problems].slice(0, MAX_PROBLEMS_KEPT);
+    this.opts.log.warn({ problems: p.slice(0, 10), count: p.length }, "translation skipped invalid intent");
+  }
+
+  stalenessMs(): number {
+    if (this.opts.federation.length === 0) return 0;
+    return this.sync?.stalenessMs() ?? 0;
+  }
+
+  private detail(): string {
+    if (!this.lease.active) return `standby: another replica holds the lease; serving topology watches`;
+    if (this.opts.federation.length === 0) return "no federation configured; serving local topology only";
+    const s = this.sync?.status;
+    if (s?.connected)
+      return `following the federation at ${s.address}; applied index ${this.applier.appliedIndex}`;
+    const secs = Math.round(this.stalenessMs() / 1000);
+    return `no coordinator reachable for ${secs} s; serving last applied intent (index ${this.applier.appliedIndex})`;
+  }
+
+  status(): sitepb.SiteStatusResponse {
+    const s = this.sync?.status;
+    return {
+      site: this.opts.site,
+      controllerId: this.controllerId,
+      active: this.lease.active,
+      leaseToken: this.lease.currentToken() ?? 0,
+      appliedIndex: this.applier.appliedIndex,
+      federationConnected: s?.connected ?? false,
+      federationAddress: s?.address ?? "",
+      lastFederationContactUnixMs: s?.lastContactMs ?? 0,
+      stalenessMs: this.stalenessMs(),
+      topologyRevision: Math.max(0, this.feed.revision),
+      hosts: [...this.index.list("host")].length,
+      ports: [...this.index.list("localPort")].length,
+      watchStreams: this.watch.openStreams,
+      detail: this.detail(),
+      translationProblems: this.problems,
+    };
+  }
+
+  private updateHealth(): void {
+    // The site keeps serving without a coordinator (autonomy): the detail says how stale it is.
+    this.health.set("topology", true, `revision ${Math.max(0, this.feed.revision)}`);
+    this.health.set("intent", true, this.detail());
+  }
+
+  /** Stops serving, releases the lease (the other replica takes over at once). Idempotent. */
+  stop(): Promise<void> {
+    this.stopping ??= this.doStop();
+    return this.stopping;
+  }
+
+  private async doStop(): Promise<void> {
+    if (this.statusTimer) clearInterval(this.statusTimer);
+    await this.server?.stop(2_000);
+    await this.lease.stop(true);
+    await this.transitions;
+    await this.becomeStandby();
+    await this.feed.stop();
+    await this.db.close();
+    await this.pg?.stop();
+  }
+}

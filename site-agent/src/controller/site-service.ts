@@ -1,0 +1,180 @@
+// SiteService: the site's local API. Hosts register (and get the host token their agent uses),
+// ports are created, bound, unbound and deleted, and Status reports how current the site is.
+// Writes go only through the active replica; the standby answers UNAVAILABLE naming why.
+import { isIP } from "node:net";
+import { type ServerUnaryCall, type sendUnaryData, status } from "@grpc/grpc-js";
+import { type Logger, type sitepb, topologypb } from "@isthmus/schema";
+import { FencedOut } from "./fence.js";
+import type { HostTokens, TokenClaims, TokenRole } from "./host-token.js";
+import { LocalRequestError, type LocalWriter } from "./local-store.js";
+import { grpcError } from "./topology-watch.js";
+import type { IntentView, LocalPortBinding } from "./translate/index.js";
+
+export interface SiteServiceDeps {
+  view: IntentView;
+  writer: () => LocalWriter | undefined;
+  tokens: HostTokens;
+  hostTokenTtlSec: number;
+  status: () => sitepb.SiteStatusResponse;
+  log: Logger;
+  /** Called after a successful port or host write (realized-state reporting). */
+  onLocalChanged?: (kind: "port" | "host", id: string) => void;
+}
+
+const MAC = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i;
+
+function toLocalPort(p: LocalPortBinding): sitepb.LocalPort {
+  return {
+    id: p.id,
+    name: p.name,
+    networkId: p.networkId,
+    hostId: p.hostId,
+    interfaceName: p.interfaceName,
+    mac: p.mac,
+    ips: p.ips,
+    securityGroupIds: p.securityGroupIds,
+    tunnelKey: p.tunnelKey,
+  };
+}
+
+function invalid(field: string, why: string): Error {
+  return grpcError(status.INVALID_ARGUMENT, `field "${field}": ${why}`);
+}
+
+function toGrpc(err: unknown): Error {
+  if (err instanceof LocalRequestError) {
+    const code = {
+      invalid: status.INVALID_ARGUMENT,
+      "not-found": status.NOT_FOUND,
+      exists: status.ALREADY_EXISTS,
+      exhausted: status.RESOURCE_EXHAUSTED,
+    }[err.kind];
+    return grpcError(code, `field "${err.field}": ${err.message}`);
+  }
+  if (err instanceof FencedOut)
+    return grpcError(status.UNAVAILABLE, `${err.message}; use the active controller`);
+  if (typeof (err as { code?: unknown }).code === "number") return err as Error;
+  return grpcError(status.INTERNAL, (err as Error).message);
+}
+
+export function siteService(d: SiteServiceDeps): sitepb.SiteServiceServer {
+  const unary =
+    <Req, Res>(roles: readonly TokenRole[], fn: (req: Req, who: TokenClaims) => Promise<Res>) =>
+    (call: ServerUnaryCall<Req, Res>, cb: sendUnaryData<Res>) => {
+      d.tokens
+        .verify(call.metadata, roles)
+        .then((who) => fn(call.request, who))
+        .then(
+          (res) => cb(null, res),
+          (err) => cb(toGrpc(err) as never),
+        );
+    };
+  const writer = (): LocalWriter => {
+    const w = d.writer();
+    if (!w)
+      throw grpcError(
+        status.UNAVAILABLE,
+        "this controller replica is standby (not holding the lease); use the active one",
+      );
+    return w;
+  };
+  const checkIps = (ips: string[], field: string) => {
+    ips.forEach((ip, i) => {
+      if (isIP(ip) === 0) throw invalid(`${field}[${i}]`, `"${ip}" is not an IP address`);
+    });
+  };
+  const hostMayTouch = (who: TokenClaims, hostId: string) => {
+    if (who.role === "host" && who.subject !== hostId) {
+      throw grpcError(
+        status.PERMISSION_DENIED,
+        `host ${who.subject} may only bind ports to itself, not to ${hostId}`,
+      );
+    }
+  };
+
+  return {
+    registerHost: unary(["admin"], async (req: sitepb.RegisterHostRequest) => {
+      if (req.name === "") throw invalid("name", "must not be empty");
+      if (isIP(req.tunnelIp) === 0) throw invalid("tunnel_ip", `"${req.tunnelIp}" is not an IP address`);
+      if (req.role === topologypb.HostRole.HOST_ROLE_UNSPECIFIED)
+        throw invalid("role", "must be HOST or GATEWAY");
+      if (req.role === topologypb.HostRole.HOST_ROLE_GATEWAY && isIP(req.wanIp) === 0) {
+        throw invalid("wan_ip", `a gateway needs its WAN address; "${req.wanIp}" is not an IP address`);
+      }
+      if (req.tunnelPort > 65535) throw invalid("tunnel_port", `${req.tunnelPort} is not a UDP port`);
+      const host = await writer().registerHost({
+        name: req.name,
+        tunnelIp: req.tunnelIp,
+        tunnelPort: req.tunnelPort || 4789,
+        role: req.role,
+        wanIp: req.wanIp,
+        wanPort: req.role === topologypb.HostRole.HOST_ROLE_GATEWAY ? req.wanPort || 4789 : 0,
+      });
+      d.onLocalChanged?.("host", host.id);
+      const t = await d.tokens.issue("host", host.id, d.hostTokenTtlSec);
+      return { host, hostToken: t.token, tokenExpiresUnixMs: t.expiresUnixMs };
+    }),
+
+    createPort: unary(["admin"], async (req: sitepb.CreatePortRequest) => {
+      if (req.name === "") throw invalid("name", "must not be empty");
+      if (req.networkId === "") throw invalid("network_id", "must not be empty");
+      if (!MAC.test(req.mac)) throw invalid("mac", `"${req.mac}" is not a MAC address (aa:bb:cc:dd:ee:ff)`);
+      checkIps(req.ips, "ips");
+      if (req.hostId !== "" && req.interfaceName === "")
+        throw invalid("interface_name", "needed with host_id");
+      const port = await writer().createPort({
+        id: req.id,
+        name: req.name,
+        networkId: req.networkId,
+        hostId: req.hostId,
+        interfaceName: req.hostId === "" ? "" : req.interfaceName,
+        mac: req.mac.toLowerCase(),
+        ips: req.ips,
+        securityGroupIds: req.securityGroupIds,
+      });
+      d.onLocalChanged?.("port", port.id);
+      return { port: toLocalPort(port) };
+    }),
+
+    bindPort: unary(["admin", "host"], async (req: sitepb.BindPortRequest, who) => {
+      if (req.hostId === "") throw invalid("host_id", "must not be empty");
+      hostMayTouch(who, req.hostId);
+      const port = await writer().bindPort(req.portId, req.hostId, req.interfaceName);
+      d.onLocalChanged?.("port", port.id);
+      return { port: toLocalPort(port) };
+    }),
+
+    unbindPort: unary(["admin", "host"], async (req: sitepb.UnbindPortRequest, who) => {
+      const current = d.view.get("localPort", req.portId);
+      if (current) hostMayTouch(who, current.hostId);
+      const port = await writer().unbindPort(req.portId);
+      d.onLocalChanged?.("port", port.id);
+      return { port: toLocalPort(port) };
+    }),
+
+    deletePort: unary(["admin"], async (req: sitepb.DeletePortRequest) => {
+      const port = await writer().deletePort(req.portId);
+      d.onLocalChanged?.("port", port.id);
+      return { port: toLocalPort(port) };
+    }),
+
+    listPorts: unary(["admin", "host"], async (req: sitepb.ListPortsRequest) => {
+      const ports = [...d.view.list("localPort")]
+        .filter(
+          (p) =>
+            (req.hostId === "" || p.hostId === req.hostId) &&
+            (req.networkId === "" || p.networkId === req.networkId),
+        )
+        .sort((a, b) => a.name.localeCompare(b.name));
+      return { ports: ports.map(toLocalPort) };
+    }),
+
+    listHosts: unary(["admin", "host"], async () => ({
+      hosts: [...d.view.list("host")]
+        .sort((a, b) => a.name.localeCompare(b.name))
+        .map((h) => topologypb.Host.fromPartial({ ...h, alive: h.alive ?? true })),
+    })),
+
+    status: unary(["admin", "host"], async () => d.status()),
+  };
+}

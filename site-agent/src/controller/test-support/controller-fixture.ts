@@ -1,0 +1,83 @@
+// Builds the controller's write path (index, queue, fence, applier, local writer) on a test
+// database, with the lease held, for tests of the pieces below the gRPC layer.
+import { silentLogger } from "@isthmus/schema";
+import { Database, type Tx } from "../db/database.js";
+import { migrate } from "../db/migrations.js";
+import { leaseFence } from "../fence.js";
+import { IntentApplier } from "../intent-applier.js";
+import { ControllerLease } from "../lease.js";
+import { LocalWriter } from "../local-store.js";
+import { IntentIndex } from "../translate/index.js";
+import { siteTranslator, type Translator } from "../translator.js";
+import type { WriteContext } from "../write-context.js";
+import { WriteQueue } from "../write-queue.js";
+
+export interface Fixture {
+  db: Database;
+  lease: ControllerLease;
+  ctx: WriteContext;
+  applier: IntentApplier;
+  local: LocalWriter;
+  committed: number[];
+  close(): Promise<void>;
+}
+
+export async function controllerFixture(
+  url: string,
+  opts: {
+    holder?: string;
+    translator?: Translator;
+    beforeCommit?: (tx: Tx, label: string) => Promise<void>;
+  } = {},
+): Promise<Fixture> {
+  const log = silentLogger();
+  const db = new Database({ url, log, retry: { maxAttempts: 30 } });
+  await migrate(db);
+  const holder = opts.holder ?? "ctl-1";
+  const lease = new ControllerLease(db, { holder, ttlMs: 2_000, renewEveryMs: 500 }, log);
+  await lease.attempt();
+  lease.start();
+  const committed: number[] = [];
+  const ctx: WriteContext = {
+    site: "a",
+    db,
+    index: new IntentIndex("a"),
+    queue: new WriteQueue(),
+    fence: leaseFence(holder, () => lease.currentToken()),
+    translator: opts.translator ?? siteTranslator,
+    changeLog: { retention: 100_000 },
+    log,
+    onCommitted: (r) => committed.push(r),
+    beforeCommit: opts.beforeCommit,
+  };
+  const applier = new IntentApplier(ctx);
+  await applier.load();
+  return {
+    db,
+    lease,
+    ctx,
+    applier,
+    local: new LocalWriter(ctx),
+    committed,
+    async close() {
+      await lease.stop(false);
+      await db.close();
+    },
+  };
+}
+
+/** Everything a clean apply determines, for comparing two databases. */
+export async function dumpState(db: Database): Promise<unknown> {
+  const q = async (sql: string) => (await db.pool.query(sql)).rows;
+  const hex = (rows: Record<string, unknown>[]) =>
+    rows.map((r) =>
+      Object.fromEntries(
+        Object.entries(r).map(([k, v]) => [k, Buffer.isBuffer(v) ? v.toString("hex") : String(v)]),
+      ),
+    );
+  return {
+    applied: hex(await q("SELECT applied_index FROM intent_state")),
+    intent: hex(await q("SELECT kind, id, body, revision FROM intent_objects ORDER BY kind, id")),
+    topology: hex(await q("SELECT kind, id, body FROM topology_objects ORDER BY kind, id")),
+  };
+}

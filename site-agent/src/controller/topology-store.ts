@@ -1,0 +1,110 @@
+// SQL for the site's topology: objects, the revision counter and the change log agents tail.
+// Every write bumps the one-row revision counter inside the caller's transaction, so revisions
+// are gap-free and commit in order, and inserts the whole change into the log in the same
+// transaction — a watcher on either controller replica sees exactly the committed sequence.
+import { topologypb } from "@isthmus/schema";
+import type { Database, Tx } from "./db/database.js";
+import { decodeTopology, encodeTopology, keyString, topologyRefOf } from "./objects.js";
+
+/** What one revision writes (a translate TopologyDelta without its problems). */
+export interface TopologyWrite {
+  upserts: topologypb.TopologyObject[];
+  deletes: topologypb.TopologyRef[];
+}
+
+export interface ChangeLogOptions {
+  /** Changes kept in the log for resuming watchers; older resumes get a snapshot. */
+  retention: number;
+}
+
+/**
+ * Writes a delta as one new revision (nothing when the delta is empty) and returns the revision.
+ */
+export async function writeTopology(
+  tx: Tx,
+  delta: TopologyWrite,
+  origin: "intent" | "local",
+  log: ChangeLogOptions,
+): Promise<number | undefined> {
+  if (delta.upserts.length === 0 && delta.deletes.length === 0) return undefined;
+  const r = await tx.query(
+    "UPDATE topology_revision SET revision = revision + 1 WHERE id = 1 RETURNING revision",
+  );
+  if (r.rowCount !== 1) throw new Error("topology_revision row is missing; were migrations applied?");
+  const revision = Number(r.rows[0].revision);
+  for (const ref of delta.deletes) {
+    await tx.query("DELETE FROM topology_objects WHERE kind = $1 AND id = $2", [ref.kind, ref.id]);
+  }
+  for (const obj of delta.upserts) {
+    const ref = topologyRefOf(obj);
+    await tx.query(
+      `INSERT INTO topology_objects (kind, id, body, revision, origin) VALUES ($1, $2, $3, $4, $5)
+       ON CONFLICT (kind, id) DO UPDATE SET body = excluded.body, revision = excluded.revision, origin = excluded.origin`,
+      [ref.kind, ref.id, encodeTopology(obj), revision, origin],
+    );
+  }
+  const change: topologypb.TopologyChange = { revision, upserts: delta.upserts, deletes: delta.deletes };
+  await tx.query("INSERT INTO topology_changes (revision, body, committed_at) VALUES ($1, $2, now())", [
+    revision,
+    Buffer.from(topologypb.TopologyChange.encode(change).finish()),
+  ]);
+  // Prune in steps so the cost is paid once per thousand revisions, not on every write.
+  if (revision % 1000 === 0 && revision > log.retention) {
+    await tx.query("DELETE FROM topology_changes WHERE revision <= $1", [revision - log.retention]);
+  }
+  return revision;
+}
+
+export async function currentRevision(tx: Tx): Promise<number> {
+  const r = await tx.query("SELECT revision FROM topology_revision WHERE id = 1");
+  return Number(r.rows[0]?.revision ?? 0);
+}
+
+/** Every topology object at one revision, read in one transaction. */
+export async function readSnapshot(db: Database): Promise<topologypb.TopologySnapshot> {
+  return db.tx(
+    "topology-snapshot",
+    async (tx) => {
+      const revision = await currentRevision(tx);
+      const rows = await tx.query("SELECT body FROM topology_objects ORDER BY kind, id");
+      return { revision, objects: rows.rows.map((row) => decodeTopology(row.body as Buffer)) };
+    },
+    { readOnly: true },
+  );
+}
+
+export interface ChangesAfter {
+  changes: topologypb.TopologyChange[];
+  /** Oldest revision still in the log (0 when empty); a resume from before it needs a snapshot. */
+  oldest: number;
+  current: number;
+}
+
+export async function readChangesAfter(db: Database, after: number, limit: number): Promise<ChangesAfter> {
+  return db.tx(
+    "topology-changes",
+    async (tx) => {
+      const current = await currentRevision(tx);
+      const oldestRow = await tx.query("SELECT min(revision) AS m FROM topology_changes");
+      const oldest = Number(oldestRow.rows[0]?.m ?? 0);
+      const rows = await tx.query(
+        "SELECT body FROM topology_changes WHERE revision > $1 ORDER BY revision LIMIT $2",
+        [after, limit],
+      );
+      return {
+        changes: rows.rows.map((row) => topologypb.TopologyChange.decode(row.body as Buffer)),
+        oldest,
+        current,
+      };
+    },
+    { readOnly: true },
+  );
+}
+
+/** Every topology object keyed "kind/id" (snapshot diffs). */
+export async function readAllTopology(tx: Tx): Promise<Map<string, Buffer>> {
+  const rows = await tx.query("SELECT kind, id, body FROM topology_objects");
+  const out = new Map<string, Buffer>();
+  for (const row of rows.rows) out.set(keyString(Number(row.kind), row.id as string), row.body as Buffer);
+  return out;
+}

@@ -1,0 +1,208 @@
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+import { credentials, Server, ServerCredentials, status } from "@grpc/grpc-js";
+import { silentLogger, startGrpcServer, topologypb } from "@isthmus/schema";
+import { ChangeFeed } from "./change-feed.js";
+import { Database } from "./db/database.js";
+import { startTestPostgres, type TestPostgres } from "./db/test-postgres.js";
+import { controllerFixture, type Fixture } from "./test-support/controller-fixture.js";
+import { network, trivialTranslator } from "./test-support/trivial-translator.js";
+import { readSnapshot } from "./topology-store.js";
+import { TopologyWatchService, type WatchOptions } from "./topology-watch.js";
+
+let pgs: TestPostgres | undefined;
+let skip: string | undefined;
+before(async () => {
+  const r = await startTestPostgres();
+  if ("skip" in r) {
+    skip = r.skip;
+    console.log(`# skipping: ${r.skip}`);
+  } else pgs = r;
+});
+after(async () => {
+  await pgs?.stop();
+});
+
+interface Served {
+  writer: Fixture;
+  client: topologypb.TopologyServiceClient;
+  nextIndex: () => number;
+  close(): Promise<void>;
+}
+
+/**
+ * A writer (the active replica) and a watch server on a separate database handle and change
+ * feed (the standby replica): agents of either replica see every change.
+ */
+async function serve(
+  opts: Partial<WatchOptions> = {},
+  onService: (svc: TopologyWatchService) => void = () => {},
+): Promise<Served> {
+  const url = await pgs!.createDatabase();
+  const writer = await controllerFixture(url, { translator: trivialTranslator });
+  const readerDb = new Database({ url, log: silentLogger() });
+  const feed = new ChangeFeed(readerDb, { pollMs: 20, ringSize: 8, batch: 50 }, silentLogger());
+  await feed.start();
+  const svc = new TopologyWatchService(
+    readerDb,
+    feed,
+    { maxQueuedChanges: 1000, heartbeatMs: 10_000, catchUpBatch: 7, maxStreams: 10, ...opts },
+    silentLogger(),
+    async () => {},
+  );
+  onService(svc);
+  const server = new Server();
+  server.addService(topologypb.TopologyServiceService, svc.handlers());
+  const started = await startGrpcServer(
+    server,
+    "127.0.0.1:0",
+    ServerCredentials.createInsecure(),
+    silentLogger(),
+  );
+  const client = new topologypb.TopologyServiceClient(started.address, credentials.createInsecure());
+  let idx = 0;
+  return {
+    writer,
+    client,
+    nextIndex: () => ++idx,
+    async close() {
+      client.close();
+      await started.stop(100);
+      await feed.stop();
+      await readerDb.close();
+      await writer.close();
+    },
+  };
+}
+
+async function applyNetworks(s: Served, n: number, nameSize = 8): Promise<void> {
+  for (let i = 0; i < n; i++) {
+    const idx = s.nextIndex();
+    await s.writer.applier.applyChange({
+      index: idx,
+      upserts: [network(`net-${idx}`, `n${idx}-${"x".repeat(nameSize)}`, 0x100000 + idx)],
+      deletes: [],
+    });
+  }
+}
+
+/** Collects events until `until` says stop; the state is rebuilt from snapshot + changes. */
+function collect(
+  client: topologypb.TopologyServiceClient,
+  from: number,
+  until: (events: topologypb.WatchTopologyResponse[]) => boolean,
+): Promise<{ events: topologypb.WatchTopologyResponse[]; error?: { code: number; details: string } }> {
+  return new Promise((resolve) => {
+    const events: topologypb.WatchTopologyResponse[] = [];
+    const stream = client.watch({ hostId: "h1", fromRevision: from });
+    const timer = setTimeout(() => {
+      stream.cancel();
+      resolve({ events, error: { code: -1, details: "test timed out waiting for events" } });
+    }, 15_000);
+    stream.on("data", (e: topologypb.WatchTopologyResponse) => {
+      events.push(e);
+      if (until(events)) {
+        clearTimeout(timer);
+        stream.cancel();
+        resolve({ events });
+      }
+    });
+    stream.on("error", (err: { code: number; details: string }) => {
+      clearTimeout(timer);
+      resolve({ events, error: err.code === status.CANCELLED ? undefined : err });
+    });
+  });
+}
+
+function lastRevision(events: topologypb.WatchTopologyResponse[]): number {
+  const e = events[events.length - 1];
+  return e?.change?.revision ?? e?.snapshot?.revision ?? -1;
+}
+
+test("snapshot at R then every later change in order, including changes written by the other replica", async (t) => {
+  if (skip) return t.skip(skip);
+  const s = await serve();
+  t.after(() => s.close());
+  await applyNetworks(s, 3);
+  const watching = collect(s.client, 0, (ev) => lastRevision(ev) >= 23);
+  await new Promise((r) => setTimeout(r, 100));
+  await applyNetworks(s, 20);
+  const { events, error } = await watching;
+  assert.equal(error, undefined);
+  assert.ok(events[0]?.snapshot, "first event is a snapshot");
+  const r = events[0]!.snapshot!.revision;
+  const changes = events.filter((e) => e.change).map((e) => e.change!.revision);
+  assert.deepEqual(
+    changes,
+    Array.from({ length: 23 - r }, (_, i) => r + 1 + i),
+    "gap-free, ordered",
+  );
+  // Rebuilding from the stream gives exactly the database's state.
+  const state = new Map<string, string>();
+  for (const o of events[0]!.snapshot!.objects) state.set(o.bridge!.id, o.bridge!.name);
+  for (const e of events) for (const o of e.change?.upserts ?? []) state.set(o.bridge!.id, o.bridge!.name);
+  const db = await readSnapshot(s.writer.db);
+  assert.deepEqual(new Map(db.objects.map((o) => [o.bridge!.id, o.bridge!.name])), state);
+});
+
+test("resume after a disconnect continues from the agent's revision without a snapshot", async (t) => {
+  if (skip) return t.skip(skip);
+  const s = await serve();
+  t.after(() => s.close());
+  await applyNetworks(s, 5);
+  const first = await collect(s.client, 0, (ev) => lastRevision(ev) >= 5);
+  assert.equal(lastRevision(first.events), 5);
+  // Disconnected while 30 more changes happen (more than the feed's ring holds: read from the DB).
+  await applyNetworks(s, 30);
+  const second = await collect(s.client, 5, (ev) => lastRevision(ev) >= 35);
+  assert.equal(second.error, undefined);
+  assert.equal(
+    second.events.some((e) => e.snapshot),
+    false,
+  );
+  assert.deepEqual(
+    second.events.filter((e) => e.change).map((e) => e.change!.revision),
+    Array.from({ length: 30 }, (_, i) => 6 + i),
+  );
+  // Resuming near the head is served from the feed's ring.
+  await applyNetworks(s, 2);
+  const third = await collect(s.client, 35, (ev) => lastRevision(ev) >= 37);
+  assert.deepEqual(
+    third.events.filter((e) => e.change).map((e) => e.change!.revision),
+    [36, 37],
+  );
+});
+
+test("an agent that stops reading is cut off with RESOURCE_EXHAUSTED, not buffered without bound", async (t) => {
+  if (skip) return t.skip(skip);
+  let service: TopologyWatchService | undefined;
+  const s = await serve({ maxQueuedChanges: 5 }, (svc) => {
+    service = svc;
+  });
+  t.after(() => s.close());
+  const stream = s.client.watch({ hostId: "slow", fromRevision: 0 });
+  const ended = new Promise<{ code: number; details: string }>((resolve) => {
+    stream.on("error", resolve);
+    stream.on("end", () => resolve({ code: 0, details: "ended" }));
+  });
+  let got = 0;
+  stream.on("data", () => {
+    got++;
+    if (got === 1) stream.pause(); // read one event, then stop reading
+  });
+  await new Promise((r) => setTimeout(r, 100));
+  // Large changes fill the transport's flow-control window, then the per-stream queue.
+  await applyNetworks(s, 120, 16_000);
+  assert.equal(service?.slowCutoffs, 1, "the server cut the stream off");
+  assert.ok(got < 60, `the agent had read only ${got} events`);
+  // The agent sees why once it reads what was already sent.
+  stream.resume();
+  const err = await Promise.race([
+    ended,
+    new Promise<undefined>((r) => setTimeout(() => r(undefined), 10_000)),
+  ]);
+  assert.ok(err, "the stream was ended");
+  assert.equal(err.code, status.RESOURCE_EXHAUSTED);
+  assert.match(err.details, /fell more than 5 changes behind/);
+  assert.ok(got >= 1);
+});

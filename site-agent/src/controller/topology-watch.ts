@@ -1,0 +1,179 @@
+// TopologyService.Watch for agents: a consistent snapshot at revision R (or, on resume, the
+// changes after the agent's revision), then every later change in order. Each stream has a
+// bounded queue; an agent that does not keep up is cut off with RESOURCE_EXHAUSTED instead of
+// the controller buffering without limit. The agent reconnects and resumes from its revision.
+import { type ServerWritableStream, status } from "@grpc/grpc-js";
+import type { Logger, topologypb } from "@isthmus/schema";
+import type { ChangeFeed } from "./change-feed.js";
+import type { Database } from "./db/database.js";
+import { readChangesAfter, readSnapshot } from "./topology-store.js";
+
+type Call = ServerWritableStream<topologypb.WatchTopologyRequest, topologypb.WatchTopologyResponse>;
+
+export interface WatchOptions {
+  /** Changes a stream may have queued but not yet handed to the transport. */
+  maxQueuedChanges: number;
+  heartbeatMs: number;
+  /** Changes read per catch-up query. */
+  catchUpBatch: number;
+  /** Maximum concurrent streams. */
+  maxStreams: number;
+}
+
+export type WatchAuthorizer = (call: Call) => Promise<void>;
+
+export class TopologyWatchService {
+  private streams = 0;
+  /** Streams cut off for falling behind (a metric). */
+  slowCutoffs = 0;
+
+  constructor(
+    private readonly db: Database,
+    private readonly feed: ChangeFeed,
+    private readonly opts: WatchOptions,
+    private readonly log: Logger,
+    private readonly authorize: WatchAuthorizer,
+  ) {}
+
+  get openStreams(): number {
+    return this.streams;
+  }
+
+  handlers(): topologypb.TopologyServiceServer {
+    return { watch: (call) => void this.watch(call) };
+  }
+
+  private async watch(call: Call): Promise<void> {
+    try {
+      await this.authorize(call);
+    } catch (err) {
+      endWithError(call, err as Error);
+      return;
+    }
+    if (this.streams >= this.opts.maxStreams) {
+      endWithError(
+        call,
+        grpcError(status.RESOURCE_EXHAUSTED, `too many watch streams (limit ${this.opts.maxStreams})`),
+      );
+      return;
+    }
+    this.streams++;
+    const from = call.request.fromRevision;
+    const queue: topologypb.TopologyChange[] = [];
+    let sent = -1; // last revision the agent has
+    let closed = false;
+    let draining = false;
+    let heartbeat: NodeJS.Timeout | undefined;
+    const close = (err?: Error) => {
+      if (closed) return;
+      closed = true;
+      unsubscribe();
+      if (heartbeat) clearInterval(heartbeat);
+      this.streams--;
+      if (err) endWithError(call, err);
+      else call.end();
+    };
+    const pump = () => {
+      if (closed || sent < 0 || draining) return;
+      while (queue.length > 0) {
+        const c = queue.shift()!;
+        if (c.revision <= sent) continue;
+        if (c.revision !== sent + 1) {
+          close(
+            grpcError(
+              status.ABORTED,
+              `watch stream missed revisions ${sent + 1}..${c.revision - 1}; resume from ${sent}`,
+            ),
+          );
+          return;
+        }
+        sent = c.revision;
+        if (!call.write({ change: c })) {
+          draining = true;
+          call.once("drain", () => {
+            draining = false;
+            pump();
+          });
+          return;
+        }
+      }
+    };
+    const unsubscribe = this.feed.subscribe((c) => {
+      if (closed) return;
+      queue.push(c);
+      if (queue.length > this.opts.maxQueuedChanges) {
+        this.slowCutoffs++;
+        this.log.warn({ host: call.request.hostId, sent, queued: queue.length }, "slow watcher cut off");
+        close(
+          grpcError(
+            status.RESOURCE_EXHAUSTED,
+            `agent fell more than ${this.opts.maxQueuedChanges} changes behind (at revision ${sent}); reconnect and resume from ${sent}`,
+          ),
+        );
+        return;
+      }
+      pump();
+    });
+    call.on("cancelled", () => close());
+    try {
+      const started = await this.start(call, from);
+      queue.unshift(...started.backlog);
+      sent = started.at;
+      heartbeat = setInterval(() => {
+        if (!closed && !draining && queue.length === 0) call.write({ heartbeatRevision: sent });
+      }, this.opts.heartbeatMs);
+      pump();
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, "watch stream failed");
+      close(grpcError(status.UNAVAILABLE, `cannot read topology: ${(err as Error).message}`));
+    }
+  }
+
+  /**
+   * Sends the snapshot or the catch-up changes; returns the revision the agent is then at and
+   * recent changes (from the feed's ring) still to send ahead of the live queue.
+   */
+  private async start(
+    call: Call,
+    from: number,
+  ): Promise<{ at: number; backlog: topologypb.TopologyChange[] }> {
+    if (from > 0) {
+      const recent = this.feed.recentAfter(from);
+      if (recent) return { at: from, backlog: recent };
+      let at = from;
+      for (;;) {
+        const r = await readChangesAfter(this.db, at, this.opts.catchUpBatch);
+        if (at > r.current) break; // the agent's revision is from another database: resync
+        if (r.changes.length === 0) {
+          if (at < r.current) break; // pruned away
+          return { at, backlog: [] };
+        }
+        if (r.changes[0]!.revision !== at + 1) break; // pruned past the agent's revision
+        for (const c of r.changes) {
+          call.write({ change: c });
+          at = c.revision;
+        }
+        if (r.changes.length < this.opts.catchUpBatch) return { at, backlog: [] };
+      }
+    }
+    const snap = await readSnapshot(this.db);
+    call.write({ snapshot: snap });
+    return { at: snap.revision, backlog: [] };
+  }
+}
+
+/**
+ * Ends a stream with an error status after what was already written (grpc-js turns an 'error'
+ * event into the status), and frees it outright if the peer does not read that far in time.
+ */
+function endWithError(call: Call, err: Error): void {
+  call.emit("error", err);
+  const timer = setTimeout(() => call.destroy(), 10_000);
+  timer.unref();
+  call.once("finish", () => clearTimeout(timer));
+  call.once("close", () => clearTimeout(timer));
+}
+
+export function grpcError(code: status, message: string): Error & { code: status; details: string } {
+  return Object.assign(new Error(message), { code, details: message });
+}
