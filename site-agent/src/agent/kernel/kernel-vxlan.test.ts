@@ -1,0 +1,112 @@
+// Root test for the kernel fast path across hosts: two "host" namespaces joined by an underlay veth,
+// each with an external-mode (collect_md) VXLAN device carrying vxlan_ingress and a VM port carrying
+// port_ingress, each host with its own loaded programs and maps (as each agent will have).
+import assert from "node:assert/strict";
+import { mkdtempSync, rmdirSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import { NetnsLab, rootSkipReason, sh, type Vm } from "../testing/netns.js";
+import { type BpfMap, bpfMapAddonAvailable } from "./bpf-map.js";
+import { decodeFlowStats, encodeFlowKey, encodeFlowValue } from "./flow-map-codec.js";
+import { kernelDatapathUnavailable, TcPrograms } from "./tc-programs.js";
+
+const skip =
+  rootSkipReason(["ip", "ping", "tc", "bpftool", "nsenter"]) ??
+  (process.env.CI
+    ? undefined
+    : (kernelDatapathUnavailable() ?? (bpfMapAddonAvailable() ? undefined : "bpfmap addon not built")));
+if (skip) console.log(`# skipping kernel VXLAN datapath tests: ${skip}`);
+
+const VNI = 7707;
+
+function nsPath(ns: string): string {
+  return `/run/netns/${ns}`;
+}
+
+function ifindexIn(ns: string, name: string): number {
+  const out = sh("nsenter", [`--net=${nsPath(ns)}`, "ip", "-o", "link", "show", "dev", name]);
+  return Number(out.split(":")[0]);
+}
+
+describe("kernel fast path over external-mode VXLAN between two host namespaces", { skip }, () => {
+  const lab = new NetnsLab("kx");
+  const hosts: { ns: string; underlay: string; vm: Vm; progs: TcPrograms; flows: BpfMap; bpffs: string }[] =
+    [];
+
+  before(() => {
+    const hA = lab.addNamespace();
+    const hB = lab.addNamespace();
+    sh("ip", ["-n", hA, "link", "add", "ul0", "type", "veth", "peer", "name", "ul0", "netns", hB]);
+    const vms = [
+      lab.addVm("02:00:00:00:08:01", "10.80.0.1/24"),
+      lab.addVm("02:00:00:00:08:02", "10.80.0.2/24"),
+    ];
+    // Static neighbours: this test is about the tunnel, not ARP.
+    sh("ip", ["-n", vms[0]!.ns, "neigh", "replace", vms[1]!.ip, "lladdr", vms[1]!.mac, "dev", "eth0"]);
+    sh("ip", ["-n", vms[1]!.ns, "neigh", "replace", vms[0]!.ip, "lladdr", vms[0]!.mac, "dev", "eth0"]);
+    [hA, hB].forEach((ns, i) => {
+      const vm = vms[i]!;
+      sh("ip", ["-n", ns, "addr", "add", `192.168.80.${i + 1}/24`, "dev", "ul0"]);
+      sh("ip", ["-n", ns, "link", "set", "ul0", "up"]);
+      sh("ip", ["-n", ns, "link", "add", "vx0", "type", "vxlan", "external", "dstport", "4789"]);
+      sh("ip", ["-n", ns, "link", "set", "vx0", "up"]);
+      sh("ip", ["link", "set", vm.hostIf, "netns", ns]);
+      sh("ip", ["-n", ns, "link", "set", vm.hostIf, "up"]);
+      const bpffs = mkdtempSync(join(tmpdir(), "isthmus-bpffs-"));
+      const progs = TcPrograms.load({ bpffs, name: `host${i}` });
+      hosts.push({ ns, underlay: `192.168.80.${i + 1}`, vm, progs, flows: progs.openFlowMap(), bpffs });
+      progs.attach(vm.hostIf, "port_ingress", nsPath(ns));
+      progs.attach("vx0", "vxlan_ingress", nsPath(ns));
+    });
+  });
+
+  after(() => {
+    for (const h of hosts) {
+      h.flows.close();
+      h.progs.unload();
+      rmdirSync(h.bpffs);
+    }
+    lab.cleanup();
+  });
+
+  test("ICMP crosses the tunnel in the kernel both ways; counters rise on both hosts", async () => {
+    const [a, b] = [hosts[0]!, hosts[1]!];
+    const installed: { h: (typeof hosts)[number]; key: Buffer }[] = [];
+    for (const [src, dst, type] of [
+      [a, b, 8],
+      [b, a, 0],
+    ] as const) {
+      const base = {
+        ethDst: dst.vm.mac,
+        ethSrc: src.vm.mac,
+        ethertype: 0x0800,
+        proto: 1,
+        ipSrc: src.vm.ip,
+        ipDst: dst.vm.ip,
+        sport: type,
+      };
+      const out = encodeFlowKey({ ...base, ifindex: ifindexIn(src.ns, src.vm.hostIf) });
+      src.flows.update(
+        out,
+        encodeFlowValue({
+          action: { kind: "tunnel", outIfindex: ifindexIn(src.ns, "vx0"), vni: VNI, remote: dst.underlay },
+        }),
+      );
+      const inn = encodeFlowKey({ ...base, ifindex: ifindexIn(dst.ns, "vx0"), tunId: VNI });
+      dst.flows.update(
+        inn,
+        encodeFlowValue({ action: { kind: "redirect", outIfindex: ifindexIn(dst.ns, dst.vm.hostIf) } }),
+      );
+      installed.push({ h: src, key: out }, { h: dst, key: inn });
+    }
+    const r = await lab.exec(a.vm.ns, ["ping", "-c", "3", "-i", "0.2", "-W", "2", b.vm.ip]);
+    assert.equal(r.code, 0, `ping over VXLAN failed: ${r.stdout}${r.stderr}`);
+    for (const { h, key } of installed) {
+      assert.ok(decodeFlowStats(h.flows.lookup(key)!).packets >= 3n, `flow in ${h.ns} was not hit`);
+    }
+    for (const { h, key } of installed) h.flows.delete(key);
+    const after = await lab.exec(a.vm.ns, ["ping", "-c", "1", "-W", "1", b.vm.ip]);
+    assert.notEqual(after.code, 0, "ping must stop once the flows are deleted");
+  });
+});
