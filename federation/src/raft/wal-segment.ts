@@ -66,8 +66,10 @@ export function scanSegment(
     if (!r.ok) {
       // A crash can leave a partial record, zeros where the file grew, or a final record whose
       // sectors did not all reach the disk. Anything followed by more data is real corruption.
+      // In a preallocated segment the unused remainder is zeros, so "nothing but zeros after the
+      // damaged record" marks the end of what was written.
       const declaredEnd = buf.length - off >= 9 ? off + 9 + buf.readUInt32LE(off) : buf.length;
-      const isTail = r.torn || allZero(buf, off) || declaredEnd === buf.length;
+      const isTail = r.torn || allZero(buf, Math.min(declaredEnd, buf.length));
       if (isLast && isTail) return { records, validBytes: off, tail: { offset: off, reason: r.reason } };
       throw new WalCorruptionError(file, off, r.reason);
     }
