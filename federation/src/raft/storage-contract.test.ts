@@ -229,6 +229,28 @@ describe("WalStorage on disk", () => {
     }
   });
 
+  test("an unwritten sector inside the unsynced tail truncates there, even with data after it", async () => {
+    const dir = tempDir();
+    try {
+      let s = await WalStorage.open(dir, RAW);
+      s.append(ents(1, 5));
+      await s.sync();
+      const seg = lastDataSegment(dir);
+      const synced = statSync(seg).size;
+      s.append([ent(6, 1, "x".repeat(2000)), ent(7, 1), ent(8, 1)]);
+      await s.close();
+      const buf = readFileSync(seg);
+      const sector = Math.ceil((synced + 100) / 512) * 512; // inside entry 6's data
+      buf.fill(0, sector, sector + 512);
+      writeFileSync(seg, buf);
+      s = await WalStorage.open(dir, RAW);
+      assert.equal(s.lastIndex(), 5, "entry 6 was torn; 7 and 8 behind it are dropped with it");
+      await s.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   test("a flipped byte in the final record is detected and that record dropped", async () => {
     const dir = tempDir();
     try {
