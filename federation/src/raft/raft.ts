@@ -14,7 +14,7 @@ import { ProposalDroppedError, RaftInvariantError } from "./errors.js";
 import { entrySize, RaftLog } from "./log.js";
 import { Progress, type ProgressState } from "./progress.js";
 import { committedIndex, type VoteResult, voteResult } from "./quorum.js";
-import { type ReadIndexStatus, ReadOnly } from "./read-only.js";
+import { ReadOnly } from "./read-only.js";
 import {
   CompactedError,
   type ConfChange,
@@ -608,9 +608,9 @@ export class RaftCore {
     if (this.role === "leader") return;
     if (!this.promotable()) return;
     if (this.hasUnappliedConfChanges()) return;
-    if (transfer) this.campaign2("transfer");
-    else if (this.preVote) this.campaign2("pre-election");
-    else this.campaign2("election");
+    if (transfer) this.startCampaign("transfer");
+    else if (this.preVote) this.startCampaign("pre-election");
+    else this.startCampaign("election");
   }
 
   private hasUnappliedConfChanges(): boolean {
@@ -620,7 +620,7 @@ export class RaftCore {
     return ents.some((e) => e.type === EntryType.ConfChange);
   }
 
-  private campaign2(kind: "pre-election" | "election" | "transfer"): void {
+  private startCampaign(kind: "pre-election" | "election" | "transfer"): void {
     let voteType: MessageType;
     let term: number;
     if (kind === "pre-election") {
@@ -633,7 +633,7 @@ export class RaftCore {
       term = this.term;
     }
     if (this.poll(this.id, true) === "won") {
-      if (kind === "pre-election") this.campaign2("election");
+      if (kind === "pre-election") this.startCampaign("election");
       else this.becomeLeader();
       return;
     }
@@ -1060,11 +1060,7 @@ export class RaftCore {
     const votes = new Map<NodeId, boolean>();
     for (const id of acks) votes.set(id, true);
     if (voteResult(this.confState.voters, votes) !== "won") return;
-    for (const rs of this.readOnly.advance(m.context)) this.respondToReadStatus(rs);
-  }
-
-  private respondToReadStatus(rs: ReadIndexStatus): void {
-    this.respondToRead(rs.req, rs.index);
+    for (const rs of this.readOnly.advance(m.context)) this.respondToRead(rs.req, rs.index);
   }
 
   private handleSnapshotResponse(m: Message, pr: Progress): void {
@@ -1106,7 +1102,7 @@ export class RaftCore {
       case myResp: {
         const res = this.poll(m.from, !m.reject);
         if (res === "won") {
-          if (this.role === "pre-candidate") this.campaign2("election");
+          if (this.role === "pre-candidate") this.startCampaign("election");
           else {
             this.becomeLeader();
             this.bcastAppend();

@@ -14,6 +14,7 @@ import {
   type Entry,
   EntryType,
   type Message,
+  MessageType,
   type NodeId,
   type Ready,
   type Role,
@@ -477,7 +478,7 @@ class Simulation {
       n.syncedVote = hs.vote;
     }
     for (const m of rd.messages) {
-      if (m.type === 9 /* Snapshot */ && (m.snapshotOffset ?? 0) === 0) this.stats.snapshotsSent++;
+      if (m.type === MessageType.Snapshot && (m.snapshotOffset ?? 0) === 0) this.stats.snapshotsSent++;
       for (const d of this.net.route(m)) {
         if (!this.queue.push(this.now + d, { kind: "deliver", msg: m })) this.stats.dropped++;
       }
