@@ -1,7 +1,7 @@
-// Two sites following one federation end to end: three coordinator endpoints (real intent state
-// machine, auth and services over a shared in-test log standing in for Raft), `isthmus site add`
-// / `site join` / `apply` run as an operator would, and a real site controller per site, each on
-// its own PostgreSQL database. Intent applied at the federation reaches both sites' databases and
+// Two sites following one federation end to end: a 3-node coordinator group (`isthmus
+// coordinator` processes, one Raft group on loopback), `isthmus site add` / `site join` / `apply`
+// run as an operator would, and a real site controller per site, each on its own PostgreSQL
+// database. Intent applied at the federation reaches both sites' databases and
 // an agent's watch stream; with every coordinator stopped the sites keep serving (and say how
 // stale they are); when the coordinators return the sites catch up.
 import assert from "node:assert/strict";
@@ -14,7 +14,7 @@ import { auth } from "@isthmus/federation";
 import { intentpb, silentLogger, topologypb } from "@isthmus/schema";
 import { SiteController, SiteTokenSource, startTestPostgres, type TestPostgres } from "@isthmus/site-agent";
 import { runCli } from "./harness/cli.js";
-import { SharedLogGroup } from "./harness/shared-log-coordinators.js";
+import { CoordinatorGroup } from "./harness/coordinator-group.js";
 
 let pgs: TestPostgres | undefined;
 let skip: string | undefined;
@@ -75,7 +75,7 @@ test("intent reaches two sites and an agent; sites serve through a federation ou
   const keyDir = join(base, "coord-keys");
   assert.equal((await runCli(["bootstrap", "--dir", keyDir])).code, 0);
   const adminToken = join(keyDir, auth.KEY_DIR_FILES.adminToken);
-  const group = await SharedLogGroup.start(3, keyDir);
+  const group = await CoordinatorGroup.start(3, base, keyDir);
   t.after(() => group.stopAll());
   const [c1, c2, c3] = group.addresses as [string, string, string];
 
