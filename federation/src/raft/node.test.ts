@@ -243,7 +243,8 @@ test("leadership moves on request and a removed node stops being a member", asyn
 test("a node restarted on its WAL rebuilds its state and rejoins", async (t) => {
   const dirs = ["a", "b", "c"].map(() => mkdtempSync(join(tmpdir(), "raft-node-")));
   const storages: Record<string, WritableStorage> = {};
-  for (const [k, id] of ["a", "b", "c"].entries()) storages[id] = await WalStorage.open(dirs[k]!);
+  for (const [k, id] of ["a", "b", "c"].entries())
+    storages[id] = await WalStorage.open(dirs[k]!, { segmentBytes: 1 << 20 });
   const c = cluster(["a", "b", "c"], { storages, snapshotEvery: 30 });
   t.after(async () => {
     await c.close();
@@ -258,7 +259,7 @@ test("a node restarted on its WAL rebuilds its state and rejoins", async (t) => 
   await victim.node.close();
   victim.closed = true;
   for (let k = 60; k < 80; k++) await c.write(`k${k}`, `${k}`);
-  const storage = await WalStorage.open(dirs[["a", "b", "c"].indexOf(id)]!);
+  const storage = await WalStorage.open(dirs[["a", "b", "c"].indexOf(id)]!, { segmentBytes: 1 << 20 });
   const back = c.make(id, { a: "mem://a", b: "mem://b", c: "mem://c" }, storage);
   await until(() => back.kv.data.size === 80, "the restarted node catches up");
   assert.equal(back.kv.data.get("k79"), "79");

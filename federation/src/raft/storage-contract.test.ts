@@ -22,6 +22,11 @@ import type { WritableStorage } from "./types.js";
 import { WalCorruptionError } from "./wal-segment.js";
 import { WalStorage, type WalStorageOptions } from "./wal-storage.js";
 
+/** 1 MiB segments: the default 64 MiB would have every test preallocate 64 MiB of zeros. */
+const SMALL: WalStorageOptions = { segmentBytes: 1 << 20 };
+/** Without preallocation a segment ends at its last record, so tests can damage "the end". */
+const RAW: WalStorageOptions = { segmentBytes: 1 << 20, preallocate: false };
+
 function tempDir(): string {
   return mkdtempSync(join(tmpdir(), "raft-wal-"));
 }
@@ -45,7 +50,7 @@ async function walFixture(opts: WalStorageOptions = {}): Promise<StorageFixture>
   };
 }
 
-storageContract("WalStorage", () => walFixture());
+storageContract("WalStorage", () => walFixture(SMALL));
 // Tiny segments and cache force rotation, deletion and file reads through the same contract.
 storageContract("WalStorage (64-byte segments, 100-byte cache)", () =>
   walFixture({ segmentBytes: 64, cacheBytes: 100 }),
@@ -116,6 +121,30 @@ describe("WalStorage on disk", () => {
     }
   });
 
+  test("a rotated-to segment is preallocated; the finished one is cut to its records", async () => {
+    const dir = tempDir();
+    try {
+      let s = await WalStorage.open(dir, { segmentBytes: 4096 });
+      s.append(ents(1, 80)); // ~2.3 KiB: past half the segment, so the next one is prepared
+      await s.sync();
+      await new Promise((r) => setTimeout(r, 200)); // the spare is written off the write path
+      s.append(ents(81, 200)); // crosses into the next segment
+      await s.sync();
+      const files = segmentFiles(dir);
+      assert.equal(files.length, 2);
+      assert.ok(statSync(files[0]!).size < 4096 + 64, "the finished segment holds only records");
+      assert.equal(statSync(files[1]!).size, 4096, "the new segment was preallocated");
+      await s.close();
+      s = await WalStorage.open(dir, { segmentBytes: 4096 });
+      assert.equal(s.lastIndex(), 200);
+      assert.deepEqual(text(s, 198, 201), ["e198", "e199", "e200"]);
+      await s.close();
+      assert.ok(!readdirSync(join(dir, "wal")).some((n) => n.endsWith(".tmp")), "close removes the spare");
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   test("entries not yet synced are readable even when evicted from the cache", async () => {
     const dir = tempDir();
     try {
@@ -132,20 +161,20 @@ describe("WalStorage on disk", () => {
   test("a torn tail is truncated with a warning and the log keeps working", async () => {
     const dir = tempDir();
     try {
-      let s = await WalStorage.open(dir);
+      let s = await WalStorage.open(dir, RAW);
       s.append(ents(1, 10));
       await s.close();
       const seg = lastDataSegment(dir);
       truncateSync(seg, statSync(seg).size - 3); // the last record loses its final bytes
       const log = recordingLogger();
-      s = await WalStorage.open(dir, { logger: log });
+      s = await WalStorage.open(dir, { ...RAW, logger: log });
       assert.equal(s.lastIndex(), 9, "the torn entry is not accepted");
       assert.equal(log.warnings.length, 1);
       assert.match(log.warnings[0]!, /torn tail/);
       assert.match(log.warnings[0]!, new RegExp(seg.split("/").pop()!));
       s.append([ent(10, 2, "rewritten")]);
       await s.close();
-      s = await WalStorage.open(dir);
+      s = await WalStorage.open(dir, RAW);
       assert.deepEqual(text(s, 9, 11), ["e9", "rewritten"]);
       await s.close();
     } finally {
@@ -156,12 +185,66 @@ describe("WalStorage on disk", () => {
   test("zeros after the last record (a grown but unwritten file) are a tail, not data", async () => {
     const dir = tempDir();
     try {
-      let s = await WalStorage.open(dir);
+      let s = await WalStorage.open(dir, RAW);
       s.append(ents(1, 4));
       await s.close();
       appendFileSync(lastDataSegment(dir), Buffer.alloc(100));
-      s = await WalStorage.open(dir);
+      s = await WalStorage.open(dir, RAW);
       assert.equal(s.lastIndex(), 4);
+      await s.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("a torn final record followed by preallocated zeros is a tail; data after it is not", async () => {
+    const dir = tempDir();
+    try {
+      let s = await WalStorage.open(dir, RAW);
+      s.append(ents(1, 6));
+      await s.close();
+      const seg = lastDataSegment(dir);
+      const buf = readFileSync(seg);
+      const torn = Buffer.concat([buf.subarray(0, buf.length - 4), Buffer.alloc(4), Buffer.alloc(4096)]);
+      writeFileSync(seg, torn);
+      s = await WalStorage.open(dir, RAW);
+      assert.equal(s.lastIndex(), 5, "the half-written entry 6 is dropped");
+      await s.close();
+      // The same damage with a record after it is corruption, not a tail.
+      const dir2 = tempDir();
+      try {
+        const s2 = await WalStorage.open(dir2, RAW);
+        s2.append(ents(1, 6));
+        await s2.close();
+        const seg2 = lastDataSegment(dir2);
+        const b2 = readFileSync(seg2);
+        b2[b2.length - 40]! ^= 0xff;
+        writeFileSync(seg2, Buffer.concat([b2, Buffer.alloc(100)]));
+        await assert.rejects(WalStorage.open(dir2, RAW), WalCorruptionError);
+      } finally {
+        rmSync(dir2, { recursive: true, force: true });
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("an unwritten sector inside the unsynced tail truncates there, even with data after it", async () => {
+    const dir = tempDir();
+    try {
+      let s = await WalStorage.open(dir, RAW);
+      s.append(ents(1, 5));
+      await s.sync();
+      const seg = lastDataSegment(dir);
+      const synced = statSync(seg).size;
+      s.append([ent(6, 1, "x".repeat(2000)), ent(7, 1), ent(8, 1)]);
+      await s.close();
+      const buf = readFileSync(seg);
+      const sector = Math.ceil((synced + 100) / 512) * 512; // inside entry 6's data
+      buf.fill(0, sector, sector + 512);
+      writeFileSync(seg, buf);
+      s = await WalStorage.open(dir, RAW);
+      assert.equal(s.lastIndex(), 5, "entry 6 was torn; 7 and 8 behind it are dropped with it");
       await s.close();
     } finally {
       rmSync(dir, { recursive: true, force: true });
@@ -171,14 +254,14 @@ describe("WalStorage on disk", () => {
   test("a flipped byte in the final record is detected and that record dropped", async () => {
     const dir = tempDir();
     try {
-      let s = await WalStorage.open(dir);
+      let s = await WalStorage.open(dir, RAW);
       s.append(ents(1, 6));
       await s.close();
       const seg = lastDataSegment(dir);
       const buf = readFileSync(seg);
       buf[buf.length - 1]! ^= 0x40;
       writeFileSync(seg, buf);
-      s = await WalStorage.open(dir);
+      s = await WalStorage.open(dir, RAW);
       assert.equal(s.lastIndex(), 5);
       assert.deepEqual(text(s, 5, 6), ["e5"]);
       await s.close();
@@ -190,7 +273,7 @@ describe("WalStorage on disk", () => {
   test("a flipped byte in the middle of the log is a hard error naming file and offset", async () => {
     const dir = tempDir();
     try {
-      const s = await WalStorage.open(dir);
+      const s = await WalStorage.open(dir, RAW);
       s.append(ents(1, 6));
       await s.close();
       const seg = lastDataSegment(dir);
@@ -198,7 +281,7 @@ describe("WalStorage on disk", () => {
       const at = Math.floor(buf.length / 2);
       buf[at]! ^= 0x01;
       writeFileSync(seg, buf);
-      await assert.rejects(WalStorage.open(dir), (err: unknown) => {
+      await assert.rejects(WalStorage.open(dir, RAW), (err: unknown) => {
         assert.ok(err instanceof WalCorruptionError, String(err));
         assert.equal(err.file, seg);
         assert.ok(err.offset <= at && err.offset > 0);
@@ -227,7 +310,7 @@ describe("WalStorage on disk", () => {
   test("a crash at any byte after the last sync keeps every synced entry and never a torn one", async () => {
     const dir = tempDir();
     try {
-      const s = await WalStorage.open(dir);
+      const s = await WalStorage.open(dir, RAW);
       s.append(ents(1, 5));
       s.setHardState({ term: 1, vote: "a", commit: 3 });
       await s.sync();
@@ -243,7 +326,7 @@ describe("WalStorage on disk", () => {
         try {
           cpSync(dir, copy, { recursive: true });
           truncateSync(join(copy, "wal", seg.split("/").pop()!), cut);
-          const r = await WalStorage.open(copy);
+          const r = await WalStorage.open(copy, RAW);
           assert.ok(r.lastIndex() >= 5 && r.lastIndex() <= 7, `cut ${cut}: last ${r.lastIndex()}`);
           const all = text(r, 1, r.lastIndex() + 1);
           assert.deepEqual(all.slice(0, 5), ["e1", "e2", "e3", "e4", "e5"]);
@@ -262,13 +345,13 @@ describe("WalStorage on disk", () => {
   test("a half-written snapshot temp file is ignored and removed; the previous snapshot stays", async () => {
     const dir = tempDir();
     try {
-      let s = await WalStorage.open(dir);
+      let s = await WalStorage.open(dir, SMALL);
       s.append(ents(1, 10));
       s.setHardState({ term: 1, vote: "", commit: 10 });
       s.compact(snap(5, 1), 0);
       await s.close();
       writeFileSync(join(dir, "snap", "0000000000000009-0000000000000001.snap.tmp"), "partial");
-      s = await WalStorage.open(dir);
+      s = await WalStorage.open(dir, SMALL);
       assert.equal(s.snapshot().metadata.index, 5);
       assert.deepEqual(
         readdirSync(join(dir, "snap")).filter((n) => n.endsWith(".tmp")),
@@ -284,11 +367,11 @@ describe("WalStorage on disk", () => {
   test("a snapshot file made durable just before a crash (marker lost) is used on restart", async () => {
     const dir = tempDir();
     try {
-      let s = await WalStorage.open(dir);
+      let s = await WalStorage.open(dir, SMALL);
       s.append(ents(1, 10));
       await s.close();
       writeSnapshotFile(join(dir, "snap"), snap(7, 1));
-      s = await WalStorage.open(dir);
+      s = await WalStorage.open(dir, SMALL);
       assert.equal(s.snapshot().metadata.index, 7);
       assert.equal(s.firstIndex(), 8);
       assert.deepEqual(text(s, 8, 11), ["e8", "e9", "e10"]);
@@ -301,7 +384,7 @@ describe("WalStorage on disk", () => {
   test("a damaged snapshot file stops start-up with its name", async () => {
     const dir = tempDir();
     try {
-      const s = await WalStorage.open(dir);
+      const s = await WalStorage.open(dir, SMALL);
       s.append(ents(1, 4));
       s.setHardState({ term: 1, vote: "", commit: 4 });
       s.compact(snap(3, 1), 0);
@@ -311,7 +394,7 @@ describe("WalStorage on disk", () => {
       const buf = readFileSync(f);
       buf[buf.length - 2]! ^= 0xff;
       writeFileSync(f, buf);
-      await assert.rejects(WalStorage.open(dir), new RegExp(`${name} is damaged: checksum mismatch`));
+      await assert.rejects(WalStorage.open(dir, SMALL), new RegExp(`${name} is damaged: checksum mismatch`));
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
@@ -320,7 +403,7 @@ describe("WalStorage on disk", () => {
   test("compact refuses a snapshot beyond the durable commit index", async () => {
     const dir = tempDir();
     try {
-      const s = await WalStorage.open(dir);
+      const s = await WalStorage.open(dir, SMALL);
       s.append(ents(1, 4, () => 2));
       s.setHardState({ term: 2, vote: "", commit: 2 });
       assert.throws(() => s.compact(snap(3, 2), 0), /beyond the commit index 2/);

@@ -43,6 +43,22 @@ export interface ScannedSegment {
   tail?: { offset: number; reason: string };
 }
 
+const SECTOR = 512;
+
+/** True when some 512-byte disk sector overlapping [from, to) is all zeros within that range. */
+function hasZeroSector(buf: Buffer, from: number, to: number): boolean {
+  const end = Math.min(to, buf.length);
+  for (let s = Math.floor(from / SECTOR) * SECTOR; s < end; s += SECTOR) {
+    const lo = Math.max(s, from);
+    const hi = Math.min(s + SECTOR, end);
+    if (hi - lo < Math.min(SECTOR, 16)) continue; // too little of the sector to tell
+    let zero = true;
+    for (let i = lo; i < hi && zero; i++) if (buf[i] !== 0) zero = false;
+    if (zero) return true;
+  }
+  return false;
+}
+
 function allZero(buf: Buffer, from: number): boolean {
   for (let i = from; i < buf.length; i++) if (buf[i] !== 0) return false;
   return true;
@@ -66,8 +82,14 @@ export function scanSegment(
     if (!r.ok) {
       // A crash can leave a partial record, zeros where the file grew, or a final record whose
       // sectors did not all reach the disk. Anything followed by more data is real corruption.
+      // In a preallocated segment the unused remainder is zeros, so "nothing but zeros after the
+      // damaged record" marks the end of what was written.
       const declaredEnd = buf.length - off >= 9 ? off + 9 + buf.readUInt32LE(off) : buf.length;
-      const isTail = r.torn || allZero(buf, off) || declaredEnd === buf.length;
+      // Pages written after the last fsync may reach the disk out of order, leaving a whole
+      // unwritten (zero) sector inside the damaged record: also a torn write, and nothing after
+      // it was ever acknowledged as durable.
+      const isTail =
+        r.torn || allZero(buf, Math.min(declaredEnd, buf.length)) || hasZeroSector(buf, off, declaredEnd);
       if (isLast && isTail) return { records, validBytes: off, tail: { offset: off, reason: r.reason } };
       throw new WalCorruptionError(file, off, r.reason);
     }

@@ -13,7 +13,10 @@ import {
   readdirSync,
   readFileSync,
   readSync,
+  renameSync,
+  rmSync,
   unlinkSync,
+  write,
   writeSync,
 } from "node:fs";
 import { join } from "node:path";
@@ -40,6 +43,9 @@ import {
 import { parseSegmentName, scanSegment, segmentName, WalCorruptionError } from "./wal-segment.js";
 
 const fdatasyncAsync = promisify(fdatasync);
+const writeAsync = promisify(write);
+/** The preallocated next segment, renamed into place at rotation; never replayed. */
+const SPARE_NAME = "next-segment.tmp";
 const fsyncAsync = promisify(fsync);
 
 export interface WalStorageOptions {
@@ -49,6 +55,8 @@ export interface WalStorageOptions {
   cacheBytes?: number;
   /** Largest record accepted on write and on read; bigger lengths on disk are corruption. Default 64 MiB. */
   maxRecordBytes?: number;
+  /** Fill the next segment file with zeros ahead of time, off the write path. Default true. */
+  preallocate?: boolean;
   logger?: RaftLogger;
 }
 
@@ -116,6 +124,11 @@ export class WalStorage implements WritableStorage {
   private dirtyFds = new Set<number>();
   private dirDirty = false;
   private syncChain: Promise<void> = Promise.resolve();
+  /** The next segment's file, already filled to segmentBytes with zeros (see createSegment). */
+  private spare: { path: string; fd: number } | undefined;
+  private preparing: Promise<void> = Promise.resolve();
+  private spareRequested = false;
+  private readonly preallocate: boolean;
   private failed: Error | undefined;
   private closed = false;
 
@@ -126,6 +139,7 @@ export class WalStorage implements WritableStorage {
     this.maxCacheBytes = opts.cacheBytes ?? DEFAULT_CACHE_BYTES;
     this.maxRecordBytes = opts.maxRecordBytes ?? DEFAULT_MAX_RECORD_BYTES;
     this.log = opts.logger ?? silentRaftLogger;
+    this.preallocate = opts.preallocate ?? true;
     for (const [k, v] of Object.entries({
       segmentBytes: this.segmentBytes,
       cacheBytes: this.maxCacheBytes,
@@ -139,7 +153,11 @@ export class WalStorage implements WritableStorage {
   /** Opens (creating if needed) the storage in `dir`, replaying and checking everything on disk. */
   static async open(dir: string, opts: WalStorageOptions = {}): Promise<WalStorage> {
     const s = new WalStorage(dir, opts);
-    s.recover();
+    const nextSeq = s.recover();
+    // The first segment is preallocated too, so fsyncs are fast from the first write on.
+    s.prepareSpare();
+    await s.preparing;
+    s.startFirstSegment(nextSeq, s.snap.metadata.index);
     return s;
   }
 
@@ -283,6 +301,12 @@ export class WalStorage implements WritableStorage {
     if (this.closed) return;
     if (!this.failed) await this.sync();
     this.closed = true;
+    await this.preparing;
+    if (this.spare) {
+      closeSync(this.spare.fd);
+      unlinkSync(this.spare.path);
+      this.spare = undefined;
+    }
     for (const s of this.segments) closeSync(s.fd);
     this.segments = [];
     this.cache.clear();
@@ -357,26 +381,74 @@ export class WalStorage implements WritableStorage {
     this.pending = [];
     this.pendingBytes = 0;
     this.dirtyFds.add(cur.fd);
+    // Fill the next segment's file once this one is half used: early enough to be ready at
+    // rotation, late enough not to compete with a fresh node's first fsyncs.
+    if (!this.spare && cur.size >= this.segmentBytes / 2) this.prepareSpare();
   }
 
   private rotate(): void {
-    // Only the newest segment may end torn after a crash, so the old one is made whole on disk
-    // before the next one can exist (one blocking fsync per segment, i.e. per segmentBytes).
+    // Only the newest segment may end torn after a crash, so the old one is cut to its records
+    // (dropping preallocated zeros) and made whole on disk before the next one can exist.
     this.flushPending();
+    ftruncateSync(this.current.fd, this.current.size);
     fsyncSync(this.current.fd);
     this.dirtyFds.delete(this.current.fd);
     this.createSegment(this.current.seq + 1);
   }
 
-  /** Starts a segment: a header, then the current hard state so deleting older segments loses none. */
+  /**
+   * Starts a segment: a header, then the current hard state so deleting older segments loses none.
+   * It takes the preallocated spare file when one is ready: writes inside an already-sized file
+   * let fdatasync skip the file-size metadata update, which roughly halves its latency.
+   */
   private createSegment(seq: number): void {
     const path = join(this.walDir, segmentName(seq));
-    const fd = openSync(path, "wx+");
+    let fd: number;
+    const spare = this.spare;
+    if (spare) {
+      this.spare = undefined;
+      renameSync(spare.path, path);
+      fd = spare.fd;
+    } else {
+      fd = openSync(path, "wx+");
+    }
     this.segments.push({ seq, path, fd, size: 0, maxIndex: 0 });
     this.dirDirty = true;
     this.pending.push(encodeRecord({ type: RecordType.SegmentHeader, version: WAL_VERSION, seq }));
     this.pending.push(encodeRecord({ type: RecordType.HardState, hardState: this.hardState }));
     this.pendingBytes = this.pending.reduce((n, b) => n + b.length, 0);
+  }
+
+  private prepareSpare(): void {
+    if (!this.preallocate || this.closed || this.spareRequested) return;
+    this.spareRequested = true;
+    this.preparing = this.preparing.then(async () => {
+      if (this.spare || this.closed) return;
+      const path = join(this.walDir, SPARE_NAME);
+      let fd: number | undefined;
+      try {
+        fd = openSync(path, "w+");
+        const zeros = Buffer.alloc(Math.min(this.segmentBytes, 1 << 20));
+        for (let off = 0; off < this.segmentBytes && !this.closed; off += zeros.length) {
+          await writeAsync(fd, zeros, 0, Math.min(zeros.length, this.segmentBytes - off), off);
+        }
+        if (!this.closed) await fdatasyncAsync(fd);
+        if (this.closed) {
+          closeSync(fd);
+          unlinkSync(path);
+          return;
+        }
+        this.spare = { path, fd };
+        this.spareRequested = false;
+      } catch (err) {
+        // Only a slower fsync is lost: the next segment is then created empty when needed.
+        this.log.warn(
+          { err: (err as Error).message, file: path },
+          "raft wal: could not preallocate the next segment",
+        );
+        if (fd !== undefined) closeSync(fd);
+      }
+    });
   }
 
   private deleteObsoleteSegments(): void {
@@ -482,10 +554,12 @@ export class WalStorage implements WritableStorage {
     return r.record.entry;
   }
 
-  private recover(): void {
+  /** Replays everything on disk; returns the sequence number for the next segment. */
+  private recover(): number {
     mkdirSync(this.walDir, { recursive: true });
     mkdirSync(this.snapDir, { recursive: true });
     const loaded = readLatestSnapshot(this.snapDir);
+    rmSync(join(this.walDir, SPARE_NAME), { force: true });
     const seqs = readdirSync(this.walDir)
       .map(parseSegmentName)
       .filter((s): s is number => s !== undefined)
@@ -498,14 +572,19 @@ export class WalStorage implements WritableStorage {
       const buf = readFileSync(path);
       const scanned = scanSegment(path, buf, seq, k === seqs.length - 1, this.maxRecordBytes);
       if (scanned.tail) {
-        this.log.warn(
+        // Zeros after the last record are the unused part of a preallocated segment, not damage.
+        const zeros = buf.subarray(scanned.tail.offset).every((b) => b === 0);
+        (zeros ? this.log.debug : this.log.warn).call(
+          this.log,
           {
             file: path,
             offset: scanned.tail.offset,
             droppedBytes: buf.length - scanned.tail.offset,
             reason: scanned.tail.reason,
           },
-          "raft wal: truncating a torn tail left by a crash",
+          zeros
+            ? "raft wal: trimming unused preallocated space"
+            : "raft wal: truncating a torn tail left by a crash",
         );
         const fd = openSync(path, "r+");
         try {
@@ -544,6 +623,10 @@ export class WalStorage implements WritableStorage {
       );
     }
     this.cacheLow = this.lastIndex() + 1;
+    return nextSeq;
+  }
+
+  private startFirstSegment(nextSeq: number, snapIndex: number): void {
     this.createSegment(nextSeq);
     this.flushPending();
     fsyncSync(this.current.fd);

@@ -116,11 +116,19 @@ async function nodeUdpCeiling(seconds: number, payload: number): Promise<{ pps: 
   return { pps: packets / elapsed, gbps: (bytes * 8) / elapsed / 1e9 };
 }
 
+async function freeUdpPort(ip: string): Promise<number> {
+  const s = dgram.createSocket("udp4");
+  await new Promise<void>((r) => s.bind(0, ip, () => r()));
+  const p = s.address().port;
+  await new Promise<void>((r) => s.close(() => r()));
+  return p;
+}
+
 async function isthmusPath(lab: Lab, seconds: number): Promise<PathResult> {
   const t = new TopologyBuilder();
   const hA = t.host("bench-a", "127.0.0.8");
   const hB = t.host("bench-b", "127.0.0.9");
-  for (const h of [hA, hB]) h.tunnelPort = 20000 + (process.pid % 20000) + (h === hA ? 0 : 1);
+  for (const h of [hA, hB]) h.tunnelPort = await freeUdpPort(h.tunnelIp);
   const net = t.bridge({ name: "bench" });
   const a = lab.addVm("02:00:00:00:0b:01", "10.66.0.1/24");
   const b = lab.addVm("02:00:00:00:0b:02", "10.66.0.2/24");

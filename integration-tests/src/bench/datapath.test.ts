@@ -1,0 +1,21 @@
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { agentTesting } from "@isthmus/site-agent";
+import { measure } from "./datapath.js";
+
+const skip = agentTesting.rootSkipReason(["ip", "iperf3", "ping"]);
+if (skip) console.log(`# skipping datapath benchmark quick run: ${skip}`);
+
+test("bench datapath: quick mode measures both paths and the Node UDP ceiling", { skip }, async () => {
+  const r = await measure(true);
+  for (const [path, v] of [
+    ["isthmus", r.isthmus],
+    ["kernel", r.kernel],
+  ] as const) {
+    assert.ok(v.tcpGbps > 0, `${path} TCP throughput measured`);
+    assert.ok(v.udpSmallPps > 0, `${path} small-packet rate measured`);
+    assert.ok(v.rttMs > 0, `${path} RTT measured`);
+  }
+  assert.ok(r.nodeUdpCeiling.smallPps > 0 && r.nodeUdpCeiling.largeGbps > 0);
+  assert.ok(Number.isFinite(r.ratios.tcpVsKernel) && Number.isFinite(r.ratios.ppsVsNodeCeiling));
+});
