@@ -63,9 +63,9 @@ export function deriveLocalPort(view: IntentView, id: string, out: DerivedSet): 
   });
   out.ipAddrGroup({ id: addrGroup, name: `port-${b.name || id}-ips`, addresses: [...ips].sort() });
 
-  // From the VM. For ARP frames nw_src is the sender protocol address, so one group check
-  // covers both ARP and IP spoofing; a frame with no network source (neither IP nor ARP)
-  // is never in the group and is dropped by the same rule.
+  // From the VM. For ARP frames nw_src is the sender protocol address (MidoNet's convention,
+  // which the simulation follows), so one group check covers both IP and ARP spoofing; a frame
+  // with no network source (neither IP nor ARP) is in no group and is dropped by the same rule.
   out.chain({ id: inChain, name: `port-${b.name || id}-inbound` });
   let pos = 0;
   const inRule = (
