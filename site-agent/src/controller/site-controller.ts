@@ -10,6 +10,7 @@ import {
   credentials as grpcCredentials,
   Server,
   ServerCredentials,
+  status,
 } from "@grpc/grpc-js";
 import {
   componentLogger,
