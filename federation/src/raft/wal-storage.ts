@@ -40,7 +40,7 @@ import {
   WAL_VERSION,
   type WalRecord,
 } from "./wal-record.js";
-import { parseSegmentName, scanSegment, segmentName, WalCorruptionError } from "./wal-segment.js";
+import { allZero, parseSegmentName, scanSegment, segmentName, WalCorruptionError } from "./wal-segment.js";
 
 const fdatasyncAsync = promisify(fdatasync);
 const writeAsync = promisify(write);
@@ -576,7 +576,7 @@ export class WalStorage implements WritableStorage {
       const scanned = scanSegment(path, buf, seq, k === seqs.length - 1, this.maxRecordBytes);
       if (scanned.tail) {
         // Zeros after the last record are the unused part of a preallocated segment, not damage.
-        const zeros = buf.subarray(scanned.tail.offset).every((b) => b === 0);
+        const zeros = allZero(buf, scanned.tail.offset);
         (zeros ? this.log.debug : this.log.warn).call(
           this.log,
           {
