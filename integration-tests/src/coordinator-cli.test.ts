@@ -9,9 +9,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
-import { credentials, Metadata } from "@grpc/grpc-js";
+import { credentials, Metadata, type ServiceError, status } from "@grpc/grpc-js";
 import { auth } from "@isthmus/federation";
-import { healthpb } from "@isthmus/schema";
+import { federationpb, healthpb } from "@isthmus/schema";
 import { CLI, runCli } from "./harness/cli.js";
 
 const SAMPLE = fileURLToPath(new URL("../../docs/examples/two-site-web.yaml", import.meta.url));
@@ -72,6 +72,24 @@ test("isthmus coordinator: serves the admin CLI, stops on SIGTERM, keeps intent 
   const applied = await runCli(["apply", "-f", SAMPLE], { env });
   assert.equal(applied.code, 0, applied.stderr);
   assert.match(applied.stdout, /16 created, 0 updated, 0 unchanged/);
+  // Real tokens: a viewer may read but not write; no token at all is refused.
+  const { signer, settings } = await auth.loadSigningKeyDir(keys);
+  const viewer = await auth.mintAdminToken(signer, settings, { subject: "ops", role: "viewer", ttlSec: 600 });
+  const fed = new federationpb.FederationServiceClient(address, credentials.createInsecure());
+  const asViewer = new Metadata();
+  asViewer.set("authorization", `Bearer ${viewer}`);
+  const unary = <Res>(f: (cb: (err: ServiceError | null, r: Res) => void) => void) =>
+    new Promise<{ err: ServiceError | null; res?: Res }>((resolve) => f((err, res) => resolve({ err, res })));
+  const listed = await unary<federationpb.ListResponse>((cb) => fed.list({ kind: 0 }, asViewer, cb));
+  assert.equal(listed.err, null);
+  assert.equal(listed.res?.objects.length, 16);
+  const write = await unary((cb) =>
+    fed.create({ object: { securityGroup: { meta: undefined, stateless: false } } }, asViewer, cb),
+  );
+  assert.equal(write.err?.code, status.PERMISSION_DENIED);
+  const anonymous = await unary((cb) => fed.list({ kind: 0 }, new Metadata(), cb));
+  assert.equal(anonymous.err?.code, status.UNAUTHENTICATED);
+  fed.close();
 
   const exited = new Promise<number | null>((resolve) => first.once("exit", (code) => resolve(code)));
   first.kill("SIGTERM");

@@ -5,6 +5,8 @@ import { createLogger, onShutdown } from "@isthmus/schema";
 export interface AgentCommandOptions {
   config?: string;
   host?: string;
+  name?: string;
+  adminTokenFile?: string;
   controller?: string;
   tokenFile?: string;
   tunnelIp?: string;
@@ -16,7 +18,7 @@ export interface AgentCommandOptions {
 
 export async function runAgent(opts: AgentCommandOptions): Promise<void> {
   const { startAgent } = await import("@isthmus/site-agent");
-  const log = createLogger({ name: "agent", base: opts.host ? { host: opts.host } : {} });
+  const log = createLogger({ name: "agent", base: { host: opts.host ?? opts.name } });
   const agent = await startAgent(opts, { log });
   onShutdown(log, [() => agent.stop()]);
 }

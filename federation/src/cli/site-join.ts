@@ -1,6 +1,7 @@
 // `isthmus site join`, run at the site: makes the site's key pair here (the private key never leaves
 // this machine), registers the public key with SiteSyncService.Join using the onboarding token as
 // bearer, and writes the credential file the site controller reads (`--credential`).
+// It loads only site-agent's light credential entry point, not the agent datapath.
 
 import { readFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
@@ -12,7 +13,7 @@ import {
   publicJwkOf,
   writePrivateFile,
   writeSiteCredential,
-} from "@isthmus/site-agent";
+} from "@isthmus/site-agent/credential";
 import { decodeJwt, decodeProtectedHeader, type JWK } from "jose";
 import { TOKEN_TYPES } from "../auth/index.js";
 import { exists, readSecretFile } from "../auth/secret-file.js";
@@ -145,7 +146,11 @@ export async function runSiteJoin(f: SiteJoinFlags): Promise<number> {
       return 0;
     } catch (err) {
       const e = err as ServiceError;
-      errors.push(`${address}: ${e.details ?? e.message}`);
+      errors.push(
+        typeof e.code === "number"
+          ? `${address}: ${status[e.code]}: ${e.details}`
+          : `${address}: ${e.message}`,
+      );
       if (typeof e.code !== "number" || !TRY_NEXT.has(e.code)) break;
     }
   }

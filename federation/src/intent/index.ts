@@ -25,6 +25,7 @@ export {
   type ApplyFailed,
   type ApplyOk,
   type ApplyResult,
+  DEFAULT_MAX_OBJECTS_PER_KIND,
   DEFAULT_MAX_REMEMBERED_TOKENS,
   IntentStateMachine,
   type IntentStateMachineOptions,

@@ -672,6 +672,26 @@ describe("intent state machine: log entries, journal and snapshots", () => {
     assert.equal(federationpb.IntentState.decode(snap).objects.length > 5, true);
   });
 
+  it("bounds the objects of each kind", () => {
+    const h = new IntentHarness(new IntentStateMachine({ maxObjectsPerKind: 2 }));
+    h.group("a");
+    h.group("b");
+    h.fail(
+      { create: { object: { securityGroup: { meta: meta("c"), stateless: false } } } },
+      "resource_exhausted",
+      "security_group",
+    );
+    h.ok({
+      delete: {
+        kind: intentpb.ObjectKind.OBJECT_KIND_SECURITY_GROUP,
+        id: "",
+        name: "a",
+        expectedRevision: 0,
+      },
+    });
+    h.group("c");
+  });
+
   it("a failed command changes nothing", () => {
     const { h } = federation();
     const before = Buffer.from(h.sm.snapshot());

@@ -70,7 +70,11 @@ export interface IntentStateMachineOptions {
   journalLimit?: number;
   /** Bound on remembered (consumed or revoked) token ids; must be equal on every replica. */
   maxRememberedTokens?: number;
+  /** Bound on objects of any one kind; must be equal on every replica. */
+  maxObjectsPerKind?: number;
 }
+
+export const DEFAULT_MAX_OBJECTS_PER_KIND = 100_000;
 
 export const DEFAULT_MAX_REMEMBERED_TOKENS = 100_000;
 
@@ -107,10 +111,12 @@ export class IntentStateMachine implements StateMachine<ApplyResult>, IntentView
   private readonly listeners = new Set<(ev: AppliedEvent) => void>();
   readonly journal: ChangeJournal;
   private readonly maxTokens: number;
+  private readonly maxObjects: number;
 
   constructor(opts: IntentStateMachineOptions = {}) {
     this.journal = new ChangeJournal(opts.journalLimit ?? DEFAULT_JOURNAL_LIMIT);
     this.maxTokens = opts.maxRememberedTokens ?? DEFAULT_MAX_REMEMBERED_TOKENS;
+    this.maxObjects = opts.maxObjectsPerKind ?? DEFAULT_MAX_OBJECTS_PER_KIND;
   }
 
   // ---- StateMachine ---------------------------------------------------------------------------
@@ -148,6 +154,7 @@ export class IntentStateMachine implements StateMachine<ApplyResult>, IntentView
     let staged: Staged;
     try {
       staged = this.stage(index, cmd);
+      this.checkRoom(staged);
     } catch (err) {
       this.applied = index;
       this.emit({ index });
@@ -823,6 +830,24 @@ export class IntentStateMachine implements StateMachine<ApplyResult>, IntentView
   }
 
   // ---- Commit: mutation only --------------------------------------------------------------------
+
+  /** Refuses a command that would grow a kind past its bound (checked before any mutation). */
+  private checkRoom(s: Staged): void {
+    const added = new Map<KindKey, number>();
+    for (const { kind, obj } of s.upserts) {
+      if (!this.objects[kind].has(metaOf(obj).id)) added.set(kind, (added.get(kind) ?? 0) + 1);
+    }
+    for (const { kind } of s.deletes) added.set(kind, (added.get(kind) ?? 0) - 1);
+    for (const [kind, n] of added) {
+      if (n > 0 && this.objects[kind].size + n > this.maxObjects) {
+        throw new IntentError(
+          "resource_exhausted",
+          `the federation holds the maximum of ${this.maxObjects} ${KIND_NAMES[kind]} objects`,
+          FIELD[kind],
+        );
+      }
+    }
+  }
 
   private commit(index: number, s: Staged): ApplyOk {
     for (const { kind, obj } of s.deletes) this.remove(kind, metaOf(obj).id);

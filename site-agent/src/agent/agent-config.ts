@@ -6,38 +6,47 @@ import { z } from "zod";
 const hostPort = z.string().regex(/^[^:\s]+:\d{1,5}$/, "expected host:port");
 
 export const AgentConfigSchema = z.object({
-  agent: z.object({
-    /** This host's id in the site topology (Host.id). */
-    host: z.string().min(1, "the host id is required (--host)"),
-    /** The site controller's gRPC address (TopologyService). */
-    controller: hostPort,
-    /** A file holding the host token the controller issued at registration (sent as a bearer token). */
-    tokenFile: z.string().optional(),
-    tunnelIp: z.string().refine((s) => isIP(s) === 4, "expected an IPv4 address"),
-    tunnelPort: z.number().int().min(0).max(65535).default(4789),
-    role: z.enum(["host", "gateway"]).default("host"),
-    /** Prometheus /metrics and /healthz. */
-    metricsListen: hostPort.default("127.0.0.1:9480"),
-    /** Local admin endpoint (`isthmus agent flows`); keep it on loopback. */
-    adminListen: hostPort.default("127.0.0.1:9481"),
-    flows: z
-      .object({
-        max: z.number().int().positive().default(100_000),
-        exactCache: z.number().int().min(0).default(65_536),
-        masks: z.number().int().positive().default(256),
-        idleTimeoutMs: z.number().int().positive().default(60_000),
-        hardTimeoutMs: z.number().int().min(0).default(0),
-      })
-      .default({ max: 100_000, exactCache: 65_536, masks: 256, idleTimeoutMs: 60_000, hardTimeoutMs: 0 }),
-    upcalls: z
-      .object({
-        perPort: z.number().int().positive().default(256),
-        total: z.number().int().positive().default(4096),
-      })
-      .default({ perPort: 256, total: 4096 }),
-    /** How often an active connection's flow state is re-sent to peers. */
-    stateRefreshMs: z.number().int().positive().default(1000),
-  }),
+  agent: z
+    .object({
+      /** This host's id in the site topology (Host.id), when it is already registered. */
+      host: z.string().min(1).optional(),
+      /** Register under this host name (SiteService.RegisterHost) instead of naming an id. */
+      name: z.string().min(1).optional(),
+      /** An operator's admin token file, needed to register. */
+      adminTokenFile: z.string().optional(),
+      /** The site controller's gRPC address (TopologyService). */
+      controller: hostPort,
+      /** A file holding the host token the controller issued at registration (sent as a bearer token). */
+      tokenFile: z.string().optional(),
+      tunnelIp: z.string().refine((s) => isIP(s) === 4, "expected an IPv4 address"),
+      tunnelPort: z.number().int().min(0).max(65535).default(4789),
+      role: z.enum(["host", "gateway"]).default("host"),
+      /** Prometheus /metrics and /healthz. */
+      metricsListen: hostPort.default("127.0.0.1:9480"),
+      /** Local admin endpoint (`isthmus agent flows`); keep it on loopback. */
+      adminListen: hostPort.default("127.0.0.1:9481"),
+      flows: z
+        .object({
+          max: z.number().int().positive().default(100_000),
+          exactCache: z.number().int().min(0).default(65_536),
+          masks: z.number().int().positive().default(256),
+          idleTimeoutMs: z.number().int().positive().default(60_000),
+          hardTimeoutMs: z.number().int().min(0).default(0),
+        })
+        .default({ max: 100_000, exactCache: 65_536, masks: 256, idleTimeoutMs: 60_000, hardTimeoutMs: 0 }),
+      upcalls: z
+        .object({
+          perPort: z.number().int().positive().default(256),
+          total: z.number().int().positive().default(4096),
+        })
+        .default({ perPort: 256, total: 4096 }),
+      /** How often an active connection's flow state is re-sent to peers. */
+      stateRefreshMs: z.number().int().positive().default(1000),
+    })
+    .refine((a) => a.host !== undefined || (a.name !== undefined && a.adminTokenFile !== undefined), {
+      message: "give either --host <id> (already registered) or --name <host name> with --admin-token-file",
+      path: ["host"],
+    }),
 });
 
 export type AgentConfig = z.infer<typeof AgentConfigSchema>["agent"];

@@ -11,6 +11,7 @@ import { closeServer, startAdminServer, startMetricsServer } from "./agent-http.
 import { createAgentMetrics } from "./agent-metrics.js";
 import type { PortIO } from "./datapath.js";
 import { EdgeAgent } from "./edge-agent.js";
+import { registerHost } from "./host-registration.js";
 import { EngineSimulator } from "./sim-adapter.js";
 import type { Simulator } from "./simulator.js";
 import { TopologyWatchClient } from "./topology-watch-client.js";
@@ -19,6 +20,8 @@ import { UserspaceDatapath } from "./userspace-datapath.js";
 export interface AgentFlags {
   config?: string;
   host?: string;
+  name?: string;
+  adminTokenFile?: string;
   controller?: string;
   tokenFile?: string;
   tunnelIp?: string;
@@ -30,6 +33,7 @@ export interface AgentFlags {
 
 export interface RunningAgent {
   config: AgentConfig;
+  hostId: string;
   agent: EdgeAgent;
   datapath: UserspaceDatapath;
   metricsPort: number;
@@ -53,6 +57,8 @@ export function loadAgentConfig(flags: AgentFlags, env: NodeJS.ProcessEnv = proc
     env,
     overrides: {
       "agent.host": flags.host,
+      "agent.name": flags.name,
+      "agent.adminTokenFile": flags.adminTokenFile,
       "agent.controller": flags.controller,
       "agent.tokenFile": flags.tokenFile,
       "agent.tunnelIp": flags.tunnelIp,
@@ -66,7 +72,7 @@ export function loadAgentConfig(flags: AgentFlags, env: NodeJS.ProcessEnv = proc
 
 export async function startAgent(flags: AgentFlags, deps: AgentDeps = {}): Promise<RunningAgent> {
   const cfg = loadAgentConfig(flags);
-  const root = deps.log ?? createLogger({ name: "agent", base: { host: cfg.host } });
+  const root = deps.log ?? createLogger({ name: "agent", base: { host: cfg.host ?? cfg.name } });
   const log = componentLogger(root, "agent");
   const health = new HealthState("agent");
   health.set("topology", false, "waiting for the first snapshot");
@@ -85,11 +91,30 @@ export async function startAgent(flags: AgentFlags, deps: AgentDeps = {}): Promi
   });
   await datapath.start();
   health.set("datapath", true);
+  let hostId = cfg.host;
+  let hostToken: string | undefined;
+  if (hostId === undefined) {
+    const reg = await registerHost({
+      controller: cfg.controller,
+      name: cfg.name!,
+      adminToken: readFileSync(cfg.adminTokenFile!, "utf8").trim(),
+      tunnelIp: cfg.tunnelIp,
+      tunnelPort: datapath.tunnelPort,
+      role: cfg.role,
+      tokenFile: cfg.tokenFile,
+      log,
+    }).catch(async (err) => {
+      await datapath.stop();
+      throw err;
+    });
+    hostId = reg.host.id;
+    hostToken = reg.hostToken;
+  }
   const agent = new EdgeAgent({
-    hostId: cfg.host,
+    hostId,
     role: cfg.role,
     datapath,
-    simulator: deps.simulator ?? new EngineSimulator({ hostId: cfg.host }),
+    simulator: deps.simulator ?? new EngineSimulator({ hostId }),
     openPort: deps.openPort ?? ((name) => new AfPacketPort(name)),
     log: root,
     stateRefreshMs: cfg.stateRefreshMs,
@@ -114,8 +139,8 @@ export async function startAgent(flags: AgentFlags, deps: AgentDeps = {}): Promi
   const tokenFile = cfg.tokenFile;
   const watch = new TopologyWatchClient({
     address: cfg.controller,
-    hostId: cfg.host,
-    token: tokenFile ? () => readFileSync(tokenFile, "utf8").trim() : undefined,
+    hostId,
+    token: () => hostToken ?? (tokenFile ? readFileSync(tokenFile, "utf8").trim() : undefined),
     sink,
     log: root,
   });
@@ -136,11 +161,12 @@ export async function startAgent(flags: AgentFlags, deps: AgentDeps = {}): Promi
   const a = splitHostPort(cfg.adminListen);
   const admin = await startAdminServer(
     {
-      flows: () => ({ host: cfg.host, flows: datapath.dumpFlows() }),
+      flows: () => ({ host: hostId, flows: datapath.dumpFlows() }),
       status: () => {
         const s = datapath.stats();
         return {
-          host: cfg.host,
+          host: hostId,
+          name: cfg.name,
           role: cfg.role,
           revision: agent.store.revision,
           controllerConnected: watch.connected,
@@ -170,6 +196,7 @@ export async function startAgent(flags: AgentFlags, deps: AgentDeps = {}): Promi
   let stopped = false;
   return {
     config: cfg,
+    hostId,
     agent,
     datapath,
     metricsPort: metrics.port,

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { parseMac } from "../packets/addr.js";
+import { parseIp4, parseMac } from "../packets/addr.js";
 import { parsePacket } from "../packets/packet.js";
 import { eth } from "../packets/packet-dsl.js";
 import { F } from "./flow-match.js";
@@ -243,5 +243,69 @@ test("bridge: remote-site port tunnels with the network's global key via the gat
   );
   assert.deepEqual(inbound.actions, [
     { kind: "encap", tunnelKey: vm1.tunnelKey, remoteIp: "192.168.0.1", remotePort: 4789, hostId: "h1" },
+  ]);
+});
+
+test("bridge: learning is per VLAN; access-port VLANs limit flooding", () => {
+  const t = new TopologyBuilder();
+  const h1 = t.host("h1", "192.168.0.1");
+  const br = t.bridge();
+  const a10 = t.vmPort(br, h1, MAC1, [], { vlan: 10 });
+  const b10 = t.vmPort(br, h1, MAC2, [], { vlan: 10 });
+  const c20 = t.vmPort(br, h1, MAC3, [], { vlan: 20 });
+  const trunk = t.vmPort(br, h1, "02:00:00:00:00:04", []);
+  const view = new TopologyView(t.objects);
+  const ctx = newSimContext("h1");
+  const x = "02:00:00:00:0a:0a";
+  const f = simulate(
+    view,
+    eth(x, "ff:ff:ff:ff:ff:ff").ip4("10.0.0.10", "10.0.0.255").udp(1, 2).build(),
+    { portId: a10.id },
+    ctx,
+  );
+  const outs = f.actions.flatMap((a) => (a.kind === "output" ? [a.portId] : []));
+  assert.deepEqual(outs.sort(), [b10.id, trunk.id].sort(), "not to the VLAN 20 access port");
+  assert.equal(f.learned[0]?.vlan, 10);
+  // x is known on VLAN 10 only: a tagged frame for it on VLAN 20 from the trunk floods.
+  const v10 = simulate(
+    view,
+    eth("02:00:00:00:00:04", x).vlan(10).ip4("10.0.0.4", "10.0.0.10").udp(1, 2).build(),
+    { portId: trunk.id },
+    ctx,
+  );
+  assert.deepEqual(v10.actions, [{ kind: "output", portId: a10.id }]);
+  const v20 = simulate(
+    view,
+    eth("02:00:00:00:00:04", x).vlan(20).ip4("10.0.0.4", "10.0.0.10").udp(1, 2).build(),
+    { portId: trunk.id },
+    ctx,
+  );
+  assert.deepEqual(
+    v20.actions.flatMap((a) => (a.kind === "output" ? [a.portId] : [])),
+    [c20.id],
+  );
+});
+
+test("bridge: a flood port's filter rewrite applies to that port only", () => {
+  const t = new TopologyBuilder();
+  const h1 = t.host("h1", "192.168.0.1");
+  const br = t.bridge();
+  const nat = t.chain();
+  t.rule(nat, 8, {}, { natTargets: [{ ipStart: "10.9.9.9", ipEnd: "10.9.9.9", portStart: 0, portEnd: 0 }] });
+  const a = t.vmPort(br, h1, MAC1, []);
+  const b = t.vmPort(br, h1, MAC2, [], { outboundFilterId: nat.id });
+  const c = t.vmPort(br, h1, MAC3, []);
+  const view = new TopologyView(t.objects);
+  const r = simulate(
+    view,
+    eth(MAC1, "ff:ff:ff:ff:ff:ff").ip4("10.0.0.1", "10.0.0.255").udp(1, 2).build(),
+    { portId: a.id },
+    newSimContext("h1"),
+  );
+  assert.deepEqual(r.actions, [
+    { kind: "set", nwDst: parseIp4("10.9.9.9") },
+    { kind: "output", portId: b.id },
+    { kind: "set", nwDst: parseIp4("10.0.0.255") },
+    { kind: "output", portId: c.id },
   ]);
 });

@@ -3,7 +3,7 @@
 // addresses. Conntrack state (forward/return) and NAT bindings are consulted here.
 import { topologypb } from "@isthmus/schema";
 import { inCidr6 } from "../packets/addr.js";
-import { FRAG_LATER, PROTO_ICMP, PROTO_TCP, PROTO_UDP } from "../packets/packet.js";
+import { ETH_ARP, FRAG_LATER, PROTO_ICMP, PROTO_TCP, PROTO_UDP } from "../packets/packet.js";
 import { type CtTuple, ctKey, ctReturnKey } from "./conntrack.js";
 import { flowHash } from "./flow-hash.js";
 import { emitGenerated } from "./generate.js";
@@ -134,7 +134,7 @@ function matches(w: Walk, c: CompiledCondition, cc: ChainCtx): boolean {
   if (c.etherType !== 0 && (m.etherType === c.etherType) === c.invEtherType) return false;
   if (c.vlan !== 0 && m.vlan !== c.vlan) return false;
   if (c.noVlan && m.vlan !== 0) return false;
-  if (c.nwProto !== 0 && (m.ipVersion !== 0 && m.nwProto === c.nwProto) === c.invNwProto) return false;
+  if (c.nwProto !== 0 && (protoOf(w) === c.nwProto) === c.invNwProto) return false;
   if ((c.nwSrc4 || c.nwSrc6) && addrMatch(w, true, c) === c.invNwSrc) return false;
   if ((c.nwDst4 || c.nwDst6) && addrMatch(w, false, c) === c.invNwDst) return false;
   if (c.tpSrcStart >= 0 && (hasPorts(w) && inRange(m.tpSrc, c.tpSrcStart, c.tpSrcEnd)) === c.invTpSrc)
@@ -158,13 +158,33 @@ function hasPorts(w: Walk): boolean {
   return p === PROTO_TCP || p === PROTO_UDP || p === PROTO_ICMP || p === 58;
 }
 
+/** The network protocol a condition sees: the IP protocol, or for ARP the operation (as MidoNet). */
+function protoOf(w: Walk): number {
+  const m = w.m;
+  const v = m.ipVersion;
+  if (v !== 0) return m.nwProto;
+  return m.etherType === ETH_ARP ? m.arpOp : -1;
+}
+
+/**
+ * The IPv4 source/destination a condition sees: for ARP frames the sender/target protocol address
+ * (MidoNet's convention, which anti-spoofing rules rely on: one address check covers IP and ARP).
+ */
+function ip4Of(w: Walk, src: boolean): number {
+  const m = w.m;
+  if (m.ipVersion === 4) return src ? m.nwSrc : m.nwDst;
+  if (m.ipVersion === 0 && m.etherType === ETH_ARP) return src ? m.arpSpa : m.arpTpa;
+  return -1;
+}
+
 function addrMatch(w: Walk, src: boolean, c: CompiledCondition): boolean {
   const m = w.m;
   const v = m.ipVersion;
-  if (v === 4) {
+  if (v !== 6) {
     const cidr = src ? c.nwSrc4 : c.nwDst4;
     if (!cidr) return false;
-    const a = src ? m.nwSrc : m.nwDst;
+    const a = ip4Of(w, src);
+    if (a < 0) return false;
     return (a & cidr.mask) >>> 0 === cidr.addr;
   }
   if (v === 6) {
@@ -183,8 +203,9 @@ function groupMatch(w: Walk, groupId: string, src: boolean): boolean {
   w.tag(g.tag);
   const m = w.m;
   const v = m.ipVersion;
-  if (v === 4) {
-    const a = src ? m.nwSrc : m.nwDst;
+  if (v !== 6) {
+    const a = ip4Of(w, src);
+    if (a < 0) return false;
     if (g.v4.has(a)) return true;
     for (const c of g.v4Cidrs) if ((a & c.mask) >>> 0 === c.addr) return true;
     return false;

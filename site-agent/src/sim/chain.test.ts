@@ -214,3 +214,24 @@ test("chain: trace records ports, devices, chains, rules and the decision", () =
   for (const k of ["port", "device", "chain", "rule", "decision"]) assert.ok(kinds.includes(k as never), k);
   assert.equal(s.send(udp()).trace, null, "no trace unless asked");
 });
+
+test("chain: for ARP frames, address conditions see the sender/target protocol addresses (as MidoNet)", () => {
+  // Anti-spoofing as the site controller writes it: drop unless the source is in the port's group.
+  const s = setup((t, c) => {
+    t.rule(c, RA.RULE_ACTION_DROP, { ipAddrGroupSrc: t.ipGroup(["10.0.0.1"]).id, invIpAddrGroupSrc: true });
+    t.accept(c, { etherType: 0x0806, nwDst: "10.0.0.2/32" });
+    t.dropRule(c);
+  });
+  assert.ok(passed(s.send(eth(M1, M2).arpReply(M1, "10.0.0.1", M2, "10.0.0.2").build())));
+  assert.ok(
+    !passed(s.send(eth(M1, M2).arpReply(M1, "10.0.0.9", M2, "10.0.0.2").build())),
+    "spoofed ARP sender",
+  );
+  assert.ok(!passed(s.send(eth(M1, M2).arpReply(M1, "10.0.0.1", M2, "10.0.0.3").build())));
+  // nw_proto on ARP is the operation.
+  check(
+    { etherType: 0x0806, nwProto: 2 },
+    [eth(M1, M2).arpReply(M1, "10.0.0.1", M2, "10.0.0.2").build()],
+    [udp()],
+  );
+});

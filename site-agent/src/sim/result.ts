@@ -107,6 +107,8 @@ export interface SimResult {
   cacheable: boolean;
   /** Set when the packet itself is dropped (no output at all). */
   dropReason: string | null;
+  /** Set when a router holds the packet until an ARP reply arrives (nothing to do meanwhile). */
+  held: string | null;
   generated: GeneratedPacket[];
   conntrack: ConntrackCommit[];
   nat: NatCommit[];

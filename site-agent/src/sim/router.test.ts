@@ -154,6 +154,7 @@ test("router: unknown next hop queues the packet and ARPs; the reply releases it
   assert.equal(r.cacheable, false);
   assert.equal(r.actions.length, 0, "held, neither output nor dropped");
   assert.equal(r.dropReason, null);
+  assert.match(r.held ?? "", /waiting for ARP reply for 203\.0\.113\.1/);
   assert.equal(ctx.state.arp.queuedPackets, 1);
   const req = r.generated.find((g) => g.why === "arp-request")!;
   assert.deepEqual(req.actions, [{ kind: "output", portId: s.up.id }]);

@@ -30,7 +30,11 @@ export interface SimContext {
 let walks = 0;
 
 export class Walk {
-  readonly orig: FlowMatch;
+  /** Ingress values of the fields a walk may rewrite (the rest are never written). */
+  private readonly orig: Pick<
+    FlowMatch,
+    "_ethSrc" | "_ethDst" | "_nwSrc" | "_nwDst" | "_tpSrc" | "_tpDst" | "_nwTtl"
+  >;
   readonly m: FlowMatch;
   readonly result: SimResult;
   devices = 0;
@@ -63,10 +67,19 @@ export class Walk {
     this.epoch = ++walks;
     this.tracing = ctx.trace === true;
     this.m = FlowMatch.fromPacket(pkt, inPort, tunnelKey);
-    this.orig = this.m.clone();
+    const m = this.m;
+    this.orig = {
+      _ethSrc: m._ethSrc,
+      _ethDst: m._ethDst,
+      _nwSrc: m._nwSrc,
+      _nwDst: m._nwDst,
+      _tpSrc: m._tpSrc,
+      _tpDst: m._tpDst,
+      _nwTtl: m._nwTtl,
+    };
     this.result = {
       actions: [],
-      match: this.orig,
+      match: this.m, // restored to the ingress values by finish()
       mask: 0,
       tags: [],
       cacheable: true,
@@ -78,6 +91,7 @@ export class Walk {
       invalidate: [],
       resubmit: [],
       trace: ctx.trace ? [] : null,
+      held: null,
     };
   }
 
@@ -203,8 +217,20 @@ export class Walk {
   /** Appends an output, preceded by the header rewrites in effect at this point. */
   private emit(a: Action): undefined {
     const set = this.diff();
-    if (set && !sameSet(set, this.lastSet)) {
-      this.result.actions.push(set);
+    if (!sameSet(set, this.lastSet)) {
+      // A flood port's filter may have rewritten fields for an earlier output: restore them.
+      const out: SetFieldsAction = set ? { ...set } : { kind: "set" };
+      const prev = this.lastSet;
+      const o = this.orig;
+      if (prev) {
+        if (prev.ethSrc !== undefined && out.ethSrc === undefined) out.ethSrc = o._ethSrc;
+        if (prev.ethDst !== undefined && out.ethDst === undefined) out.ethDst = o._ethDst;
+        if (prev.nwSrc !== undefined && out.nwSrc === undefined) out.nwSrc = o._nwSrc;
+        if (prev.nwDst !== undefined && out.nwDst === undefined) out.nwDst = o._nwDst;
+        if (prev.tpSrc !== undefined && out.tpSrc === undefined) out.tpSrc = o._tpSrc;
+        if (prev.tpDst !== undefined && out.tpDst === undefined) out.tpDst = o._tpDst;
+      }
+      this.result.actions.push(out);
       this.lastSet = set;
     }
     if (this.ttlDec > this.lastTtl) {
@@ -270,16 +296,27 @@ export class Walk {
         r.conntrack.push({ key: e.key, zoneId: e.zoneId, expiresAt: e.expiresAt });
       }
     }
-    if (this.held !== null) r.cacheable = false;
+    if (this.held !== null) {
+      r.cacheable = false;
+      r.held = this.held;
+    }
     r.mask = this.m.seen;
-    this.orig.seen = this.m.seen;
+    const m = this.m;
+    const o = this.orig;
+    m._ethSrc = o._ethSrc;
+    m._ethDst = o._ethDst;
+    m._nwSrc = o._nwSrc;
+    m._nwDst = o._nwDst;
+    m._tpSrc = o._tpSrc;
+    m._tpDst = o._tpDst;
+    m._nwTtl = o._nwTtl;
     return r;
   }
 }
 
-function sameSet(a: SetFieldsAction, b: SetFieldsAction | null): boolean {
+function sameSet(a: SetFieldsAction | null, b: SetFieldsAction | null): boolean {
+  if (a === null || b === null) return a === b;
   return (
-    b !== null &&
     a.ethSrc === b.ethSrc &&
     a.ethDst === b.ethDst &&
     a.nwSrc === b.nwSrc &&

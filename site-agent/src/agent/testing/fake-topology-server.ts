@@ -1,8 +1,16 @@
 // An in-process TopologyService for agent tests until (and besides) the real site controller:
 // serves a snapshot at the current revision or the changes after an agent's revision, streams
-// later changes, and can cut every stream to exercise resume.
-import { Server, ServerCredentials, type ServerWritableStream } from "@grpc/grpc-js";
-import { topologypb } from "@isthmus/schema";
+// later changes, and can cut every stream to exercise resume. RegisterHost (SiteService) too, when
+// given an admin token.
+import {
+  Server,
+  ServerCredentials,
+  type ServerUnaryCall,
+  type ServerWritableStream,
+  type sendUnaryData,
+  status,
+} from "@grpc/grpc-js";
+import { sitepb, topologypb } from "@isthmus/schema";
 
 type Call = ServerWritableStream<topologypb.WatchTopologyRequest, topologypb.WatchTopologyResponse>;
 
@@ -13,6 +21,11 @@ export class FakeTopologyServer {
   private readonly changes: topologypb.TopologyChange[] = [];
   revision = 0;
   readonly requests: topologypb.WatchTopologyRequest[] = [];
+  /** authorization metadata of each Watch call. */
+  readonly watchAuth: string[] = [];
+  /** When set, RegisterHost accepts this admin token and registers hosts into the topology. */
+  adminToken: string | undefined;
+  readonly registered: sitepb.RegisterHostRequest[] = [];
   port = 0;
 
   constructor(initial: topologypb.TopologyObject[], revision = 1) {
@@ -21,6 +34,12 @@ export class FakeTopologyServer {
     this.server.addService(topologypb.TopologyServiceService, {
       watch: (call: Call) => this.watch(call),
     });
+    this.server.addService(sitepb.SiteServiceService, {
+      registerHost: (
+        call: ServerUnaryCall<sitepb.RegisterHostRequest, sitepb.RegisterHostResponse>,
+        cb: sendUnaryData<sitepb.RegisterHostResponse>,
+      ) => this.registerHost(call, cb),
+    } as unknown as sitepb.SiteServiceServer);
   }
 
   async start(): Promise<string> {
@@ -32,8 +51,37 @@ export class FakeTopologyServer {
     return `127.0.0.1:${this.port}`;
   }
 
+  private registerHost(
+    call: ServerUnaryCall<sitepb.RegisterHostRequest, sitepb.RegisterHostResponse>,
+    cb: sendUnaryData<sitepb.RegisterHostResponse>,
+  ): void {
+    if (
+      this.adminToken === undefined ||
+      call.metadata.get("authorization")[0] !== `Bearer ${this.adminToken}`
+    ) {
+      cb({ code: status.UNAUTHENTICATED, details: "bad admin token" });
+      return;
+    }
+    const r = call.request;
+    this.registered.push(r);
+    const existing = [...this.objects.values()].find((o) => o.host?.name === r.name)?.host;
+    const host: topologypb.Host = {
+      id: existing?.id ?? `host-${this.registered.length}`,
+      name: r.name,
+      tunnelIp: r.tunnelIp,
+      tunnelPort: r.tunnelPort,
+      role: r.role,
+      alive: true,
+      wanIp: r.wanIp,
+      wanPort: r.wanPort,
+    };
+    this.push([{ host }]);
+    cb(null, { host, hostToken: `host-token-${host.id}`, tokenExpiresUnixMs: 0 });
+  }
+
   private watch(call: Call): void {
     this.requests.push(call.request);
+    this.watchAuth.push(String(call.metadata.get("authorization")[0] ?? ""));
     const from = call.request.fromRevision;
     const oldest = this.changes[0]?.revision ?? this.revision + 1;
     if (from === 0 || from < oldest - 1 || from > this.revision) {

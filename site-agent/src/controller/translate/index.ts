@@ -3,11 +3,16 @@
 // object becomes.
 export { canonicalIp, cidrContains, hostPrefix, networkOf } from "./cidr.js";
 export { normalizeMac, refKey, topologyRefOf } from "./derived-set.js";
+export { chosenGatewayHost } from "./gateway-host.js";
 export * from "./ids.js";
-export { DEFAULT_MAX_INDEX_OBJECTS, IntentIndex, type IntentIndexOptions } from "./intent-index.js";
+export {
+  DEFAULT_MAX_INDEX_OBJECTS,
+  IntentIndex,
+  type IntentIndexOptions,
+  type TunnelKeyMove,
+} from "./intent-index.js";
 export { DEFAULT_NETWORK_MTU, GLOBAL_VNI_MAX, GLOBAL_VNI_MIN } from "./network.js";
 export { type ChangedObject, type OverlayObject, overlayView } from "./prior-view.js";
-export { chosenGatewayHost } from "./router.js";
 export {
   translateAll,
   translateChange,

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import type { intentpb } from "@isthmus/schema";
+import { uplinkPortId } from "./ids.js";
 import * as b from "./intent-builders.js";
 import { IntentIndex } from "./intent-index.js";
 import { overlayView } from "./prior-view.js";
@@ -59,6 +60,40 @@ describe("IntentIndex", () => {
   });
 });
 
+describe("uplink tunnel keys", () => {
+  it("are allocated when a router gains an uplink here, kept, released, and restorable", () => {
+    const ix = new IntentIndex("east");
+    let next = 7;
+    const allocate = () => next++;
+    const up = b.router("r", { uplinks: [{ site: "east", ipCidr: "198.51.100.2/24" }] });
+    const port = uplinkPortId(id("r"), "east");
+    const c1 = b.upsert(
+      1,
+      up,
+      b.router("elsewhere", { uplinks: [{ site: "west", ipCidr: "203.0.113.2/24" }] }),
+    );
+    ix.applyIntentChange(c1);
+    assert.deepEqual(ix.syncUplinkTunnelKeys(c1, allocate), [{ portId: port, before: 0, after: 7 }]);
+    assert.equal(ix.tunnelKeyOf(port), 7);
+    assert.equal(ix.tunnelKeyOf(uplinkPortId(id("elsewhere"), "east")), 0);
+    const routerPort = translateAll(ix).objects.find((o) => o.port?.id === port)?.port;
+    assert.equal(routerPort?.tunnelKey, 7);
+    // An update keeps the key.
+    const c2 = b.upsert(2, b.router("r", { uplinks: [{ site: "east", ipCidr: "198.51.100.3/24" }] }));
+    ix.applyIntentChange(c2);
+    assert.deepEqual(ix.syncUplinkTunnelKeys(c2, allocate), []);
+    // Losing the uplink releases it; a failed transaction restores it.
+    const c3 = b.upsert(3, b.router("r"));
+    ix.applyIntentChange(c3);
+    const moves = ix.syncUplinkTunnelKeys(c3, allocate);
+    assert.deepEqual(moves, [{ portId: port, before: 7, after: 0 }]);
+    assert.equal(ix.tunnelKeyOf(port), 0);
+    ix.restoreTunnelKeys(moves);
+    assert.equal(ix.tunnelKeyOf(port), 7);
+    assert.deepEqual([...ix.tunnelKeys()], [[port, 7]]);
+  });
+});
+
 describe("overlayView", () => {
   it("translates a pending local port change the same as after applying it", () => {
     const w = new TestWorld("east");
@@ -101,6 +136,10 @@ function countingView(inner: IntentView): { view: IntentView; reads: () => numbe
     floatingIpsOfRouter: (x) => counted(inner.floatingIpsOfRouter(x)),
     routersWithUplinkHere: () => counted(inner.routersWithUplinkHere()),
     gatewayHosts: () => counted(inner.gatewayHosts()),
+    tunnelKeyOf: (x) => {
+      n++;
+      return inner.tunnelKeyOf(x);
+    },
   };
   return { view, reads: () => n };
 }

@@ -2,6 +2,7 @@
 // with the reverse indexes translation needs. Applying a change returns the prior versions of
 // what it touched, which is exactly what translateChange needs to see the state before it.
 import type { intentpb } from "@isthmus/schema";
+import { uplinkPortId } from "./ids.js";
 import {
   INTENT_KINDS,
   type IntentView,
@@ -25,12 +26,20 @@ export interface IntentIndexOptions {
 
 export const DEFAULT_MAX_INDEX_OBJECTS = 2_000_000;
 
+/** A derived port's tunnel key changing (0 = none). */
+export interface TunnelKeyMove {
+  portId: string;
+  before: number;
+  after: number;
+}
+
 const EMPTY: ReadonlyMap<string, unknown> = new Map<string, unknown>();
 
 export class IntentIndex implements IntentView {
   readonly maxObjects: number;
   private readonly objects = new Map<ViewKind, Map<string, unknown>>();
   private readonly indexes = new Map<IndexName, Map<string, Map<string, unknown>>>();
+  private readonly derivedPortKeys = new Map<string, number>();
   private count = 0;
 
   constructor(
@@ -77,6 +86,53 @@ export class IntentIndex implements IntentView {
   routersWithUplinkHere(): Iterable<intentpb.Router> {
     return this.bucket("routersWithUplinkHere", "");
   }
+  tunnelKeyOf(portId: string): number {
+    return this.derivedPortKeys.get(portId) ?? 0;
+  }
+  /** Records the key allocated for a derived port (0 = release it). */
+  setTunnelKey(portId: string, key: number): void {
+    if (key === 0) this.derivedPortKeys.delete(portId);
+    else this.derivedPortKeys.set(portId, key);
+  }
+  /** Every derived port holding a key (to persist, or to mark the keys used in an allocator). */
+  tunnelKeys(): ReadonlyMap<string, number> {
+    return this.derivedPortKeys;
+  }
+
+  /**
+   * After applyIntentChange: gives every router the change touched a key for its uplink port
+   * here when it has an uplink here (calling `allocate`), and releases the key when it no longer
+   * has one. Returns what moved, for the controller to persist and, on failure, to undo with
+   * restoreTunnelKeys. Call it before translating the change.
+   */
+  syncUplinkTunnelKeys(change: intentpb.IntentChange, allocate: (portId: string) => number): TunnelKeyMove[] {
+    const routerIds = new Set<string>();
+    for (const o of change.upserts) if (o.router?.meta?.id) routerIds.add(o.router.meta.id);
+    for (const ref of change.deletes) {
+      if (kindOfObjectKind(ref.kind) === "router") routerIds.add(ref.id);
+    }
+    const moves: TunnelKeyMove[] = [];
+    for (const routerId of routerIds) {
+      const portId = uplinkPortId(routerId, this.site);
+      const had = this.tunnelKeyOf(portId);
+      const needs = this.get("router", routerId)?.uplinks.some((u) => u.site === this.site) ?? false;
+      if (needs && had === 0) {
+        const key = allocate(portId);
+        this.setTunnelKey(portId, key);
+        moves.push({ portId, before: 0, after: key });
+      } else if (!needs && had !== 0) {
+        this.setTunnelKey(portId, 0);
+        moves.push({ portId, before: had, after: 0 });
+      }
+    }
+    return moves;
+  }
+
+  /** Undoes syncUplinkTunnelKeys. */
+  restoreTunnelKeys(moves: readonly TunnelKeyMove[]): void {
+    for (const m of [...moves].reverse()) this.setTunnelKey(m.portId, m.before);
+  }
+
   gatewayHosts(): Iterable<LocalHost> {
     return this.bucket("gatewayHosts", "");
   }

@@ -63,9 +63,8 @@ export function deriveLocalPort(view: IntentView, id: string, out: DerivedSet): 
   });
   out.ipAddrGroup({ id: addrGroup, name: `port-${b.name || id}-ips`, addresses: [...ips].sort() });
 
-  // From the VM. For ARP frames nw_src is the sender protocol address, so one group check
-  // covers both ARP and IP spoofing; a frame with no network source (neither IP nor ARP)
-  // is never in the group and is dropped by the same rule.
+  // From the VM. A frame with no IP source (neither IPv4 nor IPv6) is in no address group, so
+  // the inverted group check drops it together with spoofed sources.
   out.chain({ id: inChain, name: `port-${b.name || id}-inbound` });
   let pos = 0;
   const inRule = (
@@ -96,8 +95,10 @@ export function deriveLocalPort(view: IntentView, id: string, out: DerivedSet): 
     });
     // IPv6 neighbour discovery from the link-local address.
     inRule("ipv6-nd", ACCEPT, { etherType: ETHER_TYPE_IPV6, nwProto: ICMPV6, nwSrc: LINK_LOCAL_V6 });
-    inRule("spoofed-ip", DROP, { ipAddrGroupSrc: addrGroup, invIpAddrGroupSrc: true });
+    // ARP passes before the address check (its sender address is not an IP source); the
+    // bridge answers ARP for known addresses from topology, so a forged sender gains little.
     inRule("arp", ACCEPT, { etherType: ETHER_TYPE_ARP });
+    inRule("spoofed-ip", DROP, { ipAddrGroupSrc: addrGroup, invIpAddrGroupSrc: true });
     groupJumps(id, inChain, "egress", groups, out);
   }
 

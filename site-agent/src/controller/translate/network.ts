@@ -4,6 +4,7 @@
 import { topologypb } from "@isthmus/schema";
 import { canonicalIpList } from "./cidr.js";
 import { type DerivedSet, normalizeMac } from "./derived-set.js";
+import { chosenGatewayHost } from "./gateway-host.js";
 import { derivedId, remoteSitePortId } from "./ids.js";
 import type { IntentView } from "./view.js";
 
@@ -30,9 +31,12 @@ export function deriveNetwork(view: IntentView, id: string, out: DerivedSet): vo
     mtu: n.mtu || DEFAULT_NETWORK_MTU,
     adminStateUp: true,
   });
+  // Remote-site ports live on the gateway host: other hosts tunnel to it with the bridge's key.
+  const gateway = chosenGatewayHost(view);
   for (const site of [...new Set(n.sites)].sort()) {
     if (site === view.site) continue;
     out.port({
+      hostId: gateway?.id ?? "",
       id: remoteSitePortId(id, site),
       name: `${name}@${site}`,
       type: topologypb.PortType.PORT_TYPE_REMOTE_SITE,

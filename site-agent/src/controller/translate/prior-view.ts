@@ -98,6 +98,9 @@ export class PriorView implements IntentView {
   routersWithUplinkHere(): Iterable<intentpb.Router> {
     return this.lookup("routersWithUplinkHere", "", this.after.routersWithUplinkHere());
   }
+  tunnelKeyOf(portId: string): number {
+    return this.after.tunnelKeyOf(portId);
+  }
   gatewayHosts(): Iterable<LocalHost> {
     return this.lookup("gatewayHosts", "", this.after.gatewayHosts());
   }

@@ -10,6 +10,7 @@ import {
   ETHER_TYPE_IPV6,
   normalizeMac,
 } from "./derived-set.js";
+import { chosenGatewayHost } from "./gateway-host.js";
 import {
   derivedId,
   natInChainId,
@@ -21,7 +22,7 @@ import {
   uplinkMac,
   uplinkPortId,
 } from "./ids.js";
-import type { IntentView, LocalHost } from "./view.js";
+import type { IntentView } from "./view.js";
 
 /** Route weights: lower wins among routes to one prefix. */
 export const LOCAL_ROUTE_WEIGHT = 0;
@@ -46,20 +47,6 @@ export function routerSpansHere(view: IntentView, r: intentpb.Router): boolean {
     if (view.get("network", ri.networkId)?.sites.includes(view.site)) return true;
   }
   return false;
-}
-
-/**
- * The gateway host uplinks are bound to: the alive gateway with the smallest id, else (none
- * alive) the gateway with the smallest id. Deterministic, and moves uplinks off a dead gateway.
- */
-export function chosenGatewayHost(view: IntentView): LocalHost | undefined {
-  let best: LocalHost | undefined;
-  for (const h of view.gatewayHosts()) {
-    const alive = h.alive ?? true;
-    const bestAlive = best?.alive ?? true;
-    if (!best || (alive && !bestAlive) || (alive === bestAlive && h.id < best.id)) best = h;
-  }
-  return best;
 }
 
 export interface InterfaceAddress {
@@ -147,6 +134,7 @@ export function deriveRouter(view: IntentView, id: string, out: DerivedSet): voi
       deviceId: id,
       hostId: gw?.id ?? "",
       interfaceName: uplinkInterfaceName(id),
+      tunnelKey: view.tunnelKeyOf(portId),
       mac: uplinkMac(id, site),
       ips: [up.cidr],
       adminStateUp: true,

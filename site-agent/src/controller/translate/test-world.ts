@@ -16,8 +16,12 @@ export class TestWorld {
     this.index = new IntentIndex(site);
   }
 
+  private nextKey = 0x100;
+
+  /** Applies a change the way the controller does: uplink tunnel keys first, then translation. */
   apply(change: intentpb.IntentChange): TopologyDelta {
     const prior = this.index.applyIntentChange(change);
+    this.index.syncUplinkTunnelKeys(change, () => this.nextKey++);
     return this.take(translateChange(this.index, change, prior));
   }
   putPort(b: LocalPortBinding): TopologyDelta {

@@ -182,7 +182,17 @@ describe("router → replica", () => {
     assert.equal(uplinkHost(), id(first));
     const d = w.putHost(b.host(first, { gateway: true, alive: false }));
     assert.equal(uplinkHost(), id(second));
-    assert.equal(d.upserts.filter((o) => o.port).length, 1, "only the uplink port moves");
+    assert.deepEqual(
+      d.upserts.flatMap((o) => (o.port ? [o.port.type] : [])).sort(),
+      [PortType.PORT_TYPE_ROUTER_UPLINK, PortType.PORT_TYPE_REMOTE_SITE],
+      "only the uplink and the remote-site port move",
+    );
+    assert.ok(
+      w
+        .all("port")
+        .filter((p) => p.type === PortType.PORT_TYPE_REMOTE_SITE)
+        .every((p) => p.hostId === id(second)),
+    );
     w.assertMatchesFull();
   });
 

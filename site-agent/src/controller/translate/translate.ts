@@ -3,11 +3,12 @@
 // sides of the change, and the difference is the delta. translateAll derives every unit.
 import { type intentpb, topologypb } from "@isthmus/schema";
 import { DerivedSet, refKey, topologyRefOf } from "./derived-set.js";
+import { chosenGatewayHost } from "./gateway-host.js";
 import { deriveGateway, deriveHost } from "./hosts-gateways.js";
 import { deriveLocalPort } from "./local-port.js";
 import { deriveNetwork, deriveRemotePortRecord } from "./network.js";
 import { type ChangedObject, PriorView } from "./prior-view.js";
-import { chosenGatewayHost, deriveFloatingIp, deriveRouter, deriveRouterInterface } from "./router.js";
+import { deriveFloatingIp, deriveRouter, deriveRouterInterface } from "./router.js";
 import { deriveSecurityGroup, deriveSecurityGroupRule } from "./security-group.js";
 import type { IntentView, LocalHost, LocalPortBinding, TopologyDelta, ViewKind } from "./view.js";
 import { kindOfObjectKind, unwrapIntentObject } from "./view-indexes.js";
@@ -105,6 +106,11 @@ function addAffectedUnits(c: ChangedObject, after: IntentView, before: IntentVie
       if (chosenGatewayHost(before)?.id !== chosenGatewayHost(after)?.id) {
         for (const v of views) {
           for (const r of v.routersWithUplinkHere()) units.add(unitKey("router", idOfMeta(r)));
+        }
+        // Remote-site ports move too. A rare event (gateway failover) that touches every
+        // stretched network here, so listing networks costs about what the change is.
+        for (const n of after.list("network")) {
+          if (n.sites.length > 1 && n.sites.includes(after.site)) units.add(unitKey("network", idOfMeta(n)));
         }
       }
       break;

@@ -93,8 +93,15 @@ export interface IntentView {
   floatingIpsOfRouter(routerId: string): Iterable<intentpb.FloatingIP>;
   /** Routers with an uplink at this site (their uplink ports follow the gateway host choice). */
   routersWithUplinkHere(): Iterable<intentpb.Router>;
-  /** Local hosts in the gateway role (router uplinks are bound to one of them). */
+  /** Local hosts in the gateway role (uplinks and remote-site ports are bound to one of them). */
   gatewayHosts(): Iterable<LocalHost>;
+  /**
+   * The site-local tunnel key the controller allocated for a derived exterior port (0 = none).
+   * Today: each router's uplink port at this site, uplinkPortId(routerId, site). The controller
+   * allocates it in the same transaction that gives the router an uplink here (before
+   * translating) and keeps it unchanged while the uplink exists.
+   */
+  tunnelKeyOf(portId: string): number;
 }
 
 /** Local topology changes: objects to create or replace, and objects to remove. */

@@ -1,0 +1,102 @@
+import assert from "node:assert/strict";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, test } from "node:test";
+import { silentLogger } from "@isthmus/schema";
+import { startAgent } from "./agent-process.js";
+import { MemoryPort } from "./memory-port.js";
+import { FakeSimulator } from "./testing/fake-simulator.js";
+import { FakeTopologyServer } from "./testing/fake-topology-server.js";
+
+const dir = mkdtempSync(join(tmpdir(), "isthmus-agent-"));
+after(() => rmSync(dir, { recursive: true, force: true }));
+
+async function until(cond: () => boolean, what: string, ms = 5000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+test("the agent registers with its admin token, watches with the host token, serves metrics and health", async () => {
+  const server = new FakeTopologyServer([], 1);
+  server.adminToken = "admin-secret";
+  const controller = await server.start();
+  const adminTokenFile = join(dir, "admin.token");
+  writeFileSync(adminTokenFile, "admin-secret\n");
+  const tokenFile = join(dir, "host.token");
+  const running = await startAgent(
+    {
+      name: "edge-1",
+      adminTokenFile,
+      tokenFile,
+      controller,
+      tunnelIp: "127.0.0.1",
+      tunnelPort: 0,
+      metricsListen: "127.0.0.1:0",
+      adminListen: "127.0.0.1:0",
+    },
+    { log: silentLogger(), openPort: (n) => new MemoryPort(n), simulator: new FakeSimulator() },
+  );
+  try {
+    assert.equal(server.registered[0]?.name, "edge-1");
+    assert.equal(server.registered[0]?.tunnelPort, running.tunnelPort, "registers the port it bound");
+    assert.equal(running.hostId, "host-1");
+    assert.equal(readFileSync(tokenFile, "utf8").trim(), "host-token-host-1");
+    await until(() => running.agent.store.ready, "the snapshot");
+    assert.equal(server.requests[0]?.hostId, "host-1");
+    assert.equal(server.watchAuth[0], "Bearer host-token-host-1");
+    const metrics = await (await fetch(`http://127.0.0.1:${running.metricsPort}/metrics`)).text();
+    assert.match(metrics, /isthmus_agent_controller_connected 1/);
+    assert.match(metrics, /isthmus_agent_topology_revision 2/);
+    const health = await fetch(`http://127.0.0.1:${running.metricsPort}/healthz`);
+    assert.equal(health.status, 200);
+    const status = (await (await fetch(`http://127.0.0.1:${running.adminPort}/status`)).json()) as {
+      host: string;
+    };
+    assert.equal(status.host, "host-1");
+  } finally {
+    await running.stop();
+    await server.stop();
+  }
+});
+
+test("a bad admin token stops start-up with the controller's reason", async () => {
+  const server = new FakeTopologyServer([], 1);
+  server.adminToken = "right";
+  const controller = await server.start();
+  const adminTokenFile = join(dir, "wrong.token");
+  writeFileSync(adminTokenFile, "wrong\n");
+  try {
+    await assert.rejects(
+      startAgent(
+        {
+          name: "edge-2",
+          adminTokenFile,
+          controller,
+          tunnelIp: "127.0.0.1",
+          tunnelPort: 0,
+          metricsListen: "127.0.0.1:0",
+          adminListen: "127.0.0.1:0",
+        },
+        { log: silentLogger(), openPort: (n) => new MemoryPort(n), simulator: new FakeSimulator() },
+      ),
+      /refused RegisterHost for "edge-2".*bad admin token/,
+    );
+  } finally {
+    await server.stop();
+  }
+});
+
+test("config names what is missing", async () => {
+  await assert.rejects(
+    startAgent({ controller: "127.0.0.1:1", tunnelIp: "127.0.0.1" }, { log: silentLogger() }),
+    /--host <id>.*--name/,
+  );
+  await assert.rejects(
+    startAgent({ host: "h", controller: "127.0.0.1:1", tunnelIp: "not-an-ip" }, { log: silentLogger() }),
+    /agent\.tunnelIp/,
+  );
+});

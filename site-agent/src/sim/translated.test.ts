@@ -1,0 +1,222 @@
+// The simulation over topology produced by the site controller's translation (not hand-built):
+// checks that the two agree on conventions (anti-spoofing, stateful groups, NAT rules).
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import * as b from "../controller/translate/intent-builders.js";
+import { TestWorld } from "../controller/translate/test-world.js";
+import { parseIp4, parseMac } from "../packets/addr.js";
+import { TCP_ACK, TCP_SYN } from "../packets/encode.js";
+import { parsePacket } from "../packets/packet.js";
+import { eth } from "../packets/packet-dsl.js";
+import type { Action, SimResult } from "./result.js";
+import { simulate } from "./simulate.js";
+import { newSimContext } from "./topology-builder.js";
+import { TopologyView } from "./topology-view.js";
+
+const VM = "02:00:00:00:00:05";
+const EXT = "02:00:00:00:0e:01";
+const outputs = (r: SimResult) => r.actions.filter((a) => a.kind === "output" || a.kind === "encap");
+const setOf = (r: SimResult) =>
+  r.actions.find((a): a is Extract<Action, { kind: "set" }> => a.kind === "set");
+
+function world() {
+  const w = new TestWorld("east");
+  w.putHost(b.host("gw1", { gateway: true, tunnelIp: "192.0.2.9" }));
+  w.putHost(b.host("h1", { tunnelIp: "192.0.2.1" }));
+  w.apply(
+    b.upsert(
+      1,
+      b.network("net1", { sites: ["east"], subnets: [{ cidr: "10.0.0.0/24", gatewayIp: "10.0.0.1" }] }),
+      b.router("r1", {
+        uplinks: [{ site: "east", ipCidr: "198.51.100.2/24", gatewayIp: "198.51.100.1", snat: true }],
+      }),
+      b.routerInterface("ri1", { router: "r1", network: "net1" }),
+      b.securityGroup("web"),
+      b.securityGroupRule("https-in", {
+        group: "web",
+        direction: "ingress",
+        protocol: "tcp",
+        ports: [443, 443],
+      }),
+      b.securityGroupRule("all-out", { group: "web", direction: "egress" }),
+    ),
+  );
+  w.putPort(
+    b.localPort("vm1", {
+      network: "net1",
+      host: "h1",
+      mac: VM,
+      ips: ["10.0.0.5"],
+      groups: ["web"],
+      tunnelKey: 5,
+    }),
+  );
+  const view = new TopologyView([...w.topology.values()]);
+  const vm = view.ports.get(b.id("vm1"))!;
+  const up = [...view.ports.values()].find((p) => p.type === 4)!;
+  const rif = [...view.ports.values()].find((p) => p.type === 3)!;
+  const routerId = up.deviceId;
+  return { w, view, vm, up, rif, routerId };
+}
+
+test("translated: the VM's ARP for its gateway passes anti-spoofing and is proxied", () => {
+  const { view, vm, rif } = world();
+  const r = simulate(
+    view,
+    eth(VM, "ff:ff:ff:ff:ff:ff").arpRequest(VM, "10.0.0.5", "10.0.0.1").build(),
+    { portId: vm.id },
+    newSimContext(b.id("h1")),
+  );
+  assert.equal(r.generated.length, 1, r.dropReason ?? "");
+  assert.equal(parsePacket(r.generated[0]!.frame).arpSha, rif.mac);
+  const spoofed = simulate(
+    view,
+    eth(VM, "ff:ff:ff:ff:ff:ff").arpRequest(VM, "10.0.0.99", "10.0.0.1").build(),
+    { portId: vm.id },
+    newSimContext(b.id("h1")),
+  );
+  assert.match(spoofed.dropReason ?? "", /dropped by rule/);
+});
+
+test("translated: an uplink port without a site-local tunnel key cannot be reached from other hosts", () => {
+  // The translation does not assign uplink ports a tunnel key yet (reported to the lead): until it
+  // does, a VM's host drops traffic for the uplink naming the port.
+  const { view, vm, up, rif, routerId } = world();
+  assert.equal(up.raw.tunnelKey, 0);
+  const h1 = newSimContext(b.id("h1"));
+  h1.state.arp.learn(routerId, parseIp4("198.51.100.1"), parseMac(EXT), h1.now);
+  const out = simulate(
+    view,
+    eth(VM, formatMacOf(rif.mac)).ip4("10.0.0.5", "8.8.8.8").tcp(40000, 80, TCP_SYN).build(),
+    { portId: vm.id },
+    h1,
+  );
+  assert.match(out.dropReason ?? "", new RegExp(`port ${up.id} on host .* has no tunnel key`));
+});
+
+test("translated: outbound connection is SNATed to the uplink, allowed by the group, reply reverse-NATed", () => {
+  const { view, vm, up: up0, rif, routerId } = world();
+  // As the controller will once it allocates uplink keys.
+  view.apply({ revision: 9, upserts: [{ port: { ...up0.raw, tunnelKey: 0x0ffff0 } }], deletes: [] });
+  const up = view.ports.get(up0.id)!;
+  const h1 = newSimContext(b.id("h1"));
+  h1.state.arp.learn(routerId, parseIp4("198.51.100.1"), parseMac(EXT), h1.now);
+  const out = simulate(
+    view,
+    eth(VM, formatMacOf(rif.mac)).ip4("10.0.0.5", "8.8.8.8").tcp(40000, 80, TCP_SYN).build(),
+    { portId: vm.id },
+    h1,
+  );
+  assert.equal(setOf(out)?.nwSrc, parseIp4("198.51.100.2"), out.dropReason ?? JSON.stringify(out.actions));
+  assert.deepEqual(outputs(out), [
+    { kind: "encap", tunnelKey: 0x0ffff0, remoteIp: "192.0.2.9", remotePort: 4789, hostId: b.id("gw1") },
+  ]);
+
+  const gw = newSimContext(b.id("gw1"));
+  for (const c of out.conntrack)
+    gw.state.conntrack.put({ key: c.key, zoneId: c.zoneId, expiresAt: c.expiresAt });
+  for (const n of out.nat) gw.state.nat.put({ ...n });
+  const back = simulate(
+    view,
+    eth(EXT, formatMacOf(up.mac))
+      .ip4("8.8.8.8", "198.51.100.2")
+      .tcp(80, setOf(out)!.tpSrc!, TCP_SYN | TCP_ACK)
+      .build(),
+    { portId: up.id },
+    gw,
+  );
+  assert.equal(setOf(back)?.nwDst, parseIp4("10.0.0.5"), back.dropReason ?? "");
+  assert.deepEqual(outputs(back), [
+    { kind: "encap", tunnelKey: 5, remoteIp: "192.0.2.1", remotePort: 4789, hostId: b.id("h1") },
+  ]);
+
+  // A new connection from outside to the uplink address is not let in.
+  const unsolicited = simulate(
+    view,
+    eth(EXT, formatMacOf(up.mac)).ip4("8.8.8.8", "198.51.100.2").tcp(80, 41000, TCP_SYN).build(),
+    { portId: up.id },
+    gw,
+  );
+  assert.equal(outputs(unsolicited).length, 0);
+});
+
+test("translated: a floating IP lets an allowed connection in", () => {
+  const { w, up } = world();
+  w.apply(
+    b.upsert(
+      5,
+      b.floatingIp("fip1", {
+        router: "r1",
+        site: "east",
+        externalIp: "198.51.100.20",
+        port: "vm1",
+        fixedIp: "10.0.0.5",
+      }),
+    ),
+  );
+  const view = new TopologyView([...w.topology.values()]);
+  const gw = newSimContext(b.id("gw1"));
+  const inbound = simulate(
+    view,
+    eth(EXT, formatMacOf(up.mac)).ip4("203.0.113.7", "198.51.100.20").tcp(5000, 443, TCP_SYN).build(),
+    { portId: up.id },
+    gw,
+  );
+  assert.equal(setOf(inbound)?.nwDst, parseIp4("10.0.0.5"), inbound.dropReason ?? "");
+  assert.deepEqual(outputs(inbound), [
+    { kind: "encap", tunnelKey: 5, remoteIp: "192.0.2.1", remotePort: 4789, hostId: b.id("h1") },
+  ]);
+  const blocked = simulate(
+    view,
+    eth(EXT, formatMacOf(up.mac)).ip4("203.0.113.7", "198.51.100.20").tcp(5000, 22, TCP_SYN).build(),
+    { portId: up.id },
+    gw,
+  );
+  assert.equal(outputs(blocked).length, 0, "port 22 is not in the group");
+});
+
+function formatMacOf(m: number): string {
+  return m
+    .toString(16)
+    .padStart(12, "0")
+    .replace(/(..)(?!$)/g, "$1:");
+}
+
+test.todo("translated: the reply of a connection to a floating IP leaves with the floating IP as source", () => {
+  // Fails today: the translation puts match_forward_flow on the floating IP's SNAT rule, and the
+  // reply is a return flow, so it leaves with the fixed address (reported to the lead).
+  const { w, up, rif, routerId } = world();
+  w.apply(
+    b.upsert(
+      5,
+      b.floatingIp("fip1", {
+        router: "r1",
+        site: "east",
+        externalIp: "198.51.100.20",
+        port: "vm1",
+        fixedIp: "10.0.0.5",
+      }),
+    ),
+  );
+  const view = new TopologyView([...w.topology.values()]);
+  view.apply({ revision: 9, upserts: [{ port: { ...up.raw, tunnelKey: 0x0ffff0 } }], deletes: [] });
+  const ctx = newSimContext(b.id("h1"));
+  ctx.state.arp.learn(routerId, parseIp4("198.51.100.1"), parseMac(EXT), ctx.now);
+  const inbound = simulate(
+    view,
+    eth(EXT, formatMacOf(up.mac)).ip4("203.0.113.7", "198.51.100.20").tcp(5000, 443, TCP_SYN).build(),
+    { portId: up.id },
+    ctx,
+  );
+  assert.equal(inbound.conntrack.length > 0, true);
+  const reply = simulate(
+    view,
+    eth(VM, formatMacOf(rif.mac))
+      .ip4("10.0.0.5", "203.0.113.7")
+      .tcp(443, 5000, TCP_SYN | TCP_ACK)
+      .build(),
+    { portId: b.id("vm1") },
+    ctx,
+  );
+  assert.equal(setOf(reply)?.nwSrc, parseIp4("198.51.100.20"));
+});
