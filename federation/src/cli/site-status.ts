@@ -44,9 +44,14 @@ export async function runSiteStatus(opts: SiteStatusOptions): Promise<number> {
       `controller:         ${s.controllerId} (${s.active ? `active, lease token ${s.leaseToken}` : "standby"})`,
     );
     console.log(`applied index:      ${s.appliedIndex}`);
-    console.log(
-      `federation:         ${s.federationConnected ? `connected to ${s.federationAddress}` : `DISCONNECTED for ${Math.round(s.stalenessMs / 1000)} s`}`,
-    );
+    const federation = s.federationConnected
+      ? `connected to ${s.federationAddress}`
+      : !s.active
+        ? "followed by the active replica"
+        : s.federationAddress === "" && s.stalenessMs === 0
+          ? "not following a federation"
+          : `DISCONNECTED for ${Math.round(s.stalenessMs / 1000)} s`;
+    console.log(`federation:         ${federation}`);
     console.log(`last contact:       ${contact}`);
     console.log(`topology revision:  ${s.topologyRevision}`);
     console.log(`hosts / ports:      ${s.hosts} / ${s.ports}`);

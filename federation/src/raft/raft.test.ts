@@ -161,3 +161,27 @@ test("a vote is granted once per term and only to an up-to-date log", () => {
   );
   assert.equal(storage.initialState().hardState.vote, "c");
 });
+
+test("a leader never commits an entry of an earlier term by counting replicas (Raft §5.4.2)", () => {
+  // Node a holds an entry from term 2 that was never committed, and becomes leader in term 4.
+  const storage = new MemoryStorage();
+  const boot = core({ storage });
+  const rd = boot.ready();
+  storage.append(rd.entries);
+  storage.append([{ index: 4, term: 2, type: EntryType.Normal, data: new TextEncoder().encode("old") }]);
+  storage.setHardState({ term: 3, vote: "", commit: 3 });
+  const c = new RaftCore({ id: "a", voters: ["a", "b", "c"], storage, randomInt: () => 0, preVote: false });
+  drain(c, storage); // applies the configuration entries
+  c.campaign();
+  drain(c, storage);
+  c.step(newMessage({ type: MessageType.VoteResponse, from: "b", to: "a", term: 4 }));
+  drain(c, storage);
+  assert.equal(c.role, "leader");
+  assert.equal(c.status().lastIndex, 5, "the new leader appended its empty entry at 5");
+  // b acknowledges the old entry: a majority (a, b) holds index 4, but it is from term 2.
+  c.step(newMessage({ type: MessageType.AppendResponse, from: "b", to: "a", term: 4, index: 4 }));
+  assert.equal(c.status().commit, 3);
+  // Once an entry of term 4 is on a majority, it and everything before it commit.
+  c.step(newMessage({ type: MessageType.AppendResponse, from: "b", to: "a", term: 4, index: 5 }));
+  assert.equal(c.status().commit, 5);
+});

@@ -416,6 +416,12 @@ export class RaftCore {
     }
     const entries = this.raftLog.unstableEntries().slice();
     const committed = this.raftLog.nextEnts(this.maxCommittedSizePerReady);
+    if (committed.length === 0 && this.raftLog.hasNextEnts()) {
+      // Otherwise hasReady() would stay true forever and the driver would spin.
+      throw new RaftInvariantError(
+        `storage returned no committed entries after applied ${this.raftLog.applied} (committed ${this.raftLog.committed}, first index ${this.raftLog.firstIndex()})`,
+      );
+    }
     const rd: Ready = {
       entries,
       messages: this.msgs,

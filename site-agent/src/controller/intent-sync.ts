@@ -144,7 +144,6 @@ export class IntentSync {
     return new Promise<boolean>((resolve, reject) => {
       let chain = Promise.resolve();
       let failed = false;
-      stream.on("metadata", () => this.markContact());
       stream.on("data", (ev: sitesyncpb.WatchIntentResponse) => {
         got = true;
         this.markContact();

@@ -58,12 +58,12 @@ function unary<Req, Res>(fn: Unary<Req, Res>, req: Req, md: Metadata): Promise<R
 }
 
 /** An agent's watch: collects every event; `bridges()` is the bridges its state holds now. */
-function agentWatch(address: string, token: string) {
+function agentWatch(address: string, token: string, hostId = "") {
   const client = new topologypb.TopologyServiceClient(address, credentials.createInsecure());
   const state = new Map<string, topologypb.TopologyObject>();
   let revision = 0;
   let error: { code: number; details: string } | undefined;
-  const stream = client.watch({ hostId: "h", fromRevision: 0 }, bearer(token));
+  const stream = client.watch({ hostId, fromRevision: 0 }, bearer(token));
   stream.on("data", (e: topologypb.WatchTopologyResponse) => {
     if (e.snapshot) {
       state.clear();
@@ -162,7 +162,13 @@ test("a controller follows the federation, serves agents, stays up without coord
     bearer(admin),
   );
   assert.ok(reg.hostToken);
-  const agent = agentWatch(ctl.address, reg.hostToken);
+  const agent = agentWatch(ctl.address, reg.hostToken, reg.host!.id);
+  const impostor = agentWatch(ctl.address, reg.hostToken, "another-host");
+  await until(
+    "a host token cannot watch as another host",
+    () => impostor.error?.code === status.PERMISSION_DENIED,
+  );
+  impostor.close();
   t.after(() => agent.close());
   await until("bridge for the network spanning this site", () => agent.bridges().length === 1);
   assert.equal(agent.bridges()[0]!.tunnelKey, 0x100001, "global VNI carried to the bridge");
@@ -181,6 +187,15 @@ test("a controller follows the federation, serves agents, stays up without coord
     bearer(admin),
   );
   assert.ok(created.port!.tunnelKey >= 1 && created.port!.tunnelKey <= 0x0fffff);
+  const listed = await unary<sitepb.ListPortsRequest, sitepb.ListPortsResponse>(
+    api.listPorts.bind(api),
+    { hostId: reg.host!.id, networkId: "" },
+    bearer(admin),
+  );
+  assert.deepEqual(
+    listed.ports.map((p) => [p.name, p.tunnelKey]),
+    [["vm1", created.port!.tunnelKey]],
+  );
   await until("VM port in the agent's topology", () => agent.ports().some((p) => p.id === created.port!.id));
   await until("port reported upward", () =>
     coord.reports.some((r) => r.ports.some((p) => p.meta?.id === created.port!.id && p.host === "h1")),

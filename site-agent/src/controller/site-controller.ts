@@ -10,6 +10,7 @@ import {
   credentials as grpcCredentials,
   Server,
   ServerCredentials,
+  status,
 } from "@grpc/grpc-js";
 import {
   componentLogger,
@@ -38,7 +39,7 @@ import { ControllerLease } from "./lease.js";
 import { LocalWriter } from "./local-store.js";
 import { RealizedReporter } from "./realized-reporter.js";
 import { siteService } from "./site-service.js";
-import { TopologyWatchService } from "./topology-watch.js";
+import { grpcError, TopologyWatchService } from "./topology-watch.js";
 import { IntentIndex } from "./translate/index.js";
 import { siteTranslator, type Translator } from "./translator.js";
 import type { WriteContext } from "./write-context.js";
@@ -205,7 +206,14 @@ export class SiteController {
         },
         componentLogger(log, "topology-watch"),
         async (call) => {
-          await tokens.verify(call.metadata, ["host", "admin"]);
+          const who = await tokens.verify(call.metadata, ["host", "admin"]);
+          // A host token watches as that host only.
+          if (who.role === "host" && call.request.hostId !== who.subject) {
+            throw grpcError(
+              status.PERMISSION_DENIED,
+              `the token is for host ${who.subject}; it cannot watch as host "${call.request.hostId}"`,
+            );
+          }
         },
       );
       self = new SiteController(

@@ -159,6 +159,7 @@ export function siteService(d: SiteServiceDeps): sitepb.SiteServiceServer {
     }),
 
     listPorts: unary(["admin", "host"], async (req: sitepb.ListPortsRequest) => {
+      writer(); // the standby's copy is not kept current; lists come from the active replica
       const ports = [...d.view.list("localPort")]
         .filter(
           (p) =>
@@ -169,11 +170,11 @@ export function siteService(d: SiteServiceDeps): sitepb.SiteServiceServer {
       return { ports: ports.map(toLocalPort) };
     }),
 
-    listHosts: unary(["admin", "host"], async () => ({
-      hosts: [...d.view.list("host")]
-        .sort((a, b) => a.name.localeCompare(b.name))
-        .map((h) => topologypb.Host.fromPartial({ ...h, alive: h.alive ?? true })),
-    })),
+    listHosts: unary(["admin", "host"], async () => {
+      writer(); // as for listPorts
+      const hosts = [...d.view.list("host")].sort((a, b) => a.name.localeCompare(b.name));
+      return { hosts: hosts.map((h) => topologypb.Host.fromPartial({ ...h, alive: h.alive ?? true })) };
+    }),
 
     status: unary(["admin", "host"], async () => d.status()),
   };

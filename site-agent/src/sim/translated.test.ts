@@ -79,10 +79,11 @@ test("translated: the VM's ARP for its gateway passes anti-spoofing and is proxi
 });
 
 test("translated: an uplink port without a site-local tunnel key cannot be reached from other hosts", () => {
-  // The translation does not assign uplink ports a tunnel key yet (reported to the lead): until it
-  // does, a VM's host drops traffic for the uplink naming the port.
+  // Uplink keys come from the controller (IntentView.tunnelKeyOf; the test world allocates one).
+  // Until the controller has allocated it, a VM's host drops traffic for the uplink naming the port.
   const { view, vm, up, rif, routerId } = world();
-  assert.equal(up.raw.tunnelKey, 0);
+  assert.ok(up.raw.tunnelKey > 0, "the test world allocated the uplink a key");
+  view.apply({ revision: 9, upserts: [{ port: { ...up.raw, tunnelKey: 0 } }], deletes: [] });
   const h1 = newSimContext(b.id("h1"));
   h1.state.arp.learn(routerId, parseIp4("198.51.100.1"), parseMac(EXT), h1.now);
   const out = simulate(
@@ -182,9 +183,7 @@ function formatMacOf(m: number): string {
     .replace(/(..)(?!$)/g, "$1:");
 }
 
-test.todo("translated: the reply of a connection to a floating IP leaves with the floating IP as source", () => {
-  // Fails today: the translation puts match_forward_flow on the floating IP's SNAT rule, and the
-  // reply is a return flow, so it leaves with the fixed address (reported to the lead).
+test("translated: the reply of a connection to a floating IP leaves with the floating IP as source", () => {
   const { w, up, rif, routerId } = world();
   w.apply(
     b.upsert(

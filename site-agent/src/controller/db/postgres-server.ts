@@ -178,7 +178,7 @@ export async function startPostgresServer(opts: PostgresServerOptions): Promise<
       await new Promise((r) => setTimeout(r, 100));
     }
   }
-  log.info({ port, pid: child.pid }, "PostgreSQL server started");
+  log.info({ port, serverPid: child.pid }, "PostgreSQL server started");
   return {
     url,
     port,

@@ -63,8 +63,9 @@ export function deriveLocalPort(view: IntentView, id: string, out: DerivedSet): 
   });
   out.ipAddrGroup({ id: addrGroup, name: `port-${b.name || id}-ips`, addresses: [...ips].sort() });
 
-  // From the VM. A frame with no IP source (neither IPv4 nor IPv6) is in no address group, so
-  // the inverted group check drops it together with spoofed sources.
+  // From the VM. For ARP frames nw_src is the sender protocol address (MidoNet's convention,
+  // which the simulation follows), so one group check covers both IP and ARP spoofing; a frame
+  // with no network source (neither IP nor ARP) is in no group and is dropped by the same rule.
   out.chain({ id: inChain, name: `port-${b.name || id}-inbound` });
   let pos = 0;
   const inRule = (
@@ -95,10 +96,8 @@ export function deriveLocalPort(view: IntentView, id: string, out: DerivedSet): 
     });
     // IPv6 neighbour discovery from the link-local address.
     inRule("ipv6-nd", ACCEPT, { etherType: ETHER_TYPE_IPV6, nwProto: ICMPV6, nwSrc: LINK_LOCAL_V6 });
-    // ARP passes before the address check (its sender address is not an IP source); the
-    // bridge answers ARP for known addresses from topology, so a forged sender gains little.
-    inRule("arp", ACCEPT, { etherType: ETHER_TYPE_ARP });
     inRule("spoofed-ip", DROP, { ipAddrGroupSrc: addrGroup, invIpAddrGroupSrc: true });
+    inRule("arp", ACCEPT, { etherType: ETHER_TYPE_ARP });
     groupJumps(id, inChain, "egress", groups, out);
   }
 

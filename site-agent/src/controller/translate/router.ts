@@ -377,7 +377,9 @@ export function deriveFloatingIp(view: IntentView, id: string, out: DerivedSet):
     id: derivedId(id, "snat"),
     chainId: natOutChainId(f.routerId, view.site),
     position: NAT_FLOATING_IP_POSITION,
-    condition: { outPortIds: [portId], nwSrc: hostPrefix(fixed)!, matchForwardFlow: true },
+    // Every packet from the fixed address leaving the uplink, replies to inbound connections
+    // included: static 1:1 NAT keeps no binding for REVERSE_DNAT to find.
+    condition: { outPortIds: [portId], nwSrc: hostPrefix(fixed)! },
     action: topologypb.RuleAction.RULE_ACTION_SNAT,
     natTargets: [{ ipStart: ext, ipEnd: ext, portStart: 0, portEnd: 0 }],
     intentId: id,

@@ -1,0 +1,109 @@
+// A real coordinator group for multi-site tests: N `isthmus coordinator` processes forming one
+// Raft group on loopback, each with its own data directory and the shared key directory. The
+// whole group can be stopped (SIGTERM) and started again on the same ports and data (raft WAL).
+import { type ChildProcess, spawn } from "node:child_process";
+import { createServer } from "node:net";
+import { join } from "node:path";
+import { credentials, Metadata } from "@grpc/grpc-js";
+import { healthpb } from "@isthmus/schema";
+import { CLI } from "./cli.js";
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once("error", reject);
+    s.listen(0, "127.0.0.1", () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+export class CoordinatorGroup {
+  private readonly children = new Map<string, ChildProcess>();
+
+  private constructor(
+    private readonly peers: Record<string, string>,
+    private readonly baseDir: string,
+    private readonly keyDir: string,
+  ) {}
+
+  static async start(size: number, baseDir: string, keyDir: string): Promise<CoordinatorGroup> {
+    const peers: Record<string, string> = {};
+    for (let i = 1; i <= size; i++) peers[`c${i}`] = `127.0.0.1:${await freePort()}`;
+    const g = new CoordinatorGroup(peers, baseDir, keyDir);
+    await g.startAll();
+    return g;
+  }
+
+  get addresses(): string[] {
+    return Object.values(this.peers);
+  }
+
+  async startAll(): Promise<void> {
+    const peerList = Object.entries(this.peers)
+      .map(([id, a]) => `${id}=${a}`)
+      .join(",");
+    for (const [id, address] of Object.entries(this.peers)) {
+      const child = spawn(
+        process.execPath,
+        [
+          CLI,
+          "coordinator",
+          "--id",
+          id,
+          "--listen",
+          address,
+          "--peers",
+          peerList,
+          "--data-dir",
+          join(this.baseDir, id),
+          "--key-dir",
+          this.keyDir,
+        ],
+        { stdio: ["ignore", "ignore", "inherit"] },
+      );
+      this.children.set(id, child);
+    }
+    await Promise.all(
+      Object.entries(this.peers).map(([id, a]) => this.waitServing(a, this.children.get(id)!)),
+    );
+  }
+
+  /** SIGTERM to every node; resolves when all have exited. */
+  async stopAll(): Promise<void> {
+    await Promise.all(
+      [...this.children.values()].map(
+        (c) =>
+          new Promise<void>((resolve) => {
+            if (c.exitCode !== null) return resolve();
+            c.once("exit", () => resolve());
+            c.kill("SIGTERM");
+            setTimeout(() => c.kill("SIGKILL"), 15_000).unref();
+          }),
+      ),
+    );
+    this.children.clear();
+  }
+
+  private async waitServing(address: string, child: ChildProcess): Promise<void> {
+    const client = new healthpb.HealthServiceClient(address, credentials.createInsecure());
+    const deadline = Date.now() + 60_000;
+    try {
+      while (Date.now() < deadline) {
+        if (child.exitCode !== null)
+          throw new Error(`coordinator at ${address} exited with ${child.exitCode}`);
+        const ok = await new Promise<boolean>((resolve) =>
+          client.check({ service: "" }, new Metadata(), { deadline: Date.now() + 500 }, (err, r) =>
+            resolve(!err && r.status === healthpb.HealthCheckResponse_ServingStatus.SERVING_STATUS_SERVING),
+          ),
+        );
+        if (ok) return;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    } finally {
+      client.close();
+    }
+    throw new Error(`coordinator at ${address} never became SERVING`);
+  }
+}
