@@ -1,4 +1,8 @@
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { test } from "node:test";
 import { credentials, Server, ServerCredentials } from "@grpc/grpc-js";
 import { raftpb, type StartedServer, silentLogger, startGrpcServer } from "@isthmus/schema";
@@ -175,4 +179,97 @@ test("messages addressed to another node and malformed ones are dropped and coun
   assert.equal(b.got[0]!.index, 3);
   assert.equal(b.t.stats().misaddressed, 1);
   assert.equal(b.t.stats().malformed, 1);
+});
+
+/** A CA and one certificate (SAN 127.0.0.1, server and client use) made with the openssl CLI. */
+function makeCerts(dir: string): { ca: Buffer; key: Buffer; cert: Buffer } {
+  const run = (args: string[]) => {
+    const r = spawnSync("openssl", args, { cwd: dir, encoding: "utf8" });
+    if (r.status !== 0) throw new Error(`openssl ${args.join(" ")} failed: ${r.stderr}`);
+  };
+  const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+  run([
+    "req",
+    "-x509",
+    ...ec,
+    "-keyout",
+    "ca.key",
+    "-out",
+    "ca.crt",
+    "-subj",
+    "/CN=raft-test-ca",
+    "-days",
+    "1",
+  ]);
+  run(["req", ...ec, "-keyout", "node.key", "-out", "node.csr", "-subj", "/CN=raft-node"]);
+  writeFileSync(
+    join(dir, "ext.cnf"),
+    "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
+  );
+  run(
+    [
+      "x509",
+      "-req",
+      "-in",
+      "node.csr",
+      "-CA",
+      "ca.crt",
+      "-CAkey",
+      "ca.key",
+      "-CAcreateserial",
+      "-out",
+      "node.crt",
+    ].concat(["-days", "1", "-extfile", "ext.cnf"]),
+  );
+  return {
+    ca: readFileSync(join(dir, "ca.crt")),
+    key: readFileSync(join(dir, "node.key")),
+    cert: readFileSync(join(dir, "node.crt")),
+  };
+}
+
+test("with mTLS credentials passed in, peers with a certificate get through and others do not", async (t) => {
+  if (spawnSync("openssl", ["version"]).status !== 0) {
+    if (process.env.CI) assert.fail("openssl must be installed in CI (.ci/run installs it)");
+    t.skip("openssl CLI not installed; it makes the test certificates");
+    return;
+  }
+  const dir = mkdtempSync(join(tmpdir(), "raft-mtls-"));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const { ca, key, cert } = makeCerts(dir);
+  const b = new GrpcRaftTransport({ id: "b", credentials: credentials.createSsl(ca, key, cert) });
+  const got: Message[] = [];
+  b.onMessage((m) => got.push(m));
+  const server = new Server();
+  server.addService(b.service.definition, b.service.implementation);
+  const started = await startGrpcServer(
+    server,
+    "127.0.0.1:0",
+    ServerCredentials.createSsl(ca, [{ private_key: key, cert_chain: cert }], true),
+    silentLogger(),
+  );
+  const good = new GrpcRaftTransport({ id: "a", credentials: credentials.createSsl(ca, key, cert) });
+  const anonymous = new GrpcRaftTransport({
+    id: "x",
+    credentials: credentials.createSsl(ca),
+    backoff: { initialMs: 20, maxMs: 50 },
+  });
+  t.after(async () => {
+    await good.close();
+    await anonymous.close();
+    await b.close();
+    await started.stop(100);
+  });
+  good.addPeer("b", started.address);
+  anonymous.addPeer("b", started.address);
+  const tick = setInterval(() => {
+    anonymous.send([msg("x", "b", 99, { type: MessageType.Heartbeat, entries: [] })]);
+    good.send([msg("a", "b", 1, { type: MessageType.Heartbeat, entries: [] })]);
+  }, 20);
+  t.after(() => clearInterval(tick));
+  await until(() => got.length > 0 && anonymous.stats().streamFailures >= 2, "mTLS delivery and refusal");
+  assert.ok(
+    got.every((m) => m.from === "a"),
+    "nothing from the peer without a client certificate arrived",
+  );
 });

@@ -59,8 +59,14 @@ function hasZeroSector(buf: Buffer, from: number, to: number): boolean {
   return false;
 }
 
-function allZero(buf: Buffer, from: number): boolean {
-  for (let i = from; i < buf.length; i++) if (buf[i] !== 0) return false;
+const ZEROS = Buffer.alloc(64 * 1024);
+
+/** True when buf[from..] is all zeros (compared natively in 64 KiB blocks: tails can be 64 MiB). */
+export function allZero(buf: Buffer, from: number): boolean {
+  for (let off = from; off < buf.length; off += ZEROS.length) {
+    const n = Math.min(ZEROS.length, buf.length - off);
+    if (ZEROS.compare(buf, off, off + n, 0, n) !== 0) return false;
+  }
   return true;
 }
 

@@ -40,7 +40,7 @@ import {
   WAL_VERSION,
   type WalRecord,
 } from "./wal-record.js";
-import { parseSegmentName, scanSegment, segmentName, WalCorruptionError } from "./wal-segment.js";
+import { allZero, parseSegmentName, scanSegment, segmentName, WalCorruptionError } from "./wal-segment.js";
 
 const fdatasyncAsync = promisify(fdatasync);
 const writeAsync = promisify(write);
@@ -74,6 +74,8 @@ interface Segment {
   size: number;
   /** Highest entry index recorded in this segment (0 when none); decides when it may be deleted. */
   maxIndex: number;
+  /** Made from a zero-filled spare file (fast fdatasync) rather than grown by appends. */
+  preallocated: boolean;
 }
 
 export interface WalStats {
@@ -154,10 +156,10 @@ export class WalStorage implements WritableStorage {
   static async open(dir: string, opts: WalStorageOptions = {}): Promise<WalStorage> {
     const s = new WalStorage(dir, opts);
     const nextSeq = s.recover();
-    // The first segment is preallocated too, so fsyncs are fast from the first write on.
-    s.prepareSpare();
-    await s.preparing;
     s.startFirstSegment(nextSeq, s.snap.metadata.index);
+    // Start-up does not wait for 64 MiB of zeros: the first segment is a plain file, and writing
+    // moves to a preallocated one as soon as it is ready (see writeRecord).
+    s.prepareSpare();
     return s;
   }
 
@@ -362,6 +364,7 @@ export class WalStorage implements WritableStorage {
 
   /** Queues a record for the current segment; returns where it will sit. */
   private writeRecord(rec: Buffer, entryIndex: number): { seq: number; offset: number } {
+    if (this.spare && !this.current.preallocated) this.rotate();
     const cur = this.current;
     const offset = cur.size + this.pendingBytes;
     this.pending.push(rec);
@@ -412,7 +415,7 @@ export class WalStorage implements WritableStorage {
     } else {
       fd = openSync(path, "wx+");
     }
-    this.segments.push({ seq, path, fd, size: 0, maxIndex: 0 });
+    this.segments.push({ seq, path, fd, size: 0, maxIndex: 0, preallocated: spare !== undefined });
     this.dirDirty = true;
     this.pending.push(encodeRecord({ type: RecordType.SegmentHeader, version: WAL_VERSION, seq }));
     this.pending.push(encodeRecord({ type: RecordType.HardState, hardState: this.hardState }));
@@ -573,7 +576,7 @@ export class WalStorage implements WritableStorage {
       const scanned = scanSegment(path, buf, seq, k === seqs.length - 1, this.maxRecordBytes);
       if (scanned.tail) {
         // Zeros after the last record are the unused part of a preallocated segment, not damage.
-        const zeros = buf.subarray(scanned.tail.offset).every((b) => b === 0);
+        const zeros = allZero(buf, scanned.tail.offset);
         (zeros ? this.log.debug : this.log.warn).call(
           this.log,
           {
@@ -598,7 +601,14 @@ export class WalStorage implements WritableStorage {
         unlinkSync(path);
         continue;
       }
-      const seg: Segment = { seq, path, fd: openSync(path, "r"), size: scanned.validBytes, maxIndex: 0 };
+      const seg: Segment = {
+        seq,
+        path,
+        fd: openSync(path, "r"),
+        size: scanned.validBytes,
+        maxIndex: 0,
+        preallocated: false,
+      };
       this.segments.push(seg);
       for (const { record, offset, size } of scanned.records) {
         this.replay(record, seg, offset, size, path);

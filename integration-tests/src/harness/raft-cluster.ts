@@ -150,8 +150,8 @@ export class RaftKvCluster {
     return new Promise<void>((resolve, reject) => {
       let buf = "";
       const timer = setTimeout(
-        () => reject(new Error(`${id} did not start in 15 s:\n${n.output.join("\n")}`)),
-        15_000,
+        () => reject(new Error(`${id} did not start in 45 s:\n${n.output.join("\n")}`)),
+        45_000,
       );
       proc.stdout!.on("data", (d: Buffer) => {
         buf += d.toString();
