@@ -24,8 +24,14 @@ test("isthmus dev serves health and stops cleanly on SIGTERM", async (t) => {
   }
   assert.match(address, /^127\.0\.0\.1:\d+$/);
 
-  const probe = await runCli(["health", "--address", address]);
-  assert.equal(probe.code, 0, probe.stderr);
+  // The process reports NOT_SERVING until its coordinator group has elected a leader.
+  let probe = await runCli(["health", "--address", address]);
+  const deadline = Date.now() + 30_000;
+  while (probe.code !== 0 && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 250));
+    probe = await runCli(["health", "--address", address]);
+  }
+  assert.equal(probe.code, 0, `${probe.stdout}${probe.stderr}`);
   assert.match(probe.stdout, /SERVING_STATUS_SERVING/);
 
   const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
