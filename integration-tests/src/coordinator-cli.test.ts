@@ -4,7 +4,6 @@
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
@@ -13,19 +12,11 @@ import { credentials, Metadata, type ServiceError, status } from "@grpc/grpc-js"
 import { auth } from "@isthmus/federation";
 import { federationpb, healthpb } from "@isthmus/schema";
 import { CLI, runCli } from "./harness/cli.js";
+import { fixedPort } from "./harness/ports.js";
 
 const SAMPLE = fileURLToPath(new URL("../../docs/examples/two-site-web.yaml", import.meta.url));
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
+const freePort = fixedPort;
 
 function startNode(args: string[]): ChildProcess {
   return spawn(process.execPath, [CLI, "coordinator", ...args], { stdio: ["ignore", "ignore", "inherit"] });

@@ -5,7 +5,6 @@
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtemp, rm } from "node:fs/promises";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
@@ -14,17 +13,9 @@ import { auth } from "@isthmus/federation";
 import { healthpb, sitesyncpb } from "@isthmus/schema";
 import { SiteTokenSource } from "@isthmus/site-agent";
 import { CLI, runCli } from "./harness/cli.js";
+import { fixedPort } from "./harness/ports.js";
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
+const freePort = fixedPort;
 
 async function waitServing(address: string, child: ChildProcess): Promise<void> {
   const client = new healthpb.HealthServiceClient(address, credentials.createInsecure());

@@ -2,22 +2,13 @@
 // Raft group on loopback, each with its own data directory and the shared key directory. The
 // whole group can be stopped (SIGTERM) and started again on the same ports and data (raft WAL).
 import { type ChildProcess, spawn } from "node:child_process";
-import { createServer } from "node:net";
 import { join } from "node:path";
 import { credentials, Metadata } from "@grpc/grpc-js";
 import { healthpb } from "@isthmus/schema";
 import { CLI } from "./cli.js";
+import { fixedPort } from "./ports.js";
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
+const freePort = fixedPort;
 
 export class CoordinatorGroup {
   private readonly children = new Map<string, ChildProcess>();

@@ -3,24 +3,17 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { Agent, request } from "node:http";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { fixedPort } from "./ports.js";
 import type { NodeConfig } from "./raft-kv-node.js";
 
 export const RAFT_KV_NODE = fileURLToPath(new URL("./raft-kv-node.js", import.meta.url));
 
-/** A port that was free a moment ago (bound to 0, then released). */
+/** A loopback port for a node that keeps its address across restarts (see ports.ts). */
 export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
+  return fixedPort();
 }
 
 export interface HttpResult {
