@@ -16,8 +16,6 @@ import { fixedPort } from "./harness/ports.js";
 
 const SAMPLE = fileURLToPath(new URL("../../docs/examples/two-site-web.yaml", import.meta.url));
 
-const freePort = fixedPort;
-
 function startNode(args: string[]): ChildProcess {
   return spawn(process.execPath, [CLI, "coordinator", ...args], { stdio: ["ignore", "ignore", "inherit"] });
 }
@@ -53,7 +51,7 @@ test("isthmus coordinator: serves the admin CLI, stops on SIGTERM, keeps intent 
     rmSync(dir, { recursive: true, force: true });
   });
   await auth.bootstrapKeyDir(keys);
-  const address = `127.0.0.1:${await freePort()}`;
+  const address = `127.0.0.1:${await fixedPort()}`;
   const nodeArgs = ["--id", "c1", "--listen", address, "--data-dir", join(dir, "c1"), "--key-dir", keys];
   const env = { ISTHMUS_SERVER: address, ISTHMUS_TOKEN_FILE: join(keys, "admin.token") };
 

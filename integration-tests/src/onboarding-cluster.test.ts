@@ -15,8 +15,6 @@ import { SiteTokenSource } from "@isthmus/site-agent";
 import { CLI, runCli } from "./harness/cli.js";
 import { fixedPort } from "./harness/ports.js";
 
-const freePort = fixedPort;
-
 async function waitServing(address: string, child: ChildProcess): Promise<void> {
   const client = new healthpb.HealthServiceClient(address, credentials.createInsecure());
   const deadline = Date.now() + 45_000;
@@ -68,7 +66,7 @@ test("onboarding on a 3-node coordinator group: single use across nodes, site id
   await auth.bootstrapKeyDir(keys);
   const ids = ["c1", "c2", "c3"];
   const addrs: string[] = [];
-  for (const _ of ids) addrs.push(`127.0.0.1:${await freePort()}`);
+  for (const _ of ids) addrs.push(`127.0.0.1:${await fixedPort()}`);
   const peers = ids.map((id, i) => `${id}=${addrs[i]}`).join(",");
   for (const [i, id] of ids.entries()) {
     const child = spawn(

@@ -10,7 +10,8 @@ import { Agent } from "node:http";
 import { cpus, loadavg, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { freePort, httpJson, RaftKvCluster } from "../harness/raft-cluster.js";
+import { fixedPort } from "../harness/ports.js";
+import { httpJson, RaftKvCluster } from "../harness/raft-cluster.js";
 
 export interface RaftBenchOptions {
   quick: boolean;
@@ -117,8 +118,8 @@ class EtcdCluster {
       mkdirSync(dir);
       c.members.push({
         name: `m${k}`,
-        clientPort: await freePort(),
-        peerPort: await freePort(),
+        clientPort: await fixedPort(),
+        peerPort: await fixedPort(),
         dir,
         log: [],
       });

@@ -8,8 +8,6 @@ import { healthpb } from "@isthmus/schema";
 import { CLI } from "./cli.js";
 import { fixedPort } from "./ports.js";
 
-const freePort = fixedPort;
-
 export class CoordinatorGroup {
   private readonly children = new Map<string, ChildProcess>();
 
@@ -21,7 +19,7 @@ export class CoordinatorGroup {
 
   static async start(size: number, baseDir: string, keyDir: string): Promise<CoordinatorGroup> {
     const peers: Record<string, string> = {};
-    for (let i = 1; i <= size; i++) peers[`c${i}`] = `127.0.0.1:${await freePort()}`;
+    for (let i = 1; i <= size; i++) peers[`c${i}`] = `127.0.0.1:${await fixedPort()}`;
     const g = new CoordinatorGroup(peers, baseDir, keyDir);
     await g.startAll();
     return g;

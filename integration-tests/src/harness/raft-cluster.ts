@@ -7,14 +7,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { fixedPort } from "./ports.js";
+
 import type { NodeConfig } from "./raft-kv-node.js";
 
 export const RAFT_KV_NODE = fileURLToPath(new URL("./raft-kv-node.js", import.meta.url));
-
-/** A loopback port for a node that keeps its address across restarts (see ports.ts). */
-export function freePort(): Promise<number> {
-  return fixedPort();
-}
 
 export interface HttpResult {
   status: number;
@@ -100,8 +96,8 @@ export class RaftKvCluster {
       mkdirSync(dataDir);
       c.nodes.push({
         id: `n${k}`,
-        raftPort: await freePort(),
-        httpPort: await freePort(),
+        raftPort: await fixedPort(),
+        httpPort: await fixedPort(),
         dataDir,
         output: [],
       });
