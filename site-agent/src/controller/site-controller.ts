@@ -42,6 +42,7 @@ import { siteService } from "./site-service.js";
 import { grpcError, TopologyWatchService } from "./topology-watch.js";
 import { IntentIndex } from "./translate/index.js";
 import { siteTranslator, type Translator } from "./translator.js";
+import { TunnelKeyAllocator } from "./tunnel-key-allocator.js";
 import type { WriteContext } from "./write-context.js";
 import { WriteQueue } from "./write-queue.js";
 
@@ -184,6 +185,7 @@ export class SiteController {
         site: opts.site,
         db,
         index,
+        keys: new TunnelKeyAllocator(index),
         queue: new WriteQueue(),
         fence: leaseFence(controllerId, () => lease.currentToken()),
         translator: opts.translator ?? siteTranslator,
@@ -276,6 +278,9 @@ export class SiteController {
     if (!this.lease.active) return;
     // The other replica may have written since we last looked: reload before writing.
     await this.applier.load();
+    const assigned = await this.applier.assignMissingUplinkKeys();
+    if (assigned > 0)
+      this.opts.log.info({ assigned }, "gave site-local tunnel keys to uplink ports without one");
     this.activeWriter = new LocalWriter(this.ctx);
     const creds = this.opts.federationCredentials ?? grpcCredentials.createInsecure();
     if (this.opts.federation.length > 0) {
