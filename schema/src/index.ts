@@ -9,6 +9,13 @@ export * as intentpb from "./gen/isthmus/v1/intent.js";
 export * as raftpb from "./gen/isthmus/v1/raft.js";
 export * as sitepb from "./gen/isthmus/v1/site.js";
 export * as sitesyncpb from "./gen/isthmus/v1/site_sync.js";
+export {
+  INTENT_KIND_KEYS,
+  type IntentKindKey,
+  type IntentKindMessages,
+  intentKindEnum,
+  intentKindFromEnum,
+} from "./intent-kinds.js";
 export { ConfigError, type LoadConfigOptions, loadConfig } from "./runtime/config.js";
 export {
   DEFAULT_GRPC_OPTIONS,

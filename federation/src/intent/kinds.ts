@@ -2,43 +2,21 @@
 // kind, reaching its ObjectMeta, wrapping it in an IntentObject. Also the deterministic ids and
 // MACs the state machine derives from log positions (so every replica derives the same ones).
 import { createHash } from "node:crypto";
-import { intentpb } from "@isthmus/schema";
+import {
+  INTENT_KIND_KEYS,
+  type IntentKindKey,
+  type IntentKindMessages,
+  intentKindEnum,
+  intentKindFromEnum,
+  type intentpb,
+} from "@isthmus/schema";
 
-export type KindKey =
-  | "site"
-  | "gateway"
-  | "router"
-  | "network"
-  | "routerInterface"
-  | "securityGroup"
-  | "securityGroupRule"
-  | "floatingIp"
-  | "portRecord";
+// The kind table itself is shared with the site controller (@isthmus/schema).
+export type KindKey = IntentKindKey;
+export type KindMessages = IntentKindMessages;
 
 /** In ObjectKind order; snapshots and listings use this order. */
-export const KIND_KEYS: readonly KindKey[] = [
-  "site",
-  "gateway",
-  "router",
-  "network",
-  "routerInterface",
-  "securityGroup",
-  "securityGroupRule",
-  "floatingIp",
-  "portRecord",
-];
-
-export interface KindMessages {
-  site: intentpb.Site;
-  gateway: intentpb.Gateway;
-  router: intentpb.Router;
-  network: intentpb.Network;
-  routerInterface: intentpb.RouterInterface;
-  securityGroup: intentpb.SecurityGroup;
-  securityGroupRule: intentpb.SecurityGroupRule;
-  floatingIp: intentpb.FloatingIP;
-  portRecord: intentpb.PortRecord;
-}
+export const KIND_KEYS: readonly KindKey[] = INTENT_KIND_KEYS;
 
 export type AnyObject = KindMessages[KindKey];
 
@@ -55,25 +33,8 @@ export const KIND_NAMES: Record<KindKey, string> = {
   portRecord: "port",
 };
 
-const ENUM_OF: Record<KindKey, intentpb.ObjectKind> = {
-  site: intentpb.ObjectKind.OBJECT_KIND_SITE,
-  gateway: intentpb.ObjectKind.OBJECT_KIND_GATEWAY,
-  router: intentpb.ObjectKind.OBJECT_KIND_ROUTER,
-  network: intentpb.ObjectKind.OBJECT_KIND_NETWORK,
-  routerInterface: intentpb.ObjectKind.OBJECT_KIND_ROUTER_INTERFACE,
-  securityGroup: intentpb.ObjectKind.OBJECT_KIND_SECURITY_GROUP,
-  securityGroupRule: intentpb.ObjectKind.OBJECT_KIND_SECURITY_GROUP_RULE,
-  floatingIp: intentpb.ObjectKind.OBJECT_KIND_FLOATING_IP,
-  portRecord: intentpb.ObjectKind.OBJECT_KIND_PORT_RECORD,
-};
-
-export function kindEnum(k: KindKey): intentpb.ObjectKind {
-  return ENUM_OF[k];
-}
-
-export function kindFromEnum(e: intentpb.ObjectKind): KindKey | undefined {
-  return KIND_KEYS.find((k) => ENUM_OF[k] === e);
-}
+export const kindEnum: (k: KindKey) => intentpb.ObjectKind = intentKindEnum;
+export const kindFromEnum: (e: intentpb.ObjectKind) => KindKey | undefined = intentKindFromEnum;
 
 /** Accepts "network", "networks", "router-interface", "routerInterface", "OBJECT_KIND_NETWORK"... */
 export function kindFromName(name: string): KindKey | undefined {

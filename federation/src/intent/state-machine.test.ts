@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { federationpb, intentpb } from "@isthmus/schema";
+import { federationpb, intentpb, sitesyncpb } from "@isthmus/schema";
 import { EntryType } from "../raft/types.js";
 import { encodeCommand } from "./commands.js";
 import { isUuid } from "./kinds.js";
@@ -575,7 +575,12 @@ describe("intent state machine: floating IPs and realized state", () => {
         removedPortIds: [],
         full: false,
         gatewayEndpoints: [{ host: "gw1", ip: "198.51.100.7", port: 0 }],
-        health: { databaseOk: true, hostsTotal: 3, hostsAlive: 3, controller: "c1", detail: "" },
+        health: sitesyncpb.SiteHealth.fromPartial({
+          databaseOk: true,
+          hostsTotal: 3,
+          hostsAlive: 3,
+          controller: "c1",
+        }),
       },
     });
     assert.equal(r.objects[0]?.gateway?.endpoints[0]?.port, 4789);

@@ -27,6 +27,7 @@ export class ControllerLease {
   private stopped = false;
   private running: Promise<unknown> | undefined;
   private readonly listeners = new Set<(s: LeaseState) => void>();
+  private lastRoundOk = true;
 
   constructor(
     private readonly db: Database,
@@ -44,6 +45,11 @@ export class ControllerLease {
 
   get active(): boolean {
     return this.currentToken() !== undefined;
+  }
+
+  /** Whether the last acquire-or-renew round reached the database (site health). */
+  get databaseOk(): boolean {
+    return this.lastRoundOk;
   }
 
   onChange(fn: (s: LeaseState) => void): () => void {
@@ -95,12 +101,14 @@ export class ControllerLease {
         }
         return undefined;
       });
+      this.lastRoundOk = true;
       if (this.stopped) return false;
       // Count validity from when we asked, so the local belief never outlives the grant.
       if (token !== undefined) this.validUntil = sentAt + ttlMs;
       this.setToken(token);
       return token !== undefined;
     } catch (err) {
+      this.lastRoundOk = false;
       this.log.warn({ err: (err as Error).message }, "lease renewal failed");
       this.currentToken(); // drops the token once the local deadline passed
       return this.token !== undefined;

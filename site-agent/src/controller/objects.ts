@@ -1,23 +1,15 @@
 // Kind and id of the oneof-wrapped intent and topology objects, and the encoding the site
 // database stores them in (the proto wire format, so the DB holds exactly the contract's bytes).
-import { intentpb, topologypb } from "@isthmus/schema";
+import { INTENT_KIND_KEYS, intentKindEnum, intentpb, topologypb } from "@isthmus/schema";
 
 type IntentObject = intentpb.IntentObject;
 type TopologyObject = topologypb.TopologyObject;
-const IK = intentpb.ObjectKind;
 const TK = topologypb.TopologyKind;
 
-const INTENT_CASES: [keyof IntentObject, intentpb.ObjectKind][] = [
-  ["site", IK.OBJECT_KIND_SITE],
-  ["gateway", IK.OBJECT_KIND_GATEWAY],
-  ["router", IK.OBJECT_KIND_ROUTER],
-  ["network", IK.OBJECT_KIND_NETWORK],
-  ["routerInterface", IK.OBJECT_KIND_ROUTER_INTERFACE],
-  ["securityGroup", IK.OBJECT_KIND_SECURITY_GROUP],
-  ["securityGroupRule", IK.OBJECT_KIND_SECURITY_GROUP_RULE],
-  ["floatingIp", IK.OBJECT_KIND_FLOATING_IP],
-  ["portRecord", IK.OBJECT_KIND_PORT_RECORD],
-];
+const INTENT_CASES: [keyof IntentObject, intentpb.ObjectKind][] = INTENT_KIND_KEYS.map((k) => [
+  k,
+  intentKindEnum(k),
+]);
 
 const TOPOLOGY_CASES: [keyof TopologyObject, topologypb.TopologyKind][] = [
   ["host", TK.TOPOLOGY_KIND_HOST],

@@ -1,7 +1,8 @@
 // Reports this site's realized state upward with ReportRealized: its bound ports (as
 // PortRecords, which the other sites use for security-group membership and forwarding) and its
-// gateway endpoints. The first report after start or after any failure is full; later ones carry
-// only the ports that changed, batched. Failures are retried with backoff.
+// gateway endpoints, with the site's health. The first report after start or after any failure
+// is full; later ones carry only the ports that changed, batched; with nothing to report a
+// health-only report goes every `healthEveryMs`. Failures are retried with backoff.
 import { type ChannelCredentials, Metadata } from "@grpc/grpc-js";
 import { intentpb, type Logger, sitesyncpb as sitesync, type sitesyncpb, topologypb } from "@isthmus/schema";
 import { backoffDelayMs } from "./db/retry.js";
@@ -14,16 +15,37 @@ export interface RealizedReporterOptions {
   metadata?: () => Promise<Metadata>;
   /** Changes within this window go in one report. */
   batchMs: number;
-  backoffMaxMs: number;
-  /** Bound on ports waiting to be reported before a full report replaces them. */
+  /**
+   * Bound on ports waiting for a delta report (so on a delta's size); beyond it they are
+   * dropped from the queue and the next report is full instead.
+   */
   maxPending: number;
+  /** Retry backoff after a failed report: capped exponential with full jitter. */
+  backoffInitialMs: number;
+  backoffMaxMs: number;
+  /** Deadline of one ReportRealized call. */
+  timeoutMs: number;
+  /** With nothing else to report, a health-only report goes this often. */
+  healthEveryMs: number;
+  /** The site's health, sent with every report. */
+  health: () => sitesyncpb.SiteHealth;
   log: Logger;
 }
+
+export const DEFAULT_REPORTER_BOUNDS = {
+  batchMs: 100,
+  maxPending: 10_000,
+  backoffInitialMs: 100,
+  backoffMaxMs: 5_000,
+  timeoutMs: 5_000,
+  healthEveryMs: 10_000,
+} as const;
 
 export class RealizedReporter {
   private readonly pending = new Set<string>();
   private needFull = true;
   private timer: NodeJS.Timeout | undefined;
+  private timerDueMs = 0;
   private sending: Promise<void> | undefined;
   private failures = 0;
   private next = 0;
@@ -61,12 +83,22 @@ export class RealizedReporter {
     this.schedule(this.opts.batchMs);
   }
 
+  /** Runs a flush in `ms`, or sooner when one is already due sooner. */
   private schedule(ms: number): void {
-    if (this.stopped || this.timer) return;
+    if (this.stopped) return;
+    const due = Date.now() + ms;
+    if (this.timer) {
+      if (this.timerDueMs <= due) return;
+      clearTimeout(this.timer);
+    }
+    this.timerDueMs = due;
     this.timer = setTimeout(() => {
       this.timer = undefined;
-      this.sending = this.flush().finally(() => {
-        this.sending = undefined;
+      // One report at a time, in order: a later delta never overtakes an earlier one.
+      const run = (this.sending ?? Promise.resolve()).then(() => this.flush());
+      this.sending = run;
+      void run.finally(() => {
+        if (this.sending === run) this.sending = undefined;
       });
     }, ms);
   }
@@ -104,7 +136,7 @@ export class RealizedReporter {
       removedPortIds: removed,
       full,
       gatewayEndpoints: gateways.map((h) => ({ host: h.name, ip: h.wanIp, port: h.wanPort || 4789 })),
-      health: undefined,
+      health: this.opts.health(),
     };
   }
 
@@ -119,6 +151,7 @@ export class RealizedReporter {
       await this.send(req);
       this.failures = 0;
       this.reportsSent++;
+      this.schedule(this.pending.size > 0 || this.needFull ? this.opts.batchMs : this.opts.healthEveryMs);
     } catch (err) {
       this.failures++;
       // What was not delivered is covered by a full report next time.
@@ -134,7 +167,7 @@ export class RealizedReporter {
         Math.max(
           this.opts.batchMs,
           backoffDelayMs(
-            { maxAttempts: 1, baseDelayMs: 100, maxDelayMs: this.opts.backoffMaxMs },
+            { maxAttempts: 1, baseDelayMs: this.opts.backoffInitialMs, maxDelayMs: this.opts.backoffMaxMs },
             this.failures,
             Math.random,
           ),
@@ -153,7 +186,7 @@ export class RealizedReporter {
     const metadata = this.opts.metadata ? await this.opts.metadata() : new Metadata();
     const client = this.client;
     await new Promise<void>((resolve, reject) =>
-      client.reportRealized(req, metadata, { deadline: Date.now() + 5_000 }, (err) =>
+      client.reportRealized(req, metadata, { deadline: Date.now() + this.opts.timeoutMs }, (err) =>
         err ? reject(err) : resolve(),
       ),
     );

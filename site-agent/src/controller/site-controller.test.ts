@@ -29,6 +29,7 @@ const FAST = {
   backoffMaxMs: 300,
   ackEveryMs: 50,
   reportBatchMs: 30,
+  reportHealthEveryMs: 200,
 };
 
 function net(id: string, name: string, vni: number, sites = ["a", "b"]): intentpb.IntentObject {
@@ -201,6 +202,22 @@ test("a controller follows the federation, serves agents, stays up without coord
   await until("VM port in the agent's topology", () => agent.ports().some((p) => p.id === created.port!.id));
   await until("port reported upward", () =>
     coord.reports.some((r) => r.ports.some((p) => p.meta?.id === created.port!.id && p.host === "h1")),
+  );
+  // Every report carries the site's health; with nothing else to say, health-only reports go on.
+  const health = coord.reports.at(-1)!.health!;
+  assert.equal(health.controller, "ctl-1");
+  assert.equal(health.databaseOk, true);
+  assert.equal(health.hostsTotal, 1);
+  assert.equal(health.hostsAlive, 1);
+  assert.equal(health.appliedIndex, 2);
+  assert.equal(health.stalenessMs, 0);
+  assert.ok(health.topologyRevision > 0);
+  assert.match(health.detail, /following the federation/);
+  const reportsSoFar = coord.reports.length;
+  await until("health-only reports keep coming", () =>
+    coord.reports
+      .slice(reportsSoFar)
+      .some((r) => !r.full && r.ports.length === 0 && r.health?.hostsTotal === 1),
   );
 
   // Bad input: a clear INVALID_ARGUMENT naming the field; a bad token: UNAUTHENTICATED.

@@ -21,6 +21,7 @@ import {
   type StartedServer,
   sitepb as site,
   type sitepb,
+  type sitesyncpb,
   startGrpcServer,
   topologypb,
 } from "@isthmus/schema";
@@ -38,7 +39,7 @@ import { IntentApplier } from "./intent-applier.js";
 import { IntentSync } from "./intent-sync.js";
 import { ControllerLease } from "./lease.js";
 import { LocalWriter } from "./local-store.js";
-import { RealizedReporter } from "./realized-reporter.js";
+import { DEFAULT_REPORTER_BOUNDS, RealizedReporter } from "./realized-reporter.js";
 import { siteService } from "./site-service.js";
 import { grpcError, TopologyWatchService } from "./topology-watch.js";
 import { IntentIndex } from "./translate/index.js";
@@ -60,6 +61,13 @@ export interface SiteControllerTuning {
   backoffMaxMs: number;
   ackEveryMs: number;
   reportBatchMs: number;
+  /** Ports queued for a delta ReportRealized; beyond it the next report is full. */
+  reportMaxPending: number;
+  reportBackoffInitialMs: number;
+  reportBackoffMaxMs: number;
+  reportTimeoutMs: number;
+  /** A health-only ReportRealized goes this often when nothing else was reported. */
+  reportHealthEveryMs: number;
   hostTokenTtlSec: number;
   /** A host whose agent has not heartbeat for this long is marked not alive. */
   hostDeadAfterMs: number;
@@ -81,7 +89,12 @@ export const DEFAULT_TUNING: SiteControllerTuning = {
   backoffInitialMs: 200,
   backoffMaxMs: 5_000,
   ackEveryMs: 200,
-  reportBatchMs: 100,
+  reportBatchMs: DEFAULT_REPORTER_BOUNDS.batchMs,
+  reportMaxPending: DEFAULT_REPORTER_BOUNDS.maxPending,
+  reportBackoffInitialMs: DEFAULT_REPORTER_BOUNDS.backoffInitialMs,
+  reportBackoffMaxMs: DEFAULT_REPORTER_BOUNDS.backoffMaxMs,
+  reportTimeoutMs: DEFAULT_REPORTER_BOUNDS.timeoutMs,
+  reportHealthEveryMs: DEFAULT_REPORTER_BOUNDS.healthEveryMs,
   hostTokenTtlSec: 30 * 24 * 3600,
   hostDeadAfterMs: 15_000,
   hostCheckMs: 1_000,
@@ -318,8 +331,12 @@ export class SiteController {
         credentials: creds,
         metadata: this.opts.federationMetadata,
         batchMs: this.tuning.reportBatchMs,
-        backoffMaxMs: this.tuning.backoffMaxMs,
-        maxPending: 10_000,
+        maxPending: this.tuning.reportMaxPending,
+        backoffInitialMs: this.tuning.reportBackoffInitialMs,
+        backoffMaxMs: this.tuning.reportBackoffMaxMs,
+        timeoutMs: this.tuning.reportTimeoutMs,
+        healthEveryMs: this.tuning.reportHealthEveryMs,
+        health: () => this.siteHealth(),
         log: componentLogger(this.opts.log, "realized"),
       });
       this.reporter.start();
@@ -377,6 +394,21 @@ export class SiteController {
       watchStreams: this.watch.openStreams,
       detail: this.detail(),
       translationProblems: this.problems,
+    };
+  }
+
+  /** What ReportRealized tells the federation about this site. */
+  siteHealth(): sitesyncpb.SiteHealth {
+    const hosts = [...this.index.list("host")];
+    return {
+      databaseOk: this.lease.databaseOk,
+      hostsTotal: hosts.length,
+      hostsAlive: hosts.filter((h) => h.alive !== false).length,
+      controller: this.controllerId,
+      detail: this.detail(),
+      appliedIndex: this.applier.appliedIndex,
+      stalenessMs: this.stalenessMs(),
+      topologyRevision: Math.max(0, this.feed.revision),
     };
   }
 

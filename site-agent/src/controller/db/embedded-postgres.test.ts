@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
 import { existsSync, lstatSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -24,12 +25,18 @@ test("library symlinks listed by the package are recreated once, then left alone
   }
 });
 
-test("the embedded PostgreSQL from the npm package starts (as root: as the postgres user), serves, restarts on its data", async (t) => {
+test("the embedded PostgreSQL from the npm package starts (as root: as the postgres user), serves, restarts on its data despite a stale lock", async (t) => {
   const root = await embeddedPostgresRoot();
   assert.ok(existsSync(join(root, "native", "bin", "postgres")));
   const dir = mkdtempSync(join(tmpdir(), "isthmus-embedded-"));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
   for (let life = 0; life < 2; life++) {
+    if (life === 1) {
+      // A stale lock naming a live process that is not a postgres (a reused pid): removed.
+      const other = spawn("sleep", ["30"], { stdio: "ignore" });
+      t.after(() => other.kill("SIGKILL"));
+      writeFileSync(join(dir, "postgres", "data", "postmaster.pid"), `${other.pid}\n${dir}\n0\n5432\n`);
+    }
     const server = await startEmbeddedPostgres(join(dir, "postgres"), silentLogger(), { unsafeNoSync: true });
     try {
       const c = new pg.Client({ connectionString: server.url });

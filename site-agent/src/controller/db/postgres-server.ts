@@ -18,6 +18,7 @@ import { createServer } from "node:net";
 import { dirname, join } from "node:path";
 import type { Logger } from "@isthmus/schema";
 import pg from "pg";
+import { clearStalePostmaster } from "./stale-postmaster.js";
 
 export interface PostgresServerOptions {
   binDir: string;
@@ -137,6 +138,8 @@ export async function startPostgresServer(opts: PostgresServerOptions): Promise<
     throw new Error(`password file ${passwordFile} for the database in ${dataDir} is missing`);
   }
   const password = readFileSync(passwordFile, "utf8").trim();
+  // A server a SIGKILLed controller left running (or its stale lock) would block this start.
+  await clearStalePostmaster(dataDir, log);
   const port = opts.port && opts.port > 0 ? opts.port : await freeLoopbackPort();
   const settings: Record<string, string> = {
     listen_addresses: "127.0.0.1",

@@ -1,6 +1,6 @@
 // The reverse lookups of IntentView, stated once as "which index buckets does this object sit in",
 // so the in-memory IntentIndex and the prior-state overlay answer them identically.
-import { intentpb, topologypb } from "@isthmus/schema";
+import { intentKindFromEnum, type intentpb, topologypb } from "@isthmus/schema";
 import type { IntentKind, ViewKind, ViewKinds } from "./view.js";
 
 export type IndexName =
@@ -64,28 +64,7 @@ export function indexEntries<K extends ViewKind>(site: string, kind: K, obj: Vie
 
 /** intentpb.ObjectKind → the view kind (IntentObject oneof field) it names. */
 export function kindOfObjectKind(k: intentpb.ObjectKind): IntentKind | undefined {
-  switch (k) {
-    case intentpb.ObjectKind.OBJECT_KIND_SITE:
-      return "site";
-    case intentpb.ObjectKind.OBJECT_KIND_GATEWAY:
-      return "gateway";
-    case intentpb.ObjectKind.OBJECT_KIND_ROUTER:
-      return "router";
-    case intentpb.ObjectKind.OBJECT_KIND_NETWORK:
-      return "network";
-    case intentpb.ObjectKind.OBJECT_KIND_ROUTER_INTERFACE:
-      return "routerInterface";
-    case intentpb.ObjectKind.OBJECT_KIND_SECURITY_GROUP:
-      return "securityGroup";
-    case intentpb.ObjectKind.OBJECT_KIND_SECURITY_GROUP_RULE:
-      return "securityGroupRule";
-    case intentpb.ObjectKind.OBJECT_KIND_FLOATING_IP:
-      return "floatingIp";
-    case intentpb.ObjectKind.OBJECT_KIND_PORT_RECORD:
-      return "portRecord";
-    default:
-      return undefined;
-  }
+  return intentKindFromEnum(k);
 }
 
 export interface KindedObject<K extends IntentKind = IntentKind> {

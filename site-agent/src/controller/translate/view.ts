@@ -1,7 +1,13 @@
 // What the translation reads: a synchronous view of the site's copy of global intent plus the
 // site-local objects (hosts, VM port bindings). The controller implements it over its in-memory
 // index (IntentIndex is a ready one); translation never writes through it.
-import type { intentpb, topologypb } from "@isthmus/schema";
+import {
+  INTENT_KIND_KEYS,
+  type IntentKindKey,
+  type IntentKindMessages,
+  type intentpb,
+  type topologypb,
+} from "@isthmus/schema";
 
 /**
  * A VM port bound at this site (site-local API). Its id is also the id of the PortRecord the site
@@ -40,17 +46,11 @@ export interface LocalHost {
   wanPort: number;
 }
 
-/** Every kind of object the view holds, keyed like intentpb.IntentObject's oneof fields. */
-export interface ViewKinds {
-  site: intentpb.Site;
-  gateway: intentpb.Gateway;
-  router: intentpb.Router;
-  network: intentpb.Network;
-  routerInterface: intentpb.RouterInterface;
-  securityGroup: intentpb.SecurityGroup;
-  securityGroupRule: intentpb.SecurityGroupRule;
-  floatingIp: intentpb.FloatingIP;
-  portRecord: intentpb.PortRecord;
+/**
+ * Every kind of object the view holds, keyed like intentpb.IntentObject's oneof fields: the
+ * intent kinds (the shared table in @isthmus/schema) plus the site-local ones.
+ */
+export interface ViewKinds extends IntentKindMessages {
   /** Site-local: VM port bindings. */
   localPort: LocalPortBinding;
   /** Site-local: hosts (including gateway hosts). */
@@ -58,19 +58,9 @@ export interface ViewKinds {
 }
 
 export type ViewKind = keyof ViewKinds;
-export type IntentKind = Exclude<ViewKind, "localPort" | "host">;
+export type IntentKind = IntentKindKey;
 
-export const INTENT_KINDS: readonly IntentKind[] = [
-  "site",
-  "gateway",
-  "router",
-  "network",
-  "routerInterface",
-  "securityGroup",
-  "securityGroupRule",
-  "floatingIp",
-  "portRecord",
-];
+export const INTENT_KINDS: readonly IntentKind[] = INTENT_KIND_KEYS;
 
 /**
  * Lookups the translation needs. Everything is synchronous and must cost time proportional to the
