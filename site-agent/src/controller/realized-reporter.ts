@@ -48,6 +48,8 @@ export class RealizedReporter {
   private timerDueMs = 0;
   private sending: Promise<void> | undefined;
   private failures = 0;
+  /** When a report was last accepted (0 = none yet). */
+  private lastSentMs = 0;
   private next = 0;
   private stopped = true;
   private client: sitesyncpb.SiteSyncServiceClient | undefined;
@@ -142,6 +144,12 @@ export class RealizedReporter {
 
   private async flush(): Promise<void> {
     if (this.stopped) return;
+    const quietMs = Date.now() - this.lastSentMs;
+    if (!this.needFull && this.pending.size === 0 && quietMs < this.opts.healthEveryMs) {
+      // Nothing to report (a timer armed while a report was in flight): health is not due yet.
+      this.schedule(this.opts.healthEveryMs - quietMs);
+      return;
+    }
     const req = this.request();
     const sentPending = [...this.pending];
     this.pending.clear();
@@ -151,6 +159,7 @@ export class RealizedReporter {
       await this.send(req);
       this.failures = 0;
       this.reportsSent++;
+      this.lastSentMs = Date.now();
       this.schedule(this.pending.size > 0 || this.needFull ? this.opts.batchMs : this.opts.healthEveryMs);
     } catch (err) {
       this.failures++;
