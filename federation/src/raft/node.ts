@@ -529,6 +529,9 @@ export class RaftNode<R = unknown> {
 
   private async handleReady(rd: Ready): Promise<void> {
     if (rd.softState) this.onSoftState(rd.softState.leader);
+    // The leader's appends leave before its own write: its disk write overlaps the followers'
+    // (the core counts its own entries only after advance(), once they are durable).
+    if (rd.messages.length > 0) this.transport.send(rd.messages);
     let mustSync = false;
     if (rd.snapshot) {
       this.storage.applySnapshot(rd.snapshot);
@@ -548,9 +551,9 @@ export class RaftNode<R = unknown> {
       }
       this.persistedHard = rd.hardState;
     }
-    // Nothing that depends on these writes (votes, acks, appends) leaves before they are durable.
+    // Nothing that vouches for these writes (votes, acknowledgements) leaves before they are durable.
     if (mustSync) await this.storage.sync();
-    if (rd.messages.length > 0) this.transport.send(rd.messages);
+    if (rd.messagesAfterPersist.length > 0) this.transport.send(rd.messagesAfterPersist);
     if (rd.snapshot) {
       this.restoreSnapshot(rd.snapshot);
       this.log.info(

@@ -452,6 +452,9 @@ class Simulation {
         `${n.id} is ${rd.softState.role} (leader ${rd.softState.leader || "none"}, term ${n.core.term})`,
       );
     }
+    // Sent before the write, as the real driver does: a crash before the sync loses the leader's
+    // entries on its own disk even though followers may already hold them.
+    this.route(rd.messages);
     if (rd.snapshot) n.storage.applySnapshot(rd.snapshot);
     if (rd.entries.length > 0) n.storage.append(rd.entries);
     if (rd.hardState) n.storage.setHardState(rd.hardState);
@@ -477,12 +480,7 @@ class Simulation {
       n.syncedTerm = hs.term;
       n.syncedVote = hs.vote;
     }
-    for (const m of rd.messages) {
-      if (m.type === MessageType.Snapshot && (m.snapshotOffset ?? 0) === 0) this.stats.snapshotsSent++;
-      for (const d of this.net.route(m)) {
-        if (!this.queue.push(this.now + d, { kind: "deliver", msg: m })) this.stats.dropped++;
-      }
-    }
+    this.route(rd.messagesAfterPersist);
     if (rd.snapshot) {
       n.kv = KvStore.restore(rd.snapshot.data);
       n.applied = rd.snapshot.metadata.index;
@@ -503,6 +501,15 @@ class Simulation {
     this.maybeCompact(n);
     this.checkRole(n);
     this.pump(n);
+  }
+
+  private route(msgs: Message[]): void {
+    for (const m of msgs) {
+      if (m.type === MessageType.Snapshot && (m.snapshotOffset ?? 0) === 0) this.stats.snapshotsSent++;
+      for (const d of this.net.route(m)) {
+        if (!this.queue.push(this.now + d, { kind: "deliver", msg: m })) this.stats.dropped++;
+      }
+    }
   }
 
   private apply(n: SimNode, e: Entry): void {
