@@ -532,6 +532,11 @@ export class RaftNode<R = unknown> {
     // The leader's appends leave before its own write: its disk write overlaps the followers'
     // (the core counts its own entries only after advance(), once they are durable).
     if (rd.messages.length > 0) this.transport.send(rd.messages);
+    if (rd.entries.length > 0) this.noteOwnEntries(rd.entries);
+    // Committed entries are durable on a quorum already, so they are applied (and their callers
+    // answered) while this node's own write runs, as etcd does; a received snapshot is restored
+    // only once it is stored.
+    if (!rd.snapshot) this.applyReady(rd);
     let mustSync = false;
     if (rd.snapshot) {
       this.storage.applySnapshot(rd.snapshot);
@@ -539,7 +544,6 @@ export class RaftNode<R = unknown> {
     }
     if (rd.entries.length > 0) {
       this.storage.append(rd.entries);
-      this.noteOwnEntries(rd.entries);
       mustSync = true;
     }
     if (rd.hardState) {
@@ -560,7 +564,12 @@ export class RaftNode<R = unknown> {
         { id: this.id, index: rd.snapshot.metadata.index },
         "raft node: installed snapshot from leader",
       );
+      this.applyReady(rd);
     }
+  }
+
+  /** Applies a Ready's committed entries and records its read states. */
+  private applyReady(rd: Ready): void {
     for (const e of rd.committedEntries) this.applyEntry(e);
     for (const rs of rd.readStates) {
       const id = Buffer.from(

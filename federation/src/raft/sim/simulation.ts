@@ -455,6 +455,9 @@ class Simulation {
     // Sent before the write, as the real driver does: a crash before the sync loses the leader's
     // entries on its own disk even though followers may already hold them.
     this.route(rd.messages);
+    // Committed entries are applied (and clients answered) before this node's own sync, as the
+    // real driver does; a received snapshot is restored only once stored.
+    if (!rd.snapshot) this.applyReady(n, rd);
     if (rd.snapshot) n.storage.applySnapshot(rd.snapshot);
     if (rd.entries.length > 0) n.storage.append(rd.entries);
     if (rd.hardState) n.storage.setHardState(rd.hardState);
@@ -485,7 +488,16 @@ class Simulation {
       n.kv = KvStore.restore(rd.snapshot.data);
       n.applied = rd.snapshot.metadata.index;
       this.trace(`${n.id} installed snapshot at ${n.applied}`);
+      this.applyReady(n, rd);
     }
+    n.inFlight = undefined;
+    n.core.advance();
+    this.maybeCompact(n);
+    this.checkRole(n);
+    this.pump(n);
+  }
+
+  private applyReady(n: SimNode, rd: Ready): void {
     for (const e of rd.committedEntries) this.apply(n, e);
     for (const rs of rd.readStates) {
       const ctx = dec.decode(rs.requestId);
@@ -496,11 +508,6 @@ class Simulation {
       n.readsWaiting.push(op);
     }
     this.serveReads(n);
-    n.inFlight = undefined;
-    n.core.advance();
-    this.maybeCompact(n);
-    this.checkRole(n);
-    this.pump(n);
   }
 
   private route(msgs: Message[]): void {
