@@ -55,6 +55,7 @@ test("isthmus site-controller with the embedded database: status, then a clean S
   assert.match(st.stdout, /site:\s+paris/);
   assert.match(st.stdout, /\(active, lease token 1\)/);
   assert.match(st.stdout, /no federation configured/);
+  assert.match(st.stdout, /hosts \/ ports:\s+0 \(0 alive\) \/ 0/);
 
   const bad = await runCli(["site", "status", "--controller", address, "--token-file", join(base, "nope")]);
   assert.equal(bad.code, 2);

@@ -54,7 +54,7 @@ export async function runSiteStatus(opts: SiteStatusOptions): Promise<number> {
     console.log(`federation:         ${federation}`);
     console.log(`last contact:       ${contact}`);
     console.log(`topology revision:  ${s.topologyRevision}`);
-    console.log(`hosts / ports:      ${s.hosts} / ${s.ports}`);
+    console.log(`hosts / ports:      ${s.hosts} (${s.hostsAlive} alive) / ${s.ports}`);
     console.log(`watch streams:      ${s.watchStreams}`);
     console.log(`detail:             ${s.detail}`);
     for (const p of s.translationProblems) console.log(`problem:            ${p}`);

@@ -12,6 +12,8 @@ export interface MetricSources {
   txRetries: () => number;
   translationProblems: () => number;
   reportsSent: () => number;
+  hostsAlive: () => number;
+  hostsMarkedDown: () => number;
 }
 
 export function controllerMetrics(src: MetricSources): Registry {
@@ -58,6 +60,16 @@ export function controllerMetrics(src: MetricSources): Registry {
     "isthmus_site_realized_reports_total",
     "ReportRealized calls a coordinator accepted",
     src.reportsSent,
+  );
+  gauge(
+    "isthmus_site_hosts_alive",
+    "Registered hosts whose agents heartbeat within the timeout",
+    src.hostsAlive,
+  );
+  gauge(
+    "isthmus_site_hosts_marked_down_total",
+    "Times this replica marked a host not alive for missing heartbeats",
+    src.hostsMarkedDown,
   );
   return registry;
 }

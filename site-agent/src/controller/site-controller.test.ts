@@ -416,7 +416,8 @@ test("a host whose agent stops heartbeating is marked not alive (its uplinks mov
     await ctl.stop();
     await coord.stop();
   });
-  await until("active", () => ctl.lease.active);
+  // Applying intent starts once the replica is active and accepts writes.
+  await until("active and following", () => ctl.applier.appliedIndex === 1);
   const admin = (await ctl.tokens.issue("admin", "admin", 600)).token;
   const api = new sitepb.SiteServiceClient(ctl.address, credentials.createInsecure());
   t.after(() => api.close());

@@ -161,6 +161,8 @@ export class SiteController {
       txRetries: () => this.db.retryCount,
       translationProblems: () => this.problemCount,
       reportsSent: () => this.reporter?.reportsSent ?? 0,
+      hostsAlive: () => [...this.index.list("host")].filter((h) => h.alive !== false).length,
+      hostsMarkedDown: () => this.liveness.markedDown,
     });
   }
 
