@@ -79,7 +79,7 @@ export async function devLayout(
   previous?: DevLayout,
 ): Promise<DevLayout> {
   const fixed = basePort !== 0;
-  if (fixed && basePort + SITE_PORT_STRIDE * (sites.length + 1) > 65_535) {
+  if (fixed && basePort + SITE_PORT_STRIDE * sites.length + 5 > 65_535) {
     throw new Error(`--listen port ${basePort} leaves no room for ${sites.length} sites below 65535`);
   }
   const port = async (offset: number) => (fixed ? basePort + offset : await pickPort());
