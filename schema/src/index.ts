@@ -17,6 +17,7 @@ export {
   intentKindFromEnum,
 } from "./intent-kinds.js";
 export { ConfigError, type LoadConfigOptions, loadConfig } from "./runtime/config.js";
+export { fixedPort } from "./runtime/fixed-port.js";
 export {
   DEFAULT_GRPC_OPTIONS,
   isLoopbackAddress,
