@@ -308,35 +308,55 @@ test("two replicas: the standby takes over when the active one dies and continue
   await until("standby's agent sees the bridge", () => agent.bridges().length === 1);
 
   // The standby serves lists from the shared database; writes stay with the active replica.
-  const activeApi = new sitepb.SiteServiceClient(active.address, credentials.createInsecure());
-  const standbyApi = new sitepb.SiteServiceClient(standby.address, credentials.createInsecure());
-  t.after(() => {
-    activeApi.close();
-    standbyApi.close();
-  });
-  const reg = await unary<sitepb.RegisterHostRequest, sitepb.RegisterHostResponse>(
-    activeApi.registerHost.bind(activeApi),
-    {
-      name: "h1",
-      tunnelIp: "192.0.2.10",
-      tunnelPort: 0,
-      role: topologypb.HostRole.HOST_ROLE_HOST,
-      wanIp: "",
-      wanPort: 0,
-    },
-    bearer(admin),
+  // (On a loaded machine the lease may change hands meanwhile: writes go to whichever replica is
+  // active at the time, lists to either.)
+  const apis = new Map(
+    [one, two].map((c) => [c, new sitepb.SiteServiceClient(c.address, credentials.createInsecure())]),
   );
-  const created = await unary<sitepb.CreatePortRequest, sitepb.PortResponse>(
-    activeApi.createPort.bind(activeApi),
-    sitepb.CreatePortRequest.fromPartial({
-      name: "vm1",
-      networkId: "11111111-1111-4111-8111-111111111111",
-      mac: "02:00:00:00:00:01",
-      ips: ["10.1.0.5"],
-      hostId: reg.host!.id,
-      interfaceName: "tap1",
-    }),
-    bearer(admin),
+  t.after(() => {
+    for (const api of apis.values()) api.close();
+  });
+  const standbyApi = apis.get(standby)!;
+  const onActive = async <T>(f: (api: sitepb.SiteServiceClient) => Promise<T>): Promise<T> => {
+    for (const end = Date.now() + 15_000; ; ) {
+      const c = [one, two].find((x) => x.lease.active);
+      if (c) {
+        try {
+          return await f(apis.get(c)!);
+        } catch (e) {
+          if ((e as { code?: number }).code !== status.UNAVAILABLE || Date.now() > end) throw e;
+        }
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  };
+  const reg = await onActive((api) =>
+    unary<sitepb.RegisterHostRequest, sitepb.RegisterHostResponse>(
+      api.registerHost.bind(api),
+      {
+        name: "h1",
+        tunnelIp: "192.0.2.10",
+        tunnelPort: 0,
+        role: topologypb.HostRole.HOST_ROLE_HOST,
+        wanIp: "",
+        wanPort: 0,
+      },
+      bearer(admin),
+    ),
+  );
+  const created = await onActive((api) =>
+    unary<sitepb.CreatePortRequest, sitepb.PortResponse>(
+      api.createPort.bind(api),
+      sitepb.CreatePortRequest.fromPartial({
+        name: "vm1",
+        networkId: "11111111-1111-4111-8111-111111111111",
+        mac: "02:00:00:00:00:01",
+        ips: ["10.1.0.5"],
+        hostId: reg.host!.id,
+        interfaceName: "tap1",
+      }),
+      bearer(admin),
+    ),
   );
   const standbyPorts = await unary<sitepb.ListPortsRequest, sitepb.ListPortsResponse>(
     standbyApi.listPorts.bind(standbyApi),
@@ -368,14 +388,29 @@ test("two replicas: the standby takes over when the active one dies and continue
     bearer(reg.hostToken),
   );
   assert.ok(beat.intervalMs > 0, "the standby records heartbeats too (shared database)");
-  await assert.rejects(
-    unary(
-      standbyApi.createPort.bind(standbyApi),
-      sitepb.CreatePortRequest.fromPartial({ name: "vm2", networkId: "n", mac: "02:00:00:00:00:02" }),
+  // Whichever replica is standby at the moment refuses a write, naming why.
+  let refusal: { code: number; details: string } | undefined;
+  for (let attempt = 0; attempt < 20 && !refusal; attempt++) {
+    const c = [one, two].find((x) => !x.lease.active);
+    if (!c) continue;
+    const api = apis.get(c)!;
+    await unary(
+      api.createPort.bind(api),
+      sitepb.CreatePortRequest.fromPartial({
+        name: `vm-x${attempt}`,
+        networkId: "n",
+        mac: "02:00:00:00:00:02",
+      }),
       bearer(admin),
-    ),
-    (e: { code: number; details: string }) => e.code === status.UNAVAILABLE && /standby/.test(e.details),
-  );
+    ).then(
+      () => undefined, // the lease moved between the look and the call: try again
+      (e: { code: number; details: string }) => {
+        refusal = e;
+      },
+    );
+  }
+  assert.equal(refusal?.code, status.UNAVAILABLE);
+  assert.match(refusal!.details, /standby/);
 
   // The active replica dies without releasing its lease.
   await active.lease.stop(false);
