@@ -55,6 +55,11 @@ export interface RaftNodeOptions<R> {
   readTimeoutMs?: number;
   /** Proposals and reads waiting at once; more are refused. Default 65 536. */
   maxPending?: number;
+  /**
+   * Ready batches whose fsync may be in flight at once: the loop takes the next batch while
+   * earlier ones sync (their acknowledgements leave in order as each completes). Default 16.
+   */
+  maxSyncsInFlight?: number;
   /** Called once if the node stops on an unrecoverable error (storage failure, broken invariant). */
   onFatal?: (err: Error) => void;
   /** Randomness for election timeouts; Math.random by default. */
@@ -187,6 +192,7 @@ export class RaftNode<R = unknown> {
       | "proposalTimeoutMs"
       | "readTimeoutMs"
       | "maxPending"
+      | "maxSyncsInFlight"
     >
   >;
   private readonly originBytes: Uint8Array;
@@ -214,6 +220,9 @@ export class RaftNode<R = unknown> {
   private ticker: NodeJS.Timeout | undefined;
   private running = false;
   private loopDone: Promise<void> = Promise.resolve();
+  /** Syncs of Readies already advanced, chained so their acknowledgements leave in order. */
+  private persistChain: Promise<void> = Promise.resolve();
+  private syncsInFlight = 0;
   private closed = false;
   private fatal: Error | undefined;
   private readonly onFatal: ((err: Error) => void) | undefined;
@@ -232,6 +241,7 @@ export class RaftNode<R = unknown> {
       proposalTimeoutMs: o.proposalTimeoutMs ?? 10_000,
       readTimeoutMs: o.readTimeoutMs ?? 5_000,
       maxPending: o.maxPending ?? 65_536,
+      maxSyncsInFlight: o.maxSyncsInFlight ?? 16,
     };
     for (const [k, v] of Object.entries(this.opts)) {
       if (!Number.isFinite(v) || v < 0 || (k === "tickMs" && v <= 0)) {
@@ -413,6 +423,7 @@ export class RaftNode<R = unknown> {
     this.closed = true;
     if (this.ticker) clearInterval(this.ticker);
     await this.loopDone;
+    await this.persistChain;
     this.failAll("closed", "node is closed");
     await this.transport.close();
     await this.storage.close();
@@ -515,9 +526,17 @@ export class RaftNode<R = unknown> {
   private async loop(): Promise<void> {
     try {
       while (!this.fatal && this.core.hasReady()) {
+        if (this.syncsInFlight >= Math.max(1, this.opts.maxSyncsInFlight)) await this.persistChain;
         const rd = this.core.ready();
-        await this.handleReady(rd);
-        this.core.advance();
+        if (rd.snapshot) {
+          // Rare: store and restore a snapshot from the leader with nothing else in flight.
+          await this.persistChain;
+          await this.handleReady(rd);
+          this.core.advance();
+        } else {
+          this.startReady(rd);
+          this.core.advance({ persisted: false });
+        }
         for (const p of this.confsDone.splice(0)) p.resolve();
         this.maybeSnapshot();
         if (this.closed) return;
@@ -525,6 +544,49 @@ export class RaftNode<R = unknown> {
     } catch (err) {
       this.die(err as Error);
     }
+  }
+
+  /**
+   * Handles a Ready without waiting for its fsync: send `messages`, apply committed entries,
+   * write, start the sync. When the sync completes (in order with earlier ones), its
+   * acknowledgements leave and the core hears its entries are durable (persisted()), which is
+   * when the leader counts its own entries toward a quorum.
+   */
+  private startReady(rd: Ready): void {
+    if (rd.softState) this.onSoftState(rd.softState.leader);
+    if (rd.messages.length > 0) this.transport.send(rd.messages);
+    if (rd.entries.length > 0) this.noteOwnEntries(rd.entries);
+    this.applyReady(rd);
+    let mustSync = false;
+    if (rd.entries.length > 0) {
+      this.storage.append(rd.entries);
+      mustSync = true;
+    }
+    if (rd.hardState) {
+      this.storage.setHardState(rd.hardState);
+      if (rd.hardState.term !== this.persistedHard.term || rd.hardState.vote !== this.persistedHard.vote) {
+        mustSync = true;
+      }
+      this.persistedHard = rd.hardState;
+    }
+    const synced = mustSync ? this.storage.sync() : undefined;
+    synced?.catch(() => {}); // handled in the chain below; this keeps it from being "unhandled" meanwhile
+    const after = rd.messagesAfterPersist;
+    const last = rd.entries[rd.entries.length - 1];
+    this.syncsInFlight++;
+    this.persistChain = this.persistChain
+      .then(async () => {
+        try {
+          if (synced) await synced;
+        } finally {
+          this.syncsInFlight--;
+        }
+        if (this.fatal) return;
+        if (after.length > 0) this.transport.send(after);
+        if (last) this.guard(() => this.core.persisted(last.index, last.term));
+        else this.kick();
+      })
+      .catch((err) => this.die(err as Error));
   }
 
   private async handleReady(rd: Ready): Promise<void> {
