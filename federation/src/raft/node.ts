@@ -121,6 +121,13 @@ interface PendingRead {
 /** Ticks after which an unanswered read request is issued again. */
 const READ_RETRY_TICKS = 5;
 
+/** What a Ready still owes once its writes are durable. */
+interface PersistJob {
+  after: Message[];
+  last?: { index: number; term: number };
+  mustSync: boolean;
+}
+
 interface PendingConf {
   resolve(): void;
   reject(e: Error): void;
@@ -220,9 +227,15 @@ export class RaftNode<R = unknown> {
   private ticker: NodeJS.Timeout | undefined;
   private running = false;
   private loopDone: Promise<void> = Promise.resolve();
-  /** Syncs of Readies already advanced, chained so their acknowledgements leave in order. */
-  private persistChain: Promise<void> = Promise.resolve();
-  private syncsInFlight = 0;
+  /**
+   * Readies already advanced whose writes are not yet known durable, oldest first: `waiting` are
+   * not covered by an fsync yet, `syncing` by the one running. One fsync runs at a time and the
+   * next covers every Ready written meanwhile (group commit).
+   */
+  private waiting: PersistJob[] = [];
+  private syncing: PersistJob[] | undefined;
+  /** Resolved each time a batch of jobs is released (the loop waits here when too many wait). */
+  private released: (() => void)[] = [];
   private closed = false;
   private fatal: Error | undefined;
   private readonly onFatal: ((err: Error) => void) | undefined;
@@ -423,7 +436,7 @@ export class RaftNode<R = unknown> {
     this.closed = true;
     if (this.ticker) clearInterval(this.ticker);
     await this.loopDone;
-    await this.persistChain;
+    await this.allPersisted();
     this.failAll("closed", "node is closed");
     await this.transport.close();
     await this.storage.close();
@@ -526,11 +539,13 @@ export class RaftNode<R = unknown> {
   private async loop(): Promise<void> {
     try {
       while (!this.fatal && this.core.hasReady()) {
-        if (this.syncsInFlight >= Math.max(1, this.opts.maxSyncsInFlight)) await this.persistChain;
+        while (this.pendingJobs() >= Math.max(1, this.opts.maxSyncsInFlight) && !this.fatal) {
+          await new Promise<void>((resolve) => this.released.push(resolve));
+        }
         const rd = this.core.ready();
         if (rd.snapshot) {
           // Rare: store and restore a snapshot from the leader with nothing else in flight.
-          await this.persistChain;
+          await this.allPersisted();
           await this.handleReady(rd);
           this.core.advance();
         } else {
@@ -569,24 +584,53 @@ export class RaftNode<R = unknown> {
       }
       this.persistedHard = rd.hardState;
     }
-    const synced = mustSync ? this.storage.sync() : undefined;
-    synced?.catch(() => {}); // handled in the chain below; this keeps it from being "unhandled" meanwhile
-    const after = rd.messagesAfterPersist;
-    const last = rd.entries[rd.entries.length - 1];
-    this.syncsInFlight++;
-    this.persistChain = this.persistChain
-      .then(async () => {
-        try {
-          if (synced) await synced;
-        } finally {
-          this.syncsInFlight--;
-        }
-        if (this.fatal) return;
-        if (after.length > 0) this.transport.send(after);
-        if (last) this.guard(() => this.core.persisted(last.index, last.term));
-        else this.kick();
-      })
-      .catch((err) => this.die(err as Error));
+    this.waiting.push({ after: rd.messagesAfterPersist, last: rd.entries[rd.entries.length - 1], mustSync });
+    this.pumpSyncs();
+  }
+
+  private pendingJobs(): number {
+    return this.waiting.length + (this.syncing?.length ?? 0);
+  }
+
+  /** Starts the next fsync if none runs, or releases jobs that need none (in order). */
+  private pumpSyncs(): void {
+    if (this.syncing || this.waiting.length === 0 || this.fatal) return;
+    const batch = this.waiting;
+    this.waiting = [];
+    if (!batch.some((j) => j.mustSync)) {
+      this.release(batch);
+      return;
+    }
+    this.syncing = batch;
+    this.storage.sync().then(
+      () => {
+        this.syncing = undefined;
+        this.release(batch);
+        this.pumpSyncs();
+      },
+      (err) => this.die(err as Error),
+    );
+  }
+
+  /** The jobs' writes are durable: their acknowledgements leave, and the core hears it. */
+  private release(batch: PersistJob[]): void {
+    if (this.fatal) return;
+    for (const j of batch) {
+      if (j.after.length > 0) this.transport.send(j.after);
+      if (j.last) {
+        const { index, term } = j.last;
+        this.guard(() => this.core.persisted(index, term));
+      }
+    }
+    for (const r of this.released.splice(0)) r();
+    this.kick();
+  }
+
+  /** Resolves once every advanced Ready's writes are durable (or the node failed). */
+  private async allPersisted(): Promise<void> {
+    while (this.pendingJobs() > 0 && !this.fatal) {
+      await new Promise<void>((resolve) => this.released.push(resolve));
+    }
   }
 
   private async handleReady(rd: Ready): Promise<void> {
@@ -819,6 +863,7 @@ export class RaftNode<R = unknown> {
       "raft node stopped on an unrecoverable error",
     );
     this.failAll("failed", `node stopped after an unrecoverable error: ${err.message}`);
+    for (const r of this.released.splice(0)) r(); // nothing more will be persisted
     this.onFatal?.(err);
   }
 }
