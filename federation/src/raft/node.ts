@@ -1,7 +1,7 @@
 // raft-ts: RaftNode, the driver that gives the pure core a clock, a disk, a network and an
-// application. One loop drains Ready batches: persist (entries, hard state, snapshot) → one fsync →
-// send → apply → advance. Everything proposed while an fsync runs lands in the next batch, so one
-// fsync and one Append per follower carry many proposals (group commit).
+// application. One loop drains Ready batches without waiting for the disk: send → apply → write →
+// advance; one fsync runs at a time and covers every batch written meanwhile (group commit), and
+// as it completes those batches' acknowledgements leave and the core hears they are durable.
 import { decodeConfChange } from "./confchange.js";
 import { ProposalDroppedError } from "./errors.js";
 import { type RaftLogger, silentRaftLogger } from "./logger.js";
@@ -546,7 +546,7 @@ export class RaftNode<R = unknown> {
         if (rd.snapshot) {
           // Rare: store and restore a snapshot from the leader with nothing else in flight.
           await this.allPersisted();
-          await this.handleReady(rd);
+          await this.handleSnapshotReady(rd, rd.snapshot);
           this.core.advance();
         } else {
           this.startReady(rd);
@@ -579,6 +579,8 @@ export class RaftNode<R = unknown> {
     }
     if (rd.hardState) {
       this.storage.setHardState(rd.hardState);
+      // Term and vote must be durable before anyone hears of them; the commit index need not be
+      // (it is re-learned from the leader), so a commit-only change rides along with the next sync.
       if (rd.hardState.term !== this.persistedHard.term || rd.hardState.vote !== this.persistedHard.vote) {
         mustSync = true;
       }
@@ -633,45 +635,26 @@ export class RaftNode<R = unknown> {
     }
   }
 
-  private async handleReady(rd: Ready): Promise<void> {
+  /**
+   * A Ready carrying a snapshot from the leader, handled with no other write in flight: store the
+   * snapshot (and any entries and hard state), sync, send what waited for it, then restore the
+   * state machine and apply.
+   */
+  private async handleSnapshotReady(rd: Ready, snap: Snapshot): Promise<void> {
     if (rd.softState) this.onSoftState(rd.softState.leader);
-    // The leader's appends leave before its own write: its disk write overlaps the followers'
-    // (the core counts its own entries only after advance(), once they are durable).
     if (rd.messages.length > 0) this.transport.send(rd.messages);
     if (rd.entries.length > 0) this.noteOwnEntries(rd.entries);
-    // Committed entries are durable on a quorum already, so they are applied (and their callers
-    // answered) while this node's own write runs, as etcd does; a received snapshot is restored
-    // only once it is stored.
-    if (!rd.snapshot) this.applyReady(rd);
-    let mustSync = false;
-    if (rd.snapshot) {
-      this.storage.applySnapshot(rd.snapshot);
-      mustSync = true;
-    }
-    if (rd.entries.length > 0) {
-      this.storage.append(rd.entries);
-      mustSync = true;
-    }
+    this.storage.applySnapshot(snap);
+    if (rd.entries.length > 0) this.storage.append(rd.entries);
     if (rd.hardState) {
       this.storage.setHardState(rd.hardState);
-      // Term and vote must be durable before anyone hears of them; the commit index need not be
-      // (it is re-learned from the leader), so a commit-only change rides along with the next sync.
-      if (rd.hardState.term !== this.persistedHard.term || rd.hardState.vote !== this.persistedHard.vote) {
-        mustSync = true;
-      }
       this.persistedHard = rd.hardState;
     }
-    // Nothing that vouches for these writes (votes, acknowledgements) leaves before they are durable.
-    if (mustSync) await this.storage.sync();
+    await this.storage.sync();
     if (rd.messagesAfterPersist.length > 0) this.transport.send(rd.messagesAfterPersist);
-    if (rd.snapshot) {
-      this.restoreSnapshot(rd.snapshot);
-      this.log.info(
-        { id: this.id, index: rd.snapshot.metadata.index },
-        "raft node: installed snapshot from leader",
-      );
-      this.applyReady(rd);
-    }
+    this.restoreSnapshot(snap);
+    this.log.info({ id: this.id, index: snap.metadata.index }, "raft node: installed snapshot from leader");
+    this.applyReady(rd);
   }
 
   /** Applies a Ready's committed entries and records its read states. */
