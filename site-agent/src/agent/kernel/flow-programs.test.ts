@@ -22,6 +22,8 @@ const ETH_ARP = 0x0806;
 const ETH_IP = 0x0800;
 const BROADCAST = "ff:ff:ff:ff:ff:ff";
 const GW_MAC = "02:00:00:00:07:fe";
+/** ICMP echo identifier (part of the kernel key), fixed with `ping -e`. */
+const PING_ID = 4242;
 
 function ifindex(name: string): number {
   return Number(readFileSync(`/sys/class/net/${name}/ifindex`, "utf8").trim());
@@ -32,6 +34,7 @@ describe("kernel fast path (TC eBPF) between network namespaces", { skip }, () =
   let bpffs: string;
   let progs: TcPrograms;
   let flows: BpfMap;
+  let ports: BpfMap;
   let vm1: Vm;
   let vm2: Vm;
   let vm3: Vm;
@@ -52,11 +55,22 @@ describe("kernel fast path (TC eBPF) between network namespaces", { skip }, () =
     ] as const) {
       sh("ip", ["-n", vm.ns, "neigh", "replace", gw, "lladdr", GW_MAC, "dev", "eth0"]);
     }
-    for (const vm of [vm1, vm2, vm3, vm4]) progs.attach(vm.hostIf, "port_ingress");
+    // The programs serve only devices registered as ports; misses would go to an upcall device,
+    // which this test does not configure (so they are dropped).
+    ports = progs.openMap("ports", 4, 16);
+    [vm1, vm2, vm3, vm4].forEach((vm, i) => {
+      const k = Buffer.alloc(4);
+      k.writeUInt32LE(ifindex(vm.hostIf));
+      const v = Buffer.alloc(16);
+      v.writeUInt32LE(i + 1);
+      ports.update(k, v);
+      progs.attach(vm.hostIf, "port_ingress");
+    });
   });
 
   after(() => {
     flows?.close();
+    ports?.close();
     progs?.unload();
     lab.cleanup();
     if (bpffs) rmdirSync(bpffs);
@@ -66,10 +80,55 @@ describe("kernel fast path (TC eBPF) between network namespaces", { skip }, () =
     const i1 = ifindex(vm1.hostIf);
     const i2 = ifindex(vm2.hostIf);
     return [
-      { key: { ifindex: i1, ethDst: BROADCAST, ethSrc: vm1.mac, ethertype: ETH_ARP }, out: i2 },
-      { key: { ifindex: i1, ethDst: vm2.mac, ethSrc: vm1.mac, ethertype: ETH_ARP }, out: i2 },
-      { key: { ifindex: i2, ethDst: BROADCAST, ethSrc: vm2.mac, ethertype: ETH_ARP }, out: i1 },
-      { key: { ifindex: i2, ethDst: vm1.mac, ethSrc: vm2.mac, ethertype: ETH_ARP }, out: i1 },
+      // ARP keys carry the opcode and the sender/target IPs (as the userspace key does).
+      {
+        key: {
+          ifindex: i1,
+          ethDst: BROADCAST,
+          ethSrc: vm1.mac,
+          ethertype: ETH_ARP,
+          proto: 1,
+          ipSrc: vm1.ip,
+          ipDst: vm2.ip,
+        },
+        out: i2,
+      },
+      {
+        key: {
+          ifindex: i1,
+          ethDst: vm2.mac,
+          ethSrc: vm1.mac,
+          ethertype: ETH_ARP,
+          proto: 2,
+          ipSrc: vm1.ip,
+          ipDst: vm2.ip,
+        },
+        out: i2,
+      },
+      {
+        key: {
+          ifindex: i2,
+          ethDst: BROADCAST,
+          ethSrc: vm2.mac,
+          ethertype: ETH_ARP,
+          proto: 1,
+          ipSrc: vm2.ip,
+          ipDst: vm1.ip,
+        },
+        out: i1,
+      },
+      {
+        key: {
+          ifindex: i2,
+          ethDst: vm1.mac,
+          ethSrc: vm2.mac,
+          ethertype: ETH_ARP,
+          proto: 2,
+          ipSrc: vm2.ip,
+          ipDst: vm1.ip,
+        },
+        out: i1,
+      },
       {
         key: {
           ifindex: i1,
@@ -80,6 +139,7 @@ describe("kernel fast path (TC eBPF) between network namespaces", { skip }, () =
           ipSrc: vm1.ip,
           ipDst: vm2.ip,
           sport: 8,
+          icmpId: PING_ID,
         },
         out: i2,
       },
@@ -93,13 +153,14 @@ describe("kernel fast path (TC eBPF) between network namespaces", { skip }, () =
           ipSrc: vm2.ip,
           ipDst: vm1.ip,
           sport: 0,
+          icmpId: PING_ID,
         },
         out: i1,
       },
     ];
   }
 
-  test("without flows the VMs cannot reach each other (misses go to the empty host stack)", async () => {
+  test("without flows the VMs cannot reach each other (misses with no upcall device are dropped)", async () => {
     const r = await lab.exec(vm1.ns, ["ping", "-c", "1", "-W", "1", vm2.ip]);
     assert.notEqual(r.code, 0, "ping must fail with no flows installed");
   });
@@ -112,7 +173,18 @@ describe("kernel fast path (TC eBPF) between network namespaces", { skip }, () =
     assert.equal(flows.updateBatch(entries), entries.length);
     assert.equal(flows.keys().length, entries.length);
 
-    const r = await lab.exec(vm1.ns, ["ping", "-c", "3", "-i", "0.2", "-W", "2", vm2.ip]);
+    const r = await lab.exec(vm1.ns, [
+      "ping",
+      "-e",
+      String(PING_ID),
+      "-c",
+      "3",
+      "-i",
+      "0.2",
+      "-W",
+      "2",
+      vm2.ip,
+    ]);
     assert.equal(r.code, 0, `ping failed: ${r.stdout}${r.stderr}`);
 
     const echo = decodeFlowStats(flows.lookup(entries[4]!.key)!);
@@ -143,6 +215,7 @@ describe("kernel fast path (TC eBPF) between network namespaces", { skip }, () =
       ipSrc: vm3.ip,
       ipDst: vm4.ip,
       sport: 8,
+      icmpId: PING_ID,
     });
     const rev = encodeFlowKey({
       ifindex: i4,
@@ -153,6 +226,7 @@ describe("kernel fast path (TC eBPF) between network namespaces", { skip }, () =
       ipSrc: vm4.ip,
       ipDst: vm3.ip,
       sport: 0,
+      icmpId: PING_ID,
     });
     flows.update(
       fwd,
@@ -171,7 +245,18 @@ describe("kernel fast path (TC eBPF) between network namespaces", { skip }, () =
       }),
     );
     try {
-      const r = await lab.exec(vm3.ns, ["ping", "-c", "2", "-i", "0.2", "-W", "2", vm4.ip]);
+      const r = await lab.exec(vm3.ns, [
+        "ping",
+        "-e",
+        String(PING_ID),
+        "-c",
+        "2",
+        "-i",
+        "0.2",
+        "-W",
+        "2",
+        vm4.ip,
+      ]);
       assert.equal(r.code, 0, `routed ping failed: ${r.stdout}${r.stderr}`);
       // The reply left vm4 with TTL 64 and crossed one decrementing hop.
       assert.match(r.stdout, /ttl=63/);
