@@ -439,7 +439,11 @@ export class KernelDatapath implements Datapath {
 
   /** Kernel map writes since start, and writes refused (map full or the syscall failed). */
   kernelInstallCounts(): { installs: number; failures: number; entries: number } {
-    return { installs: this.kernelInstalls, failures: this.kernelInstallFailures, entries: this.entries.size };
+    return {
+      installs: this.kernelInstalls,
+      failures: this.kernelInstallFailures,
+      entries: this.entries.size,
+    };
   }
 
   /** Flows currently written to the kernel map, by their userspace flow. */
