@@ -117,6 +117,8 @@ export class KernelDatapath implements Datapath {
   readonly kind = "kernel" as const;
   readonly table: FlowTable;
   readonly devices: { upcallKernel: string; upcallAgent: string; vxlan: string };
+  /** What start() found and removed from a previous run (`link:`, `tc:`, `pins:` entries). */
+  reclaimed: string[] = [];
   private readonly queue: UpcallQueue<Upcall>;
   private readonly ports = new Map<number, BoundPort>();
   private readonly keyToPort = new Map<number, number>();
@@ -185,9 +187,10 @@ export class KernelDatapath implements Datapath {
 
   async start(): Promise<void> {
     const { netns, log } = this.opts;
-    const reclaimed = this.reclaim();
-    if (reclaimed.length > 0)
-      log.warn({ reclaimed }, "kernel datapath: removed what a previous run left behind");
+    this.reclaimed = this.reclaim();
+    if (this.reclaimed.length > 0) {
+      log.warn({ reclaimed: this.reclaimed }, "kernel datapath: removed what a previous run left behind");
+    }
     this.progs = TcPrograms.load({ bpffs: this.opts.bpffs ?? "/sys/fs/bpf", name: this.pinName });
     try {
       const d = this.devices;
