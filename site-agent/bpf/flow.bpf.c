@@ -45,8 +45,13 @@ enum flow_action_kind {
 };
 
 #define FLOW_F_SET_MACS 1
+#define FLOW_F_SET_IP_SRC 2 // NAT: rewrite the IPv4 source (IP and TCP/UDP checksums updated)
+#define FLOW_F_SET_IP_DST 4
+#define FLOW_F_SET_TP_SRC 8 // NAT: rewrite the TCP/UDP source port
+#define FLOW_F_SET_TP_DST 16
+#define FLOW_F_NAT (FLOW_F_SET_IP_SRC | FLOW_F_SET_IP_DST | FLOW_F_SET_TP_SRC | FLOW_F_SET_TP_DST)
 
-// Flow value, 64 bytes. Written by the agent; packets/bytes/last_used_ns by the program.
+// Flow value, 80 bytes. Written by the agent; packets/bytes/last_used_ns by the program.
 struct flow_value {
 	__u32 action;       // 0: enum flow_action_kind
 	__u32 out_ifindex;  // 4: redirect target (the VXLAN device for FLOW_ACT_TUNNEL)
@@ -60,6 +65,11 @@ struct flow_value {
 	__u64 packets;      // 40
 	__u64 bytes;        // 48
 	__u64 last_used_ns; // 56: bpf_ktime_get_ns() (CLOCK_MONOTONIC) of the last hit
+	__be32 nat_ip_src;  // 64: FLOW_F_SET_IP_SRC
+	__be32 nat_ip_dst;  // 68: FLOW_F_SET_IP_DST
+	__be16 nat_tp_src;  // 72: FLOW_F_SET_TP_SRC
+	__be16 nat_tp_dst;  // 74: FLOW_F_SET_TP_DST
+	__u32 pad2;         // 76
 };
 
 // Per ingress device: the agent's port number and the upcall rate limiter's state (GCRA: the
@@ -243,6 +253,72 @@ static __always_inline int dec_ttl(struct __sk_buff *skb, __u8 by)
 	return 0;
 }
 
+// Applies the flow's NAT rewrites the way flow-actions.ts applyRewrites does: IPv4 header checksum
+// always, the TCP/UDP checksum for unfragmented TCP/UDP (a zero UDP checksum stays zero), ports
+// only for TCP/UDP. The agent writes NAT entries only for unfragmented IPv4.
+static __always_inline int nat(struct __sk_buff *skb, struct flow_value *v, __u8 proto)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct iphdr *ip = data + ETH_HLEN;
+	if ((void *)(ip + 1) > end)
+		return -1;
+	__u32 l4 = ETH_HLEN + ip->ihl * 4;
+	__u32 csum = 0;
+	__u64 l4flags = 0;
+	if (proto == IPPROTO_TCP) {
+		csum = l4 + 16;
+	} else if (proto == IPPROTO_UDP) {
+		csum = l4 + 6;
+		l4flags = BPF_F_MARK_MANGLED_0;
+	}
+	__u32 ip_check = ETH_HLEN + offsetof(struct iphdr, check);
+	if (v->flags & FLOW_F_SET_IP_SRC) {
+		__be32 old = ip->saddr;
+		__be32 new = v->nat_ip_src;
+		if (csum && bpf_l4_csum_replace(skb, csum, old, new, l4flags | BPF_F_PSEUDO_HDR | 4) < 0)
+			return -1;
+		if (bpf_l3_csum_replace(skb, ip_check, old, new, 4) < 0)
+			return -1;
+		if (bpf_skb_store_bytes(skb, ETH_HLEN + offsetof(struct iphdr, saddr), &new, 4, 0) < 0)
+			return -1;
+		data = (void *)(long)skb->data;
+		end = (void *)(long)skb->data_end;
+		ip = data + ETH_HLEN;
+		if ((void *)(ip + 1) > end)
+			return -1;
+	}
+	if (v->flags & FLOW_F_SET_IP_DST) {
+		__be32 old = ip->daddr;
+		__be32 new = v->nat_ip_dst;
+		if (csum && bpf_l4_csum_replace(skb, csum, old, new, l4flags | BPF_F_PSEUDO_HDR | 4) < 0)
+			return -1;
+		if (bpf_l3_csum_replace(skb, ip_check, old, new, 4) < 0)
+			return -1;
+		if (bpf_skb_store_bytes(skb, ETH_HLEN + offsetof(struct iphdr, daddr), &new, 4, 0) < 0)
+			return -1;
+	}
+	if (!csum)
+		return 0;
+	if (v->flags & FLOW_F_SET_TP_SRC) {
+		__be16 old;
+		__be16 new = v->nat_tp_src;
+		if (bpf_skb_load_bytes(skb, l4, &old, 2) < 0 ||
+		    bpf_l4_csum_replace(skb, csum, old, new, l4flags | 2) < 0 ||
+		    bpf_skb_store_bytes(skb, l4, &new, 2, 0) < 0)
+			return -1;
+	}
+	if (v->flags & FLOW_F_SET_TP_DST) {
+		__be16 old;
+		__be16 new = v->nat_tp_dst;
+		if (bpf_skb_load_bytes(skb, l4 + 2, &old, 2) < 0 ||
+		    bpf_l4_csum_replace(skb, csum, old, new, l4flags | 2) < 0 ||
+		    bpf_skb_store_bytes(skb, l4 + 2, &new, 2, 0) < 0)
+			return -1;
+	}
+	return 0;
+}
+
 static __always_inline int upcall(struct __sk_buff *skb, struct port_info *pi, __u32 port_no,
 				  __u32 tun_id, __u32 tun_remote, __u16 reason)
 {
@@ -333,6 +409,8 @@ static __always_inline int forward(struct __sk_buff *skb, struct port_info *pi, 
 	__sync_fetch_and_add(&v->bytes, skb->len);
 	v->last_used_ns = bpf_ktime_get_ns();
 	if (v->action == FLOW_ACT_DROP)
+		return TC_ACT_SHOT;
+	if ((v->flags & FLOW_F_NAT) && k.ethertype == ETH_P_IP_BE && nat(skb, v, k.proto) < 0)
 		return TC_ACT_SHOT;
 	if (v->flags & FLOW_F_SET_MACS) {
 		if (bpf_skb_store_bytes(skb, 0, v->eth_dst, 6, 0) < 0 ||

@@ -38,11 +38,14 @@ test("tunnel value carries the VNI and the remote in host byte order", () => {
     action: { kind: "tunnel", outIfindex: 7, vni: 0xabcdef, remote: "192.168.1.2" },
     setMacs: { dst: "02:00:00:00:00:09", src: "02:00:00:00:00:08" },
     decTtl: true,
+    nat: { ipSrc: "203.0.113.2", tpSrc: 1024 },
   });
   assert.equal(v.length, FLOW_VALUE_SIZE);
   assert.equal(v.readUInt32LE(0), 2);
   assert.equal(v.readUInt32LE(4), 7);
-  assert.equal(v.readUInt32LE(8), 1);
+  assert.equal(v.readUInt32LE(8), 1 | 2 | 8);
+  assert.deepEqual([...v.subarray(64, 68)], [203, 0, 113, 2]);
+  assert.equal(v.readUInt16BE(72), 1024);
   assert.equal(v[32], 1);
   assert.equal(v.readUInt32LE(12), 0xabcdef);
   assert.equal(v.readUInt32LE(16), 0xc0a80102);

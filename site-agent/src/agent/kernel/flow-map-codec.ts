@@ -3,7 +3,7 @@
 // big-endian; everything else little-endian (the host's order on the machines we run on).
 
 export const FLOW_KEY_SIZE = 40;
-export const FLOW_VALUE_SIZE = 64;
+export const FLOW_VALUE_SIZE = 80;
 
 export interface KernelFlowKey {
   ifindex: number;
@@ -33,6 +33,8 @@ export interface KernelFlowValue {
   setMacs?: { dst: string; src: string };
   /** IPv4 TTL decrement (true = 1); packets whose TTL would expire go to the agent. */
   decTtl?: boolean | number;
+  /** IPv4 NAT rewrites (checksums updated by the program). */
+  nat?: { ipSrc?: string; ipDst?: string; tpSrc?: number; tpDst?: number };
 }
 
 export interface KernelFlowStats {
@@ -105,6 +107,27 @@ export function encodeFlowValue(v: KernelFlowValue): Buffer {
   if (v.setMacs) {
     writeMac(b, 20, v.setMacs.dst);
     writeMac(b, 26, v.setMacs.src);
+  }
+  const n = v.nat;
+  if (n) {
+    let flags = b.readUInt32LE(8);
+    if (n.ipSrc !== undefined) {
+      writeIpv4Be(b, 64, n.ipSrc);
+      flags |= 2;
+    }
+    if (n.ipDst !== undefined) {
+      writeIpv4Be(b, 68, n.ipDst);
+      flags |= 4;
+    }
+    if (n.tpSrc !== undefined) {
+      b.writeUInt16BE(n.tpSrc, 72);
+      flags |= 8;
+    }
+    if (n.tpDst !== undefined) {
+      b.writeUInt16BE(n.tpDst, 74);
+      flags |= 16;
+    }
+    b.writeUInt32LE(flags, 8);
   }
   return b;
 }

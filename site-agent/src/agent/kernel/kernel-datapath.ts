@@ -154,6 +154,10 @@ export class KernelDatapath implements Datapath {
   private kernelInstalls = 0;
   private kernelInstallFailures = 0;
   private tunnelPortWarned = false;
+  /** Upcall arrival times, for the flow-setup latency samples (first packet → entry written). */
+  private readonly arrivedAt = new WeakMap<Upcall, number>();
+  private readonly setupSamples: number[] = [];
+  private setupNext = 0;
 
   constructor(private readonly opts: KernelDatapathOptions) {
     if (!/^[a-z0-9]{1,9}$/.test(opts.name)) {
@@ -747,6 +751,7 @@ export class KernelDatapath implements Datapath {
     }
     const source = portNo !== 0 ? `port:${portNo}` : `tunnel:${from?.ip ?? "?"}`;
     const u: Upcall = { portNo, tunnelKey, traced, frame, key: Buffer.from(this.key), from };
+    this.arrivedAt.set(u, performance.now());
     if (!this.queue.push(source, u)) {
       this.countDrop("upcall_queue_full");
       return;
@@ -824,11 +829,30 @@ export class KernelDatapath implements Datapath {
       if (flow) {
         flow.packets++;
         flow.bytes += u.frame.length;
+        const before = this.kernelInstalls;
         this.installKernel(flow, u.key);
+        const t0 = this.arrivedAt.get(u);
+        if (this.kernelInstalls > before && t0 !== undefined) this.recordSetup(performance.now() - t0);
       }
     }
     for (const g of d.generated ?? []) this.output(g.frame, g.actions);
     this.output(u.frame, d.actions);
+  }
+
+  private recordSetup(ms: number): void {
+    // A bounded ring of the latest samples.
+    if (this.setupSamples.length < 4096) this.setupSamples.push(ms);
+    else this.setupSamples[this.setupNext] = ms;
+    this.setupNext = (this.setupNext + 1) % 4096;
+  }
+
+  /**
+   * Flow-setup latencies (ms) of the latest simulated upcalls whose flow went to the kernel: from
+   * the frame's arrival on the upcall device to its map entry being written (the agent's share of
+   * the first packet's delay; the kernel's redirect to the upcall device adds microseconds).
+   */
+  flowSetupSamples(): number[] {
+    return [...this.setupSamples];
   }
 
   // ---- re-injection ----

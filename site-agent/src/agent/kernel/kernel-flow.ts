@@ -62,14 +62,14 @@ export function kernelFlowFor(
     if (L3_FIELDS.has(f) && !ipv4 && ethType !== ETH_TYPE_ARP)
       return { userspace: `matches ${f} (not IPv4)` };
   }
-  if (
-    actions.setIpSrc ||
-    actions.setIpDst ||
+  const natting =
+    actions.setIpSrc !== undefined ||
+    actions.setIpDst !== undefined ||
     actions.setTpSrc !== undefined ||
-    actions.setTpDst !== undefined
-  ) {
-    return { userspace: "NAT rewrite" };
-  }
+    actions.setTpDst !== undefined;
+  // Later fragments carry no L4 header: the program would rewrite payload bytes as ports.
+  if (natting && (!ipv4 || key[KEY.ipFrag] === 2))
+    return { userspace: "NAT rewrite of a non-IPv4 packet or a later fragment" };
   if ((actions.decTtl ?? 0) > 0 && !ipv4) return { userspace: "TTL decrement (not IPv4)" };
   if (actions.outputs.length > 1) return { userspace: "several outputs" };
   const k = kernelKeyOf(key, ctx);
@@ -100,5 +100,25 @@ export function kernelFlowFor(
     (actions.setEthSrc ?? key.subarray(KEY.ethSrc, KEY.ethSrc + 6)).copy(v, 26);
   }
   v[32] = actions.decTtl ?? 0;
+  if (natting) {
+    let flags = v.readUInt32LE(8);
+    if (actions.setIpSrc) {
+      actions.setIpSrc.copy(v, 64);
+      flags |= 2;
+    }
+    if (actions.setIpDst) {
+      actions.setIpDst.copy(v, 68);
+      flags |= 4;
+    }
+    if (actions.setTpSrc !== undefined) {
+      v.writeUInt16BE(actions.setTpSrc, 72);
+      flags |= 8;
+    }
+    if (actions.setTpDst !== undefined) {
+      v.writeUInt16BE(actions.setTpDst, 74);
+      flags |= 16;
+    }
+    v.writeUInt32LE(flags, 8);
+  }
   return { key: k, value: v };
 }

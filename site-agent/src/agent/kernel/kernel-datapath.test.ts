@@ -50,9 +50,12 @@ describe("kernel datapath in the agent, between network namespaces", { skip }, (
   let vmA: Vm;
   let vmB: Vm;
   let vmC: Vm;
+  let vmD: Vm;
   const macA = "02:00:00:00:8a:01";
   const macB = "02:00:00:00:8b:01";
   const macC = "02:00:00:00:8c:01";
+  const macD = "02:00:00:00:8d:01";
+  const FLOATING = "10.81.9.9";
   let sgIn: topologypb.Chain;
   const nodes: { ns: string; dp: KernelDatapath; agent: EdgeAgent; sim: EngineSimulator }[] = [];
   let scratch: string;
@@ -65,13 +68,14 @@ describe("kernel datapath in the agent, between network namespaces", { skip }, (
     vmA = lab.addVm(macA, "10.81.1.1/24", "10.81.1.254");
     vmB = lab.addVm(macB, "10.81.1.2/24", "10.81.1.254");
     vmC = lab.addVm(macC, "10.81.2.3/24", "10.81.2.254");
-    for (const vm of [vmA, vmB, vmC]) {
+    vmD = lab.addVm(macD, "10.81.2.4/24", "10.81.2.254");
+    for (const vm of [vmA, vmB, vmC, vmD]) {
       // No IPv6 chatter from the VMs: the upcall counter must only move for the traffic we send.
       sh("ip", ["netns", "exec", vm.ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
     }
     const placement: [string, Vm[]][] = [
       [hA, [vmA]],
-      [hB, [vmB, vmC]],
+      [hB, [vmB, vmC, vmD]],
     ];
     placement.forEach(([ns, vms], i) => {
       sh("ip", ["-n", ns, "addr", "add", `192.168.81.${i + 1}/24`, "dev", "ul0"]);
@@ -84,10 +88,28 @@ describe("kernel datapath in the agent, between network namespaces", { skip }, (
     const pA = t.vmPort(net1, hostA, macA, ["10.81.1.1"], { interfaceName: vmA.hostIf });
     const pB = t.vmPort(net1, hostB, macB, ["10.81.1.2"], { interfaceName: vmB.hostIf });
     t.vmPort(net2, hostB, macC, ["10.81.2.3"], { interfaceName: vmC.hostIf });
+    t.vmPort(net2, hostB, macD, ["10.81.2.4"], { interfaceName: vmD.hostIf });
     const if1 = t.routerInterface(router, net1, "02:00:00:00:8f:01", "10.81.1.254/24");
     const if2 = t.routerInterface(router, net2, "02:00:00:00:8f:02", "10.81.2.254/24");
     t.route(router, "10.81.1.0/24", if1.routerPort);
     t.route(router, "10.81.2.0/24", if2.routerPort);
+    // vmD's floating IP, seen from net1: stateless 1:1 NAT on the router (DNAT in, SNAT out).
+    const rIn = t.chain("r-in");
+    t.rule(
+      rIn,
+      RA.RULE_ACTION_DNAT,
+      { inPortIds: [if1.routerPort.id], nwDst: `${FLOATING}/32` },
+      { natTargets: [{ ipStart: "10.81.2.4", ipEnd: "10.81.2.4", portStart: 0, portEnd: 0 }] },
+    );
+    const rOut = t.chain("r-out");
+    t.rule(
+      rOut,
+      RA.RULE_ACTION_SNAT,
+      { outPortIds: [if1.routerPort.id], nwSrc: "10.81.2.4/32" },
+      { natTargets: [{ ipStart: FLOATING, ipEnd: FLOATING, portStart: 0, portEnd: 0 }] },
+    );
+    router.inboundFilterId = rIn.id;
+    router.outboundFilterId = rOut.id;
     // vmB's security group: in only TCP 5001, ICMP, ARP and replies; out only replies, ARP, ICMP.
     sgIn = t.chain("sg-in");
     t.rule(sgIn, RA.RULE_ACTION_ACCEPT, { matchReturnFlow: true });
@@ -213,6 +235,30 @@ describe("kernel datapath in the agent, between network namespaces", { skip }, (
       .dumpFlows()
       .find((f) => f.tags.includes(`device:${router.id}`) && f.match.ipDst === vmC.ip && f.path === "kernel");
     assert.ok(routed, "the routed ICMP flow is in the kernel");
+  });
+
+  test("a floating IP (1:1 NAT on the router) is rewritten by the kernel, checksums intact", async () => {
+    const [A, B] = [nodes[0]!, nodes[1]!];
+    const ping = await lab.exec(vmA.ns, ["ping", "-c", "3", "-i", "0.2", "-W", "2", FLOATING]);
+    assert.equal(ping.code, 0, ping.stdout + ping.stderr);
+    assert.match(ping.stdout, new RegExp(`from ${FLOATING.replaceAll(".", "\\.")}`));
+    const size = 1_000_000;
+    const server = lab.exec(vmD.ns, ["sh", "-c", "timeout 20 nc -l 5003 | wc -c"], 30_000);
+    await new Promise((r) => setTimeout(r, 300));
+    const client = await lab.exec(
+      vmA.ns,
+      ["sh", "-c", `head -c ${size} /dev/zero | nc -N -w 5 ${FLOATING} 5003`],
+      30_000,
+    );
+    assert.equal(client.code, 0, client.stderr);
+    assert.equal(Number((await server).stdout.trim()), size, "TCP through DNAT/SNAT arrives complete");
+    const dnat = A.dp.dumpFlows().filter((f) => f.actions.includes("set(ip_dst=10.81.2.4)"));
+    const snat = B.dp.dumpFlows().filter((f) => f.actions.includes(`set(ip_src=${FLOATING})`));
+    assert.ok(dnat.length >= 1 && dnat.every((f) => f.path === "kernel"), "DNAT flows are in A's kernel");
+    assert.ok(snat.length >= 1 && snat.every((f) => f.path === "kernel"), "SNAT flows are in B's kernel");
+    await until("the DNAT flows' kernel counters read back", () =>
+      A.dp.dumpFlows().some((f) => f.actions.includes("set(ip_dst=10.81.2.4)") && f.packets > 10),
+    );
   });
 
   test("a rule change deletes exactly the kernel entries of the flows through it", async () => {
