@@ -20,6 +20,7 @@ type Lab = InstanceType<typeof NetnsLab>;
 type Vm = ReturnType<Lab["addVm"]>;
 
 const root = fileURLToPath(new URL("../../../", import.meta.url));
+const PING_ID = 4747;
 
 export interface PathResult {
   tcpGbps: number;
@@ -54,8 +55,10 @@ export async function measurePath(lab: Lab, a: Vm, b: Vm, seconds: number): Prom
   const server = lab.spawn(b.ns, ["iperf3", "-s"]);
   try {
     await new Promise((r) => setTimeout(r, 500));
-    // Warm the path (ARP, flows) before measuring.
-    await lab.exec(a.ns, ["ping", "-c", "3", "-i", "0.2", "-W", "1", b.ip]);
+    // Warm the path (ARP, flows) before measuring. One ICMP identifier for the warm-up and the
+    // measured ping, so the RTT is that of an established flow on every path (the identifier is
+    // part of a flow when a stateful rule read it).
+    await lab.exec(a.ns, ["ping", "-e", String(PING_ID), "-c", "3", "-i", "0.2", "-W", "1", b.ip]);
     const tcp = await lab.exec(
       a.ns,
       ["iperf3", "-c", b.ip, "-t", String(seconds), "-J"],
@@ -74,7 +77,7 @@ export async function measurePath(lab: Lab, a: Vm, b: Vm, seconds: number): Prom
     const count = Math.max(20, seconds * 20);
     const ping = await lab.exec(
       a.ns,
-      ["ping", "-c", String(count), "-i", "0.02", "-W", "1", "-q", b.ip],
+      ["ping", "-e", String(PING_ID), "-c", String(count), "-i", "0.02", "-W", "1", "-q", b.ip],
       60_000,
     );
     const m = /= [\d.]+\/([\d.]+)\//.exec(ping.stdout);
