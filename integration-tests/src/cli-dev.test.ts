@@ -260,7 +260,7 @@ test("isthmus dev runs two sites with agents; intent reaches both; SIGTERM leave
   assert.equal(existsSync(up.dataDir), false, "--ephemeral removes its data directory");
 });
 
-test("isthmus dev restarts a killed site controller (its database too) and reuses .isthmus on restart", async (t) => {
+test("isthmus dev restarts a killed site controller (its database too), reuses .isthmus on restart, and leaves nothing when killed", async (t) => {
   const base = await mkdtemp(join(tmpdir(), "isthmus-dev-restart-"));
   await chmod(base, 0o755); // as root the database runs as another user, which must reach it
   t.after(() => rm(base, { recursive: true, force: true }));
@@ -320,7 +320,15 @@ test("isthmus dev restarts a killed site controller (its database too) and reuse
     const st = await siteStatus(site2.controller, site2.adminTokenFile);
     return st?.federationConnected && st.hosts === 2 ? st : undefined;
   });
-  await stopAndCheck(second);
+
+  // Even a supervisor killed outright leaves nothing: each child sees its IPC channel close and
+  // runs its own SIGTERM shutdown, which stops the database.
+  const pids = second.pids();
+  second.child.kill("SIGKILL");
+  await second.exited;
+  await until("every child of the killed supervisor gone", 60_000, () =>
+    pids.some(alive) ? undefined : true,
+  );
 });
 
 test("isthmus dev names a bad --listen value", async () => {
