@@ -9,10 +9,6 @@ import { writeTopology } from "./topology-store.js";
 import type { LocalPortBinding, TopologyDelta } from "./translate/index.js";
 import type { WriteContext } from "./write-context.js";
 
-/** Site-local tunnel keys, disjoint from the coordinator's global keys (DESIGN.md §5). */
-export const LOCAL_TUNNEL_KEY_MIN = 0x000001;
-export const LOCAL_TUNNEL_KEY_MAX = 0x0fffff;
-
 const ROLE_NAMES: Record<number, string> = {
   [topologypb.HostRole.HOST_ROLE_HOST]: "host",
   [topologypb.HostRole.HOST_ROLE_GATEWAY]: "gateway",
@@ -77,8 +73,6 @@ interface Step<T> {
 }
 
 export class LocalWriter {
-  private keyCursor = LOCAL_TUNNEL_KEY_MIN;
-
   constructor(private readonly ctx: WriteContext) {}
 
   registerHost(input: HostInput): Promise<topologypb.Host> {
@@ -198,18 +192,17 @@ export class LocalWriter {
     };
   }
 
-  /** Lowest free site-local key at or after the cursor, wrapping once. */
+  /** A site-local key no VM port or uplink port holds (the allocator is shared with intent). */
   private nextKey(): number {
-    const used = new Set([...this.ctx.index.list("localPort")].map((p) => p.tunnelKey));
-    const span = LOCAL_TUNNEL_KEY_MAX - LOCAL_TUNNEL_KEY_MIN + 1;
-    for (let i = 0; i < span; i++) {
-      const k = LOCAL_TUNNEL_KEY_MIN + ((this.keyCursor - LOCAL_TUNNEL_KEY_MIN + i) % span);
-      if (!used.has(k)) {
-        this.keyCursor = k >= LOCAL_TUNNEL_KEY_MAX ? LOCAL_TUNNEL_KEY_MIN : k + 1;
-        return k;
-      }
+    const key = this.ctx.keys.begin()();
+    if (key === 0) {
+      throw new LocalRequestError(
+        "tunnel_key",
+        `all ${this.ctx.keys.size} site-local tunnel keys are in use`,
+        "exhausted",
+      );
     }
-    throw new LocalRequestError("tunnel_key", `all ${span} site-local tunnel keys are in use`, "exhausted");
+    return key;
   }
 
   /**

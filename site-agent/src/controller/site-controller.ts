@@ -43,6 +43,7 @@ import { SnatBlockLeases } from "./snat-block-leases.js";
 import { grpcError, TopologyWatchService } from "./topology-watch.js";
 import { IntentIndex } from "./translate/index.js";
 import { siteTranslator, type Translator } from "./translator.js";
+import { TunnelKeyAllocator } from "./tunnel-key-allocator.js";
 import type { WriteContext } from "./write-context.js";
 import { WriteQueue } from "./write-queue.js";
 
@@ -185,6 +186,7 @@ export class SiteController {
         site: opts.site,
         db,
         index,
+        keys: new TunnelKeyAllocator(index),
         queue: new WriteQueue(),
         fence: leaseFence(controllerId, () => lease.currentToken()),
         translator: opts.translator ?? siteTranslator,
@@ -278,6 +280,9 @@ export class SiteController {
     if (!this.lease.active) return;
     // The other replica may have written since we last looked: reload before writing.
     await this.applier.load();
+    const assigned = await this.applier.assignMissingUplinkKeys();
+    if (assigned > 0)
+      this.opts.log.info({ assigned }, "gave site-local tunnel keys to uplink ports without one");
     this.activeWriter = new LocalWriter(this.ctx);
     const creds = this.opts.federationCredentials ?? grpcCredentials.createInsecure();
     if (this.opts.federation.length > 0) {
