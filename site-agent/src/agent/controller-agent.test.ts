@@ -69,7 +69,7 @@ function controllerOptions(dbUrl: string, listen: string, hostTokenTtlSec: numbe
     federation: [],
     listen,
     log: silentLogger(),
-    tuning: { leaseTtlMs: 1_500, leaseRenewMs: 300, feedPollMs: 30, hostTokenTtlSec },
+    tuning: { leaseTtlMs: 10_000, leaseRenewMs: 500, feedPollMs: 30, hostTokenTtlSec },
   };
 }
 
@@ -97,7 +97,7 @@ function site(address: string) {
 test("the agent renews its host token before expiry and keeps watching across the expiry and a controller restart", async (t) => {
   if (skip) return t.skip(skip);
   const dbUrl = await pgs!.createDatabase();
-  let ctl = await startController(controllerOptions(dbUrl, "127.0.0.1:0", 3));
+  let ctl = await startController(controllerOptions(dbUrl, "127.0.0.1:0", 4));
   const address = ctl.address;
   t.after(() => ctl.stop());
   const admin = (await ctl.tokens.issue("admin", "admin", 600)).token;
@@ -121,7 +121,7 @@ test("the agent renews its host token before expiry and keeps watching across th
   await until("the first snapshot", () => running.agent.store.ready);
   const first = readFileSync(tokenFile, "utf8").trim();
   const firstExpiry = tokenExpiry(first)!;
-  assert.ok(firstExpiry - Date.now() <= 3_500, "a short-lived token");
+  assert.ok(firstExpiry - Date.now() <= 4_500, "a short-lived token");
   assert.ok(running.hostToken, "a JWT host token is renewed");
 
   await until("a renewal", () => running.hostToken!.renewals >= 1);
@@ -139,7 +139,7 @@ test("the agent renews its host token before expiry and keeps watching across th
 
   // A controller restart makes the agent reconnect: only a current token gets it back in.
   await ctl.stop();
-  ctl = await startController(controllerOptions(dbUrl, address, 3));
+  ctl = await startController(controllerOptions(dbUrl, address, 4));
   // The shared channel to this address backs off after the stop; wait for it to come back.
   const reg = await retryUnavailable(() =>
     api.registerHost(
