@@ -11,7 +11,7 @@ import { closeServer, startAdminServer, startMetricsServer } from "./agent-http.
 import { createAgentMetrics } from "./agent-metrics.js";
 import type { PortIO } from "./datapath.js";
 import { EdgeAgent } from "./edge-agent.js";
-import { registerHost } from "./host-registration.js";
+import { HostHeartbeat, registerHost } from "./host-registration.js";
 import { HostTokenRefresher, tokenExpiry } from "./host-token-refresh.js";
 import { EngineSimulator } from "./sim-adapter.js";
 import type { Simulator } from "./simulator.js";
@@ -191,6 +191,13 @@ export async function startAgent(flags: AgentFlags, deps: AgentDeps = {}): Promi
     health.set("controller", true, connected ? "" : `disconnected: ${detail}`);
   health.set("controller", true, "connecting");
   watch.start();
+  const heartbeat = new HostHeartbeat({
+    controller: cfg.controller,
+    hostId,
+    token: currentToken,
+    log,
+  });
+  heartbeat.start();
 
   const registry = createAgentMetrics({
     datapath,
@@ -262,6 +269,7 @@ export async function startAgent(flags: AgentFlags, deps: AgentDeps = {}): Promi
       watch.stop();
       refresher?.stop();
       await natLeases.stop();
+      heartbeat.stop();
       await closeServer(admin.server);
       await closeServer(metrics.server);
       await agent.stop();

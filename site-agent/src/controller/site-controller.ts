@@ -32,6 +32,7 @@ import { startEmbeddedPostgres } from "./db/embedded-postgres.js";
 import { migrate } from "./db/migrations.js";
 import type { RunningPostgres } from "./db/postgres-server.js";
 import { leaseFence } from "./fence.js";
+import { HostLiveness } from "./host-liveness.js";
 import { HostTokens } from "./host-token.js";
 import { IntentApplier } from "./intent-applier.js";
 import { IntentSync } from "./intent-sync.js";
@@ -61,6 +62,10 @@ export interface SiteControllerTuning {
   ackEveryMs: number;
   reportBatchMs: number;
   hostTokenTtlSec: number;
+  /** A host whose agent has not heartbeat for this long is marked not alive. */
+  hostDeadAfterMs: number;
+  /** How often the active replica compares heartbeats with the timeout. */
+  hostCheckMs: number;
   maxIntentObjects: number;
   dbMaxConnections: number;
 }
@@ -79,6 +84,8 @@ export const DEFAULT_TUNING: SiteControllerTuning = {
   ackEveryMs: 200,
   reportBatchMs: 100,
   hostTokenTtlSec: 30 * 24 * 3600,
+  hostDeadAfterMs: 15_000,
+  hostCheckMs: 1_000,
   maxIntentObjects: 2_000_000,
   dbMaxConnections: 16,
 };
@@ -128,6 +135,7 @@ export class SiteController {
     private readonly feed: ChangeFeed,
     private readonly watch: TopologyWatchService,
     readonly tokens: HostTokens,
+    readonly liveness: HostLiveness,
     private server: StartedServer | undefined,
   ) {
     this.metrics = controllerMetrics({
@@ -232,6 +240,11 @@ export class SiteController {
         feed,
         watch,
         tokens,
+        new HostLiveness(db, index, {
+          deadAfterMs: tuning.hostDeadAfterMs,
+          checkEveryMs: tuning.hostCheckMs,
+          log: componentLogger(log, "host-liveness"),
+        }),
         undefined,
       );
       await self.serve(opts.listen);
@@ -258,8 +271,10 @@ export class SiteController {
       site.SiteServiceService,
       siteService({
         view: this.index,
+        db: this.db,
         writer: () => this.activeWriter,
         tokens: this.tokens,
+        liveness: this.liveness,
         hostTokenTtlSec: this.tuning.hostTokenTtlSec,
         snatLeases: new SnatBlockLeases(this.db, this.ctx.fence),
         status: () => this.status(),
@@ -284,6 +299,7 @@ export class SiteController {
     if (assigned > 0)
       this.opts.log.info({ assigned }, "gave site-local tunnel keys to uplink ports without one");
     this.activeWriter = new LocalWriter(this.ctx);
+    this.liveness.startChecking(this.activeWriter);
     const creds = this.opts.federationCredentials ?? grpcCredentials.createInsecure();
     if (this.opts.federation.length > 0) {
       this.sync = new IntentSync(this.applier, {
@@ -315,6 +331,7 @@ export class SiteController {
 
   private async becomeStandby(): Promise<void> {
     this.activeWriter = undefined;
+    await this.liveness.stopChecking();
     await this.sync?.stop();
     await this.reporter?.stop();
     this.sync = undefined;
@@ -357,6 +374,7 @@ export class SiteController {
       stalenessMs: this.stalenessMs(),
       topologyRevision: Math.max(0, this.feed.revision),
       hosts: [...this.index.list("host")].length,
+      hostsAlive: [...this.index.list("host")].filter((h) => h.alive !== false).length,
       ports: [...this.index.list("localPort")].length,
       watchStreams: this.watch.openStreams,
       detail: this.detail(),
