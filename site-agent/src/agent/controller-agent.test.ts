@@ -174,16 +174,19 @@ test("SNAT port blocks come from the controller: two hosts never allocate the sa
   const natIp = (192 << 24) | (0 << 16) | (2 << 8) | 50;
   const hosts = await Promise.all(
     ["h1", "h2"].map(async (name, i) => {
-      const r = await api.registerHost(
-        {
-          name,
-          tunnelIp: `127.0.0.${i + 2}`,
-          tunnelPort: 4789,
-          role: topologypb.HostRole.HOST_ROLE_HOST,
-          wanIp: "",
-          wanPort: 0,
-        },
-        admin,
+      // The lease is held before the writer is set up: wait out UNAVAILABLE as an operator would.
+      const r = await retryUnavailable(() =>
+        api.registerHost(
+          {
+            name,
+            tunnelIp: `127.0.0.${i + 2}`,
+            tunnelPort: 4789,
+            role: topologypb.HostRole.HOST_ROLE_HOST,
+            wanIp: "",
+            wanPort: 0,
+          },
+          admin,
+        ),
       );
       const leases = new SiteNatLeases({
         controller: ctl.address,

@@ -1,4 +1,4 @@
-// SNAT port blocks leased to hosts, kept in the site database (schema/sql/0002_snat_block_leases).
+// SNAT port blocks leased to hosts, kept in the site database (schema/sql/0003_snat_block_leases).
 // A block of a NAT address belongs to at most one host until its lease expires; a host renews what
 // it holds and releases it when done. Each call is one SERIALIZABLE transaction behind the lease
 // fence, so two hosts asking at once (even through two controller replicas) never get one block.
