@@ -145,8 +145,6 @@ export class AgentWatch {
   readonly arrivals = new Map<string, number>();
   recording = false;
   revision = -1;
-  snapshotAt = 0;
-  snapshotObjects = 0;
   error: string | undefined;
   private readonly client: topologypb.TopologyServiceClient;
   private readonly stream: ReturnType<topologypb.TopologyServiceClient["watch"]>;
@@ -163,8 +161,6 @@ export class AgentWatch {
     this.stream.on("data", (e: topologypb.WatchTopologyResponse) => {
       const now = performance.now();
       if (e.snapshot) {
-        this.snapshotAt = now;
-        this.snapshotObjects = e.snapshot.objects.length;
         this.revision = e.snapshot.revision;
       } else if (e.change) {
         this.revision = e.change.revision;
@@ -197,16 +193,20 @@ export function countSnapshot(s: topologypb.TopologySnapshot): Record<string, nu
   return counts;
 }
 
-/** Opens a fresh watch and resolves with the time from the call to the whole snapshot decoded. */
+/**
+ * Opens a fresh watch and resolves with the time from the call to the whole snapshot decoded
+ * (all its parts: the controller sends large snapshots as snapshot_part events, then snapshot).
+ */
 export function timeSnapshot(
   address: string,
   hostId: string,
   hostToken: string,
-  channelOptions: ChannelOptions,
-): Promise<{ ms: number; counts: Record<string, number>; bytes: number }> {
+  channelOptions: ChannelOptions = {},
+): Promise<{ ms: number; counts: Record<string, number>; bytes: number; parts: number }> {
   const client = new topologypb.TopologyServiceClient(address, credentials.createInsecure(), channelOptions);
   return new Promise((resolve, reject) => {
     const t0 = performance.now();
+    const parts: topologypb.TopologySnapshot[] = [];
     const stream = client.watch({ hostId, fromRevision: 0 }, bearer(hostToken));
     const timer = setTimeout(() => {
       stream.cancel();
@@ -214,13 +214,20 @@ export function timeSnapshot(
       reject(new Error("no snapshot within 120 s"));
     }, 120_000);
     stream.on("data", (e: topologypb.WatchTopologyResponse) => {
+      if (e.snapshotPart) parts.push(e.snapshotPart);
       if (!e.snapshot) return;
+      parts.push(e.snapshot);
       const ms = performance.now() - t0;
       clearTimeout(timer);
       stream.cancel();
       client.close();
-      const bytes = topologypb.TopologySnapshot.encode(e.snapshot).finish().length;
-      resolve({ ms, counts: countSnapshot(e.snapshot), bytes });
+      const counts: Record<string, number> = {};
+      let bytes = 0;
+      for (const p of parts) {
+        bytes += topologypb.TopologySnapshot.encode(p).finish().length;
+        for (const [k, n] of Object.entries(countSnapshot(p))) counts[k] = (counts[k] ?? 0) + n;
+      }
+      resolve({ ms, counts, bytes, parts: parts.length });
     });
     stream.on("error", (err: Error & { code?: number }) => {
       clearTimeout(timer);

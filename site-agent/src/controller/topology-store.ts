@@ -73,6 +73,40 @@ export async function readSnapshot(db: Database): Promise<topologypb.TopologySna
   );
 }
 
+/**
+ * The same snapshot in parts of at most `maxPartBytes` of encoded objects each (at least one
+ * object per part), so no single message nears gRPC's limits. Sent as snapshot_part events, the
+ * last one as the snapshot event.
+ */
+export async function readSnapshotParts(
+  db: Database,
+  maxPartBytes: number,
+): Promise<topologypb.TopologySnapshot[]> {
+  return db.tx(
+    "topology-snapshot",
+    async (tx) => {
+      const revision = await currentRevision(tx);
+      const rows = await tx.query("SELECT body FROM topology_objects ORDER BY kind, id");
+      const parts: topologypb.TopologySnapshot[] = [];
+      let objects: topologypb.TopologyObject[] = [];
+      let bytes = 0;
+      for (const row of rows.rows) {
+        const body = row.body as Buffer;
+        if (objects.length > 0 && bytes + body.length > maxPartBytes) {
+          parts.push({ revision, objects });
+          objects = [];
+          bytes = 0;
+        }
+        objects.push(decodeTopology(body));
+        bytes += body.length;
+      }
+      parts.push({ revision, objects });
+      return parts;
+    },
+    { readOnly: true },
+  );
+}
+
 export interface ChangesAfter {
   changes: topologypb.TopologyChange[];
   /** Oldest revision still in the log (0 when empty); a resume from before it needs a snapshot. */
