@@ -118,7 +118,8 @@ export class TopologyWatchClient {
     last: boolean,
   ): topologypb.TopologySnapshot | undefined {
     if (last && !this.partial) return part;
-    const acc = (this.partial ??= { revision: part.revision, objects: [] });
+    this.partial ??= { revision: part.revision, objects: [] };
+    const acc = this.partial;
     if (acc.revision !== part.revision) {
       throw new Error(`snapshot parts of revisions ${acc.revision} and ${part.revision} mixed`);
     }
