@@ -1,6 +1,6 @@
 // CI proof that the propagation benchmark still runs end to end: quick mode made smaller still
-// (3 coordinators, 2 site-controller processes on embedded PostgreSQL, 20 timed changes before
-// and after a 100-object bulk load, a 30-port snapshot), results written to a temp dir so the
+// (3 coordinators, 2 site-controller processes on embedded PostgreSQL, 10 timed changes before
+// and after a 100-object bulk load, a 20-port snapshot), results written to a temp dir so the
 // committed results and docs stay untouched.
 import assert from "node:assert/strict";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
@@ -14,14 +14,14 @@ test("the propagation benchmark times admin writes to agents at two sites and a 
   t.after(() => rmSync(dir, { recursive: true, force: true }));
   const resultsFile = join(dir, "propagation.json");
   const docsFile = join(dir, "benchmarks.md");
-  await run({ quick: true, resultsFile, docsFile, changes: 20, sizes: [100], snapshotPorts: 30 });
+  await run({ quick: true, resultsFile, docsFile, changes: 10, sizes: [100], snapshotPorts: 20 });
   const r = JSON.parse(readFileSync(resultsFile, "utf8")) as PropagationResult;
   assert.deepEqual(r.errors, []);
   assert.deepEqual(
     r.phases.map((p) => [p.sites, p.changes]),
     [
-      [2, 20],
-      [2, 20],
+      [2, 10],
+      [2, 10],
     ],
   );
   assert.ok(r.phases[1]!.stateObjects >= r.phases[0]!.stateObjects + 100, "the bulk load grew the state");
@@ -34,8 +34,8 @@ test("the propagation benchmark times admin writes to agents at two sites and a 
   assert.equal(r.bulkLoad[0]?.objects, 100);
   const s = r.snapshot!;
   assert.equal(s.error, undefined);
-  assert.ok((s.counts.port ?? 0) >= 30, `snapshot holds the 30 ports: ${JSON.stringify(s.counts)}`);
-  assert.ok((s.counts.rule ?? 0) > 30 && s.ms.length === 1 && s.ms[0]! > 0);
+  assert.ok((s.counts.port ?? 0) >= 20, `snapshot holds the 20 ports: ${JSON.stringify(s.counts)}`);
+  assert.ok((s.counts.rule ?? 0) > 20 && s.ms.length === 1 && s.ms[0]! > 0);
   assert.match(
     readFileSync(docsFile, "utf8"),
     /<!-- bench:propagation:start -->[\s\S]*\| 2 \|[\s\S]*<!-- bench:propagation:end -->/,
