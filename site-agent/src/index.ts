@@ -4,6 +4,8 @@ export const SITE_AGENT_PACKAGE = "@isthmus/site-agent";
 export { type AgentFlags, type RunningAgent, startAgent } from "./agent/agent-process.js";
 export type { Datapath, PortIO, Upcall, UpcallDecision } from "./agent/datapath.js";
 export { EdgeAgent } from "./agent/edge-agent.js";
+export { KernelDatapath, type KernelDatapathOptions, kernelDatapathSupport } from "./agent/kernel/index.js";
+export { EngineSimulator } from "./agent/sim-adapter.js";
 export * as agentTesting from "./agent/testing/index.js";
 export { UserspaceDatapath } from "./agent/userspace-datapath.js";
 export { startTestPostgres, type TestPostgres } from "./controller/db/test-postgres.js";
