@@ -90,6 +90,7 @@ export class SiteNatLeases implements NatLeaseSource {
   async stop(): Promise<void> {
     this.stopped = true;
     if (this.renewTimer) clearTimeout(this.renewTimer);
+    await this.settled(); // a lease granted meanwhile is released with the rest
     const all = [...[...this.spare.values()].flat(), ...this.inUse.values()];
     this.spare.clear();
     this.inUse.clear();
@@ -127,7 +128,8 @@ export class SiteNatLeases implements NatLeaseSource {
       .then(
         (r) => {
           const b = r.block;
-          if (!b || this.stopped) return;
+          // Kept even when stopping: stop() waits for requests in flight and releases it too.
+          if (!b) return;
           const held: Held = {
             block: { deviceId: b.deviceId, ip, start: b.start, size: b.size },
             natIp: b.natIp,
@@ -137,7 +139,7 @@ export class SiteNatLeases implements NatLeaseSource {
           list.push(held);
           this.spare.set(k, list);
           this.stats.leased++;
-          this.scheduleRenew();
+          if (!this.stopped) this.scheduleRenew();
         },
         (err: Error) => this.failure(`lease on ${req.natIp}`, err),
       )
