@@ -102,8 +102,8 @@ export class SiteProcess {
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(
         () =>
-          reject(new Error(`site-controller ${o.site} did not start in ${o.startTimeoutMs ?? 60_000} ms`)),
-        o.startTimeoutMs ?? 60_000,
+          reject(new Error(`site-controller ${o.site} did not start in ${o.startTimeoutMs ?? 300_000} ms`)),
+        o.startTimeoutMs ?? 300_000,
       );
     });
     // Reads the JSON log until the controller has said where it listens and written its token;
