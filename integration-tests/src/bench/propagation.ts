@@ -30,6 +30,8 @@ export interface PropagationBenchOptions {
   sizes?: number[];
   /** VM ports created at the first site before its snapshot is timed (0 = skip). */
   snapshotPorts?: number;
+  /** Called with the results so far after every phase (a long run keeps what it measured). */
+  onProgress?: (r: PropagationResult) => void;
   /** Extra node flags for the site-controller processes (e.g. --cpu-prof). */
   siteNodeArgs?: string[];
 }
@@ -475,10 +477,46 @@ export async function measure(opts: PropagationBenchOptions): Promise<Propagatio
     await b.settle(60_000);
     const phases: PhaseResult[] = [];
     const bulk: PropagationResult["bulkLoad"] = [];
+    const errors: string[] = [];
+    let snapshot: SnapshotResult | undefined;
+    const summarize = (): PropagationResult => {
+      const at4 = phases.filter((p) => p.sites === allSites);
+      const smallest = at4[0];
+      const largest = at4[at4.length - 1];
+      const p99 = Math.max(...at4.map((p) => p.commitToEverySite.p99));
+      const snapMs = snapshot && snapshot.ms.length > 0 ? Math.min(...snapshot.ms) : Number.NaN;
+      return {
+        benchmark: "propagation",
+        date: new Date().toISOString(),
+        quick: opts.quick,
+        machine: { cpus: cpus().length, model: cpus()[0]?.model.trim() ?? "unknown", node: process.version },
+        loadAverage: { start: loadStart, end: loadavg().map((x) => Number(x.toFixed(2))) },
+        measuredFrom:
+          "the Create RPC's return at the admin (the leader has committed and applied the entry; the response carries its index)",
+        phases,
+        errors,
+        bulkLoad: bulk,
+        snapshot,
+        goals: {
+          p99At4SitesMs: GOAL_P99_MS,
+          p99At4SitesRatio: allSites >= 4 ? Number((p99 / GOAL_P99_MS).toFixed(2)) : null,
+          costGrowthLargestVsSmallest:
+            smallest && largest && largest !== smallest
+              ? Number((largest.commitToEverySite.p50 / smallest.commitToEverySite.p50).toFixed(2))
+              : null,
+          snapshot10kPortsMs: GOAL_SNAPSHOT_MS,
+          snapshotRatio:
+            snapshotPorts >= 10_000 && Number.isFinite(snapMs)
+              ? Number((snapMs / GOAL_SNAPSHOT_MS).toFixed(2))
+              : null,
+        },
+      };
+    };
     const phase = async (label: string) => {
       const p = await b.measure(label, changes);
       console.log(`  ${describe(p)}`);
       phases.push(p);
+      opts.onProgress?.(summarize());
     };
     await phase(`s${firstSites}`);
     if (allSites > firstSites) {
@@ -487,7 +525,6 @@ export async function measure(opts: PropagationBenchOptions): Promise<Propagatio
       await phase(`s${allSites}`);
     }
     let loaded = 0;
-    const errors: string[] = [];
     for (const size of sizes) {
       try {
         const secs = await b.bulkLoad(loaded, size);
@@ -510,7 +547,6 @@ export async function measure(opts: PropagationBenchOptions): Promise<Propagatio
         break;
       }
     }
-    let snapshot: SnapshotResult | undefined;
     if (snapshotPorts > 0) {
       try {
         snapshot = await b.snapshot(snapshotPorts, opts.quick ? 1 : 3);
@@ -531,37 +567,7 @@ export async function measure(opts: PropagationBenchOptions): Promise<Propagatio
         console.log(`  snapshot failed: ${(err as Error).message}`);
       }
     }
-    const at4 = phases.filter((p) => p.sites === allSites);
-    const smallest = at4[0];
-    const largest = at4[at4.length - 1];
-    const p99 = Math.max(...at4.map((p) => p.commitToEverySite.p99));
-    const snapMs = snapshot && snapshot.ms.length > 0 ? Math.min(...snapshot.ms) : Number.NaN;
-    return {
-      benchmark: "propagation",
-      date: new Date().toISOString(),
-      quick: opts.quick,
-      machine: { cpus: cpus().length, model: cpus()[0]?.model.trim() ?? "unknown", node: process.version },
-      loadAverage: { start: loadStart, end: loadavg().map((x) => Number(x.toFixed(2))) },
-      measuredFrom:
-        "the Create RPC's return at the admin (the leader has committed and applied the entry; the response carries its index)",
-      phases,
-      errors,
-      bulkLoad: bulk,
-      snapshot,
-      goals: {
-        p99At4SitesMs: GOAL_P99_MS,
-        p99At4SitesRatio: allSites >= 4 ? Number((p99 / GOAL_P99_MS).toFixed(2)) : null,
-        costGrowthLargestVsSmallest:
-          smallest && largest && largest !== smallest
-            ? Number((largest.commitToEverySite.p50 / smallest.commitToEverySite.p50).toFixed(2))
-            : null,
-        snapshot10kPortsMs: GOAL_SNAPSHOT_MS,
-        snapshotRatio:
-          snapshotPorts >= 10_000 && Number.isFinite(snapMs)
-            ? Number((snapMs / GOAL_SNAPSHOT_MS).toFixed(2))
-            : null,
-      },
-    };
+    return summarize();
   } finally {
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
@@ -672,11 +678,13 @@ export function writeDocs(file: string, section: string): void {
 }
 
 export async function run(opts: PropagationBenchOptions): Promise<void> {
-  const r = await measure(opts);
   const resultsFile =
     opts.resultsFile ?? join(root, "integration-tests", "bench", "results", "propagation.json");
-  mkdirSync(dirname(resultsFile), { recursive: true });
-  writeFileSync(resultsFile, `${JSON.stringify(r, null, 2)}\n`);
-  writeDocs(opts.docsFile ?? join(root, "docs", "benchmarks.md"), markdown(r));
+  const save = (r: PropagationResult) => {
+    mkdirSync(dirname(resultsFile), { recursive: true });
+    writeFileSync(resultsFile, `${JSON.stringify(r, null, 2)}\n`);
+    writeDocs(opts.docsFile ?? join(root, "docs", "benchmarks.md"), markdown(r));
+  };
+  save(await measure({ ...opts, onProgress: save }));
   console.log(`propagation bench: wrote ${resultsFile}`);
 }
