@@ -117,14 +117,22 @@ export class SiteApi {
     );
   }
 
-  createPort(req: Partial<sitepb.CreatePortRequest>): Promise<sitepb.PortResponse> {
-    return call(
-      this.client,
-      (c) => c.createPort,
-      sitepb.CreatePortRequest.fromPartial(req),
-      bearer(this.token),
-      30_000,
-    );
+  /** Retried while the controller is between lease terms (UNAVAILABLE), as an operator's client would. */
+  async createPort(req: Partial<sitepb.CreatePortRequest>): Promise<sitepb.PortResponse> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await call(
+          this.client,
+          (c) => c.createPort,
+          sitepb.CreatePortRequest.fromPartial(req),
+          bearer(this.token),
+          30_000,
+        );
+      } catch (err) {
+        if ((err as ServiceError).code !== status.UNAVAILABLE || attempt >= 60) throw err;
+        await new Promise((r) => setTimeout(r, 500));
+      }
+    }
   }
 
   status(): Promise<sitepb.SiteStatusResponse> {
