@@ -137,7 +137,8 @@ function evalIndexed(w: Walk, run: IndexedRun, cc: ChainCtx): number {
     const next = o < others.length ? others[o]! : null;
     if (byPort === null && (next === null || next.index > bucket.firstPortRule)) {
       // The linear walk reaches the first single-port rule here and reads the port.
-      byPort = hasPorts(w) ? (bucket.byPort.get(m.tpDst) ?? NO_RULES) : NO_RULES;
+      if (bucket.byPort.size === 0) byPort = NO_RULES;
+      else byPort = hasPorts(w) ? (bucket.byPort.get(m.tpDst) ?? NO_RULES) : NO_RULES;
     }
     const portRule = byPort !== null && p < byPort.length ? byPort[p]! : null;
     let rule: CompiledRule;
