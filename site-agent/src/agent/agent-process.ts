@@ -11,7 +11,7 @@ import { closeServer, startAdminServer, startMetricsServer } from "./agent-http.
 import { createAgentMetrics } from "./agent-metrics.js";
 import type { PortIO } from "./datapath.js";
 import { EdgeAgent } from "./edge-agent.js";
-import { registerHost } from "./host-registration.js";
+import { HostHeartbeat, registerHost } from "./host-registration.js";
 import { EngineSimulator } from "./sim-adapter.js";
 import type { Simulator } from "./simulator.js";
 import { TopologyWatchClient } from "./topology-watch-client.js";
@@ -149,6 +149,13 @@ export async function startAgent(flags: AgentFlags, deps: AgentDeps = {}): Promi
     health.set("controller", true, connected ? "" : `disconnected: ${detail}`);
   health.set("controller", true, "connecting");
   watch.start();
+  const heartbeat = new HostHeartbeat({
+    controller: cfg.controller,
+    hostId,
+    token: () => hostToken ?? (tokenFile ? readFileSync(tokenFile, "utf8").trim() : undefined),
+    log,
+  });
+  heartbeat.start();
 
   const registry = createAgentMetrics({
     datapath,
@@ -208,6 +215,7 @@ export async function startAgent(flags: AgentFlags, deps: AgentDeps = {}): Promi
       stopped = true;
       clearInterval(tick);
       watch.stop();
+      heartbeat.stop();
       await closeServer(admin.server);
       await closeServer(metrics.server);
       await agent.stop();

@@ -1,7 +1,8 @@
 // Registration with the site controller (SiteService.RegisterHost, schema isthmus/v1/site.proto):
 // the agent announces its name, tunnel endpoint and role with an operator's admin token and gets
 // its Host (the id every topology object refers to) and the host token it watches with. Retries
-// with backoff while the controller is unreachable; registering again keeps the id.
+// with backoff while the controller is unreachable; registering again keeps the id. Then the
+// agent heartbeats (HostHeartbeat), which is how the controller knows the host is alive.
 import { writeFileSync } from "node:fs";
 import { credentials, Metadata, status } from "@grpc/grpc-js";
 import { type Logger, sitepb, topologypb } from "@isthmus/schema";
@@ -72,5 +73,88 @@ export async function registerHost(o: RegisterOptions): Promise<Registration> {
     }
   } finally {
     client.close();
+  }
+}
+
+export interface HeartbeatOptions {
+  controller: string;
+  hostId: string;
+  /** The host token (read at each beat, so a refreshed token file is picked up). */
+  token: () => string | undefined;
+  log: Logger;
+  /** Until the controller names its interval (every answer does). */
+  initialIntervalMs?: number;
+}
+
+/** Bounds on the interval a controller may ask for. */
+const MIN_HEARTBEAT_MS = 100;
+const MAX_HEARTBEAT_MS = 60_000;
+
+/**
+ * Tells the site controller this host is alive (SiteService.Heartbeat), at the interval the
+ * controller's answers name. Failures are retried at the same interval and logged when the
+ * state changes; a controller without the RPC (UNIMPLEMENTED) is logged once and not asked again.
+ */
+export class HostHeartbeat {
+  private readonly client: sitepb.SiteServiceClient;
+  private timer: NodeJS.Timeout | undefined;
+  private stopped = true;
+  private intervalMs: number;
+  private failing = false;
+  /** Heartbeats the controller accepted. */
+  sent = 0;
+
+  constructor(private readonly o: HeartbeatOptions) {
+    this.client = new sitepb.SiteServiceClient(o.controller, credentials.createInsecure());
+    this.intervalMs = o.initialIntervalMs ?? 2_000;
+  }
+
+  start(): void {
+    this.stopped = false;
+    this.schedule(0);
+  }
+
+  stop(): void {
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
+    this.client.close();
+  }
+
+  private schedule(ms: number): void {
+    if (this.stopped) return;
+    this.timer = setTimeout(() => void this.beat(), ms);
+    this.timer.unref();
+  }
+
+  private async beat(): Promise<void> {
+    try {
+      const md = new Metadata();
+      const token = this.o.token();
+      if (token) md.set("authorization", `Bearer ${token}`);
+      const res = await new Promise<sitepb.HeartbeatResponse>((resolve, reject) =>
+        this.client.heartbeat(
+          { hostId: this.o.hostId },
+          md,
+          { deadline: Date.now() + Math.max(this.intervalMs, 1_000) },
+          (err, r) => (err ? reject(err) : resolve(r)),
+        ),
+      );
+      this.sent++;
+      if (res.intervalMs > 0) {
+        this.intervalMs = Math.min(MAX_HEARTBEAT_MS, Math.max(MIN_HEARTBEAT_MS, res.intervalMs));
+      }
+      if (this.failing) this.o.log.info({ hostId: this.o.hostId }, "heartbeats accepted again");
+      this.failing = false;
+    } catch (err) {
+      const e = err as Error & { code?: number };
+      if (e.code === status.UNIMPLEMENTED) {
+        this.o.log.warn("the site controller has no Heartbeat RPC; this host's liveness is not reported");
+        this.stopped = true;
+        return;
+      }
+      if (!this.failing) this.o.log.warn({ err: e.message }, "heartbeat failed; retrying");
+      this.failing = true;
+    }
+    this.schedule(this.intervalMs);
   }
 }

@@ -32,6 +32,8 @@ export const SiteControllerConfigSchema = z.object({
     changeLogRetention: positive.default(T.changeLogRetention),
     watchMaxQueuedChanges: positive.default(T.watchMaxQueuedChanges),
     watchMaxStreams: positive.default(T.watchMaxStreams),
+    hostDeadAfterMs: positive.default(T.hostDeadAfterMs),
+    hostCheckMs: positive.default(T.hostCheckMs),
     maxIntentObjects: positive.default(T.maxIntentObjects),
     dbMaxConnections: positive.default(T.dbMaxConnections),
   }),

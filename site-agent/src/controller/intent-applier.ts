@@ -1,11 +1,12 @@
 // Applies the coordinator's intent stream to the site database: each IntentChange in exactly one
 // transaction that also records its log index (so a crash anywhere replays nothing twice and
 // skips nothing), snapshots by replacing the whole intent copy and diffing the topology.
-import type { intentpb, topologypb } from "@isthmus/schema";
+import { type intentpb, topologypb } from "@isthmus/schema";
 import type { Tx } from "./db/database.js";
 import { loadLocalObjects } from "./local-store.js";
 import {
   decodeIntent,
+  decodeTopology,
   encodeIntent,
   encodeTopology,
   intentKeyOf,
@@ -13,7 +14,8 @@ import {
   topologyRefOf,
 } from "./objects.js";
 import { readAllTopology, type TopologyWrite, writeTopology } from "./topology-store.js";
-import { IntentIndex } from "./translate/index.js";
+import { IntentIndex, type TunnelKeyMove, uplinkPortId } from "./translate/index.js";
+import { writeTunnelKeyMoves } from "./tunnel-key-allocator.js";
 import type { WriteContext } from "./write-context.js";
 
 export type ApplyOutcome = "applied" | "skipped";
@@ -32,29 +34,41 @@ export class IntentApplier {
     return this.appliedAtMs;
   }
 
-  /** Loads the applied index, intent copy and local objects from the database into memory. */
+  /**
+   * Loads the applied index, intent copy, local objects and derived-port tunnel keys from the
+   * database into memory, replacing what memory held (the other replica may have written).
+   */
   async load(): Promise<void> {
+    await this.ctx.queue.run(() => this.loadUnqueued());
+  }
+
+  private async loadUnqueued(): Promise<void> {
     const { index, db } = this.ctx;
-    await this.ctx.queue.run(async () => {
-      const state = await db.tx(
-        "load-intent",
-        async (tx) => {
-          const s = await tx.query("SELECT applied_index FROM intent_state WHERE id = 1");
-          const rows = await tx.query("SELECT body FROM intent_objects");
-          const local = await loadLocalObjects(tx);
-          return {
-            applied: Number(s.rows[0]?.applied_index ?? 0),
-            objects: rows.rows.map((r) => decodeIntent(r.body as Buffer)),
-            local,
-          };
-        },
-        { readOnly: true },
-      );
-      index.loadIntentSnapshot({ index: state.applied, objects: state.objects });
-      for (const h of state.local.hosts) index.putHost(h);
-      for (const p of state.local.ports) index.putLocalPort(p);
-      this.applied = state.applied;
-    });
+    const state = await db.tx(
+      "load-intent",
+      async (tx) => {
+        const s = await tx.query("SELECT applied_index FROM intent_state WHERE id = 1");
+        const rows = await tx.query("SELECT body FROM intent_objects");
+        const local = await loadLocalObjects(tx);
+        return {
+          applied: Number(s.rows[0]?.applied_index ?? 0),
+          objects: rows.rows.map((r) => decodeIntent(r.body as Buffer)),
+          local,
+          keys: await loadDerivedTunnelKeys(tx),
+        };
+      },
+      { readOnly: true },
+    );
+    index.loadIntentSnapshot({ index: state.applied, objects: state.objects });
+    const hostIds = new Set(state.local.hosts.map((h) => h.id));
+    const portIds = new Set(state.local.ports.map((p) => p.id));
+    for (const h of [...index.list("host")]) if (!hostIds.has(h.id)) index.removeHost(h.id);
+    for (const p of [...index.list("localPort")]) if (!portIds.has(p.id)) index.removeLocalPort(p.id);
+    for (const h of state.local.hosts) index.putHost(h);
+    for (const p of state.local.ports) index.putLocalPort(p);
+    for (const portId of [...index.tunnelKeys().keys()]) index.setTunnelKey(portId, 0);
+    for (const [portId, key] of state.keys) index.setTunnelKey(portId, key);
+    this.applied = state.applied;
   }
 
   private async recordIndex(tx: Tx, idx: number): Promise<void> {
@@ -72,10 +86,16 @@ export class IntentApplier {
     return ctx.queue.run(async (): Promise<ApplyOutcome> => {
       if (change.index <= this.applied) return "skipped";
       const prior = ctx.index.applyIntentChange(change);
+      let moves: TunnelKeyMove[] = [];
       let committed: number | undefined;
       try {
+        // Uplink ports get their site-local keys before translating, so the translation (and
+        // the stored uplink port) carries them; the keys commit with the entry.
+        const keyProblems: string[] = [];
+        moves = ctx.index.syncUplinkTunnelKeys(change, this.uplinkKeyAllocator(keyProblems));
         const delta = ctx.translator.translateChange(ctx.index, change, prior);
-        if (delta.problems.length > 0) ctx.onProblems?.(delta.problems);
+        const problems = [...keyProblems, ...delta.problems];
+        if (problems.length > 0) ctx.onProblems?.(problems);
         const result = await ctx.db.tx(`apply ${change.index}`, async (tx) => {
           await ctx.fence.check(tx);
           if ((await this.dbIndex(tx)) >= change.index) return { skipped: true, revision: undefined };
@@ -90,6 +110,7 @@ export class IntentApplier {
               [key.kind, key.id, encodeIntent(obj), change.index],
             );
           }
+          await writeTunnelKeyMoves(tx, moves);
           const revision = await writeTopology(tx, delta, "intent", ctx.changeLog);
           await this.recordIndex(tx, change.index);
           await ctx.beforeCommit?.(tx, `apply ${change.index}`);
@@ -97,12 +118,14 @@ export class IntentApplier {
         });
         if (result.skipped) {
           // Another writer got there first (only possible across a lease hand-over); reload.
+          ctx.index.restoreTunnelKeys(moves);
           ctx.index.revertIntentChange(change, prior);
-          await this.reloadUnqueued();
+          await this.loadUnqueued();
           return "skipped";
         }
         committed = result.revision;
       } catch (err) {
+        ctx.index.restoreTunnelKeys(moves);
         ctx.index.revertIntentChange(change, prior);
         throw err;
       }
@@ -110,6 +133,71 @@ export class IntentApplier {
       this.appliedAtMs = Date.now();
       if (committed !== undefined) ctx.onCommitted(committed);
       return "applied";
+    });
+  }
+
+  /**
+   * The allocate callback for syncUplinkTunnelKeys: a free site-local key, or 0 (the port then
+   * has no key, which the simulation reports) with a problem line when the range is full.
+   */
+  private uplinkKeyAllocator(problems: string[]): (portId: string) => number {
+    const next = this.ctx.keys.begin();
+    return (portId) => {
+      const key = next();
+      if (key === 0) {
+        problems.push(
+          `uplink port ${portId}: all ${this.ctx.keys.size} site-local tunnel keys are in use; it has no tunnel key`,
+        );
+      }
+      return key;
+    };
+  }
+
+  /**
+   * Gives a key to every uplink port here that has none: stored before uplink keys were
+   * allocated, or when the key range was full. Patches the stored port in one revision.
+   * Returns how many ports got a key.
+   */
+  async assignMissingUplinkKeys(): Promise<number> {
+    const { ctx } = this;
+    return ctx.queue.run(async () => {
+      const problems: string[] = [];
+      const allocate = this.uplinkKeyAllocator(problems);
+      const moves: TunnelKeyMove[] = [];
+      for (const r of ctx.index.routersWithUplinkHere()) {
+        const portId = uplinkPortId(r.meta?.id ?? "", ctx.site);
+        if (ctx.index.tunnelKeyOf(portId) !== 0) continue;
+        const key = allocate(portId);
+        if (key === 0) break;
+        ctx.index.setTunnelKey(portId, key);
+        moves.push({ portId, before: 0, after: key });
+      }
+      if (problems.length > 0) ctx.onProblems?.(problems);
+      if (moves.length === 0) return 0;
+      let revision: number | undefined;
+      try {
+        revision = await ctx.db.tx("assign-uplink-keys", async (tx) => {
+          await ctx.fence.check(tx);
+          const upserts: topologypb.TopologyObject[] = [];
+          for (const m of moves) {
+            const row = await tx.query("SELECT body FROM topology_objects WHERE kind = $1 AND id = $2", [
+              topologypb.TopologyKind.TOPOLOGY_KIND_PORT,
+              m.portId,
+            ]);
+            const stored = row.rows[0] ? decodeTopology(row.rows[0].body as Buffer).port : undefined;
+            if (stored) upserts.push({ port: { ...stored, tunnelKey: m.after } });
+          }
+          await writeTunnelKeyMoves(tx, moves);
+          const r = await writeTopology(tx, { upserts, deletes: [] }, "intent", ctx.changeLog);
+          await ctx.beforeCommit?.(tx, "assign-uplink-keys");
+          return r;
+        });
+      } catch (err) {
+        ctx.index.restoreTunnelKeys(moves);
+        throw err;
+      }
+      if (revision !== undefined) ctx.onCommitted(revision);
+      return moves.length;
     });
   }
 
@@ -137,8 +225,17 @@ export class IntentApplier {
       next.loadIntentSnapshot(snapshot);
       for (const h of ctx.index.list("host")) next.putHost(h);
       for (const p of ctx.index.list("localPort")) next.putLocalPort(p);
+      // Uplinks that stay keep their keys; new ones get one; the rest are released.
+      const keyProblems: string[] = [];
+      const allocate = this.uplinkKeyAllocator(keyProblems);
+      for (const r of next.routersWithUplinkHere()) {
+        const portId = uplinkPortId(r.meta?.id ?? "", ctx.site);
+        next.setTunnelKey(portId, ctx.index.tunnelKeyOf(portId) || allocate(portId));
+      }
+      const moves = keyMoves(ctx.index.tunnelKeys(), next.tunnelKeys());
       const full = ctx.translator.translateAll(next);
-      if (full.problems.length > 0) ctx.onProblems?.(full.problems);
+      const problems = [...keyProblems, ...full.problems];
+      if (problems.length > 0) ctx.onProblems?.(problems);
       const desired = full.objects;
       let committed: number | undefined;
       await ctx.db.tx(`snapshot ${snapshot.index}`, async (tx) => {
@@ -153,32 +250,19 @@ export class IntentApplier {
             revisionOf(obj) || snapshot.index,
           ]);
         }
+        await writeTunnelKeyMoves(tx, moves);
         const existing = await readAllTopology(tx);
         committed = await writeTopology(tx, diffTopology(existing, desired), "intent", ctx.changeLog);
         await this.recordIndex(tx, snapshot.index);
         await ctx.beforeCommit?.(tx, `snapshot ${snapshot.index}`);
       });
       ctx.index.loadIntentSnapshot(snapshot);
+      for (const m of moves) ctx.index.setTunnelKey(m.portId, m.after);
       this.applied = snapshot.index;
       this.appliedAtMs = Date.now();
       if (committed !== undefined) ctx.onCommitted(committed);
       return "applied";
     });
-  }
-
-  private async reloadUnqueued(): Promise<void> {
-    const state = await this.ctx.db.tx(
-      "reload-intent",
-      async (tx) => ({
-        applied: await this.dbIndex(tx),
-        objects: (await tx.query("SELECT body FROM intent_objects")).rows.map((r) =>
-          decodeIntent(r.body as Buffer),
-        ),
-      }),
-      { readOnly: true },
-    );
-    this.ctx.index.loadIntentSnapshot({ index: state.applied, objects: state.objects });
-    this.applied = state.applied;
   }
 }
 
@@ -210,4 +294,39 @@ export function diffTopology(
     out.deletes.push({ kind: Number(k.slice(0, slash)), id: k.slice(slash + 1) });
   }
   return out;
+}
+
+/** The moves that turn one set of derived-port keys into another. */
+function keyMoves(before: ReadonlyMap<string, number>, after: ReadonlyMap<string, number>): TunnelKeyMove[] {
+  const moves: TunnelKeyMove[] = [];
+  for (const [portId, key] of before) {
+    const a = after.get(portId) ?? 0;
+    if (a !== key) moves.push({ portId, before: key, after: a });
+  }
+  for (const [portId, key] of after) if (!before.has(portId)) moves.push({ portId, before: 0, after: key });
+  return moves;
+}
+
+/**
+ * The site-local keys of derived ports: those the stored uplink ports carry, and those in
+ * `tunnel_keys` naming no VM port (an uplink whose port the translation skipped as invalid).
+ */
+async function loadDerivedTunnelKeys(tx: Tx): Promise<Map<string, number>> {
+  const keys = new Map<string, number>();
+  const ports = await tx.query("SELECT body FROM topology_objects WHERE kind = $1 AND origin = 'intent'", [
+    topologypb.TopologyKind.TOPOLOGY_KIND_PORT,
+  ]);
+  for (const row of ports.rows) {
+    const port = decodeTopology(row.body as Buffer).port;
+    if (port?.type === topologypb.PortType.PORT_TYPE_ROUTER_UPLINK && port.tunnelKey !== 0) {
+      keys.set(port.id, port.tunnelKey);
+    }
+  }
+  const rows = await tx.query(
+    "SELECT tunnel_key, port_id FROM tunnel_keys WHERE port_id NOT IN (SELECT id FROM ports)",
+  );
+  for (const r of rows.rows) {
+    if (!keys.has(r.port_id as string)) keys.set(r.port_id as string, Number(r.tunnel_key));
+  }
+  return keys;
 }

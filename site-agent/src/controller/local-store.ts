@@ -4,14 +4,10 @@
 // revision — or puts the index back when the transaction fails.
 import { randomUUID } from "node:crypto";
 import { topologypb } from "@isthmus/schema";
-import type { Tx } from "./db/database.js";
+import type { Database, Tx } from "./db/database.js";
 import { writeTopology } from "./topology-store.js";
 import type { LocalPortBinding, TopologyDelta } from "./translate/index.js";
 import type { WriteContext } from "./write-context.js";
-
-/** Site-local tunnel keys, disjoint from the coordinator's global keys (DESIGN.md §5). */
-export const LOCAL_TUNNEL_KEY_MIN = 0x000001;
-export const LOCAL_TUNNEL_KEY_MAX = 0x0fffff;
 
 const ROLE_NAMES: Record<number, string> = {
   [topologypb.HostRole.HOST_ROLE_HOST]: "host",
@@ -22,37 +18,70 @@ function roleFromName(name: string): topologypb.HostRole {
   return name === "gateway" ? topologypb.HostRole.HOST_ROLE_GATEWAY : topologypb.HostRole.HOST_ROLE_HOST;
 }
 
+function hostOfRow(r: Record<string, unknown>): topologypb.Host {
+  return topologypb.Host.fromPartial({
+    id: r.id as string,
+    name: r.name as string,
+    tunnelIp: r.tunnel_ip as string,
+    tunnelPort: Number(r.tunnel_port),
+    role: roleFromName(r.role as string),
+    alive: r.alive !== false,
+    wanIp: r.wan_ip as string,
+    wanPort: Number(r.wan_port),
+  });
+}
+
+function portOfRow(r: Record<string, unknown>): LocalPortBinding {
+  return {
+    id: r.id as string,
+    name: r.name as string,
+    networkId: r.network_id as string,
+    hostId: r.host_id as string,
+    interfaceName: r.interface_name as string,
+    mac: r.mac as string,
+    ips: r.ips as string[],
+    securityGroupIds: r.security_group_ids as string[],
+    tunnelKey: Number(r.tunnel_key),
+    adminStateUp: true,
+  };
+}
+
 export async function loadLocalObjects(
   tx: Tx,
 ): Promise<{ hosts: topologypb.Host[]; ports: LocalPortBinding[] }> {
-  const hosts = (await tx.query("SELECT * FROM hosts")).rows.map((r) =>
-    topologypb.Host.fromPartial({
-      id: r.id,
-      name: r.name,
-      tunnelIp: r.tunnel_ip,
-      tunnelPort: Number(r.tunnel_port),
-      role: roleFromName(r.role),
-      alive: true,
-      wanIp: r.wan_ip,
-      wanPort: Number(r.wan_port),
-    }),
-  );
-  const ports = (await tx.query("SELECT * FROM ports")).rows.map(
-    (r): LocalPortBinding => ({
-      id: r.id,
-      name: r.name,
-      networkId: r.network_id,
-      hostId: r.host_id,
-      interfaceName: r.interface_name,
-      mac: r.mac,
-      ips: r.ips as string[],
-      securityGroupIds: r.security_group_ids as string[],
-      tunnelKey: Number(r.tunnel_key),
-      adminStateUp: true,
-    }),
-  );
+  const hosts = (
+    await tx.query(
+      "SELECT h.*, (d.host_id IS NULL) AS alive FROM hosts h LEFT JOIN hosts_down d ON d.host_id = h.id",
+    )
+  ).rows.map(hostOfRow);
+  const ports = (await tx.query("SELECT * FROM ports")).rows.map(portOfRow);
   return { hosts, ports };
 }
+
+/**
+ * Reads for SiteService's List calls, from the database in one read-only transaction, so either
+ * replica answers with committed state (the standby holds no current in-memory copy).
+ */
+export const localReads = {
+  async ports(db: Database, filter: { hostId: string; networkId: string }): Promise<LocalPortBinding[]> {
+    const rows = await db.tx(
+      "list-ports",
+      (tx) =>
+        tx.query("SELECT * FROM ports WHERE ($1 = '' OR host_id = $1) AND ($2 = '' OR network_id = $2)", [
+          filter.hostId,
+          filter.networkId,
+        ]),
+      { readOnly: true },
+    );
+    return rows.rows.map(portOfRow).sort((a, b) => a.name.localeCompare(b.name));
+  },
+  async hosts(db: Database): Promise<topologypb.Host[]> {
+    const hosts = await db.tx("list-hosts", async (tx) => (await loadLocalObjects(tx)).hosts, {
+      readOnly: true,
+    });
+    return hosts.sort((a, b) => a.name.localeCompare(b.name));
+  },
+};
 
 /** A request that cannot be carried out as asked; `field` names the offending request field. */
 export class LocalRequestError extends Error {
@@ -77,8 +106,6 @@ interface Step<T> {
 }
 
 export class LocalWriter {
-  private keyCursor = LOCAL_TUNNEL_KEY_MIN;
-
   constructor(private readonly ctx: WriteContext) {}
 
   registerHost(input: HostInput): Promise<topologypb.Host> {
@@ -108,6 +135,48 @@ export class LocalWriter {
               host.wanPort,
             ],
           );
+          // Registering is a sign of life.
+          await tx.query(
+            `INSERT INTO host_heartbeats (host_id, last_seen_at) VALUES ($1, now())
+             ON CONFLICT (host_id) DO UPDATE SET last_seen_at = excluded.last_seen_at`,
+            [host.id],
+          );
+          await tx.query("DELETE FROM hosts_down WHERE host_id = $1", [host.id]);
+        },
+      };
+    });
+  }
+
+  /**
+   * Marks a host alive or not (heartbeats stopped or returned): the Host in the topology, and
+   * whatever follows the gateway host choice, change in one revision. Returns whether it changed.
+   */
+  setHostAlive(hostId: string, alive: boolean): Promise<boolean> {
+    return this.write("host-alive", () => {
+      const index = this.ctx.index;
+      const old = index.get("host", hostId);
+      if (!old)
+        throw new LocalRequestError("host_id", `host ${hostId} is not registered at this site`, "not-found");
+      if ((old.alive ?? true) === alive) {
+        return {
+          result: false,
+          delta: { upserts: [], deletes: [], problems: [] },
+          sql: async () => {},
+          revert: () => {},
+        };
+      }
+      const prior = index.putHost({ ...old, alive });
+      return {
+        result: true,
+        delta: this.ctx.translator.translateHost(index, hostId, prior),
+        revert: () => index.putHost(old),
+        sql: async (tx) => {
+          if (alive) await tx.query("DELETE FROM hosts_down WHERE host_id = $1", [hostId]);
+          else
+            await tx.query(
+              "INSERT INTO hosts_down (host_id, since) VALUES ($1, now()) ON CONFLICT (host_id) DO NOTHING",
+              [hostId],
+            );
         },
       };
     });
@@ -198,18 +267,17 @@ export class LocalWriter {
     };
   }
 
-  /** Lowest free site-local key at or after the cursor, wrapping once. */
+  /** A site-local key no VM port or uplink port holds (the allocator is shared with intent). */
   private nextKey(): number {
-    const used = new Set([...this.ctx.index.list("localPort")].map((p) => p.tunnelKey));
-    const span = LOCAL_TUNNEL_KEY_MAX - LOCAL_TUNNEL_KEY_MIN + 1;
-    for (let i = 0; i < span; i++) {
-      const k = LOCAL_TUNNEL_KEY_MIN + ((this.keyCursor - LOCAL_TUNNEL_KEY_MIN + i) % span);
-      if (!used.has(k)) {
-        this.keyCursor = k >= LOCAL_TUNNEL_KEY_MAX ? LOCAL_TUNNEL_KEY_MIN : k + 1;
-        return k;
-      }
+    const key = this.ctx.keys.begin()();
+    if (key === 0) {
+      throw new LocalRequestError(
+        "tunnel_key",
+        `all ${this.ctx.keys.size} site-local tunnel keys are in use`,
+        "exhausted",
+      );
     }
-    throw new LocalRequestError("tunnel_key", `all ${span} site-local tunnel keys are in use`, "exhausted");
+    return key;
   }
 
   /**

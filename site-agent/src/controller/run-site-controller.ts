@@ -84,6 +84,8 @@ export async function startSiteController(
       changeLogRetention: cfg.changeLogRetention,
       watchMaxQueuedChanges: cfg.watchMaxQueuedChanges,
       watchMaxStreams: cfg.watchMaxStreams,
+      hostDeadAfterMs: cfg.hostDeadAfterMs,
+      hostCheckMs: cfg.hostCheckMs,
       maxIntentObjects: cfg.maxIntentObjects,
       dbMaxConnections: cfg.dbMaxConnections,
     },

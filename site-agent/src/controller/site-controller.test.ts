@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { credentials, type Metadata, status } from "@grpc/grpc-js";
 import { intentpb, silentLogger, sitepb, topologypb } from "@isthmus/schema";
+import { HostHeartbeat } from "../agent/host-registration.js";
 import { startTestPostgres, type TestPostgres } from "./db/test-postgres.js";
 import { bearer } from "./host-token.js";
 import { SiteController } from "./site-controller.js";
@@ -83,6 +84,7 @@ function agentWatch(address: string, token: string, hostId = "") {
   return {
     bridges: () => [...state.values()].filter((o) => o.bridge).map((o) => o.bridge!),
     ports: () => [...state.values()].filter((o) => o.port).map((o) => o.port!),
+    hosts: () => [...state.values()].filter((o) => o.host).map((o) => o.host!),
     get error() {
       return error;
     },
@@ -288,6 +290,76 @@ test("two replicas: the standby takes over when the active one dies and continue
   t.after(() => agent.close());
   await until("standby's agent sees the bridge", () => agent.bridges().length === 1);
 
+  // The standby serves lists from the shared database; writes stay with the active replica.
+  const activeApi = new sitepb.SiteServiceClient(active.address, credentials.createInsecure());
+  const standbyApi = new sitepb.SiteServiceClient(standby.address, credentials.createInsecure());
+  t.after(() => {
+    activeApi.close();
+    standbyApi.close();
+  });
+  const reg = await unary<sitepb.RegisterHostRequest, sitepb.RegisterHostResponse>(
+    activeApi.registerHost.bind(activeApi),
+    {
+      name: "h1",
+      tunnelIp: "192.0.2.10",
+      tunnelPort: 0,
+      role: topologypb.HostRole.HOST_ROLE_HOST,
+      wanIp: "",
+      wanPort: 0,
+    },
+    bearer(admin),
+  );
+  const created = await unary<sitepb.CreatePortRequest, sitepb.PortResponse>(
+    activeApi.createPort.bind(activeApi),
+    sitepb.CreatePortRequest.fromPartial({
+      name: "vm1",
+      networkId: "11111111-1111-4111-8111-111111111111",
+      mac: "02:00:00:00:00:01",
+      ips: ["10.1.0.5"],
+      hostId: reg.host!.id,
+      interfaceName: "tap1",
+    }),
+    bearer(admin),
+  );
+  const standbyPorts = await unary<sitepb.ListPortsRequest, sitepb.ListPortsResponse>(
+    standbyApi.listPorts.bind(standbyApi),
+    { hostId: reg.host!.id, networkId: "" },
+    bearer(reg.hostToken),
+  );
+  assert.deepEqual(
+    standbyPorts.ports.map((p) => [p.id, p.name, p.tunnelKey, p.hostId]),
+    [[created.port!.id, "vm1", created.port!.tunnelKey, reg.host!.id]],
+  );
+  const filtered = await unary<sitepb.ListPortsRequest, sitepb.ListPortsResponse>(
+    standbyApi.listPorts.bind(standbyApi),
+    { hostId: "", networkId: "no-such-network" },
+    bearer(admin),
+  );
+  assert.deepEqual(filtered.ports, [], "filters apply on the standby too");
+  const standbyHosts = await unary<sitepb.ListHostsRequest, sitepb.ListHostsResponse>(
+    standbyApi.listHosts.bind(standbyApi),
+    {},
+    bearer(admin),
+  );
+  assert.deepEqual(
+    standbyHosts.hosts.map((h) => [h.id, h.name, h.tunnelIp]),
+    [[reg.host!.id, "h1", "192.0.2.10"]],
+  );
+  const beat = await unary<sitepb.HeartbeatRequest, sitepb.HeartbeatResponse>(
+    standbyApi.heartbeat.bind(standbyApi),
+    { hostId: reg.host!.id },
+    bearer(reg.hostToken),
+  );
+  assert.ok(beat.intervalMs > 0, "the standby records heartbeats too (shared database)");
+  await assert.rejects(
+    unary(
+      standbyApi.createPort.bind(standbyApi),
+      sitepb.CreatePortRequest.fromPartial({ name: "vm2", networkId: "n", mac: "02:00:00:00:00:02" }),
+      bearer(admin),
+    ),
+    (e: { code: number; details: string }) => e.code === status.UNAVAILABLE && /standby/.test(e.details),
+  );
+
   // The active replica dies without releasing its lease.
   await active.lease.stop(false);
   await active.stop();
@@ -301,4 +373,116 @@ test("two replicas: the standby takes over when the active one dies and continue
   });
   await until("new active applies the next entry", () => standby.applier.appliedIndex === 2);
   await until("agent sees it", () => agent.bridges().length === 2);
+});
+
+test("a host whose agent stops heartbeating is marked not alive (its uplinks move); heartbeats bring it back", async (t) => {
+  if (skip) return t.skip(skip);
+  const coord = new FakeCoordinator();
+  coord.append({
+    index: 1,
+    upserts: [net("11111111-1111-4111-8111-111111111111", "blue", 0x100001)],
+    deletes: [],
+  });
+  await coord.start();
+  const ctl = await SiteController.start({
+    site: "a",
+    controllerId: "ctl-1",
+    dbUrl: await pgs!.createDatabase(),
+    federation: [coord.address],
+    listen: "127.0.0.1:0",
+    log: silentLogger(),
+    tuning: { ...FAST, hostDeadAfterMs: 900, hostCheckMs: 50 },
+  });
+  const beats = new Map<string, HostHeartbeat>();
+  t.after(async () => {
+    for (const b of beats.values()) b.stop();
+    await ctl.stop();
+    await coord.stop();
+  });
+  await until("active", () => ctl.lease.active);
+  const admin = (await ctl.tokens.issue("admin", "admin", 600)).token;
+  const api = new sitepb.SiteServiceClient(ctl.address, credentials.createInsecure());
+  t.after(() => api.close());
+  const gateways: { id: string; token: string }[] = [];
+  for (const name of ["gw1", "gw2"]) {
+    const reg = await unary<sitepb.RegisterHostRequest, sitepb.RegisterHostResponse>(
+      api.registerHost.bind(api),
+      {
+        name,
+        tunnelIp: "192.0.2.10",
+        tunnelPort: 0,
+        role: topologypb.HostRole.HOST_ROLE_GATEWAY,
+        wanIp: "203.0.113.9",
+        wanPort: 0,
+      },
+      bearer(admin),
+    );
+    gateways.push({ id: reg.host!.id, token: reg.hostToken });
+  }
+  const startBeating = (g: { id: string; token: string }) => {
+    const b = new HostHeartbeat({
+      controller: ctl.address,
+      hostId: g.id,
+      token: () => g.token,
+      log: silentLogger(),
+    });
+    beats.set(g.id, b);
+    b.start();
+  };
+  for (const g of gateways) startBeating(g);
+  const agent = agentWatch(ctl.address, admin);
+  t.after(() => agent.close());
+  const remotePort = () => agent.ports().find((p) => p.type === topologypb.PortType.PORT_TYPE_REMOTE_SITE);
+  const chosenId = (await until("the remote-site port is bound to a gateway", () => remotePort()?.hostId))!;
+  const other = gateways.find((g) => g.id !== chosenId)!;
+  const alive = (id: string) => agent.hosts().find((h) => h.id === id)?.alive;
+  // Both heartbeat past the timeout: neither is marked down.
+  await new Promise((r) => setTimeout(r, 1_500));
+  assert.equal(alive(chosenId), true);
+  assert.equal(alive(other.id), true);
+  assert.equal(ctl.liveness.markedDown, 0, "heartbeating hosts are never marked down");
+
+  // The chosen gateway's agent goes quiet: marked not alive through the change feed, and the
+  // remote-site port moves to the other gateway.
+  beats.get(chosenId)!.stop();
+  await until("host marked not alive at the agent", () => alive(chosenId) === false, 10_000);
+  await until("uplink side moved to the live gateway", () => remotePort()?.hostId === other.id);
+  assert.equal(alive(other.id), true);
+  const hosts = await unary<sitepb.ListHostsRequest, sitepb.ListHostsResponse>(
+    api.listHosts.bind(api),
+    {},
+    bearer(admin),
+  );
+  assert.deepEqual(
+    hosts.hosts.map((h) => [h.id, h.alive]).sort(),
+    [
+      [chosenId, false],
+      [other.id, true],
+    ].sort(),
+  );
+  assert.equal(ctl.status().hostsAlive, 1);
+  assert.equal(ctl.status().hosts, 2);
+
+  // Heartbeats return: alive again, and the choice goes back to the smaller id.
+  startBeating(gateways.find((g) => g.id === chosenId)!);
+  await until("host alive again at the agent", () => alive(chosenId) === true, 10_000);
+  await until("remote-site port back on the first choice", () => remotePort()?.hostId === chosenId);
+  assert.equal(ctl.liveness.markedUp, 1);
+
+  // Refusals: an unknown host, and a host heartbeating for another.
+  await assert.rejects(
+    unary(api.heartbeat.bind(api), { hostId: "no-such-host" }, bearer(admin)),
+    (e: { code: number; details: string }) => e.code === status.NOT_FOUND && /not registered/.test(e.details),
+  );
+  await assert.rejects(
+    unary(api.heartbeat.bind(api), { hostId: chosenId }, bearer(other.token)),
+    (e: { code: number }) => e.code === status.PERMISSION_DENIED,
+  );
+  const ok = await unary<sitepb.HeartbeatRequest, sitepb.HeartbeatResponse>(
+    api.heartbeat.bind(api),
+    { hostId: other.id },
+    bearer(other.token),
+  );
+  assert.equal(ok.deadAfterMs, 900);
+  assert.equal(ok.intervalMs, 300);
 });

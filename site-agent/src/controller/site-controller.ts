@@ -32,6 +32,7 @@ import { startEmbeddedPostgres } from "./db/embedded-postgres.js";
 import { migrate } from "./db/migrations.js";
 import type { RunningPostgres } from "./db/postgres-server.js";
 import { leaseFence } from "./fence.js";
+import { HostLiveness } from "./host-liveness.js";
 import { HostTokens } from "./host-token.js";
 import { IntentApplier } from "./intent-applier.js";
 import { IntentSync } from "./intent-sync.js";
@@ -42,6 +43,7 @@ import { siteService } from "./site-service.js";
 import { grpcError, TopologyWatchService } from "./topology-watch.js";
 import { IntentIndex } from "./translate/index.js";
 import { siteTranslator, type Translator } from "./translator.js";
+import { TunnelKeyAllocator } from "./tunnel-key-allocator.js";
 import type { WriteContext } from "./write-context.js";
 import { WriteQueue } from "./write-queue.js";
 
@@ -59,6 +61,10 @@ export interface SiteControllerTuning {
   ackEveryMs: number;
   reportBatchMs: number;
   hostTokenTtlSec: number;
+  /** A host whose agent has not heartbeat for this long is marked not alive. */
+  hostDeadAfterMs: number;
+  /** How often the active replica compares heartbeats with the timeout. */
+  hostCheckMs: number;
   maxIntentObjects: number;
   dbMaxConnections: number;
 }
@@ -77,6 +83,8 @@ export const DEFAULT_TUNING: SiteControllerTuning = {
   ackEveryMs: 200,
   reportBatchMs: 100,
   hostTokenTtlSec: 30 * 24 * 3600,
+  hostDeadAfterMs: 15_000,
+  hostCheckMs: 1_000,
   maxIntentObjects: 2_000_000,
   dbMaxConnections: 16,
 };
@@ -126,6 +134,7 @@ export class SiteController {
     private readonly feed: ChangeFeed,
     private readonly watch: TopologyWatchService,
     readonly tokens: HostTokens,
+    readonly liveness: HostLiveness,
     private server: StartedServer | undefined,
   ) {
     this.metrics = controllerMetrics({
@@ -184,6 +193,7 @@ export class SiteController {
         site: opts.site,
         db,
         index,
+        keys: new TunnelKeyAllocator(index),
         queue: new WriteQueue(),
         fence: leaseFence(controllerId, () => lease.currentToken()),
         translator: opts.translator ?? siteTranslator,
@@ -229,6 +239,11 @@ export class SiteController {
         feed,
         watch,
         tokens,
+        new HostLiveness(db, index, {
+          deadAfterMs: tuning.hostDeadAfterMs,
+          checkEveryMs: tuning.hostCheckMs,
+          log: componentLogger(log, "host-liveness"),
+        }),
         undefined,
       );
       await self.serve(opts.listen);
@@ -255,8 +270,10 @@ export class SiteController {
       site.SiteServiceService,
       siteService({
         view: this.index,
+        db: this.db,
         writer: () => this.activeWriter,
         tokens: this.tokens,
+        liveness: this.liveness,
         hostTokenTtlSec: this.tuning.hostTokenTtlSec,
         status: () => this.status(),
         log: this.opts.log,
@@ -276,7 +293,11 @@ export class SiteController {
     if (!this.lease.active) return;
     // The other replica may have written since we last looked: reload before writing.
     await this.applier.load();
+    const assigned = await this.applier.assignMissingUplinkKeys();
+    if (assigned > 0)
+      this.opts.log.info({ assigned }, "gave site-local tunnel keys to uplink ports without one");
     this.activeWriter = new LocalWriter(this.ctx);
+    this.liveness.startChecking(this.activeWriter);
     const creds = this.opts.federationCredentials ?? grpcCredentials.createInsecure();
     if (this.opts.federation.length > 0) {
       this.sync = new IntentSync(this.applier, {
@@ -308,6 +329,7 @@ export class SiteController {
 
   private async becomeStandby(): Promise<void> {
     this.activeWriter = undefined;
+    await this.liveness.stopChecking();
     await this.sync?.stop();
     await this.reporter?.stop();
     this.sync = undefined;
@@ -350,6 +372,7 @@ export class SiteController {
       stalenessMs: this.stalenessMs(),
       topologyRevision: Math.max(0, this.feed.revision),
       hosts: [...this.index.list("host")].length,
+      hostsAlive: [...this.index.list("host")].filter((h) => h.alive !== false).length,
       ports: [...this.index.list("localPort")].length,
       watchStreams: this.watch.openStreams,
       detail: this.detail(),

@@ -1,19 +1,26 @@
 // SiteService: the site's local API. Hosts register (and get the host token their agent uses),
-// ports are created, bound, unbound and deleted, and Status reports how current the site is.
-// Writes go only through the active replica; the standby answers UNAVAILABLE naming why.
+// ports are created, bound, unbound and deleted, agents heartbeat, and Status reports how current
+// the site is.
+// Writes go only through the active replica; the standby answers UNAVAILABLE naming why. Lists
+// read the shared database, so both replicas serve them.
 import { isIP } from "node:net";
 import { type ServerUnaryCall, type sendUnaryData, status } from "@grpc/grpc-js";
 import { type Logger, type sitepb, topologypb } from "@isthmus/schema";
+import type { Database } from "./db/database.js";
 import { FencedOut } from "./fence.js";
+import type { HostLiveness } from "./host-liveness.js";
 import type { HostTokens, TokenClaims, TokenRole } from "./host-token.js";
-import { LocalRequestError, type LocalWriter } from "./local-store.js";
+import { LocalRequestError, type LocalWriter, localReads } from "./local-store.js";
 import { grpcError } from "./topology-watch.js";
 import type { IntentView, LocalPortBinding } from "./translate/index.js";
 
 export interface SiteServiceDeps {
   view: IntentView;
+  /** Lists read the database, so the standby replica serves them too. */
+  db: Database;
   writer: () => LocalWriter | undefined;
   tokens: HostTokens;
+  liveness: HostLiveness;
   hostTokenTtlSec: number;
   status: () => sitepb.SiteStatusResponse;
   log: Logger;
@@ -159,23 +166,30 @@ export function siteService(d: SiteServiceDeps): sitepb.SiteServiceServer {
     }),
 
     listPorts: unary(["admin", "host"], async (req: sitepb.ListPortsRequest) => {
-      writer(); // the standby's copy is not kept current; lists come from the active replica
-      const ports = [...d.view.list("localPort")]
-        .filter(
-          (p) =>
-            (req.hostId === "" || p.hostId === req.hostId) &&
-            (req.networkId === "" || p.networkId === req.networkId),
-        )
-        .sort((a, b) => a.name.localeCompare(b.name));
+      const ports = await localReads.ports(d.db, { hostId: req.hostId, networkId: req.networkId });
       return { ports: ports.map(toLocalPort) };
     }),
 
-    listHosts: unary(["admin", "host"], async () => {
-      writer(); // as for listPorts
-      const hosts = [...d.view.list("host")].sort((a, b) => a.name.localeCompare(b.name));
-      return { hosts: hosts.map((h) => topologypb.Host.fromPartial({ ...h, alive: h.alive ?? true })) };
-    }),
+    listHosts: unary(["admin", "host"], async () => ({ hosts: await localReads.hosts(d.db) })),
 
     status: unary(["admin", "host"], async () => d.status()),
+
+    // Either replica records it (the database's clock); only the active one acts on it.
+    heartbeat: unary(["admin", "host"], async (req: sitepb.HeartbeatRequest, who) => {
+      if (req.hostId === "") throw invalid("host_id", "must not be empty");
+      if (who.role === "host" && who.subject !== req.hostId) {
+        throw grpcError(
+          status.PERMISSION_DENIED,
+          `host ${who.subject} may only heartbeat for itself, not for ${req.hostId}`,
+        );
+      }
+      if (!(await d.liveness.heartbeat(req.hostId))) {
+        throw grpcError(
+          status.NOT_FOUND,
+          `field "host_id": host ${req.hostId} is not registered at this site; register it again`,
+        );
+      }
+      return { intervalMs: d.liveness.intervalMs, deadAfterMs: d.liveness.deadAfterMs };
+    }),
   };
 }

@@ -1,17 +1,21 @@
 // What every writer in a controller shares: the database, the in-memory intent index, the
-// single-writer queue, the lease fence, the translator and the hook that wakes watch streams.
+// site-local tunnel-key allocator, the single-writer queue, the lease fence, the translator and
+// the hook that wakes watch streams.
 import type { Logger } from "@isthmus/schema";
 import type { Database, Tx } from "./db/database.js";
 import type { Fence } from "./fence.js";
 import type { ChangeLogOptions } from "./topology-store.js";
 import type { IntentIndex } from "./translate/index.js";
 import type { Translator } from "./translator.js";
+import type { TunnelKeyAllocator } from "./tunnel-key-allocator.js";
 import type { WriteQueue } from "./write-queue.js";
 
 export interface WriteContext {
   site: string;
   db: Database;
   index: IntentIndex;
+  /** Site-local tunnel keys for VM ports and uplink ports (over `index`). */
+  keys: TunnelKeyAllocator;
   queue: WriteQueue;
   fence: Fence;
   translator: Translator;

@@ -9,6 +9,7 @@ import { ControllerLease } from "../lease.js";
 import { LocalWriter } from "../local-store.js";
 import { IntentIndex } from "../translate/index.js";
 import { siteTranslator, type Translator } from "../translator.js";
+import { TunnelKeyAllocator } from "../tunnel-key-allocator.js";
 import type { WriteContext } from "../write-context.js";
 import { WriteQueue } from "../write-queue.js";
 
@@ -27,6 +28,8 @@ export async function controllerFixture(
   opts: {
     holder?: string;
     translator?: Translator;
+    /** Site-local key range (default the whole 0x000001–0x0FFFFF). */
+    keyRange?: { min: number; max: number };
     beforeCommit?: (tx: Tx, label: string) => Promise<void>;
   } = {},
 ): Promise<Fixture> {
@@ -38,10 +41,12 @@ export async function controllerFixture(
   await lease.attempt();
   lease.start();
   const committed: number[] = [];
+  const index = new IntentIndex("a");
   const ctx: WriteContext = {
     site: "a",
     db,
-    index: new IntentIndex("a"),
+    index,
+    keys: new TunnelKeyAllocator(index, opts.keyRange),
     queue: new WriteQueue(),
     fence: leaseFence(holder, () => lease.currentToken()),
     translator: opts.translator ?? siteTranslator,
