@@ -79,9 +79,9 @@ function learn(w: Walk, b: BridgeView, vlan: number, mac: number, port: PortView
   if (b.staticMacs.get(vlan)?.has(mac)) return;
   const r = w.state.macs.learn(b.id, vlan, mac, port.id, w.ctx.now);
   if (r === LEARN_NEW || r === LEARN_MOVED) {
-    w.list("learned").push({ bridgeId: b.id, vlan, mac, portId: port.id });
+    w.add("learned", { bridgeId: b.id, vlan, mac, portId: port.id });
     // Flows that flooded to (or unicast to the old port of) this MAC are stale now.
-    w.list("invalidate").push(b.macTags.get(mac).s);
+    w.add("invalidate", b.macTags.get(mac).s);
     if (w.tracing)
       w.trace("decision", b.id, `learned ${mac} on ${port.id}${r === LEARN_MOVED ? " (moved)" : ""}`);
   }

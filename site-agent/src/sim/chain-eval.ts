@@ -436,7 +436,7 @@ function forwardNat(w: Walk, rule: CompiledRule, cc: ChainCtx): boolean {
           now + w.state.nat.idleMs,
         );
     w.state.nat.put(b);
-    w.list("nat").push({ ...b });
+    w.add("nat", { ...b });
   }
   w.tagStr(tag.nat(b.key));
   if (snat) {

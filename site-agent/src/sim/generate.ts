@@ -16,7 +16,7 @@ export function emitGenerated(w: Walk, frame: Uint8Array, port: PortView, why: s
   const r = sub.finish();
   if (w.tracing) w.trace("decision", port.id, `generated ${why}: ${r.actions.map((a) => a.kind).join(",")}`);
   if (r.trace) w.result.trace?.push(...r.trace);
-  w.list("generated").push({ frame, actions: r.actions, why });
+  w.add("generated", { frame, actions: r.actions, why });
   if (r.conntrack.length > 0) w.list("conntrack").push(...r.conntrack);
   if (r.nat.length > 0) w.list("nat").push(...r.nat);
   if (r.learned.length > 0) w.list("learned").push(...r.learned);

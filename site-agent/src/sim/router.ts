@@ -159,8 +159,8 @@ function routerArp(w: Walk, r: RouterView, inPort: PortView): undefined {
   if (op === ARP_REPLY) {
     const ip = m.arpSpa;
     const released = w.state.arp.learn(r.id, ip, m.arpSha, w.ctx.now);
-    w.list("invalidate").push(r.arpTags.get(ip).s);
-    w.list("resubmit").push(...released);
+    w.add("invalidate", r.arpTags.get(ip).s);
+    if (released.length > 0) w.list("resubmit").push(...released);
     if (w.tracing) w.trace("arp", r.id, `learned ${fmt(ip)}; released ${released.length} packets`);
     return w.drop("ARP reply consumed by router");
   }

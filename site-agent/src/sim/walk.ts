@@ -70,6 +70,9 @@ export class Walk {
   /** Tags collected so far (copied into the result, at its exact size, by finish()). */
   readonly tags: string[] = [];
   private nTags = 0;
+  /** Actions so far (copied into the result, at its exact size, by finish()). */
+  private readonly actions: Action[] = [];
+  private nActions = 0;
   /** Filter context, refilled before each filter runs (filters never overlap within a walk). */
   readonly cc: ChainCtx = { inPortId: "", outPortId: "", zoneId: "", replyPort: null };
   /** Scratch 5-tuple for conntrack, NAT and ECMP (each use finishes before the next fills it). */
@@ -137,6 +140,7 @@ export class Walk {
     this.nCt = 0;
     this.jumpDepth = 0;
     this.nTags = 0;
+    this.nActions = 0;
     this.jumpStack.length = 0;
     this.dropReason = null;
     this.held = null;
@@ -152,7 +156,7 @@ export class Walk {
     this.oTpDst = m._tpDst;
     this.oNwTtl = m._nwTtl;
     this.result = {
-      actions: [],
+      actions: NONE,
       match: m, // restored to the ingress values by finish()
       mask: 0,
       dstBits: 0,
@@ -179,6 +183,18 @@ export class Walk {
       r[k] = l;
     }
     return l;
+  }
+
+  /** Adds one item to a result list (a first item gets a list of exactly one). */
+  add<K extends ListField>(k: K, item: SimResult[K][number]): void {
+    const r = this.result;
+    const l = r[k] as SimResult[K][number][];
+    if (l === NONE) (r[k] as SimResult[K][number][]) = [item];
+    else l.push(item);
+  }
+
+  private action(a: Action): void {
+    this.actions[this.nActions++] = a;
   }
 
   get state(): SimState {
@@ -311,14 +327,14 @@ export class Walk {
         if (prev.tpSrc !== undefined && out.tpSrc === undefined) out.tpSrc = this.oTpSrc;
         if (prev.tpDst !== undefined && out.tpDst === undefined) out.tpDst = this.oTpDst;
       }
-      this.result.actions.push(out);
+      this.action(out);
     }
     if (this.ttlDec > this.lastTtl) {
       const by = this.ttlDec - this.lastTtl;
-      this.result.actions.push(by === 1 ? DEC_TTL_1 : { kind: "decTtl", by });
+      this.action(by === 1 ? DEC_TTL_1 : { kind: "decTtl", by });
       this.lastTtl = this.ttlDec;
     }
-    this.result.actions.push(a);
+    this.action(a);
     if (this.tracing) {
       if (a.kind === "output") this.trace("decision", a.portId, "output");
       else if (a.kind === "encap")
@@ -376,13 +392,16 @@ export class Walk {
   finish(): SimResult {
     const r = this.result;
     let outputs = false;
-    for (const a of r.actions) if (a.kind === "output" || a.kind === "encap") outputs = true;
+    for (let i = 0; i < this.nActions; i++) {
+      const k = this.actions[i]!.kind;
+      if (k === "output" || k === "encap") outputs = true;
+    }
+    r.actions = this.actions.slice(0, this.nActions);
     if (!outputs) {
       const reason = this.held ?? this.dropReason ?? "no output port";
       if (this.held === null) {
         r.dropReason = reason;
-        r.actions.length = 0;
-        r.actions.push({ kind: "drop", reason });
+        r.actions = [{ kind: "drop", reason }];
       }
     } else if (this.nCt > 0) {
       for (let i = 0; i < this.nCt; i++) {
@@ -390,12 +409,11 @@ export class Walk {
         if (!e) {
           const reason = `conntrack table full (${this.state.conntrack.maxEntries} entries): new connection refused`;
           r.dropReason = reason;
-          r.actions.length = 0;
-          r.actions.push({ kind: "drop", reason });
+          r.actions = [{ kind: "drop", reason }];
           r.cacheable = false;
           break;
         }
-        this.list("conntrack").push({ key: e.key, zoneId: e.zoneId, expiresAt: e.expiresAt });
+        this.add("conntrack", { key: e.key, zoneId: e.zoneId, expiresAt: e.expiresAt });
       }
     }
     if (this.held !== null) {
