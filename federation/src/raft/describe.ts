@@ -105,6 +105,10 @@ export function describeReady(rd: Ready, indent = "  "): string[] {
     out.push(`${indent}Messages:`);
     for (const m of rd.messages) out.push(`${indent}  ${describeMessage(m)}`);
   }
+  if (rd.messagesAfterPersist.length > 0) {
+    out.push(`${indent}Messages after persist:`);
+    for (const m of rd.messagesAfterPersist) out.push(`${indent}  ${describeMessage(m)}`);
+  }
   if (rd.readStates.length > 0) {
     out.push(`${indent}ReadStates:`);
     for (const r of rd.readStates) out.push(`${indent}  ${decoder.decode(r.requestId)}@${r.index}`);

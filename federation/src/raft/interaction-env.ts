@@ -13,6 +13,7 @@ import {
   EntryType,
   type Message,
   type NodeId,
+  type Ready,
 } from "./types.js";
 
 const enc = new TextEncoder();
@@ -26,6 +27,8 @@ interface EnvNode {
   /** The "state machine": data of every applied normal entry, in order. */
   applied: string[];
   appliedIndex: number;
+  /** A Ready taken by send-ready: written and its early messages sent, not yet synced. */
+  inFlight?: Ready;
 }
 
 export interface Command {
@@ -100,6 +103,13 @@ export class InteractionEnv {
         return this.ticks(c, () => intOpt(c, "n") ?? 1);
       case "process-ready":
         return c.args.flatMap((id) => this.processReady(this.node(id)));
+      case "send-ready":
+        // The first half of a Ready, as the driver does it: send the messages that may leave at
+        // once (the leader's appends), write to storage, and stop before the sync.
+        return c.args.flatMap((id) => this.sendReady(this.node(id)));
+      case "persist-ready":
+        // The second half: sync, send what waited for it, apply, advance.
+        return c.args.flatMap((id) => this.persistReady(this.node(id)));
       case "deliver-msgs":
         return this.deliverMsgs(
           c.args.length > 0 ? c.args : [...this.nodes.keys()],
@@ -237,9 +247,40 @@ export class InteractionEnv {
   }
 
   private processReady(n: EnvNode): string[] {
+    if (n.inFlight) return [`${n.id} has a Ready in flight (persist-ready first)`];
     if (!n.core.hasReady()) return [];
     const rd = n.core.ready();
     const out = [`> ${n.id} handling Ready`, ...describeReady(rd, "  ")];
+    this.writeReady(n, rd);
+    this.finishReady(n, rd);
+    return out;
+  }
+
+  private sendReady(n: EnvNode): string[] {
+    if (n.inFlight) return [`${n.id} has a Ready in flight (persist-ready first)`];
+    if (!n.core.hasReady()) return [`${n.id} has no Ready`];
+    const rd = n.core.ready();
+    const out = [`> ${n.id} sending Ready (written, not synced)`, ...describeReady(rd, "  ")];
+    this.post(rd.messages);
+    this.writeReady(n, rd);
+    n.inFlight = rd;
+    return out;
+  }
+
+  private persistReady(n: EnvNode): string[] {
+    const rd = n.inFlight;
+    if (!rd) return [`${n.id} has no Ready in flight`];
+    n.inFlight = undefined;
+    const after = rd.messagesAfterPersist.map((m) => `  ${describeMessage(m)}`);
+    this.finishReady(n, { ...rd, messages: [] });
+    const st = n.core.status();
+    return [
+      `> ${n.id} persisted Ready: commit=${st.commit}`,
+      ...(after.length > 0 ? ["  sent:", ...after.map((l) => `  ${l}`)] : []),
+    ];
+  }
+
+  private writeReady(n: EnvNode, rd: Ready): void {
     if (rd.snapshot) {
       n.storage.applySnapshot(rd.snapshot);
       n.applied = JSON.parse(dec.decode(rd.snapshot.data)) as string[];
@@ -247,8 +288,19 @@ export class InteractionEnv {
     }
     if (rd.entries.length > 0) n.storage.append(rd.entries);
     if (rd.hardState) n.storage.setHardState(rd.hardState);
+  }
+
+  /** Sync, send (the early messages too, when not sent yet), apply, advance. */
+  private finishReady(n: EnvNode, rd: Ready): void {
     n.storage.syncNow();
-    for (const m of rd.messages) {
+    this.post(rd.messages);
+    this.post(rd.messagesAfterPersist);
+    for (const e of rd.committedEntries) this.apply(n, e);
+    n.core.advance();
+  }
+
+  private post(msgs: Message[]): void {
+    for (const m of msgs) {
       if (this.isolated.has(m.from) || this.isolated.has(m.to)) continue;
       if (!this.nodes.has(m.to)) continue;
       let box = this.mailboxes.get(m.to);
@@ -258,9 +310,6 @@ export class InteractionEnv {
       }
       box.push(m);
     }
-    for (const e of rd.committedEntries) this.apply(n, e);
-    n.core.advance();
-    return out;
   }
 
   private apply(n: EnvNode, e: Entry): void {
@@ -296,6 +345,8 @@ export class InteractionEnv {
       if (round > 1000) throw new Error("stabilize: did not converge in 1000 rounds");
       let progressed = false;
       for (const id of targets) {
+        // A node whose Ready is in flight (send-ready) waits for persist-ready.
+        if (this.node(id).inFlight) continue;
         const lines = this.processReady(this.node(id));
         if (lines.length > 0) progressed = true;
         out.push(...lines);
@@ -352,6 +403,7 @@ export class InteractionEnv {
   }
 
   private crashRestart(n: EnvNode): string[] {
+    n.inFlight = undefined;
     const lost = n.storage.hasUnsynced();
     n.storage.crash();
     const snap = n.storage.snapshot();

@@ -251,6 +251,14 @@ export class RaftLog {
     this.unstable.restore(s);
   }
 
+  /**
+   * Last index the driver has acknowledged as durable (advance() after a persisted Ready): every
+   * entry below the unstable offset. Entries handed out in a Ready stay unstable until then.
+   */
+  persistedLastIndex(): number {
+    return this.unstable.offset - 1;
+  }
+
   unstableEntries(): Entry[] {
     return this.unstable.entries;
   }

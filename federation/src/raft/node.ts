@@ -529,6 +529,14 @@ export class RaftNode<R = unknown> {
 
   private async handleReady(rd: Ready): Promise<void> {
     if (rd.softState) this.onSoftState(rd.softState.leader);
+    // The leader's appends leave before its own write: its disk write overlaps the followers'
+    // (the core counts its own entries only after advance(), once they are durable).
+    if (rd.messages.length > 0) this.transport.send(rd.messages);
+    if (rd.entries.length > 0) this.noteOwnEntries(rd.entries);
+    // Committed entries are durable on a quorum already, so they are applied (and their callers
+    // answered) while this node's own write runs, as etcd does; a received snapshot is restored
+    // only once it is stored.
+    if (!rd.snapshot) this.applyReady(rd);
     let mustSync = false;
     if (rd.snapshot) {
       this.storage.applySnapshot(rd.snapshot);
@@ -536,7 +544,6 @@ export class RaftNode<R = unknown> {
     }
     if (rd.entries.length > 0) {
       this.storage.append(rd.entries);
-      this.noteOwnEntries(rd.entries);
       mustSync = true;
     }
     if (rd.hardState) {
@@ -548,16 +555,21 @@ export class RaftNode<R = unknown> {
       }
       this.persistedHard = rd.hardState;
     }
-    // Nothing that depends on these writes (votes, acks, appends) leaves before they are durable.
+    // Nothing that vouches for these writes (votes, acknowledgements) leaves before they are durable.
     if (mustSync) await this.storage.sync();
-    if (rd.messages.length > 0) this.transport.send(rd.messages);
+    if (rd.messagesAfterPersist.length > 0) this.transport.send(rd.messagesAfterPersist);
     if (rd.snapshot) {
       this.restoreSnapshot(rd.snapshot);
       this.log.info(
         { id: this.id, index: rd.snapshot.metadata.index },
         "raft node: installed snapshot from leader",
       );
+      this.applyReady(rd);
     }
+  }
+
+  /** Applies a Ready's committed entries and records its read states. */
+  private applyReady(rd: Ready): void {
     for (const e of rd.committedEntries) this.applyEntry(e);
     for (const rs of rd.readStates) {
       const id = Buffer.from(

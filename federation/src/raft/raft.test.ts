@@ -26,7 +26,7 @@ function drain(c: RaftCore, storage: MemoryStorage) {
     if (rd.snapshot) storage.applySnapshot(rd.snapshot);
     storage.append(rd.entries);
     if (rd.hardState) storage.setHardState(rd.hardState);
-    sent.push(...rd.messages);
+    sent.push(...rd.messages, ...rd.messagesAfterPersist);
     c.advance();
   }
   return sent;
@@ -67,7 +67,7 @@ test("ready() twice without advance() is refused, and advance() needs a ready()"
   c.advance();
 });
 
-test("a single voter elects itself and commits proposals at once", () => {
+test("a single voter commits a proposal once its own write is persisted", () => {
   const storage = new MemoryStorage();
   const c = new RaftCore({ id: "solo", voters: ["solo"], storage, randomInt: () => 0 });
   drain(c, storage);
@@ -76,13 +76,59 @@ test("a single voter elects itself and commits proposals at once", () => {
   assert.equal(c.role, "leader");
   c.propose(new TextEncoder().encode("x"));
   const rd = c.ready();
+  assert.equal(rd.entries.length, 1);
+  // Not durable yet: nothing is committed in the Ready that carries the write.
+  assert.deepEqual(rd.committedEntries, []);
+  const before = c.status().commit;
+  storage.append(rd.entries);
+  c.advance();
+  assert.equal(c.status().commit, before + 1);
+  const next = c.ready();
   assert.deepEqual(
-    rd.committedEntries.map((e) => new TextDecoder().decode(e.data)),
+    next.committedEntries.map((e) => new TextDecoder().decode(e.data)),
     ["x"],
   );
   c.advance();
   c.readIndex(new TextEncoder().encode("r"));
   assert.equal(c.ready().readStates[0]?.index, c.status().commit);
+});
+
+test("a leader with one follower down commits only after its own write is persisted", () => {
+  const storages = { a: new MemoryStorage(), b: new MemoryStorage() };
+  const a = core({ storage: storages.a });
+  const b = core({ id: "b", storage: storages.b });
+  drain(a, storages.a);
+  drain(b, storages.b);
+  // Elect a with b's vote (c never answers).
+  a.campaign();
+  const deliver = (to: RaftCore, msgs: ReturnType<typeof drain>) => {
+    for (const m of msgs) if (m.to === to.id) to.step(m);
+  };
+  for (let k = 0; k < 4 && a.role !== "leader"; k++) {
+    deliver(b, drain(a, storages.a));
+    deliver(a, drain(b, storages.b));
+  }
+  assert.equal(a.role, "leader");
+  for (let k = 0; k < 4; k++) {
+    deliver(b, drain(a, storages.a));
+    deliver(a, drain(b, storages.b));
+  }
+  const commit0 = a.status().commit;
+  a.propose(new TextEncoder().encode("p"));
+  const rd = a.ready();
+  const idx = rd.entries[0]!.index;
+  // The append may leave before the leader's write; b persists and acknowledges it.
+  assert.ok(rd.messages.some((m) => m.type === MessageType.Append && m.to === "b"));
+  deliver(b, rd.messages);
+  const acks = drain(b, storages.b);
+  assert.ok(acks.some((m) => m.type === MessageType.AppendResponse && m.index === idx));
+  deliver(a, acks);
+  assert.equal(a.status().commit, commit0, "b's ack alone is not a quorum while a's write is pending");
+  assert.equal(a.status().progress!.a!.match, idx - 1);
+  storages.a.append(rd.entries);
+  a.advance();
+  assert.equal(a.status().progress!.a!.match, idx);
+  assert.equal(a.status().commit, idx);
 });
 
 test("proposals without a leader are refused with a reason", () => {

@@ -130,6 +130,30 @@ function isLocalTermless(t: MessageType): boolean {
   return t === MessageType.Propose || t === MessageType.ReadIndex || t === MessageType.TransferLeader;
 }
 
+/**
+ * Messages that promise nothing about this node's storage, so they may leave before the Ready's
+ * writes are durable: the leader's appends, heartbeats, snapshot chunks and TimeoutNow (the
+ * leader's own match only counts its entries once persisted), heartbeat responses (they vouch for
+ * leadership, not for the log), and requests forwarded to the leader. Acknowledgements of
+ * entries, votes and vote requests (the candidate's term and self-vote) wait for the sync.
+ */
+function sendableBeforePersist(t: MessageType): boolean {
+  switch (t) {
+    case MessageType.Append:
+    case MessageType.Heartbeat:
+    case MessageType.Snapshot:
+    case MessageType.TimeoutNow:
+    case MessageType.HeartbeatResponse:
+    case MessageType.ReadIndex:
+    case MessageType.ReadIndexResponse:
+    case MessageType.Propose:
+    case MessageType.TransferLeader:
+      return true;
+    default:
+      return false;
+  }
+}
+
 function voteRespType(t: MessageType): MessageType {
   return t === MessageType.Vote ? MessageType.VoteResponse : MessageType.PreVoteResponse;
 }
@@ -174,7 +198,10 @@ export class RaftCore {
   private confState: ConfState = { voters: [], learners: [], votersOutgoing: [] };
   private readonly prs = new Map<NodeId, Progress>();
   private votes = new Map<NodeId, boolean>();
+  /** Messages that may leave before this Ready's writes are durable (see send()). */
   private msgs: Message[] = [];
+  /** Messages that vouch for this Ready's writes (acks, votes): sent only once they are durable. */
+  private msgsAfterPersist: Message[] = [];
   private readStates: { requestId: Uint8Array; index: number }[] = [];
 
   private readonly electionTimeout: number;
@@ -396,6 +423,7 @@ export class RaftCore {
     if (this.raftLog.unstable.snapshot) return true;
     return (
       this.msgs.length > 0 ||
+      this.msgsAfterPersist.length > 0 ||
       this.raftLog.unstableEntries().length > 0 ||
       this.raftLog.hasNextEnts() ||
       this.readStates.length > 0
@@ -403,8 +431,10 @@ export class RaftCore {
   }
 
   /**
-   * The next batch of work. The caller must persist snapshot, entries and hard state (durably),
-   * then send messages, then apply committed entries, then call advance(). One Ready at a time.
+   * The next batch of work. The caller may send `messages` at once; it must persist snapshot,
+   * entries and hard state durably before sending `messagesAfterPersist` and applying committed
+   * entries, then call advance() — which is also how the core learns that the leader's own new
+   * entries are durable. One Ready at a time.
    */
   ready(): Ready {
     if (this.pendingReady) throw new RaftInvariantError("ready() called again before advance()");
@@ -425,10 +455,12 @@ export class RaftCore {
     const rd: Ready = {
       entries,
       messages: this.msgs,
+      messagesAfterPersist: this.msgsAfterPersist,
       committedEntries: committed,
       readStates: this.readStates,
     };
     this.msgs = [];
+    this.msgsAfterPersist = [];
     this.readStates = [];
     const pending: PendingReady = { committed };
     const last = entries[entries.length - 1];
@@ -465,7 +497,15 @@ export class RaftCore {
       this.raftLog.stableSnapTo(p.snapshotIndex);
       if (p.snapshotIndex > this.raftLog.applied) this.raftLog.applied = p.snapshotIndex;
     }
-    if (p.lastEntry) this.raftLog.stableTo(p.lastEntry.index, p.lastEntry.term);
+    if (p.lastEntry) {
+      this.raftLog.stableTo(p.lastEntry.index, p.lastEntry.term);
+      // The leader's own entries count toward a quorum only now that they are durable; its
+      // appends went out before the write (etcd's "persist in parallel with replication").
+      if (this.role === "leader") {
+        const self = this.prs.get(this.id);
+        if (self?.maybeUpdate(this.raftLog.persistedLastIndex()) && this.maybeCommit()) this.markBroadcast();
+      }
+    }
     const lastCommitted = p.committed[p.committed.length - 1];
     if (lastCommitted) {
       let size = 0;
@@ -554,7 +594,8 @@ export class RaftCore {
     const last = this.raftLog.lastIndex();
     for (const [id, pr] of this.prs) {
       const fresh = new Progress(last + 1, this.maxInflightMsgs, this.maxInflightBytes, pr.isLearner);
-      if (id === this.id) fresh.match = last;
+      // Only what is durable here counts for this node; the rest is acknowledged in advance().
+      if (id === this.id) fresh.match = this.raftLog.persistedLastIndex();
       this.prs.set(id, fresh);
     }
     this.pendingConfIndex = 0;
@@ -1339,11 +1380,9 @@ export class RaftCore {
       if (this.uncommittedSize + size > this.maxUncommittedSize) return false;
     }
     this.uncommittedSize += size;
-    li = this.raftLog.append(stamped);
-    this.prs.get(this.id)?.maybeUpdate(li);
-    // Our own append can only complete a quorum on its own (a single voter): the others cannot
-    // have acknowledged entries not yet sent.
-    if (this.confState.voters.length === 1 && this.maybeCommit()) this.markBroadcast();
+    this.raftLog.append(stamped);
+    // The leader's own match does not move here: the entries are not durable until the driver has
+    // persisted this Ready and called advance(), which acknowledges them (see advance()).
     return true;
   }
 
@@ -1470,7 +1509,8 @@ export class RaftCore {
       m.term = this.term;
     }
     if (m.to === this.id) throw new RaftInvariantError(`${MessageType[m.type]} addressed to self`);
-    this.msgs.push(m);
+    if (sendableBeforePersist(m.type)) this.msgs.push(m);
+    else this.msgsAfterPersist.push(m);
   }
 
   // ---------------------------------------------------------------- membership
@@ -1535,7 +1575,7 @@ export class RaftCore {
         // A new member counts as active so check-quorum does not depose the leader at once and a
         // snapshot may be sent to it.
         fresh.recentActive = true;
-        if (id === this.id) fresh.match = last;
+        if (id === this.id) fresh.match = this.raftLog.persistedLastIndex();
         this.prs.set(id, fresh);
       }
     }

@@ -421,6 +421,33 @@ describe("WalStorage on disk", () => {
     }
   });
 
+  test("a snapshot that replaced the log stays replaced after restart, whichever segments remain", async () => {
+    const dir = tempDir();
+    try {
+      // One entry per segment: the segments holding 1..20 are deleted, those holding the
+      // discarded 21..30 remain and replay first; the marker must still discard them.
+      let s = await WalStorage.open(dir, { segmentBytes: 64 });
+      s.append(ents(1, 30, () => 1));
+      s.setHardState({ term: 1, vote: "", commit: 10 });
+      s.applySnapshot(snap(20, 5));
+      await s.close();
+      s = await WalStorage.open(dir, { segmentBytes: 64 });
+      assert.equal(s.firstIndex(), 21);
+      assert.equal(s.lastIndex(), 20, "the conflicting entries 21..30 must not come back");
+      assert.equal(s.term(20), 5);
+      s.append(ents(21, 22, () => 5));
+      await s.close();
+      s = await WalStorage.open(dir, { segmentBytes: 64 });
+      assert.deepEqual(
+        s.entries(21, 23, Infinity).map((e) => e.term),
+        [5, 5],
+      );
+      await s.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   test("entries after an applied snapshot survive restart; the stale log before it does not", async () => {
     const dir = tempDir();
     try {

@@ -227,5 +227,52 @@ export function storageContract(name: string, make: () => Promise<StorageFixture
         await f.cleanup();
       }
     });
+
+    test("entries kept behind a snapshot and those after it are all there after a restart", async (t) => {
+      const f = await make();
+      try {
+        if (!f.reopen) {
+          t.skip(`${name} is not durable`);
+          return;
+        }
+        const term = (i: number) => (i <= 10 ? 1 : i <= 20 ? 2 : 3);
+        f.storage.append(ents(1, 30, term));
+        f.storage.setHardState({ term: 3, vote: "b", commit: 25 });
+        f.storage.compact(snap(12, 2), 5); // keeps 8..12 for slow followers
+        f.storage.append(ents(31, 33, () => 3));
+        await f.storage.sync();
+        const before = { first: f.storage.firstIndex(), last: f.storage.lastIndex() };
+        assert.deepEqual(before, { first: 8, last: 33 });
+        let s = await f.reopen();
+        assert.deepEqual({ first: s.firstIndex(), last: s.lastIndex() }, before);
+        assert.equal(s.term(7), 1, "the term just before the kept entries is known");
+        assert.deepEqual(
+          s.entries(8, 34, Infinity).map((e) => [e.index, e.term, text(e)]),
+          ents(8, 33, term).map((e) => [e.index, e.term, text(e)]),
+        );
+        assert.equal(s.snapshot().metadata.index, 12);
+        // A second compaction moves the kept window; a restart follows it.
+        s.compact(snap(25, 3), 3);
+        await s.sync();
+        s = await f.reopen();
+        assert.equal(s.firstIndex(), 23);
+        assert.equal(s.term(22), 3);
+        assert.equal(s.lastIndex(), 33);
+        assert.deepEqual(
+          indexes(s.entries(23, 34, Infinity)),
+          ents(23, 33).map((e) => e.index),
+        );
+        // Without kept entries the log starts right after the snapshot, as before.
+        s.setHardState({ term: 3, vote: "b", commit: 30 });
+        s.compact(snap(30, 3), 0);
+        await s.sync();
+        s = await f.reopen();
+        assert.equal(s.firstIndex(), 31);
+        assert.equal(s.term(30), 3);
+        assert.deepEqual(indexes(s.entries(31, 34, Infinity)), [31, 32, 33]);
+      } finally {
+        await f.cleanup();
+      }
+    });
   });
 }

@@ -149,8 +149,13 @@ export interface Ready {
   entries: Entry[];
   /** A snapshot received from the leader, to persist and restore before applying `committedEntries`. */
   snapshot?: Snapshot;
-  /** Messages to send after the above is durable. */
+  /**
+   * Messages that do not depend on this Ready's writes (the leader's appends and heartbeats, ...):
+   * send them at once, before or while persisting, so the leader's disk write overlaps replication.
+   */
   messages: Message[];
+  /** Messages that vouch for this Ready's writes (acknowledgements, votes): send only once durable. */
+  messagesAfterPersist: Message[];
   /** Committed entries to apply to the state machine, in order. */
   committedEntries: Entry[];
   /** Linearizable reads whose index is now known: resolve once the applied index reaches `index`. */

@@ -13,7 +13,13 @@ export enum RecordType {
   SegmentHeader = 1,
   Entry = 2,
   HardState = 3,
-  /** The log was replaced or compacted by a snapshot at (index, term); the snapshot itself is a file. */
+  /**
+   * The log was replaced or compacted by a snapshot at (index, term); the snapshot itself is a file.
+   * Current records also say what remains: `replaced` (the log after the snapshot was discarded),
+   * or else `keptAfter`, the last entry dropped (entries from keptAfter.index + 1 on stay, which
+   * may lie behind the snapshot: a compaction keeps entries for slow followers). Records from
+   * before that (16-byte payload) carry neither.
+   */
   SnapshotMarker = 4,
 }
 
@@ -21,7 +27,13 @@ export type WalRecord =
   | { type: RecordType.SegmentHeader; version: number; seq: number }
   | { type: RecordType.Entry; entry: Entry }
   | { type: RecordType.HardState; hardState: HardState }
-  | { type: RecordType.SnapshotMarker; index: number; term: number };
+  | {
+      type: RecordType.SnapshotMarker;
+      index: number;
+      term: number;
+      keptAfter?: { index: number; term: number };
+      replaced?: boolean;
+    };
 
 // CRC-32 (IEEE). node:zlib has a native crc32 from Node 20.15; older 20.x releases fall back to a
 // table-driven implementation of the same polynomial, so files stay readable across versions.
@@ -93,9 +105,16 @@ export function encodeRecord(rec: WalRecord): Buffer {
       return frame(rec.type, p);
     }
     case RecordType.SnapshotMarker: {
-      const p = Buffer.allocUnsafe(16);
+      const legacy = rec.keptAfter === undefined && rec.replaced === undefined;
+      const p = Buffer.allocUnsafe(legacy ? 16 : 33);
       putU64(p, 0, rec.index);
       putU64(p, 8, rec.term);
+      if (!legacy) {
+        const kept = rec.keptAfter ?? { index: rec.index, term: rec.term };
+        putU64(p, 16, kept.index);
+        putU64(p, 24, kept.term);
+        p.writeUInt8(rec.replaced ? 1 : 0, 32);
+      }
       return frame(rec.type, p);
     }
   }
@@ -158,9 +177,17 @@ function decodePayload(type: number, p: Buffer): WalRecord {
         type,
         hardState: { term: getU64(p, 0), commit: getU64(p, 8), vote: p.subarray(16).toString("utf8") },
       };
-    case RecordType.SnapshotMarker:
-      if (p.length !== 16) throw new Error("snapshot marker has the wrong size");
-      return { type, index: getU64(p, 0), term: getU64(p, 8) };
+    case RecordType.SnapshotMarker: {
+      if (p.length !== 16 && p.length !== 33) throw new Error("snapshot marker has the wrong size");
+      const index = getU64(p, 0);
+      const term = getU64(p, 8);
+      if (p.length === 16) return { type, index, term };
+      const keptAfter = { index: getU64(p, 16), term: getU64(p, 24) };
+      if (keptAfter.index > index) throw new Error("snapshot marker keeps entries from past its index");
+      const flags = p.readUInt8(32);
+      if (flags > 1) throw new Error(`snapshot marker has unknown flags ${flags}`);
+      return { type, index, term, keptAfter, replaced: flags === 1 };
+    }
     default:
       throw new Error(`unknown record type ${type}`);
   }

@@ -133,6 +133,8 @@ export class WalStorage implements WritableStorage {
   private readonly preallocate: boolean;
   private failed: Error | undefined;
   private closed = false;
+  /** The last snapshot marker replayed at open (recovery only). */
+  private lastMarker: Extract<WalRecord, { type: RecordType.SnapshotMarker }> | undefined;
 
   private constructor(dir: string, opts: WalStorageOptions) {
     this.walDir = join(dir, "wal");
@@ -254,9 +256,12 @@ export class WalStorage implements WritableStorage {
     }
     // The snapshot file is durable before the marker that refers to it can be.
     writeSnapshotFile(this.snapDir, snap);
-    this.writeRecord(encodeRecord({ type: RecordType.SnapshotMarker, index, term }), 0);
+    // Our log either holds the snapshot's last entry (the tail after it stays) or is replaced.
+    const replaced = !(index >= this.base - 1 && index <= this.lastIndex() && this.term(index) === term);
+    const marker = { index, term, keptAfter: { index, term }, replaced };
+    this.writeRecord(encodeRecord({ type: RecordType.SnapshotMarker, ...marker }), 0);
     this.snap = snap;
-    this.applyMarker(index, term);
+    this.applyMarker(marker);
     // Everything in a snapshot is committed; the stored commit index must not trail it.
     if (this.hardState.commit < index) this.setHardState({ ...this.hardState, commit: index });
     this.deleteObsoleteSegments();
@@ -280,12 +285,18 @@ export class WalStorage implements WritableStorage {
         `raft wal: snapshot at ${index} has term ${term} but the log has term ${this.term(index)}`,
       );
     }
-    writeSnapshotFile(this.snapDir, snap);
-    this.writeRecord(encodeRecord({ type: RecordType.SnapshotMarker, index, term }), 0);
-    this.snap = snap;
     const newBase = Math.min(index + 1, Math.max(this.base, index - Math.max(0, keepEntries) + 1));
+    // The marker says where the kept log starts, so a restart reloads the entries kept for slow
+    // followers instead of starting right after the snapshot.
+    const keptAfter = { index: newBase - 1, term: this.term(newBase - 1) };
+    writeSnapshotFile(this.snapDir, snap);
+    this.writeRecord(
+      encodeRecord({ type: RecordType.SnapshotMarker, index, term, keptAfter, replaced: false }),
+      0,
+    );
+    this.snap = snap;
     if (newBase > this.base) {
-      this.dummyTerm = this.term(newBase - 1);
+      this.dummyTerm = keptAfter.term;
       this.dropBefore(newBase);
     }
     this.deleteObsoleteSegments();
@@ -499,22 +510,49 @@ export class WalStorage implements WritableStorage {
     if (this.cache.size === 0) this.cacheLow = this.lastIndex() + 1;
   }
 
-  /** The log was replaced or compacted by a snapshot at (index, term) — keep only what follows it. */
-  private applyMarker(index: number, term: number): void {
-    if (index >= this.base && index <= this.lastIndex() && this.terms[index - this.base] === term) {
-      this.dropBefore(index + 1);
-    } else if (index === this.base - 1 && (this.dummyTerm === term || Number.isNaN(this.dummyTerm))) {
-      // The log already starts right after the snapshot (NaN: replay began past deleted segments).
-    } else {
-      this.terms = [];
-      this.segOf = [];
-      this.offsets = [];
-      this.sizes = [];
-      this.cache.clear();
-      this.cacheBytesUsed = 0;
-      this.base = index + 1;
-      this.cacheLow = index + 1;
+  /**
+   * Replays (or performs) a snapshot marker: the log was replaced by the snapshot, or compacted to
+   * it keeping entries from keptAfter.index + 1 on. A compaction marker for a snapshot the log
+   * has already moved past (replay began after segments that compaction deleted) changes nothing.
+   */
+  private applyMarker(m: {
+    index: number;
+    term: number;
+    keptAfter?: { index: number; term: number };
+    replaced?: boolean;
+  }): void {
+    const { index, term } = m;
+    const inLog = index >= this.base && index <= this.lastIndex() && this.terms[index - this.base] === term;
+    if (!m.replaced && inLog) {
+      const kept = m.keptAfter ?? { index, term };
+      const from = kept.index + 1;
+      if (from > this.base) {
+        this.dummyTerm = kept.term;
+        this.dropBefore(from);
+      } else if (from === this.base && Number.isNaN(this.dummyTerm)) {
+        // Replay began past deleted segments exactly where the kept log starts.
+        this.dummyTerm = kept.term;
+      }
+      return;
     }
+    if (!m.replaced && index === this.base - 1 && (this.dummyTerm === term || Number.isNaN(this.dummyTerm))) {
+      // The log already starts right after the snapshot (NaN: replay began past deleted segments).
+      this.dummyTerm = term;
+      return;
+    }
+    if (m.replaced === false && m.keptAfter !== undefined && index < this.base - 1 && this.terms.length > 0) {
+      // A compaction (never a replacement) of entries this replay no longer holds: the kept log
+      // continues past it, written before the marker in segments that outlived the ones deleted.
+      return;
+    }
+    this.terms = [];
+    this.segOf = [];
+    this.offsets = [];
+    this.sizes = [];
+    this.cache.clear();
+    this.cacheBytesUsed = 0;
+    this.base = index + 1;
+    this.cacheLow = index + 1;
     this.dummyTerm = term;
   }
 
@@ -624,7 +662,16 @@ export class WalStorage implements WritableStorage {
         `raft wal: the log refers to a snapshot at index ${maxMarker} but the newest snapshot file in ${this.snapDir} is at ${snapIndex}`,
       );
     }
-    if (loaded || this.terms.length === 0) this.applyMarker(snapIndex, this.snap.metadata.term);
+    // The marker that recorded this snapshot says which entries behind it were kept; without one
+    // (its WAL record was lost in a crash) the log starts after the snapshot.
+    const marker = this.lastMarker;
+    const snapTerm = this.snap.metadata.term;
+    if (loaded || this.terms.length === 0) {
+      // Replayed already, so only its "keep from" part matters now (never a second replacement).
+      if (marker?.keptAfter && marker.index === snapIndex && marker.term === snapTerm)
+        this.applyMarker({ index: snapIndex, term: snapTerm, keptAfter: marker.keptAfter, replaced: false });
+      else this.applyMarker({ index: snapIndex, term: snapTerm });
+    }
     // A snapshot holds only committed entries; the commit index, which is synced lazily, may trail it.
     if (this.hardState.commit < snapIndex) this.hardState = { ...this.hardState, commit: snapIndex };
     if (this.base > snapIndex + 1 || (this.terms.length === 0 && this.base !== snapIndex + 1)) {
@@ -665,7 +712,8 @@ export class WalStorage implements WritableStorage {
         this.hardState = rec.hardState;
         return;
       case RecordType.SnapshotMarker:
-        this.applyMarker(rec.index, rec.term);
+        this.applyMarker(rec);
+        this.lastMarker = rec;
         return;
       case RecordType.Entry: {
         const i = rec.entry.index;

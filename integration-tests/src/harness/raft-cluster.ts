@@ -77,6 +77,8 @@ export interface RaftKvClusterOptions {
   snapshotEvery?: number;
   /** ISTHMUS_LOG_LEVEL for the node processes; "warn" by default to keep output small. */
   logLevel?: string;
+  /** Extra node flags for every node process (e.g. `--cpu-prof` to profile the benchmark). */
+  nodeArgs?: string[];
 }
 
 export class RaftKvCluster {
@@ -130,7 +132,8 @@ export class RaftKvCluster {
       electionTicks: this.opts.electionTicks,
       snapshotEvery: this.opts.snapshotEvery,
     };
-    const proc = spawn(process.execPath, [RAFT_KV_NODE, JSON.stringify(config)], {
+    const args = [...(this.opts.nodeArgs ?? []), RAFT_KV_NODE, JSON.stringify(config)];
+    const proc = spawn(process.execPath, args, {
       stdio: ["ignore", "pipe", "pipe"],
       env: { ...process.env, ISTHMUS_LOG_LEVEL: this.opts.logLevel ?? "warn" },
     });

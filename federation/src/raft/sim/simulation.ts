@@ -452,6 +452,12 @@ class Simulation {
         `${n.id} is ${rd.softState.role} (leader ${rd.softState.leader || "none"}, term ${n.core.term})`,
       );
     }
+    // Sent before the write, as the real driver does: a crash before the sync loses the leader's
+    // entries on its own disk even though followers may already hold them.
+    this.route(rd.messages);
+    // Committed entries are applied (and clients answered) before this node's own sync, as the
+    // real driver does; a received snapshot is restored only once stored.
+    if (!rd.snapshot) this.applyReady(n, rd);
     if (rd.snapshot) n.storage.applySnapshot(rd.snapshot);
     if (rd.entries.length > 0) n.storage.append(rd.entries);
     if (rd.hardState) n.storage.setHardState(rd.hardState);
@@ -477,17 +483,21 @@ class Simulation {
       n.syncedTerm = hs.term;
       n.syncedVote = hs.vote;
     }
-    for (const m of rd.messages) {
-      if (m.type === MessageType.Snapshot && (m.snapshotOffset ?? 0) === 0) this.stats.snapshotsSent++;
-      for (const d of this.net.route(m)) {
-        if (!this.queue.push(this.now + d, { kind: "deliver", msg: m })) this.stats.dropped++;
-      }
-    }
+    this.route(rd.messagesAfterPersist);
     if (rd.snapshot) {
       n.kv = KvStore.restore(rd.snapshot.data);
       n.applied = rd.snapshot.metadata.index;
       this.trace(`${n.id} installed snapshot at ${n.applied}`);
+      this.applyReady(n, rd);
     }
+    n.inFlight = undefined;
+    n.core.advance();
+    this.maybeCompact(n);
+    this.checkRole(n);
+    this.pump(n);
+  }
+
+  private applyReady(n: SimNode, rd: Ready): void {
     for (const e of rd.committedEntries) this.apply(n, e);
     for (const rs of rd.readStates) {
       const ctx = dec.decode(rs.requestId);
@@ -498,11 +508,15 @@ class Simulation {
       n.readsWaiting.push(op);
     }
     this.serveReads(n);
-    n.inFlight = undefined;
-    n.core.advance();
-    this.maybeCompact(n);
-    this.checkRole(n);
-    this.pump(n);
+  }
+
+  private route(msgs: Message[]): void {
+    for (const m of msgs) {
+      if (m.type === MessageType.Snapshot && (m.snapshotOffset ?? 0) === 0) this.stats.snapshotsSent++;
+      for (const d of this.net.route(m)) {
+        if (!this.queue.push(this.now + d, { kind: "deliver", msg: m })) this.stats.dropped++;
+      }
+    }
   }
 
   private apply(n: SimNode, e: Entry): void {
