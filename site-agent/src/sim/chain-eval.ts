@@ -335,7 +335,9 @@ function isReturnFlow(w: Walk, checkedAt: string): boolean {
   // not arrived yet) must go stale when the entry is installed, as one decided by its presence
   // must when it expires.
   w.tagStr(tag.ct(rk));
-  if (w.state.conntrack.has(rk, w.ctx.now)) {
+  const ct = w.state.conntrack;
+  const v4 = t.ipVersion === 4;
+  if (v4 ? ct.hasTuple(t.proto, t.dst, t.dport, t.src, t.sport, w.ctx.now) : ct.has(rk, w.ctx.now)) {
     if (w.tracing) w.trace("conntrack", rk, "return flow");
     return true;
   }
@@ -343,8 +345,16 @@ function isReturnFlow(w: Walk, checkedAt: string): boolean {
   let pending = false;
   for (let i = 0; i < w.nCt; i++) if (w.ctKeys[i] === fk) pending = true;
   if (!pending) {
-    w.ctKeys[w.nCt] = fk;
-    w.ctZones[w.nCt++] = checkedAt;
+    const i = w.nCt++;
+    w.ctKeys[i] = fk;
+    w.ctZones[i] = checkedAt;
+    // IPv4: the tuple's numbers, so the commit indexes by them instead of parsing the key.
+    const n = w.ctTuples;
+    n[i * 5] = v4 ? t.proto : -1;
+    n[i * 5 + 1] = t.src;
+    n[i * 5 + 2] = t.sport;
+    n[i * 5 + 3] = t.dst;
+    n[i * 5 + 4] = t.dport;
   }
   if (w.tracing) w.trace("conntrack", fk, "forward flow");
   return false;

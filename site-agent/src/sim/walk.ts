@@ -66,6 +66,8 @@ export class Walk {
   // releases its backing store, and the next walk would allocate it again.
   readonly ctKeys: string[] = [];
   readonly ctZones: string[] = [];
+  /** Per pending key: IPv4 proto, src, sport, dst, dport (proto -1: not IPv4, commit by key). */
+  readonly ctTuples: number[] = [];
   nCt = 0;
   /** Tags collected so far (copied into the result, at its exact size, by finish()). */
   readonly tags: string[] = [];
@@ -405,7 +407,22 @@ export class Walk {
       }
     } else if (this.nCt > 0) {
       for (let i = 0; i < this.nCt; i++) {
-        const e = this.state.conntrack.commit(this.ctKeys[i]!, this.ctZones[i]!, this.ctx.now);
+        const ct = this.state.conntrack;
+        const n = this.ctTuples;
+        const o = i * 5;
+        const e =
+          n[o]! >= 0
+            ? ct.commitTuple(
+                n[o]!,
+                n[o + 1]!,
+                n[o + 2]!,
+                n[o + 3]!,
+                n[o + 4]!,
+                this.ctKeys[i]!,
+                this.ctZones[i]!,
+                this.ctx.now,
+              )
+            : ct.commit(this.ctKeys[i]!, this.ctZones[i]!, this.ctx.now);
         if (!e) {
           const reason = `conntrack table full (${this.state.conntrack.maxEntries} entries): new connection refused`;
           r.dropReason = reason;
