@@ -10,6 +10,7 @@ export * as raftpb from "./gen/isthmus/v1/raft.js";
 export * as sitepb from "./gen/isthmus/v1/site.js";
 export * as sitesyncpb from "./gen/isthmus/v1/site_sync.js";
 export { ConfigError, type LoadConfigOptions, loadConfig } from "./runtime/config.js";
+export { fixedPort } from "./runtime/fixed-port.js";
 export {
   DEFAULT_GRPC_OPTIONS,
   isLoopbackAddress,

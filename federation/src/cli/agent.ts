@@ -1,6 +1,7 @@
 // `isthmus agent`: runs this host's edge agent (site-agent's entry point, loaded only here) until
 // SIGTERM/SIGINT.
 import { createLogger, onShutdown } from "@isthmus/schema";
+import { stopWhenSupervisorLeaves, supervisedLogDestination } from "./parent-watch.js";
 
 export interface AgentCommandOptions {
   config?: string;
@@ -18,7 +19,12 @@ export interface AgentCommandOptions {
 
 export async function runAgent(opts: AgentCommandOptions): Promise<void> {
   const { startAgent } = await import("@isthmus/site-agent");
-  const log = createLogger({ name: "agent", base: { host: opts.host ?? opts.name } });
+  const log = createLogger({
+    name: "agent",
+    base: { host: opts.host ?? opts.name },
+    destination: supervisedLogDestination(),
+  });
   const agent = await startAgent(opts, { log });
   onShutdown(log, [() => agent.stop()]);
+  stopWhenSupervisorLeaves();
 }

@@ -15,11 +15,17 @@ program
 
 program
   .command("dev")
-  .description("run a whole local federation on this machine (what exists so far: see README)")
+  .description(
+    "run a whole local federation on this machine: 3 coordinators, and per site a controller (embedded PostgreSQL), a host agent and a gateway agent",
+  )
   .option("--listen <host:port>", "address of the local health endpoint", undefined)
   .option("--config <file>", "YAML configuration file")
   .option("--data-dir <dir>", "where the local coordinators keep data and keys (default .isthmus)")
   .option("--ephemeral", "keep data in a temporary directory removed on exit")
+  .option(
+    "--sites <n|names>",
+    "how many sites (ams, fra, site-3, …) or their names, comma separated (default 2)",
+  )
   .action(async (opts: { listen?: string; config?: string }) => {
     const { runDev } = await import("./dev.js");
     await runDev(opts);

@@ -1,6 +1,7 @@
 // `isthmus site-controller`: runs one controller replica of a site (site-agent's entry point,
 // loaded only here) until SIGTERM/SIGINT.
 import { createLogger } from "@isthmus/schema";
+import { stopWhenSupervisorLeaves, supervisedLogDestination } from "./parent-watch.js";
 
 export interface SiteControllerCommandOptions {
   config?: string;
@@ -17,6 +18,11 @@ export interface SiteControllerCommandOptions {
 
 export async function runSiteController(opts: SiteControllerCommandOptions): Promise<void> {
   const { startSiteController } = await import("@isthmus/site-agent");
-  const log = createLogger({ name: "site-controller", base: opts.site ? { site: opts.site } : {} });
+  const log = createLogger({
+    name: "site-controller",
+    base: opts.site ? { site: opts.site } : {},
+    destination: supervisedLogDestination(),
+  });
   await startSiteController(opts, { log });
+  stopWhenSupervisorLeaves();
 }

@@ -84,7 +84,19 @@ async function callJoin(
   }
 }
 
-export async function runSiteJoin(f: SiteJoinFlags): Promise<number> {
+export interface JoinedSite {
+  site: string;
+  credentialFile: string;
+  /** Coordinator that answered. */
+  address: string;
+  /** Log index of the join. */
+  index: number;
+  /** An earlier attempt's key that was reused. */
+  reusedKey?: { kid: string; file: string };
+}
+
+/** The join itself, without printing: `isthmus site join` and `isthmus dev` both call it. */
+export async function joinSite(f: SiteJoinFlags): Promise<JoinedSite> {
   if ((f.token === undefined) === (f.tokenFile === undefined))
     fail("give exactly one of --token and --token-file");
   const token = (f.token ?? (await readSecretFile(f.tokenFile!))).trim();
@@ -110,6 +122,7 @@ export async function runSiteJoin(f: SiteJoinFlags): Promise<number> {
   }
   // Reuse a key left by an earlier attempt that never got an answer; --force always makes a new one.
   let publicJwk: JWK;
+  let reusedKey: { kid: string; file: string } | undefined;
   if ((await exists(keyFile)) && !f.force) {
     const key = await loadSiteSigningKey(keyFile); // checks mode 0600 and that it is a usable private key
     publicJwk = {
@@ -117,7 +130,7 @@ export async function runSiteJoin(f: SiteJoinFlags): Promise<number> {
       kid: key.kid,
       alg: key.alg,
     };
-    console.error(`reusing site key ${key.kid} from ${keyFile}`);
+    reusedKey = { kid: key.kid, file: keyFile };
   } else {
     const pair = await generateSiteKeyPair();
     await writePrivateFile(keyFile, `${JSON.stringify(pair.privateJwk, null, 2)}\n`);
@@ -139,11 +152,7 @@ export async function runSiteJoin(f: SiteJoinFlags): Promise<number> {
         tls: { ...(f.ca ? { caFile: resolve(f.ca) } : {}), ...(f.insecure ? { insecure: true } : {}) },
         joinedIndex: res.index,
       });
-      console.log(
-        `site "${site}" joined through ${address} (log index ${res.index}); credential: ${credentialFile}`,
-      );
-      console.log(`start the controller with --credential ${credentialFile}`);
-      return 0;
+      return { site, credentialFile, address, index: res.index, ...(reusedKey ? { reusedKey } : {}) };
     } catch (err) {
       const e = err as ServiceError;
       errors.push(
@@ -154,6 +163,25 @@ export async function runSiteJoin(f: SiteJoinFlags): Promise<number> {
       if (typeof e.code !== "number" || !TRY_NEXT.has(e.code)) break;
     }
   }
-  console.error(`isthmus site join: could not join "${site}":\n  ${errors.join("\n  ")}`);
-  return 1;
+  return fail(`could not join "${site}":\n  ${errors.join("\n  ")}`);
+}
+
+export async function runSiteJoin(f: SiteJoinFlags): Promise<number> {
+  let joined: JoinedSite;
+  try {
+    joined = await joinSite(f);
+  } catch (err) {
+    const msg = (err as Error).message;
+    // Argument and file problems keep their old form (thrown to main); a refused join is exit 1.
+    if (!msg.startsWith("could not join")) throw err;
+    console.error(`isthmus site join: ${msg}`);
+    return 1;
+  }
+  if (joined.reusedKey)
+    console.error(`reusing site key ${joined.reusedKey.kid} from ${joined.reusedKey.file}`);
+  console.log(
+    `site "${joined.site}" joined through ${joined.address} (log index ${joined.index}); credential: ${joined.credentialFile}`,
+  );
+  console.log(`start the controller with --credential ${joined.credentialFile}`);
+  return 0;
 }

@@ -1,25 +1,13 @@
 import assert from "node:assert/strict";
 import { mkdtempSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { credentials, ServerCredentials, type ServiceError, status } from "@grpc/grpc-js";
-import { intentpb, silentLogger, type sitesyncpb } from "@isthmus/schema";
+import { fixedPort, intentpb, silentLogger, type sitesyncpb } from "@isthmus/schema";
 import { call, fakeAuth, fakeIssuer, md } from "../api/test-support.js";
 import { FederationClient, loadClientConfig } from "../cli/connection.js";
 import { Coordinator } from "./coordinator.js";
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 async function until<T>(
   what: string,
@@ -55,7 +43,7 @@ interface Group {
 
 async function startGroup(ids: string[]): Promise<Group> {
   const peers: Record<string, string> = {};
-  for (const id of ids) peers[id] = `127.0.0.1:${await freePort()}`;
+  for (const id of ids) peers[id] = `127.0.0.1:${await fixedPort()}`;
   const base = mkdtempSync(join(tmpdir(), "isthmus-coord-"));
   const nodes = new Map<string, Coordinator>();
   const g: Group = {
@@ -100,7 +88,7 @@ async function startGroup(ids: string[]): Promise<Group> {
 
 /** Adds a member to the group's map of addresses without making it a founding voter. */
 async function reserve(g: Group, id: string): Promise<string> {
-  const address = `127.0.0.1:${await freePort()}`;
+  const address = `127.0.0.1:${await fixedPort()}`;
   g.peers[id] = address;
   return address;
 }
