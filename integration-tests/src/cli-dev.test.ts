@@ -190,7 +190,7 @@ test("isthmus dev runs two sites with agents; intent reaches both; SIGTERM leave
   const up = (await dev.waitFor(
     "the dev federation",
     (r) => r.msg?.startsWith("isthmus dev is up") ?? false,
-    100_000,
+    150_000,
   )) as unknown as UpRecord;
   assert.deepEqual(
     up.sites.map((s) => s.name),
@@ -208,7 +208,7 @@ test("isthmus dev runs two sites with agents; intent reaches both; SIGTERM leave
       ["host", "gateway"],
     );
   }
-  const probe = await until("health SERVING", 30_000, async () => {
+  const probe = await until("health SERVING", 60_000, async () => {
     const r = await runCli(["health", "--address", up.health]);
     return r.code === 0 ? r.stdout : undefined;
   });
@@ -217,11 +217,11 @@ test("isthmus dev runs two sites with agents; intent reaches both; SIGTERM leave
   // Both sites are registered, follow the federation, and their two agents follow them.
   const conn = ["--server", up.server, "--token-file", up.adminTokenFile];
   for (const s of up.sites) {
-    await until(`${s.name} following the federation with 2 hosts`, 30_000, async () => {
+    await until(`${s.name} following the federation with 2 hosts`, 60_000, async () => {
       const st = await siteStatus(s.controller, s.adminTokenFile);
       return st?.federationConnected && st.hosts === 2 ? st : undefined;
     });
-    await until(`${s.name}'s agents connected`, 30_000, async () =>
+    await until(`${s.name}'s agents connected`, 60_000, async () =>
       (await agentsConnected(s)) ? true : undefined,
     );
   }
@@ -239,16 +239,16 @@ test("isthmus dev runs two sites with agents; intent reaches both; SIGTERM leave
   assert.match(applied.stdout, /network\/web created/);
   const [ams, fra] = up.sites as [UpRecord["sites"][number], UpRecord["sites"][number]];
   const tokenOf = (s: UpRecord["sites"][number]) => readFileSync(s.adminTokenFile, "utf8").trim();
-  await until("web at ams", 30_000, async () => {
+  await until("web at ams", 60_000, async () => {
     const b = await bridgeNames(ams.controller, tokenOf(ams));
     return b.length === 1 ? b : undefined;
   });
-  await until("web and db at fra", 30_000, async () => {
+  await until("web and db at fra", 60_000, async () => {
     const b = await bridgeNames(fra.controller, tokenOf(fra));
     return b.length === 2 ? b : undefined;
   });
   // Each site's gateway endpoint went up to the federation (realized state).
-  const gateways = await until("both gateways reported", 30_000, async () => {
+  const gateways = await until("both gateways reported", 60_000, async () => {
     const r = await runCli(["get", "gateways", "-o", "json", ...conn]);
     return r.code === 0 && r.stdout.includes("ams-gw-1") && r.stdout.includes("fra-gw-1")
       ? r.stdout
@@ -260,7 +260,7 @@ test("isthmus dev runs two sites with agents; intent reaches both; SIGTERM leave
   assert.equal(existsSync(up.dataDir), false, "--ephemeral removes its data directory");
 });
 
-test("isthmus dev restarts a killed site controller (its database too) and reuses .isthmus on restart", async (t) => {
+test("isthmus dev restarts a killed site controller (its database too), reuses .isthmus on restart, and leaves nothing when killed", async (t) => {
   const base = await mkdtemp(join(tmpdir(), "isthmus-dev-restart-"));
   await chmod(base, 0o755); // as root the database runs as another user, which must reach it
   t.after(() => rm(base, { recursive: true, force: true }));
@@ -273,7 +273,7 @@ test("isthmus dev restarts a killed site controller (its database too) and reuse
   const up = (await first.waitFor(
     "the dev federation",
     (r) => r.msg?.startsWith("isthmus dev is up") ?? false,
-    100_000,
+    150_000,
   )) as unknown as UpRecord;
   const site = up.sites[0]!;
   assert.equal(site.name, "ams");
@@ -297,7 +297,7 @@ test("isthmus dev restarts a killed site controller (its database too) and reuse
     first.records.slice(mark).some((r) => r.msg === "ams/controller exited unexpectedly; restarting"),
     "the death is reported",
   );
-  await until("ams following the federation again", 30_000, async () => {
+  await until("ams following the federation again", 60_000, async () => {
     const st = await siteStatus(site.controller, site.adminTokenFile);
     return st?.federationConnected && st.hosts === 2 ? st : undefined;
   });
@@ -311,16 +311,24 @@ test("isthmus dev restarts a killed site controller (its database too) and reuse
   const up2 = (await second.waitFor(
     "the dev federation again",
     (r) => r.msg?.startsWith("isthmus dev is up") ?? false,
-    100_000,
+    150_000,
   )) as unknown as UpRecord;
   assert.ok(second.records.some((r) => r.msg === "site joined on an earlier start; reusing its credential"));
   assert.ok(!second.records.some((r) => r.msg === "initialising PostgreSQL data directory"));
   const site2 = up2.sites[0]!;
-  await until("ams following the restarted federation", 30_000, async () => {
+  await until("ams following the restarted federation", 60_000, async () => {
     const st = await siteStatus(site2.controller, site2.adminTokenFile);
     return st?.federationConnected && st.hosts === 2 ? st : undefined;
   });
-  await stopAndCheck(second);
+
+  // Even a supervisor killed outright leaves nothing: each child sees its IPC channel close and
+  // runs its own SIGTERM shutdown, which stops the database.
+  const pids = second.pids();
+  second.child.kill("SIGKILL");
+  await second.exited;
+  await until("every child of the killed supervisor gone", 60_000, () =>
+    pids.some(alive) ? undefined : true,
+  );
 });
 
 test("isthmus dev names a bad --listen value", async () => {

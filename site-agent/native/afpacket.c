@@ -4,6 +4,8 @@
 // VM (TSO super-frames, partial checksums) are visible as such; JavaScript finishes them.
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
 #include <linux/if_packet.h>
 #include <net/ethernet.h>
 #include <net/if.h>
@@ -93,26 +95,26 @@ static void finalize(napi_env env, void* data, void* hint) {
   }
 }
 
-// open(ifname: string, onFrames: (frames: Buffer[]) => void): handle
-static napi_value Open(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  char name[IF_NAMESIZE + 1];
-  size_t len;
-  if (argc < 2 || napi_get_value_string_utf8(env, argv[0], name, sizeof name, &len) != napi_ok) {
-    napi_throw_type_error(env, NULL, "open(ifname, onFrames): ifname must be a string");
-    return NULL;
-  }
+// Creates the socket and binds it to `name`; both happen in the calling thread's network namespace.
+static int open_bound(const char* name, int* err, const char** what) {
   unsigned idx = if_nametoindex(name);
-  if (idx == 0) return throw_errno(env, name, errno);
+  if (idx == 0) {
+    *err = errno;
+    *what = name;
+    return -1;
+  }
   int fd = socket(AF_PACKET, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, htons(ETH_P_ALL));
-  if (fd < 0) return throw_errno(env, "socket(AF_PACKET)", errno);
+  if (fd < 0) {
+    *err = errno;
+    *what = "socket(AF_PACKET)";
+    return -1;
+  }
   int one = 1;
   if (setsockopt(fd, SOL_PACKET, PACKET_VNET_HDR, &one, sizeof one) < 0) {
-    int e = errno;
+    *err = errno;
+    *what = "PACKET_VNET_HDR";
     close(fd);
-    return throw_errno(env, "PACKET_VNET_HDR", e);
+    return -1;
   }
   // Our own writes to the interface must not come back as reads.
   setsockopt(fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &one, sizeof one);
@@ -126,10 +128,63 @@ static napi_value Open(napi_env env, napi_callback_info info) {
   sll.sll_protocol = htons(ETH_P_ALL);
   sll.sll_ifindex = (int)idx;
   if (bind(fd, (struct sockaddr*)&sll, sizeof sll) < 0) {
-    int e = errno;
+    *err = errno;
+    *what = "bind(AF_PACKET)";
     close(fd);
-    return throw_errno(env, "bind(AF_PACKET)", e);
+    return -1;
   }
+  return fd;
+}
+
+// open(ifname: string, onFrames: (frames: Buffer[]) => void, netns?: string): handle
+// With `netns` (a namespace file such as /run/netns/x) the socket is created inside that network
+// namespace (the thread enters it for the two calls and returns); a socket keeps the namespace it
+// was created in, so the agent can serve devices of a namespace it does not run in.
+static napi_value Open(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  char name[IF_NAMESIZE + 1];
+  size_t len;
+  if (argc < 2 || napi_get_value_string_utf8(env, argv[0], name, sizeof name, &len) != napi_ok) {
+    napi_throw_type_error(env, NULL, "open(ifname, onFrames, netns?): ifname must be a string");
+    return NULL;
+  }
+  char nspath[512] = "";
+  if (argc >= 3) {
+    napi_valuetype t;
+    napi_typeof(env, argv[2], &t);
+    if (t == napi_string && napi_get_value_string_utf8(env, argv[2], nspath, sizeof nspath, &len) != napi_ok) {
+      napi_throw_type_error(env, NULL, "open: netns must be a string");
+      return NULL;
+    }
+  }
+  int err = 0;
+  const char* what = "";
+  int fd;
+  if (nspath[0] != '\0') {
+    int self = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+    if (self < 0) return throw_errno(env, "/proc/thread-self/ns/net", errno);
+    int target = open(nspath, O_RDONLY | O_CLOEXEC);
+    if (target < 0) {
+      int e = errno;
+      close(self);
+      return throw_errno(env, nspath, e);
+    }
+    if (setns(target, CLONE_NEWNET) < 0) {
+      int e = errno;
+      close(self);
+      close(target);
+      return throw_errno(env, "setns", e);
+    }
+    fd = open_bound(name, &err, &what);
+    if (setns(self, CLONE_NEWNET) < 0) abort(); // never leave the main thread in the wrong namespace
+    close(self);
+    close(target);
+  } else {
+    fd = open_bound(name, &err, &what);
+  }
+  if (fd < 0) return throw_errno(env, what, err);
   port_t* p = calloc(1, sizeof(port_t));
   p->bufs = malloc((size_t)BATCH * FRAME_MAX);
   if (!p || !p->bufs) {

@@ -6,7 +6,8 @@ export type { Datapath, PortIO, Upcall, UpcallDecision } from "./agent/datapath.
 export { EdgeAgent } from "./agent/edge-agent.js";
 export { extractKey, KEY_SIZE, maskFromFields } from "./agent/flow-key.js";
 export { FlowTable } from "./agent/flow-table.js";
-export { maskToFields } from "./agent/sim-adapter.js";
+export { KernelDatapath, type KernelDatapathOptions, kernelDatapathSupport } from "./agent/kernel/index.js";
+export { EngineSimulator, maskToFields } from "./agent/sim-adapter.js";
 export * as agentTesting from "./agent/testing/index.js";
 export { UserspaceDatapath } from "./agent/userspace-datapath.js";
 export { startTestPostgres, type TestPostgres } from "./controller/db/test-postgres.js";

@@ -15,6 +15,7 @@ export interface AgentCommandOptions {
   role?: string;
   metricsListen?: string;
   adminListen?: string;
+  datapath?: string;
 }
 
 export async function runAgent(opts: AgentCommandOptions): Promise<void> {

@@ -205,8 +205,11 @@ export async function runDev(opts: DevFlags): Promise<void> {
       await supervisor.stopAll();
       await Promise.all(coordinators.map((c) => c.stop()));
       health.shutdown();
-      await server?.stop();
-      if (config.ephemeral) rmSync(dataDir, { recursive: true, force: true });
+      await server?.stop(1_000);
+      if (config.ephemeral) {
+        log.info({ dataDir }, "removing the ephemeral data directory");
+        rmSync(dataDir, { recursive: true, force: true });
+      }
     })();
     return stopping;
   };

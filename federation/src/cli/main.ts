@@ -170,6 +170,7 @@ const agentCmd = program
   .option("--role <role>", "host | gateway")
   .option("--metrics-listen <host:port>", "Prometheus /metrics and /healthz (default 127.0.0.1:9480)")
   .option("--admin-listen <host:port>", "local admin endpoint (default 127.0.0.1:9481)")
+  .option("--datapath <mode>", "kernel | userspace | auto (default userspace; auto = kernel where it loads)")
   .action(async (opts: Record<string, string | undefined>) => {
     const { runAgent } = await import("./agent.js");
     await runAgent(opts);

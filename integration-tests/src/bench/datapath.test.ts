@@ -18,4 +18,15 @@ test("bench datapath: quick mode measures both paths and the Node UDP ceiling", 
   }
   assert.ok(r.nodeUdpCeiling.smallPps > 0 && r.nodeUdpCeiling.largeGbps > 0);
   assert.ok(Number.isFinite(r.ratios.tcpVsKernel) && Number.isFinite(r.ratios.ppsVsNodeCeiling));
+  if (r.kernelFastPath) {
+    const k = r.kernelFastPath;
+    assert.ok(k.tcpGbps > 0 && k.udpSmallPps > 0 && k.rttMs > 0, "kernel fast path measured");
+    assert.ok(k.flowSetup.samples > 0, "flow setup sampled");
+    assert.ok(k.kernelHits > k.upcalls, "the kernel, not the agent, carried the traffic");
+  } else {
+    assert.ok(
+      !process.env.CI || !process.getuid || process.getuid() !== 0,
+      `kernel path skipped: ${r.kernelFastPathSkipped}`,
+    );
+  }
 });

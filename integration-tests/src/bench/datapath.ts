@@ -2,7 +2,8 @@
 // (userspace datapath, VXLAN over loopback) vs the same two VMs joined by the Linux kernel's own
 // VXLAN + bridge (each "host" a namespace), plus the raw ceiling of a Node UDP socket here.
 // Measures TCP throughput (iperf3), small-packet rate (iperf3 UDP, 64-byte payloads) and ping RTT,
-// and reports Isthmus/kernel and Isthmus/ceiling ratios.
+// and reports Isthmus/kernel and Isthmus/ceiling ratios. Where the kernel fast path can load (root,
+// clang-built BPF object), it is measured too (datapath-kernel.ts), with flow-setup latency.
 import { spawn } from "node:child_process";
 import dgram from "node:dgram";
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
@@ -11,6 +12,7 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { agentTesting, TopologyBuilder } from "@isthmus/site-agent";
 import { spawnAgent } from "../harness/agent-process.js";
+import { type KernelPathResult, kernelPathSkipReason, measureKernelPath } from "./datapath-kernel.js";
 import type { BenchOptions } from "./main.js";
 
 const { FakeTopologyServer, NetnsLab, rootSkipReason } = agentTesting;
@@ -18,6 +20,7 @@ type Lab = InstanceType<typeof NetnsLab>;
 type Vm = ReturnType<Lab["addVm"]>;
 
 const root = fileURLToPath(new URL("../../../", import.meta.url));
+const PING_ID = 4747;
 
 export interface PathResult {
   tcpGbps: number;
@@ -28,12 +31,18 @@ export interface PathResult {
 export interface DatapathBenchResult {
   date: string;
   quick: boolean;
-  machine: { cpus: number; model: string; load1: number };
+  machine: { cpus: number; model: string; load1: number; loadAtStart: number[]; loadAtEnd: number[] };
   seconds: number;
   isthmus: PathResult;
   kernel: PathResult;
   nodeUdpCeiling: { smallPps: number; largeGbps: number };
+  /** The Isthmus kernel fast path (TC eBPF), when it can load here. */
+  kernelFastPath?: KernelPathResult;
+  kernelFastPathSkipped?: string;
   ratios: {
+    fastTcpVsKernel?: number;
+    fastPpsVsKernel?: number;
+    fastRttVsKernel?: number;
     tcpVsKernel: number;
     ppsVsKernel: number;
     rttVsKernel: number;
@@ -42,12 +51,14 @@ export interface DatapathBenchResult {
   };
 }
 
-async function measurePath(lab: Lab, a: Vm, b: Vm, seconds: number): Promise<PathResult> {
+export async function measurePath(lab: Lab, a: Vm, b: Vm, seconds: number): Promise<PathResult> {
   const server = lab.spawn(b.ns, ["iperf3", "-s"]);
   try {
     await new Promise((r) => setTimeout(r, 500));
-    // Warm the path (ARP, flows) before measuring.
-    await lab.exec(a.ns, ["ping", "-c", "3", "-i", "0.2", "-W", "1", b.ip]);
+    // Warm the path (ARP, flows) before measuring. One ICMP identifier for the warm-up and the
+    // measured ping, so the RTT is that of an established flow on every path (the identifier is
+    // part of a flow when a stateful rule read it).
+    await lab.exec(a.ns, ["ping", "-e", String(PING_ID), "-c", "3", "-i", "0.2", "-W", "1", b.ip]);
     const tcp = await lab.exec(
       a.ns,
       ["iperf3", "-c", b.ip, "-t", String(seconds), "-J"],
@@ -66,7 +77,7 @@ async function measurePath(lab: Lab, a: Vm, b: Vm, seconds: number): Promise<Pat
     const count = Math.max(20, seconds * 20);
     const ping = await lab.exec(
       a.ns,
-      ["ping", "-c", String(count), "-i", "0.02", "-W", "1", "-q", b.ip],
+      ["ping", "-e", String(PING_ID), "-c", String(count), "-i", "0.02", "-W", "1", "-q", b.ip],
       60_000,
     );
     const m = /= [\d.]+\/([\d.]+)\//.exec(ping.stdout);
@@ -243,12 +254,35 @@ async function kernelPath(lab: Lab, seconds: number): Promise<PathResult> {
   return measurePath(lab, vms[0]!, vms[1]!, seconds);
 }
 
+function kernelFastPathRows(r: DatapathBenchResult, f: (n: number, d?: number) => string): string[] {
+  const k = r.kernelFastPath;
+  const load = (l: number[]) => l.map((x) => x.toFixed(1)).join(" / ");
+  const head = `Load average (1/5/15 min) at start ${load(r.machine.loadAtStart)}, at end ${load(r.machine.loadAtEnd)}.`;
+  if (!k) return ["", head, "", `Isthmus kernel fast path: not measured (${r.kernelFastPathSkipped}).`, ""];
+  return [
+    "",
+    head,
+    "",
+    "Isthmus kernel fast path (TC eBPF on the VM ports and an external VXLAN device, agents in-process,",
+    "a stateful security group so each new connection is simulated) vs the same Linux VXLAN + bridge:",
+    "",
+    "| | Isthmus kernel path | Linux VXLAN + bridge | Isthmus kernel / Linux |",
+    "|---|---|---|---|",
+    `| TCP (iperf3) | ${f(k.tcpGbps, 3)} Gbit/s | ${f(r.kernel.tcpGbps, 3)} Gbit/s | ${f(r.ratios.fastTcpVsKernel ?? Number.NaN, 3)} (goal ≥ 0.9) |`,
+    `| UDP 64 B | ${f(k.udpSmallPps / 1000, 1)} kpps | ${f(r.kernel.udpSmallPps / 1000, 1)} kpps | ${f(r.ratios.fastPpsVsKernel ?? Number.NaN, 3)} (goal ≥ 0.9) |`,
+    `| ping RTT | ${f(k.rttMs, 3)} ms | ${f(r.kernel.rttMs, 3)} ms | ${f(r.ratios.fastRttVsKernel ?? Number.NaN, 2)} (goal ≤ 1.2) |`,
+    "",
+    `Flow setup (first packet read from the upcall device → kernel entry written, ${k.flowSetup.samples} new UDP flows): p50 ${f(k.flowSetup.p50Ms, 3)} ms, p99 ${f(k.flowSetup.p99Ms, 3)} ms, max ${f(k.flowSetup.maxMs, 3)} ms (goal p99 ≤ 1 ms). During the throughput runs the sending agent handled ${k.upcalls} upcalls while its kernel forwarded ${k.kernelHits} packets.`,
+    "",
+  ];
+}
+
 function updateDocs(r: DatapathBenchResult): void {
   const path = join(root, "docs", "benchmarks.md");
   const f = (n: number, d = 2) => (Number.isFinite(n) ? n.toFixed(d) : "n/a");
   const section = [
     "<!-- bench:datapath -->",
-    "## datapath: userspace datapath vs the kernel's VXLAN + bridge",
+    "## datapath: Isthmus datapaths vs the kernel's VXLAN + bridge",
     "",
     `${r.date}, ${r.machine.cpus} × ${r.machine.model}, load ${r.machine.load1.toFixed(1)} at start, ${r.seconds} s per measurement${r.quick ? " (quick mode)" : ""}.`,
     "Two VMs (namespaces) on two `isthmus agent` processes tunnelling over loopback, vs the same VMs on",
@@ -260,6 +294,7 @@ function updateDocs(r: DatapathBenchResult): void {
     `| UDP 64 B | ${f(r.isthmus.udpSmallPps / 1000, 1)} kpps | ${f(r.kernel.udpSmallPps / 1000, 1)} kpps | ${f(r.ratios.ppsVsKernel, 3)} | ${f(r.nodeUdpCeiling.smallPps / 1000, 1)} kpps | ${f(r.ratios.ppsVsNodeCeiling, 3)} |`,
     `| ping RTT | ${f(r.isthmus.rttMs, 3)} ms | ${f(r.kernel.rttMs, 3)} ms | ${f(r.ratios.rttVsKernel, 2)} | | |`,
     "",
+    ...kernelFastPathRows(r, f),
     "The userspace path pays a Node event-loop turn and a UDP syscall per packet in each agent; the",
     "kernel fast path (issue 8) is what closes the gap to the kernel. On a shared, loaded machine the",
     "absolute numbers move a lot between runs; the ratios within one run are the comparison.",
@@ -276,19 +311,36 @@ export async function measure(quick: boolean): Promise<DatapathBenchResult> {
   const lab = new NetnsLab("bd");
   try {
     const load1 = loadavg()[0] ?? 0;
+    const loadAtStart = loadavg();
     const isthmus = await isthmusPath(lab, seconds);
     const kernel = await kernelPath(lab, seconds);
+    const fastSkip = kernelPathSkipReason();
+    const fast = fastSkip ? undefined : await measureKernelPath(lab, seconds, quick ? 50 : 500, measurePath);
     const small = await nodeUdpCeiling(seconds, 64);
     const large = await nodeUdpCeiling(seconds, 1400);
     return {
       date: new Date().toISOString(),
       quick,
-      machine: { cpus: cpus().length, model: cpus()[0]?.model ?? "unknown", load1 },
+      machine: {
+        cpus: cpus().length,
+        model: cpus()[0]?.model ?? "unknown",
+        load1,
+        loadAtStart,
+        loadAtEnd: loadavg(),
+      },
       seconds,
       isthmus,
       kernel,
       nodeUdpCeiling: { smallPps: small.pps, largeGbps: large.gbps },
+      ...(fast ? { kernelFastPath: fast } : { kernelFastPathSkipped: fastSkip }),
       ratios: {
+        ...(fast
+          ? {
+              fastTcpVsKernel: fast.tcpGbps / kernel.tcpGbps,
+              fastPpsVsKernel: fast.udpSmallPps / kernel.udpSmallPps,
+              fastRttVsKernel: fast.rttMs / kernel.rttMs,
+            }
+          : {}),
         tcpVsKernel: isthmus.tcpGbps / kernel.tcpGbps,
         ppsVsKernel: isthmus.udpSmallPps / kernel.udpSmallPps,
         rttVsKernel: isthmus.rttMs / kernel.rttMs,

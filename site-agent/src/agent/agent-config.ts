@@ -40,6 +40,27 @@ export const AgentConfigSchema = z.object({
           total: z.number().int().positive().default(4096),
         })
         .default({ perPort: 256, total: 4096 }),
+      /**
+       * userspace: TypeScript datapath; kernel: TC eBPF fast path (root, clang-built object);
+       * auto: kernel where it can load, else userspace with a log line saying why.
+       */
+      datapath: z.enum(["userspace", "kernel", "auto"]).default("userspace"),
+      kernel: z
+        .object({
+          /** bpffs mount for the programs' pins (mounted when it is not one yet). */
+          bpffs: z.string().default("/sys/fs/bpf"),
+          /** Where attachments are recorded so a restart after a crash removes them. */
+          stateDir: z.string().default("/run/isthmus"),
+          /** Upcalls per second per port the programs let through (the rest are dropped, counted). */
+          upcallsPerSecond: z.number().int().positive().default(2000),
+          upcallBurst: z.number().int().positive().default(256),
+        })
+        .default({
+          bpffs: "/sys/fs/bpf",
+          stateDir: "/run/isthmus",
+          upcallsPerSecond: 2000,
+          upcallBurst: 256,
+        }),
       /** How often an active connection's flow state is re-sent to peers. */
       stateRefreshMs: z.number().int().positive().default(1000),
     })

@@ -12,6 +12,8 @@ import { createAgentMetrics } from "./agent-metrics.js";
 import type { PortIO } from "./datapath.js";
 import { EdgeAgent } from "./edge-agent.js";
 import { HostHeartbeat, registerHost } from "./host-registration.js";
+import { chooseDatapath, kernelDatapathName } from "./kernel/datapath-select.js";
+import { KernelDatapath } from "./kernel/kernel-datapath.js";
 import { EngineSimulator } from "./sim-adapter.js";
 import type { Simulator } from "./simulator.js";
 import { TopologyWatchClient } from "./topology-watch-client.js";
@@ -29,13 +31,14 @@ export interface AgentFlags {
   role?: string;
   metricsListen?: string;
   adminListen?: string;
+  datapath?: string;
 }
 
 export interface RunningAgent {
   config: AgentConfig;
   hostId: string;
   agent: EdgeAgent;
-  datapath: UserspaceDatapath;
+  datapath: UserspaceDatapath | KernelDatapath;
   metricsPort: number;
   adminPort: number;
   tunnelPort: number;
@@ -66,6 +69,7 @@ export function loadAgentConfig(flags: AgentFlags, env: NodeJS.ProcessEnv = proc
       "agent.role": flags.role,
       "agent.metricsListen": flags.metricsListen,
       "agent.adminListen": flags.adminListen,
+      "agent.datapath": flags.datapath,
     },
   }).agent;
 }
@@ -76,21 +80,42 @@ export async function startAgent(flags: AgentFlags, deps: AgentDeps = {}): Promi
   const log = componentLogger(root, "agent");
   const health = new HealthState("agent");
   health.set("topology", false, "waiting for the first snapshot");
-  const datapath = new UserspaceDatapath({
-    tunnelIp: cfg.tunnelIp,
-    tunnelPort: cfg.tunnelPort,
-    flowLimits: {
-      maxFlows: cfg.flows.max,
-      maxExactEntries: cfg.flows.exactCache,
-      maxMasks: cfg.flows.masks,
-      idleTimeoutMs: cfg.flows.idleTimeoutMs,
-      hardTimeoutMs: cfg.flows.hardTimeoutMs,
-    },
-    upcallLimits: { perSource: cfg.upcalls.perPort, total: cfg.upcalls.total },
-    log: componentLogger(root, "datapath"),
-  });
+  const flowLimits = {
+    maxFlows: cfg.flows.max,
+    maxExactEntries: cfg.flows.exactCache,
+    maxMasks: cfg.flows.masks,
+    idleTimeoutMs: cfg.flows.idleTimeoutMs,
+    hardTimeoutMs: cfg.flows.hardTimeoutMs,
+  };
+  const chosen = chooseDatapath(cfg.datapath, { bpffs: cfg.kernel.bpffs, tunnelPort: cfg.tunnelPort });
+  if (chosen.fallbackReason) {
+    log.warn(
+      { reason: chosen.fallbackReason },
+      "datapath auto: the kernel fast path cannot load here; using userspace",
+    );
+  }
+  const datapath =
+    chosen.kind === "kernel"
+      ? new KernelDatapath({
+          tunnelIp: cfg.tunnelIp,
+          tunnelPort: cfg.tunnelPort,
+          name: kernelDatapathName(cfg.host ?? cfg.name ?? cfg.tunnelIp),
+          bpffs: cfg.kernel.bpffs,
+          stateDir: cfg.kernel.stateDir,
+          upcallRate: { perSecond: cfg.kernel.upcallsPerSecond, burst: cfg.kernel.upcallBurst },
+          flowLimits,
+          upcallLimits: { perSource: cfg.upcalls.perPort, total: cfg.upcalls.total },
+          log: componentLogger(root, "datapath"),
+        })
+      : new UserspaceDatapath({
+          tunnelIp: cfg.tunnelIp,
+          tunnelPort: cfg.tunnelPort,
+          flowLimits,
+          upcallLimits: { perSource: cfg.upcalls.perPort, total: cfg.upcalls.total },
+          log: componentLogger(root, "datapath"),
+        });
   await datapath.start();
-  health.set("datapath", true);
+  health.set("datapath", true, datapath.kind);
   let hostId = cfg.host;
   let hostToken: string | undefined;
   if (hostId === undefined) {
@@ -115,7 +140,11 @@ export async function startAgent(flags: AgentFlags, deps: AgentDeps = {}): Promi
     role: cfg.role,
     datapath,
     simulator: deps.simulator ?? new EngineSimulator({ hostId }),
-    openPort: deps.openPort ?? ((name) => new AfPacketPort(name)),
+    openPort:
+      deps.openPort ??
+      (datapath instanceof KernelDatapath
+        ? (name) => datapath.openPort(name)
+        : (name) => new AfPacketPort(name)),
     log: root,
     stateRefreshMs: cfg.stateRefreshMs,
   });
@@ -175,6 +204,8 @@ export async function startAgent(flags: AgentFlags, deps: AgentDeps = {}): Promi
           host: hostId,
           name: cfg.name,
           role: cfg.role,
+          datapath: datapath.kind,
+          ...(datapath instanceof KernelDatapath ? { kernel: datapath.kernelInstallCounts() } : {}),
           revision: agent.store.revision,
           controllerConnected: watch.connected,
           ports: [...s.ports.values()],
@@ -197,6 +228,7 @@ export async function startAgent(flags: AgentFlags, deps: AgentDeps = {}): Promi
       metrics: metrics.port,
       admin: admin.port,
       role: cfg.role,
+      datapath: datapath.kind,
     },
     "agent started",
   );

@@ -79,6 +79,10 @@ export interface FlowDump {
   bytes: number;
   ageMs: number;
   idleMs: number;
+  /** Kernel datapath: whether the kernel forwards the flow's packets, and why not when it does not. */
+  path?: "kernel" | "userspace";
+  kernelEntries?: number;
+  userspaceReason?: string;
 }
 
 export interface Datapath {

@@ -20,15 +20,17 @@ test("flow key layout matches struct flow_key", () => {
     ipDst: "10.0.0.2",
     sport: 40000,
     dport: 80,
+    frag: 1,
+    icmpId: 0x1234,
   });
   assert.equal(k.length, FLOW_KEY_SIZE);
   assert.equal(k.readUInt32LE(0), 0x01020304);
   assert.equal(k.readUInt32LE(4), 5001);
   assert.deepEqual([...k.subarray(8, 14)], [2, 0, 0, 0, 0, 2]);
   assert.deepEqual([...k.subarray(14, 20)], [2, 0, 0, 0, 0, 1]);
-  assert.deepEqual([...k.subarray(20, 24)], [0x08, 0x00, 6, 0]);
+  assert.deepEqual([...k.subarray(20, 24)], [0x08, 0x00, 6, 1]);
   assert.deepEqual([...k.subarray(24, 32)], [10, 0, 0, 1, 10, 0, 0, 2]);
-  assert.deepEqual([...k.subarray(32, 36)], [0x9c, 0x40, 0, 80]);
+  assert.deepEqual([...k.subarray(32, 40)], [0x9c, 0x40, 0, 80, 0x12, 0x34, 0, 0]);
 });
 
 test("tunnel value carries the VNI and the remote in host byte order", () => {
@@ -36,11 +38,15 @@ test("tunnel value carries the VNI and the remote in host byte order", () => {
     action: { kind: "tunnel", outIfindex: 7, vni: 0xabcdef, remote: "192.168.1.2" },
     setMacs: { dst: "02:00:00:00:00:09", src: "02:00:00:00:00:08" },
     decTtl: true,
+    nat: { ipSrc: "203.0.113.2", tpSrc: 1024 },
   });
   assert.equal(v.length, FLOW_VALUE_SIZE);
   assert.equal(v.readUInt32LE(0), 2);
   assert.equal(v.readUInt32LE(4), 7);
-  assert.equal(v.readUInt32LE(8), 3);
+  assert.equal(v.readUInt32LE(8), 1 | 2 | 8);
+  assert.deepEqual([...v.subarray(64, 68)], [203, 0, 113, 2]);
+  assert.equal(v.readUInt16BE(72), 1024);
+  assert.equal(v[32], 1);
   assert.equal(v.readUInt32LE(12), 0xabcdef);
   assert.equal(v.readUInt32LE(16), 0xc0a80102);
   assert.equal(v[25], 9);

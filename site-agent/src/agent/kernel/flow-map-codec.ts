@@ -2,8 +2,8 @@
 // site-agent/bpf/flow.bpf.c exactly (see docs/kernel-datapath.md). Network-order fields are written
 // big-endian; everything else little-endian (the host's order on the machines we run on).
 
-export const FLOW_KEY_SIZE = 36;
-export const FLOW_VALUE_SIZE = 56;
+export const FLOW_KEY_SIZE = 40;
+export const FLOW_VALUE_SIZE = 80;
 
 export interface KernelFlowKey {
   ifindex: number;
@@ -11,11 +11,16 @@ export interface KernelFlowKey {
   ethDst: string;
   ethSrc: string;
   ethertype: number;
+  /** IPv4 protocol; ARP opcode. */
   proto?: number;
+  /** 0 not a fragment, 1 first fragment, 2 later fragment. */
+  frag?: number;
   ipSrc?: string;
   ipDst?: string;
   sport?: number;
   dport?: number;
+  /** ICMP bytes 4-5 (echo identifier). */
+  icmpId?: number;
 }
 
 export type KernelFlowAction =
@@ -26,7 +31,10 @@ export type KernelFlowAction =
 export interface KernelFlowValue {
   action: KernelFlowAction;
   setMacs?: { dst: string; src: string };
-  decTtl?: boolean;
+  /** IPv4 TTL decrement (true = 1); packets whose TTL would expire go to the agent. */
+  decTtl?: boolean | number;
+  /** IPv4 NAT rewrites (checksums updated by the program). */
+  nat?: { ipSrc?: string; ipDst?: string; tpSrc?: number; tpDst?: number };
 }
 
 export interface KernelFlowStats {
@@ -38,7 +46,6 @@ export interface KernelFlowStats {
 
 const ACTION_CODE = { drop: 0, redirect: 1, tunnel: 2 } as const;
 const F_SET_MACS = 1;
-const F_DEC_TTL = 2;
 
 function writeMac(buf: Buffer, off: number, mac: string): void {
   const parts = mac.split(":");
@@ -72,10 +79,12 @@ export function encodeFlowKey(k: KernelFlowKey): Buffer {
   writeMac(b, 14, k.ethSrc);
   b.writeUInt16BE(k.ethertype, 20);
   b.writeUInt8(k.proto ?? 0, 22);
+  b.writeUInt8(k.frag ?? 0, 23);
   writeIpv4Be(b, 24, k.ipSrc);
   writeIpv4Be(b, 28, k.ipDst);
   b.writeUInt16BE(k.sport ?? 0, 32);
   b.writeUInt16BE(k.dport ?? 0, 34);
+  b.writeUInt16BE(k.icmpId ?? 0, 36);
   return b;
 }
 
@@ -84,7 +93,10 @@ export function encodeFlowValue(v: KernelFlowValue): Buffer {
   const a = v.action;
   b.writeUInt32LE(ACTION_CODE[a.kind], 0);
   if (a.kind !== "drop") b.writeUInt32LE(a.outIfindex, 4);
-  b.writeUInt32LE((v.setMacs ? F_SET_MACS : 0) | (v.decTtl ? F_DEC_TTL : 0), 8);
+  b.writeUInt32LE(v.setMacs ? F_SET_MACS : 0, 8);
+  const dec = v.decTtl === true ? 1 : v.decTtl === false || v.decTtl === undefined ? 0 : v.decTtl;
+  if (!Number.isInteger(dec) || dec < 0 || dec > 255) throw new Error(`bad TTL decrement ${v.decTtl}`);
+  b.writeUInt8(dec, 32);
   if (a.kind === "tunnel") {
     if (!Number.isInteger(a.vni) || a.vni < 0 || a.vni >= 1 << 24) throw new Error(`bad VNI ${a.vni}`);
     b.writeUInt32LE(a.vni, 12);
@@ -96,10 +108,31 @@ export function encodeFlowValue(v: KernelFlowValue): Buffer {
     writeMac(b, 20, v.setMacs.dst);
     writeMac(b, 26, v.setMacs.src);
   }
+  const n = v.nat;
+  if (n) {
+    let flags = b.readUInt32LE(8);
+    if (n.ipSrc !== undefined) {
+      writeIpv4Be(b, 64, n.ipSrc);
+      flags |= 2;
+    }
+    if (n.ipDst !== undefined) {
+      writeIpv4Be(b, 68, n.ipDst);
+      flags |= 4;
+    }
+    if (n.tpSrc !== undefined) {
+      b.writeUInt16BE(n.tpSrc, 72);
+      flags |= 8;
+    }
+    if (n.tpDst !== undefined) {
+      b.writeUInt16BE(n.tpDst, 74);
+      flags |= 16;
+    }
+    b.writeUInt32LE(flags, 8);
+  }
   return b;
 }
 
 export function decodeFlowStats(b: Buffer): KernelFlowStats {
   if (b.length < FLOW_VALUE_SIZE) throw new Error(`flow value is ${b.length} bytes, want ${FLOW_VALUE_SIZE}`);
-  return { packets: b.readBigUInt64LE(32), bytes: b.readBigUInt64LE(40), lastUsedNs: b.readBigUInt64LE(48) };
+  return { packets: b.readBigUInt64LE(40), bytes: b.readBigUInt64LE(48), lastUsedNs: b.readBigUInt64LE(56) };
 }

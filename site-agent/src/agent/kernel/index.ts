@@ -1,5 +1,14 @@
-// Kernel fast path (issue 8, first slice): eBPF object loading/attachment and flow map access.
-// Not yet wired into the agent; see docs/kernel-datapath.md for what exists and what is left.
+// Kernel fast path (issue 8): the KernelDatapath the agent selects with `--datapath kernel|auto`,
+// plus the pieces it is built from (eBPF object loading/attachment, flow map access, codecs).
+// See docs/kernel-datapath.md.
 export { BPF_ANY, BPF_EXIST, BPF_NOEXIST, BpfMap, bpfMapAddonAvailable } from "./bpf-map.js";
+export {
+  chooseDatapath,
+  type DatapathMode,
+  kernelDatapathName,
+  kernelDatapathSupport,
+} from "./datapath-select.js";
 export * from "./flow-map-codec.js";
+export { KernelDatapath, type KernelDatapathOptions, VXLAN_OVERHEAD } from "./kernel-datapath.js";
+export { kernelFlowFor, kernelKeyOf } from "./kernel-flow.js";
 export { FLOW_OBJECT_PATH, type FlowProgram, kernelDatapathUnavailable, TcPrograms } from "./tc-programs.js";

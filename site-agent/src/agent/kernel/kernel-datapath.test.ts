@@ -1,184 +1,323 @@
-// Root tests for the kernel fast path's first slice: two VM namespaces whose host-side veths carry
-// the TC flow program; flow entries written from Node through the bpfmap addon make the kernel
-// forward ARP and ICMP between them with no userspace process in the path.
+// Root tests of the kernel datapath wired into the agent: two "hosts" (network namespaces joined by
+// an underlay veth), each with an EdgeAgent driving a KernelDatapath in that namespace, the real
+// simulation engine, and VMs (namespaces on veths). Mirrors the userspace namespace tests (ping,
+// TCP, routing, a security group) and adds what only the kernel path must show: after the first
+// packet the agent sees no more packets of a flow, a rule change deletes exactly the map entries of
+// the flows it affects, idle flows leave the map, and nothing is left behind on stop.
 import assert from "node:assert/strict";
-import { mkdtempSync, readFileSync, rmdirSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
+import { silentLogger, topologypb } from "@isthmus/schema";
+import { TopologyBuilder } from "../../sim/index.js";
+import { afPacketAvailable } from "../afpacket-port.js";
+import { EdgeAgent } from "../edge-agent.js";
+import { EngineSimulator } from "../sim-adapter.js";
 import { NetnsLab, rootSkipReason, sh, type Vm } from "../testing/netns.js";
-import { type BpfMap, bpfMapAddonAvailable } from "./bpf-map.js";
-import { decodeFlowStats, encodeFlowKey, encodeFlowValue, type KernelFlowKey } from "./flow-map-codec.js";
-import { kernelDatapathUnavailable, TcPrograms } from "./tc-programs.js";
+import { bpfMapAddonAvailable } from "./bpf-map.js";
+import { KernelDatapath } from "./kernel-datapath.js";
+import { linkInfo } from "./netns-exec.js";
+import { kernelDatapathUnavailable } from "./tc-programs.js";
 
 const skip =
-  rootSkipReason(["ip", "ping", "tc", "bpftool", "nsenter"]) ??
+  rootSkipReason(["ip", "ping", "nc", "tc", "bpftool", "nsenter", "sysctl"]) ??
   (process.env.CI
     ? undefined
-    : (kernelDatapathUnavailable() ?? (bpfMapAddonAvailable() ? undefined : "bpfmap addon not built")));
-if (skip) console.log(`# skipping kernel datapath tests: ${skip}`);
+    : (kernelDatapathUnavailable() ??
+      (bpfMapAddonAvailable() && afPacketAvailable() ? undefined : "native addons not built")));
+if (skip) console.log(`# skipping kernel datapath agent tests: ${skip}`);
 
-const ETH_ARP = 0x0806;
-const ETH_IP = 0x0800;
-const BROADCAST = "ff:ff:ff:ff:ff:ff";
-const GW_MAC = "02:00:00:00:07:fe";
+const RA = topologypb.RuleAction;
+const IDLE_MS = 2500;
 
-function ifindex(name: string): number {
-  return Number(readFileSync(`/sys/class/net/${name}/ifindex`, "utf8").trim());
+async function until(what: string, cond: () => boolean, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
 }
 
-describe("kernel fast path (TC eBPF) between network namespaces", { skip }, () => {
-  const lab = new NetnsLab("kd");
-  let bpffs: string;
-  let progs: TcPrograms;
-  let flows: BpfMap;
-  let vm1: Vm;
-  let vm2: Vm;
-  let vm3: Vm;
-  let vm4: Vm;
+describe("kernel datapath in the agent, between network namespaces", { skip }, () => {
+  const lab = new NetnsLab("kn");
+  const t = new TopologyBuilder();
+  const hostA = t.host("host-a", "192.168.81.1");
+  const hostB = t.host("host-b", "192.168.81.2");
+  const net1 = t.bridge({ name: "net1" });
+  const net2 = t.bridge({ name: "net2" });
+  const router = t.router({ name: "r" });
+  let vmA: Vm;
+  let vmB: Vm;
+  let vmC: Vm;
+  let vmD: Vm;
+  const macA = "02:00:00:00:8a:01";
+  const macB = "02:00:00:00:8b:01";
+  const macC = "02:00:00:00:8c:01";
+  const macD = "02:00:00:00:8d:01";
+  const FLOATING = "10.81.9.9";
+  let sgIn: topologypb.Chain;
+  const nodes: { ns: string; dp: KernelDatapath; agent: EdgeAgent; sim: EngineSimulator }[] = [];
+  let scratch: string;
 
-  before(() => {
-    bpffs = mkdtempSync(join(tmpdir(), "isthmus-bpffs-"));
-    progs = TcPrograms.load({ bpffs, name: "test" });
-    flows = progs.openFlowMap();
-    vm1 = lab.addVm("02:00:00:00:07:01", "10.79.0.1/24");
-    vm2 = lab.addVm("02:00:00:00:07:02", "10.79.0.2/24");
-    // A routed pair: each VM's gateway MAC is a static neighbour the flows rewrite away.
-    vm3 = lab.addVm("02:00:00:00:07:03", "10.79.1.3/24", "10.79.1.254");
-    vm4 = lab.addVm("02:00:00:00:07:04", "10.79.2.4/24", "10.79.2.254");
-    for (const [vm, gw] of [
-      [vm3, "10.79.1.254"],
-      [vm4, "10.79.2.254"],
-    ] as const) {
-      sh("ip", ["-n", vm.ns, "neigh", "replace", gw, "lladdr", GW_MAC, "dev", "eth0"]);
+  before(async () => {
+    scratch = mkdtempSync(join(tmpdir(), "isthmus-kn-"));
+    const hA = lab.addNamespace();
+    const hB = lab.addNamespace();
+    sh("ip", ["-n", hA, "link", "add", "ul0", "type", "veth", "peer", "name", "ul0", "netns", hB]);
+    vmA = lab.addVm(macA, "10.81.1.1/24", "10.81.1.254");
+    vmB = lab.addVm(macB, "10.81.1.2/24", "10.81.1.254");
+    vmC = lab.addVm(macC, "10.81.2.3/24", "10.81.2.254");
+    vmD = lab.addVm(macD, "10.81.2.4/24", "10.81.2.254");
+    for (const vm of [vmA, vmB, vmC, vmD]) {
+      // No IPv6 chatter from the VMs: the upcall counter must only move for the traffic we send.
+      sh("ip", ["netns", "exec", vm.ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
     }
-    for (const vm of [vm1, vm2, vm3, vm4]) progs.attach(vm.hostIf, "port_ingress");
-  });
-
-  after(() => {
-    flows?.close();
-    progs?.unload();
-    lab.cleanup();
-    if (bpffs) rmdirSync(bpffs);
-  });
-
-  function l2Keys(): { key: KernelFlowKey; out: number }[] {
-    const i1 = ifindex(vm1.hostIf);
-    const i2 = ifindex(vm2.hostIf);
-    return [
-      { key: { ifindex: i1, ethDst: BROADCAST, ethSrc: vm1.mac, ethertype: ETH_ARP }, out: i2 },
-      { key: { ifindex: i1, ethDst: vm2.mac, ethSrc: vm1.mac, ethertype: ETH_ARP }, out: i2 },
-      { key: { ifindex: i2, ethDst: BROADCAST, ethSrc: vm2.mac, ethertype: ETH_ARP }, out: i1 },
-      { key: { ifindex: i2, ethDst: vm1.mac, ethSrc: vm2.mac, ethertype: ETH_ARP }, out: i1 },
-      {
-        key: {
-          ifindex: i1,
-          ethDst: vm2.mac,
-          ethSrc: vm1.mac,
-          ethertype: ETH_IP,
-          proto: 1,
-          ipSrc: vm1.ip,
-          ipDst: vm2.ip,
-          sport: 8,
-        },
-        out: i2,
-      },
-      {
-        key: {
-          ifindex: i2,
-          ethDst: vm1.mac,
-          ethSrc: vm2.mac,
-          ethertype: ETH_IP,
-          proto: 1,
-          ipSrc: vm2.ip,
-          ipDst: vm1.ip,
-          sport: 0,
-        },
-        out: i1,
-      },
+    const placement: [string, Vm[]][] = [
+      [hA, [vmA]],
+      [hB, [vmB, vmC, vmD]],
     ];
-  }
+    placement.forEach(([ns, vms], i) => {
+      sh("ip", ["-n", ns, "addr", "add", `192.168.81.${i + 1}/24`, "dev", "ul0"]);
+      sh("ip", ["-n", ns, "link", "set", "ul0", "up"]);
+      for (const vm of vms) {
+        sh("ip", ["link", "set", vm.hostIf, "netns", ns]);
+        sh("ip", ["-n", ns, "link", "set", vm.hostIf, "up"]);
+      }
+    });
+    const pA = t.vmPort(net1, hostA, macA, ["10.81.1.1"], { interfaceName: vmA.hostIf });
+    const pB = t.vmPort(net1, hostB, macB, ["10.81.1.2"], { interfaceName: vmB.hostIf });
+    t.vmPort(net2, hostB, macC, ["10.81.2.3"], { interfaceName: vmC.hostIf });
+    t.vmPort(net2, hostB, macD, ["10.81.2.4"], { interfaceName: vmD.hostIf });
+    const if1 = t.routerInterface(router, net1, "02:00:00:00:8f:01", "10.81.1.254/24");
+    const if2 = t.routerInterface(router, net2, "02:00:00:00:8f:02", "10.81.2.254/24");
+    t.route(router, "10.81.1.0/24", if1.routerPort);
+    t.route(router, "10.81.2.0/24", if2.routerPort);
+    // vmD's floating IP, seen from net1: stateless 1:1 NAT on the router (DNAT in, SNAT out).
+    const rIn = t.chain("r-in");
+    t.rule(
+      rIn,
+      RA.RULE_ACTION_DNAT,
+      { inPortIds: [if1.routerPort.id], nwDst: `${FLOATING}/32` },
+      { natTargets: [{ ipStart: "10.81.2.4", ipEnd: "10.81.2.4", portStart: 0, portEnd: 0 }] },
+    );
+    const rOut = t.chain("r-out");
+    t.rule(
+      rOut,
+      RA.RULE_ACTION_SNAT,
+      { outPortIds: [if1.routerPort.id], nwSrc: "10.81.2.4/32" },
+      { natTargets: [{ ipStart: FLOATING, ipEnd: FLOATING, portStart: 0, portEnd: 0 }] },
+    );
+    router.inboundFilterId = rIn.id;
+    router.outboundFilterId = rOut.id;
+    // vmB's security group: in only TCP 5001, ICMP, ARP and replies; out only replies, ARP, ICMP.
+    sgIn = t.chain("sg-in");
+    t.rule(sgIn, RA.RULE_ACTION_ACCEPT, { matchReturnFlow: true });
+    t.rule(sgIn, RA.RULE_ACTION_ACCEPT, { etherType: 0x0800, nwProto: 6, tpDst: { start: 5001, end: 5001 } });
+    t.rule(sgIn, RA.RULE_ACTION_ACCEPT, { etherType: 0x0800, nwProto: 1 });
+    t.rule(sgIn, RA.RULE_ACTION_ACCEPT, { etherType: 0x0806 });
+    t.dropRule(sgIn);
+    const sgOut = t.chain("sg-out");
+    t.rule(sgOut, RA.RULE_ACTION_ACCEPT, { matchReturnFlow: true });
+    t.rule(sgOut, RA.RULE_ACTION_ACCEPT, { etherType: 0x0806 });
+    // Echo replies are let out explicitly: the stateful return path is what the TCP test checks.
+    t.rule(sgOut, RA.RULE_ACTION_ACCEPT, { etherType: 0x0800, nwProto: 1 });
+    t.dropRule(sgOut);
+    pB.outboundFilterId = sgIn.id;
+    pB.inboundFilterId = sgOut.id;
+    void pA;
 
-  test("without flows the VMs cannot reach each other (misses go to the empty host stack)", async () => {
-    const r = await lab.exec(vm1.ns, ["ping", "-c", "1", "-W", "1", vm2.ip]);
-    assert.notEqual(r.code, 0, "ping must fail with no flows installed");
+    const tag = (process.pid % 46656).toString(36);
+    for (const [i, [ns]] of placement.entries()) {
+      const h = i === 0 ? hostA : hostB;
+      const dp = new KernelDatapath({
+        tunnelIp: h.tunnelIp,
+        tunnelPort: 4789,
+        name: `kn${tag}${i}`,
+        bpffs: join(scratch, `bpffs${i}`),
+        stateDir: scratch,
+        netns: `/run/netns/${ns}`,
+        flowLimits: { idleTimeoutMs: IDLE_MS },
+        expiryIntervalMs: 250,
+        log: silentLogger(),
+      });
+      await dp.start();
+      const sim = new EngineSimulator({ hostId: h.id });
+      const agent = new EdgeAgent({
+        hostId: h.id,
+        role: "host",
+        datapath: dp,
+        simulator: sim,
+        log: silentLogger(),
+        openPort: (name) => dp.openPort(name),
+      });
+      nodes.push({ ns, dp, agent, sim });
+    }
+    for (const n of nodes) n.agent.applySnapshot({ revision: 1, objects: t.objects });
+    for (const n of nodes) assert.ok(n.agent.boundPorts().size >= 1, "VM ports bound");
   });
 
-  test("L2 redirect flows forward ARP and ICMP in the kernel; counters rise; deleting stops it", async () => {
-    const entries = l2Keys().map(({ key, out }) => ({
-      key: encodeFlowKey(key),
-      value: encodeFlowValue({ action: { kind: "redirect", outIfindex: out } }),
-    }));
-    assert.equal(flows.updateBatch(entries), entries.length);
-    assert.equal(flows.keys().length, entries.length);
-
-    const r = await lab.exec(vm1.ns, ["ping", "-c", "3", "-i", "0.2", "-W", "2", vm2.ip]);
-    assert.equal(r.code, 0, `ping failed: ${r.stdout}${r.stderr}`);
-
-    const echo = decodeFlowStats(flows.lookup(entries[4]!.key)!);
-    const reply = decodeFlowStats(flows.lookup(entries[5]!.key)!);
-    assert.ok(echo.packets >= 3n, `echo request flow counted ${echo.packets}`);
-    assert.ok(reply.packets >= 3n, `echo reply flow counted ${reply.packets}`);
-    assert.ok(echo.bytes >= echo.packets * 98n, `echo bytes ${echo.bytes}`);
-    assert.ok(echo.lastUsedNs > 0n);
-    const arp = decodeFlowStats(flows.lookup(entries[0]!.key)!);
-    assert.ok(arp.packets >= 1n, "the broadcast ARP request went through its flow");
-
-    for (const e of entries) assert.equal(flows.delete(e.key), true);
-    assert.equal(flows.lookup(entries[4]!.key), undefined);
-    assert.equal(flows.keys().length, 0);
-    const after = await lab.exec(vm1.ns, ["ping", "-c", "2", "-i", "0.2", "-W", "1", vm2.ip]);
-    assert.notEqual(after.code, 0, "ping must stop once the flows are deleted");
+  after(async () => {
+    const left: string[] = [];
+    for (const n of nodes) {
+      await n.agent.stop();
+      for (const dev of Object.values(n.dp.devices)) if (linkInfo(`/run/netns/${n.ns}`, dev)) left.push(dev);
+      if (existsSync(n.dp.pinDir)) left.push(n.dp.pinDir);
+    }
+    lab.cleanup();
+    if (scratch) rmSync(scratch, { recursive: true, force: true });
+    assert.deepEqual(left, [], "stop removes the datapath's devices and pins");
   });
 
-  test("routed flows rewrite MACs and decrement TTL (checksum stays valid)", async () => {
-    const i3 = ifindex(vm3.hostIf);
-    const i4 = ifindex(vm4.hostIf);
-    const fwd = encodeFlowKey({
-      ifindex: i3,
-      ethDst: GW_MAC,
-      ethSrc: vm3.mac,
-      ethertype: ETH_IP,
-      proto: 1,
-      ipSrc: vm3.ip,
-      ipDst: vm4.ip,
-      sport: 8,
-    });
-    const rev = encodeFlowKey({
-      ifindex: i4,
-      ethDst: GW_MAC,
-      ethSrc: vm4.mac,
-      ethertype: ETH_IP,
-      proto: 1,
-      ipSrc: vm4.ip,
-      ipDst: vm3.ip,
-      sport: 0,
-    });
-    flows.update(
-      fwd,
-      encodeFlowValue({
-        action: { kind: "redirect", outIfindex: i4 },
-        setMacs: { dst: vm4.mac, src: GW_MAC },
-        decTtl: true,
-      }),
+  test("ping between VMs on two agents; later packets never reach the agent", async () => {
+    const [A, B] = [nodes[0]!, nodes[1]!];
+    const r = await lab.exec(vmA.ns, ["ping", "-c", "3", "-i", "0.2", "-W", "2", vmB.ip]);
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    // One ping process is one flow each way (its echo identifier is part of the conntrack key).
+    // It runs longer than the idle timeout: hits read back from the map keep the flows alive.
+    const ping = lab.exec(vmA.ns, ["ping", "-c", "20", "-i", "0.2", "-W", "2", vmB.ip]);
+    await until("the new ping's flows in both kernels", () =>
+      [A, B].every((n) =>
+        n.dp.dumpFlows().some((f) => f.match.ipProto === 1 && f.path === "kernel" && f.packets >= 2),
+      ),
     );
-    flows.update(
-      rev,
-      encodeFlowValue({
-        action: { kind: "redirect", outIfindex: i3 },
-        setMacs: { dst: vm3.mac, src: GW_MAC },
-        decTtl: true,
-      }),
+    await new Promise((res) => setTimeout(res, 300));
+    const upA = A.dp.stats().upcalls;
+    const upB = B.dp.stats().upcalls;
+    const kA = A.dp.kernelStats();
+    const more = await ping;
+    assert.equal(more.code, 0, more.stdout + more.stderr);
+    assert.match(more.stdout, /20 received/);
+    assert.equal(A.dp.stats().upcalls, upA, "agent A saw no packet of the established flow");
+    assert.equal(B.dp.stats().upcalls, upB, "agent B saw no packet of the established flow");
+    const kA2 = A.dp.kernelStats();
+    assert.ok(kA2[0]! - kA[0]! >= 10n, `kernel hits on A rose by ${kA2[0]! - kA[0]!}`);
+    assert.equal(kA2[1], kA[1], "no upcall left A's VM port (only flow-state refreshes came from B)");
+    await new Promise((res) => setTimeout(res, 400)); // one read-back of the counters
+    const icmp = A.dp.dumpFlows().filter((f) => f.match.ipProto === 1 && f.path === "kernel");
+    assert.ok(
+      icmp.some((f) => f.packets >= 20),
+      `counters are read back: ${icmp.map((f) => f.packets)}`,
     );
+  });
+
+  test("a 3 MB TCP transfer (nc) to an allowed port arrives complete", async () => {
+    const size = 3_000_000;
+    const server = lab.exec(vmB.ns, ["sh", "-c", "timeout 20 nc -l 5001 | wc -c"], 30_000);
+    await new Promise((r) => setTimeout(r, 300));
+    const client = await lab.exec(
+      vmA.ns,
+      ["sh", "-c", `head -c ${size} /dev/zero | nc -N -w 5 ${vmB.ip} 5001`],
+      30_000,
+    );
+    assert.equal(client.code, 0, client.stderr);
+    assert.equal(Number((await server).stdout.trim()), size);
+    const tcp = nodes[0]!.dp.dumpFlows().filter((f) => f.match.ipProto === 6 && f.path === "kernel");
+    assert.ok(tcp.length >= 1, "the TCP flow went to the kernel");
+  });
+
+  test("the security group blocks TCP 5002 (dropped, counted), stateful replies still pass", async () => {
+    const A = nodes[0]!;
+    const server = lab.exec(vmB.ns, ["sh", "-c", "timeout 3 nc -l 5002 | wc -c"], 10_000);
+    await new Promise((r) => setTimeout(r, 200));
+    const client = await lab.exec(vmA.ns, ["sh", "-c", `echo hi | nc -N -w 1 ${vmB.ip} 5002`], 10_000);
+    assert.notEqual(client.code, 0, "the connection must not be established");
+    assert.equal(Number((await server).stdout.trim()), 0);
+    assert.ok((A.dp.stats().drops.get("dropped_by_rule_in_chain") ?? 0) >= 1, "drop counted by reason");
+  });
+
+  test("across the router: the kernel rewrites MACs and decrements the TTL", async () => {
+    const A = nodes[0]!;
+    const r = await lab.exec(vmA.ns, ["ping", "-c", "4", "-i", "0.2", "-W", "2", vmC.ip]);
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    assert.match(r.stdout, /ttl=63/);
+    const routed = A.dp
+      .dumpFlows()
+      .find((f) => f.tags.includes(`device:${router.id}`) && f.match.ipDst === vmC.ip && f.path === "kernel");
+    assert.ok(routed, "the routed ICMP flow is in the kernel");
+  });
+
+  test("a floating IP (1:1 NAT on the router) is rewritten by the kernel, checksums intact", async () => {
+    const [A, B] = [nodes[0]!, nodes[1]!];
+    const ping = await lab.exec(vmA.ns, ["ping", "-c", "3", "-i", "0.2", "-W", "2", FLOATING]);
+    assert.equal(ping.code, 0, ping.stdout + ping.stderr);
+    assert.match(ping.stdout, new RegExp(`from ${FLOATING.replaceAll(".", "\\.")}`));
+    const size = 1_000_000;
+    const server = lab.exec(vmD.ns, ["sh", "-c", "timeout 20 nc -l 5003 | wc -c"], 30_000);
+    await new Promise((r) => setTimeout(r, 300));
+    const client = await lab.exec(
+      vmA.ns,
+      ["sh", "-c", `head -c ${size} /dev/zero | nc -N -w 5 ${FLOATING} 5003`],
+      30_000,
+    );
+    assert.equal(client.code, 0, client.stderr);
+    assert.equal(Number((await server).stdout.trim()), size, "TCP through DNAT/SNAT arrives complete");
+    const dnat = A.dp.dumpFlows().filter((f) => f.actions.includes("set(ip_dst=10.81.2.4)"));
+    const snat = B.dp.dumpFlows().filter((f) => f.actions.includes(`set(ip_src=${FLOATING})`));
+    assert.ok(dnat.length >= 1 && dnat.every((f) => f.path === "kernel"), "DNAT flows are in A's kernel");
+    assert.ok(snat.length >= 1 && snat.every((f) => f.path === "kernel"), "SNAT flows are in B's kernel");
+    await until("the DNAT flows' kernel counters read back", () =>
+      A.dp.dumpFlows().some((f) => f.actions.includes("set(ip_dst=10.81.2.4)") && f.packets > 10),
+    );
+  });
+
+  test("a rule change deletes exactly the kernel entries of the flows through it", async () => {
+    const A = nodes[0]!;
+    await lab.exec(vmA.ns, ["ping", "-c", "2", "-i", "0.2", "-W", "2", vmB.ip]);
+    await lab.exec(vmA.ns, ["ping", "-c", "2", "-i", "0.2", "-W", "2", vmC.ip]);
+    const flows = A.dp.dumpFlows();
+    const sg = flows.filter((f) => f.tags.includes(`chain:${sgIn.id}`) && f.path === "kernel");
+    const rest = flows.filter((f) => !f.tags.includes(`chain:${sgIn.id}`) && f.path === "kernel");
+    assert.ok(sg.length >= 1 && rest.length >= 1, "flows through the chain and flows not through it");
+    const entriesBefore = A.dp.kernelMapKeyCount();
+    const sgEntries = sg.reduce((n, f) => n + (f.kernelEntries ?? 0), 0);
+    const icmpRule = t.objects.find((o) => o.rule?.chainId === sgIn.id && o.rule.condition?.nwProto === 1)!
+      .rule!;
+    A.agent.applyChange({
+      revision: 2,
+      upserts: [{ rule: { ...icmpRule, action: RA.RULE_ACTION_DROP } }],
+      deletes: [],
+    });
+    const left = new Set(A.dp.dumpFlows().map((f) => f.id));
+    for (const f of sg) assert.ok(!left.has(f.id), `flow ${f.id} through the chain was removed`);
+    for (const f of rest) assert.ok(left.has(f.id), `flow ${f.id} not through the chain stays`);
+    assert.equal(A.dp.kernelMapKeyCount(), entriesBefore - sgEntries, "the map lost exactly those entries");
+    const r = await lab.exec(vmA.ns, ["ping", "-c", "1", "-W", "1", vmB.ip]);
+    assert.notEqual(r.code, 0, "ICMP to vmB is now dropped");
+    A.agent.applyChange({ revision: 3, upserts: [{ rule: icmpRule }], deletes: [] });
+  });
+
+  test("idle flows expire from the map once traffic stops", async () => {
+    const A = nodes[0]!;
+    await until("the map to empty after the idle timeout", () => A.dp.kernelMapKeyCount() === 0, IDLE_MS * 4);
+    assert.equal(A.dp.kernelEntryCount(), 0);
+  });
+
+  test("a VM port whose MTU + 50 B does not fit the underlay is refused with the numbers", () => {
+    const A = nodes[0]!;
+    const ns = `/run/netns/${A.ns}`;
+    const name = lab.name("m");
+    sh("nsenter", [
+      `--net=${ns}`,
+      "ip",
+      "link",
+      "add",
+      name,
+      "mtu",
+      "1500",
+      "type",
+      "veth",
+      "peer",
+      "name",
+      `${name}p`,
+    ]);
     try {
-      const r = await lab.exec(vm3.ns, ["ping", "-c", "2", "-i", "0.2", "-W", "2", vm4.ip]);
-      assert.equal(r.code, 0, `routed ping failed: ${r.stdout}${r.stderr}`);
-      // The reply left vm4 with TTL 64 and crossed one decrementing hop.
-      assert.match(r.stdout, /ttl=63/);
-      assert.ok(decodeFlowStats(flows.lookup(fwd)!).packets >= 2n);
+      assert.throws(
+        () => A.dp.openPort(name),
+        /MTU 1500 \+ 50 B of VXLAN exceeds the underlay ul0's MTU 1500/,
+      );
     } finally {
-      flows.delete(fwd);
-      flows.delete(rev);
+      sh("nsenter", [`--net=${ns}`, "ip", "link", "del", name]);
     }
   });
 });

@@ -18,7 +18,10 @@ const skip =
     : (kernelDatapathUnavailable() ?? (bpfMapAddonAvailable() ? undefined : "bpfmap addon not built")));
 if (skip) console.log(`# skipping kernel VXLAN datapath tests: ${skip}`);
 
-const VNI = 7707;
+// A global-range key: the receiving host looks it up in its flow map (intra-site keys would be
+// delivered by the tunnel_ports map instead, which the second test covers).
+const VNI = 0x107707;
+const PING_ID = 4343;
 
 function nsPath(ns: string): string {
   return `/run/netns/${ns}`;
@@ -56,6 +59,18 @@ describe("kernel fast path over external-mode VXLAN between two host namespaces"
       const bpffs = mkdtempSync(join(tmpdir(), "isthmus-bpffs-"));
       const progs = TcPrograms.load({ bpffs, name: `host${i}` });
       hosts.push({ ns, underlay: `192.168.80.${i + 1}`, vm, progs, flows: progs.openFlowMap(), bpffs });
+      const ports = progs.openMap("ports", 4, 16);
+      for (const [dev, portNo] of [
+        [vm.hostIf, 1],
+        ["vx0", 0],
+      ] as const) {
+        const k = Buffer.alloc(4);
+        k.writeUInt32LE(ifindexIn(ns, dev));
+        const v = Buffer.alloc(16);
+        v.writeUInt32LE(portNo);
+        ports.update(k, v);
+      }
+      ports.close();
       progs.attach(vm.hostIf, "port_ingress", nsPath(ns));
       progs.attach("vx0", "vxlan_ingress", nsPath(ns));
     });
@@ -85,6 +100,7 @@ describe("kernel fast path over external-mode VXLAN between two host namespaces"
         ipSrc: src.vm.ip,
         ipDst: dst.vm.ip,
         sport: type,
+        icmpId: PING_ID,
       };
       const out = encodeFlowKey({ ...base, ifindex: ifindexIn(src.ns, src.vm.hostIf) });
       src.flows.update(
@@ -100,13 +116,85 @@ describe("kernel fast path over external-mode VXLAN between two host namespaces"
       );
       installed.push({ h: src, key: out }, { h: dst, key: inn });
     }
-    const r = await lab.exec(a.vm.ns, ["ping", "-c", "3", "-i", "0.2", "-W", "2", b.vm.ip]);
+    const r = await lab.exec(a.vm.ns, [
+      "ping",
+      "-e",
+      String(PING_ID),
+      "-c",
+      "3",
+      "-i",
+      "0.2",
+      "-W",
+      "2",
+      b.vm.ip,
+    ]);
     assert.equal(r.code, 0, `ping over VXLAN failed: ${r.stdout}${r.stderr}`);
     for (const { h, key } of installed) {
       assert.ok(decodeFlowStats(h.flows.lookup(key)!).packets >= 3n, `flow in ${h.ns} was not hit`);
     }
     for (const { h, key } of installed) h.flows.delete(key);
-    const after = await lab.exec(a.vm.ns, ["ping", "-c", "1", "-W", "1", b.vm.ip]);
+    const after = await lab.exec(a.vm.ns, ["ping", "-e", String(PING_ID), "-c", "1", "-W", "1", b.vm.ip]);
     assert.notEqual(after.code, 0, "ping must stop once the flows are deleted");
+  });
+
+  test("intra-site keys are delivered through the tunnel_ports map without a flow lookup", async () => {
+    const [a, b] = [hosts[0]!, hosts[1]!];
+    const LOCAL = 0x7707;
+    const cleanup: (() => void)[] = [];
+    for (const [src, dst, type] of [
+      [a, b, 8],
+      [b, a, 0],
+    ] as const) {
+      const out = encodeFlowKey({
+        ifindex: ifindexIn(src.ns, src.vm.hostIf),
+        ethDst: dst.vm.mac,
+        ethSrc: src.vm.mac,
+        ethertype: 0x0800,
+        proto: 1,
+        ipSrc: src.vm.ip,
+        ipDst: dst.vm.ip,
+        sport: type,
+        icmpId: PING_ID,
+      });
+      src.flows.update(
+        out,
+        encodeFlowValue({
+          action: { kind: "tunnel", outIfindex: ifindexIn(src.ns, "vx0"), vni: LOCAL, remote: dst.underlay },
+        }),
+      );
+      const tp = dst.progs.openMap("tunnel_ports", 4, 4);
+      const k = Buffer.alloc(4);
+      k.writeUInt32LE(LOCAL);
+      const v = Buffer.alloc(4);
+      v.writeUInt32LE(ifindexIn(dst.ns, dst.vm.hostIf));
+      tp.update(k, v);
+      cleanup.push(() => {
+        src.flows.delete(out);
+        tp.delete(k);
+        tp.close();
+      });
+    }
+    try {
+      const r = await lab.exec(a.vm.ns, [
+        "ping",
+        "-e",
+        String(PING_ID),
+        "-c",
+        "2",
+        "-i",
+        "0.2",
+        "-W",
+        "2",
+        b.vm.ip,
+      ]);
+      assert.equal(r.code, 0, `ping over intra-site keys failed: ${r.stdout}${r.stderr}`);
+      const st = b.progs.openStatsMap();
+      const k = Buffer.alloc(4);
+      k.writeUInt32LE(5); // ST_TUNNEL_DELIVER
+      assert.ok(st.lookup(k)!.readBigUInt64LE(0) >= 2n, "delivered by key on host B");
+      st.close();
+    } finally {
+      for (const c of cleanup) c();
+    }
   });
 });

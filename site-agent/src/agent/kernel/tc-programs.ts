@@ -20,7 +20,7 @@ export const FLOW_OBJECT_PATH = join(
 );
 
 /** Program names (ELF function names) in flow.bpf.o. */
-export type FlowProgram = "port_ingress" | "vxlan_ingress";
+export type FlowProgram = "port_ingress" | "vxlan_ingress" | "upcall_ingress";
 
 /** Why the kernel datapath cannot load here, or undefined when it can try. */
 export function kernelDatapathUnavailable(): string | undefined {
@@ -111,9 +111,14 @@ export class TcPrograms {
     return BpfMap.openPinned(join(this.pinDir, "maps", "flows"), FLOW_KEY_SIZE, FLOW_VALUE_SIZE);
   }
 
-  /** Opens the datapath counters (u32 index -> u64: hits, misses, malformed, TTL expired). */
+  /** Opens the datapath counters (u32 index -> u64, `enum dp_stat` in flow.bpf.c). */
   openStatsMap(): BpfMap {
     return BpfMap.openPinned(join(this.pinDir, "maps", "dp_stats"), 4, 8);
+  }
+
+  /** Opens another pinned map of the object by name (the caller closes it). */
+  openMap(name: "ports" | "tunnel_ports" | "config", keySize: number, valueSize: number): BpfMap {
+    return BpfMap.openPinned(join(this.pinDir, "maps", name), keySize, valueSize);
   }
 
   /** Attaches `program` on `ifname`'s clsact ingress; `netns` is a namespace path (/run/netns/x). */

@@ -1,0 +1,930 @@
+// The kernel fast path behind the agent's Datapath interface. TC eBPF programs on every bound VM
+// port and on an external-mode VXLAN device forward packets of installed flows without the agent;
+// a miss reaches the agent through the upcall veth (header naming the ingress), is simulated like
+// on the userspace path, the resulting flow is written to the BPF map when the programs can carry
+// it (else it stays in the userspace table, which then handles those packets through the upcall
+// device), and the packet is written back with a trailer the kernel obeys. See
+// docs/kernel-datapath.md for why this shape (AF_PACKET taps see frames before TC; an external
+// VXLAN device cannot share its UDP port with a socket).
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import type { Logger } from "@isthmus/schema";
+import {
+  type Datapath,
+  type DatapathStats,
+  type FlowDump,
+  isLocalTunnelKey,
+  type PortCounters,
+  type PortIO,
+  TUNNEL_KEY,
+  type TunnelEndpoint,
+  type Upcall,
+  type UpcallHandler,
+} from "../datapath.js";
+import { dropCategory, MAX_DROP_REASONS } from "../drop-reason.js";
+import { applyRewrites, describeActions, type FlowActions, validateActions } from "../flow-actions.js";
+import { describeKey, extractKey, KEY_SIZE } from "../flow-key.js";
+import {
+  DEFAULT_FLOW_LIMITS,
+  type Flow,
+  FlowTable,
+  type FlowTableLimits,
+  type InstallRequest,
+} from "../flow-table.js";
+import { agentTag } from "../tags.js";
+import { DEFAULT_UPCALL_LIMITS, UpcallQueue, type UpcallQueueLimits } from "../upcall-queue.js";
+import { finishOffloads } from "../vnet-offload.js";
+import type { BpfMap } from "./bpf-map.js";
+import { decodeFlowStats } from "./flow-map-codec.js";
+import { type KernelFlowContext, kernelFlowFor } from "./kernel-flow.js";
+import { deleteLink, interfaceWithAddress, type LinkInfo, linkInfo, runIn } from "./netns-exec.js";
+import { TcPrograms } from "./tc-programs.js";
+import { UpcallDevice } from "./upcall-device.js";
+import { parseUpcall, type ReinjectTarget, withReinjectTrailer } from "./upcall-frame.js";
+
+/** VXLAN over IPv4 adds 50 bytes (outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8). */
+export const VXLAN_OVERHEAD = 50;
+/** Entries the compiled `flows` map holds (max_entries in flow.bpf.c). */
+export const KERNEL_FLOW_MAP_SIZE = 65536;
+
+export interface KernelDatapathOptions {
+  tunnelIp: string;
+  /** The VXLAN device's UDP port (every host of a site uses the same one). */
+  tunnelPort: number;
+  /** Short name (≤ 9 chars, [a-z0-9]) for this agent's devices (`<name>u0/u1/vx`) and pins. */
+  name: string;
+  /** A bpffs mount (mounted when it is not one yet). */
+  bpffs?: string;
+  /** A network namespace file to run the datapath in; default: the agent's own namespace. */
+  netns?: string;
+  /** Where attachments are recorded so a restart after a crash can remove them. */
+  stateDir?: string;
+  /** Per-port upcall rate limit enforced by the programs. */
+  upcallRate?: { perSecond: number; burst: number };
+  flowLimits?: Partial<FlowTableLimits>;
+  upcallLimits?: Partial<UpcallQueueLimits>;
+  upcallConcurrency?: number;
+  /** How often kernel counters are read back and idle flows expired. */
+  expiryIntervalMs?: number;
+  clock?: () => number;
+  log: Logger;
+}
+
+interface BoundPort extends PortCounters {
+  portNo: number;
+  portId: string;
+  name: string;
+  ifindex: number;
+}
+
+interface KernelEntry {
+  key: Buffer;
+  hex: string;
+  flow: Flow;
+  inPortNo: number;
+  outPortNo: number | undefined;
+  tunnel: string | undefined;
+  packets: bigint;
+  bytes: bigint;
+  lastUsedNs: bigint;
+}
+
+/** dp_stats indexes (enum dp_stat in flow.bpf.c) that are drops, by the agent's drop reason. */
+const KERNEL_DROPS: [number, string][] = [
+  [2, "vxlan_no_tunnel_key"],
+  [4, "upcall_rate_limited"],
+  [7, "reinject_malformed"],
+  [8, "upcall_failed"],
+  [9, "kernel_unknown_port"],
+  [10, "vxlan_unknown_key"],
+];
+const ST_HIT = 0;
+const ST_UPCALL = 1;
+const ST_TUNNEL_DELIVER = 5;
+const ST_TUNNEL_UPCALL = 11;
+
+function counters(): PortCounters {
+  return { rxPackets: 0, rxBytes: 0, txPackets: 0, txBytes: 0, txDropped: 0 };
+}
+
+function u32le(n: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeUInt32LE(n >>> 0, 0);
+  return b;
+}
+
+export class KernelDatapath implements Datapath {
+  readonly kind = "kernel" as const;
+  readonly table: FlowTable;
+  readonly devices: { upcallKernel: string; upcallAgent: string; vxlan: string };
+  /** What start() found and removed from a previous run (`link:`, `tc:`, `pins:` entries). */
+  reclaimed: string[] = [];
+  private readonly queue: UpcallQueue<Upcall>;
+  private readonly ports = new Map<number, BoundPort>();
+  private readonly keyToPort = new Map<number, number>();
+  private readonly tunnels = new Map<string, PortCounters>();
+  private readonly drops = new Map<string, number>();
+  private readonly kernelDropsSeen = new Map<number, bigint>();
+  private readonly entries = new Map<string, KernelEntry>();
+  private readonly entriesByFlow = new Map<Flow, Set<KernelEntry>>();
+  private readonly userspaceReason = new WeakMap<Flow, string>();
+  private readonly key = Buffer.alloc(KEY_SIZE);
+  private readonly clock: () => number;
+  private readonly pinName: string;
+  private readonly statePath: string;
+  private readonly attached = new Set<string>();
+  private readonly linkCache = new Map<string, LinkInfo>();
+  private pending: Buffer[] = [];
+  private progs: TcPrograms | undefined;
+  private maps:
+    | { flows: BpfMap; ports: BpfMap; tunnelPorts: BpfMap; config: BpfMap; stats: BpfMap }
+    | undefined;
+  private device: UpcallDevice | undefined;
+  private vxlanIfindex = 0;
+  private underlay: { name: string; mtu: number } | undefined;
+  private handler: UpcallHandler | undefined;
+  private flowStateHandler: ((p: Buffer, from: TunnelEndpoint) => void) | undefined;
+  private expiryTimer: NodeJS.Timeout | undefined;
+  private inFlight = 0;
+  private pumpScheduled = false;
+  private flushScheduled = false;
+  private stopped = false;
+  private upcalls = 0;
+  private userspaceHits = 0;
+  private kernelInstalls = 0;
+  private kernelInstallFailures = 0;
+  private tunnelPortWarned = false;
+  /** Upcall arrival times, for the flow-setup latency samples (first packet → entry written). */
+  private readonly arrivedAt = new WeakMap<Upcall, number>();
+  private readonly setupSamples: number[] = [];
+  private setupNext = 0;
+
+  constructor(private readonly opts: KernelDatapathOptions) {
+    if (!/^[a-z0-9]{1,9}$/.test(opts.name)) {
+      throw new Error(
+        `kernel datapath: name ${JSON.stringify(opts.name)} must be 1-9 characters of [a-z0-9]`,
+      );
+    }
+    if (!Number.isInteger(opts.tunnelPort) || opts.tunnelPort <= 0 || opts.tunnelPort > 65535) {
+      throw new Error(
+        `kernel datapath: tunnel port ${opts.tunnelPort} must be 1..65535 (the VXLAN device binds it)`,
+      );
+    }
+    const limits = { ...DEFAULT_FLOW_LIMITS, ...opts.flowLimits };
+    this.table = new FlowTable(limits);
+    this.table.onRemove = (flow) => this.removeKernelEntries(flow);
+    this.queue = new UpcallQueue({ ...DEFAULT_UPCALL_LIMITS, ...opts.upcallLimits });
+    this.clock = opts.clock ?? (() => performance.now());
+    this.devices = { upcallKernel: `${opts.name}u0`, upcallAgent: `${opts.name}u1`, vxlan: `${opts.name}vx` };
+    this.pinName = `isthmus-${opts.name}`;
+    this.statePath = join(opts.stateDir ?? "/run/isthmus", `kernel-datapath-${opts.name}.json`);
+  }
+
+  get tunnelPort(): number {
+    return this.opts.tunnelPort;
+  }
+
+  /** The pin directory of this datapath's programs and maps. */
+  get pinDir(): string {
+    return join(this.opts.bpffs ?? "/sys/fs/bpf", this.pinName);
+  }
+
+  async start(): Promise<void> {
+    const { netns, log } = this.opts;
+    this.reclaimed = this.reclaim();
+    if (this.reclaimed.length > 0) {
+      log.warn({ reclaimed: this.reclaimed }, "kernel datapath: removed what a previous run left behind");
+    }
+    this.progs = TcPrograms.load({ bpffs: this.opts.bpffs ?? "/sys/fs/bpf", name: this.pinName });
+    try {
+      const d = this.devices;
+      this.saveState();
+      runIn(netns, "ip", [
+        "link",
+        "add",
+        d.upcallKernel,
+        "mtu",
+        "9000",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        d.upcallAgent,
+        "mtu",
+        "9000",
+      ]);
+      for (const dev of [d.upcallKernel, d.upcallAgent]) {
+        // Nothing but the programs and the agent may put frames on the upcall device.
+        try {
+          runIn(netns, "sysctl", ["-qw", `net.ipv6.conf.${dev}.disable_ipv6=1`]);
+        } catch {
+          // no IPv6 in this kernel: nothing to silence
+        }
+        runIn(netns, "ip", ["link", "set", dev, "up"]);
+      }
+      runIn(netns, "ip", [
+        "link",
+        "add",
+        d.vxlan,
+        "type",
+        "vxlan",
+        "external",
+        "dstport",
+        String(this.opts.tunnelPort),
+        "local",
+        this.opts.tunnelIp,
+        "nolearning",
+      ]);
+      runIn(netns, "ip", ["link", "set", d.vxlan, "up"]);
+      const up = this.link(d.upcallKernel, true);
+      const vx = this.link(d.vxlan, true);
+      if (!up || !vx) throw new Error("kernel datapath: devices vanished while being created");
+      this.vxlanIfindex = vx.ifindex;
+      const p = this.progs;
+      this.maps = {
+        flows: p.openFlowMap(),
+        ports: p.openMap("ports", 4, 16),
+        tunnelPorts: p.openMap("tunnel_ports", 4, 4),
+        config: p.openMap("config", 4, 24),
+        stats: p.openStatsMap(),
+      };
+      const rate = this.opts.upcallRate ?? { perSecond: 2000, burst: 256 };
+      const interval = BigInt(Math.max(1, Math.round(1e9 / rate.perSecond)));
+      const cfg = Buffer.alloc(24);
+      cfg.writeUInt32LE(up.ifindex, 0);
+      cfg.writeUInt32LE(vx.ifindex, 4);
+      cfg.writeBigUInt64LE(interval, 8);
+      cfg.writeBigUInt64LE(interval * BigInt(rate.burst), 16);
+      this.maps.config.update(u32le(0), cfg);
+      this.maps.ports.update(u32le(vx.ifindex), Buffer.alloc(16)); // port 0 = the tunnel
+      this.attach(d.upcallKernel, "upcall_ingress");
+      this.attach(d.vxlan, "vxlan_ingress");
+      const ul = interfaceWithAddress(netns, this.opts.tunnelIp);
+      const ulInfo = ul ? this.link(ul, true) : undefined;
+      if (ul && ulInfo) this.underlay = { name: ul, mtu: ulInfo.mtu };
+      else
+        log.warn(
+          { tunnelIp: this.opts.tunnelIp },
+          "kernel datapath: no interface holds the tunnel IP; MTU not checked",
+        );
+      this.device = new UpcallDevice(d.upcallAgent, netns);
+      this.device.start((bufs) => this.onUpcallBuffers(bufs));
+    } catch (err) {
+      await this.stop();
+      throw err;
+    }
+    const every = this.opts.expiryIntervalMs ?? 1000;
+    this.expiryTimer = setInterval(() => this.sync(), every);
+    this.expiryTimer.unref();
+    log.info(
+      { devices: this.devices, pins: this.pinDir, underlay: this.underlay, netns: netns ?? "(own)" },
+      "kernel datapath started",
+    );
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.expiryTimer) clearInterval(this.expiryTimer);
+    this.device?.close();
+    this.device = undefined;
+    if (this.maps) for (const m of Object.values(this.maps)) m.close();
+    this.maps = undefined;
+    // unload() detaches every program it attached (the VM ports keep their veths).
+    this.progs?.unload();
+    this.progs = undefined;
+    deleteLink(this.opts.netns, this.devices.vxlan);
+    deleteLink(this.opts.netns, this.devices.upcallKernel);
+    this.ports.clear();
+    this.attached.clear();
+    rmSync(this.statePath, { force: true });
+  }
+
+  /**
+   * What the agent binds a VM interface with: the kernel path never reads VM ports itself, so this
+   * only checks the interface exists and its MTU plus the VXLAN overhead fits the underlay.
+   */
+  openPort(ifname: string): PortIO {
+    const info = this.link(ifname, true);
+    if (!info) throw new Error(`interface ${ifname} does not exist`);
+    if (this.underlay && info.mtu + VXLAN_OVERHEAD > this.underlay.mtu) {
+      throw new Error(
+        `port ${ifname}: MTU ${info.mtu} + ${VXLAN_OVERHEAD} B of VXLAN exceeds the underlay ${this.underlay.name}'s MTU ${this.underlay.mtu}; set the VM MTU to at most ${this.underlay.mtu - VXLAN_OVERHEAD}`,
+      );
+    }
+    return { name: ifname, start() {}, send: () => 0, close() {} };
+  }
+
+  addPort(portNo: number, portId: string, io: PortIO): void {
+    if (!Number.isInteger(portNo) || portNo <= 0 || portNo > 0xffffffff) {
+      throw new Error(`datapath: port number ${portNo} must be an integer in 1..2^32-1`);
+    }
+    if (this.ports.has(portNo)) throw new Error(`datapath: port number ${portNo} is already bound`);
+    const info = this.link(io.name, true);
+    if (!info || !this.maps)
+      throw new Error(`datapath: cannot bind ${io.name}: ${info ? "not started" : "no such interface"}`);
+    const port: BoundPort = { portNo, portId, name: io.name, ifindex: info.ifindex, ...counters() };
+    const pi = Buffer.alloc(16);
+    pi.writeUInt32LE(portNo, 0);
+    this.maps.ports.update(u32le(info.ifindex), pi);
+    this.ports.set(portNo, port);
+    this.attach(io.name, "port_ingress");
+    for (const [k, n] of this.keyToPort)
+      if (n === portNo) this.maps.tunnelPorts.update(u32le(k), u32le(info.ifindex));
+  }
+
+  removePort(portNo: number): void {
+    const p = this.ports.get(portNo);
+    if (!p) return;
+    this.ports.delete(portNo);
+    this.queue.drop(`port:${portNo}`);
+    // ifindexes are reused: nothing may keep pointing at this one.
+    for (const e of [...this.entries.values()]) {
+      if (e.inPortNo === portNo || e.outPortNo === portNo) this.table.remove(e.flow, "deleted");
+    }
+    this.table.invalidate([agentTag.port(p.portId)]);
+    for (const [k, n] of this.keyToPort) if (n === portNo) this.maps?.tunnelPorts.delete(u32le(k));
+    this.maps?.ports.delete(u32le(p.ifindex));
+    this.detach(p.name);
+    this.linkCache.delete(p.name);
+  }
+
+  setTunnelKeyPort(key: number, portNo: number | undefined): void {
+    if (!isLocalTunnelKey(key))
+      throw new Error(`datapath: tunnel key 0x${key.toString(16)} is not site-local`);
+    if (portNo === undefined) {
+      this.keyToPort.delete(key);
+      this.maps?.tunnelPorts.delete(u32le(key));
+      return;
+    }
+    this.keyToPort.set(key, portNo);
+    const port = this.ports.get(portNo);
+    if (port) this.maps?.tunnelPorts.update(u32le(key), u32le(port.ifindex));
+  }
+
+  onUpcall(handler: UpcallHandler): void {
+    this.handler = handler;
+  }
+
+  onFlowState(handler: (payload: Buffer, from: TunnelEndpoint) => void): void {
+    this.flowStateHandler = handler;
+  }
+
+  sendFlowState(payload: Buffer, to: readonly TunnelEndpoint[]): void {
+    // The VXLAN device's receive path reads an inner Ethernet header; messages are always longer.
+    if (payload.length < 14) {
+      this.countDrop("flow_state_too_short");
+      return;
+    }
+    for (const t of to) this.sendTunnel(payload, TUNNEL_KEY.flowState, t.ip, t.port);
+    this.scheduleFlush();
+  }
+
+  install(req: InstallRequest): Flow | undefined {
+    validateActions(req.actions);
+    const flow = this.table.install(req, this.clock());
+    if (flow) this.installKernel(flow, req.match);
+    return flow;
+  }
+
+  invalidate(tags: Iterable<string>): number {
+    return this.table.invalidate(tags);
+  }
+
+  flush(): void {
+    this.table.clear();
+  }
+
+  execute(frame: Buffer, actions: FlowActions): void {
+    this.output(frame, actions);
+    this.flushPending();
+  }
+
+  countDrop(reason: string): void {
+    this.countDropN(reason, 1);
+  }
+
+  private countDropN(reason: string, n: number): void {
+    let cat = dropCategory(reason);
+    if (!this.drops.has(cat) && this.drops.size >= MAX_DROP_REASONS) cat = "other";
+    this.drops.set(cat, (this.drops.get(cat) ?? 0) + n);
+  }
+
+  dumpFlows(): FlowDump[] {
+    const now = this.clock();
+    return this.table.flows().map((f) => {
+      const kernelEntries = this.entriesByFlow.get(f)?.size ?? 0;
+      const reason = this.userspaceReason.get(f);
+      const path =
+        kernelEntries > 0 ? `kernel: ${kernelEntries} entries` : `userspace: ${reason ?? "no kernel entry"}`;
+      return {
+        id: f.id,
+        match: describeKey(f.match, f.mask),
+        actions: `${describeActions(f.actions)} [${path}]`,
+        tags: f.tags,
+        packets: f.packets,
+        bytes: f.bytes,
+        ageMs: Math.round(now - f.installedAt),
+        idleMs: Math.round(now - f.lastUsed),
+        path: kernelEntries > 0 ? "kernel" : "userspace",
+        kernelEntries,
+        ...(reason ? { userspaceReason: reason } : {}),
+      };
+    });
+  }
+
+  /** Datapath counters kept by the programs (enum dp_stat order). */
+  kernelStats(): bigint[] {
+    const out: bigint[] = [];
+    for (let i = 0; i < 12; i++) out.push(this.maps?.stats.lookup(u32le(i))?.readBigUInt64LE(0) ?? 0n);
+    return out;
+  }
+
+  /** Entries in the kernel flow map, counted by walking it (tests compare it with the index). */
+  kernelMapKeyCount(): number {
+    return this.maps?.flows.keys(KERNEL_FLOW_MAP_SIZE).length ?? 0;
+  }
+
+  /** Kernel map writes since start, and writes refused (map full or the syscall failed). */
+  kernelInstallCounts(): { installs: number; failures: number; entries: number } {
+    return {
+      installs: this.kernelInstalls,
+      failures: this.kernelInstallFailures,
+      entries: this.entries.size,
+    };
+  }
+
+  /** Flows currently written to the kernel map, by their userspace flow. */
+  kernelEntryCount(): number {
+    return this.entries.size;
+  }
+
+  stats(): DatapathStats {
+    const s = this.table.stats;
+    const k = this.kernelStats();
+    this.foldKernelDrops(k);
+    return {
+      ports: new Map(
+        [...this.ports].map(([n, p]) => [
+          n,
+          {
+            name: p.name,
+            portId: p.portId,
+            rxPackets: p.rxPackets,
+            rxBytes: p.rxBytes,
+            txPackets: p.txPackets,
+            txBytes: p.txBytes,
+            txDropped: p.txDropped,
+          },
+        ]),
+      ),
+      tunnels: new Map([...this.tunnels].map(([key, v]) => [key, { ...v }])),
+      drops: new Map(this.drops),
+      flows: this.table.size,
+      exactEntries: this.entries.size,
+      masks: this.table.maskCount,
+      upcallQueueDepth: this.queue.size,
+      upcalls: this.upcalls,
+      flowHits: Number(k[ST_HIT]! + k[ST_TUNNEL_DELIVER]!) + this.userspaceHits,
+      flowMisses: Number(k[ST_UPCALL]! + k[ST_TUNNEL_UPCALL]!),
+      installs: s.installs,
+    };
+  }
+
+  // ---- set-up helpers ----
+
+  private link(ifname: string, fresh = false): LinkInfo | undefined {
+    if (!fresh) {
+      const c = this.linkCache.get(ifname);
+      if (c) return c;
+    }
+    const info = linkInfo(this.opts.netns, ifname);
+    if (info) this.linkCache.set(ifname, info);
+    return info;
+  }
+
+  private attach(ifname: string, program: "port_ingress" | "vxlan_ingress" | "upcall_ingress"): void {
+    this.attached.add(ifname);
+    this.saveState();
+    this.progs!.attach(ifname, program, this.opts.netns);
+  }
+
+  private detach(ifname: string): void {
+    this.progs?.detach(ifname, this.opts.netns);
+    this.attached.delete(ifname);
+    this.saveState();
+  }
+
+  private saveState(): void {
+    mkdirSync(join(this.statePath, ".."), { recursive: true });
+    writeFileSync(
+      this.statePath,
+      JSON.stringify({ pid: process.pid, netns: this.opts.netns ?? null, attached: [...this.attached] }),
+    );
+  }
+
+  /** Removes the devices and tc attachments a previous run of this name left (crash, kill -9). */
+  private reclaim(): string[] {
+    const done: string[] = [];
+    const netns = this.opts.netns;
+    if (existsSync(this.statePath)) {
+      let attached: string[] = [];
+      try {
+        attached =
+          (JSON.parse(readFileSync(this.statePath, "utf8")) as { attached?: string[] }).attached ?? [];
+      } catch {
+        // a torn write: the devices below are still found by name
+      }
+      for (const ifname of attached) {
+        if (!linkInfo(netns, ifname)) continue;
+        try {
+          runIn(netns, "tc", ["qdisc", "del", "dev", ifname, "clsact"]);
+          done.push(`tc:${ifname}`);
+        } catch {
+          // no clsact left on it
+        }
+      }
+      rmSync(this.statePath, { force: true });
+    }
+    for (const dev of [this.devices.vxlan, this.devices.upcallKernel]) {
+      if (deleteLink(netns, dev)) done.push(`link:${dev}`);
+    }
+    if (existsSync(this.pinDir)) done.push(`pins:${this.pinDir}`); // TcPrograms.load removes them
+    return done;
+  }
+
+  // ---- kernel flow entries ----
+
+  private kernelContext(): KernelFlowContext {
+    return {
+      ifindexOfPort: (n) => this.ports.get(n)?.ifindex,
+      vxlanIfindex: this.vxlanIfindex,
+      tunnelPort: this.opts.tunnelPort,
+    };
+  }
+
+  /** Writes the kernel entry for the packet with userspace key `key` under `flow`, when it can. */
+  private installKernel(flow: Flow, key: Buffer): void {
+    if (!this.maps || flow.removed) return;
+    const e = kernelFlowFor(key, flow.mask, flow.actions, this.kernelContext());
+    if ("userspace" in e) {
+      this.userspaceReason.set(flow, e.userspace);
+      return;
+    }
+    const hex = e.key.toString("hex");
+    const old = this.entries.get(hex);
+    if (old) this.forgetEntry(old);
+    if (this.entries.size >= KERNEL_FLOW_MAP_SIZE) {
+      this.userspaceReason.set(flow, "kernel flow map full");
+      this.kernelInstallFailures++;
+      return;
+    }
+    try {
+      this.maps.flows.update(e.key, e.value);
+    } catch (err) {
+      this.kernelInstallFailures++;
+      this.userspaceReason.set(flow, `kernel map update failed: ${(err as Error).message}`);
+      return;
+    }
+    const out = flow.actions.outputs[0];
+    const entry: KernelEntry = {
+      key: e.key,
+      hex,
+      flow,
+      inPortNo: key.readUInt32BE(0),
+      outPortNo: out?.kind === "port" ? out.portNo : undefined,
+      tunnel: out?.kind === "tunnel" ? `${out.remoteIp}:${out.remotePort}` : undefined,
+      packets: 0n,
+      bytes: 0n,
+      lastUsedNs: 0n,
+    };
+    this.entries.set(hex, entry);
+    let set = this.entriesByFlow.get(flow);
+    if (!set) {
+      set = new Set();
+      this.entriesByFlow.set(flow, set);
+    }
+    set.add(entry);
+    this.kernelInstalls++;
+  }
+
+  private forgetEntry(e: KernelEntry): void {
+    this.entries.delete(e.hex);
+    const set = this.entriesByFlow.get(e.flow);
+    set?.delete(e);
+    if (set && set.size === 0) this.entriesByFlow.delete(e.flow);
+  }
+
+  private removeKernelEntries(flow: Flow): void {
+    const set = this.entriesByFlow.get(flow);
+    if (!set) return;
+    this.entriesByFlow.delete(flow);
+    for (const e of set) {
+      this.entries.delete(e.hex);
+      this.maps?.flows.delete(e.key);
+    }
+  }
+
+  /** Reads the programs' counters back into the flows, refreshes flow state, expires idle flows. */
+  sync(): void {
+    if (this.stopped || !this.maps) return;
+    const now = this.clock();
+    const mono = process.hrtime.bigint();
+    for (const e of [...this.entries.values()]) {
+      const v = this.maps.flows.lookup(e.key);
+      if (!v) {
+        this.forgetEntry(e);
+        continue;
+      }
+      const st = decodeFlowStats(v);
+      const dp = Number(st.packets - e.packets);
+      if (dp <= 0) continue;
+      const db = Number(st.bytes - e.bytes);
+      e.packets = st.packets;
+      e.bytes = st.bytes;
+      const f = e.flow;
+      f.packets += dp;
+      f.bytes += db;
+      if (st.lastUsedNs > e.lastUsedNs) {
+        e.lastUsedNs = st.lastUsedNs;
+        const used = now - Number(mono - st.lastUsedNs) / 1e6;
+        if (used > f.lastUsed) f.lastUsed = used;
+      }
+      const inPort = this.ports.get(e.inPortNo);
+      if (inPort) {
+        inPort.rxPackets += dp;
+        inPort.rxBytes += db;
+      }
+      if (f.actions.outputs.length === 0) this.countDropN(f.actions.dropReason ?? "no_output", dp);
+      const outPort = e.outPortNo === undefined ? undefined : this.ports.get(e.outPortNo);
+      if (outPort) {
+        outPort.txPackets += dp;
+        outPort.txBytes += db;
+      }
+      if (e.tunnel) {
+        const t = this.tunnelCounters(e.tunnel);
+        t.txPackets += dp;
+        t.txBytes += db;
+      }
+      f.onHit?.(f, now);
+    }
+    this.table.expire(now);
+    this.foldKernelDrops(this.kernelStats());
+  }
+
+  private foldKernelDrops(k: bigint[]): void {
+    for (const [idx, reason] of KERNEL_DROPS) {
+      const seen = this.kernelDropsSeen.get(idx) ?? 0n;
+      const d = k[idx]! - seen;
+      if (d > 0n) {
+        this.kernelDropsSeen.set(idx, k[idx]!);
+        this.countDropN(reason, Number(d));
+      }
+    }
+  }
+
+  // ---- upcalls ----
+
+  private onUpcallBuffers(bufs: Buffer[]): void {
+    if (this.stopped) return;
+    for (const b of bufs) {
+      const u = parseUpcall(b);
+      if ("drop" in u) {
+        this.countDrop(u.drop);
+        continue;
+      }
+      const fin = finishOffloads(u.vnetFrame);
+      if ("drop" in fin) {
+        this.countDrop(fin.drop);
+        continue;
+      }
+      const { portNo, tunId, remote } = u.meta;
+      for (const frame of fin.frames) {
+        if (portNo !== 0) {
+          const port = this.ports.get(portNo);
+          if (!port) {
+            this.countDrop("upcall_port_gone");
+            continue;
+          }
+          port.rxPackets++;
+          port.rxBytes += frame.length;
+          this.process(frame, portNo, 0, false, undefined);
+          continue;
+        }
+        const from = { ip: remote, port: this.opts.tunnelPort };
+        const t = this.tunnelCounters(`${remote}:${this.opts.tunnelPort}`);
+        t.rxPackets++;
+        t.rxBytes += frame.length;
+        if (tunId === TUNNEL_KEY.flowState) {
+          if (this.flowStateHandler) this.flowStateHandler(frame, from);
+          else this.countDrop("flow_state_unhandled");
+          continue;
+        }
+        const key = tunId & ~TUNNEL_KEY.traceBit;
+        if (key === 0) {
+          this.countDrop("vxlan_key_zero");
+          continue;
+        }
+        this.process(frame, 0, key, (tunId & TUNNEL_KEY.traceBit) !== 0, from);
+      }
+    }
+    this.flushPending();
+  }
+
+  private process(
+    frame: Buffer,
+    portNo: number,
+    tunnelKey: number,
+    traced: boolean,
+    from?: TunnelEndpoint,
+  ): void {
+    if (!extractKey(frame, portNo, tunnelKey, this.key)) {
+      this.countDrop("malformed_frame");
+      return;
+    }
+    const flow = traced ? undefined : this.table.lookup(this.key, frame.length, this.clock());
+    if (flow) {
+      // A megaflow the kernel has no entry for this exact packet yet (or cannot carry).
+      this.userspaceHits++;
+      this.installKernel(flow, this.key);
+      this.output(frame, flow.actions);
+      return;
+    }
+    const source = portNo !== 0 ? `port:${portNo}` : `tunnel:${from?.ip ?? "?"}`;
+    const u: Upcall = { portNo, tunnelKey, traced, frame, key: Buffer.from(this.key), from };
+    this.arrivedAt.set(u, performance.now());
+    if (!this.queue.push(source, u)) {
+      this.countDrop("upcall_queue_full");
+      return;
+    }
+    this.schedulePump();
+  }
+
+  private schedulePump(): void {
+    if (this.pumpScheduled) return;
+    this.pumpScheduled = true;
+    setImmediate(() => {
+      this.pumpScheduled = false;
+      this.pump();
+    });
+  }
+
+  private pump(): void {
+    const max = this.opts.upcallConcurrency ?? 8;
+    while (!this.stopped && this.inFlight < max) {
+      const next = this.queue.shift();
+      if (!next) break;
+      const u = next.item;
+      const flow = u.traced ? undefined : this.table.lookup(u.key, u.frame.length, this.clock());
+      if (flow) {
+        this.installKernel(flow, u.key);
+        this.output(u.frame, flow.actions);
+        continue;
+      }
+      if (!this.handler) {
+        this.countDrop("no_upcall_handler");
+        continue;
+      }
+      this.upcalls++;
+      this.inFlight++;
+      let decision: ReturnType<UpcallHandler>;
+      try {
+        decision = this.handler(u);
+      } catch (err) {
+        this.inFlight--;
+        this.upcallFailed(err);
+        continue;
+      }
+      if (decision instanceof Promise) {
+        decision.then(
+          (d) => {
+            this.inFlight--;
+            this.applyDecision(u, d);
+            this.flushPending();
+            this.schedulePump();
+          },
+          (err) => {
+            this.inFlight--;
+            this.upcallFailed(err);
+            this.schedulePump();
+          },
+        );
+      } else {
+        this.inFlight--;
+        this.applyDecision(u, decision);
+      }
+    }
+    this.flushPending();
+  }
+
+  private upcallFailed(err: unknown): void {
+    this.countDrop("upcall_error");
+    this.opts.log.warn({ err }, "upcall handler failed; packet dropped");
+  }
+
+  private applyDecision(u: Upcall, d: Awaited<ReturnType<UpcallHandler>>): void {
+    if (this.stopped) return;
+    if (d.install && !u.traced) {
+      validateActions(d.actions);
+      const flow = this.table.install({ ...d.install, match: u.key, actions: d.actions }, this.clock());
+      if (flow) {
+        flow.packets++;
+        flow.bytes += u.frame.length;
+        const before = this.kernelInstalls;
+        this.installKernel(flow, u.key);
+        const t0 = this.arrivedAt.get(u);
+        if (this.kernelInstalls > before && t0 !== undefined) this.recordSetup(performance.now() - t0);
+      }
+    }
+    for (const g of d.generated ?? []) this.output(g.frame, g.actions);
+    this.output(u.frame, d.actions);
+  }
+
+  private recordSetup(ms: number): void {
+    // A bounded ring of the latest samples.
+    if (this.setupSamples.length < 4096) this.setupSamples.push(ms);
+    else this.setupSamples[this.setupNext] = ms;
+    this.setupNext = (this.setupNext + 1) % 4096;
+  }
+
+  /**
+   * Flow-setup latencies (ms) of the latest simulated upcalls whose flow went to the kernel: from
+   * the frame's arrival on the upcall device to its map entry being written (the agent's share of
+   * the first packet's delay; the kernel's redirect to the upcall device adds microseconds).
+   */
+  flowSetupSamples(): number[] {
+    return [...this.setupSamples];
+  }
+
+  // ---- re-injection ----
+
+  private output(frame: Buffer, a: FlowActions): void {
+    if (a.outputs.length === 0) {
+      this.countDrop(a.dropReason ?? "no_output");
+      return;
+    }
+    if (!applyRewrites(frame, a)) {
+      this.countDrop("ttl_expired");
+      return;
+    }
+    for (const o of a.outputs) {
+      if (o.kind === "port") {
+        const port = this.ports.get(o.portNo);
+        if (!port) {
+          this.countDrop("output_port_gone");
+          continue;
+        }
+        this.reinject(frame, { kind: "port", ifindex: port.ifindex });
+        port.txPackets++;
+        port.txBytes += frame.length;
+      } else {
+        this.sendTunnel(frame, o.key, o.remoteIp, o.remotePort);
+      }
+    }
+  }
+
+  private sendTunnel(frame: Buffer, vni: number, ip: string, port: number): void {
+    if (port !== this.opts.tunnelPort && !this.tunnelPortWarned) {
+      // The device sends to its own UDP port; a peer listening elsewhere is misconfigured.
+      this.tunnelPortWarned = true;
+      this.opts.log.warn(
+        { peer: `${ip}:${port}`, ours: this.opts.tunnelPort },
+        "peer tunnel port differs from ours",
+      );
+    }
+    this.reinject(frame, { kind: "tunnel", vxlanIfindex: this.vxlanIfindex, vni, remote: ip });
+    const t = this.tunnelCounters(`${ip}:${port}`);
+    t.txPackets++;
+    t.txBytes += frame.length;
+  }
+
+  private reinject(frame: Buffer, target: ReinjectTarget): void {
+    this.pending.push(withReinjectTrailer(frame, target));
+  }
+
+  private scheduleFlush(): void {
+    if (this.flushScheduled) return;
+    this.flushScheduled = true;
+    setImmediate(() => {
+      this.flushScheduled = false;
+      this.flushPending();
+    });
+  }
+
+  private flushPending(): void {
+    if (this.pending.length === 0) return;
+    const frames = this.pending;
+    this.pending = [];
+    const written = this.device ? this.device.send(frames) : 0;
+    if (written < frames.length) this.countDropN("upcall_device_tx_full", frames.length - written);
+  }
+
+  private tunnelCounters(k: string): PortCounters {
+    let t = this.tunnels.get(k);
+    if (!t) {
+      if (this.tunnels.size >= 4096) return counters();
+      t = counters();
+      this.tunnels.set(k, t);
+    }
+    return t;
+  }
+}

@@ -1,0 +1,124 @@
+// Which userspace flows the kernel programs can carry, and their BPF map entry. A userspace flow is
+// a megaflow (key AND mask); the kernel map is exact-match, so the agent writes one entry per
+// distinct packet key it sees, derived from the 80-byte userspace key. That is exact as long as
+// every field the simulation read exists in the kernel key and the actions are ones the programs
+// apply; otherwise the flow stays on the userspace path and says why.
+import type { FlowActions } from "../flow-actions.js";
+import { ETH_TYPE_ARP, ETH_TYPE_IPV4, fieldsOfMask, KEY } from "../flow-key.js";
+import { FLOW_KEY_SIZE, FLOW_VALUE_SIZE } from "./flow-map-codec.js";
+
+export interface KernelFlowContext {
+  /** ifindex of a bound VM port (host side of its veth), by datapath port number. */
+  ifindexOfPort(portNo: number): number | undefined;
+  vxlanIfindex: number;
+  /** The VXLAN device's UDP port: the only destination port the kernel can send to. */
+  tunnelPort: number;
+}
+
+export type KernelFlowEntry = { key: Buffer; value: Buffer } | { userspace: string };
+
+const FIELDS_NEVER_IN_KERNEL = new Set(["tcpFlags", "ipTos", "arpSha", "arpTha", "pad"]);
+const L3_FIELDS = new Set(["ipSrc", "ipDst", "ipProto", "ipFrag", "tpSrc", "tpDst", "icmpId", "ipTtl"]);
+
+/** The kernel key of the packet whose userspace key is `key`, or why it has none. */
+export function kernelKeyOf(key: Buffer, ctx: KernelFlowContext): Buffer | string {
+  const inPort = key.readUInt32BE(KEY.inPort);
+  const ifindex = inPort === 0 ? ctx.vxlanIfindex : ctx.ifindexOfPort(inPort);
+  if (ifindex === undefined) return "ingress port not attached";
+  if (key.readUInt16BE(KEY.vlan) !== 0) return "VLAN-tagged";
+  const k = Buffer.alloc(FLOW_KEY_SIZE);
+  k.writeUInt32LE(ifindex, 0);
+  k.writeUInt32LE(inPort === 0 ? key.readUInt32BE(KEY.tunnelKey) : 0, 4);
+  key.copy(k, 8, KEY.ethDst, KEY.ethDst + 12);
+  key.copy(k, 20, KEY.ethType, KEY.ethType + 2);
+  const ethType = key.readUInt16BE(KEY.ethType);
+  if (ethType === ETH_TYPE_IPV4 || ethType === ETH_TYPE_ARP) {
+    k[22] = key[KEY.ipProto]!;
+    k[23] = key[KEY.ipFrag]!;
+    key.copy(k, 24, KEY.ipSrc, KEY.ipSrc + 4);
+    key.copy(k, 28, KEY.ipDst, KEY.ipDst + 4);
+    key.copy(k, 32, KEY.tpSrc, KEY.tpSrc + 4);
+    key.copy(k, 36, KEY.icmpId, KEY.icmpId + 2);
+  }
+  return k;
+}
+
+/**
+ * The map entry for the packet with userspace key `key` under a flow (mask, actions), or the reason
+ * the flow must stay on the userspace path.
+ */
+export function kernelFlowFor(
+  key: Buffer,
+  mask: Buffer,
+  actions: FlowActions,
+  ctx: KernelFlowContext,
+): KernelFlowEntry {
+  const ethType = key.readUInt16BE(KEY.ethType);
+  const ipv4 = ethType === ETH_TYPE_IPV4;
+  for (const f of fieldsOfMask(mask)) {
+    if (FIELDS_NEVER_IN_KERNEL.has(f)) return { userspace: `matches ${f}` };
+    // The router reads the TTL only to see whether it expires; the programs send those packets up.
+    if (f === "ipTtl" && !(ipv4 && (actions.decTtl ?? 0) > 0)) return { userspace: "matches ipTtl" };
+    if (L3_FIELDS.has(f) && !ipv4 && ethType !== ETH_TYPE_ARP)
+      return { userspace: `matches ${f} (not IPv4)` };
+  }
+  const natting =
+    actions.setIpSrc !== undefined ||
+    actions.setIpDst !== undefined ||
+    actions.setTpSrc !== undefined ||
+    actions.setTpDst !== undefined;
+  // Later fragments carry no L4 header: the program would rewrite payload bytes as ports.
+  if (natting && (!ipv4 || key[KEY.ipFrag] === 2))
+    return { userspace: "NAT rewrite of a non-IPv4 packet or a later fragment" };
+  if ((actions.decTtl ?? 0) > 0 && !ipv4) return { userspace: "TTL decrement (not IPv4)" };
+  if (actions.outputs.length > 1) return { userspace: "several outputs" };
+  const k = kernelKeyOf(key, ctx);
+  if (typeof k === "string") return { userspace: k };
+  const v = Buffer.alloc(FLOW_VALUE_SIZE);
+  const out = actions.outputs[0];
+  if (out === undefined) {
+    v.writeUInt32LE(0, 0); // drop
+  } else if (out.kind === "port") {
+    const ifindex = ctx.ifindexOfPort(out.portNo);
+    if (ifindex === undefined) return { userspace: "egress port not attached" };
+    v.writeUInt32LE(1, 0);
+    v.writeUInt32LE(ifindex, 4);
+  } else {
+    if (out.remotePort !== ctx.tunnelPort) return { userspace: `tunnel to UDP port ${out.remotePort}` };
+    const o = out.remoteIp.split(".").map(Number);
+    if (o.length !== 4 || o.some((b) => !Number.isInteger(b) || b < 0 || b > 255)) {
+      return { userspace: "tunnel remote is not IPv4" };
+    }
+    v.writeUInt32LE(2, 0);
+    v.writeUInt32LE(ctx.vxlanIfindex, 4);
+    v.writeUInt32LE(out.key & 0xffffff, 12);
+    v.writeUInt32LE(((o[0]! << 24) | (o[1]! << 16) | (o[2]! << 8) | o[3]!) >>> 0, 16);
+  }
+  if (actions.setEthDst || actions.setEthSrc) {
+    v.writeUInt32LE(1, 8);
+    (actions.setEthDst ?? key.subarray(KEY.ethDst, KEY.ethDst + 6)).copy(v, 20);
+    (actions.setEthSrc ?? key.subarray(KEY.ethSrc, KEY.ethSrc + 6)).copy(v, 26);
+  }
+  v[32] = actions.decTtl ?? 0;
+  if (natting) {
+    let flags = v.readUInt32LE(8);
+    if (actions.setIpSrc) {
+      actions.setIpSrc.copy(v, 64);
+      flags |= 2;
+    }
+    if (actions.setIpDst) {
+      actions.setIpDst.copy(v, 68);
+      flags |= 4;
+    }
+    if (actions.setTpSrc !== undefined) {
+      v.writeUInt16BE(actions.setTpSrc, 72);
+      flags |= 8;
+    }
+    if (actions.setTpDst !== undefined) {
+      v.writeUInt16BE(actions.setTpDst, 74);
+      flags |= 16;
+    }
+    v.writeUInt32LE(flags, 8);
+  }
+  return { key: k, value: v };
+}
