@@ -102,6 +102,11 @@ export class RaftLog {
   committed: number;
   /** Highest index the application has applied (advanced past). */
   applied: number;
+  /**
+   * Last index of this node's log the driver has reported durable (persistedTo). Entries move
+   * from unstable to storage at advance() but may still be in flight to the disk.
+   */
+  private durable: number;
 
   constructor(storage: Storage) {
     this.storage = storage;
@@ -110,6 +115,7 @@ export class RaftLog {
     this.unstable = new Unstable(last + 1);
     this.committed = first - 1;
     this.applied = first - 1;
+    this.durable = last;
   }
 
   toString(): string {
@@ -186,6 +192,8 @@ export class RaftLog {
         throw new RaftInvariantError(`appended entries are not contiguous at index ${ents[k]!.index}`);
       }
     }
+    // Entries from `after + 1` on are replaced: whatever was durable there no longer counts.
+    if (this.durable > after) this.durable = after;
     this.unstable.truncateAndAppend(ents);
     return this.lastIndex();
   }
@@ -248,15 +256,24 @@ export class RaftLog {
 
   restore(s: Snapshot): void {
     this.committed = s.metadata.index;
+    this.durable = Math.min(this.durable, s.metadata.index);
     this.unstable.restore(s);
   }
 
-  /**
-   * Last index the driver has acknowledged as durable (advance() after a persisted Ready): every
-   * entry below the unstable offset. Entries handed out in a Ready stay unstable until then.
-   */
+  /** Last index of this node's log known to be durable here. */
   persistedLastIndex(): number {
-    return this.unstable.offset - 1;
+    return Math.min(this.durable, this.lastIndex());
+  }
+
+  /**
+   * The driver's writes up to (i, t) are durable. Ignored when the entry at i has changed since
+   * (a conflicting append replaced it): an entry with the same index and term is the same entry,
+   * so the check makes a late report harmless. Returns whether the durable index moved.
+   */
+  persistedTo(i: number, t: number): boolean {
+    if (i <= this.durable || this.term(i) !== t) return false;
+    this.durable = i;
+    return true;
   }
 
   unstableEntries(): Entry[] {

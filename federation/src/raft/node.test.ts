@@ -275,3 +275,46 @@ test("a node restarted on its WAL rebuilds its state and rejoins", async (t) => 
   await until(() => back.kv.data.size === 80, "the restarted node catches up");
   assert.equal(back.kv.data.get("k79"), "79");
 });
+
+/** MemoryStorage whose sync() can be held, to stand for a slow disk. */
+class HeldSyncStorage extends MemoryStorage {
+  held = false;
+  private waiters: (() => void)[] = [];
+  override async sync(): Promise<void> {
+    while (this.held) await new Promise<void>((r) => this.waiters.push(r));
+    return super.sync();
+  }
+  release(): void {
+    this.held = false;
+    for (const w of this.waiters.splice(0)) w();
+  }
+}
+
+test("the leader sends before its fsync, and with one follower down commits only once its own write is durable", async (t) => {
+  const ids = ["a", "b", "c"];
+  const storages = Object.fromEntries(ids.map((id) => [id, new HeldSyncStorage()]));
+  const c = cluster(ids, { storages });
+  t.after(() => c.close());
+  const leader = await c.leader();
+  await retrying(() => leader.node.propose(put("warm", "up")));
+  const [up, down] = ids.filter((id) => id !== leader.node.id) as [string, string];
+  c.net.isolate(down, ids);
+  const disk = storages[leader.node.id]!;
+  disk.held = true;
+  const before = c.members.get(up)!.node.status().lastIndex;
+  let done = false;
+  const p = leader.node.propose(put("slow", "disk")).then((r) => {
+    done = true;
+    return r;
+  });
+  // The append reached the follower (and it acknowledged it) while the leader's fsync is held...
+  await until(() => c.members.get(up)!.node.status().lastIndex > before, "the follower to get the entry");
+  await new Promise((r) => setTimeout(r, 200));
+  // ...yet one follower's copy is no quorum without the leader's own durable write.
+  assert.equal(done, false, "committed before the leader's own write was durable");
+  assert.ok(leader.node.status().commit < c.members.get(up)!.node.status().lastIndex);
+  disk.release();
+  const index = await p;
+  assert.ok(index > before);
+  c.net.heal();
+});

@@ -1,7 +1,7 @@
 // raft-ts: RaftNode, the driver that gives the pure core a clock, a disk, a network and an
-// application. One loop drains Ready batches: persist (entries, hard state, snapshot) → one fsync →
-// send → apply → advance. Everything proposed while an fsync runs lands in the next batch, so one
-// fsync and one Append per follower carry many proposals (group commit).
+// application. One loop drains Ready batches without waiting for the disk: send → apply → write →
+// advance; one fsync runs at a time and covers every batch written meanwhile (group commit), and
+// as it completes those batches' acknowledgements leave and the core hears they are durable.
 import { decodeConfChange } from "./confchange.js";
 import { ProposalDroppedError } from "./errors.js";
 import { type RaftLogger, silentRaftLogger } from "./logger.js";
@@ -55,6 +55,11 @@ export interface RaftNodeOptions<R> {
   readTimeoutMs?: number;
   /** Proposals and reads waiting at once; more are refused. Default 65 536. */
   maxPending?: number;
+  /**
+   * Ready batches whose fsync may be in flight at once: the loop takes the next batch while
+   * earlier ones sync (their acknowledgements leave in order as each completes). Default 16.
+   */
+  maxSyncsInFlight?: number;
   /** Called once if the node stops on an unrecoverable error (storage failure, broken invariant). */
   onFatal?: (err: Error) => void;
   /** Randomness for election timeouts; Math.random by default. */
@@ -115,6 +120,13 @@ interface PendingRead {
 
 /** Ticks after which an unanswered read request is issued again. */
 const READ_RETRY_TICKS = 5;
+
+/** What a Ready still owes once its writes are durable. */
+interface PersistJob {
+  after: Message[];
+  last?: { index: number; term: number };
+  mustSync: boolean;
+}
 
 interface PendingConf {
   resolve(): void;
@@ -187,6 +199,7 @@ export class RaftNode<R = unknown> {
       | "proposalTimeoutMs"
       | "readTimeoutMs"
       | "maxPending"
+      | "maxSyncsInFlight"
     >
   >;
   private readonly originBytes: Uint8Array;
@@ -214,6 +227,15 @@ export class RaftNode<R = unknown> {
   private ticker: NodeJS.Timeout | undefined;
   private running = false;
   private loopDone: Promise<void> = Promise.resolve();
+  /**
+   * Readies already advanced whose writes are not yet known durable, oldest first: `waiting` are
+   * not covered by an fsync yet, `syncing` by the one running. One fsync runs at a time and the
+   * next covers every Ready written meanwhile (group commit).
+   */
+  private waiting: PersistJob[] = [];
+  private syncing: PersistJob[] | undefined;
+  /** Resolved each time a batch of jobs is released (the loop waits here when too many wait). */
+  private released: (() => void)[] = [];
   private closed = false;
   private fatal: Error | undefined;
   private readonly onFatal: ((err: Error) => void) | undefined;
@@ -232,6 +254,7 @@ export class RaftNode<R = unknown> {
       proposalTimeoutMs: o.proposalTimeoutMs ?? 10_000,
       readTimeoutMs: o.readTimeoutMs ?? 5_000,
       maxPending: o.maxPending ?? 65_536,
+      maxSyncsInFlight: o.maxSyncsInFlight ?? 16,
     };
     for (const [k, v] of Object.entries(this.opts)) {
       if (!Number.isFinite(v) || v < 0 || (k === "tickMs" && v <= 0)) {
@@ -413,6 +436,7 @@ export class RaftNode<R = unknown> {
     this.closed = true;
     if (this.ticker) clearInterval(this.ticker);
     await this.loopDone;
+    await this.allPersisted();
     this.failAll("closed", "node is closed");
     await this.transport.close();
     await this.storage.close();
@@ -515,9 +539,19 @@ export class RaftNode<R = unknown> {
   private async loop(): Promise<void> {
     try {
       while (!this.fatal && this.core.hasReady()) {
+        while (this.pendingJobs() >= Math.max(1, this.opts.maxSyncsInFlight) && !this.fatal) {
+          await new Promise<void>((resolve) => this.released.push(resolve));
+        }
         const rd = this.core.ready();
-        await this.handleReady(rd);
-        this.core.advance();
+        if (rd.snapshot) {
+          // Rare: store and restore a snapshot from the leader with nothing else in flight.
+          await this.allPersisted();
+          await this.handleSnapshotReady(rd, rd.snapshot);
+          this.core.advance();
+        } else {
+          this.startReady(rd);
+          this.core.advance({ persisted: false });
+        }
         for (const p of this.confsDone.splice(0)) p.resolve();
         this.maybeSnapshot();
         if (this.closed) return;
@@ -527,21 +561,18 @@ export class RaftNode<R = unknown> {
     }
   }
 
-  private async handleReady(rd: Ready): Promise<void> {
+  /**
+   * Handles a Ready without waiting for its fsync: send `messages`, apply committed entries,
+   * write, start the sync. When the sync completes (in order with earlier ones), its
+   * acknowledgements leave and the core hears its entries are durable (persisted()), which is
+   * when the leader counts its own entries toward a quorum.
+   */
+  private startReady(rd: Ready): void {
     if (rd.softState) this.onSoftState(rd.softState.leader);
-    // The leader's appends leave before its own write: its disk write overlaps the followers'
-    // (the core counts its own entries only after advance(), once they are durable).
     if (rd.messages.length > 0) this.transport.send(rd.messages);
     if (rd.entries.length > 0) this.noteOwnEntries(rd.entries);
-    // Committed entries are durable on a quorum already, so they are applied (and their callers
-    // answered) while this node's own write runs, as etcd does; a received snapshot is restored
-    // only once it is stored.
-    if (!rd.snapshot) this.applyReady(rd);
+    this.applyReady(rd);
     let mustSync = false;
-    if (rd.snapshot) {
-      this.storage.applySnapshot(rd.snapshot);
-      mustSync = true;
-    }
     if (rd.entries.length > 0) {
       this.storage.append(rd.entries);
       mustSync = true;
@@ -555,17 +586,75 @@ export class RaftNode<R = unknown> {
       }
       this.persistedHard = rd.hardState;
     }
-    // Nothing that vouches for these writes (votes, acknowledgements) leaves before they are durable.
-    if (mustSync) await this.storage.sync();
-    if (rd.messagesAfterPersist.length > 0) this.transport.send(rd.messagesAfterPersist);
-    if (rd.snapshot) {
-      this.restoreSnapshot(rd.snapshot);
-      this.log.info(
-        { id: this.id, index: rd.snapshot.metadata.index },
-        "raft node: installed snapshot from leader",
-      );
-      this.applyReady(rd);
+    this.waiting.push({ after: rd.messagesAfterPersist, last: rd.entries[rd.entries.length - 1], mustSync });
+    this.pumpSyncs();
+  }
+
+  private pendingJobs(): number {
+    return this.waiting.length + (this.syncing?.length ?? 0);
+  }
+
+  /** Starts the next fsync if none runs, or releases jobs that need none (in order). */
+  private pumpSyncs(): void {
+    if (this.syncing || this.waiting.length === 0 || this.fatal) return;
+    const batch = this.waiting;
+    this.waiting = [];
+    if (!batch.some((j) => j.mustSync)) {
+      this.release(batch);
+      return;
     }
+    this.syncing = batch;
+    this.storage.sync().then(
+      () => {
+        this.syncing = undefined;
+        this.release(batch);
+        this.pumpSyncs();
+      },
+      (err) => this.die(err as Error),
+    );
+  }
+
+  /** The jobs' writes are durable: their acknowledgements leave, and the core hears it. */
+  private release(batch: PersistJob[]): void {
+    if (this.fatal) return;
+    for (const j of batch) {
+      if (j.after.length > 0) this.transport.send(j.after);
+      if (j.last) {
+        const { index, term } = j.last;
+        this.guard(() => this.core.persisted(index, term));
+      }
+    }
+    for (const r of this.released.splice(0)) r();
+    this.kick();
+  }
+
+  /** Resolves once every advanced Ready's writes are durable (or the node failed). */
+  private async allPersisted(): Promise<void> {
+    while (this.pendingJobs() > 0 && !this.fatal) {
+      await new Promise<void>((resolve) => this.released.push(resolve));
+    }
+  }
+
+  /**
+   * A Ready carrying a snapshot from the leader, handled with no other write in flight: store the
+   * snapshot (and any entries and hard state), sync, send what waited for it, then restore the
+   * state machine and apply.
+   */
+  private async handleSnapshotReady(rd: Ready, snap: Snapshot): Promise<void> {
+    if (rd.softState) this.onSoftState(rd.softState.leader);
+    if (rd.messages.length > 0) this.transport.send(rd.messages);
+    if (rd.entries.length > 0) this.noteOwnEntries(rd.entries);
+    this.storage.applySnapshot(snap);
+    if (rd.entries.length > 0) this.storage.append(rd.entries);
+    if (rd.hardState) {
+      this.storage.setHardState(rd.hardState);
+      this.persistedHard = rd.hardState;
+    }
+    await this.storage.sync();
+    if (rd.messagesAfterPersist.length > 0) this.transport.send(rd.messagesAfterPersist);
+    this.restoreSnapshot(snap);
+    this.log.info({ id: this.id, index: snap.metadata.index }, "raft node: installed snapshot from leader");
+    this.applyReady(rd);
   }
 
   /** Applies a Ready's committed entries and records its read states. */
@@ -757,6 +846,7 @@ export class RaftNode<R = unknown> {
       "raft node stopped on an unrecoverable error",
     );
     this.failAll("failed", `node stopped after an unrecoverable error: ${err.message}`);
+    for (const r of this.released.splice(0)) r(); // nothing more will be persisted
     this.onFatal?.(err);
   }
 }

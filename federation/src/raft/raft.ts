@@ -104,6 +104,7 @@ export interface RaftStatus {
 interface PendingReady {
   lastEntry?: { index: number; term: number };
   snapshotIndex?: number;
+  snapshotTerm?: number;
   committed: Entry[];
   hardState?: HardState;
 }
@@ -469,6 +470,7 @@ export class RaftCore {
     if (snap) {
       rd.snapshot = snap;
       pending.snapshotIndex = snap.metadata.index;
+      pending.snapshotTerm = snap.metadata.term;
     }
     const hs = this.hardState();
     if (
@@ -487,8 +489,14 @@ export class RaftCore {
     return rd;
   }
 
-  /** The last Ready was persisted, sent and applied. Applies committed membership changes. */
-  advance(): void {
+  /**
+   * The last Ready was written to storage, sent and applied; applies committed membership changes.
+   * By default this also reports its writes durable. A driver that syncs in the background passes
+   * `{ persisted: false }` and reports durability later with persisted(), so it can take the next
+   * Ready while the fsync runs (it must still send each Ready's messagesAfterPersist only after
+   * that Ready's writes are durable, in order).
+   */
+  advance(opts?: { persisted?: boolean }): void {
     const p = this.pendingReady;
     if (!p) throw new RaftInvariantError("advance() called without a pending ready()");
     this.pendingReady = undefined;
@@ -496,15 +504,11 @@ export class RaftCore {
     if (p.snapshotIndex !== undefined) {
       this.raftLog.stableSnapTo(p.snapshotIndex);
       if (p.snapshotIndex > this.raftLog.applied) this.raftLog.applied = p.snapshotIndex;
+      if (opts?.persisted !== false) this.persisted(p.snapshotIndex, p.snapshotTerm!);
     }
     if (p.lastEntry) {
       this.raftLog.stableTo(p.lastEntry.index, p.lastEntry.term);
-      // The leader's own entries count toward a quorum only now that they are durable; its
-      // appends went out before the write (etcd's "persist in parallel with replication").
-      if (this.role === "leader") {
-        const self = this.prs.get(this.id);
-        if (self?.maybeUpdate(this.raftLog.persistedLastIndex()) && this.maybeCommit()) this.markBroadcast();
-      }
+      if (opts?.persisted !== false) this.persisted(p.lastEntry.index, p.lastEntry.term);
     }
     const lastCommitted = p.committed[p.committed.length - 1];
     if (lastCommitted) {
@@ -517,6 +521,18 @@ export class RaftCore {
       if (lastCommitted.index > this.raftLog.applied) this.raftLog.appliedTo(lastCommitted.index);
       this.reduceUncommittedSize(size);
     }
+  }
+
+  /**
+   * The driver's writes up to log position (index, term) are durable. The leader's own entries
+   * count toward a quorum only from here: its appends went out before its write (etcd's "persist
+   * in parallel with replication"). A report for an entry that was replaced since is ignored.
+   */
+  persisted(index: number, term: number): void {
+    if (!this.raftLog.persistedTo(index, term)) return;
+    if (this.role !== "leader") return;
+    const self = this.prs.get(this.id);
+    if (self?.maybeUpdate(this.raftLog.persistedLastIndex()) && this.maybeCommit()) this.markBroadcast();
   }
 
   status(): RaftStatus {

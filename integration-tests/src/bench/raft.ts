@@ -212,7 +212,10 @@ class EtcdCluster {
 }
 
 async function benchRaftTs(levels: number[], warmupMs: number, measureMs: number): Promise<BenchRow[]> {
-  const cluster = await RaftKvCluster.start({ snapshotEvery: 10_000 });
+  // RAFT_BENCH_PROFILE_DIR=dir writes a V8 CPU profile of every node process there (node --cpu-prof).
+  const profDir = process.env.RAFT_BENCH_PROFILE_DIR;
+  const nodeArgs = profDir ? ["--cpu-prof", `--cpu-prof-dir=${profDir}`] : [];
+  const cluster = await RaftKvCluster.start({ snapshotEvery: 10_000, nodeArgs });
   try {
     const leader = await cluster.waitLeader();
     const value = randomBytes(VALUE_BYTES).toString("base64").slice(0, VALUE_BYTES);

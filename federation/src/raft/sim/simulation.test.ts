@@ -59,6 +59,13 @@ test("a seed replays exactly", () => {
   assert.notDeepEqual(a.lines, c.lines);
 });
 
+test("a leader counting its own entries before they are synced is caught", () => {
+  // Seed 109 is where this was first caught (300 seeds) when the rule was introduced.
+  const r = runSimulation({ seed: 109, unsafeEarlyPersisted: true });
+  assert.ok(r.violations.length > 0, "expected a violation from counting unsynced leader entries");
+  assert.deepEqual(runSimulation({ seed: 109 }).violations, []);
+});
+
 test("reads served without ReadIndex are caught as not linearizable", () => {
   let caught = 0;
   for (let seed = 1; seed <= 10; seed++) {

@@ -59,6 +59,11 @@ export interface SimOptions {
    * to prove the checker catches stale reads. Never used by `npm run sim`.
    */
   unsafeLocalReads?: boolean;
+  /**
+   * Deliberately unsafe, to show the simulation catches it: report each Ready's entries durable
+   * as soon as they are written, before the sync, so a leader counts its own unsynced entries.
+   */
+  unsafeEarlyPersisted?: boolean;
 }
 
 export const defaultSimOptions: Omit<SimOptions, "seed"> = {
@@ -100,6 +105,7 @@ type Event =
   | { kind: "tick"; node: NodeId; gen: number }
   | { kind: "deliver"; msg: Message }
   | { kind: "synced"; node: NodeId; gen: number }
+  | { kind: "persisted"; node: NodeId; gen: number }
   | { kind: "client"; client: number }
   | { kind: "timeout"; client: number; opId: number }
   | { kind: "fault" }
@@ -130,9 +136,17 @@ interface SimNode {
   /** Stopped for good (removed from the group). */
   retired: boolean;
   gen: number;
-  /** A Ready is being persisted; its messages/applies wait for the sync. */
+  /** A Ready carrying a snapshot is being persisted; nothing else happens until it is. */
   inFlight: Ready | undefined;
   mustSync: boolean;
+  /**
+   * Readies already advanced whose writes are still syncing, oldest first (the driver pipelines:
+   * it takes the next Ready while an fsync runs). Each one's messagesAfterPersist and persisted()
+   * report wait for its sync; syncs finish in order.
+   */
+  syncing: { msgs: Message[]; last?: { index: number; term: number }; mustSync: boolean }[];
+  /** Simulated time the newest sync finishes (syncs complete in order). */
+  syncDoneAt: number;
   /** Term and vote as last synced (a change to either must be synced before messages leave). */
   syncedTerm: number;
   syncedVote: NodeId;
@@ -154,6 +168,7 @@ export function runSimulation(partial: Partial<SimOptions> & { seed: number }): 
 
 class Simulation {
   private readonly prng: Prng;
+  private readonly diskPrng: Prng;
   private readonly net: SimNetwork;
   private readonly queue = new EventQueue<Event>(1_000_000);
   private readonly nodes = new Map<NodeId, SimNode>();
@@ -190,6 +205,8 @@ class Simulation {
 
   constructor(private readonly o: SimOptions) {
     this.prng = new Prng(o.seed);
+    // A separate stream, so adding disk stalls left every other random choice of a seed as it was.
+    this.diskPrng = new Prng((o.seed ^ 0x5eed_d15c) >>> 0);
     const faults: NetworkFaults = {
       dropRate: this.prng.float() * 0.1,
       duplicateRate: this.prng.float() * 0.05,
@@ -287,6 +304,8 @@ class Simulation {
       retired: false,
       gen: 0,
       inFlight: undefined,
+      syncing: [],
+      syncDoneAt: 0,
       mustSync: false,
       syncedTerm: 0,
       syncedVote: "",
@@ -361,6 +380,12 @@ class Simulation {
         const n = this.nodes.get(ev.node)!;
         if (!n.alive || n.gen !== ev.gen) return;
         this.finishReady(n);
+        return;
+      }
+      case "persisted": {
+        const n = this.nodes.get(ev.node)!;
+        if (!n.alive || n.gen !== ev.gen) return;
+        this.finishSync(n);
         return;
       }
       case "client":
@@ -461,7 +486,6 @@ class Simulation {
     if (rd.snapshot) n.storage.applySnapshot(rd.snapshot);
     if (rd.entries.length > 0) n.storage.append(rd.entries);
     if (rd.hardState) n.storage.setHardState(rd.hardState);
-    n.inFlight = rd;
     // Like the real driver (and etcd), a Ready whose only durable change is the commit index is
     // not synced: the commit index is re-learned from the leader after a crash.
     const hs = rd.hardState;
@@ -469,9 +493,43 @@ class Simulation {
       rd.snapshot !== undefined ||
       rd.entries.length > 0 ||
       (hs !== undefined && (hs.term !== n.syncedTerm || hs.vote !== n.syncedVote));
-    n.mustSync = mustSync;
-    const delay = mustSync ? this.prng.range(0, 3) : 0;
-    this.queue.push(this.now + delay, { kind: "synced", node: n.id, gen: n.gen });
+    // Syncs finish in order, each after those before it.
+    let delay = mustSync ? this.prng.range(0, 3) : 0;
+    // Now and then an fsync stalls (as real disks do) for longer than a network round trip: the
+    // window in which a leader's appends are acknowledged before its own write is durable.
+    if (mustSync && this.diskPrng.chance(0.05)) delay += this.diskPrng.range(10, 80);
+    const at = Math.max(this.now + delay, n.syncDoneAt);
+    n.syncDoneAt = at;
+    if (rd.snapshot) {
+      n.inFlight = rd;
+      n.mustSync = mustSync;
+      this.queue.push(at, { kind: "synced", node: n.id, gen: n.gen });
+      return;
+    }
+    // Pipelined: advance now, report durability when the sync completes.
+    n.syncing.push({ msgs: rd.messagesAfterPersist, last: rd.entries[rd.entries.length - 1], mustSync });
+    this.queue.push(at, { kind: "persisted", node: n.id, gen: n.gen });
+    n.core.advance({ persisted: false });
+    const last = rd.entries[rd.entries.length - 1];
+    if (this.o.unsafeEarlyPersisted && last) n.core.persisted(last.index, last.term);
+    this.maybeCompact(n);
+    this.checkRole(n);
+    this.pump(n);
+  }
+
+  /** The oldest syncing Ready's writes are durable: send what waited for them, tell the core. */
+  private finishSync(n: SimNode): void {
+    const s = n.syncing.shift();
+    if (!s) return;
+    if (s.mustSync) {
+      n.storage.syncNow();
+      const hs = n.storage.initialState().hardState;
+      n.syncedTerm = hs.term;
+      n.syncedVote = hs.vote;
+    }
+    this.route(s.msgs);
+    if (s.last) n.core.persisted(s.last.index, s.last.term);
+    this.afterStep(n);
   }
 
   /** The Ready's writes are durable: send, apply, advance. */
@@ -640,6 +698,8 @@ class Simulation {
     n.alive = false;
     n.gen++;
     n.inFlight = undefined;
+    n.syncing = [];
+    n.syncDoneAt = 0;
     n.storage.crash();
     this.failPendingOn(n);
     this.faultsInjected++;
