@@ -67,3 +67,42 @@ test("the watch applies a snapshot, then changes, and resumes from its revision 
   assert.equal(store.bridges.size, 2);
   assert.equal(client.stats.snapshots, 1);
 });
+
+test("a snapshot sent in parts is applied once, whole, when its last part arrives", async () => {
+  const h = host("h", "127.0.0.9", 4789);
+  const bridges = Array.from({ length: 7 }, (_, i) => bridge(`p${i}`));
+  const server = new FakeTopologyServer(objs({ hosts: [h], bridges }), 3);
+  server.snapshotPartObjects = 3; // 8 objects: parts of 3, 3, then the last 2 as the snapshot
+  servers.push(server);
+  const address = await server.start();
+  const store = new TopologyStore();
+  const sizes: number[] = [];
+  const client = new TopologyWatchClient({
+    address,
+    hostId: h.id,
+    sink: {
+      get revision() {
+        return store.revision;
+      },
+      get ready() {
+        return store.ready;
+      },
+      applySnapshot: (s: topologypb.TopologySnapshot) => {
+        sizes.push(s.objects.length);
+        store.applySnapshot(s);
+      },
+      applyChange: (c: topologypb.TopologyChange) => store.applyChange(c),
+    },
+    log: silentLogger(),
+    minBackoffMs: 20,
+  });
+  clients.push(client);
+  client.start();
+  await until(() => store.ready, "the snapshot");
+  assert.deepEqual(sizes, [8], "one snapshot with every part's objects");
+  assert.equal(store.bridges.size, 7);
+  server.push([{ bridge: bridge("late") }]);
+  await until(() => store.revision === 4, "the change after the snapshot");
+  assert.equal(store.bridges.size, 8);
+  assert.equal(client.stats.snapshots, 1);
+});

@@ -20,6 +20,8 @@ export interface WatchClientOptions {
   log: Logger;
   minBackoffMs?: number;
   maxBackoffMs?: number;
+  /** Objects a snapshot sent in parts may add up to before the stream is refused (2 000 000). */
+  maxSnapshotObjects?: number;
 }
 
 export class TopologyWatchClient {
@@ -28,6 +30,8 @@ export class TopologyWatchClient {
   private timer: NodeJS.Timeout | undefined;
   private backoff: number;
   private stopped = false;
+  /** Parts of a snapshot received so far (the controller sends large ones in parts). */
+  private partial: topologypb.TopologySnapshot | undefined;
   private readonly log: Logger;
   connected = false;
   readonly stats = { connects: 0, snapshots: 0, changes: 0, heartbeats: 0, errors: 0, resyncs: 0 };
@@ -51,6 +55,7 @@ export class TopologyWatchClient {
     const token = this.o.token?.();
     if (token) md.set("authorization", `Bearer ${token}`);
     this.stats.connects++;
+    this.partial = undefined;
     const call = this.client.watch({ hostId: this.o.hostId, fromRevision }, md);
     this.call = call;
     call.on("data", (ev: topologypb.WatchTopologyResponse) => {
@@ -86,9 +91,13 @@ export class TopologyWatchClient {
   }
 
   private onEvent(ev: topologypb.WatchTopologyResponse): void {
-    if (ev.snapshot) {
+    if (ev.snapshotPart) {
+      this.assemble(ev.snapshotPart, false);
+    } else if (ev.snapshot) {
       this.stats.snapshots++;
-      this.o.sink.applySnapshot(ev.snapshot);
+      this.o.sink.applySnapshot(this.assemble(ev.snapshot, true)!);
+    } else if (this.partial) {
+      throw new Error(`snapshot at revision ${this.partial.revision} interrupted before its last part`);
     } else if (ev.change) {
       if (ev.change.revision <= this.o.sink.revision) return; // a replay we already applied
       this.stats.changes++;
@@ -101,6 +110,27 @@ export class TopologyWatchClient {
         );
       }
     }
+  }
+
+  /** The whole snapshot once its last part is in; undefined while parts are still coming. */
+  private assemble(
+    part: topologypb.TopologySnapshot,
+    last: boolean,
+  ): topologypb.TopologySnapshot | undefined {
+    if (last && !this.partial) return part;
+    this.partial ??= { revision: part.revision, objects: [] };
+    const acc = this.partial;
+    if (acc.revision !== part.revision) {
+      throw new Error(`snapshot parts of revisions ${acc.revision} and ${part.revision} mixed`);
+    }
+    const limit = this.o.maxSnapshotObjects ?? 2_000_000;
+    if (acc.objects.length + part.objects.length > limit) {
+      throw new Error(`snapshot exceeds ${limit} objects (maxSnapshotObjects)`);
+    }
+    for (const o of part.objects) acc.objects.push(o);
+    if (!last) return undefined;
+    this.partial = undefined;
+    return acc;
   }
 
   private retry(forceSnapshot: boolean): void {

@@ -12,6 +12,9 @@ export interface TopologyWrite {
   deletes: topologypb.TopologyRef[];
 }
 
+/** Rows per INSERT/DELETE statement (3 parameters a row, far below PostgreSQL's 65 535). */
+const ROWS_PER_STATEMENT = 500;
+
 export interface ChangeLogOptions {
   /** Changes kept in the log for resuming watchers; older resumes get a snapshot. */
   retention: number;
@@ -32,15 +35,31 @@ export async function writeTopology(
   );
   if (r.rowCount !== 1) throw new Error("topology_revision row is missing; were migrations applied?");
   const revision = Number(r.rows[0].revision);
-  for (const ref of delta.deletes) {
-    await tx.query("DELETE FROM topology_objects WHERE kind = $1 AND id = $2", [ref.kind, ref.id]);
+  // Many rows per statement: a port or a network is a few dozen objects, and one round trip
+  // each made a write's cost the database's latency times its size.
+  for (let i = 0; i < delta.deletes.length; i += ROWS_PER_STATEMENT) {
+    const refs = delta.deletes.slice(i, i + ROWS_PER_STATEMENT);
+    await tx.query(
+      `DELETE FROM topology_objects WHERE (kind, id) IN (${refs.map((_, k) => `($${2 * k + 1}::INT8, $${2 * k + 2}::TEXT)`).join(", ")})`,
+      refs.flatMap((ref) => [ref.kind, ref.id]),
+    );
   }
+  // The last version of an object wins, as one statement per object would have it (a statement
+  // may not upsert one row twice).
+  const rows = new Map<string, [number, string, Buffer]>();
   for (const obj of delta.upserts) {
     const ref = topologyRefOf(obj);
+    rows.set(keyString(ref.kind, ref.id), [ref.kind, ref.id, encodeTopology(obj)]);
+  }
+  const all = [...rows.values()];
+  for (let i = 0; i < all.length; i += ROWS_PER_STATEMENT) {
+    const batch = all.slice(i, i + ROWS_PER_STATEMENT);
     await tx.query(
-      `INSERT INTO topology_objects (kind, id, body, revision, origin) VALUES ($1, $2, $3, $4, $5)
+      `INSERT INTO topology_objects (kind, id, body, revision, origin) VALUES ${batch
+        .map((_, k) => `($${3 * k + 3}, $${3 * k + 4}, $${3 * k + 5}, $1, $2)`)
+        .join(", ")}
        ON CONFLICT (kind, id) DO UPDATE SET body = excluded.body, revision = excluded.revision, origin = excluded.origin`,
-      [ref.kind, ref.id, encodeTopology(obj), revision, origin],
+      [revision, origin, ...batch.flat()],
     );
   }
   const change: topologypb.TopologyChange = { revision, upserts: delta.upserts, deletes: delta.deletes };
@@ -68,6 +87,40 @@ export async function readSnapshot(db: Database): Promise<topologypb.TopologySna
       const revision = await currentRevision(tx);
       const rows = await tx.query("SELECT body FROM topology_objects ORDER BY kind, id");
       return { revision, objects: rows.rows.map((row) => decodeTopology(row.body as Buffer)) };
+    },
+    { readOnly: true },
+  );
+}
+
+/**
+ * The same snapshot in parts of at most `maxPartBytes` of encoded objects each (at least one
+ * object per part), so no single message nears gRPC's limits. Sent as snapshot_part events, the
+ * last one as the snapshot event.
+ */
+export async function readSnapshotParts(
+  db: Database,
+  maxPartBytes: number,
+): Promise<topologypb.TopologySnapshot[]> {
+  return db.tx(
+    "topology-snapshot",
+    async (tx) => {
+      const revision = await currentRevision(tx);
+      const rows = await tx.query("SELECT body FROM topology_objects ORDER BY kind, id");
+      const parts: topologypb.TopologySnapshot[] = [];
+      let objects: topologypb.TopologyObject[] = [];
+      let bytes = 0;
+      for (const row of rows.rows) {
+        const body = row.body as Buffer;
+        if (objects.length > 0 && bytes + body.length > maxPartBytes) {
+          parts.push({ revision, objects });
+          objects = [];
+          bytes = 0;
+        }
+        objects.push(decodeTopology(body));
+        bytes += body.length;
+      }
+      parts.push({ revision, objects });
+      return parts;
     },
     { readOnly: true },
   );

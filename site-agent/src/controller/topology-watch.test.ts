@@ -145,6 +145,30 @@ test("snapshot at R then every later change in order, including changes written 
   assert.deepEqual(new Map(db.objects.map((o) => [o.bridge!.id, o.bridge!.name])), state);
 });
 
+test("a snapshot larger than a part arrives as snapshot_part events then the snapshot, all at one revision", async (t) => {
+  if (skip) return t.skip(skip);
+  const s = await serve({ snapshotPartBytes: 200 });
+  t.after(() => s.close());
+  await applyNetworks(s, 12, 40); // each bridge encodes to ~70 bytes: a few per part
+  const { events, error } = await collect(s.client, 0, (ev) => ev.some((e) => e.snapshot));
+  assert.equal(error, undefined);
+  const parts = events.filter((e) => e.snapshotPart).map((e) => e.snapshotPart!);
+  assert.ok(parts.length >= 2, `several parts (got ${parts.length})`);
+  assert.ok(events.at(-1)?.snapshot, "the snapshot event comes last");
+  const all = [...parts, events.at(-1)!.snapshot!];
+  assert.deepEqual(new Set(all.map((p) => p.revision)), new Set([12]));
+  for (const p of all) {
+    const bytes = p.objects.reduce((n, o) => n + topologypb.TopologyObject.encode(o).finish().length, 0);
+    assert.ok(p.objects.length === 1 || bytes <= 200, `part of ${bytes} bytes within the bound`);
+  }
+  const db = await readSnapshot(s.writer.db);
+  assert.deepEqual(
+    all.flatMap((p) => p.objects.map((o) => o.bridge!.id)),
+    db.objects.map((o) => o.bridge!.id),
+    "the parts together are the snapshot, in order, without repeats",
+  );
+});
+
 test("resume after a disconnect continues from the agent's revision without a snapshot", async (t) => {
   if (skip) return t.skip(skip);
   const s = await serve();

@@ -6,7 +6,7 @@ import { type ServerWritableStream, status } from "@grpc/grpc-js";
 import type { Logger, topologypb } from "@isthmus/schema";
 import type { ChangeFeed } from "./change-feed.js";
 import type { Database } from "./db/database.js";
-import { readChangesAfter, readSnapshot } from "./topology-store.js";
+import { readChangesAfter, readSnapshotParts } from "./topology-store.js";
 
 type Call = ServerWritableStream<topologypb.WatchTopologyRequest, topologypb.WatchTopologyResponse>;
 
@@ -18,7 +18,11 @@ export interface WatchOptions {
   catchUpBatch: number;
   /** Maximum concurrent streams. */
   maxStreams: number;
+  /** Encoded bytes of objects per snapshot part (1 MiB by default; gRPC clients take 4 MiB). */
+  snapshotPartBytes?: number;
 }
+
+export const DEFAULT_SNAPSHOT_PART_BYTES = 1024 * 1024;
 
 export type WatchAuthorizer = (call: Call) => Promise<void>;
 
@@ -156,9 +160,14 @@ export class TopologyWatchService {
         if (r.changes.length < this.opts.catchUpBatch) return { at, backlog: [] };
       }
     }
-    const snap = await readSnapshot(this.db);
-    call.write({ snapshot: snap });
-    return { at: snap.revision, backlog: [] };
+    const parts = await readSnapshotParts(
+      this.db,
+      this.opts.snapshotPartBytes ?? DEFAULT_SNAPSHOT_PART_BYTES,
+    );
+    const last = parts.pop()!;
+    for (const part of parts) call.write({ snapshotPart: part });
+    call.write({ snapshot: last });
+    return { at: last.revision, backlog: [] };
   }
 }
 

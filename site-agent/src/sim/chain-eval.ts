@@ -419,6 +419,8 @@ function forwardNat(w: Walk, rule: CompiledRule, cc: ChainCtx): boolean {
       );
       if (natPort < 0) {
         w.drop(`rule ${rule.id}: no SNAT port available on ${natIp >>> 0} (no free leased block)`);
+        // Not cached: the host asks for a block in the background and the next packet may get one.
+        w.result.cacheable = false;
         return false;
       }
     } else natPort = target.portStart + (h % (target.portEnd - target.portStart + 1));

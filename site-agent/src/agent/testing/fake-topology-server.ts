@@ -27,6 +27,8 @@ export class FakeTopologyServer {
   adminToken: string | undefined;
   readonly registered: sitepb.RegisterHostRequest[] = [];
   port = 0;
+  /** Objects per snapshot message (0 = the whole snapshot in one), as the controller splits large ones. */
+  snapshotPartObjects = 0;
 
   constructor(initial: topologypb.TopologyObject[], revision = 1) {
     for (const o of initial) this.objects.set(idOf(o), o);
@@ -85,7 +87,13 @@ export class FakeTopologyServer {
     const from = call.request.fromRevision;
     const oldest = this.changes[0]?.revision ?? this.revision + 1;
     if (from === 0 || from < oldest - 1 || from > this.revision) {
-      call.write({ snapshot: { revision: this.revision, objects: [...this.objects.values()] } });
+      const all = [...this.objects.values()];
+      const n = this.snapshotPartObjects > 0 ? this.snapshotPartObjects : Math.max(1, all.length);
+      for (let i = n; i < all.length; i += n) {
+        call.write({ snapshotPart: { revision: this.revision, objects: all.slice(i - n, i) } });
+      }
+      const lastStart = all.length === 0 ? 0 : Math.floor((all.length - 1) / n) * n;
+      call.write({ snapshot: { revision: this.revision, objects: all.slice(lastStart) } });
     } else {
       for (const c of this.changes) if (c.revision > from) call.write({ change: c });
     }

@@ -1,0 +1,238 @@
+// Clients for multi-site benchmarks: an admin writing to the coordinator leader
+// (FederationService), a site operator (SiteService with the site admin token), and an agent's
+// TopologyService.Watch stream (host token) that timestamps every rule as it arrives.
+import {
+  type CallOptions,
+  type ChannelOptions,
+  credentials,
+  Metadata,
+  type ServiceError,
+  status,
+} from "@grpc/grpc-js";
+import { federationpb, type intentpb, sitepb, topologypb } from "@isthmus/schema";
+
+type Unary<Req, Res> = (
+  req: Req,
+  md: Metadata,
+  opts: Partial<CallOptions>,
+  cb: (err: ServiceError | null, res: Res) => void,
+) => unknown;
+
+function bearer(token: string): Metadata {
+  const md = new Metadata();
+  md.set("authorization", `Bearer ${token}`);
+  return md;
+}
+
+function call<C, Req, Res>(client: C, f: (c: C) => Unary<Req, Res>, req: Req, md: Metadata, ms: number) {
+  return new Promise<Res>((resolve, reject) =>
+    f(client).call(client, req, md, { deadline: Date.now() + ms }, (err, r) =>
+      err ? reject(err) : resolve(r),
+    ),
+  );
+}
+
+/** Writes go to the leader (found with Status, re-found after UNAVAILABLE), as an admin's CLI does. */
+export class FederationAdmin {
+  private readonly clients: federationpb.FederationServiceClient[];
+  private leader = 0;
+
+  constructor(
+    readonly addresses: string[],
+    private readonly token: string,
+  ) {
+    this.clients = addresses.map(
+      (a) => new federationpb.FederationServiceClient(a, credentials.createInsecure()),
+    );
+  }
+
+  async status(): Promise<federationpb.StatusResponse> {
+    return call(this.clients[this.leader]!, (c) => c.status, {}, bearer(this.token), 5_000);
+  }
+
+  /** Points writes at the current leader; waits (bounded) for one to be known. */
+  async findLeader(): Promise<void> {
+    const end = Date.now() + 30_000;
+    while (Date.now() < end) {
+      for (const c of this.clients) {
+        const st = await call(c, (x) => x.status, {}, bearer(this.token), 2_000).catch(() => undefined);
+        const i = st ? this.addresses.indexOf(st.leaderAddress) : -1;
+        if (i >= 0) {
+          this.leader = i;
+          return;
+        }
+      }
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    throw new Error("no coordinator leader within 30 s");
+  }
+
+  /** Create one object; retried on the new leader after UNAVAILABLE (an election). */
+  async create(object: intentpb.IntentObject): Promise<federationpb.ObjectResponse> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await call(
+          this.clients[this.leader]!,
+          (c) => c.create,
+          { object },
+          bearer(this.token),
+          30_000,
+        );
+      } catch (err) {
+        const se = err as ServiceError;
+        if (attempt >= 5 || (se.code !== status.UNAVAILABLE && se.code !== status.DEADLINE_EXCEEDED))
+          throw err;
+        await this.findLeader();
+      }
+    }
+  }
+
+  close(): void {
+    for (const c of this.clients) c.close();
+  }
+}
+
+/** SiteService with the site's admin token. */
+export class SiteApi {
+  private readonly client: sitepb.SiteServiceClient;
+
+  constructor(
+    readonly address: string,
+    private readonly token: string,
+  ) {
+    this.client = new sitepb.SiteServiceClient(address, credentials.createInsecure());
+  }
+
+  registerHost(name: string): Promise<sitepb.RegisterHostResponse> {
+    return call(
+      this.client,
+      (c) => c.registerHost,
+      sitepb.RegisterHostRequest.fromPartial({
+        name,
+        tunnelIp: "127.0.0.1",
+        role: topologypb.HostRole.HOST_ROLE_HOST,
+      }),
+      bearer(this.token),
+      10_000,
+    );
+  }
+
+  createPort(req: Partial<sitepb.CreatePortRequest>): Promise<sitepb.PortResponse> {
+    return call(
+      this.client,
+      (c) => c.createPort,
+      sitepb.CreatePortRequest.fromPartial(req),
+      bearer(this.token),
+      30_000,
+    );
+  }
+
+  status(): Promise<sitepb.SiteStatusResponse> {
+    return call(this.client, (c) => c.status, {}, bearer(this.token), 10_000);
+  }
+
+  close(): void {
+    this.client.close();
+  }
+}
+
+/**
+ * An agent's watch stream at one site. Records when each rule (by the intent object it came
+ * from) first arrives while `recording`, and the newest revision seen. The channel has the
+ * grpc-js defaults, as the site agent's own watch client does, unless `channelOptions` says else.
+ */
+export class AgentWatch {
+  readonly arrivals = new Map<string, number>();
+  recording = false;
+  revision = -1;
+  error: string | undefined;
+  private readonly client: topologypb.TopologyServiceClient;
+  private readonly stream: ReturnType<topologypb.TopologyServiceClient["watch"]>;
+
+  constructor(
+    readonly site: string,
+    address: string,
+    hostId: string,
+    hostToken: string,
+    channelOptions: ChannelOptions = {},
+  ) {
+    this.client = new topologypb.TopologyServiceClient(address, credentials.createInsecure(), channelOptions);
+    this.stream = this.client.watch({ hostId, fromRevision: 0 }, bearer(hostToken));
+    this.stream.on("data", (e: topologypb.WatchTopologyResponse) => {
+      const now = performance.now();
+      if (e.snapshot) {
+        this.revision = e.snapshot.revision;
+      } else if (e.change) {
+        this.revision = e.change.revision;
+        if (this.recording) {
+          for (const o of e.change.upserts) {
+            if (o.rule?.intentId && !this.arrivals.has(o.rule.intentId))
+              this.arrivals.set(o.rule.intentId, now);
+          }
+        }
+      }
+    });
+    this.stream.on("error", (err: Error & { code?: number }) => {
+      if (err.code !== status.CANCELLED) this.error = err.message;
+    });
+  }
+
+  close(): void {
+    this.stream.cancel();
+    this.client.close();
+  }
+}
+
+/** Counts what a topology snapshot holds, by kind. */
+export function countSnapshot(s: topologypb.TopologySnapshot): Record<string, number> {
+  const counts: Record<string, number> = {};
+  for (const o of s.objects) {
+    const kind = Object.keys(o).find((k) => (o as Record<string, unknown>)[k] !== undefined) ?? "unknown";
+    counts[kind] = (counts[kind] ?? 0) + 1;
+  }
+  return counts;
+}
+
+/**
+ * Opens a fresh watch and resolves with the time from the call to the whole snapshot decoded
+ * (all its parts: the controller sends large snapshots as snapshot_part events, then snapshot).
+ */
+export function timeSnapshot(
+  address: string,
+  hostId: string,
+  hostToken: string,
+  channelOptions: ChannelOptions = {},
+): Promise<{ ms: number; counts: Record<string, number>; bytes: number; parts: number }> {
+  const client = new topologypb.TopologyServiceClient(address, credentials.createInsecure(), channelOptions);
+  return new Promise((resolve, reject) => {
+    const t0 = performance.now();
+    const parts: topologypb.TopologySnapshot[] = [];
+    const stream = client.watch({ hostId, fromRevision: 0 }, bearer(hostToken));
+    const timer = setTimeout(() => {
+      stream.cancel();
+      client.close();
+      reject(new Error("no snapshot within 120 s"));
+    }, 120_000);
+    stream.on("data", (e: topologypb.WatchTopologyResponse) => {
+      if (e.snapshotPart) parts.push(e.snapshotPart);
+      if (!e.snapshot) return;
+      parts.push(e.snapshot);
+      const ms = performance.now() - t0;
+      clearTimeout(timer);
+      stream.cancel();
+      client.close();
+      const counts: Record<string, number> = {};
+      let bytes = 0;
+      for (const p of parts) {
+        bytes += topologypb.TopologySnapshot.encode(p).finish().length;
+        for (const [k, n] of Object.entries(countSnapshot(p))) counts[k] = (counts[k] ?? 0) + n;
+      }
+      resolve({ ms, counts, bytes, parts: parts.length });
+    });
+    stream.on("error", (err: Error & { code?: number }) => {
+      clearTimeout(timer);
+      client.close();
+      if (err.code !== status.CANCELLED) reject(err);
+    });
+  });
+}

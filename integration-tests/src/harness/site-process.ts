@@ -1,0 +1,174 @@
+// A real site for multi-site tests and benchmarks: onboarding with `isthmus site add` / `site join`
+// as an operator would, then an `isthmus site-controller` process with its own embedded
+// PostgreSQL (from the npm package), found by the address it logs at start-up.
+import { type ChildProcess, spawn } from "node:child_process";
+import { chmod, mkdir, readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { CLI, runCli } from "./cli.js";
+
+/** Runs `site add` at `via` and `site join` against every coordinator; returns the credential file. */
+export async function onboardSite(
+  site: string,
+  dir: string,
+  coordinators: string[],
+  adminTokenFile: string,
+): Promise<string> {
+  const add = await runCli([
+    "site",
+    "add",
+    site,
+    "--server",
+    coordinators.join(","),
+    "--token-file",
+    adminTokenFile,
+    "-o",
+    "json",
+  ]);
+  if (add.code !== 0) throw new Error(`isthmus site add ${site} failed: ${add.stderr}`);
+  const token = (JSON.parse(add.stdout) as { token: string }).token;
+  const joined = await runCli([
+    "site",
+    "join",
+    "--token",
+    token,
+    "--federation",
+    coordinators.join(","),
+    "--key-dir",
+    dir,
+  ]);
+  if (joined.code !== 0) throw new Error(`isthmus site join (${site}) failed: ${joined.stderr}`);
+  return join(dir, "credential.json");
+}
+
+export interface SiteProcessOptions {
+  site: string;
+  /** The site's directory (credential, embedded database, admin token). */
+  dir: string;
+  credential: string;
+  /** Extra environment (e.g. ISTHMUS_SITE_CONTROLLER__* tuning). */
+  env?: NodeJS.ProcessEnv;
+  /** Extra node flags (e.g. --cpu-prof to profile the controller). */
+  nodeArgs?: string[];
+  startTimeoutMs?: number;
+}
+
+/** One `isthmus site-controller` process on the embedded database. */
+export class SiteProcess {
+  private constructor(
+    readonly site: string,
+    readonly address: string,
+    readonly adminToken: string,
+    private readonly child: ChildProcess,
+    /** The embedded database's server, killed too if the controller has to be killed. */
+    private readonly postgresPid: number,
+  ) {}
+
+  get pid(): number {
+    return this.child.pid ?? 0;
+  }
+
+  static async start(o: SiteProcessOptions): Promise<SiteProcess> {
+    await mkdir(o.dir, { recursive: true });
+    // As root the database runs as the postgres user, which must reach its directory.
+    await chmod(o.dir, 0o755);
+    const tokenFile = join(o.dir, "site-admin.token");
+    const child = spawn(
+      process.execPath,
+      [
+        ...(o.nodeArgs ?? []),
+        CLI,
+        "site-controller",
+        "--site",
+        o.site,
+        "--credential",
+        o.credential,
+        "--data-dir",
+        join(o.dir, "data"),
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--admin-token-file",
+        tokenFile,
+      ],
+      { stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, ...o.env } },
+    );
+    const exited = new Promise<never>((_, reject) =>
+      child.once("exit", (code) => reject(new Error(`site-controller ${o.site} exited with ${code}`))),
+    );
+    exited.catch(() => undefined);
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () =>
+          reject(new Error(`site-controller ${o.site} did not start in ${o.startTimeoutMs ?? 60_000} ms`)),
+        o.startTimeoutMs ?? 60_000,
+      );
+    });
+    // Reads the JSON log until the controller has said where it listens and written its token;
+    // after that the lines are drained (and dropped) so the pipe never fills.
+    const lines = createInterface({ input: child.stdout! });
+    let postgresPid = 0;
+    const started = (async () => {
+      for await (const line of lines) {
+        let rec: { msg?: string; address?: string; serverPid?: number };
+        try {
+          rec = JSON.parse(line) as typeof rec;
+        } catch {
+          continue;
+        }
+        if (rec.msg === "PostgreSQL server started") postgresPid = rec.serverPid ?? 0;
+        if (rec.msg === "site controller started" && rec.address) return rec.address;
+      }
+      throw new Error(`site-controller ${o.site} ended its log before starting`);
+    })();
+    started.catch(() => undefined); // the race below reports whichever comes first
+    try {
+      const address = await Promise.race([started, exited, timeout]);
+      child.stdout!.resume();
+      // The token file is written right after the "started" line; wait for it (bounded).
+      const end = Date.now() + 10_000;
+      let token = "";
+      while (!token) {
+        token = await readFile(tokenFile, "utf8").then(
+          (t) => t.trim(),
+          () => "",
+        );
+        if (token) break;
+        if (Date.now() > end) throw new Error(`site-controller ${o.site} wrote no admin token`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      return new SiteProcess(o.site, address, token, child, postgresPid);
+    } catch (err) {
+      child.kill("SIGKILL");
+      killQuietly(postgresPid);
+      throw err;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** SIGTERM (the controller also stops its database); SIGKILL after 20 s. */
+  stop(): Promise<void> {
+    const c = this.child;
+    if (c.exitCode !== null || c.signalCode !== null) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      c.once("exit", () => resolve());
+      c.kill("SIGTERM");
+      setTimeout(() => {
+        c.kill("SIGKILL");
+        killQuietly(this.postgresPid);
+      }, 20_000).unref();
+    });
+  }
+}
+
+function killQuietly(pid: number): void {
+  if (pid <= 0) return;
+  try {
+    process.kill(pid, "SIGKILL");
+  } catch {
+    // already gone
+  }
+}
