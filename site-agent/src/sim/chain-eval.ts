@@ -313,8 +313,10 @@ export function tupleOf(w: Walk): CtTuple {
   t.dst = v === 4 ? m.nwDst : 0;
   t.src6 = v === 6 ? m.nwSrc6 : EMPTY6;
   t.dst6 = v === 6 ? m.nwDst6 : EMPTY6;
+  // ICMP: the echo identifier stands in for both ports, so the tuple is symmetric and a reply's
+  // reversed tuple equals its request's (conntrack return keys and reverse NAT keys match).
   t.sport = frag ? 0 : icmp ? m.icmpId : m.tpSrc;
-  t.dport = frag || icmp ? 0 : m.tpDst;
+  t.dport = frag ? 0 : icmp ? m.icmpId : m.tpDst;
   return t;
 }
 const EMPTY6 = new Uint32Array(4);
