@@ -12,10 +12,12 @@ import { createAgentMetrics } from "./agent-metrics.js";
 import type { PortIO } from "./datapath.js";
 import { EdgeAgent } from "./edge-agent.js";
 import { HostHeartbeat, registerHost } from "./host-registration.js";
+import { HostTokenRefresher, tokenExpiry } from "./host-token-refresh.js";
 import { chooseDatapath, kernelDatapathName } from "./kernel/datapath-select.js";
 import { KernelDatapath } from "./kernel/kernel-datapath.js";
 import { EngineSimulator } from "./sim-adapter.js";
 import type { Simulator } from "./simulator.js";
+import { SiteNatLeases } from "./snat-lease-client.js";
 import { TopologyWatchClient } from "./topology-watch-client.js";
 import { UserspaceDatapath } from "./userspace-datapath.js";
 
@@ -43,6 +45,9 @@ export interface RunningAgent {
   adminPort: number;
   tunnelPort: number;
   health: HealthState;
+  /** Renews the host token (absent when the token carries no expiry). */
+  hostToken: HostTokenRefresher | undefined;
+  natLeases: SiteNatLeases;
   stop(): Promise<void>;
 }
 
@@ -135,11 +140,49 @@ export async function startAgent(flags: AgentFlags, deps: AgentDeps = {}): Promi
     hostId = reg.host.id;
     hostToken = reg.hostToken;
   }
+  const tokenFile = cfg.tokenFile;
+  const fileToken = () => (tokenFile ? readFileSync(tokenFile, "utf8").trim() : undefined);
+  // A JWT host token is renewed before it expires (and replaced by registering again if it
+  // expired anyway and an admin token is at hand); tokens without an expiry are used as they are.
+  const initialToken = hostToken ?? readTokenFile(fileToken);
+  const refresher =
+    initialToken !== undefined && tokenExpiry(initialToken) !== undefined
+      ? new HostTokenRefresher({
+          controller: cfg.controller,
+          token: initialToken,
+          tokenFile,
+          log: componentLogger(root, "host-token"),
+          reRegister:
+            cfg.name !== undefined && cfg.adminTokenFile !== undefined
+              ? async () =>
+                  (
+                    await registerHost({
+                      controller: cfg.controller,
+                      name: cfg.name!,
+                      adminToken: readFileSync(cfg.adminTokenFile!, "utf8").trim(),
+                      tunnelIp: cfg.tunnelIp,
+                      tunnelPort: datapath.tunnelPort,
+                      role: cfg.role,
+                      tokenFile,
+                      log,
+                      timeoutMs: 10_000,
+                    })
+                  ).hostToken
+              : undefined,
+        })
+      : undefined;
+  refresher?.start();
+  const currentToken = () => refresher?.token ?? hostToken ?? fileToken();
+  const natLeases = new SiteNatLeases({
+    controller: cfg.controller,
+    token: currentToken,
+    log: componentLogger(root, "snat-leases"),
+  });
   const agent = new EdgeAgent({
     hostId,
     role: cfg.role,
     datapath,
-    simulator: deps.simulator ?? new EngineSimulator({ hostId }),
+    simulator: deps.simulator ?? new EngineSimulator({ hostId, natLeases }),
     openPort:
       deps.openPort ??
       (datapath instanceof KernelDatapath
@@ -165,11 +208,10 @@ export async function startAgent(flags: AgentFlags, deps: AgentDeps = {}): Promi
     },
     applyChange: (c: Parameters<EdgeAgent["applyChange"]>[0]) => agent.applyChange(c),
   };
-  const tokenFile = cfg.tokenFile;
   const watch = new TopologyWatchClient({
     address: cfg.controller,
     hostId,
-    token: () => hostToken ?? (tokenFile ? readFileSync(tokenFile, "utf8").trim() : undefined),
+    token: currentToken,
     sink,
     log: root,
   });
@@ -181,7 +223,7 @@ export async function startAgent(flags: AgentFlags, deps: AgentDeps = {}): Promi
   const heartbeat = new HostHeartbeat({
     controller: cfg.controller,
     hostId,
-    token: () => hostToken ?? (tokenFile ? readFileSync(tokenFile, "utf8").trim() : undefined),
+    token: currentToken,
     log,
   });
   heartbeat.start();
@@ -214,6 +256,14 @@ export async function startAgent(flags: AgentFlags, deps: AgentDeps = {}): Promi
           flows: s.flows,
           upcallQueueDepth: s.upcallQueueDepth,
           watch: watch.stats,
+          hostToken: refresher
+            ? {
+                expiresUnixMs: refresher.expiresUnixMs,
+                renewals: refresher.renewals,
+                lastError: refresher.lastError,
+              }
+            : undefined,
+          snatLeases: { held: natLeases.held().length, ...natLeases.stats },
         };
       },
     },
@@ -242,11 +292,15 @@ export async function startAgent(flags: AgentFlags, deps: AgentDeps = {}): Promi
     adminPort: admin.port,
     tunnelPort: datapath.tunnelPort,
     health,
+    hostToken: refresher,
+    natLeases,
     async stop() {
       if (stopped) return;
       stopped = true;
       clearInterval(tick);
       watch.stop();
+      refresher?.stop();
+      await natLeases.stop();
       heartbeat.stop();
       await closeServer(admin.server);
       await closeServer(metrics.server);
@@ -254,4 +308,12 @@ export async function startAgent(flags: AgentFlags, deps: AgentDeps = {}): Promi
       log.info("agent stopped");
     },
   };
+}
+
+function readTokenFile(read: () => string | undefined): string | undefined {
+  try {
+    return read();
+  } catch {
+    return undefined; // not there yet: the watch reads it again on every attempt
+  }
 }

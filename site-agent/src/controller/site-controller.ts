@@ -40,6 +40,7 @@ import { ControllerLease } from "./lease.js";
 import { LocalWriter } from "./local-store.js";
 import { RealizedReporter } from "./realized-reporter.js";
 import { siteService } from "./site-service.js";
+import { SnatBlockLeases } from "./snat-block-leases.js";
 import { grpcError, TopologyWatchService } from "./topology-watch.js";
 import { IntentIndex } from "./translate/index.js";
 import { siteTranslator, type Translator } from "./translator.js";
@@ -275,6 +276,7 @@ export class SiteController {
         tokens: this.tokens,
         liveness: this.liveness,
         hostTokenTtlSec: this.tuning.hostTokenTtlSec,
+        snatLeases: new SnatBlockLeases(this.db, this.ctx.fence),
         status: () => this.status(),
         log: this.opts.log,
         onLocalChanged: (kind, id) => this.reporter?.changed(kind, id),

@@ -11,6 +11,7 @@ import { FencedOut } from "./fence.js";
 import type { HostLiveness } from "./host-liveness.js";
 import type { HostTokens, TokenClaims, TokenRole } from "./host-token.js";
 import { LocalRequestError, type LocalWriter, localReads } from "./local-store.js";
+import type { BlockRef, LeasedBlock, SnatBlockLeases } from "./snat-block-leases.js";
 import { grpcError } from "./topology-watch.js";
 import type { IntentView, LocalPortBinding } from "./translate/index.js";
 
@@ -24,6 +25,8 @@ export interface SiteServiceDeps {
   hostTokenTtlSec: number;
   status: () => sitepb.SiteStatusResponse;
   log: Logger;
+  /** SNAT port-block leases; absent = the LeaseSnatBlock calls answer UNIMPLEMENTED. */
+  snatLeases?: SnatBlockLeases;
   /** Called after a successful port or host write (realized-state reporting). */
   onLocalChanged?: (kind: "port" | "host", id: string) => void;
 }
@@ -41,6 +44,16 @@ function toLocalPort(p: LocalPortBinding): sitepb.LocalPort {
     ips: p.ips,
     securityGroupIds: p.securityGroupIds,
     tunnelKey: p.tunnelKey,
+  };
+}
+
+function toSnatBlock(b: LeasedBlock): sitepb.SnatBlock {
+  return {
+    deviceId: b.deviceId,
+    natIp: b.natIp,
+    start: b.start,
+    size: b.size,
+    expiresUnixMs: b.expiresUnixMs,
   };
 }
 
@@ -89,6 +102,15 @@ export function siteService(d: SiteServiceDeps): sitepb.SiteServiceServer {
     ips.forEach((ip, i) => {
       if (isIP(ip) === 0) throw invalid(`${field}[${i}]`, `"${ip}" is not an IP address`);
     });
+  };
+  const snat = (): SnatBlockLeases => {
+    if (!d.snatLeases) throw grpcError(status.UNIMPLEMENTED, "this controller does not lease SNAT blocks");
+    return d.snatLeases;
+  };
+  const blockRef = (b: sitepb.SnatBlock, i: number): BlockRef => {
+    if (b.deviceId === "") throw invalid(`blocks[${i}].device_id`, "must not be empty");
+    if (isIP(b.natIp) !== 4) throw invalid(`blocks[${i}].nat_ip`, `"${b.natIp}" is not an IPv4 address`);
+    return { deviceId: b.deviceId, natIp: b.natIp, start: b.start };
   };
   const hostMayTouch = (who: TokenClaims, hostId: string) => {
     if (who.role === "host" && who.subject !== hostId) {
@@ -190,6 +212,43 @@ export function siteService(d: SiteServiceDeps): sitepb.SiteServiceServer {
         );
       }
       return { intervalMs: d.liveness.intervalMs, deadAfterMs: d.liveness.deadAfterMs };
+    }),
+
+    renewHostToken: unary(["host"], async (_req: sitepb.RenewHostTokenRequest, who) => {
+      // From the database, like ListHosts, so either replica renews.
+      if (!(await localReads.hosts(d.db)).some((h) => h.id === who.subject)) {
+        throw grpcError(status.NOT_FOUND, `host ${who.subject} is not registered; register it again`);
+      }
+      const t = await d.tokens.issue("host", who.subject, d.hostTokenTtlSec);
+      return { hostToken: t.token, tokenExpiresUnixMs: t.expiresUnixMs };
+    }),
+
+    leaseSnatBlock: unary(["host"], async (req: sitepb.LeaseSnatBlockRequest, who) => {
+      const leases = snat();
+      if (req.deviceId === "") throw invalid("device_id", "must not be empty");
+      if (isIP(req.natIp) !== 4) throw invalid("nat_ip", `"${req.natIp}" is not an IPv4 address`);
+      const min = req.portMin === 0 && req.portMax === 0 ? 1024 : req.portMin;
+      const max = req.portMin === 0 && req.portMax === 0 ? 65535 : req.portMax;
+      if (max > 65535) throw invalid("port_max", `${max} is not a port`);
+      if (min > max) throw invalid("port_min", `${min} is above port_max ${max}`);
+      writer();
+      return { block: toSnatBlock(await leases.lease(who.subject, req.deviceId, req.natIp, min, max)) };
+    }),
+
+    renewSnatBlocks: unary(["host"], async (req: sitepb.RenewSnatBlocksRequest, who) => {
+      const leases = snat();
+      writer();
+      const r = await leases.renew(who.subject, req.blocks.map(blockRef));
+      return {
+        renewed: r.renewed.map(toSnatBlock),
+        lost: r.lost.map((b) => toSnatBlock({ ...b, size: leases.opts.blockSize, expiresUnixMs: 0 })),
+      };
+    }),
+
+    releaseSnatBlocks: unary(["host"], async (req: sitepb.ReleaseSnatBlocksRequest, who) => {
+      const leases = snat();
+      writer();
+      return { released: await leases.release(who.subject, req.blocks.map(blockRef)) };
     }),
   };
 }
