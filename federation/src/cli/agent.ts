@@ -13,6 +13,8 @@ export interface AgentCommandOptions {
   tunnelIp?: string;
   tunnelPort?: string;
   role?: string;
+  wanIp?: string;
+  wanPort?: string;
   metricsListen?: string;
   adminListen?: string;
   datapath?: string;

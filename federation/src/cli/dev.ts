@@ -433,6 +433,9 @@ async function startAgent(
       ...identity,
       "--role",
       agent.role,
+      // Userspace: the kernel fast path needs root and a VM port to attach to; dev has neither.
+      "--datapath",
+      "userspace",
       "--controller",
       site.controllerListen,
       "--token-file",

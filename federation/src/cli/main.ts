@@ -168,6 +168,8 @@ const agentCmd = program
   .option("--tunnel-ip <ip>", "underlay IPv4 address for VXLAN")
   .option("--tunnel-port <port>", "VXLAN UDP port (default 4789)")
   .option("--role <role>", "host | gateway")
+  .option("--wan-ip <ip>", "gateway only: address other sites' gateways reach (default: --tunnel-ip)")
+  .option("--wan-port <port>", "gateway only: WAN VXLAN port (default 4789)")
   .option("--metrics-listen <host:port>", "Prometheus /metrics and /healthz (default 127.0.0.1:9480)")
   .option("--admin-listen <host:port>", "local admin endpoint (default 127.0.0.1:9481)")
   .option("--datapath <mode>", "kernel | userspace | auto (default userspace; auto = kernel where it loads)")

@@ -104,27 +104,31 @@ export class SiteApi {
   }
 
   registerHost(name: string): Promise<sitepb.RegisterHostResponse> {
-    return call(
-      this.client,
-      (c) => c.registerHost,
-      sitepb.RegisterHostRequest.fromPartial({
-        name,
-        tunnelIp: "127.0.0.1",
-        role: topologypb.HostRole.HOST_ROLE_HOST,
-      }),
-      bearer(this.token),
-      10_000,
-    );
+    const req = sitepb.RegisterHostRequest.fromPartial({
+      name,
+      tunnelIp: "127.0.0.1",
+      role: topologypb.HostRole.HOST_ROLE_HOST,
+    });
+    return this.write((c) => c.registerHost, req);
   }
 
   createPort(req: Partial<sitepb.CreatePortRequest>): Promise<sitepb.PortResponse> {
-    return call(
-      this.client,
-      (c) => c.createPort,
-      sitepb.CreatePortRequest.fromPartial(req),
-      bearer(this.token),
-      30_000,
-    );
+    return this.write((c) => c.createPort, sitepb.CreatePortRequest.fromPartial(req));
+  }
+
+  /**
+   * A write, retried while the controller is not (yet, or for a moment) holding its lease —
+   * UNAVAILABLE, as at start-up before the lease is taken — as an operator's client would.
+   */
+  private async write<Req, Res>(f: (c: sitepb.SiteServiceClient) => Unary<Req, Res>, req: Req): Promise<Res> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await call(this.client, f, req, bearer(this.token), 30_000);
+      } catch (err) {
+        if ((err as ServiceError).code !== status.UNAVAILABLE || attempt >= 120) throw err;
+        await new Promise((r) => setTimeout(r, 250));
+      }
+    }
   }
 
   status(): Promise<sitepb.SiteStatusResponse> {

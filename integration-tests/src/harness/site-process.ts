@@ -14,29 +14,16 @@ export async function onboardSite(
   coordinators: string[],
   adminTokenFile: string,
 ): Promise<string> {
-  const add = await runCli([
-    "site",
-    "add",
-    site,
-    "--server",
-    coordinators.join(","),
-    "--token-file",
-    adminTokenFile,
-    "-o",
-    "json",
-  ]);
+  const add = await runCli(
+    ["site", "add", site, "--server", coordinators.join(","), "--token-file", adminTokenFile, "-o", "json"],
+    { timeoutMs: 120_000 },
+  );
   if (add.code !== 0) throw new Error(`isthmus site add ${site} failed: ${add.stderr}`);
   const token = (JSON.parse(add.stdout) as { token: string }).token;
-  const joined = await runCli([
-    "site",
-    "join",
-    "--token",
-    token,
-    "--federation",
-    coordinators.join(","),
-    "--key-dir",
-    dir,
-  ]);
+  const joined = await runCli(
+    ["site", "join", "--token", token, "--federation", coordinators.join(","), "--key-dir", dir],
+    { timeoutMs: 120_000 },
+  );
   if (joined.code !== 0) throw new Error(`isthmus site join (${site}) failed: ${joined.stderr}`);
   return join(dir, "credential.json");
 }
@@ -102,8 +89,8 @@ export class SiteProcess {
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(
         () =>
-          reject(new Error(`site-controller ${o.site} did not start in ${o.startTimeoutMs ?? 60_000} ms`)),
-        o.startTimeoutMs ?? 60_000,
+          reject(new Error(`site-controller ${o.site} did not start in ${o.startTimeoutMs ?? 300_000} ms`)),
+        o.startTimeoutMs ?? 300_000,
       );
     });
     // Reads the JSON log until the controller has said where it listens and written its token;

@@ -21,6 +21,13 @@ export const AgentConfigSchema = z.object({
       tunnelIp: z.string().refine((s) => isIP(s) === 4, "expected an IPv4 address"),
       tunnelPort: z.number().int().min(0).max(65535).default(4789),
       role: z.enum(["host", "gateway"]).default("host"),
+      /** A gateway's address as other sites' gateways reach it (default: the tunnel address). */
+      wanIp: z
+        .string()
+        .refine((s) => isIP(s) === 4, "expected an IPv4 address")
+        .optional(),
+      /** A gateway's WAN VXLAN port (default: the controller's, 4789). */
+      wanPort: z.number().int().min(0).max(65535).default(0),
       /** Prometheus /metrics and /healthz. */
       metricsListen: hostPort.default("127.0.0.1:9480"),
       /** Local admin endpoint (`isthmus agent flows`); keep it on loopback. */

@@ -31,6 +31,8 @@ export interface AgentFlags {
   tunnelIp?: string;
   tunnelPort?: string | number;
   role?: string;
+  wanIp?: string;
+  wanPort?: string | number;
   metricsListen?: string;
   adminListen?: string;
   datapath?: string;
@@ -72,6 +74,8 @@ export function loadAgentConfig(flags: AgentFlags, env: NodeJS.ProcessEnv = proc
       "agent.tunnelIp": flags.tunnelIp,
       "agent.tunnelPort": num(flags.tunnelPort),
       "agent.role": flags.role,
+      "agent.wanIp": flags.wanIp,
+      "agent.wanPort": num(flags.wanPort),
       "agent.metricsListen": flags.metricsListen,
       "agent.adminListen": flags.adminListen,
       "agent.datapath": flags.datapath,
@@ -131,6 +135,7 @@ export async function startAgent(flags: AgentFlags, deps: AgentDeps = {}): Promi
       tunnelIp: cfg.tunnelIp,
       tunnelPort: datapath.tunnelPort,
       role: cfg.role,
+      ...wanOf(cfg),
       tokenFile: cfg.tokenFile,
       log,
     }).catch(async (err) => {
@@ -163,6 +168,7 @@ export async function startAgent(flags: AgentFlags, deps: AgentDeps = {}): Promi
                       tunnelIp: cfg.tunnelIp,
                       tunnelPort: datapath.tunnelPort,
                       role: cfg.role,
+                      ...wanOf(cfg),
                       tokenFile,
                       log,
                       timeoutMs: 10_000,
@@ -316,4 +322,10 @@ function readTokenFile(read: () => string | undefined): string | undefined {
   } catch {
     return undefined; // not there yet: the watch reads it again on every attempt
   }
+}
+
+/** A gateway registers its WAN endpoint; without --wan-ip that is its tunnel address. */
+function wanOf(cfg: AgentConfig): { wanIp: string; wanPort: number } {
+  if (cfg.role !== "gateway") return { wanIp: "", wanPort: 0 };
+  return { wanIp: cfg.wanIp ?? cfg.tunnelIp, wanPort: cfg.wanPort };
 }

@@ -13,6 +13,7 @@ import { bearer } from "../controller/host-token.js";
 import { SiteController, type SiteControllerOptions } from "../controller/site-controller.js";
 import { NatPortAllocator } from "../sim/index.js";
 import { startAgent } from "./agent-process.js";
+import { registerHost } from "./host-registration.js";
 import { tokenExpiry } from "./host-token-refresh.js";
 import { MemoryPort } from "./memory-port.js";
 import { SiteNatLeases } from "./snat-lease-client.js";
@@ -234,4 +235,60 @@ test("SNAT port blocks come from the controller: two hosts never allocate the sa
   for (const h of hosts) await h.leases.stop();
   assert.equal(await rows(a.id), 0, "stopping released every block");
   assert.equal(await rows(b.id), 0);
+});
+
+test("a gateway agent registers its WAN endpoint (--wan-ip, or its tunnel address by default); a host sends none", async (t) => {
+  if (skip) return t.skip(skip);
+  const ctl = await startController(controllerOptions(await pgs!.createDatabase(), "127.0.0.1:0", 600));
+  t.after(() => ctl.stop());
+  const admin = (await ctl.tokens.issue("admin", "admin", 600)).token;
+  const common = {
+    controller: ctl.address,
+    adminToken: admin,
+    tunnelPort: 4789,
+    log: silentLogger(),
+    timeoutMs: 15_000,
+  };
+  const gw = await registerHost({
+    ...common,
+    name: "gw-1",
+    tunnelIp: "127.0.0.31",
+    role: "gateway",
+    wanIp: "198.51.100.7",
+    wanPort: 4790,
+  });
+  assert.equal(gw.host.wanIp, "198.51.100.7");
+  assert.equal(gw.host.wanPort, 4790);
+  const h = await registerHost({
+    ...common,
+    name: "h-1",
+    tunnelIp: "127.0.0.32",
+    role: "host",
+    wanIp: "198.51.100.8",
+  });
+  assert.equal(h.host.wanIp, "", "a host has no WAN endpoint");
+  const api = site(ctl.address);
+  t.after(() => api.close());
+  const hosts = (await api.listHosts({}, admin)).hosts;
+  assert.equal(hosts.find((x) => x.name === "gw-1")?.wanIp, "198.51.100.7");
+  // Through the agent's own config: a gateway without --wan-ip announces its tunnel address.
+  const adminTokenFile = join(dir, "admin-wan.token");
+  writeFileSync(adminTokenFile, `${admin}\n`);
+  const agent = await startAgent(
+    {
+      name: "gw-2",
+      adminTokenFile,
+      controller: ctl.address,
+      tokenFile: join(dir, "gw-2.token"),
+      tunnelIp: "127.0.0.33",
+      tunnelPort: 0,
+      role: "gateway",
+      metricsListen: "127.0.0.1:0",
+      adminListen: "127.0.0.1:0",
+    },
+    { log: silentLogger(), simulator: new FakeSimulator(), openPort: (name: string) => new MemoryPort(name) },
+  );
+  t.after(() => agent.stop());
+  const gw2 = (await api.listHosts({}, admin)).hosts.find((x) => x.name === "gw-2");
+  assert.equal(gw2?.wanIp, "127.0.0.33");
 });

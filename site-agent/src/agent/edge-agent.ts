@@ -92,10 +92,19 @@ export class EdgeAgent {
     for (const [portId, port] of wanted) {
       let portNo = this.portNoById.get(portId);
       if (portNo === undefined) {
-        let io: PortIO;
+        let io: PortIO | undefined;
+        const no = this.nextPortNo;
         try {
           io = this.o.openPort(port.interfaceName);
+          // The datapath may refuse the port too (an interface that vanished, an MTU that does
+          // not fit the underlay): the same retry, never an exception out of the watch handler.
+          this.o.datapath.addPort(no, portId, io);
         } catch (err) {
+          try {
+            io?.close();
+          } catch {
+            // Closing a half-opened port is best effort; the error that matters is logged below.
+          }
           this.stats.bindErrors++;
           // Retried every tick; say so once per port rather than every second.
           if (!this.bindWarned.has(portId)) {
@@ -105,8 +114,8 @@ export class EdgeAgent {
           continue;
         }
         this.bindWarned.delete(portId);
-        portNo = this.nextPortNo++;
-        this.o.datapath.addPort(portNo, portId, io);
+        portNo = no;
+        this.nextPortNo++;
         this.portNoById.set(portId, portNo);
         this.portIdByNo.set(portNo, portId);
         this.log.info({ portId, portNo, interface: port.interfaceName }, "port bound");

@@ -74,3 +74,33 @@ test("a mask with more fields is a separate megaflow; the first matching mask wi
   assert.equal(t.lookup(keyOf(udpFrame({ ...A, sport: 1, dport: 3 })), 1, 0), undefined);
   assert.ok(t.lookup(keyOf(udpFrame({ ...A, sport: 9, dport: 2 })), 1, 0));
 });
+
+test("the exact cache is bounded, serves repeats without the megaflow search, and forgets removed flows", () => {
+  const t = new FlowTable({ ...DEFAULT_FLOW_LIMITS, maxExactEntries: 64 });
+  const keys = Array.from({ length: 300 }, (_, i) =>
+    keyOf(udpFrame({ ...A, sport: 1000 + i, dport: 53 + (i % 7) }), 1 + (i % 3)),
+  );
+  const wide = maskFromFields(["inPort"]);
+  const flows = [1, 2, 3].map((p) =>
+    t.install({ match: keys[p - 1]!, mask: wide, actions: out, tags: [`p${p}`] }, 0),
+  );
+  for (const k of keys) assert.ok(t.lookup(k, 1, 1)); // first sight: megaflow hit, then cached
+  assert.ok(t.exactSize <= 64, `exact cache holds ${t.exactSize} > 64`);
+  assert.ok(t.exactSize > 16, "the cache is used");
+  const megaflow = t.stats.megaflowHits;
+  // The last 4 keys are cached (a set of 4 ways evicts only after 4 newer entries): looking them
+  // up again does not search the megaflows.
+  for (const k of keys.slice(-4)) assert.ok(t.lookup(k, 1, 2));
+  assert.equal(t.stats.megaflowHits, megaflow);
+  assert.equal(t.stats.exactHits, 4);
+  // A removed flow is never served from the cache, and its entries give way.
+  t.invalidate(["p1"]);
+  for (const [i, k] of keys.entries()) {
+    const f = t.lookup(k, 1, 3);
+    if (i % 3 === 0) assert.equal(f, undefined);
+    else assert.equal(f?.id, flows[i % 3]!.id);
+  }
+  t.clear();
+  assert.equal(t.exactSize, 0);
+  assert.equal(t.lookup(keys[1]!, 1, 4), undefined);
+});

@@ -2,13 +2,14 @@
 // distinct masks) with an exact-match cache in front, so a packet of an established flow costs one
 // Map lookup. Bounded, with idle and hard expiry on a clock the caller passes in, per-flow counters,
 // and an index from tags to flows so a topology change removes exactly the flows that depended on it.
+import { ExactCache } from "./exact-cache.js";
 import type { FlowActions } from "./flow-actions.js";
 import { applyMask, KEY_SIZE } from "./flow-key.js";
 
 export interface FlowTableLimits {
   /** Megaflows; installs beyond it are refused (counted) until expiry makes room. */
   maxFlows: number;
-  /** Exact-match cache entries; the oldest entry is evicted when full. */
+  /** Exact-match cache entries (4-way set associative: a full set replaces its oldest entry). */
   maxExactEntries: number;
   /** Distinct masks (each costs one lookup per miss in the exact cache). */
   maxMasks: number;
@@ -62,7 +63,7 @@ interface MaskBucket {
 
 export class FlowTable {
   private readonly buckets = new Map<string, MaskBucket>();
-  private readonly exact = new Map<string, Flow>();
+  private readonly exact: ExactCache<Flow>;
   private readonly byTag = new Map<string, Set<Flow>>();
   private readonly scratch = Buffer.alloc(KEY_SIZE);
   private nextId = 1;
@@ -81,6 +82,7 @@ export class FlowTable {
     for (const [k, v] of Object.entries(limits)) {
       if (!Number.isInteger(v) || v < 0) throw new Error(`flow table: limit ${k} must be an integer ≥ 0`);
     }
+    this.exact = new ExactCache<Flow>(limits.maxExactEntries);
   }
 
   get size(): number {
@@ -97,12 +99,12 @@ export class FlowTable {
 
   /** Finds the flow for a full key, counting the packet against it. */
   lookup(key: Buffer, bytes: number, now: number): Flow | undefined {
-    const exactKey = key.toString("latin1");
-    let flow = this.exact.get(exactKey);
+    // The exact cache hashes the key's bytes in place: a hit allocates nothing.
+    let flow = this.exact.get(key);
     if (flow !== undefined && !flow.removed) {
       this.stats.exactHits++;
     } else {
-      if (flow !== undefined) this.exact.delete(exactKey);
+      if (flow !== undefined) this.exact.delete(key);
       flow = undefined;
       for (const b of this.buckets.values()) {
         const f = b.flows.get(applyMask(key, b.mask, this.scratch).toString("latin1"));
@@ -116,11 +118,7 @@ export class FlowTable {
         return undefined;
       }
       this.stats.megaflowHits++;
-      if (this.exact.size >= this.limits.maxExactEntries) {
-        const oldest = this.exact.keys().next();
-        if (!oldest.done) this.exact.delete(oldest.value);
-      }
-      if (this.limits.maxExactEntries > 0) this.exact.set(exactKey, flow);
+      this.exact.set(key, flow);
     }
     flow.packets++;
     flow.bytes += bytes;

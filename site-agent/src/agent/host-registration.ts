@@ -19,6 +19,9 @@ export interface RegisterOptions {
   tunnelIp: string;
   tunnelPort: number;
   role: "host" | "gateway";
+  /** A gateway's WAN endpoint (other sites' gateways tunnel to it); ignored for hosts. */
+  wanIp?: string;
+  wanPort?: number;
   /** Where to keep the host token (mode 0600), so a restart can watch without an admin token. */
   tokenFile?: string;
   log: Logger;
@@ -35,8 +38,8 @@ export async function registerHost(o: RegisterOptions): Promise<Registration> {
     tunnelIp: o.tunnelIp,
     tunnelPort: o.tunnelPort,
     role: o.role === "gateway" ? topologypb.HostRole.HOST_ROLE_GATEWAY : topologypb.HostRole.HOST_ROLE_HOST,
-    wanIp: "",
-    wanPort: 0,
+    wanIp: o.role === "gateway" ? (o.wanIp ?? "") : "",
+    wanPort: o.role === "gateway" ? (o.wanPort ?? 0) : 0,
   };
   const deadline = o.timeoutMs ? Date.now() + o.timeoutMs : Number.POSITIVE_INFINITY;
   let backoff = 200;

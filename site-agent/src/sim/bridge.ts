@@ -4,7 +4,7 @@
 import { topologypb } from "@isthmus/schema";
 import { formatIp6, isMulticastMac } from "../packets/addr.js";
 import { ARP_REQUEST, ETH_ARP, ETH_IP6, ICMP6_NS, PROTO_ICMP6 } from "../packets/packet.js";
-import { CHAIN_ACCEPT, type ChainCtx, runFilter } from "./chain-eval.js";
+import { CHAIN_ACCEPT, filterAt } from "./chain-eval.js";
 import { emitGenerated } from "./generate.js";
 import { LEARN_MOVED, LEARN_NEW } from "./mac-table.js";
 import { arpReply, ndAdvert } from "./replies.js";
@@ -23,8 +23,9 @@ export function simulateBridge(w: Walk, b: BridgeView, inPort: PortView | null):
   if (!b.raw.adminStateUp) return w.drop(`bridge ${b.id} is administratively down`);
   const m = w.m;
   const vlan = inPort?.raw.vlan ? inPort.raw.vlan : m.vlan;
-  const cc: ChainCtx = { inPortId: inPort?.id ?? "", outPortId: "", zoneId: b.id, replyPort: inPort };
-  if (b.raw.inboundFilterId && runFilter(w, b.raw.inboundFilterId, cc) !== CHAIN_ACCEPT) return;
+  const inId = inPort?.id ?? "";
+  const inbound = b.raw.inboundFilterId;
+  if (inbound && filterAt(w, inbound, inId, "", b.id, inPort) !== CHAIN_ACCEPT) return;
 
   const src = m.ethSrc;
   if (inPort && !isMulticastMac(src)) learn(w, b, vlan, src, inPort);
@@ -59,12 +60,13 @@ export function simulateBridge(w: Walk, b: BridgeView, inPort: PortView | null):
         // From a local host to the gateway: the sender reaches local ports itself.
         return w.drop("frame from a local host for a local port reached the gateway");
       }
-      if (b.raw.outboundFilterId && runFilter(w, b.raw.outboundFilterId, cc) !== CHAIN_ACCEPT) return;
+      const outbound = b.raw.outboundFilterId;
+      if (outbound && filterAt(w, outbound, inId, "", b.id, inPort) !== CHAIN_ACCEPT) return;
       if (w.tracing) w.trace("decision", b.id, `forward to ${out.id}`);
       return w.exitPort(out, inPort);
     }
   }
-  flood(w, b, inPort, vlan, cc);
+  flood(w, b, inPort, vlan);
 }
 
 function learned(w: Walk, b: BridgeView, vlan: number, mac: number): PortView | undefined {
@@ -77,18 +79,19 @@ function learn(w: Walk, b: BridgeView, vlan: number, mac: number, port: PortView
   if (b.staticMacs.get(vlan)?.has(mac)) return;
   const r = w.state.macs.learn(b.id, vlan, mac, port.id, w.ctx.now);
   if (r === LEARN_NEW || r === LEARN_MOVED) {
-    w.result.learned.push({ bridgeId: b.id, vlan, mac, portId: port.id });
+    w.add("learned", { bridgeId: b.id, vlan, mac, portId: port.id });
     // Flows that flooded to (or unicast to the old port of) this MAC are stale now.
-    w.result.invalidate.push(b.macTags.get(mac).s);
+    w.add("invalidate", b.macTags.get(mac).s);
     if (w.tracing)
       w.trace("decision", b.id, `learned ${mac} on ${port.id}${r === LEARN_MOVED ? " (moved)" : ""}`);
   }
 }
 
-function flood(w: Walk, b: BridgeView, inPort: PortView | null, vlan: number, cc: ChainCtx): undefined {
+function flood(w: Walk, b: BridgeView, inPort: PortView | null, vlan: number): undefined {
   w.tag(b.floodTag);
   if (w.tracing) w.trace("decision", b.id, "flood");
-  if (b.raw.outboundFilterId && runFilter(w, b.raw.outboundFilterId, cc) !== CHAIN_ACCEPT) return;
+  const outbound = b.raw.outboundFilterId;
+  if (outbound && filterAt(w, outbound, inPort?.id ?? "", "", b.id, inPort) !== CHAIN_ACCEPT) return;
   const fromRemote = inPort?.type === PT.PORT_TYPE_REMOTE_SITE;
   const snapshot = w.m.clone();
   for (const p of b.exteriorPorts) {
@@ -101,7 +104,9 @@ function flood(w: Walk, b: BridgeView, inPort: PortView | null, vlan: number, cc
     w.exitPort(p, inPort);
     // Each port's outbound filter sees the frame as the bridge floods it.
     const seen = w.m.seen;
+    const dstBits = w.m.dstBits;
     w.m.copyFrom(snapshot);
     w.m.seen |= seen;
+    if (dstBits > w.m.dstBits) w.m.dstBits = dstBits;
   }
 }

@@ -10,6 +10,7 @@ import { emitGenerated } from "./generate.js";
 import { type NatBinding, natKey } from "./nat-table.js";
 import { ICMP_UNREACH, icmpError, tcpReset, UNREACH_ADMIN } from "./replies.js";
 import type { CompiledCondition, CompiledRule } from "./rule-compile.js";
+import { bucketEtherType, bucketKey, type IndexedRun } from "./rule-index.js";
 import { type PortView, tag } from "./topology-view.js";
 import type { Walk } from "./walk.js";
 
@@ -31,15 +32,34 @@ export interface ChainCtx {
   replyPort: PortView | null;
 }
 
+/** Fills the walk's filter context and runs the filter `chainId` (see ChainCtx for the fields). */
+export function filterAt(
+  w: Walk,
+  chainId: string,
+  inPortId: string,
+  outPortId: string,
+  zoneId: string,
+  replyPort: PortView | null,
+): number {
+  const cc = w.cc;
+  cc.inPortId = inPortId;
+  cc.outPortId = outPortId;
+  cc.zoneId = zoneId;
+  cc.replyPort = replyPort;
+  return runFilter(w, chainId, cc);
+}
+
 /** Runs the filter chain `chainId`; CHAIN_ACCEPT or CHAIN_DROP (drop reason set on the walk). */
 export function runFilter(w: Walk, chainId: string, cc: ChainCtx): number {
-  const stack = w.jumpStack;
-  stack.length = 0;
-  const v = evalChain(w, chainId, cc, stack);
+  w.jumpDepth = 0; // evalChain unwinds what it pushes; this only matters after a throw
+  const v = evalChain(w, chainId, cc);
   return v === CHAIN_DROP ? CHAIN_DROP : CHAIN_ACCEPT;
 }
 
-function evalChain(w: Walk, chainId: string, cc: ChainCtx, stack: string[]): number {
+/** A rule did not decide: go on with the next one. */
+const NEXT = -1;
+
+function evalChain(w: Walk, chainId: string, cc: ChainCtx): number {
   const chain = w.view.chains.get(chainId);
   if (chain) w.tag(chain.tag);
   else w.tagStr(tag.chain(chainId));
@@ -47,37 +67,94 @@ function evalChain(w: Walk, chainId: string, cc: ChainCtx, stack: string[]): num
     w.drop(`chain ${chainId} is not in the topology (failing closed)`);
     return CHAIN_DROP;
   }
-  if (stack.includes(chainId)) {
-    w.drop(`jump loop: ${[...stack, chainId].join(" → ")}`);
-    return CHAIN_DROP;
+  // The jump stack is filled up to jumpDepth and never truncated (that would free its storage).
+  const stack = w.jumpStack;
+  const depth = w.jumpDepth;
+  for (let i = 0; i < depth; i++) {
+    if (stack[i] === chainId) {
+      w.drop(`jump loop: ${[...stack.slice(0, depth), chainId].join(" → ")}`);
+      return CHAIN_DROP;
+    }
   }
-  if (stack.length >= w.state.limits.maxJumpDepth) {
+  if (depth >= w.state.limits.maxJumpDepth) {
     w.drop(`chain jumps nested deeper than ${w.state.limits.maxJumpDepth}`);
     return CHAIN_DROP;
   }
-  stack.push(chainId);
+  stack[depth] = chainId;
+  w.jumpDepth = depth + 1;
   if (w.tracing) w.trace("chain", chainId, `evaluate ${chain.rules.length} rules`);
   try {
-    for (const rule of chain.rules) {
-      if (rule.error) {
-        w.tag(rule.tag);
-        w.drop(`${rule.error} (failing closed)`);
-        return CHAIN_DROP;
+    const rules = chain.rules;
+    for (const run of chain.runs) {
+      let v = NEXT;
+      if (run.buckets !== undefined) v = evalIndexed(w, run, cc);
+      else {
+        for (let i = run.start; i < run.end && v === NEXT; i++) v = stepRule(w, rules[i]!, cc);
       }
-      if (rule.cond && !matches(w, rule.cond, cc)) continue;
-      w.tag(rule.tag);
-      const v = applyRule(w, rule, cc, stack);
-      if (v !== CHAIN_CONTINUE) return v;
-      if (rule.action === RA.RULE_ACTION_RETURN) return CHAIN_CONTINUE;
+      if (v !== NEXT) return v;
     }
     if (w.tracing) w.trace("chain", chainId, "end of chain");
-    return stack.length === 1 ? CHAIN_ACCEPT : CHAIN_CONTINUE;
+    return depth === 0 ? CHAIN_ACCEPT : CHAIN_CONTINUE;
   } finally {
-    stack.pop();
+    w.jumpDepth = depth;
   }
 }
 
-function applyRule(w: Walk, rule: CompiledRule, cc: ChainCtx, stack: string[]): number {
+/** One rule: NEXT when it does not decide, else the chain's result. */
+function stepRule(w: Walk, rule: CompiledRule, cc: ChainCtx): number {
+  if (rule.error) {
+    w.tag(rule.tag);
+    w.drop(`${rule.error} (failing closed)`);
+    return CHAIN_DROP;
+  }
+  if (rule.cond && !matches(w, rule.cond, cc)) return NEXT;
+  w.tag(rule.tag);
+  const v = applyRule(w, rule, cc);
+  if (v !== CHAIN_CONTINUE) return v;
+  return rule.action === RA.RULE_ACTION_RETURN ? CHAIN_CONTINUE : NEXT;
+}
+
+const NO_RULES: CompiledRule[] = [];
+
+/**
+ * An indexed run: only the rules of the packet's (ether type, protocol) bucket, and of those on a
+ * single destination port only the packet's, merged back into position order. Reads the fields
+ * in the order the linear walk would: the ether type (every rule of the run reads it first), the
+ * protocol (if some rule's ether type fits), tp_dst (once the walk reaches the first single-port
+ * rule of the bucket).
+ */
+function evalIndexed(w: Walk, run: IndexedRun, cc: ChainCtx): number {
+  const m = w.m;
+  const et = m.etherType;
+  if (!run.anyEtherType && !run.etherTypes.has(et)) return NEXT;
+  const bucket = run.buckets.get(bucketKey(bucketEtherType(run, et), protoOf(w)));
+  if (bucket === undefined) return NEXT;
+  const others = bucket.others;
+  let byPort: CompiledRule[] | null = null;
+  let o = 0;
+  let p = 0;
+  for (;;) {
+    const next = o < others.length ? others[o]! : null;
+    if (byPort === null && (next === null || next.index > bucket.firstPortRule)) {
+      // The linear walk reaches the first single-port rule here and reads the port.
+      if (bucket.byPort.size === 0) byPort = NO_RULES;
+      else byPort = hasPorts(w) ? (bucket.byPort.get(m.tpDst) ?? NO_RULES) : NO_RULES;
+    }
+    const portRule = byPort !== null && p < byPort.length ? byPort[p]! : null;
+    let rule: CompiledRule;
+    if (next !== null && (portRule === null || next.index < portRule.index)) {
+      rule = next;
+      o++;
+    } else if (portRule !== null) {
+      rule = portRule;
+      p++;
+    } else return NEXT;
+    const v = stepRule(w, rule, cc);
+    if (v !== NEXT) return v;
+  }
+}
+
+function applyRule(w: Walk, rule: CompiledRule, cc: ChainCtx): number {
   switch (rule.action) {
     case RA.RULE_ACTION_ACCEPT:
       if (w.tracing) w.trace("rule", rule.id, "accept");
@@ -99,7 +176,7 @@ function applyRule(w: Walk, rule: CompiledRule, cc: ChainCtx, stack: string[]): 
       return CHAIN_CONTINUE;
     case RA.RULE_ACTION_JUMP: {
       if (w.tracing) w.trace("rule", rule.id, `jump to ${rule.jumpChainId}`);
-      const v = evalChain(w, rule.jumpChainId, cc, stack);
+      const v = evalChain(w, rule.jumpChainId, cc);
       return v === CHAIN_CONTINUE ? CHAIN_CONTINUE : v;
     }
     case RA.RULE_ACTION_SNAT:
@@ -135,12 +212,14 @@ function matches(w: Walk, c: CompiledCondition, cc: ChainCtx): boolean {
   if (c.vlan !== 0 && m.vlan !== c.vlan) return false;
   if (c.noVlan && m.vlan !== 0) return false;
   if (c.nwProto !== 0 && (protoOf(w) === c.nwProto) === c.invNwProto) return false;
-  if ((c.nwSrc4 || c.nwSrc6) && addrMatch(w, true, c) === c.invNwSrc) return false;
-  if ((c.nwDst4 || c.nwDst6) && addrMatch(w, false, c) === c.invNwDst) return false;
+  // Ports before addresses: rule-index.ts relies on nothing being read between the protocol and
+  // tp_dst for single-port rules.
   if (c.tpSrcStart >= 0 && (hasPorts(w) && inRange(m.tpSrc, c.tpSrcStart, c.tpSrcEnd)) === c.invTpSrc)
     return false;
   if (c.tpDstStart >= 0 && (hasPorts(w) && inRange(m.tpDst, c.tpDstStart, c.tpDstEnd)) === c.invTpDst)
     return false;
+  if ((c.nwSrc4 || c.nwSrc6) && addrMatch(w, true, c) === c.invNwSrc) return false;
+  if ((c.nwDst4 || c.nwDst6) && addrMatch(w, false, c) === c.invNwDst) return false;
   if (c.ipGroupSrc && groupMatch(w, c.ipGroupSrc, true) === c.invIpGroupSrc) return false;
   if (c.ipGroupDst && groupMatch(w, c.ipGroupDst, false) === c.invIpGroupDst) return false;
   if (c.matchForward || c.matchReturn) {
@@ -217,22 +296,28 @@ function groupMatch(w: Walk, groupId: string, src: boolean): boolean {
   return false;
 }
 
-/** The 5-tuple conntrack and NAT key on (ICMP: the echo identifier stands in for ports). */
+/**
+ * The 5-tuple conntrack and NAT key on (ICMP: the echo identifier stands in for ports), in the
+ * walk's scratch tuple: use it before anything else asks for a tuple.
+ */
 export function tupleOf(w: Walk): CtTuple {
   const m = w.m;
   const proto = m.nwProto;
   const icmp = proto === PROTO_ICMP || proto === 58;
   const frag = m.nwFrag === FRAG_LATER;
-  return {
-    ipVersion: m.ipVersion,
-    proto,
-    src: m.ipVersion === 4 ? m.nwSrc : 0,
-    dst: m.ipVersion === 4 ? m.nwDst : 0,
-    src6: m.ipVersion === 6 ? m.nwSrc6 : EMPTY6,
-    dst6: m.ipVersion === 6 ? m.nwDst6 : EMPTY6,
-    sport: frag ? 0 : icmp ? m.icmpId : m.tpSrc,
-    dport: frag || icmp ? 0 : m.tpDst,
-  };
+  const v = m.ipVersion;
+  const t = w.tuple;
+  t.ipVersion = v;
+  t.proto = proto;
+  t.src = v === 4 ? m.nwSrc : 0;
+  t.dst = v === 4 ? m.nwDst : 0;
+  t.src6 = v === 6 ? m.nwSrc6 : EMPTY6;
+  t.dst6 = v === 6 ? m.nwDst6 : EMPTY6;
+  // ICMP: the echo identifier stands in for both ports, so the tuple is symmetric and a reply's
+  // reversed tuple equals its request's (conntrack return keys and reverse NAT keys match).
+  t.sport = frag ? 0 : icmp ? m.icmpId : m.tpSrc;
+  t.dport = frag ? 0 : icmp ? m.icmpId : m.tpDst;
+  return t;
 }
 const EMPTY6 = new Uint32Array(4);
 const CT_ZONE = "";
@@ -248,13 +333,31 @@ function isReturnFlow(w: Walk, checkedAt: string): boolean {
   // devices (each VM's own bridge), so a per-device zone would never see the reply.
   const zone = CT_ZONE;
   const rk = ctReturnKey(zone, t);
-  if (w.state.conntrack.has(rk, w.ctx.now)) {
-    w.tagStr(tag.ct(rk));
+  // Tagged either way: a result decided by the entry's absence (a drop of a reply whose state had
+  // not arrived yet) must go stale when the entry is installed, as one decided by its presence
+  // must when it expires.
+  w.tagStr(tag.ct(rk));
+  const ct = w.state.conntrack;
+  const v4 = t.ipVersion === 4;
+  if (v4 ? ct.hasTuple(t.proto, t.dst, t.dport, t.src, t.sport, w.ctx.now) : ct.has(rk, w.ctx.now)) {
     if (w.tracing) w.trace("conntrack", rk, "return flow");
     return true;
   }
   const fk = ctKey(zone, t);
-  if (!w.ctPending.some((p) => p.key === fk)) w.ctPending.push({ key: fk, zoneId: checkedAt });
+  let pending = false;
+  for (let i = 0; i < w.nCt; i++) if (w.ctKeys[i] === fk) pending = true;
+  if (!pending) {
+    const i = w.nCt++;
+    w.ctKeys[i] = fk;
+    w.ctZones[i] = checkedAt;
+    // IPv4: the tuple's numbers, so the commit indexes by them instead of parsing the key.
+    const n = w.ctTuples;
+    n[i * 5] = v4 ? t.proto : -1;
+    n[i * 5 + 1] = t.src;
+    n[i * 5 + 2] = t.sport;
+    n[i * 5 + 3] = t.dst;
+    n[i * 5 + 4] = t.dport;
+  }
   if (w.tracing) w.trace("conntrack", fk, "forward flow");
   return false;
 }
@@ -347,7 +450,7 @@ function forwardNat(w: Walk, rule: CompiledRule, cc: ChainCtx): boolean {
           now + w.state.nat.idleMs,
         );
     w.state.nat.put(b);
-    w.result.nat.push({ ...b });
+    w.add("nat", { ...b });
   }
   w.tagStr(tag.nat(b.key));
   if (snat) {

@@ -4,6 +4,7 @@
 // and the table is bounded; a full table refuses new connections rather than evicting live ones.
 import { formatIp6 } from "../packets/addr.js";
 import { tag } from "./topology-view.js";
+import { TupleIndex } from "./tuple-index.js";
 
 export interface ConntrackEntry {
   key: string;
@@ -39,8 +40,37 @@ export function ctReturnKey(zone: string, t: CtTuple): string {
   return `${zone}|${t.proto}|${addr(t.dst, t.dst6, t.ipVersion)}|${t.dport}|${addr(t.src, t.src6, t.ipVersion)}|${t.sport}`;
 }
 
+/**
+ * The index words of an IPv4 key in the agent's zone ("|proto|src|sport|dst|dport", canonical
+ * numbers), written to `out`; false for any other key (IPv6, another zone, not canonical).
+ */
+function keyWords(key: string, out: number[]): boolean {
+  if (key.charCodeAt(0) !== 124 /* | */ || key.includes(":")) return false;
+  const p = key.split("|");
+  if (p.length !== 6) return false;
+  const n = [0, 0, 0, 0, 0];
+  const max = [255, 0xffffffff, 65535, 0xffffffff, 65535];
+  for (let i = 0; i < 5; i++) {
+    const v = Number(p[i + 1]);
+    if (!Number.isInteger(v) || v < 0 || v > max[i]! || String(v) !== p[i + 1]) return false;
+    n[i] = v;
+  }
+  out[0] = n[0]!;
+  out[1] = n[1]!;
+  out[2] = n[3]!;
+  out[3] = ((n[2]! << 16) | n[4]!) >>> 0;
+  return true;
+}
+
+/**
+ * Entries are stored by key; IPv4 keys of the agent's zone (every key the simulation makes for
+ * IPv4) live in a TupleIndex the packet path queries by numbers (`hasTuple`, `commitTuple`), the
+ * rest in a Map. A key string always lands in the same store, whichever method is used.
+ */
 export class ConntrackTable {
-  private readonly entries = new Map<string, ConntrackEntry>();
+  private readonly other = new Map<string, ConntrackEntry>();
+  private readonly v4 = new TupleIndex<ConntrackEntry>();
+  private readonly w: number[] = [0, 0, 0, 0];
   refused = 0;
 
   constructor(
@@ -52,56 +82,113 @@ export class ConntrackTable {
   }
 
   get size(): number {
-    return this.entries.size;
-  }
-
-  has(key: string, now: number): boolean {
-    const e = this.entries.get(key);
-    return e !== undefined && e.expiresAt > now;
+    return this.other.size + this.v4.size;
   }
 
   get(key: string): ConntrackEntry | undefined {
-    return this.entries.get(key);
+    const w = this.w;
+    return keyWords(key, w) ? this.v4.get(w[0]!, w[1]!, w[2]!, w[3]!) : this.other.get(key);
+  }
+
+  has(key: string, now: number): boolean {
+    const e = this.get(key);
+    return e !== undefined && e.expiresAt > now;
+  }
+
+  /** `has` for the IPv4 key ctKey("", {proto, src, sport, dst, dport}) would build. */
+  hasTuple(proto: number, src: number, sport: number, dst: number, dport: number, now: number): boolean {
+    const e = this.v4.get(proto, src, dst, ((sport << 16) | dport) >>> 0);
+    return e !== undefined && e.expiresAt > now;
   }
 
   /** Adds or refreshes an entry; null when the table is full. */
   commit(key: string, zoneId: string, now: number): ConntrackEntry | null {
-    const e = this.entries.get(key);
+    const w = this.w;
+    if (keyWords(key, w)) return this.commitWords(w[0]!, w[1]!, w[2]!, w[3]!, key, zoneId, now);
+    const e = this.other.get(key);
     if (e) {
       e.expiresAt = now + this.idleMs;
       return e;
     }
-    if (this.entries.size >= this.maxEntries) {
+    if (this.size >= this.maxEntries) {
       this.refused++;
       return null;
     }
     const n = { key, zoneId, expiresAt: now + this.idleMs };
-    this.entries.set(key, n);
+    this.other.set(key, n);
+    return n;
+  }
+
+  /** `commit` of the IPv4 tuple whose ctKey("", …) is `key` (the caller built both). */
+  commitTuple(
+    proto: number,
+    src: number,
+    sport: number,
+    dst: number,
+    dport: number,
+    key: string,
+    zoneId: string,
+    now: number,
+  ): ConntrackEntry | null {
+    return this.commitWords(proto, src, dst, ((sport << 16) | dport) >>> 0, key, zoneId, now);
+  }
+
+  private commitWords(
+    a: number,
+    b: number,
+    c: number,
+    d: number,
+    key: string,
+    zoneId: string,
+    now: number,
+  ): ConntrackEntry | null {
+    const e = this.v4.get(a, b, c, d);
+    if (e) {
+      e.expiresAt = now + this.idleMs;
+      return e;
+    }
+    if (this.size >= this.maxEntries) {
+      this.refused++;
+      return null;
+    }
+    const n = { key, zoneId, expiresAt: now + this.idleMs };
+    this.v4.set(a, b, c, d, n);
     return n;
   }
 
   /** Installs an entry learned from a peer agent (flow state); false when full. */
   put(entry: ConntrackEntry): boolean {
-    if (!this.entries.has(entry.key) && this.entries.size >= this.maxEntries) {
+    const w = this.w;
+    const v4 = keyWords(entry.key, w);
+    const exists = v4 ? this.v4.get(w[0]!, w[1]!, w[2]!, w[3]!) !== undefined : this.other.has(entry.key);
+    if (!exists && this.size >= this.maxEntries) {
       this.refused++;
       return false;
     }
-    this.entries.set(entry.key, { ...entry });
+    if (v4) this.v4.set(w[0]!, w[1]!, w[2]!, w[3]!, { ...entry });
+    else this.other.set(entry.key, { ...entry });
     return true;
   }
 
   /** Keeps an entry alive while a flow that uses it is active. */
   touch(key: string, now: number): void {
-    const e = this.entries.get(key);
+    const e = this.get(key);
     if (e) e.expiresAt = now + this.idleMs;
   }
 
   expire(now: number): string[] {
     const out: string[] = [];
-    for (const [k, e] of this.entries) {
+    for (const [k, e] of this.other) {
       if (e.expiresAt > now) continue;
-      this.entries.delete(k);
+      this.other.delete(k);
       out.push(tag.ct(k));
+    }
+    const w = this.w;
+    for (const e of this.v4.values()) {
+      if (e.expiresAt > now) continue;
+      keyWords(e.key, w);
+      this.v4.delete(w[0]!, w[1]!, w[2]!, w[3]!);
+      out.push(tag.ct(e.key));
     }
     return out;
   }

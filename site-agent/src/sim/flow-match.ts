@@ -41,6 +41,11 @@ const NO_IP6 = new Uint32Array(4);
 export class FlowMatch {
   /** Fields read so far (the mask being built). */
   seen: FlowMask = F.IN_PORT | F.TUNNEL_KEY;
+  /**
+   * With NW_DST in `seen`: how many leading bits of the IPv4 destination were looked at (32 = the
+   * whole address; an IPv6 destination is always read whole).
+   */
+  dstBits = 0;
 
   // Raw values; read them through the getters below so the mask stays honest.
   _inPort = "";
@@ -77,6 +82,7 @@ export class FlowMatch {
 
   load(p: Packet, inPort: string, tunnelKey: number): void {
     this.seen = F.IN_PORT | F.TUNNEL_KEY;
+    this.dstBits = 0;
     this._inPort = inPort;
     this._tunnelKey = tunnelKey;
     this._ethSrc = p.ethSrc;
@@ -110,6 +116,7 @@ export class FlowMatch {
 
   copyFrom(o: FlowMatch): void {
     this.seen = o.seen;
+    this.dstBits = o.dstBits;
     this._inPort = o._inPort;
     this._tunnelKey = o._tunnelKey;
     this._ethSrc = o._ethSrc;
@@ -175,6 +182,15 @@ export class FlowMatch {
   }
   get nwDst(): number {
     this.seen |= F.NW_DST | F.ETHER_TYPE;
+    this.dstBits = 32;
+    return this._nwDst;
+  }
+  /** Records that the result depends on the first `bits` bits of the IPv4 destination only. */
+  nwDstPrefix(bits: number): number {
+    if (bits > 0) {
+      this.seen |= F.NW_DST | F.ETHER_TYPE;
+      if (bits > this.dstBits) this.dstBits = bits;
+    }
     return this._nwDst;
   }
   get nwSrc6(): Uint32Array {
@@ -183,6 +199,7 @@ export class FlowMatch {
   }
   get nwDst6(): Uint32Array {
     this.seen |= F.NW_DST | F.ETHER_TYPE;
+    this.dstBits = 32;
     return this._nwDst6;
   }
   get nwProto(): number {

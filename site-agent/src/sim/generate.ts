@@ -11,14 +11,14 @@ export function emitGenerated(w: Walk, frame: Uint8Array, port: PortView, why: s
   if (w.generatedDepth > 0) return;
   const pkt = parsePacket(frame);
   if (pkt.error) throw new Error(`generated ${why} packet does not parse: ${pkt.error}`);
-  const sub = new Walk(w.view, w.ctx, pkt, { portId: port.id }, port.id, 0, w.generatedDepth + 1);
+  const sub = Walk.begin(w.view, w.ctx, pkt, { portId: port.id }, port.id, 0, w.generatedDepth + 1);
   sub.exitPort(port, null, true);
   const r = sub.finish();
   if (w.tracing) w.trace("decision", port.id, `generated ${why}: ${r.actions.map((a) => a.kind).join(",")}`);
   if (r.trace) w.result.trace?.push(...r.trace);
-  w.result.generated.push({ frame, actions: r.actions, why });
-  w.result.conntrack.push(...r.conntrack);
-  w.result.nat.push(...r.nat);
-  w.result.learned.push(...r.learned);
-  w.result.invalidate.push(...r.invalidate);
+  w.add("generated", { frame, actions: r.actions, why });
+  if (r.conntrack.length > 0) w.list("conntrack").push(...r.conntrack);
+  if (r.nat.length > 0) w.list("nat").push(...r.nat);
+  if (r.learned.length > 0) w.list("learned").push(...r.learned);
+  if (r.invalidate.length > 0) w.list("invalidate").push(...r.invalidate);
 }

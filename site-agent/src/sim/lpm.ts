@@ -9,6 +9,12 @@ export interface LpmEntry {
   weight: number;
 }
 
+/** What a lookup looked at (filled by `lookup`, reused by the caller). */
+export interface LpmInfo {
+  usedSrc: boolean;
+  dstBits: number;
+}
+
 interface Node<T> {
   zero: Node<T> | null;
   one: Node<T> | null;
@@ -40,31 +46,39 @@ export class LpmTrie<T extends LpmEntry> {
   }
 
   /**
-   * Routes usable for (dst, src): from the longest matching prefix that has any route whose
-   * source prefix contains `src`, those of the lowest weight (ECMP set). `usedSrc` is set when a
-   * source prefix was consulted (so the caller can widen the flow mask only then).
+   * Routes usable for (dst, src), written to `out` (their count is returned): from the longest
+   * matching prefix that has any route whose source prefix contains `src`, those of the lowest
+   * weight (ECMP set). `info.usedSrc` is set when a source prefix was consulted (so the caller can
+   * widen the flow mask only then); `info.dstBits` is how many leading bits of `dst` the walk
+   * examined — every address sharing them takes the same path through the trie.
    */
-  lookup(dst: number, src: number, out: T[], usedSrc: { v: boolean }): T[] {
-    out.length = 0;
+  lookup(dst: number, src: number, out: T[], info: LpmInfo): number {
     let depth = 0;
     let n: Node<T> | null = this.root;
-    for (let level = 0; n; level++) {
+    let level = 0;
+    for (; n; level++) {
       if (n.entries) this.stack[depth++] = n;
-      if (level === 32) break;
+      // A leaf ends the walk without looking at the next bit.
+      if (level === 32 || (n.zero === null && n.one === null)) break;
       n = ((dst >>> (31 - level)) & 1) === 1 ? n.one : n.zero;
     }
+    // Ended at a leaf or after 32 bits (`level` bits examined), or on a missing child (bit
+    // `level - 1` was the last examined): `level` either way.
+    info.dstBits = level;
+    let count = 0;
     for (let i = depth - 1; i >= 0; i--) {
       const entries = this.stack[i]!.entries!;
       let best = -1;
-      for (const e of entries) {
-        if (e.src.len > 0) usedSrc.v = true;
+      for (let k = 0; k < entries.length; k++) {
+        const e = entries[k]!;
+        if (e.src.len > 0) info.usedSrc = true;
         if ((src & e.src.mask) >>> 0 !== e.src.addr) continue;
         if (best < 0) best = e.weight;
         if (e.weight !== best) break;
-        out.push(e);
+        out[count++] = e;
       }
-      if (out.length > 0) break;
+      if (count > 0) break;
     }
-    return out;
+    return count;
   }
 }

@@ -18,7 +18,7 @@ const setOf = (r: SimResult) =>
 
 /** Security groups as the site controller translates them: anti-spoofing on each VM's inbound
  * chain; on each VM's outbound chain accept return flows, then the group's ingress rules, drop. */
-function withSecurityGroups() {
+function withSecurityGroups(opts: { pingFromGroup?: boolean } = {}) {
   const s = twoSubnets();
   const { t } = s;
   const members = t.ipGroup(["10.0.1.1"]);
@@ -31,6 +31,7 @@ function withSecurityGroups() {
   const out2 = t.chain("vm2-out");
   t.accept(out2, { matchReturnFlow: true });
   t.accept(out2, { nwProto: 6, tpDst: { start: 22, end: 22 }, ipAddrGroupSrc: members.id });
+  if (opts.pingFromGroup) t.accept(out2, { nwProto: 1, ipAddrGroupSrc: members.id });
   t.dropRule(out2);
   s.vm1.inboundFilterId = spoof1.id;
   s.vm1.outboundFilterId = out1.id;
@@ -93,6 +94,43 @@ test("path: stateful security group allows the reply but not a new connection fr
     ctx,
   );
   assert.ok(late.dropReason);
+});
+
+test("path: a stateful security group lets the echo reply of an allowed ping back, not a new ping", () => {
+  // vm2 accepts ping from the group (vm1); vm1 accepts only return flows.
+  const s = withSecurityGroups({ pingFromGroup: true });
+  const view = new TopologyView(s.t.objects);
+  const ctx = newSimContext("h1");
+  const request = simulate(
+    view,
+    eth(VM1_MAC, RA_MAC).ip4("10.0.1.1", "10.0.2.1").icmpEcho(7, 1).build(),
+    { portId: s.vm1.id },
+    ctx,
+  );
+  assert.deepEqual(outputs(request), [{ kind: "output", portId: s.vm2.id }]);
+  assert.equal(request.conntrack.length, 1, "the echo request is committed");
+  const reply = simulate(
+    view,
+    eth(VM2_MAC, RB_MAC).ip4("10.0.2.1", "10.0.1.1").icmpEcho(7, 1, true).build(),
+    { portId: s.vm2.id },
+    ctx,
+  );
+  assert.deepEqual(outputs(reply), [{ kind: "output", portId: s.vm1.id }], "the echo reply is a return flow");
+  assert.ok([...reply.tags].some((x) => x === `ct:${request.conntrack[0]!.key}`));
+  const otherId = simulate(
+    view,
+    eth(VM2_MAC, RB_MAC).ip4("10.0.2.1", "10.0.1.1").icmpEcho(8, 1, true).build(),
+    { portId: s.vm2.id },
+    ctx,
+  );
+  assert.match(otherId.dropReason ?? "", /dropped by rule/, "a reply to no request of ours");
+  const fresh = simulate(
+    view,
+    eth(VM2_MAC, RB_MAC).ip4("10.0.2.1", "10.0.1.1").icmpEcho(9, 1).build(),
+    { portId: s.vm2.id },
+    ctx,
+  );
+  assert.match(fresh.dropReason ?? "", /dropped by rule/, "vm1 takes no new ping");
 });
 
 test("path: anti-spoofing drops frames from a foreign MAC or IP", () => {

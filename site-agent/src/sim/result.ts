@@ -101,6 +101,12 @@ export interface SimResult {
   /** The ingress packet's match (original field values); `mask` says which fields matter. */
   match: FlowMatch;
   mask: FlowMask;
+  /**
+   * With F.NW_DST in `mask`: how many leading bits of the IPv4 destination the result depends on
+   * (32 = the whole address; IPv6 destinations always count whole). A route lookup alone reads
+   * only the prefix bits it examined, so one megaflow can cover a route's destinations.
+   */
+  dstBits: number;
   /** Tags of everything the result depends on, each once (see docs/simulation.md). */
   tags: string[];
   /** False when the result must not be installed as a flow (ARP, echo, queued packets, errors). */

@@ -213,3 +213,58 @@ test("router: IPv6 is visibly not routed yet", () => {
   );
   assert.match(r.dropReason ?? "", /IPv6 routing is not supported yet/);
 });
+
+test("router: a route lookup masks only the destination prefix bits it examined", () => {
+  const s = twoSubnets();
+  // 10.0.3.0/24 is reached through vm2 (10.0.2.1) as a gateway: nothing after the lookup reads
+  // the destination, so one megaflow covers the whole /24.
+  const via = s.t.route(s.r, "10.0.3.0/24", s.ifB.routerPort, { nextHopGateway: "10.0.2.1" });
+  const send = (view: TopologyView, dst: string) =>
+    simulate(
+      view,
+      eth(VM1_MAC, RA_MAC).ip4("10.0.1.1", dst).udp(1000, 53).build(),
+      { portId: s.vm1.id },
+      newSimContext("h1"),
+    );
+  const view = new TopologyView(s.t.objects);
+  const a = send(view, "10.0.3.5");
+  const b = send(view, "10.0.3.200");
+  for (const r of [a, b]) {
+    assert.equal(r.actions.at(-1)?.kind, "output");
+    assert.ok(r.tags.includes(`route:${via.id}`));
+    assert.ok(r.mask & F.NW_DST);
+  }
+  assert.equal(a.mask, b.mask);
+  assert.equal(a.dstBits, 24, "a /24 route examines 24 destination bits");
+  assert.equal(b.dstBits, 24);
+  // On-link delivery resolves the destination itself: the whole address matters there.
+  assert.equal(send(view, "10.0.2.1").dstBits, 32);
+
+  // A more specific route inside the /24 makes the lookup look at bit 25 too.
+  const specific = s.t.route(s.r, "10.0.3.128/25", s.ifB.routerPort, { nextHopGateway: "10.0.2.1" });
+  const view2 = new TopologyView(s.t.objects);
+  const c = send(view2, "10.0.3.5");
+  const d = send(view2, "10.0.3.200");
+  assert.equal(c.dstBits, 25);
+  assert.equal(d.dstBits, 25);
+  assert.ok(c.tags.includes(`route:${via.id}`));
+  assert.ok(d.tags.includes(`route:${specific.id}`));
+
+  // The default route through the uplink: the bits that tell the destination apart from the
+  // other routes and the router's own addresses, far fewer than 32.
+  const ctx = newSimContext("h1");
+  ctx.state.arp.learn(s.r.id, parseIp4("203.0.113.1"), parseMac(EXT_MAC), 0);
+  const out = (dst: string) =>
+    simulate(
+      view2,
+      eth(VM1_MAC, RA_MAC).ip4("10.0.1.1", dst).udp(1000, 53).build(),
+      { portId: s.vm1.id },
+      ctx,
+    );
+  const e = out("8.8.8.8");
+  const f = out("9.9.9.9");
+  assert.equal(e.actions.at(-1)?.kind, "encap");
+  assert.ok(e.dstBits > 0 && e.dstBits < 16, `default route examined ${e.dstBits} bits`);
+  assert.equal(e.dstBits, f.dstBits);
+  assert.equal(e.mask, f.mask);
+});

@@ -4,9 +4,10 @@
 import { topologypb } from "@isthmus/schema";
 import { MAC_BROADCAST } from "../packets/addr.js";
 import { ARP_REPLY, ARP_REQUEST, ETH_ARP, PROTO_ICMP } from "../packets/packet.js";
-import { CHAIN_ACCEPT, type ChainCtx, runFilter, tupleOf } from "./chain-eval.js";
+import { CHAIN_ACCEPT, filterAt, tupleOf } from "./chain-eval.js";
 import { flowHash } from "./flow-hash.js";
 import { emitGenerated } from "./generate.js";
+import type { LpmInfo } from "./lpm.js";
 import {
   arpReply,
   arpRequest,
@@ -23,7 +24,7 @@ import type { Walk } from "./walk.js";
 
 const RT = topologypb.RouteType;
 const routeScratch: RouteView[] = [];
-const usedSrc = { v: false };
+const lpmInfo: LpmInfo = { usedSrc: false, dstBits: 0 };
 
 export function simulateRouter(w: Walk, r: RouterView, inPort: PortView): undefined {
   w.tag(r.tag);
@@ -42,32 +43,40 @@ export function simulateRouter(w: Walk, r: RouterView, inPort: PortView): undefi
   if (m.ipVersion !== 4)
     return w.drop(m.ipVersion === 6 ? "IPv6 routing is not supported yet" : "not an IP packet");
 
-  const cc: ChainCtx = { inPortId: inPort.id, outPortId: "", zoneId: r.id, replyPort: inPort };
-  if (r.raw.inboundFilterId && runFilter(w, r.raw.inboundFilterId, cc) !== CHAIN_ACCEPT) return;
+  const inbound = r.raw.inboundFilterId;
+  if (inbound && filterAt(w, inbound, inPort.id, "", r.id, inPort) !== CHAIN_ACCEPT) return;
 
-  const dst = m.nwDst;
-  if (r.portIps.has(dst)) return toRouter(w, r, inPort);
+  // The destination is read by prefix: the bits that tell it apart from the router's own
+  // addresses and the bits the route lookup examines (more only if something later reads it).
+  const dst = m._nwDst;
+  if (r.portIps.has(dst)) {
+    m.nwDstPrefix(32);
+    return toRouter(w, r, inPort);
+  }
+  for (const own of r.portIpList) m.nwDstPrefix(Math.min(32, Math.clz32((dst ^ own) >>> 0) + 1));
   if (m.nwTtl <= 1) {
     if (w.tracing) w.trace("decision", r.id, "TTL expired");
     icmpToSender(w, inPort, ICMP_TIME_EXCEEDED, 0);
     return w.drop("TTL expired in transit");
   }
 
-  usedSrc.v = false;
-  const routes = r.trie.lookup(dst, w.m._nwSrc, routeScratch, usedSrc);
-  if (usedSrc.v) void m.nwSrc; // source prefixes were consulted: the source address matters
-  if (routes.length === 0) {
+  lpmInfo.usedSrc = false;
+  const routes = routeScratch;
+  const nRoutes = r.trie.lookup(dst, w.m._nwSrc, routes, lpmInfo);
+  m.nwDstPrefix(lpmInfo.dstBits);
+  if (lpmInfo.usedSrc) void m.nwSrc; // source prefixes were consulted: the source address matters
+  if (nRoutes === 0) {
     w.tag(r.noRouteTag);
     if (w.tracing) w.trace("route", r.id, "no route");
     icmpToSender(w, inPort, ICMP_UNREACH, UNREACH_NET);
     return w.drop(`no route to ${fmt(dst)} on router ${r.id}`);
   }
   let route = routes[0]!;
-  if (routes.length > 1) {
+  if (nRoutes > 1) {
     // ECMP: the flow hash picks among equal-weight routes (and depends on the 5-tuple).
-    route = routes[flowHash(tupleOf(w), w.ctx.hashSeed ?? 0) % routes.length]!;
+    route = routes[flowHash(tupleOf(w), w.ctx.hashSeed ?? 0) % nRoutes]!;
   }
-  for (const rt of routes) w.tag(rt.tag);
+  for (let i = 0; i < nRoutes; i++) w.tag(routes[i]!.tag);
   if (w.tracing)
     w.trace(
       "route",
@@ -94,10 +103,8 @@ export function simulateRouter(w: Walk, r: RouterView, inPort: PortView): undefi
   w.ttlDec++;
   m._nwTtl = m._nwTtl - 1;
 
-  if (r.raw.outboundFilterId) {
-    const occ: ChainCtx = { inPortId: inPort.id, outPortId: out.id, zoneId: r.id, replyPort: inPort };
-    if (runFilter(w, r.raw.outboundFilterId, occ) !== CHAIN_ACCEPT) return;
-  }
+  const outbound = r.raw.outboundFilterId;
+  if (outbound && filterAt(w, outbound, inPort.id, out.id, r.id, inPort) !== CHAIN_ACCEPT) return;
   // The outbound filter may have rewritten the destination (DNAT); route.gateway does not change.
   const nextHop = route.gateway >= 0 ? route.gateway : m.nwDst;
   const mac = resolve(w, r, out, nextHop);
@@ -152,8 +159,8 @@ function routerArp(w: Walk, r: RouterView, inPort: PortView): undefined {
   if (op === ARP_REPLY) {
     const ip = m.arpSpa;
     const released = w.state.arp.learn(r.id, ip, m.arpSha, w.ctx.now);
-    w.result.invalidate.push(r.arpTags.get(ip).s);
-    w.result.resubmit.push(...released);
+    w.add("invalidate", r.arpTags.get(ip).s);
+    if (released.length > 0) w.list("resubmit").push(...released);
     if (w.tracing) w.trace("arp", r.id, `learned ${fmt(ip)}; released ${released.length} packets`);
     return w.drop("ARP reply consumed by router");
   }

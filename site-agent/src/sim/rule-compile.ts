@@ -55,6 +55,8 @@ export interface CompiledRule {
   tag: Tag;
   chainId: string;
   position: number;
+  /** Place in its chain's evaluation order (set when the chain is built). */
+  index: number;
   action: topologypb.RuleAction;
   jumpChainId: string;
   natTargets: CompiledNatTarget[];
@@ -96,6 +98,7 @@ export function compileRule(r: topologypb.Rule): CompiledRule {
     tag: new Tag(`rule:${r.id}`),
     chainId: r.chainId,
     position: r.position,
+    index: -1,
     action: r.action,
     jumpChainId: r.jumpChainId,
     natTargets: [],

@@ -28,7 +28,7 @@ export function simulate(
   const pkt = frame instanceof Packet ? frame : parsePacket(frame, scratch);
   const inPort = "portId" in ingress ? ingress.portId : "";
   const rawKey = "portId" in ingress ? 0 : ingress.tunnelKey;
-  const w = new Walk(view, ctx, pkt, ingress, inPort, rawKey, 0);
+  const w = Walk.begin(view, ctx, pkt, ingress, inPort, rawKey, 0);
   if (pkt.error) {
     w.drop(`malformed frame: ${pkt.error}`);
     w.result.cacheable = false;

@@ -15,7 +15,9 @@ import {
   parseMac,
 } from "../packets/addr.js";
 import { LpmTrie } from "./lpm.js";
+import type { OutputAction } from "./result.js";
 import { type CompiledRule, compileRule } from "./rule-compile.js";
+import { indexRules, type RuleRun } from "./rule-index.js";
 import { Tag, TagCache } from "./tag-cache.js";
 
 type Host = topologypb.Host;
@@ -36,6 +38,8 @@ export interface PortView {
   /** VM, uplink and remote-site ports face the outside; bridge↔router ports are interior. */
   readonly exterior: boolean;
   readonly up: boolean;
+  /** The `output` action to this port, shared by every result that delivers here (never mutated). */
+  readonly output: OutputAction;
 }
 
 export interface BridgeView {
@@ -77,6 +81,8 @@ export interface RouterView {
   readonly ports: PortView[];
   /** The router's own addresses → the port holding them. */
   readonly portIps: Map<number, PortView>;
+  /** The same addresses as a list (masks: the bits that tell a destination apart from each). */
+  readonly portIpList: number[];
   readonly trie: LpmTrie<RouteView>;
   readonly arpTags: TagCache;
   /** Routes that could not be used (bad prefix), with why. */
@@ -87,6 +93,8 @@ export interface ChainView {
   readonly id: string;
   readonly tag: Tag;
   readonly rules: CompiledRule[];
+  /** The rules split into linear and indexed runs (rule-index.ts). */
+  runs: RuleRun[];
 }
 
 export interface IpGroupView {
@@ -150,6 +158,7 @@ function buildPortView(p: Port): PortView {
     ips6,
     exterior,
     up: p.adminStateUp,
+    output: Object.freeze({ kind: "output", portId: p.id }) as OutputAction,
   };
 }
 
@@ -547,6 +556,7 @@ export class TopologyView {
       raw,
       ports,
       portIps,
+      portIpList: [...portIps.keys()],
       trie,
       badRoutes,
       arpTags: new TagCache((ip) => tag.arp(id, ip)),
@@ -564,7 +574,8 @@ export class TopologyView {
       if (r) rules.push(compileRule(r));
     }
     rules.sort((a, b) => a.position - b.position || (a.id < b.id ? -1 : 1));
-    this.chains.set(id, { id, tag: new Tag(tag.chain(id)), rules });
+    for (let i = 0; i < rules.length; i++) rules[i]!.index = i;
+    this.chains.set(id, { id, tag: new Tag(tag.chain(id)), rules, runs: indexRules(rules) });
   }
 }
 

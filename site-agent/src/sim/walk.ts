@@ -5,15 +5,17 @@ import { topologypb } from "@isthmus/schema";
 import type { Packet } from "../packets/packet.js";
 import { VXLAN_PORT } from "../packets/vxlan.js";
 import { simulateBridge } from "./bridge.js";
-import { CHAIN_ACCEPT, type ChainCtx, runFilter } from "./chain-eval.js";
-import { FlowMatch } from "./flow-match.js";
-import type { Action, Ingress, SetFieldsAction, SimResult, TraceStep } from "./result.js";
+import { CHAIN_ACCEPT, type ChainCtx, filterAt } from "./chain-eval.js";
+import type { CtTuple } from "./conntrack.js";
+import { F, FlowMatch } from "./flow-match.js";
+import type { Action, DecTtlAction, Ingress, SetFieldsAction, SimResult, TraceStep } from "./result.js";
 import { simulateRouter } from "./router.js";
 import type { SimState } from "./sim-state.js";
 import type { Tag } from "./tag-cache.js";
 import { type BridgeView, type PortView, type TopologyView, tag } from "./topology-view.js";
 
 const PT = topologypb.PortType;
+const NO_IP6 = new Uint32Array(4);
 
 export interface SimContext {
   /** Milliseconds on the agent's clock (expiry of learned state). */
@@ -29,70 +31,172 @@ export interface SimContext {
 
 let walks = 0;
 
+/** The usual TTL step (one router): shared, since actions are never mutated after a walk. */
+const DEC_TTL_1: DecTtlAction = Object.freeze({ kind: "decTtl", by: 1 }) as DecTtlAction;
+
+/** Result lists nothing was added to share this empty, frozen list (see Walk.list). */
+const NONE: never[] = Object.freeze([]) as unknown as never[];
+type ListField = "generated" | "conntrack" | "nat" | "learned" | "invalidate" | "resubmit";
+
+/**
+ * One walk per nesting depth (0: the packet, 1: a packet it generated) is reused: simulate() is
+ * synchronous and not re-entrant, so only the result and the match are allocated per packet.
+ */
+const pool: Walk[] = [];
+
 export class Walk {
-  /** Ingress values of the fields a walk may rewrite (the rest are never written). */
-  private readonly orig: Pick<
-    FlowMatch,
-    "_ethSrc" | "_ethDst" | "_nwSrc" | "_nwDst" | "_tpSrc" | "_tpDst" | "_nwTtl"
-  >;
-  readonly m: FlowMatch;
-  readonly result: SimResult;
+  // Ingress values of the fields a walk may rewrite (the rest are never written).
+  private oEthSrc = 0;
+  private oEthDst = 0;
+  private oNwSrc = 0;
+  private oNwDst = 0;
+  private oTpSrc = 0;
+  private oTpDst = 0;
+  private oNwTtl = 0;
+  m!: FlowMatch;
+  result!: SimResult;
+  view!: TopologyView;
+  ctx!: SimContext;
+  pkt!: Packet;
+  ingress!: Ingress;
   devices = 0;
   ttlDec = 0;
-  /** Forward conntrack keys to commit if the packet is not dropped. */
-  readonly ctPending: { key: string; zoneId: string }[] = [];
+  /** Forward conntrack keys (and the device that checked) to commit if the packet is not dropped. */
+  // Arrays reused across walks are filled up to a count, never truncated: truncating an array
+  // releases its backing store, and the next walk would allocate it again.
+  readonly ctKeys: string[] = [];
+  readonly ctZones: string[] = [];
+  /** Per pending key: IPv4 proto, src, sport, dst, dport (proto -1: not IPv4, commit by key). */
+  readonly ctTuples: number[] = [];
+  nCt = 0;
+  /** Tags collected so far (copied into the result, at its exact size, by finish()). */
+  readonly tags: string[] = [];
+  private nTags = 0;
+  /** Actions so far (copied into the result, at its exact size, by finish()). */
+  private readonly actions: Action[] = [];
+  private nActions = 0;
+  /** Filter context, refilled before each filter runs (filters never overlap within a walk). */
+  readonly cc: ChainCtx = { inPortId: "", outPortId: "", zoneId: "", replyPort: null };
+  /** Scratch 5-tuple for conntrack, NAT and ECMP (each use finishes before the next fills it). */
+  readonly tuple: CtTuple = {
+    ipVersion: 0,
+    proto: 0,
+    src: 0,
+    dst: 0,
+    src6: NO_IP6,
+    dst6: NO_IP6,
+    sport: 0,
+    dport: 0,
+  };
   /** Why the packet was dropped (first reason wins). */
   dropReason: string | null = null;
   held: string | null = null;
   /** Whether steps are recorded: call sites check it so detail strings are only built when tracing. */
-  readonly tracing: boolean;
+  tracing = false;
   /** Chains being evaluated (jump loop detection), reused across filters. */
   readonly jumpStack: string[] = [];
-  private readonly epoch: number;
+  jumpDepth = 0;
+  private epoch = 0;
   /** Generated packets may not generate further packets. */
-  readonly generatedDepth: number;
+  generatedDepth = 0;
   private lastSet: SetFieldsAction | null = null;
   private lastTtl = 0;
 
-  constructor(
-    readonly view: TopologyView,
-    readonly ctx: SimContext,
-    readonly pkt: Packet,
-    readonly ingress: Ingress,
+  /** A walk for one packet (the pooled walk of its depth, reset). */
+  static begin(
+    view: TopologyView,
+    ctx: SimContext,
+    pkt: Packet,
+    ingress: Ingress,
     inPort: string,
     tunnelKey: number,
     depth: number,
-  ) {
+  ): Walk {
+    let w = pool[depth];
+    if (w === undefined) {
+      w = new Walk();
+      pool[depth] = w;
+    }
+    w.reset(view, ctx, pkt, ingress, inPort, tunnelKey, depth);
+    return w;
+  }
+
+  private reset(
+    view: TopologyView,
+    ctx: SimContext,
+    pkt: Packet,
+    ingress: Ingress,
+    inPort: string,
+    tunnelKey: number,
+    depth: number,
+  ): void {
+    this.view = view;
+    this.ctx = ctx;
+    this.pkt = pkt;
+    this.ingress = ingress;
     this.generatedDepth = depth;
     this.epoch = ++walks;
     this.tracing = ctx.trace === true;
-    this.m = FlowMatch.fromPacket(pkt, inPort, tunnelKey);
-    const m = this.m;
-    this.orig = {
-      _ethSrc: m._ethSrc,
-      _ethDst: m._ethDst,
-      _nwSrc: m._nwSrc,
-      _nwDst: m._nwDst,
-      _tpSrc: m._tpSrc,
-      _tpDst: m._tpDst,
-      _nwTtl: m._nwTtl,
-    };
+    this.devices = 0;
+    this.ttlDec = 0;
+    this.nCt = 0;
+    this.jumpDepth = 0;
+    this.nTags = 0;
+    this.nActions = 0;
+    this.jumpStack.length = 0;
+    this.dropReason = null;
+    this.held = null;
+    this.lastSet = null;
+    this.lastTtl = 0;
+    const m = FlowMatch.fromPacket(pkt, inPort, tunnelKey);
+    this.m = m;
+    this.oEthSrc = m._ethSrc;
+    this.oEthDst = m._ethDst;
+    this.oNwSrc = m._nwSrc;
+    this.oNwDst = m._nwDst;
+    this.oTpSrc = m._tpSrc;
+    this.oTpDst = m._tpDst;
+    this.oNwTtl = m._nwTtl;
     this.result = {
-      actions: [],
-      match: this.m, // restored to the ingress values by finish()
+      actions: NONE,
+      match: m, // restored to the ingress values by finish()
       mask: 0,
-      tags: [],
+      dstBits: 0,
+      tags: NONE,
       cacheable: true,
       dropReason: null,
-      generated: [],
-      conntrack: [],
-      nat: [],
-      learned: [],
-      invalidate: [],
-      resubmit: [],
-      trace: ctx.trace ? [] : null,
+      generated: NONE,
+      conntrack: NONE,
+      nat: NONE,
+      learned: NONE,
+      invalidate: NONE,
+      resubmit: NONE,
+      trace: this.tracing ? [] : null,
       held: null,
     };
+  }
+
+  /** A result list to add to (allocated on first use; untouched lists stay the shared empty one). */
+  list<K extends ListField>(k: K): SimResult[K] {
+    const r = this.result;
+    let l = r[k];
+    if (l === NONE) {
+      l = [];
+      r[k] = l;
+    }
+    return l;
+  }
+
+  /** Adds one item to a result list (a first item gets a list of exactly one). */
+  add<K extends ListField>(k: K, item: SimResult[K][number]): void {
+    const r = this.result;
+    const l = r[k] as SimResult[K][number][];
+    if (l === NONE) (r[k] as SimResult[K][number][]) = [item];
+    else l.push(item);
+  }
+
+  private action(a: Action): void {
+    this.actions[this.nActions++] = a;
   }
 
   get state(): SimState {
@@ -107,13 +211,15 @@ export class Walk {
   tag(t: Tag): undefined {
     if (t.stamp !== this.epoch) {
       t.stamp = this.epoch;
-      this.result.tags.push(t.s);
+      this.tags[this.nTags++] = t.s;
     }
   }
 
   /** Adds a tag built for this packet (conntrack and NAT keys, objects missing from the view). */
   tagStr(s: string): undefined {
-    if (!this.result.tags.includes(s)) this.result.tags.push(s);
+    const tags = this.tags;
+    for (let i = 0; i < this.nTags; i++) if (tags[i] === s) return;
+    tags[this.nTags++] = s;
   }
 
   drop(reason: string): undefined {
@@ -130,10 +236,8 @@ export class Walk {
     }
     if (this.tracing) this.trace("port", port.id, `enter ${port.raw.name || port.id}`);
     if (!port.up) return this.drop(`port ${port.id} is administratively down`);
-    if (port.raw.inboundFilterId) {
-      const cc: ChainCtx = { inPortId: port.id, outPortId: "", zoneId: port.deviceId, replyPort: port };
-      if (runFilter(this, port.raw.inboundFilterId, cc) !== CHAIN_ACCEPT) return;
-    }
+    const inbound = port.raw.inboundFilterId;
+    if (inbound && filterAt(this, inbound, port.id, "", port.deviceId, port) !== CHAIN_ACCEPT) return;
     const bridge = this.view.bridges.get(port.deviceId);
     if (bridge) return simulateBridge(this, bridge, port);
     const router = this.view.routers.get(port.deviceId);
@@ -149,14 +253,9 @@ export class Walk {
   exitPort(port: PortView, from: PortView | null, skipFilter = false): undefined {
     this.tag(port.tag);
     if (!port.up) return this.drop(`port ${port.id} is administratively down`);
-    if (!skipFilter && port.raw.outboundFilterId) {
-      const cc: ChainCtx = {
-        inPortId: from?.id ?? "",
-        outPortId: port.id,
-        zoneId: port.deviceId,
-        replyPort: from,
-      };
-      if (runFilter(this, port.raw.outboundFilterId, cc) !== CHAIN_ACCEPT) return;
+    const outbound = port.raw.outboundFilterId;
+    if (!skipFilter && outbound) {
+      if (filterAt(this, outbound, from?.id ?? "", port.id, port.deviceId, from) !== CHAIN_ACCEPT) return;
     }
     if (port.exterior) return this.deliver(port);
     const peer = this.view.ports.get(port.raw.peerId);
@@ -193,7 +292,7 @@ export class Walk {
       }
       return this.tunnelToHost(hostId, key, port);
     }
-    if (hostId === this.ctx.hostId) return this.emit({ kind: "output", portId: port.id });
+    if (hostId === this.ctx.hostId) return this.emit(port.output);
     if (!port.raw.tunnelKey) return this.drop(`port ${port.id} on host ${hostId} has no tunnel key`);
     this.tunnelToHost(hostId, port.raw.tunnelKey, port);
   }
@@ -216,53 +315,73 @@ export class Walk {
 
   /** Appends an output, preceded by the header rewrites in effect at this point. */
   private emit(a: Action): undefined {
-    const set = this.diff();
-    if (!sameSet(set, this.lastSet)) {
-      // A flood port's filter may have rewritten fields for an earlier output: restore them.
-      const out: SetFieldsAction = set ? { ...set } : { kind: "set" };
+    if (!this.sameAsLastSet()) {
+      const out = this.diff();
       const prev = this.lastSet;
-      const o = this.orig;
+      // `out` is shared as lastSet only when no restores are added to it below.
+      this.lastSet = this.unchanged() ? null : prev === null ? out : this.diff();
+      // A flood port's filter may have rewritten fields for an earlier output: restore them.
       if (prev) {
-        if (prev.ethSrc !== undefined && out.ethSrc === undefined) out.ethSrc = o._ethSrc;
-        if (prev.ethDst !== undefined && out.ethDst === undefined) out.ethDst = o._ethDst;
-        if (prev.nwSrc !== undefined && out.nwSrc === undefined) out.nwSrc = o._nwSrc;
-        if (prev.nwDst !== undefined && out.nwDst === undefined) out.nwDst = o._nwDst;
-        if (prev.tpSrc !== undefined && out.tpSrc === undefined) out.tpSrc = o._tpSrc;
-        if (prev.tpDst !== undefined && out.tpDst === undefined) out.tpDst = o._tpDst;
+        if (prev.ethSrc !== undefined && out.ethSrc === undefined) out.ethSrc = this.oEthSrc;
+        if (prev.ethDst !== undefined && out.ethDst === undefined) out.ethDst = this.oEthDst;
+        if (prev.nwSrc !== undefined && out.nwSrc === undefined) out.nwSrc = this.oNwSrc;
+        if (prev.nwDst !== undefined && out.nwDst === undefined) out.nwDst = this.oNwDst;
+        if (prev.tpSrc !== undefined && out.tpSrc === undefined) out.tpSrc = this.oTpSrc;
+        if (prev.tpDst !== undefined && out.tpDst === undefined) out.tpDst = this.oTpDst;
       }
-      this.result.actions.push(out);
-      this.lastSet = set;
+      this.action(out);
     }
     if (this.ttlDec > this.lastTtl) {
-      this.result.actions.push({ kind: "decTtl", by: this.ttlDec - this.lastTtl });
+      const by = this.ttlDec - this.lastTtl;
+      this.action(by === 1 ? DEC_TTL_1 : { kind: "decTtl", by });
       this.lastTtl = this.ttlDec;
     }
-    this.result.actions.push(a);
-    if (a.kind === "output") this.trace("decision", a.portId, "output");
-    else if (a.kind === "encap")
-      if (this.tracing) this.trace("decision", a.hostId, `encap key ${a.tunnelKey} to ${a.remoteIp}`);
+    this.action(a);
+    if (this.tracing) {
+      if (a.kind === "output") this.trace("decision", a.portId, "output");
+      else if (a.kind === "encap")
+        this.trace("decision", a.hostId, `encap key ${a.tunnelKey} to ${a.remoteIp}`);
+    }
   }
 
-  private diff(): SetFieldsAction | null {
-    const o = this.orig;
+  /** Whether no rewritable field differs from the ingress packet. */
+  private unchanged(): boolean {
     const m = this.m;
-    if (
-      m._ethSrc === o._ethSrc &&
-      m._ethDst === o._ethDst &&
-      m._nwSrc === o._nwSrc &&
-      m._nwDst === o._nwDst &&
-      m._tpSrc === o._tpSrc &&
-      m._tpDst === o._tpDst
-    ) {
-      return null;
-    }
+    return (
+      m._ethSrc === this.oEthSrc &&
+      m._ethDst === this.oEthDst &&
+      m._nwSrc === this.oNwSrc &&
+      m._nwDst === this.oNwDst &&
+      m._tpSrc === this.oTpSrc &&
+      m._tpDst === this.oTpDst
+    );
+  }
+
+  /** Whether the rewrites in effect now are those of the last `set` emitted (no new `set` needed). */
+  private sameAsLastSet(): boolean {
+    const b = this.lastSet;
+    if (b === null) return this.unchanged();
+    const m = this.m;
+    return (
+      (m._ethSrc === this.oEthSrc ? undefined : m._ethSrc) === b.ethSrc &&
+      (m._ethDst === this.oEthDst ? undefined : m._ethDst) === b.ethDst &&
+      (m._nwSrc === this.oNwSrc ? undefined : m._nwSrc) === b.nwSrc &&
+      (m._nwDst === this.oNwDst ? undefined : m._nwDst) === b.nwDst &&
+      (m._tpSrc === this.oTpSrc ? undefined : m._tpSrc) === b.tpSrc &&
+      (m._tpDst === this.oTpDst ? undefined : m._tpDst) === b.tpDst
+    );
+  }
+
+  /** The rewrites in effect now, relative to the ingress packet (only changed fields present). */
+  private diff(): SetFieldsAction {
+    const m = this.m;
     const s: SetFieldsAction = { kind: "set" };
-    if (m._ethSrc !== o._ethSrc) s.ethSrc = m._ethSrc;
-    if (m._ethDst !== o._ethDst) s.ethDst = m._ethDst;
-    if (m._nwSrc !== o._nwSrc) s.nwSrc = m._nwSrc;
-    if (m._nwDst !== o._nwDst) s.nwDst = m._nwDst;
-    if (m._tpSrc !== o._tpSrc) s.tpSrc = m._tpSrc;
-    if (m._tpDst !== o._tpDst) s.tpDst = m._tpDst;
+    if (m._ethSrc !== this.oEthSrc) s.ethSrc = m._ethSrc;
+    if (m._ethDst !== this.oEthDst) s.ethDst = m._ethDst;
+    if (m._nwSrc !== this.oNwSrc) s.nwSrc = m._nwSrc;
+    if (m._nwDst !== this.oNwDst) s.nwDst = m._nwDst;
+    if (m._tpSrc !== this.oTpSrc) s.tpSrc = m._tpSrc;
+    if (m._tpDst !== this.oTpDst) s.tpDst = m._tpDst;
     return s;
   }
 
@@ -274,26 +393,44 @@ export class Walk {
   /** Closes the result: drop action if nothing was output, commits, mask. */
   finish(): SimResult {
     const r = this.result;
-    const outputs = r.actions.some((a) => a.kind === "output" || a.kind === "encap");
+    let outputs = false;
+    for (let i = 0; i < this.nActions; i++) {
+      const k = this.actions[i]!.kind;
+      if (k === "output" || k === "encap") outputs = true;
+    }
+    r.actions = this.actions.slice(0, this.nActions);
     if (!outputs) {
       const reason = this.held ?? this.dropReason ?? "no output port";
       if (this.held === null) {
         r.dropReason = reason;
-        r.actions.length = 0;
-        r.actions.push({ kind: "drop", reason });
+        r.actions = [{ kind: "drop", reason }];
       }
-    } else if (this.ctPending.length > 0) {
-      for (const p of this.ctPending) {
-        const e = this.state.conntrack.commit(p.key, p.zoneId, this.ctx.now);
+    } else if (this.nCt > 0) {
+      for (let i = 0; i < this.nCt; i++) {
+        const ct = this.state.conntrack;
+        const n = this.ctTuples;
+        const o = i * 5;
+        const e =
+          n[o]! >= 0
+            ? ct.commitTuple(
+                n[o]!,
+                n[o + 1]!,
+                n[o + 2]!,
+                n[o + 3]!,
+                n[o + 4]!,
+                this.ctKeys[i]!,
+                this.ctZones[i]!,
+                this.ctx.now,
+              )
+            : ct.commit(this.ctKeys[i]!, this.ctZones[i]!, this.ctx.now);
         if (!e) {
           const reason = `conntrack table full (${this.state.conntrack.maxEntries} entries): new connection refused`;
           r.dropReason = reason;
-          r.actions.length = 0;
-          r.actions.push({ kind: "drop", reason });
+          r.actions = [{ kind: "drop", reason }];
           r.cacheable = false;
           break;
         }
-        r.conntrack.push({ key: e.key, zoneId: e.zoneId, expiresAt: e.expiresAt });
+        this.add("conntrack", { key: e.key, zoneId: e.zoneId, expiresAt: e.expiresAt });
       }
     }
     if (this.held !== null) {
@@ -301,27 +438,16 @@ export class Walk {
       r.held = this.held;
     }
     r.mask = this.m.seen;
+    r.dstBits = (r.mask & F.NW_DST) !== 0 ? this.m.dstBits : 0;
+    r.tags = this.tags.slice(0, this.nTags);
     const m = this.m;
-    const o = this.orig;
-    m._ethSrc = o._ethSrc;
-    m._ethDst = o._ethDst;
-    m._nwSrc = o._nwSrc;
-    m._nwDst = o._nwDst;
-    m._tpSrc = o._tpSrc;
-    m._tpDst = o._tpDst;
-    m._nwTtl = o._nwTtl;
+    m._ethSrc = this.oEthSrc;
+    m._ethDst = this.oEthDst;
+    m._nwSrc = this.oNwSrc;
+    m._nwDst = this.oNwDst;
+    m._tpSrc = this.oTpSrc;
+    m._tpDst = this.oTpDst;
+    m._nwTtl = this.oNwTtl;
     return r;
   }
-}
-
-function sameSet(a: SetFieldsAction | null, b: SetFieldsAction | null): boolean {
-  if (a === null || b === null) return a === b;
-  return (
-    a.ethSrc === b.ethSrc &&
-    a.ethDst === b.ethDst &&
-    a.nwSrc === b.nwSrc &&
-    a.nwDst === b.nwDst &&
-    a.tpSrc === b.tpSrc &&
-    a.tpDst === b.tpDst
-  );
 }

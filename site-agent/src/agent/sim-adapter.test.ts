@@ -1,0 +1,75 @@
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { topologypb } from "@isthmus/schema";
+import { TCP_ACK, TCP_SYN } from "../packets/encode.js";
+import { eth } from "../packets/packet-dsl.js";
+import { RA_MAC, RB_MAC, twoSubnets, VM1_MAC, VM2_MAC } from "../sim/test-topologies.js";
+import { extractKey, KEY_SIZE, maskFromFields } from "./flow-key.js";
+import { FlowTable } from "./flow-table.js";
+import { EngineSimulator } from "./sim-adapter.js";
+
+const RA = topologypb.RuleAction;
+
+/** vm1 on h1, vm2 on h2; vm1 only lets return traffic in, vm2 takes any connection. */
+function topology() {
+  const s = twoSubnets({ vm2Host: "h2" });
+  const out1 = s.t.chain("vm1-out");
+  s.t.accept(out1, { matchReturnFlow: true });
+  s.t.rule(out1, RA.RULE_ACTION_DROP, {});
+  s.vm1.outboundFilterId = out1.id;
+  const out2 = s.t.chain("vm2-out");
+  s.t.accept(out2, { matchReturnFlow: true });
+  s.t.accept(out2, {});
+  s.vm2.outboundFilterId = out2.id;
+  return s;
+}
+
+test("sim adapter: a reply dropped before its connection's state arrived is invalidated when it arrives", () => {
+  const s = topology();
+  const h1 = new EngineSimulator({ hostId: "h1" });
+  const h2 = new EngineSimulator({ hostId: "h2" });
+  for (const sim of [h1, h2]) sim.applySnapshot({ revision: 1, objects: s.t.objects });
+  const syn = Buffer.from(eth(VM1_MAC, RA_MAC).ip4("10.0.1.1", "10.0.2.1").tcp(40000, 22, TCP_SYN).build());
+  const reply = Buffer.from(
+    eth(VM2_MAC, RB_MAC)
+      .ip4("10.0.2.1", "10.0.1.1")
+      .tcp(22, 40000, TCP_SYN | TCP_ACK)
+      .build(),
+  );
+  const key = Buffer.alloc(KEY_SIZE);
+  const input = (frame: Buffer, portId: string, now: number) => {
+    extractKey(frame, 1, 0, key);
+    return { frame, key, ingressPortId: portId, traced: false, now };
+  };
+
+  const forward = h1.simulate(input(syn, s.vm1.id, 0));
+  assert.equal(forward.flowState.length, 1, "h1 commits the connection");
+
+  // The reply reaches h2 before h1's flow state does: dropped, and cached as a drop.
+  const early = h2.simulate(input(reply, s.vm2.id, 1));
+  assert.equal(early.groups[0]?.outputs.length ?? 0, 0);
+  assert.ok(early.dropReason?.includes("dropped by rule"), early.dropReason);
+  const table = new FlowTable();
+  const flow = table.install(
+    {
+      match: Buffer.from(key),
+      mask: maskFromFields(early.maskFields!),
+      actions: { outputs: [] },
+      tags: early.tags,
+    },
+    1,
+  );
+  assert.ok(flow);
+
+  // The state arrives: the tags it reports name the cached drop, which goes away.
+  const stale = h2.installFlowState(forward.flowState, 2);
+  assert.ok(
+    stale.some((t) => early.tags.includes(t)),
+    `drop tags ${early.tags.join(" ")} miss ${stale.join(" ")}`,
+  );
+  assert.equal(table.invalidate(stale), 1);
+  assert.equal(table.lookup(Buffer.from(key), 60, 3), undefined);
+  const late = h2.simulate(input(reply, s.vm2.id, 3));
+  assert.equal(late.groups[0]?.outputs[0]?.kind, "tunnel", "the reply now passes as return traffic");
+  assert.equal(late.dropReason, undefined);
+});

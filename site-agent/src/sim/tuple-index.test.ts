@@ -1,0 +1,69 @@
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import fc from "fast-check";
+import { ConntrackTable, ctKey } from "./conntrack.js";
+import { TupleIndex } from "./tuple-index.js";
+
+test("tuple index: random sets and deletes agree with a Map (growth, probing, backward shift)", () => {
+  // Few distinct words so probe runs collide and deletions shift entries back.
+  const word = fc.constantFrom(0, 1, 2, 0xffffffff, 0x80000000);
+  const op = fc.record({ del: fc.boolean(), a: word, b: word, c: word, d: word, v: fc.nat() });
+  fc.assert(
+    fc.property(fc.array(op, { maxLength: 600 }), (ops) => {
+      const idx = new TupleIndex<number>();
+      const model = new Map<string, number>();
+      for (const o of ops) {
+        const k = `${o.a},${o.b},${o.c},${o.d}`;
+        if (o.del) assert.equal(idx.delete(o.a, o.b, o.c, o.d), model.delete(k));
+        else {
+          idx.set(o.a, o.b, o.c, o.d, o.v);
+          model.set(k, o.v);
+        }
+        assert.equal(idx.size, model.size);
+      }
+      for (const [k, v] of model) {
+        const [a, b, c, d] = k.split(",").map(Number) as [number, number, number, number];
+        assert.equal(idx.get(a, b, c, d), v);
+      }
+      assert.deepEqual(idx.values().sort(), [...model.values()].sort());
+    }),
+    { numRuns: 200, seed: 6 },
+  );
+});
+
+test("conntrack: an IPv4 entry is the same entry by key and by tuple; other keys and the bound still hold", () => {
+  const ct = new ConntrackTable(3, 1000);
+  const t = {
+    ipVersion: 4,
+    proto: 6,
+    src: 0xc0a80001,
+    dst: 167772673,
+    src6: [],
+    dst6: [],
+    sport: 40000,
+    dport: 22,
+  };
+  const key = ctKey("", t);
+  const e = ct.commitTuple(6, t.src, 40000, t.dst, 22, key, "bridge-1", 0);
+  assert.ok(e);
+  assert.equal(ct.get(key), e, "found by its key string");
+  assert.ok(ct.has(key, 10));
+  assert.ok(ct.hasTuple(6, t.src, 40000, t.dst, 22, 10));
+  assert.ok(!ct.hasTuple(6, t.src, 40001, t.dst, 22, 10));
+  assert.equal(ct.commit(key, "bridge-1", 5), e, "committing by key refreshes the same entry");
+  ct.touch(key, 500);
+  assert.equal(e.expiresAt, 1500);
+  // IPv6 and foreign-zone keys live beside it; the bound counts both.
+  const v6 = ctKey("", { ...t, ipVersion: 6, src6: [0xfd000000, 0, 0, 1], dst6: [0xfd000000, 0, 0, 2] });
+  assert.ok(ct.commit(v6, "bridge-1", 0));
+  assert.ok(ct.put({ key: "zone|6|1|2|3|4", zoneId: "x", expiresAt: 100 }));
+  assert.equal(ct.size, 3);
+  assert.equal(ct.commit(ctKey("", { ...t, sport: 1 }), "bridge-1", 0), null, "full");
+  assert.equal(ct.refused, 1);
+  const stale = ct.expire(1200);
+  assert.ok(stale.includes(`ct:${v6}`) && stale.includes("ct:zone|6|1|2|3|4"));
+  assert.ok(!stale.includes(`ct:${key}`), "refreshed by touch");
+  assert.deepEqual(ct.expire(2000), [`ct:${key}`]);
+  assert.equal(ct.size, 0);
+  assert.ok(!ct.hasTuple(6, t.src, 40000, t.dst, 22, 0));
+});
