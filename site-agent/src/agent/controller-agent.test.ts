@@ -215,6 +215,8 @@ test("SNAT port blocks come from the controller: two hosts never allocate the sa
     }
   }
   const [a, b] = hosts as [(typeof hosts)[0], (typeof hosts)[0]];
+  // A spare block may still be on its way (granted in the database, not yet held): let it land.
+  for (const h of hosts) await h.leases.settled();
   const overlap = [...a.ports].filter((p) => b.ports.has(p));
   assert.deepEqual(overlap, [], "no port allocated by both hosts");
   const blocksA = new Set(a.leases.held().map((x) => x.start));

@@ -72,4 +72,7 @@ test("sim adapter: a reply dropped before its connection's state arrived is inva
   const late = h2.simulate(input(reply, s.vm2.id, 3));
   assert.equal(late.groups[0]?.outputs[0]?.kind, "tunnel", "the reply now passes as return traffic");
   assert.equal(late.dropReason, undefined);
+  // A refresh of the same state (sent every second while the connection runs) changes no
+  // decision, so it invalidates nothing: the reply's flow stays installed.
+  assert.deepEqual(h2.installFlowState(forward.flowState, 4), []);
 });

@@ -198,11 +198,19 @@ export class EngineSimulator implements Simulator {
     for (const e of entries) {
       const expiresAt = now + (e.ttlMs > 0 ? e.ttlMs : this.state.limits.conntrackIdleMs);
       if (e.conntrack && e.conntrack.key !== "") {
-        if (this.state.conntrack.put({ key: e.conntrack.key, zoneId: e.conntrack.zoneId, expiresAt })) {
+        // Only a new entry changes a decision: a refresh of a known one (sent every second while
+        // the connection runs) must not invalidate the flows that depend on it.
+        const known = this.state.conntrack.has(e.conntrack.key, now);
+        if (
+          this.state.conntrack.put({ key: e.conntrack.key, zoneId: e.conntrack.zoneId, expiresAt }) &&
+          !known
+        ) {
           tags.push(tag.ct(e.conntrack.key));
         }
       } else if (e.nat && e.nat.key !== "" && e.nat.kind !== flowstatepb.NatKind.NAT_KIND_UNSPECIFIED) {
         const n = e.nat;
+        const prev = this.state.nat.lookupForward(n.key, now);
+        const same = prev !== undefined && prev.natIp === n.natIp && prev.natPort === n.natPort;
         const ok = this.state.nat.put({
           kind: n.kind === flowstatepb.NatKind.NAT_KIND_SNAT ? "snat" : "dnat",
           key: n.key,
@@ -214,7 +222,7 @@ export class EngineSimulator implements Simulator {
           natPort: n.natPort,
           expiresAt,
         });
-        if (ok) tags.push(tag.nat(n.key), tag.nat(n.reverseKey));
+        if (ok && !same) tags.push(tag.nat(n.key), tag.nat(n.reverseKey));
       }
     }
     return tags;

@@ -175,6 +175,33 @@ describe("kernel datapath in the agent, between network namespaces", { skip }, (
     assert.equal(r.code, 0, r.stdout + r.stderr);
     // One ping process is one flow each way (its echo identifier is part of the conntrack key).
     // It runs longer than the idle timeout: hits read back from the map keep the flows alive.
+    // The claim is about the established ICMP flow: pin both VMs' neighbour entries so a
+    // reachability re-check (a unicast ARP probe, a new flow) cannot fall into the measurement
+    // when a loaded machine stretches the test past the neighbour's reachable time.
+    await lab.exec(vmA.ns, [
+      "ip",
+      "neigh",
+      "replace",
+      vmB.ip,
+      "lladdr",
+      macB,
+      "nud",
+      "permanent",
+      "dev",
+      "eth0",
+    ]);
+    await lab.exec(vmB.ns, [
+      "ip",
+      "neigh",
+      "replace",
+      vmA.ip,
+      "lladdr",
+      macA,
+      "nud",
+      "permanent",
+      "dev",
+      "eth0",
+    ]);
     const ping = lab.exec(vmA.ns, ["ping", "-c", "20", "-i", "0.2", "-W", "2", vmB.ip]);
     await until("the new ping's flows in both kernels", () =>
       [A, B].every((n) =>
