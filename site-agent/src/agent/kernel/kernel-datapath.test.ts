@@ -120,7 +120,8 @@ describe("kernel datapath in the agent, between network namespaces", { skip }, (
     const sgOut = t.chain("sg-out");
     t.rule(sgOut, RA.RULE_ACTION_ACCEPT, { matchReturnFlow: true });
     t.rule(sgOut, RA.RULE_ACTION_ACCEPT, { etherType: 0x0806 });
-    // Echo replies are let out explicitly: the stateful return path is what the TCP test checks.
+    // Echo replies are also let out explicitly (this rule predates the ICMP conntrack fix); the
+    // stateful return path is what the TCP test checks.
     t.rule(sgOut, RA.RULE_ACTION_ACCEPT, { etherType: 0x0800, nwProto: 1 });
     t.dropRule(sgOut);
     pB.outboundFilterId = sgIn.id;
