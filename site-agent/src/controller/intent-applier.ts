@@ -13,7 +13,7 @@ import {
   keyString,
   topologyRefOf,
 } from "./objects.js";
-import { readAllTopology, type TopologyWrite, writeTopology } from "./topology-store.js";
+import { readAllTopology, type TopologyWrite, writeTopologyChange } from "./topology-store.js";
 import { IntentIndex, type TunnelKeyMove, uplinkPortId } from "./translate/index.js";
 import { writeTunnelKeyMoves } from "./tunnel-key-allocator.js";
 import type { WriteContext } from "./write-context.js";
@@ -87,7 +87,7 @@ export class IntentApplier {
       if (change.index <= this.applied) return "skipped";
       const prior = ctx.index.applyIntentChange(change);
       let moves: TunnelKeyMove[] = [];
-      let committed: number | undefined;
+      let committed: topologypb.TopologyChange | undefined;
       try {
         // Uplink ports get their site-local keys before translating, so the translation (and
         // the stored uplink port) carries them; the keys commit with the entry.
@@ -98,7 +98,7 @@ export class IntentApplier {
         if (problems.length > 0) ctx.onProblems?.(problems);
         const result = await ctx.db.tx(`apply ${change.index}`, async (tx) => {
           await ctx.fence.check(tx);
-          if ((await this.dbIndex(tx)) >= change.index) return { skipped: true, revision: undefined };
+          if ((await this.dbIndex(tx)) >= change.index) return { skipped: true, written: undefined };
           for (const ref of change.deletes) {
             await tx.query("DELETE FROM intent_objects WHERE kind = $1 AND id = $2", [ref.kind, ref.id]);
           }
@@ -111,10 +111,10 @@ export class IntentApplier {
             );
           }
           await writeTunnelKeyMoves(tx, moves);
-          const revision = await writeTopology(tx, delta, "intent", ctx.changeLog);
+          const written = await writeTopologyChange(tx, delta, "intent", ctx.changeLog);
           await this.recordIndex(tx, change.index);
           await ctx.beforeCommit?.(tx, `apply ${change.index}`);
-          return { skipped: false, revision };
+          return { skipped: false, written };
         });
         if (result.skipped) {
           // Another writer got there first (only possible across a lease hand-over); reload.
@@ -123,7 +123,7 @@ export class IntentApplier {
           await this.loadUnqueued();
           return "skipped";
         }
-        committed = result.revision;
+        committed = result.written;
       } catch (err) {
         ctx.index.restoreTunnelKeys(moves);
         ctx.index.revertIntentChange(change, prior);
@@ -131,7 +131,7 @@ export class IntentApplier {
       }
       this.applied = change.index;
       this.appliedAtMs = Date.now();
-      if (committed !== undefined) ctx.onCommitted(committed);
+      if (committed !== undefined) ctx.onCommitted(committed.revision, committed);
       return "applied";
     });
   }
@@ -174,9 +174,9 @@ export class IntentApplier {
       }
       if (problems.length > 0) ctx.onProblems?.(problems);
       if (moves.length === 0) return 0;
-      let revision: number | undefined;
+      let written: topologypb.TopologyChange | undefined;
       try {
-        revision = await ctx.db.tx("assign-uplink-keys", async (tx) => {
+        written = await ctx.db.tx("assign-uplink-keys", async (tx) => {
           await ctx.fence.check(tx);
           const upserts: topologypb.TopologyObject[] = [];
           for (const m of moves) {
@@ -188,7 +188,7 @@ export class IntentApplier {
             if (stored) upserts.push({ port: { ...stored, tunnelKey: m.after } });
           }
           await writeTunnelKeyMoves(tx, moves);
-          const r = await writeTopology(tx, { upserts, deletes: [] }, "intent", ctx.changeLog);
+          const r = await writeTopologyChange(tx, { upserts, deletes: [] }, "intent", ctx.changeLog);
           await ctx.beforeCommit?.(tx, "assign-uplink-keys");
           return r;
         });
@@ -196,7 +196,7 @@ export class IntentApplier {
         ctx.index.restoreTunnelKeys(moves);
         throw err;
       }
-      if (revision !== undefined) ctx.onCommitted(revision);
+      if (written !== undefined) ctx.onCommitted(written.revision, written);
       return moves.length;
     });
   }
@@ -237,7 +237,7 @@ export class IntentApplier {
       const problems = [...keyProblems, ...full.problems];
       if (problems.length > 0) ctx.onProblems?.(problems);
       const desired = full.objects;
-      let committed: number | undefined;
+      let committed: topologypb.TopologyChange | undefined;
       await ctx.db.tx(`snapshot ${snapshot.index}`, async (tx) => {
         await ctx.fence.check(tx);
         await tx.query("DELETE FROM intent_objects");
@@ -252,7 +252,7 @@ export class IntentApplier {
         }
         await writeTunnelKeyMoves(tx, moves);
         const existing = await readAllTopology(tx);
-        committed = await writeTopology(tx, diffTopology(existing, desired), "intent", ctx.changeLog);
+        committed = await writeTopologyChange(tx, diffTopology(existing, desired), "intent", ctx.changeLog);
         await this.recordIndex(tx, snapshot.index);
         await ctx.beforeCommit?.(tx, `snapshot ${snapshot.index}`);
       });
@@ -260,7 +260,7 @@ export class IntentApplier {
       for (const m of moves) ctx.index.setTunnelKey(m.portId, m.after);
       this.applied = snapshot.index;
       this.appliedAtMs = Date.now();
-      if (committed !== undefined) ctx.onCommitted(committed);
+      if (committed !== undefined) ctx.onCommitted(committed.revision, committed);
       return "applied";
     });
   }

@@ -17,10 +17,20 @@ export interface LeaseState {
   active: boolean;
   token: number | undefined;
   holder: string;
+  /**
+   * Active again with the token it held before (it lapsed locally — e.g. the event loop stalled
+   * past the TTL — but nobody took the lease meanwhile): nothing else wrote in between.
+   */
+  resumed: boolean;
 }
 
 export class ControllerLease {
   private token: number | undefined;
+  /**
+   * The last token granted to this replica, kept after a local lapse: while the row still names
+   * this holder with it, no other replica has written, so renewing it (not bumping it) is safe.
+   */
+  private lastToken: number | undefined;
   /** Local deadline after which we stop believing we hold the lease if renewals keep failing. */
   private validUntil = 0;
   private timer: NodeJS.Timeout | undefined;
@@ -86,7 +96,7 @@ export class ControllerLease {
           return 1;
         }
         const current = Number(row.token);
-        if (row.holder === holder && current === this.token) {
+        if (row.holder === holder && current === (this.token ?? this.lastToken)) {
           await tx.query("UPDATE controller_lease SET expires_at = now() + $1::INTERVAL WHERE id = 1", [ttl]);
           return current;
         }
@@ -118,12 +128,22 @@ export class ControllerLease {
   private setToken(token: number | undefined): void {
     if (token === this.token) return;
     const was = this.token;
+    const resumed = token !== undefined && token === this.lastToken;
     this.token = token;
-    this.log.info(
-      { holder: this.opts.holder, token, was },
-      token === undefined ? "lease lost" : "lease acquired",
-    );
-    const s: LeaseState = { active: token !== undefined, token, holder: this.opts.holder };
+    if (token !== undefined) this.lastToken = token;
+    if (token === undefined && was !== undefined && Date.now() > this.validUntil) {
+      // Usually the process could not renew in time (a stalled event loop, a slow database).
+      this.log.warn(
+        { holder: this.opts.holder, token: was, lateMs: Date.now() - this.validUntil },
+        "lease lapsed locally: not renewed within its TTL",
+      );
+    } else {
+      this.log.info(
+        { holder: this.opts.holder, token, was, resumed },
+        token === undefined ? "lease lost" : resumed ? "lease resumed" : "lease acquired",
+      );
+    }
+    const s: LeaseState = { active: token !== undefined, token, holder: this.opts.holder, resumed };
     for (const l of this.listeners) l(s);
   }
 
@@ -134,6 +154,7 @@ export class ControllerLease {
     await this.running;
     const token = this.token;
     this.setToken(undefined);
+    this.lastToken = undefined;
     if (!release || token === undefined) return;
     await this.db
       .tx("lease-release", (tx) =>

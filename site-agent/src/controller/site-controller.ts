@@ -23,7 +23,6 @@ import {
   type sitepb,
   type sitesyncpb,
   startGrpcServer,
-  topologypb,
 } from "@isthmus/schema";
 import type { Registry } from "prom-client";
 import { ChangeFeed } from "./change-feed.js";
@@ -41,6 +40,7 @@ import { ControllerLease } from "./lease.js";
 import { LocalWriter } from "./local-store.js";
 import { DEFAULT_REPORTER_BOUNDS, RealizedReporter } from "./realized-reporter.js";
 import { siteService } from "./site-service.js";
+import { topologyServiceDefinition } from "./snapshot-encoding.js";
 import { SnatBlockLeases } from "./snat-block-leases.js";
 import { grpcError, TopologyWatchService } from "./topology-watch.js";
 import { IntentIndex } from "./translate/index.js";
@@ -134,6 +134,8 @@ export class SiteController {
   private statusTimer: NodeJS.Timeout | undefined;
   private transitions: Promise<void> = Promise.resolve();
   private stopping: Promise<void> | undefined;
+  /** The lease's own connection (closed after the lease is released). */
+  private leaseDb: Database | undefined;
 
   private constructor(
     private readonly opts: SiteControllerOptions,
@@ -189,13 +191,17 @@ export class SiteController {
       log: componentLogger(log, "db"),
       maxConnections: tuning.dbMaxConnections,
     });
+    let leaseDb: Database | undefined;
     try {
       const applied = await migrate(db);
       if (applied.length > 0) log.info({ applied }, "database migrations applied");
       const tokens = await HostTokens.load(db, opts.site);
       const index = new IntentIndex(opts.site, { maxObjects: tuning.maxIntentObjects });
+      // The lease renews over a connection of its own, so a pool busy with snapshots, catch-ups
+      // and site API calls cannot delay a renewal past the TTL.
+      leaseDb = new Database({ url, log: componentLogger(log, "db"), maxConnections: 1 });
       const lease = new ControllerLease(
-        db,
+        leaseDb,
         { holder: controllerId, ttlMs: tuning.leaseTtlMs, renewEveryMs: tuning.leaseRenewMs },
         componentLogger(log, "lease"),
       );
@@ -215,7 +221,7 @@ export class SiteController {
         translator: opts.translator ?? siteTranslator,
         changeLog: { retention: tuning.changeLogRetention },
         log,
-        onCommitted: () => feed.wake(),
+        onCommitted: (_revision, change) => (change ? feed.committed(change) : feed.wake()),
         onProblems: (p) => self?.recordProblems(p),
       };
       const applier = new IntentApplier(ctx);
@@ -262,8 +268,9 @@ export class SiteController {
         }),
         undefined,
       );
+      self.leaseDb = leaseDb;
       await self.serve(opts.listen);
-      lease.onChange((s) => self!.onLease(s.active));
+      lease.onChange((s) => self!.onLease(s.active, s.resumed));
       lease.start();
       self.statusTimer = setInterval(() => self!.updateHealth(), 1_000);
       self.updateHealth();
@@ -274,6 +281,7 @@ export class SiteController {
       return self;
     } catch (err) {
       await db.close().catch(() => undefined);
+      await leaseDb?.close().catch(() => undefined);
       await pg?.stop();
       throw err;
     }
@@ -281,7 +289,7 @@ export class SiteController {
 
   private async serve(listen: string): Promise<void> {
     const server = new Server();
-    server.addService(topologypb.TopologyServiceService, this.watch.handlers());
+    server.addService(topologyServiceDefinition, this.watch.handlers());
     server.addService(
       site.SiteServiceService,
       siteService({
@@ -301,15 +309,19 @@ export class SiteController {
     this.server = await startGrpcServer(server, listen, ServerCredentials.createInsecure(), this.opts.log);
   }
 
-  private onLease(active: boolean): void {
+  private onLease(active: boolean, resumed = false): void {
     // Transitions run one after another so a quick lose/regain cannot interleave.
-    this.transitions = this.transitions.then(() => (active ? this.becomeActive() : this.becomeStandby()));
+    this.transitions = this.transitions.then(() =>
+      active ? this.becomeActive(resumed) : this.becomeStandby(),
+    );
   }
 
-  private async becomeActive(): Promise<void> {
+  private async becomeActive(resumed: boolean): Promise<void> {
     if (!this.lease.active) return;
-    // The other replica may have written since we last looked: reload before writing.
-    await this.applier.load();
+    // The other replica may have written since we last looked: reload before writing — unless
+    // the lease resumed with the same token (it lapsed only locally; nobody else wrote), where
+    // memory still equals the database and a reload of a large site would only cost seconds.
+    if (!resumed) await this.applier.load();
     const assigned = await this.applier.assignMissingUplinkKeys();
     if (assigned > 0)
       this.opts.log.info({ assigned }, "gave site-local tunnel keys to uplink ports without one");
@@ -436,6 +448,7 @@ export class SiteController {
     await this.becomeStandby();
     await this.feed.stop();
     await this.db.close();
+    await this.leaseDb?.close();
     await this.pg?.stop();
   }
 }

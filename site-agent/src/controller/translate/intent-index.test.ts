@@ -27,6 +27,32 @@ describe("IntentIndex", () => {
     assert.equal(ix.size, 0);
   });
 
+  it("finds a local port by name in one lookup, following renames and removals", () => {
+    const ix = new IntentIndex("east");
+    const port = (pid: string, name: string) => ({
+      id: pid,
+      name,
+      networkId: "n",
+      hostId: "",
+      interfaceName: "",
+      mac: "02:00:00:00:00:01",
+      ips: [],
+      securityGroupIds: [],
+      tunnelKey: 1,
+      adminStateUp: true,
+    });
+    ix.putLocalPort(port("p1", "web"));
+    ix.putLocalPort(port("p2", "db"));
+    assert.equal(ix.localPortNamed("web")?.id, "p1");
+    assert.equal(ix.localPortNamed("db")?.id, "p2");
+    assert.equal(ix.localPortNamed("cache"), undefined);
+    ix.putLocalPort(port("p1", "www"));
+    assert.equal(ix.localPortNamed("web"), undefined, "the old name is free after a rename");
+    assert.equal(ix.localPortNamed("www")?.id, "p1");
+    ix.removeLocalPort("p2");
+    assert.equal(ix.localPortNamed("db"), undefined);
+  });
+
   it("reverts a change exactly (a failed transaction leaves the index as it was)", () => {
     const ix = new IntentIndex("east");
     ix.applyIntentChange(

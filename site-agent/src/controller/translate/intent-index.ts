@@ -137,6 +137,12 @@ export class IntentIndex implements IntentView {
     return this.bucket("gatewayHosts", "");
   }
 
+  /** The site's VM port with this name, if any (names are unique per site). */
+  localPortNamed(name: string): LocalPortBinding | undefined {
+    for (const p of this.bucket<LocalPortBinding>("localPortsByName", name)) return p;
+    return undefined;
+  }
+
   /** Stores or replaces one object; returns its previous version. */
   put<K extends ViewKind>(kind: K, id: string, value: ViewKinds[K]): ViewKinds[K] | undefined {
     const prior = this.remove(kind, id);
