@@ -5,7 +5,7 @@ import { status } from "@grpc/grpc-js";
 import { intentpb, type sitesyncpb } from "@isthmus/schema";
 import type { AppliedEvent } from "../intent/index.js";
 import { serviceError } from "./grpc-errors.js";
-import { streamIntent } from "./intent-stream.js";
+import { DEFAULT_SNAPSHOT_PART_BYTES, SNAPSHOT_PARTS_HEADER, streamIntent } from "./intent-stream.js";
 import type { ServiceContext } from "./service-context.js";
 
 /** Acks that change nothing are proposed at most this often per site (they feed `last heard`). */
@@ -72,6 +72,8 @@ export function siteSyncService(ctx: ServiceContext): sitesyncpb.SiteSyncService
           streams: ctx.streams,
           log: ctx.deps.log,
           cutIf,
+          snapshotPartBytes:
+            call.metadata.get(SNAPSHOT_PARTS_HEADER)[0] === "1" ? DEFAULT_SNAPSHOT_PART_BYTES : undefined,
         });
       };
       run().catch((err) => call.emit("error", err));

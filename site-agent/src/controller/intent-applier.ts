@@ -20,6 +20,9 @@ import type { WriteContext } from "./write-context.js";
 
 export type ApplyOutcome = "applied" | "skipped";
 
+/** Intent rows per INSERT when a snapshot replaces the copy (4 parameters a row). */
+const SNAPSHOT_ROWS_PER_STATEMENT = 500;
+
 export class IntentApplier {
   private applied = 0;
   private appliedAtMs = 0;
@@ -241,14 +244,18 @@ export class IntentApplier {
       await ctx.db.tx(`snapshot ${snapshot.index}`, async (tx) => {
         await ctx.fence.check(tx);
         await tx.query("DELETE FROM intent_objects");
-        for (const obj of snapshot.objects) {
-          const key = intentKeyOf(obj);
-          await tx.query("INSERT INTO intent_objects (kind, id, body, revision) VALUES ($1, $2, $3, $4)", [
-            key.kind,
-            key.id,
-            encodeIntent(obj),
-            revisionOf(obj) || snapshot.index,
-          ]);
+        // Many rows a statement: a snapshot of a large federation is 100k+ objects.
+        for (let i = 0; i < snapshot.objects.length; i += SNAPSHOT_ROWS_PER_STATEMENT) {
+          const batch = snapshot.objects.slice(i, i + SNAPSHOT_ROWS_PER_STATEMENT);
+          await tx.query(
+            `INSERT INTO intent_objects (kind, id, body, revision) VALUES ${batch
+              .map((_, k) => `($${4 * k + 1}, $${4 * k + 2}, $${4 * k + 3}, $${4 * k + 4})`)
+              .join(", ")}`,
+            batch.flatMap((obj) => {
+              const key = intentKeyOf(obj);
+              return [key.kind, key.id, encodeIntent(obj), revisionOf(obj) || snapshot.index];
+            }),
+          );
         }
         await writeTunnelKeyMoves(tx, moves);
         const existing = await readAllTopology(tx);

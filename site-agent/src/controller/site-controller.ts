@@ -338,6 +338,7 @@ export class SiteController {
         backoffMaxMs: this.tuning.backoffMaxMs,
         ackEveryMs: this.tuning.ackEveryMs,
         log: componentLogger(this.opts.log, "intent-sync"),
+        maxSnapshotObjects: this.tuning.maxIntentObjects,
         onFenced: () => this.onLease(false),
       });
       this.sync.start();
