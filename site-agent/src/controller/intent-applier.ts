@@ -84,9 +84,11 @@ export class IntentApplier {
     return Number(r.rows[0]?.applied_index ?? 0);
   }
 
-  async applyChange(change: intentpb.IntentChange): Promise<ApplyOutcome> {
+  /** `timing.startedAt` is set (performance.now()) when the apply gets its turn in the queue. */
+  async applyChange(change: intentpb.IntentChange, timing?: { startedAt?: number }): Promise<ApplyOutcome> {
     const { ctx } = this;
     return ctx.queue.run(async (): Promise<ApplyOutcome> => {
+      if (timing) timing.startedAt = performance.now();
       if (change.index <= this.applied) return "skipped";
       const prior = ctx.index.applyIntentChange(change);
       let moves: TunnelKeyMove[] = [];

@@ -22,6 +22,8 @@ export interface IntentSyncOptions {
   log: Logger;
   /** Most intent objects a snapshot (all its parts) may hold; more ends the stream. */
   maxSnapshotObjects: number;
+  /** Where each applied change's time went (seconds): queued, then applied. */
+  onEntryTimed?: (stages: { wait: number; apply: number }) => void;
   /** Called when the applier reports this replica was fenced out (lost the lease). */
   onFenced?: (err: Error) => void;
 }
@@ -158,6 +160,7 @@ export class IntentSync {
       let chain = Promise.resolve();
       let failed = false;
       stream.on("data", (ev: sitesyncpb.WatchIntentResponse) => {
+        const receivedAt = performance.now();
         got = true;
         this.markContact();
         stream.pause(); // one event at a time; the coordinator waits (flow control) meanwhile
@@ -186,7 +189,7 @@ export class IntentSync {
               partObjects = 0;
               return this.handle({ snapshot: whole });
             }
-            return this.handle(ev);
+            return this.handle(ev, receivedAt);
           })
           .then(
             () => {
@@ -218,10 +221,19 @@ export class IntentSync {
     }
   }
 
-  private async handle(ev: sitesyncpb.WatchIntentResponse): Promise<void> {
+  private async handle(ev: sitesyncpb.WatchIntentResponse, receivedAt?: number): Promise<void> {
     if (ev.snapshot) await this.applier.applySnapshot(ev.snapshot);
-    else if (ev.change) await this.applier.applyChange(ev.change);
-    else if (ev.progressIndex !== undefined) await this.applier.applyProgress(ev.progressIndex);
+    else if (ev.change) {
+      const timing: { startedAt?: number } = {};
+      const outcome = await this.applier.applyChange(ev.change, timing);
+      if (outcome === "applied" && receivedAt !== undefined && timing.startedAt !== undefined) {
+        const now = performance.now();
+        this.opts.onEntryTimed?.({
+          wait: (timing.startedAt - receivedAt) / 1000,
+          apply: (now - timing.startedAt) / 1000,
+        });
+      }
+    } else if (ev.progressIndex !== undefined) await this.applier.applyProgress(ev.progressIndex);
     this.scheduleAck();
   }
 

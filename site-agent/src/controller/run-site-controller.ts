@@ -109,6 +109,10 @@ export async function startSiteController(
     cfg.metricsListen.slice(0, i),
     Number(cfg.metricsListen.slice(i + 1)),
   );
+  const ma = metrics.server.address();
+  if (ma && typeof ma === "object") {
+    deps.log.info({ metricsAddress: `${ma.address}:${ma.port}` }, "metrics listening");
+  }
   const stop = async () => {
     await new Promise<void>((r) => metrics.server.close(() => r()));
     await controller.stop();

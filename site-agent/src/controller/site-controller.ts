@@ -26,7 +26,7 @@ import {
 } from "@isthmus/schema";
 import type { Registry } from "prom-client";
 import { ChangeFeed } from "./change-feed.js";
-import { controllerMetrics } from "./controller-metrics.js";
+import { controllerMetrics, type EntryStages } from "./controller-metrics.js";
 import { Database } from "./db/database.js";
 import { startEmbeddedPostgres } from "./db/embedded-postgres.js";
 import { migrate } from "./db/migrations.js";
@@ -126,6 +126,7 @@ const MAX_PROBLEMS_KEPT = 50;
 export class SiteController {
   readonly health = new HealthState("site-controller");
   readonly metrics: Registry;
+  private readonly observeEntry: (s: EntryStages) => void;
   private sync: IntentSync | undefined;
   private reporter: RealizedReporter | undefined;
   private activeWriter: LocalWriter | undefined;
@@ -153,7 +154,7 @@ export class SiteController {
     readonly liveness: HostLiveness,
     private server: StartedServer | undefined,
   ) {
-    this.metrics = controllerMetrics({
+    const m = controllerMetrics({
       appliedIndex: () => this.applier.appliedIndex,
       stalenessSeconds: () => this.stalenessMs() / 1000,
       federationConnected: () => this.sync?.status.connected ?? false,
@@ -167,6 +168,8 @@ export class SiteController {
       hostsAlive: () => [...this.index.list("host")].filter((h) => h.alive !== false).length,
       hostsMarkedDown: () => this.liveness.markedDown,
     });
+    this.metrics = m.registry;
+    this.observeEntry = m.observeEntry;
   }
 
   /** The gRPC address agents and operators connect to. */
@@ -339,6 +342,7 @@ export class SiteController {
         ackEveryMs: this.tuning.ackEveryMs,
         log: componentLogger(this.opts.log, "intent-sync"),
         maxSnapshotObjects: this.tuning.maxIntentObjects,
+        onEntryTimed: (st) => this.observeEntry(st),
         onFenced: () => this.onLease(false),
       });
       this.sync.start();

@@ -27,14 +27,19 @@ export class TunnelKeyAllocator {
   }
 
   /**
-   * An allocation session for one write: the keys in use are collected once, then each call
-   * returns the lowest free key at or after the cursor (wrapping once), or 0 when all are taken.
+   * An allocation session for one write: the keys in use are collected once, on the first call
+   * (every intent entry opens a session and most never allocate; collecting is O(ports)), then
+   * each call returns the lowest free key at or after the cursor (wrapping once), or 0 when all
+   * are taken.
    */
   begin(): () => number {
-    const used = new Set<number>();
-    for (const p of this.index.list("localPort")) used.add(p.tunnelKey);
-    for (const k of this.index.tunnelKeys().values()) used.add(k);
+    let used: Set<number> | undefined;
     return () => {
+      if (!used) {
+        used = new Set<number>();
+        for (const p of this.index.list("localPort")) used.add(p.tunnelKey);
+        for (const k of this.index.tunnelKeys().values()) used.add(k);
+      }
       const { min } = this.range;
       const span = this.size;
       for (let i = 0; i < span; i++) {
