@@ -13,7 +13,14 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { auth } from "@isthmus/federation";
 import { intentpb } from "@isthmus/schema";
-import { AgentWatch, FederationAdmin, SiteApi, timeSnapshot } from "../harness/bench-clients.js";
+import {
+  AgentWatch,
+  type EntryStageTotals,
+  FederationAdmin,
+  SiteApi,
+  scrapeEntryStages,
+  timeSnapshot,
+} from "../harness/bench-clients.js";
 import { runCli } from "../harness/cli.js";
 import { CoordinatorGroup } from "../harness/coordinator-group.js";
 import { onboardSite, SiteProcess } from "../harness/site-process.js";
@@ -55,6 +62,13 @@ export interface PhaseResult {
   /** The Create RPC alone (propose, replicate, commit, apply, respond). */
   commit: Stats;
   perSite: Record<string, Stats>;
+  /**
+   * Where the time goes, mean ms per change: at each site (its own histogram) the entry's wait
+   * in the write queue and its apply (translate + one SERIALIZABLE transaction + commit); the
+   * rest of commit → every site is the coordinator's stream to the site and the site's watch
+   * stream to the agent (the change reaches this replica's watchers at commit, without a read).
+   */
+  stages?: { siteWaitMs: number; siteApplyMs: number; commitToEverySiteMeanMs: number; otherMs: number };
   load1: number;
 }
 
@@ -67,6 +81,9 @@ export interface SnapshotResult {
   ms: number[];
   /** Messages the snapshot came in (parts of about 1 MiB). */
   parts: number;
+  /** Creating the ports through SiteService (16 at a time), and the sites settling after (s). */
+  createSeconds?: number;
+  settleSeconds?: number;
   error?: string;
   load1: number;
 }
@@ -81,7 +98,18 @@ export interface PropagationResult {
   phases: PhaseResult[];
   /** Phases that failed (the run keeps what it measured before). */
   errors: string[];
-  bulkLoad: { objects: number; seconds: number; perSecond: number; settleSeconds: number }[];
+  /**
+   * Each bulk load: the sites are stopped, the objects created through the API, the sites
+   * started again; `settleSeconds` is their catch-up (from the journal, or a snapshot in parts
+   * when they fell further behind than it keeps) until every agent has it all.
+   */
+  bulkLoad: {
+    objects: number;
+    seconds: number;
+    perSecond: number;
+    settleSeconds: number;
+    load1: number;
+  }[];
   snapshot?: SnapshotResult;
   goals: {
     p99At4SitesMs: number;
@@ -95,8 +123,6 @@ export interface PropagationResult {
 const root = fileURLToPath(new URL("../../../", import.meta.url));
 const GOAL_P99_MS = 50;
 const GOAL_SNAPSHOT_MS = 1000;
-/** Entries a site may trail the federation by during a bulk load (the coordinator journal keeps 10 000). */
-const MAX_LAG = 4000;
 
 function stats(xs: number[]): Stats {
   const s = [...xs].sort((a, b) => a - b);
@@ -169,6 +195,31 @@ class Bench {
     const hostId = host.host!.id;
     const watch = new AgentWatch(name, proc.address, hostId, host.hostToken);
     this.sites.push({ name, proc, api, hostId, hostToken: host.hostToken, watch });
+    this.sites.sort((a, b) => a.name.localeCompare(b.name));
+  }
+
+  /** Stops every running site (their databases keep what they applied). */
+  async stopSites(): Promise<number> {
+    const n = this.sites.length;
+    for (const s of this.sites) {
+      s.watch.close();
+      s.api.close();
+    }
+    await Promise.all(this.sites.map((s) => s.proc.stop()));
+    for (const s of this.sites) this.procs.splice(this.procs.indexOf(s.proc), 1);
+    this.sites.length = 0;
+    return n;
+  }
+
+  /** Per-site totals of the intent entry stage histograms. */
+  async stageTotals(): Promise<EntryStageTotals[]> {
+    return Promise.all(
+      this.sites.map((s) =>
+        s.proc.metricsAddress
+          ? scrapeEntryStages(s.proc.metricsAddress)
+          : Promise.resolve({ waitSum: 0, applySum: 0, count: 0 }),
+      ),
+    );
   }
 
   /** Every running site has applied everything committed so far and its agent has it all. */
@@ -202,6 +253,7 @@ class Bench {
     const commit: number[] = [];
     const perSite = new Map<string, number[]>(this.sites.map((s) => [s.name, []]));
     for (const s of this.sites) s.watch.recording = true;
+    const before = await this.stageTotals().catch(() => undefined);
     try {
       for (let i = 0; i < changes; i++) {
         for (const s of this.sites) s.watch.arrivals.clear();
@@ -240,6 +292,26 @@ class Bench {
     } finally {
       for (const s of this.sites) s.watch.recording = false;
     }
+    const after = await this.stageTotals().catch(() => undefined);
+    let stages: PhaseResult["stages"];
+    if (before && after) {
+      // Mean over the sites of each site's mean per entry (its entries are this phase's changes
+      // plus the few health reports that arrived meanwhile).
+      const mean = (f: (b: EntryStageTotals, a: EntryStageTotals) => number) =>
+        after.reduce((sum, a, k) => sum + f(before[k]!, a), 0) / after.length;
+      const per = (b: EntryStageTotals, a: EntryStageTotals, key: "waitSum" | "applySum") =>
+        a.count > b.count ? ((a[key] - b[key]) / (a.count - b.count)) * 1000 : 0;
+      const siteWaitMs = mean((b, a) => per(b, a, "waitSum"));
+      const siteApplyMs = mean((b, a) => per(b, a, "applySum"));
+      const total = everySite.reduce((x, y) => x + y, 0) / everySite.length;
+      const r = (x: number) => Number(x.toFixed(2));
+      stages = {
+        siteWaitMs: r(siteWaitMs),
+        siteApplyMs: r(siteApplyMs),
+        commitToEverySiteMeanMs: r(total),
+        otherMs: r(total - siteWaitMs - siteApplyMs),
+      };
+    }
     return {
       sites: this.sites.length,
       stateObjects: this.objects,
@@ -248,37 +320,9 @@ class Bench {
       requestToEverySite: stats(fromRequest),
       commit: stats(commit),
       perSite: Object.fromEntries([...perSite].map(([k, v]) => [k, stats(v)])),
+      stages,
       load1: Number(loadavg()[0]!.toFixed(2)),
     };
-  }
-
-  /**
-   * Keeps the slowest site within MAX_LAG entries of the federation while loading, so a site
-   * follows the log live instead of being cut off and resynced from a snapshot (the steady
-   * state a change is measured in; catch-up from a snapshot is another path).
-   */
-  private throttling: Promise<void> | undefined;
-  private throttle(): Promise<void> {
-    this.throttling ??= (async () => {
-      try {
-        const lag = async () => {
-          const commit = Number((await this.admin.status()).commitIndex);
-          const applied = await Promise.all(
-            this.sites.map(async (s) => Number((await s.api.status()).appliedIndex)),
-          );
-          return commit - Math.min(...applied);
-        };
-        if ((await lag()) <= MAX_LAG) return;
-        await until(
-          "sites to catch up with the bulk load",
-          async () => (await lag()) <= MAX_LAG / 2,
-          600_000,
-        );
-      } finally {
-        this.throttling = undefined;
-      }
-    })();
-    return this.throttling;
   }
 
   /**
@@ -290,7 +334,6 @@ class Bench {
     const chunks = Math.ceil(to / 100) - first;
     const t0 = Date.now();
     await pool(16, chunks, async (k) => {
-      await this.throttle();
       const c = first + k;
       const lo = Math.max(from, c * 100);
       const hi = Math.min(to, c * 100 + 100);
@@ -372,6 +415,7 @@ class Bench {
     const networkId = net.object!.network!.meta!.id;
     const sgId = sg.object!.securityGroup!.meta!.id;
     await this.settle(60_000);
+    const t0 = Date.now();
     await pool(16, ports, async (i) => {
       const n = i + 2;
       await s.api.createPort({
@@ -384,8 +428,19 @@ class Bench {
         interfaceName: `tap${i}`,
       });
     });
-    await this.settle(Math.max(120_000, ports * 60));
-    const out: SnapshotResult = { ports, counts: {}, bytes: 0, parts: 0, ms: [], load1: 0 };
+    const createSeconds = (Date.now() - t0) / 1000;
+    console.log(`  created ${ports} ports at ${s.name} in ${createSeconds.toFixed(1)} s (load ${loadavg()[0]!.toFixed(1)})`);
+    const settleSeconds = await this.settle(Math.max(120_000, ports * 60));
+    const out: SnapshotResult = {
+      ports,
+      counts: {},
+      bytes: 0,
+      parts: 0,
+      ms: [],
+      createSeconds: Number(createSeconds.toFixed(1)),
+      settleSeconds: Number(settleSeconds.toFixed(1)),
+      load1: 0,
+    };
     for (let k = 0; k < tries; k++) {
       // grpc-js defaults (4 MiB per message), as the site agent's own watch client has.
       const r = await timeSnapshot(s.proc.address, s.hostId, s.hostToken);
@@ -425,7 +480,10 @@ function describe(p: PhaseResult): string {
   return (
     `${p.sites} sites, ${p.stateObjects} objects: commit→every site p50 ${c.p50} ms p99 ${c.p99} ms ` +
     `(request→every site p50 ${p.requestToEverySite.p50} ms p99 ${p.requestToEverySite.p99} ms; ` +
-    `commit p50 ${p.commit.p50} ms) load ${p.load1}`
+    `commit p50 ${p.commit.p50} ms) load ${p.load1}` +
+    (p.stages
+      ? `\n    mean ${p.stages.commitToEverySiteMeanMs} ms = site queue wait ${p.stages.siteWaitMs} + site apply ${p.stages.siteApplyMs} + streams ${p.stages.otherMs}`
+      : "")
   );
 }
 
@@ -527,16 +585,25 @@ export async function measure(opts: PropagationBenchOptions): Promise<Propagatio
     let loaded = 0;
     for (const size of sizes) {
       try {
+        // The sites are down while the load runs (on one machine they would compete with the
+        // coordinators for the CPU), then catch up: from the journal, or from a snapshot in
+        // parts when they are further behind than it keeps.
+        const running = await b.stopSites();
         const secs = await b.bulkLoad(loaded, size);
-        const settle = await b.settle(Math.max(120_000, size * 30));
+        const t0 = Date.now();
+        await startAll(Array.from({ length: running }, (_, i) => b.startSite(i)));
+        await b.settle(Math.max(300_000, size * 30));
+        const settle = (Date.now() - t0) / 1000;
         bulk.push({
           objects: size - loaded,
           seconds: Number(secs.toFixed(1)),
           perSecond: Math.round((size - loaded) / secs),
           settleSeconds: Number(settle.toFixed(1)),
+          load1: Number(loadavg()[0]!.toFixed(2)),
         });
         console.log(
-          `  bulk-loaded ${size - loaded} objects in ${secs.toFixed(1)} s (${Math.round((size - loaded) / secs)}/s); sites settled ${settle.toFixed(1)} s later`,
+          `  bulk-loaded ${size - loaded} objects in ${secs.toFixed(1)} s (${Math.round((size - loaded) / secs)}/s) ` +
+            `with the sites stopped; restarted, they caught up in ${settle.toFixed(1)} s (load ${loadavg()[0]!.toFixed(1)})`,
         );
         loaded = size;
         await phase(`n${size}`);

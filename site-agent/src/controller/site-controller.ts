@@ -268,6 +268,7 @@ export class SiteController {
           deadAfterMs: tuning.hostDeadAfterMs,
           checkEveryMs: tuning.hostCheckMs,
           log: componentLogger(log, "host-liveness"),
+          onChanged: (id) => self?.reporter?.changed("host", id),
         }),
         undefined,
       );
