@@ -67,7 +67,7 @@ function snatTopology(prefix: number, vm: Vm, ext: Vm, tunnel: [string, string])
 }
 
 /** The checks both datapaths must pass; `nodes()` is [VM host, gateway]. */
-function snatTests(lab: NetnsLab, vm: () => Vm, ext: () => Vm, nodes: () => Node[]) {
+function snatTests(lab: NetnsLab, vm: () => Vm, ext: () => Vm, nodes: () => Node[], kernel = false) {
   test("ping from the VM to the external host is SNATed out of the uplink and the reply comes back", async () => {
     const r = await lab.exec(vm().ns, ["ping", "-c", "3", "-i", "0.2", "-W", "2", EXT_IP]);
     assert.equal(r.code, 0, r.stdout + r.stderr);
@@ -95,6 +95,34 @@ function snatTests(lab: NetnsLab, vm: () => Vm, ext: () => Vm, nodes: () => Node
     assert.ok(snat.length >= 1, "the VM's host installed the SNAT flow");
     const back = gateway!.dp.dumpFlows().filter((f) => f.actions.includes(`set(ip_dst=${vm().ip})`));
     assert.ok(back.length >= 1, "the gateway installed the reverse-SNAT flow for the replies");
+    if (kernel) {
+      for (const f of [...snat, ...back])
+        assert.equal(f.path, "kernel", `${f.actions} is forwarded by the kernel`);
+    }
+  });
+  test("UDP datagrams reach the external host from the NAT address, and its answer comes back", async () => {
+    // The server answers the first datagram's sender and quits after it (-W 1).
+    const server = lab.exec(
+      ext().ns,
+      ["sh", "-c", "echo pong | timeout 10 nc -n -v -u -l -W 1 9090 2>&1"],
+      20_000,
+    );
+    await new Promise((r) => setTimeout(r, 300));
+    const client = await lab.exec(
+      vm().ns,
+      ["sh", "-c", `echo ping | timeout 5 nc -n -u -w 2 ${EXT_IP} 9090`],
+      20_000,
+    );
+    const seen = (await server).stdout;
+    assert.match(seen, /ping/, `the datagram arrived: ${seen}`);
+    const m = /Connection received on (\S+) (\d+)/.exec(seen);
+    assert.ok(m, `the server names its peer: ${seen}`);
+    assert.equal(m[1], NAT_IP);
+    assert.match(
+      client.stdout,
+      /pong/,
+      `the answer came back through reverse SNAT: ${client.stdout} ${client.stderr}`,
+    );
   });
 }
 
@@ -210,5 +238,6 @@ describe("SNAT through a router uplink: kernel datapath", { skip: kernelSkip }, 
     () => vm,
     () => ext,
     () => nodes,
+    true,
   );
 });
