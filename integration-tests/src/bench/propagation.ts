@@ -429,7 +429,9 @@ class Bench {
       });
     });
     const createSeconds = (Date.now() - t0) / 1000;
-    console.log(`  created ${ports} ports at ${s.name} in ${createSeconds.toFixed(1)} s (load ${loadavg()[0]!.toFixed(1)})`);
+    console.log(
+      `  created ${ports} ports at ${s.name} in ${createSeconds.toFixed(1)} s (load ${loadavg()[0]!.toFixed(1)})`,
+    );
     const settleSeconds = await this.settle(Math.max(120_000, ports * 60));
     const out: SnapshotResult = {
       ports,
