@@ -103,7 +103,13 @@ export class IntentApplier {
         if (problems.length > 0) ctx.onProblems?.(problems);
         const result = await ctx.db.tx(`apply ${change.index}`, async (tx) => {
           await ctx.fence.check(tx);
-          if ((await this.dbIndex(tx)) >= change.index) return { skipped: true, written: undefined };
+          // Records the index first, only when the database is behind it: one round trip both
+          // checks for a replay and moves the index (it commits with everything below or not).
+          const moved = await tx.query(
+            "UPDATE intent_state SET applied_index = $1, applied_at = now() WHERE id = 1 AND applied_index < $1",
+            [change.index],
+          );
+          if (moved.rowCount !== 1) return { skipped: true, written: undefined };
           for (const ref of change.deletes) {
             await tx.query("DELETE FROM intent_objects WHERE kind = $1 AND id = $2", [ref.kind, ref.id]);
           }
@@ -117,7 +123,6 @@ export class IntentApplier {
           }
           await writeTunnelKeyMoves(tx, moves);
           const written = await writeTopologyChange(tx, delta, "intent", ctx.changeLog);
-          await this.recordIndex(tx, change.index);
           await ctx.beforeCommit?.(tx, `apply ${change.index}`);
           return { skipped: false, written };
         });
