@@ -668,20 +668,41 @@ export function markdown(r: PropagationResult): string {
       "has arrived in the watch stream of every site. Changes are made one after another. Larger states are " +
       "bulk-loaded through the same API: per 100 objects one network spanning every site, two groups, 97 rules.",
     "",
-    "| sites | objects in the federation | changes | commit → every site p50 ms | p99 ms | max ms | request → every site p50 ms | p99 ms | Create RPC p50 ms | load |",
-    "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    "| sites | objects in the federation | changes | commit → every site p50 ms | p99 ms | max ms | mean ms = site wait + site apply + streams | request → every site p50 ms | p99 ms | Create RPC p50 ms | load |",
+    "|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
   ];
   for (const p of r.phases) {
     const c = p.commitToEverySite;
+    const st = p.stages;
     lines.push(
       `| ${p.sites} | ${p.stateObjects.toLocaleString("en-US")} | ${p.changes} | ${c.p50} | ${c.p99} | ${c.max} | ` +
+        `${st ? `${st.commitToEverySiteMeanMs} = ${st.siteWaitMs} + ${st.siteApplyMs} + ${st.otherMs}` : "—"} | ` +
         `${p.requestToEverySite.p50} | ${p.requestToEverySite.p99} | ${p.commit.p50} | ${p.load1} |`,
     );
   }
+  lines.push(
+    "",
+    "Stages (means per change, from each site controller's `isthmus_site_intent_entry_seconds` histogram): " +
+      "*site wait* — the entry received from the coordinator until its apply starts (the write queue was busy); " +
+      "*site apply* — translation, the one SERIALIZABLE transaction and its commit (an fsync of the site's " +
+      "database); *streams* — the rest: the coordinator node the site follows applying and streaming the entry, " +
+      "and the controller's watch stream to the agent (a committed change reaches this replica's watchers at " +
+      "once, without reading the change log back; the log is polled every 100 ms only for the other replica's " +
+      "changes).",
+  );
   if (r.bulkLoad.length > 0) {
     lines.push(
       "",
-      `Bulk loads: ${r.bulkLoad.map((b) => `${b.objects.toLocaleString("en-US")} objects at ${b.perSecond}/s (sites settled ${b.settleSeconds} s after)`).join("; ")}.`,
+      `Bulk loads: ${r.bulkLoad
+        .map(
+          (b) =>
+            `${b.objects.toLocaleString("en-US")} objects in ${b.seconds} s (${b.perSecond}/s) ` +
+            (b.sitesStopped
+              ? `with the sites stopped, which then started and caught up in ${b.settleSeconds} s`
+              : `with the sites following, settled ${b.settleSeconds} s after`) +
+            ` (load ${b.load1})`,
+        )
+        .join("; ")}.`,
     );
   }
   for (const e of r.errors) lines.push("", `**Failed** ${e}`);
@@ -706,7 +727,10 @@ export function markdown(r: PropagationResult): string {
           .reduce((a, b) => a + b, 0)
           .toLocaleString("en-US")} objects, ` +
         `${(s.bytes / 1e6).toFixed(1)} MB encoded, in ${s.parts} messages), Watch call → snapshot decoded: ${s.ms.join(", ")} ms (load ${s.load1})` +
-        (g.snapshotRatio === null ? "." : `; best / 1 s goal = **${g.snapshotRatio}**.`),
+        (g.snapshotRatio === null ? "." : `; best / 1 s goal = **${g.snapshotRatio}**.`) +
+        (s.createSeconds !== undefined
+          ? ` Creating the ports through SiteService took ${s.createSeconds} s, the sites settled ${s.settleSeconds} s after.`
+          : ""),
     );
   }
   lines.push(
@@ -721,15 +745,27 @@ export function markdown(r: PropagationResult): string {
     "- The site controller is mostly idle while it applies intent: its cost per entry is database round " +
       "trips (one SERIALIZABLE transaction per entry, by design). Topology objects used to be written one " +
       "statement each (a port is ~20 rows); they are now written 500 rows a statement.",
-    "- Still open: the federation → site `IntentSnapshot` is one message too, and the site's `IntentSync` " +
-      "client keeps grpc-js's 4 MiB receive limit, so a site that falls more than the coordinator journal " +
-      "(10 000 entries) behind, or joins a federation of more than roughly 20 000 objects, would be sent a " +
-      "snapshot it refuses (by arithmetic on object sizes; this run paces its bulk loads so sites stay within " +
-      "the journal and does not exercise it). `CreatePort` checks name uniqueness by scanning every local port " +
-      "(O(ports) per call).",
+    "- The federation → site `IntentSnapshot` was one message too, which a site's 4 MiB receive limit " +
+      "refuses past roughly 20 000 objects (a site further behind than the coordinator journal, or joining a " +
+      "large federation). A site now asks for snapshots in parts (`snapshot_part`, about 1 MiB each) and " +
+      "assembles them; the 10k and 100k steps exercise it (the sites are stopped during those loads and catch " +
+      "up afterwards).",
+    "- The controller's lease could lapse under CPU load (an event loop stalled past TTL − renew interval " +
+      "misses its renewal); it then took a new token and reloaded its whole state, refusing writes meanwhile " +
+      "(the snapshot step failed with `does not hold the lease`). It now renews over its own connection and, " +
+      "when nobody took the lease, resumes the same token without a reload.",
+    "- Per change, a site used to read each of its own commits back from the change log before its watchers " +
+      "got it; now the committer hands it over. Snapshots are framed from the stored encodings (no decode and " +
+      "re-encode of every object). `CreatePort` checks the name with an index lookup; verified tokens are " +
+      "remembered until they expire; tunnel keys are checked against an index rather than collected per call.",
+    "- Still O(members) per change: a security group's address group is one object listing every member's " +
+      "addresses, rewritten (and sent to every agent) whenever a member port changes anywhere. Creating 10k " +
+      "ports in one group is therefore quadratic in bytes written; membership deltas would need a new " +
+      "topology object kind.",
     "",
     "Reproduce: `npm run bench -- propagation` (`--quick`: 2 sites, 30 changes, 300 objects, 100 ports; " +
-      "`BENCH_PROPAGATION_SIZES=1000,10000` picks the state sizes — the 100k step takes the longest). " +
+      "`BENCH_PROPAGATION_SIZES=1000,10000` picks the state sizes — the 100k step takes the longest; each " +
+      "step's duration is printed and kept in the JSON). " +
       "The machine is shared while measuring; the load average is recorded with each phase.",
   );
   return lines.join("\n");
