@@ -53,6 +53,20 @@ export class ControllerLease {
     return this.token;
   }
 
+  /**
+   * The fencing token for a write about to happen. When the grant lapsed only locally (this
+   * replica held a token and missed its renewal — a long synchronous step such as translating a
+   * large snapshot stalls the event loop past the TTL), one renewal is tried first: if nobody
+   * took the lease the same token resumes and the write goes ahead, instead of failing, being
+   * retried, and stalling again the same way.
+   */
+  async tokenNow(): Promise<number | undefined> {
+    const t = this.currentToken();
+    if (t !== undefined || this.stopped || this.lastToken === undefined) return t;
+    await this.attempt();
+    return this.currentToken();
+  }
+
   get active(): boolean {
     return this.currentToken() !== undefined;
   }
@@ -113,6 +127,7 @@ export class ControllerLease {
       });
       this.lastRoundOk = true;
       if (this.stopped) return false;
+      if (token === undefined) this.lastToken = undefined; // another replica holds it now
       // Count validity from when we asked, so the local belief never outlives the grant.
       if (token !== undefined) this.validUntil = sentAt + ttlMs;
       this.setToken(token);

@@ -220,7 +220,7 @@ export class SiteController {
         index,
         keys: new TunnelKeyAllocator(index),
         queue: new WriteQueue(),
-        fence: leaseFence(controllerId, () => lease.currentToken()),
+        fence: leaseFence(controllerId, () => lease.tokenNow()),
         translator: opts.translator ?? siteTranslator,
         changeLog: { retention: tuning.changeLogRetention },
         log,
