@@ -51,6 +51,11 @@ export class OpenStreams {
 
 /** Call metadata by which a watcher says it assembles snapshots sent in parts. */
 export const SNAPSHOT_PARTS_HEADER = "isthmus-snapshot-parts";
+/**
+ * Call metadata by which a watcher asks for a snapshot instead of the journal's entries when it
+ * is at least this many entries behind (replaying costs it a transaction per entry).
+ */
+export const SNAPSHOT_AFTER_LAG_HEADER = "isthmus-snapshot-after-lag";
 /** Encoded objects per snapshot part (the receiver's default limit is 4 MiB a message). */
 export const DEFAULT_SNAPSHOT_PART_BYTES = 1024 * 1024;
 
@@ -97,6 +102,8 @@ export interface IntentStreamOptions<Req> {
   cutIf?: (ev: AppliedEvent) => ServiceError | undefined;
   /** Send snapshots in parts of this many encoded bytes (the watcher assembles them). */
   snapshotPartBytes?: number;
+  /** Start with a snapshot when the watcher is at least this many entries behind. */
+  snapshotAfterLag?: number;
 }
 
 export async function streamIntent<Req>(o: IntentStreamOptions<Req>): Promise<void> {
@@ -149,7 +156,8 @@ export async function streamIntent<Req>(o: IntentStreamOptions<Req>): Promise<vo
     }
   };
   // From here to the subscription runs synchronously, so no applied entry can slip between.
-  if (!sm.journal.covers(o.fromIndex)) {
+  const farBehind = o.snapshotAfterLag !== undefined && sm.index - o.fromIndex >= o.snapshotAfterLag;
+  if (!sm.journal.covers(o.fromIndex) || farBehind) {
     for (const ev of snapshotEvents(sm.intentSnapshot(), o.snapshotPartBytes)) send(ev);
   } else {
     for (const change of sm.journal.since(o.fromIndex)) send({ change });

@@ -59,11 +59,13 @@ test("a snapshot sent in parts is applied once, whole, then the changes after it
     ackEveryMs: 50,
     log: silentLogger(),
     maxSnapshotObjects: 100,
+    snapshotAfterLag: 2500,
   });
   sync.start();
   t.after(() => sync.stop());
   await until("the change after the snapshot", () => changes.length > 0);
   assert.deepEqual(coord.askedForParts, [true], "the site asks for snapshot parts");
+  assert.deepEqual(coord.askedLag, ["2500"], "and for a snapshot when 2500 or more behind");
   assert.equal(snapshots.length, 1, "one snapshot applied for its three parts");
   assert.equal(snapshots[0]!.index, 40);
   const wire = (o: intentpb.IntentObject) =>

@@ -22,6 +22,8 @@ export interface IntentSyncOptions {
   log: Logger;
   /** Most intent objects a snapshot (all its parts) may hold; more ends the stream. */
   maxSnapshotObjects: number;
+  /** Ask for a snapshot when this many entries or more behind (0 = replay the journal). */
+  snapshotAfterLag?: number;
   /** Where each applied change's time went (seconds): queued, then applied. */
   onEntryTimed?: (stages: { wait: number; apply: number }) => void;
   /** Called when the applier reports this replica was fenced out (lost the lease). */
@@ -33,6 +35,8 @@ export interface IntentSyncOptions {
  * a federation's snapshot of more than ~20k objects would not fit one 4 MiB message.
  */
 const SNAPSHOT_PARTS_HEADER = "isthmus-snapshot-parts";
+/** Call metadata: send a snapshot rather than the journal when this many entries behind. */
+const SNAPSHOT_AFTER_LAG_HEADER = "isthmus-snapshot-after-lag";
 
 export interface SyncStatus {
   connected: boolean;
@@ -146,6 +150,8 @@ export class IntentSync {
   private async follow(address: string): Promise<boolean> {
     const metadata = this.opts.metadata ? await this.opts.metadata() : new Metadata();
     metadata.set(SNAPSHOT_PARTS_HEADER, "1");
+    if (this.opts.snapshotAfterLag)
+      metadata.set(SNAPSHOT_AFTER_LAG_HEADER, String(this.opts.snapshotAfterLag));
     const fromIndex = this.applier.appliedIndex;
     const stream = this.client(address).watchIntent({ site: this.opts.site, fromIndex }, metadata);
     this.stream = stream;

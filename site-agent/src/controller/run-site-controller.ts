@@ -94,6 +94,7 @@ export async function startSiteController(
       hostCheckMs: cfg.hostCheckMs,
       maxIntentObjects: cfg.maxIntentObjects,
       dbMaxConnections: cfg.dbMaxConnections,
+      snapshotAfterLag: cfg.snapshotAfterLag,
     },
   });
   if (cfg.adminTokenFile && !existsSync(cfg.adminTokenFile)) {

@@ -76,6 +76,11 @@ export interface SiteControllerTuning {
   hostCheckMs: number;
   maxIntentObjects: number;
   dbMaxConnections: number;
+  /**
+   * Ask for a snapshot instead of the journal's entries when this many or more behind (0 =
+   * never): catching up from a snapshot is one transaction, replaying is one per entry.
+   */
+  snapshotAfterLag: number;
 }
 
 export const DEFAULT_TUNING: SiteControllerTuning = {
@@ -101,6 +106,7 @@ export const DEFAULT_TUNING: SiteControllerTuning = {
   hostCheckMs: 1_000,
   maxIntentObjects: 2_000_000,
   dbMaxConnections: 16,
+  snapshotAfterLag: 0,
 };
 
 export interface SiteControllerOptions {
@@ -343,6 +349,7 @@ export class SiteController {
         ackEveryMs: this.tuning.ackEveryMs,
         log: componentLogger(this.opts.log, "intent-sync"),
         maxSnapshotObjects: this.tuning.maxIntentObjects,
+        snapshotAfterLag: this.tuning.snapshotAfterLag,
         onEntryTimed: (st) => this.observeEntry(st),
         onFenced: () => this.onLease(false),
       });

@@ -21,6 +21,8 @@ export class FakeCoordinator {
   snapshotPartObjects = 0;
   /** Whether each watch call asked for snapshot parts, in order. */
   readonly askedForParts: boolean[] = [];
+  /** The isthmus-snapshot-after-lag each watch call carried ("" = none), in order. */
+  readonly askedLag: string[] = [];
   readonly acks: number[] = [];
   readonly reports: sitesyncpb.ReportRealizedRequest[] = [];
   private watchers = new Set<{ call: WatchCall; next: number }>();
@@ -73,6 +75,7 @@ export class FakeCoordinator {
     const w = { call, next: from + 1 };
     const parts = call.metadata.get("isthmus-snapshot-parts")[0] === "1";
     this.askedForParts.push(parts);
+    this.askedLag.push(String(call.metadata.get("isthmus-snapshot-after-lag")[0] ?? ""));
     if (this.snapshot && from < this.snapshot.index) {
       const { index, objects } = this.snapshot;
       const n = this.snapshotPartObjects;
