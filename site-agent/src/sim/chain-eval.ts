@@ -85,7 +85,10 @@ function evalChain(w: Walk, chainId: string, cc: ChainCtx): number {
   if (w.tracing) w.trace("chain", chainId, `evaluate ${chain.rules.length} rules`);
   try {
     const rules = chain.rules;
-    for (const run of chain.runs) {
+    const runs = chain.runs;
+    // Indexed loops on the packet path: a for-of iterator is not always optimized away.
+    for (let r = 0; r < runs.length; r++) {
+      const run = runs[r]!;
       let v = NEXT;
       if (run.buckets !== undefined) v = evalIndexed(w, run, cc);
       else {
@@ -286,7 +289,11 @@ function groupMatch(w: Walk, groupId: string, src: boolean): boolean {
     const a = ip4Of(w, src);
     if (a < 0) return false;
     if (g.v4.has(a)) return true;
-    for (const c of g.v4Cidrs) if ((a & c.mask) >>> 0 === c.addr) return true;
+    const cidrs = g.v4Cidrs;
+    for (let i = 0; i < cidrs.length; i++) {
+      const c = cidrs[i]!;
+      if ((a & c.mask) >>> 0 === c.addr) return true;
+    }
     return false;
   }
   if (v === 6) {

@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import fc from "fast-check";
-import { ConntrackTable, ctKey } from "./conntrack.js";
+import { ConntrackTable, ctKey, ip4CtKey, ip4CtTag } from "./conntrack.js";
+import { tag } from "./topology-view.js";
 import { TupleIndex } from "./tuple-index.js";
 
 test("tuple index: random sets and deletes agree with a Map (growth, probing, backward shift, numbers)", () => {
@@ -101,4 +102,19 @@ test("conntrack: zone names stay right when the table forgets zones no entry use
       `zone-${i}`,
     );
   }
+});
+
+test("conntrack: IPv4 keys and tags built from cached parts equal the one-piece key of the tuple", () => {
+  // Few distinct values: parts are reused, and slots are taken over by other tuples.
+  const n = fc.constantFrom(0, 1, 22, 65535, 0x7fffffff, 0x80000000, 0xffffffff);
+  fc.assert(
+    fc.property(fc.array(fc.tuple(fc.constantFrom(1, 6, 17), n, n, n, n), { maxLength: 400 }), (ts) => {
+      for (const [proto, src, sport, dst, dport] of ts) {
+        const t = { ipVersion: 4, proto, src, dst, src6: [], dst6: [], sport, dport };
+        assert.equal(ip4CtKey(proto, src, sport, dst, dport), ctKey("", t));
+        assert.equal(ip4CtTag(proto, src, sport, dst, dport), tag.ct(ctKey("", t)));
+      }
+    }),
+    { numRuns: 50, seed: 7 },
+  );
 });

@@ -34,6 +34,11 @@ let walks = 0;
 /** The usual TTL step (one router): shared, since actions are never mutated after a walk. */
 const DEC_TTL_1: DecTtlAction = Object.freeze({ kind: "decTtl", by: 1 }) as DecTtlAction;
 
+/** Recent Ethernet-only rewrites (see Walk.sharedDiff): direct-mapped by (src, dst), fixed size. */
+const SHARED_SETS = 64;
+const sharedSets: (SetFieldsAction | undefined)[] = new Array(SHARED_SETS).fill(undefined);
+const sharedSetKeys = new Float64Array(SHARED_SETS * 2);
+
 /** Result lists nothing was added to share this empty, frozen list (see Walk.list). */
 const NONE: never[] = Object.freeze([]) as unknown as never[];
 type ListField = "generated" | "conntrack" | "nat" | "learned" | "invalidate" | "resubmit";
@@ -143,7 +148,6 @@ export class Walk {
     this.jumpDepth = 0;
     this.nTags = 0;
     this.nActions = 0;
-    this.jumpStack.length = 0;
     this.dropReason = null;
     this.held = null;
     this.lastSet = null;
@@ -343,7 +347,12 @@ export class Walk {
 
   /** Appends an output, preceded by the header rewrites in effect at this point. */
   private emit(a: Action): undefined {
-    if (!this.sameAsLastSet()) {
+    if (this.lastSet === null && !this.unchanged()) {
+      // The first rewrite of the walk: nothing to restore, so a shared action may stand for it.
+      const out = this.sharedDiff();
+      this.lastSet = out;
+      this.action(out);
+    } else if (!this.sameAsLastSet()) {
       const out = this.diff();
       const prev = this.lastSet;
       // `out` is shared as lastSet only when no restores are added to it below.
@@ -411,6 +420,33 @@ export class Walk {
     if (m._tpSrc !== this.oTpSrc) s.tpSrc = m._tpSrc;
     if (m._tpDst !== this.oTpDst) s.tpDst = m._tpDst;
     return s;
+  }
+
+  /**
+   * diff(), shared between walks when only the Ethernet addresses changed (a router hop: the
+   * same rewrite for every flow to a next hop). Shared actions are frozen.
+   */
+  private sharedDiff(): SetFieldsAction {
+    const m = this.m;
+    if (
+      m._nwSrc !== this.oNwSrc ||
+      m._nwDst !== this.oNwDst ||
+      m._tpSrc !== this.oTpSrc ||
+      m._tpDst !== this.oTpDst
+    )
+      return this.diff();
+    const src = m._ethSrc === this.oEthSrc ? -1 : m._ethSrc;
+    const dst = m._ethDst === this.oEthDst ? -1 : m._ethDst;
+    const i = (Math.imul(src | 0, 0x9e3779b1) ^ (dst | 0)) & (SHARED_SETS - 1);
+    const k = sharedSetKeys;
+    let a = sharedSets[i];
+    if (a === undefined || k[i * 2] !== src || k[i * 2 + 1] !== dst) {
+      a = Object.freeze(this.diff());
+      sharedSets[i] = a;
+      k[i * 2] = src;
+      k[i * 2 + 1] = dst;
+    }
+    return a;
   }
 
   /** Bridge lookup helper shared with tunnel ingress. */
