@@ -157,10 +157,11 @@ test("parse: a reused Packet carries nothing over from the frame parsed before",
     );
     assert.equal(p.ndLinkAddr, 0);
   }
+  parsePacket(eth(A, B).ip6("fd00::1", "ff02::1:ff00:2").neighborSolicit("fd00::2", A).build(), p);
   parsePacket(eth(A, B).ip6("fd00::3", "fd00::4").udp(1, 2).build(), p);
   assert.equal(formatIp6(p.nwSrc6), "fd00::3");
   assert.ok(
     p.ndTarget.every((w) => w === 0),
-    "no ND target on a UDP packet",
+    "no ND target on a UDP packet after an ND one",
   );
 });
