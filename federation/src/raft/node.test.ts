@@ -279,6 +279,12 @@ test("a node restarted on its WAL rebuilds its state and rejoins", async (t) => 
 /** MemoryStorage whose sync() can be held, to stand for a slow disk. */
 class HeldSyncStorage extends MemoryStorage {
   held = false;
+  /** Entries per append() call, newest last. */
+  appends: number[] = [];
+  override append(entries: Entry[]): void {
+    this.appends.push(entries.length);
+    super.append(entries);
+  }
   private waiters: (() => void)[] = [];
   override async sync(): Promise<void> {
     while (this.held) await new Promise<void>((r) => this.waiters.push(r));
@@ -317,4 +323,37 @@ test("the leader sends before its fsync, and with one follower down commits only
   const index = await p;
   assert.ok(index > before);
   c.net.heal();
+});
+
+test("an idle node takes a lone proposal at once; with an fsync in flight, proposals of one turn share a Ready", async (t) => {
+  const ids = ["a", "b", "c"];
+  const storages = Object.fromEntries(ids.map((id) => [id, new HeldSyncStorage()]));
+  const c = cluster(ids, { storages });
+  t.after(() => c.close());
+  const leader = await c.leader();
+  await retrying(() => leader.node.propose(put("warm", "up")));
+  const disk = storages[leader.node.id]!;
+  await until(() => leader.node.status().pendingProposals === 0, "the warm-up to settle");
+
+  // Idle: the entry is written within the microtasks that follow propose(), not a loop turn later.
+  const last = disk.lastIndex();
+  disk.held = true;
+  const first = leader.node.propose(put("k0", "v"));
+  await new Promise<void>((r) => queueMicrotask(r));
+  assert.equal(disk.lastIndex(), last + 1, "the lone proposal waited for a later event-loop turn");
+
+  // Busy (its fsync is held): ten proposals made in this turn wait for the check phase and
+  // leave as one Ready — one append to storage, one Append per follower.
+  const appendsBefore = disk.appends.length;
+  const rest = Array.from({ length: 10 }, (_, k) => leader.node.propose(put(`k${k + 1}`, "v")));
+  await new Promise<void>((r) => queueMicrotask(r));
+  assert.equal(disk.lastIndex(), last + 1, "a proposal made while an fsync runs skipped the batching turn");
+  await until(() => disk.lastIndex() === last + 11, "the batch to be written");
+  assert.deepEqual(disk.appends.slice(appendsBefore), [10]);
+  disk.release();
+  const indexes = await Promise.all([first, ...rest]);
+  assert.deepEqual(
+    indexes,
+    Array.from({ length: 11 }, (_, k) => last + 1 + k),
+  );
 });

@@ -525,8 +525,13 @@ export class RaftNode<R = unknown> {
     if (this.running || this.closed || this.fatal) return;
     if (!this.core.hasReady()) return;
     this.running = true;
+    // With nothing being persisted, this is a lone request (one client's write, a follower's
+    // single append): handle it as soon as the current callback ends instead of a loop turn
+    // later. Under load a sync is in flight, and waiting for the check phase gathers everything
+    // that arrives in this poll phase into one Ready (one append per follower, one fsync).
+    const schedule = this.pendingJobs() === 0 ? queueMicrotask : setImmediate;
     this.loopDone = new Promise<void>((resolve) => {
-      setImmediate(() => {
+      schedule(() => {
         this.loop().finally(() => {
           this.running = false;
           resolve();
