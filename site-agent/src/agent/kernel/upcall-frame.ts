@@ -1,10 +1,10 @@
 // The two frame formats on the kernel path's upcall device, mirroring struct upcall_hdr and struct
-// reinject_trailer in site-agent/bpf/flow.bpf.c: a 32-byte header the programs push in front of a
-// frame they hand to the agent (which port or tunnel it came from), and a 20-byte trailer the agent
+// reinject_trailer in site-agent/bpf/flow.bpf.c: a 40-byte header the programs push in front of a
+// frame they hand to the agent (which port or tunnel it came from, and when), and a 20-byte trailer the agent
 // appends to a frame it writes back (where the kernel must send it).
 import { VNET_HDR_LEN } from "../vnet-offload.js";
 
-export const UPCALL_HDR_LEN = 32;
+export const UPCALL_HDR_LEN = 40;
 export const UPCALL_ETHERTYPE = 0x88b5;
 export const REINJECT_TRAILER_LEN = 20;
 const REINJECT_MAGIC = 0x52545349;
@@ -22,6 +22,8 @@ export interface UpcallMeta {
   /** Tunnel sender, dotted quad ("" from a port). */
   remote: string;
   reason: number;
+  /** When the program handed the frame up: bpf_ktime_get_ns (CLOCK_MONOTONIC, process.hrtime's clock). */
+  missNs: bigint;
 }
 
 function ipFromHostOrder(v: number): string {
@@ -50,6 +52,7 @@ export function parseUpcall(buf: Buffer): { meta: UpcallMeta; vnetFrame: Buffer 
     tunId: buf.readUInt32LE(h + 20),
     remote: "",
     reason: buf.readUInt16LE(h + 30),
+    missNs: buf.readBigUInt64LE(h + 32),
   };
   if (meta.portNo === 0) meta.remote = ipFromHostOrder(buf.readUInt32LE(h + 24));
   const vlanProto = buf.readUInt16BE(h + 28);
