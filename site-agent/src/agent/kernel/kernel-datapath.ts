@@ -803,7 +803,10 @@ export class KernelDatapath implements Datapath {
         this.pump.offer(frame, 0, key, (tunId & TUNNEL_KEY.traceBit) !== 0, from, missAt);
       }
     }
-    this.flushPending();
+    // Simulate the batch's misses now rather than on the next check phase: every fd libuv found
+    // readable in this poll phase (another datapath's upcall device in the same process, sockets)
+    // would otherwise run first while these first packets wait. drain() flushes the writes.
+    this.pump.drain();
   }
 
   private flowInstalled(flow: Flow, u: Upcall, arrivedAt: number, offeredAt: number): void {

@@ -30,11 +30,26 @@ function ipFromHostOrder(v: number): string {
   return `${(v >>> 24) & 255}.${(v >>> 16) & 255}.${(v >>> 8) & 255}.${v & 255}`;
 }
 
+/** Dotted quad → u32; parsed by hand because it runs for every frame written to a tunnel. */
 function hostOrderFromIp(ip: string): number {
-  const o = ip.split(".").map(Number);
-  if (o.length !== 4 || o.some((b) => !Number.isInteger(b) || b < 0 || b > 255))
-    throw new Error(`bad IPv4 ${ip}`);
-  return ((o[0]! << 24) | (o[1]! << 16) | (o[2]! << 8) | o[3]!) >>> 0;
+  let v = 0;
+  let octet = -1;
+  let dots = 0;
+  for (let i = 0; i < ip.length; i++) {
+    const c = ip.charCodeAt(i);
+    if (c === 46 && octet >= 0 && dots < 3) {
+      v = v * 256 + octet;
+      octet = -1;
+      dots++;
+    } else if (c >= 48 && c <= 57) {
+      octet = octet < 0 ? c - 48 : octet * 10 + (c - 48);
+      if (octet > 255) throw new Error(`bad IPv4 ${ip}`);
+    } else {
+      throw new Error(`bad IPv4 ${ip}`);
+    }
+  }
+  if (dots !== 3 || octet < 0) throw new Error(`bad IPv4 ${ip}`);
+  return v * 256 + octet;
 }
 
 /**
