@@ -93,6 +93,8 @@ interface KernelEntry {
 
 /** Entries read per BPF_MAP_LOOKUP_BATCH and per event-loop turn while syncing counters. */
 const SYNC_CHUNK = 1024;
+/** Entries of the dp_stats array (enum dp_stat in flow.bpf.c). */
+const DP_STATS = 12;
 /** flow_value.agent_id. */
 const VALUE_AGENT_ID = 76;
 
@@ -155,6 +157,11 @@ export class KernelDatapath implements Datapath {
   /** The counter read-back in progress (it runs in chunks so a large map never stalls the loop). */
   private walk: { epoch: number; from: Buffer | null; next: Buffer } | undefined;
   private walkEpoch = 0;
+  private readonly statsBufs = {
+    keys: Buffer.alloc(DP_STATS * 4),
+    values: Buffer.alloc(DP_STATS * 8),
+    pos: Buffer.alloc(8),
+  };
   private readonly walkBufs = {
     keys: Buffer.alloc(SYNC_CHUNK * FLOW_KEY_SIZE),
     values: Buffer.alloc(SYNC_CHUNK * FLOW_VALUE_SIZE),
@@ -470,8 +477,15 @@ export class KernelDatapath implements Datapath {
 
   /** Datapath counters kept by the programs (enum dp_stat order). */
   kernelStats(): bigint[] {
-    const out: bigint[] = [];
-    for (let i = 0; i < 12; i++) out.push(this.maps?.stats.lookup(u32le(i))?.readBigUInt64LE(0) ?? 0n);
+    const out: bigint[] = new Array(DP_STATS).fill(0n);
+    if (!this.maps) return out;
+    // One BPF_MAP_LOOKUP_BATCH for the whole array (it runs on every sync and metrics scrape).
+    const { keys, values, pos } = this.statsBufs;
+    const r = this.maps.stats.lookupBatch(null, pos, keys, values);
+    for (let i = 0; i < r.count; i++) {
+      const idx = keys.readUInt32LE(i * 4);
+      if (idx < DP_STATS) out[idx] = values.readBigUInt64LE(i * 8);
+    }
     return out;
   }
 
