@@ -166,7 +166,12 @@ export class UpcallHandler {
       actions,
       generated,
       install: cacheable
-        ? { mask: maskFromFields(fields), tags: [...tags], idleTimeoutMs: r.idleTimeoutMs, onHit }
+        ? {
+            mask: maskFromFields(fields, r.ipDstPrefixBits),
+            tags: [...tags],
+            idleTimeoutMs: r.idleTimeoutMs,
+            onHit,
+          }
         : undefined,
     };
   }
