@@ -43,20 +43,6 @@ export async function writeTopologyChange(
   log: ChangeLogOptions,
 ): Promise<topologypb.TopologyChange | undefined> {
   if (delta.upserts.length === 0 && delta.deletes.length === 0) return undefined;
-  const r = await tx.query(
-    "UPDATE topology_revision SET revision = revision + 1 WHERE id = 1 RETURNING revision",
-  );
-  if (r.rowCount !== 1) throw new Error("topology_revision row is missing; were migrations applied?");
-  const revision = Number(r.rows[0].revision);
-  // Many rows per statement: a port or a network is a few dozen objects, and one round trip
-  // each made a write's cost the database's latency times its size.
-  for (let i = 0; i < delta.deletes.length; i += ROWS_PER_STATEMENT) {
-    const refs = delta.deletes.slice(i, i + ROWS_PER_STATEMENT);
-    await tx.query(
-      `DELETE FROM topology_objects WHERE (kind, id) IN (${refs.map((_, k) => `($${2 * k + 1}::INT8, $${2 * k + 2}::TEXT)`).join(", ")})`,
-      refs.flatMap((ref) => [ref.kind, ref.id]),
-    );
-  }
   // The last version of an object wins, as one statement per object would have it (a statement
   // may not upsert one row twice).
   const rows = new Map<string, [number, string, Buffer]>();
@@ -65,7 +51,44 @@ export async function writeTopologyChange(
     rows.set(keyString(ref.kind, ref.id), [ref.kind, ref.id, encodeTopology(obj)]);
   }
   const all = [...rows.values()];
-  for (let i = 0; i < all.length; i += ROWS_PER_STATEMENT) {
+  // Deletes first (an object deleted and written again by one delta ends up written).
+  for (let i = 0; i < delta.deletes.length; i += ROWS_PER_STATEMENT) {
+    const refs = delta.deletes.slice(i, i + ROWS_PER_STATEMENT);
+    await tx.query(
+      `DELETE FROM topology_objects WHERE (kind, id) IN (${refs.map((_, k) => `($${2 * k + 1}::INT8, $${2 * k + 2}::TEXT)`).join(", ")})`,
+      refs.flatMap((ref) => [ref.kind, ref.id]),
+    );
+  }
+  // One statement bumps the revision, logs the change and writes the first rows: every round
+  // trip of a write is paid again by every intent entry, and on a busy machine each one waits
+  // for the database process to be scheduled. The logged body carries revision 0; readers take
+  // the revision from the row (readChangesAfter).
+  const body = Buffer.from(
+    topologypb.TopologyChange.encode({
+      revision: 0,
+      upserts: delta.upserts,
+      deletes: delta.deletes,
+    }).finish(),
+  );
+  const first = all.slice(0, ROWS_PER_STATEMENT);
+  const r = await tx.query(
+    `WITH r AS (UPDATE topology_revision SET revision = revision + 1 WHERE id = 1 RETURNING revision),
+     c AS (INSERT INTO topology_changes (revision, body, committed_at) SELECT revision, $1::BYTEA, now() FROM r)${
+       first.length > 0
+         ? `,
+     o AS (INSERT INTO topology_objects (kind, id, body, revision, origin)
+           SELECT v.kind, v.id, v.body, r.revision, $2::TEXT FROM r, (VALUES ${first
+             .map((_, k) => `($${3 * k + 3}::INT8, $${3 * k + 4}::TEXT, $${3 * k + 5}::BYTEA)`)
+             .join(", ")}) AS v (kind, id, body)
+           ON CONFLICT (kind, id) DO UPDATE SET body = excluded.body, revision = excluded.revision, origin = excluded.origin)`
+         : ""
+     }
+     SELECT revision FROM r`,
+    first.length > 0 ? [body, origin, ...first.flat()] : [body],
+  );
+  if (r.rowCount !== 1) throw new Error("topology_revision row is missing; were migrations applied?");
+  const revision = Number(r.rows[0].revision);
+  for (let i = ROWS_PER_STATEMENT; i < all.length; i += ROWS_PER_STATEMENT) {
     const batch = all.slice(i, i + ROWS_PER_STATEMENT);
     await tx.query(
       `INSERT INTO topology_objects (kind, id, body, revision, origin) VALUES ${batch
@@ -76,10 +99,6 @@ export async function writeTopologyChange(
     );
   }
   const change: topologypb.TopologyChange = { revision, upserts: delta.upserts, deletes: delta.deletes };
-  await tx.query("INSERT INTO topology_changes (revision, body, committed_at) VALUES ($1, $2, now())", [
-    revision,
-    Buffer.from(topologypb.TopologyChange.encode(change).finish()),
-  ]);
   // Prune in steps so the cost is paid once per thousand revisions, not on every write.
   if (revision % 1000 === 0 && revision > log.retention) {
     await tx.query("DELETE FROM topology_changes WHERE revision <= $1", [revision - log.retention]);
@@ -154,11 +173,15 @@ export async function readChangesAfter(db: Database, after: number, limit: numbe
       const oldestRow = await tx.query("SELECT min(revision) AS m FROM topology_changes");
       const oldest = Number(oldestRow.rows[0]?.m ?? 0);
       const rows = await tx.query(
-        "SELECT body FROM topology_changes WHERE revision > $1 ORDER BY revision LIMIT $2",
+        "SELECT revision, body FROM topology_changes WHERE revision > $1 ORDER BY revision LIMIT $2",
         [after, limit],
       );
       return {
-        changes: rows.rows.map((row) => topologypb.TopologyChange.decode(row.body as Buffer)),
+        // The row's revision: a body is logged before its revision is known (writeTopology).
+        changes: rows.rows.map((row) => ({
+          ...topologypb.TopologyChange.decode(row.body as Buffer),
+          revision: Number(row.revision),
+        })),
         oldest,
         current,
       };
