@@ -92,7 +92,7 @@ export async function measurePath(lab: Lab, a: Vm, b: Vm, seconds: number): Prom
 }
 
 /** A sender and a receiver process on loopback: what one Node UDP socket can move here. */
-async function nodeUdpCeiling(seconds: number, payload: number): Promise<{ pps: number; gbps: number }> {
+export async function nodeUdpCeiling(seconds: number, payload: number): Promise<{ pps: number; gbps: number }> {
   const rx = dgram.createSocket("udp4");
   let packets = 0;
   let bytes = 0;
@@ -135,7 +135,7 @@ async function freeUdpPort(ip: string): Promise<number> {
   return p;
 }
 
-async function isthmusPath(lab: Lab, seconds: number): Promise<PathResult> {
+export async function isthmusPath(lab: Lab, seconds: number): Promise<PathResult> {
   const t = new TopologyBuilder();
   const hA = t.host("bench-a", "127.0.0.8");
   const hB = t.host("bench-b", "127.0.0.9");

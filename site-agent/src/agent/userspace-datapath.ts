@@ -36,6 +36,8 @@ export interface UserspaceDatapathOptions {
   /** Upcalls handled concurrently (the handler may await). */
   upcallConcurrency?: number;
   expiryIntervalMs?: number;
+  /** Tunnel socket implementation (vxlan-socket.ts); "auto" = the native batched one when built. */
+  tunnelIo?: "auto" | "native" | "dgram";
   clock?: () => number;
   log: Logger;
 }
@@ -58,7 +60,9 @@ export class UserspaceDatapath implements Datapath {
   private readonly queue: UpcallQueue<Upcall>;
   private readonly ports = new Map<number, BoundPort>();
   private readonly keyToPort = new Map<number, number>();
-  private readonly tunnels = new Map<string, PortCounters>();
+  /** Per remote ip, then port: no string is built per packet to find them. */
+  private readonly tunnels = new Map<string, Map<number, PortCounters>>();
+  private tunnelCount = 0;
   private readonly drops = new Map<string, number>();
   private readonly socket: VxlanSocket;
   private readonly key = Buffer.alloc(KEY_SIZE);
@@ -69,14 +73,13 @@ export class UserspaceDatapath implements Datapath {
   private expiryTimer: NodeJS.Timeout | undefined;
   private inFlight = 0;
   private pumpScheduled = false;
-  private flushScheduled = false;
   private stopped = false;
   private upcalls = 0;
 
   constructor(private readonly opts: UserspaceDatapathOptions) {
     this.table = new FlowTable({ ...DEFAULT_FLOW_LIMITS, ...opts.flowLimits });
     this.queue = new UpcallQueue({ ...DEFAULT_UPCALL_LIMITS, ...opts.upcallLimits });
-    this.socket = new VxlanSocket({ address: opts.tunnelIp, port: opts.tunnelPort });
+    this.socket = new VxlanSocket({ address: opts.tunnelIp, port: opts.tunnelPort, io: opts.tunnelIo });
     this.clock = opts.clock ?? (() => performance.now());
   }
 
@@ -84,11 +87,20 @@ export class UserspaceDatapath implements Datapath {
     return this.socket.boundPort;
   }
 
+  /** Which tunnel socket is in use: the native batched one, or node:dgram. */
+  get tunnelIo(): "native" | "dgram" {
+    return this.socket.io;
+  }
+
   async start(): Promise<void> {
-    await this.socket.start(
-      (vni, frame, from) => this.onTunnelPacket(vni, frame, from),
-      (reason) => this.countDrop(reason),
-    );
+    await this.socket.start({
+      packet: (vni, frame, from) => this.onTunnelPacket(vni, frame, from),
+      bad: (reason) => this.countDrop(reason),
+      batchEnd: () => this.flushPorts(),
+      sendFailed: (n) => {
+        for (let i = 0; i < n; i++) this.countDrop("tunnel_tx_failed");
+      },
+    });
     const every = this.opts.expiryIntervalMs ?? 1000;
     this.expiryTimer = setInterval(() => this.table.expire(this.clock()), every);
     this.expiryTimer.unref();
@@ -198,7 +210,11 @@ export class UserspaceDatapath implements Datapath {
           },
         ]),
       ),
-      tunnels: new Map([...this.tunnels].map(([k, v]) => [k, { ...v }])),
+      tunnels: new Map(
+        [...this.tunnels].flatMap(([ip, byPort]) =>
+          [...byPort].map(([port, c]) => [`${ip}:${port}`, { ...c }] as const),
+        ),
+      ),
       drops: new Map(this.drops),
       flows: this.table.size,
       exactEntries: this.table.exactSize,
@@ -229,7 +245,8 @@ export class UserspaceDatapath implements Datapath {
     t.rxPackets++;
     t.rxBytes += frame.length;
     if (vni === TUNNEL_KEY.flowState) {
-      if (this.flowStateHandler) this.flowStateHandler(frame, from);
+      // A copy: the frame may be a view into the socket's receive arena, reused by the next batch.
+      if (this.flowStateHandler) this.flowStateHandler(Buffer.from(frame), from);
       else this.countDrop("flow_state_unhandled");
       return;
     }
@@ -251,18 +268,7 @@ export class UserspaceDatapath implements Datapath {
     } else {
       this.process(frame, 0, key, traced, from);
     }
-    // Datagrams arrive one callback each; writing once per event-loop turn batches every frame
-    // read in this poll phase into one sendmmsg per port.
-    this.scheduleFlush();
-  }
-
-  private scheduleFlush(): void {
-    if (this.flushScheduled) return;
-    this.flushScheduled = true;
-    setImmediate(() => {
-      this.flushScheduled = false;
-      this.flushPorts();
-    });
+    // Port writes go out when the socket ends the batch (batchEnd → flushPorts).
   }
 
   private process(
@@ -282,7 +288,8 @@ export class UserspaceDatapath implements Datapath {
       return;
     }
     const source = portNo !== 0 ? `port:${portNo}` : `tunnel:${from?.ip ?? "?"}`;
-    const u: Upcall = { portNo, tunnelKey, traced, frame, key: Buffer.from(this.key), from };
+    // The frame may be a view into a receive arena that the next batch reuses: the queue keeps a copy.
+    const u: Upcall = { portNo, tunnelKey, traced, frame: Buffer.from(frame), key: Buffer.from(this.key), from };
     if (!this.queue.push(source, u)) {
       this.countDrop("upcall_queue_full");
       return;
@@ -409,13 +416,18 @@ export class UserspaceDatapath implements Datapath {
   }
 
   private tunnelCounters(ip: string, port: number): PortCounters {
-    const k = `${ip}:${port}`;
-    let t = this.tunnels.get(k);
+    let byPort = this.tunnels.get(ip);
+    let t = byPort?.get(port);
     if (!t) {
       // Bounded by the number of distinct senders; garbage from many addresses is capped.
-      if (this.tunnels.size >= 4096) return counters();
+      if (this.tunnelCount >= 4096) return counters();
+      if (!byPort) {
+        byPort = new Map();
+        this.tunnels.set(ip, byPort);
+      }
       t = counters();
-      this.tunnels.set(k, t);
+      byPort.set(port, t);
+      this.tunnelCount++;
     }
     return t;
   }
