@@ -96,7 +96,10 @@ export async function measurePath(lab: Lab, a: Vm, b: Vm, seconds: number): Prom
  * is taken between the first and the last datagram received, so the sender's process start-up
  * (tens of milliseconds, much more on a loaded machine) does not count as time without traffic.
  */
-export async function nodeUdpCeiling(seconds: number, payload: number): Promise<{ pps: number; gbps: number }> {
+export async function nodeUdpCeiling(
+  seconds: number,
+  payload: number,
+): Promise<{ pps: number; gbps: number }> {
   const rx = dgram.createSocket("udp4");
   let packets = 0;
   let bytes = 0;

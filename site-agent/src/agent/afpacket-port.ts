@@ -11,7 +11,13 @@ import type { PortIO } from "./datapath.js";
 import { finishOffloads, VNET_HDR_LEN } from "./vnet-offload.js";
 
 interface AfPacketAddon {
-  openArena(ifname: string, rx: Buffer, slot: number, meta: Uint32Array, onBatch: (n: number) => void): object;
+  openArena(
+    ifname: string,
+    rx: Buffer,
+    slot: number,
+    meta: Uint32Array,
+    onBatch: (n: number) => void,
+  ): object;
   sendArena(handle: object, tx: Buffer, meta: Uint32Array, count: number): number;
   close(handle: object): void;
 }

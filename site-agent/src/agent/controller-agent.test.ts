@@ -1,6 +1,7 @@
 // The agent against a real site controller (PostgreSQL): its host token is renewed before it
 // expires and the agent keeps watching across the expiry and a controller restart; SNAT port
-// blocks come from the controller's leases, so two hosts never allocate the same port.
+// blocks come from the controller's leases, so two hosts never allocate the same port, and a block
+// the controller reports lost is withdrawn from the allocator.
 import assert from "node:assert/strict";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -234,6 +235,25 @@ test("SNAT port blocks come from the controller: two hosts never allocate the sa
   await a.leases.renewAll();
   assert.equal(a.leases.stats.lost, 0);
   assert.ok(a.leases.stats.renewed >= 3);
+  // Another host took over a block A's allocator uses (A's lease had expired): A's next renewal
+  // learns it lost the block, and the allocator withdraws it so no port of it is handed out again.
+  a.alloc.takeWithdrawn();
+  const taken = a.alloc.heldBlocks()[0]!;
+  await ctl.db.pool.query(
+    "UPDATE snat_block_leases SET host_id = 'another-host' WHERE host_id = $1 AND block_start = $2",
+    [a.id, taken.start],
+  );
+  await a.leases.renewAll();
+  assert.equal(a.leases.stats.lost, 1);
+  assert.deepEqual(
+    a.alloc.takeWithdrawn().map((x) => x.start),
+    [taken.start],
+  );
+  assert.ok(!a.alloc.heldBlocks().some((x) => x.start === taken.start), "the allocator no longer holds it");
+  for (let i = 0; i < 64; i++) {
+    const p = a.alloc.allocate(router, natIp, 1024, 65535, i, 0);
+    assert.ok(p < taken.start || p >= taken.start + taken.size, `port ${p} is not from the lost block`);
+  }
   for (const h of hosts) await h.leases.stop();
   assert.equal(await rows(a.id), 0, "stopping released every block");
   assert.equal(await rows(b.id), 0);

@@ -151,6 +151,8 @@ export class EdgeAgent {
     // carry the entry's tag and must be recomputed.
     const tags = this.o.simulator.installFlowState(msg.entries, this.clock());
     if (tags.length > 0) this.o.datapath.invalidate(tags);
+    const released = this.o.simulator.takeResubmits?.() ?? [];
+    if (released.length > 0) this.handler.resubmitReleased(released);
   }
 
   async stop(): Promise<void> {

@@ -3,16 +3,18 @@
 // holds the protobuf encoding (schema: isthmus/v1/flowstate.proto) and a bounded store with expiry
 // for simulators that keep no state of their own.
 import { flowstatepb } from "@isthmus/schema";
+import { tag } from "../sim/index.js";
 
 export type FlowStateEntry = flowstatepb.FlowStateEntry;
 
 export const DEFAULT_FLOW_STATE_TTL_MS = 120_000;
 
-/** The flow tag of an entry (the simulation's convention: `ct:<key>`, `nat:<key>`). */
+/** The flow tag of an entry (the simulation's convention: `ct:<key>`, `nat:<key>`, `arp:<router>:<ip>`). */
 export function flowStateTag(e: FlowStateEntry): string {
   if (e.conntrack && e.conntrack.key !== "") return `ct:${e.conntrack.key}`;
   if (e.nat && e.nat.key !== "") return `nat:${e.nat.key}`;
-  throw new Error("flow state entry has neither a conntrack nor a nat key");
+  if (e.arp && e.arp.routerId !== "") return tag.arp(e.arp.routerId, e.arp.ip);
+  throw new Error("flow state entry has no conntrack key, nat key or ARP router");
 }
 
 interface Stored {

@@ -3,7 +3,7 @@ import { test } from "node:test";
 import { topologypb } from "@isthmus/schema";
 import { TCP_ACK, TCP_SYN } from "../packets/encode.js";
 import { eth } from "../packets/packet-dsl.js";
-import { RA_MAC, RB_MAC, twoSubnets, VM1_MAC, VM2_MAC } from "../sim/test-topologies.js";
+import { EXT_MAC, RA_MAC, RB_MAC, twoSubnets, UP_MAC, VM1_MAC, VM2_MAC } from "../sim/test-topologies.js";
 import { extractKey, KEY_SIZE, maskFromFields } from "./flow-key.js";
 import { FlowTable } from "./flow-table.js";
 import { EngineSimulator } from "./sim-adapter.js";
@@ -75,4 +75,53 @@ test("sim adapter: a reply dropped before its connection's state arrived is inva
   // A refresh of the same state (sent every second while the connection runs) changes no
   // decision, so it invalidates nothing: the reply's flow stays installed.
   assert.deepEqual(h2.installFlowState(forward.flowState, 4), []);
+});
+
+test("sim adapter: an ARP answer learned on an uplink is shared, and a peer's copy releases its held packet", () => {
+  const s = twoSubnets();
+  const h1 = new EngineSimulator({ hostId: "h1" });
+  const gw = new EngineSimulator({ hostId: "gw" });
+  for (const sim of [h1, gw]) sim.applySnapshot({ revision: 1, objects: s.t.objects });
+  const key = Buffer.alloc(KEY_SIZE);
+  const input = (frame: Buffer, portId: string, now: number) => {
+    extractKey(frame, 1, 0, key);
+    return { frame, key, ingressPortId: portId, traced: false, now };
+  };
+  // h1 routes out of the uplink (on gw) and does not know the next hop: the packet waits.
+  const out = Buffer.from(eth(VM1_MAC, RA_MAC).ip4("10.0.1.1", "198.51.100.7").udp(5000, 53).build());
+  const held = h1.simulate(input(out, s.vm1.id, 0));
+  assert.equal(held.groups[0]?.outputs.length ?? 0, 0, "nothing leaves while the next hop is unknown");
+  assert.equal(held.generated.length, 1, "an ARP request goes out of the uplink");
+
+  // The neighbour's answer reaches the gateway, which owns the uplink.
+  const answer = Buffer.from(
+    eth(EXT_MAC, UP_MAC).arpReply(EXT_MAC, "203.0.113.1", UP_MAC, "203.0.113.2").build(),
+  );
+  const learned = gw.simulate(input(answer, s.up.id, 1));
+  const shared = learned.flowState.filter((e) => e.arp);
+  assert.equal(shared.length, 1, "the gateway shares what it learned");
+  assert.equal(shared[0]!.arp!.routerId, s.r.id);
+
+  // An ARP reply on an interior router port is not shared.
+  const inside = Buffer.from(
+    eth(VM1_MAC, RA_MAC).arpReply(VM1_MAC, "10.0.1.1", RA_MAC, "10.0.1.254").build(),
+  );
+  assert.equal(h1.simulate(input(inside, s.vm1.id, 2)).flowState.filter((e) => e.arp).length, 0);
+
+  const tags = h1.installFlowState(shared, 3);
+  assert.ok(
+    tags.some((t) => t.startsWith(`arp:${s.r.id}:`)),
+    `tags: ${tags.join(",")}`,
+  );
+  const released = h1.takeResubmits();
+  assert.equal(released.length, 1, "the held packet is released");
+  assert.equal(released[0]!.ingressPortId, s.vm1.id);
+  assert.deepEqual(h1.takeResubmits(), [], "each released packet is handed out once");
+  // Now h1 forwards to the neighbour's MAC by itself.
+  const again = h1.simulate(input(out, s.vm1.id, 4));
+  assert.equal(again.groups[0]?.outputs.length, 1);
+  assert.deepEqual(
+    again.groups[0]?.rewrites.setEthDst,
+    Buffer.from(EXT_MAC.split(":").map((x) => Number.parseInt(x, 16))),
+  );
 });

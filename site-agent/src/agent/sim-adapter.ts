@@ -2,13 +2,14 @@
 // and SimState, translates a SimResult into output groups in the datapath's compact action form,
 // its FlowMask into flow-key fields, and its conntrack/NAT commits into flow-state entries — and
 // installs peers' entries into the engine's tables.
-import { flowstatepb, type topologypb } from "@isthmus/schema";
+import { flowstatepb, topologypb } from "@isthmus/schema";
 import {
   type Action,
   F,
   type FieldName,
   InMemoryNatBlockRegistry,
   type NatLeaseSource,
+  type ResubmitPacket,
   type SimLimits,
   type SimResult,
   SimState,
@@ -115,6 +116,15 @@ export function toGroups(actions: Action[]): { groups: OutputGroup[]; dropReason
   return { groups, dropReason };
 }
 
+function resubmitOf(p: ResubmitPacket): SimulationOutcome["resubmit"][number] {
+  return {
+    frame: Buffer.from(p.frame),
+    ...("portId" in p.ingress
+      ? { ingressPortId: p.ingress.portId }
+      : { tunnelKey: p.ingress.tunnelKey, fromSite: p.ingress.fromSite }),
+  };
+}
+
 export interface EngineSimulatorOptions {
   hostId: string;
   limits?: Partial<SimLimits>;
@@ -126,6 +136,7 @@ export interface EngineSimulatorOptions {
 export class EngineSimulator implements Simulator {
   view = new TopologyView();
   readonly state: SimState;
+  private released: SimulationOutcome["resubmit"] = [];
 
   constructor(private readonly o: EngineSimulatorOptions) {
     this.state = new SimState(o.natLeases ?? new InMemoryNatBlockRegistry().forHost(o.hostId), o.limits);
@@ -164,6 +175,8 @@ export class EngineSimulator implements Simulator {
       };
       flowState.push({ nat, ttlMs: Math.max(1, Math.round(n.expiresAt - input.now)) });
     }
+    const arp = input.ingressPortId === undefined ? undefined : this.uplinkArpReply(input);
+    if (arp) flowState.push({ arp, ttlMs: this.state.limits.arpTtlMs });
     return {
       groups,
       dropReason: r.dropReason ?? dropReason,
@@ -176,13 +189,29 @@ export class EngineSimulator implements Simulator {
       })),
       flowState,
       invalidate: r.invalidate,
-      resubmit: r.resubmit.map((p) => ({
-        frame: Buffer.from(p.frame),
-        ...("portId" in p.ingress
-          ? { ingressPortId: p.ingress.portId }
-          : { tunnelKey: p.ingress.tunnelKey, fromSite: p.ingress.fromSite }),
-      })),
+      resubmit: r.resubmit.map(resubmitOf),
     };
+  }
+
+  /**
+   * An ARP reply that entered by a router uplink and taught the router its sender: the other
+   * hosts route out of this uplink too but never see the neighbour's replies, so it is shared.
+   */
+  private uplinkArpReply(input: SimulationInput): flowstatepb.ArpState | undefined {
+    const f = input.frame;
+    if (f.length < 42 || f.readUInt16BE(12) !== 0x0806 || f.readUInt16BE(20) !== 2) return undefined;
+    const port = this.view.ports.get(input.ingressPortId!);
+    if (port?.raw.type !== topologypb.PortType.PORT_TYPE_ROUTER_UPLINK) return undefined;
+    const ip = f.readUInt32BE(28);
+    const mac = this.state.arp.lookup(port.deviceId, ip, input.now);
+    return mac >= 0 ? { routerId: port.deviceId, ip, mac } : undefined;
+  }
+
+  /** Packets released by peers' ARP answers (installFlowState), to simulate again now. */
+  takeResubmits(): SimulationOutcome["resubmit"] {
+    const out = this.released;
+    this.released = [];
+    return out;
   }
 
   applySnapshot(s: topologypb.TopologySnapshot): void {
@@ -223,6 +252,13 @@ export class EngineSimulator implements Simulator {
           expiresAt,
         });
         if (ok && !same) tags.push(tag.nat(n.key), tag.nat(n.reverseKey));
+      } else if (e.arp && e.arp.routerId !== "") {
+        const a = e.arp;
+        const known = this.state.arp.lookup(a.routerId, a.ip, now);
+        const released = this.state.arp.learn(a.routerId, a.ip, a.mac, now);
+        if (known !== a.mac) tags.push(tag.arp(a.routerId, a.ip));
+        // Bounded: the ARP cache holds at most arpQueueTotal packets waiting.
+        for (const p of released) this.released.push(resubmitOf(p));
       }
     }
     return tags;

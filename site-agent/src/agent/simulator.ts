@@ -59,6 +59,8 @@ export interface Simulator {
   applyChange(c: topologypb.TopologyChange): string[];
   /** Installs peers' flow state; returns the tags of flows decided without it. */
   installFlowState(entries: FlowStateEntry[], now: number): string[];
+  /** Packets that installed flow state released (held for an ARP answer a peer shared). */
+  takeResubmits?(): SimulationOutcome["resubmit"];
   /** Keeps this host's own entries alive while a flow using them is active. */
   refreshFlowState(entries: FlowStateEntry[], now: number): void;
   /** Expires learned state; returns the tags of flows that depended on it. */

@@ -2,7 +2,8 @@
 // NatLeaseSource, answered synchronously from blocks leased ahead of time. A request for an
 // address with no spare block returns null (that packet is dropped, not cached) and fetches one in
 // the background; a spare is fetched as soon as the last one is handed out. Held blocks are
-// renewed before they expire and released when the agent stops.
+// renewed before they expire, given back when the allocator finds them idle or the agent stops,
+// and withdrawn from the allocator when the controller reports them lost.
 import { credentials, Metadata } from "@grpc/grpc-js";
 import { type Logger, sitepb } from "@isthmus/schema";
 import type { NatBlock, NatLeaseSource } from "../sim/index.js";
@@ -39,6 +40,7 @@ export class SiteNatLeases implements NatLeaseSource {
   private readonly inFlight = new Set<string>();
   private renewTimer: NodeJS.Timeout | undefined;
   private stopped = false;
+  private lostListener: ((block: NatBlock) => void) | undefined;
   readonly stats = { leased: 0, renewed: 0, lost: 0, released: 0, failures: 0, lastError: "" };
 
   constructor(private readonly o: SiteNatLeasesOptions) {
@@ -74,6 +76,10 @@ export class SiteNatLeases implements NatLeaseSource {
       },
       (err: Error) => this.failure("release", err),
     );
+  }
+
+  onLost(listener: (block: NatBlock) => void): void {
+    this.lostListener = listener;
   }
 
   /** Blocks held (spare and in use), for status and tests. */
@@ -191,11 +197,13 @@ export class SiteNatLeases implements NatLeaseSource {
         if (list && i >= 0) list.splice(i, 1);
         else {
           this.inUse.delete(blockKey(h.block.deviceId, h.block.ip, h.block.start));
-          // The allocator may still hand out ports from it: say so loudly (see docs/agent.md).
+          // The allocator withdraws it and drops the connections translated to its ports (they
+          // could collide with the new owner's); an operator should know why they broke.
           this.o.log.error(
             { deviceId: b.deviceId, natIp: b.natIp, start: b.start },
-            "SNAT block in use was lost (lease expired and taken by another host)",
+            "SNAT block in use was lost (lease expired and taken by another host); its connections are reset",
           );
+          this.lostListener?.(h.block);
         }
       }
     } catch (err) {

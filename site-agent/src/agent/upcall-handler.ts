@@ -53,7 +53,8 @@ export class UpcallHandler {
     const portId = this.o.portIdByNo.get(u.portNo);
     const port = portId === undefined ? undefined : this.o.store.ports.get(portId);
     if (!port || portId === undefined) return drop("unknown_port");
-    const mac = parseMac(port.mac);
+    // A VM may only send from its own MAC; an uplink carries the external network's hosts.
+    const mac = port.type === topologypb.PortType.PORT_TYPE_VM ? parseMac(port.mac) : undefined;
     if (mac && !mac.equals(u.frame.subarray(6, 12))) {
       // Cache the drop so a VM spraying spoofed frames does not keep the simulator busy.
       return {
@@ -114,7 +115,17 @@ export class UpcallHandler {
       }
     }
     let onHit: ((f: Flow, now: number) => void) | undefined;
-    if (r.flowState.length > 0) {
+    const connState = r.flowState.filter((e) => !e.arp);
+    if (connState.length < r.flowState.length) {
+      // An external neighbour's MAC learned on an uplink: any host of the site may route there.
+      this.sendState(
+        r.flowState.filter((e) => e.arp),
+        [...this.o.store.hosts.values()]
+          .filter((h) => h.id !== this.o.hostId && h.tunnelIp !== "")
+          .map((h) => ({ ip: h.tunnelIp, port: h.tunnelPort || 4789 })),
+      );
+    }
+    if (connState.length > 0) {
       // Return traffic may come back through the egress hosts or, across sites, the gateways.
       for (const g of this.o.store.gateways()) {
         if (g.id !== this.o.hostId && g.tunnelIp !== "") {
@@ -123,15 +134,15 @@ export class UpcallHandler {
         }
       }
       const targets = [...stateTargets.values()];
-      this.sendState(r.flowState, targets); // before the packet: the caller outputs after this returns
+      this.sendState(connState, targets); // before the packet: the caller outputs after this returns
       const refreshMs = this.o.stateRefreshMs ?? 1000;
       let lastSent = this.o.clock();
       onHit = (_f, t) => {
         if (t - lastSent < refreshMs) return;
         lastSent = t;
-        this.o.simulator.refreshFlowState(r.flowState, t);
+        this.o.simulator.refreshFlowState(connState, t);
         this.stats.flowStateRefreshes++;
-        this.sendState(r.flowState, targets);
+        this.sendState(connState, targets);
       };
     }
     for (const rs of depth < MAX_RESUBMIT_DEPTH ? r.resubmit : []) this.resubmit(rs, depth + 1);
@@ -146,6 +157,11 @@ export class UpcallHandler {
         ? { mask: maskFromFields(fields), tags: [...tags], idleTimeoutMs: r.idleTimeoutMs, onHit }
         : undefined,
     };
+  }
+
+  /** Packets released outside a simulation (a peer shared the ARP answer they waited for). */
+  resubmitReleased(list: SimulationOutcome["resubmit"]): void {
+    for (const rs of list) this.resubmit(rs, 1);
   }
 
   /** A packet the simulation held (waiting for ARP) and released: simulate and send it now. */

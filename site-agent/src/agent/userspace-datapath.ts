@@ -2,7 +2,6 @@
 // and forwarded by their flow's actions; misses queue for the agent's upcall handler (simulation),
 // whose decision is executed and usually installed. Intra-site tunnel keys are delivered straight to
 // their port. Port writes are batched per received batch.
-import type { Logger } from "@isthmus/schema";
 import {
   type Datapath,
   type DatapathStats,
@@ -12,12 +11,11 @@ import {
   type PortIO,
   TUNNEL_KEY,
   type TunnelEndpoint,
-  type Upcall,
   type UpcallHandler,
 } from "./datapath.js";
 import { dropCategory, MAX_DROP_REASONS } from "./drop-reason.js";
 import { applyRewrites, describeActions, type FlowActions, validateActions } from "./flow-actions.js";
-import { describeKey, extractKey, KEY_SIZE } from "./flow-key.js";
+import { describeKey } from "./flow-key.js";
 import {
   DEFAULT_FLOW_LIMITS,
   type Flow,
@@ -25,21 +23,17 @@ import {
   type FlowTableLimits,
   type InstallRequest,
 } from "./flow-table.js";
-import { DEFAULT_UPCALL_LIMITS, UpcallQueue, type UpcallQueueLimits } from "./upcall-queue.js";
+import { UpcallPump, type UpcallPumpSettings } from "./upcall-pump.js";
 import { VxlanSocket } from "./vxlan-socket.js";
 
-export interface UserspaceDatapathOptions {
+export interface UserspaceDatapathOptions extends UpcallPumpSettings {
   tunnelIp: string;
   tunnelPort: number;
   flowLimits?: Partial<FlowTableLimits>;
-  upcallLimits?: Partial<UpcallQueueLimits>;
-  /** Upcalls handled concurrently (the handler may await). */
-  upcallConcurrency?: number;
   expiryIntervalMs?: number;
   /** Tunnel socket implementation (vxlan-socket.ts); "auto" = the native batched one when built. */
   tunnelIo?: "auto" | "native" | "dgram";
   clock?: () => number;
-  log: Logger;
 }
 
 interface BoundPort extends PortCounters {
@@ -57,7 +51,7 @@ function counters(): PortCounters {
 export class UserspaceDatapath implements Datapath {
   readonly kind = "userspace" as const;
   readonly table: FlowTable;
-  private readonly queue: UpcallQueue<Upcall>;
+  private readonly pump: UpcallPump;
   private readonly ports = new Map<number, BoundPort>();
   private readonly keyToPort = new Map<number, number>();
   /** Per remote ip, then port: no string is built per packet to find them. */
@@ -65,22 +59,21 @@ export class UserspaceDatapath implements Datapath {
   private tunnelCount = 0;
   private readonly drops = new Map<string, number>();
   private readonly socket: VxlanSocket;
-  private readonly key = Buffer.alloc(KEY_SIZE);
   private readonly clock: () => number;
   private readonly dirty = new Set<BoundPort>();
-  private handler: UpcallHandler | undefined;
   private flowStateHandler: ((p: Buffer, from: TunnelEndpoint) => void) | undefined;
   private expiryTimer: NodeJS.Timeout | undefined;
-  private inFlight = 0;
-  private pumpScheduled = false;
   private stopped = false;
-  private upcalls = 0;
 
   constructor(private readonly opts: UserspaceDatapathOptions) {
     this.table = new FlowTable({ ...DEFAULT_FLOW_LIMITS, ...opts.flowLimits });
-    this.queue = new UpcallQueue({ ...DEFAULT_UPCALL_LIMITS, ...opts.upcallLimits });
     this.socket = new VxlanSocket({ address: opts.tunnelIp, port: opts.tunnelPort, io: opts.tunnelIo });
     this.clock = opts.clock ?? (() => performance.now());
+    this.pump = new UpcallPump(this.table, this.clock, opts, {
+      output: (frame, actions) => this.output(frame, actions),
+      flush: () => this.flushPorts(),
+      countDrop: (reason) => this.countDrop(reason),
+    });
   }
 
   get tunnelPort(): number {
@@ -108,6 +101,7 @@ export class UserspaceDatapath implements Datapath {
 
   async stop(): Promise<void> {
     this.stopped = true;
+    this.pump.stop();
     if (this.expiryTimer) clearInterval(this.expiryTimer);
     for (const p of this.ports.values()) p.io.close();
     this.ports.clear();
@@ -128,7 +122,7 @@ export class UserspaceDatapath implements Datapath {
     const p = this.ports.get(portNo);
     if (!p) return;
     this.ports.delete(portNo);
-    this.queue.drop(`port:${portNo}`);
+    this.pump.dropPort(portNo);
     for (const [k, n] of this.keyToPort) if (n === portNo) this.keyToPort.delete(k);
     p.io.close();
   }
@@ -141,7 +135,7 @@ export class UserspaceDatapath implements Datapath {
   }
 
   onUpcall(handler: UpcallHandler): void {
-    this.handler = handler;
+    this.pump.setHandler(handler);
   }
 
   onFlowState(handler: (payload: Buffer, from: TunnelEndpoint) => void): void {
@@ -219,8 +213,8 @@ export class UserspaceDatapath implements Datapath {
       flows: this.table.size,
       exactEntries: this.table.exactSize,
       masks: this.table.maskCount,
-      upcallQueueDepth: this.queue.size,
-      upcalls: this.upcalls,
+      upcallQueueDepth: this.pump.depth,
+      upcalls: this.pump.upcalls,
       flowHits: s.exactHits + s.megaflowHits,
       flowMisses: s.misses,
       installs: s.installs,
@@ -234,7 +228,7 @@ export class UserspaceDatapath implements Datapath {
     for (const frame of frames) {
       port.rxPackets++;
       port.rxBytes += frame.length;
-      this.process(frame, port.portNo, 0, false, undefined);
+      this.pump.offer(frame, port.portNo, 0, false);
     }
     this.flushPorts();
   }
@@ -266,110 +260,9 @@ export class UserspaceDatapath implements Datapath {
       }
       this.queueToPort(port, frame);
     } else {
-      this.process(frame, 0, key, traced, from);
+      this.pump.offer(frame, 0, key, traced, from);
     }
     // Port writes go out when the socket ends the batch (batchEnd → flushPorts).
-  }
-
-  private process(
-    frame: Buffer,
-    portNo: number,
-    tunnelKey: number,
-    traced: boolean,
-    from: TunnelEndpoint | undefined,
-  ): void {
-    if (!extractKey(frame, portNo, tunnelKey, this.key)) {
-      this.countDrop("malformed_frame");
-      return;
-    }
-    const flow = traced ? undefined : this.table.lookup(this.key, frame.length, this.clock());
-    if (flow) {
-      this.output(frame, flow.actions);
-      return;
-    }
-    const source = portNo !== 0 ? `port:${portNo}` : `tunnel:${from?.ip ?? "?"}`;
-    // The frame may be a view into a receive arena that the next batch reuses: the queue keeps a copy.
-    const u: Upcall = { portNo, tunnelKey, traced, frame: Buffer.from(frame), key: Buffer.from(this.key), from };
-    if (!this.queue.push(source, u)) {
-      this.countDrop("upcall_queue_full");
-      return;
-    }
-    this.schedulePump();
-  }
-
-  private schedulePump(): void {
-    if (this.pumpScheduled) return;
-    this.pumpScheduled = true;
-    setImmediate(() => {
-      this.pumpScheduled = false;
-      this.pump();
-    });
-  }
-
-  private pump(): void {
-    const max = this.opts.upcallConcurrency ?? 8;
-    while (!this.stopped && this.inFlight < max) {
-      const next = this.queue.shift();
-      if (!next) break;
-      const u = next.item;
-      // An earlier upcall may have installed this packet's flow while it waited.
-      const flow = u.traced ? undefined : this.table.lookup(u.key, u.frame.length, this.clock());
-      if (flow) {
-        this.output(u.frame, flow.actions);
-        continue;
-      }
-      if (!this.handler) {
-        this.countDrop("no_upcall_handler");
-        continue;
-      }
-      this.upcalls++;
-      this.inFlight++;
-      let decision: ReturnType<UpcallHandler>;
-      try {
-        decision = this.handler(u);
-      } catch (err) {
-        this.inFlight--;
-        this.upcallFailed(err);
-        continue;
-      }
-      if (decision instanceof Promise) {
-        decision.then(
-          (d) => {
-            this.inFlight--;
-            this.applyDecision(u, d);
-            this.flushPorts();
-            this.schedulePump();
-          },
-          (err) => {
-            this.inFlight--;
-            this.upcallFailed(err);
-            this.schedulePump();
-          },
-        );
-      } else {
-        this.inFlight--;
-        this.applyDecision(u, decision);
-      }
-    }
-    this.flushPorts();
-  }
-
-  private upcallFailed(err: unknown): void {
-    this.countDrop("upcall_error");
-    this.opts.log.warn({ err }, "upcall handler failed; packet dropped");
-  }
-
-  private applyDecision(u: Upcall, d: Awaited<ReturnType<UpcallHandler>>): void {
-    if (this.stopped) return;
-    if (d.install && !u.traced) {
-      const flow = this.install({ ...d.install, match: u.key, actions: d.actions });
-      if (flow) {
-        flow.packets++;
-        flow.bytes += u.frame.length;
-      }
-    }
-    for (const g of d.generated ?? []) this.output(g.frame, g.actions);
-    this.output(u.frame, d.actions);
   }
 
   private output(frame: Buffer, a: FlowActions): void {

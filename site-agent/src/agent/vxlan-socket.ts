@@ -4,7 +4,14 @@
 // (udp-batch-socket.ts) when the addon is built, node:dgram otherwise.
 import dgram from "node:dgram";
 import type { TunnelEndpoint } from "./datapath.js";
-import { ipv4ToU32, RX_META, RX_SLOT, u32ToIpv4, UdpBatchSocket, udpBatchAvailable } from "./udp-batch-socket.js";
+import {
+  ipv4ToU32,
+  RX_META,
+  RX_SLOT,
+  UdpBatchSocket,
+  u32ToIpv4,
+  udpBatchAvailable,
+} from "./udp-batch-socket.js";
 
 export const VXLAN_HEADER = 8;
 export const VXLAN_FLAG_I = 0x08;

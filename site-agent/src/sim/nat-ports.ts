@@ -20,6 +20,11 @@ export interface NatLeaseSource {
   lease(deviceId: string, ip: number, portStart: number, portEnd: number, now: number): NatBlock | null;
   /** Gives a block back (when it has been idle). */
   release(block: NatBlock): void;
+  /**
+   * Registers the one listener told when a block this host holds is taken away (its lease expired
+   * and the site gave it to another host): no port of it may be handed out again.
+   */
+  onLost?(listener: (block: NatBlock) => void): void;
 }
 
 export const DEFAULT_NAT_BLOCK_SIZE = 64;
@@ -61,17 +66,26 @@ export class InMemoryNatBlockRegistry {
 interface HeldBlock {
   block: NatBlock;
   used: Set<number>;
+  /** When the last port of the block was freed (or it was leased), while no port is used. */
+  idleSince: number;
 }
 
-/** Allocates SNAT ports from leased blocks; bounded by `maxBlocks` held at once. */
+/**
+ * Allocates SNAT ports from leased blocks; bounded by `maxBlocks` held at once. A block with no
+ * port in use for a while is given back (`releaseIdle`); a block the source reports lost is
+ * withdrawn at once and queued for `takeWithdrawn`, so the bindings using it can be dropped.
+ */
 export class NatPortAllocator {
   private readonly held = new Map<string, HeldBlock[]>();
   private blocks = 0;
+  private withdrawn: NatBlock[] = [];
 
   constructor(
     private readonly source: NatLeaseSource,
     readonly maxBlocks = 1024,
-  ) {}
+  ) {
+    source.onLost?.((b) => this.withdraw(b));
+  }
 
   /** A free (port) on (deviceId, ip) within [portStart, portEnd]; -1 when none can be had. */
   allocate(
@@ -95,7 +109,7 @@ export class NatPortAllocator {
     while (this.blocks < this.maxBlocks) {
       const block = this.source.lease(deviceId, ip, portStart, portEnd, now);
       if (!block) return -1;
-      const h = { block, used: new Set<number>() };
+      const h: HeldBlock = { block, used: new Set<number>(), idleSince: now };
       list.push(h);
       this.blocks++;
       const p = pickFree(h, portStart, portEnd, hint);
@@ -104,10 +118,45 @@ export class NatPortAllocator {
     return -1;
   }
 
-  free(deviceId: string, ip: number, port: number): void {
+  free(deviceId: string, ip: number, port: number, now: number): void {
     for (const h of this.held.get(`${deviceId}|${ip}`) ?? []) {
-      if (port >= h.block.start && port < h.block.start + h.block.size) h.used.delete(port);
+      if (port >= h.block.start && port < h.block.start + h.block.size && h.used.delete(port)) {
+        if (h.used.size === 0) h.idleSince = now;
+      }
     }
+  }
+
+  /** Gives back every block with no port in use since `now - idleMs`; returns how many. */
+  releaseIdle(now: number, idleMs: number): number {
+    let n = 0;
+    for (const [k, list] of this.held) {
+      const keep = list.filter((h) => h.used.size > 0 || now - h.idleSince < idleMs);
+      for (const h of list) if (!keep.includes(h)) this.source.release(h.block);
+      n += list.length - keep.length;
+      if (keep.length === 0) this.held.delete(k);
+      else if (keep.length !== list.length) this.held.set(k, keep);
+    }
+    this.blocks -= n;
+    return n;
+  }
+
+  /** Blocks withdrawn since the last call (their ports may now belong to another host). */
+  takeWithdrawn(): NatBlock[] {
+    const out = this.withdrawn;
+    this.withdrawn = [];
+    return out;
+  }
+
+  private withdraw(block: NatBlock): void {
+    const k = `${block.deviceId}|${block.ip}`;
+    const list = this.held.get(k);
+    const i = list?.findIndex((h) => h.block.start === block.start) ?? -1;
+    if (!list || i < 0) return;
+    list.splice(i, 1);
+    if (list.length === 0) this.held.delete(k);
+    this.blocks--;
+    // Bounded by maxBlocks: each withdrawn block was held, and expire() drains the list.
+    this.withdrawn.push(block);
   }
 
   /** Marks a port as used (a binding learned from elsewhere that falls in a block we hold). */

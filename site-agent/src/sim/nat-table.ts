@@ -74,6 +74,18 @@ export class NatTable {
     if (b) b.expiresAt = now + this.idleMs;
   }
 
+  /** Removes the bindings `doomed` picks at once; returns their stale-flow tags. */
+  removeWhere(doomed: (b: NatBinding) => boolean): string[] {
+    const out: string[] = [];
+    for (const [k, b] of this.forward) {
+      if (!doomed(b)) continue;
+      this.forward.delete(k);
+      if (this.reverse.get(b.reverseKey) === b) this.reverse.delete(b.reverseKey);
+      out.push(tag.nat(b.key));
+    }
+    return out;
+  }
+
   /** Removes expired bindings; calls `freed` for each, returns stale-flow tags. */
   expire(now: number, freed: (b: NatBinding) => void): string[] {
     const out: string[] = [];

@@ -15,6 +15,8 @@ export interface SimLimits {
   natBindings: number;
   natIdleMs: number;
   natBlocks: number;
+  /** A leased SNAT block with no port in use for this long is given back to the site. */
+  natBlockIdleMs: number;
   arpTtlMs: number;
   arpWaitTimeoutMs: number;
   arpRetryMs: number;
@@ -34,6 +36,7 @@ export const DEFAULT_SIM_LIMITS: SimLimits = {
   natBindings: 65536,
   natIdleMs: 60_000,
   natBlocks: 1024,
+  natBlockIdleMs: 120_000,
   arpTtlMs: 60_000,
   arpWaitTimeoutMs: 3_000,
   arpRetryMs: 1_000,
@@ -67,13 +70,36 @@ export class SimState {
 
   /** Expires every table; returns the tags of flows that depended on what expired. */
   expire(now: number): string[] {
-    return [
+    const tags = [
       ...this.macs.expire(now),
       ...this.conntrack.expire(now),
       ...this.nat.expire(now, (b) => {
-        if (b.kind === "snat") this.natPorts.free(b.deviceId, b.natIp, b.natPort);
+        if (b.kind === "snat") this.natPorts.free(b.deviceId, b.natIp, b.natPort, now);
       }),
+      ...this.dropWithdrawnSnat(),
       ...this.arp.expire(now),
     ];
+    this.natPorts.releaseIdle(now, this.limits.natBlockIdleMs);
+    return tags;
+  }
+
+  /**
+   * Connections translated to ports of a block this host lost may collide with the new owner's,
+   * so their bindings go (the next packet is simulated again and gets a port this host holds).
+   */
+  private dropWithdrawnSnat(): string[] {
+    const lost = this.natPorts.takeWithdrawn();
+    if (lost.length === 0) return [];
+    return this.nat.removeWhere(
+      (b) =>
+        b.kind === "snat" &&
+        lost.some(
+          (l) =>
+            l.deviceId === b.deviceId &&
+            l.ip === b.natIp &&
+            b.natPort >= l.start &&
+            b.natPort < l.start + l.size,
+        ),
+    );
   }
 }

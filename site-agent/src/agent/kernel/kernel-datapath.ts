@@ -8,7 +8,6 @@
 // VXLAN device cannot share its UDP port with a socket).
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import type { Logger } from "@isthmus/schema";
 import {
   type Datapath,
   type DatapathStats,
@@ -23,7 +22,7 @@ import {
 } from "../datapath.js";
 import { dropCategory, MAX_DROP_REASONS } from "../drop-reason.js";
 import { applyRewrites, describeActions, type FlowActions, validateActions } from "../flow-actions.js";
-import { describeKey, extractKey, KEY_SIZE } from "../flow-key.js";
+import { describeKey } from "../flow-key.js";
 import {
   DEFAULT_FLOW_LIMITS,
   type Flow,
@@ -32,7 +31,7 @@ import {
   type InstallRequest,
 } from "../flow-table.js";
 import { agentTag } from "../tags.js";
-import { DEFAULT_UPCALL_LIMITS, UpcallQueue, type UpcallQueueLimits } from "../upcall-queue.js";
+import { UpcallPump, type UpcallPumpSettings } from "../upcall-pump.js";
 import { finishOffloads } from "../vnet-offload.js";
 import type { BpfMap } from "./bpf-map.js";
 import { decodeFlowStats } from "./flow-map-codec.js";
@@ -47,7 +46,7 @@ export const VXLAN_OVERHEAD = 50;
 /** Entries the compiled `flows` map holds (max_entries in flow.bpf.c). */
 export const KERNEL_FLOW_MAP_SIZE = 65536;
 
-export interface KernelDatapathOptions {
+export interface KernelDatapathOptions extends UpcallPumpSettings {
   tunnelIp: string;
   /** The VXLAN device's UDP port (every host of a site uses the same one). */
   tunnelPort: number;
@@ -62,12 +61,9 @@ export interface KernelDatapathOptions {
   /** Per-port upcall rate limit enforced by the programs. */
   upcallRate?: { perSecond: number; burst: number };
   flowLimits?: Partial<FlowTableLimits>;
-  upcallLimits?: Partial<UpcallQueueLimits>;
-  upcallConcurrency?: number;
   /** How often kernel counters are read back and idle flows expired. */
   expiryIntervalMs?: number;
   clock?: () => number;
-  log: Logger;
 }
 
 interface BoundPort extends PortCounters {
@@ -119,7 +115,7 @@ export class KernelDatapath implements Datapath {
   readonly devices: { upcallKernel: string; upcallAgent: string; vxlan: string };
   /** What start() found and removed from a previous run (`link:`, `tc:`, `pins:` entries). */
   reclaimed: string[] = [];
-  private readonly queue: UpcallQueue<Upcall>;
+  private readonly pump: UpcallPump;
   private readonly ports = new Map<number, BoundPort>();
   private readonly keyToPort = new Map<number, number>();
   private readonly tunnels = new Map<string, PortCounters>();
@@ -128,7 +124,6 @@ export class KernelDatapath implements Datapath {
   private readonly entries = new Map<string, KernelEntry>();
   private readonly entriesByFlow = new Map<Flow, Set<KernelEntry>>();
   private readonly userspaceReason = new WeakMap<Flow, string>();
-  private readonly key = Buffer.alloc(KEY_SIZE);
   private readonly clock: () => number;
   private readonly pinName: string;
   private readonly statePath: string;
@@ -142,20 +137,13 @@ export class KernelDatapath implements Datapath {
   private device: UpcallDevice | undefined;
   private vxlanIfindex = 0;
   private underlay: { name: string; mtu: number } | undefined;
-  private handler: UpcallHandler | undefined;
   private flowStateHandler: ((p: Buffer, from: TunnelEndpoint) => void) | undefined;
   private expiryTimer: NodeJS.Timeout | undefined;
-  private inFlight = 0;
-  private pumpScheduled = false;
   private flushScheduled = false;
   private stopped = false;
-  private upcalls = 0;
-  private userspaceHits = 0;
   private kernelInstalls = 0;
   private kernelInstallFailures = 0;
   private tunnelPortWarned = false;
-  /** Upcall arrival times, for the flow-setup latency samples (first packet → entry written). */
-  private readonly arrivedAt = new WeakMap<Upcall, number>();
   private readonly setupSamples: number[] = [];
   private setupNext = 0;
 
@@ -173,8 +161,15 @@ export class KernelDatapath implements Datapath {
     const limits = { ...DEFAULT_FLOW_LIMITS, ...opts.flowLimits };
     this.table = new FlowTable(limits);
     this.table.onRemove = (flow) => this.removeKernelEntries(flow);
-    this.queue = new UpcallQueue({ ...DEFAULT_UPCALL_LIMITS, ...opts.upcallLimits });
     this.clock = opts.clock ?? (() => performance.now());
+    this.pump = new UpcallPump(this.table, this.clock, opts, {
+      output: (frame, actions) => this.output(frame, actions),
+      flush: () => this.flushPending(),
+      countDrop: (reason) => this.countDrop(reason),
+      // A megaflow the kernel has no entry for this exact packet yet (or cannot carry).
+      flowHit: (flow, key) => this.installKernel(flow, key),
+      flowInstalled: (flow, u, arrivedAt) => this.flowInstalled(flow, u, arrivedAt),
+    });
     this.devices = { upcallKernel: `${opts.name}u0`, upcallAgent: `${opts.name}u1`, vxlan: `${opts.name}vx` };
     this.pinName = `isthmus-${opts.name}`;
     this.statePath = join(opts.stateDir ?? "/run/isthmus", `kernel-datapath-${opts.name}.json`);
@@ -284,6 +279,7 @@ export class KernelDatapath implements Datapath {
 
   async stop(): Promise<void> {
     this.stopped = true;
+    this.pump.stop();
     if (this.expiryTimer) clearInterval(this.expiryTimer);
     this.device?.close();
     this.device = undefined;
@@ -336,7 +332,7 @@ export class KernelDatapath implements Datapath {
     const p = this.ports.get(portNo);
     if (!p) return;
     this.ports.delete(portNo);
-    this.queue.drop(`port:${portNo}`);
+    this.pump.dropPort(portNo);
     // ifindexes are reused: nothing may keep pointing at this one.
     for (const e of [...this.entries.values()]) {
       if (e.inPortNo === portNo || e.outPortNo === portNo) this.table.remove(e.flow, "deleted");
@@ -362,7 +358,7 @@ export class KernelDatapath implements Datapath {
   }
 
   onUpcall(handler: UpcallHandler): void {
-    this.handler = handler;
+    this.pump.setHandler(handler);
   }
 
   onFlowState(handler: (payload: Buffer, from: TunnelEndpoint) => void): void {
@@ -482,9 +478,9 @@ export class KernelDatapath implements Datapath {
       flows: this.table.size,
       exactEntries: this.entries.size,
       masks: this.table.maskCount,
-      upcallQueueDepth: this.queue.size,
-      upcalls: this.upcalls,
-      flowHits: Number(k[ST_HIT]! + k[ST_TUNNEL_DELIVER]!) + this.userspaceHits,
+      upcallQueueDepth: this.pump.depth,
+      upcalls: this.pump.upcalls,
+      flowHits: Number(k[ST_HIT]! + k[ST_TUNNEL_DELIVER]!) + this.pump.arrivalHits,
       flowMisses: Number(k[ST_UPCALL]! + k[ST_TUNNEL_UPCALL]!),
       installs: s.installs,
     };
@@ -707,7 +703,7 @@ export class KernelDatapath implements Datapath {
           }
           port.rxPackets++;
           port.rxBytes += frame.length;
-          this.process(frame, portNo, 0, false, undefined);
+          this.pump.offer(frame, portNo, 0, false);
           continue;
         }
         const from = { ip: remote, port: this.opts.tunnelPort };
@@ -724,119 +720,16 @@ export class KernelDatapath implements Datapath {
           this.countDrop("vxlan_key_zero");
           continue;
         }
-        this.process(frame, 0, key, (tunId & TUNNEL_KEY.traceBit) !== 0, from);
+        this.pump.offer(frame, 0, key, (tunId & TUNNEL_KEY.traceBit) !== 0, from);
       }
     }
     this.flushPending();
   }
 
-  private process(
-    frame: Buffer,
-    portNo: number,
-    tunnelKey: number,
-    traced: boolean,
-    from?: TunnelEndpoint,
-  ): void {
-    if (!extractKey(frame, portNo, tunnelKey, this.key)) {
-      this.countDrop("malformed_frame");
-      return;
-    }
-    const flow = traced ? undefined : this.table.lookup(this.key, frame.length, this.clock());
-    if (flow) {
-      // A megaflow the kernel has no entry for this exact packet yet (or cannot carry).
-      this.userspaceHits++;
-      this.installKernel(flow, this.key);
-      this.output(frame, flow.actions);
-      return;
-    }
-    const source = portNo !== 0 ? `port:${portNo}` : `tunnel:${from?.ip ?? "?"}`;
-    const u: Upcall = { portNo, tunnelKey, traced, frame, key: Buffer.from(this.key), from };
-    this.arrivedAt.set(u, performance.now());
-    if (!this.queue.push(source, u)) {
-      this.countDrop("upcall_queue_full");
-      return;
-    }
-    this.schedulePump();
-  }
-
-  private schedulePump(): void {
-    if (this.pumpScheduled) return;
-    this.pumpScheduled = true;
-    setImmediate(() => {
-      this.pumpScheduled = false;
-      this.pump();
-    });
-  }
-
-  private pump(): void {
-    const max = this.opts.upcallConcurrency ?? 8;
-    while (!this.stopped && this.inFlight < max) {
-      const next = this.queue.shift();
-      if (!next) break;
-      const u = next.item;
-      const flow = u.traced ? undefined : this.table.lookup(u.key, u.frame.length, this.clock());
-      if (flow) {
-        this.installKernel(flow, u.key);
-        this.output(u.frame, flow.actions);
-        continue;
-      }
-      if (!this.handler) {
-        this.countDrop("no_upcall_handler");
-        continue;
-      }
-      this.upcalls++;
-      this.inFlight++;
-      let decision: ReturnType<UpcallHandler>;
-      try {
-        decision = this.handler(u);
-      } catch (err) {
-        this.inFlight--;
-        this.upcallFailed(err);
-        continue;
-      }
-      if (decision instanceof Promise) {
-        decision.then(
-          (d) => {
-            this.inFlight--;
-            this.applyDecision(u, d);
-            this.flushPending();
-            this.schedulePump();
-          },
-          (err) => {
-            this.inFlight--;
-            this.upcallFailed(err);
-            this.schedulePump();
-          },
-        );
-      } else {
-        this.inFlight--;
-        this.applyDecision(u, decision);
-      }
-    }
-    this.flushPending();
-  }
-
-  private upcallFailed(err: unknown): void {
-    this.countDrop("upcall_error");
-    this.opts.log.warn({ err }, "upcall handler failed; packet dropped");
-  }
-
-  private applyDecision(u: Upcall, d: Awaited<ReturnType<UpcallHandler>>): void {
-    if (this.stopped) return;
-    if (d.install && !u.traced) {
-      validateActions(d.actions);
-      const flow = this.table.install({ ...d.install, match: u.key, actions: d.actions }, this.clock());
-      if (flow) {
-        flow.packets++;
-        flow.bytes += u.frame.length;
-        const before = this.kernelInstalls;
-        this.installKernel(flow, u.key);
-        const t0 = this.arrivedAt.get(u);
-        if (this.kernelInstalls > before && t0 !== undefined) this.recordSetup(performance.now() - t0);
-      }
-    }
-    for (const g of d.generated ?? []) this.output(g.frame, g.actions);
-    this.output(u.frame, d.actions);
+  private flowInstalled(flow: Flow, u: Upcall, arrivedAt: number): void {
+    const before = this.kernelInstalls;
+    this.installKernel(flow, u.key);
+    if (this.kernelInstalls > before) this.recordSetup(performance.now() - arrivedAt);
   }
 
   private recordSetup(ms: number): void {

@@ -1,0 +1,194 @@
+// The miss path both datapaths share: a frame that no installed flow matches is queued (bounded, fair
+// per port), handed to the agent's upcall handler (simulation) a few at a time, and the decision is
+// installed in the flow table and executed. What differs per datapath — how a frame goes out, when
+// writes are flushed, what else an installed or hit flow needs (a kernel map entry) — are hooks.
+import type { Logger } from "@isthmus/schema";
+import type { TunnelEndpoint, Upcall, UpcallDecision, UpcallHandler } from "./datapath.js";
+import { type FlowActions, validateActions } from "./flow-actions.js";
+import { extractKey, KEY_SIZE } from "./flow-key.js";
+import type { Flow, FlowTable } from "./flow-table.js";
+import { DEFAULT_UPCALL_LIMITS, UpcallQueue, type UpcallQueueLimits } from "./upcall-queue.js";
+
+export interface UpcallPumpHooks {
+  /** Applies actions to a frame and queues it for output; `flush` writes what was queued. */
+  output(frame: Buffer, actions: FlowActions): void;
+  flush(): void;
+  countDrop(reason: string): void;
+  /** A packet matched an installed flow in userspace, on arrival or after waiting in the queue. */
+  flowHit?(flow: Flow, key: Buffer): void;
+  /** A simulated packet's flow was installed; `arrivedAt` is when `offer` saw the packet. */
+  flowInstalled?(flow: Flow, u: Upcall, arrivedAt: number): void;
+}
+
+/** The datapath options the pump reads (both datapaths' option types carry them). */
+export interface UpcallPumpSettings {
+  upcallLimits?: Partial<UpcallQueueLimits>;
+  /** Upcalls handled concurrently (the handler may await); default 8. */
+  upcallConcurrency?: number;
+  log: Logger;
+}
+
+interface Queued {
+  u: Upcall;
+  arrivedAt: number;
+}
+
+export class UpcallPump {
+  private readonly queue: UpcallQueue<Queued>;
+  private readonly key = Buffer.alloc(KEY_SIZE);
+  private readonly concurrency: number;
+  private handler: UpcallHandler | undefined;
+  private inFlight = 0;
+  private scheduled = false;
+  private stopped = false;
+  /** Upcalls handed to the handler. */
+  upcalls = 0;
+  /** Packets that matched a userspace flow on arrival (not counting re-checks after queueing). */
+  arrivalHits = 0;
+
+  /** `clock` is the flow table's; arrival times for flow-setup latency use performance.now(). */
+  constructor(
+    private readonly table: FlowTable,
+    private readonly clock: () => number,
+    private readonly settings: UpcallPumpSettings,
+    private readonly hooks: UpcallPumpHooks,
+  ) {
+    this.queue = new UpcallQueue({ ...DEFAULT_UPCALL_LIMITS, ...settings.upcallLimits });
+    this.concurrency = settings.upcallConcurrency ?? 8;
+    if (!Number.isInteger(this.concurrency) || this.concurrency < 1) {
+      throw new Error(`upcall pump: upcallConcurrency ${this.concurrency} must be an integer ≥ 1`);
+    }
+  }
+
+  /** Packets waiting for the handler. */
+  get depth(): number {
+    return this.queue.size;
+  }
+
+  setHandler(handler: UpcallHandler): void {
+    this.handler = handler;
+  }
+
+  /** Forgets a port's queued packets (it went away). */
+  dropPort(portNo: number): void {
+    this.queue.drop(`port:${portNo}`);
+  }
+
+  stop(): void {
+    this.stopped = true;
+  }
+
+  /**
+   * A frame that entered on `portNo` (0 = from a tunnel, with `tunnelKey`): forwarded by its flow
+   * when one matches, else queued (as a copy) for the handler. The caller flushes after a batch of offers.
+   */
+  offer(frame: Buffer, portNo: number, tunnelKey: number, traced: boolean, from?: TunnelEndpoint): void {
+    if (!extractKey(frame, portNo, tunnelKey, this.key)) {
+      this.hooks.countDrop("malformed_frame");
+      return;
+    }
+    const flow = traced ? undefined : this.table.lookup(this.key, frame.length, this.clock());
+    if (flow) {
+      this.arrivalHits++;
+      this.hooks.flowHit?.(flow, this.key);
+      this.hooks.output(frame, flow.actions);
+      return;
+    }
+    const source = portNo !== 0 ? `port:${portNo}` : `tunnel:${from?.ip ?? "?"}`;
+    // A copy: the caller's frame may be a view into a receive arena that its next batch reuses
+    // (AF_PACKET ports, the native tunnel socket), and a queued packet outlives the batch.
+    const u: Upcall = {
+      portNo,
+      tunnelKey,
+      traced,
+      frame: Buffer.from(frame),
+      key: Buffer.from(this.key),
+      from,
+    };
+    if (!this.queue.push(source, { u, arrivedAt: performance.now() })) {
+      this.hooks.countDrop("upcall_queue_full");
+      return;
+    }
+    this.schedule();
+  }
+
+  private schedule(): void {
+    if (this.scheduled) return;
+    this.scheduled = true;
+    setImmediate(() => {
+      this.scheduled = false;
+      this.drain();
+    });
+  }
+
+  /** Hands queued packets to the handler until the queue is empty or `concurrency` are in flight. */
+  drain(): void {
+    const hooks = this.hooks;
+    while (!this.stopped && this.inFlight < this.concurrency) {
+      const next = this.queue.shift();
+      if (!next) break;
+      const { u, arrivedAt } = next.item;
+      // An earlier upcall may have installed this packet's flow while it waited.
+      const flow = u.traced ? undefined : this.table.lookup(u.key, u.frame.length, this.clock());
+      if (flow) {
+        hooks.flowHit?.(flow, u.key);
+        hooks.output(u.frame, flow.actions);
+        continue;
+      }
+      if (!this.handler) {
+        hooks.countDrop("no_upcall_handler");
+        continue;
+      }
+      this.upcalls++;
+      this.inFlight++;
+      let decision: ReturnType<UpcallHandler>;
+      try {
+        decision = this.handler(u);
+      } catch (err) {
+        this.inFlight--;
+        this.failed(err);
+        continue;
+      }
+      if (decision instanceof Promise) {
+        decision.then(
+          (d) => {
+            this.inFlight--;
+            this.apply(u, arrivedAt, d);
+            hooks.flush();
+            this.schedule();
+          },
+          (err) => {
+            this.inFlight--;
+            this.failed(err);
+            this.schedule();
+          },
+        );
+      } else {
+        this.inFlight--;
+        this.apply(u, arrivedAt, decision);
+      }
+    }
+    hooks.flush();
+  }
+
+  private failed(err: unknown): void {
+    this.hooks.countDrop("upcall_error");
+    this.settings.log.warn({ err }, "upcall handler failed; packet dropped");
+  }
+
+  private apply(u: Upcall, arrivedAt: number, d: UpcallDecision): void {
+    if (this.stopped) return;
+    const hooks = this.hooks;
+    if (d.install && !u.traced) {
+      validateActions(d.actions);
+      const flow = this.table.install({ ...d.install, match: u.key, actions: d.actions }, this.clock());
+      if (flow) {
+        flow.packets++;
+        flow.bytes += u.frame.length;
+        hooks.flowInstalled?.(flow, u, arrivedAt);
+      }
+    }
+    for (const g of d.generated ?? []) hooks.output(g.frame, g.actions);
+    hooks.output(u.frame, d.actions);
+  }
+}
