@@ -20,8 +20,10 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "vnet-offload.h"
+
 #define BATCH 32
-#define VNET_HDR 10
+#define VNET_HDR VNET_HDR_LEN
 #define FRAME_MAX (65536 + VNET_HDR + 64)
 
 typedef struct {
@@ -35,9 +37,11 @@ typedef struct {
   unsigned char* bufs; // BATCH * FRAME_MAX (copy mode)
   // Arena mode (openArena): frames land in a JavaScript-owned arena, lengths in a shared table.
   unsigned char* arena;
+  size_t arena_len;
   size_t slot;
   uint32_t slots;
-  uint32_t* meta;
+  uint32_t* meta; // (offset, length) pairs of finished frames; length 0 = a drop, code in offset
+  uint32_t meta_pairs;
   napi_ref arena_ref;
   napi_ref meta_ref;
   struct mmsghdr msgs[BATCH];
@@ -71,9 +75,13 @@ static void on_readable(uv_poll_t* handle, int status, int events) {
     if (n <= 0) break;
     napi_value arr;
     if (p->arena) {
-      // One callback per batch with the count; the frames are read in place from the arena.
-      for (int i = 0; i < n; i++) p->meta[i] = p->msgs[i].msg_len;
-      napi_create_uint32(env, (uint32_t)n, &arr);
+      // Offloads are finished here (checksums in place, super-frames cut into the segment area
+      // after the slots); one callback per batch with the number of (offset, length) entries.
+      size_t seg_start = (size_t)p->slots * p->slot;
+      vnet_out_t o = {p->arena, p->arena + seg_start, p->arena_len - seg_start, 0, p->meta, p->meta_pairs, 0};
+      for (int i = 0; i < n; i++)
+        vnet_finish(&o, p->iovs[i].iov_base, p->msgs[i].msg_len, (uint32_t)(n - i - 1));
+      napi_create_uint32(env, o.n, &arr);
     } else {
       napi_create_array_with_length(env, n, &arr);
       for (int i = 0; i < n; i++) {
@@ -157,9 +165,11 @@ static int open_bound(const char* name, int* err, const char** what) {
 // Arena mode, when `arena` is set: rx = JS Buffer of slots, meta = Uint32Array of lengths.
 typedef struct {
   unsigned char* rx;
+  size_t rx_len;
   size_t slot;
   uint32_t slots;
   uint32_t* meta;
+  uint32_t meta_pairs;
   napi_value rx_value;
   napi_value meta_value;
 } arena_args_t;
@@ -220,9 +230,11 @@ static napi_value open_port(napi_env env, napi_value name_v, napi_value cb, napi
   }
   if (arena) {
     p->arena = arena->rx;
+    p->arena_len = arena->rx_len;
     p->slot = arena->slot;
     p->slots = arena->slots;
     p->meta = arena->meta;
+    p->meta_pairs = arena->meta_pairs;
     napi_create_reference(env, arena->rx_value, 1, &p->arena_ref);
     napi_create_reference(env, arena->meta_value, 1, &p->meta_ref);
   }
@@ -256,43 +268,76 @@ static napi_value Open(napi_env env, napi_callback_info info) {
   return open_port(env, argv[0], argv[1], argc >= 3 ? argv[2] : NULL, NULL);
 }
 
-// openArena(ifname, rx: Buffer, slot: number, meta: Uint32Array, onBatch: (count) => void, netns?)
-// Frames are received into rx's slots (frame i at i*slot, its length in meta[i]) and announced
-// with one callback per batch; the arena is reused by the next batch, so JS copies what it keeps.
+// openArena(ifname, arena: Buffer, slot, slots, meta: Uint32Array, onBatch: (count) => void, netns?)
+// Frames are received into the first `slots` slots of `arena`; offloads are finished in C, with
+// segments written to the rest of the arena; `onBatch(count)` gets `count` (offset, length) pairs in
+// `meta` (length 0: a dropped frame, its drop code in the offset). Everything is reused by the next
+// batch, so JS copies what it keeps.
 static napi_value OpenArena(napi_env env, napi_callback_info info) {
-  size_t argc = 6;
-  napi_value argv[6];
+  size_t argc = 7;
+  napi_value argv[7];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   arena_args_t a;
   memset(&a, 0, sizeof a);
   size_t rx_len = 0, meta_n = 0;
-  uint32_t slot = 0;
+  uint32_t slot = 0, slots = 0;
   bool is_buf = false;
   napi_typedarray_type tt;
   napi_value ab;
   size_t off;
   void* rx = NULL;
   void* meta = NULL;
-  if (argc < 5 || napi_is_buffer(env, argv[1], &is_buf) != napi_ok || !is_buf ||
+  if (argc < 6 || napi_is_buffer(env, argv[1], &is_buf) != napi_ok || !is_buf ||
       napi_get_buffer_info(env, argv[1], &rx, &rx_len) != napi_ok ||
       napi_get_value_uint32(env, argv[2], &slot) != napi_ok || slot < 64 ||
-      napi_get_typedarray_info(env, argv[3], &tt, &meta_n, &meta, &ab, &off) != napi_ok ||
+      napi_get_value_uint32(env, argv[3], &slots) != napi_ok || slots == 0 || slots > BATCH ||
+      napi_get_typedarray_info(env, argv[4], &tt, &meta_n, &meta, &ab, &off) != napi_ok ||
       tt != napi_uint32_array) {
-    napi_throw_type_error(env, NULL, "openArena(ifname, rx: Buffer, slot, meta: Uint32Array, onBatch, netns?)");
+    napi_throw_type_error(env, NULL,
+                          "openArena(ifname, arena: Buffer, slot, slots ≤ 32, meta: Uint32Array, onBatch, netns?)");
+    return NULL;
+  }
+  if ((size_t)slots * slot > rx_len || meta_n / 2 < slots) {
+    napi_throw_range_error(env, NULL, "openArena: the arena is smaller than its slots, or meta holds fewer pairs");
     return NULL;
   }
   a.rx = rx;
+  a.rx_len = rx_len;
   a.slot = slot;
-  a.slots = (uint32_t)(rx_len / slot);
-  if (a.slots > BATCH) a.slots = BATCH;
-  if (a.slots == 0 || meta_n < a.slots) {
-    napi_throw_range_error(env, NULL, "openArena: the arena holds no slot, or meta is shorter than the slots");
+  a.slots = slots;
+  a.meta = meta;
+  a.meta_pairs = (uint32_t)(meta_n / 2);
+  a.rx_value = argv[1];
+  a.meta_value = argv[4];
+  return open_port(env, argv[0], argv[5], argc >= 7 ? argv[6] : NULL, &a);
+}
+
+// finishOffloads(arena: Buffer, len, segStart, meta: Uint32Array): count — the C offload path on
+// one buffer at arena[0, len), segments from segStart on, for tests against vnet-offload.ts.
+static napi_value FinishOffloads(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  void* buf = NULL;
+  void* meta = NULL;
+  size_t buf_len = 0, meta_n = 0, off;
+  uint32_t len = 0, seg_start = 0;
+  napi_typedarray_type tt;
+  napi_value ab;
+  if (argc < 4 || napi_get_buffer_info(env, argv[0], &buf, &buf_len) != napi_ok ||
+      napi_get_value_uint32(env, argv[1], &len) != napi_ok ||
+      napi_get_value_uint32(env, argv[2], &seg_start) != napi_ok ||
+      napi_get_typedarray_info(env, argv[3], &tt, &meta_n, &meta, &ab, &off) != napi_ok ||
+      tt != napi_uint32_array || len > seg_start || seg_start > buf_len || meta_n < 2) {
+    napi_throw_type_error(env, NULL, "finishOffloads(arena, len, segStart, meta)");
     return NULL;
   }
-  a.meta = meta;
-  a.rx_value = argv[1];
-  a.meta_value = argv[3];
-  return open_port(env, argv[0], argv[4], argc >= 6 ? argv[5] : NULL, &a);
+  unsigned char* b = buf;
+  vnet_out_t o = {b, b + seg_start, buf_len - seg_start, 0, meta, (uint32_t)(meta_n / 2), 0};
+  vnet_finish(&o, b, len, 0);
+  napi_value out;
+  napi_create_uint32(env, o.n, &out);
+  return out;
 }
 
 static port_t* unwrap(napi_env env, napi_value v) {
@@ -433,8 +478,9 @@ static napi_value Init(napi_env env, napi_value exports) {
       {"close", NULL, Close, NULL, NULL, NULL, napi_default, NULL},
       {"openArena", NULL, OpenArena, NULL, NULL, NULL, napi_default, NULL},
       {"sendArena", NULL, SendArena, NULL, NULL, NULL, napi_default, NULL},
+      {"finishOffloads", NULL, FinishOffloads, NULL, NULL, NULL, napi_default, NULL},
   };
-  napi_define_properties(env, exports, 5, props);
+  napi_define_properties(env, exports, 6, props);
   return exports;
 }
 

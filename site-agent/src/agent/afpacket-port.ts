@@ -1,24 +1,25 @@
 // VM ports on Linux: an AF_PACKET socket bound to the host side of the VM's veth pair, through the
 // small N-API addon in site-agent/native (batched recvmmsg/sendmmsg into and out of arenas this
 // class owns: one call per batch each way, no Buffer per frame from the addon). Received frames
-// carry a virtio_net_hdr; vnet-offload.ts turns offloaded ones into ordinary frames. See
-// docs/agent.md for why veth.
+// carry a virtio_net_hdr; the addon finishes offloaded ones (native/vnet-offload.h, the same rules as
+// vnet-offload.ts) into ordinary frames. See docs/agent.md for why veth.
 import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { PortIO } from "./datapath.js";
-import { finishOffloads, VNET_HDR_LEN } from "./vnet-offload.js";
 
 interface AfPacketAddon {
   openArena(
     ifname: string,
-    rx: Buffer,
+    arena: Buffer,
     slot: number,
+    slots: number,
     meta: Uint32Array,
     onBatch: (n: number) => void,
   ): object;
   sendArena(handle: object, tx: Buffer, meta: Uint32Array, count: number): number;
+  finishOffloads(arena: Buffer, len: number, segStart: number, meta: Uint32Array): number;
   close(handle: object): void;
 }
 
@@ -26,6 +27,23 @@ interface AfPacketAddon {
 const RX_SLOT = 65536 + 128;
 /** Frames per recvmmsg (the addon's batch). */
 const RX_SLOTS = 32;
+/**
+ * After the slots: where the addon writes the MSS segments of TSO super-frames. A full batch of
+ * 64 KiB super-frames at a 1400-byte MSS needs about 2.3 MiB; a frame that does not fit is dropped
+ * (`gso_no_room`), which takes an MSS far below any real link's.
+ */
+const SEG_AREA = 4 << 20;
+/** (offset, length) entries per batch: frames and segments. */
+const OUT_ENTRIES = 8192;
+/** Drop codes of native/vnet-offload.h, by value. */
+const OFFLOAD_DROPS = [
+  "",
+  "malformed_frame",
+  "malformed_offload",
+  "gso_ufo_unsupported",
+  "gso_unsupported",
+  "gso_no_room",
+];
 /** Send arena: frames queued by one flush are copied here and written with sendmmsg. */
 const TX_ARENA = 1 << 20;
 const TX_FRAMES = 256;
@@ -59,8 +77,8 @@ function load(): AfPacketAddon {
 
 export class AfPacketPort implements PortIO {
   private handle: object | undefined;
-  private readonly rx = Buffer.allocUnsafeSlow(RX_SLOT * RX_SLOTS);
-  private readonly rxMeta = new Uint32Array(RX_SLOTS);
+  private readonly rx = Buffer.allocUnsafeSlow(RX_SLOT * RX_SLOTS + SEG_AREA);
+  private readonly rxMeta = new Uint32Array(OUT_ENTRIES * 2);
   private readonly tx = Buffer.allocUnsafeSlow(TX_ARENA);
   private readonly txMeta = new Uint32Array(TX_FRAMES * 2);
   /** Reused for every batch handed to the datapath (it does not keep the array). */
@@ -75,22 +93,20 @@ export class AfPacketPort implements PortIO {
   /** Frames handed over are views into the receive arena, valid until `onFrames` returns. */
   start(onFrames: (frames: Buffer[]) => void): void {
     if (this.handle) throw new Error(`port ${this.name}: already started`);
-    this.handle = load().openArena(this.name, this.rx, RX_SLOT, this.rxMeta, (n) => {
+    this.handle = load().openArena(this.name, this.rx, RX_SLOT, RX_SLOTS, this.rxMeta, (n) => {
+      // The addon finished offloads (checksums, TSO segmentation; see native/vnet-offload.h):
+      // each entry is a ready frame in the arena, or a drop.
       const frames = this.batch;
       frames.length = 0;
+      const meta = this.rxMeta;
       for (let i = 0; i < n; i++) {
-        const base = i * RX_SLOT;
-        const len = this.rxMeta[i]!;
-        // The common case — no checksum to finish, no segmentation — is the frame after the header.
-        if (len >= VNET_HDR_LEN + 14 && this.rx[base] === 0 && this.rx[base + 1] === 0) {
-          frames.push(this.rx.subarray(base + VNET_HDR_LEN, base + len));
-          continue;
-        }
-        const r = finishOffloads(this.rx.subarray(base, base + len));
-        if ("frames" in r) {
-          for (const f of r.frames) frames.push(f);
+        const off = meta[2 * i]!;
+        const len = meta[2 * i + 1]!;
+        if (len === 0) {
+          const reason = OFFLOAD_DROPS[off] ?? "malformed_offload";
+          this.drops.set(reason, (this.drops.get(reason) ?? 0) + 1);
         } else {
-          this.drops.set(r.drop, (this.drops.get(r.drop) ?? 0) + 1);
+          frames.push(this.rx.subarray(off, off + len));
         }
       }
       if (frames.length > 0) onFrames(frames);
@@ -128,4 +144,23 @@ export class AfPacketPort implements PortIO {
     load().close(this.handle);
     this.handle = undefined;
   }
+}
+
+/**
+ * The addon's offload finishing on one `[virtio_net_hdr][frame]` buffer, as frames or a drop reason
+ * (the result shape of vnet-offload.ts's finishOffloads, for tests holding the two together).
+ */
+export function nativeFinishOffloads(buf: Buffer): { frames: Buffer[] } | { drop: string } {
+  const arena = Buffer.alloc(buf.length + SEG_AREA);
+  buf.copy(arena, 0);
+  const meta = new Uint32Array(OUT_ENTRIES * 2);
+  const n = load().finishOffloads(arena, buf.length, buf.length, meta);
+  const frames: Buffer[] = [];
+  for (let i = 0; i < n; i++) {
+    const off = meta[2 * i]!;
+    const len = meta[2 * i + 1]!;
+    if (len === 0) return { drop: OFFLOAD_DROPS[off] ?? "malformed_offload" };
+    frames.push(Buffer.from(arena.subarray(off, off + len)));
+  }
+  return { frames };
 }
