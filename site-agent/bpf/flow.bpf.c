@@ -69,7 +69,8 @@ struct flow_value {
 	__be32 nat_ip_dst;  // 68: FLOW_F_SET_IP_DST
 	__be16 nat_tp_src;  // 72: FLOW_F_SET_TP_SRC
 	__be16 nat_tp_dst;  // 74: FLOW_F_SET_TP_DST
-	__u32 pad2;         // 76
+	__u32 agent_id;     // 76: written by the agent, never read here: names the entry so the
+	                    //     agent can read counters back in bulk (BPF_MAP_LOOKUP_BATCH)
 };
 
 // Per ingress device: the agent's port number and the upcall rate limiter's state (GCRA: the
@@ -99,6 +100,8 @@ struct upcall_hdr {
 	__u32 tun_remote;  // 24: tunnel sender, host byte order
 	__be16 vlan_proto; // 28: 0 = untagged
 	__u16 reason;      // 30: enum upcall_reason
+	__u64 miss_ns;     // 32: bpf_ktime_get_ns() when the program handed the frame up (flow setup
+	                   //     latency is measured from here: the first packet's miss, not its read)
 };
 
 enum upcall_reason {
@@ -353,6 +356,7 @@ static __always_inline int upcall(struct __sk_buff *skb, struct port_info *pi, _
 	h.tun_id = tun_id;
 	h.tun_remote = tun_remote;
 	h.reason = reason;
+	h.miss_ns = now;
 	if (skb->vlan_present) {
 		h.vlan_tci = skb->vlan_tci;
 		h.vlan_proto = skb->vlan_proto;

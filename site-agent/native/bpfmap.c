@@ -1,5 +1,5 @@
 // N-API addon for the kernel fast path: BPF map access through the bpf() syscall on maps pinned in
-// bpffs (obj_get, update, lookup, delete, next key, batch update). One syscall per call, so the
+// bpffs (obj_get, update, lookup, delete, next key, batch update and lookup). One syscall per call, so the
 // agent installs flows without spawning bpftool per entry. Errors throw with the errno name.
 #include <errno.h>
 #include <linux/bpf.h>
@@ -187,6 +187,52 @@ static napi_value update_batch(napi_env env, napi_callback_info info) {
   return num(env, (double)a.batch.count);
 }
 
+// lookupBatch(fd, inBatch | null, outBatch, keys, values, count) -> { count, done }
+// One BPF_MAP_LOOKUP_BATCH: up to `count` entries into `keys`/`values` (count * key/value size
+// bytes). `outBatch` receives the position to pass as `inBatch` next time (4 bytes for hash maps:
+// a bucket index); `done` is true when the walk reached the end (ENOENT) — `count` may still be
+// > 0 then. ENOSPC (a bucket holds more than `count` entries) throws; ask for more at a time.
+static napi_value lookup_batch(napi_env env, napi_callback_info info) {
+  napi_value argv[6];
+  if (get_args(env, info, 6, argv)) return NULL;
+  int32_t fd;
+  uint32_t count;
+  void *in = NULL, *out, *k, *v;
+  size_t inl = 0, outl, kl, vl;
+  napi_valuetype t;
+  napi_get_value_int32(env, argv[0], &fd);
+  napi_typeof(env, argv[1], &t);
+  if (t != napi_null && get_buf(env, argv[1], &in, &inl)) return NULL;
+  if (get_buf(env, argv[2], &out, &outl) || get_buf(env, argv[3], &k, &kl) ||
+      get_buf(env, argv[4], &v, &vl))
+    return NULL;
+  napi_get_value_uint32(env, argv[5], &count);
+  if (outl < 8 || (in != NULL && inl < 8)) {
+    napi_throw_range_error(env, NULL, "bpfmap: batch position buffers must hold 8 bytes");
+    return NULL;
+  }
+  union bpf_attr a;
+  memset(&a, 0, sizeof a);
+  a.batch.map_fd = fd;
+  a.batch.in_batch = (uint64_t)(uintptr_t)in;
+  a.batch.out_batch = (uint64_t)(uintptr_t)out;
+  a.batch.keys = (uint64_t)(uintptr_t)k;
+  a.batch.values = (uint64_t)(uintptr_t)v;
+  a.batch.count = count;
+  bool done = false;
+  if (sys_bpf(BPF_MAP_LOOKUP_BATCH, &a) < 0) {
+    if (errno != ENOENT) return throw_errno(env, "bpf map batch lookup");
+    done = true;
+  }
+  napi_value r, n, d;
+  napi_create_object(env, &r);
+  napi_create_uint32(env, a.batch.count, &n);
+  napi_get_boolean(env, done, &d);
+  napi_set_named_property(env, r, "count", n);
+  napi_set_named_property(env, r, "done", d);
+  return r;
+}
+
 static napi_value close_fd(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   if (get_args(env, info, 1, argv)) return NULL;
@@ -204,6 +250,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"remove", NULL, remove_elem, NULL, NULL, NULL, napi_default, NULL},
       {"nextKey", NULL, next_key, NULL, NULL, NULL, napi_default, NULL},
       {"updateBatch", NULL, update_batch, NULL, NULL, NULL, napi_default, NULL},
+      {"lookupBatch", NULL, lookup_batch, NULL, NULL, NULL, napi_default, NULL},
       {"close", NULL, close_fd, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);

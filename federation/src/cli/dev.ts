@@ -11,7 +11,7 @@ import { access, chmod } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, relative, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { credentials, Metadata, Server, ServerCredentials, status } from "@grpc/grpc-js";
+import { credentials, Server, ServerCredentials, status } from "@grpc/grpc-js";
 import {
   componentLogger,
   createLogger,
@@ -23,9 +23,7 @@ import {
   type Logger,
   loadConfig,
   onShutdown,
-  sitepb,
   startGrpcServer,
-  topologypb,
 } from "@isthmus/schema";
 import { z } from "zod";
 import {
@@ -35,7 +33,7 @@ import {
   mintAdminToken,
   mintOnboardingToken,
 } from "../auth/index.js";
-import { readSecretFile, writeSecretFile } from "../auth/secret-file.js";
+import { writeSecretFile } from "../auth/secret-file.js";
 import { Coordinator } from "../coordinator/coordinator.js";
 import { authFromKeyDir } from "../coordinator/key-dir-auth.js";
 import { describeError, FederationClient } from "./connection.js";
@@ -370,49 +368,6 @@ function startController(
   });
 }
 
-/**
- * Registers a gateway host with its WAN endpoint (the tunnel socket: DESIGN §2.4 lets one socket
- * face both the site and the WAN). `isthmus agent --name` cannot name a WAN address yet, and the
- * controller refuses a gateway without one, so dev registers it and starts the agent with --host.
- */
-async function registerGateway(
-  site: DevSiteLayout,
-  agent: DevAgentLayout,
-  adminTokenFile: string,
-  tokenFile: string,
-): Promise<string> {
-  const client = new sitepb.SiteServiceClient(site.controllerListen, credentials.createInsecure());
-  const md = new Metadata();
-  md.set("authorization", `Bearer ${(await readSecretFile(adminTokenFile)).trim()}`);
-  try {
-    const res = await new Promise<sitepb.RegisterHostResponse>((res_, rej) =>
-      client.registerHost(
-        {
-          name: agent.name,
-          tunnelIp: agent.tunnelIp,
-          tunnelPort: agent.tunnelPort,
-          role: topologypb.HostRole.HOST_ROLE_GATEWAY,
-          wanIp: agent.tunnelIp,
-          wanPort: agent.tunnelPort,
-        },
-        md,
-        { deadline: Date.now() + 15_000 },
-        (err, r) => (err ? rej(err) : res_(r)),
-      ),
-    );
-    if (!res.host?.id || !res.hostToken) throw new Error("RegisterHost answered without a host id or token");
-    rmSync(tokenFile, { force: true });
-    await writeSecretFile(tokenFile, `${res.hostToken}\n`);
-    return res.host.id;
-  } catch (err) {
-    throw new Error(
-      `could not register gateway ${agent.name} at ${site.controllerListen}: ${describeError(err)}`,
-    );
-  } finally {
-    client.close();
-  }
-}
-
 async function startAgent(
   supervisor: Supervisor,
   site: DevSiteLayout,
@@ -421,18 +376,22 @@ async function startAgent(
   dataDir: string,
 ): Promise<SupervisedChild> {
   const tokenFile = join(dataDir, site.name, `${agent.name}.token`);
-  const identity =
-    agent.role === "gateway"
-      ? ["--host", await registerGateway(site, agent, adminToken, tokenFile)]
-      : ["--name", agent.name, "--admin-token-file", adminToken];
+  // A gateway's WAN endpoint is its tunnel socket (DESIGN §2.4 lets one socket face both the site
+  // and the WAN); it registers itself with it, as any agent registers itself by name.
+  const wan =
+    agent.role === "gateway" ? ["--wan-ip", agent.tunnelIp, "--wan-port", String(agent.tunnelPort)] : [];
   return supervisor.start({
     name: `${site.name}/${agent.name}`,
     tier: 2,
     args: [
       "agent",
-      ...identity,
+      "--name",
+      agent.name,
+      "--admin-token-file",
+      adminToken,
       "--role",
       agent.role,
+      ...wan,
       // Userspace: the kernel fast path needs root and a VM port to attach to; dev has neither.
       "--datapath",
       "userspace",

@@ -8,7 +8,7 @@ import { test } from "node:test";
 import { MemoryStorage } from "./memory-storage.js";
 import { MemoryNetwork } from "./memory-transport.js";
 import { RaftNode, RaftNodeError } from "./node.js";
-import type { Entry, StateMachine, WritableStorage } from "./types.js";
+import { type Entry, type Message, MessageType, type StateMachine, type WritableStorage } from "./types.js";
 import { WalStorage } from "./wal-storage.js";
 
 /** put k=v returns the entry's index (the revision); the state is a JSON object. */
@@ -55,7 +55,13 @@ async function retrying<T>(f: () => Promise<T>): Promise<T> {
 
 function cluster(
   ids: string[],
-  opts: { snapshotEvery?: number; storages?: Record<string, WritableStorage> } = {},
+  opts: {
+    snapshotEvery?: number;
+    storages?: Record<string, WritableStorage>;
+    commitNotifyDelayMs?: number;
+    /** Every message each node hands its transport, by sender. */
+    record?: Map<string, Message[]>;
+  } = {},
 ) {
   const net = new MemoryNetwork();
   const peers = peersOf(ids);
@@ -63,12 +69,22 @@ function cluster(
   const make = (id: string, founding: Record<string, string>, storage?: WritableStorage, join = false) => {
     const kv = new Kv();
     const s = storage ?? opts.storages?.[id] ?? new MemoryStorage();
+    const transport = net.transport(id);
+    const record = opts.record;
+    if (record) {
+      const send = transport.send.bind(transport);
+      transport.send = (ms: Message[]) => {
+        record.set(id, [...(record.get(id) ?? []), ...ms]);
+        send(ms);
+      };
+    }
     const node = new RaftNode<number>({
       id,
       peers: founding,
       join,
       storage: s,
-      transport: net.transport(id),
+      transport,
+      commitNotifyDelayMs: opts.commitNotifyDelayMs,
       stateMachine: kv,
       tickMs: 50,
       electionTicks: 10,
@@ -279,6 +295,12 @@ test("a node restarted on its WAL rebuilds its state and rejoins", async (t) => 
 /** MemoryStorage whose sync() can be held, to stand for a slow disk. */
 class HeldSyncStorage extends MemoryStorage {
   held = false;
+  /** Entries per append() call, newest last. */
+  appends: number[] = [];
+  override append(entries: Entry[]): void {
+    this.appends.push(entries.length);
+    super.append(entries);
+  }
   private waiters: (() => void)[] = [];
   override async sync(): Promise<void> {
     while (this.held) await new Promise<void>((r) => this.waiters.push(r));
@@ -317,4 +339,68 @@ test("the leader sends before its fsync, and with one follower down commits only
   const index = await p;
   assert.ok(index > before);
   c.net.heal();
+});
+
+test("an idle node takes a lone proposal at once; with an fsync in flight, proposals of one turn share a Ready", async (t) => {
+  const ids = ["a", "b", "c"];
+  const storages = Object.fromEntries(ids.map((id) => [id, new HeldSyncStorage()]));
+  const c = cluster(ids, { storages });
+  t.after(() => c.close());
+  const leader = await c.leader();
+  await retrying(() => leader.node.propose(put("warm", "up")));
+  const disk = storages[leader.node.id]!;
+  await until(() => leader.node.status().pendingProposals === 0, "the warm-up to settle");
+
+  // Idle: the entry is written within the microtasks that follow propose(), not a loop turn later.
+  const last = disk.lastIndex();
+  disk.held = true;
+  const first = leader.node.propose(put("k0", "v"));
+  await new Promise<void>((r) => queueMicrotask(r));
+  assert.equal(disk.lastIndex(), last + 1, "the lone proposal waited for a later event-loop turn");
+
+  // Busy (its fsync is held): ten proposals made in this turn wait for the check phase and
+  // leave as one Ready — one append to storage, one Append per follower.
+  const appendsBefore = disk.appends.length;
+  const rest = Array.from({ length: 10 }, (_, k) => leader.node.propose(put(`k${k + 1}`, "v")));
+  await new Promise<void>((r) => queueMicrotask(r));
+  assert.equal(disk.lastIndex(), last + 1, "a proposal made while an fsync runs skipped the batching turn");
+  await until(() => disk.lastIndex() === last + 11, "the batch to be written");
+  assert.deepEqual(disk.appends.slice(appendsBefore), [10]);
+  disk.release();
+  const indexes = await Promise.all([first, ...rest]);
+  assert.deepEqual(
+    indexes,
+    Array.from({ length: 11 }, (_, k) => last + 1 + k),
+  );
+});
+
+test("a steady writer's next append carries the commit index; an entry-less one leaves only when none follows in time", async (t) => {
+  const ids = ["a", "b", "c"];
+  const sent = new Map<string, Message[]>();
+  const c = cluster(ids, { commitNotifyDelayMs: 30, record: sent });
+  t.after(() => c.close());
+  const leader = await c.leader();
+  await retrying(() => leader.node.propose(put("warm", "up")));
+  const from = sent.get(leader.node.id)?.length ?? 0;
+  let last = 0;
+  for (let k = 0; k < 20; k++) last = await leader.node.propose(put(`k${k}`, "v"));
+  const followers = ids.filter((id) => id !== leader.node.id);
+  await until(
+    () => followers.every((id) => c.members.get(id)!.node.status().applied >= last),
+    "followers to apply the last write",
+  );
+  const appends = () =>
+    (sent.get(leader.node.id) ?? []).slice(from).filter((m) => m.type === MessageType.Append);
+  // Sending each commit at once would cost an entry-less append per follower per write (40 here).
+  const empty = appends().filter((m) => m.entries.length === 0);
+  assert.ok(empty.length <= 10, `${empty.length} entry-less appends for 20 back-to-back writes`);
+  // The last commit still reaches every follower in an append of its own, not only by heartbeat.
+  await until(
+    () =>
+      followers.every((id) =>
+        appends().some((m) => m.to === id && m.entries.length === 0 && m.commit >= last),
+      ),
+    "the held commit-only appends to be sent",
+    2000,
+  );
 });

@@ -1,5 +1,7 @@
 // Configuration of `isthmus agent`: defaults, YAML file (`agent:` section), ISTHMUS_AGENT__* env
 // vars, then flags. Bounds of every table and queue the agent keeps are here.
+
+import { existsSync } from "node:fs";
 import { isIP } from "node:net";
 import { z } from "zod";
 
@@ -61,6 +63,16 @@ export const AgentConfigSchema = z.object({
           /** Upcalls per second per port the programs let through (the rest are dropped, counted). */
           upcallsPerSecond: z.number().int().positive().default(2000),
           upcallBurst: z.number().int().positive().default(256),
+          /**
+           * A network namespace (a path such as /run/netns/underlay) that holds the tunnel
+           * address and the VM ports: the datapath's devices and programs are made there while
+           * the agent itself (and its connection to the controller) stays where it runs.
+           */
+          netns: z
+            .string()
+            .regex(/^\//, "an absolute path to a network namespace file, e.g. /run/netns/underlay")
+            .refine((p) => existsSync(p), "no such network namespace file")
+            .optional(),
         })
         .default({
           bpffs: "/sys/fs/bpf",

@@ -111,6 +111,7 @@ export async function startAgent(flags: AgentFlags, deps: AgentDeps = {}): Promi
           name: kernelDatapathName(cfg.host ?? cfg.name ?? cfg.tunnelIp),
           bpffs: cfg.kernel.bpffs,
           stateDir: cfg.kernel.stateDir,
+          netns: cfg.kernel.netns,
           upcallRate: { perSecond: cfg.kernel.upcallsPerSecond, burst: cfg.kernel.upcallBurst },
           flowLimits,
           upcallLimits: { perSource: cfg.upcalls.perPort, total: cfg.upcalls.total },

@@ -142,10 +142,22 @@ function extractL4(frame: Buffer, l4: number, proto: number, key: Buffer): void 
   }
 }
 
-/** A byte mask over the key: 0xff bytes for fields the flow's decision depended on. */
-export function maskFromFields(fields: Iterable<FlowField>): Buffer {
+/**
+ * A byte mask over the key: 0xff bytes for fields the flow's decision depended on. With
+ * `ipDstBits` below 32, ipDst keeps only that many leading bits (an IPv4 destination the decision
+ * read as a route prefix and nothing more); 32 or more keeps the whole field.
+ */
+export function maskFromFields(fields: Iterable<FlowField>, ipDstBits = 128): Buffer {
+  if (!(Number.isInteger(ipDstBits) && ipDstBits > 0))
+    throw new RangeError(`maskFromFields: ipDstBits must be a positive integer, got ${ipDstBits}`);
   const mask = Buffer.alloc(KEY_SIZE);
   for (const f of fields) mask.fill(0xff, KEY[f], KEY[f] + FIELD_SIZE[f]);
+  if (ipDstBits < 32 && mask[KEY.ipDst] !== 0) {
+    const whole = ipDstBits >>> 3;
+    const rest = ipDstBits & 7;
+    mask.fill(0, KEY.ipDst + whole, KEY.ipDst + FIELD_SIZE.ipDst);
+    if (rest > 0) mask[KEY.ipDst + whole] = (0xff << (8 - rest)) & 0xff;
+  }
   return mask;
 }
 

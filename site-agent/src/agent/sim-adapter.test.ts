@@ -1,10 +1,11 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { topologypb } from "@isthmus/schema";
+import { parseIp4 } from "../packets/addr.js";
 import { TCP_ACK, TCP_SYN } from "../packets/encode.js";
 import { eth } from "../packets/packet-dsl.js";
 import { EXT_MAC, RA_MAC, RB_MAC, twoSubnets, UP_MAC, VM1_MAC, VM2_MAC } from "../sim/test-topologies.js";
-import { extractKey, KEY_SIZE, maskFromFields } from "./flow-key.js";
+import { extractKey, KEY, KEY_SIZE, maskFromFields } from "./flow-key.js";
 import { FlowTable } from "./flow-table.js";
 import { EngineSimulator } from "./sim-adapter.js";
 
@@ -75,6 +76,95 @@ test("sim adapter: a reply dropped before its connection's state arrived is inva
   // A refresh of the same state (sent every second while the connection runs) changes no
   // decision, so it invalidates nothing: the reply's flow stays installed.
   assert.deepEqual(h2.installFlowState(forward.flowState, 4), []);
+});
+
+test("sim adapter: destinations behind one route share a megaflow unless something read the whole address", () => {
+  const GW_MAC = 0x02000000f001;
+  /** The flow vm1's packet to `dst` installs, and whether a packet to `other` then hits it. */
+  const run = (filter: (s: ReturnType<typeof twoSubnets>) => void, dst: string, other: string) => {
+    const s = twoSubnets();
+    filter(s);
+    const sim = new EngineSimulator({ hostId: "h1" });
+    sim.applySnapshot({ revision: 1, objects: s.t.objects });
+    // The default route's gateway is resolved (else the packet waits for ARP and nothing is cached).
+    sim.state.arp.learn(s.r.id, parseIp4("203.0.113.1"), GW_MAC, 0);
+    const frame = (to: string) =>
+      Buffer.from(eth(VM1_MAC, RA_MAC).ip4("10.0.1.1", to).tcp(40000, 80, TCP_SYN).build());
+    const key = Buffer.alloc(KEY_SIZE);
+    extractKey(frame(dst), 1, 0, key);
+    const out = sim.simulate({ frame: frame(dst), key, ingressPortId: s.vm1.id, traced: false, now: 1 });
+    assert.equal(out.groups[0]?.outputs[0]?.kind, "tunnel", "out through the uplink on the gateway host");
+    assert.ok(out.cacheable);
+    const table = new FlowTable();
+    const flow = table.install(
+      {
+        match: Buffer.from(key),
+        mask: maskFromFields(out.maskFields!, out.ipDstPrefixBits),
+        actions: { outputs: [] },
+        tags: out.tags,
+      },
+      1,
+    );
+    assert.ok(flow);
+    const otherKey = Buffer.alloc(KEY_SIZE);
+    extractKey(frame(other), 1, 0, otherKey);
+    return { bits: out.ipDstPrefixBits, shared: table.lookup(otherKey, 60, 2) === flow };
+  };
+  const none = () => {};
+
+  // Only the route lookup read the destination: the default route's flow covers its neighbours.
+  const open = run(none, "198.51.100.7", "198.51.100.9");
+  assert.ok(open.bits !== undefined && open.bits < 24, `prefix bits ${open.bits}`);
+  assert.ok(open.shared, "a second destination behind the same route reuses the megaflow");
+  // …but not a destination whose route lookup went elsewhere (10.0.2.0/24 is on-link).
+  assert.equal(run(none, "198.51.100.7", "10.0.2.1").shared, false);
+
+  // A stateful filter reads conntrack, keyed by the whole address: one flow per destination.
+  const stateful = run(
+    (s) => {
+      const c = s.t.chain("vm1-in");
+      s.t.accept(c, { matchReturnFlow: true });
+      s.t.accept(c, {});
+      s.vm1.inboundFilterId = c.id;
+    },
+    "198.51.100.7",
+    "198.51.100.9",
+  );
+  assert.equal(stateful.bits, undefined);
+  assert.equal(stateful.shared, false, "conntrack read the destination: no sharing");
+
+  // A rule on one address reads the whole address too, even when it does not match.
+  const ruled = run(
+    (s) => {
+      const c = s.t.chain("vm1-in");
+      s.t.rule(c, RA.RULE_ACTION_DROP, { nwDst: "198.51.100.66/32" });
+      s.t.accept(c, {});
+      s.vm1.inboundFilterId = c.id;
+    },
+    "198.51.100.7",
+    "198.51.100.9",
+  );
+  assert.equal(ruled.bits, undefined);
+  assert.equal(ruled.shared, false, "a /32 rule read the destination: no sharing");
+});
+
+test("flow key: a destination prefix mask keeps only the leading bits of ipDst", () => {
+  const m = maskFromFields(["ethType", "ipDst"], 13);
+  assert.equal(m.subarray(KEY.ipDst, KEY.ipDst + 4).toString("hex"), "fff80000");
+  assert.ok(m.subarray(KEY.ipDst + 4, KEY.ipDst + 16).every((b) => b === 0));
+  assert.equal(m.readUInt16BE(KEY.ethType), 0xffff);
+  assert.ok(
+    maskFromFields(["ipDst"], 32)
+      .subarray(KEY.ipDst, KEY.ipDst + 16)
+      .every((b) => b === 0xff),
+  );
+  assert.ok(
+    maskFromFields(["ipDst"])
+      .subarray(KEY.ipDst, KEY.ipDst + 16)
+      .every((b) => b === 0xff),
+  );
+  assert.ok(maskFromFields(["ethType"], 8).every((b, i) => i < KEY.ipDst || i >= KEY.ipDst + 16 || b === 0));
+  assert.throws(() => maskFromFields(["ipDst"], 0), /ipDstBits/);
 });
 
 test("sim adapter: an ARP answer learned on an uplink is shared, and a peer's copy releases its held packet", () => {

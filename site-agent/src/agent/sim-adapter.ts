@@ -17,7 +17,7 @@ import {
   TopologyView,
   tag,
 } from "../sim/index.js";
-import type { FlowField } from "./flow-key.js";
+import { ETH_TYPE_IPV4, type FlowField, KEY, KEY_SIZE } from "./flow-key.js";
 import type { FlowStateEntry } from "./flow-state.js";
 import type { OutputGroup, SimulationInput, SimulationOutcome, Simulator } from "./simulator.js";
 
@@ -54,6 +54,18 @@ export function maskToFields(mask: number): FlowField[] {
   // The key's protocol/port fields are only meaningful together with the ether type.
   if (out.size > 0) out.add("ethType");
   return [...out];
+}
+
+/**
+ * How many leading bits of the destination an IPv4 result depended on, when fewer than all: the
+ * simulation counts only the bits a route lookup examined, and anything that read the whole
+ * address (ARP for it, conntrack, an address rule, NAT, ECMP) made it 32. The key's ipDst also
+ * carries an ARP frame's target address, so a result that read that keeps it whole.
+ */
+function ipDstPrefixBits(r: SimResult, key: Buffer): number | undefined {
+  if ((r.mask & F.NW_DST) === 0 || (r.mask & F.ARP_TPA) !== 0) return undefined;
+  if (key.length !== KEY_SIZE || key.readUInt16BE(KEY.ethType) !== ETH_TYPE_IPV4) return undefined;
+  return r.dstBits > 0 && r.dstBits < 32 ? r.dstBits : undefined;
 }
 
 function mac6(v: number): Buffer {
@@ -181,6 +193,7 @@ export class EngineSimulator implements Simulator {
       groups,
       dropReason: r.dropReason ?? dropReason,
       maskFields: maskToFields(r.mask),
+      ipDstPrefixBits: ipDstPrefixBits(r, input.key),
       tags: [...r.tags],
       cacheable: r.cacheable,
       generated: r.generated.map((g) => ({

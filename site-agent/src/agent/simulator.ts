@@ -38,6 +38,11 @@ export interface SimulationOutcome {
   dropReason?: string;
   /** Fields the result depended on (inPort/tunnelKey are always added); undefined = every field. */
   maskFields?: FlowField[];
+  /**
+   * With ipDst in maskFields: how many leading bits of the (IPv4) destination the result depended
+   * on, when fewer than 32 (a route lookup read only a prefix); undefined = the whole address.
+   */
+  ipDstPrefixBits?: number;
   tags: string[];
   /** False when the result must not be reused for other packets (ARP, errors, held packets). */
   cacheable: boolean;

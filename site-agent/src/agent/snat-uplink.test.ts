@@ -66,6 +66,21 @@ function snatTopology(prefix: number, vm: Vm, ext: Vm, tunnel: [string, string])
   return { t, hostA, gw };
 }
 
+/** An agent with the real simulation engine, its SNAT blocks from the shared registry. */
+function engineAgent(
+  hostId: string,
+  role: "host" | "gateway",
+  dp: Datapath,
+  registry: InMemoryNatBlockRegistry,
+  openPort: (name: string) => PortIO,
+): Node {
+  const simulator = new EngineSimulator({ hostId, natLeases: registry.forHost(hostId) });
+  return {
+    agent: new EdgeAgent({ hostId, role, datapath: dp, simulator, log: silentLogger(), openPort }),
+    dp,
+  };
+}
+
 /** The checks both datapaths must pass; `nodes()` is [VM host, gateway]. */
 function snatTests(lab: NetnsLab, vm: () => Vm, ext: () => Vm, nodes: () => Node[], kernel = false) {
   test("ping from the VM to the external host is SNATed out of the uplink and the reply comes back", async () => {
@@ -144,15 +159,7 @@ describe("SNAT through a router uplink: userspace datapath", { skip: userspaceSk
       const dp = new UserspaceDatapath({ tunnelIp: h.tunnelIp, tunnelPort: 0, log: silentLogger() });
       await dp.start();
       h.tunnelPort = dp.tunnelPort;
-      const agent = new EdgeAgent({
-        hostId: h.id,
-        role,
-        datapath: dp,
-        simulator: new EngineSimulator({ hostId: h.id, natLeases: registry.forHost(h.id) }),
-        log: silentLogger(),
-        openPort: (name): PortIO => new AfPacketPort(name),
-      });
-      nodes.push({ agent, dp });
+      nodes.push(engineAgent(h.id, role, dp, registry, (name): PortIO => new AfPacketPort(name)));
     }
     for (const n of nodes) n.agent.applySnapshot({ revision: 1, objects: t.objects });
     for (const n of nodes) assert.equal(n.agent.boundPorts().size, 1, "each agent binds its one port");
@@ -213,15 +220,7 @@ describe("SNAT through a router uplink: kernel datapath", { skip: kernelSkip }, 
         log: silentLogger(),
       });
       await dp.start();
-      const agent = new EdgeAgent({
-        hostId: h.id,
-        role,
-        datapath: dp,
-        simulator: new EngineSimulator({ hostId: h.id, natLeases: registry.forHost(h.id) }),
-        log: silentLogger(),
-        openPort: (name) => dp.openPort(name),
-      });
-      nodes.push({ agent, dp, ns });
+      nodes.push({ ...engineAgent(h.id, role, dp, registry, (name) => dp.openPort(name)), ns });
     }
     for (const n of nodes) n.agent.applySnapshot({ revision: 1, objects: t.objects });
     for (const n of nodes) assert.equal(n.agent.boundPorts().size, 1, "each agent binds its one port");

@@ -41,8 +41,12 @@ function drop(reason: string): UpcallDecision {
   return { actions: { outputs: [], dropReason: reason } };
 }
 
+/** Distinct port MACs whose parsed bytes are kept (the anti-spoofing check runs on every upcall). */
+const MAC_CACHE_LIMIT = 4096;
+
 export class UpcallHandler {
   private sequence = 0;
+  private readonly macs = new Map<string, Buffer | undefined>();
   readonly stats = { simulations: 0, flowStateSent: 0, flowStateRefreshes: 0, resubmits: 0 };
 
   constructor(private readonly o: UpcallHandlerOptions) {}
@@ -54,7 +58,7 @@ export class UpcallHandler {
     const port = portId === undefined ? undefined : this.o.store.ports.get(portId);
     if (!port || portId === undefined) return drop("unknown_port");
     // A VM may only send from its own MAC; an uplink carries the external network's hosts.
-    const mac = port.type === topologypb.PortType.PORT_TYPE_VM ? parseMac(port.mac) : undefined;
+    const mac = port.type === topologypb.PortType.PORT_TYPE_VM ? this.portMac(port.mac) : undefined;
     if (mac && !mac.equals(u.frame.subarray(6, 12))) {
       // Cache the drop so a VM spraying spoofed frames does not keep the simulator busy.
       return {
@@ -71,6 +75,14 @@ export class UpcallHandler {
       { frame: u.frame, key: u.key, ingressPortId: portId, traced: u.traced, now: this.o.clock() },
       [agentTag.port(portId)],
     );
+  }
+
+  private portMac(text: string): Buffer | undefined {
+    if (this.macs.has(text)) return this.macs.get(text);
+    if (this.macs.size >= MAC_CACHE_LIMIT) this.macs.clear();
+    const mac = parseMac(text);
+    this.macs.set(text, mac);
+    return mac;
   }
 
   private fromTunnel(u: Upcall): UpcallDecision | Promise<UpcallDecision> {
@@ -154,7 +166,12 @@ export class UpcallHandler {
       actions,
       generated,
       install: cacheable
-        ? { mask: maskFromFields(fields), tags: [...tags], idleTimeoutMs: r.idleTimeoutMs, onHit }
+        ? {
+            mask: maskFromFields(fields, r.ipDstPrefixBits),
+            tags: [...tags],
+            idleTimeoutMs: r.idleTimeoutMs,
+            onHit,
+          }
         : undefined,
     };
   }

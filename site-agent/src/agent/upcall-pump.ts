@@ -16,8 +16,11 @@ export interface UpcallPumpHooks {
   countDrop(reason: string): void;
   /** A packet matched an installed flow in userspace, on arrival or after waiting in the queue. */
   flowHit?(flow: Flow, key: Buffer): void;
-  /** A simulated packet's flow was installed; `arrivedAt` is when `offer` saw the packet. */
-  flowInstalled?(flow: Flow, u: Upcall, arrivedAt: number): void;
+  /**
+   * A simulated packet's flow was installed. `arrivedAt` is when the datapath first saw the packet
+   * (as passed to `offer`), `offeredAt` when `offer` ran; both performance.now() milliseconds.
+   */
+  flowInstalled?(flow: Flow, u: Upcall, arrivedAt: number, offeredAt: number): void;
 }
 
 /** The datapath options the pump reads (both datapaths' option types carry them). */
@@ -31,6 +34,7 @@ export interface UpcallPumpSettings {
 interface Queued {
   u: Upcall;
   arrivedAt: number;
+  offeredAt: number;
 }
 
 export class UpcallPump {
@@ -81,8 +85,16 @@ export class UpcallPump {
   /**
    * A frame that entered on `portNo` (0 = from a tunnel, with `tunnelKey`): forwarded by its flow
    * when one matches, else queued (as a copy) for the handler. The caller flushes after a batch of offers.
+   * `arrivedAt` (performance.now() ms) is when the datapath first saw it, when earlier than now.
    */
-  offer(frame: Buffer, portNo: number, tunnelKey: number, traced: boolean, from?: TunnelEndpoint): void {
+  offer(
+    frame: Buffer,
+    portNo: number,
+    tunnelKey: number,
+    traced: boolean,
+    from?: TunnelEndpoint,
+    arrivedAt?: number,
+  ): void {
     if (!extractKey(frame, portNo, tunnelKey, this.key)) {
       this.hooks.countDrop("malformed_frame");
       return;
@@ -105,7 +117,8 @@ export class UpcallPump {
       key: Buffer.from(this.key),
       from,
     };
-    if (!this.queue.push(source, { u, arrivedAt: performance.now() })) {
+    const offeredAt = performance.now();
+    if (!this.queue.push(source, { u, arrivedAt: arrivedAt ?? offeredAt, offeredAt })) {
       this.hooks.countDrop("upcall_queue_full");
       return;
     }
@@ -127,7 +140,8 @@ export class UpcallPump {
     while (!this.stopped && this.inFlight < this.concurrency) {
       const next = this.queue.shift();
       if (!next) break;
-      const { u, arrivedAt } = next.item;
+      const q = next.item;
+      const u = q.u;
       // An earlier upcall may have installed this packet's flow while it waited.
       const flow = u.traced ? undefined : this.table.lookup(u.key, u.frame.length, this.clock());
       if (flow) {
@@ -153,7 +167,7 @@ export class UpcallPump {
         decision.then(
           (d) => {
             this.inFlight--;
-            this.apply(u, arrivedAt, d);
+            this.apply(q, d);
             hooks.flush();
             this.schedule();
           },
@@ -165,7 +179,7 @@ export class UpcallPump {
         );
       } else {
         this.inFlight--;
-        this.apply(u, arrivedAt, decision);
+        this.apply(q, decision);
       }
     }
     hooks.flush();
@@ -176,8 +190,9 @@ export class UpcallPump {
     this.settings.log.warn({ err }, "upcall handler failed; packet dropped");
   }
 
-  private apply(u: Upcall, arrivedAt: number, d: UpcallDecision): void {
+  private apply(q: Queued, d: UpcallDecision): void {
     if (this.stopped) return;
+    const u = q.u;
     const hooks = this.hooks;
     if (d.install && !u.traced) {
       validateActions(d.actions);
@@ -185,7 +200,7 @@ export class UpcallPump {
       if (flow) {
         flow.packets++;
         flow.bytes += u.frame.length;
-        hooks.flowInstalled?.(flow, u, arrivedAt);
+        hooks.flowInstalled?.(flow, u, q.arrivedAt, q.offeredAt);
       }
     }
     for (const g of d.generated ?? []) hooks.output(g.frame, g.actions);

@@ -94,7 +94,9 @@ function flood(w: Walk, b: BridgeView, inPort: PortView | null, vlan: number): u
   if (outbound && filterAt(w, outbound, inPort?.id ?? "", "", b.id, inPort) !== CHAIN_ACCEPT) return;
   const fromRemote = inPort?.type === PT.PORT_TYPE_REMOTE_SITE;
   const snapshot = w.m.clone();
-  for (const p of b.exteriorPorts) {
+  const ports = b.exteriorPorts;
+  for (let i = 0; i < ports.length; i++) {
+    const p = ports[i]!;
     if (inPort && p.id === inPort.id) continue;
     const remote = p.type === PT.PORT_TYPE_REMOTE_SITE;
     // Split horizon between sites; a gateway relaying a local host's flood only goes remote.

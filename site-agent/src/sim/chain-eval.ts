@@ -4,7 +4,7 @@
 import { topologypb } from "@isthmus/schema";
 import { inCidr6 } from "../packets/addr.js";
 import { ETH_ARP, FRAG_LATER, PROTO_ICMP, PROTO_TCP, PROTO_UDP } from "../packets/packet.js";
-import { type CtTuple, ctKey, ctReturnKey } from "./conntrack.js";
+import { type CtTuple, ctKey, ctReturnKey, ip4CtTag } from "./conntrack.js";
 import { flowHash } from "./flow-hash.js";
 import { emitGenerated } from "./generate.js";
 import { type NatBinding, natKey } from "./nat-table.js";
@@ -85,7 +85,10 @@ function evalChain(w: Walk, chainId: string, cc: ChainCtx): number {
   if (w.tracing) w.trace("chain", chainId, `evaluate ${chain.rules.length} rules`);
   try {
     const rules = chain.rules;
-    for (const run of chain.runs) {
+    const runs = chain.runs;
+    // Indexed loops on the packet path: a for-of iterator is not always optimized away.
+    for (let r = 0; r < runs.length; r++) {
+      const run = runs[r]!;
       let v = NEXT;
       if (run.buckets !== undefined) v = evalIndexed(w, run, cc);
       else {
@@ -286,7 +289,11 @@ function groupMatch(w: Walk, groupId: string, src: boolean): boolean {
     const a = ip4Of(w, src);
     if (a < 0) return false;
     if (g.v4.has(a)) return true;
-    for (const c of g.v4Cidrs) if ((a & c.mask) >>> 0 === c.addr) return true;
+    const cidrs = g.v4Cidrs;
+    for (let i = 0; i < cidrs.length; i++) {
+      const c = cidrs[i]!;
+      if ((a & c.mask) >>> 0 === c.addr) return true;
+    }
     return false;
   }
   if (v === 6) {
@@ -332,32 +339,29 @@ function isReturnFlow(w: Walk, checkedAt: string): boolean {
   // One conntrack zone per agent: the forward packet and its reply are checked at different
   // devices (each VM's own bridge), so a per-device zone would never see the reply.
   const zone = CT_ZONE;
-  const rk = ctReturnKey(zone, t);
-  // Tagged either way: a result decided by the entry's absence (a drop of a reply whose state had
-  // not arrived yet) must go stale when the entry is installed, as one decided by its presence
-  // must when it expires.
-  w.tagStr(tag.ct(rk));
   const ct = w.state.conntrack;
-  const v4 = t.ipVersion === 4;
-  if (v4 ? ct.hasTuple(t.proto, t.dst, t.dport, t.src, t.sport, w.ctx.now) : ct.has(rk, w.ctx.now)) {
+  if (t.ipVersion === 4) {
+    // IPv4 (zone ""): looked up and recorded by numbers; key strings are built only for the result.
+    // Tagged either way: a result decided by the entry's absence (a drop of a reply whose state
+    // had not arrived yet) must go stale when the entry is installed, as one decided by its
+    // presence must when it expires.
+    w.tagStr(ip4CtTag(t.proto, t.dst, t.dport, t.src, t.sport));
+    if (ct.hasTuple(t.proto, t.dst, t.dport, t.src, t.sport, w.ctx.now)) {
+      if (w.tracing) w.trace("conntrack", ctReturnKey(zone, t), "return flow");
+      return true;
+    }
+    w.pendCt4(t.proto, t.src, t.sport, t.dst, t.dport, checkedAt);
+    if (w.tracing) w.trace("conntrack", ctKey(zone, t), "forward flow");
+    return false;
+  }
+  const rk = ctReturnKey(zone, t);
+  w.tagStr(tag.ct(rk));
+  if (ct.has(rk, w.ctx.now)) {
     if (w.tracing) w.trace("conntrack", rk, "return flow");
     return true;
   }
   const fk = ctKey(zone, t);
-  let pending = false;
-  for (let i = 0; i < w.nCt; i++) if (w.ctKeys[i] === fk) pending = true;
-  if (!pending) {
-    const i = w.nCt++;
-    w.ctKeys[i] = fk;
-    w.ctZones[i] = checkedAt;
-    // IPv4: the tuple's numbers, so the commit indexes by them instead of parsing the key.
-    const n = w.ctTuples;
-    n[i * 5] = v4 ? t.proto : -1;
-    n[i * 5 + 1] = t.src;
-    n[i * 5 + 2] = t.sport;
-    n[i * 5 + 3] = t.dst;
-    n[i * 5 + 4] = t.dport;
-  }
+  w.pendCt(fk, checkedAt);
   if (w.tracing) w.trace("conntrack", fk, "forward flow");
   return false;
 }

@@ -40,6 +40,62 @@ export function ctReturnKey(zone: string, t: CtTuple): string {
   return `${zone}|${t.proto}|${addr(t.dst, t.dst6, t.ipVersion)}|${t.dport}|${addr(t.src, t.src6, t.ipVersion)}|${t.sport}`;
 }
 
+// The parts of IPv4 keys and tags that repeat from one new connection to the next (all but the
+// client's port), cached so a key is three pieces joined rather than eleven: each join past a few
+// characters allocates. Direct-mapped and fixed-size; a miss rebuilds the parts. The strings are
+// exactly what the one-piece template would build.
+const PARTS = 256;
+const keyWords4 = new Float64Array(PARTS * 4).fill(-1);
+const keyHeads: string[] = [];
+const keyTails: string[] = [];
+const tagWords4 = new Float64Array(PARTS * 4).fill(-1);
+const tagHeads: string[] = [];
+for (let i = 0; i < PARTS; i++) {
+  keyHeads.push("");
+  keyTails.push("");
+  tagHeads.push("");
+}
+
+function partSlot(a: number, b: number, c: number, d: number): number {
+  let h = Math.imul(a ^ 0x9e3779b9, 0x85ebca6b);
+  h = Math.imul(h ^ b ^ (h >>> 13), 0xc2b2ae35);
+  h = Math.imul(h ^ c ^ (h >>> 16), 0x85ebca6b);
+  h = Math.imul(h ^ d ^ (h >>> 13), 0xc2b2ae35);
+  return (h ^ (h >>> 16)) & (PARTS - 1);
+}
+
+/** ctKey("", t) of an IPv4 tuple, from its numbers (the agent's zone: every key it makes). */
+export function ip4CtKey(proto: number, src: number, sport: number, dst: number, dport: number): string {
+  const i = partSlot(proto, src, dst, dport);
+  const o = i * 4;
+  const w = keyWords4;
+  if (w[o] !== proto || w[o + 1] !== src || w[o + 2] !== dst || w[o + 3] !== dport) {
+    w[o] = proto;
+    w[o + 1] = src;
+    w[o + 2] = dst;
+    w[o + 3] = dport;
+    keyHeads[i] = `|${proto}|${src}|`;
+    keyTails[i] = `|${dst}|${dport}`;
+  }
+  return keyHeads[i]! + sport + keyTails[i]!;
+}
+
+/** tag.ct(ip4CtKey(…)), built from cached parts (the packet path tags every key it looks up). */
+export function ip4CtTag(proto: number, src: number, sport: number, dst: number, dport: number): string {
+  // Return keys end with the client's port: the rest is the cached head.
+  const i = partSlot(proto, src, sport, dst);
+  const o = i * 4;
+  const w = tagWords4;
+  if (w[o] !== proto || w[o + 1] !== src || w[o + 2] !== sport || w[o + 3] !== dst) {
+    w[o] = proto;
+    w[o + 1] = src;
+    w[o + 2] = sport;
+    w[o + 3] = dst;
+    tagHeads[i] = `ct:|${proto}|${src}|${sport}|${dst}|`;
+  }
+  return tagHeads[i]! + dport;
+}
+
 /**
  * The index words of an IPv4 key in the agent's zone ("|proto|src|sport|dst|dport", canonical
  * numbers), written to `out`; false for any other key (IPv6, another zone, not canonical).
@@ -62,16 +118,32 @@ function keyWords(key: string, out: number[]): boolean {
   return true;
 }
 
+/** The key string of index words (the inverse of keyWords: canonical keys round-trip exactly). */
+function wordsKey(a: number, b: number, c: number, d: number): string {
+  return ip4CtKey(a, b, d >>> 16, c, d & 0xffff);
+}
+
+/** Distinct zone ids the table names before it drops those no entry uses any more. */
+const ZONE_NAMES = 4096;
+
 /**
  * Entries are stored by key; IPv4 keys of the agent's zone (every key the simulation makes for
- * IPv4) live in a TupleIndex the packet path queries by numbers (`hasTuple`, `commitTuple`), the
- * rest in a Map. A key string always lands in the same store, whichever method is used.
+ * IPv4) live in a TupleIndex the packet path queries by numbers (`hasTuple`, `commitTuple`) —
+ * tuple, zone number and expiry in typed arrays, no object or string per connection — the rest
+ * in a Map. A key string always lands in the same store, whichever method is used. Entries
+ * returned by `get` and `commit` are copies: the table changes only through its methods.
  */
 export class ConntrackTable {
   private readonly other = new Map<string, ConntrackEntry>();
-  private readonly v4 = new TupleIndex<ConntrackEntry>();
+  /** Id: the entry's zone (an index into zoneNames, from 1); number: its expiry. */
+  private readonly v4 = new TupleIndex();
+  private zoneNames: string[] = [""];
+  private zoneIds = new Map<string, number>();
+  private zoneLimit = ZONE_NAMES;
   private readonly w: number[] = [0, 0, 0, 0];
   refused = 0;
+  /** Zone of the entry the last successful IPv4 commit created or refreshed. */
+  committedZone = "";
 
   constructor(
     readonly maxEntries: number,
@@ -85,30 +157,74 @@ export class ConntrackTable {
     return this.other.size + this.v4.size;
   }
 
+  /** The id of a zone name (device ids: few, and the same ones again and again). */
+  private zoneId(zone: string): number {
+    const id = this.zoneIds.get(zone);
+    if (id !== undefined) return id;
+    if (this.zoneNames.length > this.zoneLimit) this.compactZones();
+    const n = this.zoneNames.length;
+    this.zoneNames.push(zone);
+    this.zoneIds.set(zone, n);
+    return n;
+  }
+
+  /** Renumbers the zones live entries use, forgetting the rest (bounds the name table). */
+  private compactZones(): void {
+    const names: string[] = [""];
+    const ids = new Map<string, number>();
+    const old = this.zoneNames;
+    this.v4.forEach((_a, _b, _c, _d, id, _n, slot) => {
+      const name = old[id]!;
+      let n = ids.get(name);
+      if (n === undefined) {
+        n = names.length;
+        names.push(name);
+        ids.set(name, n);
+      }
+      this.v4.setIdAt(slot, n);
+    });
+    this.zoneNames = names;
+    this.zoneIds = ids;
+    this.zoneLimit = Math.max(ZONE_NAMES, 2 * names.length);
+  }
+
   get(key: string): ConntrackEntry | undefined {
     const w = this.w;
-    return keyWords(key, w) ? this.v4.get(w[0]!, w[1]!, w[2]!, w[3]!) : this.other.get(key);
+    if (!keyWords(key, w)) {
+      const e = this.other.get(key);
+      return e && { ...e };
+    }
+    const i = this.v4.slot(w[0]!, w[1]!, w[2]!, w[3]!);
+    return i < 0 ? undefined : { key, zoneId: this.zoneNames[this.v4.idAt(i)]!, expiresAt: this.v4.numAt(i) };
   }
 
   has(key: string, now: number): boolean {
-    const e = this.get(key);
-    return e !== undefined && e.expiresAt > now;
+    const w = this.w;
+    if (!keyWords(key, w)) {
+      const e = this.other.get(key);
+      return e !== undefined && e.expiresAt > now;
+    }
+    const i = this.v4.slot(w[0]!, w[1]!, w[2]!, w[3]!);
+    return i >= 0 && this.v4.numAt(i) > now;
   }
 
   /** `has` for the IPv4 key ctKey("", {proto, src, sport, dst, dport}) would build. */
   hasTuple(proto: number, src: number, sport: number, dst: number, dport: number, now: number): boolean {
-    const e = this.v4.get(proto, src, dst, ((sport << 16) | dport) >>> 0);
-    return e !== undefined && e.expiresAt > now;
+    const i = this.v4.slot(proto, src, dst, ((sport << 16) | dport) >>> 0);
+    return i >= 0 && this.v4.numAt(i) > now;
   }
 
   /** Adds or refreshes an entry; null when the table is full. */
   commit(key: string, zoneId: string, now: number): ConntrackEntry | null {
     const w = this.w;
-    if (keyWords(key, w)) return this.commitWords(w[0]!, w[1]!, w[2]!, w[3]!, key, zoneId, now);
+    if (keyWords(key, w)) {
+      const expiresAt = this.commitWords(w[0]!, w[1]!, w[2]!, w[3]!, zoneId, now);
+      return expiresAt < 0 ? null : { key, zoneId: this.committedZone, expiresAt };
+    }
     const e = this.other.get(key);
     if (e) {
       e.expiresAt = now + this.idleMs;
-      return e;
+      return { ...e };
     }
     if (this.size >= this.maxEntries) {
       this.refused++;
@@ -116,64 +232,67 @@ export class ConntrackTable {
     }
     const n = { key, zoneId, expiresAt: now + this.idleMs };
     this.other.set(key, n);
-    return n;
+    return { ...n };
   }
 
-  /** `commit` of the IPv4 tuple whose ctKey("", …) is `key` (the caller built both). */
+  /**
+   * `commit` of the IPv4 key ctKey("", {proto, src, sport, dst, dport}) would build: the entry's
+   * expiry, or -1 when the table is full. A known entry keeps the zone it was created in
+   * (`committedZone` says which).
+   */
   commitTuple(
     proto: number,
     src: number,
     sport: number,
     dst: number,
     dport: number,
-    key: string,
     zoneId: string,
     now: number,
-  ): ConntrackEntry | null {
-    return this.commitWords(proto, src, dst, ((sport << 16) | dport) >>> 0, key, zoneId, now);
+  ): number {
+    return this.commitWords(proto, src, dst, ((sport << 16) | dport) >>> 0, zoneId, now);
   }
 
-  private commitWords(
-    a: number,
-    b: number,
-    c: number,
-    d: number,
-    key: string,
-    zoneId: string,
-    now: number,
-  ): ConntrackEntry | null {
-    const e = this.v4.get(a, b, c, d);
-    if (e) {
-      e.expiresAt = now + this.idleMs;
-      return e;
+  private commitWords(a: number, b: number, c: number, d: number, zoneId: string, now: number): number {
+    const expiresAt = now + this.idleMs;
+    const i = this.v4.slot(a, b, c, d);
+    if (i >= 0) {
+      this.v4.setNumAt(i, expiresAt);
+      this.committedZone = this.zoneNames[this.v4.idAt(i)]!;
+      return expiresAt;
     }
     if (this.size >= this.maxEntries) {
       this.refused++;
-      return null;
+      return -1;
     }
-    const n = { key, zoneId, expiresAt: now + this.idleMs };
-    this.v4.set(a, b, c, d, n);
-    return n;
+    this.v4.set(a, b, c, d, this.zoneId(zoneId), expiresAt);
+    this.committedZone = zoneId;
+    return expiresAt;
   }
 
   /** Installs an entry learned from a peer agent (flow state); false when full. */
   put(entry: ConntrackEntry): boolean {
     const w = this.w;
     const v4 = keyWords(entry.key, w);
-    const exists = v4 ? this.v4.get(w[0]!, w[1]!, w[2]!, w[3]!) !== undefined : this.other.has(entry.key);
+    const exists = v4 ? this.v4.slot(w[0]!, w[1]!, w[2]!, w[3]!) >= 0 : this.other.has(entry.key);
     if (!exists && this.size >= this.maxEntries) {
       this.refused++;
       return false;
     }
-    if (v4) this.v4.set(w[0]!, w[1]!, w[2]!, w[3]!, { ...entry });
+    if (v4) this.v4.set(w[0]!, w[1]!, w[2]!, w[3]!, this.zoneId(entry.zoneId), entry.expiresAt);
     else this.other.set(entry.key, { ...entry });
     return true;
   }
 
   /** Keeps an entry alive while a flow that uses it is active. */
   touch(key: string, now: number): void {
-    const e = this.get(key);
-    if (e) e.expiresAt = now + this.idleMs;
+    const w = this.w;
+    if (!keyWords(key, w)) {
+      const e = this.other.get(key);
+      if (e) e.expiresAt = now + this.idleMs;
+      return;
+    }
+    const i = this.v4.slot(w[0]!, w[1]!, w[2]!, w[3]!);
+    if (i >= 0) this.v4.setNumAt(i, now + this.idleMs);
   }
 
   expire(now: number): string[] {
@@ -183,12 +302,14 @@ export class ConntrackTable {
       this.other.delete(k);
       out.push(tag.ct(k));
     }
-    const w = this.w;
-    for (const e of this.v4.values()) {
-      if (e.expiresAt > now) continue;
-      keyWords(e.key, w);
-      this.v4.delete(w[0]!, w[1]!, w[2]!, w[3]!);
-      out.push(tag.ct(e.key));
+    // Collected first: a deletion shifts later entries of its probe run back.
+    const stale: number[] = [];
+    this.v4.forEach((a, b, c, d, _zone, expiresAt) => {
+      if (expiresAt <= now) stale.push(a, b, c, d);
+    });
+    for (let i = 0; i < stale.length; i += 4) {
+      this.v4.delete(stale[i]!, stale[i + 1]!, stale[i + 2]!, stale[i + 3]!);
+      out.push(tag.ct(wordsKey(stale[i]!, stale[i + 1]!, stale[i + 2]!, stale[i + 3]!)));
     }
     return out;
   }

@@ -53,7 +53,8 @@ export function simulateRouter(w: Walk, r: RouterView, inPort: PortView): undefi
     m.nwDstPrefix(32);
     return toRouter(w, r, inPort);
   }
-  for (const own of r.portIpList) m.nwDstPrefix(Math.min(32, Math.clz32((dst ^ own) >>> 0) + 1));
+  const own = r.portIpList;
+  for (let i = 0; i < own.length; i++) m.nwDstPrefix(Math.min(32, Math.clz32((dst ^ own[i]!) >>> 0) + 1));
   if (m.nwTtl <= 1) {
     if (w.tracing) w.trace("decision", r.id, "TTL expired");
     icmpToSender(w, inPort, ICMP_TIME_EXCEEDED, 0);

@@ -1,15 +1,18 @@
-// An open-addressing hash table from an IPv4 5-tuple (four 32-bit words) to a value, for the
-// conntrack table's packet path: a lookup or insert hashes numbers in place instead of a key
-// string (which a Map would flatten and hash per packet). Linear probing, at most half full
-// (grows by doubling), deletion by backward shift so no tombstones accumulate.
+// An open-addressing hash table from an IPv4 5-tuple (four 32-bit words) to a small positive
+// integer and a number, for the conntrack table's packet path: a lookup or insert hashes numbers
+// in place instead of a key string, and an entry is slots in typed arrays — no object the
+// collector traces or copies, no pointer array to allocate when the table grows. Linear probing,
+// at most half full (grows by doubling), deletion by backward shift so no tombstones accumulate.
 
 const WORDS = 4;
 const MIN_CAPACITY = 256;
 
-export class TupleIndex<V> {
+export class TupleIndex {
   private cap = 0;
   private words = new Uint32Array(0);
-  private vals: (V | undefined)[] = [];
+  /** Per slot: the entry's id (> 0), or 0 when the slot is empty. */
+  private ids = new Int32Array(0);
+  private nums = new Float64Array(0);
   size = 0;
 
   private static hash(a: number, b: number, c: number, d: number): number {
@@ -20,92 +23,139 @@ export class TupleIndex<V> {
     return (h ^ (h >>> 16)) >>> 0;
   }
 
-  /** The slot holding the tuple, or -1. */
-  private find(a: number, b: number, c: number, d: number): number {
-    if (this.size === 0) return -1;
+  /** The slot holding the tuple (≥ 0), or -1 - the empty slot where it would go. Needs cap > 0. */
+  private probe(a: number, b: number, c: number, d: number): number {
     const mask = this.cap - 1;
     const w = this.words;
+    const ids = this.ids;
     for (let i = TupleIndex.hash(a, b, c, d) & mask; ; i = (i + 1) & mask) {
-      if (this.vals[i] === undefined) return -1;
+      if (ids[i] === 0) return -1 - i;
       const o = i * WORDS;
       if (w[o] === a && w[o + 1] === b && w[o + 2] === c && w[o + 3] === d) return i;
     }
   }
 
-  get(a: number, b: number, c: number, d: number): V | undefined {
-    const i = this.find(a >>> 0, b >>> 0, c >>> 0, d >>> 0);
-    return i < 0 ? undefined : this.vals[i];
+  /** The slot holding the tuple, or -1. */
+  slot(a: number, b: number, c: number, d: number): number {
+    if (this.size === 0) return -1;
+    const i = this.probe(a >>> 0, b >>> 0, c >>> 0, d >>> 0);
+    return i < 0 ? -1 : i;
   }
 
-  /** Adds or replaces the value of the tuple. */
-  set(a: number, b: number, c: number, d: number, v: V): void {
+  /** Id of an occupied slot. */
+  idAt(slot: number): number {
+    return this.ids[slot]!;
+  }
+
+  setIdAt(slot: number, id: number): void {
+    if (!(id > 0 && id <= 0x7fffffff)) throw new RangeError(`TupleIndex: id must be 1..2^31-1, got ${id}`);
+    this.ids[slot] = id;
+  }
+
+  /** Number of an occupied slot. */
+  numAt(slot: number): number {
+    return this.nums[slot]!;
+  }
+
+  setNumAt(slot: number, n: number): void {
+    this.nums[slot] = n;
+  }
+
+  /** The tuple's id, or 0 when absent. */
+  get(a: number, b: number, c: number, d: number): number {
+    const i = this.slot(a, b, c, d);
+    return i < 0 ? 0 : this.ids[i]!;
+  }
+
+  /** Adds or replaces the id (1..2^31-1) and number of the tuple; returns its slot. */
+  set(a: number, b: number, c: number, d: number, id: number, num = 0): number {
+    if (!(id > 0 && id <= 0x7fffffff)) throw new RangeError(`TupleIndex: id must be 1..2^31-1, got ${id}`);
     a >>>= 0;
     b >>>= 0;
     c >>>= 0;
     d >>>= 0;
-    const at = this.find(a, b, c, d);
-    if (at >= 0) {
-      this.vals[at] = v;
-      return;
+    let i = this.cap > 0 ? this.probe(a, b, c, d) : -1;
+    if (i < 0) {
+      if ((this.size + 1) * 2 > this.cap) {
+        this.grow();
+        i = this.probe(a, b, c, d);
+      }
+      i = -1 - i;
+      const o = i * WORDS;
+      const w = this.words;
+      w[o] = a;
+      w[o + 1] = b;
+      w[o + 2] = c;
+      w[o + 3] = d;
+      this.size++;
     }
-    if ((this.size + 1) * 2 > this.cap) this.grow();
-    this.place(a, b, c, d, v);
-    this.size++;
+    this.ids[i] = id;
+    this.nums[i] = num;
+    return i;
   }
 
   delete(a: number, b: number, c: number, d: number): boolean {
-    let i = this.find(a >>> 0, b >>> 0, c >>> 0, d >>> 0);
+    let i = this.slot(a, b, c, d);
     if (i < 0) return false;
     // Backward-shift deletion: move later entries of the probe run into the hole.
     const mask = this.cap - 1;
     const w = this.words;
-    this.vals[i] = undefined;
-    for (let j = (i + 1) & mask; this.vals[j] !== undefined; j = (j + 1) & mask) {
+    const ids = this.ids;
+    ids[i] = 0;
+    for (let j = (i + 1) & mask; ids[j] !== 0; j = (j + 1) & mask) {
       const o = j * WORDS;
       const home = TupleIndex.hash(w[o]!, w[o + 1]!, w[o + 2]!, w[o + 3]!) & mask;
       // The entry at j may fill the hole at i unless its home lies cyclically in (i, j].
       const between = i <= j ? home > i && home <= j : home > i || home <= j;
       if (between) continue;
       w.copyWithin(i * WORDS, o, o + WORDS);
-      this.vals[i] = this.vals[j];
-      this.vals[j] = undefined;
+      ids[i] = ids[j]!;
+      this.nums[i] = this.nums[j]!;
+      ids[j] = 0;
       i = j;
     }
     this.size--;
     return true;
   }
 
-  /** Every value (a snapshot: deleting while iterating the result is safe). */
-  values(): V[] {
-    const out: V[] = [];
-    for (const v of this.vals) if (v !== undefined) out.push(v);
-    return out;
-  }
-
-  private place(a: number, b: number, c: number, d: number, v: V): void {
-    const mask = this.cap - 1;
-    let i = TupleIndex.hash(a, b, c, d) & mask;
-    while (this.vals[i] !== undefined) i = (i + 1) & mask;
-    const o = i * WORDS;
+  /**
+   * Calls `fn` for every entry with its slot (ids and numbers may be changed through the slot
+   * meanwhile; adding or deleting may not: collect, then change).
+   */
+  forEach(
+    fn: (a: number, b: number, c: number, d: number, id: number, num: number, slot: number) => void,
+  ): void {
     const w = this.words;
-    w[o] = a;
-    w[o + 1] = b;
-    w[o + 2] = c;
-    w[o + 3] = d;
-    this.vals[i] = v;
+    const ids = this.ids;
+    for (let i = 0; i < this.cap; i++) {
+      const id = ids[i]!;
+      if (id === 0) continue;
+      const o = i * WORDS;
+      fn(w[o]!, w[o + 1]!, w[o + 2]!, w[o + 3]!, id, this.nums[i]!, i);
+    }
   }
 
   private grow(): void {
     const oldWords = this.words;
-    const oldVals = this.vals;
+    const oldIds = this.ids;
+    const oldNums = this.nums;
     this.cap = Math.max(MIN_CAPACITY, this.cap * 2);
     this.words = new Uint32Array(this.cap * WORDS);
-    this.vals = new Array<V | undefined>(this.cap).fill(undefined);
-    for (let i = 0; i < oldVals.length; i++) {
-      const v = oldVals[i];
-      if (v === undefined) continue;
-      const o = i * WORDS;
-      this.place(oldWords[o]!, oldWords[o + 1]!, oldWords[o + 2]!, oldWords[o + 3]!, v);
+    this.ids = new Int32Array(this.cap);
+    this.nums = new Float64Array(this.cap);
+    const w = this.words;
+    for (let k = 0; k < oldIds.length; k++) {
+      const id = oldIds[k]!;
+      if (id === 0) continue;
+      const o = k * WORDS;
+      const i = -1 - this.probe(oldWords[o]!, oldWords[o + 1]!, oldWords[o + 2]!, oldWords[o + 3]!);
+      const n = i * WORDS;
+      w[n] = oldWords[o]!;
+      w[n + 1] = oldWords[o + 1]!;
+      w[n + 2] = oldWords[o + 2]!;
+      w[n + 3] = oldWords[o + 3]!;
+      this.ids[i] = id;
+      this.nums[i] = oldNums[k]!;
     }
   }
 }

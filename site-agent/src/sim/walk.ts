@@ -6,7 +6,7 @@ import type { Packet } from "../packets/packet.js";
 import { VXLAN_PORT } from "../packets/vxlan.js";
 import { simulateBridge } from "./bridge.js";
 import { CHAIN_ACCEPT, type ChainCtx, filterAt } from "./chain-eval.js";
-import type { CtTuple } from "./conntrack.js";
+import { type CtTuple, ip4CtKey } from "./conntrack.js";
 import { F, FlowMatch } from "./flow-match.js";
 import type { Action, DecTtlAction, Ingress, SetFieldsAction, SimResult, TraceStep } from "./result.js";
 import { simulateRouter } from "./router.js";
@@ -33,6 +33,11 @@ let walks = 0;
 
 /** The usual TTL step (one router): shared, since actions are never mutated after a walk. */
 const DEC_TTL_1: DecTtlAction = Object.freeze({ kind: "decTtl", by: 1 }) as DecTtlAction;
+
+/** Recent Ethernet-only rewrites (see Walk.sharedDiff): direct-mapped by (src, dst), fixed size. */
+const SHARED_SETS = 64;
+const sharedSets: (SetFieldsAction | undefined)[] = new Array(SHARED_SETS).fill(undefined);
+const sharedSetKeys = new Float64Array(SHARED_SETS * 2);
 
 /** Result lists nothing was added to share this empty, frozen list (see Walk.list). */
 const NONE: never[] = Object.freeze([]) as unknown as never[];
@@ -64,11 +69,11 @@ export class Walk {
   /** Forward conntrack keys (and the device that checked) to commit if the packet is not dropped. */
   // Arrays reused across walks are filled up to a count, never truncated: truncating an array
   // releases its backing store, and the next walk would allocate it again.
-  readonly ctKeys: string[] = [];
-  readonly ctZones: string[] = [];
+  private readonly ctKeys: string[] = [];
+  private readonly ctZones: string[] = [];
   /** Per pending key: IPv4 proto, src, sport, dst, dport (proto -1: not IPv4, commit by key). */
-  readonly ctTuples: number[] = [];
-  nCt = 0;
+  private readonly ctTuples: number[] = [];
+  private nCt = 0;
   /** Tags collected so far (copied into the result, at its exact size, by finish()). */
   readonly tags: string[] = [];
   private nTags = 0;
@@ -143,7 +148,6 @@ export class Walk {
     this.jumpDepth = 0;
     this.nTags = 0;
     this.nActions = 0;
-    this.jumpStack.length = 0;
     this.dropReason = null;
     this.held = null;
     this.lastSet = null;
@@ -220,6 +224,34 @@ export class Walk {
     const tags = this.tags;
     for (let i = 0; i < this.nTags; i++) if (tags[i] === s) return;
     tags[this.nTags++] = s;
+  }
+
+  /** Records an IPv4 forward tuple (zone "") to commit at the end, once. */
+  pendCt4(proto: number, src: number, sport: number, dst: number, dport: number, zoneId: string): void {
+    const n = this.ctTuples;
+    for (let i = 0; i < this.nCt; i++) {
+      const o = i * 5;
+      if (n[o] === proto && n[o + 1] === src && n[o + 2] === sport && n[o + 3] === dst && n[o + 4] === dport)
+        return;
+    }
+    const i = this.nCt++;
+    const o = i * 5;
+    this.ctKeys[i] = "";
+    this.ctZones[i] = zoneId;
+    n[o] = proto;
+    n[o + 1] = src;
+    n[o + 2] = sport;
+    n[o + 3] = dst;
+    n[o + 4] = dport;
+  }
+
+  /** Records any other forward key to commit at the end, once. */
+  pendCt(key: string, zoneId: string): void {
+    for (let i = 0; i < this.nCt; i++) if (this.ctTuples[i * 5] === -1 && this.ctKeys[i] === key) return;
+    const i = this.nCt++;
+    this.ctKeys[i] = key;
+    this.ctZones[i] = zoneId;
+    this.ctTuples[i * 5] = -1;
   }
 
   drop(reason: string): undefined {
@@ -315,7 +347,12 @@ export class Walk {
 
   /** Appends an output, preceded by the header rewrites in effect at this point. */
   private emit(a: Action): undefined {
-    if (!this.sameAsLastSet()) {
+    if (this.lastSet === null && !this.unchanged()) {
+      // The first rewrite of the walk: nothing to restore, so a shared action may stand for it.
+      const out = this.sharedDiff();
+      this.lastSet = out;
+      this.action(out);
+    } else if (!this.sameAsLastSet()) {
       const out = this.diff();
       const prev = this.lastSet;
       // `out` is shared as lastSet only when no restores are added to it below.
@@ -385,6 +422,33 @@ export class Walk {
     return s;
   }
 
+  /**
+   * diff(), shared between walks when only the Ethernet addresses changed (a router hop: the
+   * same rewrite for every flow to a next hop). Shared actions are frozen.
+   */
+  private sharedDiff(): SetFieldsAction {
+    const m = this.m;
+    if (
+      m._nwSrc !== this.oNwSrc ||
+      m._nwDst !== this.oNwDst ||
+      m._tpSrc !== this.oTpSrc ||
+      m._tpDst !== this.oTpDst
+    )
+      return this.diff();
+    const src = m._ethSrc === this.oEthSrc ? -1 : m._ethSrc;
+    const dst = m._ethDst === this.oEthDst ? -1 : m._ethDst;
+    const i = (Math.imul(src | 0, 0x9e3779b1) ^ (dst | 0)) & (SHARED_SETS - 1);
+    const k = sharedSetKeys;
+    let a = sharedSets[i];
+    if (a === undefined || k[i * 2] !== src || k[i * 2 + 1] !== dst) {
+      a = Object.freeze(this.diff());
+      sharedSets[i] = a;
+      k[i * 2] = src;
+      k[i * 2 + 1] = dst;
+    }
+    return a;
+  }
+
   /** Bridge lookup helper shared with tunnel ingress. */
   bridge(id: string): BridgeView | undefined {
     return this.view.bridges.get(id);
@@ -406,31 +470,39 @@ export class Walk {
         r.actions = [{ kind: "drop", reason }];
       }
     } else if (this.nCt > 0) {
+      const ct = this.state.conntrack;
+      const n = this.ctTuples;
       for (let i = 0; i < this.nCt; i++) {
-        const ct = this.state.conntrack;
-        const n = this.ctTuples;
         const o = i * 5;
-        const e =
-          n[o]! >= 0
-            ? ct.commitTuple(
-                n[o]!,
-                n[o + 1]!,
-                n[o + 2]!,
-                n[o + 3]!,
-                n[o + 4]!,
-                this.ctKeys[i]!,
-                this.ctZones[i]!,
-                this.ctx.now,
-              )
-            : ct.commit(this.ctKeys[i]!, this.ctZones[i]!, this.ctx.now);
-        if (!e) {
-          const reason = `conntrack table full (${this.state.conntrack.maxEntries} entries): new connection refused`;
+        let key: string;
+        let zoneId: string;
+        let expiresAt: number;
+        if (n[o]! >= 0) {
+          expiresAt = ct.commitTuple(
+            n[o]!,
+            n[o + 1]!,
+            n[o + 2]!,
+            n[o + 3]!,
+            n[o + 4]!,
+            this.ctZones[i]!,
+            this.ctx.now,
+          );
+          zoneId = ct.committedZone;
+          key = expiresAt < 0 ? "" : ip4CtKey(n[o]!, n[o + 1]!, n[o + 2]!, n[o + 3]!, n[o + 4]!);
+        } else {
+          const e = ct.commit(this.ctKeys[i]!, this.ctZones[i]!, this.ctx.now);
+          expiresAt = e ? e.expiresAt : -1;
+          zoneId = e ? e.zoneId : "";
+          key = this.ctKeys[i]!;
+        }
+        if (expiresAt < 0) {
+          const reason = `conntrack table full (${ct.maxEntries} entries): new connection refused`;
           r.dropReason = reason;
           r.actions = [{ kind: "drop", reason }];
           r.cacheable = false;
           break;
         }
-        this.add("conntrack", { key: e.key, zoneId: e.zoneId, expiresAt: e.expiresAt });
+        this.add("conntrack", { key, zoneId, expiresAt });
       }
     }
     if (this.held !== null) {

@@ -13,6 +13,14 @@ interface BpfMapAddon {
   remove(fd: number, key: Buffer): boolean;
   nextKey(fd: number, key: Buffer | null, out: Buffer): boolean;
   updateBatch(fd: number, keys: Buffer, values: Buffer, count: number, flags: number): number;
+  lookupBatch(
+    fd: number,
+    inBatch: Buffer | null,
+    outBatch: Buffer,
+    keys: Buffer,
+    values: Buffer,
+    count: number,
+  ): { count: number; done: boolean };
   close(fd: number): void;
 }
 
@@ -106,6 +114,24 @@ export class BpfMap {
       e.value.copy(values, i * this.valueSize);
     });
     return load().updateBatch(this.handle(), keys, values, entries.length, flags);
+  }
+
+  /**
+   * Reads up to `keys.length / keySize` entries in one syscall (BPF_MAP_LOOKUP_BATCH), starting at
+   * `from` (null: the beginning; else a previous call's `next`); `next` (8 bytes) receives where to
+   * go on. `done` is true when the walk reached the end (the last entries may come with it).
+   */
+  lookupBatch(
+    from: Buffer | null,
+    next: Buffer,
+    keys: Buffer,
+    values: Buffer,
+  ): { count: number; done: boolean } {
+    const count = Math.floor(keys.length / this.keySize);
+    if (count < 1 || values.length < count * this.valueSize) {
+      throw new Error(`bpf map ${this.path}: batch buffers hold no whole entry or disagree in count`);
+    }
+    return load().lookupBatch(this.handle(), from, next, keys, values, count);
   }
 
   /** All keys, at most `limit` (a map may change while it is walked; entries can be missed). */

@@ -34,8 +34,9 @@ import { agentTag } from "../tags.js";
 import { UpcallPump, type UpcallPumpSettings } from "../upcall-pump.js";
 import { finishOffloads } from "../vnet-offload.js";
 import type { BpfMap } from "./bpf-map.js";
-import { decodeFlowStats } from "./flow-map-codec.js";
+import { FLOW_KEY_SIZE, FLOW_VALUE_SIZE } from "./flow-map-codec.js";
 import { type KernelFlowContext, kernelFlowFor } from "./kernel-flow.js";
+import { LatencyRing } from "./latency-ring.js";
 import { deleteLink, interfaceWithAddress, type LinkInfo, linkInfo, runIn } from "./netns-exec.js";
 import { TcPrograms } from "./tc-programs.js";
 import { UpcallDevice } from "./upcall-device.js";
@@ -80,10 +81,22 @@ interface KernelEntry {
   inPortNo: number;
   outPortNo: number | undefined;
   tunnel: string | undefined;
-  packets: bigint;
-  bytes: bigint;
-  lastUsedNs: bigint;
+  /** Written into the value's agent_id: finds the entry from a bulk read. */
+  id: number;
+  /** The sync walk that last saw it, or that was under way when it was written. */
+  seen: number;
+  packets: number;
+  bytes: number;
+  /** bpf_ktime_get_ns of the last hit, in ms. */
+  lastUsedMs: number;
 }
+
+/** Entries read per BPF_MAP_LOOKUP_BATCH and per event-loop turn while syncing counters. */
+const SYNC_CHUNK = 1024;
+/** Entries of the dp_stats array (enum dp_stat in flow.bpf.c). */
+const DP_STATS = 12;
+/** flow_value.agent_id. */
+const VALUE_AGENT_ID = 76;
 
 /** dp_stats indexes (enum dp_stat in flow.bpf.c) that are drops, by the agent's drop reason. */
 const KERNEL_DROPS: [number, string][] = [
@@ -98,6 +111,22 @@ const ST_HIT = 0;
 const ST_UPCALL = 1;
 const ST_TUNNEL_DELIVER = 5;
 const ST_TUNNEL_UPCALL = 11;
+
+/**
+ * CLOCK_MONOTONIC (process.hrtime, bpf_ktime_get_ns) minus performance.now(), in ms. Both read the
+ * same clock from different origins; the first performance.now() call loads code for milliseconds,
+ * so it is warmed up, and the tightest of a few paired readings is kept.
+ */
+function monotonicOffsetMs(): number {
+  performance.now();
+  let best = Number.NEGATIVE_INFINITY;
+  for (let i = 0; i < 8; i++) {
+    const hr = Number(process.hrtime.bigint()) / 1e6;
+    // Read after hr, so hr - now is at most the true offset; the largest is the closest.
+    best = Math.max(best, hr - performance.now());
+  }
+  return best;
+}
 
 function counters(): PortCounters {
   return { rxPackets: 0, rxBytes: 0, txPackets: 0, txBytes: 0, txDropped: 0 };
@@ -123,6 +152,21 @@ export class KernelDatapath implements Datapath {
   private readonly kernelDropsSeen = new Map<number, bigint>();
   private readonly entries = new Map<string, KernelEntry>();
   private readonly entriesByFlow = new Map<Flow, Set<KernelEntry>>();
+  private readonly entriesById = new Map<number, KernelEntry>();
+  private nextEntryId = 1;
+  /** The counter read-back in progress (it runs in chunks so a large map never stalls the loop). */
+  private walk: { epoch: number; from: Buffer | null; next: Buffer } | undefined;
+  private walkEpoch = 0;
+  private readonly statsBufs = {
+    keys: Buffer.alloc(DP_STATS * 4),
+    values: Buffer.alloc(DP_STATS * 8),
+    pos: Buffer.alloc(8),
+  };
+  private readonly walkBufs = {
+    keys: Buffer.alloc(SYNC_CHUNK * FLOW_KEY_SIZE),
+    values: Buffer.alloc(SYNC_CHUNK * FLOW_VALUE_SIZE),
+    pos: [Buffer.alloc(8), Buffer.alloc(8)] as const,
+  };
   private readonly userspaceReason = new WeakMap<Flow, string>();
   private readonly clock: () => number;
   private readonly pinName: string;
@@ -144,8 +188,11 @@ export class KernelDatapath implements Datapath {
   private kernelInstalls = 0;
   private kernelInstallFailures = 0;
   private tunnelPortWarned = false;
-  private readonly setupSamples: number[] = [];
-  private setupNext = 0;
+  /** Flow-setup latency of simulated upcalls whose flow went to the kernel (see flowSetup()). */
+  private readonly setupFromMiss = new LatencyRing(4096);
+  private readonly setupFromRead = new LatencyRing(4096);
+  /** CLOCK_MONOTONIC ms (the programs' bpf_ktime_get_ns) minus performance.now(). */
+  private readonly monoOffsetMs = monotonicOffsetMs();
 
   constructor(private readonly opts: KernelDatapathOptions) {
     if (!/^[a-z0-9]{1,9}$/.test(opts.name)) {
@@ -168,7 +215,7 @@ export class KernelDatapath implements Datapath {
       countDrop: (reason) => this.countDrop(reason),
       // A megaflow the kernel has no entry for this exact packet yet (or cannot carry).
       flowHit: (flow, key) => this.installKernel(flow, key),
-      flowInstalled: (flow, u, arrivedAt) => this.flowInstalled(flow, u, arrivedAt),
+      flowInstalled: (flow, u, arrivedAt, offeredAt) => this.flowInstalled(flow, u, arrivedAt, offeredAt),
     });
     this.devices = { upcallKernel: `${opts.name}u0`, upcallAgent: `${opts.name}u1`, vxlan: `${opts.name}vx` };
     this.pinName = `isthmus-${opts.name}`;
@@ -430,8 +477,15 @@ export class KernelDatapath implements Datapath {
 
   /** Datapath counters kept by the programs (enum dp_stat order). */
   kernelStats(): bigint[] {
-    const out: bigint[] = [];
-    for (let i = 0; i < 12; i++) out.push(this.maps?.stats.lookup(u32le(i))?.readBigUInt64LE(0) ?? 0n);
+    const out: bigint[] = new Array(DP_STATS).fill(0n);
+    if (!this.maps) return out;
+    // One BPF_MAP_LOOKUP_BATCH for the whole array (it runs on every sync and metrics scrape).
+    const { keys, values, pos } = this.statsBufs;
+    const r = this.maps.stats.lookupBatch(null, pos, keys, values);
+    for (let i = 0; i < r.count; i++) {
+      const idx = keys.readUInt32LE(i * 4);
+      if (idx < DP_STATS) out[idx] = values.readBigUInt64LE(i * 8);
+    }
     return out;
   }
 
@@ -574,6 +628,9 @@ export class KernelDatapath implements Datapath {
       this.kernelInstallFailures++;
       return;
     }
+    const id = this.nextEntryId;
+    this.nextEntryId = (this.nextEntryId % 0xffffffff) + 1;
+    e.value.writeUInt32LE(id, VALUE_AGENT_ID);
     try {
       this.maps.flows.update(e.key, e.value);
     } catch (err) {
@@ -589,11 +646,14 @@ export class KernelDatapath implements Datapath {
       inPortNo: key.readUInt32BE(0),
       outPortNo: out?.kind === "port" ? out.portNo : undefined,
       tunnel: out?.kind === "tunnel" ? `${out.remoteIp}:${out.remotePort}` : undefined,
-      packets: 0n,
-      bytes: 0n,
-      lastUsedNs: 0n,
+      id,
+      seen: this.walkEpoch,
+      packets: 0,
+      bytes: 0,
+      lastUsedMs: 0,
     };
     this.entries.set(hex, entry);
+    this.entriesById.set(id, entry);
     let set = this.entriesByFlow.get(flow);
     if (!set) {
       set = new Set();
@@ -605,6 +665,7 @@ export class KernelDatapath implements Datapath {
 
   private forgetEntry(e: KernelEntry): void {
     this.entries.delete(e.hex);
+    this.entriesById.delete(e.id);
     const set = this.entriesByFlow.get(e.flow);
     set?.delete(e);
     if (set && set.size === 0) this.entriesByFlow.delete(e.flow);
@@ -616,55 +677,86 @@ export class KernelDatapath implements Datapath {
     this.entriesByFlow.delete(flow);
     for (const e of set) {
       this.entries.delete(e.hex);
+      this.entriesById.delete(e.id);
       this.maps?.flows.delete(e.key);
     }
   }
 
-  /** Reads the programs' counters back into the flows, refreshes flow state, expires idle flows. */
+  /**
+   * Reads the programs' counters back into the flows, refreshes flow state, expires idle flows.
+   * The map is read in bulk (BPF_MAP_LOOKUP_BATCH, SYNC_CHUNK entries a syscall and a turn of the
+   * event loop): one lookup syscall per entry cost microseconds each and, at a few hundred
+   * entries, held up every upcall behind it for milliseconds.
+   */
   sync(): void {
-    if (this.stopped || !this.maps) return;
-    const now = this.clock();
-    const mono = process.hrtime.bigint();
-    for (const e of [...this.entries.values()]) {
-      const v = this.maps.flows.lookup(e.key);
-      if (!v) {
-        this.forgetEntry(e);
-        continue;
-      }
-      const st = decodeFlowStats(v);
-      const dp = Number(st.packets - e.packets);
-      if (dp <= 0) continue;
-      const db = Number(st.bytes - e.bytes);
-      e.packets = st.packets;
-      e.bytes = st.bytes;
-      const f = e.flow;
-      f.packets += dp;
-      f.bytes += db;
-      if (st.lastUsedNs > e.lastUsedNs) {
-        e.lastUsedNs = st.lastUsedNs;
-        const used = now - Number(mono - st.lastUsedNs) / 1e6;
-        if (used > f.lastUsed) f.lastUsed = used;
-      }
-      const inPort = this.ports.get(e.inPortNo);
-      if (inPort) {
-        inPort.rxPackets += dp;
-        inPort.rxBytes += db;
-      }
-      if (f.actions.outputs.length === 0) this.countDropN(f.actions.dropReason ?? "no_output", dp);
-      const outPort = e.outPortNo === undefined ? undefined : this.ports.get(e.outPortNo);
-      if (outPort) {
-        outPort.txPackets += dp;
-        outPort.txBytes += db;
-      }
-      if (e.tunnel) {
-        const t = this.tunnelCounters(e.tunnel);
-        t.txPackets += dp;
-        t.txBytes += db;
-      }
-      f.onHit?.(f, now);
+    if (this.stopped || !this.maps || this.walk) return;
+    const [a] = this.walkBufs.pos;
+    this.walk = { epoch: ++this.walkEpoch, from: null, next: a };
+    this.syncChunk();
+  }
+
+  private syncChunk(): void {
+    const w = this.walk;
+    if (!w) return;
+    if (this.stopped || !this.maps) {
+      this.walk = undefined;
+      return;
     }
+    const { keys, values, pos } = this.walkBufs;
+    const r = this.maps.flows.lookupBatch(w.from, w.next, keys, values);
+    const now = this.clock();
+    const monoMs = Number(process.hrtime.bigint()) / 1e6;
+    for (let i = 0; i < r.count; i++) this.syncEntry(values, i * FLOW_VALUE_SIZE, w.epoch, now, monoMs);
+    if (!r.done) {
+      w.from = w.next;
+      w.next = w.next === pos[0] ? pos[1] : pos[0];
+      setImmediate(() => this.syncChunk());
+      return;
+    }
+    this.walk = undefined;
+    // Entries the walk did not meet are gone from the map; ones written during it were not due.
+    for (const e of this.entries.values()) if (e.seen < w.epoch) this.forgetEntry(e);
     this.table.expire(now);
     this.foldKernelDrops(this.kernelStats());
+  }
+
+  private syncEntry(values: Buffer, off: number, epoch: number, now: number, monoMs: number): void {
+    const e = this.entriesById.get(values.readUInt32LE(off + VALUE_AGENT_ID));
+    if (!e) return;
+    e.seen = epoch;
+    const packets = values.readUInt32LE(off + 40) + values.readUInt32LE(off + 44) * 2 ** 32;
+    const dp = packets - e.packets;
+    if (dp <= 0) return;
+    const bytes = values.readUInt32LE(off + 48) + values.readUInt32LE(off + 52) * 2 ** 32;
+    const db = bytes - e.bytes;
+    e.packets = packets;
+    e.bytes = bytes;
+    const f = e.flow;
+    f.packets += dp;
+    f.bytes += db;
+    const lastUsedMs = (values.readUInt32LE(off + 56) + values.readUInt32LE(off + 60) * 2 ** 32) / 1e6;
+    if (lastUsedMs > e.lastUsedMs) {
+      e.lastUsedMs = lastUsedMs;
+      const used = now - (monoMs - lastUsedMs);
+      if (used > f.lastUsed) f.lastUsed = used;
+    }
+    const inPort = this.ports.get(e.inPortNo);
+    if (inPort) {
+      inPort.rxPackets += dp;
+      inPort.rxBytes += db;
+    }
+    if (f.actions.outputs.length === 0) this.countDropN(f.actions.dropReason ?? "no_output", dp);
+    const outPort = e.outPortNo === undefined ? undefined : this.ports.get(e.outPortNo);
+    if (outPort) {
+      outPort.txPackets += dp;
+      outPort.txBytes += db;
+    }
+    if (e.tunnel) {
+      const t = this.tunnelCounters(e.tunnel);
+      t.txPackets += dp;
+      t.txBytes += db;
+    }
+    f.onHit?.(f, now);
   }
 
   private foldKernelDrops(k: bigint[]): void {
@@ -694,6 +786,8 @@ export class KernelDatapath implements Datapath {
         continue;
       }
       const { portNo, tunId, remote } = u.meta;
+      // The miss time the program stamped, on performance.now()'s scale.
+      const missAt = Number(u.meta.missNs) / 1e6 - this.monoOffsetMs;
       for (const frame of fin.frames) {
         if (portNo !== 0) {
           const port = this.ports.get(portNo);
@@ -703,7 +797,7 @@ export class KernelDatapath implements Datapath {
           }
           port.rxPackets++;
           port.rxBytes += frame.length;
-          this.pump.offer(frame, portNo, 0, false);
+          this.pump.offer(frame, portNo, 0, false, undefined, missAt);
           continue;
         }
         const from = { ip: remote, port: this.opts.tunnelPort };
@@ -720,32 +814,36 @@ export class KernelDatapath implements Datapath {
           this.countDrop("vxlan_key_zero");
           continue;
         }
-        this.pump.offer(frame, 0, key, (tunId & TUNNEL_KEY.traceBit) !== 0, from);
+        this.pump.offer(frame, 0, key, (tunId & TUNNEL_KEY.traceBit) !== 0, from, missAt);
       }
     }
-    this.flushPending();
+    // Simulate the batch's misses now rather than on the next check phase: every fd libuv found
+    // readable in this poll phase (another datapath's upcall device in the same process, sockets)
+    // would otherwise run first while these first packets wait. drain() flushes the writes.
+    this.pump.drain();
   }
 
-  private flowInstalled(flow: Flow, u: Upcall, arrivedAt: number): void {
+  private flowInstalled(flow: Flow, u: Upcall, arrivedAt: number, offeredAt: number): void {
     const before = this.kernelInstalls;
     this.installKernel(flow, u.key);
-    if (this.kernelInstalls > before) this.recordSetup(performance.now() - arrivedAt);
-  }
-
-  private recordSetup(ms: number): void {
-    // A bounded ring of the latest samples.
-    if (this.setupSamples.length < 4096) this.setupSamples.push(ms);
-    else this.setupSamples[this.setupNext] = ms;
-    this.setupNext = (this.setupNext + 1) % 4096;
+    if (this.kernelInstalls === before) return;
+    const now = performance.now();
+    this.setupFromMiss.record(now - arrivedAt);
+    this.setupFromRead.record(now - offeredAt);
   }
 
   /**
-   * Flow-setup latencies (ms) of the latest simulated upcalls whose flow went to the kernel: from
-   * the frame's arrival on the upcall device to its map entry being written (the agent's share of
-   * the first packet's delay; the kernel's redirect to the upcall device adds microseconds).
+   * Flow-setup latencies (ms) of simulated upcalls whose flow went to the kernel, recorded after
+   * `mark` (a previous `total`): `fromMiss` runs from the program's miss (the first packet handed
+   * up, stamped in the upcall header) to the map entry being written — what a flow's first packet
+   * waits, the agent's event loop included; `fromRead` is the agent's share, from reading the frame.
    */
-  flowSetupSamples(): number[] {
-    return [...this.setupSamples];
+  flowSetup(mark = 0): { total: number; fromMiss: number[]; fromRead: number[] } {
+    return {
+      total: this.setupFromMiss.total,
+      fromMiss: this.setupFromMiss.since(mark),
+      fromRead: this.setupFromRead.since(mark),
+    };
   }
 
   // ---- re-injection ----

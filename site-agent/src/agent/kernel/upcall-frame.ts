@@ -1,10 +1,10 @@
 // The two frame formats on the kernel path's upcall device, mirroring struct upcall_hdr and struct
-// reinject_trailer in site-agent/bpf/flow.bpf.c: a 32-byte header the programs push in front of a
-// frame they hand to the agent (which port or tunnel it came from), and a 20-byte trailer the agent
+// reinject_trailer in site-agent/bpf/flow.bpf.c: a 40-byte header the programs push in front of a
+// frame they hand to the agent (which port or tunnel it came from, and when), and a 20-byte trailer the agent
 // appends to a frame it writes back (where the kernel must send it).
 import { VNET_HDR_LEN } from "../vnet-offload.js";
 
-export const UPCALL_HDR_LEN = 32;
+export const UPCALL_HDR_LEN = 40;
 export const UPCALL_ETHERTYPE = 0x88b5;
 export const REINJECT_TRAILER_LEN = 20;
 const REINJECT_MAGIC = 0x52545349;
@@ -22,17 +22,34 @@ export interface UpcallMeta {
   /** Tunnel sender, dotted quad ("" from a port). */
   remote: string;
   reason: number;
+  /** When the program handed the frame up: bpf_ktime_get_ns (CLOCK_MONOTONIC, process.hrtime's clock). */
+  missNs: bigint;
 }
 
 function ipFromHostOrder(v: number): string {
   return `${(v >>> 24) & 255}.${(v >>> 16) & 255}.${(v >>> 8) & 255}.${v & 255}`;
 }
 
+/** Dotted quad → u32; parsed by hand because it runs for every frame written to a tunnel. */
 function hostOrderFromIp(ip: string): number {
-  const o = ip.split(".").map(Number);
-  if (o.length !== 4 || o.some((b) => !Number.isInteger(b) || b < 0 || b > 255))
-    throw new Error(`bad IPv4 ${ip}`);
-  return ((o[0]! << 24) | (o[1]! << 16) | (o[2]! << 8) | o[3]!) >>> 0;
+  let v = 0;
+  let octet = -1;
+  let dots = 0;
+  for (let i = 0; i < ip.length; i++) {
+    const c = ip.charCodeAt(i);
+    if (c === 46 && octet >= 0 && dots < 3) {
+      v = v * 256 + octet;
+      octet = -1;
+      dots++;
+    } else if (c >= 48 && c <= 57) {
+      octet = octet < 0 ? c - 48 : octet * 10 + (c - 48);
+      if (octet > 255) throw new Error(`bad IPv4 ${ip}`);
+    } else {
+      throw new Error(`bad IPv4 ${ip}`);
+    }
+  }
+  if (dots !== 3 || octet < 0) throw new Error(`bad IPv4 ${ip}`);
+  return v * 256 + octet;
 }
 
 /**
@@ -50,6 +67,7 @@ export function parseUpcall(buf: Buffer): { meta: UpcallMeta; vnetFrame: Buffer 
     tunId: buf.readUInt32LE(h + 20),
     remote: "",
     reason: buf.readUInt16LE(h + 30),
+    missNs: buf.readBigUInt64LE(h + 32),
   };
   if (meta.portNo === 0) meta.remote = ipFromHostOrder(buf.readUInt32LE(h + 24));
   const vlanProto = buf.readUInt16BE(h + 28);

@@ -3,4 +3,4 @@
 
 export { FakeTopologyServer } from "./fake-topology-server.js";
 export { checksumsValid, tcpFrame, udpFrame } from "./frames.js";
-export { NetnsLab, rootSkipReason, type Vm } from "./netns.js";
+export { NetnsLab, rootSkipReason, sh, type Vm } from "./netns.js";
