@@ -1,7 +1,9 @@
 // AF_PACKET port I/O for the Isthmus agent: one raw socket bound to a host interface (the host side
 // of a VM's veth), read in batches with recvmmsg when libuv reports it readable and written in
 // batches with sendmmsg. Frames carry a virtio_net_hdr (PACKET_VNET_HDR) so offloaded frames from the
-// VM (TSO super-frames, partial checksums) are visible as such; JavaScript finishes them.
+// VM (TSO super-frames, partial checksums) are visible as such; JavaScript finishes them. VM ports use
+// the arena calls (frames read into and written from JS-owned buffers, one JS call per batch); the
+// kernel datapath's upcall device uses the copying open/send.
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -10,14 +12,18 @@
 #include <net/ethernet.h>
 #include <net/if.h>
 #include <node_api.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <uv.h>
 
+#include "vnet-offload.h"
+
 #define BATCH 32
-#define VNET_HDR 10
+#define VNET_HDR VNET_HDR_LEN
 #define FRAME_MAX (65536 + VNET_HDR + 64)
 
 typedef struct {
@@ -28,7 +34,16 @@ typedef struct {
   napi_ref self;
   napi_async_context async;
   int closed;
-  unsigned char* bufs; // BATCH * FRAME_MAX
+  unsigned char* bufs; // BATCH * FRAME_MAX (copy mode)
+  // Arena mode (openArena): frames land in a JavaScript-owned arena, lengths in a shared table.
+  unsigned char* arena;
+  size_t arena_len;
+  size_t slot;
+  uint32_t slots;
+  uint32_t* meta; // (offset, length) pairs of finished frames; length 0 = a drop, code in offset
+  uint32_t meta_pairs;
+  napi_ref arena_ref;
+  napi_ref meta_ref;
   struct mmsghdr msgs[BATCH];
   struct iovec iovs[BATCH];
 } port_t;
@@ -47,22 +62,33 @@ static void on_readable(uv_poll_t* handle, int status, int events) {
   napi_handle_scope scope;
   napi_open_handle_scope(env, &scope);
   // Drain a few batches per wake-up so one busy port yields to the loop (and to other ports).
+  uint32_t batch = p->arena ? p->slots : BATCH;
   for (int round = 0; round < 4 && !p->closed; round++) {
-    for (int i = 0; i < BATCH; i++) {
-      p->iovs[i].iov_base = p->bufs + (size_t)i * FRAME_MAX;
-      p->iovs[i].iov_len = FRAME_MAX;
+    for (uint32_t i = 0; i < batch; i++) {
+      p->iovs[i].iov_base = p->arena ? p->arena + (size_t)i * p->slot : p->bufs + (size_t)i * FRAME_MAX;
+      p->iovs[i].iov_len = p->arena ? p->slot : FRAME_MAX;
       memset(&p->msgs[i].msg_hdr, 0, sizeof(struct msghdr));
       p->msgs[i].msg_hdr.msg_iov = &p->iovs[i];
       p->msgs[i].msg_hdr.msg_iovlen = 1;
     }
-    int n = recvmmsg(p->fd, p->msgs, BATCH, MSG_DONTWAIT, NULL);
+    int n = recvmmsg(p->fd, p->msgs, batch, MSG_DONTWAIT, NULL);
     if (n <= 0) break;
     napi_value arr;
-    napi_create_array_with_length(env, n, &arr);
-    for (int i = 0; i < n; i++) {
-      napi_value buf;
-      napi_create_buffer_copy(env, p->msgs[i].msg_len, p->iovs[i].iov_base, NULL, &buf);
-      napi_set_element(env, arr, i, buf);
+    if (p->arena) {
+      // Offloads are finished here (checksums in place, super-frames cut into the segment area
+      // after the slots); one callback per batch with the number of (offset, length) entries.
+      size_t seg_start = (size_t)p->slots * p->slot;
+      vnet_out_t o = {p->arena, p->arena + seg_start, p->arena_len - seg_start, 0, p->meta, p->meta_pairs, 0};
+      for (int i = 0; i < n; i++)
+        vnet_finish(&o, p->iovs[i].iov_base, p->msgs[i].msg_len, (uint32_t)(n - i - 1));
+      napi_create_uint32(env, o.n, &arr);
+    } else {
+      napi_create_array_with_length(env, n, &arr);
+      for (int i = 0; i < n; i++) {
+        napi_value buf;
+        napi_create_buffer_copy(env, p->msgs[i].msg_len, p->iovs[i].iov_base, NULL, &buf);
+        napi_set_element(env, arr, i, buf);
+      }
     }
     napi_value cb, recv, result;
     napi_get_reference_value(env, p->callback, &cb);
@@ -74,7 +100,7 @@ static void on_readable(uv_poll_t* handle, int status, int events) {
       napi_fatal_exception(env, exc);
       break;
     }
-    if (n < BATCH) break;
+    if ((uint32_t)n < batch) break;
   }
   napi_close_handle_scope(env, scope);
 }
@@ -136,26 +162,35 @@ static int open_bound(const char* name, int* err, const char** what) {
   return fd;
 }
 
-// open(ifname: string, onFrames: (frames: Buffer[]) => void, netns?: string): handle
+// Arena mode, when `arena` is set: rx = JS Buffer of slots, meta = Uint32Array of lengths.
+typedef struct {
+  unsigned char* rx;
+  size_t rx_len;
+  size_t slot;
+  uint32_t slots;
+  uint32_t* meta;
+  uint32_t meta_pairs;
+  napi_value rx_value;
+  napi_value meta_value;
+} arena_args_t;
+
 // With `netns` (a namespace file such as /run/netns/x) the socket is created inside that network
 // namespace (the thread enters it for the two calls and returns); a socket keeps the namespace it
 // was created in, so the agent can serve devices of a namespace it does not run in.
-static napi_value Open(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+static napi_value open_port(napi_env env, napi_value name_v, napi_value cb, napi_value ns_v,
+                            const arena_args_t* arena) {
   char name[IF_NAMESIZE + 1];
   size_t len;
-  if (argc < 2 || napi_get_value_string_utf8(env, argv[0], name, sizeof name, &len) != napi_ok) {
-    napi_throw_type_error(env, NULL, "open(ifname, onFrames, netns?): ifname must be a string");
+  if (napi_get_value_string_utf8(env, name_v, name, sizeof name, &len) != napi_ok) {
+    napi_throw_type_error(env, NULL, "afpacket.open: ifname must be a string");
     return NULL;
   }
   char nspath[512] = "";
-  if (argc >= 3) {
+  if (ns_v) {
     napi_valuetype t;
-    napi_typeof(env, argv[2], &t);
-    if (t == napi_string && napi_get_value_string_utf8(env, argv[2], nspath, sizeof nspath, &len) != napi_ok) {
-      napi_throw_type_error(env, NULL, "open: netns must be a string");
+    napi_typeof(env, ns_v, &t);
+    if (t == napi_string && napi_get_value_string_utf8(env, ns_v, nspath, sizeof nspath, &len) != napi_ok) {
+      napi_throw_type_error(env, NULL, "afpacket.open: netns must be a string");
       return NULL;
     }
   }
@@ -186,11 +221,22 @@ static napi_value Open(napi_env env, napi_callback_info info) {
   }
   if (fd < 0) return throw_errno(env, what, err);
   port_t* p = calloc(1, sizeof(port_t));
-  p->bufs = malloc((size_t)BATCH * FRAME_MAX);
-  if (!p || !p->bufs) {
+  if (p && !arena) p->bufs = malloc((size_t)BATCH * FRAME_MAX);
+  if (!p || (!arena && !p->bufs)) {
     close(fd);
+    free(p);
     napi_throw_error(env, NULL, "out of memory");
     return NULL;
+  }
+  if (arena) {
+    p->arena = arena->rx;
+    p->arena_len = arena->rx_len;
+    p->slot = arena->slot;
+    p->slots = arena->slots;
+    p->meta = arena->meta;
+    p->meta_pairs = arena->meta_pairs;
+    napi_create_reference(env, arena->rx_value, 1, &p->arena_ref);
+    napi_create_reference(env, arena->meta_value, 1, &p->meta_ref);
   }
   p->fd = fd;
   p->env = env;
@@ -200,13 +246,98 @@ static napi_value Open(napi_env env, napi_callback_info info) {
   p->poll.data = p;
   napi_value handle, resname;
   napi_create_object(env, &handle);
-  napi_create_reference(env, argv[1], 1, &p->callback);
+  napi_create_reference(env, cb, 1, &p->callback);
   napi_create_reference(env, handle, 0, &p->self);
   napi_create_string_utf8(env, "isthmus.afpacket", NAPI_AUTO_LENGTH, &resname);
   napi_async_init(env, handle, resname, &p->async);
   napi_wrap(env, handle, p, finalize, NULL, NULL);
   uv_poll_start(&p->poll, UV_READABLE, on_readable);
   return handle;
+}
+
+// open(ifname: string, onFrames: (frames: Buffer[]) => void, netns?: string): handle
+// Each batch arrives as fresh Buffers (copies); the kernel datapath's upcall device reads this way.
+static napi_value Open(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 2) {
+    napi_throw_type_error(env, NULL, "open(ifname, onFrames, netns?)");
+    return NULL;
+  }
+  return open_port(env, argv[0], argv[1], argc >= 3 ? argv[2] : NULL, NULL);
+}
+
+// openArena(ifname, arena: Buffer, slot, slots, meta: Uint32Array, onBatch: (count) => void, netns?)
+// Frames are received into the first `slots` slots of `arena`; offloads are finished in C, with
+// segments written to the rest of the arena; `onBatch(count)` gets `count` (offset, length) pairs in
+// `meta` (length 0: a dropped frame, its drop code in the offset). Everything is reused by the next
+// batch, so JS copies what it keeps.
+static napi_value OpenArena(napi_env env, napi_callback_info info) {
+  size_t argc = 7;
+  napi_value argv[7];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  arena_args_t a;
+  memset(&a, 0, sizeof a);
+  size_t rx_len = 0, meta_n = 0;
+  uint32_t slot = 0, slots = 0;
+  bool is_buf = false;
+  napi_typedarray_type tt;
+  napi_value ab;
+  size_t off;
+  void* rx = NULL;
+  void* meta = NULL;
+  if (argc < 6 || napi_is_buffer(env, argv[1], &is_buf) != napi_ok || !is_buf ||
+      napi_get_buffer_info(env, argv[1], &rx, &rx_len) != napi_ok ||
+      napi_get_value_uint32(env, argv[2], &slot) != napi_ok || slot < 64 ||
+      napi_get_value_uint32(env, argv[3], &slots) != napi_ok || slots == 0 || slots > BATCH ||
+      napi_get_typedarray_info(env, argv[4], &tt, &meta_n, &meta, &ab, &off) != napi_ok ||
+      tt != napi_uint32_array) {
+    napi_throw_type_error(env, NULL,
+                          "openArena(ifname, arena: Buffer, slot, slots ≤ 32, meta: Uint32Array, onBatch, netns?)");
+    return NULL;
+  }
+  if ((size_t)slots * slot > rx_len || meta_n / 2 < slots) {
+    napi_throw_range_error(env, NULL, "openArena: the arena is smaller than its slots, or meta holds fewer pairs");
+    return NULL;
+  }
+  a.rx = rx;
+  a.rx_len = rx_len;
+  a.slot = slot;
+  a.slots = slots;
+  a.meta = meta;
+  a.meta_pairs = (uint32_t)(meta_n / 2);
+  a.rx_value = argv[1];
+  a.meta_value = argv[4];
+  return open_port(env, argv[0], argv[5], argc >= 7 ? argv[6] : NULL, &a);
+}
+
+// finishOffloads(arena: Buffer, len, segStart, meta: Uint32Array): count — the C offload path on
+// one buffer at arena[0, len), segments from segStart on, for tests against vnet-offload.ts.
+static napi_value FinishOffloads(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  void* buf = NULL;
+  void* meta = NULL;
+  size_t buf_len = 0, meta_n = 0, off;
+  uint32_t len = 0, seg_start = 0;
+  napi_typedarray_type tt;
+  napi_value ab;
+  if (argc < 4 || napi_get_buffer_info(env, argv[0], &buf, &buf_len) != napi_ok ||
+      napi_get_value_uint32(env, argv[1], &len) != napi_ok ||
+      napi_get_value_uint32(env, argv[2], &seg_start) != napi_ok ||
+      napi_get_typedarray_info(env, argv[3], &tt, &meta_n, &meta, &ab, &off) != napi_ok ||
+      tt != napi_uint32_array || len > seg_start || seg_start > buf_len || meta_n < 2) {
+    napi_throw_type_error(env, NULL, "finishOffloads(arena, len, segStart, meta)");
+    return NULL;
+  }
+  unsigned char* b = buf;
+  vnet_out_t o = {b, b + seg_start, buf_len - seg_start, 0, meta, (uint32_t)(meta_n / 2), 0};
+  vnet_finish(&o, b, len, 0);
+  napi_value out;
+  napi_create_uint32(env, o.n, &out);
+  return out;
 }
 
 static port_t* unwrap(napi_env env, napi_value v) {
@@ -263,6 +394,64 @@ static napi_value Send(napi_env env, napi_callback_info info) {
   return out;
 }
 
+// sendArena(handle, tx: Buffer, meta: Uint32Array, count): frame i is tx[meta[2i], +meta[2i+1]];
+// each goes out behind a zero virtio_net_hdr. Same return and error handling as send.
+static napi_value SendArena(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  port_t* p = unwrap(env, argv[0]);
+  if (!p) return NULL;
+  void* tx = NULL;
+  size_t tx_len = 0, meta_n = 0, off;
+  void* meta = NULL;
+  napi_typedarray_type tt;
+  napi_value ab;
+  uint32_t count;
+  if (napi_get_buffer_info(env, argv[1], &tx, &tx_len) != napi_ok ||
+      napi_get_typedarray_info(env, argv[2], &tt, &meta_n, &meta, &ab, &off) != napi_ok ||
+      tt != napi_uint32_array || napi_get_value_uint32(env, argv[3], &count) != napi_ok ||
+      (size_t)count * 2 > meta_n) {
+    napi_throw_type_error(env, NULL, "sendArena(handle, tx: Buffer, meta: Uint32Array, count)");
+    return NULL;
+  }
+  const uint32_t* m = meta;
+  static unsigned char zero_hdr[VNET_HDR];
+  struct mmsghdr msgs[BATCH];
+  struct iovec iovs[BATCH][2];
+  uint32_t done = 0, sent = 0;
+  while (done < count) {
+    uint32_t n = count - done < BATCH ? count - done : BATCH;
+    for (uint32_t i = 0; i < n; i++) {
+      uint32_t o = m[2 * (done + i)], l = m[2 * (done + i) + 1];
+      if ((size_t)o + l > tx_len) {
+        napi_throw_range_error(env, NULL, "sendArena: frame outside the arena");
+        return NULL;
+      }
+      iovs[i][0].iov_base = zero_hdr;
+      iovs[i][0].iov_len = VNET_HDR;
+      iovs[i][1].iov_base = (unsigned char*)tx + o;
+      iovs[i][1].iov_len = l;
+      memset(&msgs[i].msg_hdr, 0, sizeof(struct msghdr));
+      msgs[i].msg_hdr.msg_iov = iovs[i];
+      msgs[i].msg_hdr.msg_iovlen = 2;
+    }
+    int r = sendmmsg(p->fd, msgs, n, MSG_DONTWAIT);
+    if (r <= 0) {
+      if (r < 0 && errno != EAGAIN && errno != ENOBUFS) {
+        done++; // a frame the device refuses must not block the ones after it
+        continue;
+      }
+      break;
+    }
+    done += (uint32_t)r;
+    sent += (uint32_t)r;
+  }
+  napi_value out;
+  napi_create_uint32(env, sent, &out);
+  return out;
+}
+
 static napi_value Close(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
@@ -273,6 +462,8 @@ static napi_value Close(napi_env env, napi_callback_info info) {
   uv_poll_stop(&p->poll);
   close(p->fd);
   napi_delete_reference(env, p->callback);
+  if (p->arena_ref) napi_delete_reference(env, p->arena_ref);
+  if (p->meta_ref) napi_delete_reference(env, p->meta_ref);
   napi_async_destroy(env, p->async);
   void* unused;
   napi_remove_wrap(env, argv[0], &unused);
@@ -285,8 +476,11 @@ static napi_value Init(napi_env env, napi_value exports) {
       {"open", NULL, Open, NULL, NULL, NULL, napi_default, NULL},
       {"send", NULL, Send, NULL, NULL, NULL, napi_default, NULL},
       {"close", NULL, Close, NULL, NULL, NULL, napi_default, NULL},
+      {"openArena", NULL, OpenArena, NULL, NULL, NULL, napi_default, NULL},
+      {"sendArena", NULL, SendArena, NULL, NULL, NULL, napi_default, NULL},
+      {"finishOffloads", NULL, FinishOffloads, NULL, NULL, NULL, napi_default, NULL},
   };
-  napi_define_properties(env, exports, 3, props);
+  napi_define_properties(env, exports, 6, props);
   return exports;
 }
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-// Builds the agent's AF_PACKET addon (native/afpacket.c) and the BPF map addon (native/bpfmap.c) with node-gyp against the Node headers
+// Builds the agent's AF_PACKET addon (native/afpacket.c), its batched UDP tunnel socket
+// (native/udpbatch.c) and the BPF map addon (native/bpfmap.c) with node-gyp against the Node headers
 // installed on this machine (never downloaded). Skips when the built addon is newer than its
 // sources. When node-gyp cannot run here (it needs Python), compiles the one file directly with cc.
 import { spawnSync } from "node:child_process";
@@ -10,10 +11,13 @@ const here = dirname(new URL(import.meta.url).pathname);
 const out = join(here, "build", "Release", "isthmus_afpacket.node");
 const addons = [
   { name: "isthmus_afpacket", src: "afpacket.c" },
+  { name: "isthmus_udpbatch", src: "udpbatch.c" },
   { name: "isthmus_bpfmap", src: "bpfmap.c" },
 ];
 const outs = addons.map((a) => join(here, "build", "Release", `${a.name}.node`));
-const sources = [...addons.map((a) => a.src), "binding.gyp", "build.mjs"].map((f) => join(here, f));
+const sources = [...addons.map((a) => a.src), "vnet-offload.h", "binding.gyp", "build.mjs"].map((f) =>
+  join(here, f),
+);
 
 if (process.platform !== "linux") {
   console.log("native: AF_PACKET ports are Linux-only; addon not built (in-memory ports still work)");

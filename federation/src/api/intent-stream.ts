@@ -3,7 +3,7 @@
 // dropped — a snapshot, then every new change as it is applied, in log order, without gaps.
 // A watcher that cannot keep up is cut (bounded buffer) and resumes from its last index.
 import { type ServerWritableStream, type ServiceError, status } from "@grpc/grpc-js";
-import type { Logger, sitesyncpb } from "@isthmus/schema";
+import { intentpb, type Logger, type sitesyncpb } from "@isthmus/schema";
 import type { AppliedEvent, IntentStateMachine } from "../intent/index.js";
 import { serviceError, toServiceError } from "./grpc-errors.js";
 import type { Replicator } from "./replicator.js";
@@ -49,6 +49,47 @@ export class OpenStreams {
   }
 }
 
+/** Call metadata by which a watcher says it assembles snapshots sent in parts. */
+export const SNAPSHOT_PARTS_HEADER = "isthmus-snapshot-parts";
+/**
+ * Call metadata by which a watcher asks for a snapshot instead of the journal's entries when it
+ * is at least this many entries behind (replaying costs it a transaction per entry).
+ */
+export const SNAPSHOT_AFTER_LAG_HEADER = "isthmus-snapshot-after-lag";
+/** Encoded objects per snapshot part (the receiver's default limit is 4 MiB a message). */
+export const DEFAULT_SNAPSHOT_PART_BYTES = 1024 * 1024;
+
+/**
+ * The snapshot as stream events: in parts of at most `partBytes` of encoded objects (at least one
+ * object each), every part but the last as snapshot_part, the last as snapshot — or, with
+ * `partBytes` undefined, the whole snapshot as one event (watchers that do not assemble parts).
+ */
+export function snapshotEvents(
+  snapshot: intentpb.IntentSnapshot,
+  partBytes: number | undefined,
+): sitesyncpb.WatchIntentResponse[] {
+  if (partBytes === undefined) return [{ snapshot }];
+  const parts: intentpb.IntentObject[][] = [];
+  let part: intentpb.IntentObject[] = [];
+  let bytes = 0;
+  for (const o of snapshot.objects) {
+    const size = intentpb.IntentObject.encode(o).finish().length;
+    if (part.length > 0 && bytes + size > partBytes) {
+      parts.push(part);
+      part = [];
+      bytes = 0;
+    }
+    part.push(o);
+    bytes += size;
+  }
+  parts.push(part);
+  return parts.map((objects, i) =>
+    i === parts.length - 1
+      ? { snapshot: { index: snapshot.index, objects } }
+      : { snapshotPart: { index: snapshot.index, objects } },
+  );
+}
+
 export interface IntentStreamOptions<Req> {
   sm: IntentStateMachine;
   replicator: Replicator;
@@ -59,6 +100,10 @@ export interface IntentStreamOptions<Req> {
   log: Logger;
   /** Checked on every applied entry; an error ends the stream (e.g. the site was revoked). */
   cutIf?: (ev: AppliedEvent) => ServiceError | undefined;
+  /** Send snapshots in parts of this many encoded bytes (the watcher assembles them). */
+  snapshotPartBytes?: number;
+  /** Start with a snapshot when the watcher is at least this many entries behind. */
+  snapshotAfterLag?: number;
 }
 
 export async function streamIntent<Req>(o: IntentStreamOptions<Req>): Promise<void> {
@@ -111,8 +156,9 @@ export async function streamIntent<Req>(o: IntentStreamOptions<Req>): Promise<vo
     }
   };
   // From here to the subscription runs synchronously, so no applied entry can slip between.
-  if (!sm.journal.covers(o.fromIndex)) {
-    send({ snapshot: sm.intentSnapshot() });
+  const farBehind = o.snapshotAfterLag !== undefined && sm.index - o.fromIndex >= o.snapshotAfterLag;
+  if (!sm.journal.covers(o.fromIndex) || farBehind) {
+    for (const ev of snapshotEvents(sm.intentSnapshot(), o.snapshotPartBytes)) send(ev);
   } else {
     for (const change of sm.journal.since(o.fromIndex)) send({ change });
   }
@@ -125,7 +171,7 @@ export async function streamIntent<Req>(o: IntentStreamOptions<Req>): Promise<vo
     }
     cursor = ev.index;
     if (ev.restored) {
-      send({ snapshot: sm.intentSnapshot() });
+      for (const e of snapshotEvents(sm.intentSnapshot(), o.snapshotPartBytes)) send(e);
       sentUpTo = cursor;
     } else if (ev.change) {
       send({ change: ev.change });

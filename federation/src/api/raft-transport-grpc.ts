@@ -96,9 +96,11 @@ class PeerLink {
     }
     this.queue.push(m);
     if (!this.flushScheduled) {
-      // Everything sent in this turn of the event loop goes out as one batch.
+      // Everything sent in this callback (a Ready's messages are sent together) goes out as one
+      // batch, written at its end rather than a loop turn later: each write of a single client
+      // crosses this hop twice on its critical path (append out, ack back).
       this.flushScheduled = true;
-      setImmediate(() => {
+      queueMicrotask(() => {
         this.flushScheduled = false;
         this.flush();
       });

@@ -5,13 +5,24 @@ import { status } from "@grpc/grpc-js";
 import { intentpb, type sitesyncpb } from "@isthmus/schema";
 import type { AppliedEvent } from "../intent/index.js";
 import { serviceError } from "./grpc-errors.js";
-import { streamIntent } from "./intent-stream.js";
+import {
+  DEFAULT_SNAPSHOT_PART_BYTES,
+  SNAPSHOT_AFTER_LAG_HEADER,
+  SNAPSHOT_PARTS_HEADER,
+  streamIntent,
+} from "./intent-stream.js";
 import type { ServiceContext } from "./service-context.js";
 
 /** Acks that change nothing are proposed at most this often per site (they feed `last heard`). */
 export const ACK_REFRESH_MS = 5_000;
 /** Bound on the per-site ack bookkeeping of this node. */
 export const MAX_ACK_SITES = 10_000;
+
+/** A positive integer from call metadata, else undefined (absent or malformed: ignored). */
+function positiveHeader(v: unknown): number | undefined {
+  const n = typeof v === "string" && /^\d{1,12}$/.test(v) ? Number(v) : 0;
+  return n > 0 ? n : undefined;
+}
 
 export function siteSyncService(ctx: ServiceContext): sitesyncpb.SiteSyncServiceServer {
   const { sm, replicator, auth } = ctx.deps;
@@ -72,6 +83,9 @@ export function siteSyncService(ctx: ServiceContext): sitesyncpb.SiteSyncService
           streams: ctx.streams,
           log: ctx.deps.log,
           cutIf,
+          snapshotPartBytes:
+            call.metadata.get(SNAPSHOT_PARTS_HEADER)[0] === "1" ? DEFAULT_SNAPSHOT_PART_BYTES : undefined,
+          snapshotAfterLag: positiveHeader(call.metadata.get(SNAPSHOT_AFTER_LAG_HEADER)[0]),
         });
       };
       run().catch((err) => call.emit("error", err));

@@ -13,7 +13,14 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { auth } from "@isthmus/federation";
 import { intentpb } from "@isthmus/schema";
-import { AgentWatch, FederationAdmin, SiteApi, timeSnapshot } from "../harness/bench-clients.js";
+import {
+  AgentWatch,
+  type EntryStageTotals,
+  FederationAdmin,
+  SiteApi,
+  scrapeEntryStages,
+  timeSnapshot,
+} from "../harness/bench-clients.js";
 import { runCli } from "../harness/cli.js";
 import { CoordinatorGroup } from "../harness/coordinator-group.js";
 import { onboardSite, SiteProcess } from "../harness/site-process.js";
@@ -55,6 +62,13 @@ export interface PhaseResult {
   /** The Create RPC alone (propose, replicate, commit, apply, respond). */
   commit: Stats;
   perSite: Record<string, Stats>;
+  /**
+   * Where the time goes, mean ms per change: at each site (its own histogram) the entry's wait
+   * in the write queue and its apply (translate + one SERIALIZABLE transaction + commit); the
+   * rest of commit → every site is the coordinator's stream to the site and the site's watch
+   * stream to the agent (the change reaches this replica's watchers at commit, without a read).
+   */
+  stages?: { siteWaitMs: number; siteApplyMs: number; commitToEverySiteMeanMs: number; otherMs: number };
   load1: number;
 }
 
@@ -67,6 +81,9 @@ export interface SnapshotResult {
   ms: number[];
   /** Messages the snapshot came in (parts of about 1 MiB). */
   parts: number;
+  /** Creating the ports through SiteService (16 at a time), and the sites settling after (s). */
+  createSeconds?: number;
+  settleSeconds?: number;
   error?: string;
   load1: number;
 }
@@ -81,7 +98,21 @@ export interface PropagationResult {
   phases: PhaseResult[];
   /** Phases that failed (the run keeps what it measured before). */
   errors: string[];
-  bulkLoad: { objects: number; seconds: number; perSecond: number; settleSeconds: number }[];
+  /**
+   * Each bulk load through the API; `settleSeconds` runs from its end until every site has
+   * applied it all and every agent has it. Large loads run with the sites stopped, then started
+   * again (settling is then their start and catch-up: from the journal, or from a snapshot in
+   * parts when they are further behind than it keeps).
+   */
+  bulkLoad: {
+    objects: number;
+    seconds: number;
+    perSecond: number;
+    settleSeconds: number;
+    /** Whether the sites were down during the load (large loads) or followed it live. */
+    sitesStopped: boolean;
+    load1: number;
+  }[];
   snapshot?: SnapshotResult;
   goals: {
     p99At4SitesMs: number;
@@ -95,8 +126,10 @@ export interface PropagationResult {
 const root = fileURLToPath(new URL("../../../", import.meta.url));
 const GOAL_P99_MS = 50;
 const GOAL_SNAPSHOT_MS = 1000;
-/** Entries a site may trail the federation by during a bulk load (the coordinator journal keeps 10 000). */
-const MAX_LAG = 4000;
+/** Sites this many entries or more behind ask for a snapshot (siteController.snapshotAfterLag). */
+const SNAPSHOT_AFTER_LAG = 2_000;
+/** Bulk loads of at least this many objects run with the sites stopped (see the phase loop). */
+const STOP_SITES_FOR = 5_000;
 
 function stats(xs: number[]): Stats {
   const s = [...xs].sort((a, b) => a - b);
@@ -162,6 +195,9 @@ class Bench {
       dir: join(this.base, name),
       credential: this.credentials[i]!,
       nodeArgs: this.siteNodeArgs,
+      // A site restarted after a large bulk load catches up from a snapshot (one transaction)
+      // rather than replaying thousands of entries a transaction each.
+      env: { ISTHMUS_SITE_CONTROLLER__SNAPSHOT_AFTER_LAG: String(SNAPSHOT_AFTER_LAG) },
     });
     this.procs.push(proc);
     const api = new SiteApi(proc.address, proc.adminToken);
@@ -169,6 +205,31 @@ class Bench {
     const hostId = host.host!.id;
     const watch = new AgentWatch(name, proc.address, hostId, host.hostToken);
     this.sites.push({ name, proc, api, hostId, hostToken: host.hostToken, watch });
+    this.sites.sort((a, b) => a.name.localeCompare(b.name));
+  }
+
+  /** Stops every running site (their databases keep what they applied). */
+  async stopSites(): Promise<number> {
+    const n = this.sites.length;
+    for (const s of this.sites) {
+      s.watch.close();
+      s.api.close();
+    }
+    await Promise.all(this.sites.map((s) => s.proc.stop()));
+    for (const s of this.sites) this.procs.splice(this.procs.indexOf(s.proc), 1);
+    this.sites.length = 0;
+    return n;
+  }
+
+  /** Per-site totals of the intent entry stage histograms. */
+  async stageTotals(): Promise<EntryStageTotals[]> {
+    return Promise.all(
+      this.sites.map((s) =>
+        s.proc.metricsAddress
+          ? scrapeEntryStages(s.proc.metricsAddress)
+          : Promise.resolve({ waitSum: 0, applySum: 0, count: 0 }),
+      ),
+    );
   }
 
   /** Every running site has applied everything committed so far and its agent has it all. */
@@ -202,6 +263,7 @@ class Bench {
     const commit: number[] = [];
     const perSite = new Map<string, number[]>(this.sites.map((s) => [s.name, []]));
     for (const s of this.sites) s.watch.recording = true;
+    const before = await this.stageTotals().catch(() => undefined);
     try {
       for (let i = 0; i < changes; i++) {
         for (const s of this.sites) s.watch.arrivals.clear();
@@ -240,6 +302,26 @@ class Bench {
     } finally {
       for (const s of this.sites) s.watch.recording = false;
     }
+    const after = await this.stageTotals().catch(() => undefined);
+    let stages: PhaseResult["stages"];
+    if (before && after) {
+      // Mean over the sites of each site's mean per entry (its entries are this phase's changes
+      // plus the few health reports that arrived meanwhile).
+      const mean = (f: (b: EntryStageTotals, a: EntryStageTotals) => number) =>
+        after.reduce((sum, a, k) => sum + f(before[k]!, a), 0) / after.length;
+      const per = (b: EntryStageTotals, a: EntryStageTotals, key: "waitSum" | "applySum") =>
+        a.count > b.count ? ((a[key] - b[key]) / (a.count - b.count)) * 1000 : 0;
+      const siteWaitMs = mean((b, a) => per(b, a, "waitSum"));
+      const siteApplyMs = mean((b, a) => per(b, a, "applySum"));
+      const total = everySite.reduce((x, y) => x + y, 0) / everySite.length;
+      const r = (x: number) => Number(x.toFixed(2));
+      stages = {
+        siteWaitMs: r(siteWaitMs),
+        siteApplyMs: r(siteApplyMs),
+        commitToEverySiteMeanMs: r(total),
+        otherMs: r(total - siteWaitMs - siteApplyMs),
+      };
+    }
     return {
       sites: this.sites.length,
       stateObjects: this.objects,
@@ -248,37 +330,9 @@ class Bench {
       requestToEverySite: stats(fromRequest),
       commit: stats(commit),
       perSite: Object.fromEntries([...perSite].map(([k, v]) => [k, stats(v)])),
+      stages,
       load1: Number(loadavg()[0]!.toFixed(2)),
     };
-  }
-
-  /**
-   * Keeps the slowest site within MAX_LAG entries of the federation while loading, so a site
-   * follows the log live instead of being cut off and resynced from a snapshot (the steady
-   * state a change is measured in; catch-up from a snapshot is another path).
-   */
-  private throttling: Promise<void> | undefined;
-  private throttle(): Promise<void> {
-    this.throttling ??= (async () => {
-      try {
-        const lag = async () => {
-          const commit = Number((await this.admin.status()).commitIndex);
-          const applied = await Promise.all(
-            this.sites.map(async (s) => Number((await s.api.status()).appliedIndex)),
-          );
-          return commit - Math.min(...applied);
-        };
-        if ((await lag()) <= MAX_LAG) return;
-        await until(
-          "sites to catch up with the bulk load",
-          async () => (await lag()) <= MAX_LAG / 2,
-          600_000,
-        );
-      } finally {
-        this.throttling = undefined;
-      }
-    })();
-    return this.throttling;
   }
 
   /**
@@ -290,7 +344,6 @@ class Bench {
     const chunks = Math.ceil(to / 100) - first;
     const t0 = Date.now();
     await pool(16, chunks, async (k) => {
-      await this.throttle();
       const c = first + k;
       const lo = Math.max(from, c * 100);
       const hi = Math.min(to, c * 100 + 100);
@@ -372,6 +425,7 @@ class Bench {
     const networkId = net.object!.network!.meta!.id;
     const sgId = sg.object!.securityGroup!.meta!.id;
     await this.settle(60_000);
+    const t0 = Date.now();
     await pool(16, ports, async (i) => {
       const n = i + 2;
       await s.api.createPort({
@@ -384,8 +438,21 @@ class Bench {
         interfaceName: `tap${i}`,
       });
     });
-    await this.settle(Math.max(120_000, ports * 60));
-    const out: SnapshotResult = { ports, counts: {}, bytes: 0, parts: 0, ms: [], load1: 0 };
+    const createSeconds = (Date.now() - t0) / 1000;
+    console.log(
+      `  created ${ports} ports at ${s.name} in ${createSeconds.toFixed(1)} s (load ${loadavg()[0]!.toFixed(1)})`,
+    );
+    const settleSeconds = await this.settle(Math.max(120_000, ports * 60));
+    const out: SnapshotResult = {
+      ports,
+      counts: {},
+      bytes: 0,
+      parts: 0,
+      ms: [],
+      createSeconds: Number(createSeconds.toFixed(1)),
+      settleSeconds: Number(settleSeconds.toFixed(1)),
+      load1: 0,
+    };
     for (let k = 0; k < tries; k++) {
       // grpc-js defaults (4 MiB per message), as the site agent's own watch client has.
       const r = await timeSnapshot(s.proc.address, s.hostId, s.hostToken);
@@ -425,7 +492,10 @@ function describe(p: PhaseResult): string {
   return (
     `${p.sites} sites, ${p.stateObjects} objects: commit→every site p50 ${c.p50} ms p99 ${c.p99} ms ` +
     `(request→every site p50 ${p.requestToEverySite.p50} ms p99 ${p.requestToEverySite.p99} ms; ` +
-    `commit p50 ${p.commit.p50} ms) load ${p.load1}`
+    `commit p50 ${p.commit.p50} ms) load ${p.load1}` +
+    (p.stages
+      ? `\n    mean ${p.stages.commitToEverySiteMeanMs} ms = site queue wait ${p.stages.siteWaitMs} + site apply ${p.stages.siteApplyMs} + streams ${p.stages.otherMs}`
+      : "")
   );
 }
 
@@ -527,16 +597,30 @@ export async function measure(opts: PropagationBenchOptions): Promise<Propagatio
     let loaded = 0;
     for (const size of sizes) {
       try {
+        // A large load runs with the sites down (on one machine they would compete with the
+        // coordinators for the CPU); they then catch up, from the journal or — when further
+        // behind than it keeps — from a snapshot in parts. A small one they follow live.
+        const offline = size - loaded >= STOP_SITES_FOR;
+        const running = offline ? await b.stopSites() : 0;
         const secs = await b.bulkLoad(loaded, size);
-        const settle = await b.settle(Math.max(120_000, size * 30));
+        const t0 = Date.now();
+        if (offline) await startAll(Array.from({ length: running }, (_, i) => b.startSite(i)));
+        await b.settle(Math.max(300_000, size * 30));
+        const settle = (Date.now() - t0) / 1000;
         bulk.push({
           objects: size - loaded,
           seconds: Number(secs.toFixed(1)),
           perSecond: Math.round((size - loaded) / secs),
           settleSeconds: Number(settle.toFixed(1)),
+          sitesStopped: offline,
+          load1: Number(loadavg()[0]!.toFixed(2)),
         });
         console.log(
-          `  bulk-loaded ${size - loaded} objects in ${secs.toFixed(1)} s (${Math.round((size - loaded) / secs)}/s); sites settled ${settle.toFixed(1)} s later`,
+          `  bulk-loaded ${size - loaded} objects in ${secs.toFixed(1)} s (${Math.round((size - loaded) / secs)}/s) ` +
+            (offline
+              ? `with the sites stopped; restarted, they caught up in ${settle.toFixed(1)} s`
+              : `with the sites following; they settled ${settle.toFixed(1)} s later`) +
+            ` (load ${loadavg()[0]!.toFixed(1)})`,
         );
         loaded = size;
         await phase(`n${size}`);
@@ -589,20 +673,41 @@ export function markdown(r: PropagationResult): string {
       "has arrived in the watch stream of every site. Changes are made one after another. Larger states are " +
       "bulk-loaded through the same API: per 100 objects one network spanning every site, two groups, 97 rules.",
     "",
-    "| sites | objects in the federation | changes | commit → every site p50 ms | p99 ms | max ms | request → every site p50 ms | p99 ms | Create RPC p50 ms | load |",
-    "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    "| sites | objects in the federation | changes | commit → every site p50 ms | p99 ms | max ms | mean ms = site wait + site apply + streams | request → every site p50 ms | p99 ms | Create RPC p50 ms | load |",
+    "|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
   ];
   for (const p of r.phases) {
     const c = p.commitToEverySite;
+    const st = p.stages;
     lines.push(
       `| ${p.sites} | ${p.stateObjects.toLocaleString("en-US")} | ${p.changes} | ${c.p50} | ${c.p99} | ${c.max} | ` +
+        `${st ? `${st.commitToEverySiteMeanMs} = ${st.siteWaitMs} + ${st.siteApplyMs} + ${st.otherMs}` : "—"} | ` +
         `${p.requestToEverySite.p50} | ${p.requestToEverySite.p99} | ${p.commit.p50} | ${p.load1} |`,
     );
   }
+  lines.push(
+    "",
+    "Stages (means per change, from each site controller's `isthmus_site_intent_entry_seconds` histogram): " +
+      "*site wait* — the entry received from the coordinator until its apply starts (the write queue was busy); " +
+      "*site apply* — translation, the one SERIALIZABLE transaction and its commit (an fsync of the site's " +
+      "database); *streams* — the rest: the coordinator node the site follows applying and streaming the entry, " +
+      "and the controller's watch stream to the agent (a committed change reaches this replica's watchers at " +
+      "once, without reading the change log back; the log is polled every 100 ms only for the other replica's " +
+      "changes).",
+  );
   if (r.bulkLoad.length > 0) {
     lines.push(
       "",
-      `Bulk loads: ${r.bulkLoad.map((b) => `${b.objects.toLocaleString("en-US")} objects at ${b.perSecond}/s (sites settled ${b.settleSeconds} s after)`).join("; ")}.`,
+      `Bulk loads: ${r.bulkLoad
+        .map(
+          (b) =>
+            `${b.objects.toLocaleString("en-US")} objects in ${b.seconds} s (${b.perSecond}/s) ` +
+            (b.sitesStopped
+              ? `with the sites stopped, which then started and caught up in ${b.settleSeconds} s`
+              : `with the sites following, settled ${b.settleSeconds} s after`) +
+            ` (load ${b.load1})`,
+        )
+        .join("; ")}.`,
     );
   }
   for (const e of r.errors) lines.push("", `**Failed** ${e}`);
@@ -627,7 +732,10 @@ export function markdown(r: PropagationResult): string {
           .reduce((a, b) => a + b, 0)
           .toLocaleString("en-US")} objects, ` +
         `${(s.bytes / 1e6).toFixed(1)} MB encoded, in ${s.parts} messages), Watch call → snapshot decoded: ${s.ms.join(", ")} ms (load ${s.load1})` +
-        (g.snapshotRatio === null ? "." : `; best / 1 s goal = **${g.snapshotRatio}**.`),
+        (g.snapshotRatio === null ? "." : `; best / 1 s goal = **${g.snapshotRatio}**.`) +
+        (s.createSeconds !== undefined
+          ? ` Creating the ports through SiteService took ${s.createSeconds} s, the sites settled ${s.settleSeconds} s after.`
+          : ""),
     );
   }
   lines.push(
@@ -642,15 +750,27 @@ export function markdown(r: PropagationResult): string {
     "- The site controller is mostly idle while it applies intent: its cost per entry is database round " +
       "trips (one SERIALIZABLE transaction per entry, by design). Topology objects used to be written one " +
       "statement each (a port is ~20 rows); they are now written 500 rows a statement.",
-    "- Still open: the federation → site `IntentSnapshot` is one message too, and the site's `IntentSync` " +
-      "client keeps grpc-js's 4 MiB receive limit, so a site that falls more than the coordinator journal " +
-      "(10 000 entries) behind, or joins a federation of more than roughly 20 000 objects, would be sent a " +
-      "snapshot it refuses (by arithmetic on object sizes; this run paces its bulk loads so sites stay within " +
-      "the journal and does not exercise it). `CreatePort` checks name uniqueness by scanning every local port " +
-      "(O(ports) per call).",
+    "- The federation → site `IntentSnapshot` was one message too, which a site's 4 MiB receive limit " +
+      "refuses past roughly 20 000 objects (a site further behind than the coordinator journal, or joining a " +
+      "large federation). A site now asks for snapshots in parts (`snapshot_part`, about 1 MiB each) and " +
+      "assembles them; the 10k and 100k steps exercise it (the sites are stopped during those loads and catch " +
+      "up afterwards).",
+    "- The controller's lease could lapse under CPU load (an event loop stalled past TTL − renew interval " +
+      "misses its renewal); it then took a new token and reloaded its whole state, refusing writes meanwhile " +
+      "(the snapshot step failed with `does not hold the lease`). It now renews over its own connection and, " +
+      "when nobody took the lease, resumes the same token without a reload.",
+    "- Per change, a site used to read each of its own commits back from the change log before its watchers " +
+      "got it; now the committer hands it over. Snapshots are framed from the stored encodings (no decode and " +
+      "re-encode of every object). `CreatePort` checks the name with an index lookup; verified tokens are " +
+      "remembered until they expire; tunnel keys are checked against an index rather than collected per call.",
+    "- Still O(members) per change: a security group's address group is one object listing every member's " +
+      "addresses, rewritten (and sent to every agent) whenever a member port changes anywhere. Creating 10k " +
+      "ports in one group is therefore quadratic in bytes written; membership deltas would need a new " +
+      "topology object kind.",
     "",
     "Reproduce: `npm run bench -- propagation` (`--quick`: 2 sites, 30 changes, 300 objects, 100 ports; " +
-      "`BENCH_PROPAGATION_SIZES=1000,10000` picks the state sizes — the 100k step takes the longest). " +
+      "`BENCH_PROPAGATION_SIZES=1000,10000` picks the state sizes — the 100k step takes the longest; each " +
+      "step's duration is printed and kept in the JSON). " +
       "The machine is shared while measuring; the load average is recorded with each phase.",
   );
   return lines.join("\n");

@@ -240,3 +240,26 @@ export function timeSnapshot(
     });
   });
 }
+
+/** Totals of a site controller's intent entry stage histogram (seconds, entries). */
+export interface EntryStageTotals {
+  waitSum: number;
+  applySum: number;
+  count: number;
+}
+
+/** Reads `isthmus_site_intent_entry_seconds` from a controller's Prometheus endpoint. */
+export async function scrapeEntryStages(metricsAddress: string): Promise<EntryStageTotals> {
+  const res = await fetch(`http://${metricsAddress}/metrics`, { signal: AbortSignal.timeout(10_000) });
+  if (!res.ok) throw new Error(`GET http://${metricsAddress}/metrics: ${res.status}`);
+  const text = await res.text();
+  const value = (series: string) => {
+    const line = text.split("\n").find((l) => l.startsWith(series));
+    return line ? Number(line.slice(series.length).trim()) : 0;
+  };
+  return {
+    waitSum: value('isthmus_site_intent_entry_seconds_sum{stage="wait"}'),
+    applySum: value('isthmus_site_intent_entry_seconds_sum{stage="apply"}'),
+    count: value('isthmus_site_intent_entry_seconds_count{stage="apply"}'),
+  };
+}

@@ -49,7 +49,13 @@ export class SiteProcess {
     private readonly child: ChildProcess,
     /** The embedded database's server, killed too if the controller has to be killed. */
     private readonly postgresPid: number,
+    private readonly metrics: { address: string },
   ) {}
+
+  /** The controller's Prometheus endpoint (host:port; "" until it has said). */
+  get metricsAddress(): string {
+    return this.metrics.address;
+  }
 
   get pid(): number {
     return this.child.pid ?? 0;
@@ -93,27 +99,29 @@ export class SiteProcess {
         o.startTimeoutMs ?? 300_000,
       );
     });
-    // Reads the JSON log until the controller has said where it listens and written its token;
-    // after that the lines are drained (and dropped) so the pipe never fills.
+    // Reads the JSON log: where the controller listens (gRPC, then metrics); every line is read
+    // (and dropped) so the pipe never fills.
     const lines = createInterface({ input: child.stdout! });
     let postgresPid = 0;
-    const started = (async () => {
-      for await (const line of lines) {
-        let rec: { msg?: string; address?: string; serverPid?: number };
+    const metrics = { address: "" };
+    const started = new Promise<string>((resolve, reject) => {
+      lines.on("line", (line) => {
+        if (!line.startsWith("{")) return;
+        let rec: { msg?: string; address?: string; serverPid?: number; metricsAddress?: string };
         try {
           rec = JSON.parse(line) as typeof rec;
         } catch {
-          continue;
+          return;
         }
         if (rec.msg === "PostgreSQL server started") postgresPid = rec.serverPid ?? 0;
-        if (rec.msg === "site controller started" && rec.address) return rec.address;
-      }
-      throw new Error(`site-controller ${o.site} ended its log before starting`);
-    })();
+        if (rec.msg === "site controller started" && rec.address) resolve(rec.address);
+        if (rec.msg === "metrics listening" && rec.metricsAddress) metrics.address = rec.metricsAddress;
+      });
+      lines.on("close", () => reject(new Error(`site-controller ${o.site} ended its log before starting`)));
+    });
     started.catch(() => undefined); // the race below reports whichever comes first
     try {
       const address = await Promise.race([started, exited, timeout]);
-      child.stdout!.resume();
       // The token file is written right after the "started" line; wait for it (bounded).
       const end = Date.now() + 10_000;
       let token = "";
@@ -126,7 +134,7 @@ export class SiteProcess {
         if (Date.now() > end) throw new Error(`site-controller ${o.site} wrote no admin token`);
         await new Promise((r) => setTimeout(r, 50));
       }
-      return new SiteProcess(o.site, address, token, child, postgresPid);
+      return new SiteProcess(o.site, address, token, child, postgresPid, metrics);
     } catch (err) {
       child.kill("SIGKILL");
       killQuietly(postgresPid);

@@ -84,7 +84,7 @@ export class UpcallPump {
 
   /**
    * A frame that entered on `portNo` (0 = from a tunnel, with `tunnelKey`): forwarded by its flow
-   * when one matches, else queued for the handler. The caller flushes after a batch of offers.
+   * when one matches, else queued (as a copy) for the handler. The caller flushes after a batch of offers.
    * `arrivedAt` (performance.now() ms) is when the datapath first saw it, when earlier than now.
    */
   offer(
@@ -107,7 +107,16 @@ export class UpcallPump {
       return;
     }
     const source = portNo !== 0 ? `port:${portNo}` : `tunnel:${from?.ip ?? "?"}`;
-    const u: Upcall = { portNo, tunnelKey, traced, frame, key: Buffer.from(this.key), from };
+    // A copy: the caller's frame may be a view into a receive arena that its next batch reuses
+    // (AF_PACKET ports, the native tunnel socket), and a queued packet outlives the batch.
+    const u: Upcall = {
+      portNo,
+      tunnelKey,
+      traced,
+      frame: Buffer.from(frame),
+      key: Buffer.from(this.key),
+      from,
+    };
     const offeredAt = performance.now();
     if (!this.queue.push(source, { u, arrivedAt: arrivedAt ?? offeredAt, offeredAt })) {
       this.hooks.countDrop("upcall_queue_full");

@@ -31,6 +31,8 @@ export interface UserspaceDatapathOptions extends UpcallPumpSettings {
   tunnelPort: number;
   flowLimits?: Partial<FlowTableLimits>;
   expiryIntervalMs?: number;
+  /** Tunnel socket implementation (vxlan-socket.ts); "auto" = the native batched one when built. */
+  tunnelIo?: "auto" | "native" | "dgram";
   clock?: () => number;
 }
 
@@ -52,19 +54,20 @@ export class UserspaceDatapath implements Datapath {
   private readonly pump: UpcallPump;
   private readonly ports = new Map<number, BoundPort>();
   private readonly keyToPort = new Map<number, number>();
-  private readonly tunnels = new Map<string, PortCounters>();
+  /** Per remote ip, then port: no string is built per packet to find them. */
+  private readonly tunnels = new Map<string, Map<number, PortCounters>>();
+  private tunnelCount = 0;
   private readonly drops = new Map<string, number>();
   private readonly socket: VxlanSocket;
   private readonly clock: () => number;
   private readonly dirty = new Set<BoundPort>();
   private flowStateHandler: ((p: Buffer, from: TunnelEndpoint) => void) | undefined;
   private expiryTimer: NodeJS.Timeout | undefined;
-  private flushScheduled = false;
   private stopped = false;
 
   constructor(private readonly opts: UserspaceDatapathOptions) {
     this.table = new FlowTable({ ...DEFAULT_FLOW_LIMITS, ...opts.flowLimits });
-    this.socket = new VxlanSocket({ address: opts.tunnelIp, port: opts.tunnelPort });
+    this.socket = new VxlanSocket({ address: opts.tunnelIp, port: opts.tunnelPort, io: opts.tunnelIo });
     this.clock = opts.clock ?? (() => performance.now());
     this.pump = new UpcallPump(this.table, this.clock, opts, {
       output: (frame, actions) => this.output(frame, actions),
@@ -77,11 +80,20 @@ export class UserspaceDatapath implements Datapath {
     return this.socket.boundPort;
   }
 
+  /** Which tunnel socket is in use: the native batched one, or node:dgram. */
+  get tunnelIo(): "native" | "dgram" {
+    return this.socket.io;
+  }
+
   async start(): Promise<void> {
-    await this.socket.start(
-      (vni, frame, from) => this.onTunnelPacket(vni, frame, from),
-      (reason) => this.countDrop(reason),
-    );
+    await this.socket.start({
+      packet: (vni, frame, from) => this.onTunnelPacket(vni, frame, from),
+      bad: (reason) => this.countDrop(reason),
+      batchEnd: () => this.flushPorts(),
+      sendFailed: (n) => {
+        for (let i = 0; i < n; i++) this.countDrop("tunnel_tx_failed");
+      },
+    });
     const every = this.opts.expiryIntervalMs ?? 1000;
     this.expiryTimer = setInterval(() => this.table.expire(this.clock()), every);
     this.expiryTimer.unref();
@@ -192,7 +204,11 @@ export class UserspaceDatapath implements Datapath {
           },
         ]),
       ),
-      tunnels: new Map([...this.tunnels].map(([k, v]) => [k, { ...v }])),
+      tunnels: new Map(
+        [...this.tunnels].flatMap(([ip, byPort]) =>
+          [...byPort].map(([port, c]) => [`${ip}:${port}`, { ...c }] as const),
+        ),
+      ),
       drops: new Map(this.drops),
       flows: this.table.size,
       exactEntries: this.table.exactSize,
@@ -223,7 +239,8 @@ export class UserspaceDatapath implements Datapath {
     t.rxPackets++;
     t.rxBytes += frame.length;
     if (vni === TUNNEL_KEY.flowState) {
-      if (this.flowStateHandler) this.flowStateHandler(frame, from);
+      // A copy: the frame may be a view into the socket's receive arena, reused by the next batch.
+      if (this.flowStateHandler) this.flowStateHandler(Buffer.from(frame), from);
       else this.countDrop("flow_state_unhandled");
       return;
     }
@@ -245,18 +262,7 @@ export class UserspaceDatapath implements Datapath {
     } else {
       this.pump.offer(frame, 0, key, traced, from);
     }
-    // Datagrams arrive one callback each; writing once per event-loop turn batches every frame
-    // read in this poll phase into one sendmmsg per port.
-    this.scheduleFlush();
-  }
-
-  private scheduleFlush(): void {
-    if (this.flushScheduled) return;
-    this.flushScheduled = true;
-    setImmediate(() => {
-      this.flushScheduled = false;
-      this.flushPorts();
-    });
+    // Port writes go out when the socket ends the batch (batchEnd → flushPorts).
   }
 
   private output(frame: Buffer, a: FlowActions): void {
@@ -303,13 +309,18 @@ export class UserspaceDatapath implements Datapath {
   }
 
   private tunnelCounters(ip: string, port: number): PortCounters {
-    const k = `${ip}:${port}`;
-    let t = this.tunnels.get(k);
+    let byPort = this.tunnels.get(ip);
+    let t = byPort?.get(port);
     if (!t) {
       // Bounded by the number of distinct senders; garbage from many addresses is capped.
-      if (this.tunnels.size >= 4096) return counters();
+      if (this.tunnelCount >= 4096) return counters();
+      if (!byPort) {
+        byPort = new Map();
+        this.tunnels.set(ip, byPort);
+      }
       t = counters();
-      this.tunnels.set(k, t);
+      byPort.set(port, t);
+      this.tunnelCount++;
     }
     return t;
   }

@@ -1,6 +1,7 @@
 // Tails the topology change log for every watch stream of this replica: polls the table on a
-// short interval (so the other replica's commits arrive too) and is woken at once by local
-// commits. Keeps a bounded ring of recent changes for streams resuming close to the head.
+// short interval (so the other replica's commits arrive too); a local commit is handed over at
+// once, without a read, when it is the next revision (else it triggers a poll). Keeps a bounded
+// ring of recent changes for streams resuming close to the head.
 import type { Logger, topologypb } from "@isthmus/schema";
 import type { Database } from "./db/database.js";
 import { readChangesAfter } from "./topology-store.js";
@@ -63,6 +64,16 @@ export class ChangeFeed {
     void this.poll();
   }
 
+  /**
+   * This replica committed `change`: delivered at once when it is the next revision (commits are
+   * totally ordered, so nothing can come between), else — a poll in flight, or changes of the
+   * other replica not yet read — read from the log in order.
+   */
+  committed(change: topologypb.TopologyChange): void {
+    if (!this.polling && !this.stopped && change.revision === this.head + 1) this.deliver(change);
+    else if (change.revision > this.head) void this.poll();
+  }
+
   poll(): Promise<void> {
     if (this.polling) {
       this.again = true;
@@ -88,6 +99,7 @@ export class ChangeFeed {
   }
 
   private deliver(c: topologypb.TopologyChange): void {
+    if (c.revision <= this.head) return; // already delivered (handed over by its committer)
     if (c.revision !== this.head + 1) {
       // Revisions are gap-free by construction; a gap means the log was pruned past us.
       this.log.warn(

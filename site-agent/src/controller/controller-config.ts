@@ -42,6 +42,7 @@ export const SiteControllerConfigSchema = z.object({
     hostCheckMs: positive.default(T.hostCheckMs),
     maxIntentObjects: positive.default(T.maxIntentObjects),
     dbMaxConnections: positive.default(T.dbMaxConnections),
+    snapshotAfterLag: z.number().int().nonnegative().default(T.snapshotAfterLag),
   }),
 });
 

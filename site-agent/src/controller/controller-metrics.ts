@@ -1,5 +1,5 @@
 // Prometheus metrics of one site controller (prom-client), read from its parts at scrape time.
-import { Gauge, Registry } from "prom-client";
+import { Gauge, Histogram, Registry } from "prom-client";
 
 export interface MetricSources {
   appliedIndex: () => number;
@@ -16,8 +16,26 @@ export interface MetricSources {
   hostsMarkedDown: () => number;
 }
 
-export function controllerMetrics(src: MetricSources): Registry {
+/** Where an intent entry's time at the site goes (seconds; the propagation bench reads them). */
+export interface EntryStages {
+  /** Received from the coordinator → its apply starts (the write queue was busy). */
+  wait: number;
+  /** Apply: translate, one SERIALIZABLE transaction, commit (with the database's fsync). */
+  apply: number;
+}
+
+export function controllerMetrics(src: MetricSources): {
+  registry: Registry;
+  observeEntry: (s: EntryStages) => void;
+} {
   const registry = new Registry();
+  const stages = new Histogram({
+    name: "isthmus_site_intent_entry_seconds",
+    help: "Time an intent entry spends at the site, by stage: wait (queued behind other writes), apply (translate + transaction + commit)",
+    labelNames: ["stage"],
+    buckets: [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5],
+    registers: [registry],
+  });
   const gauge = (name: string, help: string, read: () => number) =>
     new Gauge({
       name,
@@ -71,5 +89,11 @@ export function controllerMetrics(src: MetricSources): Registry {
     "Times this replica marked a host not alive for missing heartbeats",
     src.hostsMarkedDown,
   );
-  return registry;
+  return {
+    registry,
+    observeEntry: (s) => {
+      stages.observe({ stage: "wait" }, s.wait);
+      stages.observe({ stage: "apply" }, s.apply);
+    },
+  };
 }

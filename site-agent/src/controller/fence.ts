@@ -14,11 +14,17 @@ export class FencedOut extends Error {
   }
 }
 
-/** Holder + token check against the controller_lease row. */
-export function leaseFence(holder: string, token: () => number | undefined): Fence {
+/**
+ * Holder + token check against the controller_lease row. `token` may be async: the controller's
+ * renews a lease that lapsed only locally before answering (ControllerLease.tokenNow).
+ */
+export function leaseFence(
+  holder: string,
+  token: () => number | undefined | Promise<number | undefined>,
+): Fence {
   return {
     async check(tx) {
-      const mine = token();
+      const mine = await token();
       if (mine === undefined) throw new FencedOut(`controller ${holder} does not hold the lease`);
       const r = await tx.query("SELECT holder, token FROM controller_lease WHERE id = 1");
       const row = r.rows[0];

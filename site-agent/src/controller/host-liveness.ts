@@ -13,6 +13,8 @@ export interface HostLivenessOptions {
   /** How often the active replica checks. */
   checkEveryMs: number;
   log: Logger;
+  /** A host was marked alive or not (a gateway's endpoint is published only while alive). */
+  onChanged?: (hostId: string) => void;
 }
 
 export class HostLiveness {
@@ -125,12 +127,14 @@ export class HostLiveness {
         if (await writer.setHostAlive(id, true)) {
           this.markedUp++;
           out.up.push(id);
+          this.opts.onChanged?.(id);
           this.opts.log.info({ hostId: id }, "host is alive again (heartbeats returned)");
         }
       } else if (!r.fresh && r.marked_alive && graceOver) {
         if (await writer.setHostAlive(id, false)) {
           this.markedDown++;
           out.down.push(id);
+          this.opts.onChanged?.(id);
           this.opts.log.warn(
             { hostId: id, deadAfterMs: this.opts.deadAfterMs },
             "host marked not alive: no heartbeat within the timeout",

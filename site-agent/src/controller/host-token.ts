@@ -17,6 +17,9 @@ export interface TokenClaims {
 
 const ALG = "ES256";
 
+/** Verified tokens remembered (each host's and operator's token: far more than a site has). */
+const MAX_VERIFIED_TOKENS = 20_000;
+
 export class HostTokens {
   private constructor(
     readonly site: string,
@@ -77,6 +80,13 @@ export class HostTokens {
   }
 
   /** Checks a call's bearer token; throws UNAUTHENTICATED / PERMISSION_DENIED with the reason. */
+  /**
+   * Tokens already verified, until they expire: an ES256 verification costs about a millisecond
+   * of CPU, and agents and operators present the same token on every call. Bounded (cleared
+   * when full); tokens are not revocable before they expire, so a hit is as good as a check.
+   */
+  private readonly verified = new Map<string, { claims: TokenClaims; expMs: number }>();
+
   async verify(metadata: Metadata, allowed: readonly TokenRole[]): Promise<TokenClaims> {
     const header = metadata.get("authorization")[0];
     const m = typeof header === "string" ? /^Bearer\s+(\S+)$/i.exec(header) : null;
@@ -85,6 +95,8 @@ export class HostTokens {
         status.UNAUTHENTICATED,
         "missing authorization: Bearer <token> (a host or admin token)",
       );
+    const hit = this.verified.get(m[1]!);
+    if (hit && hit.expMs > Date.now()) return this.permit(hit.claims, allowed);
     let claims: TokenClaims;
     try {
       const { payload, protectedHeader } = await jwtVerify(m[1]!, this.publicKey, {
@@ -97,12 +109,20 @@ export class HostTokens {
       const role = payload.role;
       if (role !== "host" && role !== "admin") throw new Error(`token role ${String(role)} is unknown`);
       claims = { role, subject: payload.sub ?? "" };
+      if (payload.exp !== undefined) {
+        if (this.verified.size >= MAX_VERIFIED_TOKENS) this.verified.clear();
+        this.verified.set(m[1]!, { claims, expMs: payload.exp * 1000 });
+      }
     } catch (err) {
       throw grpcError(
         status.UNAUTHENTICATED,
         `invalid token for site ${this.site}: ${(err as Error).message}`,
       );
     }
+    return this.permit(claims, allowed);
+  }
+
+  private permit(claims: TokenClaims, allowed: readonly TokenRole[]): TokenClaims {
     if (!allowed.includes(claims.role)) {
       throw grpcError(
         status.PERMISSION_DENIED,

@@ -13,12 +13,15 @@ import {
   keyString,
   topologyRefOf,
 } from "./objects.js";
-import { readAllTopology, type TopologyWrite, writeTopology } from "./topology-store.js";
+import { readAllTopology, type TopologyWrite, writeTopologyChange } from "./topology-store.js";
 import { IntentIndex, type TunnelKeyMove, uplinkPortId } from "./translate/index.js";
 import { writeTunnelKeyMoves } from "./tunnel-key-allocator.js";
 import type { WriteContext } from "./write-context.js";
 
 export type ApplyOutcome = "applied" | "skipped";
+
+/** Intent rows per INSERT when a snapshot replaces the copy (4 parameters a row). */
+const SNAPSHOT_ROWS_PER_STATEMENT = 500;
 
 export class IntentApplier {
   private applied = 0;
@@ -81,13 +84,15 @@ export class IntentApplier {
     return Number(r.rows[0]?.applied_index ?? 0);
   }
 
-  async applyChange(change: intentpb.IntentChange): Promise<ApplyOutcome> {
+  /** `timing.startedAt` is set (performance.now()) when the apply gets its turn in the queue. */
+  async applyChange(change: intentpb.IntentChange, timing?: { startedAt?: number }): Promise<ApplyOutcome> {
     const { ctx } = this;
     return ctx.queue.run(async (): Promise<ApplyOutcome> => {
+      if (timing) timing.startedAt = performance.now();
       if (change.index <= this.applied) return "skipped";
       const prior = ctx.index.applyIntentChange(change);
       let moves: TunnelKeyMove[] = [];
-      let committed: number | undefined;
+      let committed: topologypb.TopologyChange | undefined;
       try {
         // Uplink ports get their site-local keys before translating, so the translation (and
         // the stored uplink port) carries them; the keys commit with the entry.
@@ -98,7 +103,13 @@ export class IntentApplier {
         if (problems.length > 0) ctx.onProblems?.(problems);
         const result = await ctx.db.tx(`apply ${change.index}`, async (tx) => {
           await ctx.fence.check(tx);
-          if ((await this.dbIndex(tx)) >= change.index) return { skipped: true, revision: undefined };
+          // Records the index first, only when the database is behind it: one round trip both
+          // checks for a replay and moves the index (it commits with everything below or not).
+          const moved = await tx.query(
+            "UPDATE intent_state SET applied_index = $1, applied_at = now() WHERE id = 1 AND applied_index < $1",
+            [change.index],
+          );
+          if (moved.rowCount !== 1) return { skipped: true, written: undefined };
           for (const ref of change.deletes) {
             await tx.query("DELETE FROM intent_objects WHERE kind = $1 AND id = $2", [ref.kind, ref.id]);
           }
@@ -111,10 +122,9 @@ export class IntentApplier {
             );
           }
           await writeTunnelKeyMoves(tx, moves);
-          const revision = await writeTopology(tx, delta, "intent", ctx.changeLog);
-          await this.recordIndex(tx, change.index);
+          const written = await writeTopologyChange(tx, delta, "intent", ctx.changeLog);
           await ctx.beforeCommit?.(tx, `apply ${change.index}`);
-          return { skipped: false, revision };
+          return { skipped: false, written };
         });
         if (result.skipped) {
           // Another writer got there first (only possible across a lease hand-over); reload.
@@ -123,7 +133,7 @@ export class IntentApplier {
           await this.loadUnqueued();
           return "skipped";
         }
-        committed = result.revision;
+        committed = result.written;
       } catch (err) {
         ctx.index.restoreTunnelKeys(moves);
         ctx.index.revertIntentChange(change, prior);
@@ -131,7 +141,7 @@ export class IntentApplier {
       }
       this.applied = change.index;
       this.appliedAtMs = Date.now();
-      if (committed !== undefined) ctx.onCommitted(committed);
+      if (committed !== undefined) ctx.onCommitted(committed.revision, committed);
       return "applied";
     });
   }
@@ -174,9 +184,9 @@ export class IntentApplier {
       }
       if (problems.length > 0) ctx.onProblems?.(problems);
       if (moves.length === 0) return 0;
-      let revision: number | undefined;
+      let written: topologypb.TopologyChange | undefined;
       try {
-        revision = await ctx.db.tx("assign-uplink-keys", async (tx) => {
+        written = await ctx.db.tx("assign-uplink-keys", async (tx) => {
           await ctx.fence.check(tx);
           const upserts: topologypb.TopologyObject[] = [];
           for (const m of moves) {
@@ -188,7 +198,7 @@ export class IntentApplier {
             if (stored) upserts.push({ port: { ...stored, tunnelKey: m.after } });
           }
           await writeTunnelKeyMoves(tx, moves);
-          const r = await writeTopology(tx, { upserts, deletes: [] }, "intent", ctx.changeLog);
+          const r = await writeTopologyChange(tx, { upserts, deletes: [] }, "intent", ctx.changeLog);
           await ctx.beforeCommit?.(tx, "assign-uplink-keys");
           return r;
         });
@@ -196,7 +206,7 @@ export class IntentApplier {
         ctx.index.restoreTunnelKeys(moves);
         throw err;
       }
-      if (revision !== undefined) ctx.onCommitted(revision);
+      if (written !== undefined) ctx.onCommitted(written.revision, written);
       return moves.length;
     });
   }
@@ -237,22 +247,26 @@ export class IntentApplier {
       const problems = [...keyProblems, ...full.problems];
       if (problems.length > 0) ctx.onProblems?.(problems);
       const desired = full.objects;
-      let committed: number | undefined;
+      let committed: topologypb.TopologyChange | undefined;
       await ctx.db.tx(`snapshot ${snapshot.index}`, async (tx) => {
         await ctx.fence.check(tx);
         await tx.query("DELETE FROM intent_objects");
-        for (const obj of snapshot.objects) {
-          const key = intentKeyOf(obj);
-          await tx.query("INSERT INTO intent_objects (kind, id, body, revision) VALUES ($1, $2, $3, $4)", [
-            key.kind,
-            key.id,
-            encodeIntent(obj),
-            revisionOf(obj) || snapshot.index,
-          ]);
+        // Many rows a statement: a snapshot of a large federation is 100k+ objects.
+        for (let i = 0; i < snapshot.objects.length; i += SNAPSHOT_ROWS_PER_STATEMENT) {
+          const batch = snapshot.objects.slice(i, i + SNAPSHOT_ROWS_PER_STATEMENT);
+          await tx.query(
+            `INSERT INTO intent_objects (kind, id, body, revision) VALUES ${batch
+              .map((_, k) => `($${4 * k + 1}, $${4 * k + 2}, $${4 * k + 3}, $${4 * k + 4})`)
+              .join(", ")}`,
+            batch.flatMap((obj) => {
+              const key = intentKeyOf(obj);
+              return [key.kind, key.id, encodeIntent(obj), revisionOf(obj) || snapshot.index];
+            }),
+          );
         }
         await writeTunnelKeyMoves(tx, moves);
         const existing = await readAllTopology(tx);
-        committed = await writeTopology(tx, diffTopology(existing, desired), "intent", ctx.changeLog);
+        committed = await writeTopologyChange(tx, diffTopology(existing, desired), "intent", ctx.changeLog);
         await this.recordIndex(tx, snapshot.index);
         await ctx.beforeCommit?.(tx, `snapshot ${snapshot.index}`);
       });
@@ -260,7 +274,7 @@ export class IntentApplier {
       for (const m of moves) ctx.index.setTunnelKey(m.portId, m.after);
       this.applied = snapshot.index;
       this.appliedAtMs = Date.now();
-      if (committed !== undefined) ctx.onCommitted(committed);
+      if (committed !== undefined) ctx.onCommitted(committed.revision, committed);
       return "applied";
     });
   }

@@ -3,7 +3,7 @@
 // upward, and reconnects with capped, jittered backoff across the coordinator addresses. While no
 // coordinator answers, the site keeps serving what it last applied; `staleness` says for how long.
 import { type ChannelCredentials, type ClientReadableStream, Metadata, status } from "@grpc/grpc-js";
-import { type Logger, sitesyncpb } from "@isthmus/schema";
+import { type intentpb, type Logger, sitesyncpb } from "@isthmus/schema";
 import { backoffDelayMs } from "./db/retry.js";
 import { FencedOut } from "./fence.js";
 import type { IntentApplier } from "./intent-applier.js";
@@ -20,9 +20,23 @@ export interface IntentSyncOptions {
   /** Acks are sent at most this often (the applied index only ever moves up). */
   ackEveryMs: number;
   log: Logger;
+  /** Most intent objects a snapshot (all its parts) may hold; more ends the stream. */
+  maxSnapshotObjects: number;
+  /** Ask for a snapshot when this many entries or more behind (0 = replay the journal). */
+  snapshotAfterLag?: number;
+  /** Where each applied change's time went (seconds): queued, then applied. */
+  onEntryTimed?: (stages: { wait: number; apply: number }) => void;
   /** Called when the applier reports this replica was fenced out (lost the lease). */
   onFenced?: (err: Error) => void;
 }
+
+/**
+ * Call metadata asking the coordinator for snapshots in parts (site_sync.proto, snapshot_part):
+ * a federation's snapshot of more than ~20k objects would not fit one 4 MiB message.
+ */
+const SNAPSHOT_PARTS_HEADER = "isthmus-snapshot-parts";
+/** Call metadata: send a snapshot rather than the journal when this many entries behind. */
+const SNAPSHOT_AFTER_LAG_HEADER = "isthmus-snapshot-after-lag";
 
 export interface SyncStatus {
   connected: boolean;
@@ -135,21 +149,54 @@ export class IntentSync {
   /** One stream's life; resolves true when at least one event arrived. */
   private async follow(address: string): Promise<boolean> {
     const metadata = this.opts.metadata ? await this.opts.metadata() : new Metadata();
+    metadata.set(SNAPSHOT_PARTS_HEADER, "1");
+    if (this.opts.snapshotAfterLag)
+      metadata.set(SNAPSHOT_AFTER_LAG_HEADER, String(this.opts.snapshotAfterLag));
     const fromIndex = this.applier.appliedIndex;
     const stream = this.client(address).watchIntent({ site: this.opts.site, fromIndex }, metadata);
     this.stream = stream;
     this.status.address = address;
     this.opts.log.info({ address, fromIndex }, "watching intent");
     let got = false;
+    // Parts of a snapshot being received (this stream's only: a broken stream starts over).
+    let parts: intentpb.IntentObject[][] = [];
+    let partObjects = 0;
+    let partsIndex = 0;
     return new Promise<boolean>((resolve, reject) => {
       let chain = Promise.resolve();
       let failed = false;
       stream.on("data", (ev: sitesyncpb.WatchIntentResponse) => {
+        const receivedAt = performance.now();
         got = true;
         this.markContact();
         stream.pause(); // one event at a time; the coordinator waits (flow control) meanwhile
         chain = chain
-          .then(() => this.handle(ev))
+          .then(() => {
+            const at = (ev.snapshotPart ?? ev.snapshot)?.index;
+            if (parts.length > 0 && at !== undefined && at !== partsIndex) {
+              throw new Error(
+                `intent snapshot parts from ${address} disagree on the index (${partsIndex}, then ${at})`,
+              );
+            }
+            if (ev.snapshotPart) {
+              partsIndex = ev.snapshotPart.index;
+              partObjects += ev.snapshotPart.objects.length;
+              if (partObjects > this.opts.maxSnapshotObjects) {
+                throw new Error(
+                  `intent snapshot from ${address} holds more than ${this.opts.maxSnapshotObjects} objects (maxIntentObjects)`,
+                );
+              }
+              parts.push(ev.snapshotPart.objects);
+              return;
+            }
+            if (ev.snapshot && parts.length > 0) {
+              const whole = { index: ev.snapshot.index, objects: [...parts, ev.snapshot.objects].flat() };
+              parts = [];
+              partObjects = 0;
+              return this.handle({ snapshot: whole });
+            }
+            return this.handle(ev, receivedAt);
+          })
           .then(
             () => {
               stream.resume();
@@ -180,10 +227,19 @@ export class IntentSync {
     }
   }
 
-  private async handle(ev: sitesyncpb.WatchIntentResponse): Promise<void> {
+  private async handle(ev: sitesyncpb.WatchIntentResponse, receivedAt?: number): Promise<void> {
     if (ev.snapshot) await this.applier.applySnapshot(ev.snapshot);
-    else if (ev.change) await this.applier.applyChange(ev.change);
-    else if (ev.progressIndex !== undefined) await this.applier.applyProgress(ev.progressIndex);
+    else if (ev.change) {
+      const timing: { startedAt?: number } = {};
+      const outcome = await this.applier.applyChange(ev.change, timing);
+      if (outcome === "applied" && receivedAt !== undefined && timing.startedAt !== undefined) {
+        const now = performance.now();
+        this.opts.onEntryTimed?.({
+          wait: (timing.startedAt - receivedAt) / 1000,
+          apply: (now - timing.startedAt) / 1000,
+        });
+      }
+    } else if (ev.progressIndex !== undefined) await this.applier.applyProgress(ev.progressIndex);
     this.scheduleAck();
   }
 

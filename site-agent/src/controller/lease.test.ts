@@ -82,3 +82,48 @@ test("a clean stop releases the lease so the standby takes over at once", async 
   assert.equal(await lb.attempt(), true, "released lease is taken without waiting for the 60 s expiry");
   await lb.stop(false);
 });
+
+test("a lease that lapsed only locally (renewal late, nobody took it) resumes with the same token", async (t) => {
+  if (skip) return t.skip(skip);
+  const url = await pgs!.createDatabase();
+  const a = new Database({ url, log: silentLogger() });
+  const b = new Database({ url, log: silentLogger() });
+  t.after(async () => {
+    await a.close();
+    await b.close();
+  });
+  await migrate(a);
+  // Long enough that a renewal round trip on a loaded machine stays well inside it.
+  const opts = { ttlMs: 2_000, renewEveryMs: 500 };
+  const la = new ControllerLease(a, { holder: "a", ...opts }, silentLogger());
+  const lb = new ControllerLease(b, { holder: "b", ...opts }, silentLogger());
+  const seen: { active: boolean; token: number | undefined; resumed: boolean }[] = [];
+  la.onChange((s) => seen.push({ active: s.active, token: s.token, resumed: s.resumed }));
+  assert.equal(await la.attempt(), true);
+  const token = la.currentToken()!;
+  // No renewal for longer than the TTL, as when the event loop stalls.
+  await new Promise((r) => setTimeout(r, opts.ttlMs + 100));
+  assert.equal(la.active, false, "the local belief ends with the grant");
+  assert.equal(await la.attempt(), true, "nobody took it: renewed");
+  assert.equal(la.currentToken(), token, "same token: nothing else can have written");
+  assert.deepEqual(seen.slice(0, 3), [
+    { active: true, token, resumed: false },
+    { active: false, token: undefined, resumed: false },
+    { active: true, token, resumed: true },
+  ]);
+
+  // A write after a lapse renews first (the fence asks tokenNow) and goes ahead with the token.
+  await new Promise((r) => setTimeout(r, opts.ttlMs + 100));
+  assert.equal(await la.tokenNow(), token);
+  assert.equal(la.active, true);
+
+  // Lapsed again, and this time the other replica takes it first: no resume, a new token.
+  await new Promise((r) => setTimeout(r, opts.ttlMs + 100));
+  assert.equal(await lb.attempt(), true);
+  assert.ok(lb.currentToken()! > token);
+  assert.equal(await la.attempt(), false, "taken over: the old token is not renewed");
+  assert.equal(la.active, false);
+  assert.equal(await la.tokenNow(), undefined, "nothing to resume once another replica holds it");
+  await la.stop(false);
+  await lb.stop(false);
+});

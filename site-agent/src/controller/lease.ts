@@ -17,10 +17,20 @@ export interface LeaseState {
   active: boolean;
   token: number | undefined;
   holder: string;
+  /**
+   * Active again with the token it held before (it lapsed locally — e.g. the event loop stalled
+   * past the TTL — but nobody took the lease meanwhile): nothing else wrote in between.
+   */
+  resumed: boolean;
 }
 
 export class ControllerLease {
   private token: number | undefined;
+  /**
+   * The last token granted to this replica, kept after a local lapse: while the row still names
+   * this holder with it, no other replica has written, so renewing it (not bumping it) is safe.
+   */
+  private lastToken: number | undefined;
   /** Local deadline after which we stop believing we hold the lease if renewals keep failing. */
   private validUntil = 0;
   private timer: NodeJS.Timeout | undefined;
@@ -41,6 +51,20 @@ export class ControllerLease {
   currentToken(): number | undefined {
     if (this.token !== undefined && Date.now() > this.validUntil) this.setToken(undefined);
     return this.token;
+  }
+
+  /**
+   * The fencing token for a write about to happen. When the grant lapsed only locally (this
+   * replica held a token and missed its renewal — a long synchronous step such as translating a
+   * large snapshot stalls the event loop past the TTL), one renewal is tried first: if nobody
+   * took the lease the same token resumes and the write goes ahead, instead of failing, being
+   * retried, and stalling again the same way.
+   */
+  async tokenNow(): Promise<number | undefined> {
+    const t = this.currentToken();
+    if (t !== undefined || this.stopped || this.lastToken === undefined) return t;
+    await this.attempt();
+    return this.currentToken();
   }
 
   get active(): boolean {
@@ -86,7 +110,7 @@ export class ControllerLease {
           return 1;
         }
         const current = Number(row.token);
-        if (row.holder === holder && current === this.token) {
+        if (row.holder === holder && current === (this.token ?? this.lastToken)) {
           await tx.query("UPDATE controller_lease SET expires_at = now() + $1::INTERVAL WHERE id = 1", [ttl]);
           return current;
         }
@@ -103,6 +127,7 @@ export class ControllerLease {
       });
       this.lastRoundOk = true;
       if (this.stopped) return false;
+      if (token === undefined) this.lastToken = undefined; // another replica holds it now
       // Count validity from when we asked, so the local belief never outlives the grant.
       if (token !== undefined) this.validUntil = sentAt + ttlMs;
       this.setToken(token);
@@ -118,12 +143,22 @@ export class ControllerLease {
   private setToken(token: number | undefined): void {
     if (token === this.token) return;
     const was = this.token;
+    const resumed = token !== undefined && token === this.lastToken;
     this.token = token;
-    this.log.info(
-      { holder: this.opts.holder, token, was },
-      token === undefined ? "lease lost" : "lease acquired",
-    );
-    const s: LeaseState = { active: token !== undefined, token, holder: this.opts.holder };
+    if (token !== undefined) this.lastToken = token;
+    if (token === undefined && was !== undefined && Date.now() > this.validUntil) {
+      // Usually the process could not renew in time (a stalled event loop, a slow database).
+      this.log.warn(
+        { holder: this.opts.holder, token: was, lateMs: Date.now() - this.validUntil },
+        "lease lapsed locally: not renewed within its TTL",
+      );
+    } else {
+      this.log.info(
+        { holder: this.opts.holder, token, was, resumed },
+        token === undefined ? "lease lost" : resumed ? "lease resumed" : "lease acquired",
+      );
+    }
+    const s: LeaseState = { active: token !== undefined, token, holder: this.opts.holder, resumed };
     for (const l of this.listeners) l(s);
   }
 
@@ -134,6 +169,7 @@ export class ControllerLease {
     await this.running;
     const token = this.token;
     this.setToken(undefined);
+    this.lastToken = undefined;
     if (!release || token === undefined) return;
     await this.db
       .tx("lease-release", (tx) =>

@@ -5,7 +5,7 @@
 import { randomUUID } from "node:crypto";
 import { topologypb } from "@isthmus/schema";
 import type { Database, Tx } from "./db/database.js";
-import { writeTopology } from "./topology-store.js";
+import { writeTopologyChange } from "./topology-store.js";
 import type { LocalPortBinding, TopologyDelta } from "./translate/index.js";
 import type { WriteContext } from "./write-context.js";
 
@@ -186,7 +186,7 @@ export class LocalWriter {
     return this.write("create-port", () => {
       const index = this.ctx.index;
       if (input.hostId !== "") this.requireHost(input.hostId);
-      if ([...index.list("localPort")].some((p) => p.name === input.name)) {
+      if (index.localPortNamed(input.name)) {
         throw new LocalRequestError("name", `a port named "${input.name}" already exists`, "exists");
       }
       const id = input.id || randomUUID();
@@ -289,12 +289,12 @@ export class LocalWriter {
     return ctx.queue.run(async () => {
       const s = step();
       if (s.delta.problems.length > 0) ctx.onProblems?.(s.delta.problems);
-      let revision: number | undefined;
+      let change: topologypb.TopologyChange | undefined;
       try {
-        revision = await ctx.db.tx(label, async (tx) => {
+        change = await ctx.db.tx(label, async (tx) => {
           await ctx.fence.check(tx);
           await s.sql(tx);
-          const r = await writeTopology(tx, s.delta, "local", ctx.changeLog);
+          const r = await writeTopologyChange(tx, s.delta, "local", ctx.changeLog);
           await ctx.beforeCommit?.(tx, label);
           return r;
         });
@@ -302,7 +302,7 @@ export class LocalWriter {
         s.revert();
         throw err;
       }
-      if (revision !== undefined) ctx.onCommitted(revision);
+      if (change !== undefined) ctx.onCommitted(change.revision, change);
       return s.result;
     });
   }

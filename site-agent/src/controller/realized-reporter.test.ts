@@ -175,3 +175,49 @@ test("with nothing to report, health-only reports go every healthEveryMs; a fail
   assert.equal(after.full, true);
   assert.deepEqual(after.ports.map((p) => p.meta?.id).sort(), ["port-1", "port-2"]);
 });
+
+test("a gateway host marked not alive is withdrawn from the published endpoints, and returns with its heartbeats", async (t) => {
+  const coord = new FakeCoordinator();
+  await coord.start();
+  t.after(() => coord.stop());
+  const index = world();
+  const gateway = (id: string, name: string, wanIp: string, alive: boolean) => ({
+    id,
+    name,
+    tunnelIp: wanIp,
+    tunnelPort: 4789,
+    role: topologypb.HostRole.HOST_ROLE_GATEWAY,
+    alive,
+    wanIp,
+    wanPort: 0,
+  });
+  index.putHost(gateway("g1", "gw-1", "198.51.100.1", true));
+  index.putHost(gateway("g2", "gw-2", "198.51.100.2", true));
+  const r = reporter(index, coord);
+  r.start();
+  t.after(() => r.stop());
+  const hosts = (rep: sitesyncpb.ReportRealizedRequest) => rep.gatewayEndpoints.map((e) => e.host).sort();
+  const first = await until("the first report", () => coord.reports[0]);
+  assert.deepEqual(hosts(first), ["gw-1", "gw-2"]);
+
+  // Host liveness marks gw-1 down: the next (full) report names only gw-2.
+  index.putHost(gateway("g1", "gw-1", "198.51.100.1", false));
+  r.changed("host", "g1");
+  const down = await until("a report without gw-1", () => coord.reports.slice(1).find((x) => x.full));
+  assert.deepEqual(hosts(down), ["gw-2"]);
+
+  // Both down: a full report with no endpoints (the federation removes the site's gateway).
+  index.putHost(gateway("g2", "gw-2", "198.51.100.2", false));
+  r.changed("host", "g2");
+  const none = await until("a report with no endpoints", () =>
+    coord.reports.slice(2).find((x) => x.full && x.gatewayEndpoints.length === 0),
+  );
+  assert.equal(none.full, true);
+
+  index.putHost(gateway("g1", "gw-1", "198.51.100.1", true));
+  r.changed("host", "g1");
+  const back = await until("gw-1 back", () =>
+    coord.reports.slice(3).find((x) => x.gatewayEndpoints.some((e) => e.host === "gw-1")),
+  );
+  assert.deepEqual(hosts(back), ["gw-1"]);
+});

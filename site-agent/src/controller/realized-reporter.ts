@@ -129,8 +129,10 @@ export class RealizedReporter {
       if (p && p.hostId !== "") ports.push(this.record(p));
       else if (!full) removed.push(id);
     }
+    // A gateway marked not alive (no heartbeats) is not published: other sites would keep
+    // tunnelling to an endpoint nobody answers at. It returns when its heartbeats do.
     const gateways = [...this.view.list("host")].filter(
-      (h) => h.role === topologypb.HostRole.HOST_ROLE_GATEWAY && h.wanIp !== "",
+      (h) => h.role === topologypb.HostRole.HOST_ROLE_GATEWAY && h.wanIp !== "" && h.alive !== false,
     );
     return {
       site: this.opts.site,

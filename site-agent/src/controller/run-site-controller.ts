@@ -94,6 +94,7 @@ export async function startSiteController(
       hostCheckMs: cfg.hostCheckMs,
       maxIntentObjects: cfg.maxIntentObjects,
       dbMaxConnections: cfg.dbMaxConnections,
+      snapshotAfterLag: cfg.snapshotAfterLag,
     },
   });
   if (cfg.adminTokenFile && !existsSync(cfg.adminTokenFile)) {
@@ -109,6 +110,10 @@ export async function startSiteController(
     cfg.metricsListen.slice(0, i),
     Number(cfg.metricsListen.slice(i + 1)),
   );
+  const ma = metrics.server.address();
+  if (ma && typeof ma === "object") {
+    deps.log.info({ metricsAddress: `${ma.address}:${ma.port}` }, "metrics listening");
+  }
   const stop = async () => {
     await new Promise<void>((r) => metrics.server.close(() => r()));
     await controller.stop();

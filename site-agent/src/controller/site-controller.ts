@@ -23,11 +23,10 @@ import {
   type sitepb,
   type sitesyncpb,
   startGrpcServer,
-  topologypb,
 } from "@isthmus/schema";
 import type { Registry } from "prom-client";
 import { ChangeFeed } from "./change-feed.js";
-import { controllerMetrics } from "./controller-metrics.js";
+import { controllerMetrics, type EntryStages } from "./controller-metrics.js";
 import { Database } from "./db/database.js";
 import { startEmbeddedPostgres } from "./db/embedded-postgres.js";
 import { migrate } from "./db/migrations.js";
@@ -41,6 +40,7 @@ import { ControllerLease } from "./lease.js";
 import { LocalWriter } from "./local-store.js";
 import { DEFAULT_REPORTER_BOUNDS, RealizedReporter } from "./realized-reporter.js";
 import { siteService } from "./site-service.js";
+import { topologyServiceDefinition } from "./snapshot-encoding.js";
 import { SnatBlockLeases } from "./snat-block-leases.js";
 import { grpcError, TopologyWatchService } from "./topology-watch.js";
 import { IntentIndex } from "./translate/index.js";
@@ -76,6 +76,11 @@ export interface SiteControllerTuning {
   hostCheckMs: number;
   maxIntentObjects: number;
   dbMaxConnections: number;
+  /**
+   * Ask for a snapshot instead of the journal's entries when this many or more behind (0 =
+   * never): catching up from a snapshot is one transaction, replaying is one per entry.
+   */
+  snapshotAfterLag: number;
 }
 
 export const DEFAULT_TUNING: SiteControllerTuning = {
@@ -101,6 +106,7 @@ export const DEFAULT_TUNING: SiteControllerTuning = {
   hostCheckMs: 1_000,
   maxIntentObjects: 2_000_000,
   dbMaxConnections: 16,
+  snapshotAfterLag: 0,
 };
 
 export interface SiteControllerOptions {
@@ -126,6 +132,7 @@ const MAX_PROBLEMS_KEPT = 50;
 export class SiteController {
   readonly health = new HealthState("site-controller");
   readonly metrics: Registry;
+  private readonly observeEntry: (s: EntryStages) => void;
   private sync: IntentSync | undefined;
   private reporter: RealizedReporter | undefined;
   private activeWriter: LocalWriter | undefined;
@@ -134,6 +141,8 @@ export class SiteController {
   private statusTimer: NodeJS.Timeout | undefined;
   private transitions: Promise<void> = Promise.resolve();
   private stopping: Promise<void> | undefined;
+  /** The lease's own connection (closed after the lease is released). */
+  private leaseDb: Database | undefined;
 
   private constructor(
     private readonly opts: SiteControllerOptions,
@@ -151,7 +160,7 @@ export class SiteController {
     readonly liveness: HostLiveness,
     private server: StartedServer | undefined,
   ) {
-    this.metrics = controllerMetrics({
+    const m = controllerMetrics({
       appliedIndex: () => this.applier.appliedIndex,
       stalenessSeconds: () => this.stalenessMs() / 1000,
       federationConnected: () => this.sync?.status.connected ?? false,
@@ -165,6 +174,8 @@ export class SiteController {
       hostsAlive: () => [...this.index.list("host")].filter((h) => h.alive !== false).length,
       hostsMarkedDown: () => this.liveness.markedDown,
     });
+    this.metrics = m.registry;
+    this.observeEntry = m.observeEntry;
   }
 
   /** The gRPC address agents and operators connect to. */
@@ -189,13 +200,17 @@ export class SiteController {
       log: componentLogger(log, "db"),
       maxConnections: tuning.dbMaxConnections,
     });
+    let leaseDb: Database | undefined;
     try {
       const applied = await migrate(db);
       if (applied.length > 0) log.info({ applied }, "database migrations applied");
       const tokens = await HostTokens.load(db, opts.site);
       const index = new IntentIndex(opts.site, { maxObjects: tuning.maxIntentObjects });
+      // The lease renews over a connection of its own, so a pool busy with snapshots, catch-ups
+      // and site API calls cannot delay a renewal past the TTL.
+      leaseDb = new Database({ url, log: componentLogger(log, "db"), maxConnections: 1 });
       const lease = new ControllerLease(
-        db,
+        leaseDb,
         { holder: controllerId, ttlMs: tuning.leaseTtlMs, renewEveryMs: tuning.leaseRenewMs },
         componentLogger(log, "lease"),
       );
@@ -211,11 +226,11 @@ export class SiteController {
         index,
         keys: new TunnelKeyAllocator(index),
         queue: new WriteQueue(),
-        fence: leaseFence(controllerId, () => lease.currentToken()),
+        fence: leaseFence(controllerId, () => lease.tokenNow()),
         translator: opts.translator ?? siteTranslator,
         changeLog: { retention: tuning.changeLogRetention },
         log,
-        onCommitted: () => feed.wake(),
+        onCommitted: (_revision, change) => (change ? feed.committed(change) : feed.wake()),
         onProblems: (p) => self?.recordProblems(p),
       };
       const applier = new IntentApplier(ctx);
@@ -259,11 +274,13 @@ export class SiteController {
           deadAfterMs: tuning.hostDeadAfterMs,
           checkEveryMs: tuning.hostCheckMs,
           log: componentLogger(log, "host-liveness"),
+          onChanged: (id) => self?.reporter?.changed("host", id),
         }),
         undefined,
       );
+      self.leaseDb = leaseDb;
       await self.serve(opts.listen);
-      lease.onChange((s) => self!.onLease(s.active));
+      lease.onChange((s) => self!.onLease(s.active, s.resumed));
       lease.start();
       self.statusTimer = setInterval(() => self!.updateHealth(), 1_000);
       self.updateHealth();
@@ -274,6 +291,7 @@ export class SiteController {
       return self;
     } catch (err) {
       await db.close().catch(() => undefined);
+      await leaseDb?.close().catch(() => undefined);
       await pg?.stop();
       throw err;
     }
@@ -281,7 +299,7 @@ export class SiteController {
 
   private async serve(listen: string): Promise<void> {
     const server = new Server();
-    server.addService(topologypb.TopologyServiceService, this.watch.handlers());
+    server.addService(topologyServiceDefinition, this.watch.handlers());
     server.addService(
       site.SiteServiceService,
       siteService({
@@ -301,15 +319,19 @@ export class SiteController {
     this.server = await startGrpcServer(server, listen, ServerCredentials.createInsecure(), this.opts.log);
   }
 
-  private onLease(active: boolean): void {
+  private onLease(active: boolean, resumed = false): void {
     // Transitions run one after another so a quick lose/regain cannot interleave.
-    this.transitions = this.transitions.then(() => (active ? this.becomeActive() : this.becomeStandby()));
+    this.transitions = this.transitions.then(() =>
+      active ? this.becomeActive(resumed) : this.becomeStandby(),
+    );
   }
 
-  private async becomeActive(): Promise<void> {
+  private async becomeActive(resumed: boolean): Promise<void> {
     if (!this.lease.active) return;
-    // The other replica may have written since we last looked: reload before writing.
-    await this.applier.load();
+    // The other replica may have written since we last looked: reload before writing — unless
+    // the lease resumed with the same token (it lapsed only locally; nobody else wrote), where
+    // memory still equals the database and a reload of a large site would only cost seconds.
+    if (!resumed) await this.applier.load();
     const assigned = await this.applier.assignMissingUplinkKeys();
     if (assigned > 0)
       this.opts.log.info({ assigned }, "gave site-local tunnel keys to uplink ports without one");
@@ -326,6 +348,9 @@ export class SiteController {
         backoffMaxMs: this.tuning.backoffMaxMs,
         ackEveryMs: this.tuning.ackEveryMs,
         log: componentLogger(this.opts.log, "intent-sync"),
+        maxSnapshotObjects: this.tuning.maxIntentObjects,
+        snapshotAfterLag: this.tuning.snapshotAfterLag,
+        onEntryTimed: (st) => this.observeEntry(st),
         onFenced: () => this.onLease(false),
       });
       this.sync.start();
@@ -436,6 +461,7 @@ export class SiteController {
     await this.becomeStandby();
     await this.feed.stop();
     await this.db.close();
+    await this.leaseDb?.close();
     await this.pg?.stop();
   }
 }

@@ -29,6 +29,19 @@ export async function writeTopology(
   origin: "intent" | "local",
   log: ChangeLogOptions,
 ): Promise<number | undefined> {
+  return (await writeTopologyChange(tx, delta, origin, log))?.revision;
+}
+
+/**
+ * writeTopology returning the change as logged, so the writer can hand it to this replica's
+ * watchers once committed without reading it back.
+ */
+export async function writeTopologyChange(
+  tx: Tx,
+  delta: TopologyWrite,
+  origin: "intent" | "local",
+  log: ChangeLogOptions,
+): Promise<topologypb.TopologyChange | undefined> {
   if (delta.upserts.length === 0 && delta.deletes.length === 0) return undefined;
   const r = await tx.query(
     "UPDATE topology_revision SET revision = revision + 1 WHERE id = 1 RETURNING revision",
@@ -71,7 +84,7 @@ export async function writeTopology(
   if (revision % 1000 === 0 && revision > log.retention) {
     await tx.query("DELETE FROM topology_changes WHERE revision <= $1", [revision - log.retention]);
   }
-  return revision;
+  return change;
 }
 
 export async function currentRevision(tx: Tx): Promise<number> {
@@ -93,34 +106,34 @@ export async function readSnapshot(db: Database): Promise<topologypb.TopologySna
 }
 
 /**
- * The same snapshot in parts of at most `maxPartBytes` of encoded objects each (at least one
- * object per part), so no single message nears gRPC's limits. Sent as snapshot_part events, the
- * last one as the snapshot event.
+ * Every topology object at one revision, still encoded as stored, in parts of at most
+ * `maxPartBytes` (at least one object per part), so no single message nears gRPC's limits. The
+ * watch service frames each part as an event without decoding (snapshot-encoding.ts).
  */
-export async function readSnapshotParts(
+export async function readSnapshotBodies(
   db: Database,
   maxPartBytes: number,
-): Promise<topologypb.TopologySnapshot[]> {
+): Promise<{ revision: number; parts: Buffer[][] }> {
   return db.tx(
     "topology-snapshot",
     async (tx) => {
       const revision = await currentRevision(tx);
       const rows = await tx.query("SELECT body FROM topology_objects ORDER BY kind, id");
-      const parts: topologypb.TopologySnapshot[] = [];
-      let objects: topologypb.TopologyObject[] = [];
+      const parts: Buffer[][] = [];
+      let part: Buffer[] = [];
       let bytes = 0;
       for (const row of rows.rows) {
         const body = row.body as Buffer;
-        if (objects.length > 0 && bytes + body.length > maxPartBytes) {
-          parts.push({ revision, objects });
-          objects = [];
+        if (part.length > 0 && bytes + body.length > maxPartBytes) {
+          parts.push(part);
+          part = [];
           bytes = 0;
         }
-        objects.push(decodeTopology(body));
+        part.push(body);
         bytes += body.length;
       }
-      parts.push({ revision, objects });
-      return parts;
+      parts.push(part);
+      return { revision, parts };
     },
     { readOnly: true },
   );

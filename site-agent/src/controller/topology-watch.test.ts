@@ -5,6 +5,7 @@ import { silentLogger, startGrpcServer, topologypb } from "@isthmus/schema";
 import { ChangeFeed } from "./change-feed.js";
 import { Database } from "./db/database.js";
 import { startTestPostgres, type TestPostgres } from "./db/test-postgres.js";
+import { topologyServiceDefinition } from "./snapshot-encoding.js";
 import { controllerFixture, type Fixture } from "./test-support/controller-fixture.js";
 import { network, trivialTranslator } from "./test-support/trivial-translator.js";
 import { readSnapshot } from "./topology-store.js";
@@ -52,7 +53,7 @@ async function serve(
   );
   onService(svc);
   const server = new Server();
-  server.addService(topologypb.TopologyServiceService, svc.handlers());
+  server.addService(topologyServiceDefinition, svc.handlers());
   const started = await startGrpcServer(
     server,
     "127.0.0.1:0",

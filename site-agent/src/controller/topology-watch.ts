@@ -6,7 +6,8 @@ import { type ServerWritableStream, status } from "@grpc/grpc-js";
 import type { Logger, topologypb } from "@isthmus/schema";
 import type { ChangeFeed } from "./change-feed.js";
 import type { Database } from "./db/database.js";
-import { readChangesAfter, readSnapshotParts } from "./topology-store.js";
+import { encodeSnapshotEvent } from "./snapshot-encoding.js";
+import { readChangesAfter, readSnapshotBodies } from "./topology-store.js";
 
 type Call = ServerWritableStream<topologypb.WatchTopologyRequest, topologypb.WatchTopologyResponse>;
 
@@ -160,14 +161,16 @@ export class TopologyWatchService {
         if (r.changes.length < this.opts.catchUpBatch) return { at, backlog: [] };
       }
     }
-    const parts = await readSnapshotParts(
+    const { revision, parts } = await readSnapshotBodies(
       this.db,
       this.opts.snapshotPartBytes ?? DEFAULT_SNAPSHOT_PART_BYTES,
     );
-    const last = parts.pop()!;
-    for (const part of parts) call.write({ snapshotPart: part });
-    call.write({ snapshot: last });
-    return { at: last.revision, backlog: [] };
+    // Framed from the stored encodings (the stream's definition passes them through as they are).
+    parts.forEach((bodies, i) => {
+      const field = i === parts.length - 1 ? "snapshot" : "snapshotPart";
+      call.write(encodeSnapshotEvent(field, revision, bodies) as topologypb.WatchTopologyResponse);
+    });
+    return { at: revision, backlog: [] };
   }
 }
 

@@ -27,20 +27,19 @@ export class TunnelKeyAllocator {
   }
 
   /**
-   * An allocation session for one write: the keys in use are collected once, then each call
-   * returns the lowest free key at or after the cursor (wrapping once), or 0 when all are taken.
+   * An allocation session for one write: each call returns the lowest key at or after the cursor
+   * (wrapping once) that no port holds (one index lookup a candidate) and this session has not
+   * handed out yet, or 0 when all are taken.
    */
   begin(): () => number {
-    const used = new Set<number>();
-    for (const p of this.index.list("localPort")) used.add(p.tunnelKey);
-    for (const k of this.index.tunnelKeys().values()) used.add(k);
+    const taken = new Set<number>();
     return () => {
       const { min } = this.range;
       const span = this.size;
       for (let i = 0; i < span; i++) {
         const k = min + ((this.cursor - min + i) % span);
-        if (used.has(k)) continue;
-        used.add(k);
+        if (taken.has(k) || this.index.tunnelKeyInUse(k)) continue;
+        taken.add(k);
         this.cursor = k >= this.range.max ? min : k + 1;
         return k;
       }

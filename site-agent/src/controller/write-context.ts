@@ -1,7 +1,7 @@
 // What every writer in a controller shares: the database, the in-memory intent index, the
 // site-local tunnel-key allocator, the single-writer queue, the lease fence, the translator and
 // the hook that wakes watch streams.
-import type { Logger } from "@isthmus/schema";
+import type { Logger, topologypb } from "@isthmus/schema";
 import type { Database, Tx } from "./db/database.js";
 import type { Fence } from "./fence.js";
 import type { ChangeLogOptions } from "./topology-store.js";
@@ -21,8 +21,11 @@ export interface WriteContext {
   translator: Translator;
   changeLog: ChangeLogOptions;
   log: Logger;
-  /** Called after a commit that produced topology revision `revision`. */
-  onCommitted(revision: number): void;
+  /**
+   * Called after a commit that produced topology revision `revision`, with the change as logged
+   * when the writer has it (this replica's watchers get it without a read of the change log).
+   */
+  onCommitted(revision: number, change?: topologypb.TopologyChange): void;
   /** Parts of intent the translation skipped as invalid (logged, counted, shown in status). */
   onProblems?(problems: string[]): void;
   /** Test hook: runs inside each write transaction just before COMMIT. */

@@ -141,3 +141,27 @@ test("vxlan: encapsulate and parse back the VNI and inner frame", () => {
     /VNI/,
   );
 });
+
+test("parse: a reused Packet carries nothing over from the frame parsed before", () => {
+  const p = new Packet();
+  parsePacket(eth(A, B).ip6("fd00::1", "ff02::1:ff00:2").neighborSolicit("fd00::2", A).build(), p);
+  assert.equal(formatIp6(p.ndTarget), "fd00::2");
+  for (const next of [
+    eth(A, B).ip4("10.0.0.1", "10.0.0.2").udp(1, 2).build(),
+    eth(A, B).ip6("fd00::1", "fd00::2").udp(1, 2).build().subarray(0, 40), // fails inside IPv6
+  ]) {
+    parsePacket(next, p);
+    assert.ok(
+      [...p.nwSrc6, ...p.nwDst6, ...p.ndTarget].every((w) => w === 0),
+      "IPv6 fields cleared",
+    );
+    assert.equal(p.ndLinkAddr, 0);
+  }
+  parsePacket(eth(A, B).ip6("fd00::1", "ff02::1:ff00:2").neighborSolicit("fd00::2", A).build(), p);
+  parsePacket(eth(A, B).ip6("fd00::3", "fd00::4").udp(1, 2).build(), p);
+  assert.equal(formatIp6(p.nwSrc6), "fd00::3");
+  assert.ok(
+    p.ndTarget.every((w) => w === 0),
+    "no ND target on a UDP packet after an ND one",
+  );
+});

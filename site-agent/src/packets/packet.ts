@@ -90,6 +90,12 @@ export class Packet {
   ndLinkAddr = 0;
 
   reset(buf: Uint8Array, length: number): void {
+    // Only an IPv6 parse writes the address arrays (after setting ipVersion): clear them then.
+    if (this.ipVersion === 6) {
+      this.nwSrc6.fill(0);
+      this.nwDst6.fill(0);
+      this.ndTarget.fill(0);
+    }
     this.buf = buf;
     this.length = length;
     this.error = null;
@@ -99,15 +105,12 @@ export class Packet {
     this.l3Off = 0;
     this.arpOp = this.arpSha = this.arpSpa = this.arpTha = this.arpTpa = 0;
     this.ipVersion = this.nwSrc = this.nwDst = this.nwProto = this.nwTos = this.nwTtl = this.ipId = 0;
-    this.nwSrc6.fill(0);
-    this.nwDst6.fill(0);
     this.ipHeaderLen = this.ipOptionsLen = this.ipEnd = this.fragOffset = 0;
     this.nwFrag = FRAG_NONE;
     this.moreFragments = this.dontFragment = false;
     this.l4Off = this.payloadOff = -1;
     this.tpSrc = this.tpDst = this.tcpFlags = this.tcpSeq = this.tcpAck = 0;
     this.icmpType = this.icmpCode = this.icmpId = this.icmpSeq = 0;
-    this.ndTarget.fill(0);
     this.ndLinkAddr = 0;
   }
 

@@ -38,6 +38,16 @@ export function maskFields(mask: FlowMask): FieldName[] {
 
 const NO_IP6 = new Uint32Array(4);
 
+/** ARP fields, kept apart so an IP packet's match (nearly every one) carries none of them. */
+interface ArpFields {
+  readonly op: number;
+  readonly spa: number;
+  readonly tpa: number;
+  readonly sha: number;
+  readonly tha: number;
+}
+const NO_ARP: ArpFields = Object.freeze({ op: 0, spa: 0, tpa: 0, sha: 0, tha: 0 });
+
 export class FlowMatch {
   /** Fields read so far (the mask being built). */
   seen: FlowMask = F.IN_PORT | F.TUNNEL_KEY;
@@ -47,32 +57,28 @@ export class FlowMatch {
    */
   dstBits = 0;
 
-  // Raw values; read them through the getters below so the mask stays honest.
+  // Raw values; read them through the getters below so the mask stays honest. One match is made
+  // per simulation, so fields no walk rewrites are packed into small integers.
   _inPort = "";
   _tunnelKey = 0;
   _ethSrc = 0;
   _ethDst = 0;
-  _vlan = 0;
-  _etherType = 0;
+  /** vlan << 16 | ether type. */
+  private l2 = 0;
   _nwSrc = 0;
   _nwDst = 0;
   // IPv6 addresses: copies taken only for IPv6 packets, shared between clones (never mutated).
   _nwSrc6: Uint32Array = NO_IP6;
   _nwDst6: Uint32Array = NO_IP6;
-  _ipVersion = 0;
-  _nwProto = 0;
-  _nwTos = 0;
+  /** IP version << 24 | fragment state << 16 | TOS << 8 | protocol. */
+  private l3 = 0;
   _nwTtl = 0;
-  _nwFrag = 0;
   _tpSrc = 0;
   _tpDst = 0;
-  _icmpId = 0;
-  _arpOp = 0;
-  _arpSpa = 0;
-  _arpTpa = 0;
-  _arpSha = 0;
-  _arpTha = 0;
-  _tcpFlags = 0;
+  /** TCP flags << 16 | ICMP echo identifier. */
+  private l4 = 0;
+  /** Shared by clones (never mutated). */
+  private arp: ArpFields = NO_ARP;
 
   static fromPacket(p: Packet, inPort: string, tunnelKey: number): FlowMatch {
     const m = new FlowMatch();
@@ -87,9 +93,7 @@ export class FlowMatch {
     this._tunnelKey = tunnelKey;
     this._ethSrc = p.ethSrc;
     this._ethDst = p.ethDst;
-    this._vlan = p.vlan;
-    this._etherType = p.etherType;
-    this._ipVersion = p.ipVersion;
+    this.l2 = ((p.vlan & 0xfff) << 16) | (p.etherType & 0xffff);
     this._nwSrc = p.nwSrc;
     this._nwDst = p.nwDst;
     if (p.ipVersion === 6) {
@@ -99,19 +103,17 @@ export class FlowMatch {
       this._nwSrc6 = NO_IP6;
       this._nwDst6 = NO_IP6;
     }
-    this._nwProto = p.nwProto;
-    this._nwTos = p.nwTos;
+    this.l3 =
+      ((p.ipVersion & 0xf) << 24) | ((p.nwFrag & 0xff) << 16) | ((p.nwTos & 0xff) << 8) | (p.nwProto & 0xff);
     this._nwTtl = p.nwTtl;
-    this._nwFrag = p.nwFrag;
     this._tpSrc = p.tpSrc;
     this._tpDst = p.tpDst;
-    this._icmpId = p.nwProto === PROTO_ICMP || p.nwProto === PROTO_ICMP6 ? p.icmpId : 0;
-    this._arpOp = p.arpOp;
-    this._arpSpa = p.arpSpa;
-    this._arpTpa = p.arpTpa;
-    this._arpSha = p.arpSha;
-    this._arpTha = p.arpTha;
-    this._tcpFlags = p.tcpFlags;
+    const icmpId = p.nwProto === PROTO_ICMP || p.nwProto === PROTO_ICMP6 ? p.icmpId : 0;
+    this.l4 = ((p.tcpFlags & 0x1ff) << 16) | (icmpId & 0xffff);
+    this.arp =
+      p.arpOp === 0 && p.arpSpa === 0 && p.arpTpa === 0 && p.arpSha === 0 && p.arpTha === 0
+        ? NO_ARP
+        : { op: p.arpOp, spa: p.arpSpa, tpa: p.arpTpa, sha: p.arpSha, tha: p.arpTha };
   }
 
   copyFrom(o: FlowMatch): void {
@@ -121,26 +123,17 @@ export class FlowMatch {
     this._tunnelKey = o._tunnelKey;
     this._ethSrc = o._ethSrc;
     this._ethDst = o._ethDst;
-    this._vlan = o._vlan;
-    this._etherType = o._etherType;
-    this._ipVersion = o._ipVersion;
+    this.l2 = o.l2;
     this._nwSrc = o._nwSrc;
     this._nwDst = o._nwDst;
     this._nwSrc6 = o._nwSrc6;
     this._nwDst6 = o._nwDst6;
-    this._nwProto = o._nwProto;
-    this._nwTos = o._nwTos;
+    this.l3 = o.l3;
     this._nwTtl = o._nwTtl;
-    this._nwFrag = o._nwFrag;
     this._tpSrc = o._tpSrc;
     this._tpDst = o._tpDst;
-    this._icmpId = o._icmpId;
-    this._arpOp = o._arpOp;
-    this._arpSpa = o._arpSpa;
-    this._arpTpa = o._arpTpa;
-    this._arpSha = o._arpSha;
-    this._arpTha = o._arpTha;
-    this._tcpFlags = o._tcpFlags;
+    this.l4 = o.l4;
+    this.arp = o.arp;
   }
 
   clone(): FlowMatch {
@@ -165,16 +158,16 @@ export class FlowMatch {
   }
   get vlan(): number {
     this.seen |= F.VLAN;
-    return this._vlan;
+    return this.l2 >>> 16;
   }
   get etherType(): number {
     this.seen |= F.ETHER_TYPE;
-    return this._etherType;
+    return this.l2 & 0xffff;
   }
   /** 4, 6 or 0; reading it depends on the ether type. */
   get ipVersion(): number {
     this.seen |= F.ETHER_TYPE;
-    return this._ipVersion;
+    return this.l3 >>> 24;
   }
   get nwSrc(): number {
     this.seen |= F.NW_SRC | F.ETHER_TYPE;
@@ -204,11 +197,11 @@ export class FlowMatch {
   }
   get nwProto(): number {
     this.seen |= F.NW_PROTO | F.ETHER_TYPE;
-    return this._nwProto;
+    return this.l3 & 0xff;
   }
   get nwTos(): number {
     this.seen |= F.NW_TOS;
-    return this._nwTos;
+    return (this.l3 >>> 8) & 0xff;
   }
   get nwTtl(): number {
     this.seen |= F.NW_TTL;
@@ -216,7 +209,7 @@ export class FlowMatch {
   }
   get nwFrag(): number {
     this.seen |= F.NW_FRAG;
-    return this._nwFrag;
+    return (this.l3 >>> 16) & 0xff;
   }
   /** Transport source port (ICMP: type); 0 for later fragments, which carry no L4 header. */
   get tpSrc(): number {
@@ -229,31 +222,31 @@ export class FlowMatch {
   }
   get icmpId(): number {
     this.seen |= F.ICMP_ID | F.NW_PROTO;
-    return this._icmpId;
+    return this.l4 & 0xffff;
   }
   get arpOp(): number {
     this.seen |= F.ARP_OP | F.ETHER_TYPE;
-    return this._arpOp;
+    return this.arp.op;
   }
   get arpSpa(): number {
     this.seen |= F.ARP_SPA;
-    return this._arpSpa;
+    return this.arp.spa;
   }
   get arpTpa(): number {
     this.seen |= F.ARP_TPA;
-    return this._arpTpa;
+    return this.arp.tpa;
   }
   get arpSha(): number {
     this.seen |= F.ARP_SHA;
-    return this._arpSha;
+    return this.arp.sha;
   }
   get arpTha(): number {
     this.seen |= F.ARP_THA;
-    return this._arpTha;
+    return this.arp.tha;
   }
   get tcpFlags(): number {
     this.seen |= F.TCP_FLAGS;
-    return this._tcpFlags;
+    return this.l4 >>> 16;
   }
   /** True for a later IP fragment (no ports known). */
   isLaterFragment(): boolean {

@@ -17,6 +17,12 @@ export class FakeCoordinator {
   readonly log: intentpb.IntentChange[] = [];
   /** When set, watchers starting before this index get this snapshot first. */
   snapshot: intentpb.IntentSnapshot | undefined;
+  /** Objects per snapshot part for watchers that ask for parts (isthmus-snapshot-parts: 1). */
+  snapshotPartObjects = 0;
+  /** Whether each watch call asked for snapshot parts, in order. */
+  readonly askedForParts: boolean[] = [];
+  /** The isthmus-snapshot-after-lag each watch call carried ("" = none), in order. */
+  readonly askedLag: string[] = [];
   readonly acks: number[] = [];
   readonly reports: sitesyncpb.ReportRealizedRequest[] = [];
   private watchers = new Set<{ call: WatchCall; next: number }>();
@@ -67,8 +73,18 @@ export class FakeCoordinator {
   private watch(call: WatchCall): void {
     const from = call.request.fromIndex;
     const w = { call, next: from + 1 };
+    const parts = call.metadata.get("isthmus-snapshot-parts")[0] === "1";
+    this.askedForParts.push(parts);
+    this.askedLag.push(String(call.metadata.get("isthmus-snapshot-after-lag")[0] ?? ""));
     if (this.snapshot && from < this.snapshot.index) {
-      call.write({ snapshot: this.snapshot });
+      const { index, objects } = this.snapshot;
+      const n = this.snapshotPartObjects;
+      if (parts && n > 0) {
+        for (let i = 0; i + n < objects.length; i += n)
+          call.write({ snapshotPart: { index, objects: objects.slice(i, i + n) } });
+        const rest = objects.length % n === 0 ? n : objects.length % n;
+        call.write({ snapshot: { index, objects: objects.slice(objects.length - rest) } });
+      } else call.write({ snapshot: this.snapshot });
       w.next = this.snapshot.index + 1;
     }
     this.watchers.add(w);

@@ -120,9 +120,20 @@ export function hostPrefix(ipText: string): string | undefined {
 
 /** Canonical text of an address (so "::0:1" and "::1" compare equal); undefined when malformed. */
 export function canonicalIp(ipText: string): string | undefined {
+  // A security group's address group is rebuilt from every member's addresses when one member
+  // changes; parsing them all again each time was most of that cost. Pure, so memoized (bounded).
+  const known = canonicalMemo.get(ipText);
+  if (known !== undefined) return known === "" ? undefined : known;
   const ip = parseIp(ipText);
-  return ip ? formatIp(ip) : undefined;
+  const out = ip ? formatIp(ip) : undefined;
+  if (canonicalMemo.size >= CANONICAL_MEMO_MAX) canonicalMemo.clear();
+  canonicalMemo.set(ipText, out ?? "");
+  return out;
 }
+
+/** Addresses whose canonical form is remembered (then the memo starts over). */
+const CANONICAL_MEMO_MAX = 200_000;
+const canonicalMemo = new Map<string, string>();
 
 /** Canonical, de-duplicated addresses in first-seen order; malformed ones go to `onInvalid`. */
 export function canonicalIpList(ips: Iterable<string>, onInvalid: (text: string) => void): string[] {

@@ -27,6 +27,65 @@ describe("IntentIndex", () => {
     assert.equal(ix.size, 0);
   });
 
+  it("finds a local port by name in one lookup, following renames and removals", () => {
+    const ix = new IntentIndex("east");
+    const port = (pid: string, name: string) => ({
+      id: pid,
+      name,
+      networkId: "n",
+      hostId: "",
+      interfaceName: "",
+      mac: "02:00:00:00:00:01",
+      ips: [],
+      securityGroupIds: [],
+      tunnelKey: 1,
+      adminStateUp: true,
+    });
+    ix.putLocalPort(port("p1", "web"));
+    ix.putLocalPort(port("p2", "db"));
+    assert.equal(ix.localPortNamed("web")?.id, "p1");
+    assert.equal(ix.localPortNamed("db")?.id, "p2");
+    assert.equal(ix.localPortNamed("cache"), undefined);
+    ix.putLocalPort(port("p1", "www"));
+    assert.equal(ix.localPortNamed("web"), undefined, "the old name is free after a rename");
+    assert.equal(ix.localPortNamed("www")?.id, "p1");
+    ix.removeLocalPort("p2");
+    assert.equal(ix.localPortNamed("db"), undefined);
+  });
+
+  it("knows which site-local tunnel keys VM ports and derived ports hold, through every move", () => {
+    const ix = new IntentIndex("east");
+    const vm = (key: number) => ({
+      id: "p1",
+      name: "vm",
+      networkId: "n",
+      hostId: "",
+      interfaceName: "",
+      mac: "02:00:00:00:00:01",
+      ips: [],
+      securityGroupIds: [],
+      tunnelKey: key,
+      adminStateUp: true,
+    });
+    ix.putLocalPort(vm(5));
+    assert.equal(ix.tunnelKeyInUse(5), true);
+    ix.putLocalPort(vm(6));
+    assert.equal(ix.tunnelKeyInUse(5), false, "released by the replaced binding");
+    assert.equal(ix.tunnelKeyInUse(6), true);
+    ix.setTunnelKey("uplink-1", 5);
+    ix.setTunnelKey("uplink-1", 7);
+    assert.deepEqual(
+      [5, 6, 7].map((k) => ix.tunnelKeyInUse(k)),
+      [false, true, true],
+    );
+    ix.setTunnelKey("uplink-1", 0);
+    ix.removeLocalPort("p1");
+    assert.deepEqual(
+      [5, 6, 7, 0].map((k) => ix.tunnelKeyInUse(k)),
+      [false, false, false, false],
+    );
+  });
+
   it("reverts a change exactly (a failed transaction leaves the index as it was)", () => {
     const ix = new IntentIndex("east");
     ix.applyIntentChange(

@@ -40,6 +40,8 @@ export class IntentIndex implements IntentView {
   private readonly objects = new Map<ViewKind, Map<string, unknown>>();
   private readonly indexes = new Map<IndexName, Map<string, Map<string, unknown>>>();
   private readonly derivedPortKeys = new Map<string, number>();
+  /** Site-local tunnel key → how many ports (VM ports and derived ports) hold it. */
+  private readonly keyHolders = new Map<number, number>();
   private count = 0;
 
   constructor(
@@ -91,8 +93,22 @@ export class IntentIndex implements IntentView {
   }
   /** Records the key allocated for a derived port (0 = release it). */
   setTunnelKey(portId: string, key: number): void {
+    this.holdKey(this.derivedPortKeys.get(portId) ?? 0, -1);
+    this.holdKey(key, 1);
     if (key === 0) this.derivedPortKeys.delete(portId);
     else this.derivedPortKeys.set(portId, key);
+  }
+
+  /** Whether a VM port or a derived port holds this site-local tunnel key (one lookup). */
+  tunnelKeyInUse(key: number): boolean {
+    return this.keyHolders.has(key);
+  }
+
+  private holdKey(key: number, delta: 1 | -1): void {
+    if (key === 0) return;
+    const n = (this.keyHolders.get(key) ?? 0) + delta;
+    if (n > 0) this.keyHolders.set(key, n);
+    else this.keyHolders.delete(key);
   }
   /** Every derived port holding a key (to persist, or to mark the keys used in an allocator). */
   tunnelKeys(): ReadonlyMap<string, number> {
@@ -137,6 +153,12 @@ export class IntentIndex implements IntentView {
     return this.bucket("gatewayHosts", "");
   }
 
+  /** The site's VM port with this name, if any (names are unique per site). */
+  localPortNamed(name: string): LocalPortBinding | undefined {
+    for (const p of this.bucket<LocalPortBinding>("localPortsByName", name)) return p;
+    return undefined;
+  }
+
   /** Stores or replaces one object; returns its previous version. */
   put<K extends ViewKind>(kind: K, id: string, value: ViewKinds[K]): ViewKinds[K] | undefined {
     const prior = this.remove(kind, id);
@@ -157,6 +179,7 @@ export class IntentIndex implements IntentView {
     if (prior === undefined) return undefined;
     byId!.delete(id);
     this.count--;
+    if (kind === "localPort") this.holdKey((prior as LocalPortBinding).tunnelKey, -1);
     for (const [name, key] of indexEntries(this.site, kind, prior)) {
       const buckets = this.indexes.get(name)!;
       const b = buckets.get(key)!;
@@ -171,6 +194,7 @@ export class IntentIndex implements IntentView {
     this.objects.set(kind, byId);
     byId.set(id, value);
     this.count++;
+    if (kind === "localPort") this.holdKey((value as LocalPortBinding).tunnelKey, 1);
     for (const [name, key] of indexEntries(this.site, kind, value)) {
       const buckets = this.indexes.get(name) ?? new Map<string, Map<string, unknown>>();
       this.indexes.set(name, buckets);

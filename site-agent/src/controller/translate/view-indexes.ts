@@ -1,7 +1,7 @@
 // The reverse lookups of IntentView, stated once as "which index buckets does this object sit in",
 // so the in-memory IntentIndex and the prior-state overlay answer them identically.
 import { intentKindFromEnum, type intentpb, topologypb } from "@isthmus/schema";
-import type { IntentKind, ViewKind, ViewKinds } from "./view.js";
+import type { IntentKind, LocalPortBinding, ViewKind, ViewKinds } from "./view.js";
 
 export type IndexName =
   | "routerInterfacesOfRouter"
@@ -11,7 +11,8 @@ export type IndexName =
   | "portRecordsOfNetwork"
   | "floatingIpsOfRouter"
   | "routersWithUplinkHere"
-  | "gatewayHosts";
+  | "gatewayHosts"
+  | "localPortsByName";
 
 /** The kind of object each index holds. */
 export const INDEX_KIND = {
@@ -23,6 +24,7 @@ export const INDEX_KIND = {
   floatingIpsOfRouter: "floatingIp",
   routersWithUplinkHere: "router",
   gatewayHosts: "host",
+  localPortsByName: "localPort",
 } as const satisfies Record<IndexName, ViewKind>;
 
 export type IndexEntry = readonly [IndexName, string];
@@ -57,6 +59,9 @@ export function indexEntries<K extends ViewKind>(site: string, kind: K, obj: Vie
       return (obj as topologypb.Host).role === topologypb.HostRole.HOST_ROLE_GATEWAY
         ? [["gatewayHosts", ""]]
         : [];
+    case "localPort":
+      // Port names are unique per site: CreatePort checks a name with one lookup.
+      return [["localPortsByName", (obj as LocalPortBinding).name]];
     default:
       return [];
   }

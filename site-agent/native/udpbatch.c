@@ -1,0 +1,326 @@
+// Batched IPv4 UDP for the agent's VXLAN tunnel socket. Datagrams are read with recvmmsg straight
+// into a receive arena that JavaScript owns (fixed slots, lengths and senders in a shared table) and
+// announced with one callback per batch; sends are packed by JavaScript into a send arena and
+// written with sendmmsg. Nothing is allocated, and no JavaScript runs, per datagram on this side.
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <node_api.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <uv.h>
+
+#define RX_META 4 // per received datagram: length, source IPv4 (host order), source port, flags
+#define TX_META 4 // per queued datagram: arena offset, length, destination IPv4 (host order), port
+#define TX_CHUNK 64
+#define ROUNDS 4 // batches per wake-up, so a busy tunnel yields to the loop and to the ports
+
+typedef struct {
+  int fd;
+  uv_poll_t poll;
+  napi_env env;
+  napi_ref callback;
+  napi_ref self;
+  napi_ref refs[4]; // keep the arenas alive while C holds their pointers
+  napi_async_context async;
+  int closed;
+  unsigned char* rx;
+  size_t rx_slot;
+  uint32_t rx_slots;
+  uint32_t* rx_meta;
+  unsigned char* tx;
+  size_t tx_len;
+  uint32_t* tx_meta;
+  uint32_t tx_max;
+  struct mmsghdr* msgs;
+  struct iovec* iovs;
+  struct sockaddr_in* addrs;
+} sock_t;
+
+static napi_value throw_errno(napi_env env, const char* what, int err) {
+  char msg[256];
+  snprintf(msg, sizeof msg, "%s: %s", what, strerror(err));
+  napi_throw_error(env, NULL, msg);
+  return NULL;
+}
+
+static void on_readable(uv_poll_t* handle, int status, int events) {
+  sock_t* s = (sock_t*)handle->data;
+  if (s->closed) return;
+  napi_env env = s->env;
+  napi_handle_scope scope;
+  napi_open_handle_scope(env, &scope);
+  for (int round = 0; round < ROUNDS && !s->closed; round++) {
+    for (uint32_t i = 0; i < s->rx_slots; i++) {
+      s->iovs[i].iov_base = s->rx + (size_t)i * s->rx_slot;
+      s->iovs[i].iov_len = s->rx_slot;
+      memset(&s->msgs[i].msg_hdr, 0, sizeof(struct msghdr));
+      s->msgs[i].msg_hdr.msg_iov = &s->iovs[i];
+      s->msgs[i].msg_hdr.msg_iovlen = 1;
+      s->msgs[i].msg_hdr.msg_name = &s->addrs[i];
+      s->msgs[i].msg_hdr.msg_namelen = sizeof(struct sockaddr_in);
+    }
+    int n = recvmmsg(s->fd, s->msgs, s->rx_slots, MSG_DONTWAIT, NULL);
+    if (n <= 0) break;
+    for (int i = 0; i < n; i++) {
+      uint32_t* m = s->rx_meta + (size_t)i * RX_META;
+      m[0] = s->msgs[i].msg_len;
+      m[1] = ntohl(s->addrs[i].sin_addr.s_addr);
+      m[2] = ntohs(s->addrs[i].sin_port);
+      m[3] = (s->msgs[i].msg_hdr.msg_flags & MSG_TRUNC) ? 1 : 0;
+    }
+    napi_value cb, recv, count, result;
+    napi_get_reference_value(env, s->callback, &cb);
+    napi_get_reference_value(env, s->self, &recv);
+    napi_create_uint32(env, (uint32_t)n, &count);
+    napi_status st = napi_make_callback(env, s->async, recv, cb, 1, &count, &result);
+    if (st == napi_pending_exception) {
+      napi_value exc;
+      napi_get_and_clear_last_exception(env, &exc);
+      napi_fatal_exception(env, exc);
+      break;
+    }
+    if ((uint32_t)n < s->rx_slots) break;
+  }
+  napi_close_handle_scope(env, scope);
+}
+
+static void on_closed(uv_handle_t* h) {
+  sock_t* s = (sock_t*)h->data;
+  free(s->msgs);
+  free(s->iovs);
+  free(s->addrs);
+  free(s);
+}
+
+static void finalize(napi_env env, void* data, void* hint) {
+  sock_t* s = (sock_t*)data;
+  if (!s->closed) {
+    s->closed = 1;
+    uv_poll_stop(&s->poll);
+    close(s->fd);
+    uv_close((uv_handle_t*)&s->poll, on_closed);
+  }
+}
+
+static int get_bytes(napi_env env, napi_value v, void** data, size_t* len) {
+  bool is;
+  if (napi_is_buffer(env, v, &is) == napi_ok && is) {
+    return napi_get_buffer_info(env, v, data, len) == napi_ok ? 0 : -1;
+  }
+  if (napi_is_typedarray(env, v, &is) == napi_ok && is) {
+    napi_typedarray_type t;
+    size_t n;
+    napi_value ab;
+    size_t off;
+    if (napi_get_typedarray_info(env, v, &t, &n, data, &ab, &off) != napi_ok || t != napi_uint32_array)
+      return -1;
+    *len = n * 4;
+    return 0;
+  }
+  return -1;
+}
+
+// open(ip, port, rx: Buffer, rxSlot, rxMeta: Uint32Array, tx: Buffer, txMeta: Uint32Array,
+//      onBatch: (count) => void, bufferBytes): handle
+static napi_value Open(napi_env env, napi_callback_info info) {
+  size_t argc = 9;
+  napi_value argv[9];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 9) {
+    napi_throw_type_error(env, NULL, "open(ip, port, rx, rxSlot, rxMeta, tx, txMeta, onBatch, bufferBytes)");
+    return NULL;
+  }
+  char ip[64];
+  size_t len;
+  uint32_t port, rx_slot, buf_bytes;
+  if (napi_get_value_string_utf8(env, argv[0], ip, sizeof ip, &len) != napi_ok ||
+      napi_get_value_uint32(env, argv[1], &port) != napi_ok || port > 65535 ||
+      napi_get_value_uint32(env, argv[3], &rx_slot) != napi_ok || rx_slot == 0 ||
+      napi_get_value_uint32(env, argv[8], &buf_bytes) != napi_ok) {
+    napi_throw_type_error(env, NULL, "udpbatch.open: bad ip, port, slot size or buffer size");
+    return NULL;
+  }
+  void *rx, *rx_meta, *tx, *tx_meta;
+  size_t rx_len, rx_meta_len, tx_len, tx_meta_len;
+  if (get_bytes(env, argv[2], &rx, &rx_len) || get_bytes(env, argv[4], &rx_meta, &rx_meta_len) ||
+      get_bytes(env, argv[5], &tx, &tx_len) || get_bytes(env, argv[6], &tx_meta, &tx_meta_len)) {
+    napi_throw_type_error(env, NULL, "udpbatch.open: arenas must be Buffers, tables Uint32Arrays");
+    return NULL;
+  }
+  uint32_t slots = (uint32_t)(rx_len / rx_slot);
+  if (slots == 0 || rx_meta_len < (size_t)slots * RX_META * 4 || tx_meta_len < TX_META * 4) {
+    napi_throw_range_error(env, NULL, "udpbatch.open: arena and table sizes do not agree");
+    return NULL;
+  }
+  struct sockaddr_in sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons((uint16_t)port);
+  if (inet_pton(AF_INET, ip, &sa.sin_addr) != 1) {
+    napi_throw_type_error(env, NULL, "udpbatch.open: ip must be an IPv4 address");
+    return NULL;
+  }
+  int fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return throw_errno(env, "socket(AF_INET, SOCK_DGRAM)", errno);
+  if (buf_bytes > 0) {
+    // Same as node:dgram's setRecvBufferSize: capped by net.core.{r,w}mem_max.
+    int b = (int)buf_bytes;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &b, sizeof b);
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &b, sizeof b);
+  }
+  if (bind(fd, (struct sockaddr*)&sa, sizeof sa) < 0) {
+    int e = errno;
+    close(fd);
+    char what[128];
+    snprintf(what, sizeof what, "bind %s:%u", ip, port);
+    return throw_errno(env, what, e);
+  }
+  sock_t* s = calloc(1, sizeof(sock_t));
+  uint32_t vec = slots > TX_CHUNK ? slots : TX_CHUNK;
+  if (s) {
+    s->msgs = calloc(vec, sizeof(struct mmsghdr));
+    s->iovs = calloc(vec, sizeof(struct iovec));
+    s->addrs = calloc(vec, sizeof(struct sockaddr_in));
+  }
+  if (!s || !s->msgs || !s->iovs || !s->addrs) {
+    close(fd);
+    napi_throw_error(env, NULL, "out of memory");
+    return NULL;
+  }
+  s->fd = fd;
+  s->env = env;
+  s->rx = rx;
+  s->rx_slot = rx_slot;
+  s->rx_slots = slots;
+  s->rx_meta = rx_meta;
+  s->tx = tx;
+  s->tx_len = tx_len;
+  s->tx_meta = tx_meta;
+  s->tx_max = (uint32_t)(tx_meta_len / (TX_META * 4));
+  napi_create_reference(env, argv[2], 1, &s->refs[0]);
+  napi_create_reference(env, argv[4], 1, &s->refs[1]);
+  napi_create_reference(env, argv[5], 1, &s->refs[2]);
+  napi_create_reference(env, argv[6], 1, &s->refs[3]);
+  uv_loop_t* loop;
+  napi_get_uv_event_loop(env, &loop);
+  uv_poll_init(loop, &s->poll, fd);
+  s->poll.data = s;
+  napi_value handle, resname;
+  napi_create_object(env, &handle);
+  napi_create_reference(env, argv[7], 1, &s->callback);
+  napi_create_reference(env, handle, 0, &s->self);
+  napi_create_string_utf8(env, "isthmus.udpbatch", NAPI_AUTO_LENGTH, &resname);
+  napi_async_init(env, handle, resname, &s->async);
+  napi_wrap(env, handle, s, finalize, NULL, NULL);
+  uv_poll_start(&s->poll, UV_READABLE, on_readable);
+  return handle;
+}
+
+static sock_t* unwrap(napi_env env, napi_value v) {
+  sock_t* s = NULL;
+  if (napi_unwrap(env, v, (void**)&s) != napi_ok || !s || s->closed) {
+    napi_throw_error(env, NULL, "udpbatch: socket is closed");
+    return NULL;
+  }
+  return s;
+}
+
+static napi_value LocalPort(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  sock_t* s = unwrap(env, argv[0]);
+  if (!s) return NULL;
+  struct sockaddr_in sa;
+  socklen_t sl = sizeof sa;
+  if (getsockname(s->fd, (struct sockaddr*)&sa, &sl) < 0) return throw_errno(env, "getsockname", errno);
+  napi_value out;
+  napi_create_uint32(env, ntohs(sa.sin_port), &out);
+  return out;
+}
+
+// send(handle, count): writes the first `count` queued datagrams of the send table. Returns how
+// many the kernel took; a full socket buffer (EAGAIN) ends the batch, and a datagram the kernel
+// refuses (unreachable, too big) is skipped so it cannot hold up the ones after it.
+static napi_value Send(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  sock_t* s = unwrap(env, argv[0]);
+  if (!s) return NULL;
+  uint32_t count;
+  if (napi_get_value_uint32(env, argv[1], &count) != napi_ok || count > s->tx_max) {
+    napi_throw_range_error(env, NULL, "udpbatch.send: count exceeds the send table");
+    return NULL;
+  }
+  uint32_t done = 0, sent = 0;
+  while (done < count) {
+    uint32_t n = count - done < TX_CHUNK ? count - done : TX_CHUNK;
+    for (uint32_t i = 0; i < n; i++) {
+      uint32_t* m = s->tx_meta + (size_t)(done + i) * TX_META;
+      if ((size_t)m[0] + m[1] > s->tx_len) {
+        napi_throw_range_error(env, NULL, "udpbatch.send: datagram outside the send arena");
+        return NULL;
+      }
+      s->iovs[i].iov_base = s->tx + m[0];
+      s->iovs[i].iov_len = m[1];
+      memset(&s->addrs[i], 0, sizeof(struct sockaddr_in));
+      s->addrs[i].sin_family = AF_INET;
+      s->addrs[i].sin_addr.s_addr = htonl(m[2]);
+      s->addrs[i].sin_port = htons((uint16_t)m[3]);
+      memset(&s->msgs[i].msg_hdr, 0, sizeof(struct msghdr));
+      s->msgs[i].msg_hdr.msg_iov = &s->iovs[i];
+      s->msgs[i].msg_hdr.msg_iovlen = 1;
+      s->msgs[i].msg_hdr.msg_name = &s->addrs[i];
+      s->msgs[i].msg_hdr.msg_namelen = sizeof(struct sockaddr_in);
+    }
+    int r = sendmmsg(s->fd, s->msgs, n, MSG_DONTWAIT);
+    if (r < 0) {
+      if (errno == EAGAIN || errno == ENOBUFS) break;
+      done++; // the first datagram was refused: skip it
+      continue;
+    }
+    done += (uint32_t)r;
+    sent += (uint32_t)r;
+  }
+  napi_value out;
+  napi_create_uint32(env, sent, &out);
+  return out;
+}
+
+static napi_value Close(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  sock_t* s = NULL;
+  if (napi_unwrap(env, argv[0], (void**)&s) != napi_ok || !s || s->closed) return NULL;
+  s->closed = 1;
+  uv_poll_stop(&s->poll);
+  close(s->fd);
+  napi_delete_reference(env, s->callback);
+  for (int i = 0; i < 4; i++) napi_delete_reference(env, s->refs[i]);
+  napi_async_destroy(env, s->async);
+  void* unused;
+  napi_remove_wrap(env, argv[0], &unused);
+  uv_close((uv_handle_t*)&s->poll, on_closed);
+  return NULL;
+}
+
+static napi_value Init(napi_env env, napi_value exports) {
+  napi_property_descriptor props[] = {
+      {"open", NULL, Open, NULL, NULL, NULL, napi_default, NULL},
+      {"send", NULL, Send, NULL, NULL, NULL, napi_default, NULL},
+      {"localPort", NULL, LocalPort, NULL, NULL, NULL, napi_default, NULL},
+      {"close", NULL, Close, NULL, NULL, NULL, napi_default, NULL},
+  };
+  napi_define_properties(env, exports, 4, props);
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, Init)

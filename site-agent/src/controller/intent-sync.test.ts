@@ -1,0 +1,99 @@
+// IntentSync without a database: a stub applier records what it is asked to apply.
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { credentials } from "@grpc/grpc-js";
+import { intentpb, silentLogger } from "@isthmus/schema";
+import type { IntentApplier } from "./intent-applier.js";
+import { IntentSync } from "./intent-sync.js";
+import { FakeCoordinator } from "./test-support/fake-coordinator.js";
+import * as b from "./translate/intent-builders.js";
+
+function stubApplier() {
+  const snapshots: intentpb.IntentSnapshot[] = [];
+  const changes: number[] = [];
+  const applier = {
+    appliedIndex: 0,
+    async applySnapshot(s: intentpb.IntentSnapshot) {
+      snapshots.push(s);
+      applier.appliedIndex = s.index;
+      return "applied" as const;
+    },
+    async applyChange(c: intentpb.IntentChange) {
+      changes.push(c.index);
+      applier.appliedIndex = c.index;
+      return "applied" as const;
+    },
+    async applyProgress(i: number) {
+      applier.appliedIndex = i;
+      return "applied" as const;
+    },
+  };
+  return { applier, snapshots, changes };
+}
+
+async function until<T>(what: string, f: () => T | undefined | false): Promise<T> {
+  const end = Date.now() + 10_000;
+  for (;;) {
+    const v = f();
+    if (v) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+test("a snapshot sent in parts is applied once, whole, then the changes after it", async (t) => {
+  const coord = new FakeCoordinator();
+  await coord.start();
+  t.after(() => coord.stop());
+  const objects = Array.from({ length: 7 }, (_, i) => b.securityGroup(`g${i}`));
+  coord.snapshot = { index: 40, objects };
+  coord.snapshotPartObjects = 3;
+  coord.log.push(b.upsert(41, b.securityGroup("after")));
+  const { applier, snapshots, changes } = stubApplier();
+  const sync = new IntentSync(applier as unknown as IntentApplier, {
+    site: "east",
+    addresses: [coord.address],
+    credentials: credentials.createInsecure(),
+    backoffInitialMs: 50,
+    backoffMaxMs: 200,
+    ackEveryMs: 50,
+    log: silentLogger(),
+    maxSnapshotObjects: 100,
+    snapshotAfterLag: 2500,
+  });
+  sync.start();
+  t.after(() => sync.stop());
+  await until("the change after the snapshot", () => changes.length > 0);
+  assert.deepEqual(coord.askedForParts, [true], "the site asks for snapshot parts");
+  assert.deepEqual(coord.askedLag, ["2500"], "and for a snapshot when 2500 or more behind");
+  assert.equal(snapshots.length, 1, "one snapshot applied for its three parts");
+  assert.equal(snapshots[0]!.index, 40);
+  const wire = (o: intentpb.IntentObject) =>
+    intentpb.IntentObject.decode(intentpb.IntentObject.encode(o).finish());
+  assert.deepEqual(snapshots[0]!.objects, objects.map(wire), "the union of the parts, in order");
+  assert.deepEqual(changes, [41]);
+});
+
+test("a snapshot in parts holding more objects than the bound ends the stream instead of buffering", async (t) => {
+  const coord = new FakeCoordinator();
+  await coord.start();
+  t.after(() => coord.stop());
+  coord.snapshot = { index: 9, objects: Array.from({ length: 10 }, (_, i) => b.securityGroup(`g${i}`)) };
+  coord.snapshotPartObjects = 2;
+  const { applier, snapshots } = stubApplier();
+  const sync = new IntentSync(applier as unknown as IntentApplier, {
+    site: "east",
+    addresses: [coord.address],
+    credentials: credentials.createInsecure(),
+    backoffInitialMs: 50,
+    backoffMaxMs: 100,
+    ackEveryMs: 50,
+    log: silentLogger(),
+    maxSnapshotObjects: 5,
+  });
+  sync.start();
+  t.after(() => sync.stop());
+  await until("a reconnect after the refused snapshot", () => sync.status.reconnects >= 2);
+  assert.equal(snapshots.length, 0, "nothing applied from an over-large snapshot");
+  assert.equal(applier.appliedIndex, 0);
+});
