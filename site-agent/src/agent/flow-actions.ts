@@ -26,6 +26,10 @@ export interface FlowActions {
   dropReason?: string;
 }
 
+function checkBytes(name: string, v: Buffer | undefined, n: number): void {
+  if (v !== undefined && v.length !== n) throw new Error(`flow actions: ${name} must be ${n} bytes`);
+}
+
 export function validateActions(a: FlowActions): void {
   if (a.decTtl !== undefined && (!Number.isInteger(a.decTtl) || a.decTtl < 0 || a.decTtl > 255)) {
     throw new Error(`flow actions: decTtl ${a.decTtl} must be an integer in 0..255`);
@@ -33,14 +37,11 @@ export function validateActions(a: FlowActions): void {
   if (a.outputs.length > MAX_OUTPUTS) {
     throw new Error(`flow actions: ${a.outputs.length} outputs exceed MAX_OUTPUTS=${MAX_OUTPUTS}`);
   }
-  for (const [name, v, n] of [
-    ["setEthSrc", a.setEthSrc, 6],
-    ["setEthDst", a.setEthDst, 6],
-    ["setIpSrc", a.setIpSrc, 4],
-    ["setIpDst", a.setIpDst, 4],
-  ] as const) {
-    if (v !== undefined && v.length !== n) throw new Error(`flow actions: ${name} must be ${n} bytes`);
-  }
+  // Unrolled: this runs on every flow install, and a table of tuples would be built each time.
+  checkBytes("setEthSrc", a.setEthSrc, 6);
+  checkBytes("setEthDst", a.setEthDst, 6);
+  checkBytes("setIpSrc", a.setIpSrc, 4);
+  checkBytes("setIpDst", a.setIpDst, 4);
 }
 
 function fold(sum: number): number {

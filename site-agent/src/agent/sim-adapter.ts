@@ -56,6 +56,9 @@ export function maskToFields(mask: number): FlowField[] {
   return [...out];
 }
 
+/** Distinct engine masks whose field lists an EngineSimulator keeps (a handful per host is typical). */
+const FIELD_LIST_CACHE_LIMIT = 1024;
+
 /**
  * How many leading bits of the destination an IPv4 result depended on, when fewer than all: the
  * simulation counts only the bits a route lookup examined, and anything that read the whole
@@ -68,14 +71,16 @@ function ipDstPrefixBits(r: SimResult, key: Buffer): number | undefined {
   return r.dstBits > 0 && r.dstBits < 32 ? r.dstBits : undefined;
 }
 
+// Rewrite values come from the shared pool (allocUnsafe) and are written whole: a routed flow has
+// two of them, and a fresh ArrayBuffer each costs far more than the six bytes.
 function mac6(v: number): Buffer {
-  const b = Buffer.alloc(6);
+  const b = Buffer.allocUnsafe(6);
   b.writeUIntBE(v, 0, 6);
   return b;
 }
 
 function ip4(v: number): Buffer {
-  const b = Buffer.alloc(4);
+  const b = Buffer.allocUnsafe(4);
   b.writeUInt32BE(v >>> 0, 0);
   return b;
 }
@@ -149,6 +154,8 @@ export class EngineSimulator implements Simulator {
   view = new TopologyView();
   readonly state: SimState;
   private released: SimulationOutcome["resubmit"] = [];
+  /** maskToFields per engine mask: shared lists, never written by the handler. */
+  private readonly fieldLists = new Map<number, FlowField[]>();
 
   constructor(private readonly o: EngineSimulatorOptions) {
     this.state = new SimState(o.natLeases ?? new InMemoryNatBlockRegistry().forHost(o.hostId), o.limits);
@@ -192,7 +199,7 @@ export class EngineSimulator implements Simulator {
     return {
       groups,
       dropReason: r.dropReason ?? dropReason,
-      maskFields: maskToFields(r.mask),
+      maskFields: this.fieldsOf(r.mask),
       ipDstPrefixBits: ipDstPrefixBits(r, input.key),
       tags: [...r.tags],
       cacheable: r.cacheable,
@@ -204,6 +211,16 @@ export class EngineSimulator implements Simulator {
       invalidate: r.invalidate,
       resubmit: r.resubmit.map(resubmitOf),
     };
+  }
+
+  private fieldsOf(mask: number): FlowField[] {
+    let list = this.fieldLists.get(mask);
+    if (list === undefined) {
+      if (this.fieldLists.size >= FIELD_LIST_CACHE_LIMIT) this.fieldLists.clear();
+      list = maskToFields(mask);
+      this.fieldLists.set(mask, list);
+    }
+    return list;
   }
 
   /**

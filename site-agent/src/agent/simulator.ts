@@ -36,8 +36,11 @@ export interface OutputGroup {
 export interface SimulationOutcome {
   groups: OutputGroup[];
   dropReason?: string;
-  /** Fields the result depended on (inPort/tunnelKey are always added); undefined = every field. */
-  maskFields?: FlowField[];
+  /**
+   * Fields the result depended on (inPort/tunnelKey are always added); undefined = every field.
+   * May be a list shared between outcomes: readers must not modify it.
+   */
+  maskFields?: readonly FlowField[];
   /**
    * With ipDst in maskFields: how many leading bits of the (IPv4) destination the result depended
    * on, when fewer than 32 (a route lookup read only a prefix); undefined = the whole address.

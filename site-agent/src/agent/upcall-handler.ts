@@ -9,11 +9,14 @@ import { type FlowActions, type FlowOutput, MAX_OUTPUTS } from "./flow-actions.j
 import { extractKey, type FlowField, KEY, KEY_SIZE, maskFromFields } from "./flow-key.js";
 import { encodeFlowState, type FlowStateEntry } from "./flow-state.js";
 import type { Flow } from "./flow-table.js";
+import { KeyMaskCache } from "./key-mask-cache.js";
 import type { OutputGroup, SimOutput, SimulationInput, SimulationOutcome, Simulator } from "./simulator.js";
 import { agentTag } from "./tags.js";
 import type { TopologyStore } from "./topology-store.js";
 
 const ALL_FIELDS = Object.keys(KEY) as FlowField[];
+/** Every installed flow matches on where the packet came from. */
+const INGRESS_FIELDS: readonly FlowField[] = ["inPort", "tunnelKey"];
 /** Resubmitted packets (released by ARP) may themselves release more; bound the chain. */
 const MAX_RESUBMIT_DEPTH = 4;
 
@@ -37,6 +40,11 @@ export function parseMac(mac: string): Buffer | undefined {
   return Buffer.from(parts.map((p) => Number.parseInt(p, 16)));
 }
 
+/** Tag lists are a few entries long: a linear check keeps them duplicate-free without a Set. */
+function addTag(tags: string[], t: string): void {
+  if (!tags.includes(t)) tags.push(t);
+}
+
 function drop(reason: string): UpcallDecision {
   return { actions: { outputs: [], dropReason: reason } };
 }
@@ -47,6 +55,8 @@ const MAC_CACHE_LIMIT = 4096;
 export class UpcallHandler {
   private sequence = 0;
   private readonly macs = new Map<string, Buffer | undefined>();
+  private readonly masks = new KeyMaskCache();
+  private readonly spoofMask = maskFromFields(["inPort", "ethSrc"]);
   readonly stats = { simulations: 0, flowStateSent: 0, flowStateRefreshes: 0, resubmits: 0 };
 
   constructor(private readonly o: UpcallHandlerOptions) {}
@@ -64,7 +74,7 @@ export class UpcallHandler {
       return {
         actions: { outputs: [], dropReason: "spoofed_mac" },
         install: {
-          mask: maskFromFields(["inPort", "ethSrc"]),
+          mask: this.spoofMask,
           tags: [agentTag.port(portId)],
           idleTimeoutMs: 10_000,
         },
@@ -110,8 +120,11 @@ export class UpcallHandler {
   private decide(u: Upcall, r: SimulationOutcome, extraTags: string[], depth: number): UpcallDecision {
     this.stats.simulations++;
     if (r.invalidate.length > 0) this.o.datapath.invalidate(r.invalidate);
-    const tags = new Set<string>([...r.tags, ...extraTags]);
-    const stateTargets = new Map<string, TunnelEndpoint>();
+    const tags: string[] = [];
+    for (const t of r.tags) addTag(tags, t);
+    for (const t of extraTags) addTag(tags, t);
+    // Only connection state (not ARP) is sent to the tunnel peers collected here.
+    const stateTargets = r.flowState.some((e) => !e.arp) ? new Map<string, TunnelEndpoint>() : undefined;
     const groups = r.groups.map((g) => this.resolveGroup(g, tags, stateTargets));
     const first = groups[0] ?? { actions: { outputs: [] }, unreachable: undefined };
     const actions: FlowActions = first.actions;
@@ -119,15 +132,20 @@ export class UpcallHandler {
       actions.dropReason = r.dropReason ?? first.unreachable ?? "no_egress";
     }
     // Later groups (rewrites between outputs) go out as copies; such results are not cached.
-    const generated = groups.slice(1).map((g) => ({ frame: Buffer.from(u.frame), actions: g.actions }));
+    // The common single-group, nothing-generated decision carries no list at all.
+    const generated: { frame: Buffer; actions: FlowActions }[] | undefined =
+      groups.length > 1 || r.generated.length > 0 ? [] : undefined;
+    for (let i = 1; i < groups.length; i++) {
+      generated!.push({ frame: Buffer.from(u.frame), actions: groups[i]!.actions });
+    }
     for (const gen of r.generated) {
       for (const g of gen.groups) {
-        const resolved = this.resolveGroup(g, new Set(), new Map());
-        generated.push({ frame: Buffer.from(gen.frame), actions: resolved.actions });
+        const resolved = this.resolveGroup(g, [], undefined);
+        generated!.push({ frame: Buffer.from(gen.frame), actions: resolved.actions });
       }
     }
     let onHit: ((f: Flow, now: number) => void) | undefined;
-    const connState = r.flowState.filter((e) => !e.arp);
+    const connState = r.flowState.length === 0 ? r.flowState : r.flowState.filter((e) => !e.arp);
     if (connState.length < r.flowState.length) {
       // An external neighbour's MAC learned on an uplink: any host of the site may route there.
       this.sendState(
@@ -137,7 +155,7 @@ export class UpcallHandler {
           .map((h) => ({ ip: h.tunnelIp, port: h.tunnelPort || 4789 })),
       );
     }
-    if (connState.length > 0) {
+    if (connState.length > 0 && stateTargets) {
       // Return traffic may come back through the egress hosts or, across sites, the gateways.
       for (const g of this.o.store.gateways()) {
         if (g.id !== this.o.hostId && g.tunnelIp !== "") {
@@ -159,16 +177,13 @@ export class UpcallHandler {
     }
     for (const rs of depth < MAX_RESUBMIT_DEPTH ? r.resubmit : []) this.resubmit(rs, depth + 1);
     const cacheable = r.cacheable && groups.length <= 1 && actions.outputs.length <= MAX_OUTPUTS && !u.traced;
-    const fields = new Set<FlowField>(r.maskFields ?? ALL_FIELDS);
-    fields.add("inPort");
-    fields.add("tunnelKey");
     return {
       actions,
       generated,
       install: cacheable
         ? {
-            mask: maskFromFields(fields, r.ipDstPrefixBits),
-            tags: [...tags],
+            mask: this.masks.get(r.maskFields ?? ALL_FIELDS, r.ipDstPrefixBits, INGRESS_FIELDS),
+            tags,
             idleTimeoutMs: r.idleTimeoutMs,
             onHit,
           }
@@ -209,8 +224,8 @@ export class UpcallHandler {
 
   private resolveGroup(
     g: OutputGroup,
-    tags: Set<string>,
-    stateTargets: Map<string, TunnelEndpoint>,
+    tags: string[],
+    stateTargets: Map<string, TunnelEndpoint> | undefined,
   ): { actions: FlowActions; unreachable: string | undefined } {
     const outputs: FlowOutput[] = [];
     let unreachable: string | undefined;
@@ -221,7 +236,7 @@ export class UpcallHandler {
         continue;
       }
       outputs.push(out);
-      if (out.kind === "tunnel") {
+      if (out.kind === "tunnel" && stateTargets) {
         stateTargets.set(`${out.remoteIp}:${out.remotePort}`, { ip: out.remoteIp, port: out.remotePort });
       }
     }
@@ -235,12 +250,12 @@ export class UpcallHandler {
   }
 
   /** Where a simulated output goes from this host, or why it cannot. */
-  private outputFor(o: SimOutput, tags: Set<string>): FlowOutput | string {
+  private outputFor(o: SimOutput, tags: string[]): FlowOutput | string {
     if (o.kind === "tunnel") {
       return { kind: "tunnel", key: o.key, remoteIp: o.remoteIp, remotePort: o.remotePort };
     }
     const portId = o.portId;
-    tags.add(agentTag.port(portId));
+    addTag(tags, agentTag.port(portId));
     const local = this.o.portNoById.get(portId);
     if (local !== undefined) return { kind: "port", portNo: local };
     const port = this.o.store.ports.get(portId);
@@ -248,16 +263,16 @@ export class UpcallHandler {
     if (port.type === topologypb.PortType.PORT_TYPE_REMOTE_SITE) {
       const bridge = this.o.store.bridges.get(port.deviceId);
       if (!bridge || bridge.tunnelKey === 0) return "remote_site_without_key";
-      tags.add(agentTag.device(bridge.id));
+      addTag(tags, agentTag.device(bridge.id));
       if (this.o.role === "gateway") {
         const rg = [...this.o.store.remoteGateways.values()].find((g) => g.site === port.remoteSite);
         if (!rg) return "remote_gateway_unknown";
-        tags.add(agentTag.gateway(rg.site));
+        addTag(tags, agentTag.gateway(rg.site));
         return { kind: "tunnel", key: bridge.tunnelKey, remoteIp: rg.ip, remotePort: rg.port || 4789 };
       }
       const gw = this.o.store.gateways().find((g) => g.alive && g.tunnelIp !== "");
       if (!gw) return "no_local_gateway";
-      tags.add(agentTag.host(gw.id));
+      addTag(tags, agentTag.host(gw.id));
       return {
         kind: "tunnel",
         key: bridge.tunnelKey,
@@ -269,7 +284,7 @@ export class UpcallHandler {
     if (!host || host.tunnelIp === "") return "egress_host_unknown";
     if (host.id === this.o.hostId) return "egress_port_not_bound";
     if (port.tunnelKey === 0) return "egress_port_without_key";
-    tags.add(agentTag.host(host.id));
+    addTag(tags, agentTag.host(host.id));
     return {
       kind: "tunnel",
       key: port.tunnelKey,

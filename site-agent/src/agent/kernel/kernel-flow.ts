@@ -4,7 +4,7 @@
 // every field the simulation read exists in the kernel key and the actions are ones the programs
 // apply; otherwise the flow stays on the userspace path and says why.
 import type { FlowActions } from "../flow-actions.js";
-import { ETH_TYPE_ARP, ETH_TYPE_IPV4, fieldsOfMask, KEY } from "../flow-key.js";
+import { ETH_TYPE_ARP, ETH_TYPE_IPV4, type FlowField, KEY } from "../flow-key.js";
 import { FLOW_KEY_SIZE, FLOW_VALUE_SIZE } from "./flow-map-codec.js";
 
 export interface KernelFlowContext {
@@ -18,6 +18,8 @@ export interface KernelFlowContext {
 export type KernelFlowEntry = { key: Buffer; value: Buffer } | { userspace: string };
 
 const FIELDS_NEVER_IN_KERNEL = new Set(["tcpFlags", "ipTos", "arpSha", "arpTha", "pad"]);
+/** Every key field, walked per install without building the mask's field list. */
+const ALL_FIELDS = Object.keys(KEY) as FlowField[];
 const L3_FIELDS = new Set(["ipSrc", "ipDst", "ipProto", "ipFrag", "tpSrc", "tpDst", "icmpId", "ipTtl"]);
 
 /** The kernel key of the packet whose userspace key is `key`, or why it has none. */
@@ -26,7 +28,8 @@ export function kernelKeyOf(key: Buffer, ctx: KernelFlowContext): Buffer | strin
   const ifindex = inPort === 0 ? ctx.vxlanIfindex : ctx.ifindexOfPort(inPort);
   if (ifindex === undefined) return "ingress port not attached";
   if (key.readUInt16BE(KEY.vlan) !== 0) return "VLAN-tagged";
-  const k = Buffer.alloc(FLOW_KEY_SIZE);
+  // From the shared pool, zeroed: one fresh ArrayBuffer per entry was a large part of an install.
+  const k = Buffer.allocUnsafe(FLOW_KEY_SIZE).fill(0);
   k.writeUInt32LE(ifindex, 0);
   k.writeUInt32LE(inPort === 0 ? key.readUInt32BE(KEY.tunnelKey) : 0, 4);
   key.copy(k, 8, KEY.ethDst, KEY.ethDst + 12);
@@ -55,7 +58,8 @@ export function kernelFlowFor(
 ): KernelFlowEntry {
   const ethType = key.readUInt16BE(KEY.ethType);
   const ipv4 = ethType === ETH_TYPE_IPV4;
-  for (const f of fieldsOfMask(mask)) {
+  for (const f of ALL_FIELDS) {
+    if (mask[KEY[f]] === 0) continue; // as fieldsOfMask: a field is kept when its first byte is
     if (FIELDS_NEVER_IN_KERNEL.has(f)) return { userspace: `matches ${f}` };
     // The router reads the TTL only to see whether it expires; the programs send those packets up.
     if (f === "ipTtl" && !(ipv4 && (actions.decTtl ?? 0) > 0)) return { userspace: "matches ipTtl" };
@@ -74,7 +78,7 @@ export function kernelFlowFor(
   if (actions.outputs.length > 1) return { userspace: "several outputs" };
   const k = kernelKeyOf(key, ctx);
   if (typeof k === "string") return { userspace: k };
-  const v = Buffer.alloc(FLOW_VALUE_SIZE);
+  const v = Buffer.allocUnsafe(FLOW_VALUE_SIZE).fill(0);
   const out = actions.outputs[0];
   if (out === undefined) {
     v.writeUInt32LE(0, 0); // drop
