@@ -215,3 +215,23 @@ test("sim adapter: an ARP answer learned on an uplink is shared, and a peer's co
     Buffer.from(EXT_MAC.split(":").map((x) => Number.parseInt(x, 16))),
   );
 });
+
+test("sim adapter: outcomes with the same engine mask share one field list (read-only)", () => {
+  const s = topology();
+  const h1 = new EngineSimulator({ hostId: "h1" });
+  h1.applySnapshot({ revision: 1, objects: s.t.objects });
+  const key = Buffer.alloc(KEY_SIZE);
+  const run = (sport: number) => {
+    const frame = Buffer.from(
+      eth(VM1_MAC, RA_MAC).ip4("10.0.1.1", "10.0.2.1").tcp(sport, 22, TCP_SYN).build(),
+    );
+    extractKey(frame, 1, 0, key);
+    return h1.simulate({ frame, key, ingressPortId: s.vm1.id, traced: false, now: 0 });
+  };
+  const a = run(40000);
+  const b = run(40001);
+  assert.ok(a.maskFields && a.maskFields.length > 0);
+  assert.ok(a.maskFields.includes("ethType"), "protocol fields come with the ether type");
+  assert.equal(b.maskFields, a.maskFields, "the second flow reuses the first one's list");
+  assert.deepEqual(maskFromFields(b.maskFields!), maskFromFields(a.maskFields));
+});
