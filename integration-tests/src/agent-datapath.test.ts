@@ -8,6 +8,7 @@ import { topologypb } from "@isthmus/schema";
 import { agentTesting, TopologyBuilder } from "@isthmus/site-agent";
 import { type AgentProc, spawnAgent } from "./harness/agent-process.js";
 import { runCli } from "./harness/cli.js";
+import { tcpAttempt, tcpTransfer } from "./harness/vm-tcp.js";
 
 const { FakeTopologyServer, NetnsLab, rootSkipReason } = agentTesting;
 const RA = topologypb.RuleAction;
@@ -84,16 +85,11 @@ describe("isthmus agent processes between network namespaces", { skip }, () => {
   });
 
   test("the security group lets TCP 5001 through and blocks TCP 5002", async () => {
-    const ok = lab.exec(vm2.ns, ["sh", "-c", "nc -l 5001 | wc -c"], 20_000);
-    await new Promise((r) => setTimeout(r, 300));
-    const c1 = await lab.exec(vm1.ns, ["sh", "-c", `head -c 1000000 /dev/zero | nc -N -w 5 ${vm2.ip} 5001`]);
+    const c1 = await tcpTransfer(lab, vm1, vm2, 5001, 1_000_000);
     assert.equal(c1.code, 0, c1.stderr);
-    assert.equal(Number((await ok).stdout.trim()), 1_000_000);
-    const blocked = lab.spawn(vm2.ns, ["nc", "-l", "5002"]);
-    await new Promise((r) => setTimeout(r, 300));
-    const c2 = await lab.exec(vm1.ns, ["sh", "-c", `echo hi | nc -N -w 2 ${vm2.ip} 5002`]);
-    blocked.kill();
-    assert.notEqual(c2.code, 0, "connection to a port the group does not allow must fail");
+    assert.equal(c1.received, 1_000_000);
+    const c2 = await tcpAttempt(lab, vm1, vm2, 5002);
+    assert.notEqual(c2, 0, "connection to a port the group does not allow must fail");
   });
 
   test("metrics and `isthmus agent flows` show ports, flows and drops", async () => {

@@ -13,6 +13,7 @@ import { topologypb } from "@isthmus/schema";
 import { agentTesting, kernelDatapathSupport, TopologyBuilder } from "@isthmus/site-agent";
 import { type AgentProc, spawnAgent } from "./harness/agent-process.js";
 import { runCli } from "./harness/cli.js";
+import { tcpAttempt, tcpTransfer } from "./harness/vm-tcp.js";
 
 const { FakeTopologyServer, NetnsLab, rootSkipReason, sh } = agentTesting;
 const RA = topologypb.RuleAction;
@@ -168,16 +169,11 @@ describe("isthmus agent --datapath kernel, two processes", { skip }, () => {
   });
 
   test("TCP to the allowed port arrives complete; the security group blocks another port", async () => {
-    const ok = lab.exec(vm2.ns, ["sh", "-c", "timeout 20 nc -l 5001 | wc -c"], 30_000);
-    await new Promise((r) => setTimeout(r, 300));
-    const c1 = await lab.exec(vm1.ns, ["sh", "-c", `head -c 2000000 /dev/zero | nc -N -w 5 ${vm2.ip} 5001`]);
+    const c1 = await tcpTransfer(lab, vm1, vm2, 5001, 2_000_000);
     assert.equal(c1.code, 0, c1.stderr);
-    assert.equal(Number((await ok).stdout.trim()), 2_000_000);
-    const blocked = lab.spawn(vm2.ns, ["nc", "-l", "5002"]);
-    await new Promise((r) => setTimeout(r, 300));
-    const c2 = await lab.exec(vm1.ns, ["sh", "-c", `echo hi | nc -N -w 2 ${vm2.ip} 5002`]);
-    blocked.kill();
-    assert.notEqual(c2.code, 0, "a connection to a port the group does not allow fails");
+    assert.equal(c1.received, 2_000_000);
+    const c2 = await tcpAttempt(lab, vm1, vm2, 5002);
+    assert.notEqual(c2, 0, "a connection to a port the group does not allow fails");
     // The sending host simulates the whole path, the receiving VM's filter included.
     const dropped = /isthmus_agent_drops_total\{reason="dropped_by_rule[^}]*\} [1-9]/;
     await until("the drop counted", async () => dropped.test(await metrics(hA))).catch(async (err) => {

@@ -15,3 +15,10 @@ export function dropCategory(reason: string): string {
   const cat = words.join("_").slice(0, 48);
   return cat === "" ? "other" : cat;
 }
+
+/** Adds `n` drops of `reason` to a datapath's counters, folding new categories past the bound into "other". */
+export function countDropIn(drops: Map<string, number>, reason: string, n = 1): void {
+  let cat = dropCategory(reason);
+  if (!drops.has(cat) && drops.size >= MAX_DROP_REASONS) cat = "other";
+  drops.set(cat, (drops.get(cat) ?? 0) + n);
+}

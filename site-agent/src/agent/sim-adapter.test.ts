@@ -191,6 +191,13 @@ test("sim adapter: an ARP answer learned on an uplink is shared, and a peer's co
   const shared = learned.flowState.filter((e) => e.arp);
   assert.equal(shared.length, 1, "the gateway shares what it learned");
   assert.equal(shared[0]!.arp!.routerId, s.r.id);
+  // The same answer again is not passed on to every host again; a changed MAC is.
+  assert.equal(gw.simulate(input(answer, s.up.id, 2)).flowState.filter((e) => e.arp).length, 0);
+  const moved = Buffer.from(
+    eth(VM2_MAC, UP_MAC).arpReply(VM2_MAC, "203.0.113.1", UP_MAC, "203.0.113.2").build(),
+  );
+  assert.equal(gw.simulate(input(moved, s.up.id, 2)).flowState.filter((e) => e.arp).length, 1);
+  assert.equal(gw.simulate(input(answer, s.up.id, 2)).flowState.filter((e) => e.arp).length, 1);
 
   // An ARP reply on an interior router port is not shared.
   const inside = Buffer.from(

@@ -142,6 +142,9 @@ function resubmitOf(p: ResubmitPacket): SimulationOutcome["resubmit"][number] {
   };
 }
 
+/** Uplink neighbours whose last shared ARP answer is remembered (then the memory starts over). */
+const MAX_ARP_SHARED = 4096;
+
 export interface EngineSimulatorOptions {
   hostId: string;
   limits?: Partial<SimLimits>;
@@ -154,6 +157,8 @@ export class EngineSimulator implements Simulator {
   view = new TopologyView();
   readonly state: SimState;
   private released: SimulationOutcome["resubmit"] = [];
+  /** ARP answers this host shared last, per `${routerId}|${ip}` (bounded by MAX_ARP_SHARED). */
+  private readonly arpShared = new Map<string, { mac: number; at: number }>();
   /** maskToFields per engine mask: shared lists, never written by the handler. */
   private readonly fieldLists = new Map<number, FlowField[]>();
 
@@ -234,7 +239,15 @@ export class EngineSimulator implements Simulator {
     if (port?.raw.type !== topologypb.PortType.PORT_TYPE_ROUTER_UPLINK) return undefined;
     const ip = f.readUInt32BE(28);
     const mac = this.state.arp.lookup(port.deviceId, ip, input.now);
-    return mac >= 0 ? { routerId: port.deviceId, ip, mac } : undefined;
+    if (mac < 0) return undefined;
+    // Every share goes to every host of the site: a neighbour repeating its reply (or spraying
+    // them) is passed on only when the MAC changed or half the ARP lifetime has gone by.
+    const k = `${port.deviceId}|${ip}`;
+    const last = this.arpShared.get(k);
+    if (last && last.mac === mac && input.now - last.at < this.state.limits.arpTtlMs / 2) return undefined;
+    if (!last && this.arpShared.size >= MAX_ARP_SHARED) this.arpShared.clear();
+    this.arpShared.set(k, { mac, at: input.now });
+    return { routerId: port.deviceId, ip, mac };
   }
 
   /** Packets released by peers' ARP answers (installFlowState), to simulate again now. */

@@ -13,7 +13,7 @@ import {
   type TunnelEndpoint,
   type UpcallHandler,
 } from "./datapath.js";
-import { dropCategory, MAX_DROP_REASONS } from "./drop-reason.js";
+import { countDropIn } from "./drop-reason.js";
 import { applyRewrites, describeActions, type FlowActions, validateActions } from "./flow-actions.js";
 import { describeKey } from "./flow-key.js";
 import {
@@ -168,9 +168,7 @@ export class UserspaceDatapath implements Datapath {
   }
 
   countDrop(reason: string): void {
-    let cat = dropCategory(reason);
-    if (!this.drops.has(cat) && this.drops.size >= MAX_DROP_REASONS) cat = "other";
-    this.drops.set(cat, (this.drops.get(cat) ?? 0) + 1);
+    countDropIn(this.drops, reason);
   }
 
   dumpFlows(): FlowDump[] {

@@ -20,7 +20,7 @@ import {
   type Upcall,
   type UpcallHandler,
 } from "../datapath.js";
-import { dropCategory, MAX_DROP_REASONS } from "../drop-reason.js";
+import { countDropIn } from "../drop-reason.js";
 import { applyRewrites, describeActions, type FlowActions, validateActions } from "../flow-actions.js";
 import { describeKey } from "../flow-key.js";
 import {
@@ -447,9 +447,7 @@ export class KernelDatapath implements Datapath {
   }
 
   private countDropN(reason: string, n: number): void {
-    let cat = dropCategory(reason);
-    if (!this.drops.has(cat) && this.drops.size >= MAX_DROP_REASONS) cat = "other";
-    this.drops.set(cat, (this.drops.get(cat) ?? 0) + n);
+    countDropIn(this.drops, reason, n);
   }
 
   dumpFlows(): FlowDump[] {
