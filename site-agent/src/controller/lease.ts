@@ -81,14 +81,16 @@ export class ControllerLease {
     return () => this.listeners.delete(fn);
   }
 
-  start(): void {
+  /** Starts the acquire-or-renew rounds; resolves after the first, with whether it made this replica active. */
+  start(): Promise<boolean> {
     const tick = async () => {
       if (this.stopped) return;
       this.running = this.attempt();
       await this.running;
       if (!this.stopped) this.timer = setTimeout(tick, this.opts.renewEveryMs);
     };
-    void tick();
+    const first = tick().then(() => this.active);
+    return first;
   }
 
   /** One acquire-or-renew round; returns whether this replica holds the lease afterwards. */

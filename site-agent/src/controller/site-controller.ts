@@ -281,11 +281,15 @@ export class SiteController {
       self.leaseDb = leaseDb;
       await self.serve(opts.listen);
       lease.onChange((s) => self!.onLease(s.active, s.resumed));
-      lease.start();
+      // The first lease round and the transition it causes finish before the controller says it
+      // started, so a caller that waits for that line finds an active replica ready to write
+      // (or a standby one, as the line says) instead of racing the first round.
+      const active = await lease.start();
+      await self.transitions;
       self.statusTimer = setInterval(() => self!.updateHealth(), 1_000);
       self.updateHealth();
       log.info(
-        { controllerId, address: self.address, embedded: pg !== undefined },
+        { controllerId, address: self.address, embedded: pg !== undefined, role: active ? "active" : "standby" },
         "site controller started",
       );
       return self;
