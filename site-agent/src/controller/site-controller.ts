@@ -289,7 +289,12 @@ export class SiteController {
       self.statusTimer = setInterval(() => self!.updateHealth(), 1_000);
       self.updateHealth();
       log.info(
-        { controllerId, address: self.address, embedded: pg !== undefined, role: active ? "active" : "standby" },
+        {
+          controllerId,
+          address: self.address,
+          embedded: pg !== undefined,
+          role: active ? "active" : "standby",
+        },
         "site controller started",
       );
       return self;
