@@ -7,7 +7,6 @@ import type { TunnelEndpoint } from "./datapath.js";
 import {
   ipv4ToU32,
   RX_META,
-  RX_SLOT,
   UdpBatchSocket,
   u32ToIpv4,
   udpBatchAvailable,
@@ -62,6 +61,8 @@ export interface VxlanReceiver {
 
 /** Bounds the caches of peer addresses (parsed IPs, endpoint objects). */
 const PEER_CACHE = 4096;
+/** Batch entries whose receive view is kept for reuse. */
+const VIEW_CACHE = 1024;
 
 export class VxlanSocket {
   readonly io: "native" | "dgram";
@@ -73,6 +74,10 @@ export class VxlanSocket {
   private readonly endpoints = new Map<number, TunnelEndpoint>();
   /** Native send: dotted IPv4 → host-order u32. */
   private readonly ips = new Map<string, number>();
+  private lastEndpointKey = -1;
+  private lastEndpoint: TunnelEndpoint | undefined;
+  /** Receive views by batch entry (see onBatch). */
+  private readonly views: (Buffer | undefined)[] = [];
   private receiver: VxlanReceiver | undefined;
   private flushQueued = false;
   private batchEndQueued = false;
@@ -133,10 +138,11 @@ export class VxlanSocket {
     const b = this.batch!;
     const rx = b.rx;
     const meta = b.rxMeta;
+    const views = this.views;
     for (let i = 0; i < n; i++) {
       const m = i * RX_META;
       const len = meta[m]!;
-      const base = i * RX_SLOT;
+      const base = meta[m + 4]!;
       const from = this.endpoint(meta[m + 1]!, meta[m + 2]!);
       if (len < VXLAN_HEADER || meta[m + 3] !== 0) {
         r.bad("vxlan_truncated", from);
@@ -151,18 +157,30 @@ export class VxlanSocket {
         r.bad("vxlan_truncated", from);
         continue;
       }
-      r.packet(vni, rx.subarray(base + VXLAN_HEADER, base + len), from);
+      // Entry i of a batch usually sits where it did in the last one, with the same length: its
+      // view is reused rather than a Buffer object made per datagram (a view's bytes are only
+      // valid during the callback either way).
+      let v = i < VIEW_CACHE ? views[i] : undefined;
+      if (v === undefined || v.byteOffset !== base + VXLAN_HEADER || v.length !== len - VXLAN_HEADER) {
+        v = rx.subarray(base + VXLAN_HEADER, base + len);
+        if (i < VIEW_CACHE) views[i] = v;
+      }
+      r.packet(vni, v, from);
     }
     r.batchEnd();
   }
 
   private endpoint(ip: number, port: number): TunnelEndpoint {
     const k = ip * 65536 + port;
+    // Datagrams come in runs from one peer.
+    if (k === this.lastEndpointKey) return this.lastEndpoint!;
     let e = this.endpoints.get(k);
     if (e === undefined) {
       e = Object.freeze({ ip: u32ToIpv4(ip), port });
       if (this.endpoints.size < PEER_CACHE) this.endpoints.set(k, e);
     }
+    this.lastEndpointKey = k;
+    this.lastEndpoint = e;
     return e;
   }
 
