@@ -7,6 +7,7 @@ import type { TunnelEndpoint } from "./datapath.js";
 import {
   ipv4ToU32,
   RX_META,
+  RX_SLOT,
   UdpBatchSocket,
   u32ToIpv4,
   udpBatchAvailable,
@@ -61,8 +62,8 @@ export interface VxlanReceiver {
 
 /** Bounds the caches of peer addresses (parsed IPs, endpoint objects). */
 const PEER_CACHE = 4096;
-/** Batch entries whose receive view is kept for reuse. */
-const VIEW_CACHE = 1024;
+/** Receive views kept for reuse, per receive slot (see onBatch). */
+const VIEWS_PER_SLOT = 64;
 
 export class VxlanSocket {
   readonly io: "native" | "dgram";
@@ -76,7 +77,7 @@ export class VxlanSocket {
   private readonly ips = new Map<string, number>();
   private lastEndpointKey = -1;
   private lastEndpoint: TunnelEndpoint | undefined;
-  /** Receive views by batch entry (see onBatch). */
+  /** Receive views by (slot, datagram in the slot) (see onBatch). */
   private readonly views: (Buffer | undefined)[] = [];
   private receiver: VxlanReceiver | undefined;
   private flushQueued = false;
@@ -139,10 +140,14 @@ export class VxlanSocket {
     const rx = b.rx;
     const meta = b.rxMeta;
     const views = this.views;
+    let inSlot = 0;
     for (let i = 0; i < n; i++) {
       const m = i * RX_META;
       const len = meta[m]!;
       const base = meta[m + 4]!;
+      // The k-th datagram of slot s (more than one when the kernel handed over a GRO packet).
+      inSlot = base % RX_SLOT === 0 ? 0 : inSlot + 1;
+      const cached = inSlot < VIEWS_PER_SLOT ? ((base / RX_SLOT) | 0) * VIEWS_PER_SLOT + inSlot : -1;
       const from = this.endpoint(meta[m + 1]!, meta[m + 2]!);
       if (len < VXLAN_HEADER || meta[m + 3] !== 0) {
         r.bad("vxlan_truncated", from);
@@ -157,13 +162,14 @@ export class VxlanSocket {
         r.bad("vxlan_truncated", from);
         continue;
       }
-      // Entry i of a batch usually sits where it did in the last one, with the same length: its
-      // view is reused rather than a Buffer object made per datagram (a view's bytes are only
-      // valid during the callback either way).
-      let v = i < VIEW_CACHE ? views[i] : undefined;
+      // The k-th datagram of a slot usually sits where it did in the last batch, with the same
+      // length (steady traffic: same sizes, same GRO segment size): its view is reused rather
+      // than a Buffer object made per datagram (a view's bytes are only valid during the callback
+      // either way).
+      let v = cached >= 0 ? views[cached] : undefined;
       if (v === undefined || v.byteOffset !== base + VXLAN_HEADER || v.length !== len - VXLAN_HEADER) {
         v = rx.subarray(base + VXLAN_HEADER, base + len);
-        if (i < VIEW_CACHE) views[i] = v;
+        if (cached >= 0) views[cached] = v;
       }
       r.packet(vni, v, from);
     }
