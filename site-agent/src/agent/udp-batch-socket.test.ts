@@ -93,7 +93,10 @@ test("udp batch: runs to one peer go out as GSO sends and come back as the same 
       });
     }
     // On loopback a GSO send reaches a GRO socket as one packet: proof the runs were grouped.
-    assert.ok(groupedB.n > 0 && groupedC.n > 0, `datagrams delivered inside GRO packets: ${groupedB.n}, ${groupedC.n}`);
+    assert.ok(
+      groupedB.n > 0 && groupedC.n > 0,
+      `datagrams delivered inside GRO packets: ${groupedB.n}, ${groupedC.n}`,
+    );
   } finally {
     a.close();
     b.close();
