@@ -42,6 +42,9 @@ export function udpReceiveBuffer(): number {
 export interface PathResult {
   tcpGbps: number;
   udpSmallPps: number;
+  /** What iperf3 sent (the small-packet run), and the share of it that did not arrive. */
+  udpSmallSentPps: number;
+  udpSmallLost: number;
   rttMs: number;
 }
 
@@ -117,6 +120,8 @@ export async function measurePath(lab: Lab, a: Vm, b: Vm, seconds: number): Prom
     return {
       tcpGbps: tcpJ.end.sum_received.bits_per_second / 1e9,
       udpSmallPps: (s.packets - s.lost_packets) / s.seconds,
+      udpSmallSentPps: s.packets / s.seconds,
+      udpSmallLost: s.packets > 0 ? s.lost_packets / s.packets : 0,
       rttMs: m ? Number(m[1]) : Number.NaN,
     };
   } finally {
@@ -346,6 +351,7 @@ function updateDocs(r: DatapathBenchResult): void {
     `| UDP 64 B | ${f(r.isthmus.udpSmallPps / 1000, 1)} kpps | ${f(r.kernel.udpSmallPps / 1000, 1)} kpps | ${f(r.ratios.ppsVsKernel, 3)} | ${f(r.nodeUdpCeiling.smallPps / 1000, 1)} kpps | ${f(r.ratios.ppsVsNodeCeiling, 3)} |`,
     `| ping RTT | ${f(r.isthmus.rttMs, 3)} ms | ${f(r.kernel.rttMs, 3)} ms | ${f(r.ratios.rttVsKernel, 2)} | | |`,
     "",
+    `Small packets sent by iperf3 (received = sent − lost): Isthmus userspace ${f(r.isthmus.udpSmallSentPps / 1000, 1)} kpps, ${f(r.isthmus.udpSmallLost * 100, 1)} % lost; Linux ${f(r.kernel.udpSmallSentPps / 1000, 1)} kpps, ${f(r.kernel.udpSmallLost * 100, 1)} % lost.`,
     ...kernelFastPathRows(r, f),
     "The userspace path reads and writes both its VM ports and its tunnel socket in batches",
     "(recvmmsg/sendmmsg through the agent's addon, one JavaScript call per batch); what it still pays",
