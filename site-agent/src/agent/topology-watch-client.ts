@@ -41,7 +41,7 @@ export class TopologyWatchClient {
   private backoff: number;
   private stopped = false;
   /** Parts of a snapshot received so far (the controller sends large ones in parts). */
-  private partial: topologypb.TopologySnapshot | undefined;
+  private partial: { revision: number; parts: topologypb.TopologyObject[][]; objects: number } | undefined;
   private readonly log: Logger;
   connected = false;
   readonly stats = {
@@ -141,19 +141,24 @@ export class TopologyWatchClient {
     last: boolean,
   ): topologypb.TopologySnapshot | undefined {
     if (last && !this.partial) return part;
-    this.partial ??= { revision: part.revision, objects: [] };
+    this.partial ??= { revision: part.revision, parts: [], objects: 0 };
     const acc = this.partial;
     if (acc.revision !== part.revision) {
       throw new Error(`snapshot parts of revisions ${acc.revision} and ${part.revision} mixed`);
     }
     const limit = this.o.maxSnapshotObjects ?? 2_000_000;
-    if (acc.objects.length + part.objects.length > limit) {
+    if (acc.objects + part.objects.length > limit) {
       throw new Error(`snapshot exceeds ${limit} objects (maxSnapshotObjects)`);
     }
-    for (const o of part.objects) acc.objects.push(o);
+    acc.parts.push(part.objects);
+    acc.objects += part.objects.length;
     if (!last) return undefined;
     this.partial = undefined;
-    return acc;
+    // One array of the final size, filled once (not grown object by object as parts arrive).
+    const objects = new Array<topologypb.TopologyObject>(acc.objects);
+    let at = 0;
+    for (const p of acc.parts) for (const o of p) objects[at++] = o;
+    return { revision: acc.revision, objects };
   }
 
   private retry(forceSnapshot: boolean): void {
