@@ -8,21 +8,6 @@ import { objectTag } from "./tags.js";
 type Obj = topologypb.TopologyObject;
 type Kind = Exclude<keyof Obj, never>;
 
-const KINDS: Kind[] = [
-  "host",
-  "bridge",
-  "router",
-  "port",
-  "route",
-  "chain",
-  "rule",
-  "ipAddrGroup",
-  "portGroup",
-  "macEntry",
-  "arpEntry",
-  "remoteGateway",
-];
-
 const KIND_BY_ENUM: Record<number, Kind> = {
   [topologypb.TopologyKind.TOPOLOGY_KIND_HOST]: "host",
   [topologypb.TopologyKind.TOPOLOGY_KIND_BRIDGE]: "bridge",
