@@ -247,6 +247,8 @@ export async function startAgent(flags: AgentFlags, deps: AgentDeps = {}): Promi
   const admin = await startAdminServer(
     {
       flows: () => ({ host: hostId, flows: datapath.dumpFlows() }),
+      flowSetup:
+        datapath instanceof KernelDatapath ? (since: number) => datapath.flowSetup(since) : undefined,
       status: () => {
         const s = datapath.stats();
         return {
