@@ -50,6 +50,8 @@ export function kernelPathSkipReason(): string | undefined {
 export interface KernelPathLab {
   a: Vm;
   b: Vm;
+  /** The sending agent first. */
+  agents: AgentProc[];
   /** The sending agent's upcalls and kernel-forwarded packets so far (from its metrics). */
   counters(): Promise<{ upcalls: number; kernelHits: number }>;
   /** Opens `n` new UDP flows one after another from a to b; the sending agent's setup latencies. */
@@ -62,7 +64,8 @@ function metric(text: string, line: RegExp): number {
   return m ? Number(m[1]) : Number.NaN;
 }
 
-export async function startKernelPath(lab: Lab): Promise<KernelPathLab> {
+/** `nodeArgs`: extra node flags for the agent processes (a probe's --trace-gc). */
+export async function startKernelPath(lab: Lab, nodeArgs: string[] = []): Promise<KernelPathLab> {
   const sh = (ns: string, args: string[]) => lab.exec(ns, args);
   const hA = lab.addNamespace();
   const hB = lab.addNamespace();
@@ -139,6 +142,7 @@ export async function startKernelPath(lab: Lab): Promise<KernelPathLab> {
             "127.0.0.1:0",
           ],
           60_000,
+          nodeArgs,
         ),
       );
     }
@@ -150,6 +154,8 @@ export async function startKernelPath(lab: Lab): Promise<KernelPathLab> {
     throw err;
   }
   const sender = agents[0]!;
+  // Source ports of the flow-setup datagrams; each call takes fresh ones (new connections).
+  let nextPort = 20000;
   const admin = async (path: string) =>
     (await (await fetch(`http://127.0.0.1:${sender.adminPort}${path}`)).json()) as {
       total: number;
@@ -159,6 +165,7 @@ export async function startKernelPath(lab: Lab): Promise<KernelPathLab> {
   return {
     a,
     b,
+    agents,
     async counters() {
       const text = await (await fetch(`http://127.0.0.1:${sender.metricsPort}/metrics`)).text();
       return {
@@ -167,6 +174,9 @@ export async function startKernelPath(lab: Lab): Promise<KernelPathLab> {
       };
     },
     async flowSetup(n) {
+      if (nextPort + n > 65535) throw new Error(`flow setup: no ${n} fresh source ports left`);
+      const first = nextPort;
+      nextPort += n;
       const mark = (await admin("/flow-setup?since=0")).total;
       // UDP datagrams from distinct source ports, each its own connection, one after another
       // 2 ms apart (not a burst: a burst would queue first packets behind each other and measure
@@ -177,7 +187,7 @@ export async function startKernelPath(lab: Lab): Promise<KernelPathLab> {
         const next = () => {
           if (i >= ${n}) return;
           const s = dgram.createSocket("udp4");
-          s.bind(30000 + i++, () => s.send(Buffer.alloc(32), 9, "${b.ip}", () => { s.close(); setTimeout(next, 2); }));
+          s.bind(${first} + i++, () => s.send(Buffer.alloc(32), 9, "${b.ip}", () => { s.close(); setTimeout(next, 2); }));
         };
         next();`;
       await lab.exec(a.ns, [process.execPath, "-e", script], 120_000);
