@@ -328,10 +328,14 @@ async function kernelFastPath(
       const first = i % 2 === 0 ? "bridge" : "fast";
       const load1 = loadavg()[0] ?? 0;
       const one = (which: "fast" | "bridge") =>
-        which === "fast" ? measurePath(lab, k.a, k.b, seconds) : measurePath(lab, bridge[0], bridge[1], seconds);
+        which === "fast"
+          ? measurePath(lab, k.a, k.b, seconds)
+          : measurePath(lab, bridge[0], bridge[1], seconds);
       const x = await one(first);
       const y = await one(first === "bridge" ? "fast" : "bridge");
-      runs.push(first === "bridge" ? { bridge: x, fast: y, first, load1 } : { fast: x, bridge: y, first, load1 });
+      runs.push(
+        first === "bridge" ? { bridge: x, fast: y, first, load1 } : { fast: x, bridge: y, first, load1 },
+      );
     }
     const c1 = await k.counters();
     // The agent's code for a new connection is compiled (JIT) over its first few hundred flows, as
@@ -365,7 +369,8 @@ function kernelFastPathRows(r: DatapathBenchResult, f: (n: number, d?: number) =
   const head = `Load average (1/5/15 min) at start ${load(r.machine.loadAtStart)}, at end ${load(r.machine.loadAtEnd)}.`;
   if (!k) return ["", head, "", `Isthmus kernel fast path: not measured (${r.kernelFastPathSkipped}).`, ""];
   const rr = (x: [number, number], d: number) => `${f(x[0], d)}–${f(x[1], d)}`;
-  const run = (p: PathResult) => `${f(p.tcpGbps, 2)} Gbit/s, ${f(p.udpSmallPps / 1000, 1)} kpps, ${f(p.rttMs, 3)} ms`;
+  const run = (p: PathResult) =>
+    `${f(p.tcpGbps, 2)} Gbit/s, ${f(p.udpSmallPps / 1000, 1)} kpps, ${f(p.rttMs, 3)} ms`;
   return [
     "",
     head,
