@@ -22,6 +22,23 @@ type Vm = ReturnType<Lab["addVm"]>;
 const root = fileURLToPath(new URL("../../../", import.meta.url));
 const PING_ID = 4747;
 
+/**
+ * The receive buffer every small-packet receiver gets: the Node ceiling's socket and iperf3's
+ * (`-w`). 8 MiB, or the kernel's cap (net.core.rmem_max) when lower — what the ceiling's
+ * setRecvBufferSize ends up with either way. With iperf3's default (208 KiB, some 270 queued
+ * 64-byte datagrams) a receiver that is off the CPU for 3 ms overflows while the ceiling's does not,
+ * so the two rates would measure different receivers rather than the paths.
+ */
+export function udpReceiveBuffer(): number {
+  const want = 8 * 1024 * 1024;
+  try {
+    const max = Number(readFileSync("/proc/sys/net/core/rmem_max", "utf8").trim());
+    return Number.isInteger(max) && max > 0 ? Math.min(want, max) : want;
+  } catch {
+    return want;
+  }
+}
+
 export interface PathResult {
   tcpGbps: number;
   udpSmallPps: number;
@@ -36,6 +53,8 @@ export interface DatapathBenchResult {
   isthmus: PathResult;
   kernel: PathResult;
   nodeUdpCeiling: { smallPps: number; largeGbps: number };
+  /** Receive buffer bytes of the small-packet receivers (iperf3 -w and the ceiling's socket). */
+  udpReceiveBufferBytes: number;
   /** The Isthmus kernel fast path (TC eBPF), when it can load here. */
   kernelFastPath?: KernelFastPathResult;
   kernelFastPathSkipped?: string;
@@ -106,7 +125,21 @@ export async function measurePath(lab: Lab, a: Vm, b: Vm, seconds: number): Prom
     const tcpJ = JSON.parse(tcp.stdout) as { end: { sum_received: { bits_per_second: number } } };
     const udp = await lab.exec(
       a.ns,
-      ["iperf3", "-c", b.ip, "-u", "-b", "0", "-l", "64", "-t", String(seconds), "-J"],
+      [
+        "iperf3",
+        "-c",
+        b.ip,
+        "-u",
+        "-b",
+        "0",
+        "-l",
+        "64",
+        "-w",
+        String(udpReceiveBuffer()),
+        "-t",
+        String(seconds),
+        "-J",
+      ],
       (seconds + 20) * 1000,
     );
     const udpJ = JSON.parse(udp.stdout) as {
@@ -152,7 +185,7 @@ export async function nodeUdpCeiling(
   });
   await new Promise<void>((r) => rx.bind(0, "127.0.0.1", () => r()));
   try {
-    rx.setRecvBufferSize(8 * 1024 * 1024);
+    rx.setRecvBufferSize(udpReceiveBuffer());
   } catch {
     // capped by net.core.rmem_max
   }
@@ -418,8 +451,13 @@ function updateDocs(r: DatapathBenchResult): void {
     "The userspace path reads and writes both its VM ports and its tunnel socket in batches",
     "(recvmmsg/sendmmsg through the agent's addon, one JavaScript call per batch); what it still pays",
     "per packet is the flow lookup and copies, and the kernel's own work for each syscall's packets.",
+    "Runs of same-size datagrams to one peer leave the tunnel socket as one UDP GSO send and arrive",
+    "as one GRO packet (docs/agent.md).",
     "The ceiling is a plain node:dgram sender and receiver (one `send` and one 'message' event per",
-    "datagram), timed from the first to the last datagram received. The kernel fast path (issue 8) is",
+    "datagram), timed from the first to the last datagram received. Every small-packet receiver",
+    `(the ceiling's socket, iperf3's with \`-w\`) has the same receive buffer, ${(r.udpReceiveBufferBytes / 1048576).toFixed(0)} MiB: with`,
+    "iperf3's 208 KiB default its server overflowed whenever it was off the CPU for a few milliseconds",
+    "(four busy processes on two cores), which measured that socket, not the path. The kernel fast path (issue 8) is",
     "what closes the gap to the kernel. On a shared, loaded machine the absolute numbers move a lot",
     "between runs; the ratios within one run are the comparison.",
     "Goal for the userspace path (issue 7): at least 0.5 of the Node UDP ceiling.",
@@ -463,6 +501,7 @@ export async function measure(quick: boolean): Promise<DatapathBenchResult> {
       isthmus,
       kernel,
       nodeUdpCeiling: { smallPps: small.pps, largeGbps: large.gbps },
+      udpReceiveBufferBytes: udpReceiveBuffer(),
       ...(fast ? { kernelFastPath: fast } : { kernelFastPathSkipped: fastSkip }),
       ratios: {
         ...(fast
