@@ -25,6 +25,9 @@
 // on current kernels, 128 segments).
 #define GSO_SEGS 64
 #define GSO_BYTES 61440
+// Datagrams one received GRO packet can hold: the kernel's UDP_MAX_SEGMENTS (a local GSO sender;
+// a NIC's GRO stops at 64). The receive table has room for this many per slot.
+#define GRO_SEGS 128
 #define GRO_CTRL CMSG_SPACE(sizeof(int))
 #define GSO_CTRL CMSG_SPACE(sizeof(uint16_t))
 #define ROUNDS 4 // batches per wake-up, so a busy tunnel yields to the loop and to the ports
@@ -98,8 +101,8 @@ static void on_readable(uv_poll_t* handle, int status, int events) {
       uint32_t off = 0;
       do {
         uint32_t part = len - off < seg ? len - off : seg;
-        // The table holds slots * GSO_SEGS entries; a GRO packet of more (tiny) datagrams than
-        // that has its rest reported as one truncated datagram, which the caller drops and counts.
+        // The table holds slots * GRO_SEGS entries, so it cannot fill; if it ever did, the rest
+        // of the packet is reported as one truncated datagram, which the caller drops and counts.
         int last = entries == s->rx_entries - 1 && off + part < len;
         uint32_t* m = s->rx_meta + (size_t)entries * RX_META;
         m[0] = last ? len - off : part;
@@ -193,7 +196,7 @@ static napi_value Open(napi_env env, napi_callback_info info) {
     return NULL;
   }
   uint32_t slots = (uint32_t)(rx_len / rx_slot);
-  if (slots == 0 || rx_meta_len < (size_t)slots * GSO_SEGS * RX_META * 4 || tx_meta_len < TX_META * 4) {
+  if (slots == 0 || rx_meta_len < (size_t)slots * GRO_SEGS * RX_META * 4 || tx_meta_len < TX_META * 4) {
     napi_throw_range_error(env, NULL, "udpbatch.open: arena and table sizes do not agree");
     return NULL;
   }

@@ -104,6 +104,8 @@ function medianPath(runs: PathResult[]): PathResult {
   return {
     tcpGbps: median(runs.map((r) => r.tcpGbps)),
     udpSmallPps: median(runs.map((r) => r.udpSmallPps)),
+    udpSmallSentPps: median(runs.map((r) => r.udpSmallSentPps)),
+    udpSmallLost: median(runs.map((r) => r.udpSmallLost)),
     rttMs: median(runs.map((r) => r.rttMs)),
   };
 }

@@ -42,8 +42,8 @@ export const RX_SLOTS = 64;
  * truncated, offset in `rx`. One slot can hold many datagrams (a GRO packet, split by the addon).
  */
 export const RX_META = 5;
-/** Datagrams per slot the table has room for (the addon's GSO_SEGS). */
-const RX_PER_SLOT = 64;
+/** Datagrams per slot the table has room for (the addon's GRO_SEGS: a GRO packet's most). */
+const RX_PER_SLOT = 128;
 const TX_META = 4;
 
 export interface UdpBatchLimits {
