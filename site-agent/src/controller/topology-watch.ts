@@ -7,6 +7,7 @@ import type { Logger, topologypb } from "@isthmus/schema";
 import type { ChangeFeed } from "./change-feed.js";
 import type { Database } from "./db/database.js";
 import { encodeSnapshotEvent } from "./snapshot-encoding.js";
+import type { TopologyMirror } from "./topology-mirror.js";
 import { readChangesAfter, readSnapshotBodies } from "./topology-store.js";
 
 type Call = ServerWritableStream<topologypb.WatchTopologyRequest, topologypb.WatchTopologyResponse>;
@@ -38,6 +39,8 @@ export class TopologyWatchService {
     private readonly opts: WatchOptions,
     private readonly log: Logger,
     private readonly authorize: WatchAuthorizer,
+    /** Snapshots from memory when it is ready; else (or absent) from the database. */
+    readonly mirror?: TopologyMirror,
   ) {}
 
   get openStreams(): number {
@@ -160,6 +163,13 @@ export class TopologyWatchService {
         }
         if (r.changes.length < this.opts.catchUpBatch) return { at, backlog: [] };
       }
+    }
+    // From memory: consistent at the feed's revision, and this stream subscribed to the feed
+    // before this synchronous call, so every later change reaches its queue.
+    const framed = this.mirror?.snapshot();
+    if (framed) {
+      for (const ev of framed.events) call.write(ev as unknown as topologypb.WatchTopologyResponse);
+      return { at: framed.revision, backlog: [] };
     }
     const { revision, parts } = await readSnapshotBodies(
       this.db,
