@@ -412,6 +412,14 @@ test("two replicas: the standby takes over when the active one dies and continue
   assert.equal(refusal?.code, status.UNAVAILABLE);
   assert.match(refusal!.details, /standby/);
 
+  // The standby's first attempt to take over fails (its reload of the database breaks once): it
+  // tries again while it holds the lease, rather than staying a lease holder that never writes.
+  const load = standby.applier.load.bind(standby.applier);
+  let failedLoads = 0;
+  standby.applier.load = async () => {
+    if (failedLoads++ === 0) throw new Error("connection terminated (injected)");
+    return load();
+  };
   // The active replica dies without releasing its lease.
   await active.lease.stop(false);
   await active.stop();
@@ -424,6 +432,7 @@ test("two replicas: the standby takes over when the active one dies and continue
     deletes: [],
   });
   await until("new active applies the next entry", () => standby.applier.appliedIndex === 2);
+  assert.ok(failedLoads >= 2, "the failed take-over was tried again");
   await until("agent sees it", () => agent.bridges().length === 2);
 });
 

@@ -128,6 +128,8 @@ export interface SiteControllerOptions {
 }
 
 const MAX_PROBLEMS_KEPT = 50;
+/** How soon a replica holding the lease tries again to take over after a failed attempt. */
+const ACTIVATE_RETRY_MS = 1_000;
 
 export class SiteController {
   readonly health = new HealthState("site-controller");
@@ -139,6 +141,7 @@ export class SiteController {
   private problems: string[] = [];
   private problemCount = 0;
   private statusTimer: NodeJS.Timeout | undefined;
+  private activateRetry: NodeJS.Timeout | undefined;
   private transitions: Promise<void> = Promise.resolve();
   private stopping: Promise<void> | undefined;
   /** The lease's own connection (closed after the lease is released). */
@@ -329,10 +332,23 @@ export class SiteController {
   }
 
   private onLease(active: boolean, resumed = false): void {
-    // Transitions run one after another so a quick lose/regain cannot interleave.
-    this.transitions = this.transitions.then(() =>
-      active ? this.becomeActive(resumed) : this.becomeStandby(),
-    );
+    // Transitions run one after another so a quick lose/regain cannot interleave. A transition
+    // that fails (the database went away while reloading) must not break the chain for every
+    // later one: it is logged, and becoming active is tried again while the lease is still ours.
+    this.transitions = this.transitions
+      .then(() => (active ? this.becomeActive(resumed) : this.becomeStandby()))
+      .catch((err: Error) => {
+        this.opts.log.error(
+          { err: err.message, retryInMs: active ? ACTIVATE_RETRY_MS : undefined },
+          active ? "could not take over as the active replica; retrying" : "could not step down cleanly",
+        );
+        if (active && this.stopping === undefined) {
+          this.activateRetry = setTimeout(() => {
+            this.activateRetry = undefined;
+            if (this.stopping === undefined && this.lease.active && !this.activeWriter) this.onLease(true);
+          }, ACTIVATE_RETRY_MS);
+        }
+      });
   }
 
   private async becomeActive(resumed: boolean): Promise<void> {
@@ -464,6 +480,7 @@ export class SiteController {
 
   private async doStop(): Promise<void> {
     if (this.statusTimer) clearInterval(this.statusTimer);
+    if (this.activateRetry) clearTimeout(this.activateRetry);
     await this.server?.stop(2_000);
     await this.lease.stop(true);
     await this.transitions;
