@@ -81,6 +81,7 @@ const one = (u) => {
       if (!("userspace" in kernelFlowFor(u.key, flow.mask, flow.actions, ctx))) kernel++;
     }
   }
+  d.beforeOutput?.(); // flow state for peers (encoded after the install)
 };
 // warm-up (JIT, caches), on other flows
 for (let i = 0; i < 4000; i++) one(mk(100000 + i));

@@ -9,6 +9,8 @@ export { FlowTable } from "./agent/flow-table.js";
 export { KernelDatapath, type KernelDatapathOptions, kernelDatapathSupport } from "./agent/kernel/index.js";
 export { EngineSimulator, maskToFields } from "./agent/sim-adapter.js";
 export * as agentTesting from "./agent/testing/index.js";
+export { TopologyStore } from "./agent/topology-store.js";
+export { TopologyWatchClient } from "./agent/topology-watch-client.js";
 export { UserspaceDatapath } from "./agent/userspace-datapath.js";
 export { startTestPostgres, type TestPostgres } from "./controller/db/test-postgres.js";
 export {

@@ -1,39 +1,33 @@
 // The kernel fast path's side of `npm run bench -- datapath`: two "hosts" (namespaces joined by a
-// veth underlay), each an EdgeAgent with a KernelDatapath (TC eBPF + external VXLAN) and the real
-// simulation engine in this process, two VMs on them behind a stateful security group (so every
-// new connection is simulated). Measures the same TCP / small-packet / RTT numbers as the other
-// paths, plus flow setup over new flows, one at a time: from the program's miss on the first packet
-// (stamped in the upcall header) to the kernel entry written, and the agent's share of it (from
-// reading the frame off the upcall device).
-import { silentLogger, topologypb } from "@isthmus/schema";
-import {
-  type agentTesting,
-  EdgeAgent,
-  EngineSimulator,
-  KernelDatapath,
-  kernelDatapathSupport,
-  TopologyBuilder,
-} from "@isthmus/site-agent";
-import type { PathResult } from "./datapath.js";
+// veth underlay), each an `isthmus agent --datapath kernel` process (as deployed: one agent per
+// host, its devices and programs in the host namespace through `agent.kernel.netns`), two VMs on
+// them behind a stateful security group (so every new connection is simulated). The caller measures
+// TCP / small-packet / RTT on the VMs, interleaved with the Linux bridge; this module adds flow
+// setup over new flows, one at a time: from the program's miss on the first packet (stamped in the
+// upcall header) to the kernel entry written, and the agent's share of it (from reading the frame),
+// read from the agent's admin endpoint (`/flow-setup`).
+import { writeFileSync } from "node:fs";
+import { type topologypb as TopologyPb, topologypb } from "@isthmus/schema";
+import { agentTesting, kernelDatapathSupport, TopologyBuilder } from "@isthmus/site-agent";
+import { type AgentProc, spawnAgent } from "../harness/agent-process.js";
 
+const { FakeTopologyServer } = agentTesting;
 type Lab = InstanceType<typeof agentTesting.NetnsLab>;
 type Vm = ReturnType<Lab["addVm"]>;
 
-export interface KernelPathResult extends PathResult {
-  /** Kernel miss → entry written; `agent`: frame read by the agent → entry written. */
-  flowSetup: Latency & { samples: number; agent: Latency };
-  /** Packets of the measured traffic the agents saw (upcalls) vs what the kernel forwarded. */
-  upcalls: number;
-  kernelHits: number;
-}
-
-interface Latency {
+export interface Latency {
   p50Ms: number;
   p99Ms: number;
   maxMs: number;
 }
 
-function latency(samples: number[]): Latency {
+export interface FlowSetupResult extends Latency {
+  samples: number;
+  /** Frame read by the agent → entry written (the agent's share). */
+  agent: Latency;
+}
+
+export function latency(samples: number[]): Latency {
   const sorted = [...samples].sort((x, y) => x - y);
   return {
     p50Ms: percentile(sorted, 50),
@@ -52,12 +46,26 @@ export function kernelPathSkipReason(): string | undefined {
   return kernelDatapathSupport({ bpffs: "/sys/fs/bpf", tunnelPort: 4789 });
 }
 
-export async function measureKernelPath(
-  lab: Lab,
-  seconds: number,
-  newFlows: number,
-  measure: (lab: Lab, a: Vm, b: Vm, seconds: number) => Promise<PathResult>,
-): Promise<KernelPathResult> {
+/** Two agent processes on the kernel path with a VM each, up until `stop()`. */
+export interface KernelPathLab {
+  a: Vm;
+  b: Vm;
+  /** The sending agent first. */
+  agents: AgentProc[];
+  /** The sending agent's upcalls and kernel-forwarded packets so far (from its metrics). */
+  counters(): Promise<{ upcalls: number; kernelHits: number }>;
+  /** Opens `n` new UDP flows one after another from a to b; the sending agent's setup latencies. */
+  flowSetup(n: number): Promise<FlowSetupResult>;
+  stop(): Promise<void>;
+}
+
+function metric(text: string, line: RegExp): number {
+  const m = line.exec(text);
+  return m ? Number(m[1]) : Number.NaN;
+}
+
+/** `nodeArgs`: extra node flags for the agent processes (a probe's --trace-gc). */
+export async function startKernelPath(lab: Lab, nodeArgs: string[] = []): Promise<KernelPathLab> {
   const sh = (ns: string, args: string[]) => lab.exec(ns, args);
   const hA = lab.addNamespace();
   const hB = lab.addNamespace();
@@ -65,6 +73,7 @@ export async function measureKernelPath(
   const t = new TopologyBuilder();
   const hostA = t.host("kbench-a", "172.30.98.1");
   const hostB = t.host("kbench-b", "172.30.98.2");
+  for (const h of [hostA, hostB]) h.tunnelPort = 4789;
   const net = t.bridge({ name: "kbench" });
   const a = lab.addVm("02:00:00:00:0c:01", "10.68.0.1/24");
   const b = lab.addVm("02:00:00:00:0c:02", "10.68.0.2/24");
@@ -76,80 +85,116 @@ export async function measureKernelPath(
   t.rule(sgIn, RA.RULE_ACTION_ACCEPT, { matchReturnFlow: true });
   t.rule(sgIn, RA.RULE_ACTION_ACCEPT);
   pb.outboundFilterId = sgIn.id;
-  const placement: [string, Vm, string][] = [
-    [hA, a, "172.30.98.1"],
-    [hB, b, "172.30.98.2"],
+  const placement: [TopologyPb.Host, string, Vm][] = [
+    [hostA, hA, a],
+    [hostB, hB, b],
   ];
-  for (const [ns, vm, ip] of placement) {
-    await sh("", ["ip", "-n", ns, "addr", "add", `${ip}/24`, "dev", "ul0"]);
+  for (const [h, ns, vm] of placement) {
+    await sh("", ["ip", "-n", ns, "addr", "add", `${h.tunnelIp}/24`, "dev", "ul0"]);
     await sh("", ["ip", "-n", ns, "link", "set", "ul0", "up"]);
     await sh("", ["ip", "link", "set", vm.hostIf, "netns", ns]);
     await sh("", ["ip", "-n", ns, "link", "set", vm.hostIf, "up"]);
     await sh(vm.ns, ["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
   }
-  const nodes: { dp: KernelDatapath; agent: EdgeAgent }[] = [];
-  const scratch = lab.tempFile("kernel-bench");
+  const server = new FakeTopologyServer(t.objects, 1);
+  const controller = await server.start();
+  const agents: AgentProc[] = [];
+  const stop = async () => {
+    for (const ag of agents) await ag.stop();
+    await server.stop();
+  };
   try {
-    for (const [i, [ns, , ip]] of placement.entries()) {
-      const h = i === 0 ? hostA : hostB;
-      const dp = new KernelDatapath({
-        tunnelIp: ip,
-        tunnelPort: 4789,
-        name: `kb${(process.pid % 1296).toString(36)}${i}`,
-        stateDir: scratch,
-        netns: `/run/netns/${ns}`,
-        // The measurement opens many flows at once; the default limiter would drop some.
-        upcallRate: { perSecond: 100_000, burst: 4096 },
-        log: silentLogger(),
-      });
-      await dp.start();
-      const agent = new EdgeAgent({
-        hostId: h.id,
-        role: "host",
-        datapath: dp,
-        simulator: new EngineSimulator({ hostId: h.id }),
-        log: silentLogger(),
-        openPort: (name) => dp.openPort(name),
-      });
-      nodes.push({ dp, agent });
+    for (const [h, ns] of placement) {
+      const config = lab.tempFile(`${h.name}.yaml`);
+      // The measurement opens many flows in a row; the default limiter (2000/s per port) is for
+      // bursts from a misbehaving VM, not this.
+      writeFileSync(
+        config,
+        [
+          "agent:",
+          "  kernel:",
+          `    netns: /run/netns/${ns}`,
+          `    bpffs: ${lab.tempFile(`bpffs-${h.name}`)}`,
+          `    stateDir: ${lab.tempFile("state")}`,
+          "    upcallsPerSecond: 100000",
+          "    upcallBurst: 4096",
+          "",
+        ].join("\n"),
+      );
+      agents.push(
+        await spawnAgent(
+          [
+            "--config",
+            config,
+            "--host",
+            h.id,
+            "--controller",
+            controller,
+            "--tunnel-ip",
+            h.tunnelIp,
+            "--tunnel-port",
+            "4789",
+            "--datapath",
+            "kernel",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+          ],
+          60_000,
+          nodeArgs,
+        ),
+      );
     }
-    for (const n of nodes) n.agent.applySnapshot({ revision: 1, objects: t.objects });
     for (let i = 0; i < 20; i++) {
       if ((await lab.exec(a.ns, ["ping", "-c", "1", "-W", "1", b.ip])).code === 0) break;
     }
-    const dpA = nodes[0]!.dp;
-    const up0 = dpA.stats().upcalls;
-    const hits0 = dpA.kernelStats()[0]!;
-    const path = await measure(lab, a, b, seconds);
-    const upcalls = dpA.stats().upcalls - up0;
-    const kernelHits = Number(dpA.kernelStats()[0]! - hits0);
-    // New flows: UDP datagrams from distinct source ports, each its own connection, one after
-    // another 2 ms apart (not a burst: a burst would queue first packets behind each other and
-    // measure the queue, not the setup of one flow).
-    const mark = dpA.flowSetup().total;
-    const sender = `
-      const dgram = require("node:dgram");
-      let i = 0;
-      const next = () => {
-        if (i >= ${newFlows}) return;
-        const s = dgram.createSocket("udp4");
-        s.bind(30000 + i++, () => s.send(Buffer.alloc(32), 9, "${b.ip}", () => { s.close(); setTimeout(next, 2); }));
-      };
-      next();`;
-    await lab.exec(a.ns, [process.execPath, "-e", sender], 60_000);
-    await new Promise((r) => setTimeout(r, 300));
-    const setup = dpA.flowSetup(mark);
-    return {
-      ...path,
-      upcalls,
-      kernelHits,
-      flowSetup: {
-        samples: setup.fromMiss.length,
-        ...latency(setup.fromMiss),
-        agent: latency(setup.fromRead),
-      },
-    };
-  } finally {
-    for (const n of nodes) await n.agent.stop();
+  } catch (err) {
+    await stop();
+    throw err;
   }
+  const sender = agents[0]!;
+  // Source ports of the flow-setup datagrams; each call takes fresh ones (new connections).
+  let nextPort = 20000;
+  const admin = async (path: string) =>
+    (await (await fetch(`http://127.0.0.1:${sender.adminPort}${path}`)).json()) as {
+      total: number;
+      fromMiss: number[];
+      fromRead: number[];
+    };
+  return {
+    a,
+    b,
+    agents,
+    async counters() {
+      const text = await (await fetch(`http://127.0.0.1:${sender.metricsPort}/metrics`)).text();
+      return {
+        upcalls: metric(text, /^isthmus_agent_upcalls_total (\d+)/m),
+        kernelHits: metric(text, /^isthmus_agent_flow_lookups_total\{result="hit"\} (\d+)/m),
+      };
+    },
+    async flowSetup(n) {
+      if (nextPort + n > 65535) throw new Error(`flow setup: no ${n} fresh source ports left`);
+      const first = nextPort;
+      nextPort += n;
+      const mark = (await admin("/flow-setup?since=0")).total;
+      // UDP datagrams from distinct source ports, each its own connection, one after another
+      // 2 ms apart (not a burst: a burst would queue first packets behind each other and measure
+      // the queue, not the setup of one flow).
+      const script = `
+        const dgram = require("node:dgram");
+        let i = 0;
+        const next = () => {
+          if (i >= ${n}) return;
+          const s = dgram.createSocket("udp4");
+          s.bind(${first} + i++, () => s.send(Buffer.alloc(32), 9, "${b.ip}", () => { s.close(); setTimeout(next, 2); }));
+        };
+        next();`;
+      await lab.exec(a.ns, [process.execPath, "-e", script], 120_000);
+      await new Promise((r) => setTimeout(r, 300));
+      const s = await admin(`/flow-setup?since=${mark}`);
+      return { samples: s.fromMiss.length, ...latency(s.fromMiss), agent: latency(s.fromRead) };
+    },
+    stop,
+  };
 }

@@ -21,7 +21,19 @@ test("bench datapath: quick mode measures both paths and the Node UDP ceiling", 
   if (r.kernelFastPath) {
     const k = r.kernelFastPath;
     assert.ok(k.tcpGbps > 0 && k.udpSmallPps > 0 && k.rttMs > 0, "kernel fast path measured");
-    assert.ok(k.flowSetup.samples > 0, "flow setup sampled");
+    assert.ok(k.flowSetup.samples > 0 && k.flowSetupWarmup.samples > 0, "flow setup sampled");
+    assert.equal(k.runs.length, k.reps, "every interleaved repetition kept");
+    assert.deepEqual(
+      k.runs.map((x) => x.first),
+      k.runs.map((_, i) => (i % 2 === 0 ? "bridge" : "fast")),
+      "the order alternates",
+    );
+    const tcps = k.runs.map((x) => x.fast.tcpGbps);
+    assert.ok(
+      k.tcpGbps >= Math.min(...tcps) && k.tcpGbps <= Math.max(...tcps),
+      "the median is within the runs",
+    );
+    assert.ok(k.ratioRange.tcp[0] <= k.ratioRange.tcp[1]);
     assert.ok(k.kernelHits > k.upcalls, "the kernel, not the agent, carried the traffic");
   } else {
     assert.ok(

@@ -11,8 +11,11 @@ export interface AgentProc {
   stop(): Promise<number | null>;
 }
 
-export function spawnAgent(args: string[], timeoutMs = 20_000): Promise<AgentProc> {
-  const child = spawn(process.execPath, [CLI, "agent", ...args], { stdio: ["ignore", "pipe", "pipe"] });
+/** `nodeArgs` go to node before the CLI (V8 flags such as --trace-gc for a probe). */
+export function spawnAgent(args: string[], timeoutMs = 20_000, nodeArgs: string[] = []): Promise<AgentProc> {
+  const child = spawn(process.execPath, [...nodeArgs, CLI, "agent", ...args], {
+    stdio: ["ignore", "pipe", "pipe"],
+  });
   const logs: string[] = [];
   let buf = "";
   const exited = new Promise<number | null>((resolve) => child.on("close", (code) => resolve(code)));

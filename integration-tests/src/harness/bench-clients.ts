@@ -9,7 +9,8 @@ import {
   type ServiceError,
   status,
 } from "@grpc/grpc-js";
-import { federationpb, type intentpb, sitepb, topologypb } from "@isthmus/schema";
+import { federationpb, type intentpb, silentLogger, sitepb, topologypb } from "@isthmus/schema";
+import { TopologyStore, TopologyWatchClient } from "@isthmus/site-agent";
 
 type Unary<Req, Res> = (
   req: Req,
@@ -198,46 +199,53 @@ export function countSnapshot(s: topologypb.TopologySnapshot): Record<string, nu
 }
 
 /**
- * Opens a fresh watch and resolves with the time from the call to the whole snapshot decoded
- * (all its parts: the controller sends large snapshots as snapshot_part events, then snapshot).
+ * An agent's first snapshot, timed the way the agent takes it: the site agent's own watch client
+ * (its channel settings, assembling the parts) into its topology store; resolves with the time
+ * from the Watch call to the snapshot applied to the store.
  */
 export function timeSnapshot(
   address: string,
   hostId: string,
   hostToken: string,
-  channelOptions: ChannelOptions = {},
 ): Promise<{ ms: number; counts: Record<string, number>; bytes: number; parts: number }> {
-  const client = new topologypb.TopologyServiceClient(address, credentials.createInsecure(), channelOptions);
+  const store = new TopologyStore();
   return new Promise((resolve, reject) => {
-    const t0 = performance.now();
-    const parts: topologypb.TopologySnapshot[] = [];
-    const stream = client.watch({ hostId, fromRevision: 0 }, bearer(hostToken));
+    let t0 = 0;
     const timer = setTimeout(() => {
-      stream.cancel();
-      client.close();
-      reject(new Error("no snapshot within 120 s"));
+      client.stop();
+      reject(new Error(`no snapshot within 120 s (${client.lastError || "no error"})`));
     }, 120_000);
-    stream.on("data", (e: topologypb.WatchTopologyResponse) => {
-      if (e.snapshotPart) parts.push(e.snapshotPart);
-      if (!e.snapshot) return;
-      parts.push(e.snapshot);
-      const ms = performance.now() - t0;
-      clearTimeout(timer);
-      stream.cancel();
-      client.close();
-      const counts: Record<string, number> = {};
-      let bytes = 0;
-      for (const p of parts) {
-        bytes += topologypb.TopologySnapshot.encode(p).finish().length;
-        for (const [k, n] of Object.entries(countSnapshot(p))) counts[k] = (counts[k] ?? 0) + n;
-      }
-      resolve({ ms, counts, bytes, parts: parts.length });
+    const client = new TopologyWatchClient({
+      address,
+      hostId,
+      token: () => hostToken,
+      log: silentLogger(),
+      sink: {
+        get revision() {
+          return store.revision;
+        },
+        get ready() {
+          return store.ready;
+        },
+        applySnapshot(s) {
+          store.applySnapshot(s);
+          const ms = performance.now() - t0;
+          clearTimeout(timer);
+          client.stop();
+          resolve({
+            ms,
+            counts: countSnapshot(s),
+            bytes: topologypb.TopologySnapshot.encode(s).finish().length,
+            parts: client.stats.snapshotMessages,
+          });
+        },
+        applyChange(c) {
+          store.applyChange(c);
+        },
+      },
     });
-    stream.on("error", (err: Error & { code?: number }) => {
-      clearTimeout(timer);
-      client.close();
-      if (err.code !== status.CANCELLED) reject(err);
-    });
+    t0 = performance.now();
+    client.start();
   });
 }
 

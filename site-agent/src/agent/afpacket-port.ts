@@ -47,6 +47,8 @@ const OFFLOAD_DROPS = [
 /** Send arena: frames queued by one flush are copied here and written with sendmmsg. */
 const TX_ARENA = 1 << 20;
 const TX_FRAMES = 256;
+/** Batch entries whose receive view is kept for reuse. */
+const VIEW_CACHE = 256;
 
 const ADDON_PATH = join(
   dirname(fileURLToPath(import.meta.url)),
@@ -83,6 +85,8 @@ export class AfPacketPort implements PortIO {
   private readonly txMeta = new Uint32Array(TX_FRAMES * 2);
   /** Reused for every batch handed to the datapath (it does not keep the array). */
   private readonly batch: Buffer[] = [];
+  /** Receive views by batch entry, reused while an entry's place and length stay the same. */
+  private readonly views: (Buffer | undefined)[] = [];
   /** Offloaded frames that could not be finished, by reason. */
   readonly drops = new Map<string, number>();
 
@@ -99,6 +103,7 @@ export class AfPacketPort implements PortIO {
       const frames = this.batch;
       frames.length = 0;
       const meta = this.rxMeta;
+      const views = this.views;
       for (let i = 0; i < n; i++) {
         const off = meta[2 * i]!;
         const len = meta[2 * i + 1]!;
@@ -106,7 +111,14 @@ export class AfPacketPort implements PortIO {
           const reason = OFFLOAD_DROPS[off] ?? "malformed_offload";
           this.drops.set(reason, (this.drops.get(reason) ?? 0) + 1);
         } else {
-          frames.push(this.rx.subarray(off, off + len));
+          // Entry i usually sits where it did last batch with the same length (a slot start, for
+          // frames that needed no segmenting): reuse its view instead of making a Buffer per frame.
+          let v = i < VIEW_CACHE ? views[i] : undefined;
+          if (v === undefined || v.byteOffset !== off || v.length !== len) {
+            v = this.rx.subarray(off, off + len);
+            if (i < VIEW_CACHE) views[i] = v;
+          }
+          frames.push(v);
         }
       }
       if (frames.length > 0) onFrames(frames);

@@ -82,6 +82,12 @@ export const AgentConfigSchema = z.object({
         }),
       /** How often an active connection's flow state is re-sent to peers. */
       stateRefreshMs: z.number().int().positive().default(1000),
+      /**
+       * Nice value for the agent's event-loop thread (-20..19; unset: left as started). Every new
+       * flow's first packet waits for this thread, so on hosts whose VMs keep the CPUs busy a
+       * negative value keeps flow setup from queueing behind them (root, or CAP_SYS_NICE).
+       */
+      nice: z.number().int().min(-20).max(19).optional(),
     })
     .refine((a) => a.host !== undefined || (a.name !== undefined && a.adminTokenFile !== undefined), {
       message: "give either --host <id> (already registered) or --name <host name> with --admin-token-file",

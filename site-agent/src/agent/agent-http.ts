@@ -7,6 +7,8 @@ import type { Registry } from "prom-client";
 export interface AdminSources {
   flows: () => unknown;
   status: () => unknown;
+  /** Flow-setup latency samples recorded after `since` (a previous `total`); kernel path only. */
+  flowSetup?: (since: number) => unknown;
 }
 
 function listen(server: Server, host: string, port: number): Promise<number> {
@@ -58,10 +60,21 @@ export async function startAdminServer(
   port: number,
 ): Promise<{ server: Server; port: number }> {
   const server = createServer((req, res) => {
-    const body = req.url === "/flows" ? src.flows() : req.url === "/status" ? src.status() : undefined;
+    const url = new URL(req.url ?? "/", "http://admin");
+    const since = Number(url.searchParams.get("since") ?? 0);
+    const body =
+      url.pathname === "/flows"
+        ? src.flows()
+        : url.pathname === "/status"
+          ? src.status()
+          : url.pathname === "/flow-setup" && src.flowSetup && Number.isInteger(since) && since >= 0
+            ? src.flowSetup(since)
+            : undefined;
     if (body === undefined) {
       res.writeHead(404);
-      res.end("not found: try /flows or /status\n");
+      res.end(
+        `not found: try /flows or /status${src.flowSetup ? " or /flow-setup?since=<n> (n an integer ≥ 0)" : ""}\n`,
+      );
       return;
     }
     res.writeHead(200, { "content-type": "application/json" });

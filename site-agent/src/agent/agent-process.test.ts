@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { silentLogger } from "@isthmus/schema";
-import { startAgent } from "./agent-process.js";
+import { loadAgentConfig, startAgent } from "./agent-process.js";
 import { MemoryPort } from "./memory-port.js";
 import { FakeSimulator } from "./testing/fake-simulator.js";
 import { FakeTopologyServer } from "./testing/fake-topology-server.js";
@@ -98,5 +98,24 @@ test("config names what is missing", async () => {
   await assert.rejects(
     startAgent({ host: "h", controller: "127.0.0.1:1", tunnelIp: "not-an-ip" }, { log: silentLogger() }),
     /agent\.tunnelIp/,
+  );
+  assert.throws(
+    () =>
+      loadAgentConfig(
+        { host: "h", controller: "127.0.0.1:1", tunnelIp: "127.0.0.1" },
+        { ISTHMUS_AGENT__NICE: "-30" },
+      ),
+    /agent\.nice/,
+  );
+  assert.equal(
+    loadAgentConfig(
+      { host: "h", controller: "127.0.0.1:1", tunnelIp: "127.0.0.1" },
+      { ISTHMUS_AGENT__NICE: "-5" },
+    ).nice,
+    -5,
+  );
+  assert.equal(
+    loadAgentConfig({ host: "h", controller: "127.0.0.1:1", tunnelIp: "127.0.0.1" }, {}).nice,
+    undefined,
   );
 });

@@ -4,6 +4,7 @@
 // VMs keep running across agent restarts: their veth host ends persist and are bound again as soon
 // as the first topology snapshot arrives.
 import { readFileSync } from "node:fs";
+import { setPriority } from "node:os";
 import { componentLogger, createLogger, HealthState, type Logger, loadConfig } from "@isthmus/schema";
 import { AfPacketPort } from "./afpacket-port.js";
 import { type AgentConfig, AgentConfigSchema, splitHostPort } from "./agent-config.js";
@@ -87,6 +88,14 @@ export async function startAgent(flags: AgentFlags, deps: AgentDeps = {}): Promi
   const cfg = loadAgentConfig(flags);
   const root = deps.log ?? createLogger({ name: "agent", base: { host: cfg.host ?? cfg.name } });
   const log = componentLogger(root, "agent");
+  if (cfg.nice !== undefined) {
+    try {
+      setPriority(cfg.nice);
+      log.info({ nice: cfg.nice }, "agent thread priority set");
+    } catch (err) {
+      throw new Error(`agent.nice ${cfg.nice}: cannot set the priority: ${(err as Error).message}`);
+    }
+  }
   const health = new HealthState("agent");
   health.set("topology", false, "waiting for the first snapshot");
   const flowLimits = {
@@ -247,6 +256,8 @@ export async function startAgent(flags: AgentFlags, deps: AgentDeps = {}): Promi
   const admin = await startAdminServer(
     {
       flows: () => ({ host: hostId, flows: datapath.dumpFlows() }),
+      flowSetup:
+        datapath instanceof KernelDatapath ? (since: number) => datapath.flowSetup(since) : undefined,
       status: () => {
         const s = datapath.stats();
         return {

@@ -43,6 +43,12 @@ export interface UpcallDecision {
   install?: Omit<InstallRequest, "match" | "actions">;
   /** Packets the simulation generated (ARP replies, ICMP errors), each with its own actions. */
   generated?: { frame: Buffer; actions: FlowActions }[];
+  /**
+   * Run after the flow is installed and before any packet of this decision goes out: flow state
+   * for the peers must precede the packet, but encoding it need not delay the install (the window
+   * in which later packets of the flow still miss).
+   */
+  beforeOutput?: () => void;
 }
 
 export type UpcallHandler = (u: Upcall) => UpcallDecision | Promise<UpcallDecision>;

@@ -75,6 +75,14 @@ export const ETH_TYPE_IPV6 = 0x86dd;
 export const ETH_TYPE_VLAN = 0x8100;
 
 /**
+ * Copies frame[start, end) to key[at, ...) byte by byte: the fields are 4–16 bytes, and
+ * Buffer#copy of part of a buffer makes a Uint8Array view per call (three per IPv4 packet).
+ */
+function copyField(frame: Buffer, start: number, end: number, key: Buffer, at: number): void {
+  for (let i = start; i < end; i++) key[at++] = frame[i]!;
+}
+
+/**
  * Fills `key` (KEY_SIZE bytes, reused by the caller) from a frame. Returns false when the frame
  * is too short to be Ethernet; truncated upper layers leave their fields zero (they are then
  * matched as such, and the simulation decides what to do with the packet).
@@ -84,7 +92,7 @@ export function extractKey(frame: Buffer, inPort: number, tunnelKey: number, key
   if (frame.length < 14) return false;
   key.writeUInt32BE(inPort >>> 0, KEY.inPort);
   key.writeUInt32BE(tunnelKey >>> 0, KEY.tunnelKey);
-  frame.copy(key, KEY.ethDst, 0, 12); // dst then src, contiguous in both layouts
+  copyField(frame, 0, 12, key, KEY.ethDst); // dst then src, contiguous in both layouts
   let off = 12;
   let ethType = frame.readUInt16BE(off);
   if (ethType === ETH_TYPE_VLAN && frame.length >= 18) {
@@ -97,8 +105,8 @@ export function extractKey(frame: Buffer, inPort: number, tunnelKey: number, key
   if (ethType === ETH_TYPE_IPV4) {
     if (frame.length < l3 + 20) return true;
     const ihl = (frame[l3]! & 0x0f) * 4;
-    frame.copy(key, KEY.ipSrc, l3 + 12, l3 + 16);
-    frame.copy(key, KEY.ipDst, l3 + 16, l3 + 20);
+    copyField(frame, l3 + 12, l3 + 16, key, KEY.ipSrc);
+    copyField(frame, l3 + 16, l3 + 20, key, KEY.ipDst);
     const proto = frame[l3 + 9]!;
     key[KEY.ipProto] = proto;
     key[KEY.ipTtl] = frame[l3 + 8]!;
@@ -110,8 +118,8 @@ export function extractKey(frame: Buffer, inPort: number, tunnelKey: number, key
     if (fragOffset === 0) extractL4(frame, l3 + ihl, proto, key);
   } else if (ethType === ETH_TYPE_IPV6) {
     if (frame.length < l3 + 40) return true;
-    frame.copy(key, KEY.ipSrc, l3 + 8, l3 + 24);
-    frame.copy(key, KEY.ipDst, l3 + 24, l3 + 40);
+    copyField(frame, l3 + 8, l3 + 24, key, KEY.ipSrc);
+    copyField(frame, l3 + 24, l3 + 40, key, KEY.ipDst);
     const proto = frame[l3 + 6]!;
     key[KEY.ipProto] = proto;
     key[KEY.ipTtl] = frame[l3 + 7]!;
@@ -120,10 +128,10 @@ export function extractKey(frame: Buffer, inPort: number, tunnelKey: number, key
   } else if (ethType === ETH_TYPE_ARP) {
     if (frame.length < l3 + 28) return true;
     key[KEY.ipProto] = frame[l3 + 7]!; // opcode (1 request, 2 reply)
-    frame.copy(key, KEY.arpSha, l3 + 8, l3 + 14);
-    frame.copy(key, KEY.ipSrc, l3 + 14, l3 + 18);
-    frame.copy(key, KEY.arpTha, l3 + 18, l3 + 24);
-    frame.copy(key, KEY.ipDst, l3 + 24, l3 + 28);
+    copyField(frame, l3 + 8, l3 + 14, key, KEY.arpSha);
+    copyField(frame, l3 + 14, l3 + 18, key, KEY.ipSrc);
+    copyField(frame, l3 + 18, l3 + 24, key, KEY.arpTha);
+    copyField(frame, l3 + 24, l3 + 28, key, KEY.ipDst);
   }
   return true;
 }

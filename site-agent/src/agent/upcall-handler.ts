@@ -145,15 +145,17 @@ export class UpcallHandler {
       }
     }
     let onHit: ((f: Flow, now: number) => void) | undefined;
+    // Flow state is sent by the decision's beforeOutput: after the install, before the packet.
+    let arpState: FlowStateEntry[] | undefined;
+    let arpTargets: TunnelEndpoint[] | undefined;
+    let connTargets: TunnelEndpoint[] | undefined;
     const connState = r.flowState.length === 0 ? r.flowState : r.flowState.filter((e) => !e.arp);
     if (connState.length < r.flowState.length) {
       // An external neighbour's MAC learned on an uplink: any host of the site may route there.
-      this.sendState(
-        r.flowState.filter((e) => e.arp),
-        [...this.o.store.hosts.values()]
-          .filter((h) => h.id !== this.o.hostId && h.tunnelIp !== "")
-          .map((h) => ({ ip: h.tunnelIp, port: h.tunnelPort || 4789 })),
-      );
+      arpState = r.flowState.filter((e) => e.arp);
+      arpTargets = [...this.o.store.hosts.values()]
+        .filter((h) => h.id !== this.o.hostId && h.tunnelIp !== "")
+        .map((h) => ({ ip: h.tunnelIp, port: h.tunnelPort || 4789 }));
     }
     if (connState.length > 0 && stateTargets) {
       // Return traffic may come back through the egress hosts or, across sites, the gateways.
@@ -164,7 +166,7 @@ export class UpcallHandler {
         }
       }
       const targets = [...stateTargets.values()];
-      this.sendState(connState, targets); // before the packet: the caller outputs after this returns
+      connTargets = targets;
       const refreshMs = this.o.stateRefreshMs ?? 1000;
       let lastSent = this.o.clock();
       onHit = (_f, t) => {
@@ -177,9 +179,17 @@ export class UpcallHandler {
     }
     for (const rs of depth < MAX_RESUBMIT_DEPTH ? r.resubmit : []) this.resubmit(rs, depth + 1);
     const cacheable = r.cacheable && groups.length <= 1 && actions.outputs.length <= MAX_OUTPUTS && !u.traced;
+    const beforeOutput =
+      arpTargets || connTargets
+        ? () => {
+            if (arpState && arpTargets) this.sendState(arpState, arpTargets);
+            if (connTargets) this.sendState(connState, connTargets);
+          }
+        : undefined;
     return {
       actions,
       generated,
+      beforeOutput,
       install: cacheable
         ? {
             mask: this.masks.get(r.maskFields ?? ALL_FIELDS, r.ipDstPrefixBits, INGRESS_FIELDS),
@@ -215,6 +225,7 @@ export class UpcallHandler {
     const held: Upcall = { portNo, tunnelKey: rs.tunnelKey ?? 0, traced: true, frame: rs.frame, key };
     const send = (r: SimulationOutcome) => {
       const d = this.decide(held, r, [], depth);
+      d.beforeOutput?.();
       for (const g of d.generated ?? []) this.o.datapath.execute(g.frame, g.actions);
       this.o.datapath.execute(rs.frame, d.actions);
     };

@@ -203,6 +203,7 @@ export class UpcallPump {
         hooks.flowInstalled?.(flow, u, q.arrivedAt, q.offeredAt);
       }
     }
+    d.beforeOutput?.();
     for (const g of d.generated ?? []) hooks.output(g.frame, g.actions);
     hooks.output(u.frame, d.actions);
   }

@@ -61,6 +61,8 @@ export class UserspaceDatapath implements Datapath {
   private readonly socket: VxlanSocket;
   private readonly clock: () => number;
   private readonly dirty = new Set<BoundPort>();
+  private lastRxFrom: TunnelEndpoint | undefined;
+  private lastRxCounters: PortCounters | undefined;
   private flowStateHandler: ((p: Buffer, from: TunnelEndpoint) => void) | undefined;
   private expiryTimer: NodeJS.Timeout | undefined;
   private stopped = false;
@@ -233,7 +235,13 @@ export class UserspaceDatapath implements Datapath {
 
   private onTunnelPacket(vni: number, frame: Buffer, from: TunnelEndpoint): void {
     if (this.stopped) return;
-    const t = this.tunnelCounters(from.ip, from.port);
+    // Datagrams come in runs from one peer, and the socket hands over one endpoint object per peer.
+    let t = this.lastRxCounters;
+    if (from !== this.lastRxFrom || t === undefined) {
+      t = this.tunnelCounters(from.ip, from.port);
+      this.lastRxFrom = from;
+      this.lastRxCounters = t;
+    }
     t.rxPackets++;
     t.rxBytes += frame.length;
     if (vni === TUNNEL_KEY.flowState) {

@@ -62,6 +62,8 @@ export interface VxlanReceiver {
 
 /** Bounds the caches of peer addresses (parsed IPs, endpoint objects). */
 const PEER_CACHE = 4096;
+/** Receive views kept for reuse, per receive slot (see onBatch). */
+const VIEWS_PER_SLOT = 64;
 
 export class VxlanSocket {
   readonly io: "native" | "dgram";
@@ -73,6 +75,10 @@ export class VxlanSocket {
   private readonly endpoints = new Map<number, TunnelEndpoint>();
   /** Native send: dotted IPv4 → host-order u32. */
   private readonly ips = new Map<string, number>();
+  private lastEndpointKey = -1;
+  private lastEndpoint: TunnelEndpoint | undefined;
+  /** Receive views by (slot, datagram in the slot) (see onBatch). */
+  private readonly views: (Buffer | undefined)[] = [];
   private receiver: VxlanReceiver | undefined;
   private flushQueued = false;
   private batchEndQueued = false;
@@ -133,10 +139,15 @@ export class VxlanSocket {
     const b = this.batch!;
     const rx = b.rx;
     const meta = b.rxMeta;
+    const views = this.views;
+    let inSlot = 0;
     for (let i = 0; i < n; i++) {
       const m = i * RX_META;
       const len = meta[m]!;
-      const base = i * RX_SLOT;
+      const base = meta[m + 4]!;
+      // The k-th datagram of slot s (more than one when the kernel handed over a GRO packet).
+      inSlot = base % RX_SLOT === 0 ? 0 : inSlot + 1;
+      const cached = inSlot < VIEWS_PER_SLOT ? ((base / RX_SLOT) | 0) * VIEWS_PER_SLOT + inSlot : -1;
       const from = this.endpoint(meta[m + 1]!, meta[m + 2]!);
       if (len < VXLAN_HEADER || meta[m + 3] !== 0) {
         r.bad("vxlan_truncated", from);
@@ -151,18 +162,31 @@ export class VxlanSocket {
         r.bad("vxlan_truncated", from);
         continue;
       }
-      r.packet(vni, rx.subarray(base + VXLAN_HEADER, base + len), from);
+      // The k-th datagram of a slot usually sits where it did in the last batch, with the same
+      // length (steady traffic: same sizes, same GRO segment size): its view is reused rather
+      // than a Buffer object made per datagram (a view's bytes are only valid during the callback
+      // either way).
+      let v = cached >= 0 ? views[cached] : undefined;
+      if (v === undefined || v.byteOffset !== base + VXLAN_HEADER || v.length !== len - VXLAN_HEADER) {
+        v = rx.subarray(base + VXLAN_HEADER, base + len);
+        if (cached >= 0) views[cached] = v;
+      }
+      r.packet(vni, v, from);
     }
     r.batchEnd();
   }
 
   private endpoint(ip: number, port: number): TunnelEndpoint {
     const k = ip * 65536 + port;
+    // Datagrams come in runs from one peer.
+    if (k === this.lastEndpointKey) return this.lastEndpoint!;
     let e = this.endpoints.get(k);
     if (e === undefined) {
       e = Object.freeze({ ip: u32ToIpv4(ip), port });
       if (this.endpoints.size < PEER_CACHE) this.endpoints.set(k, e);
     }
+    this.lastEndpointKey = k;
+    this.lastEndpoint = e;
     return e;
   }
 

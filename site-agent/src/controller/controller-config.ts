@@ -43,6 +43,7 @@ export const SiteControllerConfigSchema = z.object({
     maxIntentObjects: positive.default(T.maxIntentObjects),
     dbMaxConnections: positive.default(T.dbMaxConnections),
     snapshotAfterLag: z.number().int().nonnegative().default(T.snapshotAfterLag),
+    snapshotMirrorMaxBytes: z.number().int().nonnegative().default(T.snapshotMirrorMaxBytes),
   }),
 });
 

@@ -95,6 +95,7 @@ export async function startSiteController(
       maxIntentObjects: cfg.maxIntentObjects,
       dbMaxConnections: cfg.dbMaxConnections,
       snapshotAfterLag: cfg.snapshotAfterLag,
+      snapshotMirrorMaxBytes: cfg.snapshotMirrorMaxBytes,
     },
   });
   if (cfg.adminTokenFile && !existsSync(cfg.adminTokenFile)) {

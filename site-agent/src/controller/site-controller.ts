@@ -42,7 +42,8 @@ import { DEFAULT_REPORTER_BOUNDS, RealizedReporter } from "./realized-reporter.j
 import { siteService } from "./site-service.js";
 import { topologyServiceDefinition } from "./snapshot-encoding.js";
 import { SnatBlockLeases } from "./snat-block-leases.js";
-import { grpcError, TopologyWatchService } from "./topology-watch.js";
+import { TopologyMirror } from "./topology-mirror.js";
+import { DEFAULT_SNAPSHOT_PART_BYTES, grpcError, TopologyWatchService } from "./topology-watch.js";
 import { IntentIndex } from "./translate/index.js";
 import { siteTranslator, type Translator } from "./translator.js";
 import { TunnelKeyAllocator } from "./tunnel-key-allocator.js";
@@ -81,6 +82,11 @@ export interface SiteControllerTuning {
    * never): catching up from a snapshot is one transaction, replaying is one per entry.
    */
   snapshotAfterLag: number;
+  /**
+   * Encoded topology bytes the in-memory copy that agents' snapshots are framed from may hold
+   * (the framed snapshot takes as much again); 0 = read every snapshot from the database.
+   */
+  snapshotMirrorMaxBytes: number;
 }
 
 export const DEFAULT_TUNING: SiteControllerTuning = {
@@ -107,6 +113,7 @@ export const DEFAULT_TUNING: SiteControllerTuning = {
   maxIntentObjects: 2_000_000,
   dbMaxConnections: 16,
   snapshotAfterLag: 0,
+  snapshotMirrorMaxBytes: 512 * 1024 * 1024,
 };
 
 export interface SiteControllerOptions {
@@ -239,6 +246,13 @@ export class SiteController {
       const applier = new IntentApplier(ctx);
       await applier.load();
       await feed.start();
+      const mirror = new TopologyMirror(
+        db,
+        feed,
+        { maxBytes: tuning.snapshotMirrorMaxBytes, partBytes: DEFAULT_SNAPSHOT_PART_BYTES },
+        componentLogger(log, "topology-mirror"),
+      );
+      await mirror.start();
       const watch = new TopologyWatchService(
         db,
         feed,
@@ -259,6 +273,7 @@ export class SiteController {
             );
           }
         },
+        mirror,
       );
       self = new SiteController(
         opts,
@@ -485,6 +500,7 @@ export class SiteController {
     await this.lease.stop(true);
     await this.transitions;
     await this.becomeStandby();
+    this.watch.mirror?.stop();
     await this.feed.stop();
     await this.db.close();
     await this.leaseDb?.close();

@@ -157,24 +157,34 @@ export async function readSnapshotBodies(
     async (tx) => {
       const revision = await currentRevision(tx);
       const rows = await tx.query("SELECT body FROM topology_objects ORDER BY kind, id");
-      const parts: Buffer[][] = [];
-      let part: Buffer[] = [];
-      let bytes = 0;
-      for (const row of rows.rows) {
-        const body = row.body as Buffer;
-        if (part.length > 0 && bytes + body.length > maxPartBytes) {
-          parts.push(part);
-          part = [];
-          bytes = 0;
-        }
-        part.push(body);
-        bytes += body.length;
-      }
-      parts.push(part);
-      return { revision, parts };
+      return {
+        revision,
+        parts: splitSnapshotParts(
+          rows.rows.map((row) => row.body as Buffer),
+          maxPartBytes,
+        ),
+      };
     },
     { readOnly: true },
   );
+}
+
+/** Encoded objects in parts of at most `maxPartBytes` (at least one object each, one part at least). */
+export function splitSnapshotParts(bodies: Iterable<Buffer>, maxPartBytes: number): Buffer[][] {
+  const parts: Buffer[][] = [];
+  let part: Buffer[] = [];
+  let bytes = 0;
+  for (const body of bodies) {
+    if (part.length > 0 && bytes + body.length > maxPartBytes) {
+      parts.push(part);
+      part = [];
+      bytes = 0;
+    }
+    part.push(body);
+    bytes += body.length;
+  }
+  parts.push(part);
+  return parts;
 }
 
 export interface ChangesAfter {

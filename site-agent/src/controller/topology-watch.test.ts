@@ -8,8 +8,9 @@ import { startTestPostgres, type TestPostgres } from "./db/test-postgres.js";
 import { topologyServiceDefinition } from "./snapshot-encoding.js";
 import { controllerFixture, type Fixture } from "./test-support/controller-fixture.js";
 import { network, trivialTranslator } from "./test-support/trivial-translator.js";
+import { TopologyMirror } from "./topology-mirror.js";
 import { readSnapshot } from "./topology-store.js";
-import { TopologyWatchService, type WatchOptions } from "./topology-watch.js";
+import { DEFAULT_SNAPSHOT_PART_BYTES, TopologyWatchService, type WatchOptions } from "./topology-watch.js";
 
 let pgs: TestPostgres | undefined;
 let skip: string | undefined;
@@ -28,6 +29,7 @@ interface Served {
   writer: Fixture;
   client: topologypb.TopologyServiceClient;
   nextIndex: () => number;
+  mirror?: TopologyMirror;
   close(): Promise<void>;
 }
 
@@ -38,18 +40,29 @@ interface Served {
 async function serve(
   opts: Partial<WatchOptions> = {},
   onService: (svc: TopologyWatchService) => void = () => {},
+  mirrored = false,
 ): Promise<Served> {
   const url = await pgs!.createDatabase();
   const writer = await controllerFixture(url, { translator: trivialTranslator });
   const readerDb = new Database({ url, log: silentLogger() });
   const feed = new ChangeFeed(readerDb, { pollMs: 20, ringSize: 8, batch: 50 }, silentLogger());
   await feed.start();
+  const mirror = mirrored
+    ? new TopologyMirror(
+        readerDb,
+        feed,
+        { maxBytes: 1 << 20, partBytes: opts.snapshotPartBytes ?? DEFAULT_SNAPSHOT_PART_BYTES },
+        silentLogger(),
+      )
+    : undefined;
+  await mirror?.start();
   const svc = new TopologyWatchService(
     readerDb,
     feed,
     { maxQueuedChanges: 1000, heartbeatMs: 10_000, catchUpBatch: 7, maxStreams: 10, ...opts },
     silentLogger(),
     async () => {},
+    mirror,
   );
   onService(svc);
   const server = new Server();
@@ -66,9 +79,11 @@ async function serve(
     writer,
     client,
     nextIndex: () => ++idx,
+    mirror,
     async close() {
       client.close();
       await started.stop(100);
+      mirror?.stop();
       await feed.stop();
       await readerDb.close();
       await writer.close();
@@ -122,83 +137,93 @@ function lastRevision(events: topologypb.WatchTopologyResponse[]): number {
   return e?.change?.revision ?? e?.snapshot?.revision ?? -1;
 }
 
-test("snapshot at R then every later change in order, including changes written by the other replica", async (t) => {
-  if (skip) return t.skip(skip);
-  const s = await serve();
-  t.after(() => s.close());
-  await applyNetworks(s, 3);
-  const watching = collect(s.client, 0, (ev) => lastRevision(ev) >= 23);
-  await new Promise((r) => setTimeout(r, 100));
-  await applyNetworks(s, 20);
-  const { events, error } = await watching;
-  assert.equal(error, undefined);
-  assert.ok(events[0]?.snapshot, "first event is a snapshot");
-  const r = events[0]!.snapshot!.revision;
-  const changes = events.filter((e) => e.change).map((e) => e.change!.revision);
-  assert.deepEqual(
-    changes,
-    Array.from({ length: 23 - r }, (_, i) => r + 1 + i),
-    "gap-free, ordered",
-  );
-  // Rebuilding from the stream gives exactly the database's state.
-  const state = new Map<string, string>();
-  for (const o of events[0]!.snapshot!.objects) state.set(o.bridge!.id, o.bridge!.name);
-  for (const e of events) for (const o of e.change?.upserts ?? []) state.set(o.bridge!.id, o.bridge!.name);
-  const db = await readSnapshot(s.writer.db);
-  assert.deepEqual(new Map(db.objects.map((o) => [o.bridge!.id, o.bridge!.name])), state);
-});
+// Each served from the database and from the in-memory mirror.
+for (const mirrored of [false, true]) {
+  const from = mirrored ? " (from the mirror)" : "";
+  test(`snapshot at R then every later change in order, including changes written by the other replica${from}`, async (t) => {
+    if (skip) return t.skip(skip);
+    const s = await serve({}, undefined, mirrored);
+    t.after(() => s.close());
+    await applyNetworks(s, 3);
+    const watching = collect(s.client, 0, (ev) => lastRevision(ev) >= 23);
+    await new Promise((r) => setTimeout(r, 100));
+    await applyNetworks(s, 20);
+    const { events, error } = await watching;
+    assert.equal(error, undefined);
+    assert.ok(events[0]?.snapshot, "first event is a snapshot");
+    const r = events[0]!.snapshot!.revision;
+    const changes = events.filter((e) => e.change).map((e) => e.change!.revision);
+    assert.deepEqual(
+      changes,
+      Array.from({ length: 23 - r }, (_, i) => r + 1 + i),
+      "gap-free, ordered",
+    );
+    // Rebuilding from the stream gives exactly the database's state.
+    const state = new Map<string, string>();
+    for (const o of events[0]!.snapshot!.objects) state.set(o.bridge!.id, o.bridge!.name);
+    for (const e of events) for (const o of e.change?.upserts ?? []) state.set(o.bridge!.id, o.bridge!.name);
+    const db = await readSnapshot(s.writer.db);
+    assert.deepEqual(new Map(db.objects.map((o) => [o.bridge!.id, o.bridge!.name])), state);
+  });
 
-test("a snapshot larger than a part arrives as snapshot_part events then the snapshot, all at one revision", async (t) => {
-  if (skip) return t.skip(skip);
-  const s = await serve({ snapshotPartBytes: 200 });
-  t.after(() => s.close());
-  await applyNetworks(s, 12, 40); // each bridge encodes to ~70 bytes: a few per part
-  const { events, error } = await collect(s.client, 0, (ev) => ev.some((e) => e.snapshot));
-  assert.equal(error, undefined);
-  const parts = events.filter((e) => e.snapshotPart).map((e) => e.snapshotPart!);
-  assert.ok(parts.length >= 2, `several parts (got ${parts.length})`);
-  assert.ok(events.at(-1)?.snapshot, "the snapshot event comes last");
-  const all = [...parts, events.at(-1)!.snapshot!];
-  assert.deepEqual(new Set(all.map((p) => p.revision)), new Set([12]));
-  for (const p of all) {
-    const bytes = p.objects.reduce((n, o) => n + topologypb.TopologyObject.encode(o).finish().length, 0);
-    assert.ok(p.objects.length === 1 || bytes <= 200, `part of ${bytes} bytes within the bound`);
-  }
-  const db = await readSnapshot(s.writer.db);
-  assert.deepEqual(
-    all.flatMap((p) => p.objects.map((o) => o.bridge!.id)),
-    db.objects.map((o) => o.bridge!.id),
-    "the parts together are the snapshot, in order, without repeats",
-  );
-});
+  test(`a snapshot larger than a part arrives as snapshot_part events then the snapshot, all at one revision${from}`, async (t) => {
+    if (skip) return t.skip(skip);
+    const s = await serve({ snapshotPartBytes: 200 }, undefined, mirrored);
+    t.after(() => s.close());
+    await applyNetworks(s, 12, 40); // each bridge encodes to ~70 bytes: a few per part
+    // The mirror is at the revision this replica's feed has read (it polls the other's commits).
+    for (let i = 0; i < 500 && s.mirror && s.mirror.snapshot()?.revision !== 12; i++) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    const { events, error } = await collect(s.client, 0, (ev) => ev.some((e) => e.snapshot));
+    assert.equal(error, undefined);
+    const parts = events.filter((e) => e.snapshotPart).map((e) => e.snapshotPart!);
+    assert.ok(parts.length >= 2, `several parts (got ${parts.length})`);
+    assert.ok(events.at(-1)?.snapshot, "the snapshot event comes last");
+    const all = [...parts, events.at(-1)!.snapshot!];
+    assert.deepEqual(new Set(all.map((p) => p.revision)), new Set([12]));
+    for (const p of all) {
+      const bytes = p.objects.reduce((n, o) => n + topologypb.TopologyObject.encode(o).finish().length, 0);
+      assert.ok(p.objects.length === 1 || bytes <= 200, `part of ${bytes} bytes within the bound`);
+    }
+    const db = await readSnapshot(s.writer.db);
+    // The database's are in (kind, id) order; the mirror's in the order objects arrived.
+    const ids = all.flatMap((p) => p.objects.map((o) => o.bridge!.id));
+    assert.deepEqual(
+      mirrored ? [...ids].sort() : ids,
+      db.objects.map((o) => o.bridge!.id),
+      "the parts together are the snapshot, without repeats",
+    );
+  });
 
-test("resume after a disconnect continues from the agent's revision without a snapshot", async (t) => {
-  if (skip) return t.skip(skip);
-  const s = await serve();
-  t.after(() => s.close());
-  await applyNetworks(s, 5);
-  const first = await collect(s.client, 0, (ev) => lastRevision(ev) >= 5);
-  assert.equal(lastRevision(first.events), 5);
-  // Disconnected while 30 more changes happen (more than the feed's ring holds: read from the DB).
-  await applyNetworks(s, 30);
-  const second = await collect(s.client, 5, (ev) => lastRevision(ev) >= 35);
-  assert.equal(second.error, undefined);
-  assert.equal(
-    second.events.some((e) => e.snapshot),
-    false,
-  );
-  assert.deepEqual(
-    second.events.filter((e) => e.change).map((e) => e.change!.revision),
-    Array.from({ length: 30 }, (_, i) => 6 + i),
-  );
-  // Resuming near the head is served from the feed's ring.
-  await applyNetworks(s, 2);
-  const third = await collect(s.client, 35, (ev) => lastRevision(ev) >= 37);
-  assert.deepEqual(
-    third.events.filter((e) => e.change).map((e) => e.change!.revision),
-    [36, 37],
-  );
-});
+  test(`resume after a disconnect continues from the agent's revision without a snapshot${from}`, async (t) => {
+    if (skip) return t.skip(skip);
+    const s = await serve({}, undefined, mirrored);
+    t.after(() => s.close());
+    await applyNetworks(s, 5);
+    const first = await collect(s.client, 0, (ev) => lastRevision(ev) >= 5);
+    assert.equal(lastRevision(first.events), 5);
+    // Disconnected while 30 more changes happen (more than the feed's ring holds: read from the DB).
+    await applyNetworks(s, 30);
+    const second = await collect(s.client, 5, (ev) => lastRevision(ev) >= 35);
+    assert.equal(second.error, undefined);
+    assert.equal(
+      second.events.some((e) => e.snapshot),
+      false,
+    );
+    assert.deepEqual(
+      second.events.filter((e) => e.change).map((e) => e.change!.revision),
+      Array.from({ length: 30 }, (_, i) => 6 + i),
+    );
+    // Resuming near the head is served from the feed's ring.
+    await applyNetworks(s, 2);
+    const third = await collect(s.client, 35, (ev) => lastRevision(ev) >= 37);
+    assert.deepEqual(
+      third.events.filter((e) => e.change).map((e) => e.change!.revision),
+      [36, 37],
+    );
+  });
+}
 
 test("an agent that stops reading is cut off with RESOURCE_EXHAUSTED, not buffered without bound", async (t) => {
   if (skip) return t.skip(skip);

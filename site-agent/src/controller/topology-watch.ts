@@ -7,6 +7,7 @@ import type { Logger, topologypb } from "@isthmus/schema";
 import type { ChangeFeed } from "./change-feed.js";
 import type { Database } from "./db/database.js";
 import { encodeSnapshotEvent } from "./snapshot-encoding.js";
+import type { TopologyMirror } from "./topology-mirror.js";
 import { encodedChangeBytes, readChangesAfter, readSnapshotBodies } from "./topology-store.js";
 
 type Call = ServerWritableStream<topologypb.WatchTopologyRequest, topologypb.WatchTopologyResponse>;
@@ -44,6 +45,8 @@ export class TopologyWatchService {
     private readonly opts: WatchOptions,
     private readonly log: Logger,
     private readonly authorize: WatchAuthorizer,
+    /** Snapshots from memory when it is ready; else (or absent) from the database. */
+    readonly mirror?: TopologyMirror,
   ) {}
 
   get openStreams(): number {
@@ -197,6 +200,13 @@ export class TopologyWatchService {
 
   /** Writes a consistent snapshot in parts; returns its revision. */
   private async writeSnapshot(call: Call): Promise<number> {
+    // From memory: consistent at the feed's revision, and this stream subscribed to the feed
+    // before this synchronous call, so every later change reaches its queue.
+    const framed = this.mirror?.snapshot();
+    if (framed) {
+      for (const ev of framed.events) call.write(ev as unknown as topologypb.WatchTopologyResponse);
+      return framed.revision;
+    }
     const { revision, parts } = await readSnapshotBodies(
       this.db,
       this.opts.snapshotPartBytes ?? DEFAULT_SNAPSHOT_PART_BYTES,

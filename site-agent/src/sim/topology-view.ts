@@ -110,6 +110,9 @@ export interface PortGroupView {
 }
 
 /** Tags naming topology objects (see docs/simulation.md for the full list). */
+/** Where tags go when nobody needs them. */
+const NO_TAGS = { add: (_tag: string) => undefined };
+
 export const tag = {
   device: (id: string) => `device:${id}`,
   port: (id: string) => `port:${id}`,
@@ -193,12 +196,18 @@ export class TopologyView {
   private readonly arpsByBridge = new Map<string, Set<string>>();
 
   constructor(objects: topologypb.TopologyObject[] = [], revision = 0) {
-    this.apply({ revision, upserts: objects, deletes: [] });
+    // A new view has no flows to invalidate: its tags are not collected (for a snapshot of a
+    // large site that is hundreds of thousands of strings hashed into a set, then dropped).
+    this.update({ revision, upserts: objects, deletes: [] }, false);
   }
 
   /** Applies one change; returns the tags of flows that may now be stale. */
   apply(change: topologypb.TopologyChange): string[] {
-    const tags = new Set<string>();
+    return this.update(change, true);
+  }
+
+  private update(change: topologypb.TopologyChange, collectTags: boolean): string[] {
+    const tags: { add(tag: string): unknown } = collectTags ? new Set<string>() : NO_TAGS;
     const dirtyBridges = new Set<string>();
     const dirtyRouters = new Set<string>();
     const dirtyChains = new Set<string>();
@@ -430,7 +439,7 @@ export class TopologyView {
     for (const id of dirtyRouters) this.rebuildRouter(id);
     for (const id of dirtyChains) this.rebuildChain(id);
     if (change.revision > this.revision) this.revision = change.revision;
-    return [...tags];
+    return collectTags ? [...(tags as Set<string>)] : [];
   }
 
   private devicePorts(id: string): PortView[] {

@@ -4,7 +4,7 @@
 // status, and removes its devices, filters and pins when stopped.
 import assert from "node:assert/strict";
 import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { getPriority, setPriority, tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { silentLogger } from "@isthmus/schema";
@@ -59,7 +59,8 @@ describe("isthmus agent --datapath kernel", { skip }, () => {
     const controller = await server.start();
     const bpffs = join(dir, "bpffs");
     const config = join(dir, "agent.yaml");
-    writeFileSync(config, `agent:\n  kernel:\n    bpffs: ${bpffs}\n    stateDir: ${dir}\n`);
+    // nice 1: the thread's priority is applied (this test runs the agent in its own process).
+    writeFileSync(config, `agent:\n  nice: 1\n  kernel:\n    bpffs: ${bpffs}\n    stateDir: ${dir}\n`);
     const name = kernelDatapathName(h.id);
     const running = await startAgent(
       {
@@ -87,11 +88,27 @@ describe("isthmus agent --datapath kernel", { skip }, () => {
         datapath: string;
       };
       assert.equal(status.datapath, "kernel");
+      assert.equal(getPriority(), 1, "agent.nice applied to the event-loop thread");
+      // Flow-setup samples (none yet: the fake simulator installs nothing the kernel carries).
+      const setup = (await (
+        await fetch(`http://127.0.0.1:${running.adminPort}/flow-setup?since=0`)
+      ).json()) as {
+        total: number;
+        fromMiss: number[];
+        fromRead: number[];
+      };
+      assert.equal(typeof setup.total, "number");
+      assert.equal(setup.fromMiss.length, setup.total);
+      assert.equal(setup.fromRead.length, setup.total);
+      const bad = await fetch(`http://127.0.0.1:${running.adminPort}/flow-setup?since=-1`);
+      assert.equal(bad.status, 404);
+      assert.match(await bad.text(), /since=<n>/);
       const metrics = await (await fetch(`http://127.0.0.1:${running.metricsPort}/metrics`)).text();
       assert.match(metrics, /isthmus_agent_upcalls_total [1-9]/);
     } finally {
       await running.stop();
       await server.stop();
+      setPriority(0);
     }
     for (const d of ["u0", "u1", "vx"])
       assert.equal(linkInfo(undefined, `${name}${d}`), undefined, `${d} removed`);

@@ -31,13 +31,15 @@ export async function controllerFixture(
     /** Site-local key range (default the whole 0x000001–0x0FFFFF). */
     keyRange?: { min: number; max: number };
     beforeCommit?: (tx: Tx, label: string) => Promise<void>;
+    /** Lease TTL (2 s); large builds stall the event loop longer than that. */
+    leaseTtlMs?: number;
   } = {},
 ): Promise<Fixture> {
   const log = silentLogger();
   const db = new Database({ url, log, retry: { maxAttempts: 30 } });
   await migrate(db);
   const holder = opts.holder ?? "ctl-1";
-  const lease = new ControllerLease(db, { holder, ttlMs: 2_000, renewEveryMs: 500 }, log);
+  const lease = new ControllerLease(db, { holder, ttlMs: opts.leaseTtlMs ?? 2_000, renewEveryMs: 500 }, log);
   await lease.attempt();
   lease.start();
   const committed: number[] = [];

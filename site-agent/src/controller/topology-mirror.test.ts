@@ -1,0 +1,215 @@
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+import { silentLogger, topologypb } from "@isthmus/schema";
+import { ChangeFeed, type ChangeListener } from "./change-feed.js";
+import { Database } from "./db/database.js";
+import { startTestPostgres, type TestPostgres } from "./db/test-postgres.js";
+import { controllerFixture, type Fixture } from "./test-support/controller-fixture.js";
+import { network, networkRef, trivialTranslator } from "./test-support/trivial-translator.js";
+import { type FramedSnapshot, TopologyMirror } from "./topology-mirror.js";
+import { readSnapshot } from "./topology-store.js";
+
+let pgs: TestPostgres | undefined;
+let skip: string | undefined;
+before(async () => {
+  const r = await startTestPostgres();
+  if ("skip" in r) {
+    skip = r.skip;
+    console.log(`# skipping: ${r.skip}`);
+  } else pgs = r;
+});
+after(async () => {
+  await pgs?.stop();
+});
+
+/** What a framed snapshot holds, decoded: revision and bridge id → name. */
+function decodeFramed(f: FramedSnapshot): { revision: number; bridges: Map<string, string> } {
+  const bridges = new Map<string, string>();
+  let revision = -1;
+  f.events.forEach((ev, i) => {
+    const e = topologypb.WatchTopologyResponse.decode(ev.bytes);
+    const part = i === f.events.length - 1 ? e.snapshot : e.snapshotPart;
+    assert.ok(part, `event ${i} is a ${i === f.events.length - 1 ? "snapshot" : "snapshot part"}`);
+    revision = part.revision;
+    for (const o of part.objects) {
+      assert.equal(bridges.has(o.bridge!.id), false, "no object twice");
+      bridges.set(o.bridge!.id, o.bridge!.name);
+    }
+  });
+  return { revision, bridges };
+}
+
+async function dbState(db: Database): Promise<{ revision: number; bridges: Map<string, string> }> {
+  const s = await readSnapshot(db);
+  return { revision: s.revision, bridges: new Map(s.objects.map((o) => [o.bridge!.id, o.bridge!.name])) };
+}
+
+async function until(what: string, cond: () => boolean): Promise<void> {
+  const deadline = Date.now() + 15_000;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+let index = 0;
+async function put(f: Fixture, id: string, name: string): Promise<void> {
+  index++;
+  await f.applier.applyChange({ index, upserts: [network(id, name, 0x100000 + index)], deletes: [] });
+}
+async function remove(f: Fixture, id: string): Promise<void> {
+  index++;
+  await f.applier.applyChange({ index, upserts: [], deletes: [networkRef(id)] });
+}
+
+/** A feed the test drives by hand. */
+class ManualFeed {
+  readonly listeners = new Set<ChangeListener>();
+  subscribe(fn: ChangeListener): () => void {
+    this.listeners.add(fn);
+    return () => this.listeners.delete(fn);
+  }
+  emit(c: topologypb.TopologyChange): void {
+    for (const l of this.listeners) l(c);
+  }
+}
+
+const bridge = (id: string, name: string): topologypb.TopologyObject => ({
+  bridge: topologypb.Bridge.fromPartial({
+    id,
+    name,
+    networkId: id,
+    tunnelKey: 7,
+    mtu: 1450,
+    adminStateUp: true,
+  }),
+});
+
+test("the mirror follows the other replica's writes (upserts, rewrites, deletes) and frames what the database holds", async (t) => {
+  if (skip) return t.skip(skip);
+  index = 0;
+  const url = await pgs!.createDatabase();
+  const writer = await controllerFixture(url, { translator: trivialTranslator });
+  const readerDb = new Database({ url, log: silentLogger() });
+  const feed = new ChangeFeed(readerDb, { pollMs: 20, ringSize: 8, batch: 50 }, silentLogger());
+  t.after(async () => {
+    await feed.stop();
+    await readerDb.close();
+    await writer.close();
+  });
+  for (let i = 0; i < 5; i++) await put(writer, `n${i}`, `net-${i}`);
+  await feed.start();
+  const mirror = new TopologyMirror(readerDb, feed, { maxBytes: 1 << 20, partBytes: 120 }, silentLogger());
+  await mirror.start();
+  t.after(() => mirror.stop());
+  assert.ok(mirror.ready);
+  assert.deepEqual(decodeFramed(mirror.snapshot()!), await dbState(readerDb), "loaded at start");
+  for (let i = 5; i < 12; i++) await put(writer, `n${i}`, `net-${i}-${"x".repeat(i * 5)}`);
+  await put(writer, "n2", "renamed"); // a rewrite of an object the mirror holds
+  await remove(writer, "n0");
+  await remove(writer, "n7");
+  const want = await dbState(readerDb);
+  await until(
+    "the mirror to reach the database's revision",
+    () => mirror.snapshot()?.revision === want.revision,
+  );
+  const got = decodeFramed(mirror.snapshot()!);
+  assert.deepEqual(got, want);
+  assert.equal(got.bridges.get("n2"), "renamed");
+  assert.equal(got.bridges.has("n0"), false);
+  assert.ok(mirror.snapshot()!.events.length > 3, "in several parts (120 bytes each)");
+  assert.equal(mirror.loads, 1, "followed the feed without reloading");
+});
+
+test("framed events are shared at one revision and framed again after a change", async (t) => {
+  if (skip) return t.skip(skip);
+  index = 0;
+  const url = await pgs!.createDatabase();
+  const writer = await controllerFixture(url, { translator: trivialTranslator });
+  t.after(() => writer.close());
+  await put(writer, "a", "A");
+  const feed = new ManualFeed();
+  const mirror = new TopologyMirror(
+    writer.db,
+    feed,
+    { maxBytes: 1 << 20, partBytes: 1 << 20 },
+    silentLogger(),
+  );
+  await mirror.start();
+  const first = mirror.snapshot()!;
+  assert.equal(mirror.snapshot(), first, "the same framing for every agent at this revision");
+  feed.emit({ revision: first.revision + 1, upserts: [bridge("b", "B")], deletes: [] });
+  const second = mirror.snapshot()!;
+  assert.notEqual(second, first);
+  assert.equal(second.revision, first.revision + 1);
+  assert.deepEqual([...decodeFramed(second).bridges.keys()].sort(), ["a", "b"]);
+  feed.emit({ revision: first.revision, upserts: [bridge("old", "replayed")], deletes: [] });
+  assert.equal(mirror.snapshot(), second, "a change it already has is ignored");
+  mirror.stop();
+});
+
+test("changes delivered while loading apply after the load's revision; a gap reloads from the database", async (t) => {
+  if (skip) return t.skip(skip);
+  index = 0;
+  const url = await pgs!.createDatabase();
+  const writer = await controllerFixture(url, { translator: trivialTranslator });
+  t.after(() => writer.close());
+  await put(writer, "a", "A");
+  await put(writer, "b", "B");
+  const at = (await dbState(writer.db)).revision;
+  const feed = new ManualFeed();
+  const mirror = new TopologyMirror(
+    writer.db,
+    feed,
+    { maxBytes: 1 << 20, partBytes: 1 << 20 },
+    silentLogger(),
+  );
+  const starting = mirror.start();
+  // Delivered before the load's read returns: one the load already has, one after it.
+  feed.emit({ revision: at, upserts: [bridge("b", "B")], deletes: [] });
+  feed.emit({ revision: at + 1, upserts: [bridge("c", "C")], deletes: [{ kind: 2, id: "a" }] });
+  assert.equal(mirror.snapshot(), undefined, "nothing from memory while loading");
+  await starting;
+  let s = decodeFramed(mirror.snapshot()!);
+  assert.equal(s.revision, at + 1);
+  assert.deepEqual([...s.bridges.keys()].sort(), ["b", "c"]);
+
+  // The database moves on by three revisions, the feed delivers only the last: the mirror
+  // cannot trust itself, serves nothing until it has reloaded, then holds the database's state.
+  await put(writer, "d", "D");
+  await put(writer, "e", "E");
+  await put(writer, "f", "F");
+  const want = await dbState(writer.db);
+  feed.emit({ revision: want.revision, upserts: [bridge("f", "F")], deletes: [] });
+  assert.equal(mirror.snapshot(), undefined, "a gap: not served from memory");
+  await until("the reload", () => mirror.ready);
+  s = decodeFramed(mirror.snapshot()!);
+  assert.deepEqual(s, want);
+  assert.equal(mirror.loads, 2);
+  mirror.stop();
+});
+
+test("over its byte bound the mirror turns itself off (snapshots then come from the database)", async (t) => {
+  if (skip) return t.skip(skip);
+  index = 0;
+  const url = await pgs!.createDatabase();
+  const writer = await controllerFixture(url, { translator: trivialTranslator });
+  t.after(() => writer.close());
+  await put(writer, "a", "A");
+  const feed = new ManualFeed();
+  const small = new TopologyMirror(writer.db, feed, { maxBytes: 200, partBytes: 1 << 20 }, silentLogger());
+  await small.start();
+  assert.ok(small.ready, "one bridge fits");
+  const r = (await dbState(writer.db)).revision;
+  feed.emit({ revision: r + 1, upserts: [bridge("b", "x".repeat(300))], deletes: [] });
+  assert.equal(small.ready, false);
+  assert.equal(small.snapshot(), undefined);
+  feed.emit({ revision: r + 2, upserts: [], deletes: [{ kind: 2, id: "b" }] });
+  assert.equal(small.snapshot(), undefined, "stays off");
+  const off = new TopologyMirror(writer.db, feed, { maxBytes: 0, partBytes: 1 << 20 }, silentLogger());
+  await off.start();
+  assert.equal(off.snapshot(), undefined, "maxBytes 0 = off");
+  assert.equal(off.loads, 0);
+  small.stop();
+  off.stop();
+});

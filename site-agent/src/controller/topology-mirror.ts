@@ -1,0 +1,208 @@
+// The controller's in-memory copy of the topology as stored (kind/id → encoded TopologyObject),
+// kept at the change feed's revision, so an agent's snapshot is framed from memory instead of
+// reading every row of the site database per Watch (over a second for a 10k-port site). Framed
+// events are kept for the current revision, so agents connecting together share one framing.
+// Bounded by bytes; over the bound, or while (re)loading, Watch reads the database as before.
+import type { Logger, topologypb } from "@isthmus/schema";
+import type { ChangeFeed } from "./change-feed.js";
+import type { Database } from "./db/database.js";
+import { encodeTopology, keyString, topologyRefOf } from "./objects.js";
+import { type EncodedWatchEvent, encodeSnapshotEvent } from "./snapshot-encoding.js";
+import { currentRevision, splitSnapshotParts } from "./topology-store.js";
+
+export interface TopologyMirrorOptions {
+  /** Encoded bytes of objects the copy may hold (the framed events take as much again); 0 = off. */
+  maxBytes: number;
+  /** Encoded bytes of objects per snapshot event. */
+  partBytes: number;
+}
+
+export interface FramedSnapshot {
+  revision: number;
+  events: EncodedWatchEvent[];
+  objects: number;
+}
+
+/**
+ * off: not started or disabled; loading: reading the database (changes are kept for after);
+ * ready: at the feed's revision; stale: missed revisions or a failed load, a reload is due;
+ * over-bound: larger than maxBytes, off until restart.
+ */
+type State = "off" | "loading" | "ready" | "stale" | "over-bound" | "stopped";
+
+export class TopologyMirror {
+  private objects = new Map<string, Buffer>();
+  private bytes = 0;
+  private revision = -1;
+  private state: State = "off";
+  /** Changes delivered while loading, applied after the load's revision. */
+  private pending: topologypb.TopologyChange[] = [];
+  private framed: FramedSnapshot | undefined;
+  private unsubscribe: (() => void) | undefined;
+  private loading: Promise<void> | undefined;
+  private again = false;
+  /** How often the copy was (re)loaded from the database (a metric and for tests). */
+  loads = 0;
+
+  constructor(
+    private readonly db: Database,
+    private readonly feed: Pick<ChangeFeed, "subscribe">,
+    private readonly opts: TopologyMirrorOptions,
+    private readonly log: Logger,
+  ) {}
+
+  /** Call after the feed started (its head is then at most the revision a load reads). */
+  async start(): Promise<void> {
+    if (this.opts.maxBytes <= 0) return;
+    this.unsubscribe = this.feed.subscribe((c) => this.onChange(c));
+    this.reload();
+    await this.loading;
+  }
+
+  /** Whether snapshots come from memory now. */
+  get ready(): boolean {
+    return this.state === "ready";
+  }
+
+  /**
+   * The snapshot at the feed's revision, framed; undefined when the copy is not usable now (the
+   * caller reads the database). Synchronous: a caller subscribed to the feed before calling gets
+   * every change after the returned revision from its subscription.
+   */
+  snapshot(): FramedSnapshot | undefined {
+    if (this.state !== "ready") return undefined;
+    if (this.framed?.revision !== this.revision) {
+      const parts = splitSnapshotParts(this.objects.values(), this.opts.partBytes);
+      this.framed = {
+        revision: this.revision,
+        objects: this.objects.size,
+        events: parts.map((bodies, i) =>
+          encodeSnapshotEvent(i === parts.length - 1 ? "snapshot" : "snapshotPart", this.revision, bodies),
+        ),
+      };
+    }
+    return this.framed;
+  }
+
+  stop(): void {
+    this.state = "stopped";
+    this.unsubscribe?.();
+    this.clear();
+  }
+
+  private onChange(c: topologypb.TopologyChange): void {
+    if (this.state === "loading") {
+      this.pending.push(c);
+      return;
+    }
+    if (this.state === "stale") {
+      this.reload(); // a failed load: try again now that the database answers the feed
+      return;
+    }
+    if (this.state !== "ready" || c.revision <= this.revision) return;
+    if (c.revision !== this.revision + 1) {
+      // The feed skipped revisions (the log was pruned past it): start over from the database.
+      this.log.warn({ at: this.revision, got: c.revision }, "topology mirror missed revisions; reloading");
+      this.state = "stale";
+      this.clear();
+      this.reload();
+      return;
+    }
+    this.apply(c);
+  }
+
+  private apply(c: topologypb.TopologyChange): void {
+    for (const d of c.deletes) this.remove(keyString(d.kind, d.id));
+    for (const o of c.upserts) {
+      const ref = topologyRefOf(o);
+      const key = keyString(ref.kind, ref.id);
+      this.remove(key);
+      const body = encodeTopology(o);
+      this.objects.set(key, body);
+      this.bytes += body.length;
+    }
+    this.revision = c.revision;
+    this.framed = undefined;
+    if (this.bytes > this.opts.maxBytes) this.overBound();
+  }
+
+  private remove(key: string): void {
+    const old = this.objects.get(key);
+    if (old === undefined) return;
+    this.bytes -= old.length;
+    this.objects.delete(key);
+  }
+
+  private overBound(): void {
+    this.log.warn(
+      { bytes: this.bytes, maxBytes: this.opts.maxBytes },
+      "topology is larger than the mirror's bound; snapshots are read from the database",
+    );
+    this.state = "over-bound";
+    this.clear();
+  }
+
+  private clear(): void {
+    this.objects = new Map();
+    this.bytes = 0;
+    this.framed = undefined;
+    this.pending = [];
+  }
+
+  /** Loads from the database, once more if asked again meanwhile. */
+  private reload(): void {
+    if (this.loading) {
+      this.again = true;
+      return;
+    }
+    this.loading = (async () => {
+      do {
+        this.again = false;
+        await this.load();
+      } while (this.again && this.state !== "stopped" && this.state !== "ready");
+    })().finally(() => {
+      this.loading = undefined;
+    });
+  }
+
+  private async load(): Promise<void> {
+    this.state = "loading";
+    this.clear();
+    this.loads++;
+    try {
+      const read = await this.db.tx(
+        "topology-mirror",
+        async (tx) => {
+          const revision = await currentRevision(tx);
+          const rows = await tx.query("SELECT kind, id, body FROM topology_objects ORDER BY kind, id");
+          return { revision, rows: rows.rows };
+        },
+        { readOnly: true },
+      );
+      if ((this.state as State) === "stopped") return;
+      for (const row of read.rows) {
+        const body = row.body as Buffer;
+        this.objects.set(keyString(Number(row.kind), row.id as string), body);
+        this.bytes += body.length;
+        if (this.bytes > this.opts.maxBytes) {
+          this.overBound();
+          return;
+        }
+      }
+      this.revision = read.revision;
+      const pending = this.pending;
+      this.pending = [];
+      this.state = "ready";
+      // Changes after the load's revision, in order; a gap among them reloads again.
+      for (const c of pending) this.onChange(c);
+    } catch (err) {
+      if ((this.state as State) === "stopped") return;
+      this.log.warn(
+        { err: (err as Error).message },
+        "loading the topology mirror failed; snapshots read the database until a reload succeeds",
+      );
+      this.state = "stale";
+      this.clear();
+    }
+  }
+}
