@@ -6,6 +6,7 @@ export {
   GrpcRaftTransport,
   type GrpcRaftTransportOptions,
   type GrpcRaftTransportStats,
+  RAFT_SERVER_OPTIONS,
 } from "./api/raft-transport-grpc.js";
 export * as auth from "./auth/index.js";
 export * as intent from "./intent/index.js";

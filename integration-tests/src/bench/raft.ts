@@ -83,6 +83,15 @@ async function load(
   return { writes: latencies.length, errors, latencies, seconds: measureMs / 1000 };
 }
 
+/**
+ * Unmeasured load before a system's first level: 16 closed loops for `ms`. Both systems get the
+ * same, so neither the first measured level nor the load generator (one Node process serving
+ * both systems in turn) runs with code V8 has not optimized yet while the other system's does.
+ */
+async function prime(ms: number, put: (i: number) => Promise<boolean>): Promise<void> {
+  if (ms > 0) await load(16, 0, ms, put);
+}
+
 function row(system: BenchRow["system"], clients: number, r: Awaited<ReturnType<typeof load>>): BenchRow {
   const sorted = r.latencies.sort((a, b) => a - b);
   return {
@@ -211,7 +220,12 @@ class EtcdCluster {
   }
 }
 
-async function benchRaftTs(levels: number[], warmupMs: number, measureMs: number): Promise<BenchRow[]> {
+async function benchRaftTs(
+  levels: number[],
+  primeMs: number,
+  warmupMs: number,
+  measureMs: number,
+): Promise<BenchRow[]> {
   // RAFT_BENCH_PROFILE_DIR=dir writes a V8 CPU profile of every node process there (node --cpu-prof).
   const profDir = process.env.RAFT_BENCH_PROFILE_DIR;
   const nodeArgs = profDir ? ["--cpu-prof", `--cpu-prof-dir=${profDir}`] : [];
@@ -219,37 +233,39 @@ async function benchRaftTs(levels: number[], warmupMs: number, measureMs: number
   try {
     const leader = await cluster.waitLeader();
     const value = randomBytes(VALUE_BYTES).toString("base64").slice(0, VALUE_BYTES);
+    const put = async (i: number) => (await cluster.put(leader, `bench-${i % KEYS}`, value)).status === 200;
+    await prime(primeMs, put);
     const rows: BenchRow[] = [];
-    for (const clients of levels) {
-      const r = await load(clients, warmupMs, measureMs, async (i) => {
-        const res = await cluster.put(leader, `bench-${i % KEYS}`, value);
-        return res.status === 200;
-      });
-      rows.push(row("raft-ts", clients, r));
-    }
+    for (const clients of levels)
+      rows.push(row("raft-ts", clients, await load(clients, warmupMs, measureMs, put)));
     return rows;
   } finally {
     await cluster.stop();
   }
 }
 
-async function benchEtcd(levels: number[], warmupMs: number, measureMs: number): Promise<BenchRow[]> {
+async function benchEtcd(
+  levels: number[],
+  primeMs: number,
+  warmupMs: number,
+  measureMs: number,
+): Promise<BenchRow[]> {
   const etcd = await EtcdCluster.start();
   try {
     const leader = await etcd.leader();
     const value = randomBytes(VALUE_BYTES).toString("base64");
     const keys = Array.from({ length: KEYS }, (_, k) => Buffer.from(`bench-${k}`).toString("base64"));
-    const rows: BenchRow[] = [];
-    for (const clients of levels) {
-      const r = await load(clients, warmupMs, measureMs, async (i) => {
-        const res = await httpJson(etcd.agent, leader.clientPort, "POST", "/v3/kv/put", {
-          key: keys[i % KEYS],
-          value,
-        });
-        return res.status === 200;
+    const put = async (i: number) => {
+      const res = await httpJson(etcd.agent, leader.clientPort, "POST", "/v3/kv/put", {
+        key: keys[i % KEYS],
+        value,
       });
-      rows.push(row("etcd", clients, r));
-    }
+      return res.status === 200;
+    };
+    await prime(primeMs, put);
+    const rows: BenchRow[] = [];
+    for (const clients of levels)
+      rows.push(row("etcd", clients, await load(clients, warmupMs, measureMs, put)));
     return rows;
   } finally {
     await etcd.stop();
@@ -266,7 +282,7 @@ function markdown(rows: BenchRow[], meta: Record<string, string | number>): stri
     "## raft: raft-ts vs etcd (3 nodes, fsync, 256-byte puts)",
     "",
     `Measured ${meta.date} on ${meta.cpus} × ${meta.cpu}, ${meta.mode} mode (${meta.measureSeconds} s per level after ` +
-      `${meta.warmupSeconds} s warm-up), etcd ${meta.etcd}, 1-minute load average ${meta.loadAverage}. Both systems: 3 members as separate processes on ` +
+      `${meta.warmupSeconds} s warm-up; each system first gets ${meta.primeSeconds} s of unmeasured load at 16 clients), etcd ${meta.etcd}, 1-minute load average ${meta.loadAverage}. Both systems: 3 members as separate processes on ` +
       "loopback, heartbeat 100 ms, election 1 s, WAL fsync before acknowledging; clients are closed loops " +
       "sending HTTP/JSON puts to the leader (raft-ts: the test node's `/put`; etcd: its gRPC gateway " +
       "`/v3/kv/put`) over 1 000 keys. Throughput ratio > 1 and latency ratio < 1 favour raft-ts.",
@@ -313,10 +329,15 @@ export async function run(opts: RaftBenchOptions): Promise<void> {
   const levels = opts.concurrency ?? [1, 16, 64, 256];
   const warmupMs = opts.quick ? 300 : 2000;
   const measureMs = opts.quick ? 1200 : 10_000;
+  const primeMs = opts.quick ? 300 : 3000;
   console.log(`raft bench: ${opts.quick ? "quick" : "full"} mode, clients ${levels.join(", ")}`);
   const loadBefore = loadavg()[0]!;
-  const raftRows = await benchRaftTs(levels, warmupMs, measureMs);
-  const etcdRows = await benchEtcd(levels, warmupMs, measureMs);
+  // `npm run bench` builds first; each system starts with the page cache flushed (sync(1)), so
+  // neither meets the other's or the build's write-back in its fsyncs.
+  spawnSync("sync", { stdio: "ignore" });
+  const raftRows = await benchRaftTs(levels, primeMs, warmupMs, measureMs);
+  spawnSync("sync", { stdio: "ignore" });
+  const etcdRows = await benchEtcd(levels, primeMs, warmupMs, measureMs);
   const rows = [...raftRows, ...etcdRows];
   const meta = {
     date: new Date().toISOString().slice(0, 16).replace("T", " "),
@@ -325,6 +346,7 @@ export async function run(opts: RaftBenchOptions): Promise<void> {
     mode: opts.quick ? "quick" : "full",
     measureSeconds: measureMs / 1000,
     warmupSeconds: warmupMs / 1000,
+    primeSeconds: primeMs / 1000,
     etcd: etcdVersion(),
     node: process.version,
     loadAverage: `${loadBefore.toFixed(1)} before, ${loadavg()[0]!.toFixed(1)} after`,

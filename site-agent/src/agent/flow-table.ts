@@ -54,6 +54,13 @@ export interface InstallRequest {
   onHit?: (flow: Flow, now: number) => void;
 }
 
+/** A flow's tags without repeats; lists are a few entries long, so no Set is built. */
+function uniqueTags(tags: readonly string[]): string[] {
+  const out: string[] = [];
+  for (const t of tags) if (!out.includes(t)) out.push(t);
+  return out;
+}
+
 export type RemoveReason = "idle" | "hard" | "invalidated" | "replaced" | "deleted";
 
 interface MaskBucket {
@@ -132,7 +139,9 @@ export class FlowTable {
     if (req.match.length !== KEY_SIZE || req.mask.length !== KEY_SIZE) {
       throw new Error(`flow table: match and mask must be ${KEY_SIZE} bytes`);
     }
-    const match = applyMask(req.match, req.mask, Buffer.alloc(KEY_SIZE));
+    // From Buffer's pool (applyMask writes every byte): a fresh ArrayBuffer per flow cost more than
+    // the key itself.
+    const match = applyMask(req.match, req.mask, Buffer.allocUnsafe(KEY_SIZE));
     const maskKey = req.mask.toString("latin1");
     let bucket = this.buckets.get(maskKey);
     const matchKey = match.toString("latin1");
@@ -151,7 +160,7 @@ export class FlowTable {
       match,
       mask: bucket.mask,
       actions: req.actions,
-      tags: [...new Set(req.tags)],
+      tags: uniqueTags(req.tags),
       installedAt: now,
       idleTimeoutMs: req.idleTimeoutMs ?? this.limits.idleTimeoutMs,
       hardTimeoutMs: req.hardTimeoutMs ?? this.limits.hardTimeoutMs,
