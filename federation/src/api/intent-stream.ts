@@ -67,13 +67,14 @@ export const DEFAULT_SNAPSHOT_PART_BYTES = 1024 * 1024;
 export function snapshotEvents(
   snapshot: intentpb.IntentSnapshot,
   partBytes: number | undefined,
+  sizeOf: (o: intentpb.IntentObject) => number = (o) => intentpb.IntentObject.encode(o).finish().length,
 ): sitesyncpb.WatchIntentResponse[] {
   if (partBytes === undefined) return [{ snapshot }];
   const parts: intentpb.IntentObject[][] = [];
   let part: intentpb.IntentObject[] = [];
   let bytes = 0;
   for (const o of snapshot.objects) {
-    const size = intentpb.IntentObject.encode(o).finish().length;
+    const size = sizeOf(o);
     if (part.length > 0 && bytes + size > partBytes) {
       parts.push(part);
       part = [];
@@ -155,10 +156,13 @@ export async function streamIntent<Req>(o: IntentStreamOptions<Req>): Promise<vo
       );
     }
   };
+  // The objects are not copied: send() hands each event to grpc-js, which encodes it at once.
+  const stateEvents = () =>
+    snapshotEvents(sm.intentSnapshotShared(), o.snapshotPartBytes, (x) => sm.encodedSize(x));
   // From here to the subscription runs synchronously, so no applied entry can slip between.
   const farBehind = o.snapshotAfterLag !== undefined && sm.index - o.fromIndex >= o.snapshotAfterLag;
   if (!sm.journal.covers(o.fromIndex) || farBehind) {
-    for (const ev of snapshotEvents(sm.intentSnapshot(), o.snapshotPartBytes)) send(ev);
+    for (const ev of stateEvents()) send(ev);
   } else {
     for (const change of sm.journal.since(o.fromIndex)) send({ change });
   }
@@ -171,7 +175,7 @@ export async function streamIntent<Req>(o: IntentStreamOptions<Req>): Promise<vo
     }
     cursor = ev.index;
     if (ev.restored) {
-      for (const e of snapshotEvents(sm.intentSnapshot(), o.snapshotPartBytes)) send(e);
+      for (const e of stateEvents()) send(e);
       sentUpTo = cursor;
     } else if (ev.change) {
       send({ change: ev.change });

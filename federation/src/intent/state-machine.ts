@@ -109,6 +109,13 @@ export class IntentStateMachine implements StateMachine<ApplyResult>, IntentView
   private clock = 0;
   private applied = 0;
   private readonly listeners = new Set<(ev: AppliedEvent) => void>();
+  /**
+   * Each stored object's encoding as an IntentObject, made once. A raft snapshot or a site's
+   * snapshot of a large federation (100k+ objects) frames these instead of encoding every object
+   * again on the event loop, which stalled a coordinator for seconds. Keyed by the stored object,
+   * which an update replaces and nothing changes in place.
+   */
+  private readonly encodings = new WeakMap<AnyObject, Uint8Array>();
   readonly journal: ChangeJournal;
   private readonly maxTokens: number;
   private readonly maxObjects: number;
@@ -167,21 +174,57 @@ export class IntentStateMachine implements StateMachine<ApplyResult>, IntentView
   }
 
   snapshot(): Uint8Array {
-    const objects: intentpb.IntentObject[] = [];
+    // The objects are framed from their cached encodings (field 2 of IntentState, each a
+    // length-delimited IntentObject), the rest encoded as usual; a decoder joins the two.
+    const framed: Uint8Array[] = [];
     for (const k of KIND_KEYS) {
       for (const id of [...this.objects[k].keys()].sort()) {
-        objects.push(wrap(k, this.objects[k].get(id) as never));
+        const body = this.encodedOf(k, this.objects[k].get(id)!);
+        framed.push(INTENT_STATE_OBJECTS_TAG, varint(body.length), body);
       }
     }
     const state: federationpb.IntentState = {
       index: this.applied,
-      objects,
+      objects: [],
       nextVni: this.nextVni,
       tokens: [...this.tokens.values()].sort((a, b) => cmp(a.tokenId, b.tokenId)),
       siteStatus: [...this.siteStatus.values()].sort((a, b) => cmp(a.site, b.site)),
       clockUnixMs: this.clock,
     };
-    return federationpb.IntentState.encode(state).finish();
+    return concatBytes([...framed, federationpb.IntentState.encode(state).finish()]);
+  }
+
+  private encodedOf(kind: KindKey, obj: AnyObject): Uint8Array {
+    let body = this.encodings.get(obj);
+    if (!body) {
+      body = intentpb.IntentObject.encode(wrap(kind, obj as never)).finish();
+      this.encodings.set(obj, body);
+    }
+    return body;
+  }
+
+  /** Encoded size of an object as the state holds it (from the cache when it is a stored one). */
+  encodedSize(o: intentpb.IntentObject): number {
+    const kind = kindOf(o);
+    const inner = kind ? (o[kind] as AnyObject) : undefined;
+    if (!kind || !inner) return intentpb.IntentObject.encode(o).finish().length;
+    if (kind === "site" || this.objects[kind].get(metaOf(inner).id) !== inner) {
+      return intentpb.IntentObject.encode(o).finish().length; // a copy (sites carry their status)
+    }
+    return this.encodedOf(kind, inner).length;
+  }
+
+  /**
+   * The whole state as sites receive it, without copying the objects: for a stream that encodes
+   * them at once (grpc-js serializes on write) and must not change them.
+   */
+  intentSnapshotShared(): intentpb.IntentSnapshot {
+    const objects: intentpb.IntentObject[] = [];
+    for (const k of KIND_KEYS) {
+      const objs = [...this.objects[k].values()].sort((a, b) => cmp(metaOf(a).name, metaOf(b).name));
+      for (const o of objs) objects.push(wrap(k, (k === "site" ? this.site(metaOf(o).name) : o) as never));
+    }
+    return { index: this.applied, objects };
   }
 
   restore(data: Uint8Array): void {
@@ -911,6 +954,31 @@ function emptyTables<T>(): Record<KindKey, Map<string, T>> {
     KindKey,
     Map<string, T>
   >;
+}
+
+/** Tag of IntentState.objects (field 2, length-delimited). */
+const INTENT_STATE_OBJECTS_TAG = Uint8Array.of((2 << 3) | 2);
+
+function concatBytes(chunks: Uint8Array[]): Uint8Array {
+  let n = 0;
+  for (const c of chunks) n += c.length;
+  const out = new Uint8Array(n);
+  let at = 0;
+  for (const c of chunks) {
+    out.set(c, at);
+    at += c.length;
+  }
+  return out;
+}
+
+function varint(n: number): Uint8Array {
+  const out: number[] = [];
+  while (n > 0x7f) {
+    out.push((n & 0x7f) | 0x80);
+    n = Math.floor(n / 128);
+  }
+  out.push(n);
+  return Uint8Array.from(out);
 }
 
 function cmp(a: string, b: string): number {

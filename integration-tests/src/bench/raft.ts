@@ -231,9 +231,18 @@ async function benchRaftTs(
   const nodeArgs = profDir ? ["--cpu-prof", `--cpu-prof-dir=${profDir}`] : [];
   const cluster = await RaftKvCluster.start({ snapshotEvery: 10_000, nodeArgs });
   try {
-    const leader = await cluster.waitLeader();
+    let leader = await cluster.waitLeader();
     const value = randomBytes(VALUE_BYTES).toString("base64").slice(0, VALUE_BYTES);
-    const put = async (i: number) => (await cluster.put(leader, `bench-${i % KEYS}`, value)).status === 200;
+    // Writes go to the leader. When leadership moves (on a loaded machine an election can fire
+    // mid-run) the refusal names the new leader and the clients follow it, as an etcd member
+    // forwards a put to its leader; the refused write counts as an error.
+    const put = async (i: number) => {
+      const r = await cluster.put(leader, `bench-${i % KEYS}`, value);
+      if (r.status === 200) return true;
+      const next = cluster.nodes.find((n) => n.id === r.json.leader);
+      if (next) leader = next;
+      return false;
+    };
     await prime(primeMs, put);
     const rows: BenchRow[] = [];
     for (const clients of levels)

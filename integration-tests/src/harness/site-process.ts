@@ -2,6 +2,7 @@
 // as an operator would, then an `isthmus site-controller` process with its own embedded
 // PostgreSQL (from the npm package), found by the address it logs at start-up.
 import { type ChildProcess, spawn } from "node:child_process";
+import { createWriteStream } from "node:fs";
 import { chmod, mkdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
@@ -102,6 +103,13 @@ export class SiteProcess {
     // Reads the JSON log: where the controller listens (gRPC, then metrics); every line is read
     // (and dropped) so the pipe never fills.
     const lines = createInterface({ input: child.stdout! });
+    // ISTHMUS_BENCH_LOG_DIR keeps each controller's JSON log (to read after a failed run).
+    const logDir = process.env.ISTHMUS_BENCH_LOG_DIR;
+    if (logDir) {
+      const out = createWriteStream(join(logDir, `${o.site}.log`), { flags: "a" });
+      lines.on("line", (line) => out.write(`${line}\n`));
+      lines.on("close", () => out.end());
+    }
     let postgresPid = 0;
     const metrics = { address: "" };
     const started = new Promise<string>((resolve, reject) => {

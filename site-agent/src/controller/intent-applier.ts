@@ -14,7 +14,7 @@ import {
   topologyRefOf,
 } from "./objects.js";
 import { readAllTopology, type TopologyWrite, writeTopologyChange } from "./topology-store.js";
-import { IntentIndex, type TunnelKeyMove, uplinkPortId } from "./translate/index.js";
+import { IntentIndex, type TunnelKeyMove, unwrapIntentObject, uplinkPortId } from "./translate/index.js";
 import { writeTunnelKeyMoves } from "./tunnel-key-allocator.js";
 import type { WriteContext } from "./write-context.js";
 
@@ -231,8 +231,15 @@ export class IntentApplier {
     const { ctx } = this;
     return ctx.queue.run(async (): Promise<ApplyOutcome> => {
       // Translate against a fresh index holding the snapshot plus our local objects.
+      // A snapshot of a large federation is 100k+ objects: every pass over it below lets the
+      // event loop run now and then (lease renewals, agents' watches, the API), so the catch-up
+      // does not stall the controller for seconds.
       const next = new IntentIndex(ctx.site, { maxObjects: ctx.index.maxObjects });
-      next.loadIntentSnapshot(snapshot);
+      for (let i = 0; i < snapshot.objects.length; i++) {
+        const { kind, id, value } = unwrapIntentObject(snapshot.objects[i]!);
+        next.put(kind, id, value);
+        if (i % SNAPSHOT_STEP === SNAPSHOT_STEP - 1) await yieldToEventLoop();
+      }
       for (const h of ctx.index.list("host")) next.putHost(h);
       for (const p of ctx.index.list("localPort")) next.putLocalPort(p);
       // Uplinks that stay keep their keys; new ones get one; the rest are released.
@@ -243,7 +250,9 @@ export class IntentApplier {
         next.setTunnelKey(portId, ctx.index.tunnelKeyOf(portId) || allocate(portId));
       }
       const moves = keyMoves(ctx.index.tunnelKeys(), next.tunnelKeys());
-      const full = ctx.translator.translateAll(next);
+      const full = ctx.translator.translateAllSteps
+        ? await runSteps(ctx.translator.translateAllSteps(next, SNAPSHOT_STEP))
+        : ctx.translator.translateAll(next);
       const problems = [...keyProblems, ...full.problems];
       if (problems.length > 0) ctx.onProblems?.(problems);
       const desired = full.objects;
@@ -266,12 +275,13 @@ export class IntentApplier {
         }
         await writeTunnelKeyMoves(tx, moves);
         const existing = await readAllTopology(tx);
-        committed = await writeTopologyChange(tx, diffTopology(existing, desired), "intent", ctx.changeLog);
+        const delta = await diffTopology(existing, desired, yieldToEventLoop);
+        committed = await writeTopologyChange(tx, delta, "intent", ctx.changeLog);
         await this.recordIndex(tx, snapshot.index);
         await ctx.beforeCommit?.(tx, `snapshot ${snapshot.index}`);
       });
-      ctx.index.loadIntentSnapshot(snapshot);
-      for (const m of moves) ctx.index.setTunnelKey(m.portId, m.after);
+      // `next` holds the snapshot, this site's hosts and ports and the keys after `moves`.
+      ctx.index.replaceWith(next);
       this.applied = snapshot.index;
       this.appliedAtMs = Date.now();
       if (committed !== undefined) ctx.onCommitted(committed.revision, committed);
@@ -288,14 +298,35 @@ function revisionOf(obj: intentpb.IntentObject): number {
   return 0;
 }
 
-/** The delta that turns `existing` (kind/id → encoded object) into exactly `desired`. */
-export function diffTopology(
+/** Objects handled between two turns of the event loop while applying a snapshot. */
+const SNAPSHOT_STEP = 2_000;
+
+function yieldToEventLoop(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
+
+/** Runs a generator of steps to its result, letting the event loop run between steps. */
+async function runSteps<T>(steps: Generator<void, T>): Promise<T> {
+  for (;;) {
+    const r = steps.next();
+    if (r.done) return r.value;
+    await yieldToEventLoop();
+  }
+}
+
+/**
+ * The delta that turns `existing` (kind/id → encoded object) into exactly `desired`; `pause`
+ * is awaited every SNAPSHOT_STEP objects.
+ */
+export async function diffTopology(
   existing: Map<string, Buffer>,
   desired: topologypb.TopologyObject[],
-): TopologyWrite {
+  pause: () => Promise<void> = async () => {},
+): Promise<TopologyWrite> {
   const out: TopologyWrite = { upserts: [], deletes: [] };
   const keep = new Set<string>();
-  for (const obj of desired) {
+  for (const [i, obj] of desired.entries()) {
+    if (i % SNAPSHOT_STEP === SNAPSHOT_STEP - 1) await pause();
     const ref = topologyRefOf(obj);
     const k = keyString(ref.kind, ref.id);
     keep.add(k);

@@ -99,21 +99,33 @@ export class ControllerLease {
     const sentAt = Date.now();
     try {
       const token = await this.db.tx("lease", async (tx) => {
+        // The expiry lives in controller_lease_expiry (0004): a renewal writes only that row,
+        // never the one every write transaction's fence reads, so a long write (a snapshot)
+        // does not conflict with renewals. controller_lease.expires_at is the fallback for a
+        // database whose expiry row was not written yet.
         const r = await tx.query(
-          "SELECT holder, token, expires_at < now() AS expired FROM controller_lease WHERE id = 1",
+          `SELECT l.holder, l.token, COALESCE(e.expires_at, l.expires_at) < now() AS expired
+           FROM controller_lease l LEFT JOIN controller_lease_expiry e ON e.id = l.id WHERE l.id = 1`,
         );
         const ttl = `${ttlMs} milliseconds`;
+        const extend = () =>
+          tx.query(
+            `INSERT INTO controller_lease_expiry (id, expires_at) VALUES (1, now() + $1::INTERVAL)
+             ON CONFLICT (id) DO UPDATE SET expires_at = excluded.expires_at`,
+            [ttl],
+          );
         const row = r.rows[0];
         if (!row) {
           await tx.query(
             "INSERT INTO controller_lease (id, holder, token, expires_at) VALUES (1, $1, 1, now() + $2::INTERVAL)",
             [holder, ttl],
           );
+          await extend();
           return 1;
         }
         const current = Number(row.token);
         if (row.holder === holder && current === (this.token ?? this.lastToken)) {
-          await tx.query("UPDATE controller_lease SET expires_at = now() + $1::INTERVAL WHERE id = 1", [ttl]);
+          await extend();
           return current;
         }
         if (row.expired || row.holder === holder) {
@@ -123,6 +135,7 @@ export class ControllerLease {
             "UPDATE controller_lease SET holder = $1, token = $2, expires_at = now() + $3::INTERVAL WHERE id = 1",
             [holder, current + 1, ttl],
           );
+          await extend();
           return current + 1;
         }
         return undefined;
@@ -174,12 +187,14 @@ export class ControllerLease {
     this.lastToken = undefined;
     if (!release || token === undefined) return;
     await this.db
-      .tx("lease-release", (tx) =>
-        tx.query(
+      .tx("lease-release", async (tx) => {
+        const r = await tx.query(
           "UPDATE controller_lease SET expires_at = now() WHERE id = 1 AND holder = $1 AND token = $2",
           [this.opts.holder, token],
-        ),
-      )
+        );
+        if (r.rowCount === 1)
+          await tx.query("UPDATE controller_lease_expiry SET expires_at = now() WHERE id = 1");
+      })
       .catch((err) => this.log.warn({ err: (err as Error).message }, "lease release failed"));
   }
 }

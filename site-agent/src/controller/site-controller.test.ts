@@ -31,6 +31,9 @@ const FAST = {
   reportBatchMs: 30,
   reportHealthEveryMs: 200,
 };
+// A single replica has nobody to hand over to: a lease long enough that an event loop stalled by
+// a loaded machine does not lapse it (which would answer writes with "standby" for a moment).
+const SOLO = { ...FAST, leaseTtlMs: 10_000, leaseRenewMs: 500 };
 
 function net(id: string, name: string, vni: number, sites = ["a", "b"]): intentpb.IntentObject {
   return {
@@ -139,7 +142,7 @@ test("a controller follows the federation, serves agents, stays up without coord
     federation: [coord.address],
     listen: "127.0.0.1:0",
     log: silentLogger(),
-    tuning: FAST,
+    tuning: SOLO,
   });
   t.after(async () => {
     await ctl.stop();
@@ -452,7 +455,7 @@ test("a host whose agent stops heartbeating is marked not alive (its uplinks mov
     federation: [coord.address],
     listen: "127.0.0.1:0",
     log: silentLogger(),
-    tuning: { ...FAST, hostDeadAfterMs: 2_500, hostCheckMs: 50 },
+    tuning: { ...SOLO, hostDeadAfterMs: 2_500, hostCheckMs: 50 },
   });
   const beats = new Map<string, HostHeartbeat>();
   t.after(async () => {

@@ -15,6 +15,24 @@ export interface TopologyWrite {
 /** Rows per INSERT/DELETE statement (3 parameters a row, far below PostgreSQL's 65 535). */
 const ROWS_PER_STATEMENT = 500;
 
+/**
+ * Encoded size of a change, known to its writer and its reader without encoding it again (a
+ * site catching up on a large federation commits one change of 100k+ objects; watchers must
+ * know that it is too large for one message without re-encoding it per stream).
+ */
+const changeSizes = new WeakMap<topologypb.TopologyChange, number>();
+/** Bytes a revision field adds to a logged body (tag + varint ≤ 10). */
+const REVISION_FIELD_BYTES = 11;
+
+export function encodedChangeBytes(c: topologypb.TopologyChange): number {
+  let n = changeSizes.get(c);
+  if (n === undefined) {
+    n = topologypb.TopologyChange.encode(c).finish().length;
+    changeSizes.set(c, n);
+  }
+  return n;
+}
+
 export interface ChangeLogOptions {
   /** Changes kept in the log for resuming watchers; older resumes get a snapshot. */
   retention: number;
@@ -99,6 +117,7 @@ export async function writeTopologyChange(
     );
   }
   const change: topologypb.TopologyChange = { revision, upserts: delta.upserts, deletes: delta.deletes };
+  changeSizes.set(change, body.length + REVISION_FIELD_BYTES);
   // Prune in steps so the cost is paid once per thousand revisions, not on every write.
   if (revision % 1000 === 0 && revision > log.retention) {
     await tx.query("DELETE FROM topology_changes WHERE revision <= $1", [revision - log.retention]);
@@ -188,10 +207,14 @@ export async function readChangesAfter(db: Database, after: number, limit: numbe
       );
       return {
         // The row's revision: a body is logged before its revision is known (writeTopology).
-        changes: rows.rows.map((row) => ({
-          ...topologypb.TopologyChange.decode(row.body as Buffer),
-          revision: Number(row.revision),
-        })),
+        changes: rows.rows.map((row) => {
+          const change = {
+            ...topologypb.TopologyChange.decode(row.body as Buffer),
+            revision: Number(row.revision),
+          };
+          changeSizes.set(change, (row.body as Buffer).length + REVISION_FIELD_BYTES);
+          return change;
+        }),
         oldest,
         current,
       };

@@ -107,6 +107,7 @@ function collect(
   client: topologypb.TopologyServiceClient,
   from: number,
   until: (events: topologypb.WatchTopologyResponse[]) => boolean,
+  onFirstEvent: () => void = () => {},
 ): Promise<{ events: topologypb.WatchTopologyResponse[]; error?: { code: number; details: string } }> {
   return new Promise((resolve) => {
     const events: topologypb.WatchTopologyResponse[] = [];
@@ -117,6 +118,7 @@ function collect(
     }, 15_000);
     stream.on("data", (e: topologypb.WatchTopologyResponse) => {
       events.push(e);
+      if (events.length === 1) onFirstEvent();
       if (until(events)) {
         clearTimeout(timer);
         stream.cancel();
@@ -255,4 +257,66 @@ test("an agent that stops reading is cut off with RESOURCE_EXHAUSTED, not buffer
   assert.equal(err.code, status.RESOURCE_EXHAUSTED);
   assert.match(err.details, /fell more than 5 changes behind/);
   assert.ok(got >= 1);
+});
+
+/** The state an agent rebuilds from the events: a snapshot (with its parts) replaces it. */
+function rebuild(events: topologypb.WatchTopologyResponse[]): Map<string, string> {
+  let state = new Map<string, string>();
+  let parts: topologypb.TopologyObject[] = [];
+  for (const e of events) {
+    if (e.snapshotPart) parts.push(...e.snapshotPart.objects);
+    if (e.snapshot) {
+      state = new Map([...parts, ...e.snapshot.objects].map((o) => [o.bridge!.id, o.bridge!.name]));
+      parts = [];
+    }
+    for (const o of e.change?.upserts ?? []) state.set(o.bridge!.id, o.bridge!.name);
+  }
+  return state;
+}
+
+test("a change too large for one message reaches agents as a fresh snapshot, live and on resume", async (t) => {
+  if (skip) return t.skip(skip);
+  const s = await serve({ maxChangeBytes: 1000 });
+  t.after(() => s.close());
+  await applyNetworks(s, 2);
+  let snapshotIn = () => {};
+  const first = new Promise<void>((r) => {
+    snapshotIn = r;
+  });
+  const live = collect(
+    s.client,
+    0,
+    (ev) => lastRevision(ev) >= 14,
+    () => snapshotIn(),
+  );
+  await first; // the agent has its first snapshot (at revision 2) before the large change
+  await applyNetworks(s, 1, 3000); // revision 3: one bridge of about 3 KB
+  await applyNetworks(s, 11);
+  const db = await readSnapshot(s.writer.db);
+  const want = new Map(db.objects.map((o) => [o.bridge!.id, o.bridge!.name]));
+  const big = [...want.values()].find((name) => name.length > 3000);
+  assert.ok(big, "the large bridge is in the database");
+  const check = (events: topologypb.WatchTopologyResponse[], what: string) => {
+    for (const e of events) {
+      if (!e.change) continue;
+      const bytes = topologypb.TopologyChange.encode(e.change).finish().length;
+      assert.ok(bytes <= 1000, `${what}: change ${e.change.revision} of ${bytes} bytes sent as a change`);
+      assert.notEqual(e.change.revision, 3, `${what}: the large change itself is not sent`);
+    }
+    const snaps = events.filter((e) => e.snapshot).map((e) => e.snapshot!);
+    assert.ok(
+      snaps.some((x) => x.revision >= 3 && x.objects.some((o) => o.bridge!.name === big)),
+      `${what}: a snapshot at revision 3 or later carries the large bridge`,
+    );
+    assert.deepEqual(rebuild(events), want, `${what}: the agent ends with the database's state`);
+  };
+  const { events, error } = await live;
+  assert.equal(error, undefined);
+  assert.equal(events.filter((e) => e.snapshot).length, 2, "the first snapshot, then one for revision 3");
+  check(events, "live");
+  // Resuming from before it (further back than the feed's ring of 8): read from the log, which
+  // meets the large change and answers with a snapshot instead.
+  const resumed = await collect(s.client, 2, (ev) => lastRevision(ev) >= 14);
+  assert.equal(resumed.error, undefined);
+  check(resumed.events, "resumed");
 });

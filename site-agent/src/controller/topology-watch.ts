@@ -8,7 +8,7 @@ import type { ChangeFeed } from "./change-feed.js";
 import type { Database } from "./db/database.js";
 import { encodeSnapshotEvent } from "./snapshot-encoding.js";
 import type { TopologyMirror } from "./topology-mirror.js";
-import { readChangesAfter, readSnapshotBodies } from "./topology-store.js";
+import { encodedChangeBytes, readChangesAfter, readSnapshotBodies } from "./topology-store.js";
 
 type Call = ServerWritableStream<topologypb.WatchTopologyRequest, topologypb.WatchTopologyResponse>;
 
@@ -22,9 +22,15 @@ export interface WatchOptions {
   maxStreams: number;
   /** Encoded bytes of objects per snapshot part (1 MiB by default; gRPC clients take 4 MiB). */
   snapshotPartBytes?: number;
+  /**
+   * Encoded bytes above which a change goes to the agent as a fresh snapshot (in parts) instead
+   * of one message (3 MiB by default; an agent's gRPC client takes 4 MiB a message).
+   */
+  maxChangeBytes?: number;
 }
 
 export const DEFAULT_SNAPSHOT_PART_BYTES = 1024 * 1024;
+export const DEFAULT_MAX_CHANGE_BYTES = 3 * 1024 * 1024;
 
 export type WatchAuthorizer = (call: Call) => Promise<void>;
 
@@ -71,6 +77,7 @@ export class TopologyWatchService {
     let sent = -1; // last revision the agent has
     let closed = false;
     let draining = false;
+    let resyncing = false;
     let heartbeat: NodeJS.Timeout | undefined;
     const close = (err?: Error) => {
       if (closed) return;
@@ -82,7 +89,7 @@ export class TopologyWatchService {
       else call.end();
     };
     const pump = () => {
-      if (closed || sent < 0 || draining) return;
+      if (closed || sent < 0 || draining || resyncing) return;
       while (queue.length > 0) {
         const c = queue.shift()!;
         if (c.revision <= sent) continue;
@@ -92,6 +99,20 @@ export class TopologyWatchService {
               status.ABORTED,
               `watch stream missed revisions ${sent + 1}..${c.revision - 1}; resume from ${sent}`,
             ),
+          );
+          return;
+        }
+        if (encodedChangeBytes(c) > this.maxChangeBytes) {
+          // Too large for one message: the agent gets the state at (at least) this revision as
+          // a snapshot in parts; changes up to the snapshot's revision are then skipped.
+          resyncing = true;
+          this.writeSnapshot(call).then(
+            (at) => {
+              resyncing = false;
+              sent = Math.max(sent, at);
+              pump();
+            },
+            (err: Error) => close(grpcError(status.UNAVAILABLE, `cannot read topology: ${err.message}`)),
           );
           return;
         }
@@ -157,30 +178,46 @@ export class TopologyWatchService {
           return { at, backlog: [] };
         }
         if (r.changes[0]!.revision !== at + 1) break; // pruned past the agent's revision
+        let tooLarge = false;
         for (const c of r.changes) {
+          if (encodedChangeBytes(c) > this.maxChangeBytes) {
+            tooLarge = true; // a snapshot instead, as for a live change of that size
+            break;
+          }
           call.write({ change: c });
           at = c.revision;
         }
+        if (tooLarge) break;
         if (r.changes.length < this.opts.catchUpBatch) return { at, backlog: [] };
       }
     }
+    return { at: await this.writeSnapshot(call), backlog: [] };
+  }
+
+  private get maxChangeBytes(): number {
+    return this.opts.maxChangeBytes ?? DEFAULT_MAX_CHANGE_BYTES;
+  }
+
+  /** Writes a consistent snapshot in parts; returns its revision. */
+  private async writeSnapshot(call: Call): Promise<number> {
     // From memory: consistent at the feed's revision, and this stream subscribed to the feed
     // before this synchronous call, so every later change reaches its queue.
     const framed = this.mirror?.snapshot();
     if (framed) {
       for (const ev of framed.events) call.write(ev as unknown as topologypb.WatchTopologyResponse);
-      return { at: framed.revision, backlog: [] };
+      return framed.revision;
     }
     const { revision, parts } = await readSnapshotBodies(
       this.db,
       this.opts.snapshotPartBytes ?? DEFAULT_SNAPSHOT_PART_BYTES,
     );
+    if (call.writableEnded || call.destroyed) return revision; // closed while reading
     // Framed from the stored encodings (the stream's definition passes them through as they are).
     parts.forEach((bodies, i) => {
       const field = i === parts.length - 1 ? "snapshot" : "snapshotPart";
       call.write(encodeSnapshotEvent(field, revision, bodies) as topologypb.WatchTopologyResponse);
     });
-    return { at: revision, backlog: [] };
+    return revision;
   }
 }
 

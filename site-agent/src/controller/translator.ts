@@ -8,6 +8,7 @@ import {
   type LocalPortBinding,
   type TopologyDelta,
   translateAll,
+  translateAllSteps,
   translateChange,
   translateHost,
   translateLocalPort,
@@ -22,6 +23,11 @@ export interface Translator {
   translateLocalPort(view: IntentView, portId: string, prior: LocalPortBinding | undefined): TopologyDelta;
   translateHost(view: IntentView, hostId: string, prior: LocalHost | undefined): TopologyDelta;
   translateAll(view: IntentView): { objects: topologypb.TopologyObject[]; problems: string[] };
+  /** translateAll in steps (optional): the controller lets its event loop run between them. */
+  translateAllSteps?(
+    view: IntentView,
+    unitsPerStep: number,
+  ): Generator<void, { objects: topologypb.TopologyObject[]; problems: string[] }>;
 }
 
 export const siteTranslator: Translator = {
@@ -29,4 +35,5 @@ export const siteTranslator: Translator = {
   translateLocalPort,
   translateHost,
   translateAll,
+  translateAllSteps,
 };

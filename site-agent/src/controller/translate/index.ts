@@ -15,6 +15,7 @@ export { DEFAULT_NETWORK_MTU, GLOBAL_VNI_MAX, GLOBAL_VNI_MIN } from "./network.j
 export { type ChangedObject, type OverlayObject, overlayView } from "./prior-view.js";
 export {
   translateAll,
+  translateAllSteps,
   translateChange,
   translateChangedObjects,
   translateHost,

@@ -6,7 +6,7 @@ import * as b from "./intent-builders.js";
 import { IntentIndex } from "./intent-index.js";
 import { overlayView } from "./prior-view.js";
 import { TestWorld } from "./test-world.js";
-import { translateAll, translateChange, translateLocalPort } from "./translate.js";
+import { translateAll, translateAllSteps, translateChange, translateLocalPort } from "./translate.js";
 import type { IntentView } from "./view.js";
 
 const { id } = b;
@@ -107,6 +107,44 @@ describe("IntentIndex", () => {
     ix.revertIntentChange(change, prior);
     assert.deepEqual(translateAll(ix), before);
     assert.equal([...ix.routersWithUplinkHere()].length, 1);
+  });
+
+  it("takes another index over whole (replaceWith) and translates in steps to the same result", () => {
+    const build = (extra: boolean) => {
+      const ix = new IntentIndex("east");
+      ix.applyIntentChange(
+        b.upsert(
+          1,
+          b.network("n", { sites: ["east", "west"] }),
+          b.securityGroup("g"),
+          b.router("r", { uplinks: [{ site: "east", ipCidr: "198.51.100.2/24" }] }),
+          ...(extra ? [b.securityGroup("g2"), b.network("n2", { sites: ["east"] })] : []),
+        ),
+      );
+      ix.setTunnelKey(uplinkPortId(id("r"), "east"), extra ? 9 : 7);
+      return ix;
+    };
+    const target = build(true);
+    const want = translateAll(build(true));
+    const ix = build(false);
+    ix.replaceWith(target);
+    assert.deepEqual(translateAll(ix), want);
+    assert.equal(ix.size, build(true).size);
+    assert.equal(ix.tunnelKeyOf(uplinkPortId(id("r"), "east")), 9);
+    assert.equal(ix.tunnelKeyInUse(9), true);
+    assert.equal(ix.tunnelKeyInUse(7), false, "the replaced index's keys are gone");
+    assert.equal(target.size, 0, "the source is left empty");
+    // In steps of 2 units: several yields, the same objects and problems as in one go.
+    const steps = translateAllSteps(ix, 2);
+    let yields = 0;
+    let r = steps.next();
+    while (!r.done) {
+      yields++;
+      r = steps.next();
+    }
+    assert.ok(yields >= 2, `yielded ${yields} times`);
+    assert.deepEqual(r.value, want);
+    assert.throws(() => ix.replaceWith(new IntentIndex("west")), /site west/);
   });
 
   it("refuses to grow past its bound, naming the option, and keeps what it had", () => {

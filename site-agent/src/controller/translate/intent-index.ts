@@ -37,11 +37,12 @@ const EMPTY: ReadonlyMap<string, unknown> = new Map<string, unknown>();
 
 export class IntentIndex implements IntentView {
   readonly maxObjects: number;
-  private readonly objects = new Map<ViewKind, Map<string, unknown>>();
-  private readonly indexes = new Map<IndexName, Map<string, Map<string, unknown>>>();
-  private readonly derivedPortKeys = new Map<string, number>();
+  // Not readonly: replaceWith takes another index's tables over whole.
+  private objects = new Map<ViewKind, Map<string, unknown>>();
+  private indexes = new Map<IndexName, Map<string, Map<string, unknown>>>();
+  private derivedPortKeys = new Map<string, number>();
   /** Site-local tunnel key → how many ports (VM ports and derived ports) hold it. */
-  private readonly keyHolders = new Map<number, number>();
+  private keyHolders = new Map<number, number>();
   private count = 0;
 
   constructor(
@@ -254,6 +255,26 @@ export class IntentIndex implements IntentView {
       if (b) this.put(kind, id, b.value);
       else this.remove(kind, id);
     }
+  }
+
+  /**
+   * Becomes `other` (same site), taking over its tables instead of copying them: a snapshot of a
+   * large federation is built in a fresh index, and loading it a second time here would block the
+   * controller for as long again. `other` must not be used afterwards.
+   */
+  replaceWith(other: IntentIndex): void {
+    if (other.site !== this.site)
+      throw new Error(`replaceWith: index of site ${other.site}, not ${this.site}`);
+    this.objects = other.objects;
+    this.indexes = other.indexes;
+    this.derivedPortKeys = other.derivedPortKeys;
+    this.keyHolders = other.keyHolders;
+    this.count = other.count;
+    other.objects = new Map();
+    other.indexes = new Map();
+    other.derivedPortKeys = new Map();
+    other.keyHolders = new Map();
+    other.count = 0;
   }
 
   /** Replaces all intent objects with a snapshot's (local hosts and ports stay). */

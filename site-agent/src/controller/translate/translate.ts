@@ -120,7 +120,10 @@ function addAffectedUnits(c: ChangedObject, after: IntentView, before: IntentVie
 }
 
 function deriveUnits(view: IntentView, units: Iterable<string>): DerivedSet {
-  const out = new DerivedSet();
+  return deriveUnitsInto(view, units, new DerivedSet());
+}
+
+function deriveUnitsInto(view: IntentView, units: Iterable<string>, out: DerivedSet): DerivedSet {
   for (const u of units) {
     const colon = u.indexOf(":");
     DERIVE[u.slice(0, colon) as UnitKind](view, u.slice(colon + 1), out);
@@ -222,6 +225,21 @@ export function translateHost(view: IntentView, hostId: string, prior: LocalHost
 
 /** The whole local topology of the view, sorted by kind then id (snapshots and rebuilds). */
 export function translateAll(view: IntentView): { objects: topologypb.TopologyObject[]; problems: string[] } {
+  const steps = translateAllSteps(view, Number.POSITIVE_INFINITY);
+  for (;;) {
+    const r = steps.next();
+    if (r.done) return r.value;
+  }
+}
+
+/**
+ * translateAll in steps of `unitsPerStep` units: the generator yields between steps (so a caller
+ * with an event loop can let it run while a large federation is translated) and returns the result.
+ */
+export function* translateAllSteps(
+  view: IntentView,
+  unitsPerStep: number,
+): Generator<void, { objects: topologypb.TopologyObject[]; problems: string[] }> {
   const units: string[] = [];
   for (const kind of Object.keys(UNIT_OF_KIND) as ViewKind[]) {
     const unit = UNIT_OF_KIND[kind];
@@ -231,7 +249,12 @@ export function translateAll(view: IntentView): { objects: topologypb.TopologyOb
       units.push(unitKey(unit, id));
     }
   }
-  const set = deriveUnits(view, units.sort());
+  units.sort();
+  const set = new DerivedSet();
+  for (let i = 0; i < units.length; i += unitsPerStep) {
+    deriveUnitsInto(view, units.slice(i, i + unitsPerStep), set);
+    if (i + unitsPerStep < units.length) yield;
+  }
   const objects = [...byRef(set).values()];
   objects.sort((a, b) => compareRefs(topologyRefOf(a), topologyRefOf(b)));
   return { objects, problems: [...new Set(set.problems)] };
