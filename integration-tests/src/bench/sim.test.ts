@@ -1,6 +1,9 @@
 import assert from "node:assert/strict";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { test } from "node:test";
-import { buildPath, run } from "./sim.js";
+import { buildPath, run, writeSection } from "./sim.js";
 
 test("bench sim: quick mode runs the fixed path end to end", async () => {
   const { view, vm1 } = buildPath(20);
@@ -17,4 +20,33 @@ test("bench sim: quick mode runs the fixed path end to end", async () => {
     logs.some((l) => /N=20: [\d,]+ first-packet sims\/s/.test(l)),
     logs.join("\n"),
   );
+});
+
+test("bench sim: its docs section is replaced in place and never takes the next section's marker", () => {
+  const dir = mkdtempSync(join(tmpdir(), "sim-docs-"));
+  try {
+    const file = join(dir, "benchmarks.md");
+    const next = "<!-- bench:propagation:start -->\n## propagation\n\nkept\n<!-- bench:propagation:end -->\n";
+    const result = {
+      date: "2026-11-24T00:00:00Z",
+      cpu: "test CPU",
+      node: "v20",
+      loadAverage: [1, 2, 3],
+      path: "a path",
+      rows: [],
+      ratioToGoal: 1.5,
+      ratioToMidonetCited: 9,
+    };
+    // An older file: the heading without markers, straight before another section's marker.
+    writeFileSync(file, `# Benchmarks\n\n## sim — packet simulation\n\nold numbers\n${next}`);
+    writeSection(file, result);
+    writeSection(file, { ...result, ratioToGoal: 2.5 });
+    const doc = readFileSync(file, "utf8");
+    assert.ok(doc.endsWith(next), doc);
+    assert.equal(doc.split("## sim — packet simulation").length, 2, "one sim section");
+    assert.ok(!doc.includes("old numbers") && !doc.includes("1.5×") && doc.includes("2.5×"), doc);
+    assert.equal(doc.split("<!-- bench:sim:start -->").length, 2);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

@@ -240,7 +240,7 @@ export async function run(opts: { quick: boolean }): Promise<void> {
   writeSection(`${root}docs/benchmarks.md`, result);
 }
 
-function writeSection(
+export function writeSection(
   file: string,
   r: {
     date: string;
@@ -286,12 +286,24 @@ function writeSection(
     "",
   ];
   const doc = readFileSync(file, "utf8");
-  const start = doc.indexOf("## sim — packet simulation");
-  const section = lines.join("\n");
+  const section = `${SIM_START}\n${lines.join("\n").trimEnd()}\n${SIM_END}\n`;
+  // The section sits between its own markers. An older file has only the heading: its section
+  // ends at the next heading or the next section's marker, whichever comes first (ending at the
+  // next heading alone swallowed the following section's start marker).
+  let start = doc.indexOf(SIM_START);
+  let end = start < 0 ? -1 : doc.indexOf(SIM_END, start);
+  if (end >= 0) end += SIM_END.length + 1;
+  else {
+    start = doc.indexOf("## sim — packet simulation");
+    const ends = ["\n## ", "\n<!--"].map((m) => doc.indexOf(m, start + 1)).filter((i) => i >= 0);
+    end = ends.length > 0 ? Math.min(...ends) + 1 : doc.length;
+  }
   if (start < 0) {
     writeFileSync(file, `${doc.trimEnd()}\n\n${section}`);
     return;
   }
-  const next = doc.indexOf("\n## ", start + 1);
-  writeFileSync(file, doc.slice(0, start) + section + (next < 0 ? "" : doc.slice(next + 1)));
+  writeFileSync(file, doc.slice(0, start) + section + doc.slice(Math.min(end, doc.length)));
 }
+
+const SIM_START = "<!-- bench:sim:start -->";
+const SIM_END = "<!-- bench:sim:end -->";
