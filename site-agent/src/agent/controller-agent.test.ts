@@ -6,10 +6,10 @@ import assert from "node:assert/strict";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { after, before, test } from "node:test";
+import { after, test } from "node:test";
 import { credentials, status } from "@grpc/grpc-js";
 import { silentLogger, sitepb, topologypb } from "@isthmus/schema";
-import { startTestPostgres, type TestPostgres } from "../controller/db/test-postgres.js";
+import { postgresForTests } from "../controller/db/postgres-for-tests.js";
 import { bearer } from "../controller/host-token.js";
 import { SiteController, type SiteControllerOptions } from "../controller/site-controller.js";
 import { NatPortAllocator } from "../sim/index.js";
@@ -20,20 +20,9 @@ import { MemoryPort } from "./memory-port.js";
 import { SiteNatLeases } from "./snat-lease-client.js";
 import { FakeSimulator } from "./testing/fake-simulator.js";
 
-let pgs: TestPostgres | undefined;
-let skip: string | undefined;
+const pg = postgresForTests();
 const dir = mkdtempSync(join(tmpdir(), "isthmus-agent-ctl-"));
-before(async () => {
-  const r = await startTestPostgres();
-  if ("skip" in r) {
-    skip = r.skip;
-    console.log(`# skipping: ${r.skip}`);
-  } else pgs = r;
-});
-after(async () => {
-  await pgs?.stop();
-  rmSync(dir, { recursive: true, force: true });
-});
+after(() => rmSync(dir, { recursive: true, force: true }));
 
 async function until<T>(what: string, f: () => T | undefined | false, ms = 15_000): Promise<T> {
   const end = Date.now() + ms;
@@ -97,8 +86,8 @@ function site(address: string) {
 }
 
 test("the agent renews its host token before expiry and keeps watching across the expiry and a controller restart", async (t) => {
-  if (skip) return t.skip(skip);
-  const dbUrl = await pgs!.createDatabase();
+  if (pg.skip) return t.skip(pg.skip);
+  const dbUrl = await pg.createDatabase();
   let ctl = await startController(controllerOptions(dbUrl, "127.0.0.1:0", 4));
   const address = ctl.address;
   t.after(() => ctl.stop());
@@ -166,8 +155,8 @@ test("the agent renews its host token before expiry and keeps watching across th
 });
 
 test("SNAT port blocks come from the controller: two hosts never allocate the same port, and stop releases them", async (t) => {
-  if (skip) return t.skip(skip);
-  const ctl = await startController(controllerOptions(await pgs!.createDatabase(), "127.0.0.1:0", 600));
+  if (pg.skip) return t.skip(pg.skip);
+  const ctl = await startController(controllerOptions(await pg.createDatabase(), "127.0.0.1:0", 600));
   t.after(() => ctl.stop());
   const admin = (await ctl.tokens.issue("admin", "admin", 600)).token;
   const api = site(ctl.address);
@@ -260,8 +249,8 @@ test("SNAT port blocks come from the controller: two hosts never allocate the sa
 });
 
 test("a gateway agent registers its WAN endpoint (--wan-ip, or its tunnel address by default); a host sends none", async (t) => {
-  if (skip) return t.skip(skip);
-  const ctl = await startController(controllerOptions(await pgs!.createDatabase(), "127.0.0.1:0", 600));
+  if (pg.skip) return t.skip(pg.skip);
+  const ctl = await startController(controllerOptions(await pg.createDatabase(), "127.0.0.1:0", 600));
   t.after(() => ctl.stop());
   const admin = (await ctl.tokens.issue("admin", "admin", 600)).token;
   const common = {

@@ -1,23 +1,12 @@
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 import type { intentpb } from "@isthmus/schema";
-import { startTestPostgres, type TestPostgres } from "./db/test-postgres.js";
+import { postgresForTests } from "./db/postgres-for-tests.js";
 import { FencedOut } from "./fence.js";
 import { controllerFixture, dumpState } from "./test-support/controller-fixture.js";
 import { network, networkRef } from "./test-support/trivial-translator.js";
 
-let pgs: TestPostgres | undefined;
-let skip: string | undefined;
-before(async () => {
-  const r = await startTestPostgres();
-  if ("skip" in r) {
-    skip = r.skip;
-    console.log(`# skipping: ${r.skip}`);
-  } else pgs = r;
-});
-after(async () => {
-  await pgs?.stop();
-});
+const pg = postgresForTests();
 
 /** A stream of entries with gaps in the index (entries for other sites produce no change here). */
 const STREAM: intentpb.IntentChange[] = [
@@ -29,7 +18,7 @@ const STREAM: intentpb.IntentChange[] = [
 ];
 
 async function cleanApply(): Promise<unknown> {
-  const f = await controllerFixture(await pgs!.createDatabase());
+  const f = await controllerFixture(await pg.createDatabase());
   try {
     for (const c of STREAM) assert.equal(await f.applier.applyChange(c), "applied");
     return await dumpState(f.db);
@@ -39,8 +28,8 @@ async function cleanApply(): Promise<unknown> {
 }
 
 test("each change is applied in one transaction with its index; duplicates are skipped", async (t) => {
-  if (skip) return t.skip(skip);
-  const f = await controllerFixture(await pgs!.createDatabase());
+  if (pg.skip) return t.skip(pg.skip);
+  const f = await controllerFixture(await pg.createDatabase());
   t.after(() => f.close());
   for (const c of STREAM.slice(0, 2)) assert.equal(await f.applier.applyChange(c), "applied");
   assert.equal(await f.applier.applyChange(STREAM[0]!), "skipped");
@@ -57,10 +46,10 @@ test("each change is applied in one transaction with its index; duplicates are s
 });
 
 test("a crash mid-transaction or between entries, then replay from the start, equals a clean apply", async (t) => {
-  if (skip) return t.skip(skip);
+  if (pg.skip) return t.skip(pg.skip);
   const clean = await cleanApply();
   for (const [i, victim] of STREAM.entries()) {
-    const url = await pgs!.createDatabase();
+    const url = await pg.createDatabase();
     // First life: dies inside the transaction of entry `victim` (its connection is killed before
     // COMMIT, as when the process or machine dies).
     const first = await controllerFixture(url, {
@@ -94,8 +83,8 @@ test("a crash mid-transaction or between entries, then replay from the start, eq
 });
 
 test("a snapshot replaces the intent copy and moves the topology to match", async (t) => {
-  if (skip) return t.skip(skip);
-  const f = await controllerFixture(await pgs!.createDatabase());
+  if (pg.skip) return t.skip(pg.skip);
+  const f = await controllerFixture(await pg.createDatabase());
   t.after(() => f.close());
   for (const c of STREAM.slice(0, 2)) await f.applier.applyChange(c);
   await f.applier.applySnapshot({
@@ -121,8 +110,8 @@ test("a snapshot replaces the intent copy and moves the topology to match", asyn
 });
 
 test("a deposed controller cannot write and its in-memory view is unchanged", async (t) => {
-  if (skip) return t.skip(skip);
-  const f = await controllerFixture(await pgs!.createDatabase());
+  if (pg.skip) return t.skip(pg.skip);
+  const f = await controllerFixture(await pg.createDatabase());
   t.after(() => f.close());
   await f.applier.applyChange(STREAM[0]!);
   // The other replica takes the lease over.

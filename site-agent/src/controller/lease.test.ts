@@ -1,30 +1,19 @@
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 import { silentLogger } from "@isthmus/schema";
 import { Database } from "./db/database.js";
 import { migrate } from "./db/migrations.js";
-import { startTestPostgres, type TestPostgres } from "./db/test-postgres.js";
+import { postgresForTests } from "./db/postgres-for-tests.js";
 import { FencedOut, leaseFence } from "./fence.js";
 import { ControllerLease } from "./lease.js";
 
-let pgs: TestPostgres | undefined;
-let skip: string | undefined;
-before(async () => {
-  const r = await startTestPostgres();
-  if ("skip" in r) {
-    skip = r.skip;
-    console.log(`# skipping: ${r.skip}`);
-  } else pgs = r;
-});
-after(async () => {
-  await pgs?.stop();
-});
+const pg = postgresForTests();
 
 const OPTS = { ttlMs: 1_200, renewEveryMs: 300 };
 
 test("two controllers racing for the lease: exactly one wins; the other takes over when it dies", async (t) => {
-  if (skip) return t.skip(skip);
-  const url = await pgs!.createDatabase();
+  if (pg.skip) return t.skip(pg.skip);
+  const url = await pg.createDatabase();
   const dbs = [new Database({ url, log: silentLogger() }), new Database({ url, log: silentLogger() })];
   t.after(async () => {
     for (const d of dbs) await d.close();
@@ -65,8 +54,8 @@ test("two controllers racing for the lease: exactly one wins; the other takes ov
 });
 
 test("a clean stop releases the lease so the standby takes over at once", async (t) => {
-  if (skip) return t.skip(skip);
-  const url = await pgs!.createDatabase();
+  if (pg.skip) return t.skip(pg.skip);
+  const url = await pg.createDatabase();
   const a = new Database({ url, log: silentLogger() });
   const b = new Database({ url, log: silentLogger() });
   t.after(async () => {
@@ -84,8 +73,8 @@ test("a clean stop releases the lease so the standby takes over at once", async 
 });
 
 test("a lease that lapsed only locally (renewal late, nobody took it) resumes with the same token", async (t) => {
-  if (skip) return t.skip(skip);
-  const url = await pgs!.createDatabase();
+  if (pg.skip) return t.skip(pg.skip);
+  const url = await pg.createDatabase();
   const a = new Database({ url, log: silentLogger() });
   const b = new Database({ url, log: silentLogger() });
   t.after(async () => {

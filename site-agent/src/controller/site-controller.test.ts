@@ -1,25 +1,14 @@
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 import { credentials, type Metadata, status } from "@grpc/grpc-js";
 import { intentpb, silentLogger, sitepb, topologypb } from "@isthmus/schema";
 import { HostHeartbeat } from "../agent/host-registration.js";
-import { startTestPostgres, type TestPostgres } from "./db/test-postgres.js";
+import { postgresForTests } from "./db/postgres-for-tests.js";
 import { bearer } from "./host-token.js";
 import { SiteController } from "./site-controller.js";
 import { FakeCoordinator } from "./test-support/fake-coordinator.js";
 
-let pgs: TestPostgres | undefined;
-let skip: string | undefined;
-before(async () => {
-  const r = await startTestPostgres();
-  if ("skip" in r) {
-    skip = r.skip;
-    console.log(`# skipping: ${r.skip}`);
-  } else pgs = r;
-});
-after(async () => {
-  await pgs?.stop();
-});
+const pg = postgresForTests();
 
 const FAST = {
   leaseTtlMs: 1_500,
@@ -121,7 +110,7 @@ const KIND = {
 } as const;
 
 test("a controller follows the federation, serves agents, stays up without coordinators and catches up", async (t) => {
-  if (skip) return t.skip(skip);
+  if (pg.skip) return t.skip(pg.skip);
   const coord = new FakeCoordinator();
   coord.append({
     index: 1,
@@ -134,7 +123,7 @@ test("a controller follows the federation, serves agents, stays up without coord
     deletes: [],
   });
   await coord.start();
-  const url = await pgs!.createDatabase();
+  const url = await pg.createDatabase();
   const ctl = await SiteController.start({
     site: "a",
     controllerId: "ctl-1",
@@ -274,7 +263,7 @@ test("a controller follows the federation, serves agents, stays up without coord
 });
 
 test("two replicas: the standby takes over when the active one dies and continues from its index", async (t) => {
-  if (skip) return t.skip(skip);
+  if (pg.skip) return t.skip(pg.skip);
   const coord = new FakeCoordinator();
   coord.append({
     index: 1,
@@ -283,7 +272,7 @@ test("two replicas: the standby takes over when the active one dies and continue
   });
   await coord.start();
   t.after(() => coord.stop());
-  const url = await pgs!.createDatabase();
+  const url = await pg.createDatabase();
   const start = (id: string) =>
     SiteController.start({
       site: "a",
@@ -440,7 +429,7 @@ test("two replicas: the standby takes over when the active one dies and continue
 });
 
 test("a host whose agent stops heartbeating is marked not alive (its uplinks move); heartbeats bring it back", async (t) => {
-  if (skip) return t.skip(skip);
+  if (pg.skip) return t.skip(pg.skip);
   const coord = new FakeCoordinator();
   coord.append({
     index: 1,
@@ -451,7 +440,7 @@ test("a host whose agent stops heartbeating is marked not alive (its uplinks mov
   const ctl = await SiteController.start({
     site: "a",
     controllerId: "ctl-1",
-    dbUrl: await pgs!.createDatabase(),
+    dbUrl: await pg.createDatabase(),
     federation: [coord.address],
     listen: "127.0.0.1:0",
     log: silentLogger(),

@@ -1,22 +1,11 @@
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
-import { startTestPostgres, type TestPostgres } from "./db/test-postgres.js";
+import { test } from "node:test";
+import { postgresForTests } from "./db/postgres-for-tests.js";
 import { LocalRequestError } from "./local-store.js";
 import { type LeasedBlock, SnatBlockLeases } from "./snat-block-leases.js";
 import { controllerFixture } from "./test-support/controller-fixture.js";
 
-let pgs: TestPostgres | undefined;
-let skip: string | undefined;
-before(async () => {
-  const r = await startTestPostgres();
-  if ("skip" in r) {
-    skip = r.skip;
-    console.log(`# skipping: ${r.skip}`);
-  } else pgs = r;
-});
-after(async () => {
-  await pgs?.stop();
-});
+const pg = postgresForTests();
 
 /**
  * Asks again, as an agent does, when the answer is not "exhausted": under heavy load 20
@@ -36,8 +25,8 @@ async function leaseRetrying(f: () => Promise<LeasedBlock>): Promise<LeasedBlock
 const ROUTER = "7d1c3c52-6f0e-4d5a-9a59-0d1f3a1b2c3d";
 
 test("two hosts leasing at once never get overlapping blocks, and the range runs out with a clear error", async (t) => {
-  if (skip) return t.skip(skip);
-  const f = await controllerFixture(await pgs!.createDatabase());
+  if (pg.skip) return t.skip(pg.skip);
+  const f = await controllerFixture(await pg.createDatabase());
   t.after(() => f.close());
   const leases = new SnatBlockLeases(f.db, f.ctx.fence, { blockSize: 64 });
   // 1024-2047 holds 16 blocks; 2 hosts × 10 concurrent requests compete for them.
@@ -71,8 +60,8 @@ test("two hosts leasing at once never get overlapping blocks, and the range runs
 });
 
 test("an expired lease is reclaimed by another host; the first host's renewal reports it lost", async (t) => {
-  if (skip) return t.skip(skip);
-  const f = await controllerFixture(await pgs!.createDatabase());
+  if (pg.skip) return t.skip(pg.skip);
+  const f = await controllerFixture(await pg.createDatabase());
   t.after(() => f.close());
   // Expiry is decided by the database clock; a long and a short lifetime keep the test independent
   // of how slowly this process runs.
@@ -113,8 +102,8 @@ test("an expired lease is reclaimed by another host; the first host's renewal re
 });
 
 test("a host is bounded in how many blocks it holds", async (t) => {
-  if (skip) return t.skip(skip);
-  const f = await controllerFixture(await pgs!.createDatabase());
+  if (pg.skip) return t.skip(pg.skip);
+  const f = await controllerFixture(await pg.createDatabase());
   t.after(() => f.close());
   const leases = new SnatBlockLeases(f.db, f.ctx.fence, { maxBlocksPerHost: 2 });
   await leases.lease("host-a", ROUTER, "192.0.2.30", 1024, 65535);

@@ -1,26 +1,15 @@
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 import { silentLogger, topologypb } from "@isthmus/schema";
 import { ChangeFeed, type ChangeListener } from "./change-feed.js";
 import { Database } from "./db/database.js";
-import { startTestPostgres, type TestPostgres } from "./db/test-postgres.js";
+import { postgresForTests } from "./db/postgres-for-tests.js";
 import { controllerFixture, type Fixture } from "./test-support/controller-fixture.js";
 import { network, networkRef, trivialTranslator } from "./test-support/trivial-translator.js";
 import { type FramedSnapshot, TopologyMirror } from "./topology-mirror.js";
 import { readSnapshot } from "./topology-store.js";
 
-let pgs: TestPostgres | undefined;
-let skip: string | undefined;
-before(async () => {
-  const r = await startTestPostgres();
-  if ("skip" in r) {
-    skip = r.skip;
-    console.log(`# skipping: ${r.skip}`);
-  } else pgs = r;
-});
-after(async () => {
-  await pgs?.stop();
-});
+const pg = postgresForTests();
 
 /** What a framed snapshot holds, decoded: revision and bridge id → name. */
 function decodeFramed(f: FramedSnapshot): { revision: number; bridges: Map<string, string> } {
@@ -86,9 +75,9 @@ const bridge = (id: string, name: string): topologypb.TopologyObject => ({
 });
 
 test("the mirror follows the other replica's writes (upserts, rewrites, deletes) and frames what the database holds", async (t) => {
-  if (skip) return t.skip(skip);
+  if (pg.skip) return t.skip(pg.skip);
   index = 0;
-  const url = await pgs!.createDatabase();
+  const url = await pg.createDatabase();
   const writer = await controllerFixture(url, { translator: trivialTranslator });
   const readerDb = new Database({ url, log: silentLogger() });
   const feed = new ChangeFeed(readerDb, { pollMs: 20, ringSize: 8, batch: 50 }, silentLogger());
@@ -122,9 +111,9 @@ test("the mirror follows the other replica's writes (upserts, rewrites, deletes)
 });
 
 test("framed events are shared at one revision and framed again after a change", async (t) => {
-  if (skip) return t.skip(skip);
+  if (pg.skip) return t.skip(pg.skip);
   index = 0;
-  const url = await pgs!.createDatabase();
+  const url = await pg.createDatabase();
   const writer = await controllerFixture(url, { translator: trivialTranslator });
   t.after(() => writer.close());
   await put(writer, "a", "A");
@@ -149,9 +138,9 @@ test("framed events are shared at one revision and framed again after a change",
 });
 
 test("changes delivered while loading apply after the load's revision; a gap reloads from the database", async (t) => {
-  if (skip) return t.skip(skip);
+  if (pg.skip) return t.skip(pg.skip);
   index = 0;
-  const url = await pgs!.createDatabase();
+  const url = await pg.createDatabase();
   const writer = await controllerFixture(url, { translator: trivialTranslator });
   t.after(() => writer.close());
   await put(writer, "a", "A");
@@ -190,9 +179,9 @@ test("changes delivered while loading apply after the load's revision; a gap rel
 });
 
 test("over its byte bound the mirror turns itself off (snapshots then come from the database)", async (t) => {
-  if (skip) return t.skip(skip);
+  if (pg.skip) return t.skip(pg.skip);
   index = 0;
-  const url = await pgs!.createDatabase();
+  const url = await pg.createDatabase();
   const writer = await controllerFixture(url, { translator: trivialTranslator });
   t.after(() => writer.close());
   await put(writer, "a", "A");

@@ -1,10 +1,10 @@
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 import { credentials, Server, ServerCredentials, status } from "@grpc/grpc-js";
 import { silentLogger, startGrpcServer, topologypb } from "@isthmus/schema";
 import { ChangeFeed } from "./change-feed.js";
 import { Database } from "./db/database.js";
-import { startTestPostgres, type TestPostgres } from "./db/test-postgres.js";
+import { postgresForTests } from "./db/postgres-for-tests.js";
 import { topologyServiceDefinition } from "./snapshot-encoding.js";
 import { controllerFixture, type Fixture } from "./test-support/controller-fixture.js";
 import { network, trivialTranslator } from "./test-support/trivial-translator.js";
@@ -12,18 +12,7 @@ import { TopologyMirror } from "./topology-mirror.js";
 import { readSnapshot } from "./topology-store.js";
 import { DEFAULT_SNAPSHOT_PART_BYTES, TopologyWatchService, type WatchOptions } from "./topology-watch.js";
 
-let pgs: TestPostgres | undefined;
-let skip: string | undefined;
-before(async () => {
-  const r = await startTestPostgres();
-  if ("skip" in r) {
-    skip = r.skip;
-    console.log(`# skipping: ${r.skip}`);
-  } else pgs = r;
-});
-after(async () => {
-  await pgs?.stop();
-});
+const pg = postgresForTests();
 
 interface Served {
   writer: Fixture;
@@ -42,7 +31,7 @@ async function serve(
   onService: (svc: TopologyWatchService) => void = () => {},
   mirrored = false,
 ): Promise<Served> {
-  const url = await pgs!.createDatabase();
+  const url = await pg.createDatabase();
   const writer = await controllerFixture(url, { translator: trivialTranslator });
   const readerDb = new Database({ url, log: silentLogger() });
   const feed = new ChangeFeed(readerDb, { pollMs: 20, ringSize: 8, batch: 50 }, silentLogger());
@@ -141,7 +130,7 @@ function lastRevision(events: topologypb.WatchTopologyResponse[]): number {
 for (const mirrored of [false, true]) {
   const from = mirrored ? " (from the mirror)" : "";
   test(`snapshot at R then every later change in order, including changes written by the other replica${from}`, async (t) => {
-    if (skip) return t.skip(skip);
+    if (pg.skip) return t.skip(pg.skip);
     const s = await serve({}, undefined, mirrored);
     t.after(() => s.close());
     await applyNetworks(s, 3);
@@ -167,7 +156,7 @@ for (const mirrored of [false, true]) {
   });
 
   test(`a snapshot larger than a part arrives as snapshot_part events then the snapshot, all at one revision${from}`, async (t) => {
-    if (skip) return t.skip(skip);
+    if (pg.skip) return t.skip(pg.skip);
     const s = await serve({ snapshotPartBytes: 200 }, undefined, mirrored);
     t.after(() => s.close());
     await applyNetworks(s, 12, 40); // each bridge encodes to ~70 bytes: a few per part
@@ -197,7 +186,7 @@ for (const mirrored of [false, true]) {
   });
 
   test(`resume after a disconnect continues from the agent's revision without a snapshot${from}`, async (t) => {
-    if (skip) return t.skip(skip);
+    if (pg.skip) return t.skip(pg.skip);
     const s = await serve({}, undefined, mirrored);
     t.after(() => s.close());
     await applyNetworks(s, 5);
@@ -226,7 +215,7 @@ for (const mirrored of [false, true]) {
 }
 
 test("an agent that stops reading is cut off with RESOURCE_EXHAUSTED, not buffered without bound", async (t) => {
-  if (skip) return t.skip(skip);
+  if (pg.skip) return t.skip(pg.skip);
   let service: TopologyWatchService | undefined;
   const s = await serve({ maxQueuedChanges: 5 }, (svc) => {
     service = svc;
@@ -275,7 +264,7 @@ function rebuild(events: topologypb.WatchTopologyResponse[]): Map<string, string
 }
 
 test("a change too large for one message reaches agents as a fresh snapshot, live and on resume", async (t) => {
-  if (skip) return t.skip(skip);
+  if (pg.skip) return t.skip(pg.skip);
   const s = await serve({ maxChangeBytes: 1000 });
   t.after(() => s.close());
   await applyNetworks(s, 2);

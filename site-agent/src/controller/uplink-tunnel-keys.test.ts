@@ -1,25 +1,14 @@
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 import { topologypb } from "@isthmus/schema";
 import type { Database } from "./db/database.js";
-import { startTestPostgres, type TestPostgres } from "./db/test-postgres.js";
+import { postgresForTests } from "./db/postgres-for-tests.js";
 import { decodeTopology } from "./objects.js";
 import { controllerFixture, type Fixture } from "./test-support/controller-fixture.js";
 import { uplinkPortId } from "./translate/index.js";
 import { id, network, remove, router, upsert } from "./translate/intent-builders.js";
 
-let pgs: TestPostgres | undefined;
-let skip: string | undefined;
-before(async () => {
-  const r = await startTestPostgres();
-  if ("skip" in r) {
-    skip = r.skip;
-    console.log(`# skipping: ${r.skip}`);
-  } else pgs = r;
-});
-after(async () => {
-  await pgs?.stop();
-});
+const pg = postgresForTests();
 
 const UPLINK_A = { site: "a", ipCidr: "198.51.100.2/24", gatewayIp: "198.51.100.1", snat: true };
 const R1_UPLINK = uplinkPortId(id("r1"), "a");
@@ -62,8 +51,8 @@ async function vmPort(f: Fixture): Promise<number> {
 }
 
 test("a router's uplink here gets a site-local key: kept across replay and restart, released with the uplink, never a VM port's", async (t) => {
-  if (skip) return t.skip(skip);
-  const url = await pgs!.createDatabase();
+  if (pg.skip) return t.skip(pg.skip);
+  const url = await pg.createDatabase();
   const f1 = await controllerFixture(url);
   let f2: Fixture | undefined;
   t.after(async () => {
@@ -122,8 +111,8 @@ test("a router's uplink here gets a site-local key: kept across replay and resta
 });
 
 test("a snapshot keeps the keys of uplinks that stay, allocates new ones, releases the rest", async (t) => {
-  if (skip) return t.skip(skip);
-  const f = await controllerFixture(await pgs!.createDatabase());
+  if (pg.skip) return t.skip(pg.skip);
+  const f = await controllerFixture(await pg.createDatabase());
   t.after(() => f.close());
   const n1 = network("n1", { sites: ["a"] });
   await f.applier.applyChange(upsert(1, n1, router("r1", { uplinks: [UPLINK_A] })));
@@ -144,8 +133,8 @@ test("a snapshot keeps the keys of uplinks that stay, allocates new ones, releas
 });
 
 test("with every key taken the uplink has key 0 and a problem; a later start with free keys assigns one", async (t) => {
-  if (skip) return t.skip(skip);
-  const url = await pgs!.createDatabase();
+  if (pg.skip) return t.skip(pg.skip);
+  const url = await pg.createDatabase();
   const full = await controllerFixture(url, { keyRange: { min: 1, max: 1 } });
   const problems: string[] = [];
   full.ctx.onProblems = (p) => problems.push(...p);

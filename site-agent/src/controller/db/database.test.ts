@@ -1,32 +1,20 @@
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 import { silentLogger } from "@isthmus/schema";
 import { Database } from "./database.js";
 import { loadMigrations, migrate } from "./migrations.js";
+import { postgresForTests } from "./postgres-for-tests.js";
 import { TransactionRetriesExhausted } from "./retry.js";
-import { startTestPostgres, type TestPostgres } from "./test-postgres.js";
 
-let pgs: TestPostgres | undefined;
-let skip: string | undefined;
-
-before(async () => {
-  const r = await startTestPostgres();
-  if ("skip" in r) {
-    skip = r.skip;
-    console.log(`# skipping database tests: ${r.skip}`);
-  } else pgs = r;
-});
-after(async () => {
-  await pgs?.stop();
-});
+const pg = postgresForTests("database tests");
 
 async function freshDb(opts: Partial<ConstructorParameters<typeof Database>[0]> = {}): Promise<Database> {
-  const url = await pgs!.createDatabase();
+  const url = await pg.createDatabase();
   return new Database({ url, log: silentLogger(), ...opts });
 }
 
 test("migrations apply from empty, then re-running applies nothing", async (t) => {
-  if (skip) return t.skip(skip);
+  if (pg.skip) return t.skip(pg.skip);
   const db = await freshDb();
   t.after(() => db.close());
   const all = loadMigrations().map((m) => m.version);
@@ -52,8 +40,8 @@ test("migrations apply from empty, then re-running applies nothing", async (t) =
 });
 
 test("two controllers migrating at once both succeed and record each migration once", async (t) => {
-  if (skip) return t.skip(skip);
-  const url = await pgs!.createDatabase();
+  if (pg.skip) return t.skip(pg.skip);
+  const url = await pg.createDatabase();
   const a = new Database({ url, log: silentLogger() });
   const b = new Database({ url, log: silentLogger() });
   t.after(async () => {
@@ -71,7 +59,7 @@ test("two controllers migrating at once both succeed and record each migration o
 });
 
 test("serialization conflicts are retried until every increment lands", async (t) => {
-  if (skip) return t.skip(skip);
+  if (pg.skip) return t.skip(pg.skip);
   let retries = 0;
   const db = await freshDb({ onRetry: () => retries++, retry: { maxAttempts: 50 } });
   t.after(() => db.close());
@@ -100,7 +88,7 @@ test("serialization conflicts are retried until every increment lands", async (t
 });
 
 test("a transaction that keeps conflicting fails with a clear bounded error", async (t) => {
-  if (skip) return t.skip(skip);
+  if (pg.skip) return t.skip(pg.skip);
   const db = await freshDb({ retry: { maxAttempts: 3, baseDelayMs: 1, maxDelayMs: 2 } });
   t.after(() => db.close());
   let runs = 0;
@@ -118,7 +106,7 @@ test("a transaction that keeps conflicting fails with a clear bounded error", as
 });
 
 test("a non-retryable error is not retried", async (t) => {
-  if (skip) return t.skip(skip);
+  if (pg.skip) return t.skip(pg.skip);
   const db = await freshDb();
   t.after(() => db.close());
   let runs = 0;
