@@ -6,7 +6,7 @@ import dgram from "node:dgram";
 import { after, before, describe, test } from "node:test";
 import { topologypb } from "@isthmus/schema";
 import { agentTesting, TopologyBuilder } from "@isthmus/site-agent";
-import { type AgentProc, spawnAgent } from "./harness/agent-process.js";
+import { type AgentProc, hostAgentArgs, spawnAgent } from "./harness/agent-process.js";
 import { runCli } from "./harness/cli.js";
 import { tcpAttempt, tcpTransfer } from "./harness/vm-tcp.js";
 
@@ -41,20 +41,7 @@ describe("isthmus agent processes between network namespaces", { skip }, () => {
   t.rule(sg, RA.RULE_ACTION_ACCEPT, { etherType: 0x0800, nwProto: 6, tpDst: { start: 5001, end: 5001 } });
   t.dropRule(sg);
 
-  const args = (h: topologypb.Host) => [
-    "--host",
-    h.id,
-    "--controller",
-    controller,
-    "--tunnel-ip",
-    h.tunnelIp,
-    "--tunnel-port",
-    String(h.tunnelPort),
-    "--metrics-listen",
-    "127.0.0.1:0",
-    "--admin-listen",
-    "127.0.0.1:0",
-  ];
+  const args = (h: topologypb.Host) => hostAgentArgs(h, controller);
 
   before(async () => {
     vm1 = lab.addVm("02:00:00:00:02:01", "10.88.0.1/24");

@@ -11,7 +11,7 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { topologypb } from "@isthmus/schema";
 import { agentTesting, kernelDatapathSupport, TopologyBuilder } from "@isthmus/site-agent";
-import { type AgentProc, spawnAgent } from "./harness/agent-process.js";
+import { type AgentProc, hostAgentArgs, spawnAgent } from "./harness/agent-process.js";
 import { runCli } from "./harness/cli.js";
 import { tcpAttempt, tcpTransfer } from "./harness/vm-tcp.js";
 
@@ -62,24 +62,7 @@ describe("isthmus agent --datapath kernel, two processes", { skip }, () => {
     );
     const t0 = Date.now();
     const a = await spawnAgent(
-      [
-        "--config",
-        config,
-        "--host",
-        h.id,
-        "--controller",
-        controller,
-        "--tunnel-ip",
-        h.tunnelIp,
-        "--tunnel-port",
-        "4789",
-        "--datapath",
-        "kernel",
-        "--metrics-listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-      ],
+      ["--config", config, ...hostAgentArgs(h, controller, 4789), "--datapath", "kernel"],
       60_000,
     );
     console.log(`# agent ${h.name} started in ${Date.now() - t0} ms`);

@@ -4,13 +4,12 @@ export const SITE_AGENT_PACKAGE = "@isthmus/site-agent";
 export { type AgentFlags, type RunningAgent, startAgent } from "./agent/agent-process.js";
 export type { Datapath, PortIO, Upcall, UpcallDecision } from "./agent/datapath.js";
 export { EdgeAgent } from "./agent/edge-agent.js";
+export { type FirstSnapshot, firstSnapshot } from "./agent/first-snapshot.js";
 export { extractKey, KEY_SIZE, maskFromFields } from "./agent/flow-key.js";
 export { FlowTable } from "./agent/flow-table.js";
 export { KernelDatapath, type KernelDatapathOptions, kernelDatapathSupport } from "./agent/kernel/index.js";
 export { EngineSimulator, maskToFields } from "./agent/sim-adapter.js";
 export * as agentTesting from "./agent/testing/index.js";
-export { TopologyStore } from "./agent/topology-store.js";
-export { TopologyWatchClient } from "./agent/topology-watch-client.js";
 export { UserspaceDatapath } from "./agent/userspace-datapath.js";
 export { startTestPostgres, type TestPostgres } from "./controller/db/test-postgres.js";
 export {

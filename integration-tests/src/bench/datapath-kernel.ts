@@ -9,7 +9,7 @@
 import { writeFileSync } from "node:fs";
 import { type topologypb as TopologyPb, topologypb } from "@isthmus/schema";
 import { agentTesting, kernelDatapathSupport, TopologyBuilder } from "@isthmus/site-agent";
-import { type AgentProc, spawnAgent } from "../harness/agent-process.js";
+import { type AgentProc, hostAgentArgs, spawnAgent } from "../harness/agent-process.js";
 
 const { FakeTopologyServer } = agentTesting;
 type Lab = InstanceType<typeof agentTesting.NetnsLab>;
@@ -123,24 +123,7 @@ export async function startKernelPath(lab: Lab, nodeArgs: string[] = []): Promis
       );
       agents.push(
         await spawnAgent(
-          [
-            "--config",
-            config,
-            "--host",
-            h.id,
-            "--controller",
-            controller,
-            "--tunnel-ip",
-            h.tunnelIp,
-            "--tunnel-port",
-            "4789",
-            "--datapath",
-            "kernel",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-          ],
+          ["--config", config, ...hostAgentArgs(h, controller, 4789), "--datapath", "kernel"],
           60_000,
           nodeArgs,
         ),

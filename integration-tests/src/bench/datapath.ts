@@ -11,7 +11,7 @@ import { cpus, loadavg } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { agentTesting, TopologyBuilder } from "@isthmus/site-agent";
-import { spawnAgent } from "../harness/agent-process.js";
+import { hostAgentArgs, spawnAgent } from "../harness/agent-process.js";
 import { type FlowSetupResult, kernelPathSkipReason, startKernelPath } from "./datapath-kernel.js";
 import type { BenchOptions } from "./main.js";
 
@@ -248,22 +248,7 @@ export async function isthmusPath(lab: Lab, seconds: number): Promise<PathResult
   const agents = [];
   try {
     for (const h of [hA, hB]) {
-      agents.push(
-        await spawnAgent([
-          "--host",
-          h.id,
-          "--controller",
-          controller,
-          "--tunnel-ip",
-          h.tunnelIp,
-          "--tunnel-port",
-          String(h.tunnelPort),
-          "--metrics-listen",
-          "127.0.0.1:0",
-          "--admin-listen",
-          "127.0.0.1:0",
-        ]),
-      );
+      agents.push(await spawnAgent(hostAgentArgs(h, controller)));
     }
     for (let i = 0; i < 20; i++) {
       if ((await lab.exec(a.ns, ["ping", "-c", "1", "-W", "1", b.ip])).code === 0) break;

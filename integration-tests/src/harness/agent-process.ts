@@ -11,6 +11,31 @@ export interface AgentProc {
   stop(): Promise<number | null>;
 }
 
+/**
+ * The flags of an agent for host `h` of `controller`: its tunnel endpoint (`tunnelPort`, default
+ * the host's registered one) and metrics and admin servers on ephemeral loopback ports.
+ */
+export function hostAgentArgs(
+  h: { id: string; tunnelIp: string; tunnelPort: number },
+  controller: string,
+  tunnelPort = h.tunnelPort,
+): string[] {
+  return [
+    "--host",
+    h.id,
+    "--controller",
+    controller,
+    "--tunnel-ip",
+    h.tunnelIp,
+    "--tunnel-port",
+    String(tunnelPort),
+    "--metrics-listen",
+    "127.0.0.1:0",
+    "--admin-listen",
+    "127.0.0.1:0",
+  ];
+}
+
 /** `nodeArgs` go to node before the CLI (V8 flags such as --trace-gc for a probe). */
 export function spawnAgent(args: string[], timeoutMs = 20_000, nodeArgs: string[] = []): Promise<AgentProc> {
   const child = spawn(process.execPath, [...nodeArgs, CLI, "agent", ...args], {

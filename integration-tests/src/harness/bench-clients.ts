@@ -9,8 +9,8 @@ import {
   type ServiceError,
   status,
 } from "@grpc/grpc-js";
-import { federationpb, type intentpb, silentLogger, sitepb, topologypb } from "@isthmus/schema";
-import { TopologyStore, TopologyWatchClient } from "@isthmus/site-agent";
+import { federationpb, type intentpb, sitepb, topologypb } from "@isthmus/schema";
+import { firstSnapshot } from "@isthmus/site-agent";
 
 type Unary<Req, Res> = (
   req: Req,
@@ -198,55 +198,19 @@ export function countSnapshot(s: topologypb.TopologySnapshot): Record<string, nu
   return counts;
 }
 
-/**
- * An agent's first snapshot, timed the way the agent takes it: the site agent's own watch client
- * (its channel settings, assembling the parts) into its topology store; resolves with the time
- * from the Watch call to the snapshot applied to the store.
- */
-export function timeSnapshot(
+/** An agent's first snapshot (the agent's own watch client into its store), timed and counted. */
+export async function timeSnapshot(
   address: string,
   hostId: string,
   hostToken: string,
 ): Promise<{ ms: number; counts: Record<string, number>; bytes: number; parts: number }> {
-  const store = new TopologyStore();
-  return new Promise((resolve, reject) => {
-    let t0 = 0;
-    const timer = setTimeout(() => {
-      client.stop();
-      reject(new Error(`no snapshot within 120 s (${client.lastError || "no error"})`));
-    }, 120_000);
-    const client = new TopologyWatchClient({
-      address,
-      hostId,
-      token: () => hostToken,
-      log: silentLogger(),
-      sink: {
-        get revision() {
-          return store.revision;
-        },
-        get ready() {
-          return store.ready;
-        },
-        applySnapshot(s) {
-          store.applySnapshot(s);
-          const ms = performance.now() - t0;
-          clearTimeout(timer);
-          client.stop();
-          resolve({
-            ms,
-            counts: countSnapshot(s),
-            bytes: topologypb.TopologySnapshot.encode(s).finish().length,
-            parts: client.stats.snapshotMessages,
-          });
-        },
-        applyChange(c) {
-          store.applyChange(c);
-        },
-      },
-    });
-    t0 = performance.now();
-    client.start();
-  });
+  const r = await firstSnapshot(address, hostId, hostToken);
+  return {
+    ms: r.ms,
+    counts: countSnapshot(r.snapshot),
+    bytes: topologypb.TopologySnapshot.encode(r.snapshot).finish().length,
+    parts: r.parts,
+  };
 }
 
 /** Totals of a site controller's intent entry stage histogram (seconds, entries). */

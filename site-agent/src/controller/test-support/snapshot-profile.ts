@@ -4,8 +4,7 @@
 import { loadavg } from "node:os";
 import { credentials, Metadata, Server, ServerCredentials } from "@grpc/grpc-js";
 import { silentLogger, startGrpcServer, topologypb } from "@isthmus/schema";
-import { TopologyStore } from "../../agent/topology-store.js";
-import { TopologyWatchClient } from "../../agent/topology-watch-client.js";
+import { firstSnapshot } from "../../agent/first-snapshot.js";
 import { ChangeFeed } from "../change-feed.js";
 import { startTestPostgres } from "../db/test-postgres.js";
 import { topologyServiceDefinition } from "../snapshot-encoding.js";
@@ -77,31 +76,7 @@ try {
       });
     });
   // As the agent takes it: its watch client (channel settings, parts) into its topology store.
-  const agentSnapshot = (address: string) =>
-    new Promise<number>((resolve) => {
-      const store = new TopologyStore();
-      const t0 = performance.now();
-      const client: TopologyWatchClient = new TopologyWatchClient({
-        address,
-        hostId,
-        log: silentLogger(),
-        sink: {
-          get revision() {
-            return store.revision;
-          },
-          get ready() {
-            return store.ready;
-          },
-          applySnapshot(snap) {
-            store.applySnapshot(snap);
-            client.stop();
-            resolve(performance.now() - t0);
-          },
-          applyChange: (c) => store.applyChange(c),
-        },
-      });
-      client.start();
-    });
+  const agentSnapshot = async (address: string) => (await firstSnapshot(address, hostId)).ms;
   const experiments: [string, () => Promise<number>][] = [
     ["database → agent store", () => agentSnapshot(fromDb.address)],
     ["mirror → agent store", () => agentSnapshot(fromMemory.address)],
