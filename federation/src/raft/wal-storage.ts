@@ -322,7 +322,8 @@ export class WalStorage implements WritableStorage {
    */
   syncBlocking(): void {
     this.checkUsable();
-    if (this.syncsInFlight > 0) throw new Error("raft wal: syncBlocking() called while a sync() is in flight");
+    if (this.syncsInFlight > 0)
+      throw new Error("raft wal: syncBlocking() called while a sync() is in flight");
     try {
       this.flushPending();
       for (const fd of this.dirtyFds) fdatasyncSync(fd);
