@@ -504,7 +504,11 @@ export async function measure(opts: PropagationBenchOptions): Promise<Propagatio
   const [firstSites, allSites] = opts.sites ?? (opts.quick ? [2, 2] : [2, 4]);
   const changes =
     opts.changes ??
-    (process.env.BENCH_PROPAGATION_CHANGES ? Number(process.env.BENCH_PROPAGATION_CHANGES) : opts.quick ? 30 : 300);
+    (process.env.BENCH_PROPAGATION_CHANGES
+      ? Number(process.env.BENCH_PROPAGATION_CHANGES)
+      : opts.quick
+        ? 30
+        : 300);
   if (!Number.isInteger(changes) || changes <= 0)
     throw new Error(`changes per phase must be a positive integer, got ${changes}`);
   const sizes =

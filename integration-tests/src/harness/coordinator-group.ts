@@ -38,6 +38,8 @@ export class CoordinatorGroup {
       const child = spawn(
         process.execPath,
         [
+          // ISTHMUS_BENCH_COORDINATOR_NODE_ARGS: node flags for every node (e.g. --cpu-prof), space-separated.
+          ...(process.env.ISTHMUS_BENCH_COORDINATOR_NODE_ARGS?.split(" ").filter((a) => a !== "") ?? []),
           CLI,
           "coordinator",
           "--id",
@@ -55,7 +57,8 @@ export class CoordinatorGroup {
         { stdio: ["ignore", process.env.ISTHMUS_BENCH_LOG_DIR ? "pipe" : "ignore", "inherit"] },
       );
       const logDir = process.env.ISTHMUS_BENCH_LOG_DIR;
-      if (logDir && child.stdout) child.stdout.pipe(createWriteStream(join(logDir, `${id}.log`), { flags: "a" }));
+      if (logDir && child.stdout)
+        child.stdout.pipe(createWriteStream(join(logDir, `${id}.log`), { flags: "a" }));
       this.children.set(id, child);
     }
     await Promise.all(

@@ -77,7 +77,9 @@ export async function writeTopologyChange(
 ): Promise<topologypb.TopologyChange | undefined> {
   if (delta.upserts.length === 0 && delta.deletes.length === 0) return undefined;
   if (delta.encoded && delta.encoded.length !== delta.upserts.length)
-    throw new Error(`topology write has ${delta.encoded.length} encodings for ${delta.upserts.length} upserts`);
+    throw new Error(
+      `topology write has ${delta.encoded.length} encodings for ${delta.upserts.length} upserts`,
+    );
   // Each object is encoded once (or not at all when the caller has its encoding) and the logged
   // body is framed from those encodings: a site catching up on a 100k-object federation writes
   // one change of that size, and encoding it twice in one go stalled the controller for seconds.
@@ -149,23 +151,36 @@ export async function writeTopologyChange(
  * byte what TopologyChange.encode writes: field 2 per upsert, then field 3 per delete.
  */
 export function frameChange(upserts: readonly Buffer[], deletes: readonly topologypb.TopologyRef[]): Buffer {
-  const chunks: Buffer[] = [];
-  for (const b of upserts) chunks.push(Buffer.from([0x12, ...varint(b.length)]), b);
-  for (const d of deletes) {
-    const ref = topologypb.TopologyRef.encode(d).finish();
-    chunks.push(Buffer.from([0x1a, ...varint(ref.length)]), Buffer.from(ref));
-  }
-  return Buffer.concat(chunks);
+  const refs = deletes.map((d) => topologypb.TopologyRef.encode(d).finish());
+  let size = 0;
+  for (const b of [...upserts, ...refs]) size += 1 + varintLength(b.length) + b.length;
+  // One buffer written in place (100k+ small pieces concatenated cost seconds under load).
+  const out = Buffer.allocUnsafe(size);
+  let at = 0;
+  const put = (tag: number, b: Uint8Array) => {
+    out[at++] = tag;
+    let n = b.length;
+    while (n > 0x7f) {
+      out[at++] = (n & 0x7f) | 0x80;
+      n >>>= 7;
+    }
+    out[at++] = n;
+    out.set(b, at);
+    at += b.length;
+  };
+  for (const b of upserts) put(0x12, b); // TopologyChange.upserts, field 2, length-delimited
+  for (const r of refs) put(0x1a, r); // TopologyChange.deletes, field 3
+  if (at !== size) throw new Error(`framed change is ${at} bytes, expected ${size}`);
+  return out;
 }
 
-function varint(n: number): number[] {
-  const out: number[] = [];
+function varintLength(n: number): number {
+  let len = 1;
   while (n > 0x7f) {
-    out.push((n & 0x7f) | 0x80);
     n >>>= 7;
+    len++;
   }
-  out.push(n);
-  return out;
+  return len;
 }
 
 export async function currentRevision(tx: Tx): Promise<number> {

@@ -262,7 +262,8 @@ export function* translateAllSteps(
   for (const [i, obj] of set.objects.entries()) {
     const ref = topologyRefOf(obj);
     const key = refKey(ref);
-    if (seen.has(key)) throw new Error(`translation invariant violated: topology object ${key} derived twice`);
+    if (seen.has(key))
+      throw new Error(`translation invariant violated: topology object ${key} derived twice`);
     seen.add(key);
     keyed.push({ kind: ref.kind, id: ref.id, obj });
     if (i % unitsPerStep === unitsPerStep - 1) yield;
