@@ -208,7 +208,8 @@ export class IntentStateMachine implements StateMachine<ApplyResult>, IntentView
       at += b.length;
     }
     out.set(rest, at);
-    if (at + rest.length !== size) throw new Error(`intent: snapshot framed ${at + rest.length} of ${size} bytes`);
+    if (at + rest.length !== size)
+      throw new Error(`intent: snapshot framed ${at + rest.length} of ${size} bytes`);
     return out;
   }
 
