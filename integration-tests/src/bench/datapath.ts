@@ -419,7 +419,20 @@ function kernelFastPathRows(r: DatapathBenchResult, f: (n: number, d?: number) =
     "",
     `Flow setup (the first packet's miss in the kernel → kernel entry written, ${k.flowSetup.samples} new UDP flows one after another): p50 ${f(k.flowSetup.p50Ms, 3)} ms, p99 ${f(k.flowSetup.p99Ms, 3)} ms, max ${f(k.flowSetup.maxMs, 3)} ms (goal p99 ≤ 1 ms); of which in the agent (frame read → entry written): p50 ${f(k.flowSetup.agent.p50Ms, 3)} ms, p99 ${f(k.flowSetup.agent.p99Ms, 3)} ms, max ${f(k.flowSetup.agent.maxMs, 3)} ms. Measured after ${k.flowSetupWarmup.samples} warm-up flows (the agent's code compiling), which gave p50 ${f(k.flowSetupWarmup.p50Ms, 3)} ms, p99 ${f(k.flowSetupWarmup.p99Ms, 3)} ms. During the throughput runs the sending agent handled ${k.upcalls} upcalls while its kernel forwarded ${k.kernelHits} packets.`,
     "",
+    setupStagesRow(k.flowSetup, f),
+    "",
   ];
+}
+
+/** Where the measured setups' time went, per stage (the agent's FlowSetupProfile), and in the tail. */
+function setupStagesRow(s: FlowSetupResult, f: (n: number, d?: number) => string): string {
+  const stages = Object.entries(s.stages)
+    .map(([k, l]) => `${k} ${f(l.p50Ms, 3)} / ${f(l.p99Ms, 3)}`)
+    .join(", ");
+  const tail = Object.entries(s.tail.stagesMeanMs)
+    .map(([k, v]) => `${k} ${f(v, 3)}`)
+    .join(", ");
+  return `Flow setup by stage, p50 / p99 ms: ${stages}. The slowest ${s.tail.samples} setups (mean ${f(s.tail.meanMs, 3)} ms) spent on average: ${tail}; ${s.tail.withGc} of them overlapped a GC pause. GC pauses in the sending agent while the ${s.samples} flows were opened: ${s.gcPauses.count} (max ${f(s.gcPauses.maxMs, 3)} ms).`;
 }
 
 function updateDocs(r: DatapathBenchResult): void {

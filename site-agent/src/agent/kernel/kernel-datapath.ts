@@ -31,12 +31,12 @@ import {
   type InstallRequest,
 } from "../flow-table.js";
 import { agentTag } from "../tags.js";
-import { UpcallPump, type UpcallPumpSettings } from "../upcall-pump.js";
+import { UpcallPump, type UpcallPumpSettings, type UpcallTiming } from "../upcall-pump.js";
 import { finishOffloads } from "../vnet-offload.js";
 import type { BpfMap } from "./bpf-map.js";
 import { FLOW_KEY_SIZE, FLOW_VALUE_SIZE } from "./flow-map-codec.js";
+import { FlowSetupProfile, type FlowSetupReport } from "./flow-setup-profile.js";
 import { type KernelFlowContext, kernelFlowFor } from "./kernel-flow.js";
-import { LatencyRing } from "./latency-ring.js";
 import { deleteLink, interfaceWithAddress, type LinkInfo, linkInfo, runIn } from "./netns-exec.js";
 import { TcPrograms } from "./tc-programs.js";
 import { UpcallDevice } from "./upcall-device.js";
@@ -189,8 +189,12 @@ export class KernelDatapath implements Datapath {
   private kernelInstallFailures = 0;
   private tunnelPortWarned = false;
   /** Flow-setup latency of simulated upcalls whose flow went to the kernel (see flowSetup()). */
-  private readonly setupFromMiss = new LatencyRing(4096);
-  private readonly setupFromRead = new LatencyRing(4096);
+  private readonly setup = new FlowSetupProfile(4096);
+  /** When the batch being handled was read (performance.now(), process CPU µs), and when the last
+   * kernel entry was encoded: the flow-setup profile's stage boundaries. */
+  private batchReadAt = 0;
+  private batchCpuUs = 0;
+  private lastEncodedAt = 0;
   /** CLOCK_MONOTONIC ms (the programs' bpf_ktime_get_ns) minus performance.now(). */
   private readonly monoOffsetMs = monotonicOffsetMs();
 
@@ -215,7 +219,7 @@ export class KernelDatapath implements Datapath {
       countDrop: (reason) => this.countDrop(reason),
       // A megaflow the kernel has no entry for this exact packet yet (or cannot carry).
       flowHit: (flow, key) => this.installKernel(flow, key),
-      flowInstalled: (flow, u, arrivedAt, offeredAt) => this.flowInstalled(flow, u, arrivedAt, offeredAt),
+      flowInstalled: (flow, u, t) => this.flowInstalled(flow, u, t),
     });
     this.devices = { upcallKernel: `${opts.name}u0`, upcallAgent: `${opts.name}u1`, vxlan: `${opts.name}vx` };
     this.pinName = `isthmus-${opts.name}`;
@@ -327,6 +331,7 @@ export class KernelDatapath implements Datapath {
   async stop(): Promise<void> {
     this.stopped = true;
     this.pump.stop();
+    this.setup.close();
     if (this.expiryTimer) clearInterval(this.expiryTimer);
     this.device?.close();
     this.device = undefined;
@@ -614,6 +619,7 @@ export class KernelDatapath implements Datapath {
   private installKernel(flow: Flow, key: Buffer): void {
     if (!this.maps || flow.removed) return;
     const e = kernelFlowFor(key, flow.mask, flow.actions, this.kernelContext());
+    this.lastEncodedAt = performance.now();
     if ("userspace" in e) {
       this.userspaceReason.set(flow, e.userspace);
       return;
@@ -772,6 +778,9 @@ export class KernelDatapath implements Datapath {
 
   private onUpcallBuffers(bufs: Buffer[]): void {
     if (this.stopped) return;
+    this.batchReadAt = performance.now();
+    const cpu = process.cpuUsage();
+    this.batchCpuUs = cpu.user + cpu.system;
     for (const b of bufs) {
       const u = parseUpcall(b);
       if ("drop" in u) {
@@ -821,13 +830,17 @@ export class KernelDatapath implements Datapath {
     this.pump.drain();
   }
 
-  private flowInstalled(flow: Flow, u: Upcall, arrivedAt: number, offeredAt: number): void {
+  private flowInstalled(flow: Flow, u: Upcall, t: UpcallTiming): void {
     const before = this.kernelInstalls;
     this.installKernel(flow, u.key);
     if (this.kernelInstalls === before) return;
-    const now = performance.now();
-    this.setupFromMiss.record(now - arrivedAt);
-    this.setupFromRead.record(now - offeredAt);
+    this.setup.record({
+      ...t,
+      readAt: Math.min(this.batchReadAt, t.offeredAt),
+      cpuAtReadUs: this.batchCpuUs,
+      encodedAt: this.lastEncodedAt,
+      writtenAt: performance.now(),
+    });
   }
 
   /**
@@ -835,13 +848,10 @@ export class KernelDatapath implements Datapath {
    * `mark` (a previous `total`): `fromMiss` runs from the program's miss (the first packet handed
    * up, stamped in the upcall header) to the map entry being written — what a flow's first packet
    * waits, the agent's event loop included; `fromRead` is the agent's share, from reading the frame.
+   * `stages`, `cpuMs` and `gcMs` split them (see FlowSetupProfile).
    */
-  flowSetup(mark = 0): { total: number; fromMiss: number[]; fromRead: number[] } {
-    return {
-      total: this.setupFromMiss.total,
-      fromMiss: this.setupFromMiss.since(mark),
-      fromRead: this.setupFromRead.since(mark),
-    };
+  flowSetup(mark = 0): FlowSetupReport {
+    return this.setup.since(mark);
   }
 
   // ---- re-injection ----
