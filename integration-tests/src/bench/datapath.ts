@@ -260,7 +260,7 @@ export async function isthmusPath(lab: Lab, seconds: number): Promise<PathResult
   }
 }
 
-async function kernelBridgeVms(lab: Lab): Promise<[Vm, Vm]> {
+export async function kernelBridgeVms(lab: Lab): Promise<[Vm, Vm]> {
   // Two "host" namespaces joined by a veth underlay, each with a bridge + VXLAN device and a veth
   // to its VM namespace: the Linux kernel's own VXLAN bridging between the same kind of VMs.
   const h1 = lab.addNamespace();
