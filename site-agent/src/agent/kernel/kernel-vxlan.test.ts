@@ -192,9 +192,9 @@ describe("kernel fast path over external-mode VXLAN between two host namespaces"
         "-e",
         String(PING_ID),
         "-c",
-        "2",
+        "4",
         "-i",
-        "0.2",
+        "0.1",
         "-W",
         "2",
         b.vm.ip,
@@ -206,16 +206,16 @@ describe("kernel fast path over external-mode VXLAN between two host namespaces"
       const perCpu = st.lookup(k)!;
       let delivered = 0n;
       for (let off = 0; off < perCpu.length; off += 8) delivered += perCpu.readBigUInt64LE(off);
-      assert.ok(delivered >= 2n, "delivered by key on host B");
+      assert.ok(delivered >= 4n, "delivered by key on host B");
       st.close();
       assert.ok(
-        txPacketsIn(b.ns, b.vm.hostIf) - txB >= 2,
+        txPacketsIn(b.ns, b.vm.hostIf) - txB >= 4,
         "B's port transmitted the requests (bpf_redirect)",
       );
-      assert.equal(
-        txPacketsIn(a.ns, a.vm.hostIf),
-        txA,
-        "A's VM got its replies past its port (redirect_peer)",
+      // Not the 4 replies; a stray frame of the host's own (a neighbour probe) may pass there.
+      assert.ok(
+        txPacketsIn(a.ns, a.vm.hostIf) - txA <= 1,
+        "A's VM got its replies past its port's transmit (redirect_peer)",
       );
     } finally {
       for (const c of cleanup) c();
