@@ -229,7 +229,14 @@ async function benchRaftTs(
   // RAFT_BENCH_PROFILE_DIR=dir writes a V8 CPU profile of every node process there (node --cpu-prof).
   const profDir = process.env.RAFT_BENCH_PROFILE_DIR;
   const nodeArgs = profDir ? ["--cpu-prof", `--cpu-prof-dir=${profDir}`] : [];
-  const cluster = await RaftKvCluster.start({ snapshotEvery: 10_000, nodeArgs });
+  // RAFT_BENCH_INLINE_SYNC_MAX_ENTRIES=0 turns off the followers' blocking fsync of a lone
+  // append (RaftNode's inlineSyncMaxEntries), to compare both ways on the same machine.
+  const inline = process.env.RAFT_BENCH_INLINE_SYNC_MAX_ENTRIES;
+  const cluster = await RaftKvCluster.start({
+    snapshotEvery: 10_000,
+    nodeArgs,
+    inlineSyncMaxEntries: inline === undefined || inline === "" ? undefined : Number(inline),
+  });
   try {
     let leader = await cluster.waitLeader();
     const value = randomBytes(VALUE_BYTES).toString("base64").slice(0, VALUE_BYTES);
@@ -358,6 +365,7 @@ export async function run(opts: RaftBenchOptions): Promise<void> {
     primeSeconds: primeMs / 1000,
     etcd: etcdVersion(),
     node: process.version,
+    raftTsInlineSyncMaxEntries: process.env.RAFT_BENCH_INLINE_SYNC_MAX_ENTRIES || "1 (default)",
     loadAverage: `${loadBefore.toFixed(1)} before, ${loadavg()[0]!.toFixed(1)} after`,
   };
   const ratios = levels.map((c) => {

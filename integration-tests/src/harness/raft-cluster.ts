@@ -75,6 +75,8 @@ export interface RaftKvClusterOptions {
   tickMs?: number;
   electionTicks?: number;
   snapshotEvery?: number;
+  /** RaftNode's inlineSyncMaxEntries for every node (its default when unset). */
+  inlineSyncMaxEntries?: number;
   /** ISTHMUS_LOG_LEVEL for the node processes; "warn" by default to keep output small. */
   logLevel?: string;
   /** Extra node flags for every node process (e.g. `--cpu-prof` to profile the benchmark). */
@@ -131,6 +133,7 @@ export class RaftKvCluster {
       tickMs: this.opts.tickMs,
       electionTicks: this.opts.electionTicks,
       snapshotEvery: this.opts.snapshotEvery,
+      inlineSyncMaxEntries: this.opts.inlineSyncMaxEntries,
     };
     const args = [...(this.opts.nodeArgs ?? []), RAFT_KV_NODE, JSON.stringify(config)];
     const proc = spawn(process.execPath, args, {

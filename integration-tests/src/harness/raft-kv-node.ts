@@ -21,6 +21,8 @@ export interface NodeConfig {
   tickMs?: number;
   electionTicks?: number;
   snapshotEvery?: number;
+  /** RaftNode's inlineSyncMaxEntries (its default when unset). */
+  inlineSyncMaxEntries?: number;
 }
 
 const MAX_BODY = 1 << 20;
@@ -46,6 +48,7 @@ const node = new RaftNode<number>({
   tickMs: config.tickMs ?? 100,
   electionTicks: config.electionTicks ?? 10,
   snapshotEvery: config.snapshotEvery ?? 10_000,
+  inlineSyncMaxEntries: config.inlineSyncMaxEntries,
   onFatal: () => process.exit(70),
 });
 const grpcServer = new Server(RAFT_SERVER_OPTIONS);
