@@ -502,7 +502,15 @@ function describe(p: PhaseResult): string {
 
 export async function measure(opts: PropagationBenchOptions): Promise<PropagationResult> {
   const [firstSites, allSites] = opts.sites ?? (opts.quick ? [2, 2] : [2, 4]);
-  const changes = opts.changes ?? (opts.quick ? 30 : 300);
+  const changes =
+    opts.changes ??
+    (process.env.BENCH_PROPAGATION_CHANGES
+      ? Number(process.env.BENCH_PROPAGATION_CHANGES)
+      : opts.quick
+        ? 30
+        : 300);
+  if (!Number.isInteger(changes) || changes <= 0)
+    throw new Error(`changes per phase must be a positive integer, got ${changes}`);
   const sizes =
     opts.sizes ??
     (process.env.BENCH_PROPAGATION_SIZES
@@ -512,7 +520,16 @@ export async function measure(opts: PropagationBenchOptions): Promise<Propagatio
         : [1_000, 10_000, 100_000]);
   if (sizes.some((n, i) => !Number.isInteger(n) || n <= 0 || n > 100_000 || (i > 0 && n <= sizes[i - 1]!)))
     throw new Error(`state sizes must be increasing integers in 1..100000, got ${sizes.join(",")}`);
-  const snapshotPorts = opts.snapshotPorts ?? (opts.quick ? 100 : 10_000);
+  // BENCH_PROPAGATION_SNAPSHOT_PORTS=0 skips the snapshot step (e.g. while working on the state sizes).
+  const snapshotPorts =
+    opts.snapshotPorts ??
+    (process.env.BENCH_PROPAGATION_SNAPSHOT_PORTS !== undefined
+      ? Number(process.env.BENCH_PROPAGATION_SNAPSHOT_PORTS)
+      : opts.quick
+        ? 100
+        : 10_000);
+  if (!Number.isInteger(snapshotPorts) || snapshotPorts < 0)
+    throw new Error(`snapshot ports must be a non-negative integer, got ${snapshotPorts}`);
   const loadStart = loadavg().map((x) => Number(x.toFixed(2)));
   const base = await mkdtemp(join(tmpdir(), "isthmus-bench-propagation-"));
   await chmod(base, 0o755); // the embedded databases run as the postgres user when we are root
@@ -539,7 +556,10 @@ export async function measure(opts: PropagationBenchOptions): Promise<Propagatio
     for (const name of siteNames)
       creds.push(await onboardSite(name, join(base, name), group.addresses, adminTokenFile));
     await admin.findLeader();
-    bench = new Bench(base, group, admin, siteNames, creds, opts.siteNodeArgs);
+    // BENCH_PROPAGATION_SITE_NODE_ARGS: node flags for the controllers, space-separated (e.g. --cpu-prof).
+    const siteNodeArgs =
+      opts.siteNodeArgs ?? process.env.BENCH_PROPAGATION_SITE_NODE_ARGS?.split(" ").filter((a) => a !== "");
+    bench = new Bench(base, group, admin, siteNames, creds, siteNodeArgs);
     bench.objects = siteNames.length;
     const b = bench;
     console.log(`propagation bench: ${opts.quick ? "quick" : "full"} mode; starting ${firstSites} sites`);
@@ -749,6 +769,11 @@ export function markdown(r: PropagationResult): string {
       "such a site could not serve a new agent at all. The controller now sends snapshots in parts of about " +
       "1 MiB (`snapshot_part` events, then `snapshot`; docs/site-controller.md) and the agent's watch client " +
       "assembles them.",
+    "- An agent's first snapshot is mostly the agent decoding it, and that decoding was garbage-collection " +
+      "bound (every decoded object survives). The agent's watch client now reads Watch events with its own " +
+      "decoder (same wire format and message types): repeated ids are one string, an object holds only its " +
+      "kind, and byte-identical rule conditions (10 of a VM port's 12 rules) share one frozen `Condition` — " +
+      "the decoded 10k-port snapshot takes 85 MB of heap instead of 149 MB (docs/site-controller.md).",
     "- The site controller is mostly idle while it applies intent: its cost per entry is database round " +
       "trips (one SERIALIZABLE transaction per entry, by design). Topology objects used to be written one " +
       "statement each (a port is ~20 rows); they are now written 500 rows a statement.",

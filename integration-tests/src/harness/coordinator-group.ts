@@ -2,6 +2,7 @@
 // Raft group on loopback, each with its own data directory and the shared key directory. The
 // whole group can be stopped (SIGTERM) and started again on the same ports and data (raft WAL).
 import { type ChildProcess, spawn } from "node:child_process";
+import { createWriteStream } from "node:fs";
 import { join } from "node:path";
 import { credentials, Metadata } from "@grpc/grpc-js";
 import { healthpb } from "@isthmus/schema";
@@ -37,6 +38,8 @@ export class CoordinatorGroup {
       const child = spawn(
         process.execPath,
         [
+          // ISTHMUS_BENCH_COORDINATOR_NODE_ARGS: node flags for every node (e.g. --cpu-prof), space-separated.
+          ...(process.env.ISTHMUS_BENCH_COORDINATOR_NODE_ARGS?.split(" ").filter((a) => a !== "") ?? []),
           CLI,
           "coordinator",
           "--id",
@@ -50,8 +53,12 @@ export class CoordinatorGroup {
           "--key-dir",
           this.keyDir,
         ],
-        { stdio: ["ignore", "ignore", "inherit"] },
+        // ISTHMUS_BENCH_LOG_DIR keeps each node's JSON log (appended across restarts).
+        { stdio: ["ignore", process.env.ISTHMUS_BENCH_LOG_DIR ? "pipe" : "ignore", "inherit"] },
       );
+      const logDir = process.env.ISTHMUS_BENCH_LOG_DIR;
+      if (logDir && child.stdout)
+        child.stdout.pipe(createWriteStream(join(logDir, `${id}.log`), { flags: "a" }));
       this.children.set(id, child);
     }
     await Promise.all(

@@ -323,7 +323,9 @@ export async function diffTopology(
   desired: topologypb.TopologyObject[],
   pause: () => Promise<void> = async () => {},
 ): Promise<TopologyWrite> {
-  const out: TopologyWrite = { upserts: [], deletes: [] };
+  // The upserts' encodings go along, so writing them does not encode 100k+ objects again.
+  const encoded: Buffer[] = [];
+  const out: TopologyWrite = { upserts: [], deletes: [], encoded };
   const keep = new Set<string>();
   for (const [i, obj] of desired.entries()) {
     if (i % SNAPSHOT_STEP === SNAPSHOT_STEP - 1) await pause();
@@ -331,7 +333,11 @@ export async function diffTopology(
     const k = keyString(ref.kind, ref.id);
     keep.add(k);
     const old = existing.get(k);
-    if (!old?.equals(encodeTopology(obj))) out.upserts.push(obj);
+    const body = encodeTopology(obj);
+    if (!old?.equals(body)) {
+      out.upserts.push(obj);
+      encoded.push(body);
+    }
   }
   for (const k of existing.keys()) {
     if (keep.has(k)) continue;

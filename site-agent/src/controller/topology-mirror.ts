@@ -8,7 +8,7 @@ import type { ChangeFeed } from "./change-feed.js";
 import type { Database } from "./db/database.js";
 import { encodeTopology, keyString, topologyRefOf } from "./objects.js";
 import { type EncodedWatchEvent, encodeSnapshotEvent } from "./snapshot-encoding.js";
-import { currentRevision, splitSnapshotParts } from "./topology-store.js";
+import { currentRevision, encodedUpserts, splitSnapshotParts } from "./topology-store.js";
 
 export interface TopologyMirrorOptions {
   /** Encoded bytes of objects the copy may hold (the framed events take as much again); 0 = off. */
@@ -113,11 +113,13 @@ export class TopologyMirror {
 
   private apply(c: topologypb.TopologyChange): void {
     for (const d of c.deletes) this.remove(keyString(d.kind, d.id));
-    for (const o of c.upserts) {
+    // This replica's own commits come with their encodings (a catch-up is 100k+ objects).
+    const bodies = encodedUpserts(c);
+    for (const [i, o] of c.upserts.entries()) {
       const ref = topologyRefOf(o);
       const key = keyString(ref.kind, ref.id);
       this.remove(key);
-      const body = encodeTopology(o);
+      const body = bodies?.[i] ?? encodeTopology(o);
       this.objects.set(key, body);
       this.bytes += body.length;
     }

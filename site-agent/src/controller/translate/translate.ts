@@ -255,7 +255,19 @@ export function* translateAllSteps(
     deriveUnitsInto(view, units.slice(i, i + unitsPerStep), set);
     if (i + unitsPerStep < units.length) yield;
   }
-  const objects = [...byRef(set).values()];
-  objects.sort((a, b) => compareRefs(topologyRefOf(a), topologyRefOf(b)));
-  return { objects, problems: [...new Set(set.problems)] };
+  // A large federation derives 100k+ objects: each ref is computed once (not in every
+  // comparison), and the pass over them lets the caller's event loop run now and then.
+  const keyed: { kind: number; id: string; obj: topologypb.TopologyObject }[] = [];
+  const seen = new Set<string>();
+  for (const [i, obj] of set.objects.entries()) {
+    const ref = topologyRefOf(obj);
+    const key = refKey(ref);
+    if (seen.has(key))
+      throw new Error(`translation invariant violated: topology object ${key} derived twice`);
+    seen.add(key);
+    keyed.push({ kind: ref.kind, id: ref.id, obj });
+    if (i % unitsPerStep === unitsPerStep - 1) yield;
+  }
+  keyed.sort((a, b) => a.kind - b.kind || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+  return { objects: keyed.map((k) => k.obj), problems: [...new Set(set.problems)] };
 }
