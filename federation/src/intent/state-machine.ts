@@ -927,6 +927,9 @@ export class IntentStateMachine implements StateMachine<ApplyResult>, IntentView
       const prev = this.get(kind, metaOf(obj).id);
       if (prev) this.remove(kind, metaOf(prev).id);
       this.put(kind, obj);
+      // Encoded now, a few µs an entry, rather than 10 000 at once when the next raft snapshot
+      // is due (a stall of the event loop the whole group feels: heartbeats wait meanwhile).
+      this.encodedOf(kind, obj);
     }
     if (s.nextVni !== undefined) this.nextVni = s.nextVni;
     s.after?.();
