@@ -25,6 +25,58 @@ export interface FlowSetupResult extends Latency {
   samples: number;
   /** Frame read by the agent → entry written (the agent's share). */
   agent: Latency;
+  /** Each stage's own latency (FlowSetupProfile's SETUP_STAGES), process CPU and GC overlap. */
+  stages: Record<string, Latency>;
+  cpu: Latency;
+  gc: Latency;
+  /** GC pauses from the first setup to the last, in or between them: how many, and their latency. */
+  gcPauses: { count: number } & Latency;
+  /** The slowest 1 % of setups (by miss → written, at least 3): each stage's mean over them, the
+   * process CPU and GC overlap means, and how many overlapped a GC. Says where the tail goes. */
+  tail: {
+    samples: number;
+    meanMs: number;
+    stagesMeanMs: Record<string, number>;
+    cpuMeanMs: number;
+    gcMeanMs: number;
+    withGc: number;
+  };
+}
+
+interface SetupReport {
+  total: number;
+  fromMiss: number[];
+  fromRead: number[];
+  stages: Record<string, number[]>;
+  cpuMs: number[];
+  gcMs: number[];
+  gcPauses: number[];
+}
+
+const mean = (xs: number[]) => (xs.length === 0 ? Number.NaN : xs.reduce((a, b) => a + b, 0) / xs.length);
+
+/** Percentiles of each part of the agent's flow-setup profile, and what the slowest setups spent. */
+export function setupResult(s: SetupReport): FlowSetupResult {
+  const order = s.fromMiss.map((_, i) => i).sort((x, y) => s.fromMiss[y]! - s.fromMiss[x]!);
+  const slow = order.slice(0, Math.max(3, Math.ceil(order.length / 100)));
+  const at = (xs: number[]) => slow.map((i) => xs[i]!).filter(Number.isFinite);
+  return {
+    samples: s.fromMiss.length,
+    ...latency(s.fromMiss),
+    agent: latency(s.fromRead),
+    stages: Object.fromEntries(Object.entries(s.stages).map(([k, v]) => [k, latency(v)])),
+    cpu: latency(s.cpuMs),
+    gc: latency(s.gcMs),
+    gcPauses: { count: s.gcPauses.length, ...latency(s.gcPauses) },
+    tail: {
+      samples: slow.length,
+      meanMs: mean(at(s.fromMiss)),
+      stagesMeanMs: Object.fromEntries(Object.entries(s.stages).map(([k, v]) => [k, mean(at(v))])),
+      cpuMeanMs: mean(at(s.cpuMs)),
+      gcMeanMs: mean(at(s.gcMs)),
+      withGc: at(s.gcMs).filter((g) => g > 0).length,
+    },
+  };
 }
 
 export function latency(samples: number[]): Latency {
@@ -140,11 +192,7 @@ export async function startKernelPath(lab: Lab, nodeArgs: string[] = []): Promis
   // Source ports of the flow-setup datagrams; each call takes fresh ones (new connections).
   let nextPort = 20000;
   const admin = async (path: string) =>
-    (await (await fetch(`http://127.0.0.1:${sender.adminPort}${path}`)).json()) as {
-      total: number;
-      fromMiss: number[];
-      fromRead: number[];
-    };
+    (await (await fetch(`http://127.0.0.1:${sender.adminPort}${path}`)).json()) as SetupReport;
   return {
     a,
     b,
@@ -175,8 +223,7 @@ export async function startKernelPath(lab: Lab, nodeArgs: string[] = []): Promis
         next();`;
       await lab.exec(a.ns, [process.execPath, "-e", script], 120_000);
       await new Promise((r) => setTimeout(r, 300));
-      const s = await admin(`/flow-setup?since=${mark}`);
-      return { samples: s.fromMiss.length, ...latency(s.fromMiss), agent: latency(s.fromRead) };
+      return setupResult(await admin(`/flow-setup?since=${mark}`));
     },
     stop,
   };

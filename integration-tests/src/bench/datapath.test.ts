@@ -15,6 +15,7 @@ test("bench datapath: quick mode measures both paths and the Node UDP ceiling", 
     assert.ok(v.tcpGbps > 0, `${path} TCP throughput measured`);
     assert.ok(v.udpSmallPps > 0, `${path} small-packet rate measured`);
     assert.ok(v.rttMs > 0, `${path} RTT measured`);
+    assert.ok(v.rttP50Ms > 0, `${path} per-packet RTTs parsed`);
   }
   assert.ok(r.nodeUdpCeiling.smallPps > 0 && r.nodeUdpCeiling.largeGbps > 0);
   assert.ok(Number.isFinite(r.ratios.tcpVsKernel) && Number.isFinite(r.ratios.ppsVsNodeCeiling));
@@ -22,6 +23,17 @@ test("bench datapath: quick mode measures both paths and the Node UDP ceiling", 
     const k = r.kernelFastPath;
     assert.ok(k.tcpGbps > 0 && k.udpSmallPps > 0 && k.rttMs > 0, "kernel fast path measured");
     assert.ok(k.flowSetup.samples > 0 && k.flowSetupWarmup.samples > 0, "flow setup sampled");
+    // The stages of each setup add up to its latency from the miss (same timestamps, split).
+    const stageP50s = Object.values(k.flowSetup.stages).map((l) => l.p50Ms);
+    assert.equal(stageP50s.length, 7, "every stage reported");
+    assert.ok(
+      stageP50s.every((x) => Number.isFinite(x) && x >= 0),
+      "stage latencies measured",
+    );
+    assert.ok(
+      k.flowSetup.tail.samples >= 3 && k.flowSetup.tail.meanMs >= k.flowSetup.p50Ms,
+      "tail is the slowest",
+    );
     assert.equal(k.runs.length, k.reps, "every interleaved repetition kept");
     assert.deepEqual(
       k.runs.map((x) => x.first),

@@ -1,10 +1,10 @@
 import assert from "node:assert/strict";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { getPriority, tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { silentLogger } from "@isthmus/schema";
-import { loadAgentConfig, startAgent } from "./agent-process.js";
+import { DEFAULT_AGENT_NICE, loadAgentConfig, startAgent } from "./agent-process.js";
 import { MemoryPort } from "./memory-port.js";
 import { FakeSimulator } from "./testing/fake-simulator.js";
 import { FakeTopologyServer } from "./testing/fake-topology-server.js";
@@ -27,6 +27,7 @@ test("the agent registers with its admin token, watches with the host token, ser
   const adminTokenFile = join(dir, "admin.token");
   writeFileSync(adminTokenFile, "admin-secret\n");
   const tokenFile = join(dir, "host.token");
+  const priorityBefore = getPriority();
   const running = await startAgent(
     {
       name: "edge-1",
@@ -57,6 +58,8 @@ test("the agent registers with its admin token, watches with the host token, ser
       host: string;
     };
     assert.equal(status.host, "host-1");
+    // agent.nice unset: the default where the process may raise its priority (root), else unchanged.
+    assert.equal(getPriority(), process.getuid?.() === 0 ? DEFAULT_AGENT_NICE : priorityBefore);
   } finally {
     await running.stop();
     await server.stop();

@@ -84,6 +84,13 @@ export function loadAgentConfig(flags: AgentFlags, env: NodeJS.ProcessEnv = proc
   }).agent;
 }
 
+/**
+ * The nice value of the agent's event-loop thread when agent.nice is unset. Every new flow's first
+ * packet waits for that thread; at nice 0 it shares the CPUs evenly with VMs and other processes,
+ * which puts their time slices into flow setup's tail (see docs/kernel-datapath.md).
+ */
+export const DEFAULT_AGENT_NICE = -10;
+
 export async function startAgent(flags: AgentFlags, deps: AgentDeps = {}): Promise<RunningAgent> {
   const cfg = loadAgentConfig(flags);
   const root = deps.log ?? createLogger({ name: "agent", base: { host: cfg.host ?? cfg.name } });
@@ -94,6 +101,18 @@ export async function startAgent(flags: AgentFlags, deps: AgentDeps = {}): Promi
       log.info({ nice: cfg.nice }, "agent thread priority set");
     } catch (err) {
       throw new Error(`agent.nice ${cfg.nice}: cannot set the priority: ${(err as Error).message}`);
+    }
+  } else {
+    // Unset: the default, as Open vSwitch's ovs-ctl starts ovs-vswitchd (whose handler threads do
+    // what this thread does for a first packet) at nice -10. Without the privilege it stays as is.
+    try {
+      setPriority(DEFAULT_AGENT_NICE);
+      log.info({ nice: DEFAULT_AGENT_NICE }, "agent thread priority set (default)");
+    } catch (err) {
+      log.info(
+        { nice: DEFAULT_AGENT_NICE, err: (err as Error).message },
+        "agent thread priority left as started: no privilege for the default (set agent.nice to silence)",
+      );
     }
   }
   const health = new HealthState("agent");

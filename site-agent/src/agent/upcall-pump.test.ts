@@ -41,7 +41,7 @@ function rig(settings: Partial<UpcallPumpSettings> = {}) {
       flush: () => seen.flushes++,
       countDrop: (r) => seen.drops.push(r),
       flowHit: (flow) => seen.hits.push(flow),
-      flowInstalled: (flow, _u, arrivedAt) => seen.installed.push({ flow, arrivedAt }),
+      flowInstalled: (flow, _u, t) => seen.installed.push({ flow, arrivedAt: t.arrivedAt }),
     },
   );
   return { pump, table, seen };

@@ -16,11 +16,22 @@ export interface UpcallPumpHooks {
   countDrop(reason: string): void;
   /** A packet matched an installed flow in userspace, on arrival or after waiting in the queue. */
   flowHit?(flow: Flow, key: Buffer): void;
-  /**
-   * A simulated packet's flow was installed. `arrivedAt` is when the datapath first saw the packet
-   * (as passed to `offer`), `offeredAt` when `offer` ran; both performance.now() milliseconds.
-   */
-  flowInstalled?(flow: Flow, u: Upcall, arrivedAt: number, offeredAt: number): void;
+  /** A simulated packet's flow was installed in the userspace table (times in `t`). */
+  flowInstalled?(flow: Flow, u: Upcall, t: UpcallTiming): void;
+}
+
+/**
+ * When a simulated upcall passed each step, performance.now() milliseconds: `arrivedAt` is when the
+ * datapath first saw the packet (as passed to `offer`), `offeredAt` when `offer` queued it,
+ * `handledAt` when the handler was called, `decidedAt` when its decision was there, `installedAt`
+ * when the flow was in the table. A datapath's flow-setup profile splits its latency by these.
+ */
+export interface UpcallTiming {
+  arrivedAt: number;
+  offeredAt: number;
+  handledAt: number;
+  decidedAt: number;
+  installedAt: number;
 }
 
 /** The datapath options the pump reads (both datapaths' option types carry them). */
@@ -35,6 +46,7 @@ interface Queued {
   u: Upcall;
   arrivedAt: number;
   offeredAt: number;
+  handledAt: number;
 }
 
 export class UpcallPump {
@@ -118,7 +130,7 @@ export class UpcallPump {
       from,
     };
     const offeredAt = performance.now();
-    if (!this.queue.push(source, { u, arrivedAt: arrivedAt ?? offeredAt, offeredAt })) {
+    if (!this.queue.push(source, { u, arrivedAt: arrivedAt ?? offeredAt, offeredAt, handledAt: 0 })) {
       this.hooks.countDrop("upcall_queue_full");
       return;
     }
@@ -155,6 +167,7 @@ export class UpcallPump {
       }
       this.upcalls++;
       this.inFlight++;
+      if (hooks.flowInstalled) q.handledAt = performance.now();
       let decision: ReturnType<UpcallHandler>;
       try {
         decision = this.handler(u);
@@ -195,12 +208,22 @@ export class UpcallPump {
     const u = q.u;
     const hooks = this.hooks;
     if (d.install && !u.traced) {
+      const decidedAt = hooks.flowInstalled ? performance.now() : 0;
       validateActions(d.actions);
       const flow = this.table.install({ ...d.install, match: u.key, actions: d.actions }, this.clock());
       if (flow) {
         flow.packets++;
         flow.bytes += u.frame.length;
-        hooks.flowInstalled?.(flow, u, q.arrivedAt, q.offeredAt);
+        if (hooks.flowInstalled) {
+          const { arrivedAt, offeredAt, handledAt } = q;
+          hooks.flowInstalled(flow, u, {
+            arrivedAt,
+            offeredAt,
+            handledAt,
+            decidedAt,
+            installedAt: performance.now(),
+          });
+        }
       }
     }
     d.beforeOutput?.();

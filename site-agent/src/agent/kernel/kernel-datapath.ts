@@ -31,14 +31,14 @@ import {
   type InstallRequest,
 } from "../flow-table.js";
 import { agentTag } from "../tags.js";
-import { UpcallPump, type UpcallPumpSettings } from "../upcall-pump.js";
+import { UpcallPump, type UpcallPumpSettings, type UpcallTiming } from "../upcall-pump.js";
 import { finishOffloads } from "../vnet-offload.js";
 import type { BpfMap } from "./bpf-map.js";
 import { FLOW_KEY_SIZE, FLOW_VALUE_SIZE } from "./flow-map-codec.js";
-import { type KernelFlowContext, kernelFlowFor } from "./kernel-flow.js";
-import { LatencyRing } from "./latency-ring.js";
+import { FlowSetupProfile, type FlowSetupReport } from "./flow-setup-profile.js";
+import { type KernelFlowContext, kernelFlowFor, TUNNEL_PORT_PEER } from "./kernel-flow.js";
 import { deleteLink, interfaceWithAddress, type LinkInfo, linkInfo, runIn } from "./netns-exec.js";
-import { TcPrograms } from "./tc-programs.js";
+import { possibleCpus, TcPrograms } from "./tc-programs.js";
 import { UpcallDevice } from "./upcall-device.js";
 import { parseUpcall, type ReinjectTarget, withReinjectTrailer } from "./upcall-frame.js";
 
@@ -72,6 +72,8 @@ interface BoundPort extends PortCounters {
   portId: string;
   name: string;
   ifindex: number;
+  /** A veth with its peer in another namespace: the programs deliver to it with redirect_peer. */
+  peer: boolean;
 }
 
 interface KernelEntry {
@@ -132,6 +134,11 @@ function counters(): PortCounters {
   return { rxPackets: 0, rxBytes: 0, txPackets: 0, txBytes: 0, txDropped: 0 };
 }
 
+/** A tunnel_ports value: the port's ifindex, flagged when the programs deliver to its peer. */
+function tunnelPortTarget(p: BoundPort): number {
+  return p.peer ? (p.ifindex | TUNNEL_PORT_PEER) >>> 0 : p.ifindex;
+}
+
 function u32le(n: number): Buffer {
   const b = Buffer.alloc(4);
   b.writeUInt32LE(n >>> 0, 0);
@@ -157,9 +164,11 @@ export class KernelDatapath implements Datapath {
   /** The counter read-back in progress (it runs in chunks so a large map never stalls the loop). */
   private walk: { epoch: number; from: Buffer | null; next: Buffer } | undefined;
   private walkEpoch = 0;
+  /** dp_stats is per CPU: each entry's value is one u64 per possible CPU. */
+  private readonly statsCpus = possibleCpus();
   private readonly statsBufs = {
     keys: Buffer.alloc(DP_STATS * 4),
-    values: Buffer.alloc(DP_STATS * 8),
+    values: Buffer.alloc(DP_STATS * 8 * this.statsCpus),
     pos: Buffer.alloc(8),
   };
   private readonly walkBufs = {
@@ -189,8 +198,12 @@ export class KernelDatapath implements Datapath {
   private kernelInstallFailures = 0;
   private tunnelPortWarned = false;
   /** Flow-setup latency of simulated upcalls whose flow went to the kernel (see flowSetup()). */
-  private readonly setupFromMiss = new LatencyRing(4096);
-  private readonly setupFromRead = new LatencyRing(4096);
+  private readonly setup = new FlowSetupProfile(4096);
+  /** When the batch being handled was read (performance.now(), process CPU µs), and when the last
+   * kernel entry was encoded: the flow-setup profile's stage boundaries. */
+  private batchReadAt = 0;
+  private batchCpuUs = 0;
+  private lastEncodedAt = 0;
   /** CLOCK_MONOTONIC ms (the programs' bpf_ktime_get_ns) minus performance.now(). */
   private readonly monoOffsetMs = monotonicOffsetMs();
 
@@ -215,7 +228,7 @@ export class KernelDatapath implements Datapath {
       countDrop: (reason) => this.countDrop(reason),
       // A megaflow the kernel has no entry for this exact packet yet (or cannot carry).
       flowHit: (flow, key) => this.installKernel(flow, key),
-      flowInstalled: (flow, u, arrivedAt, offeredAt) => this.flowInstalled(flow, u, arrivedAt, offeredAt),
+      flowInstalled: (flow, u, t) => this.flowInstalled(flow, u, t),
     });
     this.devices = { upcallKernel: `${opts.name}u0`, upcallAgent: `${opts.name}u1`, vxlan: `${opts.name}vx` };
     this.pinName = `isthmus-${opts.name}`;
@@ -288,7 +301,7 @@ export class KernelDatapath implements Datapath {
         ports: p.openMap("ports", 4, 16),
         tunnelPorts: p.openMap("tunnel_ports", 4, 4),
         config: p.openMap("config", 4, 24),
-        stats: p.openStatsMap(),
+        stats: p.openStatsMap(this.statsCpus),
       };
       const rate = this.opts.upcallRate ?? { perSecond: 2000, burst: 256 };
       const interval = BigInt(Math.max(1, Math.round(1e9 / rate.perSecond)));
@@ -327,6 +340,7 @@ export class KernelDatapath implements Datapath {
   async stop(): Promise<void> {
     this.stopped = true;
     this.pump.stop();
+    this.setup.close();
     if (this.expiryTimer) clearInterval(this.expiryTimer);
     this.device?.close();
     this.device = undefined;
@@ -365,14 +379,21 @@ export class KernelDatapath implements Datapath {
     const info = this.link(io.name, true);
     if (!info || !this.maps)
       throw new Error(`datapath: cannot bind ${io.name}: ${info ? "not started" : "no such interface"}`);
-    const port: BoundPort = { portNo, portId, name: io.name, ifindex: info.ifindex, ...counters() };
+    const port: BoundPort = {
+      portNo,
+      portId,
+      name: io.name,
+      ifindex: info.ifindex,
+      peer: info.vethPeerElsewhere,
+      ...counters(),
+    };
     const pi = Buffer.alloc(16);
     pi.writeUInt32LE(portNo, 0);
     this.maps.ports.update(u32le(info.ifindex), pi);
     this.ports.set(portNo, port);
     this.attach(io.name, "port_ingress");
     for (const [k, n] of this.keyToPort)
-      if (n === portNo) this.maps.tunnelPorts.update(u32le(k), u32le(info.ifindex));
+      if (n === portNo) this.maps.tunnelPorts.update(u32le(k), u32le(tunnelPortTarget(port)));
   }
 
   removePort(portNo: number): void {
@@ -401,7 +422,7 @@ export class KernelDatapath implements Datapath {
     }
     this.keyToPort.set(key, portNo);
     const port = this.ports.get(portNo);
-    if (port) this.maps?.tunnelPorts.update(u32le(key), u32le(port.ifindex));
+    if (port) this.maps?.tunnelPorts.update(u32le(key), u32le(tunnelPortTarget(port)));
   }
 
   onUpcall(handler: UpcallHandler): void {
@@ -480,9 +501,13 @@ export class KernelDatapath implements Datapath {
     // One BPF_MAP_LOOKUP_BATCH for the whole array (it runs on every sync and metrics scrape).
     const { keys, values, pos } = this.statsBufs;
     const r = this.maps.stats.lookupBatch(null, pos, keys, values);
+    const stride = 8 * this.statsCpus;
     for (let i = 0; i < r.count; i++) {
       const idx = keys.readUInt32LE(i * 4);
-      if (idx < DP_STATS) out[idx] = values.readBigUInt64LE(i * 8);
+      if (idx >= DP_STATS) continue;
+      let sum = 0n;
+      for (let c = 0; c < this.statsCpus; c++) sum += values.readBigUInt64LE(i * stride + c * 8);
+      out[idx] = sum;
     }
     return out;
   }
@@ -602,18 +627,29 @@ export class KernelDatapath implements Datapath {
 
   // ---- kernel flow entries ----
 
+  /** One context for every install (not a fresh object and closures per first packet). */
+  private flowContext: KernelFlowContext | undefined;
+
   private kernelContext(): KernelFlowContext {
-    return {
-      ifindexOfPort: (n) => this.ports.get(n)?.ifindex,
-      vxlanIfindex: this.vxlanIfindex,
-      tunnelPort: this.opts.tunnelPort,
-    };
+    if (!this.flowContext) {
+      const self = this;
+      this.flowContext = {
+        ifindexOfPort: (n) => self.ports.get(n)?.ifindex,
+        peerOfPort: (n) => self.ports.get(n)?.peer === true,
+        get vxlanIfindex() {
+          return self.vxlanIfindex;
+        },
+        tunnelPort: this.opts.tunnelPort,
+      };
+    }
+    return this.flowContext;
   }
 
   /** Writes the kernel entry for the packet with userspace key `key` under `flow`, when it can. */
   private installKernel(flow: Flow, key: Buffer): void {
     if (!this.maps || flow.removed) return;
     const e = kernelFlowFor(key, flow.mask, flow.actions, this.kernelContext());
+    this.lastEncodedAt = performance.now();
     if ("userspace" in e) {
       this.userspaceReason.set(flow, e.userspace);
       return;
@@ -772,6 +808,9 @@ export class KernelDatapath implements Datapath {
 
   private onUpcallBuffers(bufs: Buffer[]): void {
     if (this.stopped) return;
+    this.batchReadAt = performance.now();
+    const cpu = process.cpuUsage();
+    this.batchCpuUs = cpu.user + cpu.system;
     for (const b of bufs) {
       const u = parseUpcall(b);
       if ("drop" in u) {
@@ -821,13 +860,17 @@ export class KernelDatapath implements Datapath {
     this.pump.drain();
   }
 
-  private flowInstalled(flow: Flow, u: Upcall, arrivedAt: number, offeredAt: number): void {
+  private flowInstalled(flow: Flow, u: Upcall, t: UpcallTiming): void {
     const before = this.kernelInstalls;
     this.installKernel(flow, u.key);
     if (this.kernelInstalls === before) return;
-    const now = performance.now();
-    this.setupFromMiss.record(now - arrivedAt);
-    this.setupFromRead.record(now - offeredAt);
+    this.setup.record({
+      ...t,
+      readAt: Math.min(this.batchReadAt, t.offeredAt),
+      cpuAtReadUs: this.batchCpuUs,
+      encodedAt: this.lastEncodedAt,
+      writtenAt: performance.now(),
+    });
   }
 
   /**
@@ -835,13 +878,10 @@ export class KernelDatapath implements Datapath {
    * `mark` (a previous `total`): `fromMiss` runs from the program's miss (the first packet handed
    * up, stamped in the upcall header) to the map entry being written — what a flow's first packet
    * waits, the agent's event loop included; `fromRead` is the agent's share, from reading the frame.
+   * `stages`, `cpuMs` and `gcMs` split them (see FlowSetupProfile).
    */
-  flowSetup(mark = 0): { total: number; fromMiss: number[]; fromRead: number[] } {
-    return {
-      total: this.setupFromMiss.total,
-      fromMiss: this.setupFromMiss.since(mark),
-      fromRead: this.setupFromRead.since(mark),
-    };
+  flowSetup(mark = 0): FlowSetupReport {
+    return this.setup.since(mark);
   }
 
   // ---- re-injection ----

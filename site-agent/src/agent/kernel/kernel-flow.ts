@@ -10,12 +10,19 @@ import { FLOW_KEY_SIZE, FLOW_VALUE_SIZE } from "./flow-map-codec.js";
 export interface KernelFlowContext {
   /** ifindex of a bound VM port (host side of its veth), by datapath port number. */
   ifindexOfPort(portNo: number): number | undefined;
+  /** Whether a bound port is a veth with its peer in another namespace (FLOW_F_PEER applies). */
+  peerOfPort?(portNo: number): boolean;
   vxlanIfindex: number;
   /** The VXLAN device's UDP port: the only destination port the kernel can send to. */
   tunnelPort: number;
 }
 
 export type KernelFlowEntry = { key: Buffer; value: Buffer } | { userspace: string };
+
+/** flow_value.flags: redirect to the veth's peer (bpf_redirect_peer), see flow.bpf.c. */
+export const FLOW_F_PEER = 32;
+/** tunnel_ports value bit: the port is such a veth (TUNNEL_PORT_PEER in flow.bpf.c). */
+export const TUNNEL_PORT_PEER = 0x80000000;
 
 const FIELDS_NEVER_IN_KERNEL = new Set(["tcpFlags", "ipTos", "arpSha", "arpTha", "pad"]);
 /** Every key field, walked per install without building the mask's field list. */
@@ -80,6 +87,7 @@ export function kernelFlowFor(
   if (typeof k === "string") return { userspace: k };
   const v = Buffer.allocUnsafe(FLOW_VALUE_SIZE).fill(0);
   const out = actions.outputs[0];
+  let peer = false;
   if (out === undefined) {
     v.writeUInt32LE(0, 0); // drop
   } else if (out.kind === "port") {
@@ -87,6 +95,7 @@ export function kernelFlowFor(
     if (ifindex === undefined) return { userspace: "egress port not attached" };
     v.writeUInt32LE(1, 0);
     v.writeUInt32LE(ifindex, 4);
+    peer = ctx.peerOfPort?.(out.portNo) === true;
   } else {
     if (out.remotePort !== ctx.tunnelPort) return { userspace: `tunnel to UDP port ${out.remotePort}` };
     const o = out.remoteIp.split(".").map(Number);
@@ -124,5 +133,6 @@ export function kernelFlowFor(
     }
     v.writeUInt32LE(flags, 8);
   }
+  if (peer) v.writeUInt32LE(v.readUInt32LE(8) | FLOW_F_PEER, 8);
   return { key: k, value: v };
 }

@@ -9,6 +9,7 @@ import { after, before, describe, test } from "node:test";
 import { NetnsLab, rootSkipReason, sh, type Vm } from "../testing/netns.js";
 import { type BpfMap, bpfMapAddonAvailable } from "./bpf-map.js";
 import { decodeFlowStats, encodeFlowKey, encodeFlowValue } from "./flow-map-codec.js";
+import { TUNNEL_PORT_PEER } from "./kernel-flow.js";
 import { kernelDatapathUnavailable, TcPrograms } from "./tc-programs.js";
 
 const skip =
@@ -25,6 +26,12 @@ const PING_ID = 4343;
 
 function nsPath(ns: string): string {
   return `/run/netns/${ns}`;
+}
+
+/** The TX packet count of `name` in `ns` (what it transmitted, as `ip -s` reports it). */
+function txPacketsIn(ns: string, name: string): number {
+  const out = sh("nsenter", [`--net=${nsPath(ns)}`, "ip", "-s", "-j", "link", "show", "dev", name]);
+  return (JSON.parse(out) as { stats64: { tx: { packets: number } } }[])[0]!.stats64.tx.packets;
 }
 
 function ifindexIn(ns: string, name: string): number {
@@ -166,7 +173,10 @@ describe("kernel fast path over external-mode VXLAN between two host namespaces"
       const k = Buffer.alloc(4);
       k.writeUInt32LE(LOCAL);
       const v = Buffer.alloc(4);
-      v.writeUInt32LE(ifindexIn(dst.ns, dst.vm.hostIf));
+      // Host A's port is flagged as a veth with its VM on the other end: delivered with
+      // redirect_peer (onto the VM's eth0 without the host side transmitting); B's is not.
+      const peer = dst === a ? TUNNEL_PORT_PEER : 0;
+      v.writeUInt32LE((ifindexIn(dst.ns, dst.vm.hostIf) | peer) >>> 0);
       tp.update(k, v);
       cleanup.push(() => {
         src.flows.delete(out);
@@ -175,14 +185,16 @@ describe("kernel fast path over external-mode VXLAN between two host namespaces"
       });
     }
     try {
+      const txA = txPacketsIn(a.ns, a.vm.hostIf);
+      const txB = txPacketsIn(b.ns, b.vm.hostIf);
       const r = await lab.exec(a.vm.ns, [
         "ping",
         "-e",
         String(PING_ID),
         "-c",
-        "2",
+        "4",
         "-i",
-        "0.2",
+        "0.1",
         "-W",
         "2",
         b.vm.ip,
@@ -191,8 +203,20 @@ describe("kernel fast path over external-mode VXLAN between two host namespaces"
       const st = b.progs.openStatsMap();
       const k = Buffer.alloc(4);
       k.writeUInt32LE(5); // ST_TUNNEL_DELIVER
-      assert.ok(st.lookup(k)!.readBigUInt64LE(0) >= 2n, "delivered by key on host B");
+      const perCpu = st.lookup(k)!;
+      let delivered = 0n;
+      for (let off = 0; off < perCpu.length; off += 8) delivered += perCpu.readBigUInt64LE(off);
+      assert.ok(delivered >= 4n, "delivered by key on host B");
       st.close();
+      assert.ok(
+        txPacketsIn(b.ns, b.vm.hostIf) - txB >= 4,
+        "B's port transmitted the requests (bpf_redirect)",
+      );
+      // Not the 4 replies; a stray frame of the host's own (a neighbour probe) may pass there.
+      assert.ok(
+        txPacketsIn(a.ns, a.vm.hostIf) - txA <= 1,
+        "A's VM got its replies past its port's transmit (redirect_peer)",
+      );
     } finally {
       for (const c of cleanup) c();
     }

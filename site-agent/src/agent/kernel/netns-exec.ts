@@ -17,20 +17,28 @@ export function runIn(netns: string | undefined, cmd: string, args: string[]): s
 export interface LinkInfo {
   ifindex: number;
   mtu: number;
+  /** A veth whose peer is in another network namespace (a VM's, or a container's). */
+  vethPeerElsewhere: boolean;
 }
 
-/** ifindex and MTU of `ifname`, or undefined when it does not exist. */
+/** ifindex, MTU and kind of `ifname`, or undefined when it does not exist. */
 export function linkInfo(netns: string | undefined, ifname: string): LinkInfo | undefined {
   let out: string;
   try {
-    out = runIn(netns, "ip", ["-o", "link", "show", "dev", ifname]);
+    out = runIn(netns, "ip", ["-o", "-d", "link", "show", "dev", ifname]);
   } catch {
     return undefined;
   }
   const idx = /^(\d+):/.exec(out);
   const mtu = / mtu (\d+)/.exec(out);
   if (!idx || !mtu) return undefined;
-  return { ifindex: Number(idx[1]), mtu: Number(mtu[1]) };
+  // -d adds the kind after the link line ("\    veth ..."); a peer elsewhere shows link-netns(id).
+  const veth = /\\\s+veth\b/.test(out);
+  return {
+    ifindex: Number(idx[1]),
+    mtu: Number(mtu[1]),
+    vethPeerElsewhere: veth && / link-netns(id)? \S+/.test(out),
+  };
 }
 
 /** The interface holding the IPv4 address `ip`, if any. */

@@ -22,6 +22,21 @@ export const FLOW_OBJECT_PATH = join(
 /** Program names (ELF function names) in flow.bpf.o. */
 export type FlowProgram = "port_ingress" | "vxlan_ingress" | "upcall_ingress";
 
+/**
+ * CPUs a per-CPU map has a slot for (the kernel sizes them by possible CPUs, not online ones):
+ * the count in /sys/devices/system/cpu/possible ("0-3", "0,2-5").
+ */
+export function possibleCpus(path = "/sys/devices/system/cpu/possible"): number {
+  const text = readFileSync(path, "utf8").trim();
+  let n = 0;
+  for (const part of text.split(",")) {
+    const m = /^(\d+)(?:-(\d+))?$/.exec(part);
+    if (!m) throw new Error(`${path}: cannot read the CPU list ${JSON.stringify(text)}`);
+    n += m[2] === undefined ? 1 : Number(m[2]) - Number(m[1]) + 1;
+  }
+  return n;
+}
+
 /** Why the kernel datapath cannot load here, or undefined when it can try. */
 export function kernelDatapathUnavailable(): string | undefined {
   if (process.platform !== "linux") return "the kernel datapath is Linux-only";
@@ -112,8 +127,9 @@ export class TcPrograms {
   }
 
   /** Opens the datapath counters (u32 index -> u64, `enum dp_stat` in flow.bpf.c). */
-  openStatsMap(): BpfMap {
-    return BpfMap.openPinned(join(this.pinDir, "maps", "dp_stats"), 4, 8);
+  /** dp_stats, a per-CPU array: a value is one u64 per possible CPU (`cpus`, see possibleCpus). */
+  openStatsMap(cpus = possibleCpus()): BpfMap {
+    return BpfMap.openPinned(join(this.pinDir, "maps", "dp_stats"), 4, 8 * cpus);
   }
 
   /** Opens another pinned map of the object by name (the caller closes it). */

@@ -1,0 +1,52 @@
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { FlowSetupProfile, SETUP_STAGES } from "./flow-setup-profile.js";
+
+const sample = (base: number) => ({
+  arrivedAt: base,
+  readAt: base + 0.2,
+  cpuAtReadUs: 0,
+  offeredAt: base + 0.25,
+  handledAt: base + 0.26,
+  decidedAt: base + 0.46,
+  installedAt: base + 0.5,
+  encodedAt: base + 0.53,
+  writtenAt: base + 0.6,
+});
+
+test("a flow setup splits into stages that add up to the latency from the miss", () => {
+  const p = new FlowSetupProfile(4);
+  try {
+    p.record(sample(-3000));
+    const mark = p.total;
+    p.record(sample(-2000));
+    p.record(sample(-1000));
+    const r = p.since(mark);
+    assert.equal(r.total, 3);
+    assert.equal(r.fromMiss.length, 2);
+    assert.ok(Math.abs(r.fromMiss[0]! - 0.6) < 1e-9);
+    assert.ok(Math.abs(r.fromRead[0]! - 0.35) < 1e-9);
+    assert.deepEqual(Object.keys(r.stages), [...SETUP_STAGES]);
+    const expected = {
+      wake: 0.2,
+      parse: 0.05,
+      queue: 0.01,
+      simulate: 0.2,
+      install: 0.04,
+      encode: 0.03,
+      mapUpdate: 0.07,
+    };
+    for (const s of SETUP_STAGES) {
+      assert.equal(r.stages[s].length, 2);
+      assert.ok(Math.abs(r.stages[s][1]! - expected[s]) < 1e-9, `${s}: ${r.stages[s][1]}`);
+    }
+    const sum = SETUP_STAGES.reduce((a, s) => a + r.stages[s][0]!, 0);
+    assert.ok(Math.abs(sum - r.fromMiss[0]!) < 1e-9, "stages cover miss → written");
+    assert.equal(r.cpuMs.length, 2);
+    assert.deepEqual(r.gcMs.length, 2);
+    // Samples before the process started: no GC pause it observed can overlap them.
+    assert.deepEqual(r.gcMs, [0, 0]);
+  } finally {
+    p.close();
+  }
+});

@@ -1,0 +1,135 @@
+// Where a kernel flow's setup time goes: for each simulated upcall whose flow was written to the
+// BPF map, the latency from the program's miss and from the agent's read, split into stages, with
+// the process CPU time spent and the garbage collection that overlapped it. Served on the agent's
+// admin endpoint (/flow-setup) so a benchmark can tell which stage a slow setup spent its time in.
+import { PerformanceObserver } from "node:perf_hooks";
+import type { UpcallTiming } from "../upcall-pump.js";
+import { LatencyRing } from "./latency-ring.js";
+
+/**
+ * wake: miss in the program → the agent reading the batch (veth, socket, the thread's wake-up, or
+ * the event loop busy with something else); parse: read → frame queued (upcall header, offloads,
+ * flow key); queue: queued → handler called; simulate: the handler (simulation, flow state encoding);
+ * install: the userspace flow table; encode: the kernel key and value; mapUpdate: the bpf() syscall.
+ */
+export const SETUP_STAGES = ["wake", "parse", "queue", "simulate", "install", "encode", "mapUpdate"] as const;
+export type SetupStage = (typeof SETUP_STAGES)[number];
+
+export interface SetupSample extends UpcallTiming {
+  /** performance.now() when the agent started reading the batch the frame came in. */
+  readAt: number;
+  /** process.cpuUsage() (user + system, µs) when the batch was read. */
+  cpuAtReadUs: number;
+  encodedAt: number;
+  writtenAt: number;
+}
+
+export interface FlowSetupReport {
+  total: number;
+  /** Miss → entry written (ms). */
+  fromMiss: number[];
+  /** Frame queued by the agent → entry written (ms): the agent's share. */
+  fromRead: number[];
+  stages: Record<SetupStage, number[]>;
+  /** Process CPU time (all threads, ms) from the batch's read to the entry written: a sample whose
+   * wall time is far above it was off the CPU (preempted, or blocked in a syscall). */
+  cpuMs: number[];
+  /** Garbage collection (ms, any kind) that overlapped read → written. */
+  gcMs: number[];
+  /** Every GC pause (ms) from the first sample's read to the last one's write, in or between them. */
+  gcPauses: number[];
+}
+
+/** The GC pauses kept to correlate with samples (a few seconds' worth at any realistic rate). */
+const GC_RING = 1024;
+
+export class FlowSetupProfile {
+  private readonly fromMiss: LatencyRing;
+  private readonly fromRead: LatencyRing;
+  private readonly stages: Record<SetupStage, LatencyRing>;
+  private readonly cpu: LatencyRing;
+  private readonly readAt: LatencyRing;
+  private readonly writtenAt: LatencyRing;
+  private readonly gcStart: LatencyRing;
+  private readonly gcDuration: LatencyRing;
+  private readonly observer: PerformanceObserver;
+
+  constructor(readonly capacity: number) {
+    this.fromMiss = new LatencyRing(capacity);
+    this.fromRead = new LatencyRing(capacity);
+    this.cpu = new LatencyRing(capacity);
+    this.readAt = new LatencyRing(capacity);
+    this.writtenAt = new LatencyRing(capacity);
+    this.stages = Object.fromEntries(SETUP_STAGES.map((s) => [s, new LatencyRing(capacity)])) as Record<
+      SetupStage,
+      LatencyRing
+    >;
+    this.gcStart = new LatencyRing(GC_RING);
+    this.gcDuration = new LatencyRing(GC_RING);
+    this.observer = new PerformanceObserver((list) => {
+      for (const e of list.getEntries()) {
+        this.gcStart.record(e.startTime);
+        this.gcDuration.record(e.duration);
+      }
+    });
+    this.observer.observe({ entryTypes: ["gc"] });
+  }
+
+  get total(): number {
+    return this.fromMiss.total;
+  }
+
+  record(s: SetupSample): void {
+    this.fromMiss.record(s.writtenAt - s.arrivedAt);
+    this.fromRead.record(s.writtenAt - s.offeredAt);
+    const st = this.stages;
+    st.wake.record(s.readAt - s.arrivedAt);
+    st.parse.record(s.offeredAt - s.readAt);
+    st.queue.record(s.handledAt - s.offeredAt);
+    st.simulate.record(s.decidedAt - s.handledAt);
+    st.install.record(s.installedAt - s.decidedAt);
+    st.encode.record(s.encodedAt - s.installedAt);
+    st.mapUpdate.record(s.writtenAt - s.encodedAt);
+    const cpu = process.cpuUsage();
+    this.cpu.record((cpu.user + cpu.system - s.cpuAtReadUs) / 1000);
+    this.readAt.record(s.readAt);
+    this.writtenAt.record(s.writtenAt);
+  }
+
+  /** The samples recorded since `total` was `mark`, oldest first. */
+  since(mark = 0): FlowSetupReport {
+    const reads = this.readAt.since(mark);
+    const written = this.writtenAt.since(mark);
+    const gcStart = this.gcStart.since(0);
+    const gcDuration = this.gcDuration.since(0);
+    const gcMs = reads.map((from, i) => {
+      const to = written[i]!;
+      let overlap = 0;
+      for (let g = 0; g < gcStart.length; g++) {
+        const a = Math.max(from, gcStart[g]!);
+        const b = Math.min(to, gcStart[g]! + gcDuration[g]!);
+        if (b > a) overlap += b - a;
+      }
+      return overlap;
+    });
+    const first = reads[0] ?? Number.POSITIVE_INFINITY;
+    const last = written.at(-1) ?? Number.NEGATIVE_INFINITY;
+    const gcPauses = gcStart.flatMap((t, g) => (t >= first && t <= last ? [gcDuration[g]!] : []));
+    return {
+      total: this.total,
+      fromMiss: this.fromMiss.since(mark),
+      fromRead: this.fromRead.since(mark),
+      stages: Object.fromEntries(SETUP_STAGES.map((s) => [s, this.stages[s].since(mark)])) as Record<
+        SetupStage,
+        number[]
+      >,
+      cpuMs: this.cpu.since(mark),
+      gcMs,
+      gcPauses,
+    };
+  }
+
+  close(): void {
+    this.observer.disconnect();
+  }
+}
