@@ -1,6 +1,8 @@
 // Public surface of @isthmus/schema: generated contracts plus the runtime basics every process
 // shares (logging, configuration, health, gRPC server lifecycle, shutdown).
 
+// The wire reader the generated decoders take (a subclass may read strings its own way).
+export { BinaryReader } from "@bufbuild/protobuf/wire";
 export * as topologypb from "./gen/isthmus/topology/v1/topology.js";
 export * as federationpb from "./gen/isthmus/v1/federation.js";
 export * as flowstatepb from "./gen/isthmus/v1/flowstate.js";

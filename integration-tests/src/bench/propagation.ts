@@ -769,6 +769,11 @@ export function markdown(r: PropagationResult): string {
       "such a site could not serve a new agent at all. The controller now sends snapshots in parts of about " +
       "1 MiB (`snapshot_part` events, then `snapshot`; docs/site-controller.md) and the agent's watch client " +
       "assembles them.",
+    "- An agent's first snapshot is mostly the agent decoding it, and that decoding was garbage-collection " +
+      "bound (every decoded object survives). The agent's watch client now reads Watch events with its own " +
+      "decoder (same wire format and message types): repeated ids are one string, an object holds only its " +
+      "kind, and byte-identical rule conditions (10 of a VM port's 12 rules) share one frozen `Condition` — " +
+      "the decoded 10k-port snapshot takes 85 MB of heap instead of 149 MB (docs/site-controller.md).",
     "- The site controller is mostly idle while it applies intent: its cost per entry is database round " +
       "trips (one SERIALIZABLE transaction per entry, by design). Topology objects used to be written one " +
       "statement each (a port is ~20 rows); they are now written 500 rows a statement.",

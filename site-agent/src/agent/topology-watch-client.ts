@@ -4,6 +4,7 @@
 // event loop between packet batches; nothing on the packet path waits for the controller.
 import { credentials, Metadata, status } from "@grpc/grpc-js";
 import { componentLogger, type Logger, topologypb } from "@isthmus/schema";
+import { WatchEventDecoder } from "./watch-event-decoder.js";
 
 export interface TopologySink {
   readonly revision: number;
@@ -34,9 +35,13 @@ export interface WatchClientOptions {
  */
 export const DEFAULT_WATCH_FLOW_CONTROL_WINDOW = 8 * 1024 * 1024;
 
+const WATCH_PATH = topologypb.TopologyServiceService.watch.path;
+
 export class TopologyWatchClient {
   private readonly client: topologypb.TopologyServiceClient;
   private call: ReturnType<topologypb.TopologyServiceClient["watch"]> | undefined;
+  /** Reads events with shared strings and conditions (watch-event-decoder.ts). */
+  private readonly decoder = new WatchEventDecoder();
   private timer: NodeJS.Timeout | undefined;
   private backoff: number;
   private stopped = false;
@@ -77,7 +82,15 @@ export class TopologyWatchClient {
     if (token) md.set("authorization", `Bearer ${token}`);
     this.stats.connects++;
     this.partial = undefined;
-    const call = this.client.watch({ hostId: this.o.hostId, fromRevision }, md);
+    // The generated stub's Watch, with the agent's own event decoder.
+    const call = this.client.makeServerStreamRequest(
+      WATCH_PATH,
+      (req: topologypb.WatchTopologyRequest) =>
+        Buffer.from(topologypb.WatchTopologyRequest.encode(req).finish()),
+      (bytes: Buffer) => this.decoder.decode(bytes),
+      { hostId: this.o.hostId, fromRevision },
+      md,
+    );
     this.call = call;
     call.on("data", (ev: topologypb.WatchTopologyResponse) => {
       if (this.call !== call) return;

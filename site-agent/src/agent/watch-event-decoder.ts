@@ -1,0 +1,306 @@
+// How the agent decodes the controller's Watch events. A first snapshot is some 200k objects, and
+// the generated decoders spend most of its time allocating (then collecting): a fresh 36-character
+// string for every id and reference, a 12-field TopologyObject around every object, a 30-field
+// Condition under every rule. This reads the same wire format into the same message types with
+// less: a string repeated across objects (a chain's id in each of its rules, a port's id as each of
+// its rules' intent) is one string, an object holds only its kind, and rules whose conditions are
+// byte-identical (most per-port guard rules) share one frozen Condition. Each message below a rule
+// or object is still decoded by its generated decoder.
+import { BinaryReader, topologypb } from "@isthmus/schema";
+
+type Condition = topologypb.Condition;
+
+export interface WatchDecoderOptions {
+  /** Slots of the table of recent strings (a power of two; 65 536). */
+  stringSlots?: number;
+  /** Slots of the table of recent rule conditions (a power of two; 16 384). */
+  conditionSlots?: number;
+}
+
+/** Strings and conditions seen recently, by a hash of their encoded bytes (direct-mapped: bounded). */
+class RecentTables {
+  readonly strings: (string | undefined)[];
+  readonly stringHashes: Int32Array;
+  readonly conditions: ({ bytes: Buffer; value: Condition } | undefined)[];
+  readonly conditionHashes: Int32Array;
+
+  constructor(o: WatchDecoderOptions) {
+    const s = powerOfTwo("stringSlots", o.stringSlots ?? 1 << 16);
+    const c = powerOfTwo("conditionSlots", o.conditionSlots ?? 1 << 14);
+    this.strings = new Array<string | undefined>(s).fill(undefined);
+    this.stringHashes = new Int32Array(s);
+    this.conditions = new Array<{ bytes: Buffer; value: Condition } | undefined>(c).fill(undefined);
+    this.conditionHashes = new Int32Array(c);
+  }
+}
+
+function powerOfTwo(name: string, n: number): number {
+  if (!Number.isInteger(n) || n < 1 || (n & (n - 1)) !== 0 || n > 1 << 24) {
+    throw new Error(`${name} must be a power of two between 1 and 2^24, got ${n}`);
+  }
+  return n;
+}
+
+/** FNV-1a over bytes [start, end). */
+function hashBytes(b: Uint8Array, start: number, end: number): number {
+  let h = 0x811c9dc5 | 0;
+  for (let i = start; i < end; i++) h = Math.imul(h ^ b[i]!, 16777619);
+  return h ^ (h >>> 16);
+}
+
+/** A protobuf reader whose strings come from the recent-strings table when their bytes match. */
+class InterningReader extends BinaryReader {
+  /** The generated decoders keep their recursion depth on the reader; declared so every reader has one shape. */
+  __tsProtoDecodeDepth = 0;
+  readonly data: Buffer;
+
+  constructor(
+    buf: Uint8Array,
+    readonly tables: RecentTables,
+  ) {
+    super(buf);
+    this.data = Buffer.isBuffer(buf) ? buf : Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength);
+  }
+
+  override string(): string {
+    const len = this.uint32();
+    const start = this.pos;
+    const end = start + len;
+    if (end > this.len) throw new RangeError("premature EOF");
+    this.pos = end;
+    if (len === 0) return "";
+    const b = this.data;
+    let h = 0x811c9dc5 | 0;
+    let high = 0;
+    for (let i = start; i < end; i++) {
+      const c = b[i]!;
+      high |= c;
+      h = Math.imul(h ^ c, 16777619);
+    }
+    // Not ASCII: decoded as the generated reader does (invalid sequences become U+FFFD).
+    if (high > 0x7f) return b.toString("utf8", start, end);
+    h ^= h >>> 16;
+    const t = this.tables;
+    const slot = h & (t.strings.length - 1);
+    const known = t.strings[slot];
+    if (known !== undefined && t.stringHashes[slot] === h && known.length === len) {
+      let same = true;
+      for (let i = 0; i < len; i++) {
+        if (known.charCodeAt(i) !== b[start + i]) {
+          same = false;
+          break;
+        }
+      }
+      if (same) return known;
+    }
+    const s = b.toString("latin1", start, end);
+    t.strings[slot] = s;
+    t.stringHashes[slot] = h;
+    return s;
+  }
+}
+
+/** Decodes WatchTopologyResponse events; one per watch client (its tables are its own). */
+export class WatchEventDecoder {
+  private readonly tables: RecentTables;
+
+  constructor(o: WatchDecoderOptions = {}) {
+    this.tables = new RecentTables(o);
+  }
+
+  /** As topologypb.WatchTopologyResponse.decode, with snapshots read as described above. */
+  decode(bytes: Uint8Array): topologypb.WatchTopologyResponse {
+    const r = new InterningReader(bytes, this.tables);
+    const ev: topologypb.WatchTopologyResponse = {
+      snapshot: undefined,
+      change: undefined,
+      heartbeatRevision: undefined,
+      snapshotPart: undefined,
+    };
+    while (r.pos < r.len) {
+      const tag = r.uint32();
+      if (tag === 10) ev.snapshot = this.snapshot(r, r.uint32());
+      else if (tag === 34) ev.snapshotPart = this.snapshot(r, r.uint32());
+      else if (tag === 18) ev.change = topologypb.TopologyChange.decode(r, r.uint32());
+      else if (tag === 24) ev.heartbeatRevision = safeNumber(r.uint64());
+      else if ((tag & 7) === 4 || tag === 0) break;
+      else r.skip(tag & 7);
+    }
+    return ev;
+  }
+
+  private snapshot(r: InterningReader, length: number): topologypb.TopologySnapshot {
+    const end = r.pos + length;
+    const s: topologypb.TopologySnapshot = { revision: 0, objects: [] };
+    while (r.pos < end) {
+      const tag = r.uint32();
+      if (tag === 18) s.objects.push(this.object(r, r.uint32()));
+      else if (tag === 8) s.revision = safeNumber(r.uint64());
+      else if ((tag & 7) === 4 || tag === 0) break;
+      else r.skip(tag & 7);
+    }
+    return s;
+  }
+
+  /** An object holding only its kind's field (the last one set, as a oneof reads). */
+  private object(r: InterningReader, length: number): topologypb.TopologyObject {
+    const end = r.pos + length;
+    const P = topologypb;
+    let o: topologypb.TopologyObject = {};
+    while (r.pos < end) {
+      const tag = r.uint32();
+      // Every kind is a length-delimited message; any other wire type is skipped, as generated.
+      if ((tag & 7) !== 2 || tag >>> 3 < 1 || tag >>> 3 > 12) {
+        if ((tag & 7) === 4 || tag === 0) break;
+        r.skip(tag & 7);
+        continue;
+      }
+      const n = r.uint32();
+      // One literal per kind, so each kind's objects share a shape.
+      switch (tag >>> 3) {
+        case 7:
+          o = { rule: this.rule(r, n) };
+          break;
+        case 4:
+          o = { port: P.Port.decode(r, n) };
+          break;
+        case 6:
+          o = { chain: P.Chain.decode(r, n) };
+          break;
+        case 8:
+          o = { ipAddrGroup: P.IpAddrGroup.decode(r, n) };
+          break;
+        case 10:
+          o = { macEntry: P.MacEntry.decode(r, n) };
+          break;
+        case 11:
+          o = { arpEntry: P.ArpEntry.decode(r, n) };
+          break;
+        case 5:
+          o = { route: P.Route.decode(r, n) };
+          break;
+        case 9:
+          o = { portGroup: P.PortGroup.decode(r, n) };
+          break;
+        case 2:
+          o = { bridge: P.Bridge.decode(r, n) };
+          break;
+        case 3:
+          o = { router: P.Router.decode(r, n) };
+          break;
+        case 1:
+          o = { host: P.Host.decode(r, n) };
+          break;
+        case 12:
+          o = { remoteGateway: P.RemoteGateway.decode(r, n) };
+          break;
+      }
+    }
+    return o;
+  }
+
+  /**
+   * topologypb.Rule.decode, field for field (RULE_FIELDS; a test holds it to the generated one),
+   * except that the condition is shared with earlier rules whose condition bytes were the same.
+   */
+  private rule(r: InterningReader, length: number): topologypb.Rule {
+    const end = r.pos + length;
+    const m: topologypb.Rule = {
+      id: "",
+      chainId: "",
+      position: 0,
+      condition: undefined,
+      action: 0,
+      jumpChainId: "",
+      natTargets: [],
+      intentId: "",
+    };
+    while (r.pos < end) {
+      const tag = r.uint32();
+      switch (tag) {
+        case 10:
+          m.id = r.string();
+          continue;
+        case 18:
+          m.chainId = r.string();
+          continue;
+        case 24:
+          m.position = r.uint32();
+          continue;
+        case 34:
+          m.condition = this.condition(r, r.uint32());
+          continue;
+        case 40:
+          m.action = r.int32();
+          continue;
+        case 50:
+          m.jumpChainId = r.string();
+          continue;
+        case 58:
+          m.natTargets.push(topologypb.NatTarget.decode(r, r.uint32()));
+          continue;
+        case 66:
+          m.intentId = r.string();
+          continue;
+      }
+      if ((tag & 7) === 4 || tag === 0) break;
+      r.skip(tag & 7);
+    }
+    return m;
+  }
+
+  private condition(r: InterningReader, length: number): Condition {
+    const start = r.pos;
+    const end = start + length;
+    if (end > r.len) throw new RangeError("premature EOF");
+    const b = r.data;
+    const h = hashBytes(b, start, end);
+    const t = this.tables;
+    const slot = h & (t.conditions.length - 1);
+    const known = t.conditions[slot];
+    if (known !== undefined && t.conditionHashes[slot] === h && known.bytes.length === length) {
+      let same = true;
+      for (let i = 0; i < length; i++) {
+        if (known.bytes[i] !== b[start + i]) {
+          same = false;
+          break;
+        }
+      }
+      if (same) {
+        r.pos = end;
+        return known.value;
+      }
+    }
+    const value = freezeCondition(topologypb.Condition.decode(r, length));
+    t.conditions[slot] = { bytes: Buffer.from(b.subarray(start, end)), value };
+    t.conditionHashes[slot] = h;
+    return value;
+  }
+}
+
+/** Shared between rules, so nobody may change it (the topology copy is read-only anyway). */
+function freezeCondition(c: Condition): Condition {
+  Object.freeze(c.inPortIds);
+  Object.freeze(c.outPortIds);
+  if (c.tpSrc) Object.freeze(c.tpSrc);
+  if (c.tpDst) Object.freeze(c.tpDst);
+  return Object.freeze(c);
+}
+
+function safeNumber(v: bigint | string): number {
+  const n = Number(v);
+  if (!Number.isSafeInteger(n)) throw new Error(`revision ${v} is beyond Number.MAX_SAFE_INTEGER`);
+  return n;
+}
+
+/** The Rule fields the decoder above reads (the generated Rule's, in field order). */
+export const RULE_FIELDS = [
+  "id",
+  "chainId",
+  "position",
+  "condition",
+  "action",
+  "jumpChainId",
+  "natTargets",
+  "intentId",
+] as const;
