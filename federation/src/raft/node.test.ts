@@ -61,6 +61,8 @@ function cluster(
     commitNotifyDelayMs?: number;
     /** Every message each node hands its transport, by sender. */
     record?: Map<string, Message[]>;
+    /** Called with each node's outgoing messages as it hands them to its transport. */
+    onSend?: (id: string, ms: Message[]) => void;
   } = {},
 ) {
   const net = new MemoryNetwork();
@@ -70,11 +72,12 @@ function cluster(
     const kv = new Kv();
     const s = storage ?? opts.storages?.[id] ?? new MemoryStorage();
     const transport = net.transport(id);
-    const record = opts.record;
-    if (record) {
+    const { record, onSend } = opts;
+    if (record || onSend) {
       const send = transport.send.bind(transport);
       transport.send = (ms: Message[]) => {
-        record.set(id, [...(record.get(id) ?? []), ...ms]);
+        record?.set(id, [...(record.get(id) ?? []), ...ms]);
+        onSend?.(id, ms);
         send(ms);
       };
     }
@@ -403,4 +406,66 @@ test("a steady writer's next append carries the commit index; an entry-less one 
     "the held commit-only appends to be sent",
     2000,
   );
+});
+
+/** MemoryStorage that also offers syncBlocking(), counting which way each write was made durable. */
+class TwoWaySyncStorage extends MemoryStorage {
+  blocking = 0;
+  pipelined = 0;
+  /** Last index made durable. */
+  durableIndex = 0;
+  override async sync(): Promise<void> {
+    this.pipelined++;
+    const last = this.lastIndex();
+    await super.sync();
+    this.durableIndex = Math.max(this.durableIndex, last);
+  }
+  syncBlocking(): void {
+    this.blocking++;
+    this.syncNow();
+    this.durableIndex = this.lastIndex();
+  }
+}
+
+test("a follower fsyncs a lone append on its own thread, a batch in the thread pool, and acknowledges only durable entries", async (t) => {
+  const ids = ["a", "b", "c"];
+  const storages = Object.fromEntries(ids.map((id) => [id, new TwoWaySyncStorage()]));
+  const early: string[] = [];
+  const c = cluster(ids, {
+    storages,
+    onSend: (id, ms) => {
+      for (const m of ms) {
+        if (m.type === MessageType.AppendResponse && !m.reject && m.index > storages[id]!.durableIndex)
+          early.push(`${id} acknowledged ${m.index} with ${storages[id]!.durableIndex} durable`);
+      }
+    },
+  });
+  t.after(() => c.close());
+  const leader = await c.leader();
+  await retrying(() => leader.node.propose(put("warm", "up")));
+  await until(() => leader.node.status().pendingProposals === 0, "the warm-up to settle");
+  const followers = ids.filter((id) => id !== leader.node.id).map((id) => storages[id]!);
+  const count = () => followers.map((s) => ({ blocking: s.blocking, pipelined: s.pipelined }));
+
+  // One client writing: each follower gets a one-entry append and syncs it without the hand-off.
+  let before = count();
+  const one = await leader.node.propose(put("lone", "write"));
+  await until(() => followers.every((s) => s.durableIndex >= one), "both followers to hold the write");
+  count().forEach((n, k) => {
+    assert.ok(n.blocking > before[k]!.blocking, "a lone append was not synced on the node's own thread");
+    assert.equal(n.pipelined, before[k]!.pipelined, "a lone append went through the thread pool");
+  });
+
+  // Ten proposals in one turn leave as one ten-entry append: followers keep the pipelined fsync.
+  before = count();
+  const many = await Promise.all(
+    Array.from({ length: 10 }, (_, k) => leader.node.propose(put(`batch${k}`, "v"))),
+  );
+  const last = Math.max(...many);
+  await until(() => followers.every((s) => s.durableIndex >= last), "both followers to hold the batch");
+  count().forEach((n, k) => {
+    assert.ok(n.pipelined > before[k]!.pipelined, "a ten-entry append was synced on the node's own thread");
+    assert.equal(n.blocking, before[k]!.blocking, "a ten-entry append was synced on the node's own thread");
+  });
+  assert.deepEqual(early, [], "a follower acknowledged entries before they were durable");
 });

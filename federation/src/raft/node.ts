@@ -70,6 +70,15 @@ export interface RaftNodeOptions<R> {
    * once. Default 2 ms.
    */
   commitNotifyDelayMs?: number;
+  /**
+   * A follower whose unsynced writes hold at most this many entries, with no other fsync in
+   * flight, fsyncs on its own thread at the end of the event-loop turn (storage.syncBlocking())
+   * instead of in the thread pool: a lone append — one client writing — then skips two thread
+   * hand-offs on the write's critical path, while everything that arrives in the same turn still
+   * shares that fsync. Larger batches keep the pipelined fsync, which overlaps the next batch's
+   * work. Leaders always pipeline (their fsync overlaps replication). 0 = never. Default 1.
+   */
+  inlineSyncMaxEntries?: number;
   /** Called once if the node stops on an unrecoverable error (storage failure, broken invariant). */
   onFatal?: (err: Error) => void;
   /** Randomness for election timeouts; Math.random by default. */
@@ -136,6 +145,8 @@ interface PersistJob {
   after: Message[];
   last?: { index: number; term: number };
   mustSync: boolean;
+  /** Entries written by this job's Ready. */
+  entries: number;
 }
 
 interface PendingConf {
@@ -211,6 +222,7 @@ export class RaftNode<R = unknown> {
       | "maxPending"
       | "maxSyncsInFlight"
       | "commitNotifyDelayMs"
+      | "inlineSyncMaxEntries"
     >
   >;
   private readonly originBytes: Uint8Array;
@@ -245,6 +257,8 @@ export class RaftNode<R = unknown> {
    */
   private waiting: PersistJob[] = [];
   private syncing: PersistJob[] | undefined;
+  /** A blocking fsync of `waiting` is scheduled for the end of this event-loop turn. */
+  private inlineSyncPending = false;
   /** Resolved each time a batch of jobs is released (the loop waits here when too many wait). */
   private released: (() => void)[] = [];
   private closed = false;
@@ -270,6 +284,7 @@ export class RaftNode<R = unknown> {
       maxPending: o.maxPending ?? 65_536,
       maxSyncsInFlight: o.maxSyncsInFlight ?? 16,
       commitNotifyDelayMs: o.commitNotifyDelayMs ?? 2,
+      inlineSyncMaxEntries: o.inlineSyncMaxEntries ?? 1,
     };
     for (const [k, v] of Object.entries(this.opts)) {
       if (!Number.isFinite(v) || v < 0 || (k === "tickMs" && v <= 0)) {
@@ -545,7 +560,9 @@ export class RaftNode<R = unknown> {
     // single append): handle it as soon as the current callback ends instead of a loop turn
     // later. Under load a sync is in flight, and waiting for the check phase gathers everything
     // that arrives in this poll phase into one Ready (one append per follower, one fsync).
-    const schedule = this.pendingJobs() === 0 ? queueMicrotask : setImmediate;
+    // With a blocking fsync scheduled for the end of this turn, that fsync is the gathering
+    // point: everything handled before it shares it.
+    const schedule = this.pendingJobs() === 0 || this.inlineSyncPending ? queueMicrotask : setImmediate;
     this.loopDone = new Promise<void>((resolve) => {
       schedule(() => {
         this.loop().finally(() => {
@@ -607,7 +624,12 @@ export class RaftNode<R = unknown> {
       }
       this.persistedHard = rd.hardState;
     }
-    this.waiting.push({ after: rd.messagesAfterPersist, last: rd.entries[rd.entries.length - 1], mustSync });
+    this.waiting.push({
+      after: rd.messagesAfterPersist,
+      last: rd.entries[rd.entries.length - 1],
+      mustSync,
+      entries: rd.entries.length,
+    });
     this.pumpSyncs();
   }
 
@@ -653,13 +675,20 @@ export class RaftNode<R = unknown> {
 
   /** Starts the next fsync if none runs, or releases jobs that need none (in order). */
   private pumpSyncs(): void {
-    if (this.syncing || this.waiting.length === 0 || this.fatal) return;
-    const batch = this.waiting;
-    this.waiting = [];
-    if (!batch.some((j) => j.mustSync)) {
-      this.release(batch);
+    if (this.syncing || this.inlineSyncPending || this.waiting.length === 0 || this.fatal) return;
+    if (!this.waiting.some((j) => j.mustSync)) {
+      const free = this.waiting;
+      this.waiting = [];
+      this.release(free);
       return;
     }
+    if (this.shouldSyncInline()) {
+      this.inlineSyncPending = true;
+      setImmediate(() => this.syncInline());
+      return;
+    }
+    const batch = this.waiting;
+    this.waiting = [];
     this.syncing = batch;
     this.storage.sync().then(
       () => {
@@ -669,6 +698,32 @@ export class RaftNode<R = unknown> {
       },
       (err) => this.die(err as Error),
     );
+  }
+
+  /** A lone small write on a follower: see `inlineSyncMaxEntries`. */
+  private shouldSyncInline(): boolean {
+    if (!this.storage.syncBlocking || this.opts.inlineSyncMaxEntries === 0) return false;
+    if (this.leader === this.id) return false;
+    let entries = 0;
+    for (const j of this.waiting) entries += j.entries;
+    return entries <= this.opts.inlineSyncMaxEntries;
+  }
+
+  /** The end of the turn that wrote a lone small batch: fsync here, then release what waited. */
+  private syncInline(): void {
+    this.inlineSyncPending = false;
+    // Not skipped when closing: close() waits for every written batch to be durable.
+    if (this.fatal || this.waiting.length === 0) return;
+    const batch = this.waiting;
+    this.waiting = [];
+    try {
+      this.storage.syncBlocking!();
+    } catch (err) {
+      this.die(err as Error);
+      return;
+    }
+    this.release(batch);
+    this.pumpSyncs();
   }
 
   /** The jobs' writes are durable: their acknowledgements leave, and the core hears it. */

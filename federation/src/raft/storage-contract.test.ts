@@ -165,6 +165,57 @@ describe("WalStorage on disk", () => {
     }
   });
 
+  test("a hard state whose record fills a segment survives a restart (the next segment's copy is current)", async () => {
+    for (const sync of ["sync", "syncBlocking"] as const) {
+      const dir = tempDir();
+      try {
+        // 64-byte segments: every record rotates, so the hard state's record always fills one.
+        const s = await WalStorage.open(dir, { segmentBytes: 64, preallocate: false });
+        s.append(ents(1, 4));
+        s.setHardState({ term: 3, vote: "a", commit: 2 });
+        if (sync === "sync") await s.sync();
+        else s.syncBlocking();
+        await s.close();
+        const r = await WalStorage.open(dir, { segmentBytes: 64, preallocate: false });
+        assert.deepEqual(r.initialState().hardState, { term: 3, vote: "a", commit: 2 }, sync);
+        await r.close();
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    }
+  });
+
+  test("syncBlocking() writes everything out before it returns, and refuses to run beside sync()", async () => {
+    const dir = tempDir();
+    try {
+      // 64-byte segments: these writes rotate, so the directory needs its fsync as well.
+      const s = await WalStorage.open(dir, { segmentBytes: 64, preallocate: false });
+      s.append(ents(1, 4));
+      s.setHardState({ term: 1, vote: "a", commit: 2 });
+      s.syncBlocking();
+      // What a crash right after it would find (the files as they stand, storage still open).
+      const copy = tempDir();
+      try {
+        cpSync(dir, copy, { recursive: true });
+        const r = await WalStorage.open(copy, { segmentBytes: 64, preallocate: false });
+        assert.deepEqual(text(r, 1, 5), ["e1", "e2", "e3", "e4"]);
+        assert.equal(r.initialState().hardState.commit, 2);
+        await r.close();
+      } finally {
+        rmSync(copy, { recursive: true, force: true });
+      }
+      s.append([ent(5, 1, "e5")]);
+      const inFlight = s.sync();
+      assert.throws(() => s.syncBlocking(), /while a sync\(\) is in flight/);
+      await inFlight;
+      s.append([ent(6, 1, "e6")]);
+      s.syncBlocking();
+      await s.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   test("a torn tail is truncated with a warning and the log keeps working", async () => {
     const dir = tempDir();
     try {

@@ -124,6 +124,12 @@ export interface WritableStorage extends Storage {
   compact(snap: Snapshot, keepEntries: number): void;
   /** Makes every write so far durable. Messages that depend on the writes are sent only after this resolves. */
   sync(): Promise<void>;
+  /**
+   * Optional: makes every write so far durable before returning, on the calling thread. A driver
+   * may use it for a lone small write, where handing the fsync to another thread and back costs
+   * more than the overlap buys. Never called while a `sync()` is in flight.
+   */
+  syncBlocking?(): void;
   close(): Promise<void>;
 }
 

@@ -5,6 +5,7 @@
 import {
   closeSync,
   fdatasync,
+  fdatasyncSync,
   fsync,
   fsyncSync,
   ftruncateSync,
@@ -126,6 +127,8 @@ export class WalStorage implements WritableStorage {
   private dirtyFds = new Set<number>();
   private dirDirty = false;
   private syncChain: Promise<void> = Promise.resolve();
+  /** sync() calls not yet settled (syncBlocking() refuses to run beside them). */
+  private syncsInFlight = 0;
   /** The next segment's file, already filled to segmentBytes with zeros (see createSegment). */
   private spare: { path: string; fd: number } | undefined;
   private preparing: Promise<void> = Promise.resolve();
@@ -242,8 +245,10 @@ export class WalStorage implements WritableStorage {
 
   setHardState(hs: HardState): void {
     this.checkUsable();
-    this.writeRecord(encodeRecord({ type: RecordType.HardState, hardState: hs }), 0);
+    // Set first: when this record fills the segment, the next one opens with a copy of the hard
+    // state, and replay takes that copy last — it must be this one, not the one it replaces.
     this.hardState = { ...hs };
+    this.writeRecord(encodeRecord({ type: RecordType.HardState, hardState: hs }), 0);
   }
 
   applySnapshot(snap: Snapshot): void {
@@ -305,9 +310,33 @@ export class WalStorage implements WritableStorage {
   sync(): Promise<void> {
     // Calls queue behind one another so each returns only after its own writes are durable; a
     // call made while an fsync runs picks up everything appended meanwhile (group commit).
-    const p = this.syncChain.then(() => this.doSync());
+    this.syncsInFlight++;
+    const p = this.syncChain.then(() => this.doSync()).finally(() => this.syncsInFlight--);
     this.syncChain = p.catch(() => {});
     return p;
+  }
+
+  /**
+   * The same durability point as sync(), on the calling thread: for a lone small write, skipping
+   * the thread pool's two hand-offs (there and back) is worth more than the overlap it buys.
+   */
+  syncBlocking(): void {
+    this.checkUsable();
+    if (this.syncsInFlight > 0)
+      throw new Error("raft wal: syncBlocking() called while a sync() is in flight");
+    try {
+      this.flushPending();
+      for (const fd of this.dirtyFds) fdatasyncSync(fd);
+      this.dirtyFds.clear();
+      if (this.dirDirty) {
+        this.dirDirty = false;
+        fsyncDir(this.walDir);
+      }
+    } catch (err) {
+      this.failed = err as Error;
+      this.log.error({ err }, "raft wal: fsync failed; storage is now unusable");
+      throw err;
+    }
   }
 
   async close(): Promise<void> {

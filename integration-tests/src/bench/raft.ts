@@ -35,6 +35,14 @@ export interface BenchRow {
 }
 
 const VALUE_BYTES = 256;
+/**
+ * V8 flags for the raft-ts node processes, as a server's runtime would be tuned: a young
+ * generation of 16 MiB growing to 64 MiB per semi-space (Node's default starts at 1 MiB) cuts
+ * the stop-the-world scavenges several-fold (a node allocates tens of KB per write in HTTP,
+ * gRPC and protobuf objects; each scavenge stalls whatever write is in flight). etcd runs with
+ * Go's defaults.
+ */
+export const RAFT_NODE_FLAGS = ["--max-semi-space-size=64", "--min-semi-space-size=16"];
 const KEYS = 1000;
 const here = dirname(fileURLToPath(import.meta.url));
 const repo = join(here, "..", "..", "..");
@@ -228,7 +236,7 @@ async function benchRaftTs(
 ): Promise<BenchRow[]> {
   // RAFT_BENCH_PROFILE_DIR=dir writes a V8 CPU profile of every node process there (node --cpu-prof).
   const profDir = process.env.RAFT_BENCH_PROFILE_DIR;
-  const nodeArgs = profDir ? ["--cpu-prof", `--cpu-prof-dir=${profDir}`] : [];
+  const nodeArgs = [...RAFT_NODE_FLAGS, ...(profDir ? ["--cpu-prof", `--cpu-prof-dir=${profDir}`] : [])];
   const cluster = await RaftKvCluster.start({ snapshotEvery: 10_000, nodeArgs });
   try {
     let leader = await cluster.waitLeader();
@@ -291,7 +299,7 @@ function markdown(rows: BenchRow[], meta: Record<string, string | number>): stri
     "## raft: raft-ts vs etcd (3 nodes, fsync, 256-byte puts)",
     "",
     `Measured ${meta.date} on ${meta.cpus} × ${meta.cpu}, ${meta.mode} mode (${meta.measureSeconds} s per level after ` +
-      `${meta.warmupSeconds} s warm-up; each system first gets ${meta.primeSeconds} s of unmeasured load at 16 clients), etcd ${meta.etcd}, 1-minute load average ${meta.loadAverage}. Both systems: 3 members as separate processes on ` +
+      `${meta.warmupSeconds} s warm-up; each system first gets ${meta.primeSeconds} s of unmeasured load at 16 clients), etcd ${meta.etcd}, raft-ts nodes on Node ${meta.node} with \`${meta.raftTsNodeFlags}\`, 1-minute load average ${meta.loadAverage}. Both systems: 3 members as separate processes on ` +
       "loopback, heartbeat 100 ms, election 1 s, WAL fsync before acknowledging; clients are closed loops " +
       "sending HTTP/JSON puts to the leader (raft-ts: the test node's `/put`; etcd: its gRPC gateway " +
       "`/v3/kv/put`) over 1 000 keys. Throughput ratio > 1 and latency ratio < 1 favour raft-ts.",
@@ -358,6 +366,7 @@ export async function run(opts: RaftBenchOptions): Promise<void> {
     primeSeconds: primeMs / 1000,
     etcd: etcdVersion(),
     node: process.version,
+    raftTsNodeFlags: RAFT_NODE_FLAGS.join(" "),
     loadAverage: `${loadBefore.toFixed(1)} before, ${loadavg()[0]!.toFixed(1)} after`,
   };
   const ratios = levels.map((c) => {

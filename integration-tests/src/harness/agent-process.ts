@@ -36,8 +36,11 @@ export function hostAgentArgs(
   ];
 }
 
-/** `nodeArgs` go to node before the CLI (V8 flags such as --trace-gc for a probe). */
-export function spawnAgent(args: string[], timeoutMs = 20_000, nodeArgs: string[] = []): Promise<AgentProc> {
+/**
+ * `nodeArgs` go to node before the CLI (V8 flags such as --trace-gc for a probe). The start-up
+ * deadline is generous: on a loaded 2-core machine node alone can take seconds to load the CLI.
+ */
+export function spawnAgent(args: string[], timeoutMs = 60_000, nodeArgs: string[] = []): Promise<AgentProc> {
   const child = spawn(process.execPath, [...nodeArgs, CLI, "agent", ...args], {
     stdio: ["ignore", "pipe", "pipe"],
   });
