@@ -726,3 +726,27 @@ describe("intent state machine: log entries, journal and snapshots", () => {
     assert.deepEqual({ ...after, index: 0 }, { ...was, index: 0 });
   });
 });
+
+describe("the state as sites receive it", () => {
+  it("is ordered by name per kind, built once per applied index, and rebuilt after an entry", () => {
+    const h = new IntentHarness();
+    h.create({ securityGroup: { meta: meta("b-group"), stateless: false } });
+    h.create({ securityGroup: { meta: meta("a-group"), stateless: false } });
+    const first = h.sm.intentSnapshotShared();
+    assert.equal(first.index, h.index);
+    assert.deepEqual(
+      first.objects.map((o) => o.securityGroup?.meta?.name),
+      ["a-group", "b-group"],
+    );
+    assert.equal(h.sm.intentSnapshotShared(), first, "same applied index: the same snapshot");
+    h.create({ securityGroup: { meta: meta("0-group"), stateless: false } });
+    const second = h.sm.intentSnapshotShared();
+    assert.notEqual(second, first);
+    assert.equal(second.index, h.index);
+    assert.deepEqual(
+      second.objects.map((o) => o.securityGroup?.meta?.name),
+      ["0-group", "a-group", "b-group"],
+    );
+    assert.deepEqual(second, h.sm.intentSnapshot(), "the shared snapshot holds what the copying one does");
+  });
+});

@@ -25,19 +25,17 @@ export interface FlowSetupResult extends Latency {
   samples: number;
   /** Frame read by the agent → entry written (the agent's share). */
   agent: Latency;
-  /** Each stage's own latency (FlowSetupProfile's SETUP_STAGES), process CPU and GC overlap. */
+  /** Each stage's own latency (FlowSetupProfile's SETUP_STAGES) and GC overlap. */
   stages: Record<string, Latency>;
-  cpu: Latency;
   gc: Latency;
   /** GC pauses from the first setup to the last, in or between them: how many, and their latency. */
   gcPauses: { count: number } & Latency;
   /** The slowest 1 % of setups (by miss → written, at least 3): each stage's mean over them, the
-   * process CPU and GC overlap means, and how many overlapped a GC. Says where the tail goes. */
+   * GC overlap mean, and how many overlapped a GC. Says where the tail goes. */
   tail: {
     samples: number;
     meanMs: number;
     stagesMeanMs: Record<string, number>;
-    cpuMeanMs: number;
     gcMeanMs: number;
     withGc: number;
   };
@@ -48,7 +46,6 @@ interface SetupReport {
   fromMiss: number[];
   fromRead: number[];
   stages: Record<string, number[]>;
-  cpuMs: number[];
   gcMs: number[];
   gcPauses: number[];
 }
@@ -65,14 +62,12 @@ export function setupResult(s: SetupReport): FlowSetupResult {
     ...latency(s.fromMiss),
     agent: latency(s.fromRead),
     stages: Object.fromEntries(Object.entries(s.stages).map(([k, v]) => [k, latency(v)])),
-    cpu: latency(s.cpuMs),
     gc: latency(s.gcMs),
     gcPauses: { count: s.gcPauses.length, ...latency(s.gcPauses) },
     tail: {
       samples: slow.length,
       meanMs: mean(at(s.fromMiss)),
       stagesMeanMs: Object.fromEntries(Object.entries(s.stages).map(([k, v]) => [k, mean(at(v))])),
-      cpuMeanMs: mean(at(s.cpuMs)),
       gcMeanMs: mean(at(s.gcMs)),
       withGc: at(s.gcMs).filter((g) => g > 0).length,
     },

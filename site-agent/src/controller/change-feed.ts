@@ -4,21 +4,29 @@
 // ring of recent changes for streams resuming close to the head.
 import type { Logger, topologypb } from "@isthmus/schema";
 import type { Database } from "./db/database.js";
-import { readChangesAfter } from "./topology-store.js";
+import { encodedChangeBytes, readChangesAfter } from "./topology-store.js";
 
 export interface ChangeFeedOptions {
   pollMs: number;
   /** Changes kept in memory for resuming streams. */
   ringSize: number;
+  /**
+   * Encoded bytes those changes may hold (default 64 MiB): a site catching up on a large
+   * federation commits one change of 100k+ objects, which a count alone would keep for long.
+   */
+  ringBytes?: number;
   /** Rows read per query. */
   batch: number;
 }
+
+export const DEFAULT_RING_BYTES = 64 * 1024 * 1024;
 
 export type ChangeListener = (change: topologypb.TopologyChange) => void;
 
 export class ChangeFeed {
   private head = -1;
   private ring: topologypb.TopologyChange[] = [];
+  private ringBytes = 0;
   private readonly listeners = new Set<ChangeListener>();
   private timer: NodeJS.Timeout | undefined;
   private polling: Promise<void> | undefined;
@@ -107,10 +115,23 @@ export class ChangeFeed {
         "gap in topology change log; watchers resync",
       );
       this.ring = [];
+      this.ringBytes = 0;
     }
     this.head = c.revision;
     this.ring.push(c);
-    if (this.ring.length > this.opts.ringSize) this.ring.splice(0, this.ring.length - this.opts.ringSize);
+    this.ringBytes += encodedChangeBytes(c);
+    // The oldest go first; a change over the byte bound on its own is not kept at all (streams
+    // resuming from before it read the log, and get a snapshot for it).
+    const maxBytes = this.opts.ringBytes ?? DEFAULT_RING_BYTES;
+    let drop = 0;
+    while (
+      drop < this.ring.length &&
+      (this.ring.length - drop > this.opts.ringSize || this.ringBytes > maxBytes)
+    ) {
+      this.ringBytes -= encodedChangeBytes(this.ring[drop]!);
+      drop++;
+    }
+    if (drop > 0) this.ring.splice(0, drop);
     for (const l of this.listeners) l(c);
   }
 

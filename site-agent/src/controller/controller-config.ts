@@ -29,6 +29,7 @@ export const SiteControllerConfigSchema = z.object({
     leaseRenewMs: positive.default(T.leaseRenewMs),
     feedPollMs: positive.default(T.feedPollMs),
     feedRingSize: positive.default(T.feedRingSize),
+    feedRingBytes: positive.default(T.feedRingBytes),
     changeLogRetention: positive.default(T.changeLogRetention),
     watchMaxQueuedChanges: positive.default(T.watchMaxQueuedChanges),
     watchMaxStreams: positive.default(T.watchMaxStreams),

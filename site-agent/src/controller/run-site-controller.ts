@@ -81,6 +81,7 @@ export async function startSiteController(
       leaseRenewMs: cfg.leaseRenewMs,
       feedPollMs: cfg.feedPollMs,
       feedRingSize: cfg.feedRingSize,
+      feedRingBytes: cfg.feedRingBytes,
       changeLogRetention: cfg.changeLogRetention,
       watchMaxQueuedChanges: cfg.watchMaxQueuedChanges,
       watchMaxStreams: cfg.watchMaxStreams,

@@ -55,6 +55,8 @@ export interface SiteControllerTuning {
   leaseRenewMs: number;
   feedPollMs: number;
   feedRingSize: number;
+  /** Encoded bytes of the changes the feed keeps in memory. */
+  feedRingBytes: number;
   changeLogRetention: number;
   watchMaxQueuedChanges: number;
   watchHeartbeatMs: number;
@@ -94,6 +96,7 @@ export const DEFAULT_TUNING: SiteControllerTuning = {
   leaseRenewMs: 1_000,
   feedPollMs: 100,
   feedRingSize: 10_000,
+  feedRingBytes: 64 * 1024 * 1024,
   changeLogRetention: 100_000,
   watchMaxQueuedChanges: 10_000,
   watchHeartbeatMs: 5_000,
@@ -226,7 +229,12 @@ export class SiteController {
       );
       const feed = new ChangeFeed(
         db,
-        { pollMs: tuning.feedPollMs, ringSize: tuning.feedRingSize, batch: 500 },
+        {
+          pollMs: tuning.feedPollMs,
+          ringSize: tuning.feedRingSize,
+          ringBytes: tuning.feedRingBytes,
+          batch: 500,
+        },
         componentLogger(log, "change-feed"),
       );
       let self: SiteController | undefined;

@@ -1,6 +1,6 @@
 // Where a kernel flow's setup time goes: for each simulated upcall whose flow was written to the
 // BPF map, the latency from the program's miss and from the agent's read, split into stages, with
-// the process CPU time spent and the garbage collection that overlapped it. Served on the agent's
+// the garbage collection that overlapped it. Served on the agent's
 // admin endpoint (/flow-setup) so a benchmark can tell which stage a slow setup spent its time in.
 import { PerformanceObserver } from "node:perf_hooks";
 import type { UpcallTiming } from "../upcall-pump.js";
@@ -18,8 +18,6 @@ export type SetupStage = (typeof SETUP_STAGES)[number];
 export interface SetupSample extends UpcallTiming {
   /** performance.now() when the agent started reading the batch the frame came in. */
   readAt: number;
-  /** process.cpuUsage() (user + system, µs) when the batch was read. */
-  cpuAtReadUs: number;
   encodedAt: number;
   writtenAt: number;
 }
@@ -31,9 +29,6 @@ export interface FlowSetupReport {
   /** Frame queued by the agent → entry written (ms): the agent's share. */
   fromRead: number[];
   stages: Record<SetupStage, number[]>;
-  /** Process CPU time (all threads, ms) from the batch's read to the entry written: a sample whose
-   * wall time is far above it was off the CPU (preempted, or blocked in a syscall). */
-  cpuMs: number[];
   /** Garbage collection (ms, any kind) that overlapped read → written. */
   gcMs: number[];
   /** Every GC pause (ms) from the first sample's read to the last one's write, in or between them. */
@@ -47,7 +42,6 @@ export class FlowSetupProfile {
   private readonly fromMiss: LatencyRing;
   private readonly fromRead: LatencyRing;
   private readonly stages: Record<SetupStage, LatencyRing>;
-  private readonly cpu: LatencyRing;
   private readonly readAt: LatencyRing;
   private readonly writtenAt: LatencyRing;
   private readonly gcStart: LatencyRing;
@@ -57,7 +51,6 @@ export class FlowSetupProfile {
   constructor(readonly capacity: number) {
     this.fromMiss = new LatencyRing(capacity);
     this.fromRead = new LatencyRing(capacity);
-    this.cpu = new LatencyRing(capacity);
     this.readAt = new LatencyRing(capacity);
     this.writtenAt = new LatencyRing(capacity);
     this.stages = Object.fromEntries(SETUP_STAGES.map((s) => [s, new LatencyRing(capacity)])) as Record<
@@ -90,8 +83,6 @@ export class FlowSetupProfile {
     st.install.record(s.installedAt - s.decidedAt);
     st.encode.record(s.encodedAt - s.installedAt);
     st.mapUpdate.record(s.writtenAt - s.encodedAt);
-    const cpu = process.cpuUsage();
-    this.cpu.record((cpu.user + cpu.system - s.cpuAtReadUs) / 1000);
     this.readAt.record(s.readAt);
     this.writtenAt.record(s.writtenAt);
   }
@@ -123,7 +114,6 @@ export class FlowSetupProfile {
         SetupStage,
         number[]
       >,
-      cpuMs: this.cpu.since(mark),
       gcMs,
       gcPauses,
     };

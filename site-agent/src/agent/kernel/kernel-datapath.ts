@@ -199,10 +199,9 @@ export class KernelDatapath implements Datapath {
   private tunnelPortWarned = false;
   /** Flow-setup latency of simulated upcalls whose flow went to the kernel (see flowSetup()). */
   private readonly setup = new FlowSetupProfile(4096);
-  /** When the batch being handled was read (performance.now(), process CPU µs), and when the last
-   * kernel entry was encoded: the flow-setup profile's stage boundaries. */
+  /** When the batch being handled was read (performance.now()), and when the last kernel entry
+   * was encoded: the flow-setup profile's stage boundaries. */
   private batchReadAt = 0;
-  private batchCpuUs = 0;
   private lastEncodedAt = 0;
   /** CLOCK_MONOTONIC ms (the programs' bpf_ktime_get_ns) minus performance.now(). */
   private readonly monoOffsetMs = monotonicOffsetMs();
@@ -809,8 +808,6 @@ export class KernelDatapath implements Datapath {
   private onUpcallBuffers(bufs: Buffer[]): void {
     if (this.stopped) return;
     this.batchReadAt = performance.now();
-    const cpu = process.cpuUsage();
-    this.batchCpuUs = cpu.user + cpu.system;
     for (const b of bufs) {
       const u = parseUpcall(b);
       if ("drop" in u) {
@@ -867,7 +864,6 @@ export class KernelDatapath implements Datapath {
     this.setup.record({
       ...t,
       readAt: Math.min(this.batchReadAt, t.offeredAt),
-      cpuAtReadUs: this.batchCpuUs,
       encodedAt: this.lastEncodedAt,
       writtenAt: performance.now(),
     });
