@@ -83,7 +83,7 @@ export const AgentConfigSchema = z.object({
       /** How often an active connection's flow state is re-sent to peers. */
       stateRefreshMs: z.number().int().positive().default(1000),
       /**
-       * Nice value for the agent's event-loop thread (-20..19; unset: -10 when the process may
+       * Nice value for the agent's event-loop thread (-20..19; unset: on the kernel path -10 when the process may
        * raise its priority, else left as started — see DEFAULT_AGENT_NICE). Every new
        * flow's first packet waits for this thread, so on hosts whose VMs keep the CPUs busy a
        * negative value keeps flow setup from queueing behind them (root, or CAP_SYS_NICE).

@@ -4,7 +4,7 @@ import { getPriority, tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { silentLogger } from "@isthmus/schema";
-import { DEFAULT_AGENT_NICE, loadAgentConfig, startAgent } from "./agent-process.js";
+import { agentNice, DEFAULT_AGENT_NICE, loadAgentConfig, startAgent } from "./agent-process.js";
 import { MemoryPort } from "./memory-port.js";
 import { FakeSimulator } from "./testing/fake-simulator.js";
 import { FakeTopologyServer } from "./testing/fake-topology-server.js";
@@ -58,8 +58,8 @@ test("the agent registers with its admin token, watches with the host token, ser
       host: string;
     };
     assert.equal(status.host, "host-1");
-    // agent.nice unset: the default where the process may raise its priority (root), else unchanged.
-    assert.equal(getPriority(), process.getuid?.() === 0 ? DEFAULT_AGENT_NICE : priorityBefore);
+    // agent.nice unset on the userspace path: the thread's priority is left as started.
+    assert.equal(getPriority(), priorityBefore);
   } finally {
     await running.stop();
     await server.stop();
@@ -121,4 +121,11 @@ test("config names what is missing", async () => {
     loadAgentConfig({ host: "h", controller: "127.0.0.1:1", tunnelIp: "127.0.0.1" }, {}).nice,
     undefined,
   );
+});
+
+test("agent.nice: an explicit value wins; unset, -10 on the kernel path and nothing on the userspace path", () => {
+  assert.deepEqual(agentNice(5, "userspace"), { value: 5, explicit: true });
+  assert.deepEqual(agentNice(0, "kernel"), { value: 0, explicit: true });
+  assert.deepEqual(agentNice(undefined, "kernel"), { value: DEFAULT_AGENT_NICE, explicit: false });
+  assert.equal(agentNice(undefined, "userspace"), undefined);
 });

@@ -85,36 +85,32 @@ export function loadAgentConfig(flags: AgentFlags, env: NodeJS.ProcessEnv = proc
 }
 
 /**
- * The nice value of the agent's event-loop thread when agent.nice is unset. Every new flow's first
+ * The nice value of the agent's event-loop thread on the kernel path when agent.nice is unset. Every new flow's first
  * packet waits for that thread; at nice 0 it shares the CPUs evenly with VMs and other processes,
  * which puts their time slices into flow setup's tail (see docs/kernel-datapath.md).
  */
 export const DEFAULT_AGENT_NICE = -10;
 
+/**
+ * The priority to give the agent's event-loop thread: agent.nice when set; unset, DEFAULT_AGENT_NICE
+ * on the kernel path — as Open vSwitch's ovs-ctl starts ovs-vswitchd, whose handler threads do what
+ * this thread does for a first packet; there the thread runs only for first packets, so its
+ * priority costs the VMs little. Nothing on the userspace path: there the thread forwards every
+ * packet, and at -10 it starved the VMs' own senders and receivers on a 2-core host (the datapath
+ * bench's small-packet rate fell to between a third and a half of the rate at nice 0).
+ */
+export function agentNice(
+  configured: number | undefined,
+  datapath: "kernel" | "userspace",
+): { value: number; explicit: boolean } | undefined {
+  if (configured !== undefined) return { value: configured, explicit: true };
+  return datapath === "kernel" ? { value: DEFAULT_AGENT_NICE, explicit: false } : undefined;
+}
+
 export async function startAgent(flags: AgentFlags, deps: AgentDeps = {}): Promise<RunningAgent> {
   const cfg = loadAgentConfig(flags);
   const root = deps.log ?? createLogger({ name: "agent", base: { host: cfg.host ?? cfg.name } });
   const log = componentLogger(root, "agent");
-  if (cfg.nice !== undefined) {
-    try {
-      setPriority(cfg.nice);
-      log.info({ nice: cfg.nice }, "agent thread priority set");
-    } catch (err) {
-      throw new Error(`agent.nice ${cfg.nice}: cannot set the priority: ${(err as Error).message}`);
-    }
-  } else {
-    // Unset: the default, as Open vSwitch's ovs-ctl starts ovs-vswitchd (whose handler threads do
-    // what this thread does for a first packet) at nice -10. Without the privilege it stays as is.
-    try {
-      setPriority(DEFAULT_AGENT_NICE);
-      log.info({ nice: DEFAULT_AGENT_NICE }, "agent thread priority set (default)");
-    } catch (err) {
-      log.info(
-        { nice: DEFAULT_AGENT_NICE, err: (err as Error).message },
-        "agent thread priority left as started: no privilege for the default (set agent.nice to silence)",
-      );
-    }
-  }
   const health = new HealthState("agent");
   health.set("topology", false, "waiting for the first snapshot");
   const flowLimits = {
@@ -130,6 +126,25 @@ export async function startAgent(flags: AgentFlags, deps: AgentDeps = {}): Promi
       { reason: chosen.fallbackReason },
       "datapath auto: the kernel fast path cannot load here; using userspace",
     );
+  }
+  const nice = agentNice(cfg.nice, chosen.kind);
+  if (nice?.explicit) {
+    try {
+      setPriority(nice.value);
+      log.info({ nice: nice.value }, "agent thread priority set");
+    } catch (err) {
+      throw new Error(`agent.nice ${nice.value}: cannot set the priority: ${(err as Error).message}`);
+    }
+  } else if (nice) {
+    try {
+      setPriority(nice.value);
+      log.info({ nice: nice.value }, "agent thread priority set (default on the kernel path)");
+    } catch (err) {
+      log.info(
+        { nice: nice.value, err: (err as Error).message },
+        "agent thread priority left as started: no privilege for the default (set agent.nice to silence)",
+      );
+    }
   }
   const datapath =
     chosen.kind === "kernel"
