@@ -38,3 +38,4 @@ export {
   silentLogger,
 } from "./runtime/logger.js";
 export { onShutdown, type StopHook } from "./runtime/shutdown.js";
+export { fieldSize, varintLength, writeField } from "./wire/length-delimited.js";

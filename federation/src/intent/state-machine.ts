@@ -2,7 +2,7 @@
 // each entry holds one encoded IntentCommand. apply() is deterministic: ids, VNIs and MACs derive
 // from the log index, time only from the command's proposer clock. A refused command changes
 // nothing (every check runs before the first mutation) and its error is the entry's result.
-import { federationpb, intentpb } from "@isthmus/schema";
+import { federationpb, fieldSize, intentpb, writeField } from "@isthmus/schema";
 import { type Entry, EntryType, type StateMachine } from "../raft/types.js";
 import { parseAddress, prefixContains } from "./address.js";
 import { IntentError, invalid } from "./errors.js";
@@ -195,20 +195,10 @@ export class IntentStateMachine implements StateMachine<ApplyResult>, IntentView
     };
     const rest = federationpb.IntentState.encode(state).finish();
     let size = rest.length;
-    for (const b of bodies) size += 1 + varintLength(b.length) + b.length;
+    for (const b of bodies) size += fieldSize(b);
     const out = new Uint8Array(size);
     let at = 0;
-    for (const b of bodies) {
-      out[at++] = INTENT_STATE_OBJECTS_TAG;
-      let n = b.length;
-      while (n > 0x7f) {
-        out[at++] = (n & 0x7f) | 0x80;
-        n >>>= 7;
-      }
-      out[at++] = n;
-      out.set(b, at);
-      at += b.length;
-    }
+    for (const b of bodies) at = writeField(out, at, INTENT_STATE_OBJECTS_TAG, b);
     out.set(rest, at);
     if (at + rest.length !== size)
       throw new Error(`intent: snapshot framed ${at + rest.length} of ${size} bytes`);
@@ -989,15 +979,6 @@ function emptyTables<T>(): Record<KindKey, Map<string, T>> {
 
 /** Tag of IntentState.objects (field 2, length-delimited). */
 const INTENT_STATE_OBJECTS_TAG = (2 << 3) | 2;
-
-function varintLength(n: number): number {
-  let len = 1;
-  while (n > 0x7f) {
-    n >>>= 7;
-    len++;
-  }
-  return len;
-}
 
 function cmp(a: string, b: string): number {
   return a < b ? -1 : a > b ? 1 : 0;
