@@ -1,20 +1,10 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { topologypb } from "@isthmus/schema";
+import { FRAMING_OBJECTS } from "./test-support/framing-objects.js";
 import { EncodedWatchEvent, encodeSnapshotEvent, topologyServiceDefinition } from "./snapshot-encoding.js";
 
-const objects: topologypb.TopologyObject[] = [
-  { bridge: topologypb.Bridge.fromPartial({ id: "b1", name: "net", tunnelKey: 0x100001 }) },
-  // Bodies of 1-, 2- and 3-byte length prefixes.
-  { ipAddrGroup: { id: "g", name: "sg", addresses: Array.from({ length: 40 }, (_, i) => `10.0.0.${i}`) } },
-  {
-    ipAddrGroup: {
-      id: "h",
-      name: "big",
-      addresses: Array.from({ length: 2000 }, (_, i) => `10.1.${i >> 8}.${i & 255}`),
-    },
-  },
-];
+const objects = [...FRAMING_OBJECTS];
 const bodies = objects.map((o) => Buffer.from(topologypb.TopologyObject.encode(o).finish()));
 const decoded = bodies.map((b) => topologypb.TopologyObject.decode(b));
 

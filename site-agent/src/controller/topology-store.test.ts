@@ -1,21 +1,11 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { topologypb } from "@isthmus/schema";
+import { FRAMING_OBJECTS } from "./test-support/framing-objects.js";
 import { frameChange } from "./topology-store.js";
 
 test("a change framed from its upserts' encodings is byte for byte the generated encoding", () => {
-  const upserts: topologypb.TopologyObject[] = [
-    { bridge: topologypb.Bridge.fromPartial({ id: "b1", name: "net", tunnelKey: 0x100001 }) },
-    // Bodies with 1-, 2- and 3-byte length prefixes.
-    { ipAddrGroup: { id: "g", name: "sg", addresses: Array.from({ length: 40 }, (_, i) => `10.0.0.${i}`) } },
-    {
-      ipAddrGroup: {
-        id: "h",
-        name: "big",
-        addresses: Array.from({ length: 2000 }, (_, i) => `10.1.${i >> 8}.${i & 255}`),
-      },
-    },
-  ];
+  const upserts = [...FRAMING_OBJECTS];
   const deletes: topologypb.TopologyRef[] = [
     { kind: topologypb.TopologyKind.TOPOLOGY_KIND_RULE, id: "r1" },
     { kind: topologypb.TopologyKind.TOPOLOGY_KIND_PORT, id: "p".repeat(300) },
