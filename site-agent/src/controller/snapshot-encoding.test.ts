@@ -1,8 +1,8 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { topologypb } from "@isthmus/schema";
-import { FRAMING_OBJECTS } from "./test-support/framing-objects.js";
 import { EncodedWatchEvent, encodeSnapshotEvent, topologyServiceDefinition } from "./snapshot-encoding.js";
+import { FRAMING_OBJECTS } from "./test-support/framing-objects.js";
 
 const objects = [...FRAMING_OBJECTS];
 const bodies = objects.map((o) => Buffer.from(topologypb.TopologyObject.encode(o).finish()));
