@@ -143,7 +143,8 @@ export class SiteApi {
 
 /**
  * An agent's watch stream at one site. Records when each rule (by the intent object it came
- * from) first arrives while `recording`, and the newest revision seen. The channel has the
+ * from) first arrives while `recording` (Unix ms, fractional, comparable with the controllers'
+ * entry timings), and the newest revision seen. The channel has the
  * grpc-js defaults, as the site agent's own watch client does, unless `channelOptions` says else.
  */
 export class AgentWatch {
@@ -164,7 +165,7 @@ export class AgentWatch {
     this.client = new topologypb.TopologyServiceClient(address, credentials.createInsecure(), channelOptions);
     this.stream = this.client.watch({ hostId, fromRevision: 0 }, bearer(hostToken));
     this.stream.on("data", (e: topologypb.WatchTopologyResponse) => {
-      const now = performance.now();
+      const now = performance.timeOrigin + performance.now();
       if (e.snapshot) {
         this.revision = e.snapshot.revision;
       } else if (e.change) {
@@ -234,4 +235,29 @@ export async function scrapeEntryStages(metricsAddress: string): Promise<EntrySt
     applySum: value('isthmus_site_intent_entry_seconds_sum{stage="apply"}'),
     count: value('isthmus_site_intent_entry_seconds_count{stage="apply"}'),
   };
+}
+
+/**
+ * One intent entry's times at a site (Unix ms): arrived, got the write queue, translated, its
+ * transaction's statements done, committed.
+ */
+export interface SiteEntryTiming {
+  index: number;
+  revision: number;
+  receivedAt: number;
+  startedAt: number;
+  translatedAt: number;
+  writtenAt: number;
+  committedAt: number;
+}
+
+/** A controller's recent intent entry timings above `afterIndex` (its `/debug/intent-entries`). */
+export async function fetchEntryTimings(
+  metricsAddress: string,
+  afterIndex: number,
+): Promise<SiteEntryTiming[]> {
+  const url = `http://${metricsAddress}/debug/intent-entries?after=${afterIndex}`;
+  const res = await fetch(url, { signal: AbortSignal.timeout(10_000) });
+  if (!res.ok) throw new Error(`GET ${url}: ${res.status}`);
+  return (await res.json()) as SiteEntryTiming[];
 }

@@ -20,6 +20,15 @@ import type { WriteContext } from "./write-context.js";
 
 export type ApplyOutcome = "applied" | "skipped";
 
+/** Where an applied change's time went (performance.now() ms; see applyChange). */
+export interface ApplyTiming {
+  startedAt?: number;
+  translatedAt?: number;
+  writtenAt?: number;
+  committedAt?: number;
+  revision?: number;
+}
+
 /** Intent rows per INSERT when a snapshot replaces the copy (4 parameters a row). */
 const SNAPSHOT_ROWS_PER_STATEMENT = 500;
 
@@ -84,8 +93,12 @@ export class IntentApplier {
     return Number(r.rows[0]?.applied_index ?? 0);
   }
 
-  /** `timing.startedAt` is set (performance.now()) when the apply gets its turn in the queue. */
-  async applyChange(change: intentpb.IntentChange, timing?: { startedAt?: number }): Promise<ApplyOutcome> {
+  /**
+   * `timing` (performance.now() ms) gets `startedAt` when the apply has its turn in the queue,
+   * `translatedAt` when the translation is done, `writtenAt` when the transaction's statements
+   * are (COMMIT follows), `committedAt` when it committed, and the topology `revision` it wrote.
+   */
+  async applyChange(change: intentpb.IntentChange, timing?: ApplyTiming): Promise<ApplyOutcome> {
     const { ctx } = this;
     return ctx.queue.run(async (): Promise<ApplyOutcome> => {
       if (timing) timing.startedAt = performance.now();
@@ -99,6 +112,7 @@ export class IntentApplier {
         const keyProblems: string[] = [];
         moves = ctx.index.syncUplinkTunnelKeys(change, this.uplinkKeyAllocator(keyProblems));
         const delta = ctx.translator.translateChange(ctx.index, change, prior);
+        if (timing) timing.translatedAt = performance.now();
         const problems = [...keyProblems, ...delta.problems];
         if (problems.length > 0) ctx.onProblems?.(problems);
         const result = await ctx.db.tx(`apply ${change.index}`, async (tx) => {
@@ -124,6 +138,7 @@ export class IntentApplier {
           await writeTunnelKeyMoves(tx, moves);
           const written = await writeTopologyChange(tx, delta, "intent", ctx.changeLog);
           await ctx.beforeCommit?.(tx, `apply ${change.index}`);
+          if (timing) timing.writtenAt = performance.now();
           return { skipped: false, written };
         });
         if (result.skipped) {
@@ -141,6 +156,10 @@ export class IntentApplier {
       }
       this.applied = change.index;
       this.appliedAtMs = Date.now();
+      if (timing) {
+        timing.committedAt = performance.now();
+        timing.revision = committed?.revision ?? 0;
+      }
       if (committed !== undefined) ctx.onCommitted(committed.revision, committed);
       return "applied";
     });
