@@ -304,8 +304,11 @@ class HeldSyncStorage extends MemoryStorage {
     this.appends.push(entries.length);
     super.append(entries);
   }
+  /** sync() calls so far. */
+  syncs = 0;
   private waiters: (() => void)[] = [];
   override async sync(): Promise<void> {
+    this.syncs++;
     while (this.held) await new Promise<void>((r) => this.waiters.push(r));
     return super.sync();
   }
@@ -357,9 +360,15 @@ test("an idle node takes a lone proposal at once; with an fsync in flight, propo
   // Idle: the entry is written within the microtasks that follow propose(), not a loop turn later.
   const last = disk.lastIndex();
   disk.held = true;
+  const syncsBefore = disk.syncs;
   const first = leader.node.propose(put("k0", "v"));
   await new Promise<void>((r) => queueMicrotask(r));
   assert.equal(disk.lastIndex(), last + 1, "the lone proposal waited for a later event-loop turn");
+  // Its fsync starts at the check phase, behind the appends it handed to the transport (a gRPC
+  // transport writes them to the socket then), not before them.
+  assert.equal(disk.syncs, syncsBefore, "the leader started its fsync before its appends could leave");
+  await new Promise<void>((r) => setImmediate(r));
+  assert.equal(disk.syncs, syncsBefore + 1, "the leader's fsync did not start at the check phase");
 
   // Busy (its fsync is held): ten proposals made in this turn wait for the check phase and
   // leave as one Ready — one append to storage, one Append per follower.

@@ -259,6 +259,8 @@ export class RaftNode<R = unknown> {
   private syncing: PersistJob[] | undefined;
   /** A blocking fsync of `waiting` is scheduled for the end of this event-loop turn. */
   private inlineSyncPending = false;
+  /** A thread-pool sync waits for the check phase, behind the messages this turn handed over. */
+  private syncStartPending = false;
   /** Resolved each time a batch of jobs is released (the loop waits here when too many wait). */
   private released: (() => void)[] = [];
   private closed = false;
@@ -630,7 +632,7 @@ export class RaftNode<R = unknown> {
       mustSync,
       entries: rd.entries.length,
     });
-    this.pumpSyncs();
+    this.pumpSyncs(rd.messages.length > 0);
   }
 
   /**
@@ -673,9 +675,17 @@ export class RaftNode<R = unknown> {
     return this.waiting.length + (this.syncing?.length ?? 0);
   }
 
-  /** Starts the next fsync if none runs, or releases jobs that need none (in order). */
-  private pumpSyncs(): void {
-    if (this.syncing || this.inlineSyncPending || this.waiting.length === 0 || this.fatal) return;
+  /**
+   * Starts the next fsync if none runs, or releases jobs that need none (in order). `justSent`:
+   * the Ready being written handed messages to the transport in this callback (the leader's
+   * appends). Those reach the socket only at the check phase (gRPC's HTTP/2 session writes from a
+   * native immediate), so the WAL write and the fsync's hand-off to the thread pool wait for the
+   * check phase too, behind them: on two cores the pool thread waking would otherwise compete with
+   * the appends it should overlap, and they would leave after this node's own disk write.
+   */
+  private pumpSyncs(justSent = false): void {
+    if (this.syncing || this.inlineSyncPending || this.syncStartPending) return;
+    if (this.waiting.length === 0 || this.fatal) return;
     if (!this.waiting.some((j) => j.mustSync)) {
       const free = this.waiting;
       this.waiting = [];
@@ -685,6 +695,15 @@ export class RaftNode<R = unknown> {
     if (this.shouldSyncInline()) {
       this.inlineSyncPending = true;
       setImmediate(() => this.syncInline());
+      return;
+    }
+    if (justSent) {
+      this.syncStartPending = true;
+      setImmediate(() => {
+        // Not skipped when closing: close() waits for every written batch to be durable.
+        this.syncStartPending = false;
+        this.pumpSyncs();
+      });
       return;
     }
     const batch = this.waiting;
