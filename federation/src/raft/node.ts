@@ -79,6 +79,13 @@ export interface RaftNodeOptions<R> {
    * work. Leaders always pipeline (their fsync overlaps replication). 0 = never. Default 1.
    */
   inlineSyncMaxEntries?: number;
+  /**
+   * Whether the leader, too, syncs a lone small write on its own thread (same bound as
+   * inlineSyncMaxEntries). Its appends reach the socket first (the fsync waits for the check
+   * phase, behind them), so the followers' work still overlaps the leader's fsync; what it gives
+   * up is taking their acknowledgements while that fsync runs. Default true.
+   */
+  leaderInlineSync?: boolean;
   /** Called once if the node stops on an unrecoverable error (storage failure, broken invariant). */
   onFatal?: (err: Error) => void;
   /** Randomness for election timeouts; Math.random by default. */
@@ -261,6 +268,7 @@ export class RaftNode<R = unknown> {
   private inlineSyncPending = false;
   /** A thread-pool sync waits for the check phase, behind the messages this turn handed over. */
   private syncStartPending = false;
+  private readonly leaderInlineSync: boolean;
   /** Resolved each time a batch of jobs is released (the loop waits here when too many wait). */
   private released: (() => void)[] = [];
   private closed = false;
@@ -288,6 +296,7 @@ export class RaftNode<R = unknown> {
       commitNotifyDelayMs: o.commitNotifyDelayMs ?? 2,
       inlineSyncMaxEntries: o.inlineSyncMaxEntries ?? 1,
     };
+    this.leaderInlineSync = o.leaderInlineSync ?? true;
     for (const [k, v] of Object.entries(this.opts)) {
       if (!Number.isFinite(v) || v < 0 || (k === "tickMs" && v <= 0)) {
         throw new RangeError(
@@ -722,7 +731,7 @@ export class RaftNode<R = unknown> {
   /** A lone small write on a follower: see `inlineSyncMaxEntries`. */
   private shouldSyncInline(): boolean {
     if (!this.storage.syncBlocking || this.opts.inlineSyncMaxEntries === 0) return false;
-    if (this.leader === this.id) return false;
+    if (this.leader === this.id && !this.leaderInlineSync) return false;
     let entries = 0;
     for (const j of this.waiting) entries += j.entries;
     return entries <= this.opts.inlineSyncMaxEntries;

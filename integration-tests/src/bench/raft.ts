@@ -244,10 +244,13 @@ async function startRaftTs(): Promise<SystemUnderTest> {
   // RAFT_BENCH_INLINE_SYNC_MAX_ENTRIES=0 turns off the followers' blocking fsync of a lone
   // append (RaftNode's inlineSyncMaxEntries), to compare both ways on the same machine.
   const inline = process.env.RAFT_BENCH_INLINE_SYNC_MAX_ENTRIES;
+  // RAFT_BENCH_LEADER_INLINE_SYNC=0 keeps the leader's fsync in the thread pool (leaderInlineSync).
+  const leaderInline = process.env.RAFT_BENCH_LEADER_INLINE_SYNC;
   const cluster = await RaftKvCluster.start({
     snapshotEvery: 10_000,
     nodeArgs,
     inlineSyncMaxEntries: inline === undefined || inline === "" ? undefined : Number(inline),
+    leaderInlineSync: leaderInline === undefined || leaderInline === "" ? undefined : leaderInline !== "0",
   });
   try {
     let leader = await cluster.waitLeader();
@@ -463,6 +466,7 @@ export async function run(opts: RaftBenchOptions): Promise<void> {
     etcd: etcdVersion(),
     node: process.version,
     raftTsInlineSyncMaxEntries: process.env.RAFT_BENCH_INLINE_SYNC_MAX_ENTRIES || "1 (default)",
+    raftTsLeaderInlineSync: process.env.RAFT_BENCH_LEADER_INLINE_SYNC || "1 (default)",
     loadAverage: `${loadBefore.toFixed(1)} before, ${loadavg()[0]!.toFixed(1)} after`,
   };
   const ratios = levels.map((c) => {
