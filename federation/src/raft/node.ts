@@ -76,7 +76,7 @@ export interface RaftNodeOptions<R> {
    * instead of in the thread pool: a lone append — one client writing — then skips two thread
    * hand-offs on the write's critical path, while everything that arrives in the same turn still
    * shares that fsync. Larger batches keep the pipelined fsync, which overlaps the next batch's
-   * work. Leaders always pipeline (their fsync overlaps replication). 0 = never. Default 1.
+   * work. A leader does the same when leaderInlineSync is on. 0 = never. Default 1.
    */
   inlineSyncMaxEntries?: number;
   /**

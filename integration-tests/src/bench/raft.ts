@@ -421,8 +421,8 @@ export async function run(opts: RaftBenchOptions): Promise<void> {
   const levels = opts.concurrency ?? [1, 16, 64, 256];
   // RAFT_BENCH_REPS / RAFT_BENCH_MEASURE_SECONDS override the repetitions per level and their length.
   const reps = Number(process.env.RAFT_BENCH_REPS || (opts.quick ? 2 : 5));
-  const measureMs = 1000 * Number(process.env.RAFT_BENCH_MEASURE_SECONDS || (opts.quick ? 0.6 : 4));
-  const warmupMs = opts.quick ? 200 : 1000;
+  const measureMs = 1000 * Number(process.env.RAFT_BENCH_MEASURE_SECONDS || (opts.quick ? 1 : 4));
+  const warmupMs = opts.quick ? 300 : 1000;
   const primeMs = opts.quick ? 300 : 3000;
   if (!Number.isSafeInteger(reps) || reps < 1)
     throw new Error("raft bench: RAFT_BENCH_REPS must be a positive integer");
