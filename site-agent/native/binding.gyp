@@ -14,6 +14,11 @@
       "target_name": "isthmus_bpfmap",
       "sources": ["bpfmap.c"],
       "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+    },
+    {
+      "target_name": "isthmus_sched",
+      "sources": ["sched.c"],
+      "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"]
     }
   ]
 }

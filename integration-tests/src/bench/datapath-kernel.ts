@@ -38,6 +38,10 @@ export interface FlowSetupResult extends Latency {
     stagesMeanMs: Record<string, number>;
     gcMeanMs: number;
     withGc: number;
+    /** GC that overlapped miss → read (the frame waiting while the thread collected), mean. */
+    gcWakeMeanMs: number;
+    /** The agent's counter read-back that overlapped miss → written, mean. */
+    syncMeanMs: number;
   };
 }
 
@@ -47,6 +51,8 @@ interface SetupReport {
   fromRead: number[];
   stages: Record<string, number[]>;
   gcMs: number[];
+  gcWakeMs?: number[];
+  syncMs?: number[];
   gcPauses: number[];
 }
 
@@ -70,6 +76,8 @@ export function setupResult(s: SetupReport): FlowSetupResult {
       stagesMeanMs: Object.fromEntries(Object.entries(s.stages).map(([k, v]) => [k, mean(at(v))])),
       gcMeanMs: mean(at(s.gcMs)),
       withGc: at(s.gcMs).filter((g) => g > 0).length,
+      gcWakeMeanMs: mean(at(s.gcWakeMs ?? [])),
+      syncMeanMs: mean(at(s.syncMs ?? [])),
     },
   };
 }

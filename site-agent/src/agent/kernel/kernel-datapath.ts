@@ -729,6 +729,15 @@ export class KernelDatapath implements Datapath {
   }
 
   private syncChunk(): void {
+    const started = performance.now();
+    try {
+      this.syncChunkTimed();
+    } finally {
+      this.setup.busy(started, performance.now());
+    }
+  }
+
+  private syncChunkTimed(): void {
     const w = this.walk;
     if (!w) return;
     if (this.stopped || !this.maps) {
