@@ -68,6 +68,8 @@ export const AgentConfigSchema = z.object({
            * kernel's default): short, so the thread preempts on wake-up when a first packet arrives.
            */
           threadSliceUs: z.number().int().min(0).max(100_000).default(100),
+          /** Misses reach the agent through a BPF ring buffer (false: always the upcall veth). */
+          upcallRing: z.boolean().default(true),
           /**
            * A network namespace (a path such as /run/netns/underlay) that holds the tunnel
            * address and the VM ports: the datapath's devices and programs are made there while
@@ -85,6 +87,7 @@ export const AgentConfigSchema = z.object({
           upcallsPerSecond: 2000,
           upcallBurst: 256,
           threadSliceUs: 100,
+          upcallRing: true,
         }),
       /** How often an active connection's flow state is re-sent to peers. */
       stateRefreshMs: z.number().int().positive().default(1000),

@@ -170,6 +170,7 @@ export async function startAgent(flags: AgentFlags, deps: AgentDeps = {}): Promi
           stateDir: cfg.kernel.stateDir,
           netns: cfg.kernel.netns,
           upcallRate: { perSecond: cfg.kernel.upcallsPerSecond, burst: cfg.kernel.upcallBurst },
+          upcallRing: cfg.kernel.upcallRing,
           flowLimits,
           upcallLimits: { perSource: cfg.upcalls.perPort, total: cfg.upcalls.total },
           log: componentLogger(root, "datapath"),
