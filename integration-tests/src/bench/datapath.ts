@@ -446,7 +446,11 @@ function setupStagesRow(s: FlowSetupResult, f: (n: number, d?: number) => string
   const tail = Object.entries(s.tail.stagesMeanMs)
     .map(([k, v]) => `${k} ${f(v, 3)}`)
     .join(", ");
-  return `Flow setup by stage, p50 / p99 ms: ${stages}. The slowest ${s.tail.samples} setups (mean ${f(s.tail.meanMs, 3)} ms) spent on average: ${tail}; ${s.tail.withGc} of them overlapped a GC pause. GC pauses in the sending agent while the ${s.samples} flows were opened: ${s.gcPauses.count} (max ${f(s.gcPauses.maxMs, 3)} ms).`;
+  const u = s.upcallPaths;
+  const paths = u
+    ? ` Misses reached the sending agent ${u.ringEnabled ? `through the upcall ring buffer (${u.ring} of its ${u.upcalls} upcalls; ${u.ringFull} dropped for a full ring), the rest through the upcall veth` : "through the upcall veth (ring buffer off)"}.`
+    : "";
+  return `Flow setup by stage, p50 / p99 ms: ${stages}. The slowest ${s.tail.samples} setups (mean ${f(s.tail.meanMs, 3)} ms) spent on average: ${tail}; ${s.tail.withGc} of them overlapped a GC pause (in the agent's share; GC before the read, inside *wake*: ${f(s.tail.gcWakeMeanMs, 3)} ms on average; counter read-back: ${f(s.tail.syncMeanMs, 3)} ms). GC pauses in the sending agent while the ${s.samples} flows were opened: ${s.gcPauses.count} (max ${f(s.gcPauses.maxMs, 3)} ms).${paths}`;
 }
 
 function updateDocs(r: DatapathBenchResult): void {

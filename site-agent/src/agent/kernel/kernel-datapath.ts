@@ -925,8 +925,8 @@ export class KernelDatapath implements Datapath {
    * waits, the agent's event loop included; `fromRead` is the agent's share, from reading the frame.
    * `stages`, `cpuMs` and `gcMs` split them (see FlowSetupProfile).
    */
-  flowSetup(mark = 0): FlowSetupReport {
-    return this.setup.since(mark);
+  flowSetup(mark = 0): FlowSetupReport & { upcallPaths: ReturnType<KernelDatapath["upcallPaths"]> } {
+    return { ...this.setup.since(mark), upcallPaths: this.upcallPaths() };
   }
 
   // ---- re-injection ----
