@@ -63,8 +63,9 @@ export interface KernelDatapathOptions extends UpcallPumpSettings {
   /** Per-port upcall rate limit enforced by the programs. */
   upcallRate?: { perSecond: number; burst: number };
   /**
-   * Hand misses up through the programs' ring buffer (default, when the reader addon is built)
-   * instead of the upcall veth; frames that do not fit a record still take the veth.
+   * Hand misses up through the programs' ring buffer (default true; without the reader addon the
+   * veth is used, with a warning) instead of the upcall veth; frames that do not fit a record
+   * still take the veth.
    */
   upcallRing?: boolean;
   flowLimits?: Partial<FlowTableLimits>;
@@ -316,7 +317,11 @@ export class KernelDatapath implements Datapath {
       };
       const rate = this.opts.upcallRate ?? { perSecond: 2000, burst: 256 };
       const interval = BigInt(Math.max(1, Math.round(1e9 / rate.perSecond)));
-      if (this.opts.upcallRing ?? upcallRingAvailable()) {
+      const ringWanted = this.opts.upcallRing ?? true;
+      if (ringWanted && !upcallRingAvailable()) {
+        log.warn("kernel datapath: the upcall ring addon is not built; misses use the upcall veth");
+      }
+      if (ringWanted && upcallRingAvailable()) {
         // Reading before the programs are told to write: no record is left unread.
         this.ring = new UpcallRing(join(this.pinDir, "maps", "upcall_ring"));
         this.ring.start((bufs) => this.onUpcallBuffers(bufs));
