@@ -1,10 +1,14 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import type { intentpb } from "@isthmus/schema";
+import { type intentpb, topologypb } from "@isthmus/schema";
 import { postgresForTests } from "./db/postgres-for-tests.js";
 import { FencedOut } from "./fence.js";
 import { controllerFixture, dumpState } from "./test-support/controller-fixture.js";
 import { network, networkRef } from "./test-support/trivial-translator.js";
+import { writeTopologyChange } from "./topology-store.js";
+import { derivedId, portInboundChainId, portProfileChainId, securityGroupSetKey } from "./translate/index.js";
+import * as b from "./translate/intent-builders.js";
+import { TRANSLATION_VERSION } from "./translator.js";
 
 const pg = postgresForTests();
 
@@ -122,4 +126,61 @@ test("a deposed controller cannot write and its in-memory view is unchanged", as
   assert.equal(f.ctx.index.get("network", "n2"), undefined);
   const n = await f.db.pool.query("SELECT count(*)::INT8 AS n FROM intent_objects");
   assert.equal(Number(n.rows[0].n), 1);
+});
+
+test("a controller with a newer translation moves the stored topology to it once, in one revision", async (t) => {
+  if (pg.skip) return t.skip(pg.skip);
+  const url = await pg.createDatabase();
+  const f = await controllerFixture(url);
+  t.after(() => f.close());
+  await f.applier.applyChange({
+    index: 1,
+    upserts: [b.network("n", { sites: ["a"] }), b.securityGroup("g")],
+    deletes: [],
+  });
+  for (const n of [1, 2]) {
+    await f.local.createPort({
+      name: `vm${n}`,
+      networkId: b.id("n"),
+      hostId: "",
+      interfaceName: "",
+      mac: `02:00:00:00:00:0${n}`,
+      ips: [`10.0.0.${n}`],
+      securityGroupIds: [b.id("g")],
+    });
+  }
+  // A fresh database is recorded as derived by this version (nothing to move).
+  assert.equal(await f.applier.reconcileTranslation(), 0);
+  assert.deepEqual((await f.db.pool.query("SELECT version FROM translation_state")).rows, [
+    { version: String(TRANSLATION_VERSION) },
+  ]);
+  const clean = await dumpState(f.db);
+  // The database as an older translation left it: an object ours no longer derives (a port's own
+  // outbound chain, as version 1 had), one it derives differently, and one it does not have yet.
+  const profileOut = portProfileChainId(securityGroupSetKey([b.id("g")]), "outbound");
+  await f.db.tx("old", async (tx) => {
+    await writeTopologyChange(
+      tx,
+      {
+        upserts: [
+          { chain: { id: derivedId(b.id("vm1"), "chain/outbound"), name: "port-vm1-outbound" } },
+          { chain: { id: portInboundChainId(b.id("vm2")), name: "renamed" } },
+        ],
+        deletes: [{ kind: topologypb.TopologyKind.TOPOLOGY_KIND_CHAIN, id: profileOut }],
+      },
+      "intent",
+      f.ctx.changeLog,
+    );
+    await tx.query("UPDATE translation_state SET version = $1", [TRANSLATION_VERSION - 1]);
+  });
+  const revisions = f.committed.length;
+  assert.equal(await f.applier.reconcileTranslation(), 3);
+  assert.equal(f.committed.length, revisions + 1, "one revision for the whole move");
+  assert.deepEqual(await dumpState(f.db), clean);
+  assert.deepEqual((await f.db.pool.query("SELECT version FROM translation_state")).rows, [
+    { version: String(TRANSLATION_VERSION) },
+  ]);
+  // Once recorded, a restart does not re-derive anything.
+  assert.equal(await f.applier.reconcileTranslation(), 0);
+  assert.equal(f.committed.length, revisions + 1);
 });

@@ -164,6 +164,47 @@ export class IntentApplier {
   }
 
   /**
+   * When the stored topology was derived by another version of the translation than ours (an
+   * upgrade), moves it to what ours derives from the same intent — one revision holding the
+   * difference, like a snapshot's — and records our version in the same transaction. Returns
+   * the objects changed (0: nothing to do). A translator without a version is left alone.
+   */
+  async reconcileTranslation(): Promise<number> {
+    const { ctx } = this;
+    const version = ctx.translator.version;
+    if (version === undefined) return 0;
+    return ctx.queue.run(async () => {
+      const stored = await ctx.db.tx(
+        "translation-version",
+        async (tx) => {
+          const r = await tx.query("SELECT version FROM translation_state WHERE id = 1");
+          return r.rows[0] === undefined ? undefined : Number(r.rows[0].version);
+        },
+        { readOnly: true },
+      );
+      if (stored === version) return 0;
+      const full = ctx.translator.translateAllSteps
+        ? await runSteps(ctx.translator.translateAllSteps(ctx.index, SNAPSHOT_STEP))
+        : ctx.translator.translateAll(ctx.index);
+      if (full.problems.length > 0) ctx.onProblems?.(full.problems);
+      let changed = 0;
+      const committed = await ctx.db.tx("reconcile-translation", async (tx) => {
+        await ctx.fence.check(tx);
+        const delta = await diffTopology(await readAllTopology(tx), full.objects, yieldToEventLoop);
+        changed = delta.upserts.length + delta.deletes.length;
+        const written = await writeTopologyChange(tx, delta, "intent", ctx.changeLog);
+        await tx.query(
+          "INSERT INTO translation_state (id, version) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET version = excluded.version",
+          [version],
+        );
+        return written;
+      });
+      if (committed !== undefined) ctx.onCommitted(committed.revision, committed);
+      return changed;
+    });
+  }
+
+  /**
    * Gives a key to every uplink port here that has none: stored before uplink keys were
    * allocated, or when the key range was full. Patches the stored port in one revision.
    * Returns how many ports got a key.

@@ -380,6 +380,9 @@ export class SiteController {
     // the lease resumed with the same token (it lapsed only locally; nobody else wrote), where
     // memory still equals the database and a reload of a large site would only cost seconds.
     if (!resumed) await this.applier.load();
+    const rederived = await this.applier.reconcileTranslation();
+    if (rederived > 0)
+      this.opts.log.info({ objects: rederived }, "moved the stored topology to this version's translation");
     const assigned = await this.applier.assignMissingUplinkKeys();
     if (assigned > 0)
       this.opts.log.info({ assigned }, "gave site-local tunnel keys to uplink ports without one");

@@ -14,7 +14,21 @@ import {
   translateLocalPort,
 } from "./translate/index.js";
 
+/**
+ * The version of what siteTranslator derives. Bump it whenever the same intent comes to derive
+ * different topology (new object shapes, new ids): a site's stored topology is then moved to the
+ * new derivation when its controller next becomes active (IntentApplier.reconcileTranslation).
+ * 1: each VM port with its own inbound and outbound chains. 2: ports with the same groups share
+ * a profile's chains.
+ */
+export const TRANSLATION_VERSION = 2;
+
 export interface Translator {
+  /**
+   * What the stored topology was derived by (siteTranslator: TRANSLATION_VERSION). Absent: the
+   * controller never re-derives the stored topology on start (test translators).
+   */
+  readonly version?: number;
   translateChange(
     view: IntentView,
     change: intentpb.IntentChange,
@@ -31,6 +45,7 @@ export interface Translator {
 }
 
 export const siteTranslator: Translator = {
+  version: TRANSLATION_VERSION,
   translateChange,
   translateLocalPort,
   translateHost,

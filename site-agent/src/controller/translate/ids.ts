@@ -58,9 +58,20 @@ export const securityGroupChainId = (groupId: string, dir: ChainDirection): stri
 /** The IpAddrGroup holding every address of every port in the group, at any site. */
 export const securityGroupAddrGroupId = (groupId: string): string => derivedId(groupId, "ip-addr-group");
 
-/** A VM port's chain for frames from the VM (anti-spoofing, egress groups). */
+/** A VM port's own chain for frames from the VM (anti-spoofing, then its profile's inbound chain). */
 export const portInboundChainId = (portId: string): string => derivedId(portId, "chain/inbound");
-/** A VM port's chain for frames to the VM (ingress groups). */
-export const portOutboundChainId = (portId: string): string => derivedId(portId, "chain/outbound");
+/**
+ * The key of a VM port's set of security groups (its "profile"): the distinct group ids, sorted,
+ * joined by "+". Ports with the same groups share the profile's chains.
+ */
+export const securityGroupSetKey = (groupIds: readonly string[]): string =>
+  [...new Set(groupIds)].sort().join("+");
+/**
+ * The chains shared by every VM port at this site whose groups are `setKey`: frames from the VM
+ * after anti-spoofing (inbound: the groups' egress chains) and frames to the VM (outbound: the
+ * groups' ingress chains, the port's outbound filter itself).
+ */
+export const portProfileChainId = (setKey: string, side: "inbound" | "outbound"): string =>
+  derivedId(`port-profile/${setKey}`, `chain/${side}`);
 /** The IpAddrGroup of a VM port's own addresses (anti-spoofing). */
 export const portAddrGroupId = (portId: string): string => derivedId(portId, "ip-addr-group");

@@ -233,6 +233,13 @@ function countingView(inner: IntentView): { view: IntentView; reads: () => numbe
     floatingIpsOfRouter: (x) => counted(inner.floatingIpsOfRouter(x)),
     routersWithUplinkHere: () => counted(inner.routersWithUplinkHere()),
     gatewayHosts: () => counted(inner.gatewayHosts()),
+    // Lazily: a profile only asks whether it has a port at all.
+    localPortsWithGroups: function* (x) {
+      for (const p of inner.localPortsWithGroups(x)) {
+        n++;
+        yield p;
+      }
+    },
     tunnelKeyOf: (x) => {
       n++;
       return inner.tunnelKeyOf(x);

@@ -89,6 +89,9 @@ export class IntentIndex implements IntentView {
   routersWithUplinkHere(): Iterable<intentpb.Router> {
     return this.bucket("routersWithUplinkHere", "");
   }
+  localPortsWithGroups(setKey: string): Iterable<LocalPortBinding> {
+    return this.bucket("localPortsByGroups", setKey);
+  }
   tunnelKeyOf(portId: string): number {
     return this.derivedPortKeys.get(portId) ?? 0;
   }

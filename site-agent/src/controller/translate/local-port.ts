@@ -1,7 +1,9 @@
-// A VM port bound at this site → a VM port on its network's bridge with two chains: frames from
-// the VM pass anti-spoofing (source MAC and address must be the port's) and then the port's
-// groups' egress chains; frames to the VM pass the groups' ingress chains. Plus the port's MAC
-// and addresses as MAC/ARP entries on the bridge.
+// A VM port bound at this site → a VM port on its network's bridge. Frames from the VM pass the
+// port's own chain (anti-spoofing: source MAC and address must be the port's), then its profile's
+// inbound chain (its groups' egress chains); frames to the VM pass its profile's outbound chain
+// (its groups' ingress chains). A profile's chains are shared by every port here with the same
+// groups, so a port adds five rules, not a copy of the guards and jumps. Plus the port's MAC and
+// addresses as MAC/ARP entries on the bridge.
 import { topologypb } from "@isthmus/schema";
 import { canonicalIpList } from "./cidr.js";
 import {
@@ -15,12 +17,13 @@ import {
   derivedId,
   portAddrGroupId,
   portInboundChainId,
-  portOutboundChainId,
+  portProfileChainId,
   securityGroupChainId,
+  securityGroupSetKey,
 } from "./ids.js";
 import type { IntentView } from "./view.js";
 
-/** Positions in a port chain: fixed guards, then one jump per group, then the final verdict. */
+/** Positions in a profile chain: fixed guards, then one jump per group, then the final verdict. */
 export const PORT_GROUP_JUMP_POSITION = 100;
 export const PORT_FINAL_POSITION = 1000;
 
@@ -41,9 +44,8 @@ export function deriveLocalPort(view: IntentView, id: string, out: DerivedSet): 
   const ips = canonicalIpList(b.ips, (bad) =>
     out.problem(`local port ${id}: ips: "${bad}" is not an IP address; not allowed as a source`),
   );
-  const groups = [...new Set(b.securityGroupIds)];
+  const profile = securityGroupSetKey(b.securityGroupIds);
   const inChain = portInboundChainId(id);
-  const outChain = portOutboundChainId(id);
   const addrGroup = portAddrGroupId(id);
 
   out.port({
@@ -57,7 +59,7 @@ export function deriveLocalPort(view: IntentView, id: string, out: DerivedSet): 
     ips,
     tunnelKey: b.tunnelKey,
     inboundFilterId: inChain,
-    outboundFilterId: outChain,
+    outboundFilterId: portProfileChainId(profile, "outbound"),
     adminStateUp: b.adminStateUp ?? true,
     intentId: id,
   });
@@ -97,37 +99,18 @@ export function deriveLocalPort(view: IntentView, id: string, out: DerivedSet): 
     // IPv6 neighbour discovery from the link-local address.
     inRule("ipv6-nd", ACCEPT, { etherType: ETHER_TYPE_IPV6, nwProto: ICMPV6, nwSrc: LINK_LOCAL_V6 });
     inRule("spoofed-ip", DROP, { ipAddrGroupSrc: addrGroup, invIpAddrGroupSrc: true });
-    inRule("arp", ACCEPT, { etherType: ETHER_TYPE_ARP });
-    groupJumps(id, inChain, "egress", groups, out);
-  }
-
-  // To the VM: ARP and DHCP replies always reach it; the rest goes through the ingress groups.
-  out.chain({ id: outChain, name: `port-${b.name || id}-outbound` });
-  pos = 0;
-  const outRule = (
-    role: string,
-    action: topologypb.RuleAction,
-    condition: Partial<topologypb.Condition>,
-  ): void => {
+    // ARP passed the address check above; what else the VM may send is its groups' business.
     pos += 10;
     out.rule({
-      id: derivedId(id, `outbound/${role}`),
-      chainId: outChain,
+      id: derivedId(id, "inbound/profile"),
+      chainId: inChain,
       position: pos,
-      condition,
-      action,
+      condition: {},
+      action: JUMP,
+      jumpChainId: portProfileChainId(profile, "inbound"),
       intentId: id,
     });
-  };
-  outRule("arp", ACCEPT, { etherType: ETHER_TYPE_ARP });
-  outRule("dhcp-server", ACCEPT, {
-    etherType: ETHER_TYPE_IPV4,
-    nwProto: UDP,
-    tpSrc: { start: 67, end: 67 },
-    tpDst: { start: 68, end: 68 },
-  });
-  outRule("ipv6-nd", ACCEPT, { etherType: ETHER_TYPE_IPV6, nwProto: ICMPV6, nwSrc: LINK_LOCAL_V6 });
-  groupJumps(id, outChain, "ingress", groups, out);
+  }
 
   if (mac) {
     out.macEntry({ id: derivedId(id, "mac-entry"), bridgeId: b.networkId, mac, portId: id });
@@ -136,21 +119,79 @@ export function deriveLocalPort(view: IntentView, id: string, out: DerivedSet): 
 }
 
 /**
+ * Unit "portProfile" (id: a securityGroupSetKey): the two chains every VM port here with exactly
+ * those groups shares, derived while at least one such port exists. Their rules depend on the
+ * group ids alone (not on the ports, not on the groups' rules), so ports joining and leaving a
+ * profile change nothing in it. From the VM (after the port's own anti-spoofing): ARP, then the
+ * groups' egress chains. To the VM: ARP, DHCP and IPv6 ND replies always, then the groups'
+ * ingress chains.
+ */
+export function derivePortProfile(view: IntentView, setKey: string, out: DerivedSet): void {
+  if (!hasAny(view.localPortsWithGroups(setKey))) return;
+  const groups = setKey === "" ? [] : setKey.split("+");
+  const inChain = portProfileChainId(setKey, "inbound");
+  const outChain = portProfileChainId(setKey, "outbound");
+  // Named after the groups; a profile has no single intent object, so its rules name none
+  // (the jumps name their group, as before).
+  const name = `profile-${groups.length === 0 ? "none" : groups.map((g) => g.slice(0, 8)).join("+")}`;
+  const rule = (
+    chainId: string,
+    role: string,
+    position: number,
+    action: topologypb.RuleAction,
+    condition: Partial<topologypb.Condition>,
+  ): void => {
+    out.rule({
+      id: derivedId(`port-profile/${setKey}`, role),
+      chainId,
+      position,
+      condition,
+      action,
+      intentId: "",
+    });
+  };
+  out.chain({ id: inChain, name: `${name}-inbound` });
+  rule(inChain, "inbound/arp", 10, ACCEPT, { etherType: ETHER_TYPE_ARP });
+  groupJumps(setKey, inChain, "egress", groups, out);
+
+  out.chain({ id: outChain, name: `${name}-outbound` });
+  rule(outChain, "outbound/arp", 10, ACCEPT, { etherType: ETHER_TYPE_ARP });
+  rule(outChain, "outbound/dhcp-server", 20, ACCEPT, {
+    etherType: ETHER_TYPE_IPV4,
+    nwProto: UDP,
+    tpSrc: { start: 67, end: 67 },
+    tpDst: { start: 68, end: 68 },
+  });
+  rule(outChain, "outbound/ipv6-nd", 30, ACCEPT, {
+    etherType: ETHER_TYPE_IPV6,
+    nwProto: ICMPV6,
+    nwSrc: LINK_LOCAL_V6,
+  });
+  groupJumps(setKey, outChain, "ingress", groups, out);
+}
+
+function hasAny(it: Iterable<unknown>): boolean {
+  for (const _ of it) return true;
+  return false;
+}
+
+/**
  * One JUMP per group, then DROP. A group chain ACCEPTs what a rule allows and otherwise returns,
- * so a frame passes when any of the port's groups allows it. A port with no groups is unfiltered
- * (final ACCEPT); anti-spoofing still applies.
+ * so a frame passes when any of the groups allows it. No groups: unfiltered (final ACCEPT);
+ * anti-spoofing still applies.
  */
 function groupJumps(
-  portId: string,
+  setKey: string,
   chainId: string,
   dir: "ingress" | "egress",
   groups: string[],
   out: DerivedSet,
 ): void {
   const side = dir === "egress" ? "inbound" : "outbound";
+  const source = `port-profile/${setKey}`;
   groups.forEach((g, i) => {
     out.rule({
-      id: derivedId(portId, `${side}/jump/${g}`),
+      id: derivedId(source, `${side}/jump/${g}`),
       chainId,
       position: PORT_GROUP_JUMP_POSITION + i,
       condition: {},
@@ -160,11 +201,11 @@ function groupJumps(
     });
   });
   out.rule({
-    id: derivedId(portId, `${side}/final`),
+    id: derivedId(source, `${side}/final`),
     chainId,
     position: Math.max(PORT_FINAL_POSITION, PORT_GROUP_JUMP_POSITION + groups.length),
     condition: {},
     action: groups.length > 0 ? DROP : ACCEPT,
-    intentId: portId,
+    intentId: "",
   });
 }

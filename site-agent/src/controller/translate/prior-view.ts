@@ -2,7 +2,14 @@
 // the changed objects swapped back to their prior versions. Translating both sides of only the
 // affected units is what keeps a change's cost independent of the size of the state.
 import type { intentpb } from "@isthmus/schema";
-import { type IntentView, type LocalHost, type ViewKind, type ViewKinds, viewObjectId } from "./view.js";
+import {
+  type IntentView,
+  type LocalHost,
+  type LocalPortBinding,
+  type ViewKind,
+  type ViewKinds,
+  viewObjectId,
+} from "./view.js";
 import { INDEX_KIND, type IndexName, indexEntries } from "./view-indexes.js";
 
 /** One object a change touched: its version before the change (undefined = did not exist). */
@@ -97,6 +104,9 @@ export class PriorView implements IntentView {
   }
   routersWithUplinkHere(): Iterable<intentpb.Router> {
     return this.lookup("routersWithUplinkHere", "", this.after.routersWithUplinkHere());
+  }
+  localPortsWithGroups(setKey: string): Iterable<LocalPortBinding> {
+    return this.lookup("localPortsByGroups", setKey, this.after.localPortsWithGroups(setKey));
   }
   tunnelKeyOf(portId: string): number {
     return this.after.tunnelKeyOf(portId);

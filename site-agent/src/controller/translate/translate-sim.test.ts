@@ -184,6 +184,80 @@ describe("translated topology in the simulation", () => {
     );
   });
 
+  it("ports share their groups' profile; a port in two groups gets what either allows", () => {
+    const w = federation();
+    const MAC4 = "02:00:00:00:00:14";
+    const MAC5 = "02:00:00:00:00:15";
+    // vm4 is a web server and a client; vm5 is in no group (unfiltered but for anti-spoofing).
+    w.putPort(
+      b.localPort("vm4", {
+        network: "net1",
+        host: "h1",
+        mac: MAC4,
+        ips: ["10.0.0.14"],
+        groups: ["client", "web"],
+        tunnelKey: 4,
+      }),
+    );
+    // Its record, echoed back through the federation, puts its address in both groups.
+    w.apply(
+      b.upsert(
+        2,
+        b.portRecord("vm4", {
+          site: "east",
+          network: "net1",
+          mac: MAC4,
+          ips: ["10.0.0.14"],
+          groups: ["client", "web"],
+        }),
+      ),
+    );
+    w.putPort(
+      b.localPort("vm5", { network: "net1", host: "h1", mac: MAC5, ips: ["10.0.0.15"], tunnelKey: 5 }),
+    );
+    w.assertMatchesFull();
+    const view = viewOf(w);
+    const ctx = newSimContext(id("h1"));
+    // As a client (egress allowed by "client"), vm4 reaches vm2's web port; as a web server,
+    // vm1 reaches it on port 80 and not on 22; vm2 (web only) may not start a connection to it.
+    const out = send(view, ctx, "vm4", eth(MAC4, MAC2).ip4("10.0.0.14", "10.0.0.12").tcp(40000, 80).build());
+    assert.deepEqual(out.actions, [{ kind: "output", portId: id("vm2") }], out.dropReason ?? "");
+    const http = send(view, ctx, "vm1", eth(MAC1, MAC4).ip4("10.0.0.11", "10.0.0.14").tcp(40002, 80).build());
+    assert.deepEqual(http.actions, [{ kind: "output", portId: id("vm4") }], http.dropReason ?? "");
+    const ssh = send(view, ctx, "vm1", eth(MAC1, MAC4).ip4("10.0.0.11", "10.0.0.14").tcp(40003, 22).build());
+    assert.equal(ssh.actions[0]?.kind, "drop");
+    const fromWeb = send(
+      view,
+      ctx,
+      "vm2",
+      eth(MAC2, MAC4).ip4("10.0.0.12", "10.0.0.14").tcp(40004, 80).build(),
+    );
+    assert.equal(fromWeb.actions[0]?.kind, "drop");
+    // vm5 takes anything in (vm1's group lets it send anything) and sends anything out (the
+    // reply reaches vm1 as a return flow), but not from a forged source.
+    const open = send(
+      view,
+      ctx,
+      "vm1",
+      eth(MAC1, MAC5).ip4("10.0.0.11", "10.0.0.15").udp(5000, 5001).build(),
+    );
+    assert.deepEqual(open.actions, [{ kind: "output", portId: id("vm5") }], open.dropReason ?? "");
+    const back = send(
+      view,
+      ctx,
+      "vm5",
+      eth(MAC5, MAC1).ip4("10.0.0.15", "10.0.0.11").udp(5001, 5000).build(),
+    );
+    assert.deepEqual(back.actions, [{ kind: "output", portId: id("vm1") }], back.dropReason ?? "");
+    const forged = send(
+      view,
+      ctx,
+      "vm5",
+      eth(MAC5, MAC1).ip4("10.0.0.99", "10.0.0.11").udp(5001, 5000).build(),
+    );
+    assert.equal(forged.actions[0]?.kind, "drop");
+  });
+
   it("group membership reported by any site changes what is allowed", () => {
     const w = federation();
     // vm1's record leaves the client group (as reported through the federation).

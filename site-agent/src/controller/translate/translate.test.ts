@@ -6,12 +6,14 @@ import {
   natOutChainId,
   portAddrGroupId,
   portInboundChainId,
+  portProfileChainId,
   remoteSitePortId,
   routerInterfaceBridgePortId,
   routerInterfaceMac,
   routerInterfaceRouterPortId,
   securityGroupAddrGroupId,
   securityGroupChainId,
+  securityGroupSetKey,
   uplinkPortId,
 } from "./ids.js";
 import * as b from "./intent-builders.js";
@@ -401,9 +403,25 @@ describe("local ports", () => {
     const spoof = inbound.find((r) => r.condition?.invIpAddrGroupSrc);
     assert.equal(spoof?.action, RuleAction.RULE_ACTION_DROP);
     assert.equal(spoof?.condition?.ipAddrGroupSrc, portAddrGroupId(id("vm1")));
-    const jump = inbound.find((r) => r.action === RuleAction.RULE_ACTION_JUMP);
-    assert.equal(jump?.jumpChainId, securityGroupChainId(id("web"), "egress"));
-    assert.equal(inbound.at(-1)?.action, RuleAction.RULE_ACTION_DROP);
+    // After anti-spoofing, the port's own chain hands over to its profile's (shared) chain.
+    const profileIn = portProfileChainId(securityGroupSetKey([id("web")]), "inbound");
+    const last = inbound.at(-1);
+    assert.equal(last?.action, RuleAction.RULE_ACTION_JUMP);
+    assert.equal(last?.jumpChainId, profileIn);
+    assert.ok((last?.position ?? 0) > (spoof?.position ?? Infinity), "the profile comes after the checks");
+    const profile = chainRules(w, profileIn);
+    assert.equal(
+      profile.find((r) => r.action === RuleAction.RULE_ACTION_JUMP)?.jumpChainId,
+      securityGroupChainId(id("web"), "egress"),
+    );
+    assert.equal(profile.at(-1)?.action, RuleAction.RULE_ACTION_DROP);
+    const outbound = chainRules(w, port?.outboundFilterId ?? "");
+    assert.equal(port?.outboundFilterId, portProfileChainId(securityGroupSetKey([id("web")]), "outbound"));
+    assert.equal(
+      outbound.find((r) => r.action === RuleAction.RULE_ACTION_JUMP)?.jumpChainId,
+      securityGroupChainId(id("web"), "ingress"),
+    );
+    assert.equal(outbound.at(-1)?.action, RuleAction.RULE_ACTION_DROP);
     assert.deepEqual(w.all("ipAddrGroup").find((g) => g.id === portAddrGroupId(id("vm1")))?.addresses, [
       "10.0.0.5",
     ]);
@@ -426,7 +444,72 @@ describe("local ports", () => {
   it("a port without groups is unfiltered apart from anti-spoofing", () => {
     const w = new TestWorld("east");
     w.putPort(b.localPort("vm1", { network: "net1", mac: "02:00:00:00:00:01", ips: ["10.0.0.5"] }));
-    assert.equal(chainRules(w, portInboundChainId(id("vm1"))).at(-1)?.action, RuleAction.RULE_ACTION_ACCEPT);
+    const none = securityGroupSetKey([]);
+    assert.equal(
+      chainRules(w, portInboundChainId(id("vm1"))).at(-1)?.jumpChainId,
+      portProfileChainId(none, "inbound"),
+    );
+    for (const side of ["inbound", "outbound"] as const) {
+      const rules = chainRules(w, portProfileChainId(none, side));
+      assert.ok(!rules.some((r) => r.action === RuleAction.RULE_ACTION_JUMP));
+      assert.equal(rules.at(-1)?.action, RuleAction.RULE_ACTION_ACCEPT);
+    }
+    w.assertMatchesFull();
+  });
+
+  it("ports with the same groups share one profile, which lives as long as one of them", () => {
+    const w = new TestWorld("east");
+    w.apply(
+      b.upsert(1, b.network("net1", { sites: ["east"] }), b.securityGroup("web"), b.securityGroup("db")),
+    );
+    const port = (name: string, n: number, groups: string[]) =>
+      b.localPort(name, { network: "net1", mac: `02:00:00:00:00:0${n}`, ips: [`10.0.0.${n}`], groups });
+    w.putPort(port("vm1", 1, ["web", "db"]));
+    const chains = w.all("chain").length;
+    const rules = w.all("rule").length;
+    // Same groups in another order and repeated: the same profile; the port adds its own chain
+    // and its five rules (MAC, DHCP, ND, address check, jump), nothing shared.
+    const d = w.putPort(port("vm2", 2, ["db", "web", "db"]));
+    assert.equal(w.all("chain").length, chains + 1);
+    assert.equal(w.all("rule").length, rules + 5);
+    assert.ok(
+      d.upserts.every((o) => o.rule === undefined || o.rule.chainId === portInboundChainId(id("vm2"))),
+    );
+    const key = securityGroupSetKey([id("web"), id("db")]);
+    const vm2 = w.all("port").find((p) => p.id === id("vm2"));
+    assert.equal(vm2?.outboundFilterId, portProfileChainId(key, "outbound"));
+    // Jumps to both groups' chains, in each direction.
+    for (const [side, dir] of [
+      ["inbound", "egress"],
+      ["outbound", "ingress"],
+    ] as const) {
+      const jumps = chainRules(w, portProfileChainId(key, side)).filter(
+        (r) => r.action === RuleAction.RULE_ACTION_JUMP,
+      );
+      assert.deepEqual(
+        jumps.map((r) => r.jumpChainId).sort(),
+        [securityGroupChainId(id("web"), dir), securityGroupChainId(id("db"), dir)].sort(),
+      );
+    }
+    // vm1 leaves for another profile: the shared one stays (vm2 uses it).
+    w.putPort(port("vm1", 1, ["web"]));
+    assert.ok(w.all("chain").some((c) => c.id === portProfileChainId(key, "outbound")));
+    assert.ok(
+      w.all("chain").some((c) => c.id === portProfileChainId(securityGroupSetKey([id("web")]), "outbound")),
+    );
+    w.assertMatchesFull("after vm1 moved");
+    // Its last port gone, the profile goes too.
+    w.removePort(id("vm2"));
+    assert.ok(
+      !w
+        .all("chain")
+        .some(
+          (c) => c.id === portProfileChainId(key, "outbound") || c.id === portProfileChainId(key, "inbound"),
+        ),
+    );
+    const gone = new Set([portProfileChainId(key, "inbound"), portProfileChainId(key, "outbound")]);
+    assert.ok(!w.all("rule").some((r) => gone.has(r.chainId)));
+    w.assertMatchesFull("after vm2 left");
   });
 });
 

@@ -5,7 +5,8 @@ import { type intentpb, topologypb } from "@isthmus/schema";
 import { DerivedSet, refKey, topologyRefOf } from "./derived-set.js";
 import { chosenGatewayHost } from "./gateway-host.js";
 import { deriveGateway, deriveHost } from "./hosts-gateways.js";
-import { deriveLocalPort } from "./local-port.js";
+import { securityGroupSetKey } from "./ids.js";
+import { deriveLocalPort, derivePortProfile } from "./local-port.js";
 import { deriveNetwork, deriveRemotePortRecord } from "./network.js";
 import { type ChangedObject, PriorView } from "./prior-view.js";
 import { deriveFloatingIp, deriveRouter, deriveRouterInterface } from "./router.js";
@@ -23,6 +24,7 @@ type UnitKind =
   | "securityGroupRule"
   | "gateway"
   | "localPort"
+  | "portProfile"
   | "host";
 
 const DERIVE: Record<UnitKind, (view: IntentView, id: string, out: DerivedSet) => void> = {
@@ -35,6 +37,7 @@ const DERIVE: Record<UnitKind, (view: IntentView, id: string, out: DerivedSet) =
   securityGroupRule: deriveSecurityGroupRule,
   gateway: deriveGateway,
   localPort: deriveLocalPort,
+  portProfile: derivePortProfile,
   host: deriveHost,
 };
 
@@ -99,6 +102,13 @@ function addAffectedUnits(c: ChangedObject, after: IntentView, before: IntentVie
       for (const v of views) {
         for (const g of v.get("portRecord", c.id)?.securityGroupIds ?? [])
           units.add(unitKey("securityGroup", g));
+      }
+      break;
+    case "localPort":
+      // The profile it leaves may lose its last port, the one it joins may gain its first.
+      for (const v of views) {
+        const p = v.get("localPort", c.id);
+        if (p) units.add(unitKey("portProfile", securityGroupSetKey(p.securityGroupIds)));
       }
       break;
     case "host":
@@ -249,6 +259,10 @@ export function* translateAllSteps(
       units.push(unitKey(unit, id));
     }
   }
+  // Profiles are headed by no object: one unit per distinct set of groups among the local ports.
+  const profiles = new Set<string>();
+  for (const p of view.list("localPort")) profiles.add(securityGroupSetKey(p.securityGroupIds));
+  for (const key of profiles) units.push(unitKey("portProfile", key));
   units.sort();
   const set = new DerivedSet();
   for (let i = 0; i < units.length; i += unitsPerStep) {

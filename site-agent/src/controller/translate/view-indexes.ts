@@ -1,6 +1,7 @@
 // The reverse lookups of IntentView, stated once as "which index buckets does this object sit in",
 // so the in-memory IntentIndex and the prior-state overlay answer them identically.
 import { intentKindFromEnum, type intentpb, topologypb } from "@isthmus/schema";
+import { securityGroupSetKey } from "./ids.js";
 import type { IntentKind, LocalPortBinding, ViewKind, ViewKinds } from "./view.js";
 
 export type IndexName =
@@ -12,7 +13,8 @@ export type IndexName =
   | "floatingIpsOfRouter"
   | "routersWithUplinkHere"
   | "gatewayHosts"
-  | "localPortsByName";
+  | "localPortsByName"
+  | "localPortsByGroups";
 
 /** The kind of object each index holds. */
 export const INDEX_KIND = {
@@ -25,6 +27,7 @@ export const INDEX_KIND = {
   routersWithUplinkHere: "router",
   gatewayHosts: "host",
   localPortsByName: "localPort",
+  localPortsByGroups: "localPort",
 } as const satisfies Record<IndexName, ViewKind>;
 
 export type IndexEntry = readonly [IndexName, string];
@@ -60,8 +63,12 @@ export function indexEntries<K extends ViewKind>(site: string, kind: K, obj: Vie
         ? [["gatewayHosts", ""]]
         : [];
     case "localPort":
-      // Port names are unique per site: CreatePort checks a name with one lookup.
-      return [["localPortsByName", (obj as LocalPortBinding).name]];
+      // Port names are unique per site: CreatePort checks a name with one lookup. Ports with the
+      // same groups share a profile's chains, which exist while one such port does.
+      return [
+        ["localPortsByName", (obj as LocalPortBinding).name],
+        ["localPortsByGroups", securityGroupSetKey((obj as LocalPortBinding).securityGroupIds)],
+      ];
     default:
       return [];
   }

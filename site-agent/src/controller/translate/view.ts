@@ -81,6 +81,8 @@ export interface IntentView {
   portRecordsOfGroup(securityGroupId: string): Iterable<intentpb.PortRecord>;
   portRecordsOfNetwork(networkId: string): Iterable<intentpb.PortRecord>;
   floatingIpsOfRouter(routerId: string): Iterable<intentpb.FloatingIP>;
+  /** VM ports bound here whose groups are `setKey` (ids.securityGroupSetKey): a profile's users. */
+  localPortsWithGroups(setKey: string): Iterable<LocalPortBinding>;
   /** Routers with an uplink at this site (their uplink ports follow the gateway host choice). */
   routersWithUplinkHere(): Iterable<intentpb.Router>;
   /** Local hosts in the gateway role (uplinks and remote-site ports are bound to one of them). */
