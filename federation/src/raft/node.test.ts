@@ -527,3 +527,26 @@ test("a leader syncs a lone write on its own thread only after handing over its 
     }
   }
 });
+
+test("a leader with another of its proposals pending keeps a one-entry write in the thread pool", async (t) => {
+  const ids = ["a", "b", "c"];
+  const storages = Object.fromEntries(ids.map((id) => [id, new TwoWaySyncStorage()]));
+  const c = cluster(ids, { storages });
+  t.after(() => c.close());
+  const leader = await c.leader();
+  await retrying(() => leader.node.propose(put("warm", "up")));
+  await until(() => leader.node.status().pendingProposals === 0, "the warm-up to settle");
+  const disk = storages[leader.node.id]!;
+  // Cut the followers off so the first write stays pending while the second is made.
+  c.net.isolate(leader.node.id, ids);
+  const settled = (p: Promise<number>) => p.catch(() => 0);
+  const blocking = disk.blocking;
+  const first = settled(leader.node.propose(put("first", "v")));
+  await until(() => disk.blocking === blocking + 1, "the lone writer's entry to be synced inline");
+  const pipelined = disk.pipelined;
+  const second = settled(leader.node.propose(put("second", "v")));
+  await until(() => disk.pipelined === pipelined + 1, "the second entry's sync");
+  assert.equal(disk.blocking, blocking + 1, "a leader with a proposal pending blocked its loop on an fsync");
+  c.net.heal();
+  await Promise.all([first, second]);
+});
