@@ -1062,9 +1062,14 @@ export function markdown(r: PropagationResult): string {
       "0.3–0.4 ms) and the commit's fsync (p50 9–15 ms), with the watch stream to the agent next (the " +
       "benchmark's own process receives all four sites' streams). So under load the tail is each entry's " +
       "round trips to its database, at any state size; an entry's transaction now makes four instead of six " +
-      "(docs/site-controller.md). Whether an idle 100k step still has a state-size-dependent extra is for the " +
-      "idle re-run's timeline to show (the idle 100k p99s of 55.7–70.2 ms, against 33–44 ms at ≤ 11k, were " +
-      "measured before the timeline existed).",
+      "(docs/site-controller.md). Near idle it is not all: a 100k step at load 1.7, measured after a 90 s " +
+      "quiet period (a diagnostic variant, not this benchmark's default), still had p99 103 ms against 27 ms " +
+      "at 605 objects in the same run (p50 16 against 13 ms), with no raft snapshot and no queue in the way. " +
+      "Its slowest changes were slow in several places at the same instants — the coordinator's stream to the " +
+      "sites (up to 87 ms), a site's statements (50–58 ms), the watch stream (up to 119 ms) — which points at " +
+      "pauses of whole processes with large heaps (the coordinators at 100k objects; the benchmark's own " +
+      "process, whose agent streams decode every site's ~200k-object catch-up), not at the per-change work. " +
+      "Recording event-loop delay and GC pauses per process in the timeline is what is left.",
     "- Still O(members) per change: a security group's address group is one object listing every member's " +
       "addresses, rewritten (and sent to every agent) whenever a member port changes anywhere. Creating 10k " +
       "ports in one group is therefore quadratic in bytes written; membership deltas would need a new " +
