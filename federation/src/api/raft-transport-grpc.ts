@@ -4,9 +4,15 @@
 // and counts, and a broken stream is reopened with exponential backoff and jitter.
 import {
   type ChannelCredentials,
+  type Client,
   type ClientOptions,
   type ClientWritableStream,
   connectivityState,
+  type handleClientStreamingCall,
+  makeGenericClientConstructor,
+  type ServiceDefinition,
+  type ServiceError,
+  type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
 import { raftpb } from "@isthmus/schema";
 import {
@@ -16,7 +22,8 @@ import {
   silentRaftLogger,
   type Transport,
 } from "../raft/index.js";
-import { fromWire, toWire } from "./raft-wire.js";
+import type { RaftWireError } from "./raft-wire.js";
+import { decodeRaftBatch, encodeRaftBatch } from "./raft-wire-codec.js";
 
 export interface BackoffOptions {
   /** First retry delay after a stream fails. Default 50 ms. */
@@ -83,6 +90,38 @@ export const RAFT_SERVER_OPTIONS = {
   "grpc.max_send_message_length": 16 * 1024 * 1024,
 } as const;
 
+/**
+ * RaftTransportService as generated (same path, same isthmus.v1.RaftMessageBatch on the wire), with
+ * the batch encoded from and decoded to raft-ts messages directly (raft-wire-codec.ts) instead of
+ * through the generated message objects: a peer using the generated stubs interoperates.
+ */
+const RAFT_TRANSPORT_SERVICE = {
+  stream: {
+    path: raftpb.RaftTransportServiceService.stream.path,
+    requestStream: true,
+    responseStream: false,
+    requestSerialize: (messages: readonly Message[]): Buffer => encodeRaftBatch(messages),
+    requestDeserialize: (bytes: Buffer): Array<Message | RaftWireError> => decodeRaftBatch(bytes),
+    responseSerialize: raftpb.RaftTransportServiceService.stream.responseSerialize,
+    responseDeserialize: raftpb.RaftTransportServiceService.stream.responseDeserialize,
+  },
+} satisfies ServiceDefinition;
+
+interface RaftStreamClient extends Client {
+  stream(
+    callback: (error: ServiceError | null, response: raftpb.RaftSendAck) => void,
+  ): ClientWritableStream<readonly Message[]>;
+}
+
+const RaftStreamClient = makeGenericClientConstructor(
+  RAFT_TRANSPORT_SERVICE,
+  "isthmus.v1.RaftTransportService",
+) as unknown as new (
+  address: string,
+  credentials: ChannelCredentials,
+  options?: Partial<ClientOptions>,
+) => RaftStreamClient;
+
 function messageBytes(m: Message): number {
   let n = 64 + m.context.byteLength + (m.snapshotChunk?.byteLength ?? 0);
   for (const e of m.entries) n += 24 + e.data.byteLength;
@@ -91,8 +130,8 @@ function messageBytes(m: Message): number {
 
 class PeerLink {
   private queue: Message[] = [];
-  private client: InstanceType<typeof raftpb.RaftTransportServiceClient> | undefined;
-  private call: ClientWritableStream<raftpb.RaftMessageBatch> | undefined;
+  private client: RaftStreamClient | undefined;
+  private call: ClientWritableStream<readonly Message[]> | undefined;
   private failures = 0;
   private retryTimer: NodeJS.Timeout | undefined;
   private waitingDrain = false;
@@ -137,7 +176,7 @@ class PeerLink {
       }
       const batch = this.queue.splice(0, n);
       this.t.counters.sent += batch.length;
-      const more = call.write({ messages: batch.map(toWire) });
+      const more = call.write(batch);
       if (!more) {
         this.waitingDrain = true;
         call.once("drain", () => {
@@ -150,13 +189,9 @@ class PeerLink {
     if (this.client?.getChannel().getConnectivityState(false) === connectivityState.READY) this.failures = 0;
   }
 
-  private open(): ClientWritableStream<raftpb.RaftMessageBatch> {
+  private open(): ClientWritableStream<readonly Message[]> {
     if (!this.client) {
-      this.client = new raftpb.RaftTransportServiceClient(
-        this.address,
-        this.t.credentials,
-        this.t.channelOptions,
-      );
+      this.client = new RaftStreamClient(this.address, this.t.credentials, this.t.channelOptions);
     }
     const call = this.client.stream((err) => {
       if (this.call === call) this.call = undefined;
@@ -257,30 +292,29 @@ export class GrpcRaftTransport implements Transport {
 
   /** The gRPC service to add to this node's server: `server.addService(t.service.definition, t.service.implementation)`. */
   get service(): {
-    definition: typeof raftpb.RaftTransportServiceService;
-    implementation: raftpb.RaftTransportServiceServer;
+    definition: ServiceDefinition;
+    implementation: UntypedServiceImplementation;
   } {
-    return {
-      definition: raftpb.RaftTransportServiceService,
-      implementation: {
-        stream: (call, callback) => {
-          let done = false;
-          const finish = () => {
-            if (done) return;
-            done = true;
-            this.inbound.delete(finish);
-            callback(null, {});
-          };
-          this.inbound.add(finish);
-          call.on("data", (batch: raftpb.RaftMessageBatch) => this.receive(batch));
-          call.on("end", finish);
-          call.on("error", () => {
-            done = true;
-            this.inbound.delete(finish);
-          });
-        },
-      },
+    const stream: handleClientStreamingCall<Array<Message | RaftWireError>, raftpb.RaftSendAck> = (
+      call,
+      callback,
+    ) => {
+      let done = false;
+      const finish = () => {
+        if (done) return;
+        done = true;
+        this.inbound.delete(finish);
+        callback(null, {});
+      };
+      this.inbound.add(finish);
+      call.on("data", (batch: Array<Message | RaftWireError>) => this.receive(batch));
+      call.on("end", finish);
+      call.on("error", () => {
+        done = true;
+        this.inbound.delete(finish);
+      });
     };
+    return { definition: RAFT_TRANSPORT_SERVICE, implementation: { stream } };
   }
 
   /** Delay before retry number `failures` (1-based): doubling from initialMs up to maxMs, jittered. */
@@ -334,17 +368,15 @@ export class GrpcRaftTransport implements Transport {
     for (const finish of [...this.inbound]) finish();
   }
 
-  private receive(batch: raftpb.RaftMessageBatch): void {
+  /** A decoded batch: messages, and the errors of those that were malformed (decodeRaftBatch). */
+  private receive(batch: Array<Message | RaftWireError>): void {
     if (this.closed) return;
-    for (const p of batch.messages) {
-      let m: Message;
-      try {
-        m = fromWire(p);
-      } catch (err) {
+    for (const m of batch) {
+      if (m instanceof Error) {
         this.counters.malformed++;
         if (this.counters.malformed === 1 || this.counters.malformed % 1000 === 0) {
           this.log.warn(
-            { err: (err as Error).message, total: this.counters.malformed },
+            { err: m.message, total: this.counters.malformed },
             "raft transport: dropped malformed message",
           );
         }

@@ -59,6 +59,7 @@ function cluster(
     snapshotEvery?: number;
     storages?: Record<string, WritableStorage>;
     commitNotifyDelayMs?: number;
+    leaderInlineSync?: boolean;
     /** Every message each node hands its transport, by sender. */
     record?: Map<string, Message[]>;
     /** Called with each node's outgoing messages as it hands them to its transport. */
@@ -88,6 +89,7 @@ function cluster(
       storage: s,
       transport,
       commitNotifyDelayMs: opts.commitNotifyDelayMs,
+      leaderInlineSync: opts.leaderInlineSync,
       stateMachine: kv,
       tickMs: 50,
       electionTicks: 10,
@@ -304,8 +306,11 @@ class HeldSyncStorage extends MemoryStorage {
     this.appends.push(entries.length);
     super.append(entries);
   }
+  /** sync() calls so far. */
+  syncs = 0;
   private waiters: (() => void)[] = [];
   override async sync(): Promise<void> {
+    this.syncs++;
     while (this.held) await new Promise<void>((r) => this.waiters.push(r));
     return super.sync();
   }
@@ -357,9 +362,15 @@ test("an idle node takes a lone proposal at once; with an fsync in flight, propo
   // Idle: the entry is written within the microtasks that follow propose(), not a loop turn later.
   const last = disk.lastIndex();
   disk.held = true;
+  const syncsBefore = disk.syncs;
   const first = leader.node.propose(put("k0", "v"));
   await new Promise<void>((r) => queueMicrotask(r));
   assert.equal(disk.lastIndex(), last + 1, "the lone proposal waited for a later event-loop turn");
+  // Its fsync starts at the check phase, behind the appends it handed to the transport (a gRPC
+  // transport writes them to the socket then), not before them.
+  assert.equal(disk.syncs, syncsBefore, "the leader started its fsync before its appends could leave");
+  await new Promise<void>((r) => setImmediate(r));
+  assert.equal(disk.syncs, syncsBefore + 1, "the leader's fsync did not start at the check phase");
 
   // Busy (its fsync is held): ten proposals made in this turn wait for the check phase and
   // leave as one Ready — one append to storage, one Append per follower.
@@ -468,4 +479,51 @@ test("a follower fsyncs a lone append on its own thread, a batch in the thread p
     assert.equal(n.blocking, before[k]!.blocking, "a ten-entry append was synced on the node's own thread");
   });
   assert.deepEqual(early, [], "a follower acknowledged entries before they were durable");
+});
+
+test("a leader syncs a lone write on its own thread only after handing over its appends, and only when asked", async (t) => {
+  for (const leaderInlineSync of [true, false]) {
+    const ids = ["a", "b", "c"];
+    const storages = Object.fromEntries(ids.map((id) => [id, new TwoWaySyncStorage()]));
+    // What each node did, in order: appends handed to the transport, and blocking syncs.
+    const events: string[] = [];
+    const c = cluster(ids, {
+      storages,
+      leaderInlineSync,
+      onSend: (id, ms) => {
+        for (const m of ms)
+          if (m.type === MessageType.Append && m.entries.length > 0) events.push(`${id} append`);
+      },
+    });
+    t.after(() => c.close());
+    const leader = await c.leader();
+    await retrying(() => leader.node.propose(put("warm", "up")));
+    await until(() => leader.node.status().pendingProposals === 0, "the warm-up to settle");
+    const disk = storages[leader.node.id]!;
+    const syncBlocking = disk.syncBlocking.bind(disk);
+    disk.syncBlocking = () => {
+      events.push(`${leader.node.id} fsync`);
+      syncBlocking();
+    };
+    const before = { blocking: disk.blocking, pipelined: disk.pipelined };
+    events.length = 0;
+    await leader.node.propose(put("lone", "write"));
+    if (leaderInlineSync) {
+      assert.equal(
+        disk.blocking,
+        before.blocking + 1,
+        "the leader's lone write went through the thread pool",
+      );
+      assert.equal(disk.pipelined, before.pipelined);
+      const id = leader.node.id;
+      assert.deepEqual(
+        events.filter((e) => e.startsWith(id)),
+        [`${id} append`, `${id} append`, `${id} fsync`],
+        "the leader synced before handing its appends to the transport",
+      );
+    } else {
+      assert.equal(disk.blocking, before.blocking, "the leader synced on its own thread when told not to");
+      assert.ok(disk.pipelined > before.pipelined);
+    }
+  }
 });

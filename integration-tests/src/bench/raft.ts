@@ -3,6 +3,9 @@
 // dirs, fsync on) on the same machine, in one run. Closed-loop clients put 256-byte values over
 // HTTP/JSON (raft-ts: the test node's /put; etcd: its gRPC gateway /v3/kv/put) to the leader, at
 // 1, 16, 64 and 256 concurrent clients; reports committed writes/s, p50/p99 latency and ratios.
+// Both clusters run for the whole benchmark and each level is measured in interleaved repetitions
+// (raft-ts then etcd, etcd then raft-ts, ...), medians reported with every repetition listed, so
+// load drifting on a shared machine falls on both systems alike.
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -32,6 +35,15 @@ export interface BenchRow {
   writesPerSec: number;
   p50Ms: number;
   p99Ms: number;
+}
+
+/** One measured repetition of a level: both systems, in the order they ran. */
+export interface BenchRepetition {
+  clients: number;
+  first: BenchRow["system"];
+  raftTs: BenchRow;
+  etcd: BenchRow;
+  ratio: number;
 }
 
 const VALUE_BYTES = 256;
@@ -220,22 +232,25 @@ class EtcdCluster {
   }
 }
 
-async function benchRaftTs(
-  levels: number[],
-  primeMs: number,
-  warmupMs: number,
-  measureMs: number,
-): Promise<BenchRow[]> {
+interface SystemUnderTest {
+  put: (i: number) => Promise<boolean>;
+  stop: () => Promise<void>;
+}
+
+async function startRaftTs(): Promise<SystemUnderTest> {
   // RAFT_BENCH_PROFILE_DIR=dir writes a V8 CPU profile of every node process there (node --cpu-prof).
   const profDir = process.env.RAFT_BENCH_PROFILE_DIR;
   const nodeArgs = profDir ? ["--cpu-prof", `--cpu-prof-dir=${profDir}`] : [];
   // RAFT_BENCH_INLINE_SYNC_MAX_ENTRIES=0 turns off the followers' blocking fsync of a lone
   // append (RaftNode's inlineSyncMaxEntries), to compare both ways on the same machine.
   const inline = process.env.RAFT_BENCH_INLINE_SYNC_MAX_ENTRIES;
+  // RAFT_BENCH_LEADER_INLINE_SYNC=0 keeps the leader's fsync in the thread pool (leaderInlineSync).
+  const leaderInline = process.env.RAFT_BENCH_LEADER_INLINE_SYNC;
   const cluster = await RaftKvCluster.start({
     snapshotEvery: 10_000,
     nodeArgs,
     inlineSyncMaxEntries: inline === undefined || inline === "" ? undefined : Number(inline),
+    leaderInlineSync: leaderInline === undefined || leaderInline === "" ? undefined : leaderInline !== "0",
   });
   try {
     let leader = await cluster.waitLeader();
@@ -250,22 +265,14 @@ async function benchRaftTs(
       if (next) leader = next;
       return false;
     };
-    await prime(primeMs, put);
-    const rows: BenchRow[] = [];
-    for (const clients of levels)
-      rows.push(row("raft-ts", clients, await load(clients, warmupMs, measureMs, put)));
-    return rows;
-  } finally {
+    return { put, stop: () => cluster.stop() };
+  } catch (err) {
     await cluster.stop();
+    throw err;
   }
 }
 
-async function benchEtcd(
-  levels: number[],
-  primeMs: number,
-  warmupMs: number,
-  measureMs: number,
-): Promise<BenchRow[]> {
+async function startEtcd(): Promise<SystemUnderTest> {
   const etcd = await EtcdCluster.start();
   try {
     const leader = await etcd.leader();
@@ -278,14 +285,73 @@ async function benchEtcd(
       });
       return res.status === 200;
     };
-    await prime(primeMs, put);
-    const rows: BenchRow[] = [];
-    for (const clients of levels)
-      rows.push(row("etcd", clients, await load(clients, warmupMs, measureMs, put)));
-    return rows;
-  } finally {
+    return { put, stop: () => etcd.stop() };
+  } catch (err) {
     await etcd.stop();
+    throw err;
   }
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 === 1 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+/** The level's row for one system: medians over its repetitions (writes and errors summed). */
+function medianRow(runs: BenchRow[]): BenchRow {
+  const r0 = runs[0]!;
+  return {
+    system: r0.system,
+    clients: r0.clients,
+    writes: runs.reduce((a, r) => a + r.writes, 0),
+    errors: runs.reduce((a, r) => a + r.errors, 0),
+    seconds: runs.reduce((a, r) => a + r.seconds, 0),
+    writesPerSec: Math.round(median(runs.map((r) => r.writesPerSec))),
+    p50Ms: Number(median(runs.map((r) => r.p50Ms)).toFixed(2)),
+    p99Ms: Number(median(runs.map((r) => r.p99Ms)).toFixed(2)),
+  };
+}
+
+/**
+ * Every level in `reps` interleaved repetitions: raft-ts first in even ones, etcd first in odd
+ * ones, the page cache flushed (sync(1)) before each measured run so neither meets the other's
+ * write-back in its fsyncs.
+ */
+async function measureInterleaved(
+  raft: SystemUnderTest,
+  etcd: SystemUnderTest,
+  levels: number[],
+  reps: number,
+  warmupMs: number,
+  measureMs: number,
+): Promise<BenchRepetition[]> {
+  const out: BenchRepetition[] = [];
+  for (const clients of levels) {
+    for (let k = 0; k < reps; k++) {
+      const order: Array<["raft-ts" | "etcd", SystemUnderTest]> = [
+        ["raft-ts", raft],
+        ["etcd", etcd],
+      ];
+      if (k % 2 === 1) order.reverse();
+      const got: Partial<Record<BenchRow["system"], BenchRow>> = {};
+      for (const [name, sys] of order) {
+        spawnSync("sync", { stdio: "ignore" });
+        got[name] = row(name, clients, await load(clients, warmupMs, measureMs, sys.put));
+      }
+      const a = got["raft-ts"]!;
+      const b = got.etcd!;
+      out.push({ clients, first: order[0]![0], raftTs: a, etcd: b, ratio: ratio(a, b) });
+      console.log(
+        `  clients=${clients} repetition ${k + 1}/${reps}: raft-ts ${a.writesPerSec} writes/s, etcd ${b.writesPerSec} (${order[0]![0]} first), ratio ${ratio(a, b)}`,
+      );
+    }
+  }
+  return out;
+}
+
+function ratio(a: BenchRow, b: BenchRow): number {
+  return Number((a.writesPerSec / b.writesPerSec).toFixed(3));
 }
 
 function etcdVersion(): string {
@@ -293,12 +359,12 @@ function etcdVersion(): string {
   return /etcd Version: (\S+)/.exec(out)?.[1] ?? "unknown";
 }
 
-function markdown(rows: BenchRow[], meta: Record<string, string | number>): string {
+function markdown(rows: BenchRow[], reps: BenchRepetition[], meta: Record<string, string | number>): string {
   const lines = [
     "## raft: raft-ts vs etcd (3 nodes, fsync, 256-byte puts)",
     "",
-    `Measured ${meta.date} on ${meta.cpus} × ${meta.cpu}, ${meta.mode} mode (${meta.measureSeconds} s per level after ` +
-      `${meta.warmupSeconds} s warm-up; each system first gets ${meta.primeSeconds} s of unmeasured load at 16 clients), etcd ${meta.etcd}, 1-minute load average ${meta.loadAverage}. Both systems: 3 members as separate processes on ` +
+    `Measured ${meta.date} on ${meta.cpus} × ${meta.cpu}, ${meta.mode} mode (each level ${meta.repetitions} interleaved repetitions of ${meta.measureSeconds} s after ` +
+      `${meta.warmupSeconds} s warm-up, raft-ts and etcd alternating which goes first, medians below; each system first gets ${meta.primeSeconds} s of unmeasured load at 16 clients), etcd ${meta.etcd}, 1-minute load average ${meta.loadAverage}. Both systems: 3 members as separate processes on ` +
       "loopback, heartbeat 100 ms, election 1 s, WAL fsync before acknowledging; clients are closed loops " +
       "sending HTTP/JSON puts to the leader (raft-ts: the test node's `/put`; etcd: its gRPC gateway " +
       "`/v3/kv/put`) over 1 000 keys. Throughput ratio > 1 and latency ratio < 1 favour raft-ts.",
@@ -314,6 +380,16 @@ function markdown(rows: BenchRow[], meta: Record<string, string | number>): stri
       `| ${c} | ${a.writesPerSec} | ${b.writesPerSec} | ${(a.writesPerSec / b.writesPerSec).toFixed(2)} | ` +
         `${a.p50Ms} | ${b.p50Ms} | ${a.p99Ms} | ${b.p99Ms} | ${(a.p99Ms / b.p99Ms).toFixed(2)} |`,
     );
+  }
+  lines.push("", "Every repetition (raft-ts / etcd writes/s, ratio; * = raft-ts ran first):", "");
+  for (const c of clients) {
+    const each = reps
+      .filter((r) => r.clients === c)
+      .map(
+        (r) =>
+          `${r.raftTs.writesPerSec} / ${r.etcd.writesPerSec} (${r.ratio.toFixed(2)})${r.first === "raft-ts" ? "*" : ""}`,
+      );
+    lines.push(`- ${c} clients: ${each.join(", ")}`);
   }
   lines.push(
     "",
@@ -343,39 +419,68 @@ export async function run(opts: RaftBenchOptions): Promise<void> {
     throw new Error("raft bench: etcd is not installed (apt-get install -y etcd-server etcd-client)");
   }
   const levels = opts.concurrency ?? [1, 16, 64, 256];
-  const warmupMs = opts.quick ? 300 : 2000;
-  const measureMs = opts.quick ? 1200 : 10_000;
+  // RAFT_BENCH_REPS / RAFT_BENCH_MEASURE_SECONDS override the repetitions per level and their length.
+  const reps = Number(process.env.RAFT_BENCH_REPS || (opts.quick ? 2 : 5));
+  const measureMs = 1000 * Number(process.env.RAFT_BENCH_MEASURE_SECONDS || (opts.quick ? 1 : 4));
+  const warmupMs = opts.quick ? 300 : 1000;
   const primeMs = opts.quick ? 300 : 3000;
-  console.log(`raft bench: ${opts.quick ? "quick" : "full"} mode, clients ${levels.join(", ")}`);
+  if (!Number.isSafeInteger(reps) || reps < 1)
+    throw new Error("raft bench: RAFT_BENCH_REPS must be a positive integer");
+  if (!(measureMs > 0)) throw new Error("raft bench: RAFT_BENCH_MEASURE_SECONDS must be a positive number");
+  console.log(
+    `raft bench: ${opts.quick ? "quick" : "full"} mode, clients ${levels.join(", ")}, ${reps} interleaved repetitions of ${measureMs / 1000} s per level`,
+  );
   const loadBefore = loadavg()[0]!;
-  // `npm run bench` builds first; each system starts with the page cache flushed (sync(1)), so
-  // neither meets the other's or the build's write-back in its fsyncs.
+  // `npm run bench` builds first: flush its write-back before either system starts.
   spawnSync("sync", { stdio: "ignore" });
-  const raftRows = await benchRaftTs(levels, primeMs, warmupMs, measureMs);
-  spawnSync("sync", { stdio: "ignore" });
-  const etcdRows = await benchEtcd(levels, primeMs, warmupMs, measureMs);
+  const raft = await startRaftTs();
+  let repetitions: BenchRepetition[];
+  try {
+    const etcd = await startEtcd();
+    try {
+      await prime(primeMs, raft.put);
+      await prime(primeMs, etcd.put);
+      repetitions = await measureInterleaved(raft, etcd, levels, reps, warmupMs, measureMs);
+    } finally {
+      await etcd.stop();
+    }
+  } finally {
+    await raft.stop();
+  }
+  const raftRows = levels.map((c) =>
+    medianRow(repetitions.filter((r) => r.clients === c).map((r) => r.raftTs)),
+  );
+  const etcdRows = levels.map((c) =>
+    medianRow(repetitions.filter((r) => r.clients === c).map((r) => r.etcd)),
+  );
   const rows = [...raftRows, ...etcdRows];
   const meta = {
     date: new Date().toISOString().slice(0, 16).replace("T", " "),
     cpus: cpus().length,
     cpu: cpus()[0]?.model.trim() ?? "unknown CPU",
     mode: opts.quick ? "quick" : "full",
+    repetitions: reps,
     measureSeconds: measureMs / 1000,
     warmupSeconds: warmupMs / 1000,
     primeSeconds: primeMs / 1000,
     etcd: etcdVersion(),
     node: process.version,
     raftTsInlineSyncMaxEntries: process.env.RAFT_BENCH_INLINE_SYNC_MAX_ENTRIES || "1 (default)",
+    raftTsLeaderInlineSync: process.env.RAFT_BENCH_LEADER_INLINE_SYNC || "1 (default)",
     loadAverage: `${loadBefore.toFixed(1)} before, ${loadavg()[0]!.toFixed(1)} after`,
   };
   const ratios = levels.map((c) => {
     const a = raftRows.find((r) => r.clients === c)!;
     const b = etcdRows.find((r) => r.clients === c)!;
+    const each = repetitions.filter((r) => r.clients === c).map((r) => r.ratio);
     return {
       clients: c,
       throughput: Number((a.writesPerSec / b.writesPerSec).toFixed(3)),
       p50: Number((a.p50Ms / b.p50Ms).toFixed(3)),
       p99: Number((a.p99Ms / b.p99Ms).toFixed(3)),
+      /** Throughput ratio of each repetition, lowest and highest. */
+      throughputMin: Math.min(...each),
+      throughputMax: Math.max(...each),
     };
   });
   for (const r of rows) {
@@ -386,12 +491,15 @@ export async function run(opts: RaftBenchOptions): Promise<void> {
   }
   for (const q of ratios) {
     console.log(
-      `ratio raft-ts/etcd clients=${q.clients}: throughput ${q.throughput}, p50 ${q.p50}, p99 ${q.p99}`,
+      `ratio raft-ts/etcd clients=${q.clients}: throughput ${q.throughput} (repetitions ${q.throughputMin}–${q.throughputMax}), p50 ${q.p50}, p99 ${q.p99}`,
     );
   }
   const resultsFile = opts.resultsFile ?? join(repo, "integration-tests", "bench", "results", "raft.json");
   mkdirSync(dirname(resultsFile), { recursive: true });
-  writeFileSync(resultsFile, `${JSON.stringify({ benchmark: "raft", meta, rows, ratios }, null, 2)}\n`);
-  writeDocs(opts.docsFile ?? join(repo, "docs", "benchmarks.md"), markdown(rows, meta));
+  writeFileSync(
+    resultsFile,
+    `${JSON.stringify({ benchmark: "raft", meta, rows, ratios, repetitions }, null, 2)}\n`,
+  );
+  writeDocs(opts.docsFile ?? join(repo, "docs", "benchmarks.md"), markdown(rows, repetitions, meta));
   console.log(`raft bench: wrote ${resultsFile}`);
 }

@@ -77,6 +77,8 @@ export interface RaftKvClusterOptions {
   snapshotEvery?: number;
   /** RaftNode's inlineSyncMaxEntries for every node (its default when unset). */
   inlineSyncMaxEntries?: number;
+  /** RaftNode's leaderInlineSync for every node (its default when unset). */
+  leaderInlineSync?: boolean;
   /** ISTHMUS_LOG_LEVEL for the node processes; "warn" by default to keep output small. */
   logLevel?: string;
   /** Extra node flags for every node process (e.g. `--cpu-prof` to profile the benchmark). */
@@ -134,6 +136,7 @@ export class RaftKvCluster {
       electionTicks: this.opts.electionTicks,
       snapshotEvery: this.opts.snapshotEvery,
       inlineSyncMaxEntries: this.opts.inlineSyncMaxEntries,
+      leaderInlineSync: this.opts.leaderInlineSync,
     };
     const args = [...(this.opts.nodeArgs ?? []), RAFT_KV_NODE, JSON.stringify(config)];
     const proc = spawn(process.execPath, args, {

@@ -23,6 +23,8 @@ export interface NodeConfig {
   snapshotEvery?: number;
   /** RaftNode's inlineSyncMaxEntries (its default when unset). */
   inlineSyncMaxEntries?: number;
+  /** RaftNode's leaderInlineSync (its default when unset). */
+  leaderInlineSync?: boolean;
 }
 
 const MAX_BODY = 1 << 20;
@@ -49,6 +51,7 @@ const node = new RaftNode<number>({
   electionTicks: config.electionTicks ?? 10,
   snapshotEvery: config.snapshotEvery ?? 10_000,
   inlineSyncMaxEntries: config.inlineSyncMaxEntries,
+  leaderInlineSync: config.leaderInlineSync,
   onFatal: () => process.exit(70),
 });
 const grpcServer = new Server(RAFT_SERVER_OPTIONS);
