@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 // Isthmus kernel fast path: TC (clsact ingress) programs that look a frame up in the agent's flow
 // map and, on a hit, apply the flow's actions without the agent seeing the packet. On a miss the
-// frame goes up to the agent through the upcall device (a veth pair): an upcall header naming the
-// ingress port (or VNI and remote) is pushed in front and the frame is redirected there. The agent
+// frame goes up to the agent with an upcall header naming the ingress port (or VNI and remote):
+// copied into the upcall ring buffer when it fits, else pushed in front of the frame, which is
+// redirected to the upcall device (a veth pair). The agent
 // writes frames back with a re-inject trailer saying where they go; upcall_ingress obeys it.
 // Layouts are mirrored byte for byte by site-agent/src/agent/kernel/flow-map-codec.ts and
 // upcall-frame.ts; docs/kernel-datapath.md explains the design.
@@ -96,6 +97,8 @@ struct dp_config {
 	__u32 vxlan_ifindex;  // the external-mode VXLAN device
 	__u64 upcall_interval_ns; // 1e9 / upcalls per second per port
 	__u64 upcall_burst_ns;    // interval * burst
+	__u32 upcall_ring;        // 1: hand misses up through upcall_ring when they fit (see below)
+	__u32 pad;
 };
 
 // The header pushed in front of a frame handed to the agent, 32 bytes. It looks like an Ethernet
@@ -120,6 +123,20 @@ enum upcall_reason {
 	UPCALL_VLAN = 3,   // tagged frames are never matched in the kernel
 	UPCALL_PARSE = 4,  // headers truncated: the simulation decides
 	UPCALL_TRACED = 5, // traced packets always go to the agent
+};
+
+// A miss handed up through the ring buffer: the same header, the frame's length, then the frame
+// copied from the skb (the skb itself is dropped; the agent re-injects its copy through the upcall
+// veth as usual). Records have a fixed size (bpf_ringbuf_reserve needs a constant), so frames
+// longer than RING_FRAME_MAX and GSO super-frames take the veth. The frame's L4 checksum may be
+// unfinished (CHECKSUM_PARTIAL from a VM's veth) and the ring cannot say so: the agent's reader
+// finishes TCP/UDP checksums over IPv4 itself.
+#define RING_FRAME_MAX 1600
+struct ring_upcall {
+	struct upcall_hdr h; // 0
+	__u32 frame_len;     // 40
+	__u32 pad;           // 44
+	__u8 frame[RING_FRAME_MAX]; // 48
 };
 
 // The trailer the agent appends to a frame it writes to the upcall device, 20 bytes.
@@ -161,6 +178,15 @@ struct {
 	__type(value, struct dp_config);
 } config SEC(".maps");
 
+// Misses to the agent without a device hop: bpf_ringbuf_reserve/submit wakes the agent's poll on
+// the map fd directly (no veth transmit, backlog softirq or socket queue in between). 2 MiB holds
+// ~1270 records; when it is full the miss is dropped and counted (ST_RING_FULL), as a full upcall
+// socket would drop it.
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 21);
+} upcall_ring SEC(".maps");
+
 enum dp_stat {
 	ST_HIT = 0,
 	ST_UPCALL = 1,        // misses from VM ports handed to the agent
@@ -174,7 +200,9 @@ enum dp_stat {
 	ST_UNKNOWN_PORT = 9,  // frame on a device with the program but no port entry
 	ST_UNKNOWN_KEY = 10,  // intra-site VNI that names no local port
 	ST_TUNNEL_UPCALL = 11, // frames from the tunnel handed to the agent (flow state, global keys)
-	ST_MAX = 12,
+	ST_RING_UPCALL = 12,   // of the upcalls above, those handed up through upcall_ring
+	ST_RING_FULL = 13,     // miss dropped: upcall_ring had no room
+	ST_MAX = 14,
 };
 
 // Per CPU: every forwarded packet counts, and one shared counter would bounce its cache line
@@ -334,6 +362,27 @@ static __always_inline int nat(struct __sk_buff *skb, struct flow_value *v, __u8
 	return 0;
 }
 
+static __always_inline int ring_upcall(struct __sk_buff *skb, struct upcall_hdr *h, __u32 len)
+{
+	struct ring_upcall *r = bpf_ringbuf_reserve(&upcall_ring, sizeof(*r), 0);
+	if (!r) {
+		count(ST_RING_FULL);
+		return TC_ACT_SHOT;
+	}
+	__builtin_memcpy(&r->h, h, sizeof(*h));
+	r->frame_len = len;
+	r->pad = 0;
+	if (len < ETH_HLEN || len > RING_FRAME_MAX || bpf_skb_load_bytes(skb, 0, r->frame, len) < 0) {
+		bpf_ringbuf_discard(r, 0);
+		count(ST_UPCALL_FAIL);
+		return TC_ACT_SHOT;
+	}
+	bpf_ringbuf_submit(r, 0);
+	count(h->port_no ? ST_UPCALL : ST_TUNNEL_UPCALL);
+	count(ST_RING_UPCALL);
+	return TC_ACT_SHOT;
+}
+
 static __always_inline int upcall(struct __sk_buff *skb, struct port_info *pi, __u32 port_no,
 				  __u32 tun_id, __u32 tun_remote, __u16 reason)
 {
@@ -377,6 +426,9 @@ static __always_inline int upcall(struct __sk_buff *skb, struct port_info *pi, _
 			return TC_ACT_SHOT;
 		}
 	}
+	__u32 len = skb->len;
+	if (cfg->upcall_ring && skb->gso_size == 0 && len >= ETH_HLEN && len <= RING_FRAME_MAX)
+		return ring_upcall(skb, &h, len);
 	if (bpf_skb_change_head(skb, sizeof(h), 0) < 0 || bpf_skb_store_bytes(skb, 0, &h, sizeof(h), 0) < 0) {
 		count(ST_UPCALL_FAIL);
 		return TC_ACT_SHOT;

@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // Builds the agent's AF_PACKET addon (native/afpacket.c), its batched UDP tunnel socket
-// (native/udpbatch.c) and the BPF map addon (native/bpfmap.c) with node-gyp against the Node headers
-// installed on this machine (never downloaded). Skips when the built addon is newer than its
+// (native/udpbatch.c), the BPF map addon (native/bpfmap.c), the upcall ring reader
+// (native/upcallring.c) and the thread-slice addon (native/sched.c) with node-gyp against the Node headers installed on this machine (never
+// downloaded). Skips when the built addon is newer than its
 // sources. When node-gyp cannot run here (it needs Python), compiles the one file directly with cc.
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, statSync } from "node:fs";
@@ -13,6 +14,8 @@ const addons = [
   { name: "isthmus_afpacket", src: "afpacket.c" },
   { name: "isthmus_udpbatch", src: "udpbatch.c" },
   { name: "isthmus_bpfmap", src: "bpfmap.c" },
+  { name: "isthmus_sched", src: "sched.c" },
+  { name: "isthmus_upcallring", src: "upcallring.c" },
 ];
 const outs = addons.map((a) => join(here, "build", "Release", `${a.name}.node`));
 const sources = [...addons.map((a) => a.src), "vnet-offload.h", "binding.gyp", "build.mjs"].map((f) =>

@@ -297,6 +297,91 @@ test("a node restarted on its WAL rebuilds its state and rejoins", async (t) => 
   assert.equal(back.kv.data.get("k79"), "79");
 });
 
+test("a snapshot is written while the node keeps committing; the log is compacted once it is stored", async (t) => {
+  const dirs = ["a", "b", "c"].map(() => mkdtempSync(join(tmpdir(), "raft-node-")));
+  const storages: Record<string, SlowSnapshotWal> = {};
+  for (const [k, id] of ["a", "b", "c"].entries()) {
+    storages[id] = new SlowSnapshotWal(await WalStorage.open(dirs[k]!, { segmentBytes: 1 << 20 }));
+  }
+  const c = cluster(["a", "b", "c"], { storages, snapshotEvery: 20 });
+  t.after(async () => {
+    for (const s of Object.values(storages)) s.release();
+    await c.close();
+    for (const d of dirs) rmSync(d, { recursive: true, force: true });
+  });
+  await c.leader();
+  for (let k = 0; k < 25; k++) await c.write(`k${k}`, `${k}`);
+  const leader = await c.leader();
+  const ls = storages[leader.node.id]!;
+  await until(() => ls.writing > 0, "the leader starts writing a snapshot");
+  assert.ok(leader.node.status().snapshotIndex >= 20);
+  // The file is not stored yet: the log is whole, and writes still commit meanwhile.
+  for (let k = 25; k < 40; k++) await c.write(`k${k}`, `${k}`);
+  assert.equal(ls.snapshot().metadata.index, 0);
+  assert.equal(ls.firstIndex(), 1);
+  assert.equal(ls.writing, 1, "one snapshot at a time");
+  for (const s of Object.values(storages)) s.release();
+  await until(() => ls.snapshot().metadata.index >= 20 && ls.firstIndex() > 1, "the log is compacted");
+  await c.write("after", "1");
+});
+
+/** WalStorage whose compactAsync waits until released, to stand for a slow snapshot write. */
+class SlowSnapshotWal implements WritableStorage {
+  writing = 0;
+  private gate: Promise<void>;
+  private open!: () => void;
+
+  constructor(private readonly wal: WalStorage) {
+    this.gate = new Promise((r) => {
+      this.open = r;
+    });
+  }
+  release(): void {
+    this.open();
+  }
+  async compactAsync(snap: Parameters<WalStorage["compact"]>[0], keep: number): Promise<void> {
+    this.writing++;
+    await this.gate;
+    await this.wal.compactAsync(snap, keep);
+  }
+  initialState() {
+    return this.wal.initialState();
+  }
+  firstIndex() {
+    return this.wal.firstIndex();
+  }
+  lastIndex() {
+    return this.wal.lastIndex();
+  }
+  term(i: number) {
+    return this.wal.term(i);
+  }
+  entries(lo: number, hi: number, maxBytes: number) {
+    return this.wal.entries(lo, hi, maxBytes);
+  }
+  snapshot() {
+    return this.wal.snapshot();
+  }
+  append(es: Entry[]) {
+    this.wal.append(es);
+  }
+  setHardState(hs: Parameters<WalStorage["setHardState"]>[0]) {
+    this.wal.setHardState(hs);
+  }
+  applySnapshot(snap: Parameters<WalStorage["applySnapshot"]>[0]) {
+    this.wal.applySnapshot(snap);
+  }
+  compact(snap: Parameters<WalStorage["compact"]>[0], keep: number) {
+    this.wal.compact(snap, keep);
+  }
+  sync() {
+    return this.wal.sync();
+  }
+  close() {
+    return this.wal.close();
+  }
+}
+
 /** MemoryStorage whose sync() can be held, to stand for a slow disk. */
 class HeldSyncStorage extends MemoryStorage {
   held = false;
@@ -526,4 +611,27 @@ test("a leader syncs a lone write on its own thread only after handing over its 
       assert.ok(disk.pipelined > before.pipelined);
     }
   }
+});
+
+test("a leader with another of its proposals pending keeps a one-entry write in the thread pool", async (t) => {
+  const ids = ["a", "b", "c"];
+  const storages = Object.fromEntries(ids.map((id) => [id, new TwoWaySyncStorage()]));
+  const c = cluster(ids, { storages });
+  t.after(() => c.close());
+  const leader = await c.leader();
+  await retrying(() => leader.node.propose(put("warm", "up")));
+  await until(() => leader.node.status().pendingProposals === 0, "the warm-up to settle");
+  const disk = storages[leader.node.id]!;
+  // Cut the followers off so the first write stays pending while the second is made.
+  c.net.isolate(leader.node.id, ids);
+  const settled = (p: Promise<number>) => p.catch(() => 0);
+  const blocking = disk.blocking;
+  const first = settled(leader.node.propose(put("first", "v")));
+  await until(() => disk.blocking === blocking + 1, "the lone writer's entry to be synced inline");
+  const pipelined = disk.pipelined;
+  const second = settled(leader.node.propose(put("second", "v")));
+  await until(() => disk.pipelined === pipelined + 1, "the second entry's sync");
+  assert.equal(disk.blocking, blocking + 1, "a leader with a proposal pending blocked its loop on an fsync");
+  c.net.heal();
+  await Promise.all([first, second]);
 });

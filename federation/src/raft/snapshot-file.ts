@@ -11,6 +11,7 @@ import {
   unlinkSync,
   writeSync,
 } from "node:fs";
+import { open, readdir, rename, unlink } from "node:fs/promises";
 import { join } from "node:path";
 import type { Snapshot, SnapshotMetadata } from "./types.js";
 import { crc32 } from "./wal-record.js";
@@ -100,6 +101,38 @@ export function writeSnapshotFile(dir: string, snap: Snapshot): string {
   for (const other of readdirSync(dir)) {
     const idx = parseSnapshotName(other);
     if (other !== name && idx !== undefined && idx <= snap.metadata.index) unlinkSync(join(dir, other));
+  }
+  return join(dir, name);
+}
+
+/**
+ * writeSnapshotFile off the event loop: the same steps (temp file, fsync, rename, fsync the
+ * directory, remove older snapshots) on the thread pool. A 100k-object federation's snapshot is
+ * ~14 MB, and writing it synchronously stalled a coordinator for 1–1.5 s on a loaded machine.
+ */
+export async function writeSnapshotFileAsync(dir: string, snap: Snapshot): Promise<string> {
+  const name = snapshotFileName(snap.metadata);
+  const tmp = join(dir, `${name}.tmp`);
+  const buf = encodeSnapshot(snap);
+  const file = await open(tmp, "w");
+  try {
+    let off = 0;
+    while (off < buf.length) off += (await file.write(buf, off, buf.length - off)).bytesWritten;
+    await file.sync();
+  } finally {
+    await file.close();
+  }
+  await rename(tmp, join(dir, name));
+  const d = await open(dir, "r");
+  try {
+    await d.sync();
+  } finally {
+    await d.close();
+  }
+  for (const other of await readdir(dir)) {
+    const idx = parseSnapshotName(other);
+    if (other !== name && idx !== undefined && idx <= snap.metadata.index)
+      await unlink(join(dir, other)).catch(() => undefined);
   }
   return join(dir, name);
 }

@@ -458,6 +458,59 @@ describe("WalStorage on disk", () => {
     }
   });
 
+  test("compactAsync: appends go on while the file is written; then it compacts as compact does", async () => {
+    const dir = tempDir();
+    try {
+      let s = await WalStorage.open(dir, SMALL);
+      s.append(ents(1, 10));
+      s.setHardState({ term: 1, vote: "", commit: 10 });
+      const writing = s.compactAsync(snap(8, 1), 2);
+      // Until the file is durable the storage reads as before (entries 1.. still held).
+      assert.equal(s.snapshot().metadata.index, 0);
+      assert.equal(s.firstIndex(), 1);
+      s.append(ents(11, 12));
+      await s.sync();
+      await assert.rejects(s.compactAsync(snap(9, 1), 0), /already being written/);
+      await writing;
+      assert.equal(s.snapshot().metadata.index, 8);
+      assert.equal(s.firstIndex(), 7, "two entries kept behind the snapshot");
+      assert.deepEqual(text(s, 7, 13), ["e7", "e8", "e9", "e10", "e11", "e12"]);
+      await s.close();
+      s = await WalStorage.open(dir, SMALL);
+      assert.equal(s.snapshot().metadata.index, 8);
+      assert.equal(new TextDecoder().decode(s.snapshot().data), "state@8");
+      assert.equal(s.firstIndex(), 7);
+      assert.deepEqual(text(s, 7, 13), ["e7", "e8", "e9", "e10", "e11", "e12"]);
+      await s.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("compactAsync: close waits for the snapshot being written; a stale one is dropped", async () => {
+    const dir = tempDir();
+    try {
+      let s = await WalStorage.open(dir, SMALL);
+      s.append(ents(1, 10));
+      s.setHardState({ term: 1, vote: "", commit: 10 });
+      void s.compactAsync(snap(5, 1), 0);
+      await s.close();
+      s = await WalStorage.open(dir, SMALL);
+      assert.equal(s.snapshot().metadata.index, 5);
+      assert.deepEqual(text(s, 6, 11), ["e6", "e7", "e8", "e9", "e10"]);
+      // A leader's newer snapshot stored while ours was being written wins; ours leaves no file.
+      const writing = s.compactAsync(snap(7, 1), 0);
+      s.applySnapshot(snap(9, 1));
+      await writing;
+      assert.equal(s.snapshot().metadata.index, 9);
+      assert.deepEqual(readdirSync(join(dir, "snap")), ["0000000000000009-0000000000000001.snap"]);
+      await s.close();
+      await assert.rejects(s.compactAsync(snap(10, 1), 0), /closed/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   test("compact refuses a snapshot beyond the durable commit index", async () => {
     const dir = tempDir();
     try {

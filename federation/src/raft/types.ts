@@ -122,6 +122,12 @@ export interface WritableStorage extends Storage {
   applySnapshot(snap: Snapshot): void;
   /** Records a snapshot taken by the application at `index` and drops entries before `index - keep`. */
   compact(snap: Snapshot, keepEntries: number): void;
+  /**
+   * Optional: compact() with the snapshot written off the caller's thread; until it resolves the
+   * storage reads as before the call. A driver runs one at a time and applies no snapshot from
+   * the leader while one is in flight.
+   */
+  compactAsync?(snap: Snapshot, keepEntries: number): Promise<void>;
   /** Makes every write so far durable. Messages that depend on the writes are sent only after this resolves. */
   sync(): Promise<void>;
   /**

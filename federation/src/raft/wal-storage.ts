@@ -23,7 +23,13 @@ import {
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { type RaftLogger, silentRaftLogger } from "./logger.js";
-import { fsyncDir, readLatestSnapshot, writeSnapshotFile } from "./snapshot-file.js";
+import {
+  fsyncDir,
+  readLatestSnapshot,
+  snapshotFileName,
+  writeSnapshotFile,
+  writeSnapshotFileAsync,
+} from "./snapshot-file.js";
 import {
   CompactedError,
   type ConfState,
@@ -136,6 +142,8 @@ export class WalStorage implements WritableStorage {
   private readonly preallocate: boolean;
   private failed: Error | undefined;
   private closed = false;
+  /** A snapshot file being written by compactAsync (at most one at a time). */
+  private snapshotWrite: Promise<void> | undefined;
   /** The last snapshot marker replayed at open (recovery only). */
   private lastMarker: Extract<WalRecord, { type: RecordType.SnapshotMarker }> | undefined;
 
@@ -273,6 +281,42 @@ export class WalStorage implements WritableStorage {
   }
 
   compact(snap: Snapshot, keepEntries: number): void {
+    this.checkCompaction(snap);
+    if (snap.metadata.index === this.snap.metadata.index) return; // already compacted this far
+    writeSnapshotFile(this.snapDir, snap);
+    this.recordCompaction(snap, keepEntries);
+  }
+
+  /**
+   * compact() with the snapshot file written and fsynced on the thread pool while the caller
+   * keeps appending and syncing: until it resolves, snapshot() and firstIndex() stay as they
+   * were (every entry after the old snapshot is still held), then the marker is queued and the
+   * log is compacted as compact() does. One at a time; a leader's snapshot must not be applied
+   * while one is in flight (RaftNode waits for it).
+   */
+  async compactAsync(snap: Snapshot, keepEntries: number): Promise<void> {
+    this.checkCompaction(snap);
+    if (this.snapshotWrite) throw new Error("raft wal: a snapshot is already being written");
+    if (snap.metadata.index === this.snap.metadata.index) return;
+    const write = writeSnapshotFileAsync(this.snapDir, snap).then(() => {
+      if (this.failed) return;
+      if (snap.metadata.index <= this.snap.metadata.index) {
+        // A newer snapshot was stored meanwhile: this one is of no use.
+        rmSync(join(this.snapDir, snapshotFileName(snap.metadata)), { force: true });
+        return;
+      }
+      this.recordCompaction(snap, keepEntries);
+    });
+    this.snapshotWrite = write;
+    try {
+      await write;
+    } finally {
+      this.snapshotWrite = undefined;
+    }
+  }
+
+  /** Throws unless `snap` may compact the log (it is at or after the current one, committed, in the log). */
+  private checkCompaction(snap: Snapshot): void {
     this.checkUsable();
     const { index, term } = snap.metadata;
     if (index < this.snap.metadata.index) {
@@ -290,11 +334,15 @@ export class WalStorage implements WritableStorage {
         `raft wal: snapshot at ${index} has term ${term} but the log has term ${this.term(index)}`,
       );
     }
+  }
+
+  /** With the snapshot file durable: queues its marker and drops the entries it covers. */
+  private recordCompaction(snap: Snapshot, keepEntries: number): void {
+    const { index, term } = snap.metadata;
     const newBase = Math.min(index + 1, Math.max(this.base, index - Math.max(0, keepEntries) + 1));
     // The marker says where the kept log starts, so a restart reloads the entries kept for slow
     // followers instead of starting right after the snapshot.
     const keptAfter = { index: newBase - 1, term: this.term(newBase - 1) };
-    writeSnapshotFile(this.snapDir, snap);
     this.writeRecord(
       encodeRecord({ type: RecordType.SnapshotMarker, index, term, keptAfter, replaced: false }),
       0,
@@ -341,6 +389,8 @@ export class WalStorage implements WritableStorage {
 
   async close(): Promise<void> {
     if (this.closed) return;
+    // A snapshot being written finishes first (its marker then goes out with the last sync).
+    await this.snapshotWrite?.catch(() => undefined);
     if (!this.failed) await this.sync();
     this.closed = true;
     await this.preparing;

@@ -23,6 +23,8 @@ export interface Latency {
 
 export interface FlowSetupResult extends Latency {
   samples: number;
+  /** The sending agent's upcalls since it started, and how many came up the ring buffer. */
+  upcallPaths?: UpcallPaths;
   /** Frame read by the agent → entry written (the agent's share). */
   agent: Latency;
   /** Each stage's own latency (FlowSetupProfile's SETUP_STAGES) and GC overlap. */
@@ -38,6 +40,10 @@ export interface FlowSetupResult extends Latency {
     stagesMeanMs: Record<string, number>;
     gcMeanMs: number;
     withGc: number;
+    /** GC that overlapped miss → read (the frame waiting while the thread collected), mean. */
+    gcWakeMeanMs: number;
+    /** The agent's counter read-back that overlapped miss → written, mean. */
+    syncMeanMs: number;
   };
 }
 
@@ -47,7 +53,18 @@ interface SetupReport {
   fromRead: number[];
   stages: Record<string, number[]>;
   gcMs: number[];
+  gcWakeMs?: number[];
+  syncMs?: number[];
   gcPauses: number[];
+  upcallPaths?: UpcallPaths;
+}
+
+/** How the sending agent's misses reached it so far (KernelDatapath.upcallPaths). */
+export interface UpcallPaths {
+  ringEnabled: boolean;
+  upcalls: number;
+  ring: number;
+  ringFull: number;
 }
 
 const mean = (xs: number[]) => (xs.length === 0 ? Number.NaN : xs.reduce((a, b) => a + b, 0) / xs.length);
@@ -59,6 +76,7 @@ export function setupResult(s: SetupReport): FlowSetupResult {
   const at = (xs: number[]) => slow.map((i) => xs[i]!).filter(Number.isFinite);
   return {
     samples: s.fromMiss.length,
+    ...(s.upcallPaths ? { upcallPaths: s.upcallPaths } : {}),
     ...latency(s.fromMiss),
     agent: latency(s.fromRead),
     stages: Object.fromEntries(Object.entries(s.stages).map(([k, v]) => [k, latency(v)])),
@@ -70,6 +88,8 @@ export function setupResult(s: SetupReport): FlowSetupResult {
       stagesMeanMs: Object.fromEntries(Object.entries(s.stages).map(([k, v]) => [k, mean(at(v))])),
       gcMeanMs: mean(at(s.gcMs)),
       withGc: at(s.gcMs).filter((g) => g > 0).length,
+      gcWakeMeanMs: mean(at(s.gcWakeMs ?? [])),
+      syncMeanMs: mean(at(s.syncMs ?? [])),
     },
   };
 }
@@ -111,8 +131,15 @@ function metric(text: string, line: RegExp): number {
   return m ? Number(m[1]) : Number.NaN;
 }
 
-/** `nodeArgs`: extra node flags for the agent processes (a probe's --trace-gc). */
-export async function startKernelPath(lab: Lab, nodeArgs: string[] = []): Promise<KernelPathLab> {
+/**
+ * `nodeArgs`: extra node flags for the agent processes (a probe's --trace-gc); `kernelConfig`:
+ * extra `agent.kernel` settings for both agents (a probe's `upcallRing: false`).
+ */
+export async function startKernelPath(
+  lab: Lab,
+  nodeArgs: string[] = [],
+  kernelConfig: Record<string, string | number | boolean> = {},
+): Promise<KernelPathLab> {
   const sh = (ns: string, args: string[]) => lab.exec(ns, args);
   const hA = lab.addNamespace();
   const hB = lab.addNamespace();
@@ -165,6 +192,7 @@ export async function startKernelPath(lab: Lab, nodeArgs: string[] = []): Promis
           `    stateDir: ${lab.tempFile("state")}`,
           "    upcallsPerSecond: 100000",
           "    upcallBurst: 4096",
+          ...Object.entries(kernelConfig).map(([k, v]) => `    ${k}: ${v}`),
           "",
         ].join("\n"),
       );

@@ -98,6 +98,11 @@ export interface KernelFastPathResult extends PathResult {
   flowSetup: FlowSetupResult;
   /** The flows opened first, while the agent's code warms up (not in `flowSetup`). */
   flowSetupWarmup: FlowSetupResult;
+  /**
+   * The same flow-setup measurement on a fresh pair of agents with `agent.kernel.upcallRing:
+   * false` (every miss through the upcall veth), run after the first pair stopped; full mode only.
+   */
+  flowSetupVeth?: FlowSetupResult & { load1: number };
   /** Packets of the measured traffic the sending agent saw (upcalls) vs what its kernel forwarded. */
   upcalls: number;
   kernelHits: number;
@@ -356,6 +361,27 @@ async function kernelFastPath(
   reps: number,
   seconds: number,
   newFlows: number,
+  compareVeth: boolean,
+): Promise<KernelFastPathResult> {
+  const result = await kernelFastPathRing(lab, bridge, reps, seconds, newFlows);
+  if (!compareVeth) return result;
+  // The ring buffer against the upcall veth for a first packet's way up, on agents of their own.
+  const v = await startKernelPath(lab, [], { upcallRing: false });
+  try {
+    const load1 = loadavg()[0] ?? 0;
+    await v.flowSetup(Math.max(20, Math.round(newFlows * 0.3)));
+    return { ...result, flowSetupVeth: { ...(await v.flowSetup(newFlows)), load1 } };
+  } finally {
+    await v.stop();
+  }
+}
+
+async function kernelFastPathRing(
+  lab: Lab,
+  bridge: [Vm, Vm],
+  reps: number,
+  seconds: number,
+  newFlows: number,
 ): Promise<KernelFastPathResult> {
   const k = await startKernelPath(lab);
   try {
@@ -435,7 +461,14 @@ function kernelFastPathRows(r: DatapathBenchResult, f: (n: number, d?: number) =
     "",
     setupStagesRow(k.flowSetup, f),
     "",
+    ...(k.flowSetupVeth ? [vethRow(k.flowSetupVeth, f), ""] : []),
   ];
+}
+
+/** The same flow setup with every miss through the upcall veth (ring buffer off). */
+function vethRow(v: FlowSetupResult & { load1: number }, f: (n: number, d?: number) => string): string {
+  const wake = v.stages.wake;
+  return `The same flow setup on a fresh pair of agents with the upcall ring buffer off (\`agent.kernel.upcallRing: false\`: every miss through the upcall veth), run afterwards at load ${f(v.load1, 1)}: p50 ${f(v.p50Ms, 3)} ms, p99 ${f(v.p99Ms, 3)} ms, max ${f(v.maxMs, 3)} ms; wake p50 ${f(wake?.p50Ms ?? Number.NaN, 3)} / p99 ${f(wake?.p99Ms ?? Number.NaN, 3)} ms; agent share p99 ${f(v.agent.p99Ms, 3)} ms.`;
 }
 
 /** Where the measured setups' time went, per stage (the agent's FlowSetupProfile), and in the tail. */
@@ -446,7 +479,11 @@ function setupStagesRow(s: FlowSetupResult, f: (n: number, d?: number) => string
   const tail = Object.entries(s.tail.stagesMeanMs)
     .map(([k, v]) => `${k} ${f(v, 3)}`)
     .join(", ");
-  return `Flow setup by stage, p50 / p99 ms: ${stages}. The slowest ${s.tail.samples} setups (mean ${f(s.tail.meanMs, 3)} ms) spent on average: ${tail}; ${s.tail.withGc} of them overlapped a GC pause. GC pauses in the sending agent while the ${s.samples} flows were opened: ${s.gcPauses.count} (max ${f(s.gcPauses.maxMs, 3)} ms).`;
+  const u = s.upcallPaths;
+  const paths = u
+    ? ` Misses reached the sending agent ${u.ringEnabled ? `through the upcall ring buffer (${u.ring} of its ${u.upcalls} upcalls; ${u.ringFull} dropped for a full ring), the rest through the upcall veth` : "through the upcall veth (ring buffer off)"}.`
+    : "";
+  return `Flow setup by stage, p50 / p99 ms: ${stages}. The slowest ${s.tail.samples} setups (mean ${f(s.tail.meanMs, 3)} ms) spent on average: ${tail}; ${s.tail.withGc} of them overlapped a GC pause (in the agent's share; GC before the read, inside *wake*: ${f(s.tail.gcWakeMeanMs, 3)} ms on average; counter read-back: ${f(s.tail.syncMeanMs, 3)} ms). GC pauses in the sending agent while the ${s.samples} flows were opened: ${s.gcPauses.count} (max ${f(s.gcPauses.maxMs, 3)} ms).${paths}`;
 }
 
 function updateDocs(r: DatapathBenchResult): void {
@@ -501,7 +538,7 @@ export async function measure(quick: boolean): Promise<DatapathBenchResult> {
     // interleaved repetitions, medians reported (quick: 2 repetitions of 1 s).
     const fast = fastSkip
       ? undefined
-      : await kernelFastPath(lab, bridge, quick ? 2 : 5, quick ? 1 : 5, quick ? 50 : 1000);
+      : await kernelFastPath(lab, bridge, quick ? 2 : 5, quick ? 1 : 5, quick ? 50 : 1000, !quick);
     const kernel = fast
       ? medianPath(fast.runs.map((r) => r.bridge))
       : await measurePath(lab, bridge[0], bridge[1], seconds);

@@ -7,7 +7,7 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
-import { type PropagationResult, run } from "./propagation.js";
+import { type PropagationResult, run, SEGMENTS } from "./propagation.js";
 
 test("the propagation benchmark times admin writes to agents at two sites and a snapshot", async (t) => {
   const dir = mkdtempSync(join(tmpdir(), "propagation-bench-"));
@@ -30,6 +30,24 @@ test("the propagation benchmark times admin writes to agents at two sites and a 
     assert.ok(c.p50 > 0 && c.p99 >= c.p50 && c.max >= c.p99, `ordered percentiles: ${JSON.stringify(c)}`);
     assert.ok(p.requestToEverySite.p50 >= p.commit.p50, "request→site includes the commit");
     assert.deepEqual(Object.keys(p.perSite).sort(), ["site1", "site2"]);
+    // The per-change timeline: every change, both sites' segments, adding up to the slowest arrival.
+    const tl = p.timeline!;
+    assert.equal(tl.rows.length, p.changes);
+    for (const row of tl.rows) {
+      assert.equal(row.length, 4 + 2 * SEGMENTS.length);
+      assert.ok(
+        row.every((x) => typeof x === "number"),
+        `no missing timings: ${JSON.stringify(row)}`,
+      );
+      const perSite = [0, 1].map((k) =>
+        (row.slice(4 + k * SEGMENTS.length, 4 + (k + 1) * SEGMENTS.length) as number[]).reduce(
+          (a, b) => a + b,
+          0,
+        ),
+      );
+      assert.ok(Math.abs(Math.max(...perSite) - row[3]!) < 1, `segments add up: ${JSON.stringify(row)}`);
+    }
+    assert.equal(tl.slowest[0]!.everySiteMs, Math.max(...tl.rows.map((row) => row[3]!)));
   }
   assert.equal(r.bulkLoad[0]?.objects, 100);
   const s = r.snapshot!;
@@ -38,6 +56,6 @@ test("the propagation benchmark times admin writes to agents at two sites and a 
   assert.ok((s.counts.rule ?? 0) > 20 && s.ms.length === 1 && s.ms[0]! > 0);
   assert.match(
     readFileSync(docsFile, "utf8"),
-    /<!-- bench:propagation:start -->[\s\S]*\| 2 \|[\s\S]*<!-- bench:propagation:end -->/,
+    /<!-- bench:propagation:start -->[\s\S]*\| 2 \|[\s\S]*Per-change timeline[\s\S]*<!-- bench:propagation:end -->/,
   );
 });

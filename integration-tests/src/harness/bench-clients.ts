@@ -9,7 +9,7 @@ import {
   type ServiceError,
   status,
 } from "@grpc/grpc-js";
-import { federationpb, type intentpb, sitepb, topologypb } from "@isthmus/schema";
+import { federationpb, intentpb, sitepb, topologypb } from "@isthmus/schema";
 import { firstSnapshot } from "@isthmus/site-agent";
 
 type Unary<Req, Res> = (
@@ -32,6 +32,13 @@ function call<C, Req, Res>(client: C, f: (c: C) => Unary<Req, Res>, req: Req, md
     ),
   );
 }
+
+const OBJECT_KINDS: Record<string, intentpb.ObjectKind> = {
+  network: intentpb.ObjectKind.OBJECT_KIND_NETWORK,
+  securityGroup: intentpb.ObjectKind.OBJECT_KIND_SECURITY_GROUP,
+  securityGroupRule: intentpb.ObjectKind.OBJECT_KIND_SECURITY_GROUP_RULE,
+  router: intentpb.ObjectKind.OBJECT_KIND_ROUTER,
+};
 
 /** Writes go to the leader (found with Status, re-found after UNAVAILABLE), as an admin's CLI does. */
 export class FederationAdmin {
@@ -68,7 +75,11 @@ export class FederationAdmin {
     throw new Error("no coordinator leader within 30 s");
   }
 
-  /** Create one object; retried on the new leader after UNAVAILABLE (an election). */
+  /**
+   * Create one object; retried on the new leader after UNAVAILABLE (an election). Such a failure
+   * leaves the outcome unknown: when the retry finds the name taken, the first attempt committed,
+   * and the object is read back by name (its response then carries index 0).
+   */
   async create(object: intentpb.IntentObject): Promise<federationpb.ObjectResponse> {
     for (let attempt = 0; ; attempt++) {
       try {
@@ -81,11 +92,31 @@ export class FederationAdmin {
         );
       } catch (err) {
         const se = err as ServiceError;
+        const existing =
+          attempt > 0 && se.code === status.ALREADY_EXISTS ? await this.getByName(object) : undefined;
+        if (existing) return { object: existing, index: 0 };
         if (attempt >= 5 || (se.code !== status.UNAVAILABLE && se.code !== status.DEADLINE_EXCEEDED))
           throw err;
         await this.findLeader();
       }
     }
+  }
+
+  private async getByName(object: intentpb.IntentObject): Promise<intentpb.IntentObject | undefined> {
+    const field = Object.keys(object).find((k) => (object as Record<string, unknown>)[k] !== undefined);
+    const kind = field ? OBJECT_KINDS[field] : undefined;
+    const name = field
+      ? (object as Record<string, { meta?: intentpb.ObjectMeta }>)[field]?.meta?.name
+      : undefined;
+    if (kind === undefined || !name) return undefined;
+    const r = await call(
+      this.clients[this.leader]!,
+      (c) => c.get,
+      { kind, id: "", name },
+      bearer(this.token),
+      30_000,
+    );
+    return r.object;
   }
 
   close(): void {
@@ -143,7 +174,8 @@ export class SiteApi {
 
 /**
  * An agent's watch stream at one site. Records when each rule (by the intent object it came
- * from) first arrives while `recording`, and the newest revision seen. The channel has the
+ * from) first arrives while `recording` (Unix ms, fractional, comparable with the controllers'
+ * entry timings), and the newest revision seen. The channel has the
  * grpc-js defaults, as the site agent's own watch client does, unless `channelOptions` says else.
  */
 export class AgentWatch {
@@ -164,7 +196,7 @@ export class AgentWatch {
     this.client = new topologypb.TopologyServiceClient(address, credentials.createInsecure(), channelOptions);
     this.stream = this.client.watch({ hostId, fromRevision: 0 }, bearer(hostToken));
     this.stream.on("data", (e: topologypb.WatchTopologyResponse) => {
-      const now = performance.now();
+      const now = performance.timeOrigin + performance.now();
       if (e.snapshot) {
         this.revision = e.snapshot.revision;
       } else if (e.change) {
@@ -234,4 +266,29 @@ export async function scrapeEntryStages(metricsAddress: string): Promise<EntrySt
     applySum: value('isthmus_site_intent_entry_seconds_sum{stage="apply"}'),
     count: value('isthmus_site_intent_entry_seconds_count{stage="apply"}'),
   };
+}
+
+/**
+ * One intent entry's times at a site (Unix ms): arrived, got the write queue, translated, its
+ * transaction's statements done, committed.
+ */
+export interface SiteEntryTiming {
+  index: number;
+  revision: number;
+  receivedAt: number;
+  startedAt: number;
+  translatedAt: number;
+  writtenAt: number;
+  committedAt: number;
+}
+
+/** A controller's recent intent entry timings above `afterIndex` (its `/debug/intent-entries`). */
+export async function fetchEntryTimings(
+  metricsAddress: string,
+  afterIndex: number,
+): Promise<SiteEntryTiming[]> {
+  const url = `http://${metricsAddress}/debug/intent-entries?after=${afterIndex}`;
+  const res = await fetch(url, { signal: AbortSignal.timeout(10_000) });
+  if (!res.ok) throw new Error(`GET ${url}: ${res.status}`);
+  return (await res.json()) as SiteEntryTiming[];
 }

@@ -64,6 +64,13 @@ export const AgentConfigSchema = z.object({
           upcallsPerSecond: z.number().int().positive().default(2000),
           upcallBurst: z.number().int().positive().default(256),
           /**
+           * EEVDF time slice (µs) asked for the agent's event-loop thread (Linux ≥ 6.12; 0 = the
+           * kernel's default): short, so the thread preempts on wake-up when a first packet arrives.
+           */
+          threadSliceUs: z.number().int().min(0).max(100_000).default(100),
+          /** Misses reach the agent through a BPF ring buffer (false: always the upcall veth). */
+          upcallRing: z.boolean().default(true),
+          /**
            * A network namespace (a path such as /run/netns/underlay) that holds the tunnel
            * address and the VM ports: the datapath's devices and programs are made there while
            * the agent itself (and its connection to the controller) stays where it runs.
@@ -79,6 +86,8 @@ export const AgentConfigSchema = z.object({
           stateDir: "/run/isthmus",
           upcallsPerSecond: 2000,
           upcallBurst: 256,
+          threadSliceUs: 100,
+          upcallRing: true,
         }),
       /** How often an active connection's flow state is re-sent to peers. */
       stateRefreshMs: z.number().int().positive().default(1000),

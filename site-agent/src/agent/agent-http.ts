@@ -27,9 +27,16 @@ export async function startMetricsServer(
   health: HealthState,
   host: string,
   port: number,
+  /** More JSON endpoints by path (the query string is passed in). */
+  extra: Record<string, (query: URLSearchParams) => unknown> = {},
 ): Promise<{ server: Server; port: number }> {
   const server = createServer((req, res) => {
-    if (req.url === "/metrics") {
+    const url = new URL(req.url ?? "/", "http://metrics");
+    const json = Object.hasOwn(extra, url.pathname) ? extra[url.pathname] : undefined;
+    if (json) {
+      res.writeHead(200, { "content-type": "application/json" });
+      res.end(JSON.stringify(json(url.searchParams)));
+    } else if (req.url === "/metrics") {
       registry.metrics().then(
         (body) => {
           res.writeHead(200, { "content-type": registry.contentType });
@@ -48,7 +55,7 @@ export async function startMetricsServer(
       res.end(JSON.stringify(h));
     } else {
       res.writeHead(404);
-      res.end("not found: try /metrics or /healthz\n");
+      res.end(`not found: try ${["/metrics", "/healthz", ...Object.keys(extra)].join(" or ")}\n`);
     }
   });
   return { server, port: await listen(server, host, port) };

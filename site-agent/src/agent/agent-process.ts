@@ -16,6 +16,7 @@ import { HostHeartbeat, registerHost } from "./host-registration.js";
 import { HostTokenRefresher, tokenExpiry } from "./host-token-refresh.js";
 import { chooseDatapath, kernelDatapathName } from "./kernel/datapath-select.js";
 import { KernelDatapath } from "./kernel/kernel-datapath.js";
+import { setThreadSliceUs } from "./kernel/thread-slice.js";
 import { EngineSimulator } from "./sim-adapter.js";
 import type { Simulator } from "./simulator.js";
 import { SiteNatLeases } from "./snat-lease-client.js";
@@ -146,6 +147,19 @@ export async function startAgent(flags: AgentFlags, deps: AgentDeps = {}): Promi
       );
     }
   }
+  if (chosen.kind === "kernel" && cfg.kernel.threadSliceUs > 0) {
+    try {
+      const got = setThreadSliceUs(cfg.kernel.threadSliceUs);
+      if (got === cfg.kernel.threadSliceUs) log.info({ sliceUs: got }, "agent thread time slice set");
+      else
+        log.info(
+          { sliceUs: got },
+          "agent thread time slice left at the kernel's (no custom slices before 6.12)",
+        );
+    } catch (err) {
+      log.warn({ err: (err as Error).message }, "agent thread time slice not set");
+    }
+  }
   const datapath =
     chosen.kind === "kernel"
       ? new KernelDatapath({
@@ -156,6 +170,7 @@ export async function startAgent(flags: AgentFlags, deps: AgentDeps = {}): Promi
           stateDir: cfg.kernel.stateDir,
           netns: cfg.kernel.netns,
           upcallRate: { perSecond: cfg.kernel.upcallsPerSecond, burst: cfg.kernel.upcallBurst },
+          upcallRing: cfg.kernel.upcallRing,
           flowLimits,
           upcallLimits: { perSource: cfg.upcalls.perPort, total: cfg.upcalls.total },
           log: componentLogger(root, "datapath"),

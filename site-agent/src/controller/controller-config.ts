@@ -45,6 +45,7 @@ export const SiteControllerConfigSchema = z.object({
     dbMaxConnections: positive.default(T.dbMaxConnections),
     snapshotAfterLag: z.number().int().nonnegative().default(T.snapshotAfterLag),
     snapshotMirrorMaxBytes: z.number().int().nonnegative().default(T.snapshotMirrorMaxBytes),
+    entryTimelineSize: z.number().int().nonnegative().max(1_000_000).default(T.entryTimelineSize),
   }),
 });
 

@@ -49,6 +49,37 @@ test("each change is applied in one transaction with its index; duplicates are s
   assert.equal(f.ctx.index.get("network", "n2")?.vni, 0x100002);
 });
 
+test("the stored copy of a change upserting one object twice and deleting it too holds its last version; large changes take several statements", async (t) => {
+  if (pg.skip) return t.skip(pg.skip);
+  const f = await controllerFixture(await pg.createDatabase());
+  t.after(() => f.close());
+  const many = Array.from({ length: 1_203 }, (_, i) => network(`m${i}`, `net-${i}`, 0x200000 + i));
+  assert.equal(
+    await f.applier.applyChange({
+      index: 5,
+      upserts: [network("n1", "blue", 0x100001), ...many, network("n1", "blue", 0x100007)],
+      deletes: [networkRef("n1"), networkRef("absent")],
+    }),
+    "applied",
+  );
+  const body = await f.db.pool.query("SELECT count(*) AS n, max(revision) AS r FROM intent_objects");
+  assert.equal(Number(body.rows[0].n), 1_204);
+  assert.equal(Number(body.rows[0].r), 5);
+  assert.equal(
+    await f.applier.applyChange({ index: 6, upserts: [], deletes: many.map((_, i) => networkRef(`m${i}`)) }),
+    "applied",
+  );
+  const left = await f.db.pool.query("SELECT id FROM intent_objects");
+  assert.deepEqual(
+    left.rows.map((r) => r.id),
+    ["n1"],
+  );
+  // Reloaded from the database, the copy is the same.
+  await f.applier.load();
+  assert.equal(f.ctx.index.get("network", "n1")?.vni, 0x100007);
+  assert.equal(f.applier.appliedIndex, 6);
+});
+
 test("a crash mid-transaction or between entries, then replay from the start, equals a clean apply", async (t) => {
   if (pg.skip) return t.skip(pg.skip);
   const clean = await cleanApply();

@@ -3,6 +3,7 @@
 // skips nothing), snapshots by replacing the whole intent copy and diffing the topology.
 import { type intentpb, topologypb } from "@isthmus/schema";
 import type { Tx } from "./db/database.js";
+import { type LeaseClaim, verifyLeaseRow } from "./fence.js";
 import { loadLocalObjects } from "./local-store.js";
 import {
   decodeIntent,
@@ -19,6 +20,15 @@ import { writeTunnelKeyMoves } from "./tunnel-key-allocator.js";
 import type { WriteContext } from "./write-context.js";
 
 export type ApplyOutcome = "applied" | "skipped";
+
+/** Where an applied change's time went (performance.now() ms; see applyChange). */
+export interface ApplyTiming {
+  startedAt?: number;
+  translatedAt?: number;
+  writtenAt?: number;
+  committedAt?: number;
+  revision?: number;
+}
 
 /** Intent rows per INSERT when a snapshot replaces the copy (4 parameters a row). */
 const SNAPSHOT_ROWS_PER_STATEMENT = 500;
@@ -78,14 +88,12 @@ export class IntentApplier {
     await tx.query("UPDATE intent_state SET applied_index = $1, applied_at = now() WHERE id = 1", [idx]);
   }
 
-  /** The index in the database; the in-memory one is only a cache of it. */
-  private async dbIndex(tx: Tx): Promise<number> {
-    const r = await tx.query("SELECT applied_index FROM intent_state WHERE id = 1");
-    return Number(r.rows[0]?.applied_index ?? 0);
-  }
-
-  /** `timing.startedAt` is set (performance.now()) when the apply gets its turn in the queue. */
-  async applyChange(change: intentpb.IntentChange, timing?: { startedAt?: number }): Promise<ApplyOutcome> {
+  /**
+   * `timing` (performance.now() ms) gets `startedAt` when the apply has its turn in the queue,
+   * `translatedAt` when the translation is done, `writtenAt` when the transaction's statements
+   * are (COMMIT follows), `committedAt` when it committed, and the topology `revision` it wrote.
+   */
+  async applyChange(change: intentpb.IntentChange, timing?: ApplyTiming): Promise<ApplyOutcome> {
     const { ctx } = this;
     return ctx.queue.run(async (): Promise<ApplyOutcome> => {
       if (timing) timing.startedAt = performance.now();
@@ -99,31 +107,16 @@ export class IntentApplier {
         const keyProblems: string[] = [];
         moves = ctx.index.syncUplinkTunnelKeys(change, this.uplinkKeyAllocator(keyProblems));
         const delta = ctx.translator.translateChange(ctx.index, change, prior);
+        if (timing) timing.translatedAt = performance.now();
         const problems = [...keyProblems, ...delta.problems];
         if (problems.length > 0) ctx.onProblems?.(problems);
         const result = await ctx.db.tx(`apply ${change.index}`, async (tx) => {
-          await ctx.fence.check(tx);
-          // Records the index first, only when the database is behind it: one round trip both
-          // checks for a replay and moves the index (it commits with everything below or not).
-          const moved = await tx.query(
-            "UPDATE intent_state SET applied_index = $1, applied_at = now() WHERE id = 1 AND applied_index < $1",
-            [change.index],
-          );
-          if (moved.rowCount !== 1) return { skipped: true, written: undefined };
-          for (const ref of change.deletes) {
-            await tx.query("DELETE FROM intent_objects WHERE kind = $1 AND id = $2", [ref.kind, ref.id]);
-          }
-          for (const obj of change.upserts) {
-            const key = intentKeyOf(obj);
-            await tx.query(
-              `INSERT INTO intent_objects (kind, id, body, revision) VALUES ($1, $2, $3, $4)
-               ON CONFLICT (kind, id) DO UPDATE SET body = excluded.body, revision = excluded.revision`,
-              [key.kind, key.id, encodeIntent(obj), change.index],
-            );
-          }
+          if (!(await writeIntentRows(tx, await ctx.fence.claim(), change)))
+            return { skipped: true, written: undefined };
           await writeTunnelKeyMoves(tx, moves);
           const written = await writeTopologyChange(tx, delta, "intent", ctx.changeLog);
           await ctx.beforeCommit?.(tx, `apply ${change.index}`);
+          if (timing) timing.writtenAt = performance.now();
           return { skipped: false, written };
         });
         if (result.skipped) {
@@ -141,6 +134,10 @@ export class IntentApplier {
       }
       this.applied = change.index;
       this.appliedAtMs = Date.now();
+      if (timing) {
+        timing.committedAt = performance.now();
+        timing.revision = committed?.revision ?? 0;
+      }
       if (committed !== undefined) ctx.onCommitted(committed.revision, committed);
       return "applied";
     });
@@ -257,10 +254,9 @@ export class IntentApplier {
     const { ctx } = this;
     return ctx.queue.run(async (): Promise<ApplyOutcome> => {
       if (idx <= this.applied) return "skipped";
-      await ctx.db.tx(`progress ${idx}`, async (tx) => {
-        await ctx.fence.check(tx);
-        if ((await this.dbIndex(tx)) < idx) await this.recordIndex(tx, idx);
-      });
+      await ctx.db.tx(`progress ${idx}`, async (tx) =>
+        writeIntentRows(tx, await ctx.fence.claim(), { index: idx, upserts: [], deletes: [] }),
+      );
       this.applied = idx;
       this.appliedAtMs = Date.now();
       return "applied";
@@ -329,6 +325,87 @@ export class IntentApplier {
       return "applied";
     });
   }
+}
+
+/** Intent rows written by the statement that also fences and moves the applied index. */
+const INTENT_ROWS_FIRST_STATEMENT = 500;
+
+/**
+ * In one statement: checks the lease fence, moves the applied index to the change's — only when
+ * the database is behind it — and, only then, deletes and upserts the change's intent rows (the
+ * first 500; more follow a statement per 500). Every round trip of an entry's transaction is paid
+ * again by every entry, and on a busy machine each waits for the database's process and then
+ * ours to be scheduled: this was four. Returns false when the database already had the index (a
+ * replay; nothing written); throws FencedOut when the lease row is not `claim`'s.
+ */
+async function writeIntentRows(tx: Tx, claim: LeaseClaim, change: intentpb.IntentChange): Promise<boolean> {
+  // One row per key, the last version winning, as one statement per object would have it (a
+  // statement may not touch a row twice): an object deleted and upserted by one change ends up
+  // written, as deleting first and then upserting did.
+  const rows = new Map<string, [number, string, Buffer]>();
+  for (const obj of change.upserts) {
+    const key = intentKeyOf(obj);
+    rows.set(keyString(key.kind, key.id), [key.kind, key.id, encodeIntent(obj)]);
+  }
+  const deletes = change.deletes.filter((ref) => !rows.has(keyString(ref.kind, ref.id)));
+  const upserts = [...rows.values()];
+  const first = upserts.slice(0, INTENT_ROWS_FIRST_STATEMENT);
+  const firstDeletes = deletes.slice(0, INTENT_ROWS_FIRST_STATEMENT);
+  const params: unknown[] = [change.index, claim.holder, claim.token];
+  const ref = (v: unknown) => {
+    params.push(v);
+    return `$${params.length}`;
+  };
+  const parts = [
+    "l AS (SELECT holder, token FROM controller_lease WHERE id = 1)",
+    `m AS (UPDATE intent_state SET applied_index = $1::INT8, applied_at = now()
+       WHERE id = 1 AND applied_index < $1::INT8
+         AND EXISTS (SELECT 1 FROM l WHERE l.holder = $2::TEXT AND l.token = $3::INT8)
+       RETURNING 1 AS ok)`,
+  ];
+  if (firstDeletes.length > 0) {
+    parts.push(
+      `d AS (DELETE FROM intent_objects WHERE EXISTS (SELECT 1 FROM m) AND (kind, id) IN (${firstDeletes
+        .map((r) => `(${ref(r.kind)}::INT8, ${ref(r.id)}::TEXT)`)
+        .join(", ")}))`,
+    );
+  }
+  if (first.length > 0) {
+    parts.push(
+      `u AS (INSERT INTO intent_objects (kind, id, body, revision)
+         SELECT v.kind, v.id, v.body, $1::INT8 FROM (VALUES ${first
+           .map(([kind, id, body]) => `(${ref(kind)}::INT8, ${ref(id)}::TEXT, ${ref(body)}::BYTEA)`)
+           .join(", ")}) AS v (kind, id, body)
+         WHERE EXISTS (SELECT 1 FROM m)
+         ON CONFLICT (kind, id) DO UPDATE SET body = excluded.body, revision = excluded.revision)`,
+    );
+  }
+  const r = await tx.query(
+    `WITH ${parts.join(",\n")}
+     SELECT (SELECT holder FROM l) AS holder, (SELECT token FROM l) AS token, EXISTS (SELECT 1 FROM m) AS moved`,
+    params,
+  );
+  const row = r.rows[0] as { holder: string | null; token: string | null; moved: boolean } | undefined;
+  verifyLeaseRow(claim, row?.holder === null ? undefined : row);
+  if (!row?.moved) return false;
+  for (let i = INTENT_ROWS_FIRST_STATEMENT; i < deletes.length; i += INTENT_ROWS_FIRST_STATEMENT) {
+    const batch = deletes.slice(i, i + INTENT_ROWS_FIRST_STATEMENT);
+    await tx.query(
+      `DELETE FROM intent_objects WHERE (kind, id) IN (${batch.map((_, k) => `($${2 * k + 1}::INT8, $${2 * k + 2}::TEXT)`).join(", ")})`,
+      batch.flatMap((d) => [d.kind, d.id]),
+    );
+  }
+  for (let i = INTENT_ROWS_FIRST_STATEMENT; i < upserts.length; i += INTENT_ROWS_FIRST_STATEMENT) {
+    const batch = upserts.slice(i, i + INTENT_ROWS_FIRST_STATEMENT);
+    await tx.query(
+      `INSERT INTO intent_objects (kind, id, body, revision) VALUES ${batch
+        .map((_, k) => `($${3 * k + 2}, $${3 * k + 3}, $${3 * k + 4}, $1)`)
+        .join(", ")}
+       ON CONFLICT (kind, id) DO UPDATE SET body = excluded.body, revision = excluded.revision`,
+      [change.index, ...batch.flat()],
+    );
+  }
+  return true;
 }
 
 function revisionOf(obj: intentpb.IntentObject): number {

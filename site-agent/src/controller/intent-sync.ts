@@ -5,8 +5,9 @@
 import { type ChannelCredentials, type ClientReadableStream, Metadata, status } from "@grpc/grpc-js";
 import { type intentpb, type Logger, sitesyncpb } from "@isthmus/schema";
 import { backoffDelayMs } from "./db/retry.js";
+import type { EntryTiming } from "./entry-timeline.js";
 import { FencedOut } from "./fence.js";
-import type { IntentApplier } from "./intent-applier.js";
+import type { ApplyTiming, IntentApplier } from "./intent-applier.js";
 
 export interface IntentSyncOptions {
   site: string;
@@ -24,8 +25,8 @@ export interface IntentSyncOptions {
   maxSnapshotObjects: number;
   /** Ask for a snapshot when this many entries or more behind (0 = replay the journal). */
   snapshotAfterLag?: number;
-  /** Where each applied change's time went (seconds): queued, then applied. */
-  onEntryTimed?: (stages: { wait: number; apply: number }) => void;
+  /** When each applied change arrived, got the write queue and committed. */
+  onEntryTimed?: (timing: EntryTiming) => void;
   /** Called when the applier reports this replica was fenced out (lost the lease). */
   onFenced?: (err: Error) => void;
 }
@@ -230,13 +231,26 @@ export class IntentSync {
   private async handle(ev: sitesyncpb.WatchIntentResponse, receivedAt?: number): Promise<void> {
     if (ev.snapshot) await this.applier.applySnapshot(ev.snapshot);
     else if (ev.change) {
-      const timing: { startedAt?: number } = {};
+      const timing: ApplyTiming = {};
       const outcome = await this.applier.applyChange(ev.change, timing);
-      if (outcome === "applied" && receivedAt !== undefined && timing.startedAt !== undefined) {
-        const now = performance.now();
+      const { startedAt, translatedAt, writtenAt, committedAt } = timing;
+      if (
+        outcome === "applied" &&
+        receivedAt !== undefined &&
+        startedAt !== undefined &&
+        translatedAt !== undefined &&
+        writtenAt !== undefined &&
+        committedAt !== undefined
+      ) {
+        const wall = performance.timeOrigin;
         this.opts.onEntryTimed?.({
-          wait: (timing.startedAt - receivedAt) / 1000,
-          apply: (now - timing.startedAt) / 1000,
+          index: ev.change.index,
+          revision: timing.revision ?? 0,
+          receivedAt: wall + receivedAt,
+          startedAt: wall + startedAt,
+          translatedAt: wall + translatedAt,
+          writtenAt: wall + writtenAt,
+          committedAt: wall + committedAt,
         });
       }
     } else if (ev.progressIndex !== undefined) await this.applier.applyProgress(ev.progressIndex);

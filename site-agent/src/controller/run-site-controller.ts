@@ -97,6 +97,7 @@ export async function startSiteController(
       dbMaxConnections: cfg.dbMaxConnections,
       snapshotAfterLag: cfg.snapshotAfterLag,
       snapshotMirrorMaxBytes: cfg.snapshotMirrorMaxBytes,
+      entryTimelineSize: cfg.entryTimelineSize,
     },
   });
   if (cfg.adminTokenFile && !existsSync(cfg.adminTokenFile)) {
@@ -111,6 +112,8 @@ export async function startSiteController(
     controller.health,
     cfg.metricsListen.slice(0, i),
     Number(cfg.metricsListen.slice(i + 1)),
+    // Where each recent intent entry's time went at this site (`?after=<index>`).
+    { "/debug/intent-entries": (q) => controller.entryTimings(Number(q.get("after") ?? 0) || 0) },
   );
   const ma = metrics.server.address();
   if (ma && typeof ma === "object") {

@@ -139,6 +139,26 @@ test("a controller follows the federation, serves agents, stays up without coord
   });
   await until("intent applied", () => ctl.applier.appliedIndex === 2);
   await until("acked upward", () => coord.acks.includes(2));
+  // Each applied entry's times at the site, in order (the metrics port serves them).
+  const timed = ctl.entryTimings();
+  assert.deepEqual(
+    timed.map((e) => e.index),
+    [1, 2],
+  );
+  for (const e of timed) {
+    const times = [e.receivedAt, e.startedAt, e.translatedAt, e.writtenAt, e.committedAt];
+    assert.deepEqual(
+      times,
+      [...times].sort((x, y) => x - y),
+      `entry ${e.index}: times in order`,
+    );
+    assert.ok(Math.abs(e.committedAt - Date.now()) < 60_000, "Unix ms");
+  }
+  assert.ok(timed[0]!.revision > 0, "the bridge's revision");
+  assert.deepEqual(
+    ctl.entryTimings(1).map((e) => e.index),
+    [2],
+  );
 
   // Operators and agents: register a host (its token), watch as the agent.
   const admin = (await ctl.tokens.issue("admin", "admin", 600)).token;

@@ -31,6 +31,7 @@ import { Database } from "./db/database.js";
 import { startEmbeddedPostgres } from "./db/embedded-postgres.js";
 import { migrate } from "./db/migrations.js";
 import type { RunningPostgres } from "./db/postgres-server.js";
+import { EntryTimeline, type EntryTiming } from "./entry-timeline.js";
 import { leaseFence } from "./fence.js";
 import { HostLiveness } from "./host-liveness.js";
 import { HostTokens } from "./host-token.js";
@@ -89,6 +90,8 @@ export interface SiteControllerTuning {
    * (the framed snapshot takes as much again); 0 = read every snapshot from the database.
    */
   snapshotMirrorMaxBytes: number;
+  /** Recent intent entries whose arrival, queue and commit times are kept (0 = none). */
+  entryTimelineSize: number;
 }
 
 export const DEFAULT_TUNING: SiteControllerTuning = {
@@ -117,6 +120,7 @@ export const DEFAULT_TUNING: SiteControllerTuning = {
   dbMaxConnections: 16,
   snapshotAfterLag: 0,
   snapshotMirrorMaxBytes: 512 * 1024 * 1024,
+  entryTimelineSize: 1_024,
 };
 
 export interface SiteControllerOptions {
@@ -145,6 +149,7 @@ export class SiteController {
   readonly health = new HealthState("site-controller");
   readonly metrics: Registry;
   private readonly observeEntry: (s: EntryStages) => void;
+  private readonly timeline: EntryTimeline;
   private sync: IntentSync | undefined;
   private reporter: RealizedReporter | undefined;
   private activeWriter: LocalWriter | undefined;
@@ -189,6 +194,20 @@ export class SiteController {
     });
     this.metrics = m.registry;
     this.observeEntry = m.observeEntry;
+    this.timeline = new EntryTimeline(tuning.entryTimelineSize);
+  }
+
+  /** Timings of the recent intent entries above `afterIndex`, oldest first (the metrics port serves them). */
+  entryTimings(afterIndex = 0): EntryTiming[] {
+    return this.timeline.since(afterIndex);
+  }
+
+  private entryTimed(t: EntryTiming): void {
+    this.timeline.record(t);
+    this.observeEntry({
+      wait: (t.startedAt - t.receivedAt) / 1000,
+      apply: (t.committedAt - t.startedAt) / 1000,
+    });
   }
 
   /** The gRPC address agents and operators connect to. */
@@ -401,7 +420,7 @@ export class SiteController {
         log: componentLogger(this.opts.log, "intent-sync"),
         maxSnapshotObjects: this.tuning.maxIntentObjects,
         snapshotAfterLag: this.tuning.snapshotAfterLag,
-        onEntryTimed: (st) => this.observeEntry(st),
+        onEntryTimed: (t) => this.entryTimed(t),
         onFenced: () => this.onLease(false),
       });
       this.sync.start();

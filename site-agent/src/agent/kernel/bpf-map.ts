@@ -74,6 +74,11 @@ export class BpfMap {
     return new BpfMap(path, keySize, valueSize, load().objGet(path));
   }
 
+  /** The map's fd, for readers that poll or mmap it (the upcall ring); closed with the map. */
+  get descriptor(): number {
+    return this.handle();
+  }
+
   private handle(): number {
     if (this.fd === undefined) throw new Error(`bpf map ${this.path}: closed`);
     return this.fd;

@@ -48,3 +48,22 @@ test("a flow setup splits into stages that add up to the latency from the miss",
     p.close();
   }
 });
+
+test("the agent's own periodic work is charged to the setups it overlapped", () => {
+  const p = new FlowSetupProfile(8);
+  try {
+    p.record(sample(-5000));
+    p.record(sample(-4000));
+    // A read-back chunk from 0.1 ms after the first miss to 0.3 ms after: 0.2 ms of its setup.
+    p.busy(-5000 + 0.1, -5000 + 0.3);
+    // One that ends before the second miss overlaps nothing.
+    p.busy(-4001, -4000.5);
+    const r = p.since(0);
+    assert.equal(r.syncMs.length, 2);
+    assert.ok(Math.abs(r.syncMs[0]! - 0.2) < 1e-9, `${r.syncMs[0]}`);
+    assert.equal(r.syncMs[1], 0);
+    assert.deepEqual(r.gcWakeMs, [0, 0]);
+  } finally {
+    p.close();
+  }
+});

@@ -31,6 +31,10 @@ export interface FlowSetupReport {
   stages: Record<SetupStage, number[]>;
   /** Garbage collection (ms, any kind) that overlapped read → written. */
   gcMs: number[];
+  /** Garbage collection that overlapped miss → read: the frame waited while the thread collected. */
+  gcWakeMs: number[];
+  /** The agent's own periodic work (counter read-back chunks) that overlapped miss → written. */
+  syncMs: number[];
   /** Every GC pause (ms) from the first sample's read to the last one's write, in or between them. */
   gcPauses: number[];
 }
@@ -46,6 +50,9 @@ export class FlowSetupProfile {
   private readonly writtenAt: LatencyRing;
   private readonly gcStart: LatencyRing;
   private readonly gcDuration: LatencyRing;
+  private readonly arrivedAt: LatencyRing;
+  private readonly busyStart: LatencyRing;
+  private readonly busyDuration: LatencyRing;
   private readonly observer: PerformanceObserver;
 
   constructor(readonly capacity: number) {
@@ -59,6 +66,9 @@ export class FlowSetupProfile {
     >;
     this.gcStart = new LatencyRing(GC_RING);
     this.gcDuration = new LatencyRing(GC_RING);
+    this.arrivedAt = new LatencyRing(capacity);
+    this.busyStart = new LatencyRing(GC_RING);
+    this.busyDuration = new LatencyRing(GC_RING);
     this.observer = new PerformanceObserver((list) => {
       for (const e of list.getEntries()) {
         this.gcStart.record(e.startTime);
@@ -85,6 +95,13 @@ export class FlowSetupProfile {
     st.mapUpdate.record(s.writtenAt - s.encodedAt);
     this.readAt.record(s.readAt);
     this.writtenAt.record(s.writtenAt);
+    this.arrivedAt.record(s.arrivedAt);
+  }
+
+  /** A stretch (performance.now() ms) in which the agent's thread did its own periodic work. */
+  busy(start: number, end: number): void {
+    this.busyStart.record(start);
+    this.busyDuration.record(end - start);
   }
 
   /** The samples recorded since `total` was `mark`, oldest first. */
@@ -93,16 +110,21 @@ export class FlowSetupProfile {
     const written = this.writtenAt.since(mark);
     const gcStart = this.gcStart.since(0);
     const gcDuration = this.gcDuration.since(0);
-    const gcMs = reads.map((from, i) => {
-      const to = written[i]!;
-      let overlap = 0;
-      for (let g = 0; g < gcStart.length; g++) {
-        const a = Math.max(from, gcStart[g]!);
-        const b = Math.min(to, gcStart[g]! + gcDuration[g]!);
-        if (b > a) overlap += b - a;
+    const arrived = this.arrivedAt.since(mark);
+    const busyStart = this.busyStart.since(0);
+    const busyDuration = this.busyDuration.since(0);
+    const overlap = (from: number, to: number, starts: number[], durations: number[]) => {
+      let sum = 0;
+      for (let g = 0; g < starts.length; g++) {
+        const a = Math.max(from, starts[g]!);
+        const b = Math.min(to, starts[g]! + durations[g]!);
+        if (b > a) sum += b - a;
       }
-      return overlap;
-    });
+      return sum;
+    };
+    const gcMs = reads.map((from, i) => overlap(from, written[i]!, gcStart, gcDuration));
+    const gcWakeMs = reads.map((to, i) => overlap(arrived[i]!, to, gcStart, gcDuration));
+    const syncMs = written.map((to, i) => overlap(arrived[i]!, to, busyStart, busyDuration));
     const first = reads[0] ?? Number.POSITIVE_INFINITY;
     const last = written.at(-1) ?? Number.NEGATIVE_INFINITY;
     const gcPauses = gcStart.flatMap((t, g) => (t >= first && t <= last ? [gcDuration[g]!] : []));
@@ -115,6 +137,8 @@ export class FlowSetupProfile {
         number[]
       >,
       gcMs,
+      gcWakeMs,
+      syncMs,
       gcPauses,
     };
   }

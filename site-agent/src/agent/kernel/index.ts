@@ -12,3 +12,4 @@ export * from "./flow-map-codec.js";
 export { KernelDatapath, type KernelDatapathOptions, VXLAN_OVERHEAD } from "./kernel-datapath.js";
 export { kernelFlowFor, kernelKeyOf } from "./kernel-flow.js";
 export { FLOW_OBJECT_PATH, type FlowProgram, kernelDatapathUnavailable, TcPrograms } from "./tc-programs.js";
+export { DEFAULT_THREAD_SLICE_US, setThreadSliceUs, threadSliceUs } from "./thread-slice.js";

@@ -18,6 +18,7 @@ import { bpfMapAddonAvailable } from "./bpf-map.js";
 import { kernelDatapathName } from "./datapath-select.js";
 import { linkInfo, runIn } from "./netns-exec.js";
 import { kernelDatapathUnavailable } from "./tc-programs.js";
+import { setThreadSliceUs, threadSliceUs } from "./thread-slice.js";
 
 const skip =
   rootSkipReason(["ip", "ping", "tc", "bpftool", "nsenter"]) ??
@@ -59,8 +60,13 @@ describe("isthmus agent --datapath kernel", { skip }, () => {
     const controller = await server.start();
     const bpffs = join(dir, "bpffs");
     const config = join(dir, "agent.yaml");
-    // nice 1: the thread's priority is applied (this test runs the agent in its own process).
-    writeFileSync(config, `agent:\n  nice: 1\n  kernel:\n    bpffs: ${bpffs}\n    stateDir: ${dir}\n`);
+    // nice 1: the thread's priority is applied (this test runs the agent in its own process);
+    // threadSliceUs 400: so is its time slice (left as it was where the kernel has no custom slices).
+    const sliceBefore = threadSliceUs();
+    writeFileSync(
+      config,
+      `agent:\n  nice: 1\n  kernel:\n    bpffs: ${bpffs}\n    stateDir: ${dir}\n    threadSliceUs: 400\n`,
+    );
     const name = kernelDatapathName(h.id);
     const running = await startAgent(
       {
@@ -89,6 +95,8 @@ describe("isthmus agent --datapath kernel", { skip }, () => {
       };
       assert.equal(status.datapath, "kernel");
       assert.equal(getPriority(), 1, "agent.nice applied to the event-loop thread");
+      const slice = threadSliceUs();
+      assert.ok(slice === 400 || slice === sliceBefore, `agent.kernel.threadSliceUs applied (${slice} µs)`);
       // Flow-setup samples (none yet: the fake simulator installs nothing the kernel carries).
       const setup = (await (
         await fetch(`http://127.0.0.1:${running.adminPort}/flow-setup?since=0`)
@@ -109,6 +117,7 @@ describe("isthmus agent --datapath kernel", { skip }, () => {
       await running.stop();
       await server.stop();
       setPriority(0);
+      setThreadSliceUs(sliceBefore);
     }
     for (const d of ["u0", "u1", "vx"])
       assert.equal(linkInfo(undefined, `${name}${d}`), undefined, `${d} removed`);

@@ -221,6 +221,11 @@ describe("kernel datapath in the agent, between network namespaces", { skip }, (
     const kA2 = A.dp.kernelStats();
     assert.ok(kA2[0]! - kA[0]! >= 10n, `kernel hits on A rose by ${kA2[0]! - kA[0]!}`);
     assert.equal(kA2[1], kA[1], "no upcall left A's VM port (only flow-state refreshes came from B)");
+    const paths = A.dp.upcallPaths();
+    assert.ok(
+      paths.ringEnabled && paths.ring > 0,
+      `the first packets came up the ring: ${JSON.stringify(paths)}`,
+    );
     await new Promise((res) => setTimeout(res, 400)); // one read-back of the counters
     const icmp = A.dp.dumpFlows().filter((f) => f.match.ipProto === 1 && f.path === "kernel");
     assert.ok(

@@ -41,6 +41,7 @@ import { deleteLink, interfaceWithAddress, type LinkInfo, linkInfo, runIn } from
 import { possibleCpus, TcPrograms } from "./tc-programs.js";
 import { UpcallDevice } from "./upcall-device.js";
 import { parseUpcall, type ReinjectTarget, withReinjectTrailer } from "./upcall-frame.js";
+import { UpcallRing, upcallRingAvailable } from "./upcall-ring.js";
 
 /** VXLAN over IPv4 adds 50 bytes (outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8). */
 export const VXLAN_OVERHEAD = 50;
@@ -61,6 +62,12 @@ export interface KernelDatapathOptions extends UpcallPumpSettings {
   stateDir?: string;
   /** Per-port upcall rate limit enforced by the programs. */
   upcallRate?: { perSecond: number; burst: number };
+  /**
+   * Hand misses up through the programs' ring buffer (default true; without the reader addon the
+   * veth is used, with a warning) instead of the upcall veth; frames that do not fit a record
+   * still take the veth.
+   */
+  upcallRing?: boolean;
   flowLimits?: Partial<FlowTableLimits>;
   /** How often kernel counters are read back and idle flows expired. */
   expiryIntervalMs?: number;
@@ -96,7 +103,9 @@ interface KernelEntry {
 /** Entries read per BPF_MAP_LOOKUP_BATCH and per event-loop turn while syncing counters. */
 const SYNC_CHUNK = 1024;
 /** Entries of the dp_stats array (enum dp_stat in flow.bpf.c). */
-const DP_STATS = 12;
+const DP_STATS = 14;
+/** struct dp_config in flow.bpf.c. */
+const CONFIG_SIZE = 32;
 /** flow_value.agent_id. */
 const VALUE_AGENT_ID = 76;
 
@@ -108,11 +117,13 @@ const KERNEL_DROPS: [number, string][] = [
   [8, "upcall_failed"],
   [9, "kernel_unknown_port"],
   [10, "vxlan_unknown_key"],
+  [13, "upcall_ring_full"],
 ];
 const ST_HIT = 0;
 const ST_UPCALL = 1;
 const ST_TUNNEL_DELIVER = 5;
 const ST_TUNNEL_UPCALL = 11;
+const ST_RING_UPCALL = 12;
 
 /**
  * CLOCK_MONOTONIC (process.hrtime, bpf_ktime_get_ns) minus performance.now(), in ms. Both read the
@@ -188,6 +199,8 @@ export class KernelDatapath implements Datapath {
     | { flows: BpfMap; ports: BpfMap; tunnelPorts: BpfMap; config: BpfMap; stats: BpfMap }
     | undefined;
   private device: UpcallDevice | undefined;
+  private ring: UpcallRing | undefined;
+  private ringMalformedSeen = 0;
   private vxlanIfindex = 0;
   private underlay: { name: string; mtu: number } | undefined;
   private flowStateHandler: ((p: Buffer, from: TunnelEndpoint) => void) | undefined;
@@ -299,16 +312,26 @@ export class KernelDatapath implements Datapath {
         flows: p.openFlowMap(),
         ports: p.openMap("ports", 4, 16),
         tunnelPorts: p.openMap("tunnel_ports", 4, 4),
-        config: p.openMap("config", 4, 24),
+        config: p.openMap("config", 4, CONFIG_SIZE),
         stats: p.openStatsMap(this.statsCpus),
       };
       const rate = this.opts.upcallRate ?? { perSecond: 2000, burst: 256 };
       const interval = BigInt(Math.max(1, Math.round(1e9 / rate.perSecond)));
-      const cfg = Buffer.alloc(24);
+      const ringWanted = this.opts.upcallRing ?? true;
+      if (ringWanted && !upcallRingAvailable()) {
+        log.warn("kernel datapath: the upcall ring addon is not built; misses use the upcall veth");
+      }
+      if (ringWanted && upcallRingAvailable()) {
+        // Reading before the programs are told to write: no record is left unread.
+        this.ring = new UpcallRing(join(this.pinDir, "maps", "upcall_ring"));
+        this.ring.start((bufs) => this.onUpcallBuffers(bufs));
+      }
+      const cfg = Buffer.alloc(CONFIG_SIZE);
       cfg.writeUInt32LE(up.ifindex, 0);
       cfg.writeUInt32LE(vx.ifindex, 4);
       cfg.writeBigUInt64LE(interval, 8);
       cfg.writeBigUInt64LE(interval * BigInt(rate.burst), 16);
+      cfg.writeUInt32LE(this.ring ? 1 : 0, 24);
       this.maps.config.update(u32le(0), cfg);
       this.maps.ports.update(u32le(vx.ifindex), Buffer.alloc(16)); // port 0 = the tunnel
       this.attach(d.upcallKernel, "upcall_ingress");
@@ -343,6 +366,8 @@ export class KernelDatapath implements Datapath {
     if (this.expiryTimer) clearInterval(this.expiryTimer);
     this.device?.close();
     this.device = undefined;
+    this.ring?.close();
+    this.ring = undefined;
     if (this.maps) for (const m of Object.values(this.maps)) m.close();
     this.maps = undefined;
     // unload() detaches every program it attached (the VM ports keep their veths).
@@ -491,6 +516,21 @@ export class KernelDatapath implements Datapath {
         ...(reason ? { userspaceReason: reason } : {}),
       };
     });
+  }
+
+  /**
+   * How misses reached the agent: `ring` through the upcall ring buffer (of `upcalls`, every port
+   * and tunnel upcall the programs made), `ringFull` dropped for want of room in it, and whether
+   * the ring is in use at all.
+   */
+  upcallPaths(): { ringEnabled: boolean; upcalls: number; ring: number; ringFull: number } {
+    const k = this.kernelStats();
+    return {
+      ringEnabled: this.ring !== undefined,
+      upcalls: Number(k[ST_UPCALL]! + k[ST_TUNNEL_UPCALL]!),
+      ring: Number(k[ST_RING_UPCALL]!),
+      ringFull: Number(k[13]!),
+    };
   }
 
   /** Datapath counters kept by the programs (enum dp_stat order). */
@@ -729,6 +769,15 @@ export class KernelDatapath implements Datapath {
   }
 
   private syncChunk(): void {
+    const started = performance.now();
+    try {
+      this.syncChunkTimed();
+    } finally {
+      this.setup.busy(started, performance.now());
+    }
+  }
+
+  private syncChunkTimed(): void {
     const w = this.walk;
     if (!w) return;
     if (this.stopped || !this.maps) {
@@ -793,6 +842,11 @@ export class KernelDatapath implements Datapath {
   }
 
   private foldKernelDrops(k: bigint[]): void {
+    const malformed = this.ring?.stats().malformed ?? 0;
+    if (malformed > this.ringMalformedSeen) {
+      this.countDropN("upcall_ring_malformed", malformed - this.ringMalformedSeen);
+      this.ringMalformedSeen = malformed;
+    }
     for (const [idx, reason] of KERNEL_DROPS) {
       const seen = this.kernelDropsSeen.get(idx) ?? 0n;
       const d = k[idx]! - seen;
@@ -876,8 +930,8 @@ export class KernelDatapath implements Datapath {
    * waits, the agent's event loop included; `fromRead` is the agent's share, from reading the frame.
    * `stages`, `cpuMs` and `gcMs` split them (see FlowSetupProfile).
    */
-  flowSetup(mark = 0): FlowSetupReport {
-    return this.setup.since(mark);
+  flowSetup(mark = 0): FlowSetupReport & { upcallPaths: ReturnType<KernelDatapath["upcallPaths"]> } {
+    return { ...this.setup.since(mark), upcallPaths: this.upcallPaths() };
   }
 
   // ---- re-injection ----

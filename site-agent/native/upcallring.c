@@ -1,0 +1,306 @@
+// Reader of the kernel fast path's upcall ring (BPF_MAP_TYPE_RINGBUF `upcall_ring` in
+// site-agent/bpf/flow.bpf.c): the map is mmapped, libuv polls its fd on the event loop (the kernel
+// wakes it when the programs submit a record), and each batch of records reaches JavaScript as
+// Buffers laid out as the upcall veth delivers them — `[virtio_net_hdr (zero)][upcall_hdr][frame]`
+// — so one parser serves both. The ring cannot say whether a frame's L4 checksum was left for
+// offload (CHECKSUM_PARTIAL, as frames from a VM's veth are), so TCP/UDP checksums over IPv4 and
+// IPv6 are recomputed here before the agent sees the frame.
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/bpf.h>
+#include <node_api.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#include <uv.h>
+
+// Only the checksum helpers are used here.
+#pragma GCC diagnostic ignored "-Wunused-function"
+#include "vnet-offload.h"
+
+#define UPCALL_HDR 40
+#define RECORD_FRAME_AT 48 // struct ring_upcall: header, frame_len u32, pad u32, frame
+#define BATCH 64
+#define ROUNDS 4
+
+typedef struct {
+  int fd;
+  uv_poll_t poll;
+  napi_env env;
+  napi_ref callback;
+  napi_ref self;
+  napi_async_context async;
+  int closed;
+  unsigned long* consumer_pos;
+  unsigned long* producer_pos;
+  unsigned char* data;
+  size_t mask;
+  size_t page;
+  size_t ring_size;
+  // Records whose frame_len was bad (never more than the record holds): dropped and counted.
+  uint32_t malformed;
+} ring_t;
+
+static napi_value throw_errno(napi_env env, const char* what, int err) {
+  char msg[256];
+  snprintf(msg, sizeof msg, "%s: %s", what, strerror(err));
+  napi_throw_error(env, NULL, msg);
+  return NULL;
+}
+
+// Recomputes the TCP/UDP checksum of an untagged IPv4 (unfragmented) or IPv6 (no extension
+// header) frame. A zero UDP checksum over IPv4 means "none" and stays zero.
+static void finish_l4_checksum(unsigned char* f, size_t len) {
+  if (len < 14) return;
+  uint16_t et = rd16(f + 12);
+  vnet_l3_t h;
+  uint32_t proto, l4len;
+  if (et == 0x0800) {
+    if (vnet_locate(f, len, 0, &h) < 0 || (f[14] >> 4) != 4 || h.l4 < 34) return;
+    if (rd16(f + 14 + 6) & 0x3fff) return; // a fragment: the L4 header is not (all) here
+    size_t tot = rd16(f + 14 + 2);
+    if (tot < h.l4 - 14 || 14 + tot > len) return;
+    proto = f[14 + 9];
+    l4len = (uint32_t)(14 + tot - h.l4);
+  } else if (et == 0x86dd) {
+    if (vnet_locate(f, len, 1, &h) < 0) return;
+    proto = f[14 + 6];
+    l4len = rd16(f + 14 + 4);
+    if (h.l4 + l4len > len) return;
+  } else {
+    return;
+  }
+  size_t at;
+  if (proto == 6 && l4len >= 20) at = h.l4 + 16;
+  else if (proto == 17 && l4len >= 8) at = h.l4 + 6;
+  else return;
+  if (proto == 17 && !h.v6 && rd16(f + at) == 0) return;
+  wr16(f + at, 0);
+  uint16_t sum = (uint16_t)~vnet_fold(vnet_sum16(f + h.l4, l4len, vnet_pseudo(f, &h, proto, l4len)));
+  if (proto == 17 && sum == 0) sum = 0xffff;
+  wr16(f + at, sum);
+}
+
+static void on_readable(uv_poll_t* handle, int status, int events) {
+  ring_t* r = (ring_t*)handle->data;
+  if (r->closed) return;
+  napi_env env = r->env;
+  napi_handle_scope scope;
+  napi_open_handle_scope(env, &scope);
+  for (int round = 0; round < ROUNDS && !r->closed; round++) {
+    unsigned long cons = __atomic_load_n(r->consumer_pos, __ATOMIC_ACQUIRE);
+    unsigned long prod = __atomic_load_n(r->producer_pos, __ATOMIC_ACQUIRE);
+    if (cons >= prod) break;
+    napi_value arr;
+    napi_create_array(env, &arr);
+    uint32_t n = 0;
+    while (cons < prod && n < BATCH) {
+      uint32_t* hdr = (uint32_t*)(r->data + (cons & r->mask));
+      uint32_t len = __atomic_load_n(hdr, __ATOMIC_ACQUIRE);
+      if (len & BPF_RINGBUF_BUSY_BIT) break; // reserved, not yet submitted
+      uint32_t body = len & ~(BPF_RINGBUF_BUSY_BIT | BPF_RINGBUF_DISCARD_BIT);
+      const unsigned char* rec = (const unsigned char*)hdr + BPF_RINGBUF_HDR_SZ;
+      if (!(len & BPF_RINGBUF_DISCARD_BIT)) {
+        uint32_t frame_len = body >= RECORD_FRAME_AT ? *(const uint32_t*)(rec + UPCALL_HDR) : 0;
+        if (frame_len < 14 || (size_t)RECORD_FRAME_AT + frame_len > body) {
+          r->malformed++;
+        } else {
+          void* out;
+          napi_value buf;
+          napi_create_buffer(env, VNET_HDR_LEN + UPCALL_HDR + frame_len, &out, &buf);
+          unsigned char* o = out;
+          memset(o, 0, VNET_HDR_LEN);
+          memcpy(o + VNET_HDR_LEN, rec, UPCALL_HDR);
+          memcpy(o + VNET_HDR_LEN + UPCALL_HDR, rec + RECORD_FRAME_AT, frame_len);
+          finish_l4_checksum(o + VNET_HDR_LEN + UPCALL_HDR, frame_len);
+          napi_set_element(env, arr, n++, buf);
+        }
+      }
+      cons += (body + BPF_RINGBUF_HDR_SZ + 7) & ~7UL;
+      // Give the record's room back before calling JavaScript, so the programs can use it.
+      __atomic_store_n(r->consumer_pos, cons, __ATOMIC_RELEASE);
+    }
+    if (n == 0) {
+      if (cons < prod) break; // the next record is still being written: poll again
+      continue;
+    }
+    napi_value cb, recv, result;
+    napi_get_reference_value(env, r->callback, &cb);
+    napi_get_reference_value(env, r->self, &recv);
+    napi_status st = napi_make_callback(env, r->async, recv, cb, 1, &arr, &result);
+    if (st == napi_pending_exception) {
+      napi_value exc;
+      napi_get_and_clear_last_exception(env, &exc);
+      napi_fatal_exception(env, exc);
+      break;
+    }
+  }
+  napi_close_handle_scope(env, scope);
+}
+
+static void release(ring_t* r) {
+  if (r->consumer_pos) munmap(r->consumer_pos, r->page);
+  if (r->producer_pos) munmap(r->producer_pos, r->page + 2 * r->ring_size);
+  r->consumer_pos = NULL;
+  r->producer_pos = NULL;
+}
+
+static void on_closed(uv_handle_t* h) {
+  ring_t* r = (ring_t*)h->data;
+  release(r);
+  free(r);
+}
+
+static void stop(napi_env env, ring_t* r) {
+  r->closed = 1;
+  uv_poll_stop(&r->poll);
+  close(r->fd);
+  uv_close((uv_handle_t*)&r->poll, on_closed);
+}
+
+static void finalize(napi_env env, void* data, void* hint) {
+  ring_t* r = (ring_t*)data;
+  if (!r->closed) stop(env, r);
+}
+
+// open(mapFd, onRecords: (bufs: Buffer[]) => void): handle. The fd is duplicated: the caller keeps
+// (and closes) its own.
+static napi_value Open(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int32_t fd = -1;
+  napi_valuetype t;
+  if (argc < 2 || napi_get_value_int32(env, argv[0], &fd) != napi_ok || fd < 0 ||
+      napi_typeof(env, argv[1], &t) != napi_ok || t != napi_function) {
+    napi_throw_type_error(env, NULL, "upcallring.open(mapFd, onRecords)");
+    return NULL;
+  }
+  struct bpf_map_info mi;
+  memset(&mi, 0, sizeof mi);
+  union bpf_attr attr;
+  memset(&attr, 0, sizeof attr);
+  attr.info.bpf_fd = (uint32_t)fd;
+  attr.info.info_len = sizeof mi;
+  attr.info.info = (uint64_t)(uintptr_t)&mi;
+  if (syscall(__NR_bpf, BPF_OBJ_GET_INFO_BY_FD, &attr, sizeof attr) < 0)
+    return throw_errno(env, "upcallring: map info", errno);
+  if (mi.type != BPF_MAP_TYPE_RINGBUF) {
+    napi_throw_error(env, NULL, "upcallring: the map is not a ring buffer");
+    return NULL;
+  }
+  ring_t* r = calloc(1, sizeof(ring_t));
+  if (!r) {
+    napi_throw_error(env, NULL, "out of memory");
+    return NULL;
+  }
+  r->page = (size_t)sysconf(_SC_PAGESIZE);
+  r->ring_size = mi.max_entries;
+  r->mask = mi.max_entries - 1;
+  r->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (r->fd < 0) {
+    int e = errno;
+    free(r);
+    return throw_errno(env, "upcallring: dup", e);
+  }
+  void* c = mmap(NULL, r->page, PROT_READ | PROT_WRITE, MAP_SHARED, r->fd, 0);
+  void* p = c == MAP_FAILED ? MAP_FAILED
+                            : mmap(NULL, r->page + 2 * r->ring_size, PROT_READ, MAP_SHARED, r->fd, (off_t)r->page);
+  if (c == MAP_FAILED || p == MAP_FAILED) {
+    int e = errno;
+    if (c != MAP_FAILED) munmap(c, r->page);
+    close(r->fd);
+    free(r);
+    return throw_errno(env, "upcallring: mmap", e);
+  }
+  r->consumer_pos = c;
+  r->producer_pos = p;
+  r->data = (unsigned char*)p + r->page;
+  r->env = env;
+  uv_loop_t* loop;
+  napi_get_uv_event_loop(env, &loop);
+  uv_poll_init(loop, &r->poll, r->fd);
+  r->poll.data = r;
+  napi_value handle, resname;
+  napi_create_object(env, &handle);
+  napi_create_reference(env, argv[1], 1, &r->callback);
+  napi_create_reference(env, handle, 0, &r->self);
+  napi_create_string_utf8(env, "isthmus.upcallring", NAPI_AUTO_LENGTH, &resname);
+  napi_async_init(env, handle, resname, &r->async);
+  napi_wrap(env, handle, r, finalize, NULL, NULL);
+  uv_poll_start(&r->poll, UV_READABLE, on_readable);
+  return handle;
+}
+
+static ring_t* unwrap(napi_env env, napi_value v) {
+  ring_t* r = NULL;
+  if (napi_unwrap(env, v, (void**)&r) != napi_ok || !r || r->closed) {
+    napi_throw_error(env, NULL, "upcallring: closed");
+    return NULL;
+  }
+  return r;
+}
+
+// stats(handle): { malformed, pending } (bytes submitted and not yet read)
+static napi_value Stats(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  ring_t* r = unwrap(env, argv[0]);
+  if (!r) return NULL;
+  unsigned long cons = __atomic_load_n(r->consumer_pos, __ATOMIC_ACQUIRE);
+  unsigned long prod = __atomic_load_n(r->producer_pos, __ATOMIC_ACQUIRE);
+  napi_value out, v;
+  napi_create_object(env, &out);
+  napi_create_uint32(env, r->malformed, &v);
+  napi_set_named_property(env, out, "malformed", v);
+  napi_create_double(env, (double)(prod - cons), &v);
+  napi_set_named_property(env, out, "pending", v);
+  return out;
+}
+
+static napi_value Close(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  ring_t* r = NULL;
+  if (napi_unwrap(env, argv[0], (void**)&r) != napi_ok || !r || r->closed) return NULL;
+  napi_delete_reference(env, r->callback);
+  napi_async_destroy(env, r->async);
+  void* unused;
+  napi_remove_wrap(env, argv[0], &unused);
+  stop(env, r);
+  return NULL;
+}
+
+// finishChecksum(frame: Buffer): the reader's checksum completion on one frame, for tests.
+static napi_value FinishChecksum(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  void* data;
+  size_t len;
+  if (argc < 1 || napi_get_buffer_info(env, argv[0], &data, &len) != napi_ok) {
+    napi_throw_type_error(env, NULL, "finishChecksum(frame: Buffer)");
+    return NULL;
+  }
+  finish_l4_checksum(data, len);
+  return NULL;
+}
+
+static napi_value Init(napi_env env, napi_value exports) {
+  napi_property_descriptor props[] = {
+      {"open", NULL, Open, NULL, NULL, NULL, napi_default, NULL},
+      {"stats", NULL, Stats, NULL, NULL, NULL, napi_default, NULL},
+      {"close", NULL, Close, NULL, NULL, NULL, napi_default, NULL},
+      {"finishChecksum", NULL, FinishChecksum, NULL, NULL, NULL, napi_default, NULL},
+  };
+  napi_define_properties(env, exports, 4, props);
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, Init)

@@ -1,0 +1,57 @@
+// The calling thread's EEVDF time slice through the sched addon (site-agent/native/sched.c). On the
+// kernel path the agent's event-loop thread asks for a short slice: every first packet waits for
+// that thread to wake, and a short slice lets it preempt whatever runs instead of waiting for that
+// task's slice to end — without taking a larger share of the CPU (nice does that).
+import { existsSync } from "node:fs";
+import { createRequire } from "node:module";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+interface SchedAddon {
+  getSlice(): { policy: number; nice: number; sliceNs: number };
+  setSlice(ns: number): void;
+}
+
+const ADDON_PATH = join(
+  dirname(fileURLToPath(import.meta.url)),
+  "..",
+  "..",
+  "..",
+  "native",
+  "build",
+  "Release",
+  "isthmus_sched.node",
+);
+
+/** The slice the kernel path asks for when agent.kernel.threadSliceUs is unset (µs). */
+export const DEFAULT_THREAD_SLICE_US = 100;
+
+let addon: SchedAddon | undefined;
+
+function load(): SchedAddon {
+  if (addon) return addon;
+  if (process.platform !== "linux" || !existsSync(ADDON_PATH)) {
+    throw new Error(`thread slice: needs the native addon at ${ADDON_PATH}; build it with \`npm run build\``);
+  }
+  addon = createRequire(import.meta.url)(ADDON_PATH) as SchedAddon;
+  return addon;
+}
+
+/** The calling thread's slice in µs as the kernel reports it (its base slice unless one was set). */
+export function threadSliceUs(): number {
+  return load().getSlice().sliceNs / 1000;
+}
+
+/**
+ * Sets the calling thread's slice (µs; the kernel clamps to 100 µs..100 ms; 0 = its default) and
+ * returns what the kernel then reports. A kernel without custom slices (before 6.12) accepts the
+ * call and keeps its base slice: the caller compares the result to see whether it took effect.
+ */
+export function setThreadSliceUs(us: number): number {
+  if (!Number.isInteger(us) || us < 0 || us > 100_000) {
+    throw new Error(`thread slice ${us} µs: must be an integer 0..100000`);
+  }
+  const a = load();
+  a.setSlice(us * 1000);
+  return a.getSlice().sliceNs / 1000;
+}

@@ -1,0 +1,211 @@
+// The upcall ring buffer: a miss reaches the reader as one record with its ingress port and the
+// frame (checksums finished), and a ring nobody reads fills, after which misses are dropped and
+// counted, not queued without bound. Root tests (a VM namespace whose host side carries the
+// programs); the checksum completion is also checked on its own.
+import assert from "node:assert/strict";
+import { mkdtempSync, readFileSync, rmdirSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import { checksumsValid, tcpFrame, udpFrame } from "../testing/frames.js";
+import { NetnsLab, rootSkipReason, sh, type Vm } from "../testing/netns.js";
+import { type BpfMap, bpfMapAddonAvailable } from "./bpf-map.js";
+import { kernelDatapathUnavailable, possibleCpus, TcPrograms } from "./tc-programs.js";
+import { parseUpcall } from "./upcall-frame.js";
+import { finishRingChecksum, RING_FRAME_MAX, UpcallRing, upcallRingAvailable } from "./upcall-ring.js";
+
+const addonSkip = upcallRingAvailable() ? false : "upcallring addon not built";
+const skip =
+  rootSkipReason(["ip", "ping", "tc", "bpftool", "nsenter"]) ??
+  (process.env.CI
+    ? undefined
+    : (kernelDatapathUnavailable() ??
+      (bpfMapAddonAvailable() && !addonSkip ? undefined : "addons not built")));
+if (skip) console.log(`# skipping upcall ring tests: ${skip}`);
+
+const ST_UPCALL = 1;
+const ST_RING_UPCALL = 12;
+const ST_RING_FULL = 13;
+
+function ifindex(name: string): number {
+  return Number(readFileSync(`/sys/class/net/${name}/ifindex`, "utf8").trim());
+}
+
+async function until(what: string, cond: () => boolean, ms = 10_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+test("the ring reader finishes TCP and UDP checksums a VM left for offload", { skip: addonSkip }, () => {
+  const f = {
+    srcMac: "02:00:00:00:0a:01",
+    dstMac: "02:00:00:00:0a:02",
+    srcIp: "10.1.0.1",
+    dstIp: "10.1.0.2",
+  };
+  for (const frame of [
+    tcpFrame({ ...f, sport: 40000, dport: 22, flags: 0x02 }),
+    udpFrame({ ...f, sport: 40000, dport: 53 }),
+  ]) {
+    const valid = Buffer.from(frame);
+    const at = 14 + 20 + (frame[23] === 6 ? 16 : 6);
+    // CHECKSUM_PARTIAL leaves the pseudo-header sum in the field; anything else is as wrong.
+    frame.writeUInt16BE(0x1234, at);
+    assert.equal(checksumsValid(frame), false);
+    finishRingChecksum(frame);
+    assert.deepEqual(frame, valid);
+    finishRingChecksum(frame); // a finished checksum stays as it is
+    assert.deepEqual(frame, valid);
+  }
+  // A UDP datagram without a checksum (0 over IPv4) keeps none.
+  const none = udpFrame({ ...f, sport: 1, dport: 2 });
+  none.writeUInt16BE(0, 14 + 20 + 6);
+  finishRingChecksum(none);
+  assert.equal(none.readUInt16BE(14 + 20 + 6), 0);
+});
+
+describe("upcall ring buffer (TC eBPF → agent)", { skip }, () => {
+  const lab = new NetnsLab("kr");
+  let bpffs: string;
+  let progs: TcPrograms;
+  let config: BpfMap;
+  let stats: BpfMap;
+  let vm: Vm;
+  const cpus = possibleCpus();
+  const PORT_NO = 7;
+
+  const counter = (idx: number): number => {
+    const k = Buffer.alloc(4);
+    k.writeUInt32LE(idx);
+    const v = stats.lookup(k);
+    let sum = 0;
+    for (let c = 0; v && c < cpus; c++) sum += Number(v.readBigUInt64LE(c * 8));
+    return sum;
+  };
+
+  before(() => {
+    bpffs = mkdtempSync(join(tmpdir(), "isthmus-bpffs-"));
+    progs = TcPrograms.load({ bpffs, name: "ringtest" });
+    vm = lab.addVm("02:00:00:00:0b:01", "10.78.0.1/24");
+    // Only the test's traffic: no IPv6 chatter, and a static neighbour so no ARP goes first.
+    sh("ip", ["netns", "exec", vm.ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+    sh("ip", ["-n", vm.ns, "neigh", "replace", "10.78.0.2", "lladdr", "02:00:00:00:0b:02", "dev", "eth0"]);
+    // Room for frames longer than a ring record (both ends: veth checks the receiver's MTU).
+    sh("ip", ["-n", vm.ns, "link", "set", "eth0", "mtu", "2000"]);
+    sh("ip", ["link", "set", vm.hostIf, "mtu", "2000"]);
+    const ports = progs.openMap("ports", 4, 16);
+    const k = Buffer.alloc(4);
+    k.writeUInt32LE(ifindex(vm.hostIf));
+    const v = Buffer.alloc(16);
+    v.writeUInt32LE(PORT_NO);
+    ports.update(k, v);
+    ports.close();
+    // Ring on; the upcall "device" is the loopback (only frames too big for a record go there);
+    // the limiter lets everything through (1 ns per upcall, a burst far beyond the test).
+    config = progs.openMap("config", 4, 32);
+    const cfg = Buffer.alloc(32);
+    cfg.writeUInt32LE(1, 0);
+    cfg.writeBigUInt64LE(1n, 8);
+    cfg.writeBigUInt64LE(1_000_000_000n, 16);
+    cfg.writeUInt32LE(1, 24);
+    config.update(Buffer.alloc(4), cfg);
+    stats = progs.openStatsMap(cpus);
+    progs.attach(vm.hostIf, "port_ingress");
+  });
+
+  after(() => {
+    config?.close();
+    stats?.close();
+    progs?.unload();
+    lab.cleanup();
+    if (bpffs) rmdirSync(bpffs);
+  });
+
+  test("a miss reaches the reader as one record with its ingress port and the whole frame", async () => {
+    const ring = new UpcallRing(join(progs.pinDir, "maps", "upcall_ring"));
+    const got: Buffer[] = [];
+    ring.start((bufs) => got.push(...bufs));
+    try {
+      const before = counter(ST_RING_UPCALL);
+      // UDP from the VM: its veth leaves the checksum to offload (CHECKSUM_PARTIAL).
+      await lab.exec(vm.ns, [
+        process.execPath,
+        "-e",
+        `const s = require("node:dgram").createSocket("udp4");
+         s.send(Buffer.alloc(100, 7), 4242, "10.78.0.2", () => s.close());`,
+      ]);
+      await until("the datagram's record", () =>
+        got.some((b) => {
+          const u = parseUpcall(Buffer.from(b));
+          return !("drop" in u) && u.vnetFrame.readUInt16BE(10 + 12) === 0x0800;
+        }),
+      );
+      const udp = got
+        .map((b) => parseUpcall(b))
+        .flatMap((u) => ("drop" in u ? [] : [u]))
+        .find((u) => u.vnetFrame.readUInt16BE(10 + 12) === 0x0800)!;
+      assert.equal(udp.meta.portNo, PORT_NO, "the ingress port number");
+      assert.equal(udp.meta.reason, 1, "a miss");
+      assert.ok(udp.meta.missNs > 0n);
+      const frame = udp.vnetFrame.subarray(10);
+      assert.equal(frame.length, 14 + 20 + 8 + 100, "the whole frame");
+      assert.equal(frame.subarray(6, 12).toString("hex"), "020000000b01", "the VM's source MAC");
+      assert.equal(frame.readUInt16BE(14 + 20 + 2), 4242);
+      assert.ok(checksumsValid(frame), "checksums finished by the reader");
+      assert.ok(counter(ST_RING_UPCALL) > before, "counted as a ring upcall");
+      assert.equal(ring.stats().malformed, 0);
+    } finally {
+      ring.close();
+    }
+  });
+
+  test("frames longer than a record take the upcall device, not the ring", async () => {
+    const before = counter(ST_RING_UPCALL);
+    const up = counter(ST_UPCALL);
+    // One unfragmented 1742-byte frame (the VM's MTU is 2000 here).
+    const r = await lab.exec(vm.ns, ["ping", "-c", "1", "-W", "1", "-M", "do", "-s", "1700", "10.78.0.2"]);
+    assert.notEqual(r.code, 0); // nobody answers
+    await until("the miss counted", () => counter(ST_UPCALL) > up);
+    assert.equal(counter(ST_RING_UPCALL), before, "no ring record for a frame over RING_FRAME_MAX");
+  });
+
+  test("a ring nobody reads fills; further misses are dropped and counted", async () => {
+    const full0 = counter(ST_RING_FULL);
+    const ring0 = counter(ST_RING_UPCALL);
+    // ~1.5 kB frames: the 2 MiB ring holds about 1270 records; 2000 misses overflow it.
+    const burst = await lab.exec(
+      vm.ns,
+      [
+        process.execPath,
+        "-e",
+        `const s = require("node:dgram").createSocket("udp4");
+         let i = 0;
+         const next = () => (i++ < 2000 ? s.send(Buffer.alloc(1400), 5000 + (i % 1000), "10.78.0.2", next) : s.close());
+         next();`,
+      ],
+      60_000,
+    );
+    assert.equal(burst.code, 0, burst.stderr);
+    const inRing = counter(ST_RING_UPCALL) - ring0;
+    const dropped = counter(ST_RING_FULL) - full0;
+    assert.ok(dropped > 0, `overflow dropped and counted (${dropped})`);
+    assert.ok(inRing <= (2 << 20) / (RING_FRAME_MAX + 48 + 8), `bounded by the ring (${inRing})`);
+    // A reader started now gets exactly the records that fit, then the ring has room again.
+    const ring = new UpcallRing(join(progs.pinDir, "maps", "upcall_ring"));
+    let n = 0;
+    ring.start((bufs) => {
+      n += bufs.length;
+    });
+    try {
+      await until(`${inRing} records read`, () => n >= inRing);
+      assert.equal(ring.stats().pending, 0);
+      await lab.exec(vm.ns, ["ping", "-c", "1", "-W", "1", "10.78.0.2"]);
+      await until("a record after the drain", () => n > inRing);
+    } finally {
+      ring.close();
+    }
+  });
+});
