@@ -616,7 +616,7 @@ test("a leader syncs a lone write on its own thread only after handing over its 
 test("a leader with another of its proposals pending keeps a one-entry write in the thread pool", async (t) => {
   const ids = ["a", "b", "c"];
   const storages = Object.fromEntries(ids.map((id) => [id, new TwoWaySyncStorage()]));
-  const c = cluster(ids, { storages });
+  const c = cluster(ids, { storages, leaderInlineSync: true });
   t.after(() => c.close());
   const leader = await c.leader();
   await retrying(() => leader.node.propose(put("warm", "up")));

@@ -85,7 +85,8 @@ export interface RaftNodeOptions<R> {
    * phase, behind them), so the followers' work still overlaps the leader's fsync; what it gives
    * up is taking their acknowledgements while that fsync runs. Only while at most one proposal
    * made on this node is pending (a lone writer): with more, the loop keeps taking and
-   * replicating requests during the fsync. Default true.
+   * replicating requests during the fsync. Default false: idle benchmark runs showed no gain
+   * out of the run-to-run spread (docs/raft.md), and a leader then never blocks on its disk.
    */
   leaderInlineSync?: boolean;
   /** Called once if the node stops on an unrecoverable error (storage failure, broken invariant). */
@@ -300,7 +301,7 @@ export class RaftNode<R = unknown> {
       commitNotifyDelayMs: o.commitNotifyDelayMs ?? 2,
       inlineSyncMaxEntries: o.inlineSyncMaxEntries ?? 1,
     };
-    this.leaderInlineSync = o.leaderInlineSync ?? true;
+    this.leaderInlineSync = o.leaderInlineSync ?? false;
     for (const [k, v] of Object.entries(this.opts)) {
       if (!Number.isFinite(v) || v < 0 || (k === "tickMs" && v <= 0)) {
         throw new RangeError(

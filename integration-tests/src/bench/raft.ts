@@ -244,7 +244,7 @@ async function startRaftTs(): Promise<SystemUnderTest> {
   // RAFT_BENCH_INLINE_SYNC_MAX_ENTRIES=0 turns off the followers' blocking fsync of a lone
   // append (RaftNode's inlineSyncMaxEntries), to compare both ways on the same machine.
   const inline = process.env.RAFT_BENCH_INLINE_SYNC_MAX_ENTRIES;
-  // RAFT_BENCH_LEADER_INLINE_SYNC=0 keeps the leader's fsync in the thread pool (leaderInlineSync).
+  // RAFT_BENCH_LEADER_INLINE_SYNC=1 has the leader sync a lone write on its own thread (leaderInlineSync).
   const leaderInline = process.env.RAFT_BENCH_LEADER_INLINE_SYNC;
   const cluster = await RaftKvCluster.start({
     snapshotEvery: 10_000,
@@ -423,9 +423,11 @@ export async function run(opts: RaftBenchOptions): Promise<void> {
   const reps = Number(process.env.RAFT_BENCH_REPS || (opts.quick ? 2 : 5));
   const measureMs = 1000 * Number(process.env.RAFT_BENCH_MEASURE_SECONDS || (opts.quick ? 1 : 4));
   const warmupMs = opts.quick ? 300 : 1000;
-  const primeMs = opts.quick ? 300 : 3000;
+  // RAFT_BENCH_PRIME_SECONDS overrides the unmeasured load each system gets before the first level.
+  const primeMs = 1000 * Number(process.env.RAFT_BENCH_PRIME_SECONDS || (opts.quick ? 0.3 : 3));
   if (!Number.isSafeInteger(reps) || reps < 1)
     throw new Error("raft bench: RAFT_BENCH_REPS must be a positive integer");
+  if (!(primeMs >= 0)) throw new Error("raft bench: RAFT_BENCH_PRIME_SECONDS must be a non-negative number");
   if (!(measureMs > 0)) throw new Error("raft bench: RAFT_BENCH_MEASURE_SECONDS must be a positive number");
   console.log(
     `raft bench: ${opts.quick ? "quick" : "full"} mode, clients ${levels.join(", ")}, ${reps} interleaved repetitions of ${measureMs / 1000} s per level`,
@@ -466,7 +468,7 @@ export async function run(opts: RaftBenchOptions): Promise<void> {
     etcd: etcdVersion(),
     node: process.version,
     raftTsInlineSyncMaxEntries: process.env.RAFT_BENCH_INLINE_SYNC_MAX_ENTRIES || "1 (default)",
-    raftTsLeaderInlineSync: process.env.RAFT_BENCH_LEADER_INLINE_SYNC || "1 (default)",
+    raftTsLeaderInlineSync: process.env.RAFT_BENCH_LEADER_INLINE_SYNC || "0 (default)",
     loadAverage: `${loadBefore.toFixed(1)} before, ${loadavg()[0]!.toFixed(1)} after`,
   };
   const ratios = levels.map((c) => {
