@@ -3,11 +3,8 @@
 // class owns: one call per batch each way, no Buffer per frame from the addon). Received frames
 // carry a virtio_net_hdr; the addon finishes offloaded ones (native/vnet-offload.h, the same rules as
 // vnet-offload.ts) into ordinary frames. See docs/agent.md for why veth.
-import { existsSync } from "node:fs";
-import { createRequire } from "node:module";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
 import type { PortIO } from "./datapath.js";
+import { nativeAddon } from "./native-addon.js";
 
 interface AfPacketAddon {
   openArena(
@@ -50,31 +47,14 @@ const TX_FRAMES = 256;
 /** Batch entries whose receive view is kept for reuse. */
 const VIEW_CACHE = 256;
 
-const ADDON_PATH = join(
-  dirname(fileURLToPath(import.meta.url)),
-  "..",
-  "..",
-  "native",
-  "build",
-  "Release",
-  "isthmus_afpacket.node",
-);
-
-let addon: AfPacketAddon | undefined;
+const ADDON = nativeAddon<AfPacketAddon>("isthmus_afpacket.node", "AF_PACKET ports");
 
 export function afPacketAvailable(): boolean {
-  return process.platform === "linux" && existsSync(ADDON_PATH);
+  return ADDON.available();
 }
 
 function load(): AfPacketAddon {
-  if (addon) return addon;
-  if (!afPacketAvailable()) {
-    throw new Error(
-      `AF_PACKET ports need the native addon at ${ADDON_PATH}; build it with \`npm run build\` (Linux, a C compiler and Node headers)`,
-    );
-  }
-  addon = createRequire(import.meta.url)(ADDON_PATH) as AfPacketAddon;
-  return addon;
+  return ADDON.load();
 }
 
 export class AfPacketPort implements PortIO {

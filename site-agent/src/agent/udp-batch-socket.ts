@@ -1,10 +1,7 @@
 // A batched IPv4 UDP socket over the native addon (site-agent/native/udpbatch.c): datagrams land in
 // a receive arena that is reused batch after batch, announced with one callback per batch; sends are
 // packed into a send arena and written with one sendmmsg per flush. The VXLAN socket's fast path.
-import { existsSync } from "node:fs";
-import { createRequire } from "node:module";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { nativeAddon } from "./native-addon.js";
 
 interface UdpBatchAddon {
   open(
@@ -23,15 +20,7 @@ interface UdpBatchAddon {
   close(handle: object): void;
 }
 
-const ADDON_PATH = join(
-  dirname(fileURLToPath(import.meta.url)),
-  "..",
-  "..",
-  "native",
-  "build",
-  "Release",
-  "isthmus_udpbatch.node",
-);
+const ADDON = nativeAddon<UdpBatchAddon>("isthmus_udpbatch.node", "batched UDP");
 
 /** Largest IPv4 UDP payload; a receive slot holds any datagram whole. */
 export const RX_SLOT = 65536;
@@ -55,19 +44,12 @@ export interface UdpBatchLimits {
 
 export const DEFAULT_UDP_BATCH_LIMITS: UdpBatchLimits = { txArenaBytes: 1 << 20, txMaxDatagrams: 512 };
 
-let addon: UdpBatchAddon | undefined;
-
 export function udpBatchAvailable(): boolean {
-  return process.platform === "linux" && existsSync(ADDON_PATH);
+  return ADDON.available();
 }
 
 function load(): UdpBatchAddon {
-  if (addon) return addon;
-  if (!udpBatchAvailable()) {
-    throw new Error(`batched UDP needs the native addon at ${ADDON_PATH}; build it with \`npm run build\``);
-  }
-  addon = createRequire(import.meta.url)(ADDON_PATH) as UdpBatchAddon;
-  return addon;
+  return ADDON.load();
 }
 
 /** Dotted IPv4 → host-order u32, or undefined when it is not one. */

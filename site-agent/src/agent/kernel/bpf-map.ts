@@ -1,10 +1,7 @@
 // A BPF map pinned in bpffs, opened through the native bpfmap addon (site-agent/native/bpfmap.c):
 // one bpf() syscall per operation, no helper processes. Keys and values are raw Buffers of the
 // map's fixed sizes; flow-map-codec.ts gives them meaning.
-import { existsSync } from "node:fs";
-import { createRequire } from "node:module";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { nativeAddon } from "../native-addon.js";
 
 interface BpfMapAddon {
   objGet(path: string): number;
@@ -24,37 +21,19 @@ interface BpfMapAddon {
   close(fd: number): void;
 }
 
-const ADDON_PATH = join(
-  dirname(fileURLToPath(import.meta.url)),
-  "..",
-  "..",
-  "..",
-  "native",
-  "build",
-  "Release",
-  "isthmus_bpfmap.node",
-);
+const ADDON = nativeAddon<BpfMapAddon>("isthmus_bpfmap.node", "BPF map access");
 
 /** BPF_ANY / BPF_NOEXIST / BPF_EXIST from linux/bpf.h. */
 export const BPF_ANY = 0;
 export const BPF_NOEXIST = 1;
 export const BPF_EXIST = 2;
 
-let addon: BpfMapAddon | undefined;
-
 export function bpfMapAddonAvailable(): boolean {
-  return process.platform === "linux" && existsSync(ADDON_PATH);
+  return ADDON.available();
 }
 
 function load(): BpfMapAddon {
-  if (addon) return addon;
-  if (!bpfMapAddonAvailable()) {
-    throw new Error(
-      `BPF map access needs the native addon at ${ADDON_PATH}; build it with \`npm run build\` (Linux)`,
-    );
-  }
-  addon = createRequire(import.meta.url)(ADDON_PATH) as BpfMapAddon;
-  return addon;
+  return ADDON.load();
 }
 
 export class BpfMap {

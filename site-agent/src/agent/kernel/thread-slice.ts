@@ -2,39 +2,20 @@
 // kernel path the agent's event-loop thread asks for a short slice: every first packet waits for
 // that thread to wake, and a short slice lets it preempt whatever runs instead of waiting for that
 // task's slice to end — without taking a larger share of the CPU (nice does that).
-import { existsSync } from "node:fs";
-import { createRequire } from "node:module";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { nativeAddon } from "../native-addon.js";
 
 interface SchedAddon {
   getSlice(): { policy: number; nice: number; sliceNs: number };
   setSlice(ns: number): void;
 }
 
-const ADDON_PATH = join(
-  dirname(fileURLToPath(import.meta.url)),
-  "..",
-  "..",
-  "..",
-  "native",
-  "build",
-  "Release",
-  "isthmus_sched.node",
-);
+const ADDON = nativeAddon<SchedAddon>("isthmus_sched.node", "thread slice");
 
 /** The slice the kernel path asks for when agent.kernel.threadSliceUs is unset (µs). */
 export const DEFAULT_THREAD_SLICE_US = 100;
 
-let addon: SchedAddon | undefined;
-
 function load(): SchedAddon {
-  if (addon) return addon;
-  if (process.platform !== "linux" || !existsSync(ADDON_PATH)) {
-    throw new Error(`thread slice: needs the native addon at ${ADDON_PATH}; build it with \`npm run build\``);
-  }
-  addon = createRequire(import.meta.url)(ADDON_PATH) as SchedAddon;
-  return addon;
+  return ADDON.load();
 }
 
 /** The calling thread's slice in µs as the kernel reports it (its base slice unless one was set). */

@@ -2,10 +2,7 @@
 // (site-agent/native/afpacket.c): batches of raw `[virtio_net_hdr][upcall_hdr][frame]` buffers in,
 // batches of `[frame][reinject trailer]` out. The socket is created inside the datapath's network
 // namespace when one is given.
-import { existsSync } from "node:fs";
-import { createRequire } from "node:module";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { nativeAddon } from "../native-addon.js";
 
 interface AfPacketAddon {
   open(ifname: string, onFrames: (bufs: Buffer[]) => void, netns?: string): object;
@@ -13,19 +10,10 @@ interface AfPacketAddon {
   close(handle: object): void;
 }
 
-const ADDON_PATH = join(
-  dirname(fileURLToPath(import.meta.url)),
-  "..",
-  "..",
-  "..",
-  "native",
-  "build",
-  "Release",
-  "isthmus_afpacket.node",
-);
+const ADDON = nativeAddon<AfPacketAddon>("isthmus_afpacket.node", "the kernel datapath's upcall device");
 
 export function upcallDeviceAvailable(): boolean {
-  return process.platform === "linux" && existsSync(ADDON_PATH);
+  return ADDON.available();
 }
 
 export class UpcallDevice {
@@ -36,12 +24,7 @@ export class UpcallDevice {
     readonly ifname: string,
     private readonly netns: string | undefined,
   ) {
-    if (!upcallDeviceAvailable()) {
-      throw new Error(
-        `the kernel datapath needs the AF_PACKET addon at ${ADDON_PATH}; build it with \`npm run build\``,
-      );
-    }
-    this.addon = createRequire(import.meta.url)(ADDON_PATH) as AfPacketAddon;
+    this.addon = ADDON.load();
   }
 
   start(onBuffers: (bufs: Buffer[]) => void): void {

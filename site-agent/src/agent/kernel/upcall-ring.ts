@@ -3,10 +3,7 @@
 // upcall veth would deliver it (`[virtio_net_hdr][upcall_hdr][frame]`, checksums finished), so
 // parseUpcall serves both. Misses come this way when they fit a record; the rest, and every frame
 // the agent writes back, still use the upcall veth.
-import { existsSync } from "node:fs";
-import { createRequire } from "node:module";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { nativeAddon } from "../native-addon.js";
 import { BpfMap } from "./bpf-map.js";
 
 interface UpcallRingAddon {
@@ -16,35 +13,17 @@ interface UpcallRingAddon {
   finishChecksum(frame: Buffer): void;
 }
 
-const ADDON_PATH = join(
-  dirname(fileURLToPath(import.meta.url)),
-  "..",
-  "..",
-  "..",
-  "native",
-  "build",
-  "Release",
-  "isthmus_upcallring.node",
-);
+const ADDON = nativeAddon<UpcallRingAddon>("isthmus_upcallring.node", "the upcall ring");
 
 /** Longest frame a ring record carries (RING_FRAME_MAX in flow.bpf.c); longer ones take the veth. */
 export const RING_FRAME_MAX = 1600;
 
-let addon: UpcallRingAddon | undefined;
-
 export function upcallRingAvailable(): boolean {
-  return process.platform === "linux" && existsSync(ADDON_PATH);
+  return ADDON.available();
 }
 
 function load(): UpcallRingAddon {
-  if (addon) return addon;
-  if (!upcallRingAvailable()) {
-    throw new Error(
-      `the upcall ring needs the native addon at ${ADDON_PATH}; build it with \`npm run build\``,
-    );
-  }
-  addon = createRequire(import.meta.url)(ADDON_PATH) as UpcallRingAddon;
-  return addon;
+  return ADDON.load();
 }
 
 /** The ring reader's TCP/UDP checksum completion on one frame (in place), for tests. */
