@@ -12,6 +12,7 @@ export { EngineSimulator, maskToFields } from "./agent/sim-adapter.js";
 export * as agentTesting from "./agent/testing/index.js";
 export { UserspaceDatapath } from "./agent/userspace-datapath.js";
 export { startTestPostgres, type TestPostgres } from "./controller/db/test-postgres.js";
+export type { EntryTiming } from "./controller/entry-timeline.js";
 export {
   type RunningSiteController,
   type SiteControllerFlags,

@@ -10,7 +10,7 @@ import {
   status,
 } from "@grpc/grpc-js";
 import { federationpb, intentpb, sitepb, topologypb } from "@isthmus/schema";
-import { firstSnapshot } from "@isthmus/site-agent";
+import { type EntryTiming, firstSnapshot } from "@isthmus/site-agent";
 
 type Unary<Req, Res> = (
   req: Req,
@@ -268,19 +268,8 @@ export async function scrapeEntryStages(metricsAddress: string): Promise<EntrySt
   };
 }
 
-/**
- * One intent entry's times at a site (Unix ms): arrived, got the write queue, translated, its
- * transaction's statements done, committed.
- */
-export interface SiteEntryTiming {
-  index: number;
-  revision: number;
-  receivedAt: number;
-  startedAt: number;
-  translatedAt: number;
-  writtenAt: number;
-  committedAt: number;
-}
+/** One intent entry's times at a site (Unix ms): the controller's own record of it. */
+export type SiteEntryTiming = EntryTiming;
 
 /** A controller's recent intent entry timings above `afterIndex` (its `/debug/intent-entries`). */
 export async function fetchEntryTimings(
