@@ -424,7 +424,7 @@ export async function run(opts: RaftBenchOptions): Promise<void> {
   const measureMs = 1000 * Number(process.env.RAFT_BENCH_MEASURE_SECONDS || (opts.quick ? 1 : 4));
   const warmupMs = opts.quick ? 300 : 1000;
   // RAFT_BENCH_PRIME_SECONDS overrides the unmeasured load each system gets before the first level.
-  const primeMs = 1000 * Number(process.env.RAFT_BENCH_PRIME_SECONDS || (opts.quick ? 0.3 : 3));
+  const primeMs = 1000 * Number(process.env.RAFT_BENCH_PRIME_SECONDS || (opts.quick ? 0.3 : 15));
   if (!Number.isSafeInteger(reps) || reps < 1)
     throw new Error("raft bench: RAFT_BENCH_REPS must be a positive integer");
   if (!(primeMs >= 0)) throw new Error("raft bench: RAFT_BENCH_PRIME_SECONDS must be a non-negative number");
