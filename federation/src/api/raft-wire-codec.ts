@@ -3,7 +3,14 @@
 // objects, its BinaryWriter and its bigint round trip for every uint64 (each write crosses the
 // transport twice on its critical path). raft-wire-codec.test.ts checks both directions against
 // the generated encoder and decoder.
-import { type Entry, EntryType, type Message, MessageType, type SnapshotMetadata } from "../raft/index.js";
+import {
+  type Entry,
+  EntryType,
+  type Message,
+  MessageType,
+  newMessage,
+  type SnapshotMetadata,
+} from "../raft/index.js";
 import { RaftWireError } from "./raft-wire.js";
 
 const EMPTY = Buffer.alloc(0);
@@ -357,19 +364,7 @@ function decodeSnapshotMeta(r: Reader): SnapshotMetadata {
 /** Decodes one RaftMessage from buf[start, end), checking it as fromWire does. */
 function decodeMessage(buf: Buffer, start: number, end: number): Message {
   const r = new Reader(buf, start, end, "message");
-  const m: Message = {
-    type: 0 as MessageType,
-    from: "",
-    to: "",
-    term: 0,
-    logTerm: 0,
-    index: 0,
-    entries: [],
-    commit: 0,
-    reject: false,
-    rejectHint: 0,
-    context: EMPTY,
-  };
+  const m: Message = newMessage({ type: 0 as MessageType, from: "", to: "" });
   let snapshot: SnapshotMetadata | undefined;
   let snapshotChunk: Buffer = EMPTY;
   let snapshotOffset = 0;
