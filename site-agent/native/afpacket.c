@@ -20,6 +20,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "napi-call.h"
 #include "vnet-offload.h"
 
 #define BATCH 32
@@ -47,13 +48,6 @@ typedef struct {
   struct mmsghdr msgs[BATCH];
   struct iovec iovs[BATCH];
 } port_t;
-
-static napi_value throw_errno(napi_env env, const char* what, int err) {
-  char msg[256];
-  snprintf(msg, sizeof msg, "%s: %s", what, strerror(err));
-  napi_throw_error(env, NULL, msg);
-  return NULL;
-}
 
 static void on_readable(uv_poll_t* handle, int status, int events) {
   port_t* p = (port_t*)handle->data;
@@ -90,16 +84,7 @@ static void on_readable(uv_poll_t* handle, int status, int events) {
         napi_set_element(env, arr, i, buf);
       }
     }
-    napi_value cb, recv, result;
-    napi_get_reference_value(env, p->callback, &cb);
-    napi_get_reference_value(env, p->self, &recv);
-    napi_status st = napi_make_callback(env, p->async, recv, cb, 1, &arr, &result);
-    if (st == napi_pending_exception) {
-      napi_value exc;
-      napi_get_and_clear_last_exception(env, &exc);
-      napi_fatal_exception(env, exc);
-      break;
-    }
+    if (call_back(env, p->async, p->self, p->callback, arr)) break;
     if ((uint32_t)n < batch) break;
   }
   napi_close_handle_scope(env, scope);
@@ -244,13 +229,8 @@ static napi_value open_port(napi_env env, napi_value name_v, napi_value cb, napi
   napi_get_uv_event_loop(env, &loop);
   uv_poll_init(loop, &p->poll, fd);
   p->poll.data = p;
-  napi_value handle, resname;
-  napi_create_object(env, &handle);
-  napi_create_reference(env, cb, 1, &p->callback);
-  napi_create_reference(env, handle, 0, &p->self);
-  napi_create_string_utf8(env, "isthmus.afpacket", NAPI_AUTO_LENGTH, &resname);
-  napi_async_init(env, handle, resname, &p->async);
-  napi_wrap(env, handle, p, finalize, NULL, NULL);
+  napi_value handle = new_callback_handle(env, p, finalize, cb, "isthmus.afpacket", &p->callback,
+                                          &p->self, &p->async);
   uv_poll_start(&p->poll, UV_READABLE, on_readable);
   return handle;
 }
@@ -258,9 +238,8 @@ static napi_value open_port(napi_env env, napi_value name_v, napi_value cb, napi
 // open(ifname: string, onFrames: (frames: Buffer[]) => void, netns?: string): handle
 // Each batch arrives as fresh Buffers (copies); the kernel datapath's upcall device reads this way.
 static napi_value Open(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
   napi_value argv[3];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  size_t argc = get_args(env, info, 3, argv);
   if (argc < 2) {
     napi_throw_type_error(env, NULL, "open(ifname, onFrames, netns?)");
     return NULL;
@@ -274,9 +253,8 @@ static napi_value Open(napi_env env, napi_callback_info info) {
 // `meta` (length 0: a dropped frame, its drop code in the offset). Everything is reused by the next
 // batch, so JS copies what it keeps.
 static napi_value OpenArena(napi_env env, napi_callback_info info) {
-  size_t argc = 7;
   napi_value argv[7];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  size_t argc = get_args(env, info, 7, argv);
   arena_args_t a;
   memset(&a, 0, sizeof a);
   size_t rx_len = 0, meta_n = 0;
@@ -315,9 +293,8 @@ static napi_value OpenArena(napi_env env, napi_callback_info info) {
 // finishOffloads(arena: Buffer, len, segStart, meta: Uint32Array): count — the C offload path on
 // one buffer at arena[0, len), segments from segStart on, for tests against vnet-offload.ts.
 static napi_value FinishOffloads(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
   napi_value argv[4];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  size_t argc = get_args(env, info, 4, argv);
   void* buf = NULL;
   void* meta = NULL;
   size_t buf_len = 0, meta_n = 0, off;
@@ -351,9 +328,8 @@ static port_t* unwrap(napi_env env, napi_value v) {
 
 // send(handle, frames: Buffer[]): number written (EAGAIN stops early; the rest are the caller's drops)
 static napi_value Send(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
   napi_value argv[2];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  get_args(env, info, 2, argv);
   port_t* p = unwrap(env, argv[0]);
   if (!p) return NULL;
   uint32_t count;
@@ -397,9 +373,8 @@ static napi_value Send(napi_env env, napi_callback_info info) {
 // sendArena(handle, tx: Buffer, meta: Uint32Array, count): frame i is tx[meta[2i], +meta[2i+1]];
 // each goes out behind a zero virtio_net_hdr. Same return and error handling as send.
 static napi_value SendArena(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
   napi_value argv[4];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  get_args(env, info, 4, argv);
   port_t* p = unwrap(env, argv[0]);
   if (!p) return NULL;
   void* tx = NULL;
@@ -453,9 +428,8 @@ static napi_value SendArena(napi_env env, napi_callback_info info) {
 }
 
 static napi_value Close(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
   napi_value argv[1];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  get_args(env, info, 1, argv);
   port_t* p = NULL;
   if (napi_unwrap(env, argv[0], (void**)&p) != napi_ok || !p || p->closed) return NULL;
   p->closed = 1;
@@ -473,15 +447,14 @@ static napi_value Close(napi_env env, napi_callback_info info) {
 
 static napi_value Init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
-      {"open", NULL, Open, NULL, NULL, NULL, napi_default, NULL},
-      {"send", NULL, Send, NULL, NULL, NULL, napi_default, NULL},
-      {"close", NULL, Close, NULL, NULL, NULL, napi_default, NULL},
-      {"openArena", NULL, OpenArena, NULL, NULL, NULL, napi_default, NULL},
-      {"sendArena", NULL, SendArena, NULL, NULL, NULL, napi_default, NULL},
-      {"finishOffloads", NULL, FinishOffloads, NULL, NULL, NULL, napi_default, NULL},
+      NAPI_METHOD("open", Open),
+      NAPI_METHOD("send", Send),
+      NAPI_METHOD("close", Close),
+      NAPI_METHOD("openArena", OpenArena),
+      NAPI_METHOD("sendArena", SendArena),
+      NAPI_METHOD("finishOffloads", FinishOffloads),
   };
-  napi_define_properties(env, exports, 6, props);
-  return exports;
+  return EXPORT_METHODS(env, exports, props);
 }
 
 NAPI_MODULE(NODE_GYP_MODULE_NAME, Init)

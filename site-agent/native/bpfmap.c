@@ -10,29 +10,16 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "napi-call.h"
+
 static long sys_bpf(int cmd, union bpf_attr *attr) {
   return syscall(__NR_bpf, cmd, attr, sizeof(*attr));
 }
 
-static napi_value throw_errno(napi_env env, const char *what) {
-  char msg[4400];
-  int e = errno;
-  snprintf(msg, sizeof msg, "%s: %s", what, strerror(e));
-  char code[32];
-  snprintf(code, sizeof code, "E%d", e);
-  napi_throw_error(env, code, msg);
-  return NULL;
-}
+// Errors carry the errno in their code ("E7" for E2BIG...) as well as its text.
+static napi_value throw_bpf_errno(napi_env env, const char *what) { return throw_errno_code(env, what, errno); }
 
-static int get_args(napi_env env, napi_callback_info info, size_t want, napi_value *argv) {
-  size_t argc = want;
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < want) {
-    napi_throw_type_error(env, NULL, "bpfmap: too few arguments");
-    return -1;
-  }
-  return 0;
-}
+#define TOO_FEW "bpfmap: too few arguments"
 
 static int get_buf(napi_env env, napi_value v, void **data, size_t *len) {
   bool is_buf = false;
@@ -54,7 +41,7 @@ static napi_value num(napi_env env, double d) {
 // objGet(path) -> fd
 static napi_value obj_get(napi_env env, napi_callback_info info) {
   napi_value argv[1];
-  if (get_args(env, info, 1, argv)) return NULL;
+  if (need_args(env, info, 1, argv, TOO_FEW)) return NULL;
   char path[4096];
   size_t n;
   if (napi_get_value_string_utf8(env, argv[0], path, sizeof path, &n) != napi_ok) {
@@ -65,14 +52,14 @@ static napi_value obj_get(napi_env env, napi_callback_info info) {
   memset(&a, 0, sizeof a);
   a.pathname = (uint64_t)(uintptr_t)path;
   long fd = sys_bpf(BPF_OBJ_GET, &a);
-  if (fd < 0) return throw_errno(env, path);
+  if (fd < 0) return throw_bpf_errno(env, path);
   return num(env, (double)fd);
 }
 
 // update(fd, key, value, flags)
 static napi_value update(napi_env env, napi_callback_info info) {
   napi_value argv[4];
-  if (get_args(env, info, 4, argv)) return NULL;
+  if (need_args(env, info, 4, argv, TOO_FEW)) return NULL;
   int32_t fd;
   uint32_t flags;
   void *k, *v;
@@ -86,14 +73,14 @@ static napi_value update(napi_env env, napi_callback_info info) {
   a.key = (uint64_t)(uintptr_t)k;
   a.value = (uint64_t)(uintptr_t)v;
   a.flags = flags;
-  if (sys_bpf(BPF_MAP_UPDATE_ELEM, &a) < 0) return throw_errno(env, "bpf map update");
+  if (sys_bpf(BPF_MAP_UPDATE_ELEM, &a) < 0) return throw_bpf_errno(env, "bpf map update");
   return NULL;
 }
 
 // lookup(fd, key, out) -> true when found (value written into out)
 static napi_value lookup(napi_env env, napi_callback_info info) {
   napi_value argv[3];
-  if (get_args(env, info, 3, argv)) return NULL;
+  if (need_args(env, info, 3, argv, TOO_FEW)) return NULL;
   int32_t fd;
   void *k, *v;
   size_t kl, vl;
@@ -106,7 +93,7 @@ static napi_value lookup(napi_env env, napi_callback_info info) {
   a.value = (uint64_t)(uintptr_t)v;
   napi_value r;
   if (sys_bpf(BPF_MAP_LOOKUP_ELEM, &a) < 0) {
-    if (errno != ENOENT) return throw_errno(env, "bpf map lookup");
+    if (errno != ENOENT) return throw_bpf_errno(env, "bpf map lookup");
     napi_get_boolean(env, false, &r);
     return r;
   }
@@ -117,7 +104,7 @@ static napi_value lookup(napi_env env, napi_callback_info info) {
 // remove(fd, key) -> true when an entry was deleted
 static napi_value remove_elem(napi_env env, napi_callback_info info) {
   napi_value argv[2];
-  if (get_args(env, info, 2, argv)) return NULL;
+  if (need_args(env, info, 2, argv, TOO_FEW)) return NULL;
   int32_t fd;
   void *k;
   size_t kl;
@@ -129,7 +116,7 @@ static napi_value remove_elem(napi_env env, napi_callback_info info) {
   a.key = (uint64_t)(uintptr_t)k;
   napi_value r;
   if (sys_bpf(BPF_MAP_DELETE_ELEM, &a) < 0) {
-    if (errno != ENOENT) return throw_errno(env, "bpf map delete");
+    if (errno != ENOENT) return throw_bpf_errno(env, "bpf map delete");
     napi_get_boolean(env, false, &r);
     return r;
   }
@@ -140,7 +127,7 @@ static napi_value remove_elem(napi_env env, napi_callback_info info) {
 // nextKey(fd, key | null, out) -> true when out holds the key after `key` (first key for null)
 static napi_value next_key(napi_env env, napi_callback_info info) {
   napi_value argv[3];
-  if (get_args(env, info, 3, argv)) return NULL;
+  if (need_args(env, info, 3, argv, TOO_FEW)) return NULL;
   int32_t fd;
   void *k = NULL, *out;
   size_t kl, ol;
@@ -156,7 +143,7 @@ static napi_value next_key(napi_env env, napi_callback_info info) {
   a.next_key = (uint64_t)(uintptr_t)out;
   napi_value r;
   if (sys_bpf(BPF_MAP_GET_NEXT_KEY, &a) < 0) {
-    if (errno != ENOENT) return throw_errno(env, "bpf map next key");
+    if (errno != ENOENT) return throw_bpf_errno(env, "bpf map next key");
     napi_get_boolean(env, false, &r);
     return r;
   }
@@ -167,7 +154,7 @@ static napi_value next_key(napi_env env, napi_callback_info info) {
 // updateBatch(fd, keys, values, count, flags) -> number of entries written
 static napi_value update_batch(napi_env env, napi_callback_info info) {
   napi_value argv[5];
-  if (get_args(env, info, 5, argv)) return NULL;
+  if (need_args(env, info, 5, argv, TOO_FEW)) return NULL;
   int32_t fd;
   uint32_t count, flags;
   void *k, *v;
@@ -183,7 +170,7 @@ static napi_value update_batch(napi_env env, napi_callback_info info) {
   a.batch.values = (uint64_t)(uintptr_t)v;
   a.batch.count = count;
   a.batch.elem_flags = flags;
-  if (sys_bpf(BPF_MAP_UPDATE_BATCH, &a) < 0) return throw_errno(env, "bpf map batch update");
+  if (sys_bpf(BPF_MAP_UPDATE_BATCH, &a) < 0) return throw_bpf_errno(env, "bpf map batch update");
   return num(env, (double)a.batch.count);
 }
 
@@ -194,7 +181,7 @@ static napi_value update_batch(napi_env env, napi_callback_info info) {
 // > 0 then. ENOSPC (a bucket holds more than `count` entries) throws; ask for more at a time.
 static napi_value lookup_batch(napi_env env, napi_callback_info info) {
   napi_value argv[6];
-  if (get_args(env, info, 6, argv)) return NULL;
+  if (need_args(env, info, 6, argv, TOO_FEW)) return NULL;
   int32_t fd;
   uint32_t count;
   void *in = NULL, *out, *k, *v;
@@ -221,7 +208,7 @@ static napi_value lookup_batch(napi_env env, napi_callback_info info) {
   a.batch.count = count;
   bool done = false;
   if (sys_bpf(BPF_MAP_LOOKUP_BATCH, &a) < 0) {
-    if (errno != ENOENT) return throw_errno(env, "bpf map batch lookup");
+    if (errno != ENOENT) return throw_bpf_errno(env, "bpf map batch lookup");
     done = true;
   }
   napi_value r, n, d;
@@ -235,26 +222,25 @@ static napi_value lookup_batch(napi_env env, napi_callback_info info) {
 
 static napi_value close_fd(napi_env env, napi_callback_info info) {
   napi_value argv[1];
-  if (get_args(env, info, 1, argv)) return NULL;
+  if (need_args(env, info, 1, argv, TOO_FEW)) return NULL;
   int32_t fd;
   napi_get_value_int32(env, argv[0], &fd);
-  if (close(fd) < 0) return throw_errno(env, "close bpf map fd");
+  if (close(fd) < 0) return throw_bpf_errno(env, "close bpf map fd");
   return NULL;
 }
 
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
-      {"objGet", NULL, obj_get, NULL, NULL, NULL, napi_default, NULL},
-      {"update", NULL, update, NULL, NULL, NULL, napi_default, NULL},
-      {"lookup", NULL, lookup, NULL, NULL, NULL, napi_default, NULL},
-      {"remove", NULL, remove_elem, NULL, NULL, NULL, napi_default, NULL},
-      {"nextKey", NULL, next_key, NULL, NULL, NULL, napi_default, NULL},
-      {"updateBatch", NULL, update_batch, NULL, NULL, NULL, napi_default, NULL},
-      {"lookupBatch", NULL, lookup_batch, NULL, NULL, NULL, napi_default, NULL},
-      {"close", NULL, close_fd, NULL, NULL, NULL, napi_default, NULL},
+      NAPI_METHOD("objGet", obj_get),
+      NAPI_METHOD("update", update),
+      NAPI_METHOD("lookup", lookup),
+      NAPI_METHOD("remove", remove_elem),
+      NAPI_METHOD("nextKey", next_key),
+      NAPI_METHOD("updateBatch", update_batch),
+      NAPI_METHOD("lookupBatch", lookup_batch),
+      NAPI_METHOD("close", close_fd),
   };
-  napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
-  return exports;
+  return EXPORT_METHODS(env, exports, props);
 }
 
 NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

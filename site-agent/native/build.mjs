@@ -18,7 +18,7 @@ const addons = [
   { name: "isthmus_upcallring", src: "upcallring.c" },
 ];
 const outs = addons.map((a) => join(here, "build", "Release", `${a.name}.node`));
-const sources = [...addons.map((a) => a.src), "vnet-offload.h", "binding.gyp", "build.mjs"].map((f) =>
+const sources = [...addons.map((a) => a.src), "vnet-offload.h", "napi-call.h", "binding.gyp", "build.mjs"].map((f) =>
   join(here, f),
 );
 

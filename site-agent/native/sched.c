@@ -13,6 +13,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "napi-call.h"
+
 // struct sched_attr (include/uapi/linux/sched/types.h), SCHED_ATTR_SIZE_VER1.
 typedef struct {
   uint32_t size;
@@ -26,13 +28,6 @@ typedef struct {
   uint32_t sched_util_min;
   uint32_t sched_util_max;
 } sched_attr_t;
-
-static napi_value throw_errno(napi_env env, const char* what, int err) {
-  char msg[160];
-  snprintf(msg, sizeof msg, "%s: %s", what, strerror(err));
-  napi_throw_error(env, NULL, msg);
-  return NULL;
-}
 
 static int get_attr(sched_attr_t* a) {
   memset(a, 0, sizeof *a);
@@ -58,9 +53,8 @@ static napi_value GetSlice(napi_env env, napi_callback_info info) {
 // setSlice(ns): sets the calling thread's slice, keeping its policy (must be SCHED_OTHER) and nice
 // value; ns 0 returns it to the kernel's default. Throws with errno on failure.
 static napi_value SetSlice(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
   napi_value argv[1];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  size_t argc = get_args(env, info, 1, argv);
   int64_t ns = -1;
   if (argc < 1 || napi_get_value_int64(env, argv[0], &ns) != napi_ok || ns < 0 || ns > 100000000) {
     napi_throw_range_error(env, NULL, "setSlice(ns): ns must be 0..100000000");
@@ -84,11 +78,10 @@ static napi_value SetSlice(napi_env env, napi_callback_info info) {
 
 static napi_value Init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
-      {"getSlice", NULL, GetSlice, NULL, NULL, NULL, napi_default, NULL},
-      {"setSlice", NULL, SetSlice, NULL, NULL, NULL, napi_default, NULL},
+      NAPI_METHOD("getSlice", GetSlice),
+      NAPI_METHOD("setSlice", SetSlice),
   };
-  napi_define_properties(env, exports, 2, props);
-  return exports;
+  return EXPORT_METHODS(env, exports, props);
 }
 
 NAPI_MODULE(NODE_GYP_MODULE_NAME, Init)

@@ -18,6 +18,8 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "napi-call.h"
+
 #define RX_META 5 // per received datagram: length, source IPv4 (host order), source port, flags, offset
 #define TX_META 4 // per queued datagram: arena offset, length, destination IPv4 (host order), port
 #define TX_CHUNK 64
@@ -58,13 +60,6 @@ typedef struct {
   struct iovec* iovs;
   struct sockaddr_in* addrs;
 } sock_t;
-
-static napi_value throw_errno(napi_env env, const char* what, int err) {
-  char msg[256];
-  snprintf(msg, sizeof msg, "%s: %s", what, strerror(err));
-  napi_throw_error(env, NULL, msg);
-  return NULL;
-}
 
 static void on_readable(uv_poll_t* handle, int status, int events) {
   sock_t* s = (sock_t*)handle->data;
@@ -115,17 +110,9 @@ static void on_readable(uv_poll_t* handle, int status, int events) {
       } while (off < len && entries < s->rx_entries);
       if (entries == s->rx_entries) break;
     }
-    napi_value cb, recv, count, result;
-    napi_get_reference_value(env, s->callback, &cb);
-    napi_get_reference_value(env, s->self, &recv);
+    napi_value count;
     napi_create_uint32(env, entries, &count);
-    napi_status st = napi_make_callback(env, s->async, recv, cb, 1, &count, &result);
-    if (st == napi_pending_exception) {
-      napi_value exc;
-      napi_get_and_clear_last_exception(env, &exc);
-      napi_fatal_exception(env, exc);
-      break;
-    }
+    if (call_back(env, s->async, s->self, s->callback, count)) break;
     if ((uint32_t)n < s->rx_slots) break;
   }
   napi_close_handle_scope(env, scope);
@@ -171,13 +158,9 @@ static int get_bytes(napi_env env, napi_value v, void** data, size_t* len) {
 // open(ip, port, rx: Buffer, rxSlot, rxMeta: Uint32Array, tx: Buffer, txMeta: Uint32Array,
 //      onBatch: (count) => void, bufferBytes): handle
 static napi_value Open(napi_env env, napi_callback_info info) {
-  size_t argc = 9;
   napi_value argv[9];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 9) {
-    napi_throw_type_error(env, NULL, "open(ip, port, rx, rxSlot, rxMeta, tx, txMeta, onBatch, bufferBytes)");
+  if (need_args(env, info, 9, argv, "open(ip, port, rx, rxSlot, rxMeta, tx, txMeta, onBatch, bufferBytes)"))
     return NULL;
-  }
   char ip[64];
   size_t len;
   uint32_t port, rx_slot, buf_bytes;
@@ -260,13 +243,8 @@ static napi_value Open(napi_env env, napi_callback_info info) {
   napi_get_uv_event_loop(env, &loop);
   uv_poll_init(loop, &s->poll, fd);
   s->poll.data = s;
-  napi_value handle, resname;
-  napi_create_object(env, &handle);
-  napi_create_reference(env, argv[7], 1, &s->callback);
-  napi_create_reference(env, handle, 0, &s->self);
-  napi_create_string_utf8(env, "isthmus.udpbatch", NAPI_AUTO_LENGTH, &resname);
-  napi_async_init(env, handle, resname, &s->async);
-  napi_wrap(env, handle, s, finalize, NULL, NULL);
+  napi_value handle = new_callback_handle(env, s, finalize, argv[7], "isthmus.udpbatch", &s->callback,
+                                          &s->self, &s->async);
   uv_poll_start(&s->poll, UV_READABLE, on_readable);
   return handle;
 }
@@ -281,9 +259,8 @@ static sock_t* unwrap(napi_env env, napi_value v) {
 }
 
 static napi_value LocalPort(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
   napi_value argv[1];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  get_args(env, info, 1, argv);
   sock_t* s = unwrap(env, argv[0]);
   if (!s) return NULL;
   struct sockaddr_in sa;
@@ -300,9 +277,8 @@ static napi_value LocalPort(napi_env env, napi_callback_info info) {
 // datagrams to one peer, all of the first one's size except a shorter last, go out as one GSO
 // message (UDP_SEGMENT): the receiver still gets them as separate datagrams.
 static napi_value Send(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
   napi_value argv[2];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  get_args(env, info, 2, argv);
   sock_t* s = unwrap(env, argv[0]);
   if (!s) return NULL;
   uint32_t count;
@@ -386,9 +362,8 @@ static napi_value Send(napi_env env, napi_callback_info info) {
 }
 
 static napi_value Close(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
   napi_value argv[1];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  get_args(env, info, 1, argv);
   sock_t* s = NULL;
   if (napi_unwrap(env, argv[0], (void**)&s) != napi_ok || !s || s->closed) return NULL;
   s->closed = 1;
@@ -405,13 +380,12 @@ static napi_value Close(napi_env env, napi_callback_info info) {
 
 static napi_value Init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
-      {"open", NULL, Open, NULL, NULL, NULL, napi_default, NULL},
-      {"send", NULL, Send, NULL, NULL, NULL, napi_default, NULL},
-      {"localPort", NULL, LocalPort, NULL, NULL, NULL, napi_default, NULL},
-      {"close", NULL, Close, NULL, NULL, NULL, napi_default, NULL},
+      NAPI_METHOD("open", Open),
+      NAPI_METHOD("send", Send),
+      NAPI_METHOD("localPort", LocalPort),
+      NAPI_METHOD("close", Close),
   };
-  napi_define_properties(env, exports, 4, props);
-  return exports;
+  return EXPORT_METHODS(env, exports, props);
 }
 
 NAPI_MODULE(NODE_GYP_MODULE_NAME, Init)

@@ -18,6 +18,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "napi-call.h"
 // Only the checksum helpers are used here.
 #pragma GCC diagnostic ignored "-Wunused-function"
 #include "vnet-offload.h"
@@ -44,13 +45,6 @@ typedef struct {
   // Records whose frame_len was bad (never more than the record holds): dropped and counted.
   uint32_t malformed;
 } ring_t;
-
-static napi_value throw_errno(napi_env env, const char* what, int err) {
-  char msg[256];
-  snprintf(msg, sizeof msg, "%s: %s", what, strerror(err));
-  napi_throw_error(env, NULL, msg);
-  return NULL;
-}
 
 // Recomputes the TCP/UDP checksum of an untagged IPv4 (unfragmented) or IPv6 (no extension
 // header) frame. A zero UDP checksum over IPv4 means "none" and stays zero.
@@ -128,16 +122,7 @@ static void on_readable(uv_poll_t* handle, int status, int events) {
       if (cons < prod) break; // the next record is still being written: poll again
       continue;
     }
-    napi_value cb, recv, result;
-    napi_get_reference_value(env, r->callback, &cb);
-    napi_get_reference_value(env, r->self, &recv);
-    napi_status st = napi_make_callback(env, r->async, recv, cb, 1, &arr, &result);
-    if (st == napi_pending_exception) {
-      napi_value exc;
-      napi_get_and_clear_last_exception(env, &exc);
-      napi_fatal_exception(env, exc);
-      break;
-    }
+    if (call_back(env, r->async, r->self, r->callback, arr)) break;
   }
   napi_close_handle_scope(env, scope);
 }
@@ -170,9 +155,8 @@ static void finalize(napi_env env, void* data, void* hint) {
 // open(mapFd, onRecords: (bufs: Buffer[]) => void): handle. The fd is duplicated: the caller keeps
 // (and closes) its own.
 static napi_value Open(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
   napi_value argv[2];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  size_t argc = get_args(env, info, 2, argv);
   int32_t fd = -1;
   napi_valuetype t;
   if (argc < 2 || napi_get_value_int32(env, argv[0], &fd) != napi_ok || fd < 0 ||
@@ -225,13 +209,8 @@ static napi_value Open(napi_env env, napi_callback_info info) {
   napi_get_uv_event_loop(env, &loop);
   uv_poll_init(loop, &r->poll, r->fd);
   r->poll.data = r;
-  napi_value handle, resname;
-  napi_create_object(env, &handle);
-  napi_create_reference(env, argv[1], 1, &r->callback);
-  napi_create_reference(env, handle, 0, &r->self);
-  napi_create_string_utf8(env, "isthmus.upcallring", NAPI_AUTO_LENGTH, &resname);
-  napi_async_init(env, handle, resname, &r->async);
-  napi_wrap(env, handle, r, finalize, NULL, NULL);
+  napi_value handle = new_callback_handle(env, r, finalize, argv[1], "isthmus.upcallring", &r->callback,
+                                          &r->self, &r->async);
   uv_poll_start(&r->poll, UV_READABLE, on_readable);
   return handle;
 }
@@ -247,9 +226,8 @@ static ring_t* unwrap(napi_env env, napi_value v) {
 
 // stats(handle): { malformed, pending } (bytes submitted and not yet read)
 static napi_value Stats(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
   napi_value argv[1];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  get_args(env, info, 1, argv);
   ring_t* r = unwrap(env, argv[0]);
   if (!r) return NULL;
   unsigned long cons = __atomic_load_n(r->consumer_pos, __ATOMIC_ACQUIRE);
@@ -264,9 +242,8 @@ static napi_value Stats(napi_env env, napi_callback_info info) {
 }
 
 static napi_value Close(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
   napi_value argv[1];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  get_args(env, info, 1, argv);
   ring_t* r = NULL;
   if (napi_unwrap(env, argv[0], (void**)&r) != napi_ok || !r || r->closed) return NULL;
   napi_delete_reference(env, r->callback);
@@ -279,9 +256,8 @@ static napi_value Close(napi_env env, napi_callback_info info) {
 
 // finishChecksum(frame: Buffer): the reader's checksum completion on one frame, for tests.
 static napi_value FinishChecksum(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
   napi_value argv[1];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  size_t argc = get_args(env, info, 1, argv);
   void* data;
   size_t len;
   if (argc < 1 || napi_get_buffer_info(env, argv[0], &data, &len) != napi_ok) {
@@ -294,13 +270,12 @@ static napi_value FinishChecksum(napi_env env, napi_callback_info info) {
 
 static napi_value Init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
-      {"open", NULL, Open, NULL, NULL, NULL, napi_default, NULL},
-      {"stats", NULL, Stats, NULL, NULL, NULL, napi_default, NULL},
-      {"close", NULL, Close, NULL, NULL, NULL, napi_default, NULL},
-      {"finishChecksum", NULL, FinishChecksum, NULL, NULL, NULL, napi_default, NULL},
+      NAPI_METHOD("open", Open),
+      NAPI_METHOD("stats", Stats),
+      NAPI_METHOD("close", Close),
+      NAPI_METHOD("finishChecksum", FinishChecksum),
   };
-  napi_define_properties(env, exports, 4, props);
-  return exports;
+  return EXPORT_METHODS(env, exports, props);
 }
 
 NAPI_MODULE(NODE_GYP_MODULE_NAME, Init)
