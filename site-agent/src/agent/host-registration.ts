@@ -95,8 +95,11 @@ const MAX_HEARTBEAT_MS = 60_000;
 
 /**
  * Tells the site controller this host is alive (SiteService.Heartbeat), at the interval the
- * controller's answers name. Failures are retried at the same interval and logged when the
- * state changes; a controller without the RPC (UNIMPLEMENTED) is logged once and not asked again.
+ * controller's answers name. Beats start at that rate whatever each one took: waiting an interval
+ * after a slow answer (a loaded controller, the first call's connection set-up) stretched the gap
+ * the controller saw to interval + latency, and after a timed-out beat to interval + deadline,
+ * more than the timeout the interval is derived from. Failures are logged when the state changes;
+ * a controller without the RPC (UNIMPLEMENTED) is logged once and not asked again.
  */
 export class HostHeartbeat {
   private readonly client: sitepb.SiteServiceClient;
@@ -130,6 +133,7 @@ export class HostHeartbeat {
   }
 
   private async beat(): Promise<void> {
+    const startedAt = Date.now();
     try {
       const md = new Metadata();
       const token = this.o.token();
@@ -138,7 +142,7 @@ export class HostHeartbeat {
         this.client.heartbeat(
           { hostId: this.o.hostId },
           md,
-          { deadline: Date.now() + Math.max(this.intervalMs, 1_000) },
+          { deadline: startedAt + Math.max(this.intervalMs, 1_000) },
           (err, r) => (err ? reject(err) : resolve(r)),
         ),
       );
@@ -158,6 +162,8 @@ export class HostHeartbeat {
       if (!this.failing) this.o.log.warn({ err: e.message }, "heartbeat failed; retrying");
       this.failing = true;
     }
-    this.schedule(this.intervalMs);
+    // The next beat is due an interval after this one started; one that timed out (its deadline is
+    // at least the interval) is followed at once.
+    this.schedule(Math.max(0, startedAt + this.intervalMs - Date.now()));
   }
 }

@@ -464,7 +464,9 @@ test("a host whose agent stops heartbeating is marked not alive (its uplinks mov
     federation: [coord.address],
     listen: "127.0.0.1:0",
     log: silentLogger(),
-    tuning: { ...SOLO, hostDeadAfterMs: 2_500, hostCheckMs: 50 },
+    // Heartbeats every 5 s / 3: on a loaded 2-core machine one beat's round trip (a new
+    // connection, a database transaction) takes seconds, so a shorter timeout marks live hosts down.
+    tuning: { ...SOLO, hostDeadAfterMs: 5_000, hostCheckMs: 50 },
   });
   const beats = new Map<string, HostHeartbeat>();
   t.after(async () => {
@@ -477,6 +479,17 @@ test("a host whose agent stops heartbeating is marked not alive (its uplinks mov
   const admin = (await ctl.tokens.issue("admin", "admin", 600)).token;
   const api = new sitepb.SiteServiceClient(ctl.address, credentials.createInsecure());
   t.after(() => api.close());
+  const startBeating = (g: { id: string; token: string }) => {
+    const b = new HostHeartbeat({
+      controller: ctl.address,
+      hostId: g.id,
+      token: () => g.token,
+      log: silentLogger(),
+    });
+    beats.set(g.id, b);
+    b.start();
+  };
+  // Each gateway's agent heartbeats as soon as it is registered (the timeout runs from then).
   const gateways: { id: string; token: string }[] = [];
   for (const name of ["gw1", "gw2"]) {
     const reg = await unary<sitepb.RegisterHostRequest, sitepb.RegisterHostResponse>(
@@ -492,27 +505,21 @@ test("a host whose agent stops heartbeating is marked not alive (its uplinks mov
       bearer(admin),
     );
     gateways.push({ id: reg.host!.id, token: reg.hostToken });
+    startBeating(gateways.at(-1)!);
   }
-  const startBeating = (g: { id: string; token: string }) => {
-    const b = new HostHeartbeat({
-      controller: ctl.address,
-      hostId: g.id,
-      token: () => g.token,
-      log: silentLogger(),
-    });
-    beats.set(g.id, b);
-    b.start();
-  };
-  for (const g of gateways) startBeating(g);
   const agent = agentWatch(ctl.address, admin);
   t.after(() => agent.close());
   const remotePort = () => agent.ports().find((p) => p.type === topologypb.PortType.PORT_TYPE_REMOTE_SITE);
   const chosenId = (await until("the remote-site port is bound to a gateway", () => remotePort()?.hostId))!;
   const other = gateways.find((g) => g.id !== chosenId)!;
   const alive = (id: string) => agent.hosts().find((h) => h.id === id)?.alive;
-  // Both heartbeat past the start-up grace and the timeout (generous, for a loaded machine): neither
-  // is marked down.
-  await new Promise((r) => setTimeout(r, 3_000));
+  // Both heartbeat past the start-up grace and the timeout: five accepted beats, a third of the
+  // timeout apart, span more than it. Neither is marked down.
+  await until(
+    "five heartbeats from each gateway",
+    () => [...beats.values()].every((b) => b.sent >= 5),
+    60_000,
+  );
   assert.equal(alive(chosenId), true);
   assert.equal(alive(other.id), true);
   assert.equal(ctl.liveness.markedDown, 0, "heartbeating hosts are never marked down");
@@ -520,7 +527,7 @@ test("a host whose agent stops heartbeating is marked not alive (its uplinks mov
   // The chosen gateway's agent goes quiet: marked not alive through the change feed, and the
   // remote-site port moves to the other gateway.
   beats.get(chosenId)!.stop();
-  await until("host marked not alive at the agent", () => alive(chosenId) === false, 10_000);
+  await until("host marked not alive at the agent", () => alive(chosenId) === false, 30_000);
   await until("uplink side moved to the live gateway", () => remotePort()?.hostId === other.id);
   assert.equal(alive(other.id), true);
   const hosts = await unary<sitepb.ListHostsRequest, sitepb.ListHostsResponse>(
@@ -540,7 +547,7 @@ test("a host whose agent stops heartbeating is marked not alive (its uplinks mov
 
   // Heartbeats return: alive again, and the choice goes back to the smaller id.
   startBeating(gateways.find((g) => g.id === chosenId)!);
-  await until("host alive again at the agent", () => alive(chosenId) === true, 10_000);
+  await until("host alive again at the agent", () => alive(chosenId) === true, 30_000);
   await until("remote-site port back on the first choice", () => remotePort()?.hostId === chosenId);
   assert.equal(ctl.liveness.markedUp, 1);
 
