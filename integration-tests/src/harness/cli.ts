@@ -24,10 +24,13 @@ export function runCli(
     child.stderr.on("data", (d) => {
       stderr += d;
     });
+    // As generous as spawnAgent's start-up: node alone takes tens of seconds to load the CLI on a
+    // 2-core machine at load 30.
+    const timeoutMs = opts.timeoutMs ?? 60_000;
     const timer = setTimeout(() => {
       child.kill("SIGKILL");
-      reject(new Error(`isthmus ${args.join(" ")} did not finish in ${opts.timeoutMs ?? 30_000} ms`));
-    }, opts.timeoutMs ?? 30_000);
+      reject(new Error(`isthmus ${args.join(" ")} did not finish in ${timeoutMs} ms`));
+    }, timeoutMs);
     child.on("error", reject);
     child.on("close", (code) => {
       clearTimeout(timer);
