@@ -308,7 +308,7 @@ describe("agents driven by a real site controller and coordinator", { skip }, ()
     // The group allows TCP 5001 only: 5002 is refused by vm2's ingress chain.
     const blocked = lab.spawn(vms.vm2!.ns, ["timeout", "10", "nc", "-l", "5002"]);
     t.after(() => blocked.kill());
-    await new Promise((r) => setTimeout(r, 300));
+    await lab.listening(vms.vm2!.ns, 5002);
     const denied = await lab.exec(vms.vm1!.ns, ["sh", "-c", `echo hi | nc -N -w 2 ${vms.vm2!.ip} 5002`]);
     assert.notEqual(denied.code, 0, "TCP 5002 must not connect: the group does not allow it");
   });

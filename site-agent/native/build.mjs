@@ -18,9 +18,13 @@ const addons = [
   { name: "isthmus_upcallring", src: "upcallring.c" },
 ];
 const outs = addons.map((a) => join(here, "build", "Release", `${a.name}.node`));
-const sources = [...addons.map((a) => a.src), "vnet-offload.h", "napi-call.h", "binding.gyp", "build.mjs"].map((f) =>
-  join(here, f),
-);
+const sources = [
+  ...addons.map((a) => a.src),
+  "vnet-offload.h",
+  "napi-call.h",
+  "binding.gyp",
+  "build.mjs",
+].map((f) => join(here, f));
 
 if (process.platform !== "linux") {
   console.log("native: AF_PACKET ports are Linux-only; addon not built (in-memory ports still work)");

@@ -64,7 +64,7 @@ describe("userspace datapath between network namespaces", { skip }, () => {
   test("a TCP transfer (nc) arrives complete", async () => {
     const size = 3_000_000;
     const server = lab.exec(vm2.ns, ["sh", "-c", "nc -l 5001 | wc -c"], 30_000);
-    await new Promise((r) => setTimeout(r, 300));
+    await lab.listening(vm2.ns, 5001);
     const client = await lab.exec(
       vm1.ns,
       ["sh", "-c", `head -c ${size} /dev/zero | nc -N -w 5 ${vm2.ip} 5001`],

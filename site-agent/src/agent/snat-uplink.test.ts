@@ -92,7 +92,7 @@ function snatTests(lab: NetnsLab, vm: () => Vm, ext: () => Vm, nodes: () => Node
     const size = 300_000;
     // The server's stderr (where -v names the peer) is what the test reads; the data is counted.
     const server = lab.exec(ext().ns, ["sh", "-c", "timeout 20 nc -n -v -l 8080 2>&1 >/dev/null"], 30_000);
-    await new Promise((r) => setTimeout(r, 300));
+    await lab.listening(ext().ns, 8080);
     const client = await lab.exec(
       vm().ns,
       ["sh", "-c", `head -c ${size} /dev/zero | nc -N -w 5 ${EXT_IP} 8080`],
@@ -122,7 +122,7 @@ function snatTests(lab: NetnsLab, vm: () => Vm, ext: () => Vm, nodes: () => Node
       ["sh", "-c", "echo pong | timeout 10 nc -n -v -u -l -W 1 9090 2>&1"],
       20_000,
     );
-    await new Promise((r) => setTimeout(r, 300));
+    await lab.listening(ext().ns, 9090, "udp");
     const client = await lab.exec(
       vm().ns,
       ["sh", "-c", `echo ping | timeout 5 nc -n -u -w 2 ${EXT_IP} 9090`],

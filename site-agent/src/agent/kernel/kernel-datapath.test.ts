@@ -251,7 +251,7 @@ describe("kernel datapath in the agent, between network namespaces", { skip }, (
   test("a 3 MB TCP transfer (nc) to an allowed port arrives complete", async () => {
     const size = 3_000_000;
     const server = lab.exec(vmB.ns, ["sh", "-c", "timeout 20 nc -l 5001 | wc -c"], 30_000);
-    await new Promise((r) => setTimeout(r, 300));
+    await lab.listening(vmB.ns, 5001);
     const client = await lab.exec(
       vmA.ns,
       ["sh", "-c", `head -c ${size} /dev/zero | nc -N -w 5 ${vmB.ip} 5001`],
@@ -265,8 +265,9 @@ describe("kernel datapath in the agent, between network namespaces", { skip }, (
 
   test("the security group blocks TCP 5002 (dropped, counted), stateful replies still pass", async () => {
     const A = nodes[0]!;
-    const server = lab.exec(vmB.ns, ["sh", "-c", "timeout 3 nc -l 5002 | wc -c"], 10_000);
-    await new Promise((r) => setTimeout(r, 200));
+    // The listener gives up after a few seconds (nothing may reach it); the client is done by then.
+    const server = lab.exec(vmB.ns, ["sh", "-c", "timeout 6 nc -l 5002 | wc -c"], 15_000);
+    await lab.listening(vmB.ns, 5002);
     const client = await lab.exec(vmA.ns, ["sh", "-c", `echo hi | nc -N -w 1 ${vmB.ip} 5002`], 10_000);
     assert.notEqual(client.code, 0, "the connection must not be established");
     assert.equal(Number((await server).stdout.trim()), 0);
@@ -291,7 +292,7 @@ describe("kernel datapath in the agent, between network namespaces", { skip }, (
     assert.match(ping.stdout, new RegExp(`from ${FLOATING.replaceAll(".", "\\.")}`));
     const size = 1_000_000;
     const server = lab.exec(vmD.ns, ["sh", "-c", "timeout 20 nc -l 5003 | wc -c"], 30_000);
-    await new Promise((r) => setTimeout(r, 300));
+    await lab.listening(vmD.ns, 5003);
     const client = await lab.exec(
       vmA.ns,
       ["sh", "-c", `head -c ${size} /dev/zero | nc -N -w 5 ${FLOATING} 5003`],

@@ -92,6 +92,29 @@ export class NetnsLab {
     });
   }
 
+  /**
+   * Resolves once a socket in `ns` listens on `port` (TCP) or is bound to it (UDP). A server started
+   * with exec/spawn binds only after `ip netns exec`, a shell and the program have started, which
+   * takes seconds on a loaded machine: a client must not race it. Throws after `timeoutMs`.
+   */
+  async listening(ns: string, port: number, proto: "tcp" | "udp" = "tcp", timeoutMs = 15_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const r = await this.exec(
+        ns,
+        ["ss", "-Hln", proto === "tcp" ? "-t" : "-u", "sport", "=", `:${port}`],
+        10_000,
+      );
+      if (r.code === 0 && r.stdout.trim() !== "") return;
+      if (Date.now() > deadline) {
+        throw new Error(
+          `nothing listens on ${proto} port ${port} in ${ns} after ${timeoutMs} ms: ${r.stderr}`,
+        );
+      }
+      await new Promise((res) => setTimeout(res, 50));
+    }
+  }
+
   /** Starts a long-running command in a namespace; the caller kills it (by its pid). */
   spawn(ns: string, cmd: string[]) {
     return spawn("ip", ["netns", "exec", ns, ...cmd], { stdio: ["ignore", "pipe", "pipe"] });
