@@ -11,6 +11,14 @@ import { EngineSimulator, toGroups } from "./sim-adapter.js";
 import { tcpFrame, udpFrame } from "./testing/frames.js";
 import { UserspaceDatapath } from "./userspace-datapath.js";
 
+/** Polls `cond` until it holds; throws naming `what` after `ms`. */
+async function until(what: string, cond: () => boolean, ms = 10_000): Promise<void> {
+  for (const end = Date.now() + ms; !cond(); ) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
 const RA = topologypb.RuleAction;
 
 test("engine actions become output groups; a rewrite after an output starts a new group", () => {
@@ -118,7 +126,8 @@ test("the security group drops what it should (TCP 22 in), counted by reason", a
   A.ports
     .get("vmA")!
     .inject(tcpFrame({ ...a1, dstMac: vmB.mac, dstIp: "10.1.0.2", sport: 40001, dport: 22 }));
-  await new Promise((r) => setTimeout(r, 100));
+  // The frame is simulated off the injecting call: wait until its fate is counted.
+  await until("the drop counted", () => (A.dp.stats().drops.get("dropped_by_rule_in_chain") ?? 0) > 0);
   assert.equal(pb.received.length, n);
   assert.equal(A.dp.stats().drops.get("dropped_by_rule_in_chain"), 1);
   assert.ok(
@@ -145,6 +154,8 @@ test("return traffic passes B's stateful egress only thanks to flow state pushed
   );
   await pa.waitFor(n + 1);
   // A new connection from vmB is not a reply: dropped by its egress chain.
+  const dropped = () => B.dp.stats().drops.get("dropped_by_rule_in_chain") ?? 0;
+  const droppedBefore = dropped();
   B.ports.get("vmB")!.inject(
     tcpFrame({
       srcMac: vmB.mac,
@@ -155,7 +166,7 @@ test("return traffic passes B's stateful egress only thanks to flow state pushed
       dport: 80,
     }),
   );
-  await new Promise((r) => setTimeout(r, 100));
+  await until("the drop counted at B", () => dropped() > droppedBefore);
   assert.equal(pa.received.length, n + 1);
 });
 

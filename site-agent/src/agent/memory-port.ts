@@ -39,8 +39,11 @@ export class MemoryPort implements PortIO {
     return n;
   }
 
-  /** Resolves once `n` frames in total have been received, or rejects after `timeoutMs`. */
-  waitFor(n: number, timeoutMs = 2000): Promise<void> {
+  /**
+   * Resolves once `n` frames in total have been received, or rejects after `timeoutMs` (generous:
+   * the agents' event loop shares a loaded 2-core machine in CI; a frame that arrives returns early).
+   */
+  waitFor(n: number, timeoutMs = 10_000): Promise<void> {
     if (this.received.length >= n) return Promise.resolve();
     return new Promise((resolve, reject) => {
       const timer = setTimeout(

@@ -68,7 +68,9 @@ function reporter(
     maxPending: 3,
     backoffInitialMs: 20,
     backoffMaxMs: 100,
-    timeoutMs: 1_000,
+    // A report the coordinator got but whose answer missed this deadline is sent again in full
+    // (correctly): on a loaded machine 1 s was missed, and the "delta" came as a full report.
+    timeoutMs: 10_000,
     healthEveryMs: 60_000,
     health: (): sitesyncpb.SiteHealth => ({
       databaseOk: true,
@@ -146,7 +148,9 @@ test("with nothing to report, health-only reports go every healthEveryMs; a fail
   await coord.start();
   const index = world();
   index.putLocalPort(port(1));
-  const r = reporter(index, coord, { healthEveryMs: 50 });
+  const log = silentLogger();
+  const warn = t.mock.method(log, "warn");
+  const r = reporter(index, coord, { healthEveryMs: 50, log });
   t.after(async () => {
     await r.stop();
     await coord.stop();
@@ -168,7 +172,11 @@ test("with nothing to report, health-only reports go every healthEveryMs; a fail
   await coord.stop();
   index.putLocalPort(port(2));
   r.changed("port", "port-2");
-  await new Promise((res) => setTimeout(res, 200));
+  // A report carrying port-2 must have failed before the coordinator returns (a fixed wait can be
+  // too short on a loaded machine, and the change would then go out as a plain delta). The first
+  // failure may be of a report already in flight without it; the second began after the change.
+  const failedBefore = warn.mock.callCount();
+  await until("a report with port-2 failed", () => warn.mock.callCount() >= failedBefore + 2);
   const before = coord.reports.length;
   await coord.start();
   const after = await until("report after the coordinator returns", () => coord.reports[before]);

@@ -311,8 +311,11 @@ describe("kernel datapath in the agent, between network namespaces", { skip }, (
 
   test("a rule change deletes exactly the kernel entries of the flows through it", async () => {
     const A = nodes[0]!;
-    await lab.exec(vmA.ns, ["ping", "-c", "2", "-i", "0.2", "-W", "2", vmB.ip]);
-    await lab.exec(vmA.ns, ["ping", "-c", "2", "-i", "0.2", "-W", "2", vmC.ip]);
+    // Both pings from one shell, at once: one after the other, starting the second in the
+    // namespace can take longer on a loaded machine than the flows' 2.5 s idle timeout, and the
+    // first ping's flows would be gone before they are looked at.
+    const pings = `ping -c 2 -i 0.2 -W 2 ${vmB.ip} & ping -c 2 -i 0.2 -W 2 ${vmC.ip} & wait`;
+    await lab.exec(vmA.ns, ["sh", "-c", pings]);
     const flows = A.dp.dumpFlows();
     const sg = flows.filter((f) => f.tags.includes(`chain:${sgIn.id}`) && f.path === "kernel");
     const rest = flows.filter((f) => !f.tags.includes(`chain:${sgIn.id}`) && f.path === "kernel");
