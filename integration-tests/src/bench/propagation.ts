@@ -29,11 +29,11 @@ import {
   SiteApi,
   type SiteEntryTiming,
   scrapeEntryStages,
-  timeSnapshot,
 } from "../harness/bench-clients.js";
 import { runCli } from "../harness/cli.js";
 import { CoordinatorGroup } from "../harness/coordinator-group.js";
 import { onboardSite, SiteProcess } from "../harness/site-process.js";
+import { type SnapshotResult, snapshotMarkdown, snapshotStep } from "./propagation-snapshot.js";
 
 export interface PropagationBenchOptions {
   quick: boolean;
@@ -169,21 +169,7 @@ export interface SlowChange {
   segments: Record<Segment, number>;
 }
 
-export interface SnapshotResult {
-  ports: number;
-  /** Objects in the snapshot, by kind. */
-  counts: Record<string, number>;
-  bytes: number;
-  /** Time from the Watch call to the whole snapshot in the agent's topology store, each try (ms). */
-  ms: number[];
-  /** Messages the snapshot came in (parts of about 1 MiB). */
-  parts: number;
-  /** Creating the ports through SiteService (16 at a time), and the sites settling after (s). */
-  createSeconds?: number;
-  settleSeconds?: number;
-  error?: string;
-  load1: number;
-}
+export type { SnapshotResult } from "./propagation-snapshot.js";
 
 export interface PropagationResult {
   benchmark: "propagation";
@@ -682,62 +668,20 @@ class Bench {
     return (Date.now() - t0) / 1000;
   }
 
-  /** 10k VM ports (one network, one group) at the first site, then fresh agents' snapshots. */
+  /** The snapshot step (propagation-snapshot.ts) at the first site. */
   async snapshot(ports: number, tries: number): Promise<SnapshotResult> {
-    const s = this.sites[0]!;
-    const net = await this.admin.create({
-      network: {
-        meta: meta("snap-net"),
-        subnets: [{ cidr: "172.16.0.0/16", gatewayIp: "172.16.0.1" }],
-        sites: [s.name],
-        vni: 0,
-        mtu: 0,
+    return snapshotStep(
+      {
+        admin: this.admin,
+        site: this.sites[0]!,
+        settle: (ms) => this.settle(ms),
+        created: (n) => {
+          this.objects += n;
+        },
       },
-    });
-    const sg = await this.admin.create({ securityGroup: { meta: meta("snap-sg"), stateless: false } });
-    this.objects += 2;
-    const networkId = net.object!.network!.meta!.id;
-    const sgId = sg.object!.securityGroup!.meta!.id;
-    await this.settle(60_000);
-    const t0 = Date.now();
-    await pool(16, ports, async (i) => {
-      const n = i + 2;
-      await s.api.createPort({
-        name: `snap-port-${i}`,
-        networkId,
-        mac: `02:5e:00:${((i >> 16) & 255).toString(16).padStart(2, "0")}:${((i >> 8) & 255).toString(16).padStart(2, "0")}:${(i & 255).toString(16).padStart(2, "0")}`,
-        ips: [`172.16.${(n >> 8) & 255}.${n & 255}`],
-        securityGroupIds: [sgId],
-        hostId: s.hostId,
-        interfaceName: `tap${i}`,
-      });
-    });
-    const createSeconds = (Date.now() - t0) / 1000;
-    console.log(
-      `  created ${ports} ports at ${s.name} in ${createSeconds.toFixed(1)} s (load ${loadavg()[0]!.toFixed(1)})`,
-    );
-    const settleSeconds = await this.settle(Math.max(120_000, ports * 60));
-    const out: SnapshotResult = {
       ports,
-      counts: {},
-      bytes: 0,
-      parts: 0,
-      ms: [],
-      createSeconds: Number(createSeconds.toFixed(1)),
-      settleSeconds: Number(settleSeconds.toFixed(1)),
-      load1: 0,
-    };
-    for (let k = 0; k < tries; k++) {
-      // The site agent's own watch client and topology store (its channel settings: 4 MiB per
-      // message, an 8 MiB flow-control window).
-      const r = await timeSnapshot(s.proc.address, s.hostId, s.hostToken);
-      out.ms.push(Number(r.ms.toFixed(1)));
-      out.counts = r.counts;
-      out.bytes = r.bytes;
-      out.parts = r.parts;
-    }
-    out.load1 = Number(loadavg()[0]!.toFixed(2));
-    return out;
+      tries,
+    );
   }
 
   async stop(): Promise<void> {
@@ -1013,26 +957,7 @@ export async function measure(opts: PropagationBenchOptions): Promise<Propagatio
         break;
       }
     }
-    if (snapshotPorts > 0) {
-      try {
-        snapshot = await b.snapshot(snapshotPorts, opts.quick ? 1 : 3);
-        console.log(
-          `  snapshot of ${snapshotPorts} ports (${snapshot.counts.port ?? 0} ports, ${snapshot.counts.rule ?? 0} rules, ` +
-            `${(snapshot.bytes / 1e6).toFixed(1)} MB in ${snapshot.parts} messages): ${snapshot.ms.join(", ")} ms`,
-        );
-      } catch (err) {
-        snapshot = {
-          ports: snapshotPorts,
-          counts: {},
-          bytes: 0,
-          parts: 0,
-          ms: [],
-          error: (err as Error).message,
-          load1: loadavg()[0]!,
-        };
-        console.log(`  snapshot failed: ${(err as Error).message}`);
-      }
-    }
+    if (snapshotPorts > 0) snapshot = await b.snapshot(snapshotPorts, opts.quick ? 1 : 3);
     return summarize();
   } finally {
     process.off("SIGINT", onSignal);
@@ -1182,21 +1107,7 @@ export function markdown(r: PropagationResult): string {
       ? "- cost independent of state size: one state size only in this run."
       : `- cost independent of state size: p50 at the largest state / p50 at the smallest = **${g.costGrowthLargestVsSmallest}**.`,
   );
-  const s = r.snapshot;
-  if (s?.error) lines.push(`- snapshot: failed — ${s.error}`);
-  else if (s) {
-    lines.push(
-      `- first snapshot of ${s.ports.toLocaleString("en-US")} ports (${(s.counts.port ?? 0).toLocaleString("en-US")} ports, ` +
-        `${(s.counts.rule ?? 0).toLocaleString("en-US")} rules, ${Object.values(s.counts)
-          .reduce((a, b) => a + b, 0)
-          .toLocaleString("en-US")} objects, ` +
-        `${(s.bytes / 1e6).toFixed(1)} MB encoded, in ${s.parts} messages), Watch call → snapshot in the agent's topology store: ${s.ms.join(", ")} ms (load ${s.load1})` +
-        (g.snapshotRatio === null ? "." : `; best / 1 s goal = **${g.snapshotRatio}**.`) +
-        (s.createSeconds !== undefined
-          ? ` Creating the ports through SiteService took ${s.createSeconds} s, the sites settled ${s.settleSeconds} s after.`
-          : ""),
-    );
-  }
+  lines.push(...snapshotMarkdown(r.snapshot, g.snapshotRatio));
   lines.push(
     "",
     "What the profile and this benchmark found:",
