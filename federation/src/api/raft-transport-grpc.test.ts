@@ -41,7 +41,9 @@ async function node(
   return { t, got, server: started };
 }
 
-async function until(cond: () => boolean, what: string, ms = 5000): Promise<void> {
+// The deadline only bounds a failing run (a condition that holds returns at once): generous for a
+// loaded 2-core CI machine.
+async function until(cond: () => boolean, what: string, ms = 15_000): Promise<void> {
   const end = Date.now() + ms;
   while (!cond()) {
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);

@@ -12,7 +12,9 @@ import { FakeTopologyServer } from "./testing/fake-topology-server.js";
 const dir = mkdtempSync(join(tmpdir(), "isthmus-agent-"));
 after(() => rmSync(dir, { recursive: true, force: true }));
 
-async function until(cond: () => boolean, what: string, ms = 5000): Promise<void> {
+// The deadline only bounds a failing run (a condition that holds returns at once): generous for a
+// loaded 2-core CI machine.
+async function until(cond: () => boolean, what: string, ms = 15_000): Promise<void> {
   const end = Date.now() + ms;
   while (!cond()) {
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);

@@ -31,7 +31,9 @@ function collector() {
   return { r, got, bad, batches: () => batches, failed: () => failed };
 }
 
-async function until(cond: () => boolean, what: string, ms = 3000): Promise<void> {
+// The deadline only bounds a failing run (a condition that holds returns at once): generous for a
+// loaded 2-core CI machine.
+async function until(cond: () => boolean, what: string, ms = 15_000): Promise<void> {
   const end = Date.now() + ms;
   while (!cond()) {
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
@@ -167,8 +169,8 @@ test("native and dgram datapaths forward to each other across batches, frames in
         ...Array.from({ length: 50 }, (_, k) => frame(i + k, "02:00:00:00:00:0b", "02:00:00:00:00:0a")),
       );
     }
-    await pb.waitFor(n, 5000);
-    await pa.waitFor(n, 5000);
+    await pb.waitFor(n, 15_000);
+    await pa.waitFor(n, 15_000);
     const seq = (p: MemoryPort) => p.received.map((f) => f.readUInt32BE(f.length - 4)).sort((x, y) => x - y);
     assert.deepEqual(
       seq(pb),
