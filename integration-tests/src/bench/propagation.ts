@@ -14,10 +14,18 @@ import { fileURLToPath } from "node:url";
 import { auth } from "@isthmus/federation";
 import { intentpb } from "@isthmus/schema";
 import {
-  AgentWatch,
+  mostPausedProcess,
+  PauseRecorder,
+  type PauseReport,
+  type ProcessPause,
+  pauseOverlap,
+} from "@isthmus/site-agent";
+import { AgentWatchProcess } from "../harness/agent-watch-process.js";
+import {
   type EntryStageTotals,
   FederationAdmin,
   fetchEntryTimings,
+  fetchPauses,
   SiteApi,
   type SiteEntryTiming,
   scrapeEntryStages,
@@ -73,7 +81,45 @@ export interface PhaseResult {
   stages?: { siteWaitMs: number; siteApplyMs: number; commitToEverySiteMeanMs: number; otherMs: number };
   /** Per change and site, where the time went (see ChangeTimeline). */
   timeline?: ChangeTimeline;
+  /** Which processes were paused (GC, event-loop stalls) during the phase and its slow changes. */
+  pauses?: PhasePauses;
   load1: number;
+}
+
+/** One process's pauses during a phase's changes (GC pauses of 1 ms or more, stalls of 5 ms or more). */
+export interface ProcessPauseStats {
+  gcCount: number;
+  gcMs: number;
+  majorGcCount: number;
+  maxGcMs: number;
+  stallCount: number;
+  stallMs: number;
+  maxStallMs: number;
+}
+
+/**
+ * Pauses of every process during a phase, from the coordinators' and controllers' `/debug/pauses`,
+ * the agents' watcher processes and the benchmark's own recorder: c1..c3 (coordinators), siteN
+ * (controllers), siteN-agent (the watch stream's process), bench (this process: sends the
+ * Creates and stamps their return).
+ */
+export interface PhasePauses {
+  processes: Record<string, ProcessPauseStats>;
+  /**
+   * Every change over the goal: the ms of its way (Create's return → last arrival) that each
+   * process's event-loop stalls and GC pauses covered (processes with none left out), and the
+   * process that covered most of it (`by`; "none" under PAUSE_ATTRIBUTION_MIN_MS).
+   */
+  slow: {
+    index: number;
+    everySiteMs: number;
+    by: string;
+    paused: Record<string, { stallMs: number; gcMs: number }>;
+  }[];
+  /** Changes over the goal counted by `by`. */
+  overGoalBy: Record<string, number>;
+  /** Processes whose pauses could not be read (and why). */
+  missing: string[];
 }
 
 /** The segments of one change's way to one site's agent; they add up to commit → that agent. */
@@ -169,6 +215,8 @@ const SNAPSHOT_AFTER_LAG = 2_000;
 const STOP_SITES_FOR = 5_000;
 /** Slowest changes of a phase kept with their breakdown (and printed). */
 const SLOWEST_KEPT = 5;
+/** A slow change is put down to a process's pauses when they covered at least this much of it. */
+const PAUSE_ATTRIBUTION_MIN_MS = 10;
 
 /** Unix time in ms with sub-ms precision, as the controllers time their entries. */
 function wallNow(): number {
@@ -212,7 +260,7 @@ interface RunningSite {
   api: SiteApi;
   hostId: string;
   hostToken: string;
-  watch: AgentWatch;
+  watch: AgentWatchProcess;
 }
 
 class Bench {
@@ -222,6 +270,8 @@ class Bench {
   objects = 0; // intent objects the benchmark created (sites included)
   private probeGroup = "";
   private readonly bulkGroups = new Map<number, string[]>();
+  /** This process's own GC pauses and event-loop stalls (it stamps each Create's return). */
+  private readonly ownPauses = new PauseRecorder({ size: 16_384 }).start();
 
   constructor(
     readonly base: string,
@@ -256,7 +306,8 @@ class Bench {
     const api = new SiteApi(proc.address, proc.adminToken);
     const host = await api.registerHost("bench-agent");
     const hostId = host.host!.id;
-    const watch = new AgentWatch(name, proc.address, hostId, host.hostToken);
+    // In its own process: the arrival times are taken there, not in this process's busy heap.
+    const watch = new AgentWatchProcess(name, proc.address, hostId, host.hostToken);
     this.sites.push({ name, proc, api, hostId, hostToken: host.hostToken, watch });
     this.sites.sort((a, b) => a.name.localeCompare(b.name));
   }
@@ -317,7 +368,7 @@ class Bench {
     const perSite = new Map<string, number[]>(this.sites.map((s) => [s.name, []]));
     // Per change: its index, when the Create was sent and returned, and when each site's agent got it.
     const sent: { index: number; t0: number; t1: number; arrivals: number[] }[] = [];
-    for (const s of this.sites) s.watch.recording = true;
+    await Promise.all(this.sites.map((s) => s.watch.setRecording(true)));
     const before = await this.stageTotals().catch(() => undefined);
     const startedAt = wallNow();
     try {
@@ -357,11 +408,16 @@ class Bench {
         sent.push({ index: Number(res.index), t0, t1, arrivals });
       }
     } finally {
-      for (const s of this.sites) s.watch.recording = false;
+      await Promise.all(this.sites.map((s) => s.watch.setRecording(false).catch(() => undefined)));
     }
+    const endedAt = wallNow();
     const after = await this.stageTotals().catch(() => undefined);
     const timeline = await this.timeline(startedAt, sent).catch((err: Error) => {
       console.log(`    (no per-change timeline: ${err.message})`);
+      return undefined;
+    });
+    const pauses = await this.pauses(startedAt, endedAt, sent).catch((err: Error) => {
+      console.log(`    (no process pauses: ${err.message})`);
       return undefined;
     });
     let stages: PhaseResult["stages"];
@@ -393,6 +449,7 @@ class Bench {
       perSite: Object.fromEntries([...perSite].map(([k, v]) => [k, stats(v)])),
       stages,
       timeline,
+      pauses,
       load1: Number(loadavg()[0]!.toFixed(2)),
     };
   }
@@ -477,6 +534,65 @@ class Bench {
       slowest: slow.slice(0, SLOWEST_KEPT),
       overGoalBy,
     };
+  }
+
+  /** Every process's pauses during the phase, and the slow changes they overlapped. */
+  private async pauses(
+    startedAt: number,
+    endedAt: number,
+    sent: { index: number; t1: number; arrivals: number[] }[],
+  ): Promise<PhasePauses> {
+    const byProcess: Record<string, ProcessPause[]> = {};
+    const missing: string[] = [];
+    const reads: [string, Promise<PauseReport>][] = [
+      ...Object.entries(this.group.metricsAddresses).map(([id, a]): [string, Promise<PauseReport>] => [
+        id,
+        fetchPauses(a, startedAt),
+      ]),
+      ...this.sites.flatMap((s): [string, Promise<PauseReport>][] => [
+        [s.name, fetchPauses(s.proc.metricsAddress, startedAt)],
+        [`${s.name}-agent`, s.watch.pauses(startedAt)],
+      ]),
+      ["bench", Promise.resolve(this.ownPauses.report(startedAt))],
+    ];
+    for (const [name, read] of reads) {
+      try {
+        byProcess[name] = (await read).pauses.filter((p) => p.start < endedAt);
+      } catch (err) {
+        missing.push(`${name}: ${(err as Error).message}`);
+      }
+    }
+    const r1 = (x: number) => Math.round(x * 10) / 10;
+    const processes: Record<string, ProcessPauseStats> = {};
+    for (const [name, ps] of Object.entries(byProcess)) {
+      const gc = ps.filter((p) => p.kind === "gc");
+      const stalls = ps.filter((p) => p.kind === "loop");
+      processes[name] = {
+        gcCount: gc.length,
+        gcMs: r1(gc.reduce((a, p) => a + p.durationMs, 0)),
+        majorGcCount: gc.filter((p) => p.gc === "major").length,
+        maxGcMs: r1(Math.max(0, ...gc.map((p) => p.durationMs))),
+        stallCount: stalls.length,
+        stallMs: r1(stalls.reduce((a, p) => a + p.durationMs, 0)),
+        maxStallMs: r1(Math.max(0, ...stalls.map((p) => p.durationMs))),
+      };
+    }
+    const slow: PhasePauses["slow"] = [];
+    const overGoalBy: Record<string, number> = {};
+    for (const c of sent) {
+      const last = Math.max(...c.arrivals);
+      if (last - c.t1 <= GOAL_P99_MS) continue;
+      const paused: Record<string, { stallMs: number; gcMs: number }> = {};
+      for (const [name, ps] of Object.entries(byProcess)) {
+        const o = pauseOverlap(ps, c.t1, last);
+        if (o.loopMs > 0 || o.gcMs > 0) paused[name] = { stallMs: r1(o.loopMs), gcMs: r1(o.gcMs) };
+      }
+      const by = mostPausedProcess(byProcess, c.t1, last, PAUSE_ATTRIBUTION_MIN_MS)?.process ?? "none";
+      overGoalBy[by] = (overGoalBy[by] ?? 0) + 1;
+      slow.push({ index: c.index, everySiteMs: r1(last - c.t1), by, paused });
+    }
+    slow.sort((a, b) => b.everySiteMs - a.everySiteMs);
+    return { processes, slow, overGoalBy, missing };
   }
 
   /**
@@ -576,6 +692,7 @@ class Bench {
     await Promise.all(this.procs.map((p) => p.stop()));
     this.admin.close();
     await this.group.stopAll();
+    this.ownPauses.stop();
   }
 }
 
@@ -599,8 +716,75 @@ function describe(p: PhaseResult): string {
     (p.stages
       ? `\n    mean ${p.stages.commitToEverySiteMeanMs} ms = site queue wait ${p.stages.siteWaitMs} + site apply ${p.stages.siteApplyMs} + streams ${p.stages.otherMs}`
       : "") +
-    (p.timeline ? `\n${describeTimeline(p.timeline)}` : "")
+    (p.timeline ? `\n${describeTimeline(p.timeline)}` : "") +
+    (p.pauses ? `\n${describePauses(p.pauses)}` : "")
   );
+}
+
+/** Pauses summed over the processes of one role (coordinators, controllers, watchers, bench). */
+function pauseRoles(pp: PhasePauses): { role: string; s: ProcessPauseStats; worst: string }[] {
+  const roles: [string, (name: string) => boolean][] = [
+    ["coordinators", (n) => /^c\d+$/.test(n)],
+    ["site controllers", (n) => /^site\d+$/.test(n)],
+    ["agents' watchers", (n) => n.endsWith("-agent")],
+    ["bench", (n) => n === "bench"],
+  ];
+  return roles.map(([role, is]) => {
+    const names = Object.keys(pp.processes).filter(is);
+    const s: ProcessPauseStats = {
+      gcCount: 0,
+      gcMs: 0,
+      majorGcCount: 0,
+      maxGcMs: 0,
+      stallCount: 0,
+      stallMs: 0,
+      maxStallMs: 0,
+    };
+    let worst = "";
+    for (const n of names) {
+      const x = pp.processes[n]!;
+      s.gcCount += x.gcCount;
+      s.gcMs = Math.round((s.gcMs + x.gcMs) * 10) / 10;
+      s.majorGcCount += x.majorGcCount;
+      s.maxGcMs = Math.max(s.maxGcMs, x.maxGcMs);
+      s.stallCount += x.stallCount;
+      s.stallMs = Math.round((s.stallMs + x.stallMs) * 10) / 10;
+      if (x.maxStallMs >= s.maxStallMs) {
+        s.maxStallMs = x.maxStallMs;
+        worst = n;
+      }
+    }
+    return { role, s, worst };
+  });
+}
+
+function describePaused(paused: PhasePauses["slow"][number]["paused"]): string {
+  const xs = Object.entries(paused).sort(
+    (a, b) => Math.max(b[1].stallMs, b[1].gcMs) - Math.max(a[1].stallMs, a[1].gcMs),
+  );
+  return xs.length === 0
+    ? "no process paused"
+    : xs.map(([n, o]) => `${n} ${o.stallMs}${o.gcMs > 0 ? ` (gc ${o.gcMs})` : ""}`).join(", ");
+}
+
+function describePauses(pp: PhasePauses): string {
+  const lines = [
+    `    process pauses (stalls n/total/max ms, gc n/total ms, major): ${pauseRoles(pp)
+      .map(
+        ({ role, s, worst }) =>
+          `${role} ${s.stallCount}/${s.stallMs}/${s.maxStallMs}${worst ? ` (${worst})` : ""}, gc ${s.gcCount}/${s.gcMs}, ${s.majorGcCount}`,
+      )
+      .join("; ")}`,
+    `    over ${GOAL_P99_MS} ms, by the most paused process: ${
+      Object.entries(pp.overGoalBy)
+        .map(([n, k]) => `${n} ${k}`)
+        .join(", ") || "none over"
+    }`,
+  ];
+  for (const c of pp.slow.slice(0, SLOWEST_KEPT))
+    lines.push(`    slow: index ${c.index}: ${c.everySiteMs} ms; paused: ${describePaused(c.paused)}`);
+  if (pp.missing.length > 0) lines.push(`    pauses not read: ${pp.missing.join("; ")}`);
+  return lines.join("\n");
 }
 
 function describeTimeline(t: ChangeTimeline): string {
@@ -669,7 +853,7 @@ export async function measure(opts: PropagationBenchOptions): Promise<Propagatio
     const boot = await runCli(["bootstrap", "--dir", keyDir]);
     if (boot.code !== 0) throw new Error(`isthmus bootstrap failed: ${boot.stderr}`);
     const adminTokenFile = join(keyDir, auth.KEY_DIR_FILES.adminToken);
-    group = await CoordinatorGroup.start(3, base, keyDir);
+    group = await CoordinatorGroup.start(3, base, keyDir, { metrics: true });
     const admin = new FederationAdmin(group.addresses, (await readFile(adminTokenFile, "utf8")).trim());
     const siteNames = Array.from({ length: allSites }, (_, i) => `site${i + 1}`);
     const creds: string[] = [];
@@ -856,6 +1040,44 @@ export function markdown(r: PropagationResult): string {
         )
         .join("; ")}.`,
     );
+  }
+  const paused = r.phases.filter((p) => p.pauses);
+  if (paused.length > 0) {
+    lines.push(
+      "",
+      "Process pauses during each phase's changes (every process records its garbage-collection pauses of 1 ms " +
+        "or more — perf_hooks `gc` entries — and event-loop stalls of 5 ms or more — a 10 ms timer firing that " +
+        "late, which includes GC and the OS not running the process — in a bounded ring, served at `/debug/pauses` " +
+        "on the coordinators' and controllers' metrics ports; the agents' watch streams run in processes of their " +
+        "own, one per site, which stamp each arrival and report their pauses, so the benchmark's own heap is not " +
+        "on the measured path). Per role: stalls count / total ms / longest ms (in which process), GC pauses " +
+        `count / total ms, major GCs; and each change over ${GOAL_P99_MS} ms put down to the process whose stalls ` +
+        `or GC covered most of its way (Create's return → last arrival), if ${PAUSE_ATTRIBUTION_MIN_MS} ms or more:`,
+      "",
+      "| sites | objects | coordinators | site controllers | agents' watchers | bench process | over 50 ms by most paused process |",
+      "|---:|---:|---|---|---|---|---|",
+    );
+    for (const p of paused) {
+      const pp = p.pauses!;
+      const cell = ({ s, worst }: { s: ProcessPauseStats; worst: string }) =>
+        `${s.stallCount} / ${s.stallMs} / ${s.maxStallMs}${worst ? ` (${worst})` : ""}; gc ${s.gcCount} / ${s.gcMs}, ${s.majorGcCount} major`;
+      const over = Object.entries(pp.overGoalBy)
+        .sort((a, b) => b[1] - a[1])
+        .map(([n, k]) => `${n} ${k}`)
+        .join(", ");
+      lines.push(
+        `| ${p.sites} | ${p.stateObjects.toLocaleString("en-US")} | ${pauseRoles(pp).map(cell).join(" | ")} | ${over || "none over"} |`,
+      );
+    }
+    const last = paused[paused.length - 1]!;
+    if (last.pauses!.slow.length > 0)
+      lines.push(
+        "",
+        `Changes over ${GOAL_P99_MS} ms at ${last.stateObjects.toLocaleString("en-US")} objects and the pauses on their way (stall ms, gc ms): ${last
+          .pauses!.slow.slice(0, SLOWEST_KEPT)
+          .map((c) => `index ${c.index} ${c.everySiteMs} ms: ${describePaused(c.paused)}`)
+          .join("; ")}.`,
+      );
   }
   if (r.bulkLoad.length > 0) {
     lines.push(
