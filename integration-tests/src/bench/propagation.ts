@@ -89,6 +89,8 @@ export interface ProcessPauseStats {
   stallCount: number;
   stallMs: number;
   maxStallMs: number;
+  /** CPU ms (user + system) the process used during the phase, per change (load does not stretch it). */
+  cpuMsPerChange?: number;
 }
 
 /**
@@ -365,6 +367,7 @@ class Bench {
     const sent: { index: number; t0: number; t1: number; arrivals: number[] }[] = [];
     await Promise.all(this.sites.map((s) => s.watch.setRecording(true)));
     const before = await this.stageTotals().catch(() => undefined);
+    const cpuBefore = await this.cpuTimes();
     const startedAt = wallNow();
     try {
       for (let i = 0; i < changes; i++) {
@@ -411,7 +414,7 @@ class Bench {
       console.log(`    (no per-change timeline: ${err.message})`);
       return undefined;
     });
-    const pauses = await this.pauses(startedAt, endedAt, sent).catch((err: Error) => {
+    const pauses = await this.pauses(startedAt, endedAt, sent, cpuBefore).catch((err: Error) => {
       console.log(`    (no process pauses: ${err.message})`);
       return undefined;
     });
@@ -531,14 +534,16 @@ class Bench {
     };
   }
 
-  /** Every process's pauses during the phase, and the slow changes they overlapped. */
-  private async pauses(
-    startedAt: number,
-    endedAt: number,
-    sent: { index: number; t1: number; arrivals: number[] }[],
-  ): Promise<PhasePauses> {
-    const byProcess: Record<string, ProcessPause[]> = {};
-    const missing: string[] = [];
+  /** Every process's pause report (for its CPU time) from now on; unreadable ones left out. */
+  private async cpuTimes(): Promise<Map<string, number>> {
+    const out = new Map<string, number>();
+    for (const [name, r] of await this.pauseReads(wallNow()))
+      if (r.status === "fulfilled") out.set(name, r.value.cpuMs);
+    return out;
+  }
+
+  /** Each process's pauses that ended after Unix ms `startedAt` (and its CPU time), by name. */
+  private async pauseReads(startedAt: number): Promise<[string, PromiseSettledResult<PauseReport>][]> {
     const reads: [string, Promise<PauseReport>][] = [
       ...Object.entries(this.group.metricsAddresses).map(([id, a]): [string, Promise<PauseReport>] => [
         id,
@@ -550,12 +555,30 @@ class Bench {
       ]),
       ["bench", Promise.resolve(this.ownPauses.report(startedAt))],
     ];
-    for (const [name, read] of reads) {
-      try {
-        byProcess[name] = (await read).pauses.filter((p) => p.start < endedAt);
-      } catch (err) {
-        missing.push(`${name}: ${(err as Error).message}`);
+    const settled = await Promise.allSettled(reads.map(([, r]) => r));
+    return reads.map(([name], k) => [name, settled[k]!]);
+  }
+
+  /** Every process's pauses during the phase, and the slow changes they overlapped. */
+  private async pauses(
+    startedAt: number,
+    endedAt: number,
+    sent: { index: number; t1: number; arrivals: number[] }[],
+    cpuBefore: Map<string, number>,
+  ): Promise<PhasePauses> {
+    const byProcess: Record<string, ProcessPause[]> = {};
+    const cpuPerChange: Record<string, number> = {};
+    const missing: string[] = [];
+    for (const [name, read] of await this.pauseReads(startedAt)) {
+      if (read.status === "rejected") {
+        missing.push(`${name}: ${(read.reason as Error).message}`);
+        continue;
       }
+      const r = read.value;
+      byProcess[name] = r.pauses.filter((p) => p.start < endedAt);
+      const cpu0 = cpuBefore.get(name);
+      // Read a little after the phase's end: the reads themselves cost next to nothing.
+      if (cpu0 !== undefined && sent.length > 0) cpuPerChange[name] = (r.cpuMs - cpu0) / sent.length;
     }
     const r1 = (x: number) => Math.round(x * 10) / 10;
     const processes: Record<string, ProcessPauseStats> = {};
@@ -570,6 +593,8 @@ class Bench {
         stallCount: stalls.length,
         stallMs: r1(stalls.reduce((a, p) => a + p.durationMs, 0)),
         maxStallMs: r1(Math.max(0, ...stalls.map((p) => p.durationMs))),
+        cpuMsPerChange:
+          cpuPerChange[name] === undefined ? undefined : Math.round(cpuPerChange[name] * 100) / 100,
       };
     }
     const slow: PhasePauses["slow"] = [];
@@ -732,6 +757,7 @@ function pauseRoles(pp: PhasePauses): { role: string; s: ProcessPauseStats; wors
       stallCount: 0,
       stallMs: 0,
       maxStallMs: 0,
+      cpuMsPerChange: 0,
     };
     let worst = "";
     for (const n of names) {
@@ -742,6 +768,7 @@ function pauseRoles(pp: PhasePauses): { role: string; s: ProcessPauseStats; wors
       s.maxGcMs = Math.max(s.maxGcMs, x.maxGcMs);
       s.stallCount += x.stallCount;
       s.stallMs = Math.round((s.stallMs + x.stallMs) * 10) / 10;
+      s.cpuMsPerChange = Math.round(((s.cpuMsPerChange ?? 0) + (x.cpuMsPerChange ?? 0)) * 100) / 100;
       if (x.maxStallMs >= s.maxStallMs) {
         s.maxStallMs = x.maxStallMs;
         worst = n;
@@ -765,7 +792,7 @@ function describePauses(pp: PhasePauses): string {
     `    process pauses (stalls n/total/max ms, gc n/total ms, major): ${pauseRoles(pp)
       .map(
         ({ role, s, worst }) =>
-          `${role} ${s.stallCount}/${s.stallMs}/${s.maxStallMs}${worst ? ` (${worst})` : ""}, gc ${s.gcCount}/${s.gcMs}, ${s.majorGcCount}`,
+          `${role} ${s.stallCount}/${s.stallMs}/${s.maxStallMs}${worst ? ` (${worst})` : ""}, gc ${s.gcCount}/${s.gcMs}, ${s.majorGcCount}, cpu ${s.cpuMsPerChange} ms/change`,
       )
       .join("; ")}`,
     `    over ${GOAL_P99_MS} ms, by the most paused process: ${
@@ -1044,7 +1071,9 @@ export function markdown(r: PropagationResult): string {
         "on the coordinators' and controllers' metrics ports; the agents' watch streams run in processes of their " +
         "own, one per site, which stamp each arrival and report their pauses, so the benchmark's own heap is not " +
         "on the measured path). Per role: stalls count / total ms / longest ms (in which process), GC pauses " +
-        `count / total ms, major GCs; and each change over ${GOAL_P99_MS} ms put down to the process whose stalls ` +
+        "count / total ms, major GCs, and the CPU time (user + system) the role's processes used per change " +
+        "during the phase — a cost the load does not stretch, so it shows whether a change costs more in a larger " +
+        `state; and each change over ${GOAL_P99_MS} ms put down to the process whose stalls ` +
         `or GC covered most of its way (Create's return → last arrival), if ${PAUSE_ATTRIBUTION_MIN_MS} ms or more — ` +
         `or to the *machine* when half the processes or more were each paused that long in it (they stalled ` +
         "together: the OS not running them, CPU contention, rather than one heap's GC):",
@@ -1055,7 +1084,7 @@ export function markdown(r: PropagationResult): string {
     for (const p of paused) {
       const pp = p.pauses!;
       const cell = ({ s, worst }: { s: ProcessPauseStats; worst: string }) =>
-        `${s.stallCount} / ${s.stallMs} / ${s.maxStallMs}${worst ? ` (${worst})` : ""}; gc ${s.gcCount} / ${s.gcMs}, ${s.majorGcCount} major`;
+        `${s.stallCount} / ${s.stallMs} / ${s.maxStallMs}${worst ? ` (${worst})` : ""}; gc ${s.gcCount} / ${s.gcMs}, ${s.majorGcCount} major; cpu ${s.cpuMsPerChange} ms/change`;
       const over = Object.entries(pp.overGoalBy)
         .sort((a, b) => b[1] - a[1])
         .map(([n, k]) => `${n} ${k}`)

@@ -149,6 +149,8 @@ export class PauseRecorder {
       loopThresholdMs: this.loopThresholdMs,
       gcThresholdMs: this.gcThresholdMs,
       totals: { ...this.totals },
+      at: wallNow(),
+      cpuMs: cpuMs(),
       pauses: this.since(after),
     };
   }
@@ -160,7 +162,16 @@ export interface PauseReport {
   loopThresholdMs: number;
   gcThresholdMs: number;
   totals: PauseRecorder["totals"];
+  /** Unix ms of the report, and the CPU time (user + system) this process has used by then. */
+  at: number;
+  cpuMs: number;
   pauses: ProcessPause[];
+}
+
+/** CPU time this process has used (user + system, ms): a cost that load does not stretch. */
+function cpuMs(): number {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1000;
 }
 
 export interface PauseOverlap {
