@@ -20,7 +20,7 @@ import { join } from "node:path";
 import { PerformanceObserver } from "node:perf_hooks";
 import v8 from "node:v8";
 
-const D = new URL("../site-agent/dist", import.meta.url).pathname;
+const D = process.env.DIST ?? new URL("../site-agent/dist", import.meta.url).pathname;
 const { TopologyBuilder } = await import(`${D}/sim/index.js`);
 const { EngineSimulator } = await import(`${D}/agent/sim-adapter.js`);
 const { UpcallHandler } = await import(`${D}/agent/upcall-handler.js`);
@@ -111,7 +111,15 @@ dp.onUpcall((u) => handler.handle(u));
 const VNET = 10;
 const HDR = 40;
 function record(sport) {
-  const frame = udpFrame({ srcMac: A.mac, dstMac: B.mac, srcIp: A.ip, dstIp: B.ip, sport, dport: 9, payload: Buffer.alloc(32) });
+  const frame = udpFrame({
+    srcMac: A.mac,
+    dstMac: B.mac,
+    srcIp: A.ip,
+    dstIp: B.ip,
+    sport,
+    dport: 9,
+    payload: Buffer.alloc(32),
+  });
   const r = Buffer.alloc(VNET + HDR + frame.length);
   r.writeUInt16BE(0x88b5, VNET + 12);
   r.writeUInt32LE(1, VNET + 16); // port 1
@@ -192,11 +200,19 @@ if (mode === "alloc") {
       retainedBytes: Math.round((kept - before) / per),
       gcsDuring,
       kernelEntries: kernelBefore() - k0,
-      bySpace: Object.fromEntries(Object.keys(sp1).map((k) => [k, Math.round((sp1[k] - (sp0[k] ?? 0)) / per)]).filter(([, v]) => v !== 0)),
+      bySpace: Object.fromEntries(
+        Object.keys(sp1)
+          .map((k) => [k, Math.round((sp1[k] - (sp0[k] ?? 0)) / per)])
+          .filter(([, v]) => v !== 0),
+      ),
     });
     if (profile) printSites(profile, per);
   }
-  const med = (k) => pct(batches.map((b) => b[k]), 50);
+  const med = (k) =>
+    pct(
+      batches.map((b) => b[k]),
+      50,
+    );
   console.log(JSON.stringify({ mode, map: mapKind, flowsPerBatch: per, batches }));
   console.log(
     `per setup: allocated ${med("perSetupBytes")} B, retained ${med("retainedBytes")} B (medians of 10 batches of ${per}); kernel entries per batch ${med("kernelEntries")}`,
@@ -227,7 +243,9 @@ if (mode === "alloc") {
   const wall = performance.now() - t0;
   if (session) printSites((await session.post("HeapProfiler.stopSampling")).profile, N);
   await sleep(50);
-  const scav = gcs.filter((g) => g.kind === 1 || g.kind === 16 /* minor / minor mark-compact */).map((g) => g.ms);
+  const scav = gcs
+    .filter((g) => g.kind === 1 || g.kind === 16 /* minor / minor mark-compact */)
+    .map((g) => g.ms);
   const major = gcs.filter((g) => !(g.kind === 1 || g.kind === 16)).map((g) => g.ms);
   const k = 1000 / N;
   console.log(
@@ -237,7 +255,11 @@ if (mode === "alloc") {
       flags: process.execArgv.join(" "),
       setups: N,
       kernelEntries: kernelBefore() - k0,
-      setupMs: { p50: r2(pct(times, 50) * 1000) / 1000, p99: r2(pct(times, 99) * 1000) / 1000, mean: r2((wall / N) * 1000) / 1000 },
+      setupMs: {
+        p50: r2(pct(times, 50) * 1000) / 1000,
+        p99: r2(pct(times, 99) * 1000) / 1000,
+        mean: r2((wall / N) * 1000) / 1000,
+      },
       per1000: {
         scavenges: r2(scav.length * k),
         scavengeMsTotal: r2(scav.reduce((a, b) => a + b, 0) * k),
@@ -249,7 +271,12 @@ if (mode === "alloc") {
     }),
   );
 }
-console.error(`(warm-up kernel entries: ${warmInstalls}; load ${(await import("node:os")).loadavg().map((x) => x.toFixed(1)).join(" / ")})`);
+console.error(
+  `(warm-up kernel entries: ${warmInstalls}; load ${(await import("node:os"))
+    .loadavg()
+    .map((x) => x.toFixed(1))
+    .join(" / ")})`,
+);
 obs.disconnect();
 priv.maps.flows.close();
 progs?.unload();
