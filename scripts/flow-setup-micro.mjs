@@ -12,7 +12,7 @@
 //     none during one; "gcsDuring" must be 0), and with `--heap` the top allocation sites
 //   node [V8 flags] scripts/flow-setup-micro.mjs gc [flows=3000]
 //     scavenges and their pauses per 1000 setups at the flags given (e.g. --max-semi-space-size=N),
-//     setups one after another as fast as they go, after a warm-up
+//     setups one after another as fast as they go (`--paced`: one every ~2 ms), after a warm-up
 import { mkdtempSync, rmSync } from "node:fs";
 import { Session } from "node:inspector/promises";
 import { tmpdir } from "node:os";
@@ -235,10 +235,14 @@ if (mode === "alloc") {
   const k0 = kernelBefore();
   const times = [];
   const t0 = performance.now();
+  // paced: one setup every ~2 ms with the event loop idle in between, as the datapath bench opens
+  // its flows (V8 sizes the young generation by what it sees: a slow allocator keeps a small one).
+  const paced = process.argv.includes("--paced");
   for (let i = 0; i < N; i++) {
     const s = performance.now();
     one();
     times.push(performance.now() - s);
+    if (paced) await sleep(2);
   }
   const wall = performance.now() - t0;
   if (session) printSites((await session.post("HeapProfiler.stopSampling")).profile, N);

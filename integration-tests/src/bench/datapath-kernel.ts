@@ -289,7 +289,7 @@ export interface FlowSetupProbeRun {
  * The flow-setup measurement alone, without the throughput runs: for each round, each variant on a
  * fresh pair of agents (order alternating between rounds, so neither always runs first): `warmup`
  * flows, then `flows` measured ones. For comparing ways up (ring / veth) and agent flags by
- * interleaved runs on a shared machine.
+ * interleaved runs on a shared machine. `idleMs`: a pause between the warm-up and the measured flows.
  */
 export async function flowSetupProbe(
   lab: Lab,
@@ -299,6 +299,7 @@ export async function flowSetupProbe(
   warmup: number,
   loadavg: () => number[],
   onRun: (r: FlowSetupProbeRun) => void = () => {},
+  idleMs = 0,
 ): Promise<FlowSetupProbeRun[]> {
   const runs: FlowSetupProbeRun[] = [];
   for (let round = 0; round < rounds; round++) {
@@ -307,6 +308,9 @@ export async function flowSetupProbe(
       const k = await startKernelPath(lab, v.nodeArgs, v.upcall === "veth" ? { upcallRing: false } : {});
       try {
         await k.flowSetup(warmup);
+        // An agent idle for a while (as between the full bench's throughput runs, where the
+        // agents see almost no upcalls) lets V8 shrink its young generation before the flows come.
+        if (idleMs > 0) await new Promise((r) => setTimeout(r, idleMs));
         const l0 = loadavg()[0] ?? 0;
         const result = await k.flowSetup(flows);
         const run = {

@@ -611,7 +611,7 @@ export async function run(opts: BenchOptions): Promise<void> {
  * `BENCH_DATAPATH_FLOW_SETUP="ring;veth" npm run bench -- datapath`: only the kernel path's flow
  * setup, interleaved variants on fresh agents (see flowSetupProbe), BENCH_DATAPATH_ROUNDS rounds
  * (default 3) of BENCH_DATAPATH_FLOWS flows (default 1000; quick: 1 round of 100) after 30 % as
- * many warm-up flows. Prints a line per run and writes `datapath-flow-setup.json`; the docs are
+ * many warm-up flows, then BENCH_DATAPATH_IDLE_S seconds idle (default 0). Prints a line per run and writes `datapath-flow-setup.json`; the docs are
  * not touched (the full run's section stays the reference).
  */
 async function flowSetupOnly(variantText: string, quick: boolean): Promise<void> {
@@ -635,6 +635,8 @@ async function flowSetupOnly(variantText: string, quick: boolean): Promise<void>
         console.log(
           `round ${r.round} ${r.variant}: load ${r.load1.map((l) => l.toFixed(1)).join("→")}, p50 ${f(r.result.p50Ms)} ms, p99 ${f(r.result.p99Ms)} ms, max ${f(r.result.maxMs)} ms; agent p99 ${f(r.result.agent.p99Ms)} ms; GC pauses ${r.result.gcPauses.count} (p50 ${f(r.result.gcPauses.p50Ms)}, max ${f(r.result.gcPauses.maxMs)} ms), slowest ${r.result.tail.samples}: mean ${f(r.result.tail.meanMs)} ms, ${r.result.tail.withGc} overlapping GC`,
         ),
+    ,
+      Number(process.env.BENCH_DATAPATH_IDLE_S ?? 0) * 1000,
     );
     const out = join(root, "integration-tests", "bench", "results", "datapath-flow-setup.json");
     mkdirSync(dirname(out), { recursive: true });
