@@ -635,7 +635,6 @@ async function flowSetupOnly(variantText: string, quick: boolean): Promise<void>
         console.log(
           `round ${r.round} ${r.variant}: load ${r.load1.map((l) => l.toFixed(1)).join("→")}, p50 ${f(r.result.p50Ms)} ms, p99 ${f(r.result.p99Ms)} ms, max ${f(r.result.maxMs)} ms; agent p99 ${f(r.result.agent.p99Ms)} ms; GC pauses ${r.result.gcPauses.count} (p50 ${f(r.result.gcPauses.p50Ms)}, max ${f(r.result.gcPauses.maxMs)} ms), slowest ${r.result.tail.samples}: mean ${f(r.result.tail.meanMs)} ms, ${r.result.tail.withGc} overlapping GC`,
         ),
-    ,
       Number(process.env.BENCH_DATAPATH_IDLE_S ?? 0) * 1000,
     );
     const out = join(root, "integration-tests", "bench", "results", "datapath-flow-setup.json");
