@@ -92,6 +92,10 @@ export function registerCoordinatorCommand(program: Command): void {
     .option("--tls-client-auth", "require client certificates from every caller")
     .option("--insecure", "allow plaintext gRPC on non-loopback addresses (testing only; logged)")
     .option("--join", "start empty and wait to be added with `isthmus coordinator members add`")
+    .option(
+      "--metrics-listen <host:port>",
+      "HTTP address for /metrics, /healthz and /debug/pauses (default: none)",
+    )
     .option("--config <file>", "YAML configuration file")
     .action(async (opts) => {
       const { runCoordinator } = await import("./coordinator.js");

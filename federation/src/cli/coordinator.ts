@@ -4,6 +4,7 @@
 import { readFileSync } from "node:fs";
 import { credentials, ServerCredentials } from "@grpc/grpc-js";
 import { createLogger, isLoopbackAddress, loadConfig, onShutdown } from "@isthmus/schema";
+import { PauseRecorder, startMetricsServer } from "@isthmus/site-agent";
 import { z } from "zod";
 import { Coordinator } from "../coordinator/coordinator.js";
 import { authFromKeyDir } from "../coordinator/key-dir-auth.js";
@@ -36,6 +37,10 @@ const CoordinatorConfig = z.object({
   maxWatchStreams: z.number().int().min(1).max(100_000).default(1_000),
   /** Messages queued for one slow watcher before it is cut (it resumes from its last index). */
   maxWatchBuffer: z.number().int().min(16).max(1_000_000).default(10_000),
+  /** HTTP address for /metrics, /healthz and /debug/pauses; none unless given. */
+  metricsListen: HostPort.optional(),
+  /** GC pauses and event-loop stalls kept for /debug/pauses. */
+  pauseRingSize: z.number().int().min(0).max(1_000_000).default(4_096),
   logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).optional(),
 });
 type CoordinatorConfig = z.infer<typeof CoordinatorConfig>;
@@ -52,6 +57,7 @@ export interface CoordinatorFlags {
   tlsClientAuth?: boolean;
   insecure?: boolean;
   join?: boolean;
+  metricsListen?: string;
   config?: string;
 }
 
@@ -108,6 +114,7 @@ export async function runCoordinator(flags: CoordinatorFlags): Promise<number> {
         tlsClientAuth: flags.tlsClientAuth || undefined,
         insecure: flags.insecure || undefined,
         join: flags.join || undefined,
+        metricsListen: flags.metricsListen,
       },
     });
     peers = parsePeers(config.peers, config.id, config.listen, config.join);
@@ -185,6 +192,39 @@ export async function runCoordinator(flags: CoordinatorFlags): Promise<number> {
     return 1;
   }
   log.info({ id: config.id, address: coordinator.address, peers, tls }, "coordinator running");
-  onShutdown(log, [() => coordinator.stop()]);
+  // GC pauses and event-loop stalls of this node: a coordinator holds every intent object, and a
+  // pause of it delays every site's stream at once (docs/benchmarks.md, propagation).
+  const pauses = new PauseRecorder({ size: config.pauseRingSize }).withMetrics().start();
+  let metrics: Awaited<ReturnType<typeof startMetricsServer>> | undefined;
+  if (config.metricsListen) {
+    const i = config.metricsListen.lastIndexOf(":");
+    try {
+      metrics = await startMetricsServer(
+        pauses.registry,
+        coordinator.health,
+        config.metricsListen.slice(0, i),
+        Number(config.metricsListen.slice(i + 1)),
+        { "/debug/pauses": (q) => pauses.report(Number(q.get("after") ?? 0) || 0) },
+      );
+    } catch (err) {
+      log.error({ err }, "metrics endpoint failed to start");
+      await coordinator.stop();
+      return 1;
+    }
+    const ma = metrics.server.address();
+    if (ma && typeof ma === "object")
+      log.info({ metricsAddress: `${ma.address}:${ma.port}` }, "metrics listening");
+  }
+  // Hooks run last to first: the metrics endpoint closes before the node stops.
+  onShutdown(log, [
+    () => coordinator.stop(),
+    async () => {
+      pauses.stop();
+      if (metrics) {
+        const server = metrics.server;
+        await new Promise<void>((r) => server.close(() => r()));
+      }
+    },
+  ]);
   return 0;
 }

@@ -48,6 +48,26 @@ test("the propagation benchmark times admin writes to agents at two sites and a 
       assert.ok(Math.abs(Math.max(...perSite) - row[3]!) < 1, `segments add up: ${JSON.stringify(row)}`);
     }
     assert.equal(tl.slowest[0]!.everySiteMs, Math.max(...tl.rows.map((row) => row[3]!)));
+    // Every process's pauses were read: coordinators, controllers, the agents' watcher processes
+    // and the benchmark itself; each change over 50 ms is put down to one of them (or none).
+    const pp = p.pauses!;
+    assert.deepEqual(pp.missing, []);
+    assert.deepEqual(Object.keys(pp.processes).sort(), [
+      "bench",
+      "c1",
+      "c2",
+      "c3",
+      "site1",
+      "site1-agent",
+      "site2",
+      "site2-agent",
+    ]);
+    const slowCount = tl.rows.filter((row) => row[3]! > 50).length;
+    assert.equal(pp.slow.length, slowCount);
+    assert.equal(
+      Object.values(pp.overGoalBy).reduce((a, b) => a + b, 0),
+      slowCount,
+    );
   }
   assert.equal(r.bulkLoad[0]?.objects, 100);
   const s = r.snapshot!;

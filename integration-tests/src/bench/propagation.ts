@@ -14,18 +14,26 @@ import { fileURLToPath } from "node:url";
 import { auth } from "@isthmus/federation";
 import { intentpb } from "@isthmus/schema";
 import {
-  AgentWatch,
+  mostPausedProcess,
+  PauseRecorder,
+  type PauseReport,
+  type ProcessPause,
+  pauseOverlap,
+} from "@isthmus/site-agent";
+import { AgentWatchProcess } from "../harness/agent-watch-process.js";
+import {
   type EntryStageTotals,
   FederationAdmin,
   fetchEntryTimings,
+  fetchPauses,
   SiteApi,
   type SiteEntryTiming,
   scrapeEntryStages,
-  timeSnapshot,
 } from "../harness/bench-clients.js";
 import { runCli } from "../harness/cli.js";
 import { CoordinatorGroup } from "../harness/coordinator-group.js";
 import { onboardSite, SiteProcess } from "../harness/site-process.js";
+import { type SnapshotResult, snapshotMarkdown, snapshotStep } from "./propagation-snapshot.js";
 
 export interface PropagationBenchOptions {
   quick: boolean;
@@ -73,7 +81,45 @@ export interface PhaseResult {
   stages?: { siteWaitMs: number; siteApplyMs: number; commitToEverySiteMeanMs: number; otherMs: number };
   /** Per change and site, where the time went (see ChangeTimeline). */
   timeline?: ChangeTimeline;
+  /** Which processes were paused (GC, event-loop stalls) during the phase and its slow changes. */
+  pauses?: PhasePauses;
   load1: number;
+}
+
+/** One process's pauses during a phase's changes (GC pauses of 1 ms or more, stalls of 5 ms or more). */
+export interface ProcessPauseStats {
+  gcCount: number;
+  gcMs: number;
+  majorGcCount: number;
+  maxGcMs: number;
+  stallCount: number;
+  stallMs: number;
+  maxStallMs: number;
+}
+
+/**
+ * Pauses of every process during a phase, from the coordinators' and controllers' `/debug/pauses`,
+ * the agents' watcher processes and the benchmark's own recorder: c1..c3 (coordinators), siteN
+ * (controllers), siteN-agent (the watch stream's process), bench (this process: sends the
+ * Creates and stamps their return).
+ */
+export interface PhasePauses {
+  processes: Record<string, ProcessPauseStats>;
+  /**
+   * Every change over the goal: the ms of its way (Create's return → last arrival) that each
+   * process's event-loop stalls and GC pauses covered (processes with none left out), and the
+   * process that covered most of it (`by`; "none" under PAUSE_ATTRIBUTION_MIN_MS).
+   */
+  slow: {
+    index: number;
+    everySiteMs: number;
+    by: string;
+    paused: Record<string, { stallMs: number; gcMs: number }>;
+  }[];
+  /** Changes over the goal counted by `by`. */
+  overGoalBy: Record<string, number>;
+  /** Processes whose pauses could not be read (and why). */
+  missing: string[];
 }
 
 /** The segments of one change's way to one site's agent; they add up to commit → that agent. */
@@ -123,21 +169,7 @@ export interface SlowChange {
   segments: Record<Segment, number>;
 }
 
-export interface SnapshotResult {
-  ports: number;
-  /** Objects in the snapshot, by kind. */
-  counts: Record<string, number>;
-  bytes: number;
-  /** Time from the Watch call to the whole snapshot in the agent's topology store, each try (ms). */
-  ms: number[];
-  /** Messages the snapshot came in (parts of about 1 MiB). */
-  parts: number;
-  /** Creating the ports through SiteService (16 at a time), and the sites settling after (s). */
-  createSeconds?: number;
-  settleSeconds?: number;
-  error?: string;
-  load1: number;
-}
+export type { SnapshotResult } from "./propagation-snapshot.js";
 
 export interface PropagationResult {
   benchmark: "propagation";
@@ -183,6 +215,8 @@ const SNAPSHOT_AFTER_LAG = 2_000;
 const STOP_SITES_FOR = 5_000;
 /** Slowest changes of a phase kept with their breakdown (and printed). */
 const SLOWEST_KEPT = 5;
+/** A slow change is put down to a process's pauses when they covered at least this much of it. */
+const PAUSE_ATTRIBUTION_MIN_MS = 10;
 
 /** Unix time in ms with sub-ms precision, as the controllers time their entries. */
 function wallNow(): number {
@@ -226,7 +260,7 @@ interface RunningSite {
   api: SiteApi;
   hostId: string;
   hostToken: string;
-  watch: AgentWatch;
+  watch: AgentWatchProcess;
 }
 
 class Bench {
@@ -236,6 +270,8 @@ class Bench {
   objects = 0; // intent objects the benchmark created (sites included)
   private probeGroup = "";
   private readonly bulkGroups = new Map<number, string[]>();
+  /** This process's own GC pauses and event-loop stalls (it stamps each Create's return). */
+  private readonly ownPauses = new PauseRecorder({ size: 16_384 }).start();
 
   constructor(
     readonly base: string,
@@ -270,7 +306,8 @@ class Bench {
     const api = new SiteApi(proc.address, proc.adminToken);
     const host = await api.registerHost("bench-agent");
     const hostId = host.host!.id;
-    const watch = new AgentWatch(name, proc.address, hostId, host.hostToken);
+    // In its own process: the arrival times are taken there, not in this process's busy heap.
+    const watch = new AgentWatchProcess(name, proc.address, hostId, host.hostToken);
     this.sites.push({ name, proc, api, hostId, hostToken: host.hostToken, watch });
     this.sites.sort((a, b) => a.name.localeCompare(b.name));
   }
@@ -331,7 +368,7 @@ class Bench {
     const perSite = new Map<string, number[]>(this.sites.map((s) => [s.name, []]));
     // Per change: its index, when the Create was sent and returned, and when each site's agent got it.
     const sent: { index: number; t0: number; t1: number; arrivals: number[] }[] = [];
-    for (const s of this.sites) s.watch.recording = true;
+    await Promise.all(this.sites.map((s) => s.watch.setRecording(true)));
     const before = await this.stageTotals().catch(() => undefined);
     const startedAt = wallNow();
     try {
@@ -371,11 +408,16 @@ class Bench {
         sent.push({ index: Number(res.index), t0, t1, arrivals });
       }
     } finally {
-      for (const s of this.sites) s.watch.recording = false;
+      await Promise.all(this.sites.map((s) => s.watch.setRecording(false).catch(() => undefined)));
     }
+    const endedAt = wallNow();
     const after = await this.stageTotals().catch(() => undefined);
     const timeline = await this.timeline(startedAt, sent).catch((err: Error) => {
       console.log(`    (no per-change timeline: ${err.message})`);
+      return undefined;
+    });
+    const pauses = await this.pauses(startedAt, endedAt, sent).catch((err: Error) => {
+      console.log(`    (no process pauses: ${err.message})`);
       return undefined;
     });
     let stages: PhaseResult["stages"];
@@ -407,6 +449,7 @@ class Bench {
       perSite: Object.fromEntries([...perSite].map(([k, v]) => [k, stats(v)])),
       stages,
       timeline,
+      pauses,
       load1: Number(loadavg()[0]!.toFixed(2)),
     };
   }
@@ -493,6 +536,65 @@ class Bench {
     };
   }
 
+  /** Every process's pauses during the phase, and the slow changes they overlapped. */
+  private async pauses(
+    startedAt: number,
+    endedAt: number,
+    sent: { index: number; t1: number; arrivals: number[] }[],
+  ): Promise<PhasePauses> {
+    const byProcess: Record<string, ProcessPause[]> = {};
+    const missing: string[] = [];
+    const reads: [string, Promise<PauseReport>][] = [
+      ...Object.entries(this.group.metricsAddresses).map(([id, a]): [string, Promise<PauseReport>] => [
+        id,
+        fetchPauses(a, startedAt),
+      ]),
+      ...this.sites.flatMap((s): [string, Promise<PauseReport>][] => [
+        [s.name, fetchPauses(s.proc.metricsAddress, startedAt)],
+        [`${s.name}-agent`, s.watch.pauses(startedAt)],
+      ]),
+      ["bench", Promise.resolve(this.ownPauses.report(startedAt))],
+    ];
+    for (const [name, read] of reads) {
+      try {
+        byProcess[name] = (await read).pauses.filter((p) => p.start < endedAt);
+      } catch (err) {
+        missing.push(`${name}: ${(err as Error).message}`);
+      }
+    }
+    const r1 = (x: number) => Math.round(x * 10) / 10;
+    const processes: Record<string, ProcessPauseStats> = {};
+    for (const [name, ps] of Object.entries(byProcess)) {
+      const gc = ps.filter((p) => p.kind === "gc");
+      const stalls = ps.filter((p) => p.kind === "loop");
+      processes[name] = {
+        gcCount: gc.length,
+        gcMs: r1(gc.reduce((a, p) => a + p.durationMs, 0)),
+        majorGcCount: gc.filter((p) => p.gc === "major").length,
+        maxGcMs: r1(Math.max(0, ...gc.map((p) => p.durationMs))),
+        stallCount: stalls.length,
+        stallMs: r1(stalls.reduce((a, p) => a + p.durationMs, 0)),
+        maxStallMs: r1(Math.max(0, ...stalls.map((p) => p.durationMs))),
+      };
+    }
+    const slow: PhasePauses["slow"] = [];
+    const overGoalBy: Record<string, number> = {};
+    for (const c of sent) {
+      const last = Math.max(...c.arrivals);
+      if (last - c.t1 <= GOAL_P99_MS) continue;
+      const paused: Record<string, { stallMs: number; gcMs: number }> = {};
+      for (const [name, ps] of Object.entries(byProcess)) {
+        const o = pauseOverlap(ps, c.t1, last);
+        if (o.loopMs > 0 || o.gcMs > 0) paused[name] = { stallMs: r1(o.loopMs), gcMs: r1(o.gcMs) };
+      }
+      const by = mostPausedProcess(byProcess, c.t1, last, PAUSE_ATTRIBUTION_MIN_MS)?.process ?? "none";
+      overGoalBy[by] = (overGoalBy[by] ?? 0) + 1;
+      slow.push({ index: c.index, everySiteMs: r1(last - c.t1), by, paused });
+    }
+    slow.sort((a, b) => b.everySiteMs - a.everySiteMs);
+    return { processes, slow, overGoalBy, missing };
+  }
+
   /**
    * Creates objects until the federation holds `total` from the bulk set: per 100, one network
    * spanning every site, two security groups and 97 rules in them (CIDR-scoped TCP rules).
@@ -566,62 +668,20 @@ class Bench {
     return (Date.now() - t0) / 1000;
   }
 
-  /** 10k VM ports (one network, one group) at the first site, then fresh agents' snapshots. */
+  /** The snapshot step (propagation-snapshot.ts) at the first site. */
   async snapshot(ports: number, tries: number): Promise<SnapshotResult> {
-    const s = this.sites[0]!;
-    const net = await this.admin.create({
-      network: {
-        meta: meta("snap-net"),
-        subnets: [{ cidr: "172.16.0.0/16", gatewayIp: "172.16.0.1" }],
-        sites: [s.name],
-        vni: 0,
-        mtu: 0,
+    return snapshotStep(
+      {
+        admin: this.admin,
+        site: this.sites[0]!,
+        settle: (ms) => this.settle(ms),
+        created: (n) => {
+          this.objects += n;
+        },
       },
-    });
-    const sg = await this.admin.create({ securityGroup: { meta: meta("snap-sg"), stateless: false } });
-    this.objects += 2;
-    const networkId = net.object!.network!.meta!.id;
-    const sgId = sg.object!.securityGroup!.meta!.id;
-    await this.settle(60_000);
-    const t0 = Date.now();
-    await pool(16, ports, async (i) => {
-      const n = i + 2;
-      await s.api.createPort({
-        name: `snap-port-${i}`,
-        networkId,
-        mac: `02:5e:00:${((i >> 16) & 255).toString(16).padStart(2, "0")}:${((i >> 8) & 255).toString(16).padStart(2, "0")}:${(i & 255).toString(16).padStart(2, "0")}`,
-        ips: [`172.16.${(n >> 8) & 255}.${n & 255}`],
-        securityGroupIds: [sgId],
-        hostId: s.hostId,
-        interfaceName: `tap${i}`,
-      });
-    });
-    const createSeconds = (Date.now() - t0) / 1000;
-    console.log(
-      `  created ${ports} ports at ${s.name} in ${createSeconds.toFixed(1)} s (load ${loadavg()[0]!.toFixed(1)})`,
-    );
-    const settleSeconds = await this.settle(Math.max(120_000, ports * 60));
-    const out: SnapshotResult = {
       ports,
-      counts: {},
-      bytes: 0,
-      parts: 0,
-      ms: [],
-      createSeconds: Number(createSeconds.toFixed(1)),
-      settleSeconds: Number(settleSeconds.toFixed(1)),
-      load1: 0,
-    };
-    for (let k = 0; k < tries; k++) {
-      // The site agent's own watch client and topology store (its channel settings: 4 MiB per
-      // message, an 8 MiB flow-control window).
-      const r = await timeSnapshot(s.proc.address, s.hostId, s.hostToken);
-      out.ms.push(Number(r.ms.toFixed(1)));
-      out.counts = r.counts;
-      out.bytes = r.bytes;
-      out.parts = r.parts;
-    }
-    out.load1 = Number(loadavg()[0]!.toFixed(2));
-    return out;
+      tries,
+    );
   }
 
   async stop(): Promise<void> {
@@ -632,6 +692,7 @@ class Bench {
     await Promise.all(this.procs.map((p) => p.stop()));
     this.admin.close();
     await this.group.stopAll();
+    this.ownPauses.stop();
   }
 }
 
@@ -655,8 +716,75 @@ function describe(p: PhaseResult): string {
     (p.stages
       ? `\n    mean ${p.stages.commitToEverySiteMeanMs} ms = site queue wait ${p.stages.siteWaitMs} + site apply ${p.stages.siteApplyMs} + streams ${p.stages.otherMs}`
       : "") +
-    (p.timeline ? `\n${describeTimeline(p.timeline)}` : "")
+    (p.timeline ? `\n${describeTimeline(p.timeline)}` : "") +
+    (p.pauses ? `\n${describePauses(p.pauses)}` : "")
   );
+}
+
+/** Pauses summed over the processes of one role (coordinators, controllers, watchers, bench). */
+function pauseRoles(pp: PhasePauses): { role: string; s: ProcessPauseStats; worst: string }[] {
+  const roles: [string, (name: string) => boolean][] = [
+    ["coordinators", (n) => /^c\d+$/.test(n)],
+    ["site controllers", (n) => /^site\d+$/.test(n)],
+    ["agents' watchers", (n) => n.endsWith("-agent")],
+    ["bench", (n) => n === "bench"],
+  ];
+  return roles.map(([role, is]) => {
+    const names = Object.keys(pp.processes).filter(is);
+    const s: ProcessPauseStats = {
+      gcCount: 0,
+      gcMs: 0,
+      majorGcCount: 0,
+      maxGcMs: 0,
+      stallCount: 0,
+      stallMs: 0,
+      maxStallMs: 0,
+    };
+    let worst = "";
+    for (const n of names) {
+      const x = pp.processes[n]!;
+      s.gcCount += x.gcCount;
+      s.gcMs = Math.round((s.gcMs + x.gcMs) * 10) / 10;
+      s.majorGcCount += x.majorGcCount;
+      s.maxGcMs = Math.max(s.maxGcMs, x.maxGcMs);
+      s.stallCount += x.stallCount;
+      s.stallMs = Math.round((s.stallMs + x.stallMs) * 10) / 10;
+      if (x.maxStallMs >= s.maxStallMs) {
+        s.maxStallMs = x.maxStallMs;
+        worst = n;
+      }
+    }
+    return { role, s, worst };
+  });
+}
+
+function describePaused(paused: PhasePauses["slow"][number]["paused"]): string {
+  const xs = Object.entries(paused).sort(
+    (a, b) => Math.max(b[1].stallMs, b[1].gcMs) - Math.max(a[1].stallMs, a[1].gcMs),
+  );
+  return xs.length === 0
+    ? "no process paused"
+    : xs.map(([n, o]) => `${n} ${o.stallMs}${o.gcMs > 0 ? ` (gc ${o.gcMs})` : ""}`).join(", ");
+}
+
+function describePauses(pp: PhasePauses): string {
+  const lines = [
+    `    process pauses (stalls n/total/max ms, gc n/total ms, major): ${pauseRoles(pp)
+      .map(
+        ({ role, s, worst }) =>
+          `${role} ${s.stallCount}/${s.stallMs}/${s.maxStallMs}${worst ? ` (${worst})` : ""}, gc ${s.gcCount}/${s.gcMs}, ${s.majorGcCount}`,
+      )
+      .join("; ")}`,
+    `    over ${GOAL_P99_MS} ms, by the most paused process: ${
+      Object.entries(pp.overGoalBy)
+        .map(([n, k]) => `${n} ${k}`)
+        .join(", ") || "none over"
+    }`,
+  ];
+  for (const c of pp.slow.slice(0, SLOWEST_KEPT))
+    lines.push(`    slow: index ${c.index}: ${c.everySiteMs} ms; paused: ${describePaused(c.paused)}`);
+  if (pp.missing.length > 0) lines.push(`    pauses not read: ${pp.missing.join("; ")}`);
+  return lines.join("\n");
 }
 
 function describeTimeline(t: ChangeTimeline): string {
@@ -725,7 +853,7 @@ export async function measure(opts: PropagationBenchOptions): Promise<Propagatio
     const boot = await runCli(["bootstrap", "--dir", keyDir]);
     if (boot.code !== 0) throw new Error(`isthmus bootstrap failed: ${boot.stderr}`);
     const adminTokenFile = join(keyDir, auth.KEY_DIR_FILES.adminToken);
-    group = await CoordinatorGroup.start(3, base, keyDir);
+    group = await CoordinatorGroup.start(3, base, keyDir, { metrics: true });
     const admin = new FederationAdmin(group.addresses, (await readFile(adminTokenFile, "utf8")).trim());
     const siteNames = Array.from({ length: allSites }, (_, i) => `site${i + 1}`);
     const creds: string[] = [];
@@ -829,26 +957,7 @@ export async function measure(opts: PropagationBenchOptions): Promise<Propagatio
         break;
       }
     }
-    if (snapshotPorts > 0) {
-      try {
-        snapshot = await b.snapshot(snapshotPorts, opts.quick ? 1 : 3);
-        console.log(
-          `  snapshot of ${snapshotPorts} ports (${snapshot.counts.port ?? 0} ports, ${snapshot.counts.rule ?? 0} rules, ` +
-            `${(snapshot.bytes / 1e6).toFixed(1)} MB in ${snapshot.parts} messages): ${snapshot.ms.join(", ")} ms`,
-        );
-      } catch (err) {
-        snapshot = {
-          ports: snapshotPorts,
-          counts: {},
-          bytes: 0,
-          parts: 0,
-          ms: [],
-          error: (err as Error).message,
-          load1: loadavg()[0]!,
-        };
-        console.log(`  snapshot failed: ${(err as Error).message}`);
-      }
-    }
+    if (snapshotPorts > 0) snapshot = await b.snapshot(snapshotPorts, opts.quick ? 1 : 3);
     return summarize();
   } finally {
     process.off("SIGINT", onSignal);
@@ -932,6 +1041,44 @@ export function markdown(r: PropagationResult): string {
         .join("; ")}.`,
     );
   }
+  const paused = r.phases.filter((p) => p.pauses);
+  if (paused.length > 0) {
+    lines.push(
+      "",
+      "Process pauses during each phase's changes (every process records its garbage-collection pauses of 1 ms " +
+        "or more — perf_hooks `gc` entries — and event-loop stalls of 5 ms or more — a 10 ms timer firing that " +
+        "late, which includes GC and the OS not running the process — in a bounded ring, served at `/debug/pauses` " +
+        "on the coordinators' and controllers' metrics ports; the agents' watch streams run in processes of their " +
+        "own, one per site, which stamp each arrival and report their pauses, so the benchmark's own heap is not " +
+        "on the measured path). Per role: stalls count / total ms / longest ms (in which process), GC pauses " +
+        `count / total ms, major GCs; and each change over ${GOAL_P99_MS} ms put down to the process whose stalls ` +
+        `or GC covered most of its way (Create's return → last arrival), if ${PAUSE_ATTRIBUTION_MIN_MS} ms or more:`,
+      "",
+      "| sites | objects | coordinators | site controllers | agents' watchers | bench process | over 50 ms by most paused process |",
+      "|---:|---:|---|---|---|---|---|",
+    );
+    for (const p of paused) {
+      const pp = p.pauses!;
+      const cell = ({ s, worst }: { s: ProcessPauseStats; worst: string }) =>
+        `${s.stallCount} / ${s.stallMs} / ${s.maxStallMs}${worst ? ` (${worst})` : ""}; gc ${s.gcCount} / ${s.gcMs}, ${s.majorGcCount} major`;
+      const over = Object.entries(pp.overGoalBy)
+        .sort((a, b) => b[1] - a[1])
+        .map(([n, k]) => `${n} ${k}`)
+        .join(", ");
+      lines.push(
+        `| ${p.sites} | ${p.stateObjects.toLocaleString("en-US")} | ${pauseRoles(pp).map(cell).join(" | ")} | ${over || "none over"} |`,
+      );
+    }
+    const last = paused[paused.length - 1]!;
+    if (last.pauses!.slow.length > 0)
+      lines.push(
+        "",
+        `Changes over ${GOAL_P99_MS} ms at ${last.stateObjects.toLocaleString("en-US")} objects and the pauses on their way (stall ms, gc ms): ${last
+          .pauses!.slow.slice(0, SLOWEST_KEPT)
+          .map((c) => `index ${c.index} ${c.everySiteMs} ms: ${describePaused(c.paused)}`)
+          .join("; ")}.`,
+      );
+  }
   if (r.bulkLoad.length > 0) {
     lines.push(
       "",
@@ -960,21 +1107,7 @@ export function markdown(r: PropagationResult): string {
       ? "- cost independent of state size: one state size only in this run."
       : `- cost independent of state size: p50 at the largest state / p50 at the smallest = **${g.costGrowthLargestVsSmallest}**.`,
   );
-  const s = r.snapshot;
-  if (s?.error) lines.push(`- snapshot: failed — ${s.error}`);
-  else if (s) {
-    lines.push(
-      `- first snapshot of ${s.ports.toLocaleString("en-US")} ports (${(s.counts.port ?? 0).toLocaleString("en-US")} ports, ` +
-        `${(s.counts.rule ?? 0).toLocaleString("en-US")} rules, ${Object.values(s.counts)
-          .reduce((a, b) => a + b, 0)
-          .toLocaleString("en-US")} objects, ` +
-        `${(s.bytes / 1e6).toFixed(1)} MB encoded, in ${s.parts} messages), Watch call → snapshot in the agent's topology store: ${s.ms.join(", ")} ms (load ${s.load1})` +
-        (g.snapshotRatio === null ? "." : `; best / 1 s goal = **${g.snapshotRatio}**.`) +
-        (s.createSeconds !== undefined
-          ? ` Creating the ports through SiteService took ${s.createSeconds} s, the sites settled ${s.settleSeconds} s after.`
-          : ""),
-    );
-  }
+  lines.push(...snapshotMarkdown(r.snapshot, g.snapshotRatio));
   lines.push(
     "",
     "What the profile and this benchmark found:",

@@ -10,7 +10,7 @@ import {
   status,
 } from "@grpc/grpc-js";
 import { federationpb, intentpb, sitepb, topologypb } from "@isthmus/schema";
-import { type EntryTiming, firstSnapshot } from "@isthmus/site-agent";
+import { type EntryTiming, firstSnapshot, type PauseReport } from "@isthmus/site-agent";
 
 type Unary<Req, Res> = (
   req: Req,
@@ -183,6 +183,10 @@ export class AgentWatch {
   recording = false;
   revision = -1;
   error: string | undefined;
+  /** Called with each rule's first arrival while recording (a watcher process reports it). */
+  onArrival: ((intentId: string, at: number) => void) | undefined;
+  /** Called after every event with the revision it brought. */
+  onRevision: ((revision: number) => void) | undefined;
   private readonly client: topologypb.TopologyServiceClient;
   private readonly stream: ReturnType<topologypb.TopologyServiceClient["watch"]>;
 
@@ -203,14 +207,20 @@ export class AgentWatch {
         this.revision = e.change.revision;
         if (this.recording) {
           for (const o of e.change.upserts) {
-            if (o.rule?.intentId && !this.arrivals.has(o.rule.intentId))
+            if (o.rule?.intentId && !this.arrivals.has(o.rule.intentId)) {
               this.arrivals.set(o.rule.intentId, now);
+              this.onArrival?.(o.rule.intentId, now);
+            }
           }
         }
       }
+      this.onRevision?.(this.revision);
     });
     this.stream.on("error", (err: Error & { code?: number }) => {
-      if (err.code !== status.CANCELLED) this.error = err.message;
+      if (err.code !== status.CANCELLED) {
+        this.error = err.message;
+        this.onRevision?.(this.revision);
+      }
     });
   }
 
@@ -280,4 +290,12 @@ export async function fetchEntryTimings(
   const res = await fetch(url, { signal: AbortSignal.timeout(10_000) });
   if (!res.ok) throw new Error(`GET ${url}: ${res.status}`);
   return (await res.json()) as SiteEntryTiming[];
+}
+
+/** A process's GC pauses and event-loop stalls that ended after Unix ms `after` (`/debug/pauses`). */
+export async function fetchPauses(metricsAddress: string, after: number): Promise<PauseReport> {
+  const url = `http://${metricsAddress}/debug/pauses?after=${after}`;
+  const res = await fetch(url, { signal: AbortSignal.timeout(10_000) });
+  if (!res.ok) throw new Error(`GET ${url}: ${res.status}`);
+  return (await res.json()) as PauseReport;
 }

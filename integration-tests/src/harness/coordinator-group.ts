@@ -16,12 +16,23 @@ export class CoordinatorGroup {
     private readonly peers: Record<string, string>,
     private readonly baseDir: string,
     private readonly keyDir: string,
+    /** Each node's metrics endpoint (/metrics, /debug/pauses), when asked for. */
+    readonly metricsAddresses: Record<string, string> = {},
   ) {}
 
-  static async start(size: number, baseDir: string, keyDir: string): Promise<CoordinatorGroup> {
+  static async start(
+    size: number,
+    baseDir: string,
+    keyDir: string,
+    opts: { metrics?: boolean } = {},
+  ): Promise<CoordinatorGroup> {
     const peers: Record<string, string> = {};
-    for (let i = 1; i <= size; i++) peers[`c${i}`] = `127.0.0.1:${await fixedPort()}`;
-    const g = new CoordinatorGroup(peers, baseDir, keyDir);
+    const metrics: Record<string, string> = {};
+    for (let i = 1; i <= size; i++) {
+      peers[`c${i}`] = `127.0.0.1:${await fixedPort()}`;
+      if (opts.metrics) metrics[`c${i}`] = `127.0.0.1:${await fixedPort()}`;
+    }
+    const g = new CoordinatorGroup(peers, baseDir, keyDir, metrics);
     await g.startAll();
     return g;
   }
@@ -52,6 +63,7 @@ export class CoordinatorGroup {
           join(this.baseDir, id),
           "--key-dir",
           this.keyDir,
+          ...(this.metricsAddresses[id] ? ["--metrics-listen", this.metricsAddresses[id]] : []),
         ],
         // ISTHMUS_BENCH_LOG_DIR keeps each node's JSON log (appended across restarts).
         { stdio: ["ignore", process.env.ISTHMUS_BENCH_LOG_DIR ? "pipe" : "ignore", "inherit"] },

@@ -46,6 +46,8 @@ export const SiteControllerConfigSchema = z.object({
     snapshotAfterLag: z.number().int().nonnegative().default(T.snapshotAfterLag),
     snapshotMirrorMaxBytes: z.number().int().nonnegative().default(T.snapshotMirrorMaxBytes),
     entryTimelineSize: z.number().int().nonnegative().max(1_000_000).default(T.entryTimelineSize),
+    /** GC pauses and event-loop stalls of this process kept for `/debug/pauses`. */
+    pauseRingSize: z.number().int().nonnegative().max(1_000_000).default(4_096),
   }),
 });
 

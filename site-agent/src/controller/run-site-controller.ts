@@ -7,6 +7,7 @@ import { credentials as grpcCredentials } from "@grpc/grpc-js";
 import { type Logger, loadConfig, onShutdown } from "@isthmus/schema";
 import { startMetricsServer } from "../agent/agent-http.js";
 import { SiteControllerConfigSchema } from "./controller-config.js";
+import { PauseRecorder } from "./process-pauses.js";
 import { SiteController } from "./site-controller.js";
 import { readSiteCredential, SiteTokenSource, writePrivateFile } from "./site-credential.js";
 
@@ -106,14 +107,19 @@ export async function startSiteController(
     await writePrivateFile(cfg.adminTokenFile, `${t.token}\n`);
     deps.log.info({ file: cfg.adminTokenFile }, "wrote a site admin token");
   }
+  const pauses = new PauseRecorder({ size: cfg.pauseRingSize }).withMetrics(controller.metrics).start();
   const i = cfg.metricsListen.lastIndexOf(":");
   const metrics = await startMetricsServer(
     controller.metrics,
     controller.health,
     cfg.metricsListen.slice(0, i),
     Number(cfg.metricsListen.slice(i + 1)),
-    // Where each recent intent entry's time went at this site (`?after=<index>`).
-    { "/debug/intent-entries": (q) => controller.entryTimings(Number(q.get("after") ?? 0) || 0) },
+    // Where each recent intent entry's time went at this site (`?after=<index>`), and this
+    // process's GC pauses and event-loop stalls (`?after=<unix ms>`).
+    {
+      "/debug/intent-entries": (q) => controller.entryTimings(Number(q.get("after") ?? 0) || 0),
+      "/debug/pauses": (q) => pauses.report(Number(q.get("after") ?? 0) || 0),
+    },
   );
   const ma = metrics.server.address();
   if (ma && typeof ma === "object") {
@@ -121,6 +127,7 @@ export async function startSiteController(
   }
   const stop = async () => {
     await new Promise<void>((r) => metrics.server.close(() => r()));
+    pauses.stop();
     await controller.stop();
   };
   if (deps.handleSignals !== false) onShutdown(deps.log, [stop]);

@@ -1,0 +1,150 @@
+// The propagation benchmark's snapshot step: VM ports (one network, one security group) created at
+// a site through SiteService, then fresh agents' first snapshots of it timed with the site agent's
+// own watch client and topology store. Kept apart from the change-measurement phases.
+import { loadavg } from "node:os";
+import type { intentpb } from "@isthmus/schema";
+import { type FederationAdmin, type SiteApi, timeSnapshot } from "../harness/bench-clients.js";
+import type { SiteProcess } from "../harness/site-process.js";
+
+export interface SnapshotResult {
+  ports: number;
+  /** Objects in the snapshot, by kind. */
+  counts: Record<string, number>;
+  bytes: number;
+  /** Time from the Watch call to the whole snapshot in the agent's topology store, each try (ms). */
+  ms: number[];
+  /** Messages the snapshot came in (parts of about 1 MiB). */
+  parts: number;
+  /** Creating the ports through SiteService (16 at a time), and the sites settling after (s). */
+  createSeconds?: number;
+  settleSeconds?: number;
+  error?: string;
+  load1: number;
+}
+
+/** What the step needs of the running benchmark. */
+export interface SnapshotBench {
+  readonly admin: FederationAdmin;
+  /** The site whose agent's snapshot is timed. */
+  readonly site: { name: string; proc: SiteProcess; api: SiteApi; hostId: string; hostToken: string };
+  /** Waits until every site has applied everything and its agent has it all; returns seconds. */
+  settle(timeoutMs: number): Promise<number>;
+  /** Counts intent objects the step created. */
+  created(n: number): void;
+}
+
+function meta(name: string): intentpb.ObjectMeta {
+  return { id: "", name, revision: 0, description: "", labels: {}, createdRevision: 0 };
+}
+
+/** `n` workers draining `count` tasks in order. */
+async function pool(n: number, count: number, task: (i: number) => Promise<void>): Promise<void> {
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: n }, async () => {
+      while (next < count) await task(next++);
+    }),
+  );
+}
+
+/** 10k VM ports (one network, one group) at the site, then `tries` fresh agents' snapshots. */
+export async function timeSiteSnapshot(
+  b: SnapshotBench,
+  ports: number,
+  tries: number,
+): Promise<SnapshotResult> {
+  const s = b.site;
+  const net = await b.admin.create({
+    network: {
+      meta: meta("snap-net"),
+      subnets: [{ cidr: "172.16.0.0/16", gatewayIp: "172.16.0.1" }],
+      sites: [s.name],
+      vni: 0,
+      mtu: 0,
+    },
+  });
+  const sg = await b.admin.create({ securityGroup: { meta: meta("snap-sg"), stateless: false } });
+  b.created(2);
+  const networkId = net.object!.network!.meta!.id;
+  const sgId = sg.object!.securityGroup!.meta!.id;
+  await b.settle(60_000);
+  const t0 = Date.now();
+  await pool(16, ports, async (i) => {
+    const n = i + 2;
+    await s.api.createPort({
+      name: `snap-port-${i}`,
+      networkId,
+      mac: `02:5e:00:${((i >> 16) & 255).toString(16).padStart(2, "0")}:${((i >> 8) & 255).toString(16).padStart(2, "0")}:${(i & 255).toString(16).padStart(2, "0")}`,
+      ips: [`172.16.${(n >> 8) & 255}.${n & 255}`],
+      securityGroupIds: [sgId],
+      hostId: s.hostId,
+      interfaceName: `tap${i}`,
+    });
+  });
+  const createSeconds = (Date.now() - t0) / 1000;
+  console.log(
+    `  created ${ports} ports at ${s.name} in ${createSeconds.toFixed(1)} s (load ${loadavg()[0]!.toFixed(1)})`,
+  );
+  const settleSeconds = await b.settle(Math.max(120_000, ports * 60));
+  const out: SnapshotResult = {
+    ports,
+    counts: {},
+    bytes: 0,
+    parts: 0,
+    ms: [],
+    createSeconds: Number(createSeconds.toFixed(1)),
+    settleSeconds: Number(settleSeconds.toFixed(1)),
+    load1: 0,
+  };
+  for (let k = 0; k < tries; k++) {
+    // The site agent's own watch client and topology store (its channel settings: 4 MiB per
+    // message, an 8 MiB flow-control window).
+    const r = await timeSnapshot(s.proc.address, s.hostId, s.hostToken);
+    out.ms.push(Number(r.ms.toFixed(1)));
+    out.counts = r.counts;
+    out.bytes = r.bytes;
+    out.parts = r.parts;
+  }
+  out.load1 = Number(loadavg()[0]!.toFixed(2));
+  return out;
+}
+
+/** Runs the step, logging its result; a failure is recorded in the result, not thrown. */
+export async function snapshotStep(b: SnapshotBench, ports: number, tries: number): Promise<SnapshotResult> {
+  try {
+    const snapshot = await timeSiteSnapshot(b, ports, tries);
+    console.log(
+      `  snapshot of ${ports} ports (${snapshot.counts.port ?? 0} ports, ${snapshot.counts.rule ?? 0} rules, ` +
+        `${(snapshot.bytes / 1e6).toFixed(1)} MB in ${snapshot.parts} messages): ${snapshot.ms.join(", ")} ms`,
+    );
+    return snapshot;
+  } catch (err) {
+    console.log(`  snapshot failed: ${(err as Error).message}`);
+    return {
+      ports,
+      counts: {},
+      bytes: 0,
+      parts: 0,
+      ms: [],
+      error: (err as Error).message,
+      load1: loadavg()[0]!,
+    };
+  }
+}
+
+/** The results section's line on the snapshot (none when the step did not run). */
+export function snapshotMarkdown(s: SnapshotResult | undefined, ratio: number | null): string[] {
+  if (s?.error) return [`- snapshot: failed — ${s.error}`];
+  if (!s) return [];
+  return [
+    `- first snapshot of ${s.ports.toLocaleString("en-US")} ports (${(s.counts.port ?? 0).toLocaleString("en-US")} ports, ` +
+      `${(s.counts.rule ?? 0).toLocaleString("en-US")} rules, ${Object.values(s.counts)
+        .reduce((a, b) => a + b, 0)
+        .toLocaleString("en-US")} objects, ` +
+      `${(s.bytes / 1e6).toFixed(1)} MB encoded, in ${s.parts} messages), Watch call → snapshot in the agent's topology store: ${s.ms.join(", ")} ms (load ${s.load1})` +
+      (ratio === null ? "." : `; best / 1 s goal = **${ratio}**.`) +
+      (s.createSeconds !== undefined
+        ? ` Creating the ports through SiteService took ${s.createSeconds} s, the sites settled ${s.settleSeconds} s after.`
+        : ""),
+  ];
+}
