@@ -165,7 +165,9 @@ export class FlowTable {
     // the key itself.
     const match = applyMask(req.match, req.mask, Buffer.allocUnsafe(KEY_SIZE));
     let bucket = this.bucketOfMask.get(req.mask);
-    if (bucket !== undefined && this.buckets.get(bucket.key) !== bucket) bucket = undefined;
+    // Still in the table and still the same bytes (a caller may reuse a Buffer for another mask).
+    if (bucket !== undefined && (this.buckets.get(bucket.key) !== bucket || !bucket.mask.equals(req.mask)))
+      bucket = undefined;
     const maskKey = bucket?.key ?? req.mask.toString("latin1");
     bucket ??= this.buckets.get(maskKey);
     if (bucket) this.bucketOfMask.set(req.mask, bucket);
