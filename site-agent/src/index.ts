@@ -15,7 +15,7 @@ export { UserspaceDatapath } from "./agent/userspace-datapath.js";
 export { startTestPostgres, type TestPostgres } from "./controller/db/test-postgres.js";
 export type { EntryTiming } from "./controller/entry-timeline.js";
 export {
-  mostPausedProcess,
+  attributePauses,
   type PauseOverlap,
   PauseRecorder,
   type PauseReport,

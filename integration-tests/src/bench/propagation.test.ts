@@ -62,6 +62,13 @@ test("the propagation benchmark times admin writes to agents at two sites and a 
       "site2",
       "site2-agent",
     ]);
+    // CPU per change: every process did some work for the phase's changes (the coordinators and
+    // controllers apply and stream each one; the watchers decode it).
+    for (const [name, st] of Object.entries(pp.processes))
+      assert.ok(
+        st.cpuMsPerChange !== undefined && st.cpuMsPerChange > 0,
+        `${name} cpu: ${JSON.stringify(st)}`,
+      );
     const slowCount = tl.rows.filter((row) => row[3]! > 50).length;
     assert.equal(pp.slow.length, slowCount);
     assert.equal(

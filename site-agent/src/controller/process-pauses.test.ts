@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { Registry } from "prom-client";
-import { mostPausedProcess, PauseRecorder, type ProcessPause, pauseOverlap } from "./process-pauses.js";
+import { attributePauses, PauseRecorder, type ProcessPause, pauseOverlap } from "./process-pauses.js";
 
 const loop = (start: number, durationMs: number): ProcessPause => ({ kind: "loop", start, durationMs });
 const gc = (start: number, durationMs: number, kind = "minor"): ProcessPause => ({
@@ -47,17 +47,23 @@ test("overlap counts the union of a process's pauses inside the window, by kind"
   assert.deepEqual(pauseOverlap(pauses, 160, 290), { loopMs: 0, gcMs: 0, majorGcMs: 0 });
 });
 
-test("a slow window is attributed to the process whose pauses covered most of it, above a minimum", () => {
+test("a slow window is put down to the most paused process, or to the machine when most stalled at once", () => {
   const byProcess = {
     c1: [loop(0, 30)],
     site1: [gc(10, 45, "major"), loop(10, 40)],
     bench: [loop(200, 100)],
+    agent: [],
   };
-  const a = mostPausedProcess(byProcess, 0, 60, 10);
-  assert.equal(a?.process, "site1");
-  assert.equal(a?.overlap.majorGcMs, 45);
-  assert.equal(mostPausedProcess(byProcess, 100, 150, 10), undefined);
-  assert.equal(mostPausedProcess(byProcess, 0, 60, 50), undefined);
+  // Two of four processes paused >= 10 ms in [0, 60]: half of them at once → the machine.
+  assert.equal(attributePauses(byProcess, 0, 60, 10).by, "machine");
+  // At a 35 ms minimum only site1 counts (its GC covered 45 ms of the window).
+  const a = attributePauses(byProcess, 0, 60, 35);
+  assert.equal(a.by, "site1");
+  assert.deepEqual(a.overlaps.site1, { loopMs: 40, gcMs: 45, majorGcMs: 45 });
+  assert.deepEqual(a.overlaps.c1, { loopMs: 30, gcMs: 0, majorGcMs: 0 });
+  assert.equal(attributePauses(byProcess, 100, 150, 10).by, "none");
+  assert.equal(attributePauses(byProcess, 0, 60, 50).by, "none");
+  assert.equal(attributePauses({ only: [loop(0, 40)] }, 0, 60, 10).by, "only");
 });
 
 test("a started recorder sees this process's GC and a blocked event loop", async () => {

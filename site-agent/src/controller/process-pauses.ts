@@ -149,6 +149,8 @@ export class PauseRecorder {
       loopThresholdMs: this.loopThresholdMs,
       gcThresholdMs: this.gcThresholdMs,
       totals: { ...this.totals },
+      at: wallNow(),
+      cpuMs: cpuMs(),
       pauses: this.since(after),
     };
   }
@@ -160,7 +162,16 @@ export interface PauseReport {
   loopThresholdMs: number;
   gcThresholdMs: number;
   totals: PauseRecorder["totals"];
+  /** Unix ms of the report, and the CPU time (user + system) this process has used by then. */
+  at: number;
+  cpuMs: number;
   pauses: ProcessPause[];
+}
+
+/** CPU time this process has used (user + system, ms): a cost that load does not stretch. */
+function cpuMs(): number {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1000;
 }
 
 export interface PauseOverlap {
@@ -204,20 +215,29 @@ export function pauseOverlap(pauses: readonly ProcessPause[], from: number, to: 
 }
 
 /**
- * The process whose pauses covered most of the window [from, to], if any covered at least
- * `minMs` (ms of stall or GC, whichever is larger per process).
+ * What a slow window [from, to] is put down to: "machine" when at least half of the processes
+ * (and two or more) were each paused `minMs` or more in it — they all stalled at once, which is
+ * the OS not running them (CPU contention), not one heap's GC; otherwise the process whose pauses
+ * (stall or GC ms, whichever is larger) covered most of it, if `minMs` or more; else "none".
  */
-export function mostPausedProcess(
+export function attributePauses(
   byProcess: Record<string, readonly ProcessPause[]>,
   from: number,
   to: number,
   minMs: number,
-): { process: string; overlap: PauseOverlap } | undefined {
-  let best: { process: string; overlap: PauseOverlap; ms: number } | undefined;
-  for (const [name, pauses] of Object.entries(byProcess)) {
-    const overlap = pauseOverlap(pauses, from, to);
-    const ms = Math.max(overlap.loopMs, overlap.gcMs);
-    if (ms >= minMs && (!best || ms > best.ms)) best = { process: name, overlap, ms };
+): { by: string; overlaps: Record<string, PauseOverlap> } {
+  const overlaps: Record<string, PauseOverlap> = {};
+  let best: { name: string; ms: number } | undefined;
+  let paused = 0;
+  const names = Object.keys(byProcess);
+  for (const name of names) {
+    const o = pauseOverlap(byProcess[name]!, from, to);
+    overlaps[name] = o;
+    const ms = Math.max(o.loopMs, o.gcMs);
+    if (ms < minMs) continue;
+    paused++;
+    if (!best || ms > best.ms) best = { name, ms };
   }
-  return best && { process: best.process, overlap: best.overlap };
+  const by = paused >= 2 && paused * 2 >= names.length ? "machine" : (best?.name ?? "none");
+  return { by, overlaps };
 }
