@@ -251,3 +251,80 @@ export async function startKernelPath(
     stop,
   };
 }
+
+/** One way of running the agents in the focused flow-setup probe. */
+export interface FlowSetupVariant {
+  /** `ring` (the default upcall ring buffer) or `veth` (`agent.kernel.upcallRing: false`). */
+  upcall: "ring" | "veth";
+  /** Extra node flags for both agents (e.g. young-generation sizes). */
+  nodeArgs: string[];
+}
+
+/**
+ * Parses BENCH_DATAPATH_FLOW_SETUP: variants separated by `;`, each `ring` or `veth` optionally
+ * followed by node flags (`ring;veth;ring --max-semi-space-size=16`).
+ */
+export function parseFlowSetupVariants(text: string): FlowSetupVariant[] {
+  return text
+    .split(";")
+    .map((v) => v.trim().split(/\s+/))
+    .filter((w) => w[0] !== "")
+    .map(([upcall, ...nodeArgs]) => {
+      if (upcall !== "ring" && upcall !== "veth") {
+        throw new Error(`BENCH_DATAPATH_FLOW_SETUP: variant ${JSON.stringify(upcall)} must be ring or veth`);
+      }
+      return { upcall, nodeArgs };
+    });
+}
+
+export interface FlowSetupProbeRun {
+  variant: string;
+  round: number;
+  /** Load average (1 min) when the measured flows started and when they ended. */
+  load1: [number, number];
+  result: FlowSetupResult;
+}
+
+/**
+ * The flow-setup measurement alone, without the throughput runs: for each round, each variant on a
+ * fresh pair of agents (order alternating between rounds, so neither always runs first): `warmup`
+ * flows, then `flows` measured ones. For comparing ways up (ring / veth) and agent flags by
+ * interleaved runs on a shared machine. `idleMs`: a pause between the warm-up and the measured flows.
+ */
+export async function flowSetupProbe(
+  lab: Lab,
+  variants: FlowSetupVariant[],
+  rounds: number,
+  flows: number,
+  warmup: number,
+  loadavg: () => number[],
+  onRun: (r: FlowSetupProbeRun) => void = () => {},
+  idleMs = 0,
+): Promise<FlowSetupProbeRun[]> {
+  const runs: FlowSetupProbeRun[] = [];
+  for (let round = 0; round < rounds; round++) {
+    const order = round % 2 === 0 ? variants : [...variants].reverse();
+    for (const v of order) {
+      const k = await startKernelPath(lab, v.nodeArgs, v.upcall === "veth" ? { upcallRing: false } : {});
+      try {
+        await k.flowSetup(warmup);
+        // An agent idle for a while (as between the full bench's throughput runs, where the
+        // agents see almost no upcalls) lets V8 shrink its young generation before the flows come.
+        if (idleMs > 0) await new Promise((r) => setTimeout(r, idleMs));
+        const l0 = loadavg()[0] ?? 0;
+        const result = await k.flowSetup(flows);
+        const run = {
+          variant: [v.upcall, ...v.nodeArgs].join(" "),
+          round,
+          load1: [l0, loadavg()[0] ?? 0] as [number, number],
+          result,
+        };
+        runs.push(run);
+        onRun(run);
+      } finally {
+        await k.stop();
+      }
+    }
+  }
+  return runs;
+}

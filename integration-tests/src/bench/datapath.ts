@@ -12,7 +12,13 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { agentTesting, TopologyBuilder } from "@isthmus/site-agent";
 import { hostAgentArgs, spawnAgent } from "../harness/agent-process.js";
-import { type FlowSetupResult, kernelPathSkipReason, startKernelPath } from "./datapath-kernel.js";
+import {
+  type FlowSetupResult,
+  flowSetupProbe,
+  kernelPathSkipReason,
+  parseFlowSetupVariants,
+  startKernelPath,
+} from "./datapath-kernel.js";
 import type { BenchOptions } from "./main.js";
 
 const { FakeTopologyServer, NetnsLab, rootSkipReason } = agentTesting;
@@ -588,10 +594,56 @@ export async function run(opts: BenchOptions): Promise<void> {
     process.exitCode = 1;
     return;
   }
+  const variants = process.env.BENCH_DATAPATH_FLOW_SETUP;
+  if (variants) {
+    await flowSetupOnly(variants, opts.quick);
+    return;
+  }
   const r = await measure(opts.quick);
   const out = join(root, "integration-tests", "bench", "results", "datapath.json");
   mkdirSync(dirname(out), { recursive: true });
   writeFileSync(out, `${JSON.stringify(r, null, 2)}\n`);
   updateDocs(r);
   console.log(JSON.stringify(r, null, 2));
+}
+
+/**
+ * `BENCH_DATAPATH_FLOW_SETUP="ring;veth" npm run bench -- datapath`: only the kernel path's flow
+ * setup, interleaved variants on fresh agents (see flowSetupProbe), BENCH_DATAPATH_ROUNDS rounds
+ * (default 3) of BENCH_DATAPATH_FLOWS flows (default 1000; quick: 1 round of 100) after 30 % as
+ * many warm-up flows, then BENCH_DATAPATH_IDLE_S seconds idle (default 0). Prints a line per run and writes `datapath-flow-setup.json`; the docs are
+ * not touched (the full run's section stays the reference).
+ */
+async function flowSetupOnly(variantText: string, quick: boolean): Promise<void> {
+  const skip = kernelPathSkipReason();
+  if (skip) throw new Error(`flow-setup probe: the kernel path cannot load here: ${skip}`);
+  const variants = parseFlowSetupVariants(variantText);
+  const rounds = quick ? 1 : Number(process.env.BENCH_DATAPATH_ROUNDS ?? 3);
+  const flows = quick ? 100 : Number(process.env.BENCH_DATAPATH_FLOWS ?? 1000);
+  const lab = new NetnsLab("bf");
+  const loadAtStart = loadavg();
+  try {
+    const f = (n: number) => n.toFixed(3);
+    const runs = await flowSetupProbe(
+      lab,
+      variants,
+      rounds,
+      flows,
+      Math.max(20, Math.round(flows * 0.3)),
+      loadavg,
+      (r) =>
+        console.log(
+          `round ${r.round} ${r.variant}: load ${r.load1.map((l) => l.toFixed(1)).join("→")}, p50 ${f(r.result.p50Ms)} ms, p99 ${f(r.result.p99Ms)} ms, max ${f(r.result.maxMs)} ms; agent p99 ${f(r.result.agent.p99Ms)} ms; GC pauses ${r.result.gcPauses.count} (p50 ${f(r.result.gcPauses.p50Ms)}, max ${f(r.result.gcPauses.maxMs)} ms), slowest ${r.result.tail.samples}: mean ${f(r.result.tail.meanMs)} ms, ${r.result.tail.withGc} overlapping GC`,
+        ),
+      Number(process.env.BENCH_DATAPATH_IDLE_S ?? 0) * 1000,
+    );
+    const out = join(root, "integration-tests", "bench", "results", "datapath-flow-setup.json");
+    mkdirSync(dirname(out), { recursive: true });
+    writeFileSync(
+      out,
+      `${JSON.stringify({ date: new Date().toISOString(), loadAtStart, loadAtEnd: loadavg(), rounds, flows, runs }, null, 2)}\n`,
+    );
+  } finally {
+    lab.cleanup();
+  }
 }

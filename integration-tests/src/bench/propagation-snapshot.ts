@@ -15,9 +15,17 @@ export interface SnapshotResult {
   ms: number[];
   /** Messages the snapshot came in (parts of about 1 MiB). */
   parts: number;
+  /** Each try: its time and the 1-minute load average when it ended. */
+  attempts?: { ms: number; load1: number }[];
   /** Creating the ports through SiteService (16 at a time), and the sites settling after (s). */
   createSeconds?: number;
   settleSeconds?: number;
+  /**
+   * From settled (everything applied, every agent caught up) until the site was quiet: no new
+   * federation entry and no new topology revision for QUIET_MS (s). Port records still reported
+   * upward and coming back as intent land in this window, not in the timed snapshots.
+   */
+  quietSeconds?: number;
   error?: string;
   load1: number;
 }
@@ -31,6 +39,40 @@ export interface SnapshotBench {
   settle(timeoutMs: number): Promise<number>;
   /** Counts intent objects the step created. */
   created(n: number): void;
+}
+
+/** How long the site must stay without a write before a snapshot is timed. */
+export const QUIET_MS = 3_000;
+
+/**
+ * Waits (after settle: the site has applied what was committed) until the site's topology revision
+ * has not moved for `quietMs`: no write at the site — its queue drained, nothing it reported upward
+ * still coming back as a change. (Entries that change nothing here, such as other sites' health
+ * reports, keep arriving and do not count.) Returns the seconds waited.
+ */
+export async function waitQuiet(b: SnapshotBench, quietMs: number, timeoutMs: number): Promise<number> {
+  const t0 = Date.now();
+  let last = -1;
+  let since = t0;
+  const moves: string[] = [];
+  for (;;) {
+    const revision = Number((await b.site.api.status()).topologyRevision);
+    const now = Date.now();
+    if (revision !== last) {
+      moves.push(`${revision} at +${now - t0} ms`);
+      if (moves.length > 5) moves.shift();
+      last = revision;
+      since = now;
+    } else if (now - since >= quietMs) {
+      return (now - t0) / 1000;
+    }
+    if (now - t0 > timeoutMs) {
+      throw new Error(
+        `${b.site.name} not quiet for ${quietMs} ms within ${timeoutMs} ms (revisions ${moves.join(", ")})`,
+      );
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
 }
 
 function meta(name: string): intentpb.ObjectMeta {
@@ -86,21 +128,30 @@ export async function timeSiteSnapshot(
     `  created ${ports} ports at ${s.name} in ${createSeconds.toFixed(1)} s (load ${loadavg()[0]!.toFixed(1)})`,
   );
   const settleSeconds = await b.settle(Math.max(120_000, ports * 60));
+  const quietSeconds = await waitQuiet(b, QUIET_MS, Math.max(120_000, ports * 30));
+  console.log(
+    `  settled ${settleSeconds.toFixed(1)} s after, quiet ${quietSeconds.toFixed(1)} s later (load ${loadavg()[0]!.toFixed(1)})`,
+  );
   const out: SnapshotResult = {
     ports,
     counts: {},
     bytes: 0,
     parts: 0,
     ms: [],
+    attempts: [],
     createSeconds: Number(createSeconds.toFixed(1)),
     settleSeconds: Number(settleSeconds.toFixed(1)),
+    quietSeconds: Number(quietSeconds.toFixed(1)),
     load1: 0,
   };
   for (let k = 0; k < tries; k++) {
     // The site agent's own watch client and topology store (its channel settings: 4 MiB per
     // message, an 8 MiB flow-control window).
     const r = await timeSnapshot(s.proc.address, s.hostId, s.hostToken);
-    out.ms.push(Number(r.ms.toFixed(1)));
+    const attempt = { ms: Number(r.ms.toFixed(1)), load1: Number(loadavg()[0]!.toFixed(2)) };
+    console.log(`  snapshot try ${k + 1}: ${attempt.ms} ms (load ${attempt.load1})`);
+    out.ms.push(attempt.ms);
+    out.attempts!.push(attempt);
     out.counts = r.counts;
     out.bytes = r.bytes;
     out.parts = r.parts;
@@ -143,8 +194,14 @@ export function snapshotMarkdown(s: SnapshotResult | undefined, ratio: number | 
         .toLocaleString("en-US")} objects, ` +
       `${(s.bytes / 1e6).toFixed(1)} MB encoded, in ${s.parts} messages), Watch call → snapshot in the agent's topology store: ${s.ms.join(", ")} ms (load ${s.load1})` +
       (ratio === null ? "." : `; best / 1 s goal = **${ratio}**.`) +
+      (s.attempts && s.attempts.length > 0
+        ? ` Each try (ms, load): ${s.attempts.map((a) => `${a.ms} (${a.load1})`).join(", ")}.`
+        : "") +
       (s.createSeconds !== undefined
-        ? ` Creating the ports through SiteService took ${s.createSeconds} s, the sites settled ${s.settleSeconds} s after.`
+        ? ` Creating the ports through SiteService took ${s.createSeconds} s, the sites settled ${s.settleSeconds} s after` +
+          (s.quietSeconds !== undefined
+            ? ` and the site was quiet (no write for ${QUIET_MS / 1000} s) ${s.quietSeconds} s after that; the snapshots were timed then.`
+            : ".")
         : ""),
   ];
 }

@@ -104,3 +104,40 @@ test("the exact cache is bounded, serves repeats without the megaflow search, an
   assert.equal(t.exactSize, 0);
   assert.equal(t.lookup(keys[1]!, 1, 4), undefined);
 });
+
+test("tags held by one flow, then by two, then by one again: invalidation and flowsWithTag stay exact", () => {
+  const t = new FlowTable();
+  const k1 = keyOf(udpFrame({ ...A, sport: 1, dport: 2 }));
+  const k2 = keyOf(udpFrame({ ...A, dstMac: "02:00:00:00:00:03", sport: 1, dport: 2 }));
+  const k3 = keyOf(udpFrame({ ...A, dstMac: "02:00:00:00:00:04", sport: 1, dport: 2 }));
+  const f1 = t.install({ match: k1, mask: l2, actions: out, tags: ["ct:1", "shared", "shared"] }, 0);
+  assert.deepEqual(f1?.tags, ["ct:1", "shared"], "repeats removed");
+  const f2 = t.install({ match: k2, mask: l2, actions: out, tags: ["ct:2", "shared"] }, 0);
+  const f3 = t.install({ match: k3, mask: l2, actions: out, tags: ["ct:3", "shared"] }, 0);
+  assert.deepEqual(t.flowsWithTag("ct:1"), [f1]);
+  assert.deepEqual(new Set(t.flowsWithTag("shared")), new Set([f1, f2, f3]));
+  assert.equal(t.invalidate(["ct:2"]), 1);
+  assert.deepEqual(new Set(t.flowsWithTag("shared")), new Set([f1, f3]));
+  t.remove(f3!, "deleted");
+  assert.deepEqual(t.flowsWithTag("shared"), [f1], "back to one flow");
+  assert.equal(t.invalidate(["shared"]), 1);
+  assert.equal(t.size, 0);
+  assert.deepEqual(t.flowsWithTag("ct:1"), []);
+});
+
+test("a mask Buffer reused with other bytes goes to the bucket of its bytes, not of its identity", () => {
+  const t = new FlowTable();
+  const mask = Buffer.from(maskFromFields(["inPort", "ethDst"]));
+  const k1 = keyOf(udpFrame({ ...A, sport: 1, dport: 2 }));
+  const f1 = t.install({ match: k1, mask, actions: out, tags: [] }, 0);
+  maskFromFields(["inPort", "tpSrc"]).copy(mask);
+  const f2 = t.install({ match: k1, mask, actions: out, tags: [] }, 0);
+  assert.equal(t.maskCount, 2);
+  assert.notEqual(f1?.mask.toString("hex"), f2?.mask.toString("hex"));
+  // Same source port, other destination MAC: only the tpSrc megaflow covers it.
+  const k2 = keyOf(udpFrame({ ...A, dstMac: "02:00:00:00:00:09", sport: 1, dport: 2 }));
+  assert.equal(t.lookup(k2, 1, 0)?.id, f2?.id);
+  t.remove(f1!, "deleted");
+  t.remove(f2!, "deleted");
+  assert.equal(t.maskCount, 0);
+});

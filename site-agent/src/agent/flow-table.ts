@@ -54,8 +54,16 @@ export interface InstallRequest {
   onHit?: (flow: Flow, now: number) => void;
 }
 
-/** A flow's tags without repeats; lists are a few entries long, so no Set is built. */
-function uniqueTags(tags: readonly string[]): string[] {
+/**
+ * A flow's tags without repeats; lists are a few entries long, so no Set is built. A list that
+ * has none is kept as it is (the installer hands over its list; a copy per flow would be one
+ * more object every scavenge has to move).
+ */
+function uniqueTags(tags: readonly string[]): readonly string[] {
+  let repeats = false;
+  for (let i = 1; i < tags.length && !repeats; i++)
+    if (tags.lastIndexOf(tags[i]!, i - 1) >= 0) repeats = true;
+  if (!repeats) return tags;
   const out: string[] = [];
   for (const t of tags) if (!out.includes(t)) out.push(t);
   return out;
@@ -65,13 +73,27 @@ export type RemoveReason = "idle" | "hard" | "invalidated" | "replaced" | "delet
 
 interface MaskBucket {
   mask: Buffer;
+  /** The mask's bytes as a string: the bucket's key in `buckets`. */
+  key: string;
   flows: Map<string, Flow>;
 }
 
+/**
+ * The flows carrying one tag. Most tags (a connection's conntrack entry) name a single flow, held
+ * as it is; a Set is made when a second flow carries the tag.
+ */
+type TagFlows = Flow | Set<Flow>;
+
 export class FlowTable {
   private readonly buckets = new Map<string, MaskBucket>();
+  /**
+   * Buckets by the mask Buffer installs passed (the handler shares one Buffer per distinct mask),
+   * so an install finds its bucket without turning the mask into a string; checked against
+   * `buckets`, as a bucket emptied and made again is a new one.
+   */
+  private readonly bucketOfMask = new WeakMap<Buffer, MaskBucket>();
   private readonly exact: ExactCache<Flow>;
-  private readonly byTag = new Map<string, Set<Flow>>();
+  private readonly byTag = new Map<string, TagFlows>();
   private readonly scratch = Buffer.alloc(KEY_SIZE);
   private nextId = 1;
   private count = 0;
@@ -142,8 +164,13 @@ export class FlowTable {
     // From Buffer's pool (applyMask writes every byte): a fresh ArrayBuffer per flow cost more than
     // the key itself.
     const match = applyMask(req.match, req.mask, Buffer.allocUnsafe(KEY_SIZE));
-    const maskKey = req.mask.toString("latin1");
-    let bucket = this.buckets.get(maskKey);
+    let bucket = this.bucketOfMask.get(req.mask);
+    // Still in the table and still the same bytes (a caller may reuse a Buffer for another mask).
+    if (bucket !== undefined && (this.buckets.get(bucket.key) !== bucket || !bucket.mask.equals(req.mask)))
+      bucket = undefined;
+    const maskKey = bucket?.key ?? req.mask.toString("latin1");
+    bucket ??= this.buckets.get(maskKey);
+    if (bucket) this.bucketOfMask.set(req.mask, bucket);
     const matchKey = match.toString("latin1");
     const existing = bucket?.flows.get(matchKey);
     if (existing) this.remove(existing, "replaced");
@@ -152,8 +179,10 @@ export class FlowTable {
       return undefined;
     }
     if (!bucket) {
-      bucket = { mask: Buffer.from(req.mask), flows: new Map() };
+      bucket = { mask: Buffer.from(req.mask), key: maskKey, flows: new Map() };
       this.buckets.set(maskKey, bucket);
+      this.bucketOfMask.set(req.mask, bucket);
+      this.bucketOfMask.set(bucket.mask, bucket); // remove() finds it from flow.mask
     }
     const flow: Flow = {
       id: this.nextId++,
@@ -173,12 +202,10 @@ export class FlowTable {
     bucket.flows.set(matchKey, flow);
     this.count++;
     for (const t of flow.tags) {
-      let set = this.byTag.get(t);
-      if (!set) {
-        set = new Set();
-        this.byTag.set(t, set);
-      }
-      set.add(flow);
+      const cur = this.byTag.get(t);
+      if (cur === undefined) this.byTag.set(t, flow);
+      else if (cur instanceof Set) cur.add(flow);
+      else if (cur !== flow) this.byTag.set(t, new Set([cur, flow]));
     }
     this.stats.installs++;
     return flow;
@@ -186,20 +213,22 @@ export class FlowTable {
 
   remove(flow: Flow, reason: RemoveReason): void {
     if (flow.removed) return;
-    const maskKey = flow.mask.toString("latin1");
-    const bucket = this.buckets.get(maskKey);
+    const bucket = this.bucketOfMask.get(flow.mask) ?? this.buckets.get(flow.mask.toString("latin1"));
     const matchKey = flow.match.toString("latin1");
-    if (!bucket || bucket.flows.get(matchKey) !== flow) {
+    if (!bucket || this.buckets.get(bucket.key) !== bucket || bucket.flows.get(matchKey) !== flow) {
       throw new Error(`flow table invariant: flow ${flow.id} is not in its mask bucket`);
     }
     bucket.flows.delete(matchKey);
-    if (bucket.flows.size === 0) this.buckets.delete(maskKey);
+    if (bucket.flows.size === 0) this.buckets.delete(bucket.key);
     flow.removed = true; // exact-cache entries pointing at it are dropped lazily on lookup
     this.count--;
     for (const t of flow.tags) {
-      const set = this.byTag.get(t);
-      set?.delete(flow);
-      if (set?.size === 0) this.byTag.delete(t);
+      const cur = this.byTag.get(t);
+      if (cur === flow) this.byTag.delete(t);
+      else if (cur instanceof Set) {
+        cur.delete(flow);
+        if (cur.size === 0) this.byTag.delete(t);
+      }
     }
     this.stats.removed[reason]++;
     this.onRemove?.(flow, reason);
@@ -209,9 +238,9 @@ export class FlowTable {
   invalidate(tags: Iterable<string>): number {
     let n = 0;
     for (const t of tags) {
-      const set = this.byTag.get(t);
-      if (!set) continue;
-      for (const f of [...set]) {
+      const cur = this.byTag.get(t);
+      if (cur === undefined) continue;
+      for (const f of cur instanceof Set ? [...cur] : [cur]) {
         this.remove(f, "invalidated");
         n++;
       }
@@ -246,6 +275,7 @@ export class FlowTable {
   }
 
   flowsWithTag(tag: string): Flow[] {
-    return [...(this.byTag.get(tag) ?? [])];
+    const cur = this.byTag.get(tag);
+    return cur === undefined ? [] : cur instanceof Set ? [...cur] : [cur];
   }
 }

@@ -90,17 +90,15 @@ export function toGroups(actions: Action[]): { groups: OutputGroup[]; dropReason
   const groups: OutputGroup[] = [];
   let cur: OutputGroup = { rewrites: {}, outputs: [] };
   let dropReason: string | undefined;
-  const startRewrite = () => {
-    // A rewrite after outputs applies only to later outputs: start a new group carrying what came before.
-    if (cur.outputs.length > 0) {
+  for (const a of actions) {
+    // A rewrite after outputs applies only to later outputs: start a new group carrying what came
+    // before (inline rather than a closure made per call).
+    if ((a.kind === "set" || a.kind === "decTtl") && cur.outputs.length > 0) {
       groups.push(cur);
       cur = { rewrites: { ...cur.rewrites }, outputs: [] };
     }
-  };
-  for (const a of actions) {
     switch (a.kind) {
       case "set":
-        startRewrite();
         if (a.ethSrc !== undefined) cur.rewrites.setEthSrc = mac6(a.ethSrc);
         if (a.ethDst !== undefined) cur.rewrites.setEthDst = mac6(a.ethDst);
         if (a.nwSrc !== undefined) cur.rewrites.setIpSrc = ip4(a.nwSrc);
@@ -109,7 +107,6 @@ export function toGroups(actions: Action[]): { groups: OutputGroup[]; dropReason
         if (a.tpDst !== undefined) cur.rewrites.setTpDst = a.tpDst;
         break;
       case "decTtl":
-        startRewrite();
         cur.rewrites.decTtl = (cur.rewrites.decTtl ?? 0) + a.by;
         break;
       case "output":
@@ -206,15 +203,19 @@ export class EngineSimulator implements Simulator {
       dropReason: r.dropReason ?? dropReason,
       maskFields: this.fieldsOf(r.mask),
       ipDstPrefixBits: ipDstPrefixBits(r, input.key),
-      tags: [...r.tags],
+      // The engine's result is its own per simulation (a fresh list), so no copy.
+      tags: r.tags,
       cacheable: r.cacheable,
-      generated: r.generated.map((g) => ({
-        frame: Buffer.from(g.frame),
-        groups: toGroups(g.actions).groups,
-      })),
+      generated:
+        r.generated.length === 0
+          ? []
+          : r.generated.map((g) => ({
+              frame: Buffer.from(g.frame),
+              groups: toGroups(g.actions).groups,
+            })),
       flowState,
       invalidate: r.invalidate,
-      resubmit: r.resubmit.map(resubmitOf),
+      resubmit: r.resubmit.length === 0 ? [] : r.resubmit.map(resubmitOf),
     };
   }
 

@@ -25,6 +25,8 @@ export function objectTag(kind: string, id: string): string {
       return `macentry:${id}`;
     case "arpEntry":
       return `arpentry:${id}`;
+    case "ipAddrGroupMember":
+      return `ipgroupmember:${id}`;
     default:
       return `${kind}:${id}`;
   }

@@ -21,6 +21,7 @@ const KIND_BY_ENUM: Record<number, Kind> = {
   [topologypb.TopologyKind.TOPOLOGY_KIND_MAC_ENTRY]: "macEntry",
   [topologypb.TopologyKind.TOPOLOGY_KIND_ARP_ENTRY]: "arpEntry",
   [topologypb.TopologyKind.TOPOLOGY_KIND_REMOTE_GATEWAY]: "remoteGateway",
+  [topologypb.TopologyKind.TOPOLOGY_KIND_IP_ADDR_GROUP_MEMBER]: "ipAddrGroupMember",
 };
 
 /**
@@ -34,6 +35,7 @@ export function objectKind(o: Obj): Kind | undefined {
   if (o.macEntry !== undefined) return "macEntry";
   if (o.arpEntry !== undefined) return "arpEntry";
   if (o.route !== undefined) return "route";
+  if (o.ipAddrGroupMember !== undefined) return "ipAddrGroupMember";
   if (o.ipAddrGroup !== undefined) return "ipAddrGroup";
   if (o.portGroup !== undefined) return "portGroup";
   if (o.bridge !== undefined) return "bridge";
@@ -54,6 +56,8 @@ export class TopologyStore {
   readonly ports = new Map<string, topologypb.Port>();
   readonly remoteGateways = new Map<string, topologypb.RemoteGateway>();
   readonly macEntries = new Map<string, topologypb.MacEntry>();
+  /** Address-group members by id (a change to one names its group's flows, even when deleted). */
+  readonly addrGroupMembers = new Map<string, topologypb.IpAddrGroupMember>();
   /** Every object by id, for kinds the agent itself does not index. */
   private readonly others = new Map<string, Obj>();
   revision = 0;
@@ -67,6 +71,7 @@ export class TopologyStore {
     this.ports.clear();
     this.remoteGateways.clear();
     this.macEntries.clear();
+    this.addrGroupMembers.clear();
     this.others.clear();
     for (const o of s.objects) this.upsert(o);
     this.revision = s.revision;
@@ -80,10 +85,19 @@ export class TopologyStore {
       throw new Error(`topology change ${c.revision} is not after revision ${this.revision}`);
     }
     const touched = new Set<string>();
-    for (const o of c.upserts) touched.add(objectTag(objectKind(o) ?? "", this.upsert(o)));
+    // A member joining, leaving or changing changes what its group matches: its group's tag.
+    const memberTouched = (m: topologypb.IpAddrGroupMember | undefined) => {
+      if (m) touched.add(objectTag("ipAddrGroup", m.groupId));
+    };
+    for (const o of c.upserts) {
+      if (o.ipAddrGroupMember) memberTouched(this.addrGroupMembers.get(o.ipAddrGroupMember.id));
+      touched.add(objectTag(objectKind(o) ?? "", this.upsert(o)));
+      memberTouched(o.ipAddrGroupMember);
+    }
     for (const d of c.deletes) {
       const kind = KIND_BY_ENUM[d.kind];
       if (!kind) throw new Error(`topology change ${c.revision}: delete of unknown kind ${d.kind}`);
+      if (kind === "ipAddrGroupMember") memberTouched(this.addrGroupMembers.get(d.id));
       this.remove(kind, d.id);
       touched.add(objectTag(kind, d.id));
     }
@@ -112,6 +126,9 @@ export class TopologyStore {
       case "macEntry":
         this.macEntries.set(id, o.macEntry!);
         break;
+      case "ipAddrGroupMember":
+        this.addrGroupMembers.set(id, o.ipAddrGroupMember!);
+        break;
       default:
         this.others.set(id, o);
     }
@@ -135,6 +152,9 @@ export class TopologyStore {
       case "macEntry":
         this.macEntries.delete(id);
         break;
+      case "ipAddrGroupMember":
+        this.addrGroupMembers.delete(id);
+        break;
       default:
         this.others.delete(id);
     }
@@ -148,6 +168,7 @@ export class TopologyStore {
     for (const port of this.ports.values()) out.push({ port });
     for (const remoteGateway of this.remoteGateways.values()) out.push({ remoteGateway });
     for (const macEntry of this.macEntries.values()) out.push({ macEntry });
+    for (const ipAddrGroupMember of this.addrGroupMembers.values()) out.push({ ipAddrGroupMember });
     out.push(...this.others.values());
     return out;
   }

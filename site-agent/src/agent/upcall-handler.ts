@@ -10,7 +10,14 @@ import { extractKey, type FlowField, KEY, KEY_SIZE, maskFromFields } from "./flo
 import { encodeFlowState, type FlowStateEntry } from "./flow-state.js";
 import type { Flow } from "./flow-table.js";
 import { KeyMaskCache } from "./key-mask-cache.js";
-import type { OutputGroup, SimOutput, SimulationInput, SimulationOutcome, Simulator } from "./simulator.js";
+import type {
+  FlowRewrites,
+  OutputGroup,
+  SimOutput,
+  SimulationInput,
+  SimulationOutcome,
+  Simulator,
+} from "./simulator.js";
 import { agentTag } from "./tags.js";
 import type { TopologyStore } from "./topology-store.js";
 
@@ -40,9 +47,41 @@ export function parseMac(mac: string): Buffer | undefined {
   return Buffer.from(parts.map((p) => Number.parseInt(p, 16)));
 }
 
+/** Whether the frame's Ethernet source is `mac` (compared in place: no view per upcall). */
+function sourceMacIs(frame: Buffer, mac: Buffer): boolean {
+  if (frame.length < 12) return false;
+  for (let i = 0; i < 6; i++) if (frame[6 + i] !== mac[i]) return false;
+  return true;
+}
+
+/** Whether any entry is (not) ARP state, without a closure per call. */
+function anyArp(entries: readonly FlowStateEntry[], arp: boolean): boolean {
+  for (const e of entries) if ((e.arp !== undefined) === arp) return true;
+  return false;
+}
+
+function addTarget(targets: TunnelEndpoint[], ip: string, port: number): void {
+  for (const t of targets) if (t.ip === ip && t.port === port) return;
+  targets.push({ ip, port });
+}
+
 /** Tag lists are a few entries long: a linear check keeps them duplicate-free without a Set. */
 function addTag(tags: string[], t: string): void {
   if (!tags.includes(t)) tags.push(t);
+}
+
+/** The group's rewrites and `outputs` as one FlowActions (what `{ ...rewrites, outputs }` makes,
+ * built field by field: the spread of an object literal costs a dictionary-shaped copy). */
+function withOutputs(r: FlowRewrites, outputs: FlowOutput[]): FlowActions {
+  const a: FlowActions = { outputs };
+  if (r.setEthSrc !== undefined) a.setEthSrc = r.setEthSrc;
+  if (r.setEthDst !== undefined) a.setEthDst = r.setEthDst;
+  if (r.decTtl !== undefined) a.decTtl = r.decTtl;
+  if (r.setIpSrc !== undefined) a.setIpSrc = r.setIpSrc;
+  if (r.setIpDst !== undefined) a.setIpDst = r.setIpDst;
+  if (r.setTpSrc !== undefined) a.setTpSrc = r.setTpSrc;
+  if (r.setTpDst !== undefined) a.setTpDst = r.setTpDst;
+  return a;
 }
 
 function drop(reason: string): UpcallDecision {
@@ -69,7 +108,7 @@ export class UpcallHandler {
     if (!port || portId === undefined) return drop("unknown_port");
     // A VM may only send from its own MAC; an uplink carries the external network's hosts.
     const mac = port.type === topologypb.PortType.PORT_TYPE_VM ? this.portMac(port.mac) : undefined;
-    if (mac && !mac.equals(u.frame.subarray(6, 12))) {
+    if (mac && !sourceMacIs(u.frame, mac)) {
       // Cache the drop so a VM spraying spoofed frames does not keep the simulator busy.
       return {
         actions: { outputs: [], dropReason: "spoofed_mac" },
@@ -123,12 +162,19 @@ export class UpcallHandler {
     const tags: string[] = [];
     for (const t of r.tags) addTag(tags, t);
     for (const t of extraTags) addTag(tags, t);
-    // Only connection state (not ARP) is sent to the tunnel peers collected here.
-    const stateTargets = r.flowState.some((e) => !e.arp) ? new Map<string, TunnelEndpoint>() : undefined;
-    const groups = r.groups.map((g) => this.resolveGroup(g, tags, stateTargets));
+    // Only connection state (not ARP) is sent to the tunnel peers collected here (in the order
+    // first seen, each once; a few at most, so a list rather than a Map).
+    const stateTargets: TunnelEndpoint[] | undefined = anyArp(r.flowState, false) ? [] : undefined;
+    const groups: { actions: FlowActions; unreachable: string | undefined }[] = [];
+    let anyOutput = false;
+    for (const g of r.groups) {
+      const resolved = this.resolveGroup(g, tags, stateTargets);
+      if (resolved.actions.outputs.length > 0) anyOutput = true;
+      groups.push(resolved);
+    }
     const first = groups[0] ?? { actions: { outputs: [] }, unreachable: undefined };
     const actions: FlowActions = first.actions;
-    if (groups.every((g) => g.actions.outputs.length === 0)) {
+    if (!anyOutput) {
       actions.dropReason = r.dropReason ?? first.unreachable ?? "no_egress";
     }
     // Later groups (rewrites between outputs) go out as copies; such results are not cached.
@@ -149,8 +195,10 @@ export class UpcallHandler {
     let arpState: FlowStateEntry[] | undefined;
     let arpTargets: TunnelEndpoint[] | undefined;
     let connTargets: TunnelEndpoint[] | undefined;
-    const connState = r.flowState.length === 0 ? r.flowState : r.flowState.filter((e) => !e.arp);
-    if (connState.length < r.flowState.length) {
+    const hasArp = anyArp(r.flowState, true);
+    // The outcome's own list when none of it is ARP state (the common case: no copy).
+    const connState = hasArp ? r.flowState.filter((e) => !e.arp) : r.flowState;
+    if (hasArp) {
       // An external neighbour's MAC learned on an uplink: any host of the site may route there.
       arpState = r.flowState.filter((e) => e.arp);
       arpTargets = [...this.o.store.hosts.values()]
@@ -160,12 +208,10 @@ export class UpcallHandler {
     if (connState.length > 0 && stateTargets) {
       // Return traffic may come back through the egress hosts or, across sites, the gateways.
       for (const g of this.o.store.gateways()) {
-        if (g.id !== this.o.hostId && g.tunnelIp !== "") {
-          const port = g.tunnelPort || 4789;
-          stateTargets.set(`${g.tunnelIp}:${port}`, { ip: g.tunnelIp, port });
-        }
+        if (g.id !== this.o.hostId && g.tunnelIp !== "")
+          addTarget(stateTargets, g.tunnelIp, g.tunnelPort || 4789);
       }
-      const targets = [...stateTargets.values()];
+      const targets = stateTargets;
       connTargets = targets;
       const refreshMs = this.o.stateRefreshMs ?? 1000;
       let lastSent = this.o.clock();
@@ -236,7 +282,7 @@ export class UpcallHandler {
   private resolveGroup(
     g: OutputGroup,
     tags: string[],
-    stateTargets: Map<string, TunnelEndpoint> | undefined,
+    stateTargets: TunnelEndpoint[] | undefined,
   ): { actions: FlowActions; unreachable: string | undefined } {
     const outputs: FlowOutput[] = [];
     let unreachable: string | undefined;
@@ -247,11 +293,9 @@ export class UpcallHandler {
         continue;
       }
       outputs.push(out);
-      if (out.kind === "tunnel" && stateTargets) {
-        stateTargets.set(`${out.remoteIp}:${out.remotePort}`, { ip: out.remoteIp, port: out.remotePort });
-      }
+      if (out.kind === "tunnel" && stateTargets) addTarget(stateTargets, out.remoteIp, out.remotePort);
     }
-    return { actions: { ...g.rewrites, outputs }, unreachable };
+    return { actions: withOutputs(g.rewrites, outputs), unreachable };
   }
 
   private sendState(entries: FlowStateEntry[], targets: TunnelEndpoint[]): void {

@@ -6,7 +6,7 @@ import type { Logger } from "@isthmus/schema";
 import type { TunnelEndpoint, Upcall, UpcallDecision, UpcallHandler } from "./datapath.js";
 import { type FlowActions, validateActions } from "./flow-actions.js";
 import { extractKey, KEY_SIZE } from "./flow-key.js";
-import type { Flow, FlowTable } from "./flow-table.js";
+import type { Flow, FlowTable, InstallRequest } from "./flow-table.js";
 import { DEFAULT_UPCALL_LIMITS, UpcallQueue, type UpcallQueueLimits } from "./upcall-queue.js";
 
 export interface UpcallPumpHooks {
@@ -16,7 +16,10 @@ export interface UpcallPumpHooks {
   countDrop(reason: string): void;
   /** A packet matched an installed flow in userspace, on arrival or after waiting in the queue. */
   flowHit?(flow: Flow, key: Buffer): void;
-  /** A simulated packet's flow was installed in the userspace table (times in `t`). */
+  /**
+   * A simulated packet's flow was installed in the userspace table (times in `t`, an object the
+   * pump reuses: read it during the call, do not keep it).
+   */
   flowInstalled?(flow: Flow, u: Upcall, t: UpcallTiming): void;
 }
 
@@ -47,11 +50,43 @@ interface Queued {
   arrivedAt: number;
   offeredAt: number;
   handledAt: number;
+  /** The table's install count when offer() found no flow for it. */
+  installsAtOffer: number;
 }
+
+const EMPTY_ACTIONS: FlowActions = { outputs: [] };
+const NO_TAGS: readonly string[] = [];
+
+/** Queue names of the sources seen, kept so a miss does not build its `port:<n>` string. */
+const SOURCE_NAMES_LIMIT = 4096;
 
 export class UpcallPump {
   private readonly queue: UpcallQueue<Queued>;
   private readonly key = Buffer.alloc(KEY_SIZE);
+  private readonly portSources = new Map<number, string>();
+  /**
+   * Reused per install and per flowInstalled call (the table and the hook read them during the
+   * call and keep nothing of them): every new flow would otherwise allocate both, with a boxed
+   * number per time.
+   */
+  private readonly installReq: InstallRequest = {
+    match: this.key,
+    mask: this.key,
+    actions: { outputs: [] },
+    tags: [],
+    idleTimeoutMs: undefined,
+    hardTimeoutMs: undefined,
+    onHit: undefined,
+  };
+  private readonly timing: UpcallTiming = {
+    arrivedAt: 0,
+    offeredAt: 0,
+    handledAt: 0,
+    decidedAt: 0,
+    installedAt: 0,
+  };
+  /** While set, offer() leaves draining to the caller (it drains right after its batch). */
+  private holding = false;
   private readonly concurrency: number;
   private handler: UpcallHandler | undefined;
   private inFlight = 0;
@@ -81,6 +116,20 @@ export class UpcallPump {
     return this.queue.size;
   }
 
+  /**
+   * Offers a batch and drains once after it, instead of scheduling a drain on the next turn
+   * (the datapath simulates a batch's misses at the end of its read).
+   */
+  offerBatch(offers: () => void): void {
+    this.holding = true;
+    try {
+      offers();
+    } finally {
+      this.holding = false;
+    }
+    this.drain();
+  }
+
   setHandler(handler: UpcallHandler): void {
     this.handler = handler;
   }
@@ -98,6 +147,8 @@ export class UpcallPump {
    * A frame that entered on `portNo` (0 = from a tunnel, with `tunnelKey`): forwarded by its flow
    * when one matches, else queued (as a copy) for the handler. The caller flushes after a batch of offers.
    * `arrivedAt` (performance.now() ms) is when the datapath first saw it, when earlier than now.
+   * `owned`: the frame is the caller's to give away (a buffer of its own, not a view into a receive
+   * arena), so it is queued as it is rather than copied.
    */
   offer(
     frame: Buffer,
@@ -106,6 +157,7 @@ export class UpcallPump {
     traced: boolean,
     from?: TunnelEndpoint,
     arrivedAt?: number,
+    owned = false,
   ): void {
     if (!extractKey(frame, portNo, tunnelKey, this.key)) {
       this.hooks.countDrop("malformed_frame");
@@ -118,23 +170,40 @@ export class UpcallPump {
       this.hooks.output(frame, flow.actions);
       return;
     }
-    const source = portNo !== 0 ? `port:${portNo}` : `tunnel:${from?.ip ?? "?"}`;
-    // A copy: the caller's frame may be a view into a receive arena that its next batch reuses
-    // (AF_PACKET ports, the native tunnel socket), and a queued packet outlives the batch.
+    const source = portNo !== 0 ? this.portSource(portNo) : `tunnel:${from?.ip ?? "?"}`;
+    // A copy unless owned: the caller's frame may be a view into a receive arena that its next
+    // batch reuses (AF_PACKET ports, the native tunnel socket), and a queued packet outlives the batch.
     const u: Upcall = {
       portNo,
       tunnelKey,
       traced,
-      frame: Buffer.from(frame),
+      frame: owned ? frame : Buffer.from(frame),
       key: Buffer.from(this.key),
       from,
     };
     const offeredAt = performance.now();
-    if (!this.queue.push(source, { u, arrivedAt: arrivedAt ?? offeredAt, offeredAt, handledAt: 0 })) {
+    const queued: Queued = {
+      u,
+      arrivedAt: arrivedAt ?? offeredAt,
+      offeredAt,
+      handledAt: 0,
+      installsAtOffer: this.table.stats.installs,
+    };
+    if (!this.queue.push(source, queued)) {
       this.hooks.countDrop("upcall_queue_full");
       return;
     }
-    this.schedule();
+    if (!this.holding) this.schedule();
+  }
+
+  private portSource(portNo: number): string {
+    let s = this.portSources.get(portNo);
+    if (s === undefined) {
+      if (this.portSources.size >= SOURCE_NAMES_LIMIT) this.portSources.clear();
+      s = `port:${portNo}`;
+      this.portSources.set(portNo, s);
+    }
+    return s;
   }
 
   private schedule(): void {
@@ -150,12 +219,15 @@ export class UpcallPump {
   drain(): void {
     const hooks = this.hooks;
     while (!this.stopped && this.inFlight < this.concurrency) {
-      const next = this.queue.shift();
-      if (!next) break;
-      const q = next.item;
+      const q = this.queue.take();
+      if (!q) break;
       const u = q.u;
-      // An earlier upcall may have installed this packet's flow while it waited.
-      const flow = u.traced ? undefined : this.table.lookup(u.key, u.frame.length, this.clock());
+      // An earlier upcall may have installed this packet's flow while it waited (the table's
+      // install count tells whether anything was installed since the offer looked).
+      const flow =
+        u.traced || this.table.stats.installs === q.installsAtOffer
+          ? undefined
+          : this.table.lookup(u.key, u.frame.length, this.clock());
       if (flow) {
         hooks.flowHit?.(flow, u.key);
         hooks.output(u.frame, flow.actions);
@@ -210,19 +282,36 @@ export class UpcallPump {
     if (d.install && !u.traced) {
       const decidedAt = hooks.flowInstalled ? performance.now() : 0;
       validateActions(d.actions);
-      const flow = this.table.install({ ...d.install, match: u.key, actions: d.actions }, this.clock());
+      const req = this.installReq;
+      const ins = d.install;
+      req.match = u.key;
+      req.mask = ins.mask;
+      req.actions = d.actions;
+      req.tags = ins.tags;
+      req.idleTimeoutMs = ins.idleTimeoutMs;
+      req.hardTimeoutMs = ins.hardTimeoutMs;
+      req.onHit = ins.onHit;
+      let flow: Flow | undefined;
+      try {
+        flow = this.table.install(req, this.clock());
+      } finally {
+        // Nothing of this decision stays reachable from the reused request.
+        req.match = req.mask = this.key;
+        req.actions = EMPTY_ACTIONS;
+        req.tags = NO_TAGS;
+        req.onHit = undefined;
+      }
       if (flow) {
         flow.packets++;
         flow.bytes += u.frame.length;
         if (hooks.flowInstalled) {
-          const { arrivedAt, offeredAt, handledAt } = q;
-          hooks.flowInstalled(flow, u, {
-            arrivedAt,
-            offeredAt,
-            handledAt,
-            decidedAt,
-            installedAt: performance.now(),
-          });
+          const t = this.timing;
+          t.arrivedAt = q.arrivedAt;
+          t.offeredAt = q.offeredAt;
+          t.handledAt = q.handledAt;
+          t.decidedAt = decidedAt;
+          t.installedAt = performance.now();
+          hooks.flowInstalled(flow, u, t);
         }
       }
     }

@@ -27,3 +27,17 @@ test("the total bound holds across sources, and dropping a source frees its shar
   for (let x = q.shift(); x; x = q.shift()) seen.add(x.source);
   assert.deepEqual([...seen].sort(), ["b", "c", "d", "e"]);
 });
+
+test("take() hands out items in the same fair order as shift(), and an emptied source queues again", () => {
+  const q = new UpcallQueue<number>({ perSource: 4, total: 16 });
+  q.push("a", 1);
+  q.push("a", 2);
+  q.push("b", 3);
+  const order: number[] = [];
+  for (let x = q.take(); x !== undefined; x = q.take()) order.push(x);
+  assert.deepEqual(order, [1, 3, 2]);
+  assert.equal(q.size, 0);
+  assert.ok(q.push("a", 4));
+  assert.deepEqual(q.shift(), { source: "a", item: 4 });
+  assert.equal(q.take(), undefined);
+});

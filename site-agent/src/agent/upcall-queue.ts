@@ -9,6 +9,9 @@ export interface UpcallQueueLimits {
   total: number;
 }
 
+/** Sources whose emptied queue is kept for reuse; beyond it an emptied queue is dropped. */
+const IDLE_SOURCES_KEPT = 1024;
+
 export const DEFAULT_UPCALL_LIMITS: UpcallQueueLimits = { perSource: 256, total: 4096 };
 
 export class UpcallQueue<T> {
@@ -45,14 +48,23 @@ export class UpcallQueue<T> {
 
   /** Takes the next item, one source at a time in turn. */
   shift(): { source: string; item: T } | undefined {
+    const source = this.ready[0];
+    const item = this.take();
+    return item === undefined || source === undefined ? undefined : { source, item };
+  }
+
+  /** As shift(), without saying whose it was (allocates nothing). */
+  take(): T | undefined {
     const source = this.ready.shift();
     if (source === undefined) return undefined;
     const q = this.queues.get(source)!;
     const item = q.shift() as T;
     this.depth--;
     if (q.length > 0) this.ready.push(source);
-    else this.queues.delete(source);
-    return { source, item };
+    // An emptied queue is kept for its source's next packet (one array per source rather than
+    // one per burst), up to a bound on idle sources.
+    else if (this.queues.size > IDLE_SOURCES_KEPT) this.queues.delete(source);
+    return item;
   }
 
   /** Forgets a source (its port went away). */

@@ -68,8 +68,29 @@ function sample(): Obj[] {
       }),
     },
     { remoteGateway: P.RemoteGateway.fromPartial({ id: "rg1", site: "b", ip: "192.0.2.1", port: 4789 }) },
+    {
+      ipAddrGroupMember: P.IpAddrGroupMember.fromPartial({
+        id: "gm1",
+        groupId: "g1",
+        addresses: ["172.16.0.9", "fd00::9"],
+        intentId: "p1",
+      }),
+    },
   ];
 }
+
+test("the sample holds every kind of topology object (a new kind fails here until the decoder reads it)", () => {
+  const kinds = new Set(sample().map((o) => objectKind(o)));
+  const enumKinds = Object.values(topologypb.TopologyKind).filter((v) => typeof v === "number" && v > 0);
+  assert.equal(kinds.size, enumKinds.length);
+  const d = new WatchEventDecoder();
+  const ours = d.decode(encode({ snapshot: { revision: 1, objects: sample() } })).snapshot!;
+  assert.deepEqual(
+    ours.objects.map((o) => objectKind(o)),
+    sample().map((o) => objectKind(o)),
+    "no object decoded empty",
+  );
+});
 
 function encode(ev: topologypb.WatchTopologyResponse): Buffer {
   return Buffer.from(topologypb.WatchTopologyResponse.encode(ev).finish());

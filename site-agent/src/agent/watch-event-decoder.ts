@@ -150,7 +150,7 @@ export class WatchEventDecoder {
     while (r.pos < end) {
       const tag = r.uint32();
       // Every kind is a length-delimited message; any other wire type is skipped, as generated.
-      if ((tag & 7) !== 2 || tag >>> 3 < 1 || tag >>> 3 > 12) {
+      if ((tag & 7) !== 2 || tag >>> 3 < 1 || tag >>> 3 > 13) {
         if ((tag & 7) === 4 || tag === 0) break;
         r.skip(tag & 7);
         continue;
@@ -193,6 +193,9 @@ export class WatchEventDecoder {
           break;
         case 12:
           o = { remoteGateway: P.RemoteGateway.decode(r, n) };
+          break;
+        case 13:
+          o = { ipAddrGroupMember: P.IpAddrGroupMember.decode(r, n) };
           break;
       }
     }

@@ -24,6 +24,7 @@ const TOPOLOGY_CASES: [keyof TopologyObject, topologypb.TopologyKind][] = [
   ["macEntry", TK.TOPOLOGY_KIND_MAC_ENTRY],
   ["arpEntry", TK.TOPOLOGY_KIND_ARP_ENTRY],
   ["remoteGateway", TK.TOPOLOGY_KIND_REMOTE_GATEWAY],
+  ["ipAddrGroupMember", TK.TOPOLOGY_KIND_IP_ADDR_GROUP_MEMBER],
 ];
 
 export interface IntentKey {

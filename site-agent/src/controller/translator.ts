@@ -19,9 +19,10 @@ import {
  * different topology (new object shapes, new ids): a site's stored topology is then moved to the
  * new derivation when its controller next becomes active (IntentApplier.reconcileTranslation).
  * 1: each VM port with its own inbound and outbound chains. 2: ports with the same groups share
- * a profile's chains.
+ * a profile's chains. 3: a security group's address group lists no addresses itself; each member
+ * port's are an IpAddrGroupMember of their own.
  */
-export const TRANSLATION_VERSION = 2;
+export const TRANSLATION_VERSION = 3;
 
 export interface Translator {
   /**

@@ -193,6 +193,13 @@ export class TopologyBuilder {
     return g;
   }
 
+  /** A member of address group `group` holding `addresses` (a port's, as translation derives them). */
+  ipGroupMember(group: topologypb.IpAddrGroup, addresses: string[]): topologypb.IpAddrGroupMember {
+    const m = { id: this.id("member"), groupId: group.id, addresses, intentId: "" };
+    this.objects.push({ ipAddrGroupMember: m });
+    return m;
+  }
+
   portGroup(portIds: string[], stateful = true): topologypb.PortGroup {
     const g = { id: this.id("portgroup"), name: "", portIds, stateful };
     this.objects.push({ portGroup: g });

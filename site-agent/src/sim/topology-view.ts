@@ -104,6 +104,80 @@ export interface IpGroupView {
   readonly v6: Cidr6[];
 }
 
+/**
+ * The addresses of one address group: its own plus every member's, each counted (two ports may
+ * hold one address), so a member joining or leaving costs its own addresses, not the group's.
+ */
+class IpGroupAddresses implements IpGroupView {
+  readonly tag: Tag;
+  readonly v4 = new Set<number>();
+  readonly v4Cidrs: Cidr4[] = [];
+  readonly v6: Cidr6[] = [];
+  /** The group object's own addresses (undefined: no such object, rules naming it match nothing). */
+  own: string[] | undefined;
+  readonly members = new Set<string>();
+  private readonly counts = new Map<string, number>();
+
+  constructor(id: string) {
+    this.tag = new Tag(tag.ipGroup(id));
+  }
+
+  get empty(): boolean {
+    return this.own === undefined && this.members.size === 0;
+  }
+
+  add(addresses: readonly string[]): void {
+    for (const a of addresses) {
+      const p = parseGroupAddress(a);
+      if (!p) continue;
+      const n = this.counts.get(p.key) ?? 0;
+      this.counts.set(p.key, n + 1);
+      if (n > 0) continue;
+      if (p.v4 !== undefined) this.v4.add(p.v4);
+      else if (p.cidr4) this.v4Cidrs.push(p.cidr4);
+      else if (p.cidr6) this.v6.push(p.cidr6);
+    }
+  }
+
+  remove(addresses: readonly string[]): void {
+    for (const a of addresses) {
+      const p = parseGroupAddress(a);
+      if (!p) continue;
+      const n = this.counts.get(p.key) ?? 0;
+      if (n > 1) {
+        this.counts.set(p.key, n - 1);
+        continue;
+      }
+      if (n === 0) continue;
+      this.counts.delete(p.key);
+      if (p.v4 !== undefined) this.v4.delete(p.v4);
+      else if (p.cidr4) removeWhere(this.v4Cidrs, (c) => c.addr === p.cidr4!.addr && c.len === p.cidr4!.len);
+      else if (p.cidr6) removeWhere(this.v6, (c) => cidr6Key(c) === p.key);
+    }
+  }
+}
+
+function removeWhere<T>(xs: T[], f: (x: T) => boolean): void {
+  const i = xs.findIndex(f);
+  if (i >= 0) xs.splice(i, 1);
+}
+
+const cidr6Key = (c: Cidr6): string => `6/${formatIp6(c.addr)}/${c.len}`;
+
+/** One address of a group, parsed, with a key equal for equal addresses however written. */
+function parseGroupAddress(
+  a: string,
+): { key: string; v4?: number; cidr4?: Cidr4; cidr6?: Cidr6 } | undefined {
+  if (a.includes(":")) {
+    const c = parseCidr6(a);
+    return c ? { key: cidr6Key(c), cidr6: c } : undefined;
+  }
+  const c = parseCidr4(a);
+  if (!c) return undefined;
+  if (c.len === 32) return { key: `4/${c.addr}`, v4: c.addr };
+  return { key: `4/${c.addr}/${c.len}`, cidr4: c };
+}
+
 export interface PortGroupView {
   readonly tag: Tag;
   readonly ports: Set<string>;
@@ -189,6 +263,9 @@ export class TopologyView {
   private readonly rawMacs = new Map<string, topologypb.MacEntry>();
   private readonly rawArps = new Map<string, topologypb.ArpEntry>();
   private readonly rawGateways = new Map<string, topologypb.RemoteGateway>();
+  /** Address groups by id (their own addresses and their members'); in ipGroups while the group exists. */
+  private readonly groupAddresses = new Map<string, IpGroupAddresses>();
+  private readonly rawMembers = new Map<string, topologypb.IpAddrGroupMember>();
   private readonly portsByDevice = new Map<string, Set<string>>();
   private readonly rulesByChain = new Map<string, Set<string>>();
   private readonly routesByRouter = new Map<string, Set<string>>();
@@ -321,10 +398,28 @@ export class TopologyView {
           index(this.rulesByChain, r.chainId, id, false);
           break;
         }
-        case K.TOPOLOGY_KIND_IP_ADDR_GROUP:
+        case K.TOPOLOGY_KIND_IP_ADDR_GROUP: {
           this.ipGroups.delete(id);
           tags.add(tag.ipGroup(id));
+          const g = this.groupAddresses.get(id);
+          if (!g?.own) break;
+          g.remove(g.own);
+          g.own = undefined;
+          if (g.empty) this.groupAddresses.delete(id);
           break;
+        }
+        case K.TOPOLOGY_KIND_IP_ADDR_GROUP_MEMBER: {
+          const m = this.rawMembers.get(id);
+          if (!m) break;
+          this.rawMembers.delete(id);
+          tags.add(tag.ipGroup(m.groupId));
+          const g = this.groupAddresses.get(m.groupId);
+          if (!g) break;
+          g.remove(m.addresses);
+          g.members.delete(id);
+          if (g.empty) this.groupAddresses.delete(m.groupId);
+          break;
+        }
         case K.TOPOLOGY_KIND_PORT_GROUP:
           this.portGroups.delete(id);
           tags.add(tag.portGroup(id));
@@ -402,8 +497,20 @@ export class TopologyView {
         index(this.rulesByChain, o.rule.chainId, o.rule.id, true);
         ruleTouched(o.rule);
       } else if (o.ipAddrGroup) {
-        this.ipGroups.set(o.ipAddrGroup.id, buildIpGroup(o.ipAddrGroup));
+        remove(K.TOPOLOGY_KIND_IP_ADDR_GROUP, o.ipAddrGroup.id);
+        const g = this.addressesOf(o.ipAddrGroup.id);
+        g.own = o.ipAddrGroup.addresses;
+        g.add(g.own);
+        this.ipGroups.set(o.ipAddrGroup.id, g);
         tags.add(tag.ipGroup(o.ipAddrGroup.id));
+      } else if (o.ipAddrGroupMember) {
+        const m = o.ipAddrGroupMember;
+        remove(K.TOPOLOGY_KIND_IP_ADDR_GROUP_MEMBER, m.id);
+        this.rawMembers.set(m.id, m);
+        const g = this.addressesOf(m.groupId);
+        g.members.add(m.id);
+        g.add(m.addresses);
+        tags.add(tag.ipGroup(m.groupId));
       } else if (o.portGroup) {
         this.portGroups.set(o.portGroup.id, {
           tag: new Tag(tag.portGroup(o.portGroup.id)),
@@ -440,6 +547,16 @@ export class TopologyView {
     for (const id of dirtyChains) this.rebuildChain(id);
     if (change.revision > this.revision) this.revision = change.revision;
     return collectTags ? [...(tags as Set<string>)] : [];
+  }
+
+  /** The address group `id`, created (holding nothing) when absent. */
+  private addressesOf(id: string): IpGroupAddresses {
+    let g = this.groupAddresses.get(id);
+    if (!g) {
+      g = new IpGroupAddresses(id);
+      this.groupAddresses.set(id, g);
+    }
+    return g;
   }
 
   private devicePorts(id: string): PortView[] {
@@ -586,22 +703,4 @@ export class TopologyView {
     for (let i = 0; i < rules.length; i++) rules[i]!.index = i;
     this.chains.set(id, { id, tag: new Tag(tag.chain(id)), rules, runs: indexRules(rules) });
   }
-}
-
-function buildIpGroup(g: topologypb.IpAddrGroup): IpGroupView {
-  const v4 = new Set<number>();
-  const v4Cidrs: Cidr4[] = [];
-  const v6: Cidr6[] = [];
-  for (const a of g.addresses) {
-    if (a.includes(":")) {
-      const c = parseCidr6(a);
-      if (c) v6.push(c);
-    } else {
-      const c = parseCidr4(a);
-      if (!c) continue;
-      if (c.len === 32) v4.add(c.addr);
-      else v4Cidrs.push(c);
-    }
-  }
-  return { tag: new Tag(tag.ipGroup(g.id)), v4, v4Cidrs, v6 };
 }

@@ -35,7 +35,7 @@ import { UpcallPump, type UpcallPumpSettings, type UpcallTiming } from "../upcal
 import { finishOffloads } from "../vnet-offload.js";
 import type { BpfMap } from "./bpf-map.js";
 import { FLOW_KEY_SIZE, FLOW_VALUE_SIZE } from "./flow-map-codec.js";
-import { FlowSetupProfile, type FlowSetupReport } from "./flow-setup-profile.js";
+import { FlowSetupProfile, type FlowSetupReport, type SetupSample } from "./flow-setup-profile.js";
 import { type KernelFlowContext, kernelFlowFor, TUNNEL_PORT_PEER } from "./kernel-flow.js";
 import { deleteLink, interfaceWithAddress, type LinkInfo, linkInfo, runIn } from "./netns-exec.js";
 import { possibleCpus, TcPrograms } from "./tc-programs.js";
@@ -85,11 +85,13 @@ interface BoundPort extends PortCounters {
 
 interface KernelEntry {
   key: Buffer;
-  hex: string;
+  /** The key's bytes as a (latin1) string: its name in `entries`. */
+  name: string;
   flow: Flow;
   inPortNo: number;
   outPortNo: number | undefined;
-  tunnel: string | undefined;
+  /** The counters of the tunnel peer it sends to (shared by that peer's entries). */
+  tunnel: PortCounters | undefined;
   /** Written into the value's agent_id: finds the entry from a bulk read. */
   id: number;
   /** The sync walk that last saw it, or that was under way when it was written. */
@@ -169,7 +171,8 @@ export class KernelDatapath implements Datapath {
   private readonly drops = new Map<string, number>();
   private readonly kernelDropsSeen = new Map<number, bigint>();
   private readonly entries = new Map<string, KernelEntry>();
-  private readonly entriesByFlow = new Map<Flow, Set<KernelEntry>>();
+  /** A flow's entries: most flows have one, held as it is (no Set per flow for GC to move). */
+  private readonly entriesByFlow = new Map<Flow, KernelEntry | Set<KernelEntry>>();
   private readonly entriesById = new Map<number, KernelEntry>();
   private nextEntryId = 1;
   /** The counter read-back in progress (it runs in chunks so a large map never stalls the loop). */
@@ -216,6 +219,24 @@ export class KernelDatapath implements Datapath {
    * was encoded: the flow-setup profile's stage boundaries. */
   private batchReadAt = 0;
   private lastEncodedAt = 0;
+  /** Filled per recorded setup (the profile copies the numbers): no object per new flow. */
+  private readonly sample: SetupSample = {
+    arrivedAt: 0,
+    offeredAt: 0,
+    handledAt: 0,
+    decidedAt: 0,
+    installedAt: 0,
+    readAt: 0,
+    encodedAt: 0,
+    writtenAt: 0,
+  };
+  /** Set while a batch read from the upcall path is handled (it flushes its writes at its end). */
+  private inBatch = false;
+  /** Reinjection targets, filled per frame written (withReinjectTrailer copies them). */
+  private readonly portTarget = { kind: "port" as const, ifindex: 0 };
+  private readonly tunnelTarget = { kind: "tunnel" as const, vxlanIfindex: 0, vni: 0, remote: "" };
+  /** Per tunnel peer IP: its counters' key and the counters, for the device's own UDP port. */
+  private readonly tunnelByIp = new Map<string, PortCounters>();
   /** CLOCK_MONOTONIC ms (the programs' bpf_ktime_get_ns) minus performance.now(). */
   private readonly monoOffsetMs = monotonicOffsetMs();
 
@@ -464,7 +485,8 @@ export class KernelDatapath implements Datapath {
       return;
     }
     for (const t of to) this.sendTunnel(payload, TUNNEL_KEY.flowState, t.ip, t.port);
-    this.scheduleFlush();
+    // A batch being handled flushes at its end; anything else is flushed on the next turn.
+    if (!this.inBatch) this.scheduleFlush();
   }
 
   install(req: InstallRequest): Flow | undefined {
@@ -498,7 +520,8 @@ export class KernelDatapath implements Datapath {
   dumpFlows(): FlowDump[] {
     const now = this.clock();
     return this.table.flows().map((f) => {
-      const kernelEntries = this.entriesByFlow.get(f)?.size ?? 0;
+      const es = this.entriesByFlow.get(f);
+      const kernelEntries = es === undefined ? 0 : es instanceof Set ? es.size : 1;
       const reason = this.userspaceReason.get(f);
       const path =
         kernelEntries > 0 ? `kernel: ${kernelEntries} entries` : `userspace: ${reason ?? "no kernel entry"}`;
@@ -693,8 +716,8 @@ export class KernelDatapath implements Datapath {
       this.userspaceReason.set(flow, e.userspace);
       return;
     }
-    const hex = e.key.toString("hex");
-    const old = this.entries.get(hex);
+    const name = e.key.toString("latin1");
+    const old = this.entries.get(name);
     if (old) this.forgetEntry(old);
     if (this.entries.size >= KERNEL_FLOW_MAP_SIZE) {
       this.userspaceReason.set(flow, "kernel flow map full");
@@ -714,42 +737,43 @@ export class KernelDatapath implements Datapath {
     const out = flow.actions.outputs[0];
     const entry: KernelEntry = {
       key: e.key,
-      hex,
+      name,
       flow,
       inPortNo: key.readUInt32BE(0),
       outPortNo: out?.kind === "port" ? out.portNo : undefined,
-      tunnel: out?.kind === "tunnel" ? `${out.remoteIp}:${out.remotePort}` : undefined,
+      tunnel: out?.kind === "tunnel" ? this.tunnelCounters(out.remoteIp, out.remotePort) : undefined,
       id,
       seen: this.walkEpoch,
       packets: 0,
       bytes: 0,
       lastUsedMs: 0,
     };
-    this.entries.set(hex, entry);
+    this.entries.set(name, entry);
     this.entriesById.set(id, entry);
-    let set = this.entriesByFlow.get(flow);
-    if (!set) {
-      set = new Set();
-      this.entriesByFlow.set(flow, set);
-    }
-    set.add(entry);
+    const cur = this.entriesByFlow.get(flow);
+    if (cur === undefined) this.entriesByFlow.set(flow, entry);
+    else if (cur instanceof Set) cur.add(entry);
+    else this.entriesByFlow.set(flow, new Set([cur, entry]));
     this.kernelInstalls++;
   }
 
   private forgetEntry(e: KernelEntry): void {
-    this.entries.delete(e.hex);
+    this.entries.delete(e.name);
     this.entriesById.delete(e.id);
-    const set = this.entriesByFlow.get(e.flow);
-    set?.delete(e);
-    if (set && set.size === 0) this.entriesByFlow.delete(e.flow);
+    const cur = this.entriesByFlow.get(e.flow);
+    if (cur === e) this.entriesByFlow.delete(e.flow);
+    else if (cur instanceof Set) {
+      cur.delete(e);
+      if (cur.size === 0) this.entriesByFlow.delete(e.flow);
+    }
   }
 
   private removeKernelEntries(flow: Flow): void {
-    const set = this.entriesByFlow.get(flow);
-    if (!set) return;
+    const cur = this.entriesByFlow.get(flow);
+    if (cur === undefined) return;
     this.entriesByFlow.delete(flow);
-    for (const e of set) {
-      this.entries.delete(e.hex);
+    for (const e of cur instanceof Set ? cur : [cur]) {
+      this.entries.delete(e.name);
       this.entriesById.delete(e.id);
       this.maps?.flows.delete(e.key);
     }
@@ -834,9 +858,8 @@ export class KernelDatapath implements Datapath {
       outPort.txBytes += db;
     }
     if (e.tunnel) {
-      const t = this.tunnelCounters(e.tunnel);
-      t.txPackets += dp;
-      t.txBytes += db;
+      e.tunnel.txPackets += dp;
+      e.tunnel.txBytes += db;
     }
     f.onHit?.(f, now);
   }
@@ -862,65 +885,81 @@ export class KernelDatapath implements Datapath {
   private onUpcallBuffers(bufs: Buffer[]): void {
     if (this.stopped) return;
     this.batchReadAt = performance.now();
-    for (const b of bufs) {
-      const u = parseUpcall(b);
-      if ("drop" in u) {
-        this.countDrop(u.drop);
-        continue;
-      }
-      const fin = finishOffloads(u.vnetFrame);
-      if ("drop" in fin) {
-        this.countDrop(fin.drop);
-        continue;
-      }
-      const { portNo, tunId, remote } = u.meta;
-      // The miss time the program stamped, on performance.now()'s scale.
-      const missAt = Number(u.meta.missNs) / 1e6 - this.monoOffsetMs;
-      for (const frame of fin.frames) {
-        if (portNo !== 0) {
-          const port = this.ports.get(portNo);
-          if (!port) {
-            this.countDrop("upcall_port_gone");
-            continue;
-          }
-          port.rxPackets++;
-          port.rxBytes += frame.length;
-          this.pump.offer(frame, portNo, 0, false, undefined, missAt);
-          continue;
-        }
-        const from = { ip: remote, port: this.opts.tunnelPort };
-        const t = this.tunnelCounters(`${remote}:${this.opts.tunnelPort}`);
-        t.rxPackets++;
-        t.rxBytes += frame.length;
-        if (tunId === TUNNEL_KEY.flowState) {
-          if (this.flowStateHandler) this.flowStateHandler(frame, from);
-          else this.countDrop("flow_state_unhandled");
-          continue;
-        }
-        const key = tunId & ~TUNNEL_KEY.traceBit;
-        if (key === 0) {
-          this.countDrop("vxlan_key_zero");
-          continue;
-        }
-        this.pump.offer(frame, 0, key, (tunId & TUNNEL_KEY.traceBit) !== 0, from, missAt);
-      }
+    this.inBatch = true;
+    try {
+      // Simulate the batch's misses at its end rather than on the next check phase: every fd
+      // libuv found readable in this poll phase (another datapath's upcall device in the same
+      // process, sockets) would otherwise run first while these first packets wait. The pump's
+      // drain flushes the writes.
+      this.pump.offerBatch(() => {
+        for (const b of bufs) this.offerUpcall(b);
+      });
+    } finally {
+      this.inBatch = false;
     }
-    // Simulate the batch's misses now rather than on the next check phase: every fd libuv found
-    // readable in this poll phase (another datapath's upcall device in the same process, sockets)
-    // would otherwise run first while these first packets wait. drain() flushes the writes.
-    this.pump.drain();
+  }
+
+  /** One buffer read from the ring or the upcall veth: counted and offered to the pump. */
+  private offerUpcall(b: Buffer): void {
+    const u = parseUpcall(b);
+    if ("drop" in u) {
+      this.countDrop(u.drop);
+      return;
+    }
+    const fin = finishOffloads(u.vnetFrame);
+    if ("drop" in fin) {
+      this.countDrop(fin.drop);
+      return;
+    }
+    const { portNo, tunId, remote } = u.meta;
+    // The miss time the program stamped, on performance.now()'s scale.
+    const missAt = Number(u.meta.missNs) / 1e6 - this.monoOffsetMs;
+    // Every buffer the ring reader and the upcall device hand over is a copy of its own (and
+    // segments are new buffers): the pump may queue the frames without copying them again.
+    for (const frame of fin.frames) {
+      if (portNo !== 0) {
+        const port = this.ports.get(portNo);
+        if (!port) {
+          this.countDrop("upcall_port_gone");
+          continue;
+        }
+        port.rxPackets++;
+        port.rxBytes += frame.length;
+        this.pump.offer(frame, portNo, 0, false, undefined, missAt, true);
+        continue;
+      }
+      const from = { ip: remote, port: this.opts.tunnelPort };
+      const t = this.tunnelCounters(remote, this.opts.tunnelPort);
+      t.rxPackets++;
+      t.rxBytes += frame.length;
+      if (tunId === TUNNEL_KEY.flowState) {
+        if (this.flowStateHandler) this.flowStateHandler(frame, from);
+        else this.countDrop("flow_state_unhandled");
+        continue;
+      }
+      const key = tunId & ~TUNNEL_KEY.traceBit;
+      if (key === 0) {
+        this.countDrop("vxlan_key_zero");
+        continue;
+      }
+      this.pump.offer(frame, 0, key, (tunId & TUNNEL_KEY.traceBit) !== 0, from, missAt, true);
+    }
   }
 
   private flowInstalled(flow: Flow, u: Upcall, t: UpcallTiming): void {
     const before = this.kernelInstalls;
     this.installKernel(flow, u.key);
     if (this.kernelInstalls === before) return;
-    this.setup.record({
-      ...t,
-      readAt: Math.min(this.batchReadAt, t.offeredAt),
-      encodedAt: this.lastEncodedAt,
-      writtenAt: performance.now(),
-    });
+    const s = this.sample;
+    s.arrivedAt = t.arrivedAt;
+    s.offeredAt = t.offeredAt;
+    s.handledAt = t.handledAt;
+    s.decidedAt = t.decidedAt;
+    s.installedAt = t.installedAt;
+    s.readAt = Math.min(this.batchReadAt, t.offeredAt);
+    s.encodedAt = this.lastEncodedAt;
+    s.writtenAt = performance.now();
+    this.setup.record(s);
   }
 
   /**
@@ -952,7 +991,9 @@ export class KernelDatapath implements Datapath {
           this.countDrop("output_port_gone");
           continue;
         }
-        this.reinject(frame, { kind: "port", ifindex: port.ifindex });
+        const target = this.portTarget;
+        target.ifindex = port.ifindex;
+        this.reinject(frame, target);
         port.txPackets++;
         port.txBytes += frame.length;
       } else {
@@ -970,8 +1011,12 @@ export class KernelDatapath implements Datapath {
         "peer tunnel port differs from ours",
       );
     }
-    this.reinject(frame, { kind: "tunnel", vxlanIfindex: this.vxlanIfindex, vni, remote: ip });
-    const t = this.tunnelCounters(`${ip}:${port}`);
+    const target = this.tunnelTarget;
+    target.vxlanIfindex = this.vxlanIfindex;
+    target.vni = vni;
+    target.remote = ip;
+    this.reinject(frame, target);
+    const t = this.tunnelCounters(ip, port);
     t.txPackets++;
     t.txBytes += frame.length;
   }
@@ -997,7 +1042,19 @@ export class KernelDatapath implements Datapath {
     if (written < frames.length) this.countDropN("upcall_device_tx_full", frames.length - written);
   }
 
-  private tunnelCounters(k: string): PortCounters {
+  /** The counters of tunnel peer `ip`:`port` (no key string built for the device's own port). */
+  private tunnelCounters(ip: string, port: number): PortCounters {
+    const own = port === this.opts.tunnelPort;
+    if (own) {
+      const c = this.tunnelByIp.get(ip);
+      if (c) return c;
+    }
+    const t = this.tunnelCountersByKey(`${ip}:${port}`);
+    if (own && this.tunnels.get(`${ip}:${port}`) === t) this.tunnelByIp.set(ip, t);
+    return t;
+  }
+
+  private tunnelCountersByKey(k: string): PortCounters {
     let t = this.tunnels.get(k);
     if (!t) {
       if (this.tunnels.size >= 4096) return counters();

@@ -29,6 +29,33 @@ const FIELDS_NEVER_IN_KERNEL = new Set(["tcpFlags", "ipTos", "arpSha", "arpTha",
 const ALL_FIELDS = Object.keys(KEY) as FlowField[];
 const L3_FIELDS = new Set(["ipSrc", "ipDst", "ipProto", "ipFrag", "tpSrc", "tpDst", "icmpId", "ipTtl"]);
 
+/**
+ * A dotted quad as a host-order u32, or -1 when it is not one (four decimal octets 0-255, as
+ * `split(".").map(Number)` accepted, without the arrays: this runs for every tunnel flow).
+ */
+function ipv4HostOrder(ip: string): number {
+  let v = 0;
+  let octet = 0;
+  let digits = 0;
+  let dots = 0;
+  for (let i = 0; i < ip.length; i++) {
+    const c = ip.charCodeAt(i);
+    if (c === 46) {
+      if (digits === 0 || dots === 3) return -1;
+      v = v * 256 + octet;
+      octet = 0;
+      digits = 0;
+      dots++;
+    } else if (c >= 48 && c <= 57) {
+      octet = octet * 10 + (c - 48);
+      digits++;
+      if (octet > 255) return -1;
+    } else return -1;
+  }
+  if (dots !== 3 || digits === 0) return -1;
+  return v * 256 + octet;
+}
+
 /** The kernel key of the packet whose userspace key is `key`, or why it has none. */
 export function kernelKeyOf(key: Buffer, ctx: KernelFlowContext): Buffer | string {
   const inPort = key.readUInt32BE(KEY.inPort);
@@ -39,18 +66,23 @@ export function kernelKeyOf(key: Buffer, ctx: KernelFlowContext): Buffer | strin
   const k = Buffer.allocUnsafe(FLOW_KEY_SIZE).fill(0);
   k.writeUInt32LE(ifindex, 0);
   k.writeUInt32LE(inPort === 0 ? key.readUInt32BE(KEY.tunnelKey) : 0, 4);
-  key.copy(k, 8, KEY.ethDst, KEY.ethDst + 12);
-  key.copy(k, 20, KEY.ethType, KEY.ethType + 2);
+  copyBytes(key, KEY.ethDst, k, 8, 12);
+  copyBytes(key, KEY.ethType, k, 20, 2);
   const ethType = key.readUInt16BE(KEY.ethType);
   if (ethType === ETH_TYPE_IPV4 || ethType === ETH_TYPE_ARP) {
     k[22] = key[KEY.ipProto]!;
     k[23] = key[KEY.ipFrag]!;
-    key.copy(k, 24, KEY.ipSrc, KEY.ipSrc + 4);
-    key.copy(k, 28, KEY.ipDst, KEY.ipDst + 4);
-    key.copy(k, 32, KEY.tpSrc, KEY.tpSrc + 4);
-    key.copy(k, 36, KEY.icmpId, KEY.icmpId + 2);
+    copyBytes(key, KEY.ipSrc, k, 24, 4);
+    copyBytes(key, KEY.ipDst, k, 28, 4);
+    copyBytes(key, KEY.tpSrc, k, 32, 4);
+    copyBytes(key, KEY.icmpId, k, 36, 2);
   }
   return k;
+}
+
+/** Byte by byte: Buffer.copy of part of a buffer makes a view object per call, and these are a few bytes. */
+function copyBytes(from: Buffer, at: number, to: Buffer, toAt: number, n: number): void {
+  for (let i = 0; i < n; i++) to[toAt + i] = from[at + i]!;
 }
 
 /**
@@ -98,19 +130,19 @@ export function kernelFlowFor(
     peer = ctx.peerOfPort?.(out.portNo) === true;
   } else {
     if (out.remotePort !== ctx.tunnelPort) return { userspace: `tunnel to UDP port ${out.remotePort}` };
-    const o = out.remoteIp.split(".").map(Number);
-    if (o.length !== 4 || o.some((b) => !Number.isInteger(b) || b < 0 || b > 255)) {
-      return { userspace: "tunnel remote is not IPv4" };
-    }
+    const remote = ipv4HostOrder(out.remoteIp);
+    if (remote < 0) return { userspace: "tunnel remote is not IPv4" };
     v.writeUInt32LE(2, 0);
     v.writeUInt32LE(ctx.vxlanIfindex, 4);
     v.writeUInt32LE(out.key & 0xffffff, 12);
-    v.writeUInt32LE(((o[0]! << 24) | (o[1]! << 16) | (o[2]! << 8) | o[3]!) >>> 0, 16);
+    v.writeUInt32LE(remote, 16);
   }
   if (actions.setEthDst || actions.setEthSrc) {
     v.writeUInt32LE(1, 8);
-    (actions.setEthDst ?? key.subarray(KEY.ethDst, KEY.ethDst + 6)).copy(v, 20);
-    (actions.setEthSrc ?? key.subarray(KEY.ethSrc, KEY.ethSrc + 6)).copy(v, 26);
+    if (actions.setEthDst) copyBytes(actions.setEthDst, 0, v, 20, 6);
+    else copyBytes(key, KEY.ethDst, v, 20, 6);
+    if (actions.setEthSrc) copyBytes(actions.setEthSrc, 0, v, 26, 6);
+    else copyBytes(key, KEY.ethSrc, v, 26, 6);
   }
   v[32] = actions.decTtl ?? 0;
   if (natting) {

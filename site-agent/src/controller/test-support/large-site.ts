@@ -2,8 +2,9 @@
 // propagation benchmark's bulk state (per 100 objects a network spanning four sites, two groups
 // and 97 rules) plus N VM ports in one network and one group, translated by the real translator
 // and written through the controller's write path — in a few transactions instead of one per port.
+// The ports' PortRecords are in the intent too (as the federation returns them to their site).
 import { type intentpb, topologypb } from "@isthmus/schema";
-import { id, network, securityGroup, securityGroupRule } from "../translate/intent-builders.js";
+import { id, network, portRecord, securityGroup, securityGroupRule } from "../translate/intent-builders.js";
 import type { Fixture } from "./controller-fixture.js";
 
 export interface LargeSiteOptions {
@@ -66,7 +67,15 @@ export async function buildLargeSite(f: Fixture, o: LargeSiteOptions): Promise<s
       adminStateUp: true,
     });
   }
-  await f.applier.applySnapshot({ index: 2, objects: upserts });
+  // Each port as the federation hands it back once the site reported it (a PortRecord of this
+  // site): what makes it a member of its group's address group, as in the propagation benchmark.
+  const records: intentpb.IntentObject[] = [];
+  for (const p of index.list("localPort")) {
+    records.push(
+      portRecord(p.name, { site: "a", network: "snap-net", mac: p.mac, ips: p.ips, groups: ["snap-sg"] }),
+    );
+  }
+  await f.applier.applySnapshot({ index: 2, objects: [...upserts, ...records] });
   return host.id;
 }
 

@@ -17,6 +17,7 @@ const KIND_OF_CASE: Record<TopologyCase, topologypb.TopologyKind> = {
   macEntry: topologypb.TopologyKind.TOPOLOGY_KIND_MAC_ENTRY,
   arpEntry: topologypb.TopologyKind.TOPOLOGY_KIND_ARP_ENTRY,
   remoteGateway: topologypb.TopologyKind.TOPOLOGY_KIND_REMOTE_GATEWAY,
+  ipAddrGroupMember: topologypb.TopologyKind.TOPOLOGY_KIND_IP_ADDR_GROUP_MEMBER,
 };
 
 /** The kind and id of a topology object; throws when no case is set. */
@@ -62,6 +63,9 @@ export class DerivedSet {
   }
   ipAddrGroup(g: Partial<topologypb.IpAddrGroup>): void {
     this.add({ ipAddrGroup: topologypb.IpAddrGroup.fromPartial(g) });
+  }
+  ipAddrGroupMember(m: Partial<topologypb.IpAddrGroupMember>): void {
+    this.add({ ipAddrGroupMember: topologypb.IpAddrGroupMember.fromPartial(m) });
   }
   macEntry(m: Partial<topologypb.MacEntry>): void {
     this.add({ macEntry: topologypb.MacEntry.fromPartial(m) });

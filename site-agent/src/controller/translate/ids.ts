@@ -55,8 +55,11 @@ export type ChainDirection = "ingress" | "egress";
 /** A security group's chain for traffic to (ingress) or from (egress) its ports' VMs. */
 export const securityGroupChainId = (groupId: string, dir: ChainDirection): string =>
   derivedId(groupId, `chain/${dir}`);
-/** The IpAddrGroup holding every address of every port in the group, at any site. */
+/** The IpAddrGroup a rule naming the group matches through (its members hold the addresses). */
 export const securityGroupAddrGroupId = (groupId: string): string => derivedId(groupId, "ip-addr-group");
+/** Port `portId`'s addresses as a member of group `groupId`'s IpAddrGroup (any site's port). */
+export const securityGroupMemberId = (groupId: string, portId: string): string =>
+  derivedId(portId, `ip-addr-group-member/${groupId}`);
 
 /** A VM port's own chain for frames from the VM (anti-spoofing, then its profile's inbound chain). */
 export const portInboundChainId = (portId: string): string => derivedId(portId, "chain/inbound");

@@ -1,11 +1,12 @@
-// SecurityGroup → an ingress and an egress chain plus an IpAddrGroup of the addresses of every
-// port in the group at any site; each SecurityGroupRule → one ACCEPT rule in its group's chain.
-// A rule naming a remote group matches through that group's IpAddrGroup, so membership changes
-// anywhere in the federation update one object here, not every rule that references the group.
+// SecurityGroup → an ingress and an egress chain plus an IpAddrGroup; each port (PortRecord, any
+// site) in the group → one IpAddrGroupMember with its addresses; each SecurityGroupRule → one
+// ACCEPT rule in its group's chain. A rule naming a remote group matches through that group's
+// IpAddrGroup and its members, so a port joining or leaving anywhere in the federation changes
+// one member object here — not the group's whole address list, nor the rules naming it.
 import { intentpb, topologypb } from "@isthmus/schema";
 import { canonicalIp, networkOf, parseCidr } from "./cidr.js";
 import { type DerivedSet, ETHER_TYPE_IPV4, ETHER_TYPE_IPV6 } from "./derived-set.js";
-import { derivedId, securityGroupAddrGroupId, securityGroupChainId } from "./ids.js";
+import { derivedId, securityGroupAddrGroupId, securityGroupChainId, securityGroupMemberId } from "./ids.js";
 import type { IntentView } from "./view.js";
 
 /** Positions inside a group chain: the return-flow accept first, then the group's rules. */
@@ -16,7 +17,10 @@ const PROTOCOLS: Record<string, number> = { any: 0, tcp: 6, udp: 17, icmp: 1, ic
 const PORT_PROTOCOLS = new Set([6, 17, 132]); // tcp, udp, sctp
 const ICMP_PROTOCOLS = new Set([1, 58]);
 
-/** Unit "securityGroup": the two chains (with the stateful return-flow accept) and the address group. */
+/**
+ * Unit "securityGroup": the two chains (with the stateful return-flow accept) and the address
+ * group, which holds no addresses itself: its members do (deriveGroupMembers).
+ */
 export function deriveSecurityGroup(view: IntentView, id: string, out: DerivedSet): void {
   const g = view.get("securityGroup", id);
   if (!g) return;
@@ -35,14 +39,32 @@ export function deriveSecurityGroup(view: IntentView, id: string, out: DerivedSe
       });
     }
   }
+  out.ipAddrGroup({ id: securityGroupAddrGroupId(id), name: `sg-${name}`, addresses: [] });
+}
+
+/**
+ * Unit "groupMember" (one per PortRecord): the record's addresses as a member of each existing
+ * group it lists. A record without a valid address adds nothing to any group and has no member.
+ */
+export function deriveGroupMembers(view: IntentView, id: string, out: DerivedSet): void {
+  const p = view.get("portRecord", id);
+  if (!p) return;
   const addresses = new Set<string>();
-  for (const p of view.portRecordsOfGroup(id)) {
-    for (const text of p.ips) {
-      const ip = canonicalIp(text);
-      if (ip) addresses.add(ip); // malformed addresses are reported by the record's own unit
-    }
+  for (const text of p.ips) {
+    const ip = canonicalIp(text);
+    if (ip) addresses.add(ip); // malformed addresses are reported by the record's own unit
   }
-  out.ipAddrGroup({ id: securityGroupAddrGroupId(id), name: `sg-${name}`, addresses: [...addresses].sort() });
+  if (addresses.size === 0) return;
+  const sorted = [...addresses].sort();
+  for (const g of [...new Set(p.securityGroupIds)].sort()) {
+    if (!view.get("securityGroup", g)) continue;
+    out.ipAddrGroupMember({
+      id: securityGroupMemberId(g, id),
+      groupId: securityGroupAddrGroupId(g),
+      addresses: sorted,
+      intentId: id,
+    });
+  }
 }
 
 /** Unit "securityGroupRule": one ACCEPT rule in the group's chain for the rule's direction. */

@@ -13,6 +13,7 @@ import {
   routerInterfaceRouterPortId,
   securityGroupAddrGroupId,
   securityGroupChainId,
+  securityGroupMemberId,
   securityGroupSetKey,
   uplinkPortId,
 } from "./ids.js";
@@ -324,44 +325,104 @@ describe("security groups", () => {
     assert.equal(w.all("chain").length, 2);
   });
 
-  it("a port record at another site changes this site's address group", () => {
+  it("a port record at another site adds one member to this site's address group", () => {
     const east = new TestWorld("east");
     east.apply(b.upsert(1, b.securityGroup("web"), b.network("net1", { sites: ["west"] })));
-    const group = (): string[] | undefined =>
-      east.all("ipAddrGroup").find((g) => g.id === securityGroupAddrGroupId(id("web")))?.addresses;
-    assert.deepEqual(group(), []);
-    const d = east.apply(
-      b.upsert(
-        2,
-        b.portRecord("w1", {
-          site: "west",
-          network: "net1",
-          mac: "02:00:00:00:01:01",
-          ips: ["10.0.0.7"],
-          groups: ["web"],
-        }),
-      ),
-    );
-    assert.deepEqual(group(), ["10.0.0.7"]);
+    const groupId = securityGroupAddrGroupId(id("web"));
+    // What a rule naming the group matches: the group's own addresses (none) and its members'.
+    const matched = (): string[] => [
+      ...east.all("ipAddrGroup").find((g) => g.id === groupId)!.addresses,
+      ...east
+        .all("ipAddrGroupMember")
+        .filter((m) => m.groupId === groupId)
+        .flatMap((m) => m.addresses),
+    ];
+    assert.deepEqual(matched(), []);
+    const record = (n: number, ips: string[], groups: string[]) =>
+      b.portRecord(`w${n}`, {
+        site: "west",
+        network: "net1",
+        mac: `02:00:00:00:01:0${n}`,
+        ips,
+        groups,
+      });
+    const d = east.apply(b.upsert(2, record(1, ["10.0.0.7", "bogus"], ["web", "web"])));
+    assert.deepEqual(matched(), ["10.0.0.7"]);
     assert.deepEqual(
-      d.upserts.map((o) => o.ipAddrGroup?.id),
-      [securityGroupAddrGroupId(id("web"))],
-      "only the address group changes (the network does not span east)",
+      d.upserts,
+      [
+        {
+          ipAddrGroupMember: {
+            id: securityGroupMemberId(id("web"), id("w1")),
+            groupId,
+            addresses: ["10.0.0.7"],
+            intentId: id("w1"),
+          },
+        },
+      ],
+      "only the member (the network does not span east; the group's own object is untouched)",
     );
+    east.apply(b.upsert(3, record(2, ["10.0.0.8", "fd00::8"], ["web"])));
+    assert.deepEqual(matched().sort(), ["10.0.0.7", "10.0.0.8", "fd00::8"]);
+    // A member's change, however large the group, is that member only.
+    const moved = east.apply(b.upsert(4, record(1, ["10.0.0.17"], ["web"])));
+    assert.deepEqual(
+      moved.upserts.map((o) => o.ipAddrGroupMember?.addresses),
+      [["10.0.0.17"]],
+    );
+    assert.deepEqual(moved.deletes, []);
+    const left = east.apply(b.upsert(5, record(1, ["10.0.0.17"], [])));
+    assert.deepEqual(left.upserts, []);
+    assert.deepEqual(left.deletes, [
+      {
+        kind: topologypb.TopologyKind.TOPOLOGY_KIND_IP_ADDR_GROUP_MEMBER,
+        id: securityGroupMemberId(id("web"), id("w1")),
+      },
+    ]);
+    assert.deepEqual(matched().sort(), ["10.0.0.8", "fd00::8"]);
+    east.apply(b.remove(6, "portRecord", "w2"));
+    assert.deepEqual(matched(), []);
+    east.assertMatchesFull();
+  });
+
+  it("a group's members exist while the group does: deleting it removes them, creating it derives them", () => {
+    const east = new TestWorld("east");
     east.apply(
       b.upsert(
-        3,
-        b.portRecord("w1", {
-          site: "west",
-          network: "net1",
-          mac: "02:00:00:00:01:01",
-          ips: ["10.0.0.7"],
-          groups: [],
-        }),
+        1,
+        b.network("net1", { sites: ["west"] }),
+        ...[1, 2, 3].map((n) =>
+          b.portRecord(`w${n}`, {
+            site: "west",
+            network: "net1",
+            mac: `02:00:00:00:01:0${n}`,
+            ips: [`10.0.0.${n}`],
+            groups: n === 3 ? ["web", "db"] : ["web"],
+          }),
+        ),
       ),
     );
-    assert.deepEqual(group(), []);
-    east.assertMatchesFull();
+    assert.deepEqual(east.all("ipAddrGroupMember"), [], "no member of a group that does not exist");
+    const created = east.apply(b.upsert(2, b.securityGroup("web")));
+    assert.equal(created.upserts.filter((o) => o.ipAddrGroupMember).length, 3);
+    east.assertMatchesFull("after the group's creation");
+    // A change to the group that keeps it leaves its members alone.
+    const renamed = east.apply(b.upsert(3, b.securityGroup("web", { stateless: true })));
+    assert.equal(renamed.upserts.filter((o) => o.ipAddrGroupMember).length, 0);
+    east.apply(b.upsert(4, b.securityGroup("db")));
+    const deleted = east.apply(b.remove(5, "securityGroup", "web"));
+    assert.deepEqual(
+      deleted.deletes
+        .filter((r) => r.kind === topologypb.TopologyKind.TOPOLOGY_KIND_IP_ADDR_GROUP_MEMBER)
+        .map((r) => r.id)
+        .sort(),
+      [1, 2, 3].map((n) => securityGroupMemberId(id("web"), id(`w${n}`))).sort(),
+    );
+    assert.deepEqual(
+      east.all("ipAddrGroupMember").map((m) => m.id),
+      [securityGroupMemberId(id("db"), id("w3"))],
+    );
+    east.assertMatchesFull("after the group's deletion");
   });
 
   it("reports and skips an invalid rule", () => {

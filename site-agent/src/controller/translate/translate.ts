@@ -10,7 +10,7 @@ import { deriveLocalPort, derivePortProfile } from "./local-port.js";
 import { deriveNetwork, deriveRemotePortRecord } from "./network.js";
 import { type ChangedObject, PriorView } from "./prior-view.js";
 import { deriveFloatingIp, deriveRouter, deriveRouterInterface } from "./router.js";
-import { deriveSecurityGroup, deriveSecurityGroupRule } from "./security-group.js";
+import { deriveGroupMembers, deriveSecurityGroup, deriveSecurityGroupRule } from "./security-group.js";
 import type { IntentView, LocalHost, LocalPortBinding, TopologyDelta, ViewKind } from "./view.js";
 import { kindOfObjectKind, unwrapIntentObject } from "./view-indexes.js";
 
@@ -22,6 +22,7 @@ type UnitKind =
   | "floatingIp"
   | "securityGroup"
   | "securityGroupRule"
+  | "groupMember"
   | "gateway"
   | "localPort"
   | "portProfile"
@@ -35,6 +36,7 @@ const DERIVE: Record<UnitKind, (view: IntentView, id: string, out: DerivedSet) =
   floatingIp: deriveFloatingIp,
   securityGroup: deriveSecurityGroup,
   securityGroupRule: deriveSecurityGroupRule,
+  groupMember: deriveGroupMembers,
   gateway: deriveGateway,
   localPort: deriveLocalPort,
   portProfile: derivePortProfile,
@@ -97,12 +99,20 @@ function addAffectedUnits(c: ChangedObject, after: IntentView, before: IntentVie
       for (const v of views) {
         for (const r of v.rulesOfGroup(c.id)) units.add(unitKey("securityGroupRule", idOfMeta(r)));
       }
+      // Members exist only while their group does: a group's creation or deletion touches each
+      // of its ports (a change to an existing group leaves its membership alone).
+      if (
+        (before.get("securityGroup", c.id) === undefined) !==
+        (after.get("securityGroup", c.id) === undefined)
+      ) {
+        for (const v of views) {
+          for (const p of v.portRecordsOfGroup(c.id)) units.add(unitKey("groupMember", idOfMeta(p)));
+        }
+      }
       break;
     case "portRecord":
-      for (const v of views) {
-        for (const g of v.get("portRecord", c.id)?.securityGroupIds ?? [])
-          units.add(unitKey("securityGroup", g));
-      }
+      // Its memberships: one object per group it lists, so nothing else in the group moves.
+      units.add(unitKey("groupMember", c.id));
       break;
     case "localPort":
       // The profile it leaves may lose its last port, the one it joins may gain its first.
@@ -259,6 +269,8 @@ export function* translateAllSteps(
       units.push(unitKey(unit, id));
     }
   }
+  // Every port record also heads its group memberships.
+  for (const o of view.list("portRecord")) units.push(unitKey("groupMember", idOfMeta(o)));
   // Profiles are headed by no object: one unit per distinct set of groups among the local ports.
   const profiles = new Set<string>();
   for (const p of view.list("localPort")) profiles.add(securityGroupSetKey(p.securityGroupIds));
