@@ -2,7 +2,7 @@
 // packet and simulation APIs other packages may use.
 export const SITE_AGENT_PACKAGE = "@isthmus/site-agent";
 export { startMetricsServer } from "./agent/agent-http.js";
-export { type AgentFlags, type RunningAgent, startAgent } from "./agent/agent-process.js";
+export { type AgentFlags, loadAgentConfig, type RunningAgent, startAgent } from "./agent/agent-process.js";
 export type { Datapath, PortIO, Upcall, UpcallDecision } from "./agent/datapath.js";
 export { EdgeAgent } from "./agent/edge-agent.js";
 export { type FirstSnapshot, firstSnapshot } from "./agent/first-snapshot.js";

@@ -360,6 +360,14 @@ export async function kernelBridgeVms(lab: Lab): Promise<[Vm, Vm]> {
   return [vms[0]!, vms[1]!];
 }
 
+/**
+ * Extra node flags for the kernel path's agent processes (BENCH_DATAPATH_AGENT_NODE_ARGS, e.g. a
+ * young-generation size to compare; none by default: the agents run as `isthmus agent` does).
+ */
+function agentNodeArgs(): string[] {
+  return (process.env.BENCH_DATAPATH_AGENT_NODE_ARGS ?? "").split(" ").filter((a) => a !== "");
+}
+
 /** Interleaved repetitions of the Linux bridge and the Isthmus kernel path, then flow setup. */
 async function kernelFastPath(
   lab: Lab,
@@ -372,7 +380,7 @@ async function kernelFastPath(
   const result = await kernelFastPathRing(lab, bridge, reps, seconds, newFlows);
   if (!compareVeth) return result;
   // The ring buffer against the upcall veth for a first packet's way up, on agents of their own.
-  const v = await startKernelPath(lab, [], { upcallRing: false });
+  const v = await startKernelPath(lab, agentNodeArgs(), { upcallRing: false });
   try {
     const load1 = loadavg()[0] ?? 0;
     await v.flowSetup(Math.max(20, Math.round(newFlows * 0.3)));
@@ -389,7 +397,7 @@ async function kernelFastPathRing(
   seconds: number,
   newFlows: number,
 ): Promise<KernelFastPathResult> {
-  const k = await startKernelPath(lab);
+  const k = await startKernelPath(lab, agentNodeArgs());
   try {
     const runs: KernelFastPathResult["runs"] = [];
     const c0 = await k.counters();

@@ -1228,16 +1228,23 @@ export function markdown(r: PropagationResult): string {
       "process, whose agent streams decode every site's ~200k-object catch-up), not at the per-change work. " +
       "Every process now records its pauses (table above), and the agents' streams run in processes of their " +
       "own, so the benchmark's heap is off the measured path.",
-    "- What the pause records showed so far (one run, 2026-11-24 22:19–22:27, with other helpers' test " +
-      "suites on the machine, load 28–32 on 2 cores): at 205 and 405 objects the coordinators, controllers and " +
-      "watcher processes were each stalled for most of the measured phase (at 4 sites the coordinators 45 s " +
-      "of stalls in ~25 s × 3 processes, the longest 467 ms; GC 2.4 s of it), p99 152 and 520 ms, and nearly " +
-      "every change over 50 ms overlapped stalls of several processes at the same instants — the OS not running " +
-      "them, which the attribution now names *machine* rather than putting it on one process. GC pauses there " +
-      "were wall time stretched by the same contention (minor collections of 30–300 ms in processes holding a " +
-      "few hundred objects). The 100k step did not finish at that load (a status call timed out during the " +
-      "bulk load). Whether the idle 100k tail is one heap's GC is for a run on a quiet machine to say: the " +
-      "table's *over 50 ms* column answers it directly.",
+    "- What the pause records showed (two runs on 2026-11-24 with other helpers' test suites on the machine; " +
+      "the second is the one in the tables, 22:50–22:59, load 18–24): at every size most changes over 50 ms " +
+      "overlapped stalls of half the processes or more at the same instants (*machine*: 47 of 60 at 205 objects (2 sites), " +
+      "94 of 139 at 405, 34 of 48 at 100,605) — the OS not running them — and only a few were one process's own " +
+      "(at 100,605: a controller 8, a coordinator 6). GC was a small part of the stalls (at 100,605 the " +
+      "coordinators' GC 1.1 s of 18.6 s stalled; one major collection in the whole phase, in c1, 378 ms of wall " +
+      "time at load 18) and no larger than at 405 objects (2.3 s of 31.3 s, three majors). The cost of a change, " +
+      "as CPU time per change (which load stretches far less than wall time), did not grow with the state: " +
+      "coordinators 19.2 / 11.1 / 10.6 ms at 405 objects and 17.0 / 9.1 / 9.9 ms at 100,605 (c1, the node all four " +
+      "sites followed, used ~7 ms more than the other two), each site controller ~11.8 vs " +
+      "~8.4 ms, each agent's watcher ~3.5 vs ~2.0 ms. So at this load the 100k tail is CPU contention, not one " +
+      "heap's pauses; the first run (load 28–32) failed its 100k step with a status call timing out during the " +
+      "bulk load. Whether GC of the large heaps is the idle 100k tail is for a run on a quiet machine to say — " +
+      "the *over 50 ms* column of the pause table answers it directly. Summed over the coordinators, controllers " +
+      "and watchers a change cost 80–100 ms of CPU at 4 sites (not counting PostgreSQL) — 40–50 ms of the whole " +
+      "2-core machine — so with other work on the machine the processes queue for the CPU: that total, rather " +
+      "than any one pause, is what a loaded machine turns into tail latency.",
     "- A security group's address group was one object listing every member's addresses, rewritten (and " +
       "sent to every agent) whenever a member port changed anywhere: creating 10k ports in one group was " +
       "quadratic in bytes written and sent (166.7 s for the 10k ports, the site settling 42 s after). Each " +
