@@ -1,5 +1,5 @@
 // Public surface of @isthmus/schema: generated contracts plus the runtime basics every process
-// shares (logging, configuration, health, gRPC server lifecycle, shutdown).
+// shares (logging, configuration, health, gRPC server lifecycle, metrics endpoint, pauses, shutdown).
 
 // The wire reader the generated decoders take (a subclass may read strings its own way).
 export { BinaryReader } from "@bufbuild/protobuf/wire";
@@ -37,5 +37,15 @@ export {
   levelFromEnv,
   silentLogger,
 } from "./runtime/logger.js";
+export { closeServer, listenHttp, startMetricsServer } from "./runtime/metrics-server.js";
+export {
+  attributePauses,
+  type PauseOverlap,
+  PauseRecorder,
+  type PauseReport,
+  type ProcessPause,
+  pauseOverlap,
+} from "./runtime/process-pauses.js";
 export { onShutdown, type StopHook } from "./runtime/shutdown.js";
+export { wallNow, wallOffsetMs } from "./runtime/wall-clock.js";
 export { fieldSize, varintLength, writeField } from "./wire/length-delimited.js";

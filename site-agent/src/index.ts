@@ -1,7 +1,6 @@
 // Public surface of @isthmus/site-agent: entry points the `isthmus` CLI calls lazily, and the
 // packet and simulation APIs other packages may use.
 export const SITE_AGENT_PACKAGE = "@isthmus/site-agent";
-export { startMetricsServer } from "./agent/agent-http.js";
 export { type AgentFlags, loadAgentConfig, type RunningAgent, startAgent } from "./agent/agent-process.js";
 export type { Datapath, PortIO, Upcall, UpcallDecision } from "./agent/datapath.js";
 export { EdgeAgent } from "./agent/edge-agent.js";
@@ -14,14 +13,6 @@ export * as agentTesting from "./agent/testing/index.js";
 export { UserspaceDatapath } from "./agent/userspace-datapath.js";
 export { startTestPostgres, type TestPostgres } from "./controller/db/test-postgres.js";
 export type { EntryTiming } from "./controller/entry-timeline.js";
-export {
-  attributePauses,
-  type PauseOverlap,
-  PauseRecorder,
-  type PauseReport,
-  type ProcessPause,
-  pauseOverlap,
-} from "./controller/process-pauses.js";
 export {
   type RunningSiteController,
   type SiteControllerFlags,

@@ -3,8 +3,15 @@
 // allowed only when this node and all its peers are on loopback, or with --insecure (warned).
 import { readFileSync } from "node:fs";
 import { credentials, ServerCredentials } from "@grpc/grpc-js";
-import { createLogger, isLoopbackAddress, loadConfig, onShutdown } from "@isthmus/schema";
-import { PauseRecorder, startMetricsServer } from "@isthmus/site-agent";
+import {
+  closeServer,
+  createLogger,
+  isLoopbackAddress,
+  loadConfig,
+  onShutdown,
+  PauseRecorder,
+  startMetricsServer,
+} from "@isthmus/schema";
 import { z } from "zod";
 import { Coordinator } from "../coordinator/coordinator.js";
 import { authFromKeyDir } from "../coordinator/key-dir-auth.js";
@@ -194,20 +201,24 @@ export async function runCoordinator(flags: CoordinatorFlags): Promise<number> {
   log.info({ id: config.id, address: coordinator.address, peers, tls }, "coordinator running");
   // GC pauses and event-loop stalls of this node: a coordinator holds every intent object, and a
   // pause of it delays every site's stream at once (docs/benchmarks.md, propagation).
-  const pauses = new PauseRecorder({ size: config.pauseRingSize }).withMetrics().start();
+  // Recorded only when someone can read them (the metrics endpoint).
+  let pauses: PauseRecorder | undefined;
   let metrics: Awaited<ReturnType<typeof startMetricsServer>> | undefined;
   if (config.metricsListen) {
+    const recorder = new PauseRecorder({ size: config.pauseRingSize }).withMetrics().start();
+    pauses = recorder;
     const i = config.metricsListen.lastIndexOf(":");
     try {
       metrics = await startMetricsServer(
-        pauses.registry,
+        recorder.registry,
         coordinator.health,
         config.metricsListen.slice(0, i),
         Number(config.metricsListen.slice(i + 1)),
-        { "/debug/pauses": (q) => pauses.report(Number(q.get("after") ?? 0) || 0) },
+        { "/debug/pauses": (q) => recorder.report(Number(q.get("after") ?? 0) || 0) },
       );
     } catch (err) {
       log.error({ err }, "metrics endpoint failed to start");
+      recorder.stop();
       await coordinator.stop();
       return 1;
     }
@@ -219,11 +230,8 @@ export async function runCoordinator(flags: CoordinatorFlags): Promise<number> {
   onShutdown(log, [
     () => coordinator.stop(),
     async () => {
-      pauses.stop();
-      if (metrics) {
-        const server = metrics.server;
-        await new Promise<void>((r) => server.close(() => r()));
-      }
+      pauses?.stop();
+      if (metrics) await closeServer(metrics.server);
     },
   ]);
   return 0;

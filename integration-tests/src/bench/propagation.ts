@@ -12,8 +12,14 @@ import { cpus, loadavg, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { auth } from "@isthmus/federation";
-import { intentpb } from "@isthmus/schema";
-import { attributePauses, PauseRecorder, type PauseReport, type ProcessPause } from "@isthmus/site-agent";
+import {
+  attributePauses,
+  intentpb,
+  PauseRecorder,
+  type PauseReport,
+  type ProcessPause,
+  wallNow,
+} from "@isthmus/schema";
 import { AgentWatchProcess } from "../harness/agent-watch-process.js";
 import {
   type EntryStageTotals,
@@ -214,11 +220,6 @@ const STOP_SITES_FOR = 5_000;
 const SLOWEST_KEPT = 5;
 /** A slow change is put down to a process's pauses when they covered at least this much of it. */
 const PAUSE_ATTRIBUTION_MIN_MS = 10;
-
-/** Unix time in ms with sub-ms precision, as the controllers time their entries. */
-function wallNow(): number {
-  return performance.timeOrigin + performance.now();
-}
 
 function stats(xs: number[]): Stats {
   const s = [...xs].sort((a, b) => a - b);

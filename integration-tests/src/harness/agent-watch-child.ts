@@ -1,7 +1,7 @@
 // A child process holding one site's agent watch stream (see agent-watch-process.ts): it stamps
 // each rule's arrival on this machine's clock and reports it, its revision and its own GC pauses
 // and event-loop stalls to the parent over IPC, so the parent's heap is not on the measured path.
-import { PauseRecorder } from "@isthmus/site-agent";
+import { PauseRecorder } from "@isthmus/schema";
 import { AgentWatch } from "./bench-clients.js";
 
 export type ToWatcher =

@@ -3,7 +3,7 @@
 // decode every site's catch-up) are not on the path it measures. Same surface as AgentWatch.
 import { type ChildProcess, fork } from "node:child_process";
 import { fileURLToPath } from "node:url";
-import type { PauseReport } from "@isthmus/site-agent";
+import type { PauseReport } from "@isthmus/schema";
 import type { FromWatcher, ToWatcher } from "./agent-watch-child.js";
 
 const CHILD = fileURLToPath(new URL("./agent-watch-child.js", import.meta.url));

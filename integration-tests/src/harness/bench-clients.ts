@@ -9,8 +9,8 @@ import {
   type ServiceError,
   status,
 } from "@grpc/grpc-js";
-import { federationpb, intentpb, sitepb, topologypb } from "@isthmus/schema";
-import { type EntryTiming, firstSnapshot, type PauseReport } from "@isthmus/site-agent";
+import { federationpb, intentpb, type PauseReport, sitepb, topologypb, wallNow } from "@isthmus/schema";
+import { type EntryTiming, firstSnapshot } from "@isthmus/site-agent";
 
 type Unary<Req, Res> = (
   req: Req,
@@ -200,7 +200,7 @@ export class AgentWatch {
     this.client = new topologypb.TopologyServiceClient(address, credentials.createInsecure(), channelOptions);
     this.stream = this.client.watch({ hostId, fromRevision: 0 }, bearer(hostToken));
     this.stream.on("data", (e: topologypb.WatchTopologyResponse) => {
-      const now = performance.timeOrigin + performance.now();
+      const now = wallNow();
       if (e.snapshot) {
         this.revision = e.snapshot.revision;
       } else if (e.change) {

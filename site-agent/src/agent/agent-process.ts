@@ -5,10 +5,18 @@
 // as the first topology snapshot arrives.
 import { readFileSync } from "node:fs";
 import { setPriority } from "node:os";
-import { componentLogger, createLogger, HealthState, type Logger, loadConfig } from "@isthmus/schema";
+import {
+  closeServer,
+  componentLogger,
+  createLogger,
+  HealthState,
+  type Logger,
+  loadConfig,
+  startMetricsServer,
+} from "@isthmus/schema";
 import { AfPacketPort } from "./afpacket-port.js";
 import { type AgentConfig, AgentConfigSchema, splitHostPort } from "./agent-config.js";
-import { closeServer, startAdminServer, startMetricsServer } from "./agent-http.js";
+import { startAdminServer } from "./agent-http.js";
 import { createAgentMetrics } from "./agent-metrics.js";
 import type { PortIO } from "./datapath.js";
 import { EdgeAgent } from "./edge-agent.js";

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { EntryTimeline, type EntryTiming, wallNow } from "./entry-timeline.js";
+import { EntryTimeline, type EntryTiming } from "./entry-timeline.js";
 
 const at = (index: number): EntryTiming => ({
   index,
@@ -32,10 +32,4 @@ test("the timeline keeps the newest entries, oldest first, and filters by index"
   none.record(at(1));
   assert.deepEqual(none.since(), []);
   assert.throws(() => new EntryTimeline(-1), /non-negative integer/);
-});
-
-test("wallNow is Unix ms with a fraction", () => {
-  const before = Date.now();
-  const now = wallNow();
-  assert.ok(now >= before - 5 && now <= Date.now() + 5, `${now} near ${before}`);
 });

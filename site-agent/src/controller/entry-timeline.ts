@@ -19,11 +19,6 @@ export interface EntryTiming {
   committedAt: number;
 }
 
-/** Unix time in ms with sub-ms precision (performance.now() on the wall clock's origin). */
-export function wallNow(): number {
-  return performance.timeOrigin + performance.now();
-}
-
 /** The newest `size` entries' timings, oldest first. */
 export class EntryTimeline {
   private readonly ring: EntryTiming[] = [];

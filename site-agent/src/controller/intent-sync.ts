@@ -3,7 +3,7 @@
 // upward, and reconnects with capped, jittered backoff across the coordinator addresses. While no
 // coordinator answers, the site keeps serving what it last applied; `staleness` says for how long.
 import { type ChannelCredentials, type ClientReadableStream, Metadata, status } from "@grpc/grpc-js";
-import { type intentpb, type Logger, sitesyncpb } from "@isthmus/schema";
+import { type intentpb, type Logger, sitesyncpb, wallOffsetMs } from "@isthmus/schema";
 import { backoffDelayMs } from "./db/retry.js";
 import type { EntryTiming } from "./entry-timeline.js";
 import { FencedOut } from "./fence.js";
@@ -242,7 +242,7 @@ export class IntentSync {
         writtenAt !== undefined &&
         committedAt !== undefined
       ) {
-        const wall = performance.timeOrigin;
+        const wall = wallOffsetMs();
         this.opts.onEntryTimed?.({
           index: ev.change.index,
           revision: timing.revision ?? 0,

@@ -4,10 +4,8 @@
 import { existsSync, mkdirSync } from "node:fs";
 import { dirname } from "node:path";
 import { credentials as grpcCredentials } from "@grpc/grpc-js";
-import { type Logger, loadConfig, onShutdown } from "@isthmus/schema";
-import { startMetricsServer } from "../agent/agent-http.js";
+import { type Logger, loadConfig, onShutdown, PauseRecorder, startMetricsServer } from "@isthmus/schema";
 import { SiteControllerConfigSchema } from "./controller-config.js";
-import { PauseRecorder } from "./process-pauses.js";
 import { SiteController } from "./site-controller.js";
 import { readSiteCredential, SiteTokenSource, writePrivateFile } from "./site-credential.js";
 

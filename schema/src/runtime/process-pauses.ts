@@ -4,6 +4,7 @@
 // coordinator's and site controller's metrics port, `/debug/pauses`; the propagation bench).
 import { constants, type PerformanceEntry, PerformanceObserver } from "node:perf_hooks";
 import { Histogram, Registry } from "prom-client";
+import { wallNow, wallOffsetMs } from "./wall-clock.js";
 
 export type PauseKind = "gc" | "loop";
 
@@ -33,11 +34,6 @@ const GC_KINDS: Record<number, string> = {
   [constants.NODE_PERFORMANCE_GC_INCREMENTAL]: "incremental",
   [constants.NODE_PERFORMANCE_GC_WEAKCB]: "weakcb",
 };
-
-/** Unix time in ms with sub-ms precision, on the same clock as the controllers' entry timings. */
-function wallNow(): number {
-  return performance.timeOrigin + performance.now();
-}
 
 /** The newest pauses of this process, oldest first; start() begins observing. */
 export class PauseRecorder {
@@ -119,7 +115,7 @@ export class PauseRecorder {
     if (e.duration >= this.gcThresholdMs)
       this.record({
         kind: "gc",
-        start: performance.timeOrigin + e.startTime,
+        start: wallOffsetMs() + e.startTime,
         durationMs: e.duration,
         gc: kind,
       });
