@@ -226,12 +226,27 @@ test("an agent that stops reading is cut off with RESOURCE_EXHAUSTED, not buffer
     stream.on("error", resolve);
     stream.on("end", () => resolve({ code: 0, details: "ended" }));
   });
+  t.after(() => stream.cancel());
   let got = 0;
+  let firstRead = () => {};
+  const first = new Promise<void>((r) => {
+    firstRead = r;
+  });
   stream.on("data", () => {
     got++;
-    if (got === 1) stream.pause(); // read one event, then stop reading
+    if (got === 1) {
+      stream.pause(); // read one event (the snapshot), then stop reading
+      firstRead();
+    }
   });
-  await new Promise((r) => setTimeout(r, 100));
+  // Only then the changes: on a loaded machine the snapshot can take longer than any fixed wait,
+  // and a stream cut off before its first event is read shows the agent nothing but the error.
+  await Promise.race([
+    first,
+    new Promise((_, reject) =>
+      setTimeout(() => reject(new Error("no snapshot within 30 s")), 30_000).unref(),
+    ),
+  ]);
   // Large changes fill the transport's flow-control window, then the per-stream queue.
   await applyNetworks(s, 120, 16_000);
   assert.equal(service?.slowCutoffs, 1, "the server cut the stream off");
