@@ -225,13 +225,9 @@ static napi_value open_port(napi_env env, napi_value name_v, napi_value cb, napi
   }
   p->fd = fd;
   p->env = env;
-  uv_loop_t* loop;
-  napi_get_uv_event_loop(env, &loop);
-  uv_poll_init(loop, &p->poll, fd);
-  p->poll.data = p;
   napi_value handle = new_callback_handle(env, p, finalize, cb, "isthmus.afpacket", &p->callback,
                                           &p->self, &p->async);
-  uv_poll_start(&p->poll, UV_READABLE, on_readable);
+  poll_readable(env, &p->poll, fd, p, on_readable);
   return handle;
 }
 
@@ -317,14 +313,7 @@ static napi_value FinishOffloads(napi_env env, napi_callback_info info) {
   return out;
 }
 
-static port_t* unwrap(napi_env env, napi_value v) {
-  port_t* p = NULL;
-  if (napi_unwrap(env, v, (void**)&p) != napi_ok || !p || p->closed) {
-    napi_throw_error(env, NULL, "afpacket: port is closed");
-    return NULL;
-  }
-  return p;
-}
+DEFINE_UNWRAP(port_t, "afpacket: port is closed")
 
 // send(handle, frames: Buffer[]): number written (EAGAIN stops early; the rest are the caller's drops)
 static napi_value Send(napi_env env, napi_callback_info info) {

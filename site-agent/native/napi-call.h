@@ -1,6 +1,6 @@
 // What every agent addon does at its boundary with JavaScript: fetch a call's arguments, throw an
-// error naming what failed (with errno's text), export a table of functions, and wrap a C object in
-// a handle whose callback a libuv poll invokes. Header-only (static functions), included by each
+// error naming what failed (with errno's text), export a table of functions, wrap a C object in
+// a handle whose callback a libuv poll invokes, and unwrap it again while it is open. Header-only (static functions), included by each
 // addon's single .c file, so build.mjs and binding.gyp still compile one file per addon.
 #ifndef ISTHMUS_NAPI_CALL_H
 #define ISTHMUS_NAPI_CALL_H
@@ -9,6 +9,7 @@
 #include <node_api.h>
 #include <stdio.h>
 #include <string.h>
+#include <uv.h>
 
 // Room for a path (PATH_MAX) plus errno's text, so a message naming a file is never cut short.
 #define NAPI_CALL_MSG_MAX 4400
@@ -71,6 +72,27 @@ static inline napi_value new_callback_handle(napi_env env, void* data, napi_fina
   napi_wrap(env, handle, data, finalize, NULL, NULL);
   return handle;
 }
+
+// Starts `poll` on `fd` for readability on this env's loop, with `data` as its data.
+static inline void poll_readable(napi_env env, uv_poll_t* poll, int fd, void* data, uv_poll_cb on_readable) {
+  uv_loop_t* loop;
+  napi_get_uv_event_loop(env, &loop);
+  uv_poll_init(loop, poll, fd);
+  poll->data = data;
+  uv_poll_start(poll, UV_READABLE, on_readable);
+}
+
+// Defines `static type* unwrap(env, v)`: the object a handle wraps, or a thrown Error(closed_msg)
+// and NULL once it is closed (every wrapped type has a `closed` flag).
+#define DEFINE_UNWRAP(type, closed_msg)                                                           \
+  static type* unwrap(napi_env env, napi_value v) {                                              \
+    type* obj = NULL;                                                                            \
+    if (napi_unwrap(env, v, (void**)&obj) != napi_ok || !obj || obj->closed) {                   \
+      napi_throw_error(env, NULL, closed_msg);                                                   \
+      return NULL;                                                                               \
+    }                                                                                            \
+    return obj;                                                                                  \
+  }
 
 // Calls the handle's callback with one argument from a libuv callback (the caller holds a handle
 // scope). A throw in it is the process's uncaught exception, as for any event emitter; returns -1

@@ -239,24 +239,13 @@ static napi_value Open(napi_env env, napi_callback_info info) {
   napi_create_reference(env, argv[4], 1, &s->refs[1]);
   napi_create_reference(env, argv[5], 1, &s->refs[2]);
   napi_create_reference(env, argv[6], 1, &s->refs[3]);
-  uv_loop_t* loop;
-  napi_get_uv_event_loop(env, &loop);
-  uv_poll_init(loop, &s->poll, fd);
-  s->poll.data = s;
   napi_value handle = new_callback_handle(env, s, finalize, argv[7], "isthmus.udpbatch", &s->callback,
                                           &s->self, &s->async);
-  uv_poll_start(&s->poll, UV_READABLE, on_readable);
+  poll_readable(env, &s->poll, fd, s, on_readable);
   return handle;
 }
 
-static sock_t* unwrap(napi_env env, napi_value v) {
-  sock_t* s = NULL;
-  if (napi_unwrap(env, v, (void**)&s) != napi_ok || !s || s->closed) {
-    napi_throw_error(env, NULL, "udpbatch: socket is closed");
-    return NULL;
-  }
-  return s;
-}
+DEFINE_UNWRAP(sock_t, "udpbatch: socket is closed")
 
 static napi_value LocalPort(napi_env env, napi_callback_info info) {
   napi_value argv[1];

@@ -205,24 +205,13 @@ static napi_value Open(napi_env env, napi_callback_info info) {
   r->producer_pos = p;
   r->data = (unsigned char*)p + r->page;
   r->env = env;
-  uv_loop_t* loop;
-  napi_get_uv_event_loop(env, &loop);
-  uv_poll_init(loop, &r->poll, r->fd);
-  r->poll.data = r;
   napi_value handle = new_callback_handle(env, r, finalize, argv[1], "isthmus.upcallring", &r->callback,
                                           &r->self, &r->async);
-  uv_poll_start(&r->poll, UV_READABLE, on_readable);
+  poll_readable(env, &r->poll, r->fd, r, on_readable);
   return handle;
 }
 
-static ring_t* unwrap(napi_env env, napi_value v) {
-  ring_t* r = NULL;
-  if (napi_unwrap(env, v, (void**)&r) != napi_ok || !r || r->closed) {
-    napi_throw_error(env, NULL, "upcallring: closed");
-    return NULL;
-  }
-  return r;
-}
+DEFINE_UNWRAP(ring_t, "upcallring: closed")
 
 // stats(handle): { malformed, pending } (bytes submitted and not yet read)
 static napi_value Stats(napi_env env, napi_callback_info info) {
