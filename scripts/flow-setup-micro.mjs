@@ -12,7 +12,9 @@
 //     none during one; "gcsDuring" must be 0), and with `--heap` the top allocation sites
 //   node [V8 flags] scripts/flow-setup-micro.mjs gc [flows=3000]
 //     scavenges and their pauses per 1000 setups at the flags given (e.g. --max-semi-space-size=N),
-//     setups one after another as fast as they go (`--paced`: one every ~2 ms), after a warm-up
+//     setups one after another as fast as they go (`--paced`: one every ~2 ms), after a warm-up;
+//     `--thrash=KB` touches that much other memory between setups (cold caches, as in the agent);
+//     prints the datapath's stage profile (p50/p99 µs per stage)
 import { mkdtempSync, rmSync } from "node:fs";
 import { Session } from "node:inspector/promises";
 import { tmpdir } from "node:os";
@@ -233,15 +235,21 @@ if (mode === "alloc") {
   }
   gcs = [];
   const k0 = kernelBefore();
+  const mark = priv.setup.total;
   const times = [];
   const t0 = performance.now();
   // paced: one setup every ~2 ms with the event loop idle in between, as the datapath bench opens
   // its flows (V8 sizes the young generation by what it sees: a slow allocator keeps a small one).
   const paced = process.argv.includes("--paced");
+  // --thrash=KB: between setups, read and write that much other memory (what the other processes
+  // that run in the 2 ms between a bench's flows do to the CPU caches and TLB).
+  const thrashKb = Number(process.argv.find((a) => a.startsWith("--thrash="))?.slice(9) ?? 0);
+  const junk = new Uint32Array((thrashKb * 1024) / 4);
   for (let i = 0; i < N; i++) {
     const s = performance.now();
     one();
     times.push(performance.now() - s);
+    for (let j = 0; j < junk.length; j += 16) junk[j]++;
     if (paced) await sleep(2);
   }
   const wall = performance.now() - t0;
@@ -273,6 +281,14 @@ if (mode === "alloc") {
       scavengeMs: { p50: r2(pct(scav, 50)), max: r2(Math.max(0, ...scav)) },
       slowSetupsOverlappingGc: times.filter((x) => x > 0.5).length,
     }),
+  );
+  // The datapath's own stage profile (wake is ~0 here: the record is stamped just before it is
+  // handed up), p50 / p99 in µs: paced against back-to-back shows what a cold path costs.
+  const prof = priv.setup.since(mark);
+  const us = (xs, p) => Math.round(pct(xs, p) * 10000) / 10;
+  const stages = Object.entries(prof.stages).map(([k, xs]) => `${k} ${us(xs, 50)}/${us(xs, 99)}`);
+  console.log(
+    `stages p50/p99 µs (${paced ? "paced" : "back to back"}): ${stages.join(", ")}; from read ${us(prof.fromRead, 50)}/${us(prof.fromRead, 99)}`,
   );
 }
 console.error(

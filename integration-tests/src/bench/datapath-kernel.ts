@@ -29,6 +29,8 @@ export interface FlowSetupResult extends Latency {
   agent: Latency;
   /** Each stage's own latency (FlowSetupProfile's SETUP_STAGES) and GC overlap. */
   stages: Record<string, Latency>;
+  /** *wake* split by the ring reader's stamps (busy, thread, reader, call; absent on the veth). */
+  wakeParts?: Record<string, Latency>;
   gc: Latency;
   /** GC pauses from the first setup to the last, in or between them: how many, and their latency. */
   gcPauses: { count: number } & Latency;
@@ -38,6 +40,7 @@ export interface FlowSetupResult extends Latency {
     samples: number;
     meanMs: number;
     stagesMeanMs: Record<string, number>;
+    wakePartsMeanMs?: Record<string, number>;
     gcMeanMs: number;
     withGc: number;
     /** GC that overlapped miss → read (the frame waiting while the thread collected), mean. */
@@ -52,6 +55,7 @@ interface SetupReport {
   fromMiss: number[];
   fromRead: number[];
   stages: Record<string, number[]>;
+  wakeParts?: Record<string, number[]>;
   gcMs: number[];
   gcWakeMs?: number[];
   syncMs?: number[];
@@ -74,18 +78,28 @@ export function setupResult(s: SetupReport): FlowSetupResult {
   const order = s.fromMiss.map((_, i) => i).sort((x, y) => s.fromMiss[y]! - s.fromMiss[x]!);
   const slow = order.slice(0, Math.max(3, Math.ceil(order.length / 100)));
   const at = (xs: number[]) => slow.map((i) => xs[i]!).filter(Number.isFinite);
+  // Only the ring's frames carry the reader's stamps (NaN, null in JSON, otherwise).
+  const wakeParts = s.wakeParts
+    ? Object.entries(s.wakeParts).filter(([, v]) => v.some(Number.isFinite))
+    : undefined;
   return {
     samples: s.fromMiss.length,
     ...(s.upcallPaths ? { upcallPaths: s.upcallPaths } : {}),
     ...latency(s.fromMiss),
     agent: latency(s.fromRead),
     stages: Object.fromEntries(Object.entries(s.stages).map(([k, v]) => [k, latency(v)])),
+    ...(wakeParts
+      ? { wakeParts: Object.fromEntries(wakeParts.map(([k, v]) => [k, latency(v.filter(Number.isFinite))])) }
+      : {}),
     gc: latency(s.gcMs),
     gcPauses: { count: s.gcPauses.length, ...latency(s.gcPauses) },
     tail: {
       samples: slow.length,
       meanMs: mean(at(s.fromMiss)),
       stagesMeanMs: Object.fromEntries(Object.entries(s.stages).map(([k, v]) => [k, mean(at(v))])),
+      ...(wakeParts
+        ? { wakePartsMeanMs: Object.fromEntries(wakeParts.map(([k, v]) => [k, mean(at(v))])) }
+        : {}),
       gcMeanMs: mean(at(s.gcMs)),
       withGc: at(s.gcMs).filter((g) => g > 0).length,
       gcWakeMeanMs: mean(at(s.gcWakeMs ?? [])),

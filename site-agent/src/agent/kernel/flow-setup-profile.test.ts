@@ -1,9 +1,13 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { FlowSetupProfile, SETUP_STAGES } from "./flow-setup-profile.js";
+import { FlowSetupProfile, SETUP_STAGES, WAKE_PARTS } from "./flow-setup-profile.js";
 
 const sample = (base: number) => ({
   arrivedAt: base,
+  // The loop went to wait before the miss; the reader ran 0.12 ms after it and called back 0.03 later.
+  loopIdleAt: base - 1,
+  readerAt: base + 0.12,
+  calledAt: base + 0.15,
   readAt: base + 0.2,
   offeredAt: base + 0.25,
   handledAt: base + 0.26,
@@ -44,6 +48,34 @@ test("a flow setup splits into stages that add up to the latency from the miss",
     assert.deepEqual(r.gcMs.length, 2);
     // Samples before the process started: no GC pause it observed can overlap them.
     assert.deepEqual(r.gcMs, [0, 0]);
+  } finally {
+    p.close();
+  }
+});
+
+test("wake splits into the loop busy, the thread's wake-up, the reader and its callback", () => {
+  const p = new FlowSetupProfile(8);
+  try {
+    p.record(sample(-5000));
+    // The loop was busy until 0.08 ms after this miss: that much is busy, the rest the thread's.
+    p.record({ ...sample(-4000), loopIdleAt: -4000 + 0.08 });
+    // Up the veth: no reader stamps, every part unknown.
+    p.record({ ...sample(-3000), loopIdleAt: Number.NaN, readerAt: Number.NaN, calledAt: Number.NaN });
+    const r = p.since(0);
+    assert.deepEqual(Object.keys(r.wakeParts), [...WAKE_PARTS]);
+    const near = (got: number | undefined, want: number, what: string) =>
+      assert.ok(Math.abs(got! - want) < 1e-9, `${what}: ${got} (want ${want})`);
+    near(r.wakeParts.busy[0], 0, "busy, loop idle before the miss");
+    near(r.wakeParts.thread[0], 0.12, "thread");
+    near(r.wakeParts.busy[1], 0.08, "busy");
+    near(r.wakeParts.thread[1], 0.04, "thread after the loop's work");
+    for (const i of [0, 1]) {
+      near(r.wakeParts.reader[i], 0.03, "reader");
+      near(r.wakeParts.call[i], 0.05, "call");
+      const sum = WAKE_PARTS.reduce((a, k) => a + r.wakeParts[k][i]!, 0);
+      near(sum, r.stages.wake[i]!, "the parts add up to wake");
+    }
+    for (const k of WAKE_PARTS) assert.ok(Number.isNaN(r.wakeParts[k][2]), `${k} from the veth`);
   } finally {
     p.close();
   }

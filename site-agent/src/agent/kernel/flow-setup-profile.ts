@@ -15,9 +15,23 @@ import { LatencyRing } from "./latency-ring.js";
 export const SETUP_STAGES = ["wake", "parse", "queue", "simulate", "install", "encode", "mapUpdate"] as const;
 export type SetupStage = (typeof SETUP_STAGES)[number];
 
+/**
+ * *wake* split by what the ring reader stamps (NaN for frames that came up the veth): busy, the
+ * event loop still doing something else after the miss; thread, from then (or the miss) to the
+ * reader running (the thread's wake-up and epoll); reader, the reader's own work on the batch
+ * (copies, checksums); call, the reader's callback into JavaScript.
+ */
+export const WAKE_PARTS = ["busy", "thread", "reader", "call"] as const;
+export type WakePart = (typeof WAKE_PARTS)[number];
+
 export interface SetupSample extends UpcallTiming {
   /** performance.now() when the agent started reading the batch the frame came in. */
   readAt: number;
+  /** The ring reader's stamps for the batch, on performance.now()'s scale (NaN when unknown):
+   * when the event loop last went to wait, when the reader was entered, when it called back. */
+  loopIdleAt: number;
+  readerAt: number;
+  calledAt: number;
   encodedAt: number;
   writtenAt: number;
 }
@@ -29,6 +43,8 @@ export interface FlowSetupReport {
   /** Frame queued by the agent → entry written (ms): the agent's share. */
   fromRead: number[];
   stages: Record<SetupStage, number[]>;
+  /** *wake* split (WAKE_PARTS; NaN for frames that came up the veth). */
+  wakeParts: Record<WakePart, number[]>;
   /** Garbage collection (ms, any kind) that overlapped read → written. */
   gcMs: number[];
   /** Garbage collection that overlapped miss → read: the frame waited while the thread collected. */
@@ -46,6 +62,7 @@ export class FlowSetupProfile {
   private readonly fromMiss: LatencyRing;
   private readonly fromRead: LatencyRing;
   private readonly stages: Record<SetupStage, LatencyRing>;
+  private readonly wakeParts: Record<WakePart, LatencyRing>;
   private readonly readAt: LatencyRing;
   private readonly writtenAt: LatencyRing;
   private readonly gcStart: LatencyRing;
@@ -62,6 +79,10 @@ export class FlowSetupProfile {
     this.writtenAt = new LatencyRing(capacity);
     this.stages = Object.fromEntries(SETUP_STAGES.map((s) => [s, new LatencyRing(capacity)])) as Record<
       SetupStage,
+      LatencyRing
+    >;
+    this.wakeParts = Object.fromEntries(WAKE_PARTS.map((s) => [s, new LatencyRing(capacity)])) as Record<
+      WakePart,
       LatencyRing
     >;
     this.gcStart = new LatencyRing(GC_RING);
@@ -93,6 +114,14 @@ export class FlowSetupProfile {
     st.install.record(s.installedAt - s.decidedAt);
     st.encode.record(s.encodedAt - s.installedAt);
     st.mapUpdate.record(s.writtenAt - s.encodedAt);
+    const w = this.wakeParts;
+    // The loop went to wait after the miss: it was busy until then, and the thread's wait starts there.
+    // (Math.max keeps a NaN stamp, from the veth, so every part is NaN then.)
+    const waitFrom = Math.max(s.loopIdleAt, s.arrivedAt);
+    w.busy.record(waitFrom - s.arrivedAt);
+    w.thread.record(s.readerAt - waitFrom);
+    w.reader.record(s.calledAt - s.readerAt);
+    w.call.record(s.readAt - s.calledAt);
     this.readAt.record(s.readAt);
     this.writtenAt.record(s.writtenAt);
     this.arrivedAt.record(s.arrivedAt);
@@ -134,6 +163,10 @@ export class FlowSetupProfile {
       fromRead: this.fromRead.since(mark),
       stages: Object.fromEntries(SETUP_STAGES.map((s) => [s, this.stages[s].since(mark)])) as Record<
         SetupStage,
+        number[]
+      >,
+      wakeParts: Object.fromEntries(WAKE_PARTS.map((s) => [s, this.wakeParts[s].since(mark)])) as Record<
+        WakePart,
         number[]
       >,
       gcMs,

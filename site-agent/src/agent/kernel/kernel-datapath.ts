@@ -219,6 +219,11 @@ export class KernelDatapath implements Datapath {
    * was encoded: the flow-setup profile's stage boundaries. */
   private batchReadAt = 0;
   private lastEncodedAt = 0;
+  /** The ring reader's stamps for the batch being handled (performance.now() scale; NaN when it
+   * came up the veth): the loop going to wait, the reader entered, the reader calling back. */
+  private batchLoopIdleAt = Number.NaN;
+  private batchReaderAt = Number.NaN;
+  private batchCalledAt = Number.NaN;
   /** Filled per recorded setup (the profile copies the numbers): no object per new flow. */
   private readonly sample: SetupSample = {
     arrivedAt: 0,
@@ -227,6 +232,9 @@ export class KernelDatapath implements Datapath {
     decidedAt: 0,
     installedAt: 0,
     readAt: 0,
+    loopIdleAt: 0,
+    readerAt: 0,
+    calledAt: 0,
     encodedAt: 0,
     writtenAt: 0,
   };
@@ -345,7 +353,8 @@ export class KernelDatapath implements Datapath {
       if (ringWanted && upcallRingAvailable()) {
         // Reading before the programs are told to write: no record is left unread.
         this.ring = new UpcallRing(join(this.pinDir, "maps", "upcall_ring"));
-        this.ring.start((bufs) => this.onUpcallBuffers(bufs));
+        const ring = this.ring;
+        this.ring.start((bufs) => this.onRingBuffers(bufs, ring.times));
       }
       const cfg = Buffer.alloc(CONFIG_SIZE);
       cfg.writeUInt32LE(up.ifindex, 0);
@@ -882,9 +891,23 @@ export class KernelDatapath implements Datapath {
 
   // ---- upcalls ----
 
-  private onUpcallBuffers(bufs: Buffer[]): void {
+  /** A batch from the ring reader, with its stamps (CLOCK_MONOTONIC ms, see UpcallRing.times). */
+  private onRingBuffers(bufs: Buffer[], times: Float64Array): void {
+    const readAt = performance.now();
+    const off = this.monoOffsetMs;
+    this.batchLoopIdleAt = times[0]! - off;
+    this.batchReaderAt = times[1]! - off;
+    this.batchCalledAt = times[2]! - off;
+    try {
+      this.onUpcallBuffers(bufs, readAt);
+    } finally {
+      this.batchLoopIdleAt = this.batchReaderAt = this.batchCalledAt = Number.NaN;
+    }
+  }
+
+  private onUpcallBuffers(bufs: Buffer[], readAt = performance.now()): void {
     if (this.stopped) return;
-    this.batchReadAt = performance.now();
+    this.batchReadAt = readAt;
     this.inBatch = true;
     try {
       // Simulate the batch's misses at its end rather than on the next check phase: every fd
@@ -957,6 +980,9 @@ export class KernelDatapath implements Datapath {
     s.decidedAt = t.decidedAt;
     s.installedAt = t.installedAt;
     s.readAt = Math.min(this.batchReadAt, t.offeredAt);
+    s.loopIdleAt = this.batchLoopIdleAt;
+    s.readerAt = this.batchReaderAt;
+    s.calledAt = this.batchCalledAt;
     s.encodedAt = this.lastEncodedAt;
     s.writtenAt = performance.now();
     this.setup.record(s);

@@ -7,7 +7,7 @@ import { nativeAddon } from "../native-addon.js";
 import { BpfMap } from "./bpf-map.js";
 
 interface UpcallRingAddon {
-  open(fd: number, onRecords: (bufs: Buffer[]) => void): object;
+  open(fd: number, onRecords: (bufs: Buffer[]) => void, times: Float64Array): object;
   stats(handle: object): { malformed: number; pending: number };
   close(handle: object): void;
   finishChecksum(frame: Buffer): void;
@@ -34,6 +34,13 @@ export function finishRingChecksum(frame: Buffer): void {
 export class UpcallRing {
   private map: BpfMap | undefined;
   private handle: object | undefined;
+  /**
+   * Written by the reader (CLOCK_MONOTONIC ms), valid during the `onBuffers` call: when the event
+   * loop last went to wait for events, when the reader was entered for this batch, and when it
+   * called back. They split the time from a miss to the agent reading it (see FlowSetupProfile).
+   * Over an ArrayBuffer of its own, so its memory never moves.
+   */
+  readonly times = new Float64Array(new ArrayBuffer(3 * 8));
 
   /** `path`: the pinned `upcall_ring` map. */
   constructor(readonly path: string) {}
@@ -43,7 +50,7 @@ export class UpcallRing {
     const a = load();
     this.map = BpfMap.openPinned(this.path, 0, 0);
     try {
-      this.handle = a.open(this.map.descriptor, onBuffers);
+      this.handle = a.open(this.map.descriptor, onBuffers, this.times);
     } finally {
       // The reader holds its own descriptor.
       this.map.close();
