@@ -14,7 +14,9 @@
 //     scavenges and their pauses per 1000 setups at the flags given (e.g. --max-semi-space-size=N),
 //     setups one after another as fast as they go (`--paced`: one every ~2 ms), after a warm-up;
 //     `--thrash=KB` touches that much other memory between setups (cold caches, as in the agent);
-//     prints the datapath's stage profile (p50/p99 µs per stage)
+//     prints the datapath's stage profile (p50/p99 µs per stage); SLOWEST=n lists the n slowest
+//     setups by their index (table size) and the stages of the worst five (use ≤ 4096 flows, the
+//     profile's capacity, so the indexes line up)
 import { mkdtempSync, rmSync } from "node:fs";
 import { Session } from "node:inspector/promises";
 import { tmpdir } from "node:os";
@@ -282,6 +284,20 @@ if (mode === "alloc") {
       slowSetupsOverlappingGc: times.filter((x) => x > 0.5).length,
     }),
   );
+  if (process.env.SLOWEST) {
+    const idx = times
+      .map((t, i) => [t, i])
+      .sort((a, b) => b[0] - a[0])
+      .slice(0, Number(process.env.SLOWEST));
+    console.log(
+      `slowest: ${idx.map(([t, i]) => `#${i + warmInstalls}:${Math.round(t * 1000)}µs`).join(" ")}`,
+    );
+    const pr = priv.setup.since(mark);
+    for (const [, i] of idx.slice(0, 5)) {
+      const st = Object.entries(pr.stages).map(([k, xs]) => `${k} ${Math.round(xs[i] * 1000)}`);
+      console.log(`  #${i + warmInstalls}: ${st.join(", ")}; gc ${Math.round(pr.gcMs[i] * 1000)}`);
+    }
+  }
   // The datapath's own stage profile (wake is ~0 here: the record is stamped just before it is
   // handed up), p50 / p99 in µs: paced against back-to-back shows what a cold path costs.
   const prof = priv.setup.since(mark);

@@ -141,3 +141,41 @@ test("a mask Buffer reused with other bytes goes to the bucket of its bytes, not
   t.remove(f2!, "deleted");
   assert.equal(t.maskCount, 0);
 });
+
+test("a tag carried by hundreds of flows (a sharded set past 256) still removes exactly them", () => {
+  const t = new FlowTable();
+  const exact = maskFromFields(["inPort", "ethDst", "ipSrc", "ipDst", "ipProto", "tpSrc", "tpDst"]);
+  const flows = [];
+  for (let sport = 1; sport <= 600; sport++) {
+    const f = t.install(
+      {
+        match: keyOf(udpFrame({ ...A, sport, dport: 9 })),
+        mask: exact,
+        actions: out,
+        tags: ["port-1", `ct:${sport}`, ...(sport % 2 === 0 ? ["even"] : [])],
+      },
+      0,
+    );
+    assert.ok(f);
+    flows.push(f);
+  }
+  assert.equal(t.flowsWithTag("port-1").length, 600);
+  // One flow goes on its own; the shared tags forget it.
+  assert.equal(t.invalidate(["ct:10"]), 1);
+  assert.equal(t.flowsWithTag("port-1").length, 599);
+  assert.equal(t.flowsWithTag("even").length, 299);
+  assert.equal(t.invalidate(["even"]), 299);
+  assert.equal(t.size, 300);
+  assert.ok(
+    t.flowsWithTag("port-1").every((f) => f.id % 2 === 1),
+    "the odd ones are left",
+  );
+  assert.deepEqual(
+    t.flows().map((f) => f.id),
+    flows.filter((f) => !f.removed).map((f) => f.id),
+    "dumps keep install order",
+  );
+  assert.equal(t.invalidate(["port-1"]), 300);
+  assert.equal(t.size, 0);
+  assert.equal(t.flowsWithTag("port-1").length, 0);
+});

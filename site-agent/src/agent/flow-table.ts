@@ -5,6 +5,7 @@
 import { ExactCache } from "./exact-cache.js";
 import type { FlowActions } from "./flow-actions.js";
 import { applyMask, KEY_SIZE } from "./flow-key.js";
+import { ShardedIdSet, ShardedMap, stringShard } from "./flow-sharded-map.js";
 
 export interface FlowTableLimits {
   /** Megaflows; installs beyond it are refused (counted) until expiry makes room. */
@@ -75,14 +76,22 @@ interface MaskBucket {
   mask: Buffer;
   /** The mask's bytes as a string: the bucket's key in `buckets`. */
   key: string;
-  flows: Map<string, Flow>;
+  /** By the match's bytes as a string; sharded, so growing never stalls one install for long. */
+  flows: ShardedMap<string, Flow>;
 }
 
 /**
  * The flows carrying one tag. Most tags (a connection's conntrack entry) name a single flow, held
- * as it is; a Set is made when a second flow carries the tag.
+ * as it is; a Set is made when a second flow carries the tag, and a sharded set once it holds
+ * SHARDED_TAG_FLOWS: tags such as the ingress port's are carried by every flow, and a Set of
+ * thousands rehashing on the install that grows it stalled that flow's setup for milliseconds.
  */
-type TagFlows = Flow | Set<Flow>;
+type TagFlows = Flow | Set<Flow> | ShardedIdSet<Flow>;
+const SHARDED_TAG_FLOWS = 256;
+
+function tagFlowsArray(cur: TagFlows): Flow[] {
+  return cur instanceof Set ? [...cur] : cur instanceof ShardedIdSet ? cur.toArray() : [cur];
+}
 
 export class FlowTable {
   private readonly buckets = new Map<string, MaskBucket>();
@@ -93,7 +102,7 @@ export class FlowTable {
    */
   private readonly bucketOfMask = new WeakMap<Buffer, MaskBucket>();
   private readonly exact: ExactCache<Flow>;
-  private readonly byTag = new Map<string, TagFlows>();
+  private readonly byTag = new ShardedMap<string, TagFlows>(stringShard);
   private readonly scratch = Buffer.alloc(KEY_SIZE);
   private nextId = 1;
   private count = 0;
@@ -179,7 +188,7 @@ export class FlowTable {
       return undefined;
     }
     if (!bucket) {
-      bucket = { mask: Buffer.from(req.mask), key: maskKey, flows: new Map() };
+      bucket = { mask: Buffer.from(req.mask), key: maskKey, flows: new ShardedMap(stringShard) };
       this.buckets.set(maskKey, bucket);
       this.bucketOfMask.set(req.mask, bucket);
       this.bucketOfMask.set(bucket.mask, bucket); // remove() finds it from flow.mask
@@ -204,8 +213,15 @@ export class FlowTable {
     for (const t of flow.tags) {
       const cur = this.byTag.get(t);
       if (cur === undefined) this.byTag.set(t, flow);
-      else if (cur instanceof Set) cur.add(flow);
-      else if (cur !== flow) this.byTag.set(t, new Set([cur, flow]));
+      else if (cur instanceof ShardedIdSet) cur.add(flow);
+      else if (cur instanceof Set) {
+        if (cur.size < SHARDED_TAG_FLOWS) cur.add(flow);
+        else {
+          const sharded = new ShardedIdSet<Flow>();
+          for (const f of cur) sharded.add(f);
+          this.byTag.set(t, sharded.add(flow));
+        }
+      } else if (cur !== flow) this.byTag.set(t, new Set([cur, flow]));
     }
     this.stats.installs++;
     return flow;
@@ -225,7 +241,7 @@ export class FlowTable {
     for (const t of flow.tags) {
       const cur = this.byTag.get(t);
       if (cur === flow) this.byTag.delete(t);
-      else if (cur instanceof Set) {
+      else if (cur instanceof Set || cur instanceof ShardedIdSet) {
         cur.delete(flow);
         if (cur.size === 0) this.byTag.delete(t);
       }
@@ -240,7 +256,7 @@ export class FlowTable {
     for (const t of tags) {
       const cur = this.byTag.get(t);
       if (cur === undefined) continue;
-      for (const f of cur instanceof Set ? [...cur] : [cur]) {
+      for (const f of tagFlowsArray(cur)) {
         this.remove(f, "invalidated");
         n++;
       }
@@ -251,7 +267,7 @@ export class FlowTable {
   /** Removes idle and hard-expired flows; returns how many. */
   expire(now: number): number {
     let n = 0;
-    for (const f of this.flows()) {
+    for (const f of this.snapshot()) {
       if (f.hardTimeoutMs > 0 && now - f.installedAt >= f.hardTimeoutMs) {
         this.remove(f, "hard");
         n++;
@@ -264,18 +280,34 @@ export class FlowTable {
   }
 
   clear(): void {
-    for (const f of this.flows()) this.remove(f, "deleted");
+    for (const f of this.snapshot()) this.remove(f, "deleted");
     this.exact.clear();
   }
 
+  /** Every flow, by mask bucket and in install order within one (as the dumps have shown them). */
   flows(): Flow[] {
     const out: Flow[] = [];
-    for (const b of this.buckets.values()) for (const f of b.flows.values()) out.push(f);
+    for (const b of this.buckets.values()) {
+      // A bucket's flows were installed in id order; the shards hold them in another.
+      const fs = b.flows.valuesArray().sort((x, y) => x.id - y.id);
+      for (const f of fs) out.push(f);
+    }
+    return out;
+  }
+
+  /** Every flow, in no particular order (expiry and clearing need no order). */
+  private snapshot(): Flow[] {
+    const out: Flow[] = [];
+    for (const b of this.buckets.values()) {
+      b.flows.forEach((f) => {
+        out.push(f);
+      });
+    }
     return out;
   }
 
   flowsWithTag(tag: string): Flow[] {
     const cur = this.byTag.get(tag);
-    return cur === undefined ? [] : cur instanceof Set ? [...cur] : [cur];
+    return cur === undefined ? [] : tagFlowsArray(cur);
   }
 }

@@ -23,6 +23,7 @@ import {
 import { countDropIn } from "../drop-reason.js";
 import { applyRewrites, describeActions, type FlowActions, validateActions } from "../flow-actions.js";
 import { describeKey } from "../flow-key.js";
+import { numberShard, ShardedMap, stringShard } from "../flow-sharded-map.js";
 import {
   DEFAULT_FLOW_LIMITS,
   type Flow,
@@ -170,10 +171,13 @@ export class KernelDatapath implements Datapath {
   private readonly tunnels = new Map<string, PortCounters>();
   private readonly drops = new Map<string, number>();
   private readonly kernelDropsSeen = new Map<number, bigint>();
-  private readonly entries = new Map<string, KernelEntry>();
+  /** Per-flow indexes, sharded so that growing one never stalls a flow's setup (see ShardedMap). */
+  private readonly entries = new ShardedMap<string, KernelEntry>(stringShard);
   /** A flow's entries: most flows have one, held as it is (no Set per flow for GC to move). */
-  private readonly entriesByFlow = new Map<Flow, KernelEntry | Set<KernelEntry>>();
-  private readonly entriesById = new Map<number, KernelEntry>();
+  private readonly entriesByFlow = new ShardedMap<Flow, KernelEntry | Set<KernelEntry>>((f) =>
+    numberShard(f.id),
+  );
+  private readonly entriesById = new ShardedMap<number, KernelEntry>(numberShard);
   private nextEntryId = 1;
   /** The counter read-back in progress (it runs in chunks so a large map never stalls the loop). */
   private walk: { epoch: number; from: Buffer | null; next: Buffer } | undefined;
@@ -219,6 +223,7 @@ export class KernelDatapath implements Datapath {
    * was encoded: the flow-setup profile's stage boundaries. */
   private batchReadAt = 0;
   private lastEncodedAt = 0;
+  private lastWrittenAt = 0;
   /** The ring reader's stamps for the batch being handled (performance.now() scale; NaN when it
    * came up the veth): the loop going to wait, the reader entered, the reader calling back. */
   private batchLoopIdleAt = Number.NaN;
@@ -456,7 +461,7 @@ export class KernelDatapath implements Datapath {
     this.ports.delete(portNo);
     this.pump.dropPort(portNo);
     // ifindexes are reused: nothing may keep pointing at this one.
-    for (const e of [...this.entries.values()]) {
+    for (const e of this.entries.valuesArray()) {
       if (e.inPortNo === portNo || e.outPortNo === portNo) this.table.remove(e.flow, "deleted");
     }
     this.table.invalidate([agentTag.port(p.portId)]);
@@ -743,6 +748,9 @@ export class KernelDatapath implements Datapath {
       this.userspaceReason.set(flow, `kernel map update failed: ${(err as Error).message}`);
       return;
     }
+    // The kernel forwards the flow's packets from here; the agent's own index of the entry is
+    // made after the stamp (it is not part of what a first packet waits for).
+    this.lastWrittenAt = performance.now();
     const out = flow.actions.outputs[0];
     const entry: KernelEntry = {
       key: e.key,
@@ -830,7 +838,9 @@ export class KernelDatapath implements Datapath {
     }
     this.walk = undefined;
     // Entries the walk did not meet are gone from the map; ones written during it were not due.
-    for (const e of this.entries.values()) if (e.seen < w.epoch) this.forgetEntry(e);
+    this.entries.forEach((e) => {
+      if (e.seen < w.epoch) this.forgetEntry(e);
+    });
     this.table.expire(now);
     this.foldKernelDrops(this.kernelStats());
   }
@@ -984,7 +994,7 @@ export class KernelDatapath implements Datapath {
     s.readerAt = this.batchReaderAt;
     s.calledAt = this.batchCalledAt;
     s.encodedAt = this.lastEncodedAt;
-    s.writtenAt = performance.now();
+    s.writtenAt = this.lastWrittenAt;
     this.setup.record(s);
   }
 
