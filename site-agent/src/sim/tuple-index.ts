@@ -5,7 +5,13 @@
 // at most half full (grows by doubling), deletion by backward shift so no tombstones accumulate.
 
 const WORDS = 4;
-const MIN_CAPACITY = 256;
+/**
+ * The first table holds 2048 entries (112 KB, committed by the OS only as slots are touched):
+ * growing rehashes every entry inside the insert that filled the table, in code that has run too
+ * rarely to be compiled, which cost 1-5 ms at 512-1024 entries — inside one new connection's flow
+ * setup. Starting larger keeps a host's first couple of thousand connections free of it.
+ */
+const MIN_CAPACITY = 4096;
 
 export class TupleIndex {
   private cap = 0;
