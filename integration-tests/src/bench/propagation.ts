@@ -33,6 +33,7 @@ import {
 import { runCli } from "../harness/cli.js";
 import { CoordinatorGroup } from "../harness/coordinator-group.js";
 import { onboardSite, SiteProcess } from "../harness/site-process.js";
+import { DEFAULT_QUIET, type QuietResult, waitMachineQuiet } from "./machine-quiet.js";
 import { type SnapshotResult, snapshotMarkdown, snapshotStep } from "./propagation-snapshot.js";
 
 export interface PropagationBenchOptions {
@@ -83,6 +84,8 @@ export interface PhaseResult {
   timeline?: ChangeTimeline;
   /** Which processes were paused (GC, event-loop stalls) during the phase and its slow changes. */
   pauses?: PhasePauses;
+  /** The wait before the phase for the machine to be quiet (machine-quiet.ts), and whether it got quiet. */
+  quietBefore?: QuietResult;
   load1: number;
 }
 
@@ -732,6 +735,11 @@ function describe(p: PhaseResult): string {
     `${p.sites} sites, ${p.stateObjects} objects: commit→every site p50 ${c.p50} ms p99 ${c.p99} ms ` +
     `(request→every site p50 ${p.requestToEverySite.p50} ms p99 ${p.requestToEverySite.p99} ms; ` +
     `commit p50 ${p.commit.p50} ms) load ${p.load1}` +
+    (p.quietBefore
+      ? p.quietBefore.quiet
+        ? `; machine quiet after ${p.quietBefore.seconds.toFixed(0)} s`
+        : `; machine NOT quiet after ${p.quietBefore.seconds.toFixed(0)} s (busy ${(p.quietBefore.lastBusy * 100).toFixed(0)} %)`
+      : "") +
     (p.stages
       ? `\n    mean ${p.stages.commitToEverySiteMeanMs} ms = site queue wait ${p.stages.siteWaitMs} + site apply ${p.stages.siteApplyMs} + streams ${p.stages.otherMs}`
       : "") +
@@ -930,7 +938,10 @@ export async function measure(opts: PropagationBenchOptions): Promise<Propagatio
       };
     };
     const phase = async (label: string) => {
-      const p = await b.measure(label, changes);
+      // Steady state, not the aftermath of what came before (a catch-up of 100k objects keeps
+      // the processes busy for seconds after every site has applied it).
+      const quietBefore = await waitMachineQuiet();
+      const p = { ...(await b.measure(label, changes)), quietBefore };
       console.log(`  ${describe(p)}`);
       phases.push(p);
       opts.onProgress?.(summarize());
@@ -1011,6 +1022,27 @@ export function markdown(r: PropagationResult): string {
       `| ${p.sites} | ${p.stateObjects.toLocaleString("en-US")} | ${p.changes} | ${c.p50} | ${c.p99} | ${c.max} | ` +
         `${st ? `${st.commitToEverySiteMeanMs} = ${st.siteWaitMs} + ${st.siteApplyMs} + ${st.otherMs}` : "—"} | ` +
         `${p.requestToEverySite.p50} | ${p.requestToEverySite.p99} | ${p.commit.p50} | ${p.load1} |`,
+    );
+  }
+  const waits = r.phases.filter((p) => p.quietBefore);
+  if (waits.length > 0) {
+    lines.push(
+      "",
+      `Before each phase the benchmark waits until the whole machine (every process, PostgreSQL included) ` +
+        `has used under ${DEFAULT_QUIET.maxBusy * 100} % of its CPUs for ${DEFAULT_QUIET.windows} seconds in a row ` +
+        `(at most ${DEFAULT_QUIET.timeoutMs / 1000} s), so that a phase measures the steady state at its size rather ` +
+        "than the aftermath of the load before it (after a 100k catch-up the controllers go on reading the change " +
+        "log and collecting its garbage for seconds). Waited: " +
+        waits
+          .map(
+            (p) =>
+              `${p.stateObjects.toLocaleString("en-US")} objects ${p.quietBefore!.seconds.toFixed(0)} s` +
+              (p.quietBefore!.quiet
+                ? ""
+                : ` (not quiet: ${(p.quietBefore!.lastBusy * 100).toFixed(0)} % busy)`),
+          )
+          .join(", ") +
+        ".",
     );
   }
   lines.push(

@@ -2,10 +2,10 @@
 // Raft group on loopback, each with its own data directory and the shared key directory. The
 // whole group can be stopped (SIGTERM) and started again on the same ports and data (raft WAL).
 import { type ChildProcess, spawn } from "node:child_process";
-import { createWriteStream } from "node:fs";
 import { join } from "node:path";
 import { credentials, Metadata } from "@grpc/grpc-js";
 import { healthpb } from "@isthmus/schema";
+import { benchLogStream, stopOnExit } from "./child-lifetime.js";
 import { CLI } from "./cli.js";
 import { fixedPort } from "./ports.js";
 
@@ -68,9 +68,9 @@ export class CoordinatorGroup {
         // ISTHMUS_BENCH_LOG_DIR keeps each node's JSON log (appended across restarts).
         { stdio: ["ignore", process.env.ISTHMUS_BENCH_LOG_DIR ? "pipe" : "ignore", "inherit"] },
       );
-      const logDir = process.env.ISTHMUS_BENCH_LOG_DIR;
-      if (logDir && child.stdout)
-        child.stdout.pipe(createWriteStream(join(logDir, `${id}.log`), { flags: "a" }));
+      stopOnExit(child);
+      const log = child.stdout ? benchLogStream(id) : undefined;
+      if (log) child.stdout!.pipe(log);
       this.children.set(id, child);
     }
     await Promise.all(

@@ -2,10 +2,10 @@
 // as an operator would, then an `isthmus site-controller` process with its own embedded
 // PostgreSQL (from the npm package), found by the address it logs at start-up.
 import { type ChildProcess, spawn } from "node:child_process";
-import { createWriteStream } from "node:fs";
 import { chmod, mkdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
+import { benchLogStream, stopOnExit } from "./child-lifetime.js";
 import { CLI, runCli } from "./cli.js";
 
 /** Runs `site add` at `via` and `site join` against every coordinator; returns the credential file. */
@@ -88,6 +88,7 @@ export class SiteProcess {
       ],
       { stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, ...o.env } },
     );
+    stopOnExit(child);
     const exited = new Promise<never>((_, reject) =>
       child.once("exit", (code) => reject(new Error(`site-controller ${o.site} exited with ${code}`))),
     );
@@ -104,9 +105,8 @@ export class SiteProcess {
     // (and dropped) so the pipe never fills.
     const lines = createInterface({ input: child.stdout! });
     // ISTHMUS_BENCH_LOG_DIR keeps each controller's JSON log (to read after a failed run).
-    const logDir = process.env.ISTHMUS_BENCH_LOG_DIR;
-    if (logDir) {
-      const out = createWriteStream(join(logDir, `${o.site}.log`), { flags: "a" });
+    const out = benchLogStream(o.site);
+    if (out) {
       lines.on("line", (line) => out.write(`${line}\n`));
       lines.on("close", () => out.end());
     }
