@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { numberShard, ShardedIdSet, ShardedMap, stringShard } from "./flow-sharded-map.js";
+import { numberShard, ShardedMap, stringShard } from "./flow-sharded-map.js";
 
 test("a sharded map behaves as a Map: get, set, replace, delete, size, every entry once", () => {
   const m = new ShardedMap<string, number>(stringShard);
@@ -47,17 +47,4 @@ test("entries spread over the shards, and deleting while walking is safe", () =>
   });
   assert.equal(m.size, 500);
   for (let i = 0; i < 1000; i++) assert.equal(m.has(i), i % 2 === 1);
-});
-
-test("a sharded id set holds each member once", () => {
-  const s = new ShardedIdSet<{ id: number }>();
-  const members = Array.from({ length: 300 }, (_, id) => ({ id }));
-  for (const v of members) s.add(v).add(v);
-  assert.equal(s.size, 300);
-  assert.ok(s.has(members[7]!));
-  assert.ok(!s.has({ id: 7 }), "membership is by identity");
-  assert.ok(s.delete(members[7]!));
-  assert.ok(!s.delete(members[7]!));
-  assert.equal(s.size, 299);
-  assert.equal(new Set(s.toArray()).size, 299);
 });

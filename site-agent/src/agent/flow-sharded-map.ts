@@ -79,30 +79,3 @@ export class ShardedMap<K, V> {
     return out;
   }
 }
-
-/** A set of flows (or anything with a sequential `id`), sharded as ShardedMap is. */
-export class ShardedIdSet<T extends { readonly id: number }> {
-  private readonly map = new ShardedMap<T, T>((v) => numberShard(v.id));
-
-  get size(): number {
-    return this.map.size;
-  }
-
-  add(v: T): this {
-    this.map.set(v, v);
-    return this;
-  }
-
-  has(v: T): boolean {
-    return this.map.has(v);
-  }
-
-  delete(v: T): boolean {
-    return this.map.delete(v);
-  }
-
-  /** A snapshot of the members. */
-  toArray(): T[] {
-    return this.map.valuesArray();
-  }
-}

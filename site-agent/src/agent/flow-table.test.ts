@@ -142,7 +142,7 @@ test("a mask Buffer reused with other bytes goes to the bucket of its bytes, not
   assert.equal(t.maskCount, 0);
 });
 
-test("a tag carried by hundreds of flows (a sharded set past 256) still removes exactly them", () => {
+test("a tag carried by hundreds of flows (a swap-remove list) removes exactly them, whatever the order", () => {
   const t = new FlowTable();
   const exact = maskFromFields(["inPort", "ethDst", "ipSrc", "ipDst", "ipProto", "tpSrc", "tpDst"]);
   const flows = [];
@@ -160,7 +160,7 @@ test("a tag carried by hundreds of flows (a sharded set past 256) still removes 
     flows.push(f);
   }
   assert.equal(t.flowsWithTag("port-1").length, 600);
-  // One flow goes on its own; the shared tags forget it.
+  // One flow goes on its own (from the middle of the shared lists); the shared tags forget it.
   assert.equal(t.invalidate(["ct:10"]), 1);
   assert.equal(t.flowsWithTag("port-1").length, 599);
   assert.equal(t.flowsWithTag("even").length, 299);

@@ -5,7 +5,7 @@
 import { ExactCache } from "./exact-cache.js";
 import type { FlowActions } from "./flow-actions.js";
 import { applyMask, KEY_SIZE } from "./flow-key.js";
-import { ShardedIdSet, ShardedMap, stringShard } from "./flow-sharded-map.js";
+import { ShardedMap, stringShard } from "./flow-sharded-map.js";
 
 export interface FlowTableLimits {
   /** Megaflows; installs beyond it are refused (counted) until expiry makes room. */
@@ -43,6 +43,9 @@ export interface Flow {
   removed: boolean;
   /** Hook for the agent: runs on every hit (flow-state refresh). */
   onHit?: (flow: Flow, now: number) => void;
+  /** The table's own: for each tag, this flow's index in the tag's TagList (-1 while it alone
+   * carries the tag). */
+  readonly tagSlots: number[];
 }
 
 export interface InstallRequest {
@@ -81,16 +84,23 @@ interface MaskBucket {
 }
 
 /**
- * The flows carrying one tag. Most tags (a connection's conntrack entry) name a single flow, held
- * as it is; a Set is made when a second flow carries the tag, and a sharded set once it holds
- * SHARDED_TAG_FLOWS: tags such as the ingress port's are carried by every flow, and a Set of
- * thousands rehashing on the install that grows it stalled that flow's setup for milliseconds.
+ * The flows of a tag that more than one flow carries, in an array: each flow keeps its index
+ * (Flow.tagSlots), so adding is a push and removing a swap with the last. Tags such as the
+ * ingress port's are carried by every flow, and a Set of thousands rehashing inside the install
+ * that grew it stalled that flow's setup for milliseconds; an array grows by copying pointers.
  */
-type TagFlows = Flow | Set<Flow> | ShardedIdSet<Flow>;
-const SHARDED_TAG_FLOWS = 256;
+class TagList {
+  readonly flows: Flow[];
+  constructor(a: Flow, b: Flow) {
+    this.flows = [a, b];
+  }
+}
+
+/** Most tags (a connection's conntrack entry) name a single flow, held as it is. */
+type TagFlows = Flow | TagList;
 
 function tagFlowsArray(cur: TagFlows): Flow[] {
-  return cur instanceof Set ? [...cur] : cur instanceof ShardedIdSet ? cur.toArray() : [cur];
+  return cur instanceof TagList ? [...cur.flows] : [cur];
 }
 
 export class FlowTable {
@@ -207,21 +217,23 @@ export class FlowTable {
       bytes: 0,
       removed: false,
       onHit: req.onHit,
+      tagSlots: [],
     };
     bucket.flows.set(matchKey, flow);
     this.count++;
     for (const t of flow.tags) {
       const cur = this.byTag.get(t);
-      if (cur === undefined) this.byTag.set(t, flow);
-      else if (cur instanceof ShardedIdSet) cur.add(flow);
-      else if (cur instanceof Set) {
-        if (cur.size < SHARDED_TAG_FLOWS) cur.add(flow);
-        else {
-          const sharded = new ShardedIdSet<Flow>();
-          for (const f of cur) sharded.add(f);
-          this.byTag.set(t, sharded.add(flow));
-        }
-      } else if (cur !== flow) this.byTag.set(t, new Set([cur, flow]));
+      if (cur === undefined) {
+        this.byTag.set(t, flow);
+        flow.tagSlots.push(-1);
+      } else if (cur instanceof TagList) {
+        flow.tagSlots.push(cur.flows.length);
+        cur.flows.push(flow);
+      } else {
+        cur.tagSlots[cur.tags.indexOf(t)] = 0;
+        this.byTag.set(t, new TagList(cur, flow));
+        flow.tagSlots.push(1);
+      }
     }
     this.stats.installs++;
     return flow;
@@ -238,12 +250,21 @@ export class FlowTable {
     if (bucket.flows.size === 0) this.buckets.delete(bucket.key);
     flow.removed = true; // exact-cache entries pointing at it are dropped lazily on lookup
     this.count--;
-    for (const t of flow.tags) {
+    for (let k = 0; k < flow.tags.length; k++) {
+      const t = flow.tags[k]!;
       const cur = this.byTag.get(t);
       if (cur === flow) this.byTag.delete(t);
-      else if (cur instanceof Set || cur instanceof ShardedIdSet) {
-        cur.delete(flow);
-        if (cur.size === 0) this.byTag.delete(t);
+      else if (cur instanceof TagList) {
+        const at = flow.tagSlots[k]!;
+        if (cur.flows[at] !== flow) {
+          throw new Error(`flow table invariant: flow ${flow.id} is not at its place in tag ${t}`);
+        }
+        const last = cur.flows.pop()!;
+        if (last !== flow) {
+          cur.flows[at] = last;
+          last.tagSlots[last.tags.indexOf(t)] = at;
+        }
+        if (cur.flows.length === 0) this.byTag.delete(t);
       }
     }
     this.stats.removed[reason]++;
