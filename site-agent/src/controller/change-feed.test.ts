@@ -54,3 +54,86 @@ test("the feed's ring of recent changes is bounded by bytes as well as by count"
     [10],
   );
 });
+
+/**
+ * A change log in memory answering readChangesAfter's three queries; each query waits for
+ * `gate()` so a test can commit while a poll is in flight. Counts the rows it returned.
+ */
+function logDatabase(log: Map<number, Buffer>, gate: () => Promise<void>) {
+  const stats = { rowsRead: 0 };
+  const db = {
+    async tx<T>(_label: string, body: (tx: unknown) => Promise<T>): Promise<T> {
+      return body({
+        async query(sql: string, params: unknown[] = []) {
+          await gate();
+          const revisions = [...log.keys()].sort((a, b) => a - b);
+          if (sql.includes("topology_revision")) return { rows: [{ revision: revisions.at(-1) ?? 0 }] };
+          if (sql.includes("min(revision)")) return { rows: [{ m: revisions[0] ?? 0 }] };
+          const [after, limit] = params as [number, number];
+          const rows = revisions
+            .filter((r) => r > after)
+            .slice(0, limit)
+            .map((r) => ({ revision: r, body: log.get(r)! }));
+          stats.rowsRead += rows.length;
+          return { rows };
+        },
+      });
+    },
+  } as unknown as Database;
+  return { db, stats };
+}
+
+test("own commits that arrive while a poll is in flight are delivered in order, as committed, without decoding their rows", async () => {
+  const log = new Map<number, Buffer>();
+  const commit = (c: topologypb.TopologyChange) =>
+    log.set(c.revision, Buffer.from(topologypb.TopologyChange.encode(c).finish()));
+  commit(change(1, 1));
+  let release: (() => void) | undefined;
+  let held = false;
+  const { db } = logDatabase(log, () => (held ? new Promise<void>((r) => (release = r)) : Promise.resolve()));
+  const feed = new ChangeFeed(
+    db,
+    { pollMs: 60_000, ringSize: 100, batch: 100 },
+    createLogger({ name: "t", level: "silent" }),
+  );
+  await feed.start(); // head = 1, from the log
+  try {
+    const seen: topologypb.TopologyChange[] = [];
+    feed.subscribe((c) => seen.push(c));
+
+    // A change of the other replica (2) is in the log; a poll starts reading and is held.
+    commit(change(2, 1));
+    held = true;
+    const polled = feed.poll();
+    // Meanwhile this replica commits 3, 4, 5 (in the log too, as a commit puts them there).
+    const own = [change(3, 2), change(4, 1), change(5, 3)];
+    for (const c of own) {
+      commit(c);
+      feed.committed(c);
+    }
+    assert.equal(seen.length, 0, "nothing is delivered before the poll returns");
+    held = false;
+    while (release) {
+      const r = release;
+      release = undefined;
+      r();
+      await new Promise((x) => setImmediate(x));
+    }
+    await polled;
+    assert.deepEqual(
+      seen.map((c) => c.revision),
+      [2, 3, 4, 5],
+    );
+    // 3, 4 and 5 are the very objects committed (with their encodings), not decoded copies.
+    for (const [i, c] of own.entries()) assert.equal(seen[i + 1], c, `revision ${c.revision}`);
+    assert.deepEqual(
+      feed.recentAfter(1)?.map((c) => c.revision),
+      [2, 3, 4, 5],
+    );
+    // Nothing is delivered twice by later polls.
+    await feed.poll();
+    assert.equal(seen.length, 4);
+  } finally {
+    await feed.stop();
+  }
+});

@@ -1,7 +1,8 @@
 // Tails the topology change log for every watch stream of this replica: polls the table on a
 // short interval (so the other replica's commits arrive too); a local commit is handed over at
-// once, without a read, when it is the next revision (else it triggers a poll). Keeps a bounded
-// ring of recent changes for streams resuming close to the head.
+// once, without a read, when it is the next revision (else it is kept, and the poll it triggers
+// delivers it in its turn without decoding its row again). Keeps a bounded ring of recent changes
+// for streams resuming close to the head.
 import type { Logger, topologypb } from "@isthmus/schema";
 import type { Database } from "./db/database.js";
 import { encodedChangeBytes, readChangesAfter } from "./topology-store.js";
@@ -21,6 +22,12 @@ export interface ChangeFeedOptions {
 
 export const DEFAULT_RING_BYTES = 64 * 1024 * 1024;
 
+/**
+ * Own commits kept while a poll is in flight (a catch-up commits one entry after another, faster
+ * than a poll turns round). Past this many the rest are read back from the log as before.
+ */
+export const OWN_COMMITS_KEPT = 10_000;
+
 export type ChangeListener = (change: topologypb.TopologyChange) => void;
 
 export class ChangeFeed {
@@ -32,6 +39,8 @@ export class ChangeFeed {
   private polling: Promise<void> | undefined;
   private again = false;
   private stopped = false;
+  /** This replica's commits that could not be delivered at once, by revision (OWN_COMMITS_KEPT). */
+  private readonly own = new Map<number, topologypb.TopologyChange>();
 
   constructor(
     private readonly db: Database,
@@ -79,7 +88,19 @@ export class ChangeFeed {
    */
   committed(change: topologypb.TopologyChange): void {
     if (!this.polling && !this.stopped && change.revision === this.head + 1) this.deliver(change);
-    else if (change.revision > this.head) void this.poll();
+    else if (change.revision > this.head) {
+      if (this.own.size < OWN_COMMITS_KEPT) this.own.set(change.revision, change);
+      void this.poll();
+    }
+  }
+
+  /** Own commits that are next, in order; those already delivered (read from the log) are dropped. */
+  private deliverOwn(): void {
+    for (let c = this.own.get(this.head + 1); c !== undefined; c = this.own.get(this.head + 1)) {
+      this.own.delete(c.revision);
+      this.deliver(c);
+    }
+    for (const r of this.own.keys()) if (r <= this.head) this.own.delete(r);
   }
 
   poll(): Promise<void> {
@@ -92,10 +113,12 @@ export class ChangeFeed {
         do {
           this.again = false;
           for (;;) {
-            const r = await readChangesAfter(this.db, this.head, this.opts.batch);
+            this.deliverOwn();
+            const r = await readChangesAfter(this.db, this.head, this.opts.batch, this.own);
             for (const c of r.changes) this.deliver(c);
             if (r.changes.length < this.opts.batch) break;
           }
+          this.deliverOwn();
         } while (this.again && !this.stopped);
       } catch (err) {
         this.log.warn({ err: (err as Error).message }, "reading the topology change log failed");
@@ -139,5 +162,6 @@ export class ChangeFeed {
     this.stopped = true;
     if (this.timer) clearTimeout(this.timer);
     await this.polling;
+    this.own.clear();
   }
 }

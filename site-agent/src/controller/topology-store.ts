@@ -233,7 +233,16 @@ export interface ChangesAfter {
   current: number;
 }
 
-export async function readChangesAfter(db: Database, after: number, limit: number): Promise<ChangesAfter> {
+/**
+ * Changes after `after`, up to `limit`. `known` holds changes the caller already has (this replica's
+ * own commits, with their encodings): their rows are not decoded, the caller's objects are returned.
+ */
+export async function readChangesAfter(
+  db: Database,
+  after: number,
+  limit: number,
+  known?: ReadonlyMap<number, topologypb.TopologyChange>,
+): Promise<ChangesAfter> {
   return db.tx(
     "topology-changes",
     async (tx) => {
@@ -247,6 +256,8 @@ export async function readChangesAfter(db: Database, after: number, limit: numbe
       return {
         // The row's revision: a body is logged before its revision is known (writeTopology).
         changes: rows.rows.map((row) => {
+          const own = known?.get(Number(row.revision));
+          if (own) return own;
           const change = {
             ...topologypb.TopologyChange.decode(row.body as Buffer),
             revision: Number(row.revision),
