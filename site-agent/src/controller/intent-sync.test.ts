@@ -97,3 +97,41 @@ test("a snapshot in parts holding more objects than the bound ends the stream in
   assert.equal(snapshots.length, 0, "nothing applied from an over-large snapshot");
   assert.equal(applier.appliedIndex, 0);
 });
+
+test("an index moved by progress alone is acked at the refresh pace, an applied change at once", async (t) => {
+  const coord = new FakeCoordinator();
+  await coord.start();
+  t.after(() => coord.stop());
+  coord.log.push(b.upsert(1, b.securityGroup("g1")));
+  const { applier } = stubApplier();
+  const sync = new IntentSync(applier as unknown as IntentApplier, {
+    site: "east",
+    addresses: [coord.address],
+    credentials: credentials.createInsecure(),
+    backoffInitialMs: 50,
+    backoffMaxMs: 200,
+    ackEveryMs: 20,
+    progressAckRefreshMs: 1_500,
+    log: silentLogger(),
+    maxSnapshotObjects: 100,
+  });
+  sync.start();
+  t.after(() => sync.stop());
+  await until("the ack of change 1", () => coord.acks.includes(1));
+  const sentAt = Date.now();
+  // Entries with nothing for this site (other sites' acks): progress to 2, 3, 4 in quick steps.
+  for (const i of [2, 3, 4]) {
+    coord.progress(i);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  await until("progress applied", () => applier.appliedIndex === 4);
+  assert.deepEqual(coord.acks, [1], "progress alone is not acked at the ack pace");
+  await until("the refresh ack of 4", () => coord.acks.includes(4));
+  assert.ok(Date.now() - sentAt >= 1_400, `acked ${Date.now() - sentAt} ms after the last ack`);
+  assert.deepEqual(coord.acks, [1, 4]);
+  // An applied change is acked at the ack pace again.
+  coord.append(b.upsert(5, b.securityGroup("g5")));
+  const t5 = Date.now();
+  await until("the ack of change 5", () => coord.acks.includes(5));
+  assert.ok(Date.now() - t5 < 1_000, "a change is acked without waiting for the refresh");
+});

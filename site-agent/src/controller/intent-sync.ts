@@ -20,6 +20,11 @@ export interface IntentSyncOptions {
   backoffMaxMs: number;
   /** Acks are sent at most this often (the applied index only ever moves up). */
   ackEveryMs: number;
+  /**
+   * An applied index moved by progress alone (entries with nothing for this site) is acked at
+   * most this often (default PROGRESS_ACK_REFRESH_MS); one that covers an applied change, at once.
+   */
+  progressAckRefreshMs?: number;
   log: Logger;
   /** Most intent objects a snapshot (all its parts) may hold; more ends the stream. */
   maxSnapshotObjects: number;
@@ -39,6 +44,15 @@ const SNAPSHOT_PARTS_HEADER = "isthmus-snapshot-parts";
 /** Call metadata: send a snapshot rather than the journal when this many entries behind. */
 const SNAPSHOT_AFTER_LAG_HEADER = "isthmus-snapshot-after-lag";
 
+/**
+ * How often an index moved only by progress is acked. Every ack is an entry in the federation's
+ * log, which moves every site's applied index by progress: acking each such move at the ack pace
+ * made about an entry a second per site at idle (progress goes out once a second), for ever (raft appends and fsyncs on every coordinator,
+ * a database transaction at every site). Acked this rarely, the federation is still told the site
+ * is alive and current (the coordinator refreshes an unchanged ack at this pace too).
+ */
+export const PROGRESS_ACK_REFRESH_MS = 5_000;
+
 export interface SyncStatus {
   connected: boolean;
   address: string;
@@ -57,6 +71,9 @@ export class IntentSync {
   private wake: (() => void) | undefined;
   private ackTimer: NodeJS.Timeout | undefined;
   private ackedIndex = 0;
+  /** Whether a change or snapshot was applied since the last ack was sent. */
+  private changedSinceAck = false;
+  private lastAckSentMs = 0;
   private next = 0;
   readonly status: SyncStatus = {
     connected: false,
@@ -90,7 +107,8 @@ export class IntentSync {
     this.wake?.();
     await this.loop;
     if (this.ackTimer) clearTimeout(this.ackTimer);
-    await this.flushAck().catch(() => undefined);
+    this.ackTimer = undefined;
+    await this.flushAck(true).catch(() => undefined);
     for (const c of this.clients.values()) c.close();
     this.clients.clear();
   }
@@ -229,10 +247,13 @@ export class IntentSync {
   }
 
   private async handle(ev: sitesyncpb.WatchIntentResponse, receivedAt?: number): Promise<void> {
-    if (ev.snapshot) await this.applier.applySnapshot(ev.snapshot);
-    else if (ev.change) {
+    if (ev.snapshot) {
+      await this.applier.applySnapshot(ev.snapshot);
+      this.changedSinceAck = true;
+    } else if (ev.change) {
       const timing: ApplyTiming = {};
       const outcome = await this.applier.applyChange(ev.change, timing);
+      this.changedSinceAck = true;
       const { startedAt, translatedAt, writtenAt, committedAt } = timing;
       if (
         outcome === "applied" &&
@@ -257,17 +278,29 @@ export class IntentSync {
     this.scheduleAck();
   }
 
-  private scheduleAck(): void {
+  private scheduleAck(delayMs = this.opts.ackEveryMs): void {
     if (this.ackTimer) return;
     this.ackTimer = setTimeout(() => {
       this.ackTimer = undefined;
       this.flushAck().catch((err) => this.opts.log.debug({ err: (err as Error).message }, "ack failed"));
-    }, this.opts.ackEveryMs);
+    }, delayMs);
   }
 
-  private async flushAck(): Promise<void> {
+  /** `final`: the last ack at stop, sent whatever moved the index. */
+  private async flushAck(final = false): Promise<void> {
     const idx = this.applier.appliedIndex;
     if (idx <= this.ackedIndex || !this.status.address) return;
+    if (!this.changedSinceAck && !final) {
+      // Moved by progress only: ack it when the refresh is due (see PROGRESS_ACK_REFRESH_MS).
+      const wait =
+        this.lastAckSentMs + (this.opts.progressAckRefreshMs ?? PROGRESS_ACK_REFRESH_MS) - Date.now();
+      if (wait > 0) {
+        if (!this.stopped) this.scheduleAck(wait);
+        return;
+      }
+    }
+    this.changedSinceAck = false;
+    this.lastAckSentMs = Date.now();
     const metadata = this.opts.metadata ? await this.opts.metadata() : new Metadata();
     await new Promise<void>((resolve, reject) =>
       this.client(this.status.address).ack(
@@ -276,7 +309,10 @@ export class IntentSync {
         { deadline: Date.now() + 5_000 },
         (err) => (err ? reject(err) : resolve()),
       ),
-    );
+    ).catch((err: unknown) => {
+      this.changedSinceAck = true; // not acked: the next one goes at the ack pace, not the refresh's
+      throw err;
+    });
     this.ackedIndex = Math.max(this.ackedIndex, idx);
   }
 }

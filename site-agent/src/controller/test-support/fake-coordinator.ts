@@ -70,6 +70,14 @@ export class FakeCoordinator {
     for (const w of this.watchers) this.pump(w);
   }
 
+  /** Streams a progress event (entries with nothing for sites, e.g. acks) up to `index`. */
+  progress(index: number): void {
+    for (const w of this.watchers) {
+      w.call.write({ progressIndex: index });
+      w.next = Math.max(w.next, index + 1);
+    }
+  }
+
   private watch(call: WatchCall): void {
     const from = call.request.fromIndex;
     const w = { call, next: from + 1 };
