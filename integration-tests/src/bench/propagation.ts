@@ -214,6 +214,7 @@ export interface PropagationResult {
 
 const root = fileURLToPath(new URL("../../../", import.meta.url));
 const GOAL_P99_MS = 50;
+const QUICK_QUIET_TIMEOUT_MS = 5_000;
 const GOAL_SNAPSHOT_MS = 1000;
 /** Sites this many entries or more behind ask for a snapshot (siteController.snapshotAfterLag). */
 const SNAPSHOT_AFTER_LAG = 2_000;
@@ -940,7 +941,10 @@ export async function measure(opts: PropagationBenchOptions): Promise<Propagatio
     const phase = async (label: string) => {
       // Steady state, not the aftermath of what came before (a catch-up of 100k objects keeps
       // the processes busy for seconds after every site has applied it).
-      const quietBefore = await waitMachineQuiet();
+      // Quick mode (CI's smoke run, beside other tests) waits briefly: it proves the bench runs.
+      const quietBefore = await waitMachineQuiet(
+        opts.quick ? { ...DEFAULT_QUIET, timeoutMs: QUICK_QUIET_TIMEOUT_MS } : DEFAULT_QUIET,
+      );
       const p = { ...(await b.measure(label, changes)), quietBefore };
       console.log(`  ${describe(p)}`);
       phases.push(p);
@@ -1030,7 +1034,7 @@ export function markdown(r: PropagationResult): string {
       "",
       `Before each phase the benchmark waits until the whole machine (every process, PostgreSQL included) ` +
         `has used under ${DEFAULT_QUIET.maxBusy * 100} % of its CPUs for ${DEFAULT_QUIET.windows} seconds in a row ` +
-        `(at most ${DEFAULT_QUIET.timeoutMs / 1000} s), so that a phase measures the steady state at its size rather ` +
+        `(at most ${(r.quick ? QUICK_QUIET_TIMEOUT_MS : DEFAULT_QUIET.timeoutMs) / 1000} s), so that a phase measures the steady state at its size rather ` +
         "than the aftermath of the load before it (after a 100k catch-up the controllers go on reading the change " +
         "log and collecting its garbage for seconds). Waited: " +
         waits
