@@ -22,7 +22,8 @@ export interface IntentSyncOptions {
   ackEveryMs: number;
   /**
    * An applied index moved by progress alone (entries with nothing for this site) is acked at
-   * most this often (default PROGRESS_ACK_REFRESH_MS); one that covers an applied change, at once.
+   * most this often (default PROGRESS_ACK_REFRESH_MS); one that covers an applied change, at the
+   * ackEveryMs pace.
    */
   progressAckRefreshMs?: number;
   log: Logger;
@@ -47,9 +48,10 @@ const SNAPSHOT_AFTER_LAG_HEADER = "isthmus-snapshot-after-lag";
 /**
  * How often an index moved only by progress is acked. Every ack is an entry in the federation's
  * log, which moves every site's applied index by progress: acking each such move at the ack pace
- * made about an entry a second per site at idle (progress goes out once a second), for ever (raft appends and fsyncs on every coordinator,
- * a database transaction at every site). Acked this rarely, the federation is still told the site
- * is alive and current (the coordinator refreshes an unchanged ack at this pace too).
+ * made about an entry a second per site at idle (progress goes out once a second), for ever —
+ * raft appends and fsyncs on every coordinator, a database transaction at every site. Acked this
+ * rarely, the federation is still told the site is alive and current (the coordinator refreshes
+ * an unchanged ack at this pace too).
  */
 export const PROGRESS_ACK_REFRESH_MS = 5_000;
 
