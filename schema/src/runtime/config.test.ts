@@ -1,8 +1,8 @@
 import assert from "node:assert/strict";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { test } from "node:test";
+import { after, test } from "node:test";
 import { z } from "zod";
 import { ConfigError, loadConfig } from "./config.js";
 
@@ -19,8 +19,14 @@ const schema = z.object({
   logLevel: z.enum(["info", "debug"]).default("info"),
 });
 
+const dirs: string[] = [];
+after(() => {
+  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+});
+
 function tmpFile(text: string): string {
   const dir = mkdtempSync(join(tmpdir(), "isthmus-config-"));
+  dirs.push(dir);
   const f = join(dir, "isthmus.yaml");
   writeFileSync(f, text);
   return f;
