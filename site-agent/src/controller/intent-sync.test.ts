@@ -1,10 +1,10 @@
 // IntentSync without a database: a stub applier records what it is asked to apply.
 import assert from "node:assert/strict";
-import { test } from "node:test";
+import { type TestContext, test } from "node:test";
 import { credentials } from "@grpc/grpc-js";
 import { intentpb, silentLogger } from "@isthmus/schema";
 import type { IntentApplier } from "./intent-applier.js";
-import { IntentSync } from "./intent-sync.js";
+import { IntentSync, type IntentSyncOptions } from "./intent-sync.js";
 import { FakeCoordinator } from "./test-support/fake-coordinator.js";
 import * as b from "./translate/intent-builders.js";
 
@@ -41,15 +41,13 @@ async function until<T>(what: string, f: () => T | undefined | false): Promise<T
   }
 }
 
-test("a snapshot sent in parts is applied once, whole, then the changes after it", async (t) => {
-  const coord = new FakeCoordinator();
-  await coord.start();
-  t.after(() => coord.stop());
-  const objects = Array.from({ length: 7 }, (_, i) => b.securityGroup(`g${i}`));
-  coord.snapshot = { index: 40, objects };
-  coord.snapshotPartObjects = 3;
-  coord.log.push(b.upsert(41, b.securityGroup("after")));
-  const { applier, snapshots, changes } = stubApplier();
+/** An IntentSync of site "east" following `coord`, started, and stopped after the test. */
+function startSync(
+  t: TestContext,
+  coord: FakeCoordinator,
+  applier: ReturnType<typeof stubApplier>["applier"],
+  o: Partial<IntentSyncOptions>,
+): IntentSync {
   const sync = new IntentSync(applier as unknown as IntentApplier, {
     site: "east",
     addresses: [coord.address],
@@ -59,10 +57,23 @@ test("a snapshot sent in parts is applied once, whole, then the changes after it
     ackEveryMs: 50,
     log: silentLogger(),
     maxSnapshotObjects: 100,
-    snapshotAfterLag: 2500,
+    ...o,
   });
   sync.start();
   t.after(() => sync.stop());
+  return sync;
+}
+
+test("a snapshot sent in parts is applied once, whole, then the changes after it", async (t) => {
+  const coord = new FakeCoordinator();
+  await coord.start();
+  t.after(() => coord.stop());
+  const objects = Array.from({ length: 7 }, (_, i) => b.securityGroup(`g${i}`));
+  coord.snapshot = { index: 40, objects };
+  coord.snapshotPartObjects = 3;
+  coord.log.push(b.upsert(41, b.securityGroup("after")));
+  const { applier, snapshots, changes } = stubApplier();
+  startSync(t, coord, applier, { snapshotAfterLag: 2500 });
   await until("the change after the snapshot", () => changes.length > 0);
   assert.deepEqual(coord.askedForParts, [true], "the site asks for snapshot parts");
   assert.deepEqual(coord.askedLag, ["2500"], "and for a snapshot when 2500 or more behind");
@@ -81,42 +92,19 @@ test("a snapshot in parts holding more objects than the bound ends the stream in
   coord.snapshot = { index: 9, objects: Array.from({ length: 10 }, (_, i) => b.securityGroup(`g${i}`)) };
   coord.snapshotPartObjects = 2;
   const { applier, snapshots } = stubApplier();
-  const sync = new IntentSync(applier as unknown as IntentApplier, {
-    site: "east",
-    addresses: [coord.address],
-    credentials: credentials.createInsecure(),
-    backoffInitialMs: 50,
-    backoffMaxMs: 100,
-    ackEveryMs: 50,
-    log: silentLogger(),
-    maxSnapshotObjects: 5,
-  });
-  sync.start();
-  t.after(() => sync.stop());
+  const sync = startSync(t, coord, applier, { backoffMaxMs: 100, maxSnapshotObjects: 5 });
   await until("a reconnect after the refused snapshot", () => sync.status.reconnects >= 2);
   assert.equal(snapshots.length, 0, "nothing applied from an over-large snapshot");
   assert.equal(applier.appliedIndex, 0);
 });
 
-test("an index moved by progress alone is acked at the refresh pace, an applied change at once", async (t) => {
+test("an index moved by progress alone is acked at the refresh pace, an applied change at the ack pace", async (t) => {
   const coord = new FakeCoordinator();
   await coord.start();
   t.after(() => coord.stop());
   coord.log.push(b.upsert(1, b.securityGroup("g1")));
   const { applier } = stubApplier();
-  const sync = new IntentSync(applier as unknown as IntentApplier, {
-    site: "east",
-    addresses: [coord.address],
-    credentials: credentials.createInsecure(),
-    backoffInitialMs: 50,
-    backoffMaxMs: 200,
-    ackEveryMs: 20,
-    progressAckRefreshMs: 1_500,
-    log: silentLogger(),
-    maxSnapshotObjects: 100,
-  });
-  sync.start();
-  t.after(() => sync.stop());
+  startSync(t, coord, applier, { ackEveryMs: 20, progressAckRefreshMs: 1_500 });
   await until("the ack of change 1", () => coord.acks.includes(1));
   const sentAt = Date.now();
   // Entries with nothing for this site (other sites' acks): progress to 2, 3, 4 in quick steps.
