@@ -46,6 +46,7 @@ export interface AgentFlags {
   metricsListen?: string;
   adminListen?: string;
   datapath?: string;
+  upcallBusyPollUs?: string | number;
 }
 
 export interface RunningAgent {
@@ -89,6 +90,7 @@ export function loadAgentConfig(flags: AgentFlags, env: NodeJS.ProcessEnv = proc
       "agent.metricsListen": flags.metricsListen,
       "agent.adminListen": flags.adminListen,
       "agent.datapath": flags.datapath,
+      "agent.kernel.upcallBusyPollUs": num(flags.upcallBusyPollUs),
     },
   }).agent;
 }
@@ -179,6 +181,7 @@ export async function startAgent(flags: AgentFlags, deps: AgentDeps = {}): Promi
           netns: cfg.kernel.netns,
           upcallRate: { perSecond: cfg.kernel.upcallsPerSecond, burst: cfg.kernel.upcallBurst },
           upcallRing: cfg.kernel.upcallRing,
+          upcallBusyPollUs: cfg.kernel.upcallBusyPollUs,
           flowLimits,
           upcallLimits: { perSource: cfg.upcalls.perPort, total: cfg.upcalls.total },
           log: componentLogger(root, "datapath"),
@@ -306,6 +309,7 @@ export async function startAgent(flags: AgentFlags, deps: AgentDeps = {}): Promi
     revision: () => agent.store.revision,
     controllerConnected: () => watch.connected,
     flowStateMessages: () => agent.stats.flowStateMessages,
+    ...(datapath instanceof KernelDatapath ? { upcallRing: () => datapath.upcallBusyPoll() } : {}),
   });
   const m = splitHostPort(cfg.metricsListen);
   const metrics = await startMetricsServer(registry, health, m.host, m.port);
@@ -322,7 +326,9 @@ export async function startAgent(flags: AgentFlags, deps: AgentDeps = {}): Promi
           name: cfg.name,
           role: cfg.role,
           datapath: datapath.kind,
-          ...(datapath instanceof KernelDatapath ? { kernel: datapath.kernelInstallCounts() } : {}),
+          ...(datapath instanceof KernelDatapath
+            ? { kernel: { ...datapath.kernelInstallCounts(), upcallRing: datapath.upcallBusyPoll() } }
+            : {}),
           revision: agent.store.revision,
           controllerConnected: watch.connected,
           ports: [...s.ports.values()],

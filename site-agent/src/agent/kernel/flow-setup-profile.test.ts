@@ -8,6 +8,7 @@ const sample = (base: number) => ({
   loopIdleAt: base - 1,
   readerAt: base + 0.12,
   calledAt: base + 0.15,
+  polled: 0,
   readAt: base + 0.2,
   offeredAt: base + 0.25,
   handledAt: base + 0.26,

@@ -1,7 +1,9 @@
 // The upcall ring buffer: a miss reaches the reader as one record with its ingress port and the
 // frame (checksums finished), and a ring nobody reads fills, after which misses are dropped and
-// counted, not queued without bound. Root tests (a VM namespace whose host side carries the
-// programs); the checksum completion is also checked on its own.
+// counted, not queued without bound; with busy polling on, a miss opens a window in which the
+// next miss is read without the event loop blocking, and the window closes again when no miss
+// comes. Root tests (a VM namespace whose host side carries the programs); the checksum completion
+// is also checked on its own.
 import assert from "node:assert/strict";
 import { mkdtempSync, readFileSync, rmdirSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -157,6 +159,111 @@ describe("upcall ring buffer (TC eBPF → agent)", { skip }, () => {
       assert.ok(checksumsValid(frame), "checksums finished by the reader");
       assert.ok(counter(ST_RING_UPCALL) > before, "counted as a ring upcall");
       assert.equal(ring.stats().malformed, 0);
+    } finally {
+      ring.close();
+    }
+  });
+
+  /** Sends `n` UDP datagrams from the VM, `gapMs` apart (one process, so the gaps are its own). */
+  const sendFromVm = async (n: number, gapMs: number, port: number) => {
+    const r = await lab.exec(vm.ns, [
+      process.execPath,
+      "-e",
+      `const s = require("node:dgram").createSocket("udp4");
+       let i = 0;
+       const next = () => (i++ < ${n} ? s.send(Buffer.alloc(64), ${port} + i, "10.78.0.2", () => setTimeout(next, ${gapMs})) : s.close());
+       next();`,
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+  };
+
+  test("busy polling off (the default): no window opens, every record comes by a wake-up", async () => {
+    const ring = new UpcallRing(join(progs.pinDir, "maps", "upcall_ring"));
+    let n = 0;
+    ring.start((bufs) => {
+      n += bufs.length;
+    });
+    try {
+      await sendFromVm(3, 5, 6000);
+      await until("three records", () => n >= 3);
+      const st = ring.stats();
+      assert.equal(st.busyPollUs, 0);
+      assert.equal(st.polling, false);
+      assert.equal(st.pollWindows, 0);
+      assert.equal(st.pollTurns, 0);
+      assert.equal(st.pollMs, 0);
+      assert.equal(st.recordsPolled, 0);
+      assert.equal(st.recordsWoken, n);
+    } finally {
+      ring.close();
+    }
+  });
+
+  test("busy polling: a miss opens the window, a miss inside it is read without a wake-up, and the loop blocks again once it passes", async () => {
+    const ring = new UpcallRing(join(progs.pinDir, "maps", "upcall_ring"));
+    const WINDOW_US = 300_000;
+    // Per batch: how many records, and whether the reader says it was read by polling.
+    const batches: { n: number; polled: number }[] = [];
+    ring.start((bufs) => batches.push({ n: bufs.length, polled: ring.times[3]! }));
+    try {
+      ring.setBusyPoll(WINDOW_US);
+      const idle = ring.stats();
+      assert.equal(idle.busyPollUs, WINDOW_US);
+      assert.equal(idle.polling, false, "no window before the first miss");
+      assert.equal(idle.pollTurns, 0);
+      // Two misses 20 ms apart: the first wakes the reader and opens the window (300 ms), the
+      // second falls inside it.
+      await sendFromVm(2, 20, 6100);
+      await until("two records", () => batches.reduce((a, b) => a + b.n, 0) >= 2);
+      const open = ring.stats();
+      assert.equal(open.pollWindows, 1, "one window, opened by the first miss and still open for the second");
+      assert.equal(open.recordsWoken, 1, "the first miss woke the loop");
+      assert.equal(open.recordsPolled, 1, "the second was read while polling");
+      assert.deepEqual(
+        batches.map((b) => b.polled),
+        [0, 1],
+        "the reader marks the polled batch (the flow-setup profile's `polled`)",
+      );
+      assert.ok(open.pollTurns > 0, "the loop turned without blocking");
+      await until("the window to close", () => !ring.stats().polling, 10_000);
+      const closed = ring.stats();
+      assert.ok(
+        closed.pollMs >= WINDOW_US / 1000,
+        `the window lasted at least its length after the last miss (${closed.pollMs} ms)`,
+      );
+      // Idle: the loop blocks in epoll again, so nothing polls and the counters stand still.
+      await new Promise((r) => setTimeout(r, 200));
+      const later = ring.stats();
+      assert.equal(later.polling, false);
+      assert.equal(later.pollTurns, closed.pollTurns, "no polling while idle");
+      assert.equal(later.pollMs, closed.pollMs, "no polling time while idle");
+      // The next miss after the window is a wake-up again, and opens a second window.
+      await sendFromVm(1, 0, 6200);
+      await until("the third record", () => ring.stats().recordsWoken === 2);
+      assert.equal(ring.stats().pollWindows, 2);
+      // Turning it off closes the open window on the loop's next turn.
+      ring.setBusyPoll(0);
+      await until("the window closed by setBusyPoll(0)", () => !ring.stats().polling, 5_000);
+    } finally {
+      ring.close();
+    }
+  });
+
+  test("a busy-poll window that is not a whole number of µs from 0 to 1 s is refused", () => {
+    const ring = new UpcallRing(join(progs.pinDir, "maps", "upcall_ring"));
+    ring.start(() => {});
+    try {
+      for (const bad of [-1, 1.5, 1_000_001, Number.NaN]) {
+        assert.throws(
+          () => ring.setBusyPoll(bad),
+          (e: Error & { code?: string }) =>
+            e instanceof RangeError &&
+            e.code === "INVALID_ARGUMENT" &&
+            /0 \(off\) to 1000000/.test(e.message),
+          String(bad),
+        );
+      }
+      assert.equal(ring.stats().busyPollUs, 0, "a refused value changes nothing");
     } finally {
       ring.close();
     }
