@@ -479,6 +479,22 @@ function kernelFastPathRows(r: DatapathBenchResult, f: (n: number, d?: number) =
   ];
 }
 
+/** Busy polling during a flow-setup run: misses caught, time polling and CPU per agent ("" when off). */
+function busyPollLine(r: FlowSetupResult): string {
+  const b = r.busyPoll;
+  if (!b) return "";
+  if (b.windowUs === 0) {
+    return `; busy poll off, CPU during the flows: sender ${b.agents[0]!.cpuMs.toFixed(0)} ms, receiver ${b.agents[1]!.cpuMs.toFixed(0)} ms`;
+  }
+  const agents = b.agents
+    .map(
+      (a, i) =>
+        `${i === 0 ? "sender" : "receiver"} polled ${a.pollMs.toFixed(0)} ms (${((100 * a.pollMs) / b.wallMs).toFixed(0)} % of ${(b.wallMs / 1000).toFixed(1)} s) in ${a.windows} windows, CPU ${a.cpuMs.toFixed(0)} ms`,
+    )
+    .join(", ");
+  return `; busy poll ${b.windowUs} µs: ${r.polledSetups ?? 0} of ${r.samples} setups read by polling (slowest ${r.tail.samples}: ${r.tail.polled ?? 0}); ${agents}`;
+}
+
 /** The same flow setup with every miss through the upcall veth (ring buffer off). */
 function vethRow(v: FlowSetupResult & { load1: number }, f: (n: number, d?: number) => string): string {
   const wake = v.stages.wake;
@@ -641,7 +657,7 @@ async function flowSetupOnly(variantText: string, quick: boolean): Promise<void>
       loadavg,
       (r) =>
         console.log(
-          `round ${r.round} ${r.variant}: load ${r.load1.map((l) => l.toFixed(1)).join("→")}, p50 ${f(r.result.p50Ms)} ms, p99 ${f(r.result.p99Ms)} ms, max ${f(r.result.maxMs)} ms; agent p99 ${f(r.result.agent.p99Ms)} ms; GC pauses ${r.result.gcPauses.count} (p50 ${f(r.result.gcPauses.p50Ms)}, max ${f(r.result.gcPauses.maxMs)} ms), slowest ${r.result.tail.samples}: mean ${f(r.result.tail.meanMs)} ms, ${r.result.tail.withGc} overlapping GC`,
+          `round ${r.round} ${r.variant}: load ${r.load1.map((l) => l.toFixed(1)).join("→")}, p50 ${f(r.result.p50Ms)} ms, p99 ${f(r.result.p99Ms)} ms, max ${f(r.result.maxMs)} ms; agent p99 ${f(r.result.agent.p99Ms)} ms; wake p99 ${f(r.result.stages.wake?.p99Ms ?? Number.NaN)} ms; GC pauses ${r.result.gcPauses.count} (p50 ${f(r.result.gcPauses.p50Ms)}, max ${f(r.result.gcPauses.maxMs)} ms), slowest ${r.result.tail.samples}: mean ${f(r.result.tail.meanMs)} ms, ${r.result.tail.withGc} overlapping GC${busyPollLine(r.result)}`,
         ),
       Number(process.env.BENCH_DATAPATH_IDLE_S ?? 0) * 1000,
     );

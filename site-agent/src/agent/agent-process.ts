@@ -317,8 +317,14 @@ export async function startAgent(flags: AgentFlags, deps: AgentDeps = {}): Promi
   const admin = await startAdminServer(
     {
       flows: () => ({ host: hostId, flows: datapath.dumpFlows() }),
+      // With the process's CPU time so far (ms), so a benchmark can tell what busy polling costs.
       flowSetup:
-        datapath instanceof KernelDatapath ? (since: number) => datapath.flowSetup(since) : undefined,
+        datapath instanceof KernelDatapath
+          ? (since: number) => {
+              const cpu = process.cpuUsage();
+              return { ...datapath.flowSetup(since), cpuMs: (cpu.user + cpu.system) / 1000 };
+            }
+          : undefined,
       status: () => {
         const s = datapath.stats();
         return {
