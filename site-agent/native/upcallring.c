@@ -207,23 +207,44 @@ static void open_window(ring_t* r) {
   uv_idle_start(&r->idle, on_idle);
 }
 
-// One turn of the loop while a window is open: read the ring if the programs wrote to it, close
-// the window once it has passed without a record.
+// One turn of the loop while a window is open: watch the ring's positions for up to SPIN_NS (so the
+// loop's own per-turn work — timers, an epoll_wait with no timeout — runs ~20,000 times a second
+// rather than ~400,000) and read what the programs wrote; close the window once it has passed
+// without a record. Other handles wait at most SPIN_NS for their turn.
+#define SPIN_NS 50000
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield");
+#endif
+}
+
 static void on_idle(uv_idle_t* handle) {
   ring_t* r = (ring_t*)handle->data;
   if (r->closed) return;
   r->poll_turns++;
-  unsigned long cons = __atomic_load_n(r->consumer_pos, __ATOMIC_ACQUIRE);
-  unsigned long prod = __atomic_load_n(r->producer_pos, __ATOMIC_ACQUIRE);
-  if (cons < prod) {
-    r->times[1] = mono_ms();
-    if (drain(r) > 0) {
-      open_window(r);
+  uint64_t now = mono_ns();
+  uint64_t until = now + SPIN_NS < r->window_end ? now + SPIN_NS : r->window_end;
+  for (;;) {
+    unsigned long cons = __atomic_load_n(r->consumer_pos, __ATOMIC_ACQUIRE);
+    unsigned long prod = __atomic_load_n(r->producer_pos, __ATOMIC_ACQUIRE);
+    if (cons < prod) {
+      r->times[1] = mono_ms();
+      if (drain(r) > 0) {
+        open_window(r);
+        return;
+      }
+    }
+    now = mono_ns();
+    if (r->busy_ns == 0 || now >= r->window_end) {
+      close_window(r, now);
       return;
     }
+    if (now >= until) return;
+    cpu_relax();
   }
-  uint64_t now = mono_ns();
-  if (r->busy_ns == 0 || now >= r->window_end) close_window(r, now);
 }
 
 static void on_readable(uv_poll_t* handle, int status, int events) {
