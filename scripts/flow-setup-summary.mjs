@@ -35,7 +35,7 @@ for (const run of r.runs) {
       b.agents
         .map(
           (a, i) =>
-            `${i === 0 ? "sender" : "receiver"} polled ${a.pollMs.toFixed(0)} ms in ${a.windows} windows, misses polled/woken ${a.polled}/${a.woken}, CPU ${a.cpuMs.toFixed(0)} ms`,
+            `${i === 0 ? "sender" : "receiver"} polled ${a.pollMs.toFixed(0)} ms in ${a.windows} windows (${a.preempted ?? "?"} preempted), misses polled/woken ${a.polled}/${a.woken}, CPU ${a.cpuMs.toFixed(0)} ms`,
         )
         .join("; ")
     : "";

@@ -13,6 +13,14 @@
 // driver a wake-up on the other, halted vCPU costs ~85 µs at the median and milliseconds at p99. A
 // window with no miss closes and the loop blocks in epoll again. The cost is a CPU kept busy for
 // the window after every miss; the counters (stats) say how much.
+//
+// Polling pays only while the thread keeps its CPU. A polling thread that another task preempts
+// is runnable, not woken, so it gets the CPU back when the scheduler next picks it (at a tick, 4 ms
+// here) — while a sleeping thread woken by the miss preempts at once (its short slice). So a window
+// also ends when the thread is seen to have lost its CPU (the clock jumps by more than
+// PREEMPTED_NS between two reads inside the spin, where nothing else runs on this thread), and
+// no window opens for a pause after that (100 ms by default): on a busy CPU the agent sleeps and
+// is woken, as without busy polling.
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/bpf.h>
@@ -56,6 +64,10 @@ typedef struct {
   uint64_t poll_turns;
   uint64_t records_polled;
   uint64_t records_woken;
+  // Windows ended because the thread lost its CPU while polling, and until when none opens (ns).
+  uint64_t poll_preempted;
+  uint64_t backoff_until;
+  uint64_t backoff_ns;
   // Handles still to be closed before the struct is freed.
   int open_handles;
   napi_env env;
@@ -199,6 +211,7 @@ static void close_window(ring_t* r, uint64_t now) {
 static void open_window(ring_t* r) {
   if (r->closed || r->busy_ns == 0) return;
   uint64_t now = mono_ns();
+  if (now < r->backoff_until) return;
   r->window_end = now + r->busy_ns;
   if (r->polling) return;
   r->polling = 1;
@@ -210,8 +223,13 @@ static void open_window(ring_t* r) {
 // One turn of the loop while a window is open: watch the ring's positions for up to SPIN_NS (so the
 // loop's own per-turn work — timers, an epoll_wait with no timeout — runs ~20,000 times a second
 // rather than ~400,000) and read what the programs wrote; close the window once it has passed
-// without a record. Other handles wait at most SPIN_NS for their turn.
+// without a record, or when the thread lost its CPU in the spin. Other handles wait at most
+// SPIN_NS for their turn.
 #define SPIN_NS 50000
+// A jump of the clock between two reads in the spin longer than this is the thread (or its vCPU)
+// having been off the CPU; polling then stops for backoff_ns (BACKOFF_NS unless set).
+#define PREEMPTED_NS 200000
+#define BACKOFF_NS 100000000
 
 static inline void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -237,7 +255,14 @@ static void on_idle(uv_idle_t* handle) {
         return;
       }
     }
+    uint64_t prev = now;
     now = mono_ns();
+    if (now - prev > PREEMPTED_NS) {
+      r->poll_preempted++;
+      r->backoff_until = now + r->backoff_ns;
+      close_window(r, now);
+      return;
+    }
     if (r->busy_ns == 0 || now >= r->window_end) {
       close_window(r, now);
       return;
@@ -347,6 +372,7 @@ static napi_value Open(napi_env env, napi_callback_info info) {
   r->producer_pos = p;
   r->data = (unsigned char*)p + r->page;
   r->env = env;
+  r->backoff_ns = BACKOFF_NS;
   r->times = tdata;
   napi_create_reference(env, argv[2], 1, &r->times_ref);
   napi_value handle = new_callback_handle(env, r, finalize, argv[1], "isthmus.upcallring", &r->callback,
@@ -368,7 +394,7 @@ DEFINE_UNWRAP(ring_t, "upcallring: closed")
 
 // stats(handle): { malformed, pending (bytes submitted and not yet read), busyPollUs, polling,
 // pollWindows, pollMs (time with a window open, the open one included), pollTurns,
-// recordsPolled, recordsWoken }
+// recordsPolled, recordsWoken, pollPreempted }
 static napi_value Stats(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   get_args(env, info, 1, argv);
@@ -396,6 +422,7 @@ static napi_value Stats(napi_env env, napi_callback_info info) {
       {"pollTurns", (double)r->poll_turns},
       {"recordsPolled", (double)r->records_polled},
       {"recordsWoken", (double)r->records_woken},
+      {"pollPreempted", (double)r->poll_preempted},
   };
   for (size_t i = 0; i < sizeof counters / sizeof counters[0]; i++) {
     napi_create_double(env, counters[i].value, &v);
@@ -408,21 +435,30 @@ static napi_value Stats(napi_env env, napi_callback_info info) {
 // bounded window after a miss.
 #define BUSY_POLL_MAX_US 1000000
 
-// setBusyPoll(handle, us): the busy-poll window after each batch (0 = off). An open window ends
-// at its next turn when set to 0, or runs to its end at the new length from the next batch on.
+// setBusyPoll(handle, us, pauseUs = 100000): the busy-poll window after each batch (0 = off), and
+// how long polling pauses after the thread was seen to lose its CPU. An open window ends at its
+// next turn when set to 0, or runs to its end at the new length from the next batch on.
 static napi_value SetBusyPoll(napi_env env, napi_callback_info info) {
-  napi_value argv[2];
-  size_t argc = get_args(env, info, 2, argv);
+  napi_value argv[3];
+  size_t argc = get_args(env, info, 3, argv);
   ring_t* r = unwrap(env, argv[0]);
   if (!r) return NULL;
   double us = -1;
+  double pause = BACKOFF_NS / 1000;
+  napi_valuetype t = napi_undefined;
+  if (argc >= 3) napi_typeof(env, argv[2], &t);
   if (argc < 2 || napi_get_value_double(env, argv[1], &us) != napi_ok || !(us >= 0) ||
-      us > BUSY_POLL_MAX_US || us != (double)(int64_t)us) {
+      us > BUSY_POLL_MAX_US || us != (double)(int64_t)us ||
+      (t != napi_undefined &&
+       (napi_get_value_double(env, argv[2], &pause) != napi_ok || !(pause >= 0) || pause > 60e6 ||
+        pause != (double)(int64_t)pause))) {
     napi_throw_range_error(env, "INVALID_ARGUMENT",
-                           "upcallring.setBusyPoll(handle, us): us must be an integer from 0 (off) to 1000000");
+                           "upcallring.setBusyPoll(handle, us, pauseUs?): us must be an integer from 0 (off) "
+                           "to 1000000, pauseUs one from 0 to 60000000");
     return NULL;
   }
   r->busy_ns = (uint64_t)us * 1000;
+  r->backoff_ns = (uint64_t)pause * 1000;
   return NULL;
 }
 

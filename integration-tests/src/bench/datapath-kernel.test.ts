@@ -30,6 +30,7 @@ test("busy-poll cost: what each agent's counters and CPU time moved by during th
   const ring = (pollMs: number, windows: number, polled: number, woken: number) => ({
     busyPollUs: 5000,
     pollWindows: windows,
+    pollPreempted: windows >> 1,
     pollMs,
     recordsPolled: polled,
     recordsWoken: woken,
@@ -53,8 +54,8 @@ test("busy-poll cost: what each agent's counters and CPU time moved by during th
     windowUs: 5000,
     wallMs: 2500,
     agents: [
-      { pollMs: 2500, windows: 10, polled: 890, woken: 100, cpuMs: 2700 },
-      { pollMs: 1000, windows: 38, polled: 30, woken: 40, cpuMs: 900 },
+      { pollMs: 2500, windows: 10, preempted: 5, polled: 890, woken: 100, cpuMs: 2700 },
+      { pollMs: 1000, windows: 38, preempted: 19, polled: 30, woken: 40, cpuMs: 900 },
     ],
   });
   // Agents without ring counters (the veth): nothing to report.

@@ -64,6 +64,7 @@ interface RingCounters {
   pollMs: number;
   recordsPolled: number;
   recordsWoken: number;
+  pollPreempted?: number;
 }
 
 /** Busy polling over one measurement: the window, and per agent what changed during the flows. */
@@ -73,7 +74,15 @@ export interface BusyPollCost {
   wallMs: number;
   /** Sending agent, then receiving agent: time polling, windows opened, misses read by polling
    * and after a wake-up, and the process's CPU time (ms) during the flows. */
-  agents: { pollMs: number; windows: number; polled: number; woken: number; cpuMs: number }[];
+  agents: {
+    pollMs: number;
+    windows: number;
+    /** Windows ended because the agent's thread lost its CPU while polling. */
+    preempted: number;
+    polled: number;
+    woken: number;
+    cpuMs: number;
+  }[];
 }
 
 export interface SetupReport {
@@ -329,6 +338,7 @@ export function busyPollCost(
       return {
         pollMs: x.pollMs - b.pollMs,
         windows: x.pollWindows - b.pollWindows,
+        preempted: (x.pollPreempted ?? 0) - (b.pollPreempted ?? 0),
         polled: x.recordsPolled - b.recordsPolled,
         woken: x.recordsWoken - b.recordsWoken,
         cpuMs: (a.cpuMs ?? Number.NaN) - (before[i]!.cpuMs ?? Number.NaN),

@@ -564,7 +564,7 @@ function busyPollLine(r: FlowSetupResult): string {
   const agents = b.agents
     .map(
       (a, i) =>
-        `${i === 0 ? "sender" : "receiver"} polled ${a.pollMs.toFixed(0)} ms (${((100 * a.pollMs) / b.wallMs).toFixed(0)} % of ${(b.wallMs / 1000).toFixed(1)} s) in ${a.windows} windows, CPU ${a.cpuMs.toFixed(0)} ms`,
+        `${i === 0 ? "sender" : "receiver"} polled ${a.pollMs.toFixed(0)} ms (${((100 * a.pollMs) / b.wallMs).toFixed(0)} % of ${(b.wallMs / 1000).toFixed(1)} s) in ${a.windows} windows (${a.preempted} ended preempted), CPU ${a.cpuMs.toFixed(0)} ms`,
     )
     .join(", ");
   return `; busy poll ${b.windowUs} µs: ${r.polledSetups ?? 0} of ${r.samples} setups read by polling (slowest ${r.tail.samples}: ${r.tail.polled ?? 0}); ${agents}`;

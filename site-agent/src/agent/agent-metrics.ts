@@ -129,6 +129,12 @@ export function createAgentMetrics(src: MetricsSources): Registry {
         set({ read: "woken" }, r.recordsWoken);
       },
     );
+    counterFrom(
+      "isthmus_agent_upcall_busy_poll_preempted_total",
+      "Busy-poll windows ended because the agent's thread lost its CPU (polling then pauses 100 ms)",
+      [],
+      (set) => set({}, ring().pollPreempted),
+    );
     gaugeFrom(
       "isthmus_agent_upcall_busy_poll_window_us",
       "Busy-poll window after each miss (µs; 0 = off)",

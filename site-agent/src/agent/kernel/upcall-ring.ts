@@ -26,12 +26,14 @@ export interface UpcallRingStats {
   recordsPolled: number;
   /** Records read after the event loop had blocked (the ring's fd woke it). */
   recordsWoken: number;
+  /** Windows ended because the thread lost its CPU while polling (then none opens for 100 ms). */
+  pollPreempted: number;
 }
 
 interface UpcallRingAddon {
   open(fd: number, onRecords: (bufs: Buffer[]) => void, times: Float64Array): object;
   stats(handle: object): UpcallRingStats;
-  setBusyPoll(handle: object, us: number): void;
+  setBusyPoll(handle: object, us: number, pauseUs?: number): void;
   close(handle: object): void;
   finishChecksum(frame: Buffer): void;
 }
@@ -51,6 +53,7 @@ export function idleUpcallRingStats(): UpcallRingStats {
     pollTurns: 0,
     recordsPolled: 0,
     recordsWoken: 0,
+    pollPreempted: 0,
   };
 }
 
@@ -107,12 +110,14 @@ export class UpcallRing {
 
   /**
    * Busy polling: after each batch the event loop keeps reading the ring for `us` µs without
-   * blocking (0 = off, the default). Throws a RangeError (code INVALID_ARGUMENT) for anything but
-   * an integer from 0 to UPCALL_BUSY_POLL_MAX_US.
+   * blocking (0 = off, the default). A window also ends when the thread is seen to have lost its
+   * CPU while polling, and none opens for `pauseUs` after that (default 100 ms). Throws a
+   * RangeError (code INVALID_ARGUMENT) for `us` not an integer from 0 to UPCALL_BUSY_POLL_MAX_US
+   * or `pauseUs` not one from 0 to 60 s.
    */
-  setBusyPoll(us: number): void {
+  setBusyPoll(us: number, pauseUs?: number): void {
     if (!this.handle) throw new Error(`upcall ring ${this.path}: not started`);
-    load().setBusyPoll(this.handle, us);
+    load().setBusyPoll(this.handle, us, pauseUs);
   }
 
   close(): void {
