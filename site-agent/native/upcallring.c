@@ -29,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -68,6 +69,20 @@ typedef struct {
   uint64_t poll_preempted;
   uint64_t backoff_until;
   uint64_t backoff_ns;
+  // Real-time polling (rt_prio > 0): while a window is open the loop thread runs SCHED_FIFO at
+  // rt_prio, so nothing of the fair class preempts it, and gets its own attributes (policy, nice,
+  // slice) back when the window closes. Refused by the kernel (no privilege): off, counted.
+  int rt_prio;
+  int rt_on;
+  uint64_t rt_failures;
+  struct sched_attr_v1 {
+    uint32_t size, policy;
+    uint64_t flags;
+    int32_t nice;
+    uint32_t priority;
+    uint64_t runtime, deadline, period;
+    uint32_t util_min, util_max;
+  } rt_saved;
   // Handles still to be closed before the struct is freed.
   int open_handles;
   napi_env env;
@@ -199,11 +214,33 @@ static uint32_t drain(ring_t* r) {
 
 static void on_idle(uv_idle_t* handle);
 
+static void rt_enter(ring_t* r) {
+  if (r->rt_prio <= 0 || r->rt_on) return;
+  memset(&r->rt_saved, 0, sizeof r->rt_saved);
+  struct sched_attr_v1 fifo = {.size = sizeof fifo, .policy = SCHED_FIFO, .priority = (uint32_t)r->rt_prio};
+  if (syscall(SYS_sched_getattr, 0, &r->rt_saved, sizeof r->rt_saved, 0) < 0 ||
+      syscall(SYS_sched_setattr, 0, &fifo, 0) < 0) {
+    r->rt_failures++;
+    r->rt_prio = 0;
+    return;
+  }
+  r->rt_saved.size = sizeof r->rt_saved;
+  r->rt_saved.flags = 0;
+  r->rt_on = 1;
+}
+
+static void rt_leave(ring_t* r) {
+  if (!r->rt_on) return;
+  r->rt_on = 0;
+  if (syscall(SYS_sched_setattr, 0, &r->rt_saved, 0) < 0) r->rt_failures++;
+}
+
 static void close_window(ring_t* r, uint64_t now) {
   if (!r->polling) return;
   uv_idle_stop(&r->idle);
   r->polling = 0;
   r->poll_ns += now - r->window_start;
+  rt_leave(r);
 }
 
 // After a batch was delivered: the window runs busy_ns from now (the callback done), opened if
@@ -217,6 +254,7 @@ static void open_window(ring_t* r) {
   r->polling = 1;
   r->window_start = now;
   r->poll_windows++;
+  rt_enter(r);
   uv_idle_start(&r->idle, on_idle);
 }
 
@@ -423,6 +461,8 @@ static napi_value Stats(napi_env env, napi_callback_info info) {
       {"recordsPolled", (double)r->records_polled},
       {"recordsWoken", (double)r->records_woken},
       {"pollPreempted", (double)r->poll_preempted},
+      {"realtimePriority", (double)r->rt_prio},
+      {"realtimeFailures", (double)r->rt_failures},
   };
   for (size_t i = 0; i < sizeof counters / sizeof counters[0]; i++) {
     napi_create_double(env, counters[i].value, &v);
@@ -435,30 +475,36 @@ static napi_value Stats(napi_env env, napi_callback_info info) {
 // bounded window after a miss.
 #define BUSY_POLL_MAX_US 1000000
 
-// setBusyPoll(handle, us, pauseUs = 100000): the busy-poll window after each batch (0 = off), and
-// how long polling pauses after the thread was seen to lose its CPU. An open window ends at its
-// next turn when set to 0, or runs to its end at the new length from the next batch on.
+// setBusyPoll(handle, us, pauseUs = 100000, rtPriority = 0): the busy-poll window after each batch
+// (0 = off), how long polling pauses after the thread was seen to lose its CPU, and the SCHED_FIFO
+// priority the thread polls at (0: it stays as it is). An open window ends at its next turn when
+// set to 0, or runs to its end at the new length from the next batch on.
 static napi_value SetBusyPoll(napi_env env, napi_callback_info info) {
-  napi_value argv[3];
-  size_t argc = get_args(env, info, 3, argv);
+  napi_value argv[4];
+  size_t argc = get_args(env, info, 4, argv);
   ring_t* r = unwrap(env, argv[0]);
   if (!r) return NULL;
   double us = -1;
   double pause = BACKOFF_NS / 1000;
-  napi_valuetype t = napi_undefined;
-  if (argc >= 3) napi_typeof(env, argv[2], &t);
+  double prio = 0;
+  napi_valuetype t2 = napi_undefined, t3 = napi_undefined;
+  if (argc >= 3) napi_typeof(env, argv[2], &t2);
+  if (argc >= 4) napi_typeof(env, argv[3], &t3);
   if (argc < 2 || napi_get_value_double(env, argv[1], &us) != napi_ok || !(us >= 0) ||
       us > BUSY_POLL_MAX_US || us != (double)(int64_t)us ||
-      (t != napi_undefined &&
+      (t2 != napi_undefined &&
        (napi_get_value_double(env, argv[2], &pause) != napi_ok || !(pause >= 0) || pause > 60e6 ||
-        pause != (double)(int64_t)pause))) {
+        pause != (double)(int64_t)pause)) ||
+      (t3 != napi_undefined && (napi_get_value_double(env, argv[3], &prio) != napi_ok || !(prio >= 0) ||
+                                prio > 99 || prio != (double)(int64_t)prio))) {
     napi_throw_range_error(env, "INVALID_ARGUMENT",
-                           "upcallring.setBusyPoll(handle, us, pauseUs?): us must be an integer from 0 (off) "
-                           "to 1000000, pauseUs one from 0 to 60000000");
+                           "upcallring.setBusyPoll(handle, us, pauseUs?, rtPriority?): us must be an integer from 0 "
+                           "(off) to 1000000, pauseUs one from 0 to 60000000, rtPriority one from 0 to 99");
     return NULL;
   }
   r->busy_ns = (uint64_t)us * 1000;
   r->backoff_ns = (uint64_t)pause * 1000;
+  r->rt_prio = (int)prio;
   return NULL;
 }
 

@@ -24,6 +24,8 @@ test("flow-setup variants: a bad poll= or busy polling without the ring is refus
   assert.throws(() => parseFlowSetupVariants("ring poll=2.5"), /"poll=2.5"/);
   assert.throws(() => parseFlowSetupVariants("veth poll=1000"), /busy polling needs the ring/);
   assert.throws(() => parseFlowSetupVariants("tap"), /variant "tap" must be ring or veth/);
+  assert.throws(() => parseFlowSetupVariants("ring rt=1"), /rt= needs poll=/);
+  assert.throws(() => parseFlowSetupVariants("ring poll=10 rt=100"), /"rt=100": rt= takes a priority 1-99/);
 });
 
 test("busy-poll cost: what each agent's counters and CPU time moved by during the flows", () => {

@@ -354,6 +354,8 @@ export interface FlowSetupVariant {
   /** `agent.kernel.upcallBusyPollUs` (0 = off, the default), for both agents or the sender only. */
   busyPollUs: number;
   busyPollSenderOnly: boolean;
+  /** `agent.kernel.upcallBusyPollRealtime` for the agents that poll (0 = off). */
+  busyPollRealtime: number;
   /** Extra node flags for both agents (e.g. young-generation sizes). */
   nodeArgs: string[];
 }
@@ -361,8 +363,9 @@ export interface FlowSetupVariant {
 /**
  * Parses BENCH_DATAPATH_FLOW_SETUP: variants separated by `;`, each `ring` or `veth` optionally
  * followed by `poll=<µs>` (busy polling of the ring on both agents) or `poll-sender=<µs>` (on the
- * sending agent only: as if the receiving host had CPUs of its own), and node flags
- * (`ring;ring poll=5000;veth;ring --max-semi-space-size=16`).
+ * sending agent only: as if the receiving host had CPUs of its own), `rt=<priority>` (they poll at
+ * that SCHED_FIFO priority), and node flags (`ring;ring poll=5000;ring poll-sender=5000 rt=1;veth;ring
+ * --max-semi-space-size=16`).
  */
 export function parseFlowSetupVariants(text: string): FlowSetupVariant[] {
   return text
@@ -375,8 +378,17 @@ export function parseFlowSetupVariants(text: string): FlowSetupVariant[] {
       }
       let busyPollUs = 0;
       let busyPollSenderOnly = false;
+      let busyPollRealtime = 0;
       const nodeArgs: string[] = [];
       for (const w of rest) {
+        const rt = /^rt=(.*)$/.exec(w);
+        if (rt) {
+          busyPollRealtime = Number(rt[1]);
+          if (!Number.isInteger(busyPollRealtime) || busyPollRealtime < 1 || busyPollRealtime > 99) {
+            throw new Error(`BENCH_DATAPATH_FLOW_SETUP: ${JSON.stringify(w)}: rt= takes a priority 1-99`);
+          }
+          continue;
+        }
         const m = /^poll(-sender)?=(.*)$/.exec(w);
         if (!m) {
           nodeArgs.push(w);
@@ -391,7 +403,10 @@ export function parseFlowSetupVariants(text: string): FlowSetupVariant[] {
           throw new Error(`BENCH_DATAPATH_FLOW_SETUP: ${JSON.stringify(w)}: busy polling needs the ring`);
         }
       }
-      return { upcall, busyPollUs, busyPollSenderOnly, nodeArgs };
+      if (busyPollRealtime > 0 && busyPollUs === 0) {
+        throw new Error(`BENCH_DATAPATH_FLOW_SETUP: rt= needs poll= or poll-sender=`);
+      }
+      return { upcall, busyPollUs, busyPollSenderOnly, busyPollRealtime, nodeArgs };
     });
 }
 
@@ -400,7 +415,13 @@ export function variantKernelConfig(v: FlowSetupVariant): {
   both: Record<string, number | boolean>;
   sender: Record<string, number | boolean>;
 } {
-  const poll: Record<string, number> = v.busyPollUs > 0 ? { upcallBusyPollUs: v.busyPollUs } : {};
+  const poll: Record<string, number> =
+    v.busyPollUs > 0
+      ? {
+          upcallBusyPollUs: v.busyPollUs,
+          ...(v.busyPollRealtime > 0 ? { upcallBusyPollRealtime: v.busyPollRealtime } : {}),
+        }
+      : {};
   return {
     both: { ...(v.upcall === "veth" ? { upcallRing: false } : {}), ...(v.busyPollSenderOnly ? {} : poll) },
     sender: v.busyPollSenderOnly ? poll : {},
@@ -409,7 +430,13 @@ export function variantKernelConfig(v: FlowSetupVariant): {
 
 /** A variant's name in output: `ring`, `ring poll=5000`, `veth --flag`. */
 export function variantName(v: FlowSetupVariant): string {
-  const poll = v.busyPollUs > 0 ? [`poll${v.busyPollSenderOnly ? "-sender" : ""}=${v.busyPollUs}`] : [];
+  const poll =
+    v.busyPollUs > 0
+      ? [
+          `poll${v.busyPollSenderOnly ? "-sender" : ""}=${v.busyPollUs}`,
+          ...(v.busyPollRealtime > 0 ? [`rt=${v.busyPollRealtime}`] : []),
+        ]
+      : [];
   return [v.upcall, ...poll, ...v.nodeArgs].join(" ");
 }
 

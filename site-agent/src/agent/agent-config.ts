@@ -79,6 +79,12 @@ export const AgentConfigSchema = z.object({
            */
           upcallBusyPollUs: z.number().int().min(0).max(UPCALL_BUSY_POLL_MAX_US).default(0),
           /**
+           * SCHED_FIFO priority (1-99) the agent's thread busy-polls at, 0 = off: while a window is
+           * open no ordinary task preempts it (a CPU is the agent's for the window); root or
+           * CAP_SYS_NICE. Refused by the kernel: polling goes on unprivileged, and says so.
+           */
+          upcallBusyPollRealtime: z.number().int().min(0).max(99).default(0),
+          /**
            * A network namespace (a path such as /run/netns/underlay) that holds the tunnel
            * address and the VM ports: the datapath's devices and programs are made there while
            * the agent itself (and its connection to the controller) stays where it runs.
@@ -97,6 +103,7 @@ export const AgentConfigSchema = z.object({
           threadSliceUs: 100,
           upcallRing: true,
           upcallBusyPollUs: 0,
+          upcallBusyPollRealtime: 0,
         }),
       /** How often an active connection's flow state is re-sent to peers. */
       stateRefreshMs: z.number().int().positive().default(1000),

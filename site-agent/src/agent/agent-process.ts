@@ -182,6 +182,7 @@ export async function startAgent(flags: AgentFlags, deps: AgentDeps = {}): Promi
           upcallRate: { perSecond: cfg.kernel.upcallsPerSecond, burst: cfg.kernel.upcallBurst },
           upcallRing: cfg.kernel.upcallRing,
           upcallBusyPollUs: cfg.kernel.upcallBusyPollUs,
+          upcallBusyPollRealtime: cfg.kernel.upcallBusyPollRealtime,
           flowLimits,
           upcallLimits: { perSource: cfg.upcalls.perPort, total: cfg.upcalls.total },
           log: componentLogger(root, "datapath"),

@@ -82,6 +82,12 @@ export interface KernelDatapathOptions extends UpcallPumpSettings {
    * every miss (docs/kernel-datapath.md, ninth pass). Only the ring is polled (not the veth).
    */
   upcallBusyPollUs?: number;
+  /**
+   * SCHED_FIFO priority the agent's thread busy-polls at (0 = off, the default): while a window is
+   * open nothing of the fair class preempts it; its own policy, nice and slice come back when the
+   * window closes (docs/kernel-datapath.md, ninth pass).
+   */
+  upcallBusyPollRealtime?: number;
   flowLimits?: Partial<FlowTableLimits>;
   /** How often kernel counters are read back and idle flows expired. */
   expiryIntervalMs?: number;
@@ -384,8 +390,12 @@ export class KernelDatapath implements Datapath {
         this.ring.start((bufs) => this.onRingBuffers(bufs, ring.times));
         const busy = this.opts.upcallBusyPollUs ?? 0;
         if (busy > 0) {
-          this.ring.setBusyPoll(busy);
-          log.info({ busyPollUs: busy }, "kernel datapath: busy polling the upcall ring after each miss");
+          const rt = this.opts.upcallBusyPollRealtime ?? 0;
+          this.ring.setBusyPoll(busy, undefined, rt);
+          log.info(
+            { busyPollUs: busy, realtimePriority: rt },
+            "kernel datapath: busy polling the upcall ring after each miss",
+          );
         }
       } else if ((this.opts.upcallBusyPollUs ?? 0) > 0) {
         log.warn("kernel datapath: upcall busy polling needs the upcall ring; it is off");

@@ -28,12 +28,16 @@ export interface UpcallRingStats {
   recordsWoken: number;
   /** Windows ended because the thread lost its CPU while polling (then none opens for 100 ms). */
   pollPreempted: number;
+  /** The SCHED_FIFO priority the thread polls at (0: as it runs otherwise). */
+  realtimePriority: number;
+  /** Changes of scheduling class the kernel refused (the first one turns real-time polling off). */
+  realtimeFailures: number;
 }
 
 interface UpcallRingAddon {
   open(fd: number, onRecords: (bufs: Buffer[]) => void, times: Float64Array): object;
   stats(handle: object): UpcallRingStats;
-  setBusyPoll(handle: object, us: number, pauseUs?: number): void;
+  setBusyPoll(handle: object, us: number, pauseUs?: number, rtPriority?: number): void;
   close(handle: object): void;
   finishChecksum(frame: Buffer): void;
 }
@@ -54,6 +58,8 @@ export function idleUpcallRingStats(): UpcallRingStats {
     recordsPolled: 0,
     recordsWoken: 0,
     pollPreempted: 0,
+    realtimePriority: 0,
+    realtimeFailures: 0,
   };
 }
 
@@ -111,13 +117,14 @@ export class UpcallRing {
   /**
    * Busy polling: after each batch the event loop keeps reading the ring for `us` µs without
    * blocking (0 = off, the default). A window also ends when the thread is seen to have lost its
-   * CPU while polling, and none opens for `pauseUs` after that (default 100 ms). Throws a
-   * RangeError (code INVALID_ARGUMENT) for `us` not an integer from 0 to UPCALL_BUSY_POLL_MAX_US
-   * or `pauseUs` not one from 0 to 60 s.
+   * CPU while polling, and none opens for `pauseUs` after that (default 100 ms). `rtPriority`
+   * > 0: the thread polls at that SCHED_FIFO priority (its own attributes back when the window
+   * closes). Throws a RangeError (code INVALID_ARGUMENT) for `us` not an integer from 0 to
+   * UPCALL_BUSY_POLL_MAX_US, `pauseUs` not one from 0 to 60 s, or `rtPriority` not one from 0 to 99.
    */
-  setBusyPoll(us: number, pauseUs?: number): void {
+  setBusyPoll(us: number, pauseUs?: number, rtPriority?: number): void {
     if (!this.handle) throw new Error(`upcall ring ${this.path}: not started`);
-    load().setBusyPoll(this.handle, us, pauseUs);
+    load().setBusyPoll(this.handle, us, pauseUs, rtPriority);
   }
 
   close(): void {
