@@ -14,6 +14,7 @@ import { checksumsValid, tcpFrame, udpFrame } from "../testing/frames.js";
 import { NetnsLab, rootSkipReason, sh, type Vm } from "../testing/netns.js";
 import { type BpfMap, bpfMapAddonAvailable } from "./bpf-map.js";
 import { kernelDatapathUnavailable, possibleCpus, TcPrograms } from "./tc-programs.js";
+import { threadScheduling } from "./thread-slice.js";
 import { parseUpcall } from "./upcall-frame.js";
 import {
   finishRingChecksum,
@@ -351,6 +352,36 @@ describe("upcall ring buffer (TC eBPF → agent)", { skip }, () => {
     }
   });
 
+  test("busy polling at a real-time priority: SCHED_FIFO while a window is open, the thread's own scheduling back after", async () => {
+    const ring = new UpcallRing(join(progs.pinDir, "maps", "upcall_ring"));
+    let n = 0;
+    ring.start((bufs) => {
+      n += bufs.length;
+    });
+    const own = threadScheduling();
+    try {
+      ring.setBusyPoll(300_000, 20_000, 1);
+      assert.equal(ring.stats().realtimePriority, 1);
+      let during: ReturnType<typeof threadScheduling> | undefined;
+      for (let attempt = 0; attempt < 10 && during === undefined; attempt++) {
+        const seen = n;
+        await sendFromVm(1, 0, 6500 + attempt);
+        await until("the record", () => n > seen);
+        // This thread is the loop's: while the window is open it runs SCHED_FIFO.
+        if (ring.stats().polling) during = threadScheduling();
+        else await new Promise((r) => setTimeout(r, 50)); // ended early (preempted): again
+      }
+      assert.ok(during, "a window open after a miss");
+      assert.equal(during.policy, 1, "SCHED_FIFO while polling");
+      await until("the window closed", () => !ring.stats().polling, 10_000);
+      assert.deepEqual(threadScheduling(), own, "policy, nice and slice as before");
+      assert.equal(ring.stats().realtimeFailures, 0);
+    } finally {
+      ring.close();
+      assert.deepEqual(threadScheduling(), own);
+    }
+  });
+
   test("a busy-poll window that is not a whole number of µs from 0 to 1 s is refused", () => {
     const ring = new UpcallRing(join(progs.pinDir, "maps", "upcall_ring"));
     ring.start(() => {});
@@ -366,6 +397,7 @@ describe("upcall ring buffer (TC eBPF → agent)", { skip }, () => {
         );
       }
       assert.throws(() => ring.setBusyPoll(1000, -5), /pauseUs one from 0 to 60000000/);
+      assert.throws(() => ring.setBusyPoll(1000, 1000, 100), /rtPriority one from 0 to 99/);
       assert.equal(ring.stats().busyPollUs, 0, "a refused value changes nothing");
     } finally {
       ring.close();
