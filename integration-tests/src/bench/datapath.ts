@@ -420,13 +420,15 @@ function busyPollBenchUs(): number {
 }
 
 /**
- * Off, on both agents, on the sending agent only. The bench's two "hosts" share this machine's
- * CPUs with the VMs' sender; with both agents polling, the two spinning threads and the sender
- * compete for two CPUs, which a deployment (one agent per host) does not have, so the sender-only
- * run is what one host with a CPU to spare would see.
+ * Off, on both agents, on the sending agent only, and on the sending agent at SCHED_FIFO 1. The
+ * bench's two "hosts" share this machine's CPUs with the VMs' sender; with both agents polling,
+ * the two spinning threads and the sender compete for two CPUs, which a deployment (one agent per
+ * host) does not have, so the sender-only runs are what one host with a CPU to spare would see.
  */
 function busyPollVariants(windowUs: number) {
-  return parseFlowSetupVariants(`ring; ring poll=${windowUs}; ring poll-sender=${windowUs}`);
+  return parseFlowSetupVariants(
+    `ring; ring poll=${windowUs}; ring poll-sender=${windowUs}; ring poll-sender=${windowUs} rt=1`,
+  );
 }
 
 async function kernelFastPathRing(
@@ -546,7 +548,7 @@ function busyPollRows(
     return `| ${r.variant === "ring" ? "off" : r.variant.replace("ring ", "")} | ${f(r.load1[0], 1)} | ${f(x.p50Ms, 3)}${ratio(x.p50Ms, off?.result.p50Ms)} | ${f(x.p99Ms, 3)}${ratio(x.p99Ms, off?.result.p99Ms)} | ${f(x.stages.wake?.p99Ms ?? Number.NaN, 3)} | ${f(x.agent.p99Ms, 3)} | ${x.polledSetups ?? 0} of ${x.samples} | ${f((c?.wallMs ?? Number.NaN) / 1000, 1)} s; ${cost} |`;
   };
   return [
-    `Busy polling of the upcall ring (\`agent.kernel.upcallBusyPollUs\`, ${b.windowUs} µs after each miss; default off), side by side on fresh agent pairs, one after another, ${b.runs[0]?.result.samples ?? 0} flows each after a warm-up (flow setup from the miss, ms; ratios to off). \`poll-sender\` polls on the sending agent only: both agents polling share this machine's two CPUs with each other and the sender, which one agent per host does not.`,
+    `Busy polling of the upcall ring (\`agent.kernel.upcallBusyPollUs\`, ${b.windowUs} µs after each miss; default off), side by side on fresh agent pairs, one after another, ${b.runs[0]?.result.samples ?? 0} flows each after a warm-up (flow setup from the miss, ms; ratios to off). \`poll-sender\` polls on the sending agent only: both agents polling share this machine's two CPUs with each other and the sender, which one agent per host does not; \`rt=1\` polls at SCHED_FIFO 1 (\`agent.kernel.upcallBusyPollRealtime\`).`,
     "",
     "| busy poll | load | p50 | p99 | wake p99 | agent p99 | read by polling | wall time; CPU during the flows |",
     "|---|---|---|---|---|---|---|---|",
