@@ -293,3 +293,48 @@ test("after many changes only the parts they touched are framed again; parts sta
   assert.equal(mirror.loads, 1);
   mirror.stop();
 });
+
+test("once changes are quiet the snapshot is framed in the background; a change meanwhile is not lost", async (t) => {
+  if (pg.skip) return t.skip(pg.skip);
+  index = 0;
+  const url = await pg.createDatabase();
+  const writer = await controllerFixture(url, { translator: trivialTranslator });
+  t.after(() => writer.close());
+  const feed = new ManualFeed();
+  const mirror = new TopologyMirror(
+    writer.db,
+    feed,
+    { maxBytes: 1 << 20, partBytes: 200, prepareAfterMs: 30 },
+    silentLogger(),
+  );
+  await mirror.start();
+  t.after(() => mirror.stop());
+  let revision = mirror.snapshot()!.revision;
+  const names = new Map<string, string>();
+  for (let i = 0; i < 40; i++) names.set(`b${i}`, `bridge-${i}`);
+  feed.emit({
+    revision: ++revision,
+    upserts: [...names].map(([id, name]) => bridge(id, name)),
+    deletes: [],
+  });
+  assert.ok(mirror.partCount >= 5, `several parts (${mirror.partCount})`);
+  await until("the background framing", () => mirror.eventsBuilt >= mirror.partCount);
+  const built = mirror.eventsBuilt;
+  const framed = mirror.snapshot()!;
+  assert.equal(mirror.eventsBuilt, built, "the Watch found every event built");
+  assert.deepEqual(decodeFramed(framed), { revision, bridges: names });
+
+  // A change while the background framing runs (it builds a part per turn): it starts over at
+  // the new revision, and what is served holds the change.
+  names.set("b3", "renamed");
+  feed.emit({ revision: ++revision, upserts: [bridge("b3", "renamed")], deletes: [] });
+  await until("the background framing to start", () => mirror.eventsBuilt > built);
+  names.set("b4", "renamed too");
+  feed.emit({ revision: ++revision, upserts: [bridge("b4", "renamed too")], deletes: [] });
+  await until("the background framing at the last revision", () => {
+    const before = mirror.eventsBuilt;
+    const f = mirror.snapshot()!;
+    return mirror.eventsBuilt === before && f.revision === revision;
+  });
+  assert.deepEqual(decodeFramed(mirror.snapshot()!), { revision, bridges: names });
+});
