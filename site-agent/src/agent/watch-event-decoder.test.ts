@@ -96,10 +96,16 @@ function encode(ev: topologypb.WatchTopologyResponse): Buffer {
   return Buffer.from(topologypb.WatchTopologyResponse.encode(ev).finish());
 }
 
+/** Every Condition field as read (ours hold only the fields on the wire, the rest via their prototype). */
+function conditionFields(c: topologypb.Condition | undefined): unknown {
+  return c && Object.fromEntries(CONDITION_FIELDS.map((f) => [f, c[f]]));
+}
+
 /** Objects as kind + payload (the generated decoder also writes every other kind as undefined). */
 function payloads(objects: Obj[]): unknown[] {
   return objects.map((o) => {
     const k = objectKind(o);
+    if (k === "rule") return [k, { ...o.rule!, condition: conditionFields(o.rule!.condition) }];
     return [k, k ? o[k] : undefined];
   });
 }
@@ -167,6 +173,17 @@ test("rules with byte-identical conditions share one frozen condition; others do
 test("the rule decoder reads every field the generated Rule has", () => {
   // Fails when topology.proto grows a Rule field: decodeRule must then learn it.
   assert.deepEqual(Object.keys(topologypb.Rule.fromPartial({})), [...RULE_FIELDS]);
+});
+
+test("a condition holds only the fields on the wire and reads the others as the generated decoder sets them", () => {
+  const d = new WatchEventDecoder();
+  const objects = [rule("r1", "c1", { etherType: 0x0800, nwProto: 6, tpDst: { start: 22, end: 22 } })];
+  const ours = d.decode(encode({ snapshot: { revision: 1, objects } })).snapshot!.objects[0]!.rule!.condition!;
+  assert.deepEqual(Object.keys(ours), ["etherType", "nwProto", "tpDst"]);
+  assert.deepEqual(conditionFields(ours), conditionFields(objects[0]!.rule!.condition));
+  assert.equal(ours.ethSrc, "");
+  assert.equal(ours.tpSrc, undefined);
+  assert.deepEqual(ours.inPortIds, []);
 });
 
 test("the condition decoder reads every field the generated Condition has", () => {
