@@ -178,7 +178,8 @@ test("the rule decoder reads every field the generated Rule has", () => {
 test("a condition holds only the fields on the wire and reads the others as the generated decoder sets them", () => {
   const d = new WatchEventDecoder();
   const objects = [rule("r1", "c1", { etherType: 0x0800, nwProto: 6, tpDst: { start: 22, end: 22 } })];
-  const ours = d.decode(encode({ snapshot: { revision: 1, objects } })).snapshot!.objects[0]!.rule!.condition!;
+  const ours = d.decode(encode({ snapshot: { revision: 1, objects } })).snapshot!.objects[0]!.rule!
+    .condition!;
   assert.deepEqual(Object.keys(ours), ["etherType", "nwProto", "tpDst"]);
   assert.deepEqual(conditionFields(ours), conditionFields(objects[0]!.rule!.condition));
   assert.equal(ours.ethSrc, "");
