@@ -298,9 +298,12 @@ export class IntentApplier {
     const { ctx } = this;
     return ctx.queue.run(async (): Promise<ApplyOutcome> => {
       if (idx <= this.applied) return "skipped";
-      await ctx.db.tx(`progress ${idx}`, async (tx) =>
-        writeIntentRows(tx, await ctx.fence.claim(), { index: idx, upserts: [], deletes: [] }),
-      );
+      // One statement: the fence and the index (entryStatement with nothing else to write).
+      const claim = await ctx.fence.claim();
+      const { text, params } = entryStatement(claim, { index: idx, upserts: [], deletes: [] }, undefined);
+      const r = await ctx.db.statement(`progress ${idx}`, text, params);
+      const row = r.rows[0] as EntryRow | undefined;
+      verifyLeaseRow(claim, row?.holder === null ? undefined : row);
       this.applied = idx;
       this.appliedAtMs = Date.now();
       return "applied";
