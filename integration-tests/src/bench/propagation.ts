@@ -1195,7 +1195,7 @@ export function markdown(r: PropagationResult): string {
       "warm), while a real agent is a fresh process whose first snapshot is its only one. Each try now runs in a " +
       "process of its own (snapshot-child.ts). On this machine a fresh page of memory costs ~13 µs, so a cold " +
       "agent pays for the bytes of its decoded copy: a decoded rule condition now holds only the fields on the " +
-      "wire (~56 instead of ~264 bytes; 151–161 → 120–124 MB of heap for the replayed snapshot), and the " +
+      "wire (~56 instead of ~264 bytes; 151–160 → 119–125 MB of heap for the replayed snapshot in a fresh process), and the " +
       "controller's mirror re-frames only the parts a change touched and frames in the background once changes " +
       "are quiet, so the first Watch after a change no longer frames ~220k objects (docs/site-controller.md).",
     "- The site controller is mostly idle while it applies intent: its cost per entry is database round " +
