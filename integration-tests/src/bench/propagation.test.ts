@@ -81,6 +81,8 @@ test("the propagation benchmark times admin writes to agents at two sites and a 
   assert.equal(s.error, undefined);
   assert.ok((s.counts.port ?? 0) >= 20, `snapshot holds the 20 ports: ${JSON.stringify(s.counts)}`);
   assert.ok((s.counts.rule ?? 0) > 20 && s.ms.length === 1 && s.ms[0]! > 0);
+  // Each try runs in a new process, as a new agent would (snapshot-child.ts reports its CPU time).
+  assert.ok((s.attempts?.[0]?.cpuMs ?? 0) > 0, `the try's own process: ${JSON.stringify(s.attempts)}`);
   assert.match(
     readFileSync(docsFile, "utf8"),
     /<!-- bench:propagation:start -->[\s\S]*\| 2 \|[\s\S]*Per-change timeline[\s\S]*<!-- bench:propagation:end -->/,

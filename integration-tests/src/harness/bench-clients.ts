@@ -1,6 +1,8 @@
 // Clients for multi-site benchmarks: an admin writing to the coordinator leader
 // (FederationService), a site operator (SiteService with the site admin token), and an agent's
 // TopologyService.Watch stream (host token) that timestamps every rule as it arrives.
+import { spawn } from "node:child_process";
+import { fileURLToPath } from "node:url";
 import {
   type CallOptions,
   type ChannelOptions,
@@ -253,6 +255,50 @@ export async function timeSnapshot(
     bytes: topologypb.TopologySnapshot.encode(r.snapshot).finish().length,
     parts: r.parts,
   };
+}
+
+export interface SnapshotTiming {
+  ms: number;
+  counts: Record<string, number>;
+  bytes: number;
+  parts: number;
+  /** CPU time of the child process from before its Watch call until it had counted the snapshot. */
+  cpuMs: number;
+}
+
+/**
+ * timeSnapshot in a fresh process (snapshot-child.ts): what a new agent pays — cold JIT, a heap
+ * growing from nothing — rather than the benchmark process warmed by earlier tries.
+ */
+export function timeSnapshotFresh(
+  address: string,
+  hostId: string,
+  hostToken: string,
+  timeoutMs = 180_000,
+): Promise<SnapshotTiming> {
+  const child = fileURLToPath(new URL("./snapshot-child.js", import.meta.url));
+  return new Promise((resolve, reject) => {
+    const p = spawn(process.execPath, [child, address, hostId, hostToken], {
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    let out = "";
+    const timer = setTimeout(() => {
+      p.kill("SIGKILL");
+      reject(new Error(`snapshot child gave no result within ${timeoutMs} ms`));
+    }, timeoutMs);
+    p.stdout.on("data", (d: Buffer) => {
+      out += d.toString();
+    });
+    p.on("exit", (code, signal) => {
+      clearTimeout(timer);
+      const line = out.trim().split("\n").pop() ?? "";
+      if (code !== 0 || !line.startsWith("{")) {
+        reject(new Error(`snapshot child exited (${signal ?? code}) without a result`));
+        return;
+      }
+      resolve(JSON.parse(line) as SnapshotTiming);
+    });
+  });
 }
 
 /** Totals of a site controller's intent entry stage histogram (seconds, entries). */

@@ -50,6 +50,12 @@ export function objectId(o: Obj): string {
   return k ? (o[k] as { id: string }).id : "";
 }
 
+function put<V>(map: Map<string, V>, id: string, value: V, kind: Kind): string {
+  if (id === "") throw new Error(`topology ${kind} without an id`);
+  map.set(id, value);
+  return id;
+}
+
 export class TopologyStore {
   readonly hosts = new Map<string, topologypb.Host>();
   readonly bridges = new Map<string, topologypb.Bridge>();
@@ -105,34 +111,29 @@ export class TopologyStore {
     return touched;
   }
 
+  /**
+   * Named reads in objectKind's order (a snapshot is hundreds of thousands of objects: a keyed read
+   * `o[kind]` and a switch on the kind's name cost more than the map insertion).
+   */
   private upsert(o: Obj): string {
-    const k = objectKind(o);
-    if (!k) throw new Error("topology object without a kind");
-    const id = (o[k] as { id: string }).id;
-    if (id === "") throw new Error(`topology ${k} without an id`);
-    switch (k) {
-      case "host":
-        this.hosts.set(id, o.host!);
-        break;
-      case "bridge":
-        this.bridges.set(id, o.bridge!);
-        break;
-      case "port":
-        this.ports.set(id, o.port!);
-        break;
-      case "remoteGateway":
-        this.remoteGateways.set(id, o.remoteGateway!);
-        break;
-      case "macEntry":
-        this.macEntries.set(id, o.macEntry!);
-        break;
-      case "ipAddrGroupMember":
-        this.addrGroupMembers.set(id, o.ipAddrGroupMember!);
-        break;
-      default:
-        this.others.set(id, o);
+    if (o.rule !== undefined) return put(this.others, o.rule.id, o, "rule");
+    if (o.port !== undefined) return put(this.ports, o.port.id, o.port, "port");
+    if (o.chain !== undefined) return put(this.others, o.chain.id, o, "chain");
+    if (o.macEntry !== undefined) return put(this.macEntries, o.macEntry.id, o.macEntry, "macEntry");
+    if (o.arpEntry !== undefined) return put(this.others, o.arpEntry.id, o, "arpEntry");
+    if (o.route !== undefined) return put(this.others, o.route.id, o, "route");
+    if (o.ipAddrGroupMember !== undefined) {
+      return put(this.addrGroupMembers, o.ipAddrGroupMember.id, o.ipAddrGroupMember, "ipAddrGroupMember");
     }
-    return id;
+    if (o.ipAddrGroup !== undefined) return put(this.others, o.ipAddrGroup.id, o, "ipAddrGroup");
+    if (o.portGroup !== undefined) return put(this.others, o.portGroup.id, o, "portGroup");
+    if (o.bridge !== undefined) return put(this.bridges, o.bridge.id, o.bridge, "bridge");
+    if (o.router !== undefined) return put(this.others, o.router.id, o, "router");
+    if (o.host !== undefined) return put(this.hosts, o.host.id, o.host, "host");
+    if (o.remoteGateway !== undefined) {
+      return put(this.remoteGateways, o.remoteGateway.id, o.remoteGateway, "remoteGateway");
+    }
+    throw new Error("topology object without a kind");
   }
 
   private remove(k: Kind, id: string): void {

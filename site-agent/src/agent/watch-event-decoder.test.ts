@@ -3,7 +3,7 @@ import { test } from "node:test";
 import { topologypb } from "@isthmus/schema";
 import fc from "fast-check";
 import { objectKind } from "./topology-store.js";
-import { RULE_FIELDS, WatchEventDecoder } from "./watch-event-decoder.js";
+import { CONDITION_FIELDS, RULE_FIELDS, WatchEventDecoder } from "./watch-event-decoder.js";
 
 type Obj = topologypb.TopologyObject;
 const { RULE_ACTION_ACCEPT: ACCEPT, RULE_ACTION_DROP: DROP } = topologypb.RuleAction;
@@ -96,10 +96,16 @@ function encode(ev: topologypb.WatchTopologyResponse): Buffer {
   return Buffer.from(topologypb.WatchTopologyResponse.encode(ev).finish());
 }
 
+/** Every Condition field as read (ours hold only the fields on the wire, the rest via their prototype). */
+function conditionFields(c: topologypb.Condition | undefined): unknown {
+  return c && Object.fromEntries(CONDITION_FIELDS.map((f) => [f, c[f]]));
+}
+
 /** Objects as kind + payload (the generated decoder also writes every other kind as undefined). */
 function payloads(objects: Obj[]): unknown[] {
   return objects.map((o) => {
     const k = objectKind(o);
+    if (k === "rule") return [k, { ...o.rule!, condition: conditionFields(o.rule!.condition) }];
     return [k, k ? o[k] : undefined];
   });
 }
@@ -167,6 +173,70 @@ test("rules with byte-identical conditions share one frozen condition; others do
 test("the rule decoder reads every field the generated Rule has", () => {
   // Fails when topology.proto grows a Rule field: decodeRule must then learn it.
   assert.deepEqual(Object.keys(topologypb.Rule.fromPartial({})), [...RULE_FIELDS]);
+});
+
+test("a condition holds only the fields on the wire and reads the others as the generated decoder sets them", () => {
+  const d = new WatchEventDecoder();
+  const objects = [rule("r1", "c1", { etherType: 0x0800, nwProto: 6, tpDst: { start: 22, end: 22 } })];
+  const ours = d.decode(encode({ snapshot: { revision: 1, objects } })).snapshot!.objects[0]!.rule!
+    .condition!;
+  assert.deepEqual(Object.keys(ours), ["etherType", "nwProto", "tpDst"]);
+  assert.deepEqual(conditionFields(ours), conditionFields(objects[0]!.rule!.condition));
+  assert.equal(ours.ethSrc, "");
+  assert.equal(ours.tpSrc, undefined);
+  assert.deepEqual(ours.inPortIds, []);
+});
+
+test("the condition decoder reads every field the generated Condition has", () => {
+  // Fails when topology.proto grows a Condition field: decodeCondition must then learn it.
+  assert.deepEqual(Object.keys(topologypb.Condition.fromPartial({})), [...CONDITION_FIELDS]);
+});
+
+test("absent lists are one shared frozen empty list; present ones are the rule's own", () => {
+  const d = new WatchEventDecoder();
+  const s = d.decode(encode({ snapshot: { revision: 1, objects: sample() } })).snapshot!;
+  const rules = s.objects.filter((o) => o.rule).map((o) => o.rule!);
+  const [a, b, c, withLists] = [rules[0]!, rules[1]!, rules[2]!, rules[3]!];
+  assert.deepEqual(a.natTargets, []);
+  assert.equal(a.natTargets, c.natTargets, "no NAT targets: the shared empty list");
+  assert.ok(Object.isFrozen(a.natTargets));
+  assert.throws(() => a.natTargets.push({ ipStart: "", ipEnd: "", portStart: 0, portEnd: 0 }), TypeError);
+  assert.equal(a.condition!.inPortIds, c.condition!.outPortIds);
+  assert.deepEqual(c.condition!.inPortIds, []);
+  assert.deepEqual(withLists.condition!.inPortIds, ["p1", "p2"]);
+  assert.notEqual(withLists.condition!.inPortIds, a.condition!.inPortIds);
+  assert.equal(withLists.natTargets.length, 1);
+  assert.notEqual(withLists.natTargets, b.natTargets);
+});
+
+test("conditions with every field set decode as the generated decoder does", () => {
+  const str = fc.oneof(fc.constantFrom("", "p1", "10.0.0.0/8"), fc.string({ maxLength: 20 }));
+  const range = fc.option(fc.record({ start: fc.nat(65535), end: fc.nat(65535) }), { nil: undefined });
+  const record: Record<string, fc.Arbitrary<unknown>> = {};
+  const base = topologypb.Condition.fromPartial({}) as unknown as Record<string, unknown>;
+  for (const f of CONDITION_FIELDS) {
+    const v = base[f];
+    record[f] =
+      typeof v === "boolean"
+        ? fc.boolean()
+        : typeof v === "number"
+          ? fc.nat(0xffff)
+          : typeof v === "string"
+            ? str
+            : Array.isArray(v)
+              ? fc.array(str, { maxLength: 3 })
+              : range;
+  }
+  const d = new WatchEventDecoder({ stringSlots: 2, conditionSlots: 2 });
+  fc.assert(
+    fc.property(fc.array(fc.record(record), { maxLength: 6 }), (conds) => {
+      const objects = conds.map((c, i) =>
+        rule(`r${i}`, "c1", c as Partial<topologypb.Condition>, { natTargets: [] }),
+      );
+      assertSameAsGenerated(d, encode({ snapshot: { revision: 3, objects } }));
+    }),
+    { numRuns: 300 },
+  );
 });
 
 test("random topologies decode as the generated decoder does, even with one-slot tables", () => {

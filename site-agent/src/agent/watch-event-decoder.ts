@@ -4,11 +4,17 @@
 // Condition under every rule. This reads the same wire format into the same message types with
 // less: a string repeated across objects (a chain's id in each of its rules, a port's id as each of
 // its rules' intent) is one string, an object holds only its kind, and rules whose conditions are
-// byte-identical (most per-port guard rules) share one frozen Condition. Each message below a rule
-// or object is still decoded by its generated decoder.
+// byte-identical (most per-port guard rules) share one frozen Condition. Rules and conditions are
+// read field for field here; a rule without NAT targets and a condition without port lists hold
+// one shared, frozen empty array (a 10k-port site's snapshot has ~150k rules, most with neither:
+// half a million fewer arrays that would all survive). Every other message below an object is
+// still decoded by its generated decoder.
 import { BinaryReader, topologypb } from "@isthmus/schema";
 
 type Condition = topologypb.Condition;
+
+/** The one empty list that rules without NAT targets and conditions without port lists share. */
+const EMPTY: never[] = Object.freeze([]) as unknown as never[];
 
 export interface WatchDecoderOptions {
   /** Slots of the table of recent strings (a power of two; 65 536). */
@@ -215,7 +221,7 @@ export class WatchEventDecoder {
       condition: undefined,
       action: 0,
       jumpChainId: "",
-      natTargets: [],
+      natTargets: EMPTY,
       intentId: "",
     };
     while (r.pos < end) {
@@ -240,6 +246,7 @@ export class WatchEventDecoder {
           m.jumpChainId = r.string();
           continue;
         case 58:
+          if (m.natTargets === EMPTY) m.natTargets = [];
           m.natTargets.push(topologypb.NatTarget.decode(r, r.uint32()));
           continue;
         case 66:
@@ -274,11 +281,165 @@ export class WatchEventDecoder {
         return known.value;
       }
     }
-    const value = freezeCondition(topologypb.Condition.decode(r, length));
+    const value = freezeCondition(decodeCondition(r, end));
     t.conditions[slot] = { bytes: Buffer.from(b.subarray(start, end)), value };
     t.conditionHashes[slot] = h;
     return value;
   }
+}
+
+/**
+ * Every Condition field's default, as the generated decoder sets them; the prototype of every
+ * condition decoded here. Module-private (not frozen: a frozen prototype's properties could not
+ * be set on the conditions themselves), and the conditions are frozen.
+ */
+const CONDITION_DEFAULTS: Condition = {
+  inPortIds: EMPTY,
+  invInPorts: false,
+  outPortIds: EMPTY,
+  invOutPorts: false,
+  portGroupId: "",
+  invPortGroup: false,
+  ethSrc: "",
+  invEthSrc: false,
+  ethDst: "",
+  invEthDst: false,
+  etherType: 0,
+  invEtherType: false,
+  nwSrc: "",
+  invNwSrc: false,
+  nwDst: "",
+  invNwDst: false,
+  nwProto: 0,
+  invNwProto: false,
+  tpSrc: undefined,
+  invTpSrc: false,
+  tpDst: undefined,
+  invTpDst: false,
+  ipAddrGroupSrc: "",
+  invIpAddrGroupSrc: false,
+  ipAddrGroupDst: "",
+  invIpAddrGroupDst: false,
+  matchForwardFlow: false,
+  matchReturnFlow: false,
+  vlan: 0,
+  noVlan: false,
+};
+
+/**
+ * topologypb.Condition.decode, field for field (CONDITION_FIELDS; a test holds it to the generated
+ * one), except that the condition holds only the fields on the wire and reads every other one from
+ * CONDITION_DEFAULTS, its prototype. A condition has 30 fields and a typical one sets three or
+ * four: ~56 bytes instead of ~264, and a 10k-port site's snapshot has ~110k distinct conditions
+ * (each benchmark security-group rule its own), all of which survive — about 23 MB less heap to
+ * fault in and copy through the young generation. Reading a field gives the same value either way;
+ * what differs is only for code that lists own properties (spread, Object.keys, JSON): none does
+ * with topology conditions, which are read field by field (sim/rule-compile.ts).
+ */
+function decodeCondition(r: InterningReader, end: number): Condition {
+  // Only the fields on the wire are the condition's own; the rest read through to the defaults.
+  const c = Object.create(CONDITION_DEFAULTS) as Condition;
+  while (r.pos < end) {
+    const tag = r.uint32();
+    // Field number << 3 | wire type: 2 = length-delimited (strings, PortRange), 0 = varint.
+    switch (tag) {
+      case 10:
+        if (c.inPortIds === EMPTY) c.inPortIds = [];
+        c.inPortIds.push(r.string());
+        continue;
+      case 16:
+        c.invInPorts = r.bool();
+        continue;
+      case 26:
+        if (c.outPortIds === EMPTY) c.outPortIds = [];
+        c.outPortIds.push(r.string());
+        continue;
+      case 32:
+        c.invOutPorts = r.bool();
+        continue;
+      case 42:
+        c.portGroupId = r.string();
+        continue;
+      case 48:
+        c.invPortGroup = r.bool();
+        continue;
+      case 58:
+        c.ethSrc = r.string();
+        continue;
+      case 64:
+        c.invEthSrc = r.bool();
+        continue;
+      case 74:
+        c.ethDst = r.string();
+        continue;
+      case 80:
+        c.invEthDst = r.bool();
+        continue;
+      case 88:
+        c.etherType = r.uint32();
+        continue;
+      case 96:
+        c.invEtherType = r.bool();
+        continue;
+      case 106:
+        c.nwSrc = r.string();
+        continue;
+      case 112:
+        c.invNwSrc = r.bool();
+        continue;
+      case 122:
+        c.nwDst = r.string();
+        continue;
+      case 128:
+        c.invNwDst = r.bool();
+        continue;
+      case 136:
+        c.nwProto = r.uint32();
+        continue;
+      case 144:
+        c.invNwProto = r.bool();
+        continue;
+      case 154:
+        c.tpSrc = topologypb.PortRange.decode(r, r.uint32());
+        continue;
+      case 160:
+        c.invTpSrc = r.bool();
+        continue;
+      case 170:
+        c.tpDst = topologypb.PortRange.decode(r, r.uint32());
+        continue;
+      case 176:
+        c.invTpDst = r.bool();
+        continue;
+      case 186:
+        c.ipAddrGroupSrc = r.string();
+        continue;
+      case 192:
+        c.invIpAddrGroupSrc = r.bool();
+        continue;
+      case 202:
+        c.ipAddrGroupDst = r.string();
+        continue;
+      case 208:
+        c.invIpAddrGroupDst = r.bool();
+        continue;
+      case 216:
+        c.matchForwardFlow = r.bool();
+        continue;
+      case 224:
+        c.matchReturnFlow = r.bool();
+        continue;
+      case 232:
+        c.vlan = r.uint32();
+        continue;
+      case 240:
+        c.noVlan = r.bool();
+        continue;
+    }
+    if ((tag & 7) === 4 || tag === 0) break;
+    r.skip(tag & 7);
+  }
+  return c;
 }
 
 /** Shared between rules, so nobody may change it (the topology copy is read-only anyway). */
@@ -306,4 +467,38 @@ export const RULE_FIELDS = [
   "jumpChainId",
   "natTargets",
   "intentId",
+] as const;
+
+/** The Condition fields the decoder above reads (the generated Condition's, in field order). */
+export const CONDITION_FIELDS = [
+  "inPortIds",
+  "invInPorts",
+  "outPortIds",
+  "invOutPorts",
+  "portGroupId",
+  "invPortGroup",
+  "ethSrc",
+  "invEthSrc",
+  "ethDst",
+  "invEthDst",
+  "etherType",
+  "invEtherType",
+  "nwSrc",
+  "invNwSrc",
+  "nwDst",
+  "invNwDst",
+  "nwProto",
+  "invNwProto",
+  "tpSrc",
+  "invTpSrc",
+  "tpDst",
+  "invTpDst",
+  "ipAddrGroupSrc",
+  "invIpAddrGroupSrc",
+  "ipAddrGroupDst",
+  "invIpAddrGroupDst",
+  "matchForwardFlow",
+  "matchReturnFlow",
+  "vlan",
+  "noVlan",
 ] as const;

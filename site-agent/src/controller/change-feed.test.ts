@@ -62,22 +62,18 @@ test("the feed's ring of recent changes is bounded by bytes as well as by count"
 function logDatabase(log: Map<number, Buffer>, gate: () => Promise<void>) {
   const stats = { rowsRead: 0 };
   const db = {
-    async tx<T>(_label: string, body: (tx: unknown) => Promise<T>): Promise<T> {
-      return body({
-        async query(sql: string, params: unknown[] = []) {
-          await gate();
-          const revisions = [...log.keys()].sort((a, b) => a - b);
-          if (sql.includes("topology_revision")) return { rows: [{ revision: revisions.at(-1) ?? 0 }] };
-          if (sql.includes("min(revision)")) return { rows: [{ m: revisions[0] ?? 0 }] };
-          const [after, limit] = params as [number, number];
-          const rows = revisions
-            .filter((r) => r > after)
-            .slice(0, limit)
-            .map((r) => ({ revision: r, body: log.get(r)! }));
-          stats.rowsRead += rows.length;
-          return { rows };
-        },
-      });
+    // readChangesAfter's one statement: the head (current, oldest) joined with the changes after $1.
+    async statement(_label: string, _sql: string, params: unknown[] = []) {
+      await gate();
+      const revisions = [...log.keys()].sort((a, b) => a - b);
+      const head = { current: revisions.at(-1) ?? 0, oldest: revisions[0] ?? null };
+      const [after, limit] = params as [number, number];
+      const rows = revisions
+        .filter((r) => r > after)
+        .slice(0, limit)
+        .map((r) => ({ ...head, revision: r, body: log.get(r)! }));
+      stats.rowsRead += rows.length;
+      return { rows: rows.length > 0 ? rows : [{ ...head, revision: null, body: null }] };
     },
   } as unknown as Database;
   return { db, stats };

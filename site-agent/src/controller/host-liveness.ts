@@ -43,12 +43,11 @@ export class HostLiveness {
 
   /** Records a heartbeat; false when no such host is registered. */
   async heartbeat(hostId: string): Promise<boolean> {
-    const r = await this.db.tx("heartbeat", (tx) =>
-      tx.query(
-        `INSERT INTO host_heartbeats (host_id, last_seen_at) SELECT id, now() FROM hosts WHERE id = $1
-         ON CONFLICT (host_id) DO UPDATE SET last_seen_at = excluded.last_seen_at`,
-        [hostId],
-      ),
+    const r = await this.db.statement(
+      "heartbeat",
+      `INSERT INTO host_heartbeats (host_id, last_seen_at) SELECT id, now() FROM hosts WHERE id = $1
+       ON CONFLICT (host_id) DO UPDATE SET last_seen_at = excluded.last_seen_at`,
+      [hostId],
     );
     if (r.rowCount === 0) return false;
     // A host marked not alive comes back at once, not at the next periodic check.
@@ -107,18 +106,14 @@ export class HostLiveness {
     const writer = this.writer;
     const out = { down: [] as string[], up: [] as string[] };
     if (!writer) return out;
-    const rows = await this.db.tx(
+    const rows = await this.db.statement(
       "host-liveness",
-      (tx) =>
-        tx.query(
-          `SELECT h.id, (d.host_id IS NULL) AS marked_alive,
-                  (COALESCE(hb.last_seen_at, h.registered_at) > now() - CAST($1 AS INTERVAL)) AS fresh
-           FROM hosts h
-           LEFT JOIN host_heartbeats hb ON hb.host_id = h.id
-           LEFT JOIN hosts_down d ON d.host_id = h.id`,
-          [`${this.opts.deadAfterMs} milliseconds`],
-        ),
-      { readOnly: true },
+      `SELECT h.id, (d.host_id IS NULL) AS marked_alive,
+              (COALESCE(hb.last_seen_at, h.registered_at) > now() - CAST($1 AS INTERVAL)) AS fresh
+       FROM hosts h
+       LEFT JOIN host_heartbeats hb ON hb.host_id = h.id
+       LEFT JOIN hosts_down d ON d.host_id = h.id`,
+      [`${this.opts.deadAfterMs} milliseconds`],
     );
     const graceOver = Date.now() - this.activeSinceMs >= this.opts.deadAfterMs;
     for (const r of rows.rows) {

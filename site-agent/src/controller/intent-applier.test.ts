@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { type intentpb, topologypb } from "@isthmus/schema";
+import pgDriver from "pg";
 import { postgresForTests } from "./db/postgres-for-tests.js";
 import { FencedOut } from "./fence.js";
 import { controllerFixture, dumpState } from "./test-support/controller-fixture.js";
@@ -115,6 +116,122 @@ test("a crash mid-transaction or between entries, then replay from the start, eq
     assert.deepEqual(await dumpState(second.db), clean, `state after a crash in entry ${victim.index}`);
     await second.close();
   }
+});
+
+test("an entry's one statement killed while it runs writes nothing; replayed, the state equals a clean apply", async (t) => {
+  if (pg.skip) return t.skip(pg.skip);
+  const clean = await cleanApply();
+  const url = await pg.createDatabase();
+  const first = await controllerFixture(url);
+  assert.equal(await first.applier.applyChange(STREAM[0]!), "applied");
+  // Another session holds the revision row, so the entry's statement — which moves the index and
+  // writes its intent rows before it bumps the revision — waits inside itself, and dies there.
+  const other = new pgDriver.Client({ connectionString: url });
+  await other.connect();
+  t.after(() => other.end().catch(() => undefined));
+  await other.query("BEGIN");
+  await other.query("SELECT revision FROM topology_revision WHERE id = 1 FOR UPDATE");
+  const applying = first.applier.applyChange(STREAM[1]!);
+  const outcome = applying.then(
+    () => "applied",
+    (err: Error) => err.message,
+  );
+  let pid: number | undefined;
+  for (let i = 0; i < 200 && pid === undefined; i++) {
+    const r = await other.query(
+      "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE 'WITH l AS%'",
+    );
+    pid = r.rows[0]?.pid as number | undefined;
+    if (pid === undefined) await new Promise((r) => setTimeout(r, 25));
+  }
+  assert.ok(pid !== undefined, "the entry's statement waits on the revision row");
+  await other.query("SELECT pg_terminate_backend($1)", [pid]);
+  assert.match(await outcome, /terminat/);
+  await other.query("ROLLBACK");
+  assert.equal(first.applier.appliedIndex, 3);
+  assert.equal(first.ctx.index.get("network", "n2"), undefined, "memory reverted");
+  const stored = await first.db.pool.query(
+    "SELECT (SELECT applied_index FROM intent_state) AS applied, (SELECT count(*) FROM intent_objects) AS intents, (SELECT revision FROM topology_revision) AS revision",
+  );
+  assert.deepEqual(
+    {
+      applied: Number(stored.rows[0].applied),
+      intents: Number(stored.rows[0].intents),
+      revision: Number(stored.rows[0].revision),
+    },
+    { applied: 3, intents: 1, revision: 1 },
+    "nothing of the killed statement is stored",
+  );
+  await first.close();
+  const second = await controllerFixture(url);
+  t.after(() => second.close());
+  const outcomes = [];
+  for (const c of STREAM) outcomes.push(await second.applier.applyChange(c));
+  assert.deepEqual(outcomes, ["skipped", "applied", "applied", "applied", "applied"]);
+  assert.deepEqual(await dumpState(second.db), clean);
+});
+
+test("a small change is one statement: an object upserted twice holds its last version, deletes go", async (t) => {
+  if (pg.skip) return t.skip(pg.skip);
+  const f = await controllerFixture(await pg.createDatabase());
+  t.after(() => f.close());
+  assert.equal(await f.applier.applyChange(STREAM[0]!), "applied");
+  assert.equal(
+    await f.applier.applyChange({
+      index: 5,
+      upserts: [
+        network("n1", "blue", 0x100005),
+        network("n2", "red", 0x100002),
+        network("n1", "blue", 0x100006),
+      ],
+      deletes: [networkRef("absent")],
+    }),
+    "applied",
+  );
+  const intent = await f.db.pool.query("SELECT id, revision FROM intent_objects ORDER BY id");
+  assert.deepEqual(
+    intent.rows.map((r) => [r.id, Number(r.revision)]),
+    [
+      ["n1", 5],
+      ["n2", 5],
+    ],
+  );
+  const topo = await f.db.pool.query("SELECT id, revision FROM topology_objects ORDER BY id");
+  assert.deepEqual(
+    topo.rows.map((r) => [r.id, Number(r.revision)]),
+    [
+      ["n1", 2],
+      ["n2", 2],
+    ],
+  );
+  assert.deepEqual(f.committed, [1, 2]);
+  assert.equal(f.ctx.index.get("network", "n1")?.vni, 0x100006);
+  assert.equal(
+    await f.applier.applyChange({
+      index: 6,
+      upserts: [network("n3", "green", 0x100003)],
+      deletes: [networkRef("n2")],
+    }),
+    "applied",
+  );
+  const after = await f.db.pool.query("SELECT id FROM topology_objects ORDER BY id");
+  assert.deepEqual(
+    after.rows.map((r) => r.id),
+    ["n1", "n3"],
+  );
+  // The logged change decodes to what the statement wrote.
+  const logged = await f.db.pool.query("SELECT body FROM topology_changes WHERE revision = 2");
+  const change = topologypb.TopologyChange.decode(logged.rows[0].body as Buffer);
+  assert.deepEqual(
+    change.upserts
+      .filter((o) => o.bridge)
+      .map((o) => [o.bridge!.id, o.bridge!.tunnelKey])
+      .sort(),
+    [
+      ["n1", 0x100006],
+      ["n2", 0x100002],
+    ],
+  );
 });
 
 test("a snapshot replaces the intent copy and moves the topology to match", async (t) => {

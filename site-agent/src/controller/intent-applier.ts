@@ -14,7 +14,19 @@ import {
   keyString,
   topologyRefOf,
 } from "./objects.js";
-import { readAllTopology, type TopologyWrite, writeTopologyChange } from "./topology-store.js";
+import {
+  fitsOneStatement,
+  loggedChange,
+  PRUNE_CHANGES,
+  type PreparedTopologyWrite,
+  prepareTopologyWrite,
+  pruneDue,
+  readAllTopology,
+  SqlParams,
+  type TopologyWrite,
+  topologyWriteCtes,
+  writeTopologyChange,
+} from "./topology-store.js";
 import { IntentIndex, type TunnelKeyMove, unwrapIntentObject, uplinkPortId } from "./translate/index.js";
 import { writeTunnelKeyMoves } from "./tunnel-key-allocator.js";
 import type { WriteContext } from "./write-context.js";
@@ -110,15 +122,19 @@ export class IntentApplier {
         if (timing) timing.translatedAt = performance.now();
         const problems = [...keyProblems, ...delta.problems];
         if (problems.length > 0) ctx.onProblems?.(problems);
-        const result = await ctx.db.tx(`apply ${change.index}`, async (tx) => {
-          if (!(await writeIntentRows(tx, await ctx.fence.claim(), change)))
-            return { skipped: true, written: undefined };
-          await writeTunnelKeyMoves(tx, moves);
-          const written = await writeTopologyChange(tx, delta, "intent", ctx.changeLog);
-          await ctx.beforeCommit?.(tx, `apply ${change.index}`);
-          if (timing) timing.writtenAt = performance.now();
-          return { skipped: false, written };
-        });
+        const prepared = await prepareTopologyWrite(delta);
+        const result =
+          moves.length === 0 && !ctx.beforeCommit && fitsOneEntryStatement(change, prepared)
+            ? await this.applyInOneStatement(change, prepared, timing)
+            : await ctx.db.tx(`apply ${change.index}`, async (tx) => {
+                if (!(await writeIntentRows(tx, await ctx.fence.claim(), change)))
+                  return { skipped: true, written: undefined };
+                await writeTunnelKeyMoves(tx, moves);
+                const written = await writeTopologyChange(tx, delta, "intent", ctx.changeLog);
+                await ctx.beforeCommit?.(tx, `apply ${change.index}`);
+                if (timing) timing.writtenAt = performance.now();
+                return { skipped: false, written };
+              });
         if (result.skipped) {
           // Another writer got there first (only possible across a lease hand-over); reload.
           ctx.index.restoreTunnelKeys(moves);
@@ -141,6 +157,34 @@ export class IntentApplier {
       if (committed !== undefined) ctx.onCommitted(committed.revision, committed);
       return "applied";
     });
+  }
+
+  /**
+   * An entry whose writes fit in one statement (entryStatement) — nearly every entry: an admin's
+   * change touches a few objects — in one round trip to the database, an implicit transaction,
+   * instead of four (BEGIN, the intent rows, the topology, COMMIT). On a busy machine each round
+   * trip waits for the database's process and then ours to be scheduled, at every site. The
+   * change log is pruned after, in its own statement, when due.
+   */
+  private async applyInOneStatement(
+    change: intentpb.IntentChange,
+    prepared: PreparedTopologyWrite | undefined,
+    timing: ApplyTiming | undefined,
+  ): Promise<{ skipped: boolean; written: topologypb.TopologyChange | undefined }> {
+    const { ctx } = this;
+    const claim = await ctx.fence.claim();
+    const { text, params } = entryStatement(claim, change, prepared);
+    const r = await ctx.db.statement(`apply ${change.index}`, text, params);
+    if (timing) timing.writtenAt = performance.now();
+    const row = r.rows[0] as EntryRow | undefined;
+    verifyLeaseRow(claim, row?.holder === null ? undefined : row);
+    if (!row?.moved) return { skipped: true, written: undefined };
+    if (prepared === undefined) return { skipped: false, written: undefined };
+    if (row.revision === null) throw new Error("topology_revision row is missing; were migrations applied?");
+    const revision = Number(row.revision);
+    if (pruneDue(revision, ctx.changeLog))
+      await ctx.db.statement("prune-changes", PRUNE_CHANGES, [revision - ctx.changeLog.retention]);
+    return { skipped: false, written: loggedChange(prepared, revision) };
   }
 
   /**
@@ -254,9 +298,12 @@ export class IntentApplier {
     const { ctx } = this;
     return ctx.queue.run(async (): Promise<ApplyOutcome> => {
       if (idx <= this.applied) return "skipped";
-      await ctx.db.tx(`progress ${idx}`, async (tx) =>
-        writeIntentRows(tx, await ctx.fence.claim(), { index: idx, upserts: [], deletes: [] }),
-      );
+      // One statement: the fence and the index (entryStatement with nothing else to write).
+      const claim = await ctx.fence.claim();
+      const { text, params } = entryStatement(claim, { index: idx, upserts: [], deletes: [] }, undefined);
+      const r = await ctx.db.statement(`progress ${idx}`, text, params);
+      const row = r.rows[0] as EntryRow | undefined;
+      verifyLeaseRow(claim, row?.holder === null ? undefined : row);
       this.applied = idx;
       this.appliedAtMs = Date.now();
       return "applied";
@@ -330,15 +377,19 @@ export class IntentApplier {
 /** Intent rows written by the statement that also fences and moves the applied index. */
 const INTENT_ROWS_FIRST_STATEMENT = 500;
 
-/**
- * In one statement: checks the lease fence, moves the applied index to the change's — only when
- * the database is behind it — and, only then, deletes and upserts the change's intent rows (the
- * first 500; more follow a statement per 500). Every round trip of an entry's transaction is paid
- * again by every entry, and on a busy machine each waits for the database's process and then
- * ours to be scheduled: this was four. Returns false when the database already had the index (a
- * replay; nothing written); throws FencedOut when the lease row is not `claim`'s.
- */
-async function writeIntentRows(tx: Tx, claim: LeaseClaim, change: intentpb.IntentChange): Promise<boolean> {
+/** What an entry's statement selects: the lease row it saw, whether it moved the index, the revision. */
+interface EntryRow {
+  holder: string | null;
+  token: string | null;
+  moved: boolean;
+  revision?: string | null;
+}
+
+/** An entry's intent rows: the last version of each object, and the deletes it does not rewrite. */
+function intentRows(change: intentpb.IntentChange): {
+  upserts: [number, string, Buffer][];
+  deletes: intentpb.ObjectRef[];
+} {
   // One row per key, the last version winning, as one statement per object would have it (a
   // statement may not touch a row twice): an object deleted and upserted by one change ends up
   // written, as deleting first and then upserting did.
@@ -348,46 +399,106 @@ async function writeIntentRows(tx: Tx, claim: LeaseClaim, change: intentpb.Inten
     rows.set(keyString(key.kind, key.id), [key.kind, key.id, encodeIntent(obj)]);
   }
   const deletes = change.deletes.filter((ref) => !rows.has(keyString(ref.kind, ref.id)));
-  const upserts = [...rows.values()];
-  const first = upserts.slice(0, INTENT_ROWS_FIRST_STATEMENT);
-  const firstDeletes = deletes.slice(0, INTENT_ROWS_FIRST_STATEMENT);
-  const params: unknown[] = [change.index, claim.holder, claim.token];
-  const ref = (v: unknown) => {
-    params.push(v);
-    return `$${params.length}`;
-  };
+  return { upserts: [...rows.values()], deletes };
+}
+
+/**
+ * The expressions that check the lease fence (`l`), move the applied index to the change's —
+ * only when the database is behind it — (`m`) and, only then, delete (`d`) and upsert (`u`) the
+ * first INTENT_ROWS_FIRST_STATEMENT of the entry's intent rows. Later expressions gate on `m`.
+ */
+function intentCtes(
+  claim: LeaseClaim,
+  index: number,
+  rows: ReturnType<typeof intentRows>,
+  sql: SqlParams,
+): string[] {
+  const idx = sql.ref(index);
   const parts = [
     "l AS (SELECT holder, token FROM controller_lease WHERE id = 1)",
-    `m AS (UPDATE intent_state SET applied_index = $1::INT8, applied_at = now()
-       WHERE id = 1 AND applied_index < $1::INT8
-         AND EXISTS (SELECT 1 FROM l WHERE l.holder = $2::TEXT AND l.token = $3::INT8)
+    `m AS (UPDATE intent_state SET applied_index = ${idx}::INT8, applied_at = now()
+       WHERE id = 1 AND applied_index < ${idx}::INT8
+         AND EXISTS (SELECT 1 FROM l WHERE l.holder = ${sql.ref(claim.holder)}::TEXT AND l.token = ${sql.ref(claim.token)}::INT8)
        RETURNING 1 AS ok)`,
   ];
+  const firstDeletes = rows.deletes.slice(0, INTENT_ROWS_FIRST_STATEMENT);
   if (firstDeletes.length > 0) {
     parts.push(
       `d AS (DELETE FROM intent_objects WHERE EXISTS (SELECT 1 FROM m) AND (kind, id) IN (${firstDeletes
-        .map((r) => `(${ref(r.kind)}::INT8, ${ref(r.id)}::TEXT)`)
+        .map((r) => `(${sql.ref(r.kind)}::INT8, ${sql.ref(r.id)}::TEXT)`)
         .join(", ")}))`,
     );
   }
+  const first = rows.upserts.slice(0, INTENT_ROWS_FIRST_STATEMENT);
   if (first.length > 0) {
     parts.push(
       `u AS (INSERT INTO intent_objects (kind, id, body, revision)
-         SELECT v.kind, v.id, v.body, $1::INT8 FROM (VALUES ${first
-           .map(([kind, id, body]) => `(${ref(kind)}::INT8, ${ref(id)}::TEXT, ${ref(body)}::BYTEA)`)
+         SELECT v.kind, v.id, v.body, ${idx}::INT8 FROM (VALUES ${first
+           .map(
+             ([kind, id, body]) => `(${sql.ref(kind)}::INT8, ${sql.ref(id)}::TEXT, ${sql.ref(body)}::BYTEA)`,
+           )
            .join(", ")}) AS v (kind, id, body)
          WHERE EXISTS (SELECT 1 FROM m)
          ON CONFLICT (kind, id) DO UPDATE SET body = excluded.body, revision = excluded.revision)`,
     );
   }
-  const r = await tx.query(
-    `WITH ${parts.join(",\n")}
-     SELECT (SELECT holder FROM l) AS holder, (SELECT token FROM l) AS token, EXISTS (SELECT 1 FROM m) AS moved`,
-    params,
+  return parts;
+}
+
+const ENTRY_SELECT =
+  "SELECT (SELECT holder FROM l) AS holder, (SELECT token FROM l) AS token, EXISTS (SELECT 1 FROM m) AS moved";
+
+/** Whether an entry's intent rows and topology delta fit in entryStatement. */
+function fitsOneEntryStatement(
+  change: intentpb.IntentChange,
+  prepared: PreparedTopologyWrite | undefined,
+): boolean {
+  return (
+    change.upserts.length <= INTENT_ROWS_FIRST_STATEMENT &&
+    change.deletes.length <= INTENT_ROWS_FIRST_STATEMENT &&
+    (prepared === undefined || fitsOneStatement(prepared))
   );
-  const row = r.rows[0] as { holder: string | null; token: string | null; moved: boolean } | undefined;
+}
+
+/**
+ * A whole entry as one statement: writeIntentRows's fence, index and intent rows, then — gated on
+ * the index having moved — the topology delta as the next revision. Selects the lease row seen,
+ * whether the index moved and the revision written (null when there was no delta or no move).
+ */
+function entryStatement(
+  claim: LeaseClaim,
+  change: intentpb.IntentChange,
+  prepared: PreparedTopologyWrite | undefined,
+): { text: string; params: unknown[] } {
+  const sql = new SqlParams();
+  const parts = intentCtes(claim, change.index, intentRows(change), sql);
+  if (prepared)
+    parts.push(
+      ...topologyWriteCtes(prepared, "intent", sql, {
+        firstRows: INTENT_ROWS_FIRST_STATEMENT,
+        deletes: true,
+        gate: "EXISTS (SELECT 1 FROM m)",
+      }),
+    );
+  const revision = prepared ? ", (SELECT revision FROM r) AS revision" : "";
+  return { text: `WITH ${parts.join(",\n")}\n${ENTRY_SELECT}${revision}`, params: sql.values };
+}
+
+/**
+ * In one statement: checks the lease fence, moves the applied index to the change's — only when
+ * the database is behind it — and, only then, deletes and upserts the change's intent rows (the
+ * first 500; more follow a statement per 500). Returns false when the database already had the
+ * index (a replay; nothing written); throws FencedOut when the lease row is not `claim`'s.
+ */
+async function writeIntentRows(tx: Tx, claim: LeaseClaim, change: intentpb.IntentChange): Promise<boolean> {
+  const rows = intentRows(change);
+  const sql = new SqlParams();
+  const parts = intentCtes(claim, change.index, rows, sql);
+  const r = await tx.query(`WITH ${parts.join(",\n")}\n${ENTRY_SELECT}`, sql.values);
+  const row = r.rows[0] as EntryRow | undefined;
   verifyLeaseRow(claim, row?.holder === null ? undefined : row);
   if (!row?.moved) return false;
+  const { deletes, upserts } = rows;
   for (let i = INTENT_ROWS_FIRST_STATEMENT; i < deletes.length; i += INTENT_ROWS_FIRST_STATEMENT) {
     const batch = deletes.slice(i, i + INTENT_ROWS_FIRST_STATEMENT);
     await tx.query(

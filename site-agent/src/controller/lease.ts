@@ -93,53 +93,74 @@ export class ControllerLease {
     return first;
   }
 
+  /**
+   * The common round — renewing the lease this replica holds — as one statement (one round trip
+   * instead of four): extends the expiry only when the lease row is still ours with our token.
+   * Undefined when it is not (or we hold none): the full round in `attempt` decides then.
+   */
+  private async renewHeld(): Promise<number | undefined> {
+    const mine = this.token ?? this.lastToken;
+    if (mine === undefined) return undefined;
+    const r = await this.db.statement(
+      "lease-renew",
+      `WITH l AS (SELECT 1 FROM controller_lease WHERE id = 1 AND holder = $1 AND token = $2::INT8),
+       e AS (INSERT INTO controller_lease_expiry (id, expires_at) SELECT 1, now() + $3::INTERVAL FROM l
+             ON CONFLICT (id) DO UPDATE SET expires_at = excluded.expires_at RETURNING 1)
+       SELECT count(*)::INT8 AS renewed FROM e`,
+      [this.opts.holder, mine, `${this.opts.ttlMs} milliseconds`],
+    );
+    return Number(r.rows[0]?.renewed ?? 0) === 1 ? mine : undefined;
+  }
+
   /** One acquire-or-renew round; returns whether this replica holds the lease afterwards. */
   async attempt(): Promise<boolean> {
     const { holder, ttlMs } = this.opts;
     const sentAt = Date.now();
     try {
-      const token = await this.db.tx("lease", async (tx) => {
-        // The expiry lives in controller_lease_expiry (0004): a renewal writes only that row,
-        // never the one every write transaction's fence reads, so a long write (a snapshot)
-        // does not conflict with renewals. controller_lease.expires_at is the fallback for a
-        // database whose expiry row was not written yet.
-        const r = await tx.query(
-          `SELECT l.holder, l.token, COALESCE(e.expires_at, l.expires_at) < now() AS expired
+      const token =
+        (await this.renewHeld()) ??
+        (await this.db.tx("lease", async (tx) => {
+          // The expiry lives in controller_lease_expiry (0004): a renewal writes only that row,
+          // never the one every write transaction's fence reads, so a long write (a snapshot)
+          // does not conflict with renewals. controller_lease.expires_at is the fallback for a
+          // database whose expiry row was not written yet.
+          const r = await tx.query(
+            `SELECT l.holder, l.token, COALESCE(e.expires_at, l.expires_at) < now() AS expired
            FROM controller_lease l LEFT JOIN controller_lease_expiry e ON e.id = l.id WHERE l.id = 1`,
-        );
-        const ttl = `${ttlMs} milliseconds`;
-        const extend = () =>
-          tx.query(
-            `INSERT INTO controller_lease_expiry (id, expires_at) VALUES (1, now() + $1::INTERVAL)
+          );
+          const ttl = `${ttlMs} milliseconds`;
+          const extend = () =>
+            tx.query(
+              `INSERT INTO controller_lease_expiry (id, expires_at) VALUES (1, now() + $1::INTERVAL)
              ON CONFLICT (id) DO UPDATE SET expires_at = excluded.expires_at`,
-            [ttl],
-          );
-        const row = r.rows[0];
-        if (!row) {
-          await tx.query(
-            "INSERT INTO controller_lease (id, holder, token, expires_at) VALUES (1, $1, 1, now() + $2::INTERVAL)",
-            [holder, ttl],
-          );
-          await extend();
-          return 1;
-        }
-        const current = Number(row.token);
-        if (row.holder === holder && current === (this.token ?? this.lastToken)) {
-          await extend();
-          return current;
-        }
-        if (row.expired || row.holder === holder) {
-          // Expired, or ours from a previous life of this replica: take it with a new token so
-          // anything still in flight under the old token is fenced.
-          await tx.query(
-            "UPDATE controller_lease SET holder = $1, token = $2, expires_at = now() + $3::INTERVAL WHERE id = 1",
-            [holder, current + 1, ttl],
-          );
-          await extend();
-          return current + 1;
-        }
-        return undefined;
-      });
+              [ttl],
+            );
+          const row = r.rows[0];
+          if (!row) {
+            await tx.query(
+              "INSERT INTO controller_lease (id, holder, token, expires_at) VALUES (1, $1, 1, now() + $2::INTERVAL)",
+              [holder, ttl],
+            );
+            await extend();
+            return 1;
+          }
+          const current = Number(row.token);
+          if (row.holder === holder && current === (this.token ?? this.lastToken)) {
+            await extend();
+            return current;
+          }
+          if (row.expired || row.holder === holder) {
+            // Expired, or ours from a previous life of this replica: take it with a new token so
+            // anything still in flight under the old token is fenced.
+            await tx.query(
+              "UPDATE controller_lease SET holder = $1, token = $2, expires_at = now() + $3::INTERVAL WHERE id = 1",
+              [holder, current + 1, ttl],
+            );
+            await extend();
+            return current + 1;
+          }
+          return undefined;
+        }));
       this.lastRoundOk = true;
       if (this.stopped) return false;
       if (token === undefined) this.lastToken = undefined; // another replica holds it now

@@ -12,15 +12,65 @@ export class EncodedWatchEvent {
 /** WatchTopologyResponse field numbers of the two snapshot events (topology.proto). */
 const FIELD = { snapshot: 1, snapshotPart: 4 } as const;
 
-function varint(n: number): number[] {
+function varintLength(n: number): number {
   if (!Number.isSafeInteger(n) || n < 0) throw new Error(`cannot encode ${n} as a varint`);
-  const out: number[] = [];
+  let len = 1;
   while (n > 0x7f) {
-    out.push((n % 0x80) | 0x80);
+    n = Math.floor(n / 0x80);
+    len++;
+  }
+  return len;
+}
+
+function writeVarint(buf: Buffer, at: number, n: number): number {
+  while (n > 0x7f) {
+    buf[at++] = (n % 0x80) | 0x80;
     n = Math.floor(n / 0x80);
   }
-  out.push(n);
-  return out;
+  buf[at++] = n;
+  return at;
+}
+
+/**
+ * A snapshot event's objects already framed as TopologySnapshot's repeated field, reusable under
+ * any revision and either field: a mirror keeps one per part and re-frames only parts that changed.
+ * The framed bytes live inside the last event built (no second copy of them is kept).
+ */
+export class SnapshotPartFrame {
+  private constructor(
+    private framed: Buffer,
+    readonly objects: number,
+  ) {}
+
+  /** Frames `bodies`, each an encoded TopologyObject. */
+  static of(bodies: readonly Buffer[]): SnapshotPartFrame {
+    let len = 0;
+    for (const b of bodies) len += 1 + varintLength(b.length) + b.length;
+    const buf = Buffer.allocUnsafe(len);
+    let at = 0;
+    for (const b of bodies) {
+      buf[at++] = 0x12; // TopologySnapshot.objects, field 2, length-delimited
+      at = writeVarint(buf, at, b.length);
+      at += b.copy(buf, at);
+    }
+    return new SnapshotPartFrame(buf, bodies.length);
+  }
+
+  /** The event (`snapshot` or `snapshot_part`) at `revision` with these objects. */
+  event(field: keyof typeof FIELD, revision: number): EncodedWatchEvent {
+    const head = revision === 0 ? 0 : 1 + varintLength(revision);
+    const inner = head + this.framed.length;
+    const buf = Buffer.allocUnsafe(1 + varintLength(inner) + inner);
+    buf[0] = (FIELD[field] << 3) | 2;
+    let at = writeVarint(buf, 1, inner);
+    if (revision !== 0) {
+      buf[at++] = 0x08; // TopologySnapshot.revision, field 1, varint
+      at = writeVarint(buf, at, revision);
+    }
+    this.framed.copy(buf, at);
+    this.framed = buf.subarray(at);
+    return new EncodedWatchEvent(buf);
+  }
 }
 
 /**
@@ -32,20 +82,7 @@ export function encodeSnapshotEvent(
   revision: number,
   bodies: readonly Buffer[],
 ): EncodedWatchEvent {
-  const head: number[] = revision === 0 ? [] : [0x08, ...varint(revision)];
-  let inner = head.length;
-  for (const b of bodies) inner += 1 + varint(b.length).length + b.length;
-  const outer = [(FIELD[field] << 3) | 2, ...varint(inner)];
-  const buf = Buffer.allocUnsafe(outer.length + inner);
-  let at = 0;
-  for (const x of [...outer, ...head]) buf[at++] = x;
-  for (const b of bodies) {
-    buf[at++] = 0x12; // TopologySnapshot.objects, field 2, length-delimited
-    for (const x of varint(b.length)) buf[at++] = x;
-    b.copy(buf, at);
-    at += b.length;
-  }
-  return new EncodedWatchEvent(buf);
+  return SnapshotPartFrame.of(bodies).event(field, revision);
 }
 
 /** TopologyService whose Watch stream also takes EncodedWatchEvent values as they are. */

@@ -202,3 +202,139 @@ test("over its byte bound the mirror turns itself off (snapshots then come from 
   small.stop();
   off.stop();
 });
+
+test("after many changes only the parts they touched are framed again; parts stay within the bound and are compacted after deletes", async (t) => {
+  if (pg.skip) return t.skip(pg.skip);
+  index = 0;
+  const url = await pg.createDatabase();
+  const writer = await controllerFixture(url, { translator: trivialTranslator });
+  t.after(() => writer.close());
+  const feed = new ManualFeed();
+  const partBytes = 400;
+  const mirror = new TopologyMirror(writer.db, feed, { maxBytes: 1 << 20, partBytes }, silentLogger());
+  await mirror.start();
+  let revision = mirror.snapshot()!.revision;
+  const model = new Map<string, string>();
+  const objectBytes = (id: string, name: string) =>
+    topologypb.TopologyObject.encode(bridge(id, name)).finish().length;
+  const check = (what: string) => {
+    const framed = mirror.snapshot()!;
+    const got = decodeFramed(framed);
+    assert.equal(got.revision, revision, what);
+    assert.deepEqual(got.bridges, model, what);
+    for (const [i, ev] of framed.events.entries()) {
+      const e = topologypb.WatchTopologyResponse.decode(ev.bytes);
+      const part = (e.snapshot ?? e.snapshotPart)!;
+      const bytes = part.objects.reduce((a, o) => a + objectBytes(o.bridge!.id, o.bridge!.name), 0);
+      assert.ok(part.objects.length === 1 || bytes <= partBytes, `${what}: part ${i} holds ${bytes} bytes`);
+    }
+    return framed;
+  };
+  // A seeded generator: the same changes every run.
+  let seed = 7;
+  const rand = (n: number) => {
+    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+    return seed % n;
+  };
+  for (let step = 0; step < 200; step++) {
+    const upserts: topologypb.TopologyObject[] = [];
+    const deletes: topologypb.TopologyRef[] = [];
+    for (let k = rand(4); k >= 0; k--) {
+      const id = `b${rand(60)}`;
+      if (model.has(id) && rand(3) === 0) {
+        model.delete(id);
+        if (!deletes.some((d) => d.id === id)) deletes.push({ kind: 2, id });
+        const u = upserts.findIndex((o) => o.bridge!.id === id);
+        if (u >= 0) upserts.splice(u, 1);
+      } else {
+        const name = `n${step}-${"y".repeat(rand(40))}`;
+        model.set(id, name);
+        const u = upserts.findIndex((o) => o.bridge!.id === id);
+        if (u >= 0) upserts.splice(u, 1);
+        const d = deletes.findIndex((x) => x.id === id);
+        if (d >= 0) deletes.splice(d, 1);
+        upserts.push(bridge(id, name));
+      }
+    }
+    feed.emit({ revision: ++revision, upserts, deletes });
+    if (step % 10 === 0) check(`step ${step}`);
+  }
+  // One rename: every other part keeps its objects' bytes, in an event at the new revision.
+  const before = check("before the rename");
+  assert.ok(before.events.length >= 4, `several parts (${before.events.length})`);
+  const some = [...model.keys()][0]!;
+  model.set(some, "renamed");
+  feed.emit({ revision: ++revision, upserts: [bridge(some, "renamed")], deletes: [] });
+  const after = check("after the rename");
+  const bodyOf = (ev: { bytes: Buffer }) => {
+    const e = topologypb.WatchTopologyResponse.decode(ev.bytes);
+    return (e.snapshot ?? e.snapshotPart)!.objects.map((o) => o.bridge!.id).join(",");
+  };
+  const unchanged = after.events.filter((ev) => before.events.some((b) => bodyOf(b) === bodyOf(ev)));
+  assert.ok(
+    unchanged.length >= after.events.length - 2,
+    `objects stay in their parts: ${unchanged.length} of ${after.events.length} parts hold what they held`,
+  );
+  // Deleting most objects leaves fewer, fuller parts (compacted), not one event per survivor.
+  const keep = [...model.keys()].slice(0, 5);
+  const gone = [...model.keys()].filter((id) => !keep.includes(id));
+  for (const id of gone) model.delete(id);
+  feed.emit({ revision: ++revision, upserts: [], deletes: gone.map((id) => ({ kind: 2, id })) });
+  const small = check("after deleting all but five");
+  const bytes = keep.reduce((a, id) => a + objectBytes(id, model.get(id)!), 0);
+  assert.ok(
+    small.events.length <= 2 * Math.ceil(bytes / partBytes) + 1,
+    `${small.events.length} events for ${bytes} bytes`,
+  );
+  for (const id of keep) model.delete(id);
+  feed.emit({ revision: ++revision, upserts: [], deletes: keep.map((id) => ({ kind: 2, id })) });
+  const none = check("empty");
+  assert.equal(none.events.length, 1, "an empty topology is one (empty) snapshot event");
+  assert.equal(mirror.loads, 1);
+  mirror.stop();
+});
+
+test("once changes are quiet the snapshot is framed in the background; a change meanwhile is not lost", async (t) => {
+  if (pg.skip) return t.skip(pg.skip);
+  index = 0;
+  const url = await pg.createDatabase();
+  const writer = await controllerFixture(url, { translator: trivialTranslator });
+  t.after(() => writer.close());
+  const feed = new ManualFeed();
+  const mirror = new TopologyMirror(
+    writer.db,
+    feed,
+    { maxBytes: 1 << 20, partBytes: 200, prepareAfterMs: 30 },
+    silentLogger(),
+  );
+  await mirror.start();
+  t.after(() => mirror.stop());
+  let revision = mirror.snapshot()!.revision;
+  const names = new Map<string, string>();
+  for (let i = 0; i < 40; i++) names.set(`b${i}`, `bridge-${i}`);
+  feed.emit({
+    revision: ++revision,
+    upserts: [...names].map(([id, name]) => bridge(id, name)),
+    deletes: [],
+  });
+  assert.ok(mirror.partCount >= 5, `several parts (${mirror.partCount})`);
+  await until("the background framing", () => mirror.eventsBuilt >= mirror.partCount);
+  const built = mirror.eventsBuilt;
+  const framed = mirror.snapshot()!;
+  assert.equal(mirror.eventsBuilt, built, "the Watch found every event built");
+  assert.deepEqual(decodeFramed(framed), { revision, bridges: names });
+
+  // A change while the background framing runs (it builds a part per turn): it starts over at
+  // the new revision, and what is served holds the change.
+  names.set("b3", "renamed");
+  feed.emit({ revision: ++revision, upserts: [bridge("b3", "renamed")], deletes: [] });
+  await until("the background framing to start", () => mirror.eventsBuilt > built);
+  names.set("b4", "renamed too");
+  feed.emit({ revision: ++revision, upserts: [bridge("b4", "renamed too")], deletes: [] });
+  await until("the background framing at the last revision", () => {
+    const before = mirror.eventsBuilt;
+    const f = mirror.snapshot()!;
+    return mirror.eventsBuilt === before && f.revision === revision;
+  });
+  assert.deepEqual(decodeFramed(mirror.snapshot()!), { revision, bridges: names });
+});

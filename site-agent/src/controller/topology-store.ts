@@ -75,26 +75,8 @@ export async function writeTopologyChange(
   origin: "intent" | "local",
   log: ChangeLogOptions,
 ): Promise<topologypb.TopologyChange | undefined> {
-  if (delta.upserts.length === 0 && delta.deletes.length === 0) return undefined;
-  if (delta.encoded && delta.encoded.length !== delta.upserts.length)
-    throw new Error(
-      `topology write has ${delta.encoded.length} encodings for ${delta.upserts.length} upserts`,
-    );
-  // Each object is encoded once (or not at all when the caller has its encoding) and the logged
-  // body is framed from those encodings: a site catching up on a 100k-object federation writes
-  // one change of that size, and encoding it twice in one go stalled the controller for seconds.
-  // The last version of an object wins, as one statement per object would have it (a statement
-  // may not upsert one row twice).
-  const bodies: Buffer[] = [];
-  const rows = new Map<string, [number, string, Buffer]>();
-  for (const [i, obj] of delta.upserts.entries()) {
-    const ref = topologyRefOf(obj);
-    const body = delta.encoded?.[i] ?? encodeTopology(obj);
-    bodies.push(body);
-    rows.set(keyString(ref.kind, ref.id), [ref.kind, ref.id, body]);
-    if (i % ENCODE_STEP === ENCODE_STEP - 1) await new Promise((r) => setImmediate(r));
-  }
-  const all = [...rows.values()];
+  const prepared = await prepareTopologyWrite(delta);
+  if (prepared === undefined) return undefined;
   // Deletes first (an object deleted and written again by one delta ends up written).
   for (let i = 0; i < delta.deletes.length; i += ROWS_PER_STATEMENT) {
     const refs = delta.deletes.slice(i, i + ROWS_PER_STATEMENT);
@@ -105,29 +87,15 @@ export async function writeTopologyChange(
   }
   // One statement bumps the revision, logs the change and writes the first rows: every round
   // trip of a write is paid again by every intent entry, and on a busy machine each one waits
-  // for the database process to be scheduled. The logged body carries revision 0; readers take
-  // the revision from the row (readChangesAfter).
-  const body = frameChange(bodies, delta.deletes);
-  const first = all.slice(0, ROWS_PER_STATEMENT);
-  const r = await tx.query(
-    `WITH r AS (UPDATE topology_revision SET revision = revision + 1 WHERE id = 1 RETURNING revision),
-     c AS (INSERT INTO topology_changes (revision, body, committed_at) SELECT revision, $1::BYTEA, now() FROM r)${
-       first.length > 0
-         ? `,
-     o AS (INSERT INTO topology_objects (kind, id, body, revision, origin)
-           SELECT v.kind, v.id, v.body, r.revision, $2::TEXT FROM r, (VALUES ${first
-             .map((_, k) => `($${3 * k + 3}::INT8, $${3 * k + 4}::TEXT, $${3 * k + 5}::BYTEA)`)
-             .join(", ")}) AS v (kind, id, body)
-           ON CONFLICT (kind, id) DO UPDATE SET body = excluded.body, revision = excluded.revision, origin = excluded.origin)`
-         : ""
-     }
-     SELECT revision FROM r`,
-    first.length > 0 ? [body, origin, ...first.flat()] : [body],
-  );
+  // for the database process to be scheduled.
+  const sql = new SqlParams();
+  const ctes = topologyWriteCtes(prepared, origin, sql, { firstRows: ROWS_PER_STATEMENT });
+  const r = await tx.query(`WITH ${ctes.join(",\n")}\nSELECT revision FROM r`, sql.values);
   if (r.rowCount !== 1) throw new Error("topology_revision row is missing; were migrations applied?");
   const revision = Number(r.rows[0].revision);
-  for (let i = ROWS_PER_STATEMENT; i < all.length; i += ROWS_PER_STATEMENT) {
-    const batch = all.slice(i, i + ROWS_PER_STATEMENT);
+  const { rows } = prepared;
+  for (let i = ROWS_PER_STATEMENT; i < rows.length; i += ROWS_PER_STATEMENT) {
+    const batch = rows.slice(i, i + ROWS_PER_STATEMENT);
     await tx.query(
       `INSERT INTO topology_objects (kind, id, body, revision, origin) VALUES ${batch
         .map((_, k) => `($${3 * k + 3}, $${3 * k + 4}, $${3 * k + 5}, $1, $2)`)
@@ -136,13 +104,118 @@ export async function writeTopologyChange(
       [revision, origin, ...batch.flat()],
     );
   }
-  const change: topologypb.TopologyChange = { revision, upserts: delta.upserts, deletes: delta.deletes };
-  changeSizes.set(change, body.length + REVISION_FIELD_BYTES);
-  changeBodies.set(change, bodies);
-  // Prune in steps so the cost is paid once per thousand revisions, not on every write.
-  if (revision % 1000 === 0 && revision > log.retention) {
-    await tx.query("DELETE FROM topology_changes WHERE revision <= $1", [revision - log.retention]);
+  if (pruneDue(revision, log)) await tx.query(PRUNE_CHANGES, [revision - log.retention]);
+  return loggedChange(prepared, revision);
+}
+
+/**
+ * A delta made ready to write: each upsert encoded once (or taken from the caller), the rows to
+ * write with the last version of an object winning (a statement may not upsert one row twice),
+ * and the change-log body framed from the same encodings. A site catching up on a 100k-object
+ * federation writes one change of that size, and encoding it twice in one go stalled the
+ * controller for seconds; the event loop gets a turn every ENCODE_STEP objects.
+ */
+export interface PreparedTopologyWrite {
+  delta: TopologyWrite;
+  bodies: Buffer[];
+  rows: [number, string, Buffer][];
+  /** The logged body, at revision 0 (readers take the revision from the row). */
+  body: Buffer;
+}
+
+/** Prepares `delta` for writing; undefined when it changes nothing. */
+export async function prepareTopologyWrite(delta: TopologyWrite): Promise<PreparedTopologyWrite | undefined> {
+  if (delta.upserts.length === 0 && delta.deletes.length === 0) return undefined;
+  if (delta.encoded && delta.encoded.length !== delta.upserts.length)
+    throw new Error(
+      `topology write has ${delta.encoded.length} encodings for ${delta.upserts.length} upserts`,
+    );
+  const bodies: Buffer[] = [];
+  const rows = new Map<string, [number, string, Buffer]>();
+  for (const [i, obj] of delta.upserts.entries()) {
+    const ref = topologyRefOf(obj);
+    const body = delta.encoded?.[i] ?? encodeTopology(obj);
+    bodies.push(body);
+    rows.set(keyString(ref.kind, ref.id), [ref.kind, ref.id, body]);
+    if (i % ENCODE_STEP === ENCODE_STEP - 1) await new Promise((r) => setImmediate(r));
   }
+  return { delta, bodies, rows: [...rows.values()], body: frameChange(bodies, delta.deletes) };
+}
+
+/** Whether a prepared write fits in the one statement of an entry (topologyWriteCtes, all rows). */
+export function fitsOneStatement(p: PreparedTopologyWrite): boolean {
+  return p.rows.length <= ROWS_PER_STATEMENT && p.delta.deletes.length <= ROWS_PER_STATEMENT;
+}
+
+/** Bind parameters of a statement built in pieces: `ref(v)` adds one and returns its `$n`. */
+export class SqlParams {
+  readonly values: unknown[] = [];
+  ref(v: unknown): string {
+    this.values.push(v);
+    return `$${this.values.length}`;
+  }
+}
+
+/**
+ * The common table expressions that write a prepared delta as the next revision: `r` bumps the
+ * revision (and yields it), `c` logs the change, `o` upserts the first `firstRows` rows and, when
+ * `deletes` is set, `td` deletes the delta's deletes (all of them; the caller checks that they
+ * fit) — except those the delta also upserts, which end up written, as deleting first and then
+ * upserting would have it (a statement may not touch a row twice). With `gate`, a condition on
+ * earlier expressions, nothing is written unless it holds. The statement selects from `r`.
+ */
+export function topologyWriteCtes(
+  p: PreparedTopologyWrite,
+  origin: "intent" | "local",
+  sql: SqlParams,
+  opts: { firstRows: number; deletes?: boolean; gate?: string },
+): string[] {
+  const gate = opts.gate ? ` AND ${opts.gate}` : "";
+  const parts: string[] = [];
+  if (opts.deletes) {
+    const written = new Set(p.rows.map(([kind, id]) => keyString(kind, id)));
+    const deletes = p.delta.deletes.filter((d) => !written.has(keyString(d.kind, d.id)));
+    if (deletes.length > 0)
+      parts.push(
+        `td AS (DELETE FROM topology_objects WHERE (kind, id) IN (${deletes
+          .map((d) => `(${sql.ref(d.kind)}::INT8, ${sql.ref(d.id)}::TEXT)`)
+          .join(", ")})${gate})`,
+      );
+  }
+  parts.push(
+    `r AS (UPDATE topology_revision SET revision = revision + 1 WHERE id = 1${gate} RETURNING revision)`,
+    `c AS (INSERT INTO topology_changes (revision, body, committed_at) SELECT revision, ${sql.ref(p.body)}::BYTEA, now() FROM r)`,
+  );
+  const first = p.rows.slice(0, opts.firstRows);
+  if (first.length > 0) {
+    const originRef = sql.ref(origin);
+    parts.push(
+      `o AS (INSERT INTO topology_objects (kind, id, body, revision, origin)
+           SELECT v.kind, v.id, v.body, r.revision, ${originRef}::TEXT FROM r, (VALUES ${first
+             .map(
+               ([kind, id, body]) =>
+                 `(${sql.ref(kind)}::INT8, ${sql.ref(id)}::TEXT, ${sql.ref(body)}::BYTEA)`,
+             )
+             .join(", ")}) AS v (kind, id, body)
+           ON CONFLICT (kind, id) DO UPDATE SET body = excluded.body, revision = excluded.revision, origin = excluded.origin)`,
+    );
+  }
+  return parts;
+}
+
+/** Whether the change log is pruned after `revision` (in steps: once per thousand revisions). */
+export function pruneDue(revision: number, log: ChangeLogOptions): boolean {
+  return revision % 1000 === 0 && revision > log.retention;
+}
+
+/** Drops logged changes at or below $1. */
+export const PRUNE_CHANGES = "DELETE FROM topology_changes WHERE revision <= $1";
+
+/** The change as logged at `revision`, its size and encodings remembered for its readers here. */
+export function loggedChange(p: PreparedTopologyWrite, revision: number): topologypb.TopologyChange {
+  const change: topologypb.TopologyChange = { revision, upserts: p.delta.upserts, deletes: p.delta.deletes };
+  changeSizes.set(change, p.body.length + REVISION_FIELD_BYTES);
+  changeBodies.set(change, p.bodies);
   return change;
 }
 
@@ -243,34 +316,34 @@ export async function readChangesAfter(
   limit: number,
   known?: ReadonlyMap<number, topologypb.TopologyChange>,
 ): Promise<ChangesAfter> {
-  return db.tx(
+  // One statement (one snapshot, one round trip): the feed polls this several times a second on
+  // every controller, and BEGIN, three reads and COMMIT were five round trips each time.
+  const r = await db.statement(
     "topology-changes",
-    async (tx) => {
-      const current = await currentRevision(tx);
-      const oldestRow = await tx.query("SELECT min(revision) AS m FROM topology_changes");
-      const oldest = Number(oldestRow.rows[0]?.m ?? 0);
-      const rows = await tx.query(
-        "SELECT revision, body FROM topology_changes WHERE revision > $1 ORDER BY revision LIMIT $2",
-        [after, limit],
-      );
-      return {
-        // The row's revision: a body is logged before its revision is known (writeTopology).
-        changes: rows.rows.map((row) => {
-          const own = known?.get(Number(row.revision));
-          if (own) return own;
-          const change = {
-            ...topologypb.TopologyChange.decode(row.body as Buffer),
-            revision: Number(row.revision),
-          };
-          changeSizes.set(change, (row.body as Buffer).length + REVISION_FIELD_BYTES);
-          return change;
-        }),
-        oldest,
-        current,
-      };
-    },
-    { readOnly: true },
+    `SELECT h.current, h.oldest, c.revision, c.body
+     FROM (SELECT (SELECT revision FROM topology_revision WHERE id = 1) AS current,
+                  (SELECT min(revision) FROM topology_changes) AS oldest) AS h
+     LEFT JOIN (SELECT revision, body FROM topology_changes WHERE revision > $1 ORDER BY revision LIMIT $2) AS c
+       ON true
+     ORDER BY c.revision`,
+    [after, limit],
   );
+  const head = r.rows[0] as { current: string | null; oldest: string | null } | undefined;
+  const changes: topologypb.TopologyChange[] = [];
+  for (const row of r.rows) {
+    if (row.revision === null) continue; // no change after `after`: the one row of h alone
+    // The row's revision: a body is logged before its revision is known (writeTopology).
+    const revision = Number(row.revision);
+    const own = known?.get(revision);
+    if (own) {
+      changes.push(own);
+      continue;
+    }
+    const change = { ...topologypb.TopologyChange.decode(row.body as Buffer), revision };
+    changeSizes.set(change, (row.body as Buffer).length + REVISION_FIELD_BYTES);
+    changes.push(change);
+  }
+  return { changes, oldest: Number(head?.oldest ?? 0), current: Number(head?.current ?? 0) };
 }
 
 /** Every topology object keyed "kind/id" (snapshot diffs). */

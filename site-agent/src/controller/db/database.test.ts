@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { silentLogger } from "@isthmus/schema";
-import { Database } from "./database.js";
+import pgDriver from "pg";
+import { Database, serializableByDefault } from "./database.js";
 import { loadMigrations, migrate } from "./migrations.js";
 import { postgresForTests } from "./postgres-for-tests.js";
 import { TransactionRetriesExhausted } from "./retry.js";
@@ -118,4 +119,77 @@ test("a non-retryable error is not retried", async (t) => {
     /no_such_table/,
   );
   assert.equal(runs, 1);
+});
+
+test("one-statement transactions run SERIALIZABLE even where the database defaults to another level", async (t) => {
+  if (pg.skip) return t.skip(pg.skip);
+  const url = await pg.createDatabase();
+  const name = new URL(url).pathname.slice(1);
+  const admin = new Database({ url, log: silentLogger() });
+  t.after(() => admin.close());
+  await admin.pool.query(`ALTER DATABASE "${name}" SET default_transaction_isolation = 'read committed'`);
+  // A plain client sees the database's setting: the check below can fail.
+  const plain = new pgDriver.Client({ connectionString: url });
+  await plain.connect();
+  const seen = await plain.query("SELECT current_setting('transaction_isolation') AS level");
+  await plain.end();
+  assert.equal(seen.rows[0].level, "read committed");
+  for (const u of [
+    url,
+    `${url}${url.includes("?") ? "&" : "?"}options=${encodeURIComponent("-c statement_timeout=4321")}`,
+  ]) {
+    const db = new Database({ url: u, log: silentLogger() });
+    try {
+      const r = await db.statement(
+        "isolation",
+        "SELECT current_setting('transaction_isolation') AS level, current_setting('statement_timeout') AS timeout",
+      );
+      assert.equal(r.rows[0].level, "serializable", u);
+      if (u !== url) assert.equal(r.rows[0].timeout, "4321ms", "the URL's own options are kept");
+    } finally {
+      await db.close();
+    }
+  }
+});
+
+test("serializableByDefault adds the option, or appends it to the URL's own", () => {
+  assert.deepEqual(serializableByDefault("postgres://u@h/db"), {
+    connectionString: "postgres://u@h/db",
+    options: "-c default_transaction_isolation=serializable",
+  });
+  const withOwn = serializableByDefault("postgres://u@h/db?options=-c%20search_path%3Dx&sslmode=disable");
+  assert.equal(withOwn.options, undefined);
+  assert.equal(
+    decodeURIComponent(new URL(withOwn.connectionString).searchParams.get("options") ?? ""),
+    "-c search_path=x -c default_transaction_isolation=serializable",
+  );
+  assert.equal(new URL(withOwn.connectionString).searchParams.get("sslmode"), "disable");
+});
+
+test("a one-statement write that conflicts is re-run until every increment lands", async (t) => {
+  if (pg.skip) return t.skip(pg.skip);
+  let retries = 0;
+  const db = await freshDb({ onRetry: () => retries++, retry: { maxAttempts: 50 } });
+  t.after(() => db.close());
+  await db.statement("setup", "CREATE TABLE counter (id INT8 PRIMARY KEY, n INT8 NOT NULL)");
+  await db.statement("setup", "INSERT INTO counter VALUES (1, 0), (2, 0)");
+  // Each statement reads one row and writes the other: under SERIALIZABLE, concurrent ones form
+  // read/write cycles and some are aborted with 40001 (re-run), never applied twice or lost.
+  const workers = 6;
+  const each = 8;
+  await Promise.all(
+    Array.from({ length: workers }, async (_, w) => {
+      for (let i = 0; i < each; i++) {
+        const [from, to] = (w + i) % 2 === 0 ? [1, 2] : [2, 1];
+        await db.statement(
+          "cross",
+          "UPDATE counter SET n = n + 1 + 0 * (SELECT n FROM counter WHERE id = $1) WHERE id = $2",
+          [from, to],
+        );
+      }
+    }),
+  );
+  const r = await db.pool.query("SELECT sum(n)::INT8 AS n FROM counter");
+  assert.equal(Number(r.rows[0].n), workers * each, "every statement applied exactly once");
+  assert.equal(db.retryCount, retries);
 });

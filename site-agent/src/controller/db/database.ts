@@ -40,7 +40,7 @@ export class Database {
 
   constructor(private readonly opts: DatabaseOptions) {
     this.pool = new pg.Pool({
-      connectionString: opts.url,
+      ...serializableByDefault(opts.url),
       max: opts.maxConnections ?? 8,
       connectionTimeoutMillis: 5_000,
       idleTimeoutMillis: 30_000,
@@ -102,9 +102,51 @@ export class Database {
     throw new TransactionRetriesExhausted(label, this.policy.maxAttempts, lastError);
   }
 
+  /**
+   * Runs one statement on its own — an implicit transaction, SERIALIZABLE as every session's
+   * default is (serializableByDefault) — re-running it on retryable errors. One round trip where
+   * BEGIN, the statement and COMMIT are three: for a write that fits in one statement.
+   */
+  async statement(label: string, text: string, params: unknown[] = []): Promise<pg.QueryResult> {
+    let lastError: unknown;
+    for (let attempt = 1; attempt <= this.policy.maxAttempts; attempt++) {
+      try {
+        return await this.pool.query(text, params);
+      } catch (err) {
+        lastError = err;
+        if (!isRetryable(err)) throw err;
+        this.retries++;
+        this.opts.onRetry?.(label, err);
+        this.log.debug({ label, attempt, sqlstate: sqlState(err) }, "statement conflict; retrying");
+        if (attempt < this.policy.maxAttempts) await sleep(backoffDelayMs(this.policy, attempt, Math.random));
+      }
+    }
+    throw new TransactionRetriesExhausted(label, this.policy.maxAttempts, lastError);
+  }
+
   async close(): Promise<void> {
     await this.pool.end();
   }
+}
+
+/** The session option that makes every implicit (one-statement) transaction SERIALIZABLE too. */
+const SERIALIZABLE_OPTION = "-c default_transaction_isolation=serializable";
+
+/**
+ * Connection settings for `url` whose sessions default to SERIALIZABLE (PostgreSQL and CockroachDB
+ * both take `-c` in the startup `options`). A URL's own `options` parameter would replace the
+ * client's, so ours is appended to it there.
+ */
+export function serializableByDefault(url: string): { connectionString: string; options?: string } {
+  const own = /([?&]options=)([^&#]*)/;
+  if (own.test(url))
+    return {
+      connectionString: url.replace(
+        own,
+        (_, key, value) => `${key}${value}${encodeURIComponent(` ${SERIALIZABLE_OPTION}`)}`,
+      ),
+    };
+  return { connectionString: url, options: SERIALIZABLE_OPTION };
 }
 
 function sleep(ms: number): Promise<void> {
