@@ -7,12 +7,14 @@
 //         stamps bpf_ktime_get_ns (the same clock) and writes it to a BPF ring buffer; the
 //         receiver wakes on the ring's fd, as the agent does for misses (the program's notify
 //         goes through irq_work, like the TC programs' bpf_ringbuf_submit).
+//   poll: the ring, but the receiver never sleeps: it spins on the ring's producer position (as
+//         the agent does inside a busy-poll window), so what is left is the record's way to it.
 // The receiver runs at the given nice value and EEVDF slice (the agent's defaults: -10, 100 us).
 // PLACE: any (the scheduler picks the receiver's CPU; it mostly follows the sender's), same (both
 // on CPU 0: the receiver has to take the sender's CPU), cross (sender on CPU 0, receiver on CPU 1,
 // which is idle when the datagram comes: the cost of waking an idle vCPU).
 // Built and run by scripts/wake-floor.mjs; usage:
-//   wake-floor udp|ring SAMPLES PERIOD_US NICE SLICE_US any|same|cross
+//   wake-floor udp|ring|poll SAMPLES PERIOD_US NICE SLICE_US any|same|cross
 #define _GNU_SOURCE
 #include <errno.h>
 #include <linux/bpf.h>
@@ -39,6 +41,12 @@ static uint64_t now_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
 }
 
 static void die(const char* what) {
@@ -110,14 +118,15 @@ static void print_set(const char* name, uint64_t* s, size_t n) {
 }
 
 int main(int argc, char** argv) {
-  if (argc != 7 || (strcmp(argv[1], "udp") != 0 && strcmp(argv[1], "ring") != 0) ||
+  if (argc != 7 || (strcmp(argv[1], "udp") != 0 && strcmp(argv[1], "ring") != 0 && strcmp(argv[1], "poll") != 0) ||
       (strcmp(argv[6], "any") != 0 && strcmp(argv[6], "same") != 0 && strcmp(argv[6], "cross") != 0)) {
-    fprintf(stderr, "usage: wake-floor udp|ring SAMPLES PERIOD_US NICE SLICE_US any|same|cross\n");
+    fprintf(stderr, "usage: wake-floor udp|ring|poll SAMPLES PERIOD_US NICE SLICE_US any|same|cross\n");
     return 2;
   }
   const char* place = argv[6];
   int pinned = strcmp(place, "any") != 0;
-  int ring = strcmp(argv[1], "ring") == 0;
+  int polling = strcmp(argv[1], "poll") == 0;
+  int ring = polling || strcmp(argv[1], "ring") == 0;
   size_t samples = (size_t)atol(argv[2]);
   long period_us = atol(argv[3]);
   int nice_v = atoi(argv[4]);
@@ -206,7 +215,15 @@ int main(int argc, char** argv) {
   size_t got = 0, n_all = 0, n_same = 0, n_other = 0;
   while (got < total) {
     struct epoll_event out;
-    int k = epoll_wait(ep, &out, 1, 5000);
+    int k;
+    if (polling) {
+      // Spin until the producer moves (5 s at most), never blocking.
+      uint64_t until = now_ns() + 5000000000ull;
+      while (*cons >= __atomic_load_n(prod, __ATOMIC_ACQUIRE) && now_ns() < until) cpu_relax();
+      k = *cons < __atomic_load_n(prod, __ATOMIC_ACQUIRE) ? 1 : 0;
+    } else {
+      k = epoll_wait(ep, &out, 1, 5000);
+    }
     if (k < 0 && errno == EINTR) continue;
     if (k <= 0) {
       fprintf(stderr, "wake-floor: nothing arrived for 5 s after %zu samples\n", got);

@@ -3,7 +3,8 @@
 // configurations interleaved: the BPF ring buffer with the receiver wherever the scheduler puts it,
 // on the sender's CPU and on the other (idle) CPU, and a UDP socket; the receiver at the agent's
 // priority (nice -10, 100 us slice) and, with --plain, also at nice 0 with the kernel's default
-// slice. Root is needed for the ring (a BPF program and map) and for a negative nice value.
+// slice; and a receiver that busy-polls the ring (never sleeps) anywhere and on the other CPU, as
+// the agent does inside a busy-poll window (--upcall-busy-poll-us). Root is needed for the ring (a BPF program and map) and for a negative nice value.
 // A timing run: take the benchmark lock, and quote it with the load it printed:
 //   flock /tmp/isthmus-bench.lock node scripts/wake-floor.mjs [--samples 3000] [--rounds 2]
 //     [--period-us 2000] [--plain]
@@ -26,7 +27,7 @@ const samples = arg("--samples", 3000);
 const rounds = arg("--rounds", 2);
 const periodUs = arg("--period-us", 2000);
 const plain = process.argv.includes("--plain");
-if (samples * periodUs * rounds * (plain ? 6 : 4) > 7 * 60e6) {
+if (samples * periodUs * rounds * (plain ? 8 : 6) > 7 * 60e6) {
   throw new Error("wake-floor: that would hold the benchmark lock for more than 7 minutes");
 }
 
@@ -44,6 +45,8 @@ try {
     { mode: "ring", nice: -10, sliceUs: 100, place: "same" },
     { mode: "ring", nice: -10, sliceUs: 100, place: "cross" },
     { mode: "udp", nice: -10, sliceUs: 100, place: "any" },
+    { mode: "poll", nice: -10, sliceUs: 100, place: "any" },
+    { mode: "poll", nice: -10, sliceUs: 100, place: "cross" },
     ...(plain
       ? [
           { mode: "ring", nice: 0, sliceUs: 0, place: "any" },

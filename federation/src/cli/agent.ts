@@ -18,6 +18,7 @@ export interface AgentCommandOptions {
   metricsListen?: string;
   adminListen?: string;
   datapath?: string;
+  upcallBusyPollUs?: string;
 }
 
 /**

@@ -173,6 +173,10 @@ const agentCmd = program
   .option("--metrics-listen <host:port>", "Prometheus /metrics and /healthz (default 127.0.0.1:9480)")
   .option("--admin-listen <host:port>", "local admin endpoint (default 127.0.0.1:9481)")
   .option("--datapath <mode>", "kernel | userspace | auto (default userspace; auto = kernel where it loads)")
+  .option(
+    "--upcall-busy-poll-us <us>",
+    "kernel path: keep reading the upcall ring for this long after each miss instead of sleeping (0 = off, the default; costs a CPU for the window)",
+  )
   .action(async (opts: Record<string, string | undefined>) => {
     const { runAgent } = await import("./agent.js");
     await runAgent(opts);

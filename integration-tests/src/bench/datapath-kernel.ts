@@ -34,6 +34,11 @@ export interface FlowSetupResult extends Latency {
   gc: Latency;
   /** GC pauses from the first setup to the last, in or between them: how many, and their latency. */
   gcPauses: { count: number } & Latency;
+  /** How many of the setups' misses were read by busy polling (no wake-up of the agent's thread). */
+  polledSetups?: number;
+  /** What busy polling did and cost while the flows were opened (both agents; absent without the
+   * counters). */
+  busyPoll?: BusyPollCost;
   /** The slowest 1 % of setups (by miss → written, at least 3): each stage's mean over them, the
    * GC overlap mean, and how many overlapped a GC. Says where the tail goes. */
   tail: {
@@ -43,6 +48,8 @@ export interface FlowSetupResult extends Latency {
     wakePartsMeanMs?: Record<string, number>;
     gcMeanMs: number;
     withGc: number;
+    /** How many of them were read by busy polling. */
+    polled?: number;
     /** GC that overlapped miss → read (the frame waiting while the thread collected), mean. */
     gcWakeMeanMs: number;
     /** The agent's counter read-back that overlapped miss → written, mean. */
@@ -50,8 +57,39 @@ export interface FlowSetupResult extends Latency {
   };
 }
 
-interface SetupReport {
+/** One agent's upcall ring reader counters (UpcallRingStats in site-agent). */
+interface RingCounters {
+  busyPollUs: number;
+  pollWindows: number;
+  pollMs: number;
+  recordsPolled: number;
+  recordsWoken: number;
+  pollPreempted?: number;
+}
+
+/** Busy polling over one measurement: the window, and per agent what changed during the flows. */
+export interface BusyPollCost {
+  windowUs: number;
+  /** Wall time of the measured flows (ms). */
+  wallMs: number;
+  /** Sending agent, then receiving agent: time polling, windows opened, misses read by polling
+   * and after a wake-up, and the process's CPU time (ms) during the flows. */
+  agents: {
+    pollMs: number;
+    windows: number;
+    /** Windows ended because the agent's thread lost its CPU while polling. */
+    preempted: number;
+    polled: number;
+    woken: number;
+    cpuMs: number;
+  }[];
+}
+
+export interface SetupReport {
   total: number;
+  polled?: number[];
+  upcallRing?: RingCounters;
+  cpuMs?: number;
   fromMiss: number[];
   fromRead: number[];
   stages: Record<string, number[]>;
@@ -82,8 +120,10 @@ export function setupResult(s: SetupReport): FlowSetupResult {
   const wakeParts = s.wakeParts
     ? Object.entries(s.wakeParts).filter(([, v]) => v.some(Number.isFinite))
     : undefined;
+  const polled = s.polled;
   return {
     samples: s.fromMiss.length,
+    ...(polled ? { polledSetups: polled.filter((p) => p === 1).length } : {}),
     ...(s.upcallPaths ? { upcallPaths: s.upcallPaths } : {}),
     ...latency(s.fromMiss),
     agent: latency(s.fromRead),
@@ -102,6 +142,7 @@ export function setupResult(s: SetupReport): FlowSetupResult {
         : {}),
       gcMeanMs: mean(at(s.gcMs)),
       withGc: at(s.gcMs).filter((g) => g > 0).length,
+      ...(polled ? { polled: at(polled).filter((p) => p === 1).length } : {}),
       gcWakeMeanMs: mean(at(s.gcWakeMs ?? [])),
       syncMeanMs: mean(at(s.syncMs ?? [])),
     },
@@ -147,12 +188,14 @@ function metric(text: string, line: RegExp): number {
 
 /**
  * `nodeArgs`: extra node flags for the agent processes (a probe's --trace-gc); `kernelConfig`:
- * extra `agent.kernel` settings for both agents (a probe's `upcallRing: false`).
+ * extra `agent.kernel` settings for both agents (a probe's `upcallRing: false`), and
+ * `senderKernelConfig` for the sending agent only (on top of them).
  */
 export async function startKernelPath(
   lab: Lab,
   nodeArgs: string[] = [],
   kernelConfig: Record<string, string | number | boolean> = {},
+  senderKernelConfig: Record<string, string | number | boolean> = {},
 ): Promise<KernelPathLab> {
   const sh = (ns: string, args: string[]) => lab.exec(ns, args);
   const hA = lab.addNamespace();
@@ -194,6 +237,7 @@ export async function startKernelPath(
   try {
     for (const [h, ns] of placement) {
       const config = lab.tempFile(`${h.name}.yaml`);
+      const own = h === hostA ? { ...kernelConfig, ...senderKernelConfig } : kernelConfig;
       // The measurement opens many flows in a row; the default limiter (2000/s per port) is for
       // bursts from a misbehaving VM, not this.
       writeFileSync(
@@ -206,7 +250,7 @@ export async function startKernelPath(
           `    stateDir: ${lab.tempFile("state")}`,
           "    upcallsPerSecond: 100000",
           "    upcallBurst: 4096",
-          ...Object.entries(kernelConfig).map(([k, v]) => `    ${k}: ${v}`),
+          ...Object.entries(own).map(([k, v]) => `    ${k}: ${v}`),
           "",
         ].join("\n"),
       );
@@ -228,8 +272,13 @@ export async function startKernelPath(
   const sender = agents[0]!;
   // Source ports of the flow-setup datagrams; each call takes fresh ones (new connections).
   let nextPort = 20000;
-  const admin = async (path: string) =>
-    (await (await fetch(`http://127.0.0.1:${sender.adminPort}${path}`)).json()) as SetupReport;
+  const admin = async (path: string, agent = sender) =>
+    (await (await fetch(`http://127.0.0.1:${agent.adminPort}${path}`)).json()) as SetupReport;
+  // Each agent's ring counters and CPU time (the receiver's report is only read for those).
+  const costs = async (): Promise<SetupReport[]> => [
+    await admin("/flow-setup?since=0"),
+    await admin(`/flow-setup?since=${Number.MAX_SAFE_INTEGER}`, agents[1]!),
+  ];
   return {
     a,
     b,
@@ -245,7 +294,9 @@ export async function startKernelPath(
       if (nextPort + n > 65535) throw new Error(`flow setup: no ${n} fresh source ports left`);
       const first = nextPort;
       nextPort += n;
-      const mark = (await admin("/flow-setup?since=0")).total;
+      const before = await costs();
+      const mark = before[0]!.total;
+      const t0 = performance.now();
       // UDP datagrams from distinct source ports, each its own connection, one after another
       // 2 ms apart (not a burst: a burst would queue first packets behind each other and measure
       // the queue, not the setup of one flow).
@@ -260,9 +311,39 @@ export async function startKernelPath(
         next();`;
       await lab.exec(a.ns, [process.execPath, "-e", script], 120_000);
       await new Promise((r) => setTimeout(r, 300));
-      return setupResult(await admin(`/flow-setup?since=${mark}`));
+      const wallMs = performance.now() - t0;
+      const report = await admin(`/flow-setup?since=${mark}`);
+      const after = [report, ...(await costs()).slice(1)];
+      const cost = busyPollCost(before, after, wallMs);
+      return { ...setupResult(report), ...(cost ? { busyPoll: cost } : {}) };
     },
     stop,
+  };
+}
+
+/** What the agents' ring counters and CPU time moved by between two reads (undefined when the
+ * agents report no ring counters: the veth, or an agent without them). */
+export function busyPollCost(
+  before: SetupReport[],
+  after: SetupReport[],
+  wallMs: number,
+): BusyPollCost | undefined {
+  if (!before.every((r) => r.upcallRing) || !after.every((r) => r.upcallRing)) return undefined;
+  return {
+    windowUs: after[0]!.upcallRing!.busyPollUs,
+    wallMs,
+    agents: after.map((a, i) => {
+      const x = a.upcallRing!;
+      const b = before[i]!.upcallRing!;
+      return {
+        pollMs: x.pollMs - b.pollMs,
+        windows: x.pollWindows - b.pollWindows,
+        preempted: (x.pollPreempted ?? 0) - (b.pollPreempted ?? 0),
+        polled: x.recordsPolled - b.recordsPolled,
+        woken: x.recordsWoken - b.recordsWoken,
+        cpuMs: (a.cpuMs ?? Number.NaN) - (before[i]!.cpuMs ?? Number.NaN),
+      };
+    }),
   };
 }
 
@@ -270,25 +351,93 @@ export async function startKernelPath(
 export interface FlowSetupVariant {
   /** `ring` (the default upcall ring buffer) or `veth` (`agent.kernel.upcallRing: false`). */
   upcall: "ring" | "veth";
+  /** `agent.kernel.upcallBusyPollUs` (0 = off, the default), for both agents or the sender only. */
+  busyPollUs: number;
+  busyPollSenderOnly: boolean;
+  /** `agent.kernel.upcallBusyPollRealtime` for the agents that poll (0 = off). */
+  busyPollRealtime: number;
   /** Extra node flags for both agents (e.g. young-generation sizes). */
   nodeArgs: string[];
 }
 
 /**
  * Parses BENCH_DATAPATH_FLOW_SETUP: variants separated by `;`, each `ring` or `veth` optionally
- * followed by node flags (`ring;veth;ring --max-semi-space-size=16`).
+ * followed by `poll=<µs>` (busy polling of the ring on both agents) or `poll-sender=<µs>` (on the
+ * sending agent only: as if the receiving host had CPUs of its own), `rt=<priority>` (they poll at
+ * that SCHED_FIFO priority), and node flags (`ring;ring poll=5000;ring poll-sender=5000 rt=1;veth;ring
+ * --max-semi-space-size=16`).
  */
 export function parseFlowSetupVariants(text: string): FlowSetupVariant[] {
   return text
     .split(";")
     .map((v) => v.trim().split(/\s+/))
     .filter((w) => w[0] !== "")
-    .map(([upcall, ...nodeArgs]) => {
+    .map(([upcall, ...rest]) => {
       if (upcall !== "ring" && upcall !== "veth") {
         throw new Error(`BENCH_DATAPATH_FLOW_SETUP: variant ${JSON.stringify(upcall)} must be ring or veth`);
       }
-      return { upcall, nodeArgs };
+      let busyPollUs = 0;
+      let busyPollSenderOnly = false;
+      let busyPollRealtime = 0;
+      const nodeArgs: string[] = [];
+      for (const w of rest) {
+        const rt = /^rt=(.*)$/.exec(w);
+        if (rt) {
+          busyPollRealtime = Number(rt[1]);
+          if (!Number.isInteger(busyPollRealtime) || busyPollRealtime < 1 || busyPollRealtime > 99) {
+            throw new Error(`BENCH_DATAPATH_FLOW_SETUP: ${JSON.stringify(w)}: rt= takes a priority 1-99`);
+          }
+          continue;
+        }
+        const m = /^poll(-sender)?=(.*)$/.exec(w);
+        if (!m) {
+          nodeArgs.push(w);
+          continue;
+        }
+        busyPollSenderOnly = m[1] !== undefined;
+        busyPollUs = Number(m[2]);
+        if (!Number.isInteger(busyPollUs) || busyPollUs < 0) {
+          throw new Error(`BENCH_DATAPATH_FLOW_SETUP: ${JSON.stringify(w)}: poll= takes whole µs ≥ 0`);
+        }
+        if (upcall === "veth" && busyPollUs > 0) {
+          throw new Error(`BENCH_DATAPATH_FLOW_SETUP: ${JSON.stringify(w)}: busy polling needs the ring`);
+        }
+      }
+      if (busyPollRealtime > 0 && busyPollUs === 0) {
+        throw new Error(`BENCH_DATAPATH_FLOW_SETUP: rt= needs poll= or poll-sender=`);
+      }
+      return { upcall, busyPollUs, busyPollSenderOnly, busyPollRealtime, nodeArgs };
     });
+}
+
+/** The `agent.kernel` settings of a variant: for both agents, and for the sender only. */
+export function variantKernelConfig(v: FlowSetupVariant): {
+  both: Record<string, number | boolean>;
+  sender: Record<string, number | boolean>;
+} {
+  const poll: Record<string, number> =
+    v.busyPollUs > 0
+      ? {
+          upcallBusyPollUs: v.busyPollUs,
+          ...(v.busyPollRealtime > 0 ? { upcallBusyPollRealtime: v.busyPollRealtime } : {}),
+        }
+      : {};
+  return {
+    both: { ...(v.upcall === "veth" ? { upcallRing: false } : {}), ...(v.busyPollSenderOnly ? {} : poll) },
+    sender: v.busyPollSenderOnly ? poll : {},
+  };
+}
+
+/** A variant's name in output: `ring`, `ring poll=5000`, `veth --flag`. */
+export function variantName(v: FlowSetupVariant): string {
+  const poll =
+    v.busyPollUs > 0
+      ? [
+          `poll${v.busyPollSenderOnly ? "-sender" : ""}=${v.busyPollUs}`,
+          ...(v.busyPollRealtime > 0 ? [`rt=${v.busyPollRealtime}`] : []),
+        ]
+      : [];
+  return [v.upcall, ...poll, ...v.nodeArgs].join(" ");
 }
 
 export interface FlowSetupProbeRun {
@@ -319,7 +468,8 @@ export async function flowSetupProbe(
   for (let round = 0; round < rounds; round++) {
     const order = round % 2 === 0 ? variants : [...variants].reverse();
     for (const v of order) {
-      const k = await startKernelPath(lab, v.nodeArgs, v.upcall === "veth" ? { upcallRing: false } : {});
+      const cfg = variantKernelConfig(v);
+      const k = await startKernelPath(lab, v.nodeArgs, cfg.both, cfg.sender);
       try {
         await k.flowSetup(warmup);
         // An agent idle for a while (as between the full bench's throughput runs, where the
@@ -328,7 +478,7 @@ export async function flowSetupProbe(
         const l0 = loadavg()[0] ?? 0;
         const result = await k.flowSetup(flows);
         const run = {
-          variant: [v.upcall, ...v.nodeArgs].join(" "),
+          variant: variantName(v),
           round,
           load1: [l0, loadavg()[0] ?? 0] as [number, number],
           result,

@@ -13,6 +13,7 @@ import { fileURLToPath } from "node:url";
 import { agentTesting, TopologyBuilder } from "@isthmus/site-agent";
 import { hostAgentArgs, spawnAgent } from "../harness/agent-process.js";
 import {
+  type FlowSetupProbeRun,
   type FlowSetupResult,
   flowSetupProbe,
   kernelPathSkipReason,
@@ -109,6 +110,12 @@ export interface KernelFastPathResult extends PathResult {
    * false` (every miss through the upcall veth), run after the first pair stopped; full mode only.
    */
   flowSetupVeth?: FlowSetupResult & { load1: number };
+  /**
+   * Busy polling of the upcall ring side by side (full mode only): the same flow setup on fresh
+   * agent pairs, off / on both agents / on the sending agent only, `windowUs` each (see
+   * busyPollVariants).
+   */
+  flowSetupBusyPoll?: { windowUs: number; runs: FlowSetupProbeRun[] };
   /** Packets of the measured traffic the sending agent saw (upcalls) vs what its kernel forwarded. */
   upcalls: number;
   kernelHits: number;
@@ -381,13 +388,47 @@ async function kernelFastPath(
   if (!compareVeth) return result;
   // The ring buffer against the upcall veth for a first packet's way up, on agents of their own.
   const v = await startKernelPath(lab, agentNodeArgs(), { upcallRing: false });
+  let flowSetupVeth: FlowSetupResult & { load1: number };
   try {
     const load1 = loadavg()[0] ?? 0;
     await v.flowSetup(Math.max(20, Math.round(newFlows * 0.3)));
-    return { ...result, flowSetupVeth: { ...(await v.flowSetup(newFlows)), load1 } };
+    flowSetupVeth = { ...(await v.flowSetup(newFlows)), load1 };
   } finally {
     await v.stop();
   }
+  const windowUs = busyPollBenchUs();
+  const runs = await flowSetupProbe(
+    lab,
+    busyPollVariants(windowUs),
+    1,
+    newFlows,
+    Math.max(20, Math.round(newFlows * 0.3)),
+    loadavg,
+  );
+  return { ...result, flowSetupVeth, flowSetupBusyPoll: { windowUs, runs } };
+}
+
+/** The busy-poll window the full bench compares (µs): BENCH_DATAPATH_BUSY_POLL_US, default 5000. */
+function busyPollBenchUs(): number {
+  const us = Number(process.env.BENCH_DATAPATH_BUSY_POLL_US ?? 5000);
+  if (!Number.isInteger(us) || us <= 0) {
+    throw new Error(
+      `BENCH_DATAPATH_BUSY_POLL_US ${JSON.stringify(process.env.BENCH_DATAPATH_BUSY_POLL_US)}: whole µs > 0`,
+    );
+  }
+  return us;
+}
+
+/**
+ * Off, on both agents, on the sending agent only, and on the sending agent at SCHED_FIFO 1. The
+ * bench's two "hosts" share this machine's CPUs with the VMs' sender; with both agents polling,
+ * the two spinning threads and the sender compete for two CPUs, which a deployment (one agent per
+ * host) does not have, so the sender-only runs are what one host with a CPU to spare would see.
+ */
+function busyPollVariants(windowUs: number) {
+  return parseFlowSetupVariants(
+    `ring; ring poll=${windowUs}; ring poll-sender=${windowUs}; ring poll-sender=${windowUs} rt=1`,
+  );
 }
 
 async function kernelFastPathRing(
@@ -471,12 +512,64 @@ function kernelFastPathRows(r: DatapathBenchResult, f: (n: number, d?: number) =
       (x, i) => `${i + 1}. load ${f(x.load1, 1)}, ${x.first} first: ${run(x.fast)} | ${run(x.bridge)}`,
     ),
     "",
-    `Flow setup (the first packet's miss in the kernel → kernel entry written, ${k.flowSetup.samples} new UDP flows one after another): p50 ${f(k.flowSetup.p50Ms, 3)} ms, p99 ${f(k.flowSetup.p99Ms, 3)} ms, max ${f(k.flowSetup.maxMs, 3)} ms (goal p99 ≤ 1 ms); of which in the agent (frame read → entry written): p50 ${f(k.flowSetup.agent.p50Ms, 3)} ms, p99 ${f(k.flowSetup.agent.p99Ms, 3)} ms, max ${f(k.flowSetup.agent.maxMs, 3)} ms. Measured after ${k.flowSetupWarmup.samples} warm-up flows (the agent's code compiling), which gave p50 ${f(k.flowSetupWarmup.p50Ms, 3)} ms, p99 ${f(k.flowSetupWarmup.p99Ms, 3)} ms. During the throughput runs the sending agent handled ${k.upcalls} upcalls while its kernel forwarded ${k.kernelHits} packets.`,
+    `Flow setup (the first packet's miss in the kernel → kernel entry written, ${k.flowSetup.samples} new UDP flows one after another; upcall ring busy polling ${busyPollSetting(k.flowSetup)}): p50 ${f(k.flowSetup.p50Ms, 3)} ms, p99 ${f(k.flowSetup.p99Ms, 3)} ms, max ${f(k.flowSetup.maxMs, 3)} ms (goal p99 ≤ 1 ms); of which in the agent (frame read → entry written): p50 ${f(k.flowSetup.agent.p50Ms, 3)} ms, p99 ${f(k.flowSetup.agent.p99Ms, 3)} ms, max ${f(k.flowSetup.agent.maxMs, 3)} ms. Measured after ${k.flowSetupWarmup.samples} warm-up flows (the agent's code compiling), which gave p50 ${f(k.flowSetupWarmup.p50Ms, 3)} ms, p99 ${f(k.flowSetupWarmup.p99Ms, 3)} ms. During the throughput runs the sending agent handled ${k.upcalls} upcalls while its kernel forwarded ${k.kernelHits} packets.`,
     "",
     setupStagesRow(k.flowSetup, f),
     "",
     ...(k.flowSetupVeth ? [vethRow(k.flowSetupVeth, f), ""] : []),
+    ...(k.flowSetupBusyPoll ? [...busyPollRows(k.flowSetupBusyPoll, f), ""] : []),
   ];
+}
+
+/** Which busy-poll window the agents ran with, as the sending agent reported it. */
+function busyPollSetting(r: FlowSetupResult): string {
+  const us = r.busyPoll?.windowUs;
+  return us === undefined ? "not reported" : us === 0 ? "off, the default" : `${us} µs`;
+}
+
+/** Busy polling of the upcall ring, side by side on fresh agent pairs: latency, ratio to off, cost. */
+function busyPollRows(
+  b: NonNullable<KernelFastPathResult["flowSetupBusyPoll"]>,
+  f: (n: number, d?: number) => string,
+): string[] {
+  const off = b.runs.find((r) => r.variant === "ring");
+  const row = (r: FlowSetupProbeRun) => {
+    const x = r.result;
+    const c = x.busyPoll;
+    const ratio = (a: number, o: number | undefined) => (o === undefined ? "" : ` (${f(a / o, 2)}×)`);
+    const cost = c
+      ? c.agents
+          .map(
+            (a, i) =>
+              `${i === 0 ? "sender" : "receiver"} CPU ${f(a.cpuMs, 0)} ms${c.windowUs > 0 ? `, polling ${f((100 * a.pollMs) / c.wallMs, 0)} %` : ""}`,
+          )
+          .join("; ")
+      : "";
+    return `| ${r.variant === "ring" ? "off" : r.variant.replace("ring ", "")} | ${f(r.load1[0], 1)} | ${f(x.p50Ms, 3)}${ratio(x.p50Ms, off?.result.p50Ms)} | ${f(x.p99Ms, 3)}${ratio(x.p99Ms, off?.result.p99Ms)} | ${f(x.stages.wake?.p99Ms ?? Number.NaN, 3)} | ${f(x.agent.p99Ms, 3)} | ${x.polledSetups ?? 0} of ${x.samples} | ${f((c?.wallMs ?? Number.NaN) / 1000, 1)} s; ${cost} |`;
+  };
+  return [
+    `Busy polling of the upcall ring (\`agent.kernel.upcallBusyPollUs\`, ${b.windowUs} µs after each miss; default off), side by side on fresh agent pairs, one after another, ${b.runs[0]?.result.samples ?? 0} flows each after a warm-up (flow setup from the miss, ms; ratios to off). \`poll-sender\` polls on the sending agent only: both agents polling share this machine's two CPUs with each other and the sender, which one agent per host does not; \`rt=1\` polls at SCHED_FIFO 1 (\`agent.kernel.upcallBusyPollRealtime\`).`,
+    "",
+    "| busy poll | load | p50 | p99 | wake p99 | agent p99 | read by polling | wall time; CPU during the flows |",
+    "|---|---|---|---|---|---|---|---|",
+    ...b.runs.map(row),
+  ];
+}
+
+/** Busy polling during a flow-setup run: misses caught, time polling and CPU per agent ("" when off). */
+function busyPollLine(r: FlowSetupResult): string {
+  const b = r.busyPoll;
+  if (!b) return "";
+  if (b.windowUs === 0) {
+    return `; busy poll off, CPU during the flows: sender ${b.agents[0]!.cpuMs.toFixed(0)} ms, receiver ${b.agents[1]!.cpuMs.toFixed(0)} ms`;
+  }
+  const agents = b.agents
+    .map(
+      (a, i) =>
+        `${i === 0 ? "sender" : "receiver"} polled ${a.pollMs.toFixed(0)} ms (${((100 * a.pollMs) / b.wallMs).toFixed(0)} % of ${(b.wallMs / 1000).toFixed(1)} s) in ${a.windows} windows (${a.preempted} ended preempted), CPU ${a.cpuMs.toFixed(0)} ms`,
+    )
+    .join(", ");
+  return `; busy poll ${b.windowUs} µs: ${r.polledSetups ?? 0} of ${r.samples} setups read by polling (slowest ${r.tail.samples}: ${r.tail.polled ?? 0}); ${agents}`;
 }
 
 /** The same flow setup with every miss through the upcall veth (ring buffer off). */
@@ -641,7 +734,7 @@ async function flowSetupOnly(variantText: string, quick: boolean): Promise<void>
       loadavg,
       (r) =>
         console.log(
-          `round ${r.round} ${r.variant}: load ${r.load1.map((l) => l.toFixed(1)).join("→")}, p50 ${f(r.result.p50Ms)} ms, p99 ${f(r.result.p99Ms)} ms, max ${f(r.result.maxMs)} ms; agent p99 ${f(r.result.agent.p99Ms)} ms; GC pauses ${r.result.gcPauses.count} (p50 ${f(r.result.gcPauses.p50Ms)}, max ${f(r.result.gcPauses.maxMs)} ms), slowest ${r.result.tail.samples}: mean ${f(r.result.tail.meanMs)} ms, ${r.result.tail.withGc} overlapping GC`,
+          `round ${r.round} ${r.variant}: load ${r.load1.map((l) => l.toFixed(1)).join("→")}, p50 ${f(r.result.p50Ms)} ms, p99 ${f(r.result.p99Ms)} ms, max ${f(r.result.maxMs)} ms; agent p99 ${f(r.result.agent.p99Ms)} ms; wake p99 ${f(r.result.stages.wake?.p99Ms ?? Number.NaN)} ms; GC pauses ${r.result.gcPauses.count} (p50 ${f(r.result.gcPauses.p50Ms)}, max ${f(r.result.gcPauses.maxMs)} ms), slowest ${r.result.tail.samples}: mean ${f(r.result.tail.meanMs)} ms, ${r.result.tail.withGc} overlapping GC${busyPollLine(r.result)}`,
         ),
       Number(process.env.BENCH_DATAPATH_IDLE_S ?? 0) * 1000,
     );

@@ -4,6 +4,7 @@
 import { existsSync } from "node:fs";
 import { isIP } from "node:net";
 import { z } from "zod";
+import { UPCALL_BUSY_POLL_MAX_US } from "./kernel/upcall-ring.js";
 
 const hostPort = z.string().regex(/^[^:\s]+:\d{1,5}$/, "expected host:port");
 
@@ -71,6 +72,19 @@ export const AgentConfigSchema = z.object({
           /** Misses reach the agent through a BPF ring buffer (false: always the upcall veth). */
           upcallRing: z.boolean().default(true),
           /**
+           * Busy polling of the upcall ring (µs, 0 = off): after each miss the agent's event loop
+           * keeps reading the ring without sleeping for this long, so the next miss of a burst of
+           * new flows needs no wake-up of its thread. Costs a CPU kept busy for the window after
+           * every miss (docs/kernel-datapath.md, ninth pass); needs the ring.
+           */
+          upcallBusyPollUs: z.number().int().min(0).max(UPCALL_BUSY_POLL_MAX_US).default(0),
+          /**
+           * SCHED_FIFO priority (1-99) the agent's thread busy-polls at, 0 = off: while a window is
+           * open no ordinary task preempts it (a CPU is the agent's for the window); root or
+           * CAP_SYS_NICE. Refused by the kernel: polling goes on unprivileged, and says so.
+           */
+          upcallBusyPollRealtime: z.number().int().min(0).max(99).default(0),
+          /**
            * A network namespace (a path such as /run/netns/underlay) that holds the tunnel
            * address and the VM ports: the datapath's devices and programs are made there while
            * the agent itself (and its connection to the controller) stays where it runs.
@@ -88,6 +102,8 @@ export const AgentConfigSchema = z.object({
           upcallBurst: 256,
           threadSliceUs: 100,
           upcallRing: true,
+          upcallBusyPollUs: 0,
+          upcallBusyPollRealtime: 0,
         }),
       /** How often an active connection's flow state is re-sent to peers. */
       stateRefreshMs: z.number().int().positive().default(1000),

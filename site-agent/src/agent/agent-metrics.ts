@@ -3,12 +3,15 @@
 // controller connectivity. Values are read from the datapath when scraped, never on the packet path.
 import { Counter, Gauge, Registry } from "prom-client";
 import type { Datapath } from "./datapath.js";
+import type { UpcallRingStats } from "./kernel/upcall-ring.js";
 
 export interface MetricsSources {
   datapath: Datapath;
   revision: () => number;
   controllerConnected: () => boolean;
   flowStateMessages: () => number;
+  /** The kernel path's upcall ring reader (busy polling); absent on the userspace path. */
+  upcallRing?: () => UpcallRingStats;
 }
 
 export function createAgentMetrics(src: MetricsSources): Registry {
@@ -101,6 +104,43 @@ export function createAgentMetrics(src: MetricsSources): Registry {
     [],
     (set) => set({}, src.flowStateMessages()),
   );
+  const ring = src.upcallRing;
+  if (ring) {
+    // What busy polling costs (time the event loop spent not sleeping) and what it caught.
+    counterFrom(
+      "isthmus_agent_upcall_busy_poll_seconds_total",
+      "Time the agent's event loop spent busy polling the upcall ring after misses (a CPU kept busy)",
+      [],
+      (set) => set({}, ring().pollMs / 1000),
+    );
+    counterFrom(
+      "isthmus_agent_upcall_busy_poll_windows_total",
+      "Busy-poll windows opened (each by a miss read while none was open)",
+      [],
+      (set) => set({}, ring().pollWindows),
+    );
+    counterFrom(
+      "isthmus_agent_upcall_ring_records_total",
+      "Misses read from the upcall ring: by busy polling (no wake-up) or after the event loop woke",
+      ["read"],
+      (set) => {
+        const r = ring();
+        set({ read: "polled" }, r.recordsPolled);
+        set({ read: "woken" }, r.recordsWoken);
+      },
+    );
+    counterFrom(
+      "isthmus_agent_upcall_busy_poll_preempted_total",
+      "Busy-poll windows ended because the agent's thread lost its CPU (polling then pauses 100 ms)",
+      [],
+      (set) => set({}, ring().pollPreempted),
+    );
+    gaugeFrom(
+      "isthmus_agent_upcall_busy_poll_window_us",
+      "Busy-poll window after each miss (µs; 0 = off)",
+      () => ring().busyPollUs,
+    );
+  }
   gaugeFrom("isthmus_agent_flows", "Flows in the flow table", () => stats().flows);
   gaugeFrom("isthmus_agent_flow_masks", "Distinct megaflow masks", () => stats().masks);
   gaugeFrom(

@@ -125,6 +125,23 @@ test("config names what is missing", async () => {
   );
 });
 
+test("agent.kernel.upcallBusyPollUs: off by default, set from the flag or the environment, bad values refused naming the field", () => {
+  const base = { host: "h", controller: "127.0.0.1:1", tunnelIp: "127.0.0.1" };
+  assert.equal(loadAgentConfig(base, {}).kernel.upcallBusyPollUs, 0);
+  assert.equal(loadAgentConfig({ ...base, upcallBusyPollUs: "5000" }, {}).kernel.upcallBusyPollUs, 5000);
+  assert.equal(
+    loadAgentConfig(base, { ISTHMUS_AGENT__KERNEL__UPCALL_BUSY_POLL_US: "2000" }).kernel.upcallBusyPollUs,
+    2000,
+  );
+  for (const bad of ["-1", "2.5", "abc", "1000001"]) {
+    assert.throws(
+      () => loadAgentConfig({ ...base, upcallBusyPollUs: bad }, {}),
+      (e: Error) => /agent\.kernel\.upcallBusyPollUs/.test(e.message) && /flag/.test(e.message),
+      bad,
+    );
+  }
+});
+
 test("agent.nice: an explicit value wins; unset, -10 on the kernel path and nothing on the userspace path", () => {
   assert.deepEqual(agentNice(5, "userspace"), { value: 5, explicit: true });
   assert.deepEqual(agentNice(0, "kernel"), { value: 0, explicit: true });

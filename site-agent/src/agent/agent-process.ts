@@ -46,6 +46,7 @@ export interface AgentFlags {
   metricsListen?: string;
   adminListen?: string;
   datapath?: string;
+  upcallBusyPollUs?: string | number;
 }
 
 export interface RunningAgent {
@@ -89,6 +90,7 @@ export function loadAgentConfig(flags: AgentFlags, env: NodeJS.ProcessEnv = proc
       "agent.metricsListen": flags.metricsListen,
       "agent.adminListen": flags.adminListen,
       "agent.datapath": flags.datapath,
+      "agent.kernel.upcallBusyPollUs": num(flags.upcallBusyPollUs),
     },
   }).agent;
 }
@@ -179,6 +181,8 @@ export async function startAgent(flags: AgentFlags, deps: AgentDeps = {}): Promi
           netns: cfg.kernel.netns,
           upcallRate: { perSecond: cfg.kernel.upcallsPerSecond, burst: cfg.kernel.upcallBurst },
           upcallRing: cfg.kernel.upcallRing,
+          upcallBusyPollUs: cfg.kernel.upcallBusyPollUs,
+          upcallBusyPollRealtime: cfg.kernel.upcallBusyPollRealtime,
           flowLimits,
           upcallLimits: { perSource: cfg.upcalls.perPort, total: cfg.upcalls.total },
           log: componentLogger(root, "datapath"),
@@ -306,6 +310,7 @@ export async function startAgent(flags: AgentFlags, deps: AgentDeps = {}): Promi
     revision: () => agent.store.revision,
     controllerConnected: () => watch.connected,
     flowStateMessages: () => agent.stats.flowStateMessages,
+    ...(datapath instanceof KernelDatapath ? { upcallRing: () => datapath.upcallBusyPoll() } : {}),
   });
   const m = splitHostPort(cfg.metricsListen);
   const metrics = await startMetricsServer(registry, health, m.host, m.port);
@@ -313,8 +318,14 @@ export async function startAgent(flags: AgentFlags, deps: AgentDeps = {}): Promi
   const admin = await startAdminServer(
     {
       flows: () => ({ host: hostId, flows: datapath.dumpFlows() }),
+      // With the process's CPU time so far (ms), so a benchmark can tell what busy polling costs.
       flowSetup:
-        datapath instanceof KernelDatapath ? (since: number) => datapath.flowSetup(since) : undefined,
+        datapath instanceof KernelDatapath
+          ? (since: number) => {
+              const cpu = process.cpuUsage();
+              return { ...datapath.flowSetup(since), cpuMs: (cpu.user + cpu.system) / 1000 };
+            }
+          : undefined,
       status: () => {
         const s = datapath.stats();
         return {
@@ -322,7 +333,9 @@ export async function startAgent(flags: AgentFlags, deps: AgentDeps = {}): Promi
           name: cfg.name,
           role: cfg.role,
           datapath: datapath.kind,
-          ...(datapath instanceof KernelDatapath ? { kernel: datapath.kernelInstallCounts() } : {}),
+          ...(datapath instanceof KernelDatapath
+            ? { kernel: { ...datapath.kernelInstallCounts(), upcallRing: datapath.upcallBusyPoll() } }
+            : {}),
           revision: agent.store.revision,
           controllerConnected: watch.connected,
           ports: [...s.ports.values()],

@@ -8,6 +8,7 @@ const sample = (base: number) => ({
   loopIdleAt: base - 1,
   readerAt: base + 0.12,
   calledAt: base + 0.15,
+  polled: 0,
   readAt: base + 0.2,
   offeredAt: base + 0.25,
   handledAt: base + 0.26,
@@ -58,9 +59,16 @@ test("wake splits into the loop busy, the thread's wake-up, the reader and its c
   try {
     p.record(sample(-5000));
     // The loop was busy until 0.08 ms after this miss: that much is busy, the rest the thread's.
-    p.record({ ...sample(-4000), loopIdleAt: -4000 + 0.08 });
+    // Read by busy polling: the loop never went to wait, and the reader says so.
+    p.record({ ...sample(-4000), loopIdleAt: -4000 + 0.08, polled: 1 });
     // Up the veth: no reader stamps, every part unknown.
-    p.record({ ...sample(-3000), loopIdleAt: Number.NaN, readerAt: Number.NaN, calledAt: Number.NaN });
+    p.record({
+      ...sample(-3000),
+      loopIdleAt: Number.NaN,
+      readerAt: Number.NaN,
+      calledAt: Number.NaN,
+      polled: Number.NaN,
+    });
     const r = p.since(0);
     assert.deepEqual(Object.keys(r.wakeParts), [...WAKE_PARTS]);
     const near = (got: number | undefined, want: number, what: string) =>
@@ -76,6 +84,7 @@ test("wake splits into the loop busy, the thread's wake-up, the reader and its c
       near(sum, r.stages.wake[i]!, "the parts add up to wake");
     }
     for (const k of WAKE_PARTS) assert.ok(Number.isNaN(r.wakeParts[k][2]), `${k} from the veth`);
+    assert.deepEqual(r.polled, [0, 1, Number.NaN], "woken, polled, unknown (veth) per setup");
   } finally {
     p.close();
   }

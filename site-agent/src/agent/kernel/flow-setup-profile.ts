@@ -32,6 +32,9 @@ export interface SetupSample extends UpcallTiming {
   loopIdleAt: number;
   readerAt: number;
   calledAt: number;
+  /** 1 when the ring reader read the batch during a busy-poll window (the event loop had not
+   * blocked, so no wake-up), 0 after a wake-up, NaN from the veth. */
+  polled: number;
   encodedAt: number;
   writtenAt: number;
 }
@@ -45,6 +48,9 @@ export interface FlowSetupReport {
   stages: Record<SetupStage, number[]>;
   /** *wake* split (WAKE_PARTS; NaN for frames that came up the veth). */
   wakeParts: Record<WakePart, number[]>;
+  /** Per setup: 1 when its miss was read by busy polling (no wake-up), 0 after a wake-up, NaN from
+   * the veth. */
+  polled: number[];
   /** Garbage collection (ms, any kind) that overlapped read → written. */
   gcMs: number[];
   /** Garbage collection that overlapped miss → read: the frame waited while the thread collected. */
@@ -63,6 +69,7 @@ export class FlowSetupProfile {
   private readonly fromRead: LatencyRing;
   private readonly stages: Record<SetupStage, LatencyRing>;
   private readonly wakeParts: Record<WakePart, LatencyRing>;
+  private readonly polled: LatencyRing;
   private readonly readAt: LatencyRing;
   private readonly writtenAt: LatencyRing;
   private readonly gcStart: LatencyRing;
@@ -85,6 +92,7 @@ export class FlowSetupProfile {
       WakePart,
       LatencyRing
     >;
+    this.polled = new LatencyRing(capacity);
     this.gcStart = new LatencyRing(GC_RING);
     this.gcDuration = new LatencyRing(GC_RING);
     this.arrivedAt = new LatencyRing(capacity);
@@ -122,6 +130,7 @@ export class FlowSetupProfile {
     w.thread.record(s.readerAt - waitFrom);
     w.reader.record(s.calledAt - s.readerAt);
     w.call.record(s.readAt - s.calledAt);
+    this.polled.record(s.polled);
     this.readAt.record(s.readAt);
     this.writtenAt.record(s.writtenAt);
     this.arrivedAt.record(s.arrivedAt);
@@ -169,6 +178,7 @@ export class FlowSetupProfile {
         WakePart,
         number[]
       >,
+      polled: this.polled.since(mark),
       gcMs,
       gcWakeMs,
       syncMs,

@@ -16,6 +16,7 @@ import { FakeTopologyServer } from "../testing/fake-topology-server.js";
 import { NetnsLab, rootSkipReason, type Vm } from "../testing/netns.js";
 import { bpfMapAddonAvailable } from "./bpf-map.js";
 import { kernelDatapathName } from "./datapath-select.js";
+import { KernelDatapath } from "./kernel-datapath.js";
 import { linkInfo, runIn } from "./netns-exec.js";
 import { kernelDatapathUnavailable } from "./tc-programs.js";
 import { setThreadSliceUs, threadSliceUs } from "./thread-slice.js";
@@ -61,11 +62,12 @@ describe("isthmus agent --datapath kernel", { skip }, () => {
     const bpffs = join(dir, "bpffs");
     const config = join(dir, "agent.yaml");
     // nice 1: the thread's priority is applied (this test runs the agent in its own process);
-    // threadSliceUs 400: so is its time slice (left as it was where the kernel has no custom slices).
+    // threadSliceUs 400: so is its time slice (left as it was where the kernel has no custom slices);
+    // upcallBusyPollUs 2000: the ring reader busy-polls for 2 ms after each miss.
     const sliceBefore = threadSliceUs();
     writeFileSync(
       config,
-      `agent:\n  nice: 1\n  kernel:\n    bpffs: ${bpffs}\n    stateDir: ${dir}\n    threadSliceUs: 400\n`,
+      `agent:\n  nice: 1\n  kernel:\n    bpffs: ${bpffs}\n    stateDir: ${dir}\n    threadSliceUs: 400\n    upcallBusyPollUs: 2000\n`,
     );
     const name = kernelDatapathName(h.id);
     const running = await startAgent(
@@ -90,10 +92,18 @@ describe("isthmus agent --datapath kernel", { skip }, () => {
       // The VM's ARP for an unknown neighbour misses in the kernel and reaches the agent.
       await lab.exec(vm.ns, ["ping", "-c", "2", "-i", "0.2", "-W", "1", "10.84.0.9"]);
       await until("an upcall", () => running.datapath.stats().upcalls > 0);
+      // The misses opened busy-poll windows, which close again 2 ms after the last one.
+      const dp = running.datapath;
+      assert.ok(dp instanceof KernelDatapath);
+      await until("the busy-poll window closed", () => !dp.upcallBusyPoll().polling);
       const status = (await (await fetch(`http://127.0.0.1:${running.adminPort}/status`)).json()) as {
         datapath: string;
+        kernel: { upcallRing: { busyPollUs: number; pollWindows: number; recordsWoken: number } };
       };
       assert.equal(status.datapath, "kernel");
+      assert.equal(status.kernel.upcallRing.busyPollUs, 2000, "agent.kernel.upcallBusyPollUs applied");
+      assert.ok(status.kernel.upcallRing.pollWindows > 0, "a miss opened a window");
+      assert.ok(status.kernel.upcallRing.recordsWoken > 0, "the first miss woke the loop");
       assert.equal(getPriority(), 1, "agent.nice applied to the event-loop thread");
       const slice = threadSliceUs();
       assert.ok(slice === 400 || slice === sliceBefore, `agent.kernel.threadSliceUs applied (${slice} µs)`);
@@ -113,6 +123,11 @@ describe("isthmus agent --datapath kernel", { skip }, () => {
       assert.match(await bad.text(), /since=<n>/);
       const metrics = await (await fetch(`http://127.0.0.1:${running.metricsPort}/metrics`)).text();
       assert.match(metrics, /isthmus_agent_upcalls_total [1-9]/);
+      assert.match(metrics, /isthmus_agent_upcall_busy_poll_window_us 2000/);
+      assert.match(metrics, /isthmus_agent_upcall_busy_poll_windows_total [1-9]/);
+      const polled = /^isthmus_agent_upcall_busy_poll_seconds_total (\S+)$/m.exec(metrics);
+      assert.ok(polled && Number(polled[1]) > 0, "time spent polling counted");
+      assert.match(metrics, /isthmus_agent_upcall_ring_records_total\{read="woken"\} [1-9]/);
     } finally {
       await running.stop();
       await server.stop();

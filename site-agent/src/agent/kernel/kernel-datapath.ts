@@ -42,7 +42,13 @@ import { deleteLink, interfaceWithAddress, type LinkInfo, linkInfo, runIn } from
 import { possibleCpus, TcPrograms } from "./tc-programs.js";
 import { UpcallDevice } from "./upcall-device.js";
 import { parseUpcall, type ReinjectTarget, withReinjectTrailer } from "./upcall-frame.js";
-import { UpcallRing, upcallRingAvailable } from "./upcall-ring.js";
+import {
+  idleUpcallRingStats,
+  UPCALL_BUSY_POLL_MAX_US,
+  UpcallRing,
+  type UpcallRingStats,
+  upcallRingAvailable,
+} from "./upcall-ring.js";
 
 /** VXLAN over IPv4 adds 50 bytes (outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8). */
 export const VXLAN_OVERHEAD = 50;
@@ -69,6 +75,19 @@ export interface KernelDatapathOptions extends UpcallPumpSettings {
    * still take the veth.
    */
   upcallRing?: boolean;
+  /**
+   * Busy polling of the upcall ring (µs, 0 = off, the default): after each batch of misses the
+   * event loop keeps reading the ring without blocking for this long, so the next miss of a burst
+   * of new flows is read without waking the thread. Costs a CPU kept busy for the window after
+   * every miss (docs/kernel-datapath.md, ninth pass). Only the ring is polled (not the veth).
+   */
+  upcallBusyPollUs?: number;
+  /**
+   * SCHED_FIFO priority the agent's thread busy-polls at (0 = off, the default): while a window is
+   * open nothing of the fair class preempts it; its own policy, nice and slice come back when the
+   * window closes (docs/kernel-datapath.md, ninth pass).
+   */
+  upcallBusyPollRealtime?: number;
   flowLimits?: Partial<FlowTableLimits>;
   /** How often kernel counters are read back and idle flows expired. */
   expiryIntervalMs?: number;
@@ -229,6 +248,8 @@ export class KernelDatapath implements Datapath {
   private batchLoopIdleAt = Number.NaN;
   private batchReaderAt = Number.NaN;
   private batchCalledAt = Number.NaN;
+  /** 1 when the batch was read during a busy-poll window, 0 after a wake-up, NaN from the veth. */
+  private batchPolled = Number.NaN;
   /** Filled per recorded setup (the profile copies the numbers): no object per new flow. */
   private readonly sample: SetupSample = {
     arrivedAt: 0,
@@ -240,6 +261,7 @@ export class KernelDatapath implements Datapath {
     loopIdleAt: 0,
     readerAt: 0,
     calledAt: 0,
+    polled: 0,
     encodedAt: 0,
     writtenAt: 0,
   };
@@ -257,6 +279,12 @@ export class KernelDatapath implements Datapath {
     if (!/^[a-z0-9]{1,9}$/.test(opts.name)) {
       throw new Error(
         `kernel datapath: name ${JSON.stringify(opts.name)} must be 1-9 characters of [a-z0-9]`,
+      );
+    }
+    const busy = opts.upcallBusyPollUs ?? 0;
+    if (!Number.isInteger(busy) || busy < 0 || busy > UPCALL_BUSY_POLL_MAX_US) {
+      throw new RangeError(
+        `kernel datapath: upcallBusyPollUs ${busy} must be an integer from 0 (off) to ${UPCALL_BUSY_POLL_MAX_US} µs`,
       );
     }
     if (!Number.isInteger(opts.tunnelPort) || opts.tunnelPort <= 0 || opts.tunnelPort > 65535) {
@@ -360,6 +388,17 @@ export class KernelDatapath implements Datapath {
         this.ring = new UpcallRing(join(this.pinDir, "maps", "upcall_ring"));
         const ring = this.ring;
         this.ring.start((bufs) => this.onRingBuffers(bufs, ring.times));
+        const busy = this.opts.upcallBusyPollUs ?? 0;
+        if (busy > 0) {
+          const rt = this.opts.upcallBusyPollRealtime ?? 0;
+          this.ring.setBusyPoll(busy, undefined, rt);
+          log.info(
+            { busyPollUs: busy, realtimePriority: rt },
+            "kernel datapath: busy polling the upcall ring after each miss",
+          );
+        }
+      } else if ((this.opts.upcallBusyPollUs ?? 0) > 0) {
+        log.warn("kernel datapath: upcall busy polling needs the upcall ring; it is off");
       }
       const cfg = Buffer.alloc(CONFIG_SIZE);
       cfg.writeUInt32LE(up.ifindex, 0);
@@ -568,6 +607,14 @@ export class KernelDatapath implements Datapath {
       ring: Number(k[ST_RING_UPCALL]!),
       ringFull: Number(k[13]!),
     };
+  }
+
+  /**
+   * The upcall ring reader's busy-poll counters (UpcallRingStats; all zero when the ring is off):
+   * how long the event loop spent polling and how many misses it read without a wake-up.
+   */
+  upcallBusyPoll(): UpcallRingStats {
+    return this.ring?.stats() ?? idleUpcallRingStats();
   }
 
   /** Datapath counters kept by the programs (enum dp_stat order). */
@@ -908,10 +955,11 @@ export class KernelDatapath implements Datapath {
     this.batchLoopIdleAt = times[0]! - off;
     this.batchReaderAt = times[1]! - off;
     this.batchCalledAt = times[2]! - off;
+    this.batchPolled = times[3]!;
     try {
       this.onUpcallBuffers(bufs, readAt);
     } finally {
-      this.batchLoopIdleAt = this.batchReaderAt = this.batchCalledAt = Number.NaN;
+      this.batchLoopIdleAt = this.batchReaderAt = this.batchCalledAt = this.batchPolled = Number.NaN;
     }
   }
 
@@ -993,6 +1041,7 @@ export class KernelDatapath implements Datapath {
     s.loopIdleAt = this.batchLoopIdleAt;
     s.readerAt = this.batchReaderAt;
     s.calledAt = this.batchCalledAt;
+    s.polled = this.batchPolled;
     s.encodedAt = this.lastEncodedAt;
     s.writtenAt = this.lastWrittenAt;
     this.setup.record(s);
@@ -1005,8 +1054,11 @@ export class KernelDatapath implements Datapath {
    * waits, the agent's event loop included; `fromRead` is the agent's share, from reading the frame.
    * `stages`, `cpuMs` and `gcMs` split them (see FlowSetupProfile).
    */
-  flowSetup(mark = 0): FlowSetupReport & { upcallPaths: ReturnType<KernelDatapath["upcallPaths"]> } {
-    return { ...this.setup.since(mark), upcallPaths: this.upcallPaths() };
+  flowSetup(mark = 0): FlowSetupReport & {
+    upcallPaths: ReturnType<KernelDatapath["upcallPaths"]>;
+    upcallRing: UpcallRingStats;
+  } {
+    return { ...this.setup.since(mark), upcallPaths: this.upcallPaths(), upcallRing: this.upcallBusyPoll() };
   }
 
   // ---- re-injection ----

@@ -23,6 +23,12 @@ export function threadSliceUs(): number {
   return load().getSlice().sliceNs / 1000;
 }
 
+/** The calling thread's scheduling policy (0 SCHED_OTHER, 1 SCHED_FIFO, ...), nice value and slice. */
+export function threadScheduling(): { policy: number; nice: number; sliceUs: number } {
+  const s = load().getSlice();
+  return { policy: s.policy, nice: s.nice, sliceUs: s.sliceNs / 1000 };
+}
+
 /**
  * Sets the calling thread's slice (µs; the kernel clamps to 100 µs..100 ms; 0 = its default) and
  * returns what the kernel then reports. A kernel without custom slices (before 6.12) accepts the

@@ -1,8 +1,11 @@
 // The upcall ring buffer: a miss reaches the reader as one record with its ingress port and the
 // frame (checksums finished), and a ring nobody reads fills, after which misses are dropped and
-// counted, not queued without bound. Root tests (a VM namespace whose host side carries the
-// programs); the checksum completion is also checked on its own.
+// counted, not queued without bound; with busy polling on, a miss opens a window in which the
+// next miss is read without the event loop blocking, and the window closes again when no miss
+// comes. Root tests (a VM namespace whose host side carries the programs); the checksum completion
+// is also checked on its own.
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
 import { mkdtempSync, readFileSync, rmdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -11,8 +14,15 @@ import { checksumsValid, tcpFrame, udpFrame } from "../testing/frames.js";
 import { NetnsLab, rootSkipReason, sh, type Vm } from "../testing/netns.js";
 import { type BpfMap, bpfMapAddonAvailable } from "./bpf-map.js";
 import { kernelDatapathUnavailable, possibleCpus, TcPrograms } from "./tc-programs.js";
+import { threadScheduling } from "./thread-slice.js";
 import { parseUpcall } from "./upcall-frame.js";
-import { finishRingChecksum, RING_FRAME_MAX, UpcallRing, upcallRingAvailable } from "./upcall-ring.js";
+import {
+  finishRingChecksum,
+  RING_FRAME_MAX,
+  UpcallRing,
+  type UpcallRingStats,
+  upcallRingAvailable,
+} from "./upcall-ring.js";
 
 const addonSkip = upcallRingAvailable() ? false : "upcallring addon not built";
 const skip =
@@ -157,6 +167,238 @@ describe("upcall ring buffer (TC eBPF → agent)", { skip }, () => {
       assert.ok(checksumsValid(frame), "checksums finished by the reader");
       assert.ok(counter(ST_RING_UPCALL) > before, "counted as a ring upcall");
       assert.equal(ring.stats().malformed, 0);
+    } finally {
+      ring.close();
+    }
+  });
+
+  /** Sends `n` UDP datagrams from the VM, `gapMs` apart (one process, so the gaps are its own). */
+  const sendFromVm = async (n: number, gapMs: number, port: number) => {
+    const r = await lab.exec(vm.ns, [
+      process.execPath,
+      "-e",
+      `const s = require("node:dgram").createSocket("udp4");
+       let i = 0;
+       const next = () => (i++ < ${n} ? s.send(Buffer.alloc(64), ${port} + i, "10.78.0.2", () => setTimeout(next, ${gapMs})) : s.close());
+       next();`,
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+  };
+
+  test("busy polling off (the default): no window opens, every record comes by a wake-up", async () => {
+    const ring = new UpcallRing(join(progs.pinDir, "maps", "upcall_ring"));
+    let n = 0;
+    ring.start((bufs) => {
+      n += bufs.length;
+    });
+    try {
+      await sendFromVm(3, 5, 6000);
+      await until("three records", () => n >= 3);
+      const st = ring.stats();
+      assert.equal(st.busyPollUs, 0);
+      assert.equal(st.polling, false);
+      assert.equal(st.pollWindows, 0);
+      assert.equal(st.pollTurns, 0);
+      assert.equal(st.pollMs, 0);
+      assert.equal(st.recordsPolled, 0);
+      assert.equal(st.recordsWoken, n);
+    } finally {
+      ring.close();
+    }
+  });
+
+  test("busy polling: a miss opens the window, a miss inside it is read without a wake-up, and the loop blocks again once it passes", async () => {
+    const ring = new UpcallRing(join(progs.pinDir, "maps", "upcall_ring"));
+    const WINDOW_US = 300_000;
+    // Per batch: how many records, and whether the reader says it was read by polling.
+    const batches: { n: number; polled: number }[] = [];
+    const records = () => batches.reduce((a, b) => a + b.n, 0);
+    ring.start((bufs) => batches.push({ n: bufs.length, polled: ring.times[3]! }));
+    try {
+      ring.setBusyPoll(WINDOW_US, 20_000); // a 20 ms pause after a preemption
+      const idle = ring.stats();
+      assert.equal(idle.busyPollUs, WINDOW_US);
+      assert.equal(idle.polling, false, "no window before the first miss");
+      assert.equal(idle.pollTurns, 0);
+      // Two misses 2 ms apart: the first wakes the reader and opens the window (300 ms), the
+      // second falls inside it. On a busy machine the test's thread may lose its CPU while it
+      // polls, which ends the window (and pauses polling for 20 ms): then the pair is sent again.
+      let caught = false;
+      for (let attempt = 0; attempt < 10 && !caught; attempt++) {
+        const before = ring.stats();
+        const seen = records();
+        const firstBatch = batches.length;
+        await sendFromVm(2, 2, 6100 + 10 * attempt);
+        await until("two records", () => records() >= seen + 2);
+        const after = ring.stats();
+        assert.equal(after.recordsWoken - before.recordsWoken >= 1, true, "the first miss woke the loop");
+        assert.equal(after.pollWindows - before.pollWindows >= 1, true, "the first miss opened a window");
+        caught = after.recordsPolled > before.recordsPolled;
+        if (caught) {
+          assert.deepEqual(
+            batches.slice(firstBatch).map((b) => b.polled),
+            [0, 1],
+            "the reader marks the polled batch (the flow-setup profile's `polled`)",
+          );
+          assert.ok(after.pollTurns > before.pollTurns, "the loop turned without blocking");
+        } else {
+          assert.ok(
+            after.pollPreempted > before.pollPreempted,
+            "a miss not polled in a window: it was preempted",
+          );
+          await new Promise((r) => setTimeout(r, 50)); // past the pause
+        }
+      }
+      assert.ok(caught, "a miss inside the window was read by polling");
+      await until("the window to close", () => !ring.stats().polling, 10_000);
+      const closed = ring.stats();
+      assert.ok(closed.pollMs > 0, "the time polling is counted");
+      // Idle: the loop blocks in epoll again, so nothing polls and the counters stand still.
+      await new Promise((r) => setTimeout(r, 200));
+      const later = ring.stats();
+      assert.equal(later.polling, false);
+      assert.equal(later.pollTurns, closed.pollTurns, "no polling while idle");
+      assert.equal(later.pollMs, closed.pollMs, "no polling time while idle");
+      // The next miss after the window is a wake-up again, and opens another window.
+      await sendFromVm(1, 0, 6300);
+      await until("the next record", () => ring.stats().recordsWoken === later.recordsWoken + 1);
+      assert.equal(ring.stats().pollWindows, later.pollWindows + 1);
+      // Turning it off closes the open window on the loop's next turn.
+      ring.setBusyPoll(0);
+      await until("the window closed by setBusyPoll(0)", () => !ring.stats().polling, 5_000);
+    } finally {
+      ring.close();
+    }
+  });
+
+  test("busy polling: a thread that loses its CPU while polling ends the window and pauses polling", async () => {
+    // The reader in a child process, stopped (SIGSTOP) while it polls: on SIGCONT its clock has
+    // jumped, as after any preemption. It answers each line on stdin with its stats.
+    const script = `
+      import { UpcallRing } from ${JSON.stringify(new URL("./upcall-ring.js", import.meta.url).href)};
+      const ring = new UpcallRing(${JSON.stringify(join(progs.pinDir, "maps", "upcall_ring"))});
+      ring.start(() => {});
+      ring.setBusyPoll(1_000_000, 5_000_000); // a 5 s pause after a preemption
+      process.stdin.on("data", () => process.stdout.write(JSON.stringify(ring.stats()) + "\\n"));
+      process.stdout.write("ready\\n");`;
+    const child = spawn(process.execPath, ["--input-type=module", "-e", script], {
+      stdio: ["pipe", "pipe", "inherit"],
+    });
+    const lines: string[] = [];
+    let buf = "";
+    child.stdout.on("data", (d: Buffer) => {
+      buf += d.toString();
+      let i = buf.indexOf("\n");
+      while (i >= 0) {
+        lines.push(buf.slice(0, i));
+        buf = buf.slice(i + 1);
+        i = buf.indexOf("\n");
+      }
+    });
+    // A sender in the VM started beforehand, so a miss follows a line on its stdin at once: one
+    // datagram from a new source port per line.
+    const sender = spawn(
+      "ip",
+      [
+        "netns",
+        "exec",
+        vm.ns,
+        process.execPath,
+        "-e",
+        `const s = require("node:dgram").createSocket("udp4");
+         let port = 6400;
+         process.stdin.on("data", () => s.send(Buffer.alloc(64), port++, "10.78.0.2"));`,
+      ],
+      { stdio: ["pipe", "ignore", "inherit"] },
+    );
+    const send = () => sender.stdin.write("\n");
+    const stats = async (): Promise<UpcallRingStats> => {
+      const n = lines.length;
+      child.stdin.write("\n");
+      await until("the child's stats", () => lines.length > n);
+      return JSON.parse(lines[n]!) as UpcallRingStats;
+    };
+    try {
+      await until("the child reading the ring", () => lines.includes("ready"));
+      lines.length = 0;
+      // A miss opens a window (1 s). On a busy machine the child may lose its CPU before it is
+      // stopped, which ends the window by itself: then wait out the pause and open another.
+      let s = await stats();
+      for (let attempt = 0; attempt < 10 && !s.polling; attempt++) {
+        if (attempt > 0) await new Promise((r) => setTimeout(r, 5_100)); // the pause over
+        const windows = s.pollWindows;
+        send();
+        for (let i = 0; i < 100 && s.pollWindows === windows; i++) s = await stats();
+        assert.equal(s.pollWindows, windows + 1, "the miss opened a window");
+      }
+      assert.equal(s.polling, true, "a window open");
+      const preempted = s.pollPreempted;
+      child.kill("SIGSTOP");
+      await new Promise((r) => setTimeout(r, 30));
+      child.kill("SIGCONT");
+      s = await stats();
+      assert.equal(s.pollPreempted, preempted + 1, "the jump ended the window");
+      assert.equal(s.polling, false, "the loop sleeps again");
+      // Within the pause a miss is read after a wake-up and opens no window.
+      const { recordsWoken, pollWindows } = s;
+      send();
+      for (let i = 0; i < 100 && s.recordsWoken === recordsWoken; i++) s = await stats();
+      assert.equal(s.recordsWoken, recordsWoken + 1, "read after a wake-up");
+      assert.equal(s.pollWindows, pollWindows, "no window during the pause");
+      assert.equal(s.polling, false);
+    } finally {
+      child.kill("SIGKILL");
+      sender.kill("SIGKILL");
+    }
+  });
+
+  test("busy polling at a real-time priority: SCHED_FIFO while a window is open, the thread's own scheduling back after", async () => {
+    const ring = new UpcallRing(join(progs.pinDir, "maps", "upcall_ring"));
+    let n = 0;
+    ring.start((bufs) => {
+      n += bufs.length;
+    });
+    const own = threadScheduling();
+    try {
+      ring.setBusyPoll(300_000, 20_000, 1);
+      assert.equal(ring.stats().realtimePriority, 1);
+      let during: ReturnType<typeof threadScheduling> | undefined;
+      for (let attempt = 0; attempt < 10 && during === undefined; attempt++) {
+        const seen = n;
+        await sendFromVm(1, 0, 6500 + attempt);
+        await until("the record", () => n > seen);
+        // This thread is the loop's: while the window is open it runs SCHED_FIFO.
+        if (ring.stats().polling) during = threadScheduling();
+        else await new Promise((r) => setTimeout(r, 50)); // ended early (preempted): again
+      }
+      assert.ok(during, "a window open after a miss");
+      assert.equal(during.policy, 1, "SCHED_FIFO while polling");
+      await until("the window closed", () => !ring.stats().polling, 10_000);
+      assert.deepEqual(threadScheduling(), own, "policy, nice and slice as before");
+      assert.equal(ring.stats().realtimeFailures, 0);
+    } finally {
+      ring.close();
+      assert.deepEqual(threadScheduling(), own);
+    }
+  });
+
+  test("a busy-poll window that is not a whole number of µs from 0 to 1 s is refused", () => {
+    const ring = new UpcallRing(join(progs.pinDir, "maps", "upcall_ring"));
+    ring.start(() => {});
+    try {
+      for (const bad of [-1, 1.5, 1_000_001, Number.NaN]) {
+        assert.throws(
+          () => ring.setBusyPoll(bad),
+          (e: Error & { code?: string }) =>
+            e instanceof RangeError &&
+            e.code === "INVALID_ARGUMENT" &&
+            /0 \(off\) to 1000000/.test(e.message),
+          String(bad),
+        );
+      }
+      assert.throws(() => ring.setBusyPoll(1000, -5), /pauseUs one from 0 to 60000000/);
+      assert.throws(() => ring.setBusyPoll(1000, 1000, 100), /rtPriority one from 0 to 99/);
+      assert.equal(ring.stats().busyPollUs, 0, "a refused value changes nothing");
     } finally {
       ring.close();
     }

@@ -281,7 +281,11 @@ function gcObserver(): { done(): { count: number; ms: number; major: number; maj
 if (mode === "serve") {
   const srv = await serve(readEvents(args[0]!));
   console.log(srv.address);
-  process.once("SIGTERM", () => void srv.stop().then(() => process.exit(0)));
+  // Watch streams it serves never end on their own: stop waits a moment for them, then exits.
+  process.once("SIGTERM", () => {
+    setTimeout(() => process.exit(0), 1_000).unref();
+    void srv.stop().finally(() => process.exit(0));
+  });
 } else if (mode === "decode") decodeOnly(args[0]!);
 else if (mode === "frame") await frame(args[0]!, Number(args[1] ?? 5));
 else if (mode === "record") await record(args[0]!, Number(args[1] ?? 10_000), Number(args[2] ?? 100_000));
