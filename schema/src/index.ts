@@ -46,6 +46,12 @@ export {
   type ProcessPause,
   pauseOverlap,
 } from "./runtime/process-pauses.js";
+export {
+  chooseScavenger,
+  PARALLEL_SCAVENGE_ENV,
+  type ScavengerChoice,
+  scavengerChoice,
+} from "./runtime/scavenger.js";
 export { onShutdown, type StopHook } from "./runtime/shutdown.js";
 export { wallNow, wallOffsetMs } from "./runtime/wall-clock.js";
 export { fieldSize, varintLength, writeField } from "./wire/length-delimited.js";

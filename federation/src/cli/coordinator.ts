@@ -4,6 +4,7 @@
 import { readFileSync } from "node:fs";
 import { credentials, ServerCredentials } from "@grpc/grpc-js";
 import {
+  chooseScavenger,
   closeServer,
   createLogger,
   isLoopbackAddress,
@@ -134,6 +135,12 @@ export async function runCoordinator(flags: CoordinatorFlags): Promise<number> {
     level: config.logLevel,
     base: { node: config.id },
   });
+  try {
+    chooseScavenger(log);
+  } catch (err) {
+    console.error(`isthmus coordinator: ${(err as Error).message}`);
+    return 2;
+  }
   const tls = config.tlsCert !== undefined || config.tlsKey !== undefined;
   let serverCreds: ServerCredentials;
   let peerCreds: ReturnType<typeof credentials.createInsecure>;

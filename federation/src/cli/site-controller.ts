@@ -1,6 +1,6 @@
 // `isthmus site-controller`: runs one controller replica of a site (site-agent's entry point,
 // loaded only here) until SIGTERM/SIGINT.
-import { createLogger } from "@isthmus/schema";
+import { chooseScavenger, createLogger } from "@isthmus/schema";
 import { stopWhenSupervisorLeaves, supervisedLogDestination } from "./parent-watch.js";
 
 export interface SiteControllerCommandOptions {
@@ -23,6 +23,7 @@ export async function runSiteController(opts: SiteControllerCommandOptions): Pro
     base: opts.site ? { site: opts.site } : {},
     destination: supervisedLogDestination(),
   });
+  chooseScavenger(log);
   await startSiteController(opts, { log });
   stopWhenSupervisorLeaves();
 }
