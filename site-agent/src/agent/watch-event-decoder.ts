@@ -294,36 +294,9 @@ export class WatchEventDecoder {
  * be set on the conditions themselves), and the conditions are frozen.
  */
 const CONDITION_DEFAULTS: Condition = {
+  ...topologypb.Condition.fromPartial({}),
   inPortIds: EMPTY,
-  invInPorts: false,
   outPortIds: EMPTY,
-  invOutPorts: false,
-  portGroupId: "",
-  invPortGroup: false,
-  ethSrc: "",
-  invEthSrc: false,
-  ethDst: "",
-  invEthDst: false,
-  etherType: 0,
-  invEtherType: false,
-  nwSrc: "",
-  invNwSrc: false,
-  nwDst: "",
-  invNwDst: false,
-  nwProto: 0,
-  invNwProto: false,
-  tpSrc: undefined,
-  invTpSrc: false,
-  tpDst: undefined,
-  invTpDst: false,
-  ipAddrGroupSrc: "",
-  invIpAddrGroupSrc: false,
-  ipAddrGroupDst: "",
-  invIpAddrGroupDst: false,
-  matchForwardFlow: false,
-  matchReturnFlow: false,
-  vlan: 0,
-  noVlan: false,
 };
 
 /**

@@ -226,38 +226,7 @@ export class TopologyBuilder {
 }
 
 export function emptyCondition(): topologypb.Condition {
-  return {
-    inPortIds: [],
-    invInPorts: false,
-    outPortIds: [],
-    invOutPorts: false,
-    portGroupId: "",
-    invPortGroup: false,
-    ethSrc: "",
-    invEthSrc: false,
-    ethDst: "",
-    invEthDst: false,
-    etherType: 0,
-    invEtherType: false,
-    nwSrc: "",
-    invNwSrc: false,
-    nwDst: "",
-    invNwDst: false,
-    nwProto: 0,
-    invNwProto: false,
-    tpSrc: undefined,
-    invTpSrc: false,
-    tpDst: undefined,
-    invTpDst: false,
-    ipAddrGroupSrc: "",
-    invIpAddrGroupSrc: false,
-    ipAddrGroupDst: "",
-    invIpAddrGroupDst: false,
-    matchForwardFlow: false,
-    matchReturnFlow: false,
-    vlan: 0,
-    noVlan: false,
-  };
+  return topologypb.Condition.fromPartial({});
 }
 
 /** A SimContext on `hostId` with fresh state, leasing NAT blocks from `registry`. */
