@@ -475,7 +475,6 @@ function entryStatement(
   if (prepared)
     parts.push(
       ...topologyWriteCtes(prepared, "intent", sql, {
-        firstRows: INTENT_ROWS_FIRST_STATEMENT,
         deletes: true,
         gate: "EXISTS (SELECT 1 FROM m)",
       }),

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { test } from "node:test";
+import { type TestContext, test } from "node:test";
 import { silentLogger, topologypb } from "@isthmus/schema";
 import { ChangeFeed, type ChangeListener } from "./change-feed.js";
 import { Database } from "./db/database.js";
@@ -42,6 +42,13 @@ async function until(what: string, cond: () => boolean): Promise<void> {
 }
 
 let index = 0;
+/** A fresh database with a writer (trivial translation) closed after the test; indexes restart. */
+async function freshWriter(t: TestContext): Promise<Fixture> {
+  index = 0;
+  const writer = await controllerFixture(await pg.createDatabase(), { translator: trivialTranslator });
+  t.after(() => writer.close());
+  return writer;
+}
 async function put(f: Fixture, id: string, name: string): Promise<void> {
   index++;
   await f.applier.applyChange({ index, upserts: [network(id, name, 0x100000 + index)], deletes: [] });
@@ -112,10 +119,7 @@ test("the mirror follows the other replica's writes (upserts, rewrites, deletes)
 
 test("framed events are shared at one revision and framed again after a change", async (t) => {
   if (pg.skip) return t.skip(pg.skip);
-  index = 0;
-  const url = await pg.createDatabase();
-  const writer = await controllerFixture(url, { translator: trivialTranslator });
-  t.after(() => writer.close());
+  const writer = await freshWriter(t);
   await put(writer, "a", "A");
   const feed = new ManualFeed();
   const mirror = new TopologyMirror(
@@ -139,10 +143,7 @@ test("framed events are shared at one revision and framed again after a change",
 
 test("changes delivered while loading apply after the load's revision; a gap reloads from the database", async (t) => {
   if (pg.skip) return t.skip(pg.skip);
-  index = 0;
-  const url = await pg.createDatabase();
-  const writer = await controllerFixture(url, { translator: trivialTranslator });
-  t.after(() => writer.close());
+  const writer = await freshWriter(t);
   await put(writer, "a", "A");
   await put(writer, "b", "B");
   const at = (await dbState(writer.db)).revision;
@@ -180,10 +181,7 @@ test("changes delivered while loading apply after the load's revision; a gap rel
 
 test("over its byte bound the mirror turns itself off (snapshots then come from the database)", async (t) => {
   if (pg.skip) return t.skip(pg.skip);
-  index = 0;
-  const url = await pg.createDatabase();
-  const writer = await controllerFixture(url, { translator: trivialTranslator });
-  t.after(() => writer.close());
+  const writer = await freshWriter(t);
   await put(writer, "a", "A");
   const feed = new ManualFeed();
   const small = new TopologyMirror(writer.db, feed, { maxBytes: 200, partBytes: 1 << 20 }, silentLogger());
@@ -205,10 +203,7 @@ test("over its byte bound the mirror turns itself off (snapshots then come from 
 
 test("after many changes only the parts they touched are framed again; parts stay within the bound and are compacted after deletes", async (t) => {
   if (pg.skip) return t.skip(pg.skip);
-  index = 0;
-  const url = await pg.createDatabase();
-  const writer = await controllerFixture(url, { translator: trivialTranslator });
-  t.after(() => writer.close());
+  const writer = await freshWriter(t);
   const feed = new ManualFeed();
   const partBytes = 400;
   const mirror = new TopologyMirror(writer.db, feed, { maxBytes: 1 << 20, partBytes }, silentLogger());
@@ -296,10 +291,7 @@ test("after many changes only the parts they touched are framed again; parts sta
 
 test("once changes are quiet the snapshot is framed in the background; a change meanwhile is not lost", async (t) => {
   if (pg.skip) return t.skip(pg.skip);
-  index = 0;
-  const url = await pg.createDatabase();
-  const writer = await controllerFixture(url, { translator: trivialTranslator });
-  t.after(() => writer.close());
+  const writer = await freshWriter(t);
   const feed = new ManualFeed();
   const mirror = new TopologyMirror(
     writer.db,

@@ -158,9 +158,9 @@ export class SqlParams {
 
 /**
  * The common table expressions that write a prepared delta as the next revision: `r` bumps the
- * revision (and yields it), `c` logs the change, `o` upserts the first `firstRows` rows and, when
- * `deletes` is set, `td` deletes the delta's deletes (all of them; the caller checks that they
- * fit) — except those the delta also upserts, which end up written, as deleting first and then
+ * revision (and yields it), `c` logs the change, `o` upserts the first `firstRows` rows (all when
+ * not given) and, when `deletes` is set, `td` deletes the delta's deletes (all of them; the caller
+ * checks that they fit) — except those the delta also upserts, which end up written, as deleting first and then
  * upserting would have it (a statement may not touch a row twice). With `gate`, a condition on
  * earlier expressions, nothing is written unless it holds. The statement selects from `r`.
  */
@@ -168,7 +168,7 @@ export function topologyWriteCtes(
   p: PreparedTopologyWrite,
   origin: "intent" | "local",
   sql: SqlParams,
-  opts: { firstRows: number; deletes?: boolean; gate?: string },
+  opts: { firstRows?: number; deletes?: boolean; gate?: string },
 ): string[] {
   const gate = opts.gate ? ` AND ${opts.gate}` : "";
   const parts: string[] = [];
@@ -186,7 +186,7 @@ export function topologyWriteCtes(
     `r AS (UPDATE topology_revision SET revision = revision + 1 WHERE id = 1${gate} RETURNING revision)`,
     `c AS (INSERT INTO topology_changes (revision, body, committed_at) SELECT revision, ${sql.ref(p.body)}::BYTEA, now() FROM r)`,
   );
-  const first = p.rows.slice(0, opts.firstRows);
+  const first = opts.firstRows === undefined ? p.rows : p.rows.slice(0, opts.firstRows);
   if (first.length > 0) {
     const originRef = sql.ref(origin);
     parts.push(

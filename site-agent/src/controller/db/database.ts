@@ -62,8 +62,7 @@ export class Database {
    * several times; it must not have side effects outside the transaction.
    */
   async tx<T>(label: string, body: (tx: Tx) => Promise<T>, options: TxOptions = {}): Promise<T> {
-    let lastError: unknown;
-    for (let attempt = 1; attempt <= this.policy.maxAttempts; attempt++) {
+    return this.retrying(label, options.retryCodes, async () => {
       const client = await this.pool.connect();
       if (!this.guarded.has(client)) {
         // A connection dying while checked out surfaces as the query's rejection; without a
@@ -82,24 +81,16 @@ export class Database {
         await client.query("COMMIT");
         return result;
       } catch (err) {
-        lastError = err;
         try {
           await client.query("ROLLBACK");
         } catch {
           broken = true; // the connection is gone; do not return it to the pool
         }
-        if (!isRetryable(err, options.retryCodes)) throw err;
-        this.retries++;
-        this.opts.onRetry?.(label, err);
-        this.log.debug({ label, attempt, sqlstate: sqlState(err) }, "transaction conflict; retrying");
-        if (attempt < this.policy.maxAttempts) {
-          await sleep(backoffDelayMs(this.policy, attempt, Math.random));
-        }
+        throw err;
       } finally {
         client.release(broken ? true : undefined);
       }
-    }
-    throw new TransactionRetriesExhausted(label, this.policy.maxAttempts, lastError);
+    });
   }
 
   /**
@@ -107,18 +98,27 @@ export class Database {
    * default is (serializableByDefault) — re-running it on retryable errors. One round trip where
    * BEGIN, the statement and COMMIT are three: for a write that fits in one statement.
    */
-  async statement(label: string, text: string, params: unknown[] = []): Promise<pg.QueryResult> {
+  statement(label: string, text: string, params: unknown[] = []): Promise<pg.QueryResult> {
+    return this.retrying(label, undefined, () => this.pool.query(text, params));
+  }
+
+  /** Runs `attempt` until it succeeds, fails with a non-retryable error, or the attempts run out. */
+  private async retrying<T>(
+    label: string,
+    retryCodes: ReadonlySet<string> | undefined,
+    attempt: () => Promise<T>,
+  ): Promise<T> {
     let lastError: unknown;
-    for (let attempt = 1; attempt <= this.policy.maxAttempts; attempt++) {
+    for (let n = 1; n <= this.policy.maxAttempts; n++) {
       try {
-        return await this.pool.query(text, params);
+        return await attempt();
       } catch (err) {
         lastError = err;
-        if (!isRetryable(err)) throw err;
+        if (!isRetryable(err, retryCodes)) throw err;
         this.retries++;
         this.opts.onRetry?.(label, err);
-        this.log.debug({ label, attempt, sqlstate: sqlState(err) }, "statement conflict; retrying");
-        if (attempt < this.policy.maxAttempts) await sleep(backoffDelayMs(this.policy, attempt, Math.random));
+        this.log.debug({ label, attempt: n, sqlstate: sqlState(err) }, "transaction conflict; retrying");
+        if (n < this.policy.maxAttempts) await sleep(backoffDelayMs(this.policy, n, Math.random));
       }
     }
     throw new TransactionRetriesExhausted(label, this.policy.maxAttempts, lastError);

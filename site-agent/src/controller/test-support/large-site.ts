@@ -3,7 +3,9 @@
 // and 97 rules) plus N VM ports in one network and one group, translated by the real translator
 // and written through the controller's write path — in a few transactions instead of one per port.
 // The ports' PortRecords are in the intent too (as the federation returns them to their site).
-import { type intentpb, topologypb } from "@isthmus/schema";
+import { type intentpb, silentLogger, topologypb } from "@isthmus/schema";
+import { ChangeFeed } from "../change-feed.js";
+import { TopologyMirror } from "../topology-mirror.js";
 import { id, network, portRecord, securityGroup, securityGroupRule } from "../translate/intent-builders.js";
 import type { Fixture } from "./controller-fixture.js";
 
@@ -81,4 +83,15 @@ export async function buildLargeSite(f: Fixture, o: LargeSiteOptions): Promise<s
 
 function hex(n: number): string {
   return n.toString(16).padStart(2, "0");
+}
+
+/** A change feed and a topology mirror (1 GiB bound, 1 MiB parts) loaded from `f`'s database; logs the load time. */
+export async function loadedMirror(f: Fixture): Promise<{ feed: ChangeFeed; mirror: TopologyMirror }> {
+  const feed = new ChangeFeed(f.db, { pollMs: 100, ringSize: 1000, batch: 100 }, silentLogger());
+  await feed.start();
+  const mirror = new TopologyMirror(f.db, feed, { maxBytes: 1 << 30, partBytes: 1 << 20 }, silentLogger());
+  const t = performance.now();
+  await mirror.start();
+  console.log(`mirror loaded in ${(performance.now() - t).toFixed(0)} ms`);
+  return { feed, mirror };
 }

@@ -6,14 +6,13 @@ import { credentials, Metadata, Server, ServerCredentials } from "@grpc/grpc-js"
 import { silentLogger, startGrpcServer, topologypb } from "@isthmus/schema";
 import { firstSnapshot } from "../../agent/first-snapshot.js";
 import { WatchEventDecoder } from "../../agent/watch-event-decoder.js";
-import { ChangeFeed } from "../change-feed.js";
 import { startTestPostgres } from "../db/test-postgres.js";
 import { topologyServiceDefinition } from "../snapshot-encoding.js";
-import { TopologyMirror } from "../topology-mirror.js";
+import type { TopologyMirror } from "../topology-mirror.js";
 import { readSnapshotBodies } from "../topology-store.js";
 import { TopologyWatchService } from "../topology-watch.js";
 import { controllerFixture } from "./controller-fixture.js";
-import { buildLargeSite } from "./large-site.js";
+import { buildLargeSite, loadedMirror } from "./large-site.js";
 
 const ports = Number(process.argv[2] ?? 10_000);
 const tries = Number(process.argv[3] ?? 3);
@@ -26,12 +25,7 @@ try {
   let t = performance.now();
   const hostId = await buildLargeSite(f, { ports, intentObjects: 11_000 });
   console.log(`built ${ports} ports in ${((performance.now() - t) / 1000).toFixed(1)} s`);
-  const feed = new ChangeFeed(f.db, { pollMs: 100, ringSize: 1000, batch: 100 }, silentLogger());
-  await feed.start();
-  const mirror = new TopologyMirror(f.db, feed, { maxBytes: 1 << 30, partBytes: 1 << 20 }, silentLogger());
-  t = performance.now();
-  await mirror.start();
-  console.log(`mirror loaded in ${(performance.now() - t).toFixed(0)} ms`);
+  const { feed, mirror } = await loadedMirror(f);
   const serve = async (m: TopologyMirror | undefined) => {
     const svc = new TopologyWatchService(
       f.db,

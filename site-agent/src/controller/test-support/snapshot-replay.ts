@@ -20,13 +20,12 @@ import { silentLogger, startGrpcServer, topologypb } from "@isthmus/schema";
 import { firstSnapshot } from "../../agent/first-snapshot.js";
 import { TopologyStore } from "../../agent/topology-store.js";
 import { WatchEventDecoder } from "../../agent/watch-event-decoder.js";
-import { ChangeFeed } from "../change-feed.js";
 import type { Database } from "../db/database.js";
 import { startTestPostgres } from "../db/test-postgres.js";
 import { EncodedWatchEvent, topologyServiceDefinition } from "../snapshot-encoding.js";
 import { DEFAULT_MIRROR_PREPARE_AFTER_MS, TopologyMirror } from "../topology-mirror.js";
 import { controllerFixture } from "./controller-fixture.js";
-import { buildLargeSite } from "./large-site.js";
+import { buildLargeSite, loadedMirror } from "./large-site.js";
 
 const [mode, ...args] = process.argv.slice(2);
 
@@ -60,12 +59,7 @@ async function record(file: string, ports: number, intentObjects: number): Promi
     console.log(
       `built ${ports} ports + ${intentObjects} intent objects in ${((performance.now() - t) / 1000).toFixed(1)} s`,
     );
-    const feed = new ChangeFeed(f.db, { pollMs: 100, ringSize: 1000, batch: 100 }, silentLogger());
-    await feed.start();
-    const mirror = new TopologyMirror(f.db, feed, { maxBytes: 1 << 30, partBytes: 1 << 20 }, silentLogger());
-    t = performance.now();
-    await mirror.start();
-    console.log(`mirror loaded in ${(performance.now() - t).toFixed(0)} ms`);
+    const { feed, mirror } = await loadedMirror(f);
     t = performance.now();
     const framed = mirror.snapshot()!;
     console.log(
