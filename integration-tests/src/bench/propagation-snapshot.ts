@@ -1,7 +1,8 @@
 // The propagation benchmark's snapshot step: VM ports (one network, one security group) created at
 // a site through SiteService, then fresh agents' first snapshots of it timed with the site agent's
-// own watch client and topology store, each try in a new process (a new agent's JIT and heap are
-// cold; the benchmark's process was warmed by each try before). Kept apart from the change phases.
+// own watch client, topology store and simulator view (until the agent could simulate a packet),
+// each try in a new process (a new agent's JIT and heap are cold; the benchmark's process was
+// warmed by each try before). Kept apart from the change phases.
 import { loadavg } from "node:os";
 import type { intentpb } from "@isthmus/schema";
 import { type FederationAdmin, type SiteApi, timeSnapshotFresh } from "../harness/bench-clients.js";
@@ -12,7 +13,10 @@ export interface SnapshotResult {
   /** Objects in the snapshot, by kind. */
   counts: Record<string, number>;
   bytes: number;
-  /** Time from the Watch call to the whole snapshot in the agent's topology store, each try (ms). */
+  /**
+   * Time from the Watch call to the whole snapshot in the agent's topology store and its
+   * simulator's view (AgentTopology: what the agent needs before it can simulate), each try (ms).
+   */
   ms: number[];
   /** Messages the snapshot came in (parts of about 1 MiB). */
   parts: number;
@@ -146,7 +150,7 @@ export async function timeSiteSnapshot(
     load1: 0,
   };
   for (let k = 0; k < tries; k++) {
-    // The site agent's own watch client and topology store (its channel settings: 4 MiB per
+    // The site agent's own watch client, store and simulator view (its channel settings: 4 MiB per
     // message, an 8 MiB flow-control window), in a new process each try, as a new agent.
     const r = await timeSnapshotFresh(s.proc.address, s.hostId, s.hostToken);
     const attempt = { ms: Number(r.ms.toFixed(1)), load1: Number(loadavg()[0]!.toFixed(2)), cpuMs: r.cpuMs };
@@ -193,7 +197,7 @@ export function snapshotMarkdown(s: SnapshotResult | undefined, ratio: number | 
       `${(s.counts.rule ?? 0).toLocaleString("en-US")} rules, ${Object.values(s.counts)
         .reduce((a, b) => a + b, 0)
         .toLocaleString("en-US")} objects, ` +
-      `${(s.bytes / 1e6).toFixed(1)} MB encoded, in ${s.parts} messages), Watch call → snapshot in the agent's topology store, a new process each try: ${s.ms.join(", ")} ms (load ${s.load1})` +
+      `${(s.bytes / 1e6).toFixed(1)} MB encoded, in ${s.parts} messages), Watch call → snapshot in the agent's topology store and simulator view (the agent can simulate), a new process each try: ${s.ms.join(", ")} ms (load ${s.load1})` +
       (ratio === null ? "." : `; best / 1 s goal = **${ratio}**.`) +
       (s.attempts && s.attempts.length > 0
         ? ` Each try (ms, load): ${s.attempts.map((a) => `${a.ms} (${a.load1})`).join(", ")}.`

@@ -3,10 +3,11 @@
 // host, answers upcalls, and installs flow state that peers push. agent-process.ts adds gRPC,
 // metrics, the admin endpoint and signals around it.
 import { componentLogger, type Logger, type topologypb } from "@isthmus/schema";
+import { AgentTopology } from "./agent-topology.js";
 import type { Datapath, PortIO, TunnelEndpoint } from "./datapath.js";
 import { decodeFlowState } from "./flow-state.js";
 import type { Simulator } from "./simulator.js";
-import { TopologyStore } from "./topology-store.js";
+import type { TopologyStore } from "./topology-store.js";
 import { UpcallHandler } from "./upcall-handler.js";
 
 /** Opens the frame I/O for a VM interface bound to this host. */
@@ -24,7 +25,8 @@ export interface EdgeAgentOptions {
 }
 
 export class EdgeAgent {
-  readonly store = new TopologyStore();
+  /** The store and the simulator's view, which every snapshot and change goes into together. */
+  readonly topology: AgentTopology;
   readonly handler: UpcallHandler;
   private readonly portIdByNo = new Map<number, string>();
   private readonly portNoById = new Map<string, number>();
@@ -38,6 +40,7 @@ export class EdgeAgent {
   constructor(private readonly o: EdgeAgentOptions) {
     this.clock = o.clock ?? (() => performance.now());
     this.log = componentLogger(o.log, "edge-agent");
+    this.topology = new AgentTopology(o.simulator);
     this.handler = new UpcallHandler({
       hostId: o.hostId,
       role: o.role,
@@ -53,6 +56,10 @@ export class EdgeAgent {
     o.datapath.onFlowState((payload, from) => this.onFlowState(payload, from));
   }
 
+  get store(): TopologyStore {
+    return this.topology.store;
+  }
+
   get hostId(): string {
     return this.o.hostId;
   }
@@ -63,8 +70,7 @@ export class EdgeAgent {
   }
 
   applySnapshot(s: topologypb.TopologySnapshot): void {
-    this.store.applySnapshot(s);
-    this.o.simulator.applySnapshot(s);
+    this.topology.applySnapshot(s);
     // A snapshot replaces everything: every cached decision may be stale.
     this.stats.invalidated += this.o.datapath.stats().flows;
     this.o.datapath.flush();
@@ -72,8 +78,7 @@ export class EdgeAgent {
   }
 
   applyChange(c: topologypb.TopologyChange): void {
-    const tags = this.store.applyChange(c);
-    for (const t of this.o.simulator.applyChange(c)) tags.add(t);
+    const tags = this.topology.applyChange(c);
     this.stats.invalidated += this.o.datapath.invalidate(tags);
     this.reconcilePorts();
   }

@@ -1,16 +1,22 @@
 // An agent's first snapshot, taken the way the agent takes it: its own watch client (channel
-// settings, parts assembled) into its topology store. For measuring: the propagation benchmark
-// and the controller's snapshot profile time the same path.
+// settings, parts assembled) into its AgentTopology — the topology store and the engine
+// simulator's view, the same code EdgeAgent runs — so the time is until the agent could simulate
+// a packet against the snapshot. For measuring: the propagation benchmark and the controller's
+// snapshot tools time this path. (Binding the host's ports is the datapath's work and not timed.)
 import { silentLogger, type topologypb } from "@isthmus/schema";
-import { TopologyStore } from "./topology-store.js";
+import { AgentTopology } from "./agent-topology.js";
+import { EngineSimulator } from "./sim-adapter.js";
 import { TopologyWatchClient } from "./topology-watch-client.js";
 
 export interface FirstSnapshot {
-  /** From the Watch call to the snapshot applied to the store. */
+  /** From the Watch call to the snapshot applied to the store and the simulator's view. */
   ms: number;
   snapshot: topologypb.TopologySnapshot;
   /** Messages the snapshot arrived in. */
   parts: number;
+  /** The copies the snapshot went into (the simulator is an EngineSimulator for hostId). */
+  topology: AgentTopology;
+  simulator: EngineSimulator;
 }
 
 export function firstSnapshot(
@@ -19,7 +25,8 @@ export function firstSnapshot(
   token?: string,
   timeoutMs = 120_000,
 ): Promise<FirstSnapshot> {
-  const store = new TopologyStore();
+  const simulator = new EngineSimulator({ hostId });
+  const topology = new AgentTopology(simulator);
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
       client.stop();
@@ -32,19 +39,19 @@ export function firstSnapshot(
       log: silentLogger(),
       sink: {
         get revision() {
-          return store.revision;
+          return topology.revision;
         },
         get ready() {
-          return store.ready;
+          return topology.ready;
         },
         applySnapshot(snapshot) {
-          store.applySnapshot(snapshot);
+          topology.applySnapshot(snapshot);
           const ms = performance.now() - t0;
           clearTimeout(timer);
           client.stop();
-          resolve({ ms, snapshot, parts: client.stats.snapshotMessages });
+          resolve({ ms, snapshot, parts: client.stats.snapshotMessages, topology, simulator });
         },
-        applyChange: (c) => store.applyChange(c),
+        applyChange: (c) => topology.applyChange(c),
       },
     });
     const t0 = performance.now();

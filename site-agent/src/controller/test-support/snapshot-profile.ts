@@ -70,7 +70,7 @@ try {
         if (err.code !== 1) reject(err);
       });
     });
-  // As the agent takes it: its watch client (channel settings, parts) into its topology store.
+  // As the agent takes it: its watch client (channel settings, parts) into its store and view.
   const agentSnapshot = async (address: string) => (await firstSnapshot(address, hostId)).ms;
   const experiments: [string, () => Promise<number>][] = [
     ["database → agent store", () => agentSnapshot(fromDb.address)],
