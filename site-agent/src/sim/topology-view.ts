@@ -1,7 +1,9 @@
 // The agent's read-only copy of the site topology, indexed for the packet path: per-port parsed
 // addresses, per-bridge MAC and ARP tables, per-router LPM tries, per-chain compiled rules. Built
 // from a snapshot and updated by `apply(change)`, which rebuilds only what the change touched and
-// returns the tags of flows it makes stale. Nothing here is computed per packet.
+// returns the tags of flows it makes stale. Nothing here is computed per packet. Chains are
+// compiled when a simulation first looks one up (ChainTable), as MidoNet's agent loads devices on
+// demand: a site's snapshot carries ~150k rules and a host's flows cross a few of its chains.
 import { topologypb } from "@isthmus/schema";
 import {
   type Cidr4,
@@ -95,6 +97,51 @@ export interface ChainView {
   readonly rules: CompiledRule[];
   /** The rules split into linear and indexed runs (rule-index.ts). */
   runs: RuleRun[];
+}
+
+/**
+ * The compiled chains by id. A chain is compiled the first time it is looked up and kept until a
+ * change touches it or one of its rules (`drop`); so at most one compiled form per chain in the
+ * topology. What a lookup returns is what an eager build at the same revision would have held.
+ */
+export class ChainTable {
+  private readonly compiled = new Map<string, ChainView>();
+
+  constructor(
+    private readonly compile: (id: string) => ChainView | undefined,
+    private readonly ids: () => Iterable<string>,
+  ) {}
+
+  /** The chain compiled (now, if it was not yet), or undefined when the topology has no such chain. */
+  get(id: string): ChainView | undefined {
+    const c = this.compiled.get(id);
+    if (c !== undefined) return c;
+    const made = this.compile(id);
+    if (made !== undefined) this.compiled.set(id, made);
+    return made;
+  }
+
+  /** Every chain of the topology, each compiled (for tests and tools: it compiles them all). */
+  *values(): IterableIterator<ChainView> {
+    for (const id of [...this.ids()]) {
+      const c = this.get(id);
+      if (c !== undefined) yield c;
+    }
+  }
+
+  /** Chains compiled so far (the rest are compiled on first use). */
+  get compiledCount(): number {
+    return this.compiled.size;
+  }
+
+  isCompiled(id: string): boolean {
+    return this.compiled.has(id);
+  }
+
+  /** Forgets a chain's compiled form: a change touched it or one of its rules. */
+  drop(id: string): void {
+    this.compiled.delete(id);
+  }
 }
 
 export interface IpGroupView {
@@ -245,7 +292,11 @@ export class TopologyView {
   readonly ports = new Map<string, PortView>();
   readonly bridges = new Map<string, BridgeView>();
   readonly routers = new Map<string, RouterView>();
-  readonly chains = new Map<string, ChainView>();
+  /** Chains by id, compiled on first lookup (see ChainTable). */
+  readonly chains: ChainTable = new ChainTable(
+    (id) => this.compileChain(id),
+    () => this.rawChains.keys(),
+  );
   readonly ipGroups = new Map<string, IpGroupView>();
   readonly portGroups = new Map<string, PortGroupView>();
   readonly remoteGateways = new Map<string, topologypb.RemoteGateway>();
@@ -544,7 +595,8 @@ export class TopologyView {
     for (const p of this.ports.values()) if (p.raw.tunnelKey) this.portsByKey.set(p.raw.tunnelKey, p);
     for (const id of dirtyBridges) this.rebuildBridge(id);
     for (const id of dirtyRouters) this.rebuildRouter(id);
-    for (const id of dirtyChains) this.rebuildChain(id);
+    // Compiled again when next looked up (an agent compiles only the chains its flows cross).
+    for (const id of dirtyChains) this.chains.drop(id);
     if (change.revision > this.revision) this.revision = change.revision;
     return collectTags ? [...(tags as Set<string>)] : [];
   }
@@ -689,11 +741,9 @@ export class TopologyView {
     });
   }
 
-  private rebuildChain(id: string): void {
-    if (!this.rawChains.has(id)) {
-      this.chains.delete(id);
-      return;
-    }
+  /** The chain `id` compiled from its rules as they are now; undefined when there is no such chain. */
+  private compileChain(id: string): ChainView | undefined {
+    if (!this.rawChains.has(id)) return undefined;
     const rules: CompiledRule[] = [];
     for (const rid of this.rulesByChain.get(id) ?? []) {
       const r = this.rawRules.get(rid);
@@ -701,6 +751,6 @@ export class TopologyView {
     }
     rules.sort((a, b) => a.position - b.position || (a.id < b.id ? -1 : 1));
     for (let i = 0; i < rules.length; i++) rules[i]!.index = i;
-    this.chains.set(id, { id, tag: new Tag(tag.chain(id)), rules, runs: indexRules(rules) });
+    return { id, tag: new Tag(tag.chain(id)), rules, runs: indexRules(rules) };
   }
 }
