@@ -6,6 +6,7 @@ import { RA_MAC, twoSubnets, VM1_MAC } from "../sim/test-topologies.js";
 import { AgentTopology } from "./agent-topology.js";
 import { KEY_SIZE } from "./flow-key.js";
 import { EngineSimulator } from "./sim-adapter.js";
+import { isUnreadLazyRule, WatchEventDecoder } from "./watch-event-decoder.js";
 
 const RA = topologypb.RuleAction;
 
@@ -39,4 +40,39 @@ test("a snapshot goes into the store and the simulator's view; a change into bot
   assert.ok(tags.has(`rule:${rule.id}`));
   assert.ok(tags.has(`chain:${out.id}`), [...tags].join(" "));
   assert.equal(sim.simulate(input).dropReason, undefined);
+});
+
+test("a decoded snapshot's rules are read only for the chains a simulation crosses; bad bytes fail closed", () => {
+  const s = twoSubnets();
+  const used = s.t.chain("vm1-in");
+  const bad = s.t.dropRule(used, { nwSrc: "10.9.0.0/16" });
+  s.t.accept(used, {});
+  s.vm1.inboundFilterId = used.id;
+  const unused = s.t.chain("unused");
+  const idle = s.t.dropRule(unused, { nwSrc: "10.8.0.0/16" });
+  const bytes = Buffer.from(
+    topologypb.WatchTopologyResponse.encode({ snapshot: { revision: 1, objects: s.t.objects } }).finish(),
+  );
+  const decoded = new WatchEventDecoder().decode(bytes).snapshot!;
+  const ruleOf = (id: string) => decoded.objects.find((o) => o.rule?.id === id)!.rule!;
+  const sim = new EngineSimulator({ hostId: "h1" });
+  const topology = new AgentTopology(sim);
+  topology.applySnapshot(decoded);
+  assert.ok(isUnreadLazyRule(ruleOf(bad.id)) && isUnreadLazyRule(ruleOf(idle.id)), "nothing read yet");
+
+  const frame = Buffer.from(eth(VM1_MAC, RA_MAC).ip4("10.0.1.1", "10.0.2.1").udp(1, 2).build());
+  const input = { frame, key: Buffer.alloc(KEY_SIZE), ingressPortId: s.vm1.id, traced: false, now: 0 };
+  const ok = sim.simulate(input);
+  assert.equal(ok.dropReason, undefined);
+  assert.equal(isUnreadLazyRule(ruleOf(bad.id)), false, "vm1's chain was compiled");
+  assert.ok(isUnreadLazyRule(ruleOf(idle.id)), "the unused chain's rule is still unread");
+
+  // The same snapshot with the first rule's prefix length corrupted: that rule fails closed.
+  const at = bytes.indexOf(Buffer.from([106, "10.9.0.0/16".length]));
+  assert.ok(at > 0);
+  bytes[at + 1] = 120;
+  const broken = new AgentTopology(new EngineSimulator({ hostId: "h1" }));
+  broken.applySnapshot(new WatchEventDecoder().decode(bytes).snapshot!);
+  const dropped = (broken.simulator as EngineSimulator).simulate(input);
+  assert.match(dropped.dropReason ?? "", new RegExp(`rule ${bad.id}: cannot be decoded`));
 });

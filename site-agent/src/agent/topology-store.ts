@@ -1,7 +1,9 @@
-// The agent's local read-only copy of its site's topology (isthmus.topology.v1), kept from the
-// controller's Watch stream: a snapshot, then ordered changes. The packet path reads it without
-// waiting on anything remote; each applied change reports the object ids it touched so the flows
-// tagged with them can be invalidated.
+// The agent's local read-only copy of the parts of its site's topology (isthmus.topology.v1) the
+// agent reads itself — hosts, bridges, ports, remote gateways, MAC entries, address-group members —
+// kept from the controller's Watch stream: a snapshot, then ordered changes. Each applied change
+// reports the ids it touched so the flows tagged with them can be invalidated. Rules, chains,
+// routes and the other kinds only the simulation reads live in the simulator's TopologyView alone
+// (agent-topology.ts keeps both): indexing ~150k rules twice was a fifth of an agent's first snapshot.
 import { topologypb } from "@isthmus/schema";
 import { objectTag } from "./tags.js";
 
@@ -56,6 +58,12 @@ function put<V>(map: Map<string, V>, id: string, value: V, kind: Kind): string {
   return id;
 }
 
+/** A kind the store does not keep: only checked (and named in the change's tags). */
+function seen(id: string, kind: Kind): string {
+  if (id === "") throw new Error(`topology ${kind} without an id`);
+  return id;
+}
+
 export class TopologyStore {
   readonly hosts = new Map<string, topologypb.Host>();
   readonly bridges = new Map<string, topologypb.Bridge>();
@@ -64,8 +72,6 @@ export class TopologyStore {
   readonly macEntries = new Map<string, topologypb.MacEntry>();
   /** Address-group members by id (a change to one names its group's flows, even when deleted). */
   readonly addrGroupMembers = new Map<string, topologypb.IpAddrGroupMember>();
-  /** Every object by id, for kinds the agent itself does not index. */
-  private readonly others = new Map<string, Obj>();
   revision = 0;
   /** Whether a snapshot has been applied (before it, the agent cannot simulate). */
   ready = false;
@@ -78,7 +84,6 @@ export class TopologyStore {
     this.remoteGateways.clear();
     this.macEntries.clear();
     this.addrGroupMembers.clear();
-    this.others.clear();
     for (const o of s.objects) this.upsert(o);
     this.revision = s.revision;
     this.ready = true;
@@ -116,19 +121,19 @@ export class TopologyStore {
    * `o[kind]` and a switch on the kind's name cost more than the map insertion).
    */
   private upsert(o: Obj): string {
-    if (o.rule !== undefined) return put(this.others, o.rule.id, o, "rule");
+    if (o.rule !== undefined) return seen(o.rule.id, "rule");
     if (o.port !== undefined) return put(this.ports, o.port.id, o.port, "port");
-    if (o.chain !== undefined) return put(this.others, o.chain.id, o, "chain");
+    if (o.chain !== undefined) return seen(o.chain.id, "chain");
     if (o.macEntry !== undefined) return put(this.macEntries, o.macEntry.id, o.macEntry, "macEntry");
-    if (o.arpEntry !== undefined) return put(this.others, o.arpEntry.id, o, "arpEntry");
-    if (o.route !== undefined) return put(this.others, o.route.id, o, "route");
+    if (o.arpEntry !== undefined) return seen(o.arpEntry.id, "arpEntry");
+    if (o.route !== undefined) return seen(o.route.id, "route");
     if (o.ipAddrGroupMember !== undefined) {
       return put(this.addrGroupMembers, o.ipAddrGroupMember.id, o.ipAddrGroupMember, "ipAddrGroupMember");
     }
-    if (o.ipAddrGroup !== undefined) return put(this.others, o.ipAddrGroup.id, o, "ipAddrGroup");
-    if (o.portGroup !== undefined) return put(this.others, o.portGroup.id, o, "portGroup");
+    if (o.ipAddrGroup !== undefined) return seen(o.ipAddrGroup.id, "ipAddrGroup");
+    if (o.portGroup !== undefined) return seen(o.portGroup.id, "portGroup");
     if (o.bridge !== undefined) return put(this.bridges, o.bridge.id, o.bridge, "bridge");
-    if (o.router !== undefined) return put(this.others, o.router.id, o, "router");
+    if (o.router !== undefined) return seen(o.router.id, "router");
     if (o.host !== undefined) return put(this.hosts, o.host.id, o.host, "host");
     if (o.remoteGateway !== undefined) {
       return put(this.remoteGateways, o.remoteGateway.id, o.remoteGateway, "remoteGateway");
@@ -157,11 +162,11 @@ export class TopologyStore {
         this.addrGroupMembers.delete(id);
         break;
       default:
-        this.others.delete(id);
+      // Not kept here (the simulator's view has it).
     }
   }
 
-  /** Every object, as the simulator's topology view is built from them. */
+  /** Every object the store keeps (the kinds in its header). */
   objects(): Obj[] {
     const out: Obj[] = [];
     for (const host of this.hosts.values()) out.push({ host });
@@ -170,7 +175,6 @@ export class TopologyStore {
     for (const remoteGateway of this.remoteGateways.values()) out.push({ remoteGateway });
     for (const macEntry of this.macEntries.values()) out.push({ macEntry });
     for (const ipAddrGroupMember of this.addrGroupMembers.values()) out.push({ ipAddrGroupMember });
-    out.push(...this.others.values());
     return out;
   }
 

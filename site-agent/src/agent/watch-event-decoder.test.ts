@@ -3,7 +3,7 @@ import { test } from "node:test";
 import { topologypb } from "@isthmus/schema";
 import fc from "fast-check";
 import { objectKind } from "./topology-store.js";
-import { CONDITION_FIELDS, RULE_FIELDS, WatchEventDecoder } from "./watch-event-decoder.js";
+import { CONDITION_FIELDS, isUnreadLazyRule, RULE_FIELDS, WatchEventDecoder } from "./watch-event-decoder.js";
 
 type Obj = topologypb.TopologyObject;
 const { RULE_ACTION_ACCEPT: ACCEPT, RULE_ACTION_DROP: DROP } = topologypb.RuleAction;
@@ -101,11 +101,18 @@ function conditionFields(c: topologypb.Condition | undefined): unknown {
   return c && Object.fromEntries(CONDITION_FIELDS.map((f) => [f, c[f]]));
 }
 
+/** Every Rule field as read (a snapshot's rules are read lazily, through accessors). */
+function ruleFields(r: topologypb.Rule): unknown {
+  return Object.fromEntries(
+    RULE_FIELDS.map((f) => [f, f === "condition" ? conditionFields(r.condition) : r[f]]),
+  );
+}
+
 /** Objects as kind + payload (the generated decoder also writes every other kind as undefined). */
 function payloads(objects: Obj[]): unknown[] {
   return objects.map((o) => {
     const k = objectKind(o);
-    if (k === "rule") return [k, { ...o.rule!, condition: conditionFields(o.rule!.condition) }];
+    if (k === "rule") return [k, ruleFields(o.rule!)];
     return [k, k ? o[k] : undefined];
   });
 }
@@ -276,6 +283,48 @@ test("random topologies decode as the generated decoder does, even with one-slot
     }),
     { numRuns: 200 },
   );
+});
+
+test("a snapshot's rules are read when first used, from the message's bytes, as the generated decoder reads them", () => {
+  const d = new WatchEventDecoder({ stringSlots: 1, conditionSlots: 1 });
+  const objects = sample();
+  const bytes = encode({ snapshot: { revision: 5, objects } });
+  const ours = d.decode(bytes).snapshot!.objects;
+  const rules = ours.filter((o) => o.rule).map((o) => o.rule!);
+  assert.ok(rules.length >= 4);
+  // Id, chain and position are there at once; nothing else has been read.
+  const plain = objects.filter((o) => o.rule).map((o) => o.rule!);
+  for (const [i, r] of rules.entries()) {
+    assert.ok(isUnreadLazyRule(r));
+    assert.deepEqual([r.id, r.chainId, r.position], [plain[i]!.id, plain[i]!.chainId, plain[i]!.position]);
+    assert.ok(isUnreadLazyRule(r), "reading them reads nothing else");
+  }
+  // Other events through the same (one-slot) tables first: what a rule reads later is its own.
+  d.decode(
+    encode({ snapshot: { revision: 6, objects: [rule("other", "c-other", { nwSrc: "192.0.2.0/24" })] } }),
+  );
+  assert.deepEqual(
+    payloads(ours),
+    payloads(topologypb.WatchTopologyResponse.decode(bytes).snapshot!.objects),
+  );
+  for (const r of rules) assert.equal(isUnreadLazyRule(r), false);
+  // Changes are read whole (their rules are plain objects).
+  const change = d.decode(encode({ change: { revision: 7, upserts: objects, deletes: [] } })).change!;
+  assert.equal(change.upserts.filter((o) => o.rule && isUnreadLazyRule(o.rule)).length, 0);
+});
+
+test("a snapshot rule whose bytes do not decode throws from its condition (compiled: an error, fail closed)", () => {
+  const r = rule("r-bad", "c1", { nwSrc: "10.0.0.0/8" });
+  const bytes = encode({ snapshot: { revision: 1, objects: [r] } });
+  // The nw_src string's length (tag 106, then 10) made longer than the rule: structure intact around it.
+  const at = bytes.indexOf(Buffer.from([106, 10]));
+  assert.ok(at > 0);
+  bytes[at + 1] = 100;
+  const bad = new WatchEventDecoder().decode(bytes).snapshot!.objects[0]!.rule!;
+  assert.equal(bad.id, "r-bad");
+  assert.equal(bad.action, 0);
+  assert.throws(() => bad.condition, /rule r-bad: cannot be decoded \(premature EOF\)/);
+  assert.throws(() => bad.condition, /cannot be decoded/, "and again on every read");
 });
 
 test("bad table sizes are refused by name; a truncated event is an error", () => {

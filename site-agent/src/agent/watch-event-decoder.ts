@@ -7,8 +7,10 @@
 // byte-identical (most per-port guard rules) share one frozen Condition. Rules and conditions are
 // read field for field here; a rule without NAT targets and a condition without port lists hold
 // one shared, frozen empty array (a 10k-port site's snapshot has ~150k rules, most with neither:
-// half a million fewer arrays that would all survive). Every other message below an object is
-// still decoded by its generated decoder.
+// half a million fewer arrays that would all survive). A snapshot's rules are read lazily
+// (LazyRule): id, chain and position at once, the rest from the received message's bytes the first
+// time it is read — when the simulator compiles the rule's chain, which most chains of a site never
+// are on a given host. Every other message below an object is still decoded by its generated decoder.
 import { BinaryReader, topologypb } from "@isthmus/schema";
 
 type Condition = topologypb.Condition;
@@ -165,7 +167,7 @@ export class WatchEventDecoder {
       // One literal per kind, so each kind's objects share a shape.
       switch (tag >>> 3) {
         case 7:
-          o = { rule: this.rule(r, n) };
+          o = { rule: lazyRule(r, n, this.tables) };
           break;
         case 4:
           o = { port: P.Port.decode(r, n) };
@@ -207,85 +209,216 @@ export class WatchEventDecoder {
     }
     return o;
   }
+}
 
-  /**
-   * topologypb.Rule.decode, field for field (RULE_FIELDS; a test holds it to the generated one),
-   * except that the condition is shared with earlier rules whose condition bytes were the same.
-   */
-  private rule(r: InterningReader, length: number): topologypb.Rule {
-    const end = r.pos + length;
-    const m: topologypb.Rule = {
-      id: "",
-      chainId: "",
-      position: 0,
+/** The fields of a rule read when it is first used (the rest of topologypb.Rule). */
+interface RuleBody {
+  condition: Condition | undefined;
+  action: topologypb.RuleAction;
+  jumpChainId: string;
+  natTargets: topologypb.NatTarget[];
+  intentId: string;
+}
+
+/**
+ * A snapshot's rule, read lazily. Its id, chain and position (what the agent indexes rules by)
+ * are read with the snapshot; the other fields the first time one is read, from the received
+ * message's bytes [start, end) — no copy: the message buffer stays referenced until every lazy
+ * rule in it has been read, never more than the snapshot's encoded size (less than its decoded
+ * rules would take). Reads give what topologypb.Rule.decode gives (the property tests compare
+ * every field); the fields are accessors, so a spread (`{ ...rule }`) would miss them — the
+ * topology copy is read field by field (sim/rule-compile.ts). Bytes that turn out not to decode
+ * make `condition` throw, which compileRule keeps as the rule's error: evaluating it drops the
+ * packet (fail closed), as any rule that cannot be compiled does.
+ */
+class LazyRule implements topologypb.Rule {
+  private data: Buffer | undefined;
+  private body: RuleBody | undefined;
+  private error: Error | undefined;
+
+  constructor(
+    public id: string,
+    public chainId: string,
+    public position: number,
+    data: Buffer,
+    private readonly start: number,
+    private readonly end: number,
+    private readonly tables: RecentTables,
+  ) {
+    this.data = data;
+  }
+
+  /** Whether the fields beyond id, chain and position have been read (for tests and tools). */
+  get decoded(): boolean {
+    return this.body !== undefined;
+  }
+
+  get condition(): Condition | undefined {
+    const b = this.read();
+    if (this.error) throw this.error;
+    return b.condition;
+  }
+  set condition(v: Condition | undefined) {
+    this.read().condition = v;
+  }
+  get action(): topologypb.RuleAction {
+    return this.read().action;
+  }
+  set action(v: topologypb.RuleAction) {
+    this.read().action = v;
+  }
+  get jumpChainId(): string {
+    return this.read().jumpChainId;
+  }
+  set jumpChainId(v: string) {
+    this.read().jumpChainId = v;
+  }
+  get natTargets(): topologypb.NatTarget[] {
+    return this.read().natTargets;
+  }
+  set natTargets(v: topologypb.NatTarget[]) {
+    this.read().natTargets = v;
+  }
+  get intentId(): string {
+    return this.read().intentId;
+  }
+  set intentId(v: string) {
+    this.read().intentId = v;
+  }
+
+  private read(): RuleBody {
+    if (this.body !== undefined) return this.body;
+    const body: RuleBody = {
       condition: undefined,
       action: 0,
       jumpChainId: "",
       natTargets: EMPTY,
       intentId: "",
     };
-    while (r.pos < end) {
-      const tag = r.uint32();
-      switch (tag) {
-        case 10:
-          m.id = r.string();
-          continue;
-        case 18:
-          m.chainId = r.string();
-          continue;
-        case 24:
-          m.position = r.uint32();
-          continue;
-        case 34:
-          m.condition = this.condition(r, r.uint32());
-          continue;
-        case 40:
-          m.action = r.int32();
-          continue;
-        case 50:
-          m.jumpChainId = r.string();
-          continue;
-        case 58:
-          if (m.natTargets === EMPTY) m.natTargets = [];
-          m.natTargets.push(topologypb.NatTarget.decode(r, r.uint32()));
-          continue;
-        case 66:
-          m.intentId = r.string();
-          continue;
-      }
-      if ((tag & 7) === 4 || tag === 0) break;
-      r.skip(tag & 7);
+    try {
+      // A reader over the rule alone: a length inside it that runs past the rule is an error.
+      const r = new InterningReader(this.data!.subarray(this.start, this.end), this.tables);
+      const m = readRule(r, r.len, this.tables);
+      body.condition = m.condition;
+      body.action = m.action;
+      body.jumpChainId = m.jumpChainId;
+      body.natTargets = m.natTargets;
+      body.intentId = m.intentId;
+    } catch (err) {
+      this.error = new Error(`rule ${this.id}: cannot be decoded (${(err as Error).message})`);
     }
-    return m;
+    this.body = body;
+    this.data = undefined;
+    return body;
   }
+}
 
-  private condition(r: InterningReader, length: number): Condition {
-    const start = r.pos;
-    const end = start + length;
-    if (end > r.len) throw new RangeError("premature EOF");
-    const b = r.data;
-    const h = hashBytes(b, start, end);
-    const t = this.tables;
-    const slot = h & (t.conditions.length - 1);
-    const known = t.conditions[slot];
-    if (known !== undefined && t.conditionHashes[slot] === h && known.bytes.length === length) {
-      let same = true;
-      for (let i = 0; i < length; i++) {
-        if (known.bytes[i] !== b[start + i]) {
-          same = false;
-          break;
-        }
-      }
-      if (same) {
-        r.pos = end;
-        return known.value;
+/** Whether `rule` is a snapshot rule whose fields beyond id, chain and position are not read yet. */
+export function isUnreadLazyRule(rule: topologypb.Rule): boolean {
+  return rule instanceof LazyRule && !rule.decoded;
+}
+
+/** A snapshot rule: id, chain and position now, the rest when first read (LazyRule). */
+function lazyRule(r: InterningReader, length: number, tables: RecentTables): topologypb.Rule {
+  const start = r.pos;
+  const end = start + length;
+  if (end > r.len) throw new RangeError("premature EOF");
+  let id = "";
+  let chainId = "";
+  let position = 0;
+  while (r.pos < end) {
+    const tag = r.uint32();
+    if (tag === 10) id = r.string();
+    else if (tag === 18) chainId = r.string();
+    else if (tag === 24) position = r.uint32();
+    else if ((tag & 7) === 2) {
+      // Condition, jump chain, NAT targets, intent: skipped over without reading (nor a subarray).
+      const n = r.uint32();
+      r.pos += n;
+      if (r.pos > end) throw new RangeError("premature EOF");
+    } else if ((tag & 7) === 4 || tag === 0) break;
+    else r.skip(tag & 7);
+  }
+  r.pos = end;
+  return new LazyRule(id, chainId, position, r.data, start, end, tables);
+}
+
+/**
+ * topologypb.Rule.decode, field for field (RULE_FIELDS; a test holds it to the generated one),
+ * except that the condition is shared with earlier rules whose condition bytes were the same.
+ */
+function readRule(r: InterningReader, end: number, tables: RecentTables): topologypb.Rule {
+  const m: topologypb.Rule = {
+    id: "",
+    chainId: "",
+    position: 0,
+    condition: undefined,
+    action: 0,
+    jumpChainId: "",
+    natTargets: EMPTY,
+    intentId: "",
+  };
+  while (r.pos < end) {
+    const tag = r.uint32();
+    switch (tag) {
+      case 10:
+        m.id = r.string();
+        continue;
+      case 18:
+        m.chainId = r.string();
+        continue;
+      case 24:
+        m.position = r.uint32();
+        continue;
+      case 34:
+        m.condition = sharedCondition(r, r.uint32(), tables);
+        continue;
+      case 40:
+        m.action = r.int32();
+        continue;
+      case 50:
+        m.jumpChainId = r.string();
+        continue;
+      case 58:
+        if (m.natTargets === EMPTY) m.natTargets = [];
+        m.natTargets.push(topologypb.NatTarget.decode(r, r.uint32()));
+        continue;
+      case 66:
+        m.intentId = r.string();
+        continue;
+    }
+    if ((tag & 7) === 4 || tag === 0) break;
+    r.skip(tag & 7);
+  }
+  return m;
+}
+
+/** A condition, shared with an earlier one whose bytes were the same (the decoder's table). */
+function sharedCondition(r: InterningReader, length: number, t: RecentTables): Condition {
+  const start = r.pos;
+  const end = start + length;
+  if (end > r.len) throw new RangeError("premature EOF");
+  const b = r.data;
+  const h = hashBytes(b, start, end);
+  const slot = h & (t.conditions.length - 1);
+  const known = t.conditions[slot];
+  if (known !== undefined && t.conditionHashes[slot] === h && known.bytes.length === length) {
+    let same = true;
+    for (let i = 0; i < length; i++) {
+      if (known.bytes[i] !== b[start + i]) {
+        same = false;
+        break;
       }
     }
-    const value = freezeCondition(decodeCondition(r, end));
-    t.conditions[slot] = { bytes: Buffer.from(b.subarray(start, end)), value };
-    t.conditionHashes[slot] = h;
-    return value;
+    if (same) {
+      r.pos = end;
+      return known.value;
+    }
   }
+  const value = freezeCondition(decodeCondition(r, end));
+  t.conditions[slot] = { bytes: Buffer.from(b.subarray(start, end)), value };
+  t.conditionHashes[slot] = h;
+  return value;
 }
 
 /**
