@@ -356,6 +356,12 @@ export class TopologyView {
     };
 
     const portTouched = (p: Port) => {
+      dirtyDevice(p.deviceId);
+      // A bridge knows the MACs and IPs of the router ports peered with it.
+      const peer = p.peerId ? this.ports.get(p.peerId) : undefined;
+      if (peer) dirtyDevice(peer.deviceId);
+      if (p.tunnelKey) this.portsByKey.delete(p.tunnelKey);
+      if (!collectTags) return;
       tags.add(tag.port(p.id));
       tags.add(tag.flood(p.deviceId));
       const mac = parseMac(p.mac);
@@ -365,18 +371,13 @@ export class TopologyView {
         if (ip >= 0) tags.add(tag.arp(p.deviceId, ip));
       }
       if (this.rawRouters.has(p.deviceId)) tags.add(tag.device(p.deviceId));
-      dirtyDevice(p.deviceId);
-      // A bridge knows the MACs and IPs of the router ports peered with it.
-      const peer = p.peerId ? this.ports.get(p.peerId) : undefined;
       if (peer) {
-        dirtyDevice(peer.deviceId);
         if (mac >= 0) tags.add(tag.mac(peer.deviceId, mac));
         for (const s of p.ips) {
           const ip = parseIp4(s.split("/")[0]!);
           if (ip >= 0) tags.add(tag.arp(peer.deviceId, ip));
         }
       }
-      if (p.tunnelKey) this.portsByKey.delete(p.tunnelKey);
     };
     const routeTouched = (r: Route) => {
       tags.add(tag.route(r.id));
@@ -393,6 +394,8 @@ export class TopologyView {
       dirtyRouters.add(r.routerId);
     };
     const ruleTouched = (r: topologypb.Rule) => {
+      // A new view has compiled no chain and has no flows: nothing to drop or name.
+      if (!collectTags) return;
       tags.add(tag.rule(r.id));
       tags.add(tag.chain(r.chainId));
       dirtyChains.add(r.chainId);
@@ -404,7 +407,7 @@ export class TopologyView {
         case K.TOPOLOGY_KIND_HOST:
           this.hosts.delete(id);
           this.hostTags.delete(id);
-          tags.add(tag.host(id));
+          if (collectTags) tags.add(tag.host(id));
           break;
         case K.TOPOLOGY_KIND_BRIDGE: {
           const b = this.rawBridges.get(id);
@@ -438,7 +441,7 @@ export class TopologyView {
         }
         case K.TOPOLOGY_KIND_CHAIN:
           this.rawChains.delete(id);
-          tags.add(tag.chain(id));
+          if (collectTags) tags.add(tag.chain(id));
           dirtyChains.add(id);
           break;
         case K.TOPOLOGY_KIND_RULE: {
@@ -451,7 +454,7 @@ export class TopologyView {
         }
         case K.TOPOLOGY_KIND_IP_ADDR_GROUP: {
           this.ipGroups.delete(id);
-          tags.add(tag.ipGroup(id));
+          if (collectTags) tags.add(tag.ipGroup(id));
           const g = this.groupAddresses.get(id);
           if (!g?.own) break;
           g.remove(g.own);
@@ -463,7 +466,7 @@ export class TopologyView {
           const m = this.rawMembers.get(id);
           if (!m) break;
           this.rawMembers.delete(id);
-          tags.add(tag.ipGroup(m.groupId));
+          if (collectTags) tags.add(tag.ipGroup(m.groupId));
           const g = this.groupAddresses.get(m.groupId);
           if (!g) break;
           g.remove(m.addresses);
@@ -473,7 +476,7 @@ export class TopologyView {
         }
         case K.TOPOLOGY_KIND_PORT_GROUP:
           this.portGroups.delete(id);
-          tags.add(tag.portGroup(id));
+          if (collectTags) tags.add(tag.portGroup(id));
           break;
         case K.TOPOLOGY_KIND_MAC_ENTRY: {
           const e = this.rawMacs.get(id);
@@ -514,7 +517,7 @@ export class TopologyView {
       if (o.host) {
         this.hosts.set(o.host.id, o.host);
         this.hostTags.set(o.host.id, new Tag(tag.host(o.host.id)));
-        tags.add(tag.host(o.host.id));
+        if (collectTags) tags.add(tag.host(o.host.id));
       } else if (o.bridge) {
         remove(K.TOPOLOGY_KIND_BRIDGE, o.bridge.id);
         this.rawBridges.set(o.bridge.id, o.bridge);
@@ -540,7 +543,7 @@ export class TopologyView {
         routeTouched(o.route);
       } else if (o.chain) {
         this.rawChains.set(o.chain.id, o.chain);
-        tags.add(tag.chain(o.chain.id));
+        if (collectTags) tags.add(tag.chain(o.chain.id));
         dirtyChains.add(o.chain.id);
       } else if (o.rule) {
         remove(K.TOPOLOGY_KIND_RULE, o.rule.id);
@@ -553,7 +556,7 @@ export class TopologyView {
         g.own = o.ipAddrGroup.addresses;
         g.add(g.own);
         this.ipGroups.set(o.ipAddrGroup.id, g);
-        tags.add(tag.ipGroup(o.ipAddrGroup.id));
+        if (collectTags) tags.add(tag.ipGroup(o.ipAddrGroup.id));
       } else if (o.ipAddrGroupMember) {
         const m = o.ipAddrGroupMember;
         remove(K.TOPOLOGY_KIND_IP_ADDR_GROUP_MEMBER, m.id);
@@ -561,26 +564,30 @@ export class TopologyView {
         const g = this.addressesOf(m.groupId);
         g.members.add(m.id);
         g.add(m.addresses);
-        tags.add(tag.ipGroup(m.groupId));
+        if (collectTags) tags.add(tag.ipGroup(m.groupId));
       } else if (o.portGroup) {
         this.portGroups.set(o.portGroup.id, {
           tag: new Tag(tag.portGroup(o.portGroup.id)),
           ports: new Set(o.portGroup.portIds),
         });
-        tags.add(tag.portGroup(o.portGroup.id));
+        if (collectTags) tags.add(tag.portGroup(o.portGroup.id));
       } else if (o.macEntry) {
         remove(K.TOPOLOGY_KIND_MAC_ENTRY, o.macEntry.id);
         this.rawMacs.set(o.macEntry.id, o.macEntry);
         index(this.macsByBridge, o.macEntry.bridgeId, o.macEntry.id, true);
-        const mac = parseMac(o.macEntry.mac);
-        if (mac >= 0) tags.add(tag.mac(o.macEntry.bridgeId, mac));
+        if (collectTags) {
+          const mac = parseMac(o.macEntry.mac);
+          if (mac >= 0) tags.add(tag.mac(o.macEntry.bridgeId, mac));
+        }
         dirtyBridges.add(o.macEntry.bridgeId);
       } else if (o.arpEntry) {
         remove(K.TOPOLOGY_KIND_ARP_ENTRY, o.arpEntry.id);
         this.rawArps.set(o.arpEntry.id, o.arpEntry);
         index(this.arpsByBridge, o.arpEntry.bridgeId, o.arpEntry.id, true);
-        const ip = parseIp4(o.arpEntry.ip);
-        if (ip >= 0) tags.add(tag.arp(o.arpEntry.bridgeId, ip));
+        if (collectTags) {
+          const ip = parseIp4(o.arpEntry.ip);
+          if (ip >= 0) tags.add(tag.arp(o.arpEntry.bridgeId, ip));
+        }
         dirtyBridges.add(o.arpEntry.bridgeId);
       } else if (o.remoteGateway) {
         remove(K.TOPOLOGY_KIND_REMOTE_GATEWAY, o.remoteGateway.id);

@@ -145,7 +145,10 @@ async function agent(address: string): Promise<void> {
   const cpu = process.cpuUsage(cpu0);
   await new Promise((res) => setTimeout(res, 10)); // let the GC entries arrive
   const gcDone = gc.done();
-  const heapMB = process.memoryUsage().heapUsed / 1e6;
+  const mem = process.memoryUsage();
+  const heapMB = mem.heapUsed / 1e6;
+  // Buffers (the received messages that lazily read rules keep referenced).
+  const buffersMB = mem.arrayBuffers / 1e6;
   const packets = firstPackets(r.simulator);
   const f = (n: number) => Number(n.toFixed(1));
   console.log(
@@ -160,6 +163,7 @@ async function agent(address: string): Promise<void> {
       cpuMs: f((cpu.user + cpu.system) / 1000),
       gc: gcDone,
       heapMB: f(heapMB),
+      buffersMB: f(buffersMB),
       ...packets,
     }),
   );
