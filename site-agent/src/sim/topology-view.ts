@@ -151,52 +151,82 @@ export interface IpGroupView {
   readonly v6: Cidr6[];
 }
 
+/** What a group without addresses holds: shared, never written (add() replaces them first). */
+const NO_V4: ReadonlySet<number> = new Set<number>();
+const NO_CIDRS: never[] = Object.freeze([]) as unknown as never[];
+
 /**
  * The addresses of one address group: its own plus every member's, each counted (two ports may
  * hold one address), so a member joining or leaving costs its own addresses, not the group's.
+ * A site has a group per security group and most hold no address an agent sees (the benchmark's
+ * 10k-port site: 12k groups, one with members): the tables and the tag are made on first use.
  */
 class IpGroupAddresses implements IpGroupView {
-  readonly tag: Tag;
-  readonly v4 = new Set<number>();
-  readonly v4Cidrs: Cidr4[] = [];
-  readonly v6: Cidr6[] = [];
+  private tagObj: Tag | undefined;
+  v4 = NO_V4 as Set<number>;
+  v4Cidrs: Cidr4[] = NO_CIDRS;
+  v6: Cidr6[] = NO_CIDRS;
   /** The group object's own addresses (undefined: no such object, rules naming it match nothing). */
   own: string[] | undefined;
-  readonly members = new Set<string>();
-  private readonly counts = new Map<string, number>();
+  /** Member ids (undefined: none yet). */
+  private memberIds: Set<string> | undefined;
+  /** How many of own + members hold each address, by v4 number or a key string. */
+  private counts: Map<number | string, number> | undefined;
 
-  constructor(id: string) {
-    this.tag = new Tag(tag.ipGroup(id));
+  constructor(readonly id: string) {}
+
+  get tag(): Tag {
+    this.tagObj ??= new Tag(tag.ipGroup(this.id));
+    return this.tagObj;
   }
 
   get empty(): boolean {
-    return this.own === undefined && this.members.size === 0;
+    return this.own === undefined && (this.memberIds === undefined || this.memberIds.size === 0);
+  }
+
+  addMember(id: string): void {
+    this.memberIds ??= new Set();
+    this.memberIds.add(id);
+  }
+
+  removeMember(id: string): void {
+    this.memberIds?.delete(id);
   }
 
   add(addresses: readonly string[]): void {
     for (const a of addresses) {
       const p = parseGroupAddress(a);
       if (!p) continue;
+      this.counts ??= new Map();
       const n = this.counts.get(p.key) ?? 0;
       this.counts.set(p.key, n + 1);
       if (n > 0) continue;
-      if (p.v4 !== undefined) this.v4.add(p.v4);
-      else if (p.cidr4) this.v4Cidrs.push(p.cidr4);
-      else if (p.cidr6) this.v6.push(p.cidr6);
+      if (p.v4 !== undefined) {
+        if (this.v4 === NO_V4) this.v4 = new Set();
+        this.v4.add(p.v4);
+      } else if (p.cidr4) {
+        if (this.v4Cidrs === NO_CIDRS) this.v4Cidrs = [];
+        this.v4Cidrs.push(p.cidr4);
+      } else if (p.cidr6) {
+        if (this.v6 === NO_CIDRS) this.v6 = [];
+        this.v6.push(p.cidr6);
+      }
     }
   }
 
   remove(addresses: readonly string[]): void {
+    const counts = this.counts;
+    if (counts === undefined) return;
     for (const a of addresses) {
       const p = parseGroupAddress(a);
       if (!p) continue;
-      const n = this.counts.get(p.key) ?? 0;
+      const n = counts.get(p.key) ?? 0;
       if (n > 1) {
-        this.counts.set(p.key, n - 1);
+        counts.set(p.key, n - 1);
         continue;
       }
       if (n === 0) continue;
-      this.counts.delete(p.key);
+      counts.delete(p.key);
       if (p.v4 !== undefined) this.v4.delete(p.v4);
       else if (p.cidr4) removeWhere(this.v4Cidrs, (c) => c.addr === p.cidr4!.addr && c.len === p.cidr4!.len);
       else if (p.cidr6) removeWhere(this.v6, (c) => cidr6Key(c) === p.key);
@@ -214,14 +244,15 @@ const cidr6Key = (c: Cidr6): string => `6/${formatIp6(c.addr)}/${c.len}`;
 /** One address of a group, parsed, with a key equal for equal addresses however written. */
 function parseGroupAddress(
   a: string,
-): { key: string; v4?: number; cidr4?: Cidr4; cidr6?: Cidr6 } | undefined {
+): { key: number | string; v4?: number; cidr4?: Cidr4; cidr6?: Cidr6 } | undefined {
   if (a.includes(":")) {
     const c = parseCidr6(a);
     return c ? { key: cidr6Key(c), cidr6: c } : undefined;
   }
   const c = parseCidr4(a);
   if (!c) return undefined;
-  if (c.len === 32) return { key: `4/${c.addr}`, v4: c.addr };
+  // A host address is its own key (a number: no string made per address).
+  if (c.len === 32) return { key: c.addr, v4: c.addr };
   return { key: `4/${c.addr}/${c.len}`, cidr4: c };
 }
 
@@ -470,7 +501,7 @@ export class TopologyView {
           const g = this.groupAddresses.get(m.groupId);
           if (!g) break;
           g.remove(m.addresses);
-          g.members.delete(id);
+          g.removeMember(id);
           if (g.empty) this.groupAddresses.delete(m.groupId);
           break;
         }
@@ -562,7 +593,7 @@ export class TopologyView {
         remove(K.TOPOLOGY_KIND_IP_ADDR_GROUP_MEMBER, m.id);
         this.rawMembers.set(m.id, m);
         const g = this.addressesOf(m.groupId);
-        g.members.add(m.id);
+        g.addMember(m.id);
         g.add(m.addresses);
         if (collectTags) tags.add(tag.ipGroup(m.groupId));
       } else if (o.portGroup) {
