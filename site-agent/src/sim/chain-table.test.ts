@@ -141,3 +141,59 @@ test("a change to a compiled chain drops its compiled form and invalidates the f
   assert.ok(closed.dropReason?.includes("not in the topology"), closed.dropReason ?? undefined);
   assert.equal(view.chains.get(s.shared.id), undefined);
 });
+
+test("rules replaced, moved between chains, deleted and re-added: each chain compiles what a new view would", () => {
+  const s = topology();
+  const chains = [s.shared, s.vm2Out, s.unused];
+  const view = new TopologyView(s.t.objects);
+  // The current rules by id, as a view built afresh from them would hold them.
+  const current = new Map<string, topologypb.Rule>();
+  for (const o of s.t.objects) if (o.rule) current.set(o.rule.id, o.rule);
+  const seen: topologypb.Rule[] = [...current.values()];
+  let seed = 7;
+  const rnd = (n: number) => {
+    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+    return seed % n;
+  };
+  const ids = Array.from({ length: 12 }, (_, i) => `r-${i}`);
+  let revision = 1;
+  for (let step = 0; step < 600; step++) {
+    const id = ids[rnd(ids.length)]!;
+    const op = rnd(10);
+    const change: topologypb.TopologyChange = { revision: ++revision, upserts: [], deletes: [] };
+    if (op < 2 && current.has(id)) {
+      change.deletes.push({ kind: topologypb.TopologyKind.TOPOLOGY_KIND_RULE, id });
+      current.delete(id);
+    } else if (op < 4 && seen.length > 0) {
+      // An object the view has seen before, made current again (the same object, not a copy).
+      const again = seen[rnd(seen.length)]!;
+      change.upserts.push({ rule: again });
+      current.set(again.id, again);
+    } else {
+      const chain = chains[rnd(chains.length)]!;
+      const r: topologypb.Rule = {
+        ...s.unusedRule,
+        id,
+        chainId: chain.id,
+        position: rnd(20),
+        action: rnd(2) === 0 ? RA.RULE_ACTION_ACCEPT : RA.RULE_ACTION_DROP,
+      };
+      change.upserts.push({ rule: r });
+      current.set(id, r);
+      seen.push(r);
+    }
+    view.apply(change);
+    // Compile now and then (compiling compacts a chain's list), and always at the end.
+    if (rnd(5) === 0 || step === 599) {
+      const fresh = new TopologyView([
+        ...s.t.objects.filter((o) => !o.rule),
+        ...[...current.values()].map((rule) => ({ rule })),
+      ]);
+      for (const c of chains) {
+        const got = view.chains.get(c.id)!.rules.map((r) => [r.id, r.position, r.action]);
+        const want = fresh.chains.get(c.id)!.rules.map((r) => [r.id, r.position, r.action]);
+        assert.deepEqual(got, want, `step ${step}, chain ${c.name}`);
+      }
+    }
+  }
+});

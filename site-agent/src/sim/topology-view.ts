@@ -349,7 +349,13 @@ export class TopologyView {
   private readonly groupAddresses = new Map<string, IpGroupAddresses>();
   private readonly rawMembers = new Map<string, topologypb.IpAddrGroupMember>();
   private readonly portsByDevice = new Map<string, Set<string>>();
-  private readonly rulesByChain = new Map<string, Set<string>>();
+  /**
+   * Each chain's rules: every current rule once, plus entries that went stale since (replaced or
+   * deleted; counted in staleRules, dropped when the chain is next compiled or when they are
+   * many). A list, not a set per chain: a snapshot files ~150k rules under ~14k chains.
+   */
+  private readonly rulesByChain = new Map<string, topologypb.Rule[]>();
+  private readonly staleRules = new Map<string, number>();
   private readonly routesByRouter = new Map<string, Set<string>>();
   private readonly macsByBridge = new Map<string, Set<string>>();
   private readonly arpsByBridge = new Map<string, Set<string>>();
@@ -480,7 +486,7 @@ export class TopologyView {
           if (!r) break;
           ruleTouched(r);
           this.rawRules.delete(id);
-          index(this.rulesByChain, r.chainId, id, false);
+          this.retireRule(r);
           break;
         }
         case K.TOPOLOGY_KIND_IP_ADDR_GROUP: {
@@ -545,7 +551,22 @@ export class TopologyView {
     for (const ref of change.deletes) remove(ref.kind, ref.id);
     const K = topologypb.TopologyKind;
     for (const o of change.upserts) {
-      if (o.host) {
+      // Rules first: most of a snapshot's objects are rules.
+      if (o.rule) {
+        const r = o.rule;
+        const old = this.rawRules.get(r.id);
+        if (old !== r) {
+          this.rawRules.set(r.id, r);
+          if (old !== undefined) {
+            ruleTouched(old);
+            this.retireRule(old);
+          }
+          const list = this.rulesByChain.get(r.chainId);
+          if (list === undefined) this.rulesByChain.set(r.chainId, [r]);
+          else list.push(r);
+        }
+        ruleTouched(r);
+      } else if (o.host) {
         this.hosts.set(o.host.id, o.host);
         this.hostTags.set(o.host.id, new Tag(tag.host(o.host.id)));
         if (collectTags) tags.add(tag.host(o.host.id));
@@ -576,11 +597,6 @@ export class TopologyView {
         this.rawChains.set(o.chain.id, o.chain);
         if (collectTags) tags.add(tag.chain(o.chain.id));
         dirtyChains.add(o.chain.id);
-      } else if (o.rule) {
-        remove(K.TOPOLOGY_KIND_RULE, o.rule.id);
-        this.rawRules.set(o.rule.id, o.rule);
-        index(this.rulesByChain, o.rule.chainId, o.rule.id, true);
-        ruleTouched(o.rule);
       } else if (o.ipAddrGroup) {
         remove(K.TOPOLOGY_KIND_IP_ADDR_GROUP, o.ipAddrGroup.id);
         const g = this.addressesOf(o.ipAddrGroup.id);
@@ -779,14 +795,39 @@ export class TopologyView {
     });
   }
 
+  /** A rule is no longer current (replaced or deleted, rawRules already says so): its entry is stale. */
+  private retireRule(r: topologypb.Rule): void {
+    const n = (this.staleRules.get(r.chainId) ?? 0) + 1;
+    this.staleRules.set(r.chainId, n);
+    const list = this.rulesByChain.get(r.chainId);
+    // Bounded: stale entries never outnumber the current ones by much.
+    if (list !== undefined && n > 16 && 2 * n > list.length) this.currentRules(r.chainId);
+  }
+
+  /** The chain's current rules, each once; drops its stale entries first if it has any. */
+  private currentRules(chainId: string): topologypb.Rule[] {
+    const list = this.rulesByChain.get(chainId);
+    if (list === undefined) return [];
+    if (!this.staleRules.has(chainId)) return list;
+    this.staleRules.delete(chainId);
+    // Current = what rawRules holds under its id; an object made current twice is listed twice.
+    const seen = new Set<topologypb.Rule>();
+    const current: topologypb.Rule[] = [];
+    for (const r of list) {
+      if (this.rawRules.get(r.id) !== r || seen.has(r)) continue;
+      seen.add(r);
+      current.push(r);
+    }
+    if (current.length === 0) this.rulesByChain.delete(chainId);
+    else this.rulesByChain.set(chainId, current);
+    return current;
+  }
+
   /** The chain `id` compiled from its rules as they are now; undefined when there is no such chain. */
   private compileChain(id: string): ChainView | undefined {
     if (!this.rawChains.has(id)) return undefined;
     const rules: CompiledRule[] = [];
-    for (const rid of this.rulesByChain.get(id) ?? []) {
-      const r = this.rawRules.get(rid);
-      if (r) rules.push(compileRule(r));
-    }
+    for (const r of this.currentRules(id)) rules.push(compileRule(r));
     rules.sort((a, b) => a.position - b.position || (a.id < b.id ? -1 : 1));
     for (let i = 0; i < rules.length; i++) rules[i]!.index = i;
     return { id, tag: new Tag(tag.chain(id)), rules, runs: indexRules(rules) };
