@@ -66,6 +66,11 @@ test("the stored copy of a change upserting one object twice and deleting it too
   const body = await f.db.pool.query("SELECT count(*) AS n, max(revision) AS r FROM intent_objects");
   assert.equal(Number(body.rows[0].n), 1_204);
   assert.equal(Number(body.rows[0].r), 5);
+  // The controller's own copy agrees with the stored one (deletes first, then upserts), and so
+  // does the topology derived from it.
+  assert.equal(f.ctx.index.get("network", "n1")?.vni, 0x100007);
+  const bridge = await f.db.pool.query("SELECT count(*) AS n FROM topology_objects WHERE id = 'n1'");
+  assert.equal(Number(bridge.rows[0].n), 1);
   assert.equal(
     await f.applier.applyChange({ index: 6, upserts: [], deletes: many.map((_, i) => networkRef(`m${i}`)) }),
     "applied",
