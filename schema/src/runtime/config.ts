@@ -162,7 +162,7 @@ export function loadConfig<S extends z.ZodType>(schema: S, opts: LoadConfigOptio
   if (result.success) return result.data;
   const issue = result.error.issues[0]!;
   const field = issue.path.map(String).join(".");
-  if (field !== "" && getPath(tree, issue.path) === undefined) {
+  if (field !== "" && issue.code === "invalid_type" && getPath(tree, issue.path) === undefined) {
     // Nothing set it: say how to, rather than what type `undefined` is not.
     const ways = [
       ...(hasFlag.has(field) ? [`the flag ${flagOf(field)}`] : []),
