@@ -149,7 +149,7 @@ async function agent(address: string): Promise<void> {
   const heapMB = mem.heapUsed / 1e6;
   // Buffers (the received messages that lazily read rules keep referenced).
   const buffersMB = mem.arrayBuffers / 1e6;
-  const packets = firstPackets(r.simulator);
+  const packets = firstPackets(r.simulator, r.snapshot.objects);
   const f = (n: number) => Number(n.toFixed(1));
   console.log(
     JSON.stringify({
@@ -175,7 +175,10 @@ async function agent(address: string): Promise<void> {
  * first packet of the process, the first from another pair of ports (its own chains not yet
  * used), and the second pair again (everything it needs already prepared). Times in ms.
  */
-function firstPackets(sim: EngineSimulator): Record<string, number | string> {
+function firstPackets(
+  sim: EngineSimulator,
+  objects: topologypb.TopologyObject[],
+): Record<string, number | string> {
   const vms = [...sim.view.ports.values()].filter((p) => p.raw.type === topologypb.PortType.PORT_TYPE_VM);
   const byBridge = new Map<string, typeof vms>();
   for (const p of vms) {
@@ -185,7 +188,7 @@ function firstPackets(sim: EngineSimulator): Record<string, number | string> {
     byBridge.set(p.deviceId, list);
   }
   const pair = [...byBridge.values()].sort((a, b) => b.length - a.length)[0];
-  if (!pair || pair.length < 4) return { packets: "no bridge with four VM ports" };
+  if (!pair || pair.length < 5) return { packets: "no bridge with five VM ports" };
   const key = Buffer.alloc(KEY_SIZE);
   const syn = (a: (typeof vms)[number], b: (typeof vms)[number]) => {
     const frame = Buffer.from(eth(a.mac, b.mac).ip4(a.ips4[0]!.ip, b.ips4[0]!.ip).tcp(40000, 80).build());
@@ -199,12 +202,28 @@ function firstPackets(sim: EngineSimulator): Record<string, number | string> {
   const first = syn(pair[0]!, pair[1]!);
   const other = syn(pair[2]!, pair[3]!);
   const again = syn(pair[2]!, pair[3]!);
+  // Compiling on first use, alone: a fifth port's own inbound chain, and the largest chain not
+  // compiled yet (the view compiles a chain the first time a simulation looks it up).
+  const compile = (id: string) => {
+    const t = performance.now();
+    const c = sim.view.chains.get(id);
+    return { ms: performance.now() - t, rules: c?.rules.length ?? 0 };
+  };
+  const portChain = compile(pair[4]?.raw.inboundFilterId ?? "");
+  const sizes = new Map<string, number>();
+  for (const o of objects) if (o.rule) sizes.set(o.rule.chainId, (sizes.get(o.rule.chainId) ?? 0) + 1);
+  const largest = [...sizes].filter(([id]) => !sim.view.chains.isCompiled(id)).sort((a, b) => b[1] - a[1])[0];
+  const bigChain = largest ? compile(largest[0]) : { ms: 0, rules: 0 };
   const f = (n: number) => Number(n.toFixed(2));
   return {
     firstPacketMs: f(first.ms),
     otherPortsPacketMs: f(other.ms),
     repeatPacketMs: f(again.ms),
     packetVerdict: first.verdict,
+    portChainCompileMs: f(portChain.ms),
+    portChainRules: portChain.rules,
+    largestChainCompileMs: f(bigChain.ms),
+    largestChainRules: bigChain.rules,
   };
 }
 
