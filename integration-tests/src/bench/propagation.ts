@@ -1198,6 +1198,14 @@ export function markdown(r: PropagationResult): string {
       "wire (~56 instead of ~264 bytes; 151–160 → 119–125 MB of heap for the replayed snapshot in a fresh process), and the " +
       "controller's mirror re-frames only the parts a change touched and frames in the background once changes " +
       "are quiet, so the first Watch after a change no longer frames ~220k objects (docs/site-controller.md).",
+    "- The snapshot step stopped its clock when the snapshot was in the agent's topology store, but an agent " +
+      "cannot forward until its simulator's view is built too, which compiled every chain's rules (~150k): " +
+      "replayed in a fresh process, 3.2–4.0 s instead of the store's 1.4–2.0 s. The step now times the agent's " +
+      "own path (`AgentTopology`: store and view, the code `EdgeAgent` runs). To pay for it, chains are compiled " +
+      "the first time a simulation looks them up (a port's own chain 0.4–0.6 ms, a 50-rule group chain ~2 ms, " +
+      "once per change to it), a snapshot's rules are read from the received message only when their chain is " +
+      "compiled, and the store no longer indexes what only the view reads: replayed, 1.5–1.6 s " +
+      "(docs/site-controller.md).",
     "- The site controller is mostly idle while it applies intent: its cost per entry is database round " +
       "trips (one SERIALIZABLE transaction per entry, by design). Topology objects used to be written one " +
       "statement each (a port is ~20 rows); they are now written 500 rows a statement.",
