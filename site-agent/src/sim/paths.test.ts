@@ -419,3 +419,35 @@ test("path: a loop between devices is cut by the device bound", () => {
   );
   assert.match(r.dropReason ?? "", /loop: more than 16 devices/);
 });
+
+test("path: a connection translated again after its binding lapsed (before expiry ran) leaks no port", () => {
+  const s = withSnat();
+  const view = new TopologyView(s.t.objects);
+  const h1 = newSimContext("h1", new InMemoryNatBlockRegistry());
+  const gwIp = parseIp4("203.0.113.1");
+  const send = () => {
+    h1.state.arp.learn(s.r.id, gwIp, parseMac(EXT_MAC), h1.now);
+    return simulate(
+      view,
+      eth(VM1_MAC, RA_MAC).ip4("10.0.1.1", "198.51.100.7").tcp(40000, 80).build(),
+      { portId: s.vm1.id },
+      h1,
+    );
+  };
+  const first = send();
+  assert.equal(first.nat.length, 1);
+  // The binding lapses; the agent's expiry timer has not run yet when the next packet comes.
+  h1.now += h1.state.limits.natIdleMs + 1;
+  const second = send();
+  assert.equal(second.nat.length, 1, "a new binding replaces the lapsed one");
+  assert.equal(h1.state.nat.size, 1);
+  assert.equal(h1.state.nat.reverseSize, 1, "the lapsed binding's reverse entry went with it");
+  // Everything expires, then the block idles out: no port may still count as used.
+  h1.now += h1.state.limits.natIdleMs + 1;
+  h1.state.expire(h1.now);
+  assert.equal(h1.state.nat.size, 0);
+  assert.equal(h1.state.nat.reverseSize, 0);
+  h1.now += h1.state.limits.natBlockIdleMs;
+  h1.state.expire(h1.now);
+  assert.deepEqual(h1.state.natPorts.heldBlocks(), [], "every port freed, so the block went back");
+});

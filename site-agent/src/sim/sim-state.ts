@@ -63,7 +63,11 @@ export class SimState {
     this.limits = l;
     this.macs = new MacTable(l.macEntries, l.macTtlMs);
     this.conntrack = new ConntrackTable(l.conntrackEntries, l.conntrackIdleMs);
-    this.nat = new NatTable(l.natBindings, l.natIdleMs);
+    this.nat = new NatTable(l.natBindings, l.natIdleMs, (old, now) => {
+      // The replaced binding went idle when it lapsed; its port is free unless the new one reuses it.
+      if (old.kind === "snat" && (old.natIp !== now.natIp || old.natPort !== now.natPort))
+        this.natPorts.free(old.deviceId, old.natIp, old.natPort, old.expiresAt);
+    });
     this.natPorts = new NatPortAllocator(natLeases, l.natBlocks);
     this.arp = new ArpCache(l.arpTtlMs, l.arpWaitTimeoutMs, l.arpRetryMs, l.arpQueuePerHop, l.arpQueueTotal);
   }
