@@ -159,6 +159,15 @@ function routerArp(w: Walk, r: RouterView, inPort: PortView): undefined {
   }
   if (op === ARP_REPLY) {
     const ip = m.arpSpa;
+    // Learned when the router asked for (or already knows) the sender; otherwise only when the
+    // reply is addressed to this port and comes from its subnet. Anything else on the segment
+    // could fill the cache or claim the uplink's gateway.
+    if (!w.state.arp.expects(r.id, ip)) {
+      if (!own)
+        return w.drop(`unsolicited ARP reply from ${fmt(ip)} to ${fmt(tpa)} on router port ${inPort.id}`);
+      if (!inPort.ips4.some((a) => (ip & a.cidr.mask) >>> 0 === a.cidr.addr))
+        return w.drop(`ARP reply from ${fmt(ip)}, outside the subnets of router port ${inPort.id}`);
+    }
     const released = w.state.arp.learn(r.id, ip, m.arpSha, w.ctx.now);
     w.add("invalidate", r.arpTags.get(ip).s);
     if (released.length > 0) w.list("resubmit").push(...released);

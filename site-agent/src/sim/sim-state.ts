@@ -17,6 +17,8 @@ export interface SimLimits {
   natBlocks: number;
   /** A leased SNAT block with no port in use for this long is given back to the site. */
   natBlockIdleMs: number;
+  /** Learned next-hop MACs, all routers together. */
+  arpEntries: number;
   arpTtlMs: number;
   arpWaitTimeoutMs: number;
   arpRetryMs: number;
@@ -37,6 +39,7 @@ export const DEFAULT_SIM_LIMITS: SimLimits = {
   natIdleMs: 60_000,
   natBlocks: 1024,
   natBlockIdleMs: 120_000,
+  arpEntries: 16384,
   arpTtlMs: 60_000,
   arpWaitTimeoutMs: 3_000,
   arpRetryMs: 1_000,
@@ -69,7 +72,14 @@ export class SimState {
         this.natPorts.free(old.deviceId, old.natIp, old.natPort, old.expiresAt);
     });
     this.natPorts = new NatPortAllocator(natLeases, l.natBlocks);
-    this.arp = new ArpCache(l.arpTtlMs, l.arpWaitTimeoutMs, l.arpRetryMs, l.arpQueuePerHop, l.arpQueueTotal);
+    this.arp = new ArpCache(
+      l.arpTtlMs,
+      l.arpWaitTimeoutMs,
+      l.arpRetryMs,
+      l.arpQueuePerHop,
+      l.arpQueueTotal,
+      l.arpEntries,
+    );
   }
 
   /** Expires every table; returns the tags of flows that depended on what expired. */
