@@ -8,7 +8,17 @@ import { type CtTuple, ctKey, ctReturnKey, ip4CtTag } from "./conntrack.js";
 import { flowHash } from "./flow-hash.js";
 import { emitGenerated } from "./generate.js";
 import { type NatBinding, natKey } from "./nat-table.js";
-import { ICMP_UNREACH, icmpError, tcpReset, UNREACH_ADMIN } from "./replies.js";
+import {
+  ICMP_UNREACH,
+  ICMP6_UNREACH,
+  ICMP6_UNREACH_ADMIN,
+  icmp6Error,
+  icmpError,
+  mayAnswerWithError,
+  tcpReset,
+  tcpReset6,
+  UNREACH_ADMIN,
+} from "./replies.js";
 import type { CompiledCondition, CompiledRule } from "./rule-compile.js";
 import { bucketEtherType, bucketKey, type IndexedRun } from "./rule-index.js";
 import { type PortView, tag } from "./topology-view.js";
@@ -506,15 +516,28 @@ function reverseNat(w: Walk, rule: CompiledRule, cc: ChainCtx): boolean {
   return true;
 }
 
-/** REJECT: a TCP reset or ICMP admin-prohibited back toward the sender. */
+/** REJECT: a TCP reset or ICMP(v6) admin-prohibited back toward the sender, when one may be sent. */
 function reject(w: Walk, cc: ChainCtx): void {
   const port = cc.replyPort;
   const m = w.m;
   const p = w.pkt;
-  if (!port || m.ipVersion !== 4 || w.generatedDepth > 0) return;
-  const frame =
-    m.nwProto === PROTO_TCP && m.nwFrag !== FRAG_LATER
+  if (!port || w.generatedDepth > 0) return;
+  // Whether to answer depends on fields the mask does not hold (TCP flags, ICMP type, addresses
+  // classes): each rejected packet is decided on its own, never by a flow.
+  w.result.cacheable = false;
+  if (!mayAnswerWithError(p)) {
+    if (w.tracing) w.trace("decision", port.id, "reject: no reply to this packet (RFC 1122 3.2.2 / RFC 793)");
+    return;
+  }
+  const tcp = m.nwProto === PROTO_TCP;
+  let frame: Uint8Array;
+  if (m.ipVersion === 4)
+    frame = tcp
       ? tcpReset(p, m._ethDst, m._ethSrc, m._nwDst, m._nwSrc, m._tpDst, m._tpSrc)
       : icmpError(p, ICMP_UNREACH, UNREACH_ADMIN, m._ethDst, m._ethSrc, m._nwDst, m._nwSrc);
+  else
+    frame = tcp
+      ? tcpReset6(p, m._ethDst, m._ethSrc)
+      : icmp6Error(p, ICMP6_UNREACH, ICMP6_UNREACH_ADMIN, m._ethDst, m._ethSrc);
   emitGenerated(w, frame, port, "reject");
 }

@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { topologypb } from "@isthmus/schema";
-import { formatIp4 } from "../packets/addr.js";
+import { formatIp4, formatIp6 } from "../packets/addr.js";
+import { checksumError } from "../packets/checksum.js";
 import { TCP_ACK, TCP_RST, TCP_SYN } from "../packets/encode.js";
 import { parsePacket } from "../packets/packet.js";
 import { eth } from "../packets/packet-dsl.js";
@@ -234,4 +235,56 @@ test("chain: for ARP frames, address conditions see the sender/target protocol a
     [eth(M1, M2).arpReply(M1, "10.0.0.1", M2, "10.0.0.2").build()],
     [udp()],
   );
+});
+
+test("chain: reject never answers a TCP reset, an ICMP error, a later fragment or a broadcast, and is never a flow", () => {
+  const s = setup((t, c) => {
+    t.rule(c, RA.RULE_ACTION_REJECT);
+  });
+  const silent: [string, Uint8Array][] = [
+    ["a TCP reset", eth(M1, M2).ip4("10.0.0.1", "10.0.0.2").tcp(4000, 22, TCP_RST).build()],
+    ["an ICMP error", eth(M1, M2).ip4("10.0.0.1", "10.0.0.2").icmp(3, 1).payload(new Uint8Array(28)).build()],
+    [
+      "a later fragment",
+      eth(M1, M2).ip4("10.0.0.1", "10.0.0.2", { fragOffset: 8, proto: 17 }).payload("xxxxxxxx").build(),
+    ],
+    ["a multicast destination", eth(M1, M2).ip4("10.0.0.1", "224.0.0.251").udp(5353, 5353).build()],
+    ["a source naming no host", eth(M1, M2).ip4("0.0.0.0", "10.0.0.2").udp(68, 67).build()],
+  ];
+  for (const [what, f] of silent) {
+    const r = s.send(f);
+    assert.match(r.dropReason ?? "", /rejected by rule/, what);
+    assert.equal(r.generated.length, 0, `no reply to ${what}`);
+    assert.equal(r.cacheable, false, `${what}: not a flow, or it would silence the packets that get a reply`);
+  }
+  // An echo request and a SYN are answered (and are not flows either).
+  const echo = s.send(eth(M1, M2).ip4("10.0.0.1", "10.0.0.2").icmpEcho(1, 1).build());
+  assert.equal(parsePacket(echo.generated[0]!.frame).icmpCode, 13);
+  assert.equal(echo.cacheable, false);
+});
+
+test("chain: reject answers IPv6 with ICMPv6 admin-prohibited or a TCP reset, checksums valid", () => {
+  const s = setup((t, c) => {
+    t.rule(c, RA.RULE_ACTION_REJECT);
+  });
+  const u = s.send(eth(M1, M2).ip6("fd00::1", "fd00::2").udp(1000, 53).payload("q").build());
+  assert.match(u.dropReason ?? "", /rejected by rule/);
+  const icmp = parsePacket(u.generated[0]!.frame);
+  assert.equal(icmp.error, null);
+  assert.equal(checksumError(icmp), null);
+  assert.equal(icmp.icmpType, 1);
+  assert.equal(icmp.icmpCode, 1);
+  assert.equal(formatIp6(icmp.nwSrc6), "fd00::2");
+  assert.equal(formatIp6(icmp.nwDst6), "fd00::1");
+  assert.deepEqual(u.generated[0]!.actions, [{ kind: "output", portId: s.vm1.id }]);
+  const syn = s.send(eth(M1, M2).ip6("fd00::1", "fd00::2").tcp(4000, 22, TCP_SYN, 77).build());
+  const rst = parsePacket(syn.generated[0]!.frame);
+  assert.equal(checksumError(rst), null);
+  assert.equal(rst.tcpFlags, TCP_RST | TCP_ACK);
+  assert.equal(rst.tcpAck, 78);
+  assert.equal(rst.tpSrc, 22);
+  assert.equal(rst.tpDst, 4000);
+  // An ICMPv6 error is not answered.
+  const err = s.send(eth(M1, M2).ip6("fd00::1", "fd00::2").icmp(1, 4).payload(new Uint8Array(48)).build());
+  assert.equal(err.generated.length, 0);
 });

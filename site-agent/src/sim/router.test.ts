@@ -354,3 +354,31 @@ test("router: the ARP cache and the waits for replies are bounded", () => {
   reply("203.0.113.13");
   assert.equal(ctx.state.arp.lookup(s.r.id, parseIp4("203.0.113.13"), ctx.now), parseMac(EXT_MAC));
 });
+
+test("router: no ICMP error about a later fragment or an ICMP error; the first fragment gets one", () => {
+  const s = twoSubnets();
+  const view = new TopologyView(s.t.objects);
+  const send = (f: Uint8Array) => simulate(view, f, { portId: s.vm1.id }, newSimContext("h1"));
+  const first = send(
+    eth(VM1_MAC, RA_MAC).ip4("10.0.1.1", "10.0.2.1", { ttl: 1, mf: true }).udp(1, 2).build(),
+  );
+  assert.equal(parsePacket(first.generated[0]!.frame).icmpType, 11);
+  const later = send(
+    eth(VM1_MAC, RA_MAC)
+      .ip4("10.0.1.1", "10.0.2.1", { ttl: 1, fragOffset: 100, proto: 17 })
+      .payload("xxxxxxxx")
+      .build(),
+  );
+  assert.match(later.dropReason ?? "", /TTL expired/);
+  assert.equal(later.generated.length, 0);
+  const error = send(
+    eth(VM1_MAC, RA_MAC)
+      .ip4("10.0.1.1", "10.0.2.1", { ttl: 1 })
+      .icmp(3, 3)
+      .payload(new Uint8Array(28))
+      .build(),
+  );
+  assert.equal(error.generated.length, 0);
+  const echo = send(eth(VM1_MAC, RA_MAC).ip4("10.0.1.1", "10.0.2.1", { ttl: 1 }).icmpEcho(1, 1).build());
+  assert.equal(parsePacket(echo.generated[0]!.frame).icmpType, 11);
+});

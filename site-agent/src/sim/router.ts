@@ -16,6 +16,7 @@ import {
   ICMP_UNREACH,
   icmpEchoReply,
   icmpError,
+  mayAnswerWithError,
   UNREACH_ADMIN,
   UNREACH_NET,
 } from "./replies.js";
@@ -193,8 +194,8 @@ function icmpToSender(w: Walk, inPort: PortView, type: number, code: number): un
   const m = w.m;
   const own = inPort.ips4[0];
   w.result.cacheable = false;
-  // Never answer an ICMP error with another (RFC 1122 3.2.2).
-  if (!own || (m.nwProto === PROTO_ICMP && m.tpSrc !== ICMP_ECHO_REQUEST && m.tpSrc !== 0)) return;
+  // Never about an ICMP error, a later fragment, a broadcast or multicast (RFC 1122 3.2.2).
+  if (!own || !mayAnswerWithError(w.pkt)) return;
   emitGenerated(
     w,
     icmpError(w.pkt, type, code, inPort.mac, m._ethSrc, own.ip, m._nwSrc),
