@@ -288,3 +288,150 @@ test("chain: reject answers IPv6 with ICMPv6 admin-prohibited or a TCP reset, ch
   const err = s.send(eth(M1, M2).ip6("fd00::1", "fd00::2").icmp(1, 4).payload(new Uint8Array(48)).build());
   assert.equal(err.generated.length, 0);
 });
+
+test("chain: every condition field decides on its own, and its inversion decides the other way", () => {
+  const v6 = (src: string, dst: string) => eth(M1, M2).ip6(src, dst).udp(1, 2).build();
+  const tagged = (vlan: number) => eth(M1, M2).vlan(vlan).ip4("10.0.0.1", "10.0.0.2").udp(1, 2).build();
+  // vm1 is port-3 and vm2 port-4 in setup(); extras are built after them.
+  const cases: [string, ConditionSpec, Uint8Array[], Uint8Array[], ((t: TopologyBuilder) => void)?][] = [
+    ["out ports", { outPortIds: ["port-4"] }, [udp()], []],
+    ["out ports, other", { outPortIds: ["port-9"] }, [], [udp()]],
+    ["out ports inverted", { outPortIds: ["port-4"], invOutPorts: true }, [], [udp()]],
+    [
+      "port group inverted",
+      { portGroupId: "portgroup-5", invPortGroup: true },
+      [],
+      [udp()],
+      (t) => {
+        t.portGroup(["port-3"]);
+      },
+    ],
+    [
+      "port group without the port",
+      { portGroupId: "portgroup-5" },
+      [],
+      [udp()],
+      (t) => {
+        t.portGroup(["port-4"]);
+      },
+    ],
+    ["eth dst inverted", { ethDst: M2, invEthDst: true }, [], [udp()]],
+    ["eth dst other, inverted", { ethDst: "02:00:00:00:00:09", invEthDst: true }, [udp()], []],
+    ["VLAN id", { vlan: 7 }, [tagged(7)], [tagged(8), udp()]],
+    ["no VLAN", { noVlan: true }, [udp()], [tagged(7)]],
+    [
+      "tp dst inverted",
+      { tpDst: { start: 53, end: 53 }, invTpDst: true },
+      [udp(undefined, undefined, 1, 54)],
+      [udp()],
+    ],
+    [
+      "tp src range",
+      { tpSrc: { start: 1000, end: 2000 } },
+      [udp(), udp(undefined, undefined, 2000)],
+      [udp(undefined, undefined, 2001)],
+    ],
+    ["nw dst inverted", { nwDst: "10.0.0.2/32", invNwDst: true }, [udp("10.0.0.1", "10.0.0.3")], [udp()]],
+    ["nw dst IPv6", { nwDst: "fd00::2/128" }, [v6("fd00::1", "fd00::2")], [v6("fd00::1", "fd00::3"), udp()]],
+    [
+      "address group IPv6",
+      { ipAddrGroupSrc: "ipgroup-5" },
+      [v6("fd00::1", "fd00::2")],
+      [v6("fd01::1", "fd00::2")],
+      (t) => {
+        t.ipGroup(["fd00::/64"]);
+      },
+    ],
+    [
+      "address group src inverted",
+      { ipAddrGroupSrc: "ipgroup-5", invIpAddrGroupSrc: true },
+      [udp("10.0.0.9")],
+      [udp()],
+      (t) => {
+        t.ipGroup(["10.0.0.1"]);
+      },
+    ],
+    [
+      "address group dst",
+      { ipAddrGroupDst: "ipgroup-5" },
+      [udp()],
+      [udp("10.0.0.1", "10.0.0.3")],
+      (t) => {
+        t.ipGroup(["10.0.0.2"]);
+      },
+    ],
+    ["missing address group matches nothing", { ipAddrGroupSrc: "ipgroup-404" }, [], [udp()]],
+    ["ether type IPv6", { etherType: 0x86dd }, [v6("fd00::1", "fd00::2")], [udp()]],
+    ["protocol ICMP", { nwProto: 1 }, [eth(M1, M2).ip4("10.0.0.1", "10.0.0.2").icmpEcho().build()], [udp()]],
+  ];
+  for (const [name, cond, pass, fail, extra] of cases) {
+    const s = setup((t, c) => {
+      extra?.(t);
+      t.accept(c, cond);
+      t.dropRule(c);
+    });
+    for (const f of pass) assert.ok(passed(s.send(f)), `${name}: expected to pass`);
+    for (const f of fail) assert.ok(!passed(s.send(f)), `${name}: expected to be dropped`);
+  }
+});
+
+test("chain: conntrack forward matches the packet opening a connection, not its reply", () => {
+  // One chain on the bridge sees both directions: only forward packets pass it.
+  const t = new TopologyBuilder();
+  const h = t.host("h1", "192.168.0.1");
+  const c = t.chain("forward-only");
+  const br = t.bridge({ inboundFilterId: c.id });
+  t.accept(c, { matchForwardFlow: true });
+  t.dropRule(c);
+  const vm1 = t.vmPort(br, h, M1, ["10.0.0.1"]);
+  const vm2 = t.vmPort(br, h, M2, ["10.0.0.2"]);
+  const view = new TopologyView(t.objects);
+  const ctx = newSimContext("h1");
+  const req = simulate(
+    view,
+    eth(M1, M2).ip4("10.0.0.1", "10.0.0.2").tcp(4000, 80).build(),
+    { portId: vm1.id },
+    ctx,
+  );
+  assert.ok(passed(req));
+  assert.equal(req.conntrack.length, 1);
+  assert.ok(req.mask & F.TP_SRC && req.mask & F.NW_SRC, "the tuple is in the mask");
+  const reply = simulate(
+    view,
+    eth(M2, M1)
+      .ip4("10.0.0.2", "10.0.0.1")
+      .tcp(80, 4000, TCP_SYN | TCP_ACK)
+      .build(),
+    { portId: vm2.id },
+    ctx,
+  );
+  assert.match(reply.dropReason ?? "", /dropped by rule/, "a return packet is not forward");
+  assert.ok(reply.tags.includes(`ct:${req.conntrack[0]!.key}`));
+  // The next packet of the opening side is still forward.
+  const again = simulate(
+    view,
+    eth(M1, M2).ip4("10.0.0.1", "10.0.0.2").tcp(4000, 80, TCP_ACK).build(),
+    { portId: vm1.id },
+    ctx,
+  );
+  assert.ok(passed(again));
+});
+
+test("chain: jumps nested deeper than the bound drop, naming the bound", () => {
+  const s = setup((t, c) => {
+    let from = c;
+    for (let i = 0; i < 20; i++) {
+      const next = t.chain(`level-${i}`);
+      t.rule(from, RA.RULE_ACTION_JUMP, {}, { jumpChainId: next.id });
+      from = next;
+    }
+    t.accept(from);
+  });
+  assert.match(s.send(udp()).dropReason ?? "", /chain jumps nested deeper than 16/);
+  const shallow = setup((t, c) => {
+    const a = t.chain("a");
+    t.rule(c, RA.RULE_ACTION_JUMP, {}, { jumpChainId: a.id });
+    t.accept(a);
+  });
+  assert.ok(passed(shallow.send(udp())));
+});
