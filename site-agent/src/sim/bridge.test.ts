@@ -309,3 +309,26 @@ test("bridge: a flood port's filter rewrite applies to that port only", () => {
     { kind: "output", portId: c.id },
   ]);
 });
+
+test("bridge: MAC learning is bounded, and a lapsed entry stops steering frames before expiry runs", () => {
+  const { t, br, vm1, vm2 } = twoHosts();
+  const view = new TopologyView(t.objects);
+  const ctx = newSimContext("h1", undefined, { macEntries: 2 });
+  const from = (src: string, port: string) =>
+    simulate(view, eth(src, MAC3).ip4("10.0.0.9", "10.0.0.3").udp(1, 2).build(), { portId: port }, ctx);
+  assert.equal(from("02:aa:00:00:00:01", vm1.id).learned.length, 1);
+  assert.equal(from("02:aa:00:00:00:02", vm1.id).learned.length, 1);
+  const third = from("02:aa:00:00:00:03", vm1.id);
+  assert.deepEqual(third.learned, [], "the table is full");
+  assert.equal(ctx.state.macs.size, 2);
+  assert.equal(ctx.state.macs.refused, 1);
+  assert.equal(third.actions.at(-1)?.kind, "encap", "the frame itself is still forwarded");
+  // A frame to the refused MAC floods; one to a learned MAC does not.
+  const to = (dst: string) =>
+    simulate(view, eth(MAC2, dst).ip4("10.0.0.2", "10.0.0.9").udp(1, 2).build(), { portId: vm2.id }, ctx);
+  assert.ok(to("02:aa:00:00:00:03").tags.includes(`flood:${br.id}`));
+  assert.deepEqual(to("02:aa:00:00:00:01").actions, [{ kind: "output", portId: vm1.id }]);
+  // Past its idle time the entry no longer counts, though the expiry timer has not run.
+  ctx.now += ctx.state.limits.macTtlMs;
+  assert.ok(to("02:aa:00:00:00:01").tags.includes(`flood:${br.id}`));
+});

@@ -416,6 +416,8 @@ function forwardNat(w: Walk, rule: CompiledRule, cc: ChainCtx): boolean {
   if (!b) {
     if (w.state.nat.full()) {
       w.drop(`NAT table full (${w.state.nat.maxBindings} bindings): rule ${rule.id}`);
+      // Not cached, as a full conntrack table: the next packet may find room.
+      w.result.cacheable = false;
       return false;
     }
     const h = flowHash(t, w.ctx.hashSeed ?? 0);

@@ -451,3 +451,54 @@ test("path: a connection translated again after its binding lapsed (before expir
   h1.state.expire(h1.now);
   assert.deepEqual(h1.state.natPorts.heldBlocks(), [], "every port freed, so the block went back");
 });
+
+test("path: a full conntrack table refuses new connections (not cached), and a full NAT table new bindings", () => {
+  const s = withSecurityGroups();
+  const view = new TopologyView(s.t.objects);
+  const ctx = newSimContext("h1", undefined, { conntrackEntries: 1 });
+  const syn = (sport: number) =>
+    simulate(
+      view,
+      eth(VM1_MAC, RA_MAC).ip4("10.0.1.1", "10.0.2.1").tcp(sport, 22, TCP_SYN).build(),
+      { portId: s.vm1.id },
+      ctx,
+    );
+  assert.equal(syn(40000).conntrack.length, 1);
+  const refused = syn(40001);
+  assert.match(refused.dropReason ?? "", /conntrack table full \(1 entries\): new connection refused/);
+  assert.equal(refused.cacheable, false, "room may come back: the next packet is simulated again");
+  assert.deepEqual(refused.conntrack, []);
+  assert.equal(ctx.state.conntrack.size, 1);
+  // The connection already in the table goes on: its reply is a return flow.
+  const reply = simulate(
+    view,
+    eth(VM2_MAC, RB_MAC)
+      .ip4("10.0.2.1", "10.0.1.1")
+      .tcp(22, 40000, TCP_SYN | TCP_ACK)
+      .build(),
+    { portId: s.vm2.id },
+    ctx,
+  );
+  assert.deepEqual(outputs(reply), [{ kind: "output", portId: s.vm1.id }]);
+
+  const n = withSnat();
+  const nview = new TopologyView(n.t.objects);
+  const h1 = newSimContext("h1", new InMemoryNatBlockRegistry(), { natBindings: 1 });
+  h1.state.arp.learn(n.r.id, parseIp4("203.0.113.1"), parseMac(EXT_MAC), h1.now);
+  const out = (sport: number) =>
+    simulate(
+      nview,
+      eth(VM1_MAC, RA_MAC).ip4("10.0.1.1", "198.51.100.7").tcp(sport, 80).build(),
+      { portId: n.vm1.id },
+      h1,
+    );
+  assert.equal(out(40000).nat.length, 1);
+  const full = out(40001);
+  assert.match(full.dropReason ?? "", /NAT table full \(1 bindings\)/);
+  assert.equal(full.cacheable, false, "a flow would keep dropping the connection after room came back");
+  assert.equal(h1.state.nat.size, 1);
+  h1.state.expire(h1.now + h1.state.limits.natIdleMs);
+  h1.now += h1.state.limits.natIdleMs;
+  h1.state.arp.learn(n.r.id, parseIp4("203.0.113.1"), parseMac(EXT_MAC), h1.now);
+  assert.equal(out(40001).nat.length, 1, "translated once there is room");
+});
