@@ -2,7 +2,7 @@
 // flooding to exterior ports, ARP and ND proxying from what the topology knows, and dropping
 // frames whose destination is behind the port they came from.
 import { topologypb } from "@isthmus/schema";
-import { formatIp6, isMulticastMac } from "../packets/addr.js";
+import { formatIp4, formatIp6, isMulticastMac } from "../packets/addr.js";
 import { ARP_REQUEST, ETH_ARP, ETH_IP6, ICMP6_NS, PROTO_ICMP6 } from "../packets/packet.js";
 import { CHAIN_ACCEPT, filterAt } from "./chain-eval.js";
 import { emitGenerated } from "./generate.js";
@@ -36,7 +36,7 @@ export function simulateBridge(w: Walk, b: BridgeView, inPort: PortView | null):
     w.tag(b.arpTags.get(tpa));
     const owner = b.arp.get(tpa);
     if (owner !== undefined) {
-      if (w.tracing) w.trace("arp", b.id, `proxy reply for ${tpa >>> 0}`);
+      if (w.tracing) w.trace("arp", b.id, `proxy reply for ${formatIp4(tpa)}`);
       emitGenerated(w, arpReply(owner, tpa, m.arpSha, m.arpSpa), inPort, "arp-proxy");
       return;
     }

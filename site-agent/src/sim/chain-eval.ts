@@ -2,7 +2,7 @@
 // exactly what was looked at) and whose actions accept, drop, reject, jump, return or translate
 // addresses. Conntrack state (forward/return) and NAT bindings are consulted here.
 import { topologypb } from "@isthmus/schema";
-import { inCidr6 } from "../packets/addr.js";
+import { formatIp4, inCidr6 } from "../packets/addr.js";
 import { ETH_ARP, FRAG_LATER, PROTO_ICMP, PROTO_TCP, PROTO_UDP } from "../packets/packet.js";
 import { type CtTuple, ctKey, ctReturnKey, ip4CtTag } from "./conntrack.js";
 import { flowHash } from "./flow-hash.js";
@@ -401,7 +401,7 @@ function forwardNat(w: Walk, rule: CompiledRule, cc: ChainCtx): boolean {
     const ip = rule.natTargets[0]!.ipStart;
     if (snat) m._nwSrc = ip;
     else m._nwDst = ip;
-    if (w.tracing) w.trace("nat", rule.id, `static ${snat ? "SNAT" : "DNAT"} to ${ip >>> 0}`);
+    if (w.tracing) w.trace("nat", rule.id, `static ${snat ? "SNAT" : "DNAT"} to ${formatIp4(ip)}`);
     return true;
   }
   const t = tupleOf(w);
@@ -436,7 +436,7 @@ function forwardNat(w: Walk, rule: CompiledRule, cc: ChainCtx): boolean {
         now,
       );
       if (natPort < 0) {
-        w.drop(`rule ${rule.id}: no SNAT port available on ${natIp >>> 0} (no free leased block)`);
+        w.drop(`rule ${rule.id}: no SNAT port available on ${formatIp4(natIp)} (no free leased block)`);
         // Not cached: the host asks for a block in the background and the next packet may get one.
         w.result.cacheable = false;
         return false;
@@ -476,7 +476,7 @@ function forwardNat(w: Walk, rule: CompiledRule, cc: ChainCtx): boolean {
     m._nwDst = b.natIp;
     if (t.proto !== PROTO_ICMP) m._tpDst = b.natPort;
   }
-  if (w.tracing) w.trace("nat", rule.id, `${kind} to ${b.natIp >>> 0}:${b.natPort}`);
+  if (w.tracing) w.trace("nat", rule.id, `${kind} to ${formatIp4(b.natIp)}:${b.natPort}`);
   return true;
 }
 
@@ -514,7 +514,7 @@ function reverseNat(w: Walk, rule: CompiledRule, cc: ChainCtx): boolean {
     if (t.proto !== PROTO_ICMP) m._tpSrc = b.origPort;
   }
   if (w.tracing)
-    w.trace("nat", rule.id, `reverse ${snat ? "SNAT" : "DNAT"} to ${b.origIp >>> 0}:${b.origPort}`);
+    w.trace("nat", rule.id, `reverse ${snat ? "SNAT" : "DNAT"} to ${formatIp4(b.origIp)}:${b.origPort}`);
   return true;
 }
 

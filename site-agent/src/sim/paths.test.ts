@@ -502,3 +502,55 @@ test("path: a full conntrack table refuses new connections (not cached), and a f
   h1.state.arp.learn(n.r.id, parseIp4("203.0.113.1"), parseMac(EXT_MAC), h1.now);
   assert.equal(out(40001).nat.length, 1, "translated once there is room");
 });
+
+test("path: trace records each port, device, chain, rule, conntrack, route, NAT step and the decision, in order", () => {
+  const s = withSnat();
+  const vmIn = s.t.chain("vm1-in");
+  const accept = s.t.accept(vmIn, { matchForwardFlow: true });
+  s.vm1.inboundFilterId = vmIn.id;
+  const view = new TopologyView(s.t.objects);
+  const ctx = { ...newSimContext("h1"), trace: true };
+  ctx.state.arp.learn(s.r.id, parseIp4("203.0.113.1"), parseMac(EXT_MAC), ctx.now);
+  const r = simulate(
+    view,
+    eth(VM1_MAC, RA_MAC).ip4("10.0.1.1", "198.51.100.7").tcp(4000, 80).build(),
+    { portId: s.vm1.id },
+    ctx,
+  );
+  const snatRule = s.t.objects.find((o) => o.rule?.action === RA.RULE_ACTION_SNAT)!.rule!;
+  const expected: [string, string, RegExp][] = [
+    ["port", s.vm1.id, /enter/],
+    ["chain", vmIn.id, /evaluate 1 rules/],
+    ["conntrack", "|6|167772417|4000|3325256711|80", /forward flow/],
+    ["rule", accept.id, /accept/],
+    ["device", s.bA.id, /bridge A/],
+    ["decision", s.bA.id, new RegExp(`forward to ${s.ifA.bridgePort.id}`)],
+    ["port", s.ifA.routerPort.id, /enter/],
+    ["device", s.r.id, /router r/],
+    ["chain", s.r.inboundFilterId, /evaluate/],
+    ["route", s.routeDefault.id, /0\.0\.0\.0\/0 via .* gw 203\.0\.113\.1/],
+    ["chain", s.r.outboundFilterId, /evaluate/],
+    ["nat", snatRule.id, /^snat to 203\.0\.113\.2:\d+$/],
+    ["decision", "gw", /encap key \d+ to 192\.168\.0\.9/],
+  ];
+  // In this order (other steps may come between).
+  let i = 0;
+  for (const step of r.trace!) {
+    const e = expected[i];
+    if (e && step.kind === e[0] && step.id === e[1] && e[2].test(step.detail)) i++;
+  }
+  assert.equal(i, expected.length, `missing ${JSON.stringify(expected[i])} in ${JSON.stringify(r.trace)}`);
+  // The same simulation without tracing: the same result, no trace.
+  const plain = newSimContext("h1");
+  plain.state.arp.learn(s.r.id, parseIp4("203.0.113.1"), parseMac(EXT_MAC), plain.now);
+  const q = simulate(
+    view,
+    eth(VM1_MAC, RA_MAC).ip4("10.0.1.1", "198.51.100.7").tcp(4000, 80).build(),
+    { portId: s.vm1.id },
+    plain,
+  );
+  assert.equal(q.trace, null);
+  assert.deepEqual(q.actions, r.actions);
+  assert.deepEqual(q.tags, r.tags);
+  assert.equal(q.mask, r.mask);
+});
