@@ -425,6 +425,7 @@ function forwardNat(w: Walk, rule: CompiledRule, cc: ChainCtx): boolean {
     const natIp = (target.ipStart + (h % (target.ipEnd - target.ipStart + 1))) >>> 0;
     const icmp = t.proto === PROTO_ICMP;
     let natPort: number;
+    let allocated = false;
     if (icmp || target.portEnd === 0) natPort = snat ? t.sport : t.dport;
     else if (snat) {
       natPort = w.state.natPorts.allocate(
@@ -441,6 +442,7 @@ function forwardNat(w: Walk, rule: CompiledRule, cc: ChainCtx): boolean {
         w.result.cacheable = false;
         return false;
       }
+      allocated = true;
     } else natPort = target.portStart + (h % (target.portEnd - target.portStart + 1));
     b = snat
       ? binding(
@@ -465,6 +467,18 @@ function forwardNat(w: Walk, rule: CompiledRule, cc: ChainCtx): boolean {
           natPort,
           now + w.state.nat.idleMs,
         );
+    // Translations whose replies look alike (SNAT keeps ICMP echo ids; DNAT of two addresses to
+    // one backend) would share a reverse entry, and one side's replies would reach the other.
+    const clash = w.state.nat.lookupReverse(b.reverseKey, now);
+    if (clash !== undefined && clash.key !== key) {
+      w.drop(
+        `rule ${rule.id}: ${kind} to ${formatIp4(b.natIp)}:${b.natPort} would collide with the replies of binding ${clash.key}`,
+      );
+      if (allocated) w.state.natPorts.free(cc.zoneId, natIp, natPort, now);
+      // Not cached: the other connection may end first.
+      w.result.cacheable = false;
+      return false;
+    }
     w.state.nat.put(b);
     w.add("nat", { ...b });
   }

@@ -554,3 +554,28 @@ test("path: trace records each port, device, chain, rule, conntrack, route, NAT 
   assert.deepEqual(q.tags, r.tags);
   assert.equal(q.mask, r.mask);
 });
+
+test("path: two VMs pinging one host with the same echo id through SNAT: the second is refused, replies are not misdelivered", () => {
+  const s = withSnat();
+  const vm3 = s.t.vmPort(s.bA, s.h1, "02:00:00:00:01:03", ["10.0.1.3"]);
+  const view = new TopologyView(s.t.objects);
+  const ctx = newSimContext("h1");
+  ctx.state.arp.learn(s.r.id, parseIp4("203.0.113.1"), parseMac(EXT_MAC), ctx.now);
+  const ping = (mac: string, src: string, port: string) =>
+    simulate(view, eth(mac, RA_MAC).ip4(src, "198.51.100.7").icmpEcho(77, 1).build(), { portId: port }, ctx);
+  const first = ping(VM1_MAC, "10.0.1.1", s.vm1.id);
+  assert.equal(setOf(first)!.nwSrc, parseIp4("203.0.113.2"));
+  assert.equal(first.nat.length, 1);
+  const second = ping("02:00:00:00:01:03", "10.0.1.3", vm3.id);
+  assert.match(second.dropReason ?? "", /collide/);
+  assert.equal(second.cacheable, false);
+  assert.deepEqual(second.nat, []);
+  // The reply still reaches the VM that sent the first request.
+  const reply = simulate(
+    view,
+    eth(EXT_MAC, UP_MAC).ip4("198.51.100.7", "203.0.113.2").icmpEcho(77, 1, true).build(),
+    { portId: s.up.id },
+    ctx,
+  );
+  assert.equal(setOf(reply)!.nwDst, parseIp4("10.0.1.1"));
+});
