@@ -2,6 +2,7 @@
 // checks that the two agree on conventions (anti-spoofing, stateful groups, NAT rules).
 import assert from "node:assert/strict";
 import { test } from "node:test";
+import { derivedId } from "../controller/translate/ids.js";
 import * as b from "../controller/translate/intent-builders.js";
 import { TestWorld } from "../controller/translate/test-world.js";
 import { parseIp4, parseMac } from "../packets/addr.js";
@@ -218,4 +219,30 @@ test("translated: the reply of a connection to a floating IP leaves with the flo
     ctx,
   );
   assert.equal(setOf(reply)?.nwSrc, parseIp4("198.51.100.20"));
+});
+
+test("translated: anti-spoofing drops a foreign MAC, IPv4 or IPv6 source and non-IP frames; DHCP and ND pass it", () => {
+  const { view, vm, rif } = world();
+  const ruleOf = (role: string) => derivedId(b.id("vm1"), `inbound/${role}`);
+  const send = (f: Uint8Array) => simulate(view, f, { portId: vm.id }, newSimContext(b.id("h1")));
+  const gwMac = formatMacOf(rif.mac);
+  const droppedBy = (r: SimResult, role: string) =>
+    assert.match(r.dropReason ?? "", new RegExp(ruleOf(role)), role);
+  droppedBy(
+    send(eth("02:00:00:00:00:66", gwMac).ip4("10.0.0.5", "8.8.8.8").udp(1, 53).build()),
+    "spoofed-mac",
+  );
+  droppedBy(send(eth(VM, gwMac).ip4("10.0.0.66", "8.8.8.8").udp(1, 53).build()), "spoofed-ip");
+  droppedBy(send(eth(VM, gwMac).ip6("fd00::66", "fd00::1").udp(1, 53).build()), "spoofed-ip");
+  droppedBy(send(eth(VM, "ff:ff:ff:ff:ff:ff").etherType(0x88cc).payload("lldp").build()), "spoofed-ip");
+  // A DHCP discover from 0.0.0.0 and ND from the link-local address are not anti-spoofing's to drop.
+  const dhcp = send(eth(VM, "ff:ff:ff:ff:ff:ff").ip4("0.0.0.0", "255.255.255.255").udp(68, 67).build());
+  assert.doesNotMatch(dhcp.dropReason ?? "", /spoofed/);
+  const ns = send(
+    eth(VM, "33:33:ff:00:00:01").ip6("fe80::5", "ff02::1:ff00:1").neighborSolicit("fd00::1", VM).build(),
+  );
+  assert.doesNotMatch(ns.dropReason ?? "", new RegExp(`${ruleOf("spoofed-ip")}|${ruleOf("spoofed-mac")}`));
+  // The VM's own address passes.
+  const own = send(eth(VM, gwMac).ip4("10.0.0.5", "10.0.0.1").icmpEcho().build());
+  assert.doesNotMatch(own.dropReason ?? "", /spoofed|dropped by rule/);
 });
