@@ -35,7 +35,9 @@ export function simulateBridge(w: Walk, b: BridgeView, inPort: PortView | null):
     const tpa = m.arpTpa;
     w.tag(b.arpTags.get(tpa));
     const owner = b.arp.get(tpa);
-    if (owner !== undefined) {
+    // Not to the owner itself (an ARP probe or announcement for its own address, RFC 5227): a
+    // reply would tell it that someone else holds the address.
+    if (owner !== undefined && owner !== m.arpSha) {
       if (w.tracing) w.trace("arp", b.id, `proxy reply for ${formatIp4(tpa)}`);
       emitGenerated(w, arpReply(owner, tpa, m.arpSha, m.arpSpa), inPort, "arp-proxy");
       return;
@@ -43,7 +45,8 @@ export function simulateBridge(w: Walk, b: BridgeView, inPort: PortView | null):
   }
   if (inPort && m.etherType === ETH_IP6 && m.nwProto === PROTO_ICMP6 && m.tpSrc === ICMP6_NS) {
     const owner = b.nd.get(formatIp6(w.pkt.ndTarget));
-    if (owner !== undefined) {
+    // Not to the owner's own duplicate address detection (RFC 4862 5.4), for the same reason.
+    if (owner !== undefined && owner !== m.ethSrc) {
       if (w.tracing) w.trace("arp", b.id, "ND proxy advertisement");
       emitGenerated(w, ndAdvert(w.pkt, owner), inPort, "nd-proxy");
       return;

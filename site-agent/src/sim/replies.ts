@@ -61,16 +61,25 @@ export function arpRequest(fromMac: number, fromIp: number, targetIp: number): U
   });
 }
 
-/** Neighbor advertisement answering `ns` (a parsed solicitation) on behalf of `ownerMac`. */
+/**
+ * Neighbor advertisement answering `ns` (a parsed solicitation) on behalf of `ownerMac`; to the
+ * solicitor, or to all nodes without the solicited flag when it has no address yet (duplicate
+ * address detection, RFC 4861 7.2.4).
+ */
 export function ndAdvert(ns: Packet, ownerMac: number): Uint8Array {
+  const s = ns.nwSrc6;
+  const dad = (s[0]! | s[1]! | s[2]! | s[3]!) === 0;
   return encodePacket({
-    eth: { src: ownerMac, dst: ns.ethSrc },
-    ip6: { src: ns.ndTarget.slice(), dst: ns.nwSrc6.slice(), hopLimit: 255 },
-    // Solicited + override flags.
-    icmp: { type: ICMP6_NA, code: 0, rest: 0x60000000 },
+    eth: { src: ownerMac, dst: dad ? ALL_NODES_MAC : ns.ethSrc },
+    ip6: { src: ns.ndTarget.slice(), dst: dad ? ALL_NODES.slice() : ns.nwSrc6.slice(), hopLimit: 255 },
+    // Override, and solicited unless answering duplicate address detection.
+    icmp: { type: ICMP6_NA, code: 0, rest: dad ? 0x20000000 : 0x60000000 },
     payload: ndBody(ns.ndTarget, 2, ownerMac),
   });
 }
+
+const ALL_NODES = Uint32Array.of(0xff020000, 0, 0, 1);
+const ALL_NODES_MAC = 0x333300000001;
 
 /** The original IP header plus the first 8 payload bytes, as ICMP errors quote them. */
 function quote(p: Packet): Uint8Array {
