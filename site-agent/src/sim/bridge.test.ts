@@ -371,3 +371,31 @@ test("bridge: a VM's own ARP probe and duplicate address detection are not answe
   assert.equal(formatIp6(reply.nwDst6), "fd00::1");
   assert.equal(reply.buf[reply.l4Off + 4]! & 0x40, 0x40);
 });
+
+test("bridge: a rewrite to the value the packet already has puts that field in the mask", () => {
+  const t = new TopologyBuilder();
+  const h1 = t.host("h1", "192.168.0.1");
+  const br = t.bridge();
+  const nat = t.chain();
+  t.rule(nat, 8, {}, { natTargets: [{ ipStart: "10.9.9.9", ipEnd: "10.9.9.9", portStart: 0, portEnd: 0 }] });
+  const a = t.vmPort(br, h1, MAC1, []);
+  const b = t.vmPort(br, h1, MAC2, [], { outboundFilterId: nat.id });
+  const view = new TopologyView(t.objects);
+  const send = (dst: string) =>
+    simulate(
+      view,
+      eth(MAC1, MAC2).ip4("10.0.0.1", dst).udp(1, 2).build(),
+      { portId: a.id },
+      newSimContext("h1"),
+    );
+  const other = send("10.0.0.2");
+  assert.deepEqual(other.actions, [
+    { kind: "set", nwDst: parseIp4("10.9.9.9") },
+    { kind: "output", portId: b.id },
+  ]);
+  assert.equal(other.mask & F.NW_DST, 0, "a rewrite alone does not read the address");
+  const already = send("10.9.9.9");
+  assert.deepEqual(already.actions, [{ kind: "output", portId: b.id }]);
+  assert.ok(already.mask & F.NW_DST, "without a set, this flow holds only for packets already to 10.9.9.9");
+  assert.equal(already.dstBits, 32);
+});

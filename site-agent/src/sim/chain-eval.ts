@@ -6,6 +6,7 @@ import { formatIp4, inCidr6 } from "../packets/addr.js";
 import { ETH_ARP, FRAG_LATER, PROTO_ICMP, PROTO_TCP, PROTO_UDP } from "../packets/packet.js";
 import { type CtTuple, ctKey, ctReturnKey, ip4CtTag } from "./conntrack.js";
 import { flowHash } from "./flow-hash.js";
+import { F } from "./flow-match.js";
 import { emitGenerated } from "./generate.js";
 import { type NatBinding, natKey } from "./nat-table.js";
 import {
@@ -401,6 +402,7 @@ function forwardNat(w: Walk, rule: CompiledRule, cc: ChainCtx): boolean {
     const ip = rule.natTargets[0]!.ipStart;
     if (snat) m._nwSrc = ip;
     else m._nwDst = ip;
+    m.written |= snat ? F.NW_SRC : F.NW_DST;
     if (w.tracing) w.trace("nat", rule.id, `static ${snat ? "SNAT" : "DNAT"} to ${formatIp4(ip)}`);
     return true;
   }
@@ -490,6 +492,8 @@ function forwardNat(w: Walk, rule: CompiledRule, cc: ChainCtx): boolean {
     m._nwDst = b.natIp;
     if (t.proto !== PROTO_ICMP) m._tpDst = b.natPort;
   }
+  const ports = t.proto !== PROTO_ICMP;
+  m.written |= snat ? F.NW_SRC | (ports ? F.TP_SRC : 0) : F.NW_DST | (ports ? F.TP_DST : 0);
   if (w.tracing) w.trace("nat", rule.id, `${kind} to ${formatIp4(b.natIp)}:${b.natPort}`);
   return true;
 }
@@ -527,6 +531,8 @@ function reverseNat(w: Walk, rule: CompiledRule, cc: ChainCtx): boolean {
     m._nwSrc = b.origIp;
     if (t.proto !== PROTO_ICMP) m._tpSrc = b.origPort;
   }
+  const ports = t.proto !== PROTO_ICMP;
+  m.written |= snat ? F.NW_DST | (ports ? F.TP_DST : 0) : F.NW_SRC | (ports ? F.TP_SRC : 0);
   if (w.tracing)
     w.trace("nat", rule.id, `reverse ${snat ? "SNAT" : "DNAT"} to ${formatIp4(b.origIp)}:${b.origPort}`);
   return true;

@@ -23,7 +23,16 @@ const VM3_MAC = "02:00:00:00:01:03";
 function topology() {
   const s = twoSubnets();
   const { t } = s;
-  const vm3 = t.vmPort(s.bA, s.h1, VM3_MAC, ["10.0.1.3"]);
+  // vm3's outbound filter rewrites every destination, with no condition reading it: a packet
+  // already addressed to the target gets no `set`, and its flow must not cover packets that do.
+  const toVm3 = t.chain("vm3-out");
+  t.rule(
+    toVm3,
+    RA.RULE_ACTION_DNAT,
+    {},
+    { natTargets: [{ ipStart: "10.0.1.77", ipEnd: "10.0.1.77", portStart: 0, portEnd: 0 }] },
+  );
+  const vm3 = t.vmPort(s.bA, s.h1, VM3_MAC, ["10.0.1.3"], { outboundFilterId: toVm3.id });
   const members = t.ipGroup(["10.0.1.0/24"]);
   // Anti-spoofing on vm1, a stateful group on vm2 (ssh and dns from the group, ping from anyone).
   const spoof = t.chain("vm1-in");
@@ -105,7 +114,7 @@ function packetArb(ingress: { vm1: string; vm2: string; up: string }) {
     ),
     nwSrc: fc.oneof({ arbitrary: fc.constant(ip("10.0.1.1")), weight: 6 }, u32),
     nwDst: fc.oneof(
-      fc.constantFrom(ip("10.0.2.1"), ip("10.0.1.3"), ip("10.0.2.254"), ip("203.0.113.10")),
+      fc.constantFrom(ip("10.0.2.1"), ip("10.0.1.3"), ip("10.0.1.77"), ip("10.0.2.254"), ip("203.0.113.10")),
       {
         arbitrary: fc
           .constantFrom(ip("198.51.100.0"), ip("8.8.0.0"), ip("10.9.0.0"), ip("10.8.0.0"), ip("172.16.0.0"))

@@ -6,6 +6,7 @@ import { MAC_BROADCAST } from "../packets/addr.js";
 import { ARP_REPLY, ARP_REQUEST, ETH_ARP, PROTO_ICMP } from "../packets/packet.js";
 import { CHAIN_ACCEPT, filterAt, tupleOf } from "./chain-eval.js";
 import { flowHash } from "./flow-hash.js";
+import { F } from "./flow-match.js";
 import { emitGenerated } from "./generate.js";
 import type { LpmInfo } from "./lpm.js";
 import {
@@ -113,6 +114,7 @@ export function simulateRouter(w: Walk, r: RouterView, inPort: PortView): undefi
   if (mac < 0) return;
   m._ethSrc = out.mac;
   m._ethDst = mac;
+  m.written |= F.ETH_SRC | F.ETH_DST;
   w.exitPort(out, inPort);
 }
 
