@@ -41,6 +41,12 @@ const r = spawnSync(
     "--test-timeout=600000",
     ...selected,
   ],
-  { cwd: root, stdio: "inherit" },
+  {
+    cwd: root,
+    stdio: "inherit",
+    // Every SQL statement the tests send is checked for what CockroachDB refuses and PostgreSQL
+    // accepts (site-agent/src/controller/db/portable-sql.ts): CI has PostgreSQL only.
+    env: { ISTHMUS_SQL_PORTABILITY_CHECK: "1", ...process.env },
+  },
 );
 process.exit(r.status ?? 1);

@@ -1,5 +1,6 @@
 // `isthmus agent`: runs this host's edge agent (site-agent's entry point, loaded only here) until
 // SIGTERM/SIGINT.
+import { constants } from "node:os";
 import { createLogger, onShutdown } from "@isthmus/schema";
 import { stopWhenSupervisorLeaves, supervisedLogDestination } from "./parent-watch.js";
 
@@ -59,7 +60,8 @@ async function reexec(flags: string[]): Promise<void> {
   if (process.channel) process.once("disconnect", () => child.kill("SIGTERM"));
   await new Promise<void>((resolve) => {
     child.on("exit", (code, signal) => {
-      process.exitCode = code ?? (signal ? 1 : 0);
+      // A child killed by a signal: 128 + its number, as a shell reports it.
+      process.exitCode = code ?? (signal ? 128 + (constants.signals[signal] ?? 0) : 0);
       resolve();
     });
   });
@@ -78,7 +80,22 @@ export async function runAgent(opts: AgentCommandOptions): Promise<void> {
     base: { host: opts.host ?? opts.name },
     destination: supervisedLogDestination(),
   });
-  const agent = await startAgent(opts, { log });
-  onShutdown(log, [() => agent.stop()]);
+  // Signals are handled from the start: one that comes while the agent is still starting (its
+  // controller not reachable yet, say) abandons the start, which removes what it had set up —
+  // the kernel path's programs and devices — rather than leaving it for the next start to reclaim.
+  const abort = new AbortController();
+  const starting = startAgent(opts, { log, signal: abort.signal });
+  onShutdown(log, [
+    async () => {
+      abort.abort();
+      await (await starting.catch(() => undefined))?.stop();
+    },
+  ]);
+  try {
+    await starting;
+  } catch (err) {
+    if (abort.signal.aborted) return; // the shutdown hook finishes and exits
+    throw err;
+  }
   stopWhenSupervisorLeaves();
 }

@@ -1,5 +1,6 @@
 // Runs `isthmus agent` as a separate process and learns its ports from its "agent started" log line.
 import { type ChildProcess, spawn } from "node:child_process";
+import { benchLogStream } from "./child-lifetime.js";
 import { CLI } from "./cli.js";
 
 export interface AgentProc {
@@ -45,6 +46,15 @@ export function spawnAgent(args: string[], timeoutMs = 60_000, nodeArgs: string[
     stdio: ["ignore", "pipe", "pipe"],
   });
   const logs: string[] = [];
+  // ISTHMUS_BENCH_LOG_DIR keeps each agent's output (its JSON log, and what node flags such as
+  // --trace-gc print) in a file per process.
+  const host = args.includes("--host") ? args[args.indexOf("--host") + 1] : undefined;
+  const out = benchLogStream(`agent-${host ?? "unnamed"}-${child.pid}`);
+  if (out) {
+    child.stdout?.on("data", (d) => out.write(d));
+    child.stderr?.on("data", (d) => out.write(d));
+    child.once("close", () => out.end());
+  }
   let buf = "";
   const exited = new Promise<number | null>((resolve) => child.on("close", (code) => resolve(code)));
   return new Promise((resolve, reject) => {

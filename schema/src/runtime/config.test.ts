@@ -74,11 +74,48 @@ test("a bad field from the environment names the variable", () => {
   );
 });
 
-test("a bad flag value names the flag", () => {
+test("a bad flag value names the flag as it is typed", () => {
   assert.throws(
     () => loadConfig(schema, { overrides: { logLevel: "loud" } }),
     (err: unknown) =>
-      err instanceof ConfigError && err.field === "logLevel" && /flag --logLevel/.test(err.message),
+      err instanceof ConfigError && err.field === "logLevel" && /flag --log-level\b/.test(err.message),
+  );
+  assert.throws(
+    () => loadConfig(schema, { overrides: { "coordinator.heartbeatMs": -1 } }),
+    (err: unknown) =>
+      err instanceof ConfigError &&
+      /invalid field "coordinator.heartbeatMs" \(from flag --heartbeat-ms\)/.test(err.message),
+  );
+});
+
+test("a required field nobody set says how to set it", () => {
+  const required = z.object({ agent: z.object({ tunnelIp: z.string(), controller: z.string() }) });
+  assert.throws(
+    () =>
+      loadConfig(required, {
+        env: {},
+        overrides: { "agent.tunnelIp": "10.0.0.1", "agent.controller": undefined },
+      }),
+    (err: unknown) =>
+      err instanceof ConfigError &&
+      err.field === "agent.controller" &&
+      err.message ===
+        'missing field "agent.controller": set it with the flag --controller, the environment variable ' +
+          'ISTHMUS_AGENT__CONTROLLER or "agent.controller" in the config file',
+  );
+  // A field without a flag is not offered one; a value set but wrong is not "missing".
+  assert.throws(
+    () => loadConfig(required, { env: { ISTHMUS_AGENT__CONTROLLER: "c:1" } }),
+    (err: unknown) =>
+      err instanceof ConfigError &&
+      err.message ===
+        'missing field "agent.tunnelIp": set it with the environment variable ISTHMUS_AGENT__TUNNEL_IP or "agent.tunnelIp" in the config file',
+  );
+  assert.throws(
+    () => loadConfig(required, { env: { ISTHMUS_AGENT__CONTROLLER: "c:1", ISTHMUS_AGENT__TUNNEL_IP: "5" } }),
+    (err: unknown) =>
+      err instanceof ConfigError &&
+      /invalid field "agent.tunnelIp" \(from environment variable/.test(err.message),
   );
 });
 

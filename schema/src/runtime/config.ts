@@ -47,6 +47,31 @@ function camel(s: string): string {
   return s.toLowerCase().replace(/_([a-z0-9])/g, (_, c: string) => c.toUpperCase());
 }
 
+/** The command-line flag of a field: its last segment in kebab case (`agent.tunnelIp` → `--tunnel-ip`). */
+export function flagOf(field: string): string {
+  return `--${(field.split(".").pop() ?? "").replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+}
+
+/** The environment variable of a field (`agent.tunnelIp` → `ISTHMUS_AGENT__TUNNEL_IP`). */
+export function envOf(field: string, prefix: string): string {
+  return (
+    prefix +
+    field
+      .split(".")
+      .map((seg) => seg.replace(/[A-Z]/g, (c) => `_${c}`).toUpperCase())
+      .join("__")
+  );
+}
+
+function getPath(tree: Tree, path: readonly PropertyKey[]): unknown {
+  let node: unknown = tree;
+  for (const key of path) {
+    if (typeof node !== "object" || node === null) return undefined;
+    node = (node as Record<PropertyKey, unknown>)[key];
+  }
+  return node;
+}
+
 /** Env values are strings; numbers, booleans and JSON arrays are decoded so zod sees real types. */
 function decodeEnvValue(raw: string): unknown {
   const t = raw.trim();
@@ -126,6 +151,7 @@ export function loadConfig<S extends z.ZodType>(schema: S, opts: LoadConfigOptio
     fromEnv.set(path.join("."), k);
   }
   const fromFlags = new Set<string>();
+  const hasFlag = new Set(Object.keys(opts.overrides ?? {}));
   for (const [k, v] of Object.entries(opts.overrides ?? {})) {
     if (v === undefined) continue;
     setPath(tree, k.split("."), v);
@@ -136,8 +162,21 @@ export function loadConfig<S extends z.ZodType>(schema: S, opts: LoadConfigOptio
   if (result.success) return result.data;
   const issue = result.error.issues[0]!;
   const field = issue.path.map(String).join(".");
+  if (field !== "" && issue.code === "invalid_type" && getPath(tree, issue.path) === undefined) {
+    // Nothing set it: say how to, rather than what type `undefined` is not.
+    const ways = [
+      ...(hasFlag.has(field) ? [`the flag ${flagOf(field)}`] : []),
+      `the environment variable ${envOf(field, prefix)}`,
+      `"${field}" in the config file`,
+    ];
+    throw new ConfigError(
+      `missing field "${field}": set it with ${ways.slice(0, -1).join(", ")} or ${ways.at(-1)}`,
+      field,
+      "defaults",
+    );
+  }
   let source: string;
-  if (fromFlags.has(field)) source = `flag --${field.split(".").pop()}`;
+  if (fromFlags.has(field)) source = `flag ${flagOf(field)}`;
   else if (fromEnv.has(field)) source = `environment variable ${fromEnv.get(field)}`;
   else if (doc) source = fileLineOf(fileSource, doc, lc, issue.path as (string | number)[]);
   else source = "defaults";

@@ -69,6 +69,8 @@ export interface AgentDeps {
   /** Tests substitute in-memory ports; production binds VM veths through AF_PACKET. */
   openPort?: (name: string) => PortIO;
   simulator?: Simulator;
+  /** Abandons a start still waiting (on registration): startAgent then cleans up and rejects. */
+  signal?: AbortSignal;
 }
 
 export function loadAgentConfig(flags: AgentFlags, env: NodeJS.ProcessEnv = process.env): AgentConfig {
@@ -209,6 +211,7 @@ export async function startAgent(flags: AgentFlags, deps: AgentDeps = {}): Promi
       ...wanOf(cfg),
       tokenFile: cfg.tokenFile,
       log,
+      signal: deps.signal,
     }).catch(async (err) => {
       await datapath.stop();
       throw err;

@@ -27,6 +27,21 @@ export interface RegisterOptions {
   log: Logger;
   /** Give up after this long (0 = keep trying). */
   timeoutMs?: number;
+  /** Stop trying (the agent is shutting down before it registered). */
+  signal?: AbortSignal;
+}
+
+/** Waits `ms`, or less when `signal` aborts. */
+function pause(ms: number, signal: AbortSignal | undefined): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal?.addEventListener("abort", done, { once: true });
+  });
 }
 
 export async function registerHost(o: RegisterOptions): Promise<Registration> {
@@ -45,6 +60,7 @@ export async function registerHost(o: RegisterOptions): Promise<Registration> {
   let backoff = 200;
   try {
     for (;;) {
+      if (o.signal?.aborted) throw new Error(`registration with ${o.controller} abandoned: shutting down`);
       try {
         const res = await new Promise<sitepb.RegisterHostResponse>((resolve, reject) =>
           client.registerHost(req, md, { deadline: Date.now() + 5000 }, (err, r) =>
@@ -70,7 +86,7 @@ export async function registerHost(o: RegisterOptions): Promise<Registration> {
         if (Date.now() + backoff > deadline)
           throw new Error(`cannot register with ${o.controller}: ${e.message}`);
         o.log.warn({ err: e.message }, "registration failed; retrying");
-        await new Promise((r) => setTimeout(r, backoff));
+        await pause(backoff, o.signal);
         backoff = Math.min(backoff * 2, 5000);
       }
     }

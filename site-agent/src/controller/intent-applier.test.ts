@@ -66,6 +66,11 @@ test("the stored copy of a change upserting one object twice and deleting it too
   const body = await f.db.pool.query("SELECT count(*) AS n, max(revision) AS r FROM intent_objects");
   assert.equal(Number(body.rows[0].n), 1_204);
   assert.equal(Number(body.rows[0].r), 5);
+  // The controller's own copy agrees with the stored one (deletes first, then upserts), and so
+  // does the topology derived from it.
+  assert.equal(f.ctx.index.get("network", "n1")?.vni, 0x100007);
+  const bridge = await f.db.pool.query("SELECT count(*) AS n FROM topology_objects WHERE id = 'n1'");
+  assert.equal(Number(bridge.rows[0].n), 1);
   assert.equal(
     await f.applier.applyChange({ index: 6, upserts: [], deletes: many.map((_, i) => networkRef(`m${i}`)) }),
     "applied",
@@ -171,11 +176,28 @@ test("an entry's one statement killed while it runs writes nothing; replayed, th
   assert.deepEqual(await dumpState(second.db), clean);
 });
 
+/** Counts the statements and transactions `db` runs. */
+function countRoundTrips(db: { statement: (...a: never[]) => unknown; tx: (...a: never[]) => unknown }) {
+  const n = { statements: 0, txs: 0 };
+  const statement = db.statement.bind(db);
+  const tx = db.tx.bind(db);
+  db.statement = ((...a: never[]) => {
+    n.statements++;
+    return statement(...a);
+  }) as typeof db.statement;
+  db.tx = ((...a: never[]) => {
+    n.txs++;
+    return tx(...a);
+  }) as typeof db.tx;
+  return n;
+}
+
 test("a small change is one statement: an object upserted twice holds its last version, deletes go", async (t) => {
   if (pg.skip) return t.skip(pg.skip);
   const f = await controllerFixture(await pg.createDatabase());
   t.after(() => f.close());
   assert.equal(await f.applier.applyChange(STREAM[0]!), "applied");
+  const trips = countRoundTrips(f.db);
   assert.equal(
     await f.applier.applyChange({
       index: 5,
@@ -184,10 +206,11 @@ test("a small change is one statement: an object upserted twice holds its last v
         network("n2", "red", 0x100002),
         network("n1", "blue", 0x100006),
       ],
-      deletes: [networkRef("absent")],
+      deletes: [],
     }),
     "applied",
   );
+  assert.deepEqual(trips, { statements: 1, txs: 0 });
   const intent = await f.db.pool.query("SELECT id, revision FROM intent_objects ORDER BY id");
   assert.deepEqual(
     intent.rows.map((r) => [r.id, Number(r.revision)]),
@@ -206,18 +229,36 @@ test("a small change is one statement: an object upserted twice holds its last v
   );
   assert.deepEqual(f.committed, [1, 2]);
   assert.equal(f.ctx.index.get("network", "n1")?.vni, 0x100006);
+  // Deletes and upserts of one table cannot share a statement on CockroachDB: a change with
+  // both takes a transaction; one that only deletes is one statement again.
   assert.equal(
     await f.applier.applyChange({
       index: 6,
       upserts: [network("n3", "green", 0x100003)],
-      deletes: [networkRef("n2")],
+      deletes: [networkRef("n2"), networkRef("absent")],
     }),
     "applied",
   );
+  assert.deepEqual(trips, { statements: 1, txs: 1 });
   const after = await f.db.pool.query("SELECT id FROM topology_objects ORDER BY id");
   assert.deepEqual(
     after.rows.map((r) => r.id),
     ["n1", "n3"],
+  );
+  assert.equal(
+    await f.applier.applyChange({ index: 7, upserts: [], deletes: [networkRef("n3")] }),
+    "applied",
+  );
+  assert.deepEqual(trips, { statements: 2, txs: 1 });
+  const last = await f.db.pool.query("SELECT id FROM topology_objects ORDER BY id");
+  assert.deepEqual(
+    last.rows.map((r) => r.id),
+    ["n1"],
+  );
+  const intentLeft = await f.db.pool.query("SELECT id FROM intent_objects ORDER BY id");
+  assert.deepEqual(
+    intentLeft.rows.map((r) => r.id),
+    ["n1"],
   );
   // The logged change decodes to what the statement wrote.
   const logged = await f.db.pool.query("SELECT body FROM topology_changes WHERE revision = 2");

@@ -123,11 +123,12 @@ export class IntentApplier {
         const problems = [...keyProblems, ...delta.problems];
         if (problems.length > 0) ctx.onProblems?.(problems);
         const prepared = await prepareTopologyWrite(delta);
+        const rows = intentRows(change);
         const result =
-          moves.length === 0 && !ctx.beforeCommit && fitsOneEntryStatement(change, prepared)
-            ? await this.applyInOneStatement(change, prepared, timing)
+          moves.length === 0 && !ctx.beforeCommit && fitsOneEntryStatement(rows, prepared)
+            ? await this.applyInOneStatement(change.index, rows, prepared, timing)
             : await ctx.db.tx(`apply ${change.index}`, async (tx) => {
-                if (!(await writeIntentRows(tx, await ctx.fence.claim(), change)))
+                if (!(await writeIntentRows(tx, await ctx.fence.claim(), change.index, rows)))
                   return { skipped: true, written: undefined };
                 await writeTunnelKeyMoves(tx, moves);
                 const written = await writeTopologyChange(tx, delta, "intent", ctx.changeLog);
@@ -167,14 +168,15 @@ export class IntentApplier {
    * change log is pruned after, in its own statement, when due.
    */
   private async applyInOneStatement(
-    change: intentpb.IntentChange,
+    index: number,
+    rows: IntentRows,
     prepared: PreparedTopologyWrite | undefined,
     timing: ApplyTiming | undefined,
   ): Promise<{ skipped: boolean; written: topologypb.TopologyChange | undefined }> {
     const { ctx } = this;
     const claim = await ctx.fence.claim();
-    const { text, params } = entryStatement(claim, change, prepared);
-    const r = await ctx.db.statement(`apply ${change.index}`, text, params);
+    const { text, params } = entryStatement(claim, index, rows, prepared);
+    const r = await ctx.db.statement(`apply ${index}`, text, params);
     if (timing) timing.writtenAt = performance.now();
     const row = r.rows[0] as EntryRow | undefined;
     verifyLeaseRow(claim, row?.holder === null ? undefined : row);
@@ -300,7 +302,7 @@ export class IntentApplier {
       if (idx <= this.applied) return "skipped";
       // One statement: the fence and the index (entryStatement with nothing else to write).
       const claim = await ctx.fence.claim();
-      const { text, params } = entryStatement(claim, { index: idx, upserts: [], deletes: [] }, undefined);
+      const { text, params } = entryStatement(claim, idx, { upserts: [], deletes: [] }, undefined);
       const r = await ctx.db.statement(`progress ${idx}`, text, params);
       const row = r.rows[0] as EntryRow | undefined;
       verifyLeaseRow(claim, row?.holder === null ? undefined : row);
@@ -386,10 +388,12 @@ interface EntryRow {
 }
 
 /** An entry's intent rows: the last version of each object, and the deletes it does not rewrite. */
-function intentRows(change: intentpb.IntentChange): {
+interface IntentRows {
   upserts: [number, string, Buffer][];
   deletes: intentpb.ObjectRef[];
-} {
+}
+
+function intentRows(change: intentpb.IntentChange): IntentRows {
   // One row per key, the last version winning, as one statement per object would have it (a
   // statement may not touch a row twice): an object deleted and upserted by one change ends up
   // written, as deleting first and then upserting did.
@@ -403,16 +407,22 @@ function intentRows(change: intentpb.IntentChange): {
 }
 
 /**
- * The expressions that check the lease fence (`l`), move the applied index to the change's —
- * only when the database is behind it — (`m`) and, only then, delete (`d`) and upsert (`u`) the
- * first INTENT_ROWS_FIRST_STATEMENT of the entry's intent rows. Later expressions gate on `m`.
+ * Whether an entry's first statement deletes its intent rows too. CockroachDB refuses a statement
+ * that modifies one table in two places (sql.multiple_modifications_of_table.enabled, off by
+ * default), so a change that both deletes and upserts objects deletes them in statements of
+ * their own.
  */
-function intentCtes(
-  claim: LeaseClaim,
-  index: number,
-  rows: ReturnType<typeof intentRows>,
-  sql: SqlParams,
-): string[] {
+function deletesInFirstStatement(rows: IntentRows): boolean {
+  return rows.upserts.length === 0;
+}
+
+/**
+ * The expressions that check the lease fence (`l`), move the applied index to the change's —
+ * only when the database is behind it — (`m`) and, only then, upsert (`u`) the first
+ * INTENT_ROWS_FIRST_STATEMENT of the entry's intent rows, or delete (`d`) the first of its deletes
+ * when it upserts nothing (deletesInFirstStatement). Later expressions gate on `m`.
+ */
+function intentCtes(claim: LeaseClaim, index: number, rows: IntentRows, sql: SqlParams): string[] {
   const idx = sql.ref(index);
   const parts = [
     "l AS (SELECT holder, token FROM controller_lease WHERE id = 1)",
@@ -421,7 +431,9 @@ function intentCtes(
          AND EXISTS (SELECT 1 FROM l WHERE l.holder = ${sql.ref(claim.holder)}::TEXT AND l.token = ${sql.ref(claim.token)}::INT8)
        RETURNING 1 AS ok)`,
   ];
-  const firstDeletes = rows.deletes.slice(0, INTENT_ROWS_FIRST_STATEMENT);
+  const firstDeletes = deletesInFirstStatement(rows)
+    ? rows.deletes.slice(0, INTENT_ROWS_FIRST_STATEMENT)
+    : [];
   if (firstDeletes.length > 0) {
     parts.push(
       `d AS (DELETE FROM intent_objects WHERE EXISTS (SELECT 1 FROM m) AND (kind, id) IN (${firstDeletes
@@ -448,14 +460,15 @@ function intentCtes(
 const ENTRY_SELECT =
   "SELECT (SELECT holder FROM l) AS holder, (SELECT token FROM l) AS token, EXISTS (SELECT 1 FROM m) AS moved";
 
-/** Whether an entry's intent rows and topology delta fit in entryStatement. */
-function fitsOneEntryStatement(
-  change: intentpb.IntentChange,
-  prepared: PreparedTopologyWrite | undefined,
-): boolean {
+/**
+ * Whether an entry's intent rows and topology delta fit in entryStatement: few enough rows, and
+ * each table modified in one place only (deletesInFirstStatement; fitsOneStatement).
+ */
+function fitsOneEntryStatement(rows: IntentRows, prepared: PreparedTopologyWrite | undefined): boolean {
   return (
-    change.upserts.length <= INTENT_ROWS_FIRST_STATEMENT &&
-    change.deletes.length <= INTENT_ROWS_FIRST_STATEMENT &&
+    rows.upserts.length <= INTENT_ROWS_FIRST_STATEMENT &&
+    rows.deletes.length <= INTENT_ROWS_FIRST_STATEMENT &&
+    (rows.deletes.length === 0 || deletesInFirstStatement(rows)) &&
     (prepared === undefined || fitsOneStatement(prepared))
   );
 }
@@ -467,11 +480,12 @@ function fitsOneEntryStatement(
  */
 function entryStatement(
   claim: LeaseClaim,
-  change: intentpb.IntentChange,
+  index: number,
+  rows: IntentRows,
   prepared: PreparedTopologyWrite | undefined,
 ): { text: string; params: unknown[] } {
   const sql = new SqlParams();
-  const parts = intentCtes(claim, change.index, intentRows(change), sql);
+  const parts = intentCtes(claim, index, rows, sql);
   if (prepared)
     parts.push(
       ...topologyWriteCtes(prepared, "intent", sql, {
@@ -484,21 +498,21 @@ function entryStatement(
 }
 
 /**
- * In one statement: checks the lease fence, moves the applied index to the change's — only when
- * the database is behind it — and, only then, deletes and upserts the change's intent rows (the
- * first 500; more follow a statement per 500). Returns false when the database already had the
- * index (a replay; nothing written); throws FencedOut when the lease row is not `claim`'s.
+ * In one statement: checks the lease fence, moves the applied index to `index` — only when the
+ * database is behind it — and, only then, writes the first of the entry's intent rows (intentCtes);
+ * the rest follow a statement per 500. Returns false when the database already had the index (a
+ * replay; nothing written); throws FencedOut when the lease row is not `claim`'s.
  */
-async function writeIntentRows(tx: Tx, claim: LeaseClaim, change: intentpb.IntentChange): Promise<boolean> {
-  const rows = intentRows(change);
+async function writeIntentRows(tx: Tx, claim: LeaseClaim, index: number, rows: IntentRows): Promise<boolean> {
   const sql = new SqlParams();
-  const parts = intentCtes(claim, change.index, rows, sql);
+  const parts = intentCtes(claim, index, rows, sql);
   const r = await tx.query(`WITH ${parts.join(",\n")}\n${ENTRY_SELECT}`, sql.values);
   const row = r.rows[0] as EntryRow | undefined;
   verifyLeaseRow(claim, row?.holder === null ? undefined : row);
   if (!row?.moved) return false;
   const { deletes, upserts } = rows;
-  for (let i = INTENT_ROWS_FIRST_STATEMENT; i < deletes.length; i += INTENT_ROWS_FIRST_STATEMENT) {
+  const deletesFrom = deletesInFirstStatement(rows) ? INTENT_ROWS_FIRST_STATEMENT : 0;
+  for (let i = deletesFrom; i < deletes.length; i += INTENT_ROWS_FIRST_STATEMENT) {
     const batch = deletes.slice(i, i + INTENT_ROWS_FIRST_STATEMENT);
     await tx.query(
       `DELETE FROM intent_objects WHERE (kind, id) IN (${batch.map((_, k) => `($${2 * k + 1}::INT8, $${2 * k + 2}::TEXT)`).join(", ")})`,
@@ -512,7 +526,7 @@ async function writeIntentRows(tx: Tx, claim: LeaseClaim, change: intentpb.Inten
         .map((_, k) => `($${3 * k + 2}, $${3 * k + 3}, $${3 * k + 4}, $1)`)
         .join(", ")}
        ON CONFLICT (kind, id) DO UPDATE SET body = excluded.body, revision = excluded.revision`,
-      [change.index, ...batch.flat()],
+      [index, ...batch.flat()],
     );
   }
   return true;

@@ -142,9 +142,24 @@ export async function prepareTopologyWrite(delta: TopologyWrite): Promise<Prepar
   return { delta, bodies, rows: [...rows.values()], body: frameChange(bodies, delta.deletes) };
 }
 
-/** Whether a prepared write fits in the one statement of an entry (topologyWriteCtes, all rows). */
+/**
+ * Whether a prepared write fits in the one statement of an entry (topologyWriteCtes with all rows
+ * and its deletes): few enough rows, and not both deletes and upserts — CockroachDB refuses a
+ * statement that modifies one table in two places (sql.multiple_modifications_of_table.enabled).
+ */
 export function fitsOneStatement(p: PreparedTopologyWrite): boolean {
-  return p.rows.length <= ROWS_PER_STATEMENT && p.delta.deletes.length <= ROWS_PER_STATEMENT;
+  return (
+    p.rows.length <= ROWS_PER_STATEMENT &&
+    p.delta.deletes.length <= ROWS_PER_STATEMENT &&
+    (p.rows.length === 0 || deletesNotWritten(p).length === 0)
+  );
+}
+
+/** The delta's deletes of objects it does not also upsert (those end up written). */
+function deletesNotWritten(p: PreparedTopologyWrite): topologypb.TopologyRef[] {
+  if (p.delta.deletes.length === 0) return [];
+  const written = new Set(p.rows.map(([kind, id]) => keyString(kind, id)));
+  return p.delta.deletes.filter((d) => !written.has(keyString(d.kind, d.id)));
 }
 
 /** Bind parameters of a statement built in pieces: `ref(v)` adds one and returns its `$n`. */
@@ -160,8 +175,9 @@ export class SqlParams {
  * The common table expressions that write a prepared delta as the next revision: `r` bumps the
  * revision (and yields it), `c` logs the change, `o` upserts the first `firstRows` rows (all when
  * not given) and, when `deletes` is set, `td` deletes the delta's deletes (all of them; the caller
- * checks that they fit) — except those the delta also upserts, which end up written, as deleting first and then
- * upserting would have it (a statement may not touch a row twice). With `gate`, a condition on
+ * checks with fitsOneStatement that they fit, and that the delta upserts nothing else) — except
+ * those the delta also upserts, which end up written, as deleting first and then upserting would
+ * have it (a statement may not touch a row twice). With `gate`, a condition on
  * earlier expressions, nothing is written unless it holds. The statement selects from `r`.
  */
 export function topologyWriteCtes(
@@ -173,8 +189,9 @@ export function topologyWriteCtes(
   const gate = opts.gate ? ` AND ${opts.gate}` : "";
   const parts: string[] = [];
   if (opts.deletes) {
-    const written = new Set(p.rows.map(([kind, id]) => keyString(kind, id)));
-    const deletes = p.delta.deletes.filter((d) => !written.has(keyString(d.kind, d.id)));
+    const deletes = deletesNotWritten(p);
+    if (deletes.length > 0 && p.rows.length > 0)
+      throw new Error("topology write: deletes and upserts in one statement (see fitsOneStatement)");
     if (deletes.length > 0)
       parts.push(
         `td AS (DELETE FROM topology_objects WHERE (kind, id) IN (${deletes

@@ -4,6 +4,7 @@
 
 import type { Logger } from "@isthmus/schema";
 import pg from "pg";
+import { assertPortableStatement, SQL_PORTABILITY_CHECK_ENV } from "./portable-sql.js";
 import {
   backoffDelayMs,
   DEFAULT_RETRY_POLICY,
@@ -31,6 +32,20 @@ export interface TxOptions {
   retryCodes?: ReadonlySet<string>;
 }
 
+/**
+ * Makes `client` check every statement it sends with assertPortableStatement (a statement that
+ * fails the check is refused before it reaches the database, as CockroachDB would refuse it).
+ */
+function checkPortability(client: pg.PoolClient): void {
+  const query = client.query.bind(client) as (...args: unknown[]) => unknown;
+  (client as { query: unknown }).query = (...args: unknown[]) => {
+    const q = args[0];
+    const text = typeof q === "string" ? q : (q as { text?: unknown } | undefined)?.text;
+    if (typeof text === "string") assertPortableStatement(text);
+    return query(...args);
+  };
+}
+
 export class Database {
   readonly pool: pg.Pool;
   private readonly policy: RetryPolicy;
@@ -47,6 +62,7 @@ export class Database {
     });
     // An idle client's connection dying (database restarted) must not crash the process.
     this.pool.on("error", (err) => opts.log.warn({ err: err.message }, "idle database connection failed"));
+    if (process.env[SQL_PORTABILITY_CHECK_ENV] === "1") this.pool.on("connect", checkPortability);
     this.policy = { ...DEFAULT_RETRY_POLICY, ...opts.retry };
     if (this.policy.maxAttempts < 1) throw new Error("database retry.maxAttempts must be at least 1");
     this.log = opts.log;

@@ -209,8 +209,9 @@ export class IntentIndex implements IntentView {
   }
 
   /**
-   * Applies one committed intent change (its upserts, then its deletes) and returns the prior
-   * versions of every object it touched that existed before — translateChange's `prior`.
+   * Applies one committed intent change (its deletes, then its upserts: an object a change both
+   * deletes and upserts ends up written, as the site database's copy has it) and returns the
+   * prior versions of every object it touched that existed before — translateChange's `prior`.
    */
   applyIntentChange(change: intentpb.IntentChange): intentpb.IntentObject[] {
     const prior = new Map<string, intentpb.IntentObject>();
@@ -222,17 +223,17 @@ export class IntentIndex implements IntentView {
       const before = this.get(kind, id);
       if (before !== undefined) prior.set(key, { [kind]: before } as intentpb.IntentObject);
     };
-    for (const o of change.upserts) {
-      const { kind, id, value } = unwrapIntentObject(o);
-      remember(kind, id);
-      this.put(kind, id, value);
-    }
     for (const ref of change.deletes) {
       const kind = kindOfObjectKind(ref.kind);
       if (kind === undefined) throw new Error(`intent delete names unknown kind ${ref.kind} (id ${ref.id})`);
       if (ref.id === "") throw new Error(`intent delete of ${kind} has no id`);
       remember(kind, ref.id);
       this.remove(kind, ref.id);
+    }
+    for (const o of change.upserts) {
+      const { kind, id, value } = unwrapIntentObject(o);
+      remember(kind, id);
+      this.put(kind, id, value);
     }
     return [...prior.values()];
   }
