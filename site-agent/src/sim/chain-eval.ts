@@ -346,6 +346,14 @@ const CT_ZONE = "";
  */
 function isReturnFlow(w: Walk, checkedAt: string): boolean {
   if (w.m.ipVersion === 0) return false;
+  // A packet the simulation generated (echo reply, ICMP error, TCP reset) answers the packet just
+  // simulated, back toward its sender: return traffic for a stateful filter, though that packet
+  // committed nothing (it was absorbed or dropped) and an ICMP error matches no reversed tuple.
+  // It is never cached and commits nothing.
+  if (w.generatedDepth > 0) {
+    if (w.tracing) w.trace("conntrack", "", "generated reply: return traffic");
+    return true;
+  }
   const t = tupleOf(w);
   // One conntrack zone per agent: the forward packet and its reply are checked at different
   // devices (each VM's own bridge), so a per-device zone would never see the reply.

@@ -579,3 +579,22 @@ test("path: two VMs pinging one host with the same echo id through SNAT: the sec
   );
   assert.equal(setOf(reply)!.nwDst, parseIp4("10.0.1.1"));
 });
+
+test("path: a REJECT's reset reaches a sender behind a stateful group that accepts only return traffic", () => {
+  const s = withSecurityGroups();
+  const rej = s.t.chain("vm2-reject");
+  s.t.rule(rej, RA.RULE_ACTION_REJECT, { nwProto: 6 });
+  s.vm2.outboundFilterId = rej.id;
+  const view = new TopologyView(s.t.objects);
+  const ctx = newSimContext("h1");
+  const r = simulate(
+    view,
+    eth(VM1_MAC, RA_MAC).ip4("10.0.1.1", "10.0.2.1").tcp(40000, 23, TCP_SYN).build(),
+    { portId: s.vm1.id },
+    ctx,
+  );
+  assert.match(r.dropReason ?? "", /rejected by rule/);
+  const rst = r.generated.find((g) => g.why === "reject")!;
+  assert.deepEqual(outputs({ ...r, actions: rst.actions }), [{ kind: "output", portId: s.vm1.id }]);
+  assert.equal(ctx.state.conntrack.size, 0, "neither the rejected packet nor its reset commits a connection");
+});

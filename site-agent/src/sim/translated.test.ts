@@ -246,3 +246,68 @@ test("translated: anti-spoofing drops a foreign MAC, IPv4 or IPv6 source and non
   const own = send(eth(VM, gwMac).ip4("10.0.0.5", "10.0.0.1").icmpEcho().build());
   assert.doesNotMatch(own.dropReason ?? "", /spoofed|dropped by rule/);
 });
+
+test("translated: a VM behind a security group gets its gateway's echo reply and the router's ICMP errors", () => {
+  const w = new TestWorld("east");
+  w.putHost(b.host("h1", { tunnelIp: "192.0.2.1" }));
+  w.apply(
+    b.upsert(
+      1,
+      b.network("net1", { sites: ["east"], subnets: [{ cidr: "10.0.0.0/24", gatewayIp: "10.0.0.1" }] }),
+      b.network("net2", { sites: ["east"], subnets: [{ cidr: "10.0.1.0/24", gatewayIp: "10.0.1.1" }] }),
+      b.router("r1", {}),
+      b.routerInterface("ri1", { router: "r1", network: "net1" }),
+      b.routerInterface("ri2", { router: "r1", network: "net2" }),
+      b.securityGroup("web"),
+      b.securityGroupRule("ssh-in", { group: "web", direction: "ingress", protocol: "tcp", ports: [22, 22] }),
+      b.securityGroupRule("all-out", { group: "web", direction: "egress" }),
+    ),
+  );
+  const vm = (name: string, net: string, mac: string, ip: string, key: number) =>
+    w.putPort(
+      b.localPort(name, { network: net, host: "h1", mac, ips: [ip], groups: ["web"], tunnelKey: key }),
+    );
+  vm("vm1", "net1", VM, "10.0.0.5", 5);
+  vm("vm2", "net2", "02:00:00:00:00:06", "10.0.1.6", 6);
+  const view = new TopologyView([...w.topology.values()]);
+  const vm1 = view.ports.get(b.id("vm1"))!;
+  const gw = [...view.ports.values()].find(
+    (p) => p.type === 3 && p.ips4.some((a) => a.ip === parseIp4("10.0.0.1")),
+  )!;
+  const ctx = newSimContext(b.id("h1"));
+  const send = (f: Uint8Array) => simulate(view, f, { portId: vm1.id }, ctx);
+  const gwMac = formatMacOf(gw.mac);
+  const delivered = (r: SimResult, why: string) => {
+    const g = r.generated.find((x) => x.why === why);
+    assert.ok(g, `${why} generated (${r.dropReason})`);
+    assert.deepEqual(g.actions, [{ kind: "output", portId: vm1.id }], `${why} reaches the VM`);
+    return parsePacket(g.frame);
+  };
+  assert.equal(
+    delivered(send(eth(VM, gwMac).ip4("10.0.0.5", "10.0.0.1").icmpEcho(3, 1).build()), "echo-reply").icmpType,
+    0,
+  );
+  const te = delivered(
+    send(eth(VM, gwMac).ip4("10.0.0.5", "10.0.1.6", { ttl: 1 }).udp(40000, 33434).build()),
+    "time-exceeded",
+  );
+  assert.equal(te.icmpType, 11);
+  const unreach = delivered(
+    send(eth(VM, gwMac).ip4("10.0.0.5", "192.0.2.77").udp(40000, 53).build()),
+    "unreachable",
+  );
+  assert.equal(unreach.icmpType, 3);
+  // Replies commit nothing, and the group still refuses what nobody asked for.
+  assert.equal(ctx.state.conntrack.size, 0);
+  const vm2 = view.ports.get(b.id("vm2"))!;
+  const rb = [...view.ports.values()].find(
+    (p) => p.type === 3 && p.ips4.some((a) => a.ip === parseIp4("10.0.1.1")),
+  )!;
+  const unasked = simulate(
+    view,
+    eth("02:00:00:00:00:06", formatMacOf(rb.mac)).ip4("10.0.1.6", "10.0.0.5").icmpEcho(9, 1).build(),
+    { portId: vm2.id },
+    ctx,
+  );
+  assert.match(unasked.dropReason ?? "", /dropped by rule/);
+});
