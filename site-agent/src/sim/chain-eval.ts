@@ -2,9 +2,9 @@
 // exactly what was looked at) and whose actions accept, drop, reject, jump, return or translate
 // addresses. Conntrack state (forward/return) and NAT bindings are consulted here.
 import { topologypb } from "@isthmus/schema";
-import { formatIp4, inCidr6 } from "../packets/addr.js";
+import { formatIp4, inCidr6, readU16, readU32 } from "../packets/addr.js";
 import { ETH_ARP, FRAG_LATER, PROTO_ICMP, PROTO_TCP, PROTO_UDP } from "../packets/packet.js";
-import { type CtTuple, ctKey, ctReturnKey, ip4CtTag } from "./conntrack.js";
+import { type CtTuple, ctKey, ctReturnKey, ip4CtKey, ip4CtTag } from "./conntrack.js";
 import { flowHash } from "./flow-hash.js";
 import { F } from "./flow-match.js";
 import { emitGenerated } from "./generate.js";
@@ -355,6 +355,7 @@ function isReturnFlow(w: Walk, checkedAt: string): boolean {
     return true;
   }
   const t = tupleOf(w);
+  if (t.ipVersion === 4 && t.proto === PROTO_ICMP && isIcmp4Error(w.m.tpSrc)) return relatedIcmp4(w);
   // One conntrack zone per agent: the forward packet and its reply are checked at different
   // devices (each VM's own bridge), so a per-device zone would never see the reply.
   const zone = CT_ZONE;
@@ -383,6 +384,46 @@ function isReturnFlow(w: Walk, checkedAt: string): boolean {
   w.pendCt(fk, checkedAt);
   if (w.tracing) w.trace("conntrack", fk, "forward flow");
   return false;
+}
+
+/** ICMPv4 error types: unreachable, source quench, redirect, time exceeded, parameter problem. */
+function isIcmp4Error(type: number): boolean {
+  return type === 3 || type === 4 || type === 5 || type === 11 || type === 12;
+}
+
+/**
+ * An ICMP error is related to the connection whose packet it quotes (conntrack's RELATED): return
+ * traffic when that packet is a committed forward packet of the error's destination. Decided by
+ * bytes no flow key holds, so never cached.
+ */
+function relatedIcmp4(w: Walk): boolean {
+  w.result.cacheable = false;
+  const p = w.pkt;
+  const b = p.buf;
+  const q = p.payloadOff;
+  if (q < 0 || q + 20 > p.ipEnd || b[q]! >>> 4 !== 4) return false;
+  const ihl = (b[q]! & 0x0f) * 4;
+  const proto = b[q + 9]!;
+  const src = readU32(b, q + 12);
+  const dst = readU32(b, q + 16);
+  // Only about the packet the error's destination sent, and with the part of its L4 header a key needs.
+  if (ihl < 20 || src !== w.m._nwDst || q + ihl + 8 > p.ipEnd) return false;
+  const l4 = q + ihl;
+  let sport: number;
+  let dport: number;
+  if (proto === PROTO_TCP || proto === PROTO_UDP) {
+    sport = readU16(b, l4);
+    dport = readU16(b, l4 + 2);
+  } else if (proto === PROTO_ICMP) sport = dport = readU16(b, l4 + 4);
+  else return false;
+  const found = w.state.conntrack.hasTuple(proto, src, sport, dst, dport, w.ctx.now);
+  if (w.tracing)
+    w.trace(
+      "conntrack",
+      ip4CtKey(proto, src, sport, dst, dport),
+      found ? "related ICMP error" : "ICMP error about no connection",
+    );
+  return found;
 }
 
 function isStatic(rule: CompiledRule): boolean {

@@ -598,3 +598,35 @@ test("path: a REJECT's reset reaches a sender behind a stateful group that accep
   assert.deepEqual(outputs({ ...r, actions: rst.actions }), [{ kind: "output", portId: s.vm1.id }]);
   assert.equal(ctx.state.conntrack.size, 0, "neither the rejected packet nor its reset commits a connection");
 });
+
+test("path: an ICMP error about a connection is related traffic for the group of the host that opened it", () => {
+  const s = withSecurityGroups();
+  // vm2 takes UDP 53 from the group; vm1 takes only return traffic.
+  const out2 = s.t.objects.find((o) => o.chain?.id === s.vm2.outboundFilterId)!.chain!;
+  s.t.rule(out2, RA.RULE_ACTION_ACCEPT, { nwProto: 17, tpDst: { start: 53, end: 53 } }, { position: 2 });
+  const view = new TopologyView(s.t.objects);
+  const ctx = newSimContext("h1");
+  const query = eth(VM1_MAC, RA_MAC).ip4("10.0.1.1", "10.0.2.1").udp(40000, 53).build();
+  assert.deepEqual(outputs(simulate(view, query, { portId: s.vm1.id }, ctx)), [
+    { kind: "output", portId: s.vm2.id },
+  ]);
+  // vm2's kernel answers port unreachable, quoting the query as vm2 received it (TTL one lower).
+  const quoted = (src: string, sport: number) => {
+    const q = eth(VM1_MAC, RA_MAC).ip4(src, "10.0.2.1", { ttl: 63 }).udp(sport, 53).build();
+    return q.subarray(14, 14 + 28);
+  };
+  const error = (q: Uint8Array) =>
+    simulate(
+      view,
+      eth(VM2_MAC, RB_MAC).ip4("10.0.2.1", "10.0.1.1").icmp(3, 3).payload(q).build(),
+      { portId: s.vm2.id },
+      ctx,
+    );
+  const related = error(quoted("10.0.1.1", 40000));
+  assert.deepEqual(outputs(related), [{ kind: "output", portId: s.vm1.id }]);
+  assert.equal(related.cacheable, false, "decided by the quoted packet, which no flow key holds");
+  // About no connection of vm1's (another port), or quoting another sender: not related.
+  assert.match(error(quoted("10.0.1.1", 40001)).dropReason ?? "", /dropped by rule/);
+  assert.match(error(quoted("10.0.1.7", 40000)).dropReason ?? "", /dropped by rule/);
+  assert.equal(ctx.state.conntrack.size, 1, "an error commits no connection");
+});
