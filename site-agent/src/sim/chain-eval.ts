@@ -241,6 +241,7 @@ function matches(w: Walk, c: CompiledCondition, cc: ChainCtx): boolean {
     if (c.matchReturn && !ret) return false;
     if (c.matchForward && ret) return false;
   }
+  if (c.matchEstablished && isEstablished(w, cc.zoneId) === c.invEstablished) return false;
   return true;
 }
 
@@ -384,6 +385,36 @@ function isReturnFlow(w: Walk, checkedAt: string): boolean {
   w.pendCt(fk, checkedAt);
   if (w.tracing) w.trace("conntrack", fk, "forward flow");
   return false;
+}
+
+/**
+ * Whether the packet belongs to an established connection: return traffic (isReturnFlow), or a
+ * forward packet whose connection an earlier packet committed. A packet that opens a connection
+ * commits it (isReturnFlow records its key), so the next packet with the same key is established:
+ * a result that read "not established" is not cached — installed as a flow it would go on treating
+ * the connection's later packets as new. An established forward packet's result is tagged with
+ * its entry, so it goes stale when the entry expires.
+ */
+function isEstablished(w: Walk, checkedAt: string): boolean {
+  if (w.m.ipVersion === 0) return false; // only IP is tracked; nothing changes for later frames
+  if (isReturnFlow(w, checkedAt)) return true;
+  if (w.generatedDepth > 0) return false; // isReturnFlow took it as return traffic already
+  const t = tupleOf(w);
+  const ct = w.state.conntrack;
+  let committed: boolean;
+  if (t.ipVersion === 4 && t.proto === PROTO_ICMP && isIcmp4Error(w.m.tpSrc)) {
+    committed = false; // an error related to nothing (relatedIcmp4 said so; not cached)
+  } else if (t.ipVersion === 4) {
+    w.tagStr(ip4CtTag(t.proto, t.src, t.sport, t.dst, t.dport));
+    committed = ct.hasTuple(t.proto, t.src, t.sport, t.dst, t.dport, w.ctx.now);
+  } else {
+    const fk = ctKey(CT_ZONE, t);
+    w.tagStr(tag.ct(fk));
+    committed = ct.has(fk, w.ctx.now);
+  }
+  if (w.tracing) w.trace("conntrack", "", committed ? "established" : "new connection");
+  if (!committed) w.result.cacheable = false;
+  return committed;
 }
 
 /** ICMPv4 error types: unreachable, source quench, redirect, time exceeded, parameter problem. */

@@ -417,6 +417,71 @@ test("chain: conntrack forward matches the packet opening a connection, not its 
   assert.ok(passed(again));
 });
 
+test("chain: conntrack established matches a connection's later packets and its replies; inverted, only opening ones", () => {
+  // vm2's inbound chain sees vm2 → vm1 traffic: established passes; new passes only to TCP 80.
+  const t = new TopologyBuilder();
+  const h = t.host("h1", "192.168.0.1");
+  const c = t.chain("stateful");
+  const br = t.bridge({ inboundFilterId: c.id });
+  t.accept(c, { matchEstablished: true });
+  t.accept(c, { matchEstablished: true, invEstablished: true, nwProto: 6, tpDst: { start: 80, end: 80 } });
+  t.dropRule(c);
+  const vm1 = t.vmPort(br, h, M1, ["10.0.0.1"]);
+  const vm2 = t.vmPort(br, h, M2, ["10.0.0.2"]);
+  const view = new TopologyView(t.objects);
+  const ctx = newSimContext("h1");
+  const from1 = (f: Uint8Array) => simulate(view, f, { portId: vm1.id }, ctx);
+  const from2 = (f: Uint8Array) => simulate(view, f, { portId: vm2.id }, ctx);
+  const syn = eth(M1, M2).ip4("10.0.0.1", "10.0.0.2").tcp(4000, 80, TCP_SYN).build();
+
+  const first = from1(syn);
+  assert.ok(passed(first), "a new connection to port 80 opens");
+  assert.equal(
+    first.cacheable,
+    false,
+    "a result that read 'new' is not a flow: the next packet is established",
+  );
+  assert.equal(first.conntrack.length, 1, "the opening packet commits its connection");
+
+  const second = from1(eth(M1, M2).ip4("10.0.0.1", "10.0.0.2").tcp(4000, 80, TCP_ACK).build());
+  assert.ok(passed(second), "its next packet is established");
+  assert.equal(second.cacheable, true);
+  assert.ok(
+    second.tags.includes(`ct:${first.conntrack[0]!.key}`),
+    `tagged with its entry (expiry invalidates it): ${second.tags.join(" ")}`,
+  );
+
+  const reply = from2(
+    eth(M2, M1)
+      .ip4("10.0.0.2", "10.0.0.1")
+      .tcp(80, 4000, TCP_SYN | TCP_ACK)
+      .build(),
+  );
+  assert.ok(passed(reply), "a reply is established");
+
+  const ssh = from1(eth(M1, M2).ip4("10.0.0.1", "10.0.0.2").tcp(4001, 22, TCP_SYN).build());
+  assert.match(ssh.dropReason ?? "", /dropped by rule/, "a new connection elsewhere is neither rule's");
+  const arp = from1(eth(M1, "ff:ff:ff:ff:ff:ff").arpRequest(M1, "10.0.0.1", "10.0.0.2").build());
+  assert.ok(!passed(arp), "non-IP frames are never established");
+
+  // Inverted alone: the opening packet passes, the connection's later packets do not.
+  const t2 = new TopologyBuilder();
+  const h2 = t2.host("h1", "192.168.0.1");
+  const c2 = t2.chain("new-only");
+  const br2 = t2.bridge({ inboundFilterId: c2.id });
+  t2.accept(c2, { matchEstablished: true, invEstablished: true });
+  t2.dropRule(c2);
+  const a = t2.vmPort(br2, h2, M1, ["10.0.0.1"]);
+  t2.vmPort(br2, h2, M2, ["10.0.0.2"]);
+  const view2 = new TopologyView(t2.objects);
+  const ctx2 = newSimContext("h1");
+  const udp1 = eth(M1, M2).ip4("10.0.0.1", "10.0.0.2").udp(5000, 53).build();
+  assert.ok(passed(simulate(view2, udp1, { portId: a.id }, ctx2)));
+  const later = simulate(view2, udp1, { portId: a.id }, ctx2);
+  assert.match(later.dropReason ?? "", /dropped by rule/);
+  assert.equal(later.cacheable, true, "established is decided by its entry, so the drop may be a flow");
+});
+
 test("chain: jumps nested deeper than the bound drop, naming the bound", () => {
   const s = setup((t, c) => {
     let from = c;
