@@ -11,8 +11,9 @@ test("bench sim: quick mode runs the fixed path end to end", async () => {
   const logs: string[] = [];
   const orig = console.log;
   console.log = (...a: unknown[]) => logs.push(a.join(" "));
+  let rows: Awaited<ReturnType<typeof run>>["rows"];
   try {
-    await run({ quick: true });
+    ({ rows } = await run({ quick: true }));
   } finally {
     console.log = orig;
   }
@@ -20,6 +21,12 @@ test("bench sim: quick mode runs the fixed path end to end", async () => {
     logs.some((l) => /N=20: [\d,]+ first-packet sims\/s/.test(l)),
     logs.join("\n"),
   );
+  // Rates are not asserted (a quick, unwarmed run on a shared machine swings tenfold); allocation
+  // is steady (about 0.9-1.1 kB per simulation) and must stay small: 3,354 B before the
+  // allocation work of 2026-11-24.
+  const row = rows.find((r) => r.rules === 20)!;
+  assert.ok(row.bytesPerSim > 0 && row.bytesPerSim < 3000, `${row.bytesPerSim} B allocated per simulation`);
+  assert.ok(row.hitsPerSec > 0 && row.simsPerSec > 0);
 });
 
 test("bench sim: its docs section is replaced in place and never takes the next section's marker", () => {

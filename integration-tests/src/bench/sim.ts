@@ -206,7 +206,7 @@ const GOAL = 250_000;
 /** MidoNet's own load harness: 20–26k new flows per second per host (cited, not measured here). */
 const MIDONET_CITED = 26_000;
 
-export async function run(opts: { quick: boolean }): Promise<void> {
+export async function run(opts: { quick: boolean }): Promise<{ rows: Row[] }> {
   const sizes = opts.quick ? [20] : [10, 20, 100, 1000];
   const rows = sizes.map((n) => measure(n, opts.quick));
   const twenty = rows.find((r) => r.rules === 20)!;
@@ -233,11 +233,12 @@ export async function run(opts: { quick: boolean }): Promise<void> {
   console.log(
     `N=20: ${result.ratioToGoal}× the ${GOAL.toLocaleString()}/s goal, ${result.ratioToMidonetCited}× MidoNet's cited ${MIDONET_CITED.toLocaleString()} new flows/s`,
   );
-  if (opts.quick) return;
+  if (opts.quick) return result;
   const root = fileURLToPath(new URL("../../../", import.meta.url));
   mkdirSync(`${root}integration-tests/bench/results`, { recursive: true });
   writeFileSync(`${root}integration-tests/bench/results/sim.json`, `${JSON.stringify(result, null, 2)}\n`);
   writeSection(`${root}docs/benchmarks.md`, result);
+  return result;
 }
 
 export function writeSection(

@@ -541,6 +541,12 @@ function decodeCondition(r: InterningReader, end: number): Condition {
       case 240:
         c.noVlan = r.bool();
         continue;
+      case 248:
+        c.matchEstablished = r.bool();
+        continue;
+      case 256:
+        c.invEstablished = r.bool();
+        continue;
     }
     if ((tag & 7) === 4 || tag === 0) break;
     r.skip(tag & 7);
@@ -607,4 +613,6 @@ export const CONDITION_FIELDS = [
   "matchReturnFlow",
   "vlan",
   "noVlan",
+  "matchEstablished",
+  "invEstablished",
 ] as const;

@@ -1,11 +1,12 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
+import fc from "fast-check";
 import { formatIp4, formatIp6, formatMac, parseCidr4, parseIp4, parseIp6, parseMac } from "./addr.js";
-import { onesSum } from "./checksum.js";
+import { checksumError, finishChecksum, onesSum, updateChecksum16, updateChecksum32 } from "./checksum.js";
 import { describePacket, encodePacket, TCP_ACK, TCP_SYN } from "./encode.js";
 import { ARP_REQUEST, ETH_IP4, FRAG_FIRST, FRAG_LATER, Packet, PROTO_TCP, parsePacket } from "./packet.js";
 import { eth } from "./packet-dsl.js";
-import { encapVxlan, vxlanOf } from "./vxlan.js";
+import { encapVxlan, parseVxlan, vxlanOf } from "./vxlan.js";
 
 const A = "02:00:00:00:00:01";
 const B = "02:00:00:00:00:02";
@@ -163,5 +164,183 @@ test("parse: a reused Packet carries nothing over from the frame parsed before",
   assert.ok(
     p.ndTarget.every((w) => w === 0),
     "no ND target on a UDP packet after an ND one",
+  );
+});
+
+test("parse: a first fragment's UDP length covers the whole datagram, not just the fragment", () => {
+  const f = eth(A, B).ip4("1.1.1.1", "2.2.2.2", { mf: true }).udp(53, 4000).payload("x".repeat(16)).build();
+  f[14 + 20 + 4] = 3000 >>> 8; // the datagram is 3000 bytes; this fragment carries 24 of them
+  f[14 + 20 + 5] = 3000 & 0xff;
+  const p = parsePacket(f);
+  assert.equal(p.error, null);
+  assert.equal(p.nwFrag, FRAG_FIRST);
+  assert.equal(p.tpSrc, 53);
+  assert.equal(p.tpDst, 4000);
+  // An unfragmented datagram claiming more than it carries is still malformed.
+  const whole = eth(A, B).ip4("1.1.1.1", "2.2.2.2").udp(53, 4000).payload("x".repeat(16)).build();
+  whole[14 + 20 + 4] = 3000 >>> 8;
+  whole[14 + 20 + 5] = 3000 & 0xff;
+  assert.match(parsePacket(whole).error ?? "", /^udp: length field 3000 is out of range/);
+});
+
+/** `f` with `bytes` written at `off` (a copy). */
+function patch(f: Uint8Array, off: number, ...bytes: number[]): Uint8Array {
+  const c = f.slice();
+  c.set(bytes, off);
+  return c;
+}
+
+test("parse: each layer's malformed input is rejected with that layer's reason, never a throw", () => {
+  const v4udp = eth(A, B).ip4("10.0.0.1", "10.0.0.2").udp(1, 2).payload("abcd").build();
+  const v6udp = eth(A, B).ip6("fd00::1", "fd00::2").udp(1, 2).payload("abcd").build();
+  const arp = eth(A, B).arpRequest(A, "10.0.0.1", "10.0.0.2").build();
+  const ns = eth(A, B).ip6("fd00::1", "ff02::1:ff00:2").neighborSolicit("fd00::2", A).build();
+  const ip4p = (proto: number, len: number) =>
+    eth(A, B).ip4("10.0.0.1", "10.0.0.2", { proto }).payload(new Uint8Array(len)).build();
+  const ip6p = (next: number, payload: Uint8Array) => {
+    const f = eth(A, B).ip6("fd00::1", "fd00::2").payload(payload).build();
+    f[14 + 6] = next;
+    return f;
+  };
+  // Nine hop-by-hop style headers in a row (each 8 bytes, next header 0).
+  const hbh = new Uint8Array(9 * 8);
+  const cases: [string, Uint8Array, RegExp][] = [
+    ["short ethernet", v4udp.subarray(0, 13), /^ethernet: frame of 13 bytes is shorter than 14/],
+    ["short VLAN tag", patch(v4udp, 12, 0x81, 0x00).subarray(0, 16), /^802\.1Q: frame too short/],
+    ["stacked VLAN tags", patch(v4udp, 12, 0x81, 0x00, 0, 5, 0x81, 0x00), /^802\.1Q: stacked VLAN tags/],
+    ["802.3 length field", patch(v4udp, 12, 0x05, 0xdc), /^ethernet: length field 1500 \(802\.3 LLC/],
+    ["short ARP", arp.subarray(0, 14 + 27), /^arp: packet shorter than 28 bytes/],
+    ["ARP over another hardware", patch(arp, 14, 0, 6), /^arp: only Ethernet\/IPv4 ARP/],
+    ["ARP operation 3", patch(arp, 14 + 6, 0, 3), /^arp: unknown operation 3/],
+    ["short IPv4", v4udp.subarray(0, 14 + 19), /^ipv4: packet shorter than the 20-byte header/],
+    ["IPv4 version 5", patch(v4udp, 14, 0x55), /^ipv4: version field is 5/],
+    ["IPv4 IHL 4", patch(v4udp, 14, 0x44), /^ipv4: header length 16 is below 20/],
+    ["IPv4 total < IHL", patch(v4udp, 16, 0, 19), /^ipv4: total length 19 is below the header length 20/],
+    ["IPv4 total > frame", patch(v4udp, 16, 0x23, 0x28), /^ipv4: total length 9000 exceeds the frame/],
+    [
+      "IPv4 option truncated",
+      eth(A, B)
+        .ip4("1.1.1.1", "2.2.2.2", { options: new Uint8Array([1, 1, 1, 0x83]) })
+        .udp(1, 2)
+        .build(),
+      /^ipv4: option 131 is truncated/,
+    ],
+    ["short TCP", ip4p(6, 19), /^tcp: segment shorter than the 20-byte header/],
+    ["short UDP", ip4p(17, 7), /^udp: datagram shorter than the 8-byte header/],
+    ["UDP length 7", patch(v4udp, 14 + 20 + 4, 0, 7), /^udp: length field 7 is out of range/],
+    ["short ICMP", ip4p(1, 7), /^icmp: message shorter than 8 bytes/],
+    ["ICMPv4 inside IPv6", ip6p(1, new Uint8Array(8)), /^ip: protocol 1 is not valid for IPv6/],
+    ["ICMPv6 inside IPv4", ip4p(58, 8), /^ip: protocol 58 is not valid for IPv4/],
+    ["short IPv6", v6udp.subarray(0, 14 + 39), /^ipv6: packet shorter than the 40-byte header/],
+    ["IPv6 version 4", patch(v6udp, 14, 0x40), /^ipv6: version field is 4/],
+    ["IPv6 payload > frame", patch(v6udp, 14 + 4, 0x10, 0), /^ipv6: payload length 4096 exceeds the frame/],
+    ["IPv6 extension truncated", ip6p(0, new Uint8Array(4)), /^ipv6: extension header 0 is truncated/],
+    [
+      "IPv6 extension length",
+      ip6p(60, new Uint8Array([17, 3, 0, 0, 0, 0, 0, 0])),
+      /^ipv6: extension header 60/,
+    ],
+    ["IPv6 too many extensions", ip6p(0, hbh), /^ipv6: too many extension headers/],
+    ["IPv6 fragment truncated", ip6p(44, new Uint8Array(4)), /^ipv6: fragment header is truncated/],
+    ["short ND", ns.subarray(0, ns.length - 24).map((x) => x), /^ipv6: payload length/],
+    ["ND option length 0", patch(ns, ns.length - 7, 0), /^icmpv6: ND option 1 has bad length/],
+  ];
+  // A neighbor solicitation whose IPv6 length says the ND body is cut short.
+  const cut = patch(ns, 14 + 4, 0, 8 + 12);
+  cases.push([
+    "ND body cut short",
+    cut.subarray(0, 14 + 40 + 20),
+    /^icmpv6: neighbor discovery message shorter/,
+  ]);
+  for (const [name, frame, why] of cases) {
+    let p: Packet | undefined;
+    assert.doesNotThrow(() => {
+      p = parsePacket(frame);
+    }, name);
+    assert.match(p!.error ?? "(parsed)", why, name);
+  }
+  // The layers before the failing one stay valid: the Ethernet addresses of an IPv4 failure.
+  const p = parsePacket(patch(v4udp, 14, 0x55));
+  assert.equal(p.ethSrc, 0x020000000001);
+  assert.equal(p.etherType, ETH_IP4);
+});
+
+test("vxlan: malformed headers are rejected with a reason", () => {
+  const inner = eth(A, B).ip4("10.0.0.1", "10.0.0.2").udp(1, 2).build();
+  const ep = { srcMac: 1, dstMac: 2, srcIp: 3, dstIp: 4, srcPort: 5 };
+  const outer = encapVxlan(inner, 77, ep);
+  const p = parsePacket(outer);
+  assert.equal(parseVxlan(outer, p.payloadOff, p.payloadOff + 7), "vxlan: header shorter than 8 bytes");
+  assert.equal(
+    parseVxlan(patch(outer, p.payloadOff, 0), p.payloadOff, p.ipEnd),
+    "vxlan: I flag (VNI valid) is not set",
+  );
+  assert.equal(
+    parseVxlan(outer, p.payloadOff, p.payloadOff + 8 + 13),
+    "vxlan: inner frame shorter than an Ethernet header",
+  );
+  assert.equal(vxlanOf(parsePacket(inner.slice())), "vxlan: header shorter than 8 bytes");
+  assert.equal(
+    vxlanOf(parsePacket(eth(A, B).ip4("10.0.0.1", "10.0.0.2").tcp(1, 4789).build())),
+    "vxlan: outer packet is not UDP",
+  );
+  assert.equal(vxlanOf(parsePacket(outer.subarray(0, 20))), "ipv4: packet shorter than the 20-byte header");
+});
+
+test("checksums: every frame the encoder writes verifies (IPv4 header, TCP, UDP, ICMP, ICMPv6)", () => {
+  const odd = "odd-length"; // 10 bytes, plus one below
+  const frames = [
+    eth(A, B).ip4("10.0.0.1", "10.0.0.2").udp(1, 2).payload(`${odd}!`).build(),
+    eth(A, B)
+      .vlan(9)
+      .ip4("10.0.0.1", "10.0.0.2", { options: new Uint8Array([0x94, 4, 0, 0]) })
+      .tcp(1, 2)
+      .payload(odd)
+      .build(),
+    eth(A, B).ip4("10.0.0.1", "10.0.0.2").icmpEcho(3, 4).payload(`${odd}!`).build(),
+    eth(A, B).ip6("fd00::1", "fd00::2").udp(1, 2).payload(odd).build(),
+    eth(A, B).ip6("fd00::1", "fd00::2").tcp(1, 2).payload(`${odd}!`).build(),
+    eth(A, B).ip6("fd00::1", "fd00::2").icmpEcho(1, 2).build(),
+    eth(A, B).ip6("fd00::1", "ff02::1:ff00:2").neighborSolicit("fd00::2", A).build(),
+  ];
+  for (const f of frames) assert.equal(checksumError(parsePacket(f)), null);
+  // And the check itself fails on a corrupted byte of each layer it covers.
+  for (const f of frames) {
+    const p = parsePacket(f);
+    const bad = patch(f, p.l4Off + 1, f[p.l4Off + 1]! ^ 0x40);
+    assert.match(checksumError(parsePacket(bad)) ?? "", /checksum/);
+  }
+  const hdr = patch(frames[0]!, 14 + 8, 7); // TTL changed, header checksum not updated
+  assert.equal(checksumError(parsePacket(hdr)), "ipv4: header checksum");
+});
+
+test("checksums: the RFC 1624 incremental update equals recomputing from scratch", () => {
+  fc.assert(
+    fc.property(
+      fc.uint8Array({ minLength: 20, maxLength: 64 }).map((b) => (b.length % 2 ? b.subarray(1) : b)),
+      fc.nat(),
+      fc.integer({ min: 0, max: 0xffffffff }),
+      (bytes, at, now) => {
+        const b = bytes.slice();
+        const off = (at % (b.length / 2 - 1)) * 2;
+        const check = finishChecksum(onesSum(b, 0, b.length));
+        const old16 = (b[off]! << 8) | b[off + 1]!;
+        const old32 = ((old16 << 16) | (b[off + 2]! << 8) | b[off + 3]!) >>> 0;
+        const c = b.slice();
+        c[off] = now >>> 24;
+        c[off + 1] = (now >>> 16) & 0xff;
+        c[off + 2] = (now >>> 8) & 0xff;
+        c[off + 3] = now & 0xff;
+        // Compared by verifying (summing the data with the checksum gives 0 once inverted): one's
+        // complement has two zeros, so the incremental and the full checksum may differ in form.
+        const inc = updateChecksum32(check, old32, now >>> 0);
+        assert.equal(finishChecksum(onesSum(c, 0, c.length, inc)), 0);
+        const d = b.slice();
+        d[off] = 0x12;
+        d[off + 1] = 0x34;
+        assert.equal(finishChecksum(onesSum(d, 0, d.length, updateChecksum16(check, old16, 0x1234))), 0);
+      },
+    ),
+    { numRuns: 500, seed: 1624 },
   );
 });

@@ -297,7 +297,9 @@ function parseL4(p: Packet, proto: number): Packet {
     case PROTO_UDP: {
       if (avail < 8) return fail(p, "udp: datagram shorter than the 8-byte header");
       const ulen = readU16(b, o + 4);
-      if (ulen < 8 || ulen > avail) return fail(p, `udp: length field ${ulen} is out of range`);
+      // A first fragment's UDP length covers the whole datagram, most of it in later fragments.
+      if (ulen < 8 || (ulen > avail && p.nwFrag !== FRAG_FIRST))
+        return fail(p, `udp: length field ${ulen} is out of range`);
       p.tpSrc = readU16(b, o);
       p.tpDst = readU16(b, o + 2);
       p.payloadOff = o + 8;

@@ -1,6 +1,8 @@
 // Router next-hop resolution state: IP → MAC learned from ARP replies (with expiry), and packets
 // waiting for a reply — a bounded queue per next hop and overall, with a timeout after which the
 // packets are dropped and counted. The ARP request itself is a packet the simulation generates.
+// Learned entries are bounded too: a full cache refuses new neighbours (until expiry makes room)
+// rather than evicting ones in use.
 import type { ResubmitPacket } from "./result.js";
 import { tag } from "./topology-view.js";
 
@@ -16,8 +18,11 @@ export class ArpCache {
   private readonly entries = new Map<string, Map<number, { mac: number; expiresAt: number }>>();
   private readonly waits = new Map<string, Waiting>();
   private queued = 0;
+  private entryCount = 0;
   /** Packets dropped because a queue was full or their wait timed out. */
   dropped = 0;
+  /** Replies not learned because the cache was full. */
+  refused = 0;
 
   constructor(
     readonly ttlMs: number,
@@ -25,21 +30,48 @@ export class ArpCache {
     readonly retryMs: number,
     readonly maxQueuePerHop: number,
     readonly maxQueued: number,
-  ) {}
+    readonly maxEntries: number,
+  ) {
+    if (!(maxEntries > 0)) throw new RangeError(`ArpCache: maxEntries must be positive, got ${maxEntries}`);
+  }
+
+  get size(): number {
+    return this.entryCount;
+  }
+
+  /** Whether (router, ip) is known (live or not yet expired away) or has packets waiting for it. */
+  expects(routerId: string, ip: number): boolean {
+    return this.entries.get(routerId)?.has(ip) === true || this.waits.has(`${routerId}|${ip}`);
+  }
 
   lookup(routerId: string, ip: number, now: number): number {
     const e = this.entries.get(routerId)?.get(ip);
     return e && e.expiresAt > now ? e.mac : -1;
   }
 
-  /** Records a reply; returns the packets that were waiting for it. */
+  /**
+   * Records a reply; returns the packets that were waiting for it. A new neighbour is refused when
+   * the cache is full: its packets keep waiting (and time out) rather than being released only to
+   * wait and ask again.
+   */
   learn(routerId: string, ip: number, mac: number, now: number): ResubmitPacket[] {
     let m = this.entries.get(routerId);
-    if (!m) {
-      m = new Map();
-      this.entries.set(routerId, m);
+    const e = m?.get(ip);
+    if (e) {
+      e.mac = mac;
+      e.expiresAt = now + this.ttlMs;
+    } else {
+      if (this.entryCount >= this.maxEntries) {
+        this.refused++;
+        return [];
+      }
+      if (!m) {
+        m = new Map();
+        this.entries.set(routerId, m);
+      }
+      m.set(ip, { mac, expiresAt: now + this.ttlMs });
+      this.entryCount++;
     }
-    m.set(ip, { mac, expiresAt: now + this.ttlMs });
     const k = `${routerId}|${ip}`;
     const w = this.waits.get(k);
     if (!w) return [];
@@ -61,6 +93,11 @@ export class ArpCache {
     const k = `${routerId}|${ip}`;
     let w = this.waits.get(k);
     if (!w) {
+      // Every wait holds a packet, so there are never more waits than packets queued.
+      if (this.queued >= this.maxQueued) {
+        this.dropped++;
+        return { queued: false, sendRequest: false };
+      }
       w = { routerId, ip, packets: [], since: now, lastRequest: -Infinity };
       this.waits.set(k, w);
     }
@@ -92,8 +129,10 @@ export class ArpCache {
       for (const [ip, e] of m) {
         if (e.expiresAt > now) continue;
         m.delete(ip);
+        this.entryCount--;
         out.push(tag.arp(routerId, ip));
       }
+      if (m.size === 0) this.entries.delete(routerId);
     }
     return out;
   }

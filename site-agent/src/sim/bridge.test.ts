@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { parseIp4, parseMac } from "../packets/addr.js";
+import { formatIp6, parseIp4, parseMac } from "../packets/addr.js";
+import { checksumError } from "../packets/checksum.js";
 import { parsePacket } from "../packets/packet.js";
 import { eth } from "../packets/packet-dsl.js";
 import { F } from "./flow-match.js";
@@ -308,4 +309,93 @@ test("bridge: a flood port's filter rewrite applies to that port only", () => {
     { kind: "set", nwDst: parseIp4("10.0.0.255") },
     { kind: "output", portId: c.id },
   ]);
+});
+
+test("bridge: MAC learning is bounded, and a lapsed entry stops steering frames before expiry runs", () => {
+  const { t, br, vm1, vm2 } = twoHosts();
+  const view = new TopologyView(t.objects);
+  const ctx = newSimContext("h1", undefined, { macEntries: 2 });
+  const from = (src: string, port: string) =>
+    simulate(view, eth(src, MAC3).ip4("10.0.0.9", "10.0.0.3").udp(1, 2).build(), { portId: port }, ctx);
+  assert.equal(from("02:aa:00:00:00:01", vm1.id).learned.length, 1);
+  assert.equal(from("02:aa:00:00:00:02", vm1.id).learned.length, 1);
+  const third = from("02:aa:00:00:00:03", vm1.id);
+  assert.deepEqual(third.learned, [], "the table is full");
+  assert.equal(ctx.state.macs.size, 2);
+  assert.equal(ctx.state.macs.refused, 1);
+  assert.equal(third.actions.at(-1)?.kind, "encap", "the frame itself is still forwarded");
+  // A frame to the refused MAC floods; one to a learned MAC does not.
+  const to = (dst: string) =>
+    simulate(view, eth(MAC2, dst).ip4("10.0.0.2", "10.0.0.9").udp(1, 2).build(), { portId: vm2.id }, ctx);
+  assert.ok(to("02:aa:00:00:00:03").tags.includes(`flood:${br.id}`));
+  assert.deepEqual(to("02:aa:00:00:00:01").actions, [{ kind: "output", portId: vm1.id }]);
+  // Past its idle time the entry no longer counts, though the expiry timer has not run.
+  ctx.now += ctx.state.limits.macTtlMs;
+  assert.ok(to("02:aa:00:00:00:01").tags.includes(`flood:${br.id}`));
+});
+
+test("bridge: a VM's own ARP probe and duplicate address detection are not answered; another's DAD gets an NA to all nodes", () => {
+  const t = new TopologyBuilder();
+  const h1 = t.host("h1", "192.168.0.1");
+  const br = t.bridge();
+  const a = t.vmPort(br, h1, MAC1, ["fd00::1", "10.0.0.1"]);
+  t.vmPort(br, h1, MAC2, ["fd00::2"]);
+  const view = new TopologyView(t.objects);
+  const send = (f: Uint8Array) => simulate(view, f, { portId: a.id }, newSimContext("h1"));
+  const ownDad = send(
+    eth(MAC1, "33:33:ff:00:00:01").ip6("::", "ff02::1:ff00:1", 255).neighborSolicit("fd00::1", MAC1).build(),
+  );
+  assert.equal(ownDad.generated.length, 0, "no advertisement telling the VM its own address is taken");
+  assert.equal(ownDad.actions.filter((x) => x.kind === "output").length, 1, "flooded like any multicast");
+  const probe = send(eth(MAC1, "ff:ff:ff:ff:ff:ff").arpRequest(MAC1, "0.0.0.0", "10.0.0.1").build());
+  assert.equal(probe.generated.length, 0);
+  // Duplicate address detection for an address another VM holds: the NA goes to all nodes.
+  const dad = send(
+    eth(MAC1, "33:33:ff:00:00:02").ip6("::", "ff02::1:ff00:2", 255).neighborSolicit("fd00::2", MAC1).build(),
+  );
+  const na = parsePacket(dad.generated[0]!.frame);
+  assert.equal(na.error, null);
+  assert.equal(checksumError(na), null);
+  assert.equal(formatIp6(na.nwDst6), "ff02::1");
+  assert.equal(na.ethDst, parseMac("33:33:00:00:00:01"));
+  assert.equal(na.buf[na.l4Off + 4]! & 0x40, 0, "not solicited");
+  assert.equal(na.ndLinkAddr, parseMac(MAC2));
+  // An ordinary solicitation is answered to its sender, solicited.
+  const ns = send(
+    eth(MAC1, "33:33:ff:00:00:02")
+      .ip6("fd00::1", "ff02::1:ff00:2", 255)
+      .neighborSolicit("fd00::2", MAC1)
+      .build(),
+  );
+  const reply = parsePacket(ns.generated[0]!.frame);
+  assert.equal(formatIp6(reply.nwDst6), "fd00::1");
+  assert.equal(reply.buf[reply.l4Off + 4]! & 0x40, 0x40);
+});
+
+test("bridge: a rewrite to the value the packet already has puts that field in the mask", () => {
+  const t = new TopologyBuilder();
+  const h1 = t.host("h1", "192.168.0.1");
+  const br = t.bridge();
+  const nat = t.chain();
+  t.rule(nat, 8, {}, { natTargets: [{ ipStart: "10.9.9.9", ipEnd: "10.9.9.9", portStart: 0, portEnd: 0 }] });
+  const a = t.vmPort(br, h1, MAC1, []);
+  const b = t.vmPort(br, h1, MAC2, [], { outboundFilterId: nat.id });
+  const view = new TopologyView(t.objects);
+  const send = (dst: string) =>
+    simulate(
+      view,
+      eth(MAC1, MAC2).ip4("10.0.0.1", dst).udp(1, 2).build(),
+      { portId: a.id },
+      newSimContext("h1"),
+    );
+  const other = send("10.0.0.2");
+  assert.deepEqual(other.actions, [
+    { kind: "set", nwDst: parseIp4("10.9.9.9") },
+    { kind: "output", portId: b.id },
+  ]);
+  assert.equal(other.mask & F.NW_DST, 0, "a rewrite alone does not read the address");
+  const already = send("10.9.9.9");
+  assert.deepEqual(already.actions, [{ kind: "output", portId: b.id }]);
+  assert.ok(already.mask & F.NW_DST, "without a set, this flow holds only for packets already to 10.9.9.9");
+  assert.equal(already.dstBits, 32);
 });

@@ -2,7 +2,7 @@
 // flooding to exterior ports, ARP and ND proxying from what the topology knows, and dropping
 // frames whose destination is behind the port they came from.
 import { topologypb } from "@isthmus/schema";
-import { formatIp6, isMulticastMac } from "../packets/addr.js";
+import { formatIp4, formatIp6, isMulticastMac } from "../packets/addr.js";
 import { ARP_REQUEST, ETH_ARP, ETH_IP6, ICMP6_NS, PROTO_ICMP6 } from "../packets/packet.js";
 import { CHAIN_ACCEPT, filterAt } from "./chain-eval.js";
 import { emitGenerated } from "./generate.js";
@@ -35,15 +35,18 @@ export function simulateBridge(w: Walk, b: BridgeView, inPort: PortView | null):
     const tpa = m.arpTpa;
     w.tag(b.arpTags.get(tpa));
     const owner = b.arp.get(tpa);
-    if (owner !== undefined) {
-      if (w.tracing) w.trace("arp", b.id, `proxy reply for ${tpa >>> 0}`);
+    // Not to the owner itself (an ARP probe or announcement for its own address, RFC 5227): a
+    // reply would tell it that someone else holds the address.
+    if (owner !== undefined && owner !== m.arpSha) {
+      if (w.tracing) w.trace("arp", b.id, `proxy reply for ${formatIp4(tpa)}`);
       emitGenerated(w, arpReply(owner, tpa, m.arpSha, m.arpSpa), inPort, "arp-proxy");
       return;
     }
   }
   if (inPort && m.etherType === ETH_IP6 && m.nwProto === PROTO_ICMP6 && m.tpSrc === ICMP6_NS) {
     const owner = b.nd.get(formatIp6(w.pkt.ndTarget));
-    if (owner !== undefined) {
+    // Not to the owner's own duplicate address detection (RFC 4862 5.4), for the same reason.
+    if (owner !== undefined && owner !== m.ethSrc) {
       if (w.tracing) w.trace("arp", b.id, "ND proxy advertisement");
       emitGenerated(w, ndAdvert(w.pkt, owner), inPort, "nd-proxy");
       return;

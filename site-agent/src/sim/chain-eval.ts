@@ -2,13 +2,24 @@
 // exactly what was looked at) and whose actions accept, drop, reject, jump, return or translate
 // addresses. Conntrack state (forward/return) and NAT bindings are consulted here.
 import { topologypb } from "@isthmus/schema";
-import { inCidr6 } from "../packets/addr.js";
+import { formatIp4, inCidr6, readU16, readU32 } from "../packets/addr.js";
 import { ETH_ARP, FRAG_LATER, PROTO_ICMP, PROTO_TCP, PROTO_UDP } from "../packets/packet.js";
-import { type CtTuple, ctKey, ctReturnKey, ip4CtTag } from "./conntrack.js";
+import { type CtTuple, ctKey, ctReturnKey, ip4CtKey, ip4CtTag } from "./conntrack.js";
 import { flowHash } from "./flow-hash.js";
+import { F } from "./flow-match.js";
 import { emitGenerated } from "./generate.js";
 import { type NatBinding, natKey } from "./nat-table.js";
-import { ICMP_UNREACH, icmpError, tcpReset, UNREACH_ADMIN } from "./replies.js";
+import {
+  ICMP_UNREACH,
+  ICMP6_UNREACH,
+  ICMP6_UNREACH_ADMIN,
+  icmp6Error,
+  icmpError,
+  mayAnswerWithError,
+  tcpReset,
+  tcpReset6,
+  UNREACH_ADMIN,
+} from "./replies.js";
 import type { CompiledCondition, CompiledRule } from "./rule-compile.js";
 import { bucketEtherType, bucketKey, type IndexedRun } from "./rule-index.js";
 import { type PortView, tag } from "./topology-view.js";
@@ -230,6 +241,7 @@ function matches(w: Walk, c: CompiledCondition, cc: ChainCtx): boolean {
     if (c.matchReturn && !ret) return false;
     if (c.matchForward && ret) return false;
   }
+  if (c.matchEstablished && isEstablished(w, cc.zoneId) === c.invEstablished) return false;
   return true;
 }
 
@@ -335,7 +347,16 @@ const CT_ZONE = "";
  */
 function isReturnFlow(w: Walk, checkedAt: string): boolean {
   if (w.m.ipVersion === 0) return false;
+  // A packet the simulation generated (echo reply, ICMP error, TCP reset) answers the packet just
+  // simulated, back toward its sender: return traffic for a stateful filter, though that packet
+  // committed nothing (it was absorbed or dropped) and an ICMP error matches no reversed tuple.
+  // It is never cached and commits nothing.
+  if (w.generatedDepth > 0) {
+    if (w.tracing) w.trace("conntrack", "", "generated reply: return traffic");
+    return true;
+  }
   const t = tupleOf(w);
+  if (t.ipVersion === 4 && t.proto === PROTO_ICMP && isIcmp4Error(w.m.tpSrc)) return relatedIcmp4(w);
   // One conntrack zone per agent: the forward packet and its reply are checked at different
   // devices (each VM's own bridge), so a per-device zone would never see the reply.
   const zone = CT_ZONE;
@@ -366,6 +387,76 @@ function isReturnFlow(w: Walk, checkedAt: string): boolean {
   return false;
 }
 
+/**
+ * Whether the packet belongs to an established connection: return traffic (isReturnFlow), or a
+ * forward packet whose connection an earlier packet committed. A packet that opens a connection
+ * commits it (isReturnFlow records its key), so the next packet with the same key is established:
+ * a result that read "not established" is not cached — installed as a flow it would go on treating
+ * the connection's later packets as new. An established forward packet's result is tagged with
+ * its entry, so it goes stale when the entry expires.
+ */
+function isEstablished(w: Walk, checkedAt: string): boolean {
+  if (w.m.ipVersion === 0) return false; // only IP is tracked; nothing changes for later frames
+  if (isReturnFlow(w, checkedAt)) return true;
+  if (w.generatedDepth > 0) return false; // isReturnFlow took it as return traffic already
+  const t = tupleOf(w);
+  const ct = w.state.conntrack;
+  let committed: boolean;
+  if (t.ipVersion === 4 && t.proto === PROTO_ICMP && isIcmp4Error(w.m.tpSrc)) {
+    committed = false; // an error related to nothing (relatedIcmp4 said so; not cached)
+  } else if (t.ipVersion === 4) {
+    w.tagStr(ip4CtTag(t.proto, t.src, t.sport, t.dst, t.dport));
+    committed = ct.hasTuple(t.proto, t.src, t.sport, t.dst, t.dport, w.ctx.now);
+  } else {
+    const fk = ctKey(CT_ZONE, t);
+    w.tagStr(tag.ct(fk));
+    committed = ct.has(fk, w.ctx.now);
+  }
+  if (w.tracing) w.trace("conntrack", "", committed ? "established" : "new connection");
+  if (!committed) w.result.cacheable = false;
+  return committed;
+}
+
+/** ICMPv4 error types: unreachable, source quench, redirect, time exceeded, parameter problem. */
+function isIcmp4Error(type: number): boolean {
+  return type === 3 || type === 4 || type === 5 || type === 11 || type === 12;
+}
+
+/**
+ * An ICMP error is related to the connection whose packet it quotes (conntrack's RELATED): return
+ * traffic when that packet is a committed forward packet of the error's destination. Decided by
+ * bytes no flow key holds, so never cached.
+ */
+function relatedIcmp4(w: Walk): boolean {
+  w.result.cacheable = false;
+  const p = w.pkt;
+  const b = p.buf;
+  const q = p.payloadOff;
+  if (q < 0 || q + 20 > p.ipEnd || b[q]! >>> 4 !== 4) return false;
+  const ihl = (b[q]! & 0x0f) * 4;
+  const proto = b[q + 9]!;
+  const src = readU32(b, q + 12);
+  const dst = readU32(b, q + 16);
+  // Only about the packet the error's destination sent, and with the part of its L4 header a key needs.
+  if (ihl < 20 || src !== w.m._nwDst || q + ihl + 8 > p.ipEnd) return false;
+  const l4 = q + ihl;
+  let sport: number;
+  let dport: number;
+  if (proto === PROTO_TCP || proto === PROTO_UDP) {
+    sport = readU16(b, l4);
+    dport = readU16(b, l4 + 2);
+  } else if (proto === PROTO_ICMP) sport = dport = readU16(b, l4 + 4);
+  else return false;
+  const found = w.state.conntrack.hasTuple(proto, src, sport, dst, dport, w.ctx.now);
+  if (w.tracing)
+    w.trace(
+      "conntrack",
+      ip4CtKey(proto, src, sport, dst, dport),
+      found ? "related ICMP error" : "ICMP error about no connection",
+    );
+  return found;
+}
+
 function isStatic(rule: CompiledRule): boolean {
   const t = rule.natTargets[0];
   return (
@@ -391,7 +482,8 @@ function forwardNat(w: Walk, rule: CompiledRule, cc: ChainCtx): boolean {
     const ip = rule.natTargets[0]!.ipStart;
     if (snat) m._nwSrc = ip;
     else m._nwDst = ip;
-    if (w.tracing) w.trace("nat", rule.id, `static ${snat ? "SNAT" : "DNAT"} to ${ip >>> 0}`);
+    m.written |= snat ? F.NW_SRC : F.NW_DST;
+    if (w.tracing) w.trace("nat", rule.id, `static ${snat ? "SNAT" : "DNAT"} to ${formatIp4(ip)}`);
     return true;
   }
   const t = tupleOf(w);
@@ -406,6 +498,8 @@ function forwardNat(w: Walk, rule: CompiledRule, cc: ChainCtx): boolean {
   if (!b) {
     if (w.state.nat.full()) {
       w.drop(`NAT table full (${w.state.nat.maxBindings} bindings): rule ${rule.id}`);
+      // Not cached, as a full conntrack table: the next packet may find room.
+      w.result.cacheable = false;
       return false;
     }
     const h = flowHash(t, w.ctx.hashSeed ?? 0);
@@ -413,6 +507,7 @@ function forwardNat(w: Walk, rule: CompiledRule, cc: ChainCtx): boolean {
     const natIp = (target.ipStart + (h % (target.ipEnd - target.ipStart + 1))) >>> 0;
     const icmp = t.proto === PROTO_ICMP;
     let natPort: number;
+    let allocated = false;
     if (icmp || target.portEnd === 0) natPort = snat ? t.sport : t.dport;
     else if (snat) {
       natPort = w.state.natPorts.allocate(
@@ -424,11 +519,12 @@ function forwardNat(w: Walk, rule: CompiledRule, cc: ChainCtx): boolean {
         now,
       );
       if (natPort < 0) {
-        w.drop(`rule ${rule.id}: no SNAT port available on ${natIp >>> 0} (no free leased block)`);
+        w.drop(`rule ${rule.id}: no SNAT port available on ${formatIp4(natIp)} (no free leased block)`);
         // Not cached: the host asks for a block in the background and the next packet may get one.
         w.result.cacheable = false;
         return false;
       }
+      allocated = true;
     } else natPort = target.portStart + (h % (target.portEnd - target.portStart + 1));
     b = snat
       ? binding(
@@ -453,6 +549,18 @@ function forwardNat(w: Walk, rule: CompiledRule, cc: ChainCtx): boolean {
           natPort,
           now + w.state.nat.idleMs,
         );
+    // Translations whose replies look alike (SNAT keeps ICMP echo ids; DNAT of two addresses to
+    // one backend) would share a reverse entry, and one side's replies would reach the other.
+    const clash = w.state.nat.lookupReverse(b.reverseKey, now);
+    if (clash !== undefined && clash.key !== key) {
+      w.drop(
+        `rule ${rule.id}: ${kind} to ${formatIp4(b.natIp)}:${b.natPort} would collide with the replies of binding ${clash.key}`,
+      );
+      if (allocated) w.state.natPorts.free(cc.zoneId, natIp, natPort, now);
+      // Not cached: the other connection may end first.
+      w.result.cacheable = false;
+      return false;
+    }
     w.state.nat.put(b);
     w.add("nat", { ...b });
   }
@@ -464,7 +572,9 @@ function forwardNat(w: Walk, rule: CompiledRule, cc: ChainCtx): boolean {
     m._nwDst = b.natIp;
     if (t.proto !== PROTO_ICMP) m._tpDst = b.natPort;
   }
-  if (w.tracing) w.trace("nat", rule.id, `${kind} to ${b.natIp >>> 0}:${b.natPort}`);
+  const ports = t.proto !== PROTO_ICMP;
+  m.written |= snat ? F.NW_SRC | (ports ? F.TP_SRC : 0) : F.NW_DST | (ports ? F.TP_DST : 0);
+  if (w.tracing) w.trace("nat", rule.id, `${kind} to ${formatIp4(b.natIp)}:${b.natPort}`);
   return true;
 }
 
@@ -501,20 +611,35 @@ function reverseNat(w: Walk, rule: CompiledRule, cc: ChainCtx): boolean {
     m._nwSrc = b.origIp;
     if (t.proto !== PROTO_ICMP) m._tpSrc = b.origPort;
   }
+  const ports = t.proto !== PROTO_ICMP;
+  m.written |= snat ? F.NW_DST | (ports ? F.TP_DST : 0) : F.NW_SRC | (ports ? F.TP_SRC : 0);
   if (w.tracing)
-    w.trace("nat", rule.id, `reverse ${snat ? "SNAT" : "DNAT"} to ${b.origIp >>> 0}:${b.origPort}`);
+    w.trace("nat", rule.id, `reverse ${snat ? "SNAT" : "DNAT"} to ${formatIp4(b.origIp)}:${b.origPort}`);
   return true;
 }
 
-/** REJECT: a TCP reset or ICMP admin-prohibited back toward the sender. */
+/** REJECT: a TCP reset or ICMP(v6) admin-prohibited back toward the sender, when one may be sent. */
 function reject(w: Walk, cc: ChainCtx): void {
   const port = cc.replyPort;
   const m = w.m;
   const p = w.pkt;
-  if (!port || m.ipVersion !== 4 || w.generatedDepth > 0) return;
-  const frame =
-    m.nwProto === PROTO_TCP && m.nwFrag !== FRAG_LATER
+  if (!port || w.generatedDepth > 0) return;
+  // Whether to answer depends on fields the mask does not hold (TCP flags, ICMP type, addresses
+  // classes): each rejected packet is decided on its own, never by a flow.
+  w.result.cacheable = false;
+  if (!mayAnswerWithError(p)) {
+    if (w.tracing) w.trace("decision", port.id, "reject: no reply to this packet (RFC 1122 3.2.2 / RFC 793)");
+    return;
+  }
+  const tcp = m.nwProto === PROTO_TCP;
+  let frame: Uint8Array;
+  if (m.ipVersion === 4)
+    frame = tcp
       ? tcpReset(p, m._ethDst, m._ethSrc, m._nwDst, m._nwSrc, m._tpDst, m._tpSrc)
       : icmpError(p, ICMP_UNREACH, UNREACH_ADMIN, m._ethDst, m._ethSrc, m._nwDst, m._nwSrc);
+  else
+    frame = tcp
+      ? tcpReset6(p, m._ethDst, m._ethSrc)
+      : icmp6Error(p, ICMP6_UNREACH, ICMP6_UNREACH_ADMIN, m._ethDst, m._ethSrc);
   emitGenerated(w, frame, port, "reject");
 }

@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { topologypb } from "@isthmus/schema";
-import { formatIp4 } from "../packets/addr.js";
+import { formatIp4, formatIp6 } from "../packets/addr.js";
+import { checksumError } from "../packets/checksum.js";
 import { TCP_ACK, TCP_RST, TCP_SYN } from "../packets/encode.js";
 import { parsePacket } from "../packets/packet.js";
 import { eth } from "../packets/packet-dsl.js";
@@ -234,4 +235,268 @@ test("chain: for ARP frames, address conditions see the sender/target protocol a
     [eth(M1, M2).arpReply(M1, "10.0.0.1", M2, "10.0.0.2").build()],
     [udp()],
   );
+});
+
+test("chain: reject never answers a TCP reset, an ICMP error, a later fragment or a broadcast, and is never a flow", () => {
+  const s = setup((t, c) => {
+    t.rule(c, RA.RULE_ACTION_REJECT);
+  });
+  const silent: [string, Uint8Array][] = [
+    ["a TCP reset", eth(M1, M2).ip4("10.0.0.1", "10.0.0.2").tcp(4000, 22, TCP_RST).build()],
+    ["an ICMP error", eth(M1, M2).ip4("10.0.0.1", "10.0.0.2").icmp(3, 1).payload(new Uint8Array(28)).build()],
+    [
+      "a later fragment",
+      eth(M1, M2).ip4("10.0.0.1", "10.0.0.2", { fragOffset: 8, proto: 17 }).payload("xxxxxxxx").build(),
+    ],
+    ["a multicast destination", eth(M1, M2).ip4("10.0.0.1", "224.0.0.251").udp(5353, 5353).build()],
+    ["a source naming no host", eth(M1, M2).ip4("0.0.0.0", "10.0.0.2").udp(68, 67).build()],
+  ];
+  for (const [what, f] of silent) {
+    const r = s.send(f);
+    assert.match(r.dropReason ?? "", /rejected by rule/, what);
+    assert.equal(r.generated.length, 0, `no reply to ${what}`);
+    assert.equal(r.cacheable, false, `${what}: not a flow, or it would silence the packets that get a reply`);
+  }
+  // An echo request and a SYN are answered (and are not flows either).
+  const echo = s.send(eth(M1, M2).ip4("10.0.0.1", "10.0.0.2").icmpEcho(1, 1).build());
+  assert.equal(parsePacket(echo.generated[0]!.frame).icmpCode, 13);
+  assert.equal(echo.cacheable, false);
+});
+
+test("chain: reject answers IPv6 with ICMPv6 admin-prohibited or a TCP reset, checksums valid", () => {
+  const s = setup((t, c) => {
+    t.rule(c, RA.RULE_ACTION_REJECT);
+  });
+  const u = s.send(eth(M1, M2).ip6("fd00::1", "fd00::2").udp(1000, 53).payload("q").build());
+  assert.match(u.dropReason ?? "", /rejected by rule/);
+  const icmp = parsePacket(u.generated[0]!.frame);
+  assert.equal(icmp.error, null);
+  assert.equal(checksumError(icmp), null);
+  assert.equal(icmp.icmpType, 1);
+  assert.equal(icmp.icmpCode, 1);
+  assert.equal(formatIp6(icmp.nwSrc6), "fd00::2");
+  assert.equal(formatIp6(icmp.nwDst6), "fd00::1");
+  assert.deepEqual(u.generated[0]!.actions, [{ kind: "output", portId: s.vm1.id }]);
+  const syn = s.send(eth(M1, M2).ip6("fd00::1", "fd00::2").tcp(4000, 22, TCP_SYN, 77).build());
+  const rst = parsePacket(syn.generated[0]!.frame);
+  assert.equal(checksumError(rst), null);
+  assert.equal(rst.tcpFlags, TCP_RST | TCP_ACK);
+  assert.equal(rst.tcpAck, 78);
+  assert.equal(rst.tpSrc, 22);
+  assert.equal(rst.tpDst, 4000);
+  // An ICMPv6 error is not answered.
+  const err = s.send(eth(M1, M2).ip6("fd00::1", "fd00::2").icmp(1, 4).payload(new Uint8Array(48)).build());
+  assert.equal(err.generated.length, 0);
+});
+
+test("chain: every condition field decides on its own, and its inversion decides the other way", () => {
+  const v6 = (src: string, dst: string) => eth(M1, M2).ip6(src, dst).udp(1, 2).build();
+  const tagged = (vlan: number) => eth(M1, M2).vlan(vlan).ip4("10.0.0.1", "10.0.0.2").udp(1, 2).build();
+  // vm1 is port-3 and vm2 port-4 in setup(); extras are built after them.
+  const cases: [string, ConditionSpec, Uint8Array[], Uint8Array[], ((t: TopologyBuilder) => void)?][] = [
+    ["out ports", { outPortIds: ["port-4"] }, [udp()], []],
+    ["out ports, other", { outPortIds: ["port-9"] }, [], [udp()]],
+    ["out ports inverted", { outPortIds: ["port-4"], invOutPorts: true }, [], [udp()]],
+    [
+      "port group inverted",
+      { portGroupId: "portgroup-5", invPortGroup: true },
+      [],
+      [udp()],
+      (t) => {
+        t.portGroup(["port-3"]);
+      },
+    ],
+    [
+      "port group without the port",
+      { portGroupId: "portgroup-5" },
+      [],
+      [udp()],
+      (t) => {
+        t.portGroup(["port-4"]);
+      },
+    ],
+    ["eth dst inverted", { ethDst: M2, invEthDst: true }, [], [udp()]],
+    ["eth dst other, inverted", { ethDst: "02:00:00:00:00:09", invEthDst: true }, [udp()], []],
+    ["VLAN id", { vlan: 7 }, [tagged(7)], [tagged(8), udp()]],
+    ["no VLAN", { noVlan: true }, [udp()], [tagged(7)]],
+    [
+      "tp dst inverted",
+      { tpDst: { start: 53, end: 53 }, invTpDst: true },
+      [udp(undefined, undefined, 1, 54)],
+      [udp()],
+    ],
+    [
+      "tp src range",
+      { tpSrc: { start: 1000, end: 2000 } },
+      [udp(), udp(undefined, undefined, 2000)],
+      [udp(undefined, undefined, 2001)],
+    ],
+    ["nw dst inverted", { nwDst: "10.0.0.2/32", invNwDst: true }, [udp("10.0.0.1", "10.0.0.3")], [udp()]],
+    ["nw dst IPv6", { nwDst: "fd00::2/128" }, [v6("fd00::1", "fd00::2")], [v6("fd00::1", "fd00::3"), udp()]],
+    [
+      "address group IPv6",
+      { ipAddrGroupSrc: "ipgroup-5" },
+      [v6("fd00::1", "fd00::2")],
+      [v6("fd01::1", "fd00::2")],
+      (t) => {
+        t.ipGroup(["fd00::/64"]);
+      },
+    ],
+    [
+      "address group src inverted",
+      { ipAddrGroupSrc: "ipgroup-5", invIpAddrGroupSrc: true },
+      [udp("10.0.0.9")],
+      [udp()],
+      (t) => {
+        t.ipGroup(["10.0.0.1"]);
+      },
+    ],
+    [
+      "address group dst",
+      { ipAddrGroupDst: "ipgroup-5" },
+      [udp()],
+      [udp("10.0.0.1", "10.0.0.3")],
+      (t) => {
+        t.ipGroup(["10.0.0.2"]);
+      },
+    ],
+    ["missing address group matches nothing", { ipAddrGroupSrc: "ipgroup-404" }, [], [udp()]],
+    ["ether type IPv6", { etherType: 0x86dd }, [v6("fd00::1", "fd00::2")], [udp()]],
+    ["protocol ICMP", { nwProto: 1 }, [eth(M1, M2).ip4("10.0.0.1", "10.0.0.2").icmpEcho().build()], [udp()]],
+  ];
+  for (const [name, cond, pass, fail, extra] of cases) {
+    const s = setup((t, c) => {
+      extra?.(t);
+      t.accept(c, cond);
+      t.dropRule(c);
+    });
+    for (const f of pass) assert.ok(passed(s.send(f)), `${name}: expected to pass`);
+    for (const f of fail) assert.ok(!passed(s.send(f)), `${name}: expected to be dropped`);
+  }
+});
+
+test("chain: conntrack forward matches the packet opening a connection, not its reply", () => {
+  // One chain on the bridge sees both directions: only forward packets pass it.
+  const t = new TopologyBuilder();
+  const h = t.host("h1", "192.168.0.1");
+  const c = t.chain("forward-only");
+  const br = t.bridge({ inboundFilterId: c.id });
+  t.accept(c, { matchForwardFlow: true });
+  t.dropRule(c);
+  const vm1 = t.vmPort(br, h, M1, ["10.0.0.1"]);
+  const vm2 = t.vmPort(br, h, M2, ["10.0.0.2"]);
+  const view = new TopologyView(t.objects);
+  const ctx = newSimContext("h1");
+  const req = simulate(
+    view,
+    eth(M1, M2).ip4("10.0.0.1", "10.0.0.2").tcp(4000, 80).build(),
+    { portId: vm1.id },
+    ctx,
+  );
+  assert.ok(passed(req));
+  assert.equal(req.conntrack.length, 1);
+  assert.ok(req.mask & F.TP_SRC && req.mask & F.NW_SRC, "the tuple is in the mask");
+  const reply = simulate(
+    view,
+    eth(M2, M1)
+      .ip4("10.0.0.2", "10.0.0.1")
+      .tcp(80, 4000, TCP_SYN | TCP_ACK)
+      .build(),
+    { portId: vm2.id },
+    ctx,
+  );
+  assert.match(reply.dropReason ?? "", /dropped by rule/, "a return packet is not forward");
+  assert.ok(reply.tags.includes(`ct:${req.conntrack[0]!.key}`));
+  // The next packet of the opening side is still forward.
+  const again = simulate(
+    view,
+    eth(M1, M2).ip4("10.0.0.1", "10.0.0.2").tcp(4000, 80, TCP_ACK).build(),
+    { portId: vm1.id },
+    ctx,
+  );
+  assert.ok(passed(again));
+});
+
+test("chain: conntrack established matches a connection's later packets and its replies; inverted, only opening ones", () => {
+  // vm2's inbound chain sees vm2 → vm1 traffic: established passes; new passes only to TCP 80.
+  const t = new TopologyBuilder();
+  const h = t.host("h1", "192.168.0.1");
+  const c = t.chain("stateful");
+  const br = t.bridge({ inboundFilterId: c.id });
+  t.accept(c, { matchEstablished: true });
+  t.accept(c, { matchEstablished: true, invEstablished: true, nwProto: 6, tpDst: { start: 80, end: 80 } });
+  t.dropRule(c);
+  const vm1 = t.vmPort(br, h, M1, ["10.0.0.1"]);
+  const vm2 = t.vmPort(br, h, M2, ["10.0.0.2"]);
+  const view = new TopologyView(t.objects);
+  const ctx = newSimContext("h1");
+  const from1 = (f: Uint8Array) => simulate(view, f, { portId: vm1.id }, ctx);
+  const from2 = (f: Uint8Array) => simulate(view, f, { portId: vm2.id }, ctx);
+  const syn = eth(M1, M2).ip4("10.0.0.1", "10.0.0.2").tcp(4000, 80, TCP_SYN).build();
+
+  const first = from1(syn);
+  assert.ok(passed(first), "a new connection to port 80 opens");
+  assert.equal(
+    first.cacheable,
+    false,
+    "a result that read 'new' is not a flow: the next packet is established",
+  );
+  assert.equal(first.conntrack.length, 1, "the opening packet commits its connection");
+
+  const second = from1(eth(M1, M2).ip4("10.0.0.1", "10.0.0.2").tcp(4000, 80, TCP_ACK).build());
+  assert.ok(passed(second), "its next packet is established");
+  assert.equal(second.cacheable, true);
+  assert.ok(
+    second.tags.includes(`ct:${first.conntrack[0]!.key}`),
+    `tagged with its entry (expiry invalidates it): ${second.tags.join(" ")}`,
+  );
+
+  const reply = from2(
+    eth(M2, M1)
+      .ip4("10.0.0.2", "10.0.0.1")
+      .tcp(80, 4000, TCP_SYN | TCP_ACK)
+      .build(),
+  );
+  assert.ok(passed(reply), "a reply is established");
+
+  const ssh = from1(eth(M1, M2).ip4("10.0.0.1", "10.0.0.2").tcp(4001, 22, TCP_SYN).build());
+  assert.match(ssh.dropReason ?? "", /dropped by rule/, "a new connection elsewhere is neither rule's");
+  const arp = from1(eth(M1, "ff:ff:ff:ff:ff:ff").arpRequest(M1, "10.0.0.1", "10.0.0.2").build());
+  assert.ok(!passed(arp), "non-IP frames are never established");
+
+  // Inverted alone: the opening packet passes, the connection's later packets do not.
+  const t2 = new TopologyBuilder();
+  const h2 = t2.host("h1", "192.168.0.1");
+  const c2 = t2.chain("new-only");
+  const br2 = t2.bridge({ inboundFilterId: c2.id });
+  t2.accept(c2, { matchEstablished: true, invEstablished: true });
+  t2.dropRule(c2);
+  const a = t2.vmPort(br2, h2, M1, ["10.0.0.1"]);
+  t2.vmPort(br2, h2, M2, ["10.0.0.2"]);
+  const view2 = new TopologyView(t2.objects);
+  const ctx2 = newSimContext("h1");
+  const udp1 = eth(M1, M2).ip4("10.0.0.1", "10.0.0.2").udp(5000, 53).build();
+  assert.ok(passed(simulate(view2, udp1, { portId: a.id }, ctx2)));
+  const later = simulate(view2, udp1, { portId: a.id }, ctx2);
+  assert.match(later.dropReason ?? "", /dropped by rule/);
+  assert.equal(later.cacheable, true, "established is decided by its entry, so the drop may be a flow");
+});
+
+test("chain: jumps nested deeper than the bound drop, naming the bound", () => {
+  const s = setup((t, c) => {
+    let from = c;
+    for (let i = 0; i < 20; i++) {
+      const next = t.chain(`level-${i}`);
+      t.rule(from, RA.RULE_ACTION_JUMP, {}, { jumpChainId: next.id });
+      from = next;
+    }
+    t.accept(from);
+  });
+  assert.match(s.send(udp()).dropReason ?? "", /chain jumps nested deeper than 16/);
+  const shallow = setup((t, c) => {
+    const a = t.chain("a");
+    t.rule(c, RA.RULE_ACTION_JUMP, {}, { jumpChainId: a.id });
+    t.accept(a);
+  });
+  assert.ok(passed(shallow.send(udp())));
 });

@@ -52,6 +52,11 @@ export class FlowMatch {
   /** Fields read so far (the mask being built). */
   seen: FlowMask = F.IN_PORT | F.TUNNEL_KEY;
   /**
+   * Rewritable fields a device wrote (router MACs, NAT). A write that leaves the ingress value
+   * emits no `set`, which is right only for packets with that value: the walk then masks the field.
+   */
+  written: FlowMask = 0;
+  /**
    * With NW_DST in `seen`: how many leading bits of the IPv4 destination were looked at (32 = the
    * whole address; an IPv6 destination is always read whole).
    */
@@ -88,6 +93,7 @@ export class FlowMatch {
 
   load(p: Packet, inPort: string, tunnelKey: number): void {
     this.seen = F.IN_PORT | F.TUNNEL_KEY;
+    this.written = 0;
     this.dstBits = 0;
     this._inPort = inPort;
     this._tunnelKey = tunnelKey;
@@ -118,6 +124,7 @@ export class FlowMatch {
 
   copyFrom(o: FlowMatch): void {
     this.seen = o.seen;
+    this.written = o.written;
     this.dstBits = o.dstBits;
     this._inPort = o._inPort;
     this._tunnelKey = o._tunnelKey;

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { topologypb } from "@isthmus/schema";
 import fc from "fast-check";
+import { checksumError } from "../packets/checksum.js";
 import { describePacket, encodePacket, type PacketSpec } from "../packets/encode.js";
 import { parsePacket } from "../packets/packet.js";
 import { simulate } from "./simulate.js";
@@ -17,6 +18,39 @@ const mac = fc.integer({ min: 0, max: 2 ** 48 - 1 });
 const ip6 = fc.tuple(u32, u32, u32, u32).map((w) => Uint32Array.from(w));
 const payload = fc.uint8Array({ maxLength: 64 });
 
+/** IPv4 options that parse: NOPs, router alert, a timestamp, padded with end-of-list to 4n bytes. */
+const ip4Options = fc
+  .array(fc.constantFrom([1], [0x94, 4, 0, 0], [0x44, 8, 5, 0, 1, 2, 3, 4]), { minLength: 1, maxLength: 4 })
+  .map((parts) => {
+    const bytes = parts.flat();
+    while (bytes.length % 4 !== 0) bytes.push(0);
+    return Uint8Array.from(bytes);
+  });
+/** TCP options are not interpreted: any bytes, 4n long. */
+const tcpOptions = fc
+  .integer({ min: 1, max: 10 })
+  .chain((n) => fc.uint8Array({ minLength: 4 * n, maxLength: 4 * n }));
+const l4Arb = fc.record({
+  l4: fc.constantFrom("tcp", "udp", "icmp"),
+  sp: u16,
+  dp: u16,
+  tcpOpts: fc.option(tcpOptions, { nil: undefined }),
+});
+function withL4(s: PacketSpec, x: { l4: string; sp: number; dp: number; tcpOpts?: Uint8Array | undefined }) {
+  const { l4, sp, dp, tcpOpts } = x;
+  if (l4 === "tcp")
+    s.tcp = { src: sp, dst: dp, seq: sp * 7, ack: dp, flags: sp & 0x1ff, window: dp, options: tcpOpts };
+  else if (l4 === "udp") s.udp = { src: sp, dst: dp };
+  // ICMPv6 neighbor discovery (135, 136) has a body of its own: other types here.
+  else
+    s.icmp = {
+      type: s.ip6 && (sp & 0xff) >= 135 && (sp & 0xff) <= 136 ? 128 : sp & 0xff,
+      code: dp & 0xff,
+      rest: (sp << 16) | dp,
+    };
+  return s;
+}
+
 /** Valid packets of every kind the encoder writes. */
 const specArb: fc.Arbitrary<PacketSpec> = fc.oneof(
   fc.record({
@@ -25,36 +59,58 @@ const specArb: fc.Arbitrary<PacketSpec> = fc.oneof(
   }),
   fc
     .record({
-      eth: fc.record({ src: mac, dst: mac, vlan: fc.integer({ min: 0, max: 4095 }) }),
-      ip4: fc.record({ src: u32, dst: u32, ttl: u8, tos: u8, id: u16, df: fc.boolean() }),
-      l4: fc.constantFrom("tcp", "udp", "icmp"),
-      sp: u16,
-      dp: u16,
+      eth: fc.record({
+        src: mac,
+        dst: mac,
+        vlan: fc.integer({ min: 0, max: 4095 }),
+        pcp: fc.integer({ min: 0, max: 7 }),
+      }),
+      ip4: fc.record({
+        src: u32,
+        dst: u32,
+        ttl: u8,
+        tos: u8,
+        id: u16,
+        df: fc.boolean(),
+        mf: fc.boolean(),
+        options: fc.option(ip4Options, { nil: undefined }),
+      }),
+      x: l4Arb,
       payload,
     })
-    .map(({ eth, ip4, l4, sp, dp, payload }) => {
-      const s: PacketSpec = { eth, ip4, payload };
-      if (l4 === "tcp") s.tcp = { src: sp, dst: dp, seq: sp * 7, ack: dp, flags: sp & 0x1ff, window: dp };
-      else if (l4 === "udp") s.udp = { src: sp, dst: dp };
-      else s.icmp = { type: sp & 0xff, code: dp & 0xff, rest: (sp << 16) | dp };
-      return s;
+    .map(({ eth, ip4, x, payload }) => withL4({ eth, ip4, payload }, x)),
+  // Later fragments: no L4 header, whatever the protocol says.
+  fc.record({
+    eth: fc.record({ src: mac, dst: mac }),
+    ip4: fc.record({
+      src: u32,
+      dst: u32,
+      proto: fc.constantFrom(1, 6, 17, 47),
+      fragOffset: fc.integer({ min: 1, max: 0x1fff }),
+      mf: fc.boolean(),
+      id: u16,
     }),
+    payload,
+  }),
   fc
     .record({
       eth: fc.record({ src: mac, dst: mac }),
-      src: ip6,
-      dst: ip6,
-      sp: u16,
-      dp: u16,
+      ip6: fc.record({
+        src: ip6,
+        dst: ip6,
+        hopLimit: u8,
+        trafficClass: u8,
+        flowLabel: fc.integer({ min: 0, max: 0xfffff }),
+      }),
+      x: l4Arb,
       payload,
-      hop: u8,
     })
-    .map(({ eth, src, dst, sp, dp, payload, hop }) => ({
-      eth,
-      ip6: { src, dst, hopLimit: hop },
-      udp: { src: sp, dst: dp },
-      payload,
-    })),
+    .map(({ eth, ip6, x, payload }) => withL4({ eth, ip6, payload }, x)),
+  // Other EtherTypes (LLDP, MPLS, ...): the payload is carried as it is.
+  fc.record({
+    eth: fc.record({ src: mac, dst: mac, etherType: fc.constantFrom(0x88cc, 0x8847, 0x9000, 0x0600) }),
+    payload,
+  }),
 );
 
 function topology() {
@@ -81,6 +137,7 @@ test("fuzz: encode(parse(x)) round-trips for valid packets", () => {
       const bytes = encodePacket(spec);
       const p = parsePacket(bytes);
       assert.equal(p.error, null);
+      assert.equal(checksumError(p), null);
       assert.deepEqual(encodePacket(describePacket(p)), bytes);
     }),
     { numRuns: 2000, seed: 6 },

@@ -4,20 +4,27 @@ import { topologypb } from "@isthmus/schema";
 import { eth } from "../packets/packet-dsl.js";
 import type { SimResult } from "./result.js";
 import { simulate } from "./simulate.js";
-import { RA_MAC, twoSubnets, VM1_MAC, VM2_MAC } from "./test-topologies.js";
+import { RA_MAC, RB_MAC, twoSubnets, VM1_MAC, VM2_MAC } from "./test-topologies.js";
 import { newSimContext } from "./topology-builder.js";
 import { TopologyView } from "./topology-view.js";
 
 const RA = topologypb.RuleAction;
 const K = topologypb.TopologyKind;
 
-/** Two flows: `routed` (vm1 → router → vm2, through vm2's chain) and `local` (vm1 → vm3 on bridge A). */
+/**
+ * Three flows: `routed` (vm1 → router → vm2, through vm2's chain), `local` (vm1 → vm3 on bridge A)
+ * and `back` (vm2 → router → vm1 by another route, through vm1's own chain): the same router and
+ * bridges as `routed`, so only exact invalidation spares it.
+ */
 function flows() {
   const s = twoSubnets();
   const vm3 = s.t.vmPort(s.bA, s.h1, "02:00:00:00:01:03", ["10.0.1.3"]);
   const chain = s.t.chain("vm2-out");
   const rule = s.t.accept(chain, { nwProto: 17 });
   s.vm2.outboundFilterId = chain.id;
+  const chain1 = s.t.chain("vm1-out");
+  s.t.accept(chain1, { nwProto: 17 });
+  s.vm1.outboundFilterId = chain1.id;
   const view = new TopologyView(s.t.objects);
   const ctx = newSimContext("h1");
   const routed = simulate(
@@ -32,9 +39,15 @@ function flows() {
     { portId: s.vm1.id },
     ctx,
   );
-  assert.equal(routed.actions.at(-1)?.kind, "output");
-  assert.equal(local.actions.at(-1)?.kind, "output");
-  return { ...s, vm3, chain, rule, view, routed, local };
+  const back = simulate(
+    view,
+    eth(VM2_MAC, RB_MAC).ip4("10.0.2.1", "10.0.1.1").udp(2, 1).build(),
+    { portId: s.vm2.id },
+    ctx,
+  );
+  for (const r of [routed, local, back]) assert.equal(r.actions.at(-1)?.kind, "output");
+  assert.ok(back.tags.includes(`device:${s.r.id}`) && back.tags.includes(`chain:${chain1.id}`));
+  return { ...s, vm3, chain, rule, view, routed, local, back };
 }
 
 const hits = (stale: string[], r: SimResult) => stale.filter((x) => r.tags.includes(x));
@@ -45,6 +58,7 @@ test("invalidation: changing a route invalidates flows that used it, not an unre
   assert.ok(stale.includes(`route:${f.routeB.id}`));
   assert.ok(hits(stale, f.routed).length > 0);
   assert.deepEqual(hits(stale, f.local), []);
+  assert.deepEqual(hits(stale, f.back), [], "a flow through the same router by another route survives");
   assert.equal(f.view.revision, 2);
 });
 
@@ -54,6 +68,7 @@ test("invalidation: adding a more specific route invalidates flows through the c
   const stale = f.view.apply({ revision: 2, upserts: [{ route: more }], deletes: [] });
   assert.ok(hits(stale, f.routed).includes(`route:${f.routeB.id}`));
   assert.deepEqual(hits(stale, f.local), []);
+  assert.deepEqual(hits(stale, f.back), []);
   // And the new route is used from now on.
   const r = simulate(
     f.view,
@@ -73,6 +88,7 @@ test("invalidation: changing or deleting a rule invalidates flows through its ch
   });
   assert.ok(hits(stale, f.routed).includes(`chain:${f.chain.id}`));
   assert.deepEqual(hits(stale, f.local), []);
+  assert.deepEqual(hits(stale, f.back), [], "a flow through another chain on the same path survives");
   const after = simulate(
     f.view,
     eth(VM1_MAC, RA_MAC).ip4("10.0.1.1", "10.0.2.1").udp(1, 2).build(),
@@ -99,13 +115,14 @@ test("invalidation: a MAC entry change invalidates flows to that MAC only", () =
   });
   assert.ok(hits(stale, f.local).length > 0);
   assert.deepEqual(hits(stale, f.routed), []);
+  assert.deepEqual(hits(stale, f.back), [], "a flow to another MAC on the same bridge survives");
 });
 
 test("invalidation: a port change invalidates flows through it only; a new port invalidates floods", () => {
   const f = flows();
   const stale = f.view.apply({ revision: 2, upserts: [{ port: { ...f.vm2, hostId: "h2" } }], deletes: [] });
   assert.ok(hits(stale, f.routed).includes(`port:${f.vm2.id}`));
-  assert.deepEqual(hits(stale, f.local), []);
+  assert.deepEqual(hits(stale, f.local), [], "a flow on the same bridge through other ports survives");
   const moved = simulate(
     f.view,
     eth(VM1_MAC, RA_MAC).ip4("10.0.1.1", "10.0.2.1").udp(1, 2).build(),

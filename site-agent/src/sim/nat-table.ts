@@ -32,9 +32,14 @@ export class NatTable {
   private readonly reverse = new Map<string, NatBinding>();
   refused = 0;
 
+  /**
+   * `replaced` hears of a binding `put` replaced under the same key with another (a connection
+   * translated again after its binding lapsed, before `expire` ran): its port must be freed.
+   */
   constructor(
     readonly maxBindings: number,
     readonly idleMs: number,
+    private readonly replaced: (old: NatBinding, now: NatBinding) => void = () => {},
   ) {
     if (!(maxBindings > 0))
       throw new RangeError(`NatTable: maxBindings must be positive, got ${maxBindings}`);
@@ -42,6 +47,11 @@ export class NatTable {
 
   get size(): number {
     return this.forward.size;
+  }
+
+  /** Reverse entries (each belongs to a binding in the table, so never more than `size`). */
+  get reverseSize(): number {
+    return this.reverse.size;
   }
 
   lookupForward(key: string, now: number): NatBinding | undefined {
@@ -60,9 +70,14 @@ export class NatTable {
 
   /** Adds a binding (from this host's simulation or a peer's flow state); false when full. */
   put(b: NatBinding): boolean {
-    if (!this.forward.has(b.key) && this.forward.size >= this.maxBindings) {
+    const old = this.forward.get(b.key);
+    if (!old && this.forward.size >= this.maxBindings) {
       this.refused++;
       return false;
+    }
+    if (old && old !== b) {
+      if (this.reverse.get(old.reverseKey) === old) this.reverse.delete(old.reverseKey);
+      this.replaced(old, b);
     }
     this.forward.set(b.key, b);
     this.reverse.set(b.reverseKey, b);

@@ -419,3 +419,214 @@ test("path: a loop between devices is cut by the device bound", () => {
   );
   assert.match(r.dropReason ?? "", /loop: more than 16 devices/);
 });
+
+test("path: a connection translated again after its binding lapsed (before expiry ran) leaks no port", () => {
+  const s = withSnat();
+  const view = new TopologyView(s.t.objects);
+  const h1 = newSimContext("h1", new InMemoryNatBlockRegistry());
+  const gwIp = parseIp4("203.0.113.1");
+  const send = () => {
+    h1.state.arp.learn(s.r.id, gwIp, parseMac(EXT_MAC), h1.now);
+    return simulate(
+      view,
+      eth(VM1_MAC, RA_MAC).ip4("10.0.1.1", "198.51.100.7").tcp(40000, 80).build(),
+      { portId: s.vm1.id },
+      h1,
+    );
+  };
+  const first = send();
+  assert.equal(first.nat.length, 1);
+  // The binding lapses; the agent's expiry timer has not run yet when the next packet comes.
+  h1.now += h1.state.limits.natIdleMs + 1;
+  const second = send();
+  assert.equal(second.nat.length, 1, "a new binding replaces the lapsed one");
+  assert.equal(h1.state.nat.size, 1);
+  assert.equal(h1.state.nat.reverseSize, 1, "the lapsed binding's reverse entry went with it");
+  // Everything expires, then the block idles out: no port may still count as used.
+  h1.now += h1.state.limits.natIdleMs + 1;
+  h1.state.expire(h1.now);
+  assert.equal(h1.state.nat.size, 0);
+  assert.equal(h1.state.nat.reverseSize, 0);
+  h1.now += h1.state.limits.natBlockIdleMs;
+  h1.state.expire(h1.now);
+  assert.deepEqual(h1.state.natPorts.heldBlocks(), [], "every port freed, so the block went back");
+});
+
+test("path: a full conntrack table refuses new connections (not cached), and a full NAT table new bindings", () => {
+  const s = withSecurityGroups();
+  const view = new TopologyView(s.t.objects);
+  const ctx = newSimContext("h1", undefined, { conntrackEntries: 1 });
+  const syn = (sport: number) =>
+    simulate(
+      view,
+      eth(VM1_MAC, RA_MAC).ip4("10.0.1.1", "10.0.2.1").tcp(sport, 22, TCP_SYN).build(),
+      { portId: s.vm1.id },
+      ctx,
+    );
+  assert.equal(syn(40000).conntrack.length, 1);
+  const refused = syn(40001);
+  assert.match(refused.dropReason ?? "", /conntrack table full \(1 entries\): new connection refused/);
+  assert.equal(refused.cacheable, false, "room may come back: the next packet is simulated again");
+  assert.deepEqual(refused.conntrack, []);
+  assert.equal(ctx.state.conntrack.size, 1);
+  // The connection already in the table goes on: its reply is a return flow.
+  const reply = simulate(
+    view,
+    eth(VM2_MAC, RB_MAC)
+      .ip4("10.0.2.1", "10.0.1.1")
+      .tcp(22, 40000, TCP_SYN | TCP_ACK)
+      .build(),
+    { portId: s.vm2.id },
+    ctx,
+  );
+  assert.deepEqual(outputs(reply), [{ kind: "output", portId: s.vm1.id }]);
+
+  const n = withSnat();
+  const nview = new TopologyView(n.t.objects);
+  const h1 = newSimContext("h1", new InMemoryNatBlockRegistry(), { natBindings: 1 });
+  h1.state.arp.learn(n.r.id, parseIp4("203.0.113.1"), parseMac(EXT_MAC), h1.now);
+  const out = (sport: number) =>
+    simulate(
+      nview,
+      eth(VM1_MAC, RA_MAC).ip4("10.0.1.1", "198.51.100.7").tcp(sport, 80).build(),
+      { portId: n.vm1.id },
+      h1,
+    );
+  assert.equal(out(40000).nat.length, 1);
+  const full = out(40001);
+  assert.match(full.dropReason ?? "", /NAT table full \(1 bindings\)/);
+  assert.equal(full.cacheable, false, "a flow would keep dropping the connection after room came back");
+  assert.equal(h1.state.nat.size, 1);
+  h1.state.expire(h1.now + h1.state.limits.natIdleMs);
+  h1.now += h1.state.limits.natIdleMs;
+  h1.state.arp.learn(n.r.id, parseIp4("203.0.113.1"), parseMac(EXT_MAC), h1.now);
+  assert.equal(out(40001).nat.length, 1, "translated once there is room");
+});
+
+test("path: trace records each port, device, chain, rule, conntrack, route, NAT step and the decision, in order", () => {
+  const s = withSnat();
+  const vmIn = s.t.chain("vm1-in");
+  const accept = s.t.accept(vmIn, { matchForwardFlow: true });
+  s.vm1.inboundFilterId = vmIn.id;
+  const view = new TopologyView(s.t.objects);
+  const ctx = { ...newSimContext("h1"), trace: true };
+  ctx.state.arp.learn(s.r.id, parseIp4("203.0.113.1"), parseMac(EXT_MAC), ctx.now);
+  const r = simulate(
+    view,
+    eth(VM1_MAC, RA_MAC).ip4("10.0.1.1", "198.51.100.7").tcp(4000, 80).build(),
+    { portId: s.vm1.id },
+    ctx,
+  );
+  const snatRule = s.t.objects.find((o) => o.rule?.action === RA.RULE_ACTION_SNAT)!.rule!;
+  const expected: [string, string, RegExp][] = [
+    ["port", s.vm1.id, /enter/],
+    ["chain", vmIn.id, /evaluate 1 rules/],
+    ["conntrack", "|6|167772417|4000|3325256711|80", /forward flow/],
+    ["rule", accept.id, /accept/],
+    ["device", s.bA.id, /bridge A/],
+    ["decision", s.bA.id, new RegExp(`forward to ${s.ifA.bridgePort.id}`)],
+    ["port", s.ifA.routerPort.id, /enter/],
+    ["device", s.r.id, /router r/],
+    ["chain", s.r.inboundFilterId, /evaluate/],
+    ["route", s.routeDefault.id, /0\.0\.0\.0\/0 via .* gw 203\.0\.113\.1/],
+    ["chain", s.r.outboundFilterId, /evaluate/],
+    ["nat", snatRule.id, /^snat to 203\.0\.113\.2:\d+$/],
+    ["decision", "gw", /encap key \d+ to 192\.168\.0\.9/],
+  ];
+  // In this order (other steps may come between).
+  let i = 0;
+  for (const step of r.trace!) {
+    const e = expected[i];
+    if (e && step.kind === e[0] && step.id === e[1] && e[2].test(step.detail)) i++;
+  }
+  assert.equal(i, expected.length, `missing ${JSON.stringify(expected[i])} in ${JSON.stringify(r.trace)}`);
+  // The same simulation without tracing: the same result, no trace.
+  const plain = newSimContext("h1");
+  plain.state.arp.learn(s.r.id, parseIp4("203.0.113.1"), parseMac(EXT_MAC), plain.now);
+  const q = simulate(
+    view,
+    eth(VM1_MAC, RA_MAC).ip4("10.0.1.1", "198.51.100.7").tcp(4000, 80).build(),
+    { portId: s.vm1.id },
+    plain,
+  );
+  assert.equal(q.trace, null);
+  assert.deepEqual(q.actions, r.actions);
+  assert.deepEqual(q.tags, r.tags);
+  assert.equal(q.mask, r.mask);
+});
+
+test("path: two VMs pinging one host with the same echo id through SNAT: the second is refused, replies are not misdelivered", () => {
+  const s = withSnat();
+  const vm3 = s.t.vmPort(s.bA, s.h1, "02:00:00:00:01:03", ["10.0.1.3"]);
+  const view = new TopologyView(s.t.objects);
+  const ctx = newSimContext("h1");
+  ctx.state.arp.learn(s.r.id, parseIp4("203.0.113.1"), parseMac(EXT_MAC), ctx.now);
+  const ping = (mac: string, src: string, port: string) =>
+    simulate(view, eth(mac, RA_MAC).ip4(src, "198.51.100.7").icmpEcho(77, 1).build(), { portId: port }, ctx);
+  const first = ping(VM1_MAC, "10.0.1.1", s.vm1.id);
+  assert.equal(setOf(first)!.nwSrc, parseIp4("203.0.113.2"));
+  assert.equal(first.nat.length, 1);
+  const second = ping("02:00:00:00:01:03", "10.0.1.3", vm3.id);
+  assert.match(second.dropReason ?? "", /collide/);
+  assert.equal(second.cacheable, false);
+  assert.deepEqual(second.nat, []);
+  // The reply still reaches the VM that sent the first request.
+  const reply = simulate(
+    view,
+    eth(EXT_MAC, UP_MAC).ip4("198.51.100.7", "203.0.113.2").icmpEcho(77, 1, true).build(),
+    { portId: s.up.id },
+    ctx,
+  );
+  assert.equal(setOf(reply)!.nwDst, parseIp4("10.0.1.1"));
+});
+
+test("path: a REJECT's reset reaches a sender behind a stateful group that accepts only return traffic", () => {
+  const s = withSecurityGroups();
+  const rej = s.t.chain("vm2-reject");
+  s.t.rule(rej, RA.RULE_ACTION_REJECT, { nwProto: 6 });
+  s.vm2.outboundFilterId = rej.id;
+  const view = new TopologyView(s.t.objects);
+  const ctx = newSimContext("h1");
+  const r = simulate(
+    view,
+    eth(VM1_MAC, RA_MAC).ip4("10.0.1.1", "10.0.2.1").tcp(40000, 23, TCP_SYN).build(),
+    { portId: s.vm1.id },
+    ctx,
+  );
+  assert.match(r.dropReason ?? "", /rejected by rule/);
+  const rst = r.generated.find((g) => g.why === "reject")!;
+  assert.deepEqual(outputs({ ...r, actions: rst.actions }), [{ kind: "output", portId: s.vm1.id }]);
+  assert.equal(ctx.state.conntrack.size, 0, "neither the rejected packet nor its reset commits a connection");
+});
+
+test("path: an ICMP error about a connection is related traffic for the group of the host that opened it", () => {
+  const s = withSecurityGroups();
+  // vm2 takes UDP 53 from the group; vm1 takes only return traffic.
+  const out2 = s.t.objects.find((o) => o.chain?.id === s.vm2.outboundFilterId)!.chain!;
+  s.t.rule(out2, RA.RULE_ACTION_ACCEPT, { nwProto: 17, tpDst: { start: 53, end: 53 } }, { position: 2 });
+  const view = new TopologyView(s.t.objects);
+  const ctx = newSimContext("h1");
+  const query = eth(VM1_MAC, RA_MAC).ip4("10.0.1.1", "10.0.2.1").udp(40000, 53).build();
+  assert.deepEqual(outputs(simulate(view, query, { portId: s.vm1.id }, ctx)), [
+    { kind: "output", portId: s.vm2.id },
+  ]);
+  // vm2's kernel answers port unreachable, quoting the query as vm2 received it (TTL one lower).
+  const quoted = (src: string, sport: number) => {
+    const q = eth(VM1_MAC, RA_MAC).ip4(src, "10.0.2.1", { ttl: 63 }).udp(sport, 53).build();
+    return q.subarray(14, 14 + 28);
+  };
+  const error = (q: Uint8Array) =>
+    simulate(
+      view,
+      eth(VM2_MAC, RB_MAC).ip4("10.0.2.1", "10.0.1.1").icmp(3, 3).payload(q).build(),
+      { portId: s.vm2.id },
+      ctx,
+    );
+  const related = error(quoted("10.0.1.1", 40000));
+  assert.deepEqual(outputs(related), [{ kind: "output", portId: s.vm1.id }]);
+  assert.equal(related.cacheable, false, "decided by the quoted packet, which no flow key holds");
+  // About no connection of vm1's (another port), or quoting another sender: not related.
+  assert.match(error(quoted("10.0.1.1", 40001)).dropReason ?? "", /dropped by rule/);
+  assert.match(error(quoted("10.0.1.7", 40000)).dropReason ?? "", /dropped by rule/);
+  assert.equal(ctx.state.conntrack.size, 1, "an error commits no connection");
+});

@@ -268,3 +268,117 @@ test("router: a route lookup masks only the destination prefix bits it examined"
   assert.equal(e.dstBits, f.dstBits);
   assert.equal(e.mask, f.mask);
 });
+
+test("router: an unsolicited ARP reply is learned only when addressed to the port from its subnet; known or awaited neighbours always", () => {
+  const s = twoSubnets();
+  const view = new TopologyView(s.t.objects);
+  const ctx = newSimContext("gw");
+  const reply = (spa: string, tpa: string, sha = EXT_MAC) =>
+    simulate(view, eth(sha, UP_MAC).arpReply(sha, spa, UP_MAC, tpa).build(), { portId: s.up.id }, ctx);
+  const known = (ip: string) => ctx.state.arp.lookup(s.r.id, parseIp4(ip), ctx.now);
+
+  const outside = reply("198.51.100.9", "203.0.113.2");
+  assert.match(
+    outside.dropReason ?? "",
+    /ARP reply from 198\.51\.100\.9, outside the subnets of router port/,
+  );
+  assert.equal(known("198.51.100.9"), -1);
+  assert.deepEqual(outside.invalidate, []);
+
+  // Someone on the uplink segment claims the gateway's address, to another host: not learned.
+  const unsolicited = reply("203.0.113.1", "203.0.113.77", "02:66:66:66:66:66");
+  assert.match(unsolicited.dropReason ?? "", /unsolicited ARP reply from 203\.0\.113\.1 to 203\.0\.113\.77/);
+  assert.equal(known("203.0.113.1"), -1);
+
+  // Addressed to the router port: learned. Then a gratuitous update of that known neighbour is too.
+  reply("203.0.113.1", "203.0.113.2");
+  assert.equal(known("203.0.113.1"), parseMac(EXT_MAC));
+  const moved = reply("203.0.113.1", "203.0.113.1", "02:00:00:00:0f:09");
+  assert.equal(known("203.0.113.1"), parseMac("02:00:00:00:0f:09"));
+  assert.ok(moved.invalidate.includes(`arp:${s.r.id}:203.0.113.1`));
+
+  // A reply about a neighbour the router is waiting for releases its packets, even from outside
+  // the port's subnet (an uplink on a /32 with its gateway beyond it).
+  s.t.route(s.r, "192.0.2.0/24", s.up, { nextHopGateway: "198.51.100.1" });
+  const view2 = new TopologyView(s.t.objects);
+  const held = simulate(
+    view2,
+    eth(VM1_MAC, RA_MAC).ip4("10.0.1.1", "192.0.2.5").udp(5, 6).build(),
+    { portId: s.vm1.id },
+    ctx,
+  );
+  assert.match(held.held ?? "", /198\.51\.100\.1/);
+  const answer = simulate(
+    view2,
+    eth(EXT_MAC, UP_MAC).arpReply(EXT_MAC, "198.51.100.1", UP_MAC, "203.0.113.2").build(),
+    { portId: s.up.id },
+    ctx,
+  );
+  assert.equal(answer.resubmit.length, 1);
+  assert.equal(known("198.51.100.1"), parseMac(EXT_MAC));
+});
+
+test("router: the ARP cache and the waits for replies are bounded", () => {
+  const s = twoSubnets();
+  const view = new TopologyView(s.t.objects);
+  const ctx = newSimContext("gw", undefined, { arpEntries: 2, arpQueueTotal: 2 });
+  const send = (dst: string) =>
+    simulate(view, eth(VM1_MAC, RA_MAC).ip4("10.0.1.1", dst).udp(5, 6).build(), { portId: s.vm1.id }, ctx);
+  // Three unknown on-link neighbours of the uplink: two waits, the third packet is refused.
+  assert.ok(send("203.0.113.11").held);
+  assert.ok(send("203.0.113.12").held);
+  const third = send("203.0.113.13");
+  assert.equal(third.held, null);
+  assert.match(third.dropReason ?? "", /ARP wait queue for 203\.0\.113\.13 .* is full/);
+  assert.equal(third.generated.length, 0, "no ARP request for a packet that was not kept");
+  assert.equal(ctx.state.arp.queuedPackets, 2);
+  assert.equal(ctx.state.arp.expects(s.r.id, parseIp4("203.0.113.13")), false, "no wait kept for it");
+
+  const reply = (ip: string) =>
+    simulate(
+      view,
+      eth(EXT_MAC, UP_MAC).arpReply(EXT_MAC, ip, UP_MAC, "203.0.113.2").build(),
+      { portId: s.up.id },
+      ctx,
+    );
+  assert.equal(reply("203.0.113.11").resubmit.length, 1);
+  assert.equal(reply("203.0.113.12").resubmit.length, 1);
+  assert.equal(ctx.state.arp.size, 2);
+  // The cache is full: a third neighbour is refused (not evicting one in use) until expiry.
+  reply("203.0.113.13");
+  assert.equal(ctx.state.arp.lookup(s.r.id, parseIp4("203.0.113.13"), ctx.now), -1);
+  assert.equal(ctx.state.arp.refused, 1);
+  assert.equal(ctx.state.arp.size, 2);
+  ctx.state.expire(ctx.now + ctx.state.limits.arpTtlMs);
+  assert.equal(ctx.state.arp.size, 0);
+  reply("203.0.113.13");
+  assert.equal(ctx.state.arp.lookup(s.r.id, parseIp4("203.0.113.13"), ctx.now), parseMac(EXT_MAC));
+});
+
+test("router: no ICMP error about a later fragment or an ICMP error; the first fragment gets one", () => {
+  const s = twoSubnets();
+  const view = new TopologyView(s.t.objects);
+  const send = (f: Uint8Array) => simulate(view, f, { portId: s.vm1.id }, newSimContext("h1"));
+  const first = send(
+    eth(VM1_MAC, RA_MAC).ip4("10.0.1.1", "10.0.2.1", { ttl: 1, mf: true }).udp(1, 2).build(),
+  );
+  assert.equal(parsePacket(first.generated[0]!.frame).icmpType, 11);
+  const later = send(
+    eth(VM1_MAC, RA_MAC)
+      .ip4("10.0.1.1", "10.0.2.1", { ttl: 1, fragOffset: 100, proto: 17 })
+      .payload("xxxxxxxx")
+      .build(),
+  );
+  assert.match(later.dropReason ?? "", /TTL expired/);
+  assert.equal(later.generated.length, 0);
+  const error = send(
+    eth(VM1_MAC, RA_MAC)
+      .ip4("10.0.1.1", "10.0.2.1", { ttl: 1 })
+      .icmp(3, 3)
+      .payload(new Uint8Array(28))
+      .build(),
+  );
+  assert.equal(error.generated.length, 0);
+  const echo = send(eth(VM1_MAC, RA_MAC).ip4("10.0.1.1", "10.0.2.1", { ttl: 1 }).icmpEcho(1, 1).build());
+  assert.equal(parsePacket(echo.generated[0]!.frame).icmpType, 11);
+});

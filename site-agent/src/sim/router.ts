@@ -6,6 +6,7 @@ import { MAC_BROADCAST } from "../packets/addr.js";
 import { ARP_REPLY, ARP_REQUEST, ETH_ARP, PROTO_ICMP } from "../packets/packet.js";
 import { CHAIN_ACCEPT, filterAt, tupleOf } from "./chain-eval.js";
 import { flowHash } from "./flow-hash.js";
+import { F } from "./flow-match.js";
 import { emitGenerated } from "./generate.js";
 import type { LpmInfo } from "./lpm.js";
 import {
@@ -16,6 +17,7 @@ import {
   ICMP_UNREACH,
   icmpEchoReply,
   icmpError,
+  mayAnswerWithError,
   UNREACH_ADMIN,
   UNREACH_NET,
 } from "./replies.js";
@@ -112,6 +114,7 @@ export function simulateRouter(w: Walk, r: RouterView, inPort: PortView): undefi
   if (mac < 0) return;
   m._ethSrc = out.mac;
   m._ethDst = mac;
+  m.written |= F.ETH_SRC | F.ETH_DST;
   w.exitPort(out, inPort);
 }
 
@@ -159,6 +162,15 @@ function routerArp(w: Walk, r: RouterView, inPort: PortView): undefined {
   }
   if (op === ARP_REPLY) {
     const ip = m.arpSpa;
+    // Learned when the router asked for (or already knows) the sender; otherwise only when the
+    // reply is addressed to this port and comes from its subnet. Anything else on the segment
+    // could fill the cache or claim the uplink's gateway.
+    if (!w.state.arp.expects(r.id, ip)) {
+      if (!own)
+        return w.drop(`unsolicited ARP reply from ${fmt(ip)} to ${fmt(tpa)} on router port ${inPort.id}`);
+      if (!inPort.ips4.some((a) => (ip & a.cidr.mask) >>> 0 === a.cidr.addr))
+        return w.drop(`ARP reply from ${fmt(ip)}, outside the subnets of router port ${inPort.id}`);
+    }
     const released = w.state.arp.learn(r.id, ip, m.arpSha, w.ctx.now);
     w.add("invalidate", r.arpTags.get(ip).s);
     if (released.length > 0) w.list("resubmit").push(...released);
@@ -184,8 +196,8 @@ function icmpToSender(w: Walk, inPort: PortView, type: number, code: number): un
   const m = w.m;
   const own = inPort.ips4[0];
   w.result.cacheable = false;
-  // Never answer an ICMP error with another (RFC 1122 3.2.2).
-  if (!own || (m.nwProto === PROTO_ICMP && m.tpSrc !== ICMP_ECHO_REQUEST && m.tpSrc !== 0)) return;
+  // Never about an ICMP error, a later fragment, a broadcast or multicast (RFC 1122 3.2.2).
+  if (!own || !mayAnswerWithError(w.pkt)) return;
   emitGenerated(
     w,
     icmpError(w.pkt, type, code, inPort.mac, m._ethSrc, own.ip, m._nwSrc),

@@ -46,6 +46,9 @@ export interface CompiledCondition {
   invIpGroupDst: boolean;
   matchForward: boolean;
   matchReturn: boolean;
+  /** Established (committed by an earlier packet) only; with invEstablished, new only. */
+  matchEstablished: boolean;
+  invEstablished: boolean;
   vlan: number;
   noVlan: boolean;
 }
@@ -156,6 +159,8 @@ export function compileRule(r: topologypb.Rule): CompiledRule {
         invIpGroupDst: c.invIpAddrGroupDst,
         matchForward: c.matchForwardFlow,
         matchReturn: c.matchReturnFlow,
+        matchEstablished: c.matchEstablished,
+        invEstablished: c.invEstablished,
         vlan: c.vlan,
         noVlan: c.noVlan,
       };

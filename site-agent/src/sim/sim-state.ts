@@ -17,6 +17,8 @@ export interface SimLimits {
   natBlocks: number;
   /** A leased SNAT block with no port in use for this long is given back to the site. */
   natBlockIdleMs: number;
+  /** Learned next-hop MACs, all routers together. */
+  arpEntries: number;
   arpTtlMs: number;
   arpWaitTimeoutMs: number;
   arpRetryMs: number;
@@ -37,6 +39,7 @@ export const DEFAULT_SIM_LIMITS: SimLimits = {
   natIdleMs: 60_000,
   natBlocks: 1024,
   natBlockIdleMs: 120_000,
+  arpEntries: 16384,
   arpTtlMs: 60_000,
   arpWaitTimeoutMs: 3_000,
   arpRetryMs: 1_000,
@@ -63,9 +66,20 @@ export class SimState {
     this.limits = l;
     this.macs = new MacTable(l.macEntries, l.macTtlMs);
     this.conntrack = new ConntrackTable(l.conntrackEntries, l.conntrackIdleMs);
-    this.nat = new NatTable(l.natBindings, l.natIdleMs);
+    this.nat = new NatTable(l.natBindings, l.natIdleMs, (old, now) => {
+      // The replaced binding went idle when it lapsed; its port is free unless the new one reuses it.
+      if (old.kind === "snat" && (old.natIp !== now.natIp || old.natPort !== now.natPort))
+        this.natPorts.free(old.deviceId, old.natIp, old.natPort, old.expiresAt);
+    });
     this.natPorts = new NatPortAllocator(natLeases, l.natBlocks);
-    this.arp = new ArpCache(l.arpTtlMs, l.arpWaitTimeoutMs, l.arpRetryMs, l.arpQueuePerHop, l.arpQueueTotal);
+    this.arp = new ArpCache(
+      l.arpTtlMs,
+      l.arpWaitTimeoutMs,
+      l.arpRetryMs,
+      l.arpQueuePerHop,
+      l.arpQueueTotal,
+      l.arpEntries,
+    );
   }
 
   /** Expires every table; returns the tags of flows that depended on what expired. */

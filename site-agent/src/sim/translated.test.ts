@@ -2,6 +2,7 @@
 // checks that the two agree on conventions (anti-spoofing, stateful groups, NAT rules).
 import assert from "node:assert/strict";
 import { test } from "node:test";
+import { derivedId } from "../controller/translate/ids.js";
 import * as b from "../controller/translate/intent-builders.js";
 import { TestWorld } from "../controller/translate/test-world.js";
 import { parseIp4, parseMac } from "../packets/addr.js";
@@ -218,4 +219,95 @@ test("translated: the reply of a connection to a floating IP leaves with the flo
     ctx,
   );
   assert.equal(setOf(reply)?.nwSrc, parseIp4("198.51.100.20"));
+});
+
+test("translated: anti-spoofing drops a foreign MAC, IPv4 or IPv6 source and non-IP frames; DHCP and ND pass it", () => {
+  const { view, vm, rif } = world();
+  const ruleOf = (role: string) => derivedId(b.id("vm1"), `inbound/${role}`);
+  const send = (f: Uint8Array) => simulate(view, f, { portId: vm.id }, newSimContext(b.id("h1")));
+  const gwMac = formatMacOf(rif.mac);
+  const droppedBy = (r: SimResult, role: string) =>
+    assert.match(r.dropReason ?? "", new RegExp(ruleOf(role)), role);
+  droppedBy(
+    send(eth("02:00:00:00:00:66", gwMac).ip4("10.0.0.5", "8.8.8.8").udp(1, 53).build()),
+    "spoofed-mac",
+  );
+  droppedBy(send(eth(VM, gwMac).ip4("10.0.0.66", "8.8.8.8").udp(1, 53).build()), "spoofed-ip");
+  droppedBy(send(eth(VM, gwMac).ip6("fd00::66", "fd00::1").udp(1, 53).build()), "spoofed-ip");
+  droppedBy(send(eth(VM, "ff:ff:ff:ff:ff:ff").etherType(0x88cc).payload("lldp").build()), "spoofed-ip");
+  // A DHCP discover from 0.0.0.0 and ND from the link-local address are not anti-spoofing's to drop.
+  const dhcp = send(eth(VM, "ff:ff:ff:ff:ff:ff").ip4("0.0.0.0", "255.255.255.255").udp(68, 67).build());
+  assert.doesNotMatch(dhcp.dropReason ?? "", /spoofed/);
+  const ns = send(
+    eth(VM, "33:33:ff:00:00:01").ip6("fe80::5", "ff02::1:ff00:1").neighborSolicit("fd00::1", VM).build(),
+  );
+  assert.doesNotMatch(ns.dropReason ?? "", new RegExp(`${ruleOf("spoofed-ip")}|${ruleOf("spoofed-mac")}`));
+  // The VM's own address passes.
+  const own = send(eth(VM, gwMac).ip4("10.0.0.5", "10.0.0.1").icmpEcho().build());
+  assert.doesNotMatch(own.dropReason ?? "", /spoofed|dropped by rule/);
+});
+
+test("translated: a VM behind a security group gets its gateway's echo reply and the router's ICMP errors", () => {
+  const w = new TestWorld("east");
+  w.putHost(b.host("h1", { tunnelIp: "192.0.2.1" }));
+  w.apply(
+    b.upsert(
+      1,
+      b.network("net1", { sites: ["east"], subnets: [{ cidr: "10.0.0.0/24", gatewayIp: "10.0.0.1" }] }),
+      b.network("net2", { sites: ["east"], subnets: [{ cidr: "10.0.1.0/24", gatewayIp: "10.0.1.1" }] }),
+      b.router("r1", {}),
+      b.routerInterface("ri1", { router: "r1", network: "net1" }),
+      b.routerInterface("ri2", { router: "r1", network: "net2" }),
+      b.securityGroup("web"),
+      b.securityGroupRule("ssh-in", { group: "web", direction: "ingress", protocol: "tcp", ports: [22, 22] }),
+      b.securityGroupRule("all-out", { group: "web", direction: "egress" }),
+    ),
+  );
+  const vm = (name: string, net: string, mac: string, ip: string, key: number) =>
+    w.putPort(
+      b.localPort(name, { network: net, host: "h1", mac, ips: [ip], groups: ["web"], tunnelKey: key }),
+    );
+  vm("vm1", "net1", VM, "10.0.0.5", 5);
+  vm("vm2", "net2", "02:00:00:00:00:06", "10.0.1.6", 6);
+  const view = new TopologyView([...w.topology.values()]);
+  const vm1 = view.ports.get(b.id("vm1"))!;
+  const gw = [...view.ports.values()].find(
+    (p) => p.type === 3 && p.ips4.some((a) => a.ip === parseIp4("10.0.0.1")),
+  )!;
+  const ctx = newSimContext(b.id("h1"));
+  const send = (f: Uint8Array) => simulate(view, f, { portId: vm1.id }, ctx);
+  const gwMac = formatMacOf(gw.mac);
+  const delivered = (r: SimResult, why: string) => {
+    const g = r.generated.find((x) => x.why === why);
+    assert.ok(g, `${why} generated (${r.dropReason})`);
+    assert.deepEqual(g.actions, [{ kind: "output", portId: vm1.id }], `${why} reaches the VM`);
+    return parsePacket(g.frame);
+  };
+  assert.equal(
+    delivered(send(eth(VM, gwMac).ip4("10.0.0.5", "10.0.0.1").icmpEcho(3, 1).build()), "echo-reply").icmpType,
+    0,
+  );
+  const te = delivered(
+    send(eth(VM, gwMac).ip4("10.0.0.5", "10.0.1.6", { ttl: 1 }).udp(40000, 33434).build()),
+    "time-exceeded",
+  );
+  assert.equal(te.icmpType, 11);
+  const unreach = delivered(
+    send(eth(VM, gwMac).ip4("10.0.0.5", "192.0.2.77").udp(40000, 53).build()),
+    "unreachable",
+  );
+  assert.equal(unreach.icmpType, 3);
+  // Replies commit nothing, and the group still refuses what nobody asked for.
+  assert.equal(ctx.state.conntrack.size, 0);
+  const vm2 = view.ports.get(b.id("vm2"))!;
+  const rb = [...view.ports.values()].find(
+    (p) => p.type === 3 && p.ips4.some((a) => a.ip === parseIp4("10.0.1.1")),
+  )!;
+  const unasked = simulate(
+    view,
+    eth("02:00:00:00:00:06", formatMacOf(rb.mac)).ip4("10.0.1.6", "10.0.0.5").icmpEcho(9, 1).build(),
+    { portId: vm2.id },
+    ctx,
+  );
+  assert.match(unasked.dropReason ?? "", /dropped by rule/);
 });

@@ -347,6 +347,7 @@ export class Walk {
 
   /** Appends an output, preceded by the header rewrites in effect at this point. */
   private emit(a: Action): undefined {
+    if (this.m.written !== 0) this.maskUnchangedWrites();
     if (this.lastSet === null && !this.unchanged()) {
       // The first rewrite of the walk: nothing to restore, so a shared action may stand for it.
       const out = this.sharedDiff();
@@ -379,6 +380,21 @@ export class Walk {
       else if (a.kind === "encap")
         this.trace("decision", a.hostId, `encap key ${a.tunnelKey} to ${a.remoteIp}`);
     }
+  }
+
+  /**
+   * A written field equal to its ingress value gets no `set`: the output is right only for
+   * packets that already carry that value, so the field joins the mask.
+   */
+  private maskUnchangedWrites(): void {
+    const m = this.m;
+    const w = m.written;
+    if (w & F.ETH_SRC && m._ethSrc === this.oEthSrc) void m.ethSrc;
+    if (w & F.ETH_DST && m._ethDst === this.oEthDst) void m.ethDst;
+    if (w & F.NW_SRC && m._nwSrc === this.oNwSrc) void m.nwSrc;
+    if (w & F.NW_DST && m._nwDst === this.oNwDst) void m.nwDst;
+    if (w & F.TP_SRC && m._tpSrc === this.oTpSrc) void m.tpSrc;
+    if (w & F.TP_DST && m._tpDst === this.oTpDst) void m.tpDst;
   }
 
   /** Whether no rewritable field differs from the ingress packet. */
