@@ -376,6 +376,7 @@ export class TopologyView {
     const dirtyBridges = new Set<string>();
     const dirtyRouters = new Set<string>();
     const dirtyChains = new Set<string>();
+    const keyedPorts: PortView[] = [];
     const dirtyDevice = (id: string) => {
       if (!id) return;
       if (this.rawBridges.has(id)) dirtyBridges.add(id);
@@ -586,6 +587,7 @@ export class TopologyView {
         remove(K.TOPOLOGY_KIND_PORT, o.port.id);
         const v = buildPortView(o.port);
         this.ports.set(v.id, v);
+        if (v.raw.tunnelKey) keyedPorts.push(v);
         index(this.portsByDevice, v.deviceId, v.id, true);
         portTouched(o.port);
       } else if (o.route) {
@@ -646,7 +648,9 @@ export class TopologyView {
       }
     }
 
-    for (const p of this.ports.values()) if (p.raw.tunnelKey) this.portsByKey.set(p.raw.tunnelKey, p);
+    // Keys of the ports this change wrote (portTouched dropped the keys of the ports it touched);
+    // a change costs what it touches, not a walk over every port of the site.
+    for (const v of keyedPorts) if (this.ports.get(v.id) === v) this.portsByKey.set(v.raw.tunnelKey, v);
     for (const id of dirtyBridges) this.rebuildBridge(id);
     for (const id of dirtyRouters) this.rebuildRouter(id);
     // Compiled again when next looked up (an agent compiles only the chains its flows cross).
