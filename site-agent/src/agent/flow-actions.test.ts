@@ -1,6 +1,9 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import fc from "fast-check";
+import { checksumError } from "../packets/checksum.js";
+import { parsePacket } from "../packets/packet.js";
+import { eth } from "../packets/packet-dsl.js";
 import { applyRewrites, validateActions } from "./flow-actions.js";
 import { checksumsValid, mac, tcpFrame, udpFrame } from "./testing/frames.js";
 
@@ -51,6 +54,38 @@ test("NAT rewrites keep IP, TCP and UDP checksums valid for any addresses and po
     ),
     { numRuns: 200 },
   );
+});
+
+test("a SNATed ping's identifier rewrite keeps the ICMP checksum valid", () => {
+  fc.assert(
+    fc.property(
+      fc.array(fc.integer({ min: 0, max: 255 }), { minLength: 4, maxLength: 4 }),
+      fc.integer({ min: 0, max: 65535 }),
+      fc.integer({ min: 0, max: 65535 }),
+      fc.boolean(),
+      (ip, id, newId, reply) => {
+        const frame = Buffer.from(
+          eth("02:00:00:00:00:01", "02:00:00:00:00:02")
+            .ip4("10.0.0.1", "198.51.100.7")
+            .icmpEcho(id, 3, reply)
+            .build(),
+        );
+        const a = reply
+          ? { setIpDst: Buffer.from(ip), setIcmpId: newId, outputs: [] }
+          : { setIpSrc: Buffer.from(ip), setIcmpId: newId, outputs: [] };
+        assert.ok(applyRewrites(frame, a));
+        const p = parsePacket(frame);
+        assert.equal(p.icmpId, newId);
+        assert.equal(checksumError(p), null);
+      },
+    ),
+    { numRuns: 200 },
+  );
+  // Not an ICMP packet: nothing to rewrite there.
+  const f = udpFrame({ ...base, sport: 40000, dport: 53 });
+  const before = Buffer.from(f);
+  assert.ok(applyRewrites(f, { setIcmpId: 9, outputs: [] }));
+  assert.deepEqual(f, before);
 });
 
 test("actions beyond the fixed struct's bounds are rejected with the limit named", () => {

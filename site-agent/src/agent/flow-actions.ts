@@ -21,6 +21,8 @@ export interface FlowActions {
   setIpDst?: Buffer;
   setTpSrc?: number;
   setTpDst?: number;
+  /** IPv4 ICMP echo identifier (SNAT of a ping and its reply). */
+  setIcmpId?: number;
   outputs: FlowOutput[];
   /** Why the packet is dropped when there are no outputs (counted per reason). */
   dropReason?: string;
@@ -72,7 +74,14 @@ function csumReplace32(frame: Buffer, csumOff: number, from: Buffer, to: Buffer,
 export function applyRewrites(frame: Buffer, a: FlowActions): boolean {
   if (a.setEthDst) a.setEthDst.copy(frame, 0);
   if (a.setEthSrc) a.setEthSrc.copy(frame, 6);
-  if (!a.decTtl && !a.setIpSrc && !a.setIpDst && a.setTpSrc === undefined && a.setTpDst === undefined) {
+  if (
+    !a.decTtl &&
+    !a.setIpSrc &&
+    !a.setIpDst &&
+    a.setTpSrc === undefined &&
+    a.setTpDst === undefined &&
+    a.setIcmpId === undefined
+  ) {
     return true;
   }
   let l3 = 14;
@@ -126,6 +135,12 @@ export function applyRewrites(frame: Buffer, a: FlowActions): boolean {
     frame.writeUInt16BE(v, off);
     csumReplace16(frame, l4Csum, before, v, udp);
   }
+  // ICMP's checksum covers its own header only (no pseudo-header): the addresses leave it alone.
+  if (a.setIcmpId !== undefined && proto === 1 && firstFragment && frame.length >= l4 + 8) {
+    const before = frame.readUInt16BE(l4 + 4);
+    frame.writeUInt16BE(a.setIcmpId, l4 + 4);
+    csumReplace16(frame, l4 + 2, before, a.setIcmpId);
+  }
   return true;
 }
 
@@ -140,6 +155,7 @@ export function describeActions(a: FlowActions): string {
   if (a.setIpDst) parts.push(`set(ip_dst=${[...a.setIpDst].join(".")})`);
   if (a.setTpSrc !== undefined) parts.push(`set(tp_src=${a.setTpSrc})`);
   if (a.setTpDst !== undefined) parts.push(`set(tp_dst=${a.setTpDst})`);
+  if (a.setIcmpId !== undefined) parts.push(`set(icmp_id=${a.setIcmpId})`);
   for (const o of a.outputs) {
     parts.push(
       o.kind === "port"

@@ -105,6 +105,7 @@ export function toGroups(actions: Action[]): { groups: OutputGroup[]; dropReason
         if (a.nwDst !== undefined) cur.rewrites.setIpDst = ip4(a.nwDst);
         if (a.tpSrc !== undefined) cur.rewrites.setTpSrc = a.tpSrc;
         if (a.tpDst !== undefined) cur.rewrites.setTpDst = a.tpDst;
+        if (a.icmpId !== undefined) cur.rewrites.setIcmpId = a.icmpId;
         break;
       case "decTtl":
         cur.rewrites.decTtl = (cur.rewrites.decTtl ?? 0) + a.by;

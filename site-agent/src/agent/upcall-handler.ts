@@ -81,6 +81,7 @@ function withOutputs(r: FlowRewrites, outputs: FlowOutput[]): FlowActions {
   if (r.setIpDst !== undefined) a.setIpDst = r.setIpDst;
   if (r.setTpSrc !== undefined) a.setTpSrc = r.setTpSrc;
   if (r.setTpDst !== undefined) a.setTpDst = r.setTpDst;
+  if (r.setIcmpId !== undefined) a.setIcmpId = r.setIcmpId;
   return a;
 }
 

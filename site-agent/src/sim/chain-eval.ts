@@ -508,7 +508,9 @@ function forwardNat(w: Walk, rule: CompiledRule, cc: ChainCtx): boolean {
     const icmp = t.proto === PROTO_ICMP;
     let natPort: number;
     let allocated = false;
-    if (icmp || target.portEnd === 0) natPort = snat ? t.sport : t.dport;
+    // ICMP echo: SNAT takes the identifier from the host's leased blocks as it takes a port (two
+    // hosts' pings with one id to one destination must not share replies); DNAT keeps it.
+    if (target.portEnd === 0 || (icmp && !snat)) natPort = snat ? t.sport : t.dport;
     else if (snat) {
       natPort = w.state.natPorts.allocate(
         cc.zoneId,
@@ -530,7 +532,8 @@ function forwardNat(w: Walk, rule: CompiledRule, cc: ChainCtx): boolean {
       ? binding(
           "snat",
           key,
-          natKey("rsnat", cc.zoneId, t.proto, t.dst, t.dport, natIp, natPort),
+          // An echo reply carries the translated identifier in both "port" positions.
+          natKey("rsnat", cc.zoneId, t.proto, t.dst, icmp ? natPort : t.dport, natIp, natPort),
           cc.zoneId,
           t.src,
           t.sport,
@@ -549,8 +552,9 @@ function forwardNat(w: Walk, rule: CompiledRule, cc: ChainCtx): boolean {
           natPort,
           now + w.state.nat.idleMs,
         );
-    // Translations whose replies look alike (SNAT keeps ICMP echo ids; DNAT of two addresses to
-    // one backend) would share a reverse entry, and one side's replies would reach the other.
+    // Translations whose replies look alike (SNAT of echo ids outside a port range; DNAT of two
+    // addresses to one backend) would share a reverse entry, and one side's replies would reach
+    // the other.
     const clash = w.state.nat.lookupReverse(b.reverseKey, now);
     if (clash !== undefined && clash.key !== key) {
       w.drop(
@@ -565,15 +569,16 @@ function forwardNat(w: Walk, rule: CompiledRule, cc: ChainCtx): boolean {
     w.add("nat", { ...b });
   }
   w.tagStr(tag.nat(b.key));
+  const ports = t.proto !== PROTO_ICMP;
   if (snat) {
     m._nwSrc = b.natIp;
-    if (t.proto !== PROTO_ICMP) m._tpSrc = b.natPort;
+    if (ports) m._tpSrc = b.natPort;
+    else m._icmpId = b.natPort;
   } else {
     m._nwDst = b.natIp;
-    if (t.proto !== PROTO_ICMP) m._tpDst = b.natPort;
+    if (ports) m._tpDst = b.natPort;
   }
-  const ports = t.proto !== PROTO_ICMP;
-  m.written |= snat ? F.NW_SRC | (ports ? F.TP_SRC : 0) : F.NW_DST | (ports ? F.TP_DST : 0);
+  m.written |= snat ? F.NW_SRC | (ports ? F.TP_SRC : F.ICMP_ID) : F.NW_DST | (ports ? F.TP_DST : 0);
   if (w.tracing) w.trace("nat", rule.id, `${kind} to ${formatIp4(b.natIp)}:${b.natPort}`);
   return true;
 }
@@ -604,15 +609,16 @@ function reverseNat(w: Walk, rule: CompiledRule, cc: ChainCtx): boolean {
     return false;
   }
   w.tagStr(tag.nat(b.key));
+  const ports = t.proto !== PROTO_ICMP;
   if (snat) {
     m._nwDst = b.origIp;
-    if (t.proto !== PROTO_ICMP) m._tpDst = b.origPort;
+    if (ports) m._tpDst = b.origPort;
+    else m._icmpId = b.origPort;
   } else {
     m._nwSrc = b.origIp;
-    if (t.proto !== PROTO_ICMP) m._tpSrc = b.origPort;
+    if (ports) m._tpSrc = b.origPort;
   }
-  const ports = t.proto !== PROTO_ICMP;
-  m.written |= snat ? F.NW_DST | (ports ? F.TP_DST : 0) : F.NW_SRC | (ports ? F.TP_SRC : 0);
+  m.written |= snat ? F.NW_DST | (ports ? F.TP_DST : F.ICMP_ID) : F.NW_SRC | (ports ? F.TP_SRC : 0);
   if (w.tracing)
     w.trace("nat", rule.id, `reverse ${snat ? "SNAT" : "DNAT"} to ${formatIp4(b.origIp)}:${b.origPort}`);
   return true;

@@ -80,7 +80,9 @@ export class FlowMatch {
   _nwTtl = 0;
   _tpSrc = 0;
   _tpDst = 0;
-  /** TCP flags << 16 | ICMP echo identifier. */
+  /** ICMP(v6) echo identifier (SNAT rewrites it like a port). */
+  _icmpId = 0;
+  /** TCP flags << 16. */
   private l4 = 0;
   /** Shared by clones (never mutated). */
   private arp: ArpFields = NO_ARP;
@@ -114,8 +116,8 @@ export class FlowMatch {
     this._nwTtl = p.nwTtl;
     this._tpSrc = p.tpSrc;
     this._tpDst = p.tpDst;
-    const icmpId = p.nwProto === PROTO_ICMP || p.nwProto === PROTO_ICMP6 ? p.icmpId : 0;
-    this.l4 = ((p.tcpFlags & 0x1ff) << 16) | (icmpId & 0xffff);
+    this._icmpId = p.nwProto === PROTO_ICMP || p.nwProto === PROTO_ICMP6 ? p.icmpId & 0xffff : 0;
+    this.l4 = (p.tcpFlags & 0x1ff) << 16;
     this.arp =
       p.arpOp === 0 && p.arpSpa === 0 && p.arpTpa === 0 && p.arpSha === 0 && p.arpTha === 0
         ? NO_ARP
@@ -139,6 +141,7 @@ export class FlowMatch {
     this._nwTtl = o._nwTtl;
     this._tpSrc = o._tpSrc;
     this._tpDst = o._tpDst;
+    this._icmpId = o._icmpId;
     this.l4 = o.l4;
     this.arp = o.arp;
   }
@@ -229,7 +232,7 @@ export class FlowMatch {
   }
   get icmpId(): number {
     this.seen |= F.ICMP_ID | F.NW_PROTO;
-    return this.l4 & 0xffff;
+    return this._icmpId;
   }
   get arpOp(): number {
     this.seen |= F.ARP_OP | F.ETHER_TYPE;

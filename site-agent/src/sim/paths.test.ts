@@ -4,6 +4,7 @@ import { topologypb } from "@isthmus/schema";
 import { parseIp4, parseMac } from "../packets/addr.js";
 import { TCP_ACK, TCP_SYN } from "../packets/encode.js";
 import { eth } from "../packets/packet-dsl.js";
+import { F } from "./flow-match.js";
 import { InMemoryNatBlockRegistry } from "./nat-ports.js";
 import type { Action, SimResult } from "./result.js";
 import { simulate } from "./simulate.js";
@@ -555,29 +556,56 @@ test("path: trace records each port, device, chain, rule, conntrack, route, NAT 
   assert.equal(q.mask, r.mask);
 });
 
-test("path: two VMs pinging one host with the same echo id through SNAT: the second is refused, replies are not misdelivered", () => {
+test("path: SNAT translates an echo identifier like a port: two VMs and two hosts pinging one host with the same id each get their own replies", () => {
   const s = withSnat();
   const vm3 = s.t.vmPort(s.bA, s.h1, "02:00:00:00:01:03", ["10.0.1.3"]);
+  const vm4 = s.t.vmPort(s.bA, s.t.host("h2", "192.168.0.2"), "02:00:00:00:01:04", ["10.0.1.4"]);
   const view = new TopologyView(s.t.objects);
-  const ctx = newSimContext("h1");
-  ctx.state.arp.learn(s.r.id, parseIp4("203.0.113.1"), parseMac(EXT_MAC), ctx.now);
-  const ping = (mac: string, src: string, port: string) =>
+  const registry = new InMemoryNatBlockRegistry(64);
+  const h1 = newSimContext("h1", registry);
+  const h2 = newSimContext("h2", registry);
+  for (const c of [h1, h2]) c.state.arp.learn(s.r.id, parseIp4("203.0.113.1"), parseMac(EXT_MAC), c.now);
+  const ping = (ctx: typeof h1, mac: string, src: string, port: string) =>
     simulate(view, eth(mac, RA_MAC).ip4(src, "198.51.100.7").icmpEcho(77, 1).build(), { portId: port }, ctx);
-  const first = ping(VM1_MAC, "10.0.1.1", s.vm1.id);
-  assert.equal(setOf(first)!.nwSrc, parseIp4("203.0.113.2"));
-  assert.equal(first.nat.length, 1);
-  const second = ping("02:00:00:00:01:03", "10.0.1.3", vm3.id);
-  assert.match(second.dropReason ?? "", /collide/);
-  assert.equal(second.cacheable, false);
-  assert.deepEqual(second.nat, []);
-  // The reply still reaches the VM that sent the first request.
-  const reply = simulate(
-    view,
-    eth(EXT_MAC, UP_MAC).ip4("198.51.100.7", "203.0.113.2").icmpEcho(77, 1, true).build(),
-    { portId: s.up.id },
-    ctx,
-  );
-  assert.equal(setOf(reply)!.nwDst, parseIp4("10.0.1.1"));
+  // vm1 and vm3 on h1, vm4 on h2.
+  const sent = [
+    { r: ping(h1, VM1_MAC, "10.0.1.1", s.vm1.id), ip: "10.0.1.1", host: "h1" },
+    { r: ping(h1, "02:00:00:00:01:03", "10.0.1.3", vm3.id), ip: "10.0.1.3", host: "h1" },
+    { r: ping(h2, "02:00:00:00:01:04", "10.0.1.4", vm4.id), ip: "10.0.1.4", host: "h2" },
+  ];
+  const ids = sent.map(({ r }) => {
+    const set = setOf(r)!;
+    assert.equal(set.nwSrc, parseIp4("203.0.113.2"));
+    assert.equal(r.nat.length, 1);
+    assert.ok(r.mask & F.ICMP_ID, "the identifier is in the flow's match");
+    return set.icmpId!;
+  });
+  assert.equal(new Set(ids).size, 3, `three distinct translated identifiers: ${ids.join(", ")}`);
+  for (const [i, { host }] of sent.entries())
+    assert.equal(
+      registry.ownerOf(s.r.id, parseIp4("203.0.113.2"), ids[i]!),
+      host,
+      "from the host's own block",
+    );
+
+  // At the gateway (bindings travelled there as flow state), each reply goes back to its sender
+  // with the identifier it sent.
+  const gw = newSimContext("gw", registry);
+  for (const { r } of sent) gw.state.nat.put({ ...r.nat[0]! });
+  for (const [i, { ip }] of sent.entries()) {
+    const reply = simulate(
+      view,
+      eth(EXT_MAC, UP_MAC).ip4("198.51.100.7", "203.0.113.2").icmpEcho(ids[i]!, 1, true).build(),
+      { portId: s.up.id },
+      gw,
+    );
+    const set = setOf(reply);
+    assert.ok(set, `reply ${i}: ${reply.dropReason ?? JSON.stringify(reply.actions)}`);
+    assert.equal(set.nwDst, parseIp4(ip));
+    assert.equal(set.icmpId, 77);
+  }
+  // The same request again keeps its binding (and identifier).
+  assert.equal(setOf(ping(h1, VM1_MAC, "10.0.1.1", s.vm1.id))!.icmpId, ids[0]);
 });
 
 test("path: a REJECT's reset reaches a sender behind a stateful group that accepts only return traffic", () => {

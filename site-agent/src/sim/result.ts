@@ -12,6 +12,8 @@ export interface SetFieldsAction {
   nwDst?: number;
   tpSrc?: number;
   tpDst?: number;
+  /** ICMP echo identifier (SNAT of an echo request, reverse SNAT of its reply). */
+  icmpId?: number;
 }
 export interface DecTtlAction {
   kind: "decTtl";

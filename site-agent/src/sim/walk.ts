@@ -56,6 +56,7 @@ export class Walk {
   private oNwSrc = 0;
   private oNwDst = 0;
   private oTpSrc = 0;
+  private oIcmpId = 0;
   private oTpDst = 0;
   private oNwTtl = 0;
   m!: FlowMatch;
@@ -159,6 +160,7 @@ export class Walk {
     this.oNwSrc = m._nwSrc;
     this.oNwDst = m._nwDst;
     this.oTpSrc = m._tpSrc;
+    this.oIcmpId = m._icmpId;
     this.oTpDst = m._tpDst;
     this.oNwTtl = m._nwTtl;
     this.result = {
@@ -366,6 +368,7 @@ export class Walk {
         if (prev.nwDst !== undefined && out.nwDst === undefined) out.nwDst = this.oNwDst;
         if (prev.tpSrc !== undefined && out.tpSrc === undefined) out.tpSrc = this.oTpSrc;
         if (prev.tpDst !== undefined && out.tpDst === undefined) out.tpDst = this.oTpDst;
+        if (prev.icmpId !== undefined && out.icmpId === undefined) out.icmpId = this.oIcmpId;
       }
       this.action(out);
     }
@@ -395,6 +398,7 @@ export class Walk {
     if (w & F.NW_DST && m._nwDst === this.oNwDst) void m.nwDst;
     if (w & F.TP_SRC && m._tpSrc === this.oTpSrc) void m.tpSrc;
     if (w & F.TP_DST && m._tpDst === this.oTpDst) void m.tpDst;
+    if (w & F.ICMP_ID && m._icmpId === this.oIcmpId) void m.icmpId;
   }
 
   /** Whether no rewritable field differs from the ingress packet. */
@@ -406,7 +410,8 @@ export class Walk {
       m._nwSrc === this.oNwSrc &&
       m._nwDst === this.oNwDst &&
       m._tpSrc === this.oTpSrc &&
-      m._tpDst === this.oTpDst
+      m._tpDst === this.oTpDst &&
+      m._icmpId === this.oIcmpId
     );
   }
 
@@ -421,7 +426,8 @@ export class Walk {
       (m._nwSrc === this.oNwSrc ? undefined : m._nwSrc) === b.nwSrc &&
       (m._nwDst === this.oNwDst ? undefined : m._nwDst) === b.nwDst &&
       (m._tpSrc === this.oTpSrc ? undefined : m._tpSrc) === b.tpSrc &&
-      (m._tpDst === this.oTpDst ? undefined : m._tpDst) === b.tpDst
+      (m._tpDst === this.oTpDst ? undefined : m._tpDst) === b.tpDst &&
+      (m._icmpId === this.oIcmpId ? undefined : m._icmpId) === b.icmpId
     );
   }
 
@@ -435,6 +441,7 @@ export class Walk {
     if (m._nwDst !== this.oNwDst) s.nwDst = m._nwDst;
     if (m._tpSrc !== this.oTpSrc) s.tpSrc = m._tpSrc;
     if (m._tpDst !== this.oTpDst) s.tpDst = m._tpDst;
+    if (m._icmpId !== this.oIcmpId) s.icmpId = m._icmpId;
     return s;
   }
 
@@ -448,7 +455,8 @@ export class Walk {
       m._nwSrc !== this.oNwSrc ||
       m._nwDst !== this.oNwDst ||
       m._tpSrc !== this.oTpSrc ||
-      m._tpDst !== this.oTpDst
+      m._tpDst !== this.oTpDst ||
+      m._icmpId !== this.oIcmpId
     )
       return this.diff();
     const src = m._ethSrc === this.oEthSrc ? -1 : m._ethSrc;
@@ -535,6 +543,7 @@ export class Walk {
     m._nwDst = this.oNwDst;
     m._tpSrc = this.oTpSrc;
     m._tpDst = this.oTpDst;
+    m._icmpId = this.oIcmpId;
     m._nwTtl = this.oNwTtl;
     return r;
   }

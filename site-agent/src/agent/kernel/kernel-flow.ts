@@ -115,6 +115,8 @@ export function kernelFlowFor(
     return { userspace: "NAT rewrite of a non-IPv4 packet or a later fragment" };
   if ((actions.decTtl ?? 0) > 0 && !ipv4) return { userspace: "TTL decrement (not IPv4)" };
   if (actions.outputs.length > 1) return { userspace: "several outputs" };
+  // The programs rewrite ports, not ICMP's identifier: a SNATed ping stays on the userspace path.
+  if (actions.setIcmpId !== undefined) return { userspace: "ICMP echo identifier rewrite" };
   const k = kernelKeyOf(key, ctx);
   if (typeof k === "string") return { userspace: k };
   const v = Buffer.allocUnsafe(FLOW_VALUE_SIZE).fill(0);
