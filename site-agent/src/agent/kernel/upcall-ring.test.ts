@@ -224,7 +224,8 @@ describe("upcall ring buffer (TC eBPF → agent)", { skip }, () => {
       assert.equal(idle.pollTurns, 0);
       // Two misses 2 ms apart: the first wakes the reader and opens the window (300 ms), the
       // second falls inside it. On a busy machine the test's thread may lose its CPU while it
-      // polls, which ends the window (and pauses polling for 20 ms): then the pair is sent again.
+      // polls, which ends the window (and pauses polling for 20 ms), or wake only after both have
+      // come: then the pair is sent again.
       let caught = false;
       for (let attempt = 0; attempt < 10 && !caught; attempt++) {
         const before = ring.stats();
@@ -244,9 +245,12 @@ describe("upcall ring buffer (TC eBPF → agent)", { skip }, () => {
           );
           assert.ok(after.pollTurns > before.pollTurns, "the loop turned without blocking");
         } else {
+          // Not polled: either the thread lost its CPU in the window, or it woke so late (a loaded
+          // machine) that both misses were already waiting and came in the first, woken batch.
+          const got = batches.slice(firstBatch);
           assert.ok(
-            after.pollPreempted > before.pollPreempted,
-            "a miss not polled in a window: it was preempted",
+            after.pollPreempted > before.pollPreempted || (got.length === 1 && got[0]!.n === 2),
+            `a miss not polled in a window was neither preempted nor read with the first: ${JSON.stringify(got)}`,
           );
           await new Promise((r) => setTimeout(r, 50)); // past the pause
         }
