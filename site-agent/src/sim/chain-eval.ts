@@ -339,6 +339,8 @@ export function tupleOf(w: Walk): CtTuple {
   return t;
 }
 const EMPTY6 = new Uint32Array(4);
+const ICMP_ECHO_REQUEST = 8;
+const ICMP_ECHO_REPLY = 0;
 const CT_ZONE = "";
 
 /**
@@ -492,6 +494,9 @@ function forwardNat(w: Walk, rule: CompiledRule, cc: ChainCtx): boolean {
     return false;
   }
   const kind = snat ? "snat" : "dnat";
+  // Only an echo request's bytes 4-5 are an identifier (other ICMP messages keep them: unused,
+  // or a parameter problem's pointer), so only it has one translated.
+  const echo = t.proto === PROTO_ICMP && m.tpSrc === ICMP_ECHO_REQUEST;
   const key = natKey(kind, cc.zoneId, t.proto, t.src, t.sport, t.dst, t.dport);
   const now = w.ctx.now;
   let b = w.state.nat.lookupForward(key, now);
@@ -510,7 +515,7 @@ function forwardNat(w: Walk, rule: CompiledRule, cc: ChainCtx): boolean {
     let allocated = false;
     // ICMP echo: SNAT takes the identifier from the host's leased blocks as it takes a port (two
     // hosts' pings with one id to one destination must not share replies); DNAT keeps it.
-    if (target.portEnd === 0 || (icmp && !snat)) natPort = snat ? t.sport : t.dport;
+    if (target.portEnd === 0 || (icmp && !(snat && echo))) natPort = snat ? t.sport : t.dport;
     else if (snat) {
       natPort = w.state.natPorts.allocate(
         cc.zoneId,
@@ -573,12 +578,14 @@ function forwardNat(w: Walk, rule: CompiledRule, cc: ChainCtx): boolean {
   if (snat) {
     m._nwSrc = b.natIp;
     if (ports) m._tpSrc = b.natPort;
-    else m._icmpId = b.natPort;
+    else if (echo) m._icmpId = b.natPort;
   } else {
     m._nwDst = b.natIp;
     if (ports) m._tpDst = b.natPort;
   }
-  m.written |= snat ? F.NW_SRC | (ports ? F.TP_SRC : F.ICMP_ID) : F.NW_DST | (ports ? F.TP_DST : 0);
+  m.written |= snat
+    ? F.NW_SRC | (ports ? F.TP_SRC : echo ? F.ICMP_ID : 0)
+    : F.NW_DST | (ports ? F.TP_DST : 0);
   if (w.tracing) w.trace("nat", rule.id, `${kind} to ${formatIp4(b.natIp)}:${b.natPort}`);
   return true;
 }
@@ -610,15 +617,18 @@ function reverseNat(w: Walk, rule: CompiledRule, cc: ChainCtx): boolean {
   }
   w.tagStr(tag.nat(b.key));
   const ports = t.proto !== PROTO_ICMP;
+  const echoReply = !ports && m.tpSrc === ICMP_ECHO_REPLY;
   if (snat) {
     m._nwDst = b.origIp;
     if (ports) m._tpDst = b.origPort;
-    else m._icmpId = b.origPort;
+    else if (echoReply) m._icmpId = b.origPort;
   } else {
     m._nwSrc = b.origIp;
     if (ports) m._tpSrc = b.origPort;
   }
-  m.written |= snat ? F.NW_DST | (ports ? F.TP_DST : F.ICMP_ID) : F.NW_SRC | (ports ? F.TP_SRC : 0);
+  m.written |= snat
+    ? F.NW_DST | (ports ? F.TP_DST : echoReply ? F.ICMP_ID : 0)
+    : F.NW_SRC | (ports ? F.TP_SRC : 0);
   if (w.tracing)
     w.trace("nat", rule.id, `reverse ${snat ? "SNAT" : "DNAT"} to ${formatIp4(b.origIp)}:${b.origPort}`);
   return true;

@@ -608,6 +608,26 @@ test("path: SNAT translates an echo identifier like a port: two VMs and two host
   assert.equal(setOf(ping(h1, VM1_MAC, "10.0.1.1", s.vm1.id))!.icmpId, ids[0]);
 });
 
+test("path: SNAT leaves bytes 4-5 of ICMP messages other than echo alone (a parameter problem's pointer)", () => {
+  const s = withSnat();
+  const view = new TopologyView(s.t.objects);
+  const ctx = newSimContext("h1", new InMemoryNatBlockRegistry(64));
+  ctx.state.arp.learn(s.r.id, parseIp4("203.0.113.1"), parseMac(EXT_MAC), ctx.now);
+  // Parameter problem (type 12), pointer 20 in byte 4: the VM answering an external host.
+  const r = simulate(
+    view,
+    eth(VM1_MAC, RA_MAC)
+      .ip4("10.0.1.1", "198.51.100.7")
+      .icmp(12, 0, 20 << 24)
+      .build(),
+    { portId: s.vm1.id },
+    ctx,
+  );
+  const set = setOf(r)!;
+  assert.equal(set.nwSrc, parseIp4("203.0.113.2"), "the address is translated");
+  assert.equal(set.icmpId, undefined, "bytes 4-5 are not an identifier here");
+});
+
 test("path: a REJECT's reset reaches a sender behind a stateful group that accepts only return traffic", () => {
   const s = withSecurityGroups();
   const rej = s.t.chain("vm2-reject");
