@@ -212,12 +212,12 @@ export class WatchEventDecoder {
 }
 
 /** The fields of a rule read when it is first used (the rest of topologypb.Rule). */
-interface RuleBody {
-  condition: Condition | undefined;
-  action: topologypb.RuleAction;
-  jumpChainId: string;
-  natTargets: topologypb.NatTarget[];
-  intentId: string;
+/** What a LazyRule reads late: its fields beyond id, chain and position. */
+type RuleBody = Pick<topologypb.Rule, "condition" | "action" | "jumpChainId" | "natTargets" | "intentId">;
+
+/** The body of a rule whose bytes did not decode (its `condition` throws the error instead). */
+function undecodedBody(): RuleBody {
+  return { condition: undefined, action: 0, jumpChainId: "", natTargets: EMPTY, intentId: "" };
 }
 
 /**
@@ -288,28 +288,16 @@ class LazyRule implements topologypb.Rule {
 
   private read(): RuleBody {
     if (this.body !== undefined) return this.body;
-    const body: RuleBody = {
-      condition: undefined,
-      action: 0,
-      jumpChainId: "",
-      natTargets: EMPTY,
-      intentId: "",
-    };
     try {
       // A reader over the rule alone: a length inside it that runs past the rule is an error.
       const r = new InterningReader(this.data!.subarray(this.start, this.end), this.tables);
-      const m = readRule(r, r.len, this.tables);
-      body.condition = m.condition;
-      body.action = m.action;
-      body.jumpChainId = m.jumpChainId;
-      body.natTargets = m.natTargets;
-      body.intentId = m.intentId;
+      this.body = readRule(r, r.len, this.tables);
     } catch (err) {
       this.error = new Error(`rule ${this.id}: cannot be decoded (${(err as Error).message})`);
+      this.body = undecodedBody();
     }
-    this.body = body;
     this.data = undefined;
-    return body;
+    return this.body;
   }
 }
 

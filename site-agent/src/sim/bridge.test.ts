@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
+import { topologypb } from "@isthmus/schema";
 import { formatIp6, parseIp4, parseMac } from "../packets/addr.js";
 import { checksumError } from "../packets/checksum.js";
 import { parsePacket } from "../packets/packet.js";
@@ -287,14 +288,27 @@ test("bridge: learning is per VLAN; access-port VLANs limit flooding", () => {
   );
 });
 
-test("bridge: a flood port's filter rewrite applies to that port only", () => {
+/** Ports a and b on one bridge; b's outbound filter DNATs everything to 10.9.9.9 (1:1, no ports). */
+function dnatToB() {
   const t = new TopologyBuilder();
   const h1 = t.host("h1", "192.168.0.1");
   const br = t.bridge();
   const nat = t.chain();
-  t.rule(nat, 8, {}, { natTargets: [{ ipStart: "10.9.9.9", ipEnd: "10.9.9.9", portStart: 0, portEnd: 0 }] });
+  t.rule(
+    nat,
+    topologypb.RuleAction.RULE_ACTION_DNAT,
+    {},
+    {
+      natTargets: [{ ipStart: "10.9.9.9", ipEnd: "10.9.9.9", portStart: 0, portEnd: 0 }],
+    },
+  );
   const a = t.vmPort(br, h1, MAC1, []);
   const b = t.vmPort(br, h1, MAC2, [], { outboundFilterId: nat.id });
+  return { t, h1, br, a, b };
+}
+
+test("bridge: a flood port's filter rewrite applies to that port only", () => {
+  const { t, h1, br, a, b } = dnatToB();
   const c = t.vmPort(br, h1, MAC3, []);
   const view = new TopologyView(t.objects);
   const r = simulate(
@@ -373,13 +387,7 @@ test("bridge: a VM's own ARP probe and duplicate address detection are not answe
 });
 
 test("bridge: a rewrite to the value the packet already has puts that field in the mask", () => {
-  const t = new TopologyBuilder();
-  const h1 = t.host("h1", "192.168.0.1");
-  const br = t.bridge();
-  const nat = t.chain();
-  t.rule(nat, 8, {}, { natTargets: [{ ipStart: "10.9.9.9", ipEnd: "10.9.9.9", portStart: 0, portEnd: 0 }] });
-  const a = t.vmPort(br, h1, MAC1, []);
-  const b = t.vmPort(br, h1, MAC2, [], { outboundFilterId: nat.id });
+  const { t, a, b } = dnatToB();
   const view = new TopologyView(t.objects);
   const send = (dst: string) =>
     simulate(

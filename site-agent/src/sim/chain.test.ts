@@ -375,63 +375,55 @@ test("chain: every condition field decides on its own, and its inversion decides
   }
 });
 
-test("chain: conntrack forward matches the packet opening a connection, not its reply", () => {
-  // One chain on the bridge sees both directions: only forward packets pass it.
+/**
+ * vm1 and vm2 on one bridge whose inbound chain (`rules` fills it) sees both directions; `from1`
+ * and `from2` simulate a frame from each VM with one shared conntrack state.
+ */
+function bridgeFilter(name: string, rules: (t: TopologyBuilder, c: topologypb.Chain) => void) {
   const t = new TopologyBuilder();
   const h = t.host("h1", "192.168.0.1");
-  const c = t.chain("forward-only");
+  const c = t.chain(name);
   const br = t.bridge({ inboundFilterId: c.id });
-  t.accept(c, { matchForwardFlow: true });
-  t.dropRule(c);
+  rules(t, c);
   const vm1 = t.vmPort(br, h, M1, ["10.0.0.1"]);
   const vm2 = t.vmPort(br, h, M2, ["10.0.0.2"]);
   const view = new TopologyView(t.objects);
   const ctx = newSimContext("h1");
-  const req = simulate(
-    view,
-    eth(M1, M2).ip4("10.0.0.1", "10.0.0.2").tcp(4000, 80).build(),
-    { portId: vm1.id },
-    ctx,
-  );
+  return {
+    from1: (f: Uint8Array) => simulate(view, f, { portId: vm1.id }, ctx),
+    from2: (f: Uint8Array) => simulate(view, f, { portId: vm2.id }, ctx),
+  };
+}
+
+test("chain: conntrack forward matches the packet opening a connection, not its reply", () => {
+  // Only forward packets pass the chain.
+  const { from1, from2 } = bridgeFilter("forward-only", (t, c) => {
+    t.accept(c, { matchForwardFlow: true });
+    t.dropRule(c);
+  });
+  const req = from1(eth(M1, M2).ip4("10.0.0.1", "10.0.0.2").tcp(4000, 80).build());
   assert.ok(passed(req));
   assert.equal(req.conntrack.length, 1);
   assert.ok(req.mask & F.TP_SRC && req.mask & F.NW_SRC, "the tuple is in the mask");
-  const reply = simulate(
-    view,
+  const reply = from2(
     eth(M2, M1)
       .ip4("10.0.0.2", "10.0.0.1")
       .tcp(80, 4000, TCP_SYN | TCP_ACK)
       .build(),
-    { portId: vm2.id },
-    ctx,
   );
   assert.match(reply.dropReason ?? "", /dropped by rule/, "a return packet is not forward");
   assert.ok(reply.tags.includes(`ct:${req.conntrack[0]!.key}`));
   // The next packet of the opening side is still forward.
-  const again = simulate(
-    view,
-    eth(M1, M2).ip4("10.0.0.1", "10.0.0.2").tcp(4000, 80, TCP_ACK).build(),
-    { portId: vm1.id },
-    ctx,
-  );
-  assert.ok(passed(again));
+  assert.ok(passed(from1(eth(M1, M2).ip4("10.0.0.1", "10.0.0.2").tcp(4000, 80, TCP_ACK).build())));
 });
 
 test("chain: conntrack established matches a connection's later packets and its replies; inverted, only opening ones", () => {
-  // vm2's inbound chain sees vm2 → vm1 traffic: established passes; new passes only to TCP 80.
-  const t = new TopologyBuilder();
-  const h = t.host("h1", "192.168.0.1");
-  const c = t.chain("stateful");
-  const br = t.bridge({ inboundFilterId: c.id });
-  t.accept(c, { matchEstablished: true });
-  t.accept(c, { matchEstablished: true, invEstablished: true, nwProto: 6, tpDst: { start: 80, end: 80 } });
-  t.dropRule(c);
-  const vm1 = t.vmPort(br, h, M1, ["10.0.0.1"]);
-  const vm2 = t.vmPort(br, h, M2, ["10.0.0.2"]);
-  const view = new TopologyView(t.objects);
-  const ctx = newSimContext("h1");
-  const from1 = (f: Uint8Array) => simulate(view, f, { portId: vm1.id }, ctx);
-  const from2 = (f: Uint8Array) => simulate(view, f, { portId: vm2.id }, ctx);
+  // Established passes; new passes only to TCP 80.
+  const { from1, from2 } = bridgeFilter("stateful", (t, c) => {
+    t.accept(c, { matchEstablished: true });
+    t.accept(c, { matchEstablished: true, invEstablished: true, nwProto: 6, tpDst: { start: 80, end: 80 } });
+    t.dropRule(c);
+  });
   const syn = eth(M1, M2).ip4("10.0.0.1", "10.0.0.2").tcp(4000, 80, TCP_SYN).build();
 
   const first = from1(syn);
@@ -465,19 +457,13 @@ test("chain: conntrack established matches a connection's later packets and its 
   assert.ok(!passed(arp), "non-IP frames are never established");
 
   // Inverted alone: the opening packet passes, the connection's later packets do not.
-  const t2 = new TopologyBuilder();
-  const h2 = t2.host("h1", "192.168.0.1");
-  const c2 = t2.chain("new-only");
-  const br2 = t2.bridge({ inboundFilterId: c2.id });
-  t2.accept(c2, { matchEstablished: true, invEstablished: true });
-  t2.dropRule(c2);
-  const a = t2.vmPort(br2, h2, M1, ["10.0.0.1"]);
-  t2.vmPort(br2, h2, M2, ["10.0.0.2"]);
-  const view2 = new TopologyView(t2.objects);
-  const ctx2 = newSimContext("h1");
+  const newOnly = bridgeFilter("new-only", (t, c) => {
+    t.accept(c, { matchEstablished: true, invEstablished: true });
+    t.dropRule(c);
+  });
   const udp1 = eth(M1, M2).ip4("10.0.0.1", "10.0.0.2").udp(5000, 53).build();
-  assert.ok(passed(simulate(view2, udp1, { portId: a.id }, ctx2)));
-  const later = simulate(view2, udp1, { portId: a.id }, ctx2);
+  assert.ok(passed(newOnly.from1(udp1)));
+  const later = newOnly.from1(udp1);
   assert.match(later.dropReason ?? "", /dropped by rule/);
   assert.equal(later.cacheable, true, "established is decided by its entry, so the drop may be a flow");
 });
