@@ -9,6 +9,7 @@ export { extractKey, KEY_SIZE, maskFromFields } from "./agent/flow-key.js";
 export { FlowTable } from "./agent/flow-table.js";
 export { KernelDatapath, type KernelDatapathOptions, kernelDatapathSupport } from "./agent/kernel/index.js";
 export { EngineSimulator, maskToFields } from "./agent/sim-adapter.js";
+export { snapshotEncodedBytes } from "./agent/snapshot-rules.js";
 export * as agentTesting from "./agent/testing/index.js";
 export { UserspaceDatapath } from "./agent/userspace-datapath.js";
 export { startTestPostgres, type TestPostgres } from "./controller/db/test-postgres.js";

@@ -12,7 +12,12 @@ import {
   status,
 } from "@grpc/grpc-js";
 import { federationpb, intentpb, type PauseReport, sitepb, topologypb, wallNow } from "@isthmus/schema";
-import { type EntryTiming, firstSnapshot } from "@isthmus/site-agent";
+import {
+  type EntryTiming,
+  firstSnapshot,
+  type RuleSnapshot,
+  snapshotEncodedBytes,
+} from "@isthmus/site-agent";
 
 type Unary<Req, Res> = (
   req: Req,
@@ -232,13 +237,14 @@ export class AgentWatch {
   }
 }
 
-/** Counts what a topology snapshot holds, by kind. */
-export function countSnapshot(s: topologypb.TopologySnapshot): Record<string, number> {
+/** Counts what a topology snapshot holds, by kind (its packed rules as rules). */
+export function countSnapshot(s: RuleSnapshot): Record<string, number> {
   const counts: Record<string, number> = {};
   for (const o of s.objects) {
     const kind = Object.keys(o).find((k) => (o as Record<string, unknown>)[k] !== undefined) ?? "unknown";
     counts[kind] = (counts[kind] ?? 0) + 1;
   }
+  if (s.packedRules) counts.rule = (counts.rule ?? 0) + s.packedRules.count;
   return counts;
 }
 
@@ -258,7 +264,7 @@ export async function timeSnapshot(
   return {
     ms: r.ms,
     counts: countSnapshot(r.snapshot),
-    bytes: topologypb.TopologySnapshot.encode(r.snapshot).finish().length,
+    bytes: snapshotEncodedBytes(r.snapshot),
     parts: r.parts,
     cpuMs: Math.round((cpu.user + cpu.system) / 1000),
   };

@@ -282,7 +282,11 @@ export async function startAgent(flags: AgentFlags, deps: AgentDeps = {}): Promi
       agent.applySnapshot(s);
       health.set("topology", true);
       log.info(
-        { revision: s.revision, objects: s.objects.length, ports: agent.boundPorts().size },
+        {
+          revision: s.revision,
+          objects: s.objects.length + (s.packedRules?.count ?? 0),
+          ports: agent.boundPorts().size,
+        },
         "topology snapshot applied",
       );
     },

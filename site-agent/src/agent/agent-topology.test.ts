@@ -6,7 +6,8 @@ import { RA_MAC, twoSubnets, VM1_MAC } from "../sim/test-topologies.js";
 import { AgentTopology } from "./agent-topology.js";
 import { KEY_SIZE } from "./flow-key.js";
 import { EngineSimulator } from "./sim-adapter.js";
-import { isUnreadLazyRule, WatchEventDecoder } from "./watch-event-decoder.js";
+import { joinSnapshot, type SnapshotRules } from "./snapshot-rules.js";
+import { WatchEventDecoder } from "./watch-event-decoder.js";
 
 const RA = topologypb.RuleAction;
 
@@ -53,26 +54,26 @@ test("a decoded snapshot's rules are read only for the chains a simulation cross
   const bytes = Buffer.from(
     topologypb.WatchTopologyResponse.encode({ snapshot: { revision: 1, objects: s.t.objects } }).finish(),
   );
-  const decoded = new WatchEventDecoder().decode(bytes).snapshot!;
-  const ruleOf = (id: string) => decoded.objects.find((o) => o.rule?.id === id)!.rule!;
+  const decoded = joinSnapshot([new WatchEventDecoder().decode(bytes).snapshot!]);
+  const rules = decoded.packedRules as SnapshotRules;
   const sim = new EngineSimulator({ hostId: "h1" });
   const topology = new AgentTopology(sim);
   topology.applySnapshot(decoded);
-  assert.ok(isUnreadLazyRule(ruleOf(bad.id)) && isUnreadLazyRule(ruleOf(idle.id)), "nothing read yet");
+  assert.equal(rules.decoded, 0, "nothing read yet");
 
   const frame = Buffer.from(eth(VM1_MAC, RA_MAC).ip4("10.0.1.1", "10.0.2.1").udp(1, 2).build());
   const input = { frame, key: Buffer.alloc(KEY_SIZE), ingressPortId: s.vm1.id, traced: false, now: 0 };
   const ok = sim.simulate(input);
   assert.equal(ok.dropReason, undefined);
-  assert.equal(isUnreadLazyRule(ruleOf(bad.id)), false, "vm1's chain was compiled");
-  assert.ok(isUnreadLazyRule(ruleOf(idle.id)), "the unused chain's rule is still unread");
+  assert.equal(rules.decoded, 2, "vm1's chain (its two rules) was compiled, the unused chain's rule not");
+  assert.ok(rules.find(idle.id) >= 0 && rules.find(bad.id) >= 0);
 
   // The same snapshot with the first rule's prefix length corrupted: that rule fails closed.
   const at = bytes.indexOf(Buffer.from([106, "10.9.0.0/16".length]));
   assert.ok(at > 0);
   bytes[at + 1] = 120;
   const broken = new AgentTopology(new EngineSimulator({ hostId: "h1" }));
-  broken.applySnapshot(new WatchEventDecoder().decode(bytes).snapshot!);
+  broken.applySnapshot(joinSnapshot([new WatchEventDecoder().decode(bytes).snapshot!]));
   const dropped = (broken.simulator as EngineSimulator).simulate(input);
   assert.match(dropped.dropReason ?? "", new RegExp(`rule ${bad.id}: cannot be decoded`));
 });

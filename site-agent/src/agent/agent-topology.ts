@@ -3,6 +3,7 @@
 // simulated against). A snapshot or change goes into both, in this order, here only — so the
 // edge agent and anything measuring its first snapshot (first-snapshot.ts) run the same code.
 import type { topologypb } from "@isthmus/schema";
+import type { RuleSnapshot } from "../sim/packed-rules.js";
 import type { Simulator } from "./simulator.js";
 import { TopologyStore } from "./topology-store.js";
 import type { TopologySink } from "./topology-watch-client.js";
@@ -22,7 +23,7 @@ export class AgentTopology implements TopologySink {
   }
 
   /** Replaces both copies; afterwards the simulator can simulate against the snapshot. */
-  applySnapshot(s: topologypb.TopologySnapshot): void {
+  applySnapshot(s: RuleSnapshot): void {
     this.store.applySnapshot(s);
     this.simulator.applySnapshot(s);
   }

@@ -3,6 +3,7 @@
 // host, answers upcalls, and installs flow state that peers push. agent-process.ts adds gRPC,
 // metrics, the admin endpoint and signals around it.
 import { componentLogger, type Logger, type topologypb } from "@isthmus/schema";
+import type { RuleSnapshot } from "../sim/packed-rules.js";
 import { AgentTopology } from "./agent-topology.js";
 import type { Datapath, PortIO, TunnelEndpoint } from "./datapath.js";
 import { decodeFlowState } from "./flow-state.js";
@@ -69,7 +70,7 @@ export class EdgeAgent {
     return new Map(this.portNoById);
   }
 
-  applySnapshot(s: topologypb.TopologySnapshot): void {
+  applySnapshot(s: RuleSnapshot): void {
     this.topology.applySnapshot(s);
     // A snapshot replaces everything: every cached decision may be stale.
     this.stats.invalidated += this.o.datapath.stats().flows;

@@ -3,7 +3,8 @@
 // simulator's view, the same code EdgeAgent runs — so the time is until the agent could simulate
 // a packet against the snapshot. For measuring: the propagation benchmark and the controller's
 // snapshot tools time this path. (Binding the host's ports is the datapath's work and not timed.)
-import { silentLogger, type topologypb } from "@isthmus/schema";
+import { silentLogger } from "@isthmus/schema";
+import type { RuleSnapshot } from "../sim/packed-rules.js";
 import { AgentTopology } from "./agent-topology.js";
 import { EngineSimulator } from "./sim-adapter.js";
 import { TopologyWatchClient } from "./topology-watch-client.js";
@@ -11,7 +12,8 @@ import { TopologyWatchClient } from "./topology-watch-client.js";
 export interface FirstSnapshot {
   /** From the Watch call to the snapshot applied to the store and the simulator's view. */
   ms: number;
-  snapshot: topologypb.TopologySnapshot;
+  /** As the agent holds it: `objects` without rules, the rules in `packedRules`. */
+  snapshot: RuleSnapshot;
   /** Messages the snapshot arrived in. */
   parts: number;
   /** The copies the snapshot went into (the simulator is an EngineSimulator for hostId). */

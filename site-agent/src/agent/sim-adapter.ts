@@ -17,6 +17,7 @@ import {
   TopologyView,
   tag,
 } from "../sim/index.js";
+import type { RuleSnapshot } from "../sim/packed-rules.js";
 import { ETH_TYPE_IPV4, type FlowField, KEY, KEY_SIZE } from "./flow-key.js";
 import type { FlowStateEntry } from "./flow-state.js";
 import type { OutputGroup, SimulationInput, SimulationOutcome, Simulator } from "./simulator.js";
@@ -259,8 +260,8 @@ export class EngineSimulator implements Simulator {
     return out;
   }
 
-  applySnapshot(s: topologypb.TopologySnapshot): void {
-    this.view = new TopologyView(s.objects, s.revision);
+  applySnapshot(s: RuleSnapshot): void {
+    this.view = new TopologyView(s.objects, s.revision, s.packedRules);
   }
 
   applyChange(c: topologypb.TopologyChange): string[] {

@@ -3,6 +3,7 @@
 // generated and the flow state to share. sim-adapter.ts implements it over the sim engine; tests use
 // small fakes. Topology and peers' flow state reach the simulator through the agent.
 import type { topologypb } from "@isthmus/schema";
+import type { RuleSnapshot } from "../sim/packed-rules.js";
 import type { FlowActions } from "./flow-actions.js";
 import type { FlowField } from "./flow-key.js";
 import type { FlowStateEntry } from "./flow-state.js";
@@ -62,7 +63,8 @@ export interface SimulationOutcome {
 
 export interface Simulator {
   simulate(input: SimulationInput): SimulationOutcome | Promise<SimulationOutcome>;
-  applySnapshot(s: topologypb.TopologySnapshot): void;
+  /** Replaces the topology; a snapshot's packed rules are the simulator's to keep (sim/packed-rules.ts). */
+  applySnapshot(s: RuleSnapshot): void;
   /** Returns the tags of flows the change makes stale. */
   applyChange(c: topologypb.TopologyChange): string[];
   /** Installs peers' flow state; returns the tags of flows decided without it. */

@@ -4,12 +4,15 @@
 // event loop between packet batches; nothing on the packet path waits for the controller.
 import { credentials, Metadata, status } from "@grpc/grpc-js";
 import { componentLogger, type Logger, topologypb } from "@isthmus/schema";
+import type { RuleSnapshot } from "../sim/packed-rules.js";
+import { type DecodedSnapshot, joinSnapshot, snapshotSize } from "./snapshot-rules.js";
 import { WatchEventDecoder } from "./watch-event-decoder.js";
 
 export interface TopologySink {
   readonly revision: number;
   readonly ready: boolean;
-  applySnapshot(s: topologypb.TopologySnapshot): void;
+  /** A whole snapshot, its rules packed (snapshot-rules.ts). */
+  applySnapshot(s: RuleSnapshot): void;
   applyChange(c: topologypb.TopologyChange): void;
 }
 
@@ -21,7 +24,7 @@ export interface WatchClientOptions {
   log: Logger;
   minBackoffMs?: number;
   maxBackoffMs?: number;
-  /** Objects a snapshot sent in parts may add up to before the stream is refused (2 000 000). */
+  /** Objects (rules included) a snapshot sent in parts may add up to before the stream is refused (2 000 000). */
   maxSnapshotObjects?: number;
   /** HTTP/2 receive window (bytes the controller may send ahead of what was read; 8 MiB). */
   flowControlWindowBytes?: number;
@@ -46,7 +49,7 @@ export class TopologyWatchClient {
   private backoff: number;
   private stopped = false;
   /** Parts of a snapshot received so far (the controller sends large ones in parts). */
-  private partial: { revision: number; parts: topologypb.TopologyObject[][]; objects: number } | undefined;
+  private partial: { revision: number; parts: DecodedSnapshot[]; objects: number } | undefined;
   private readonly log: Logger;
   connected = false;
   readonly stats = {
@@ -92,7 +95,7 @@ export class TopologyWatchClient {
       md,
     );
     this.call = call;
-    call.on("data", (ev: topologypb.WatchTopologyResponse) => {
+    call.on("data", (ev: ReturnType<WatchEventDecoder["decode"]>) => {
       if (this.call !== call) return;
       if (!this.connected) {
         this.connected = true;
@@ -124,7 +127,7 @@ export class TopologyWatchClient {
     });
   }
 
-  private onEvent(ev: topologypb.WatchTopologyResponse): void {
+  private onEvent(ev: ReturnType<WatchEventDecoder["decode"]>): void {
     if (ev.snapshotPart) {
       this.stats.snapshotMessages++;
       this.assemble(ev.snapshotPart, false);
@@ -149,29 +152,23 @@ export class TopologyWatchClient {
   }
 
   /** The whole snapshot once its last part is in; undefined while parts are still coming. */
-  private assemble(
-    part: topologypb.TopologySnapshot,
-    last: boolean,
-  ): topologypb.TopologySnapshot | undefined {
-    if (last && !this.partial) return part;
+  private assemble(part: DecodedSnapshot, last: boolean): RuleSnapshot | undefined {
+    if (last && !this.partial) return joinSnapshot([part]);
     this.partial ??= { revision: part.revision, parts: [], objects: 0 };
     const acc = this.partial;
     if (acc.revision !== part.revision) {
       throw new Error(`snapshot parts of revisions ${acc.revision} and ${part.revision} mixed`);
     }
     const limit = this.o.maxSnapshotObjects ?? 2_000_000;
-    if (acc.objects + part.objects.length > limit) {
+    const size = snapshotSize(part);
+    if (acc.objects + size > limit) {
       throw new Error(`snapshot exceeds ${limit} objects (maxSnapshotObjects)`);
     }
-    acc.parts.push(part.objects);
-    acc.objects += part.objects.length;
+    acc.parts.push(part);
+    acc.objects += size;
     if (!last) return undefined;
     this.partial = undefined;
-    // One array of the final size, filled once (not grown object by object as parts arrive).
-    const objects = new Array<topologypb.TopologyObject>(acc.objects);
-    let at = 0;
-    for (const p of acc.parts) for (const o of p) objects[at++] = o;
-    return { revision: acc.revision, objects };
+    return joinSnapshot(acc.parts);
   }
 
   private retry(forceSnapshot: boolean): void {

@@ -6,12 +6,13 @@
 // its rules' intent) is one string, an object holds only its kind, and rules whose conditions are
 // byte-identical (most per-port guard rules) share one frozen Condition. Rules and conditions are
 // read field for field here; a rule without NAT targets and a condition without port lists hold
-// one shared, frozen empty array (a 10k-port site's snapshot has ~150k rules, most with neither:
-// half a million fewer arrays that would all survive). A snapshot's rules are read lazily
-// (LazyRule): id, chain and position at once, the rest from the received message's bytes the first
-// time it is read — when the simulator compiles the rule's chain, which most chains of a site never
-// are on a given host. Every other message below an object is still decoded by its generated decoder.
+// one shared, frozen empty array. A snapshot's rules are not objects at all: each message's rules
+// are positions in it (a RuleChunk: where the rule's bytes and its id's bytes are, and its chain),
+// joined into the snapshot's SnapshotRules when its last part is in (snapshot-rules.ts), and a
+// rule is decoded when the simulator compiles its chain — which most chains of a site never are on
+// a given host. Every other message below an object is still decoded by its generated decoder.
 import { BinaryReader, topologypb } from "@isthmus/schema";
+import { type DecodedSnapshot, hashIdBytes, RuleChunk, type RuleReader } from "./snapshot-rules.js";
 
 type Condition = topologypb.Condition;
 
@@ -47,13 +48,6 @@ function powerOfTwo(name: string, n: number): number {
     throw new Error(`${name} must be a power of two between 1 and 2^24, got ${n}`);
   }
   return n;
-}
-
-/** FNV-1a over bytes [start, end). */
-function hashBytes(b: Uint8Array, start: number, end: number): number {
-  let h = 0x811c9dc5 | 0;
-  for (let i = start; i < end; i++) h = Math.imul(h ^ b[i]!, 16777619);
-  return h ^ (h >>> 16);
 }
 
 /** A protobuf reader whose strings come from the recent-strings table when their bytes match. */
@@ -111,15 +105,33 @@ class InterningReader extends BinaryReader {
 /** Decodes WatchTopologyResponse events; one per watch client (its tables are its own). */
 export class WatchEventDecoder {
   private readonly tables: RecentTables;
+  /** Decodes a snapshot rule from its message's bytes when its chain is compiled. */
+  private readonly readRule: RuleReader;
 
   constructor(o: WatchDecoderOptions = {}) {
-    this.tables = new RecentTables(o);
+    const tables = new RecentTables(o);
+    this.tables = tables;
+    this.readRule = (data, start, end) => {
+      // A reader over the rule alone: a length inside it that runs past the rule is an error.
+      const r = new InterningReader(data.subarray(start, end), tables);
+      return readRule(r, r.len, tables);
+    };
   }
 
-  /** As topologypb.WatchTopologyResponse.decode, with snapshots read as described above. */
-  decode(bytes: Uint8Array): topologypb.WatchTopologyResponse {
+  /**
+   * As topologypb.WatchTopologyResponse.decode, with snapshots read as described above: a
+   * snapshot (or part)'s `objects` hold no rule, its `ruleChunk` its rules (joinSnapshot makes
+   * the whole snapshot from its parts).
+   */
+  decode(bytes: Uint8Array): topologypb.WatchTopologyResponse & {
+    snapshot?: DecodedSnapshot;
+    snapshotPart?: DecodedSnapshot;
+  } {
     const r = new InterningReader(bytes, this.tables);
-    const ev: topologypb.WatchTopologyResponse = {
+    const ev: topologypb.WatchTopologyResponse & {
+      snapshot?: DecodedSnapshot;
+      snapshotPart?: DecodedSnapshot;
+    } = {
       snapshot: undefined,
       change: undefined,
       heartbeatRevision: undefined,
@@ -137,24 +149,36 @@ export class WatchEventDecoder {
     return ev;
   }
 
-  private snapshot(r: InterningReader, length: number): topologypb.TopologySnapshot {
+  private snapshot(r: InterningReader, length: number): DecodedSnapshot {
     const end = r.pos + length;
-    const s: topologypb.TopologySnapshot = { revision: 0, objects: [] };
+    const s: DecodedSnapshot = { revision: 0, objects: [], ruleChunk: undefined };
+    const rules = new RuleChunk(r.data, this.readRule);
     while (r.pos < end) {
       const tag = r.uint32();
-      if (tag === 18) s.objects.push(this.object(r, r.uint32()));
-      else if (tag === 8) s.revision = safeNumber(r.uint64());
+      if (tag === 18) {
+        const o = this.object(r, r.uint32(), rules);
+        if (o !== undefined) s.objects.push(o);
+      } else if (tag === 8) s.revision = safeNumber(r.uint64());
       else if ((tag & 7) === 4 || tag === 0) break;
       else r.skip(tag & 7);
     }
+    if (rules.count > 0) s.ruleChunk = rules;
     return s;
   }
 
-  /** An object holding only its kind's field (the last one set, as a oneof reads). */
-  private object(r: InterningReader, length: number): topologypb.TopologyObject {
+  /**
+   * An object holding only its kind's field (the last one set, as a oneof reads), or undefined for
+   * a rule, which goes into `rules` (the object's bytes stay where they are).
+   */
+  private object(
+    r: InterningReader,
+    length: number,
+    rules: RuleChunk,
+  ): topologypb.TopologyObject | undefined {
     const end = r.pos + length;
     const P = topologypb;
-    let o: topologypb.TopologyObject = {};
+    let o: topologypb.TopologyObject | undefined = {};
+    let rule = false;
     while (r.pos < end) {
       const tag = r.uint32();
       // Every kind is a length-delimited message; any other wire type is skipped, as generated.
@@ -164,10 +188,13 @@ export class WatchEventDecoder {
         continue;
       }
       const n = r.uint32();
+      rule = false;
       // One literal per kind, so each kind's objects share a shape.
       switch (tag >>> 3) {
         case 7:
-          o = { rule: lazyRule(r, n, this.tables) };
+          scanRule(r, n);
+          rule = true;
+          o = undefined;
           break;
         case 4:
           o = { port: P.Port.decode(r, n) };
@@ -207,128 +234,55 @@ export class WatchEventDecoder {
           break;
       }
     }
-    return o;
+    if (!rule) return o;
+    rules.add(AT.start, AT.end, AT.idStart, AT.idEnd, AT.chainId);
+    return undefined;
   }
-}
-
-/** The fields of a rule read when it is first used (the rest of topologypb.Rule). */
-/** What a LazyRule reads late: its fields beyond id, chain and position. */
-type RuleBody = Pick<topologypb.Rule, "condition" | "action" | "jumpChainId" | "natTargets" | "intentId">;
-
-/** The body of a rule whose bytes did not decode (its `condition` throws the error instead). */
-function undecodedBody(): RuleBody {
-  return { condition: undefined, action: 0, jumpChainId: "", natTargets: EMPTY, intentId: "" };
 }
 
 /**
- * A snapshot's rule, read lazily. Its id, chain and position (what the agent indexes rules by)
- * are read with the snapshot; the other fields the first time one is read, from the received
- * message's bytes [start, end) — no copy: the message buffer stays referenced until every lazy
- * rule in it has been read, never more than the snapshot's encoded size (less than its decoded
- * rules would take). Reads give what topologypb.Rule.decode gives (the property tests compare
- * every field); the fields are accessors, so a spread (`{ ...rule }`) would miss them — the
- * topology copy is read field by field (sim/rule-compile.ts). Bytes that turn out not to decode
- * make `condition` throw, which compileRule keeps as the rule's error: evaluating it drops the
- * packet (fail closed), as any rule that cannot be compiled does.
+ * Where the snapshot rule scanRule read last is in its message: its bytes [start, end), its id's
+ * bytes, its chain (one place for all: ~150k rules a snapshot, each filed before the next is read).
  */
-class LazyRule implements topologypb.Rule {
-  private data: Buffer | undefined;
-  private body: RuleBody | undefined;
-  private error: Error | undefined;
+const AT = { start: 0, end: 0, idStart: 0, idEnd: 0, chainId: "" };
 
-  constructor(
-    public id: string,
-    public chainId: string,
-    public position: number,
-    data: Buffer,
-    private readonly start: number,
-    private readonly end: number,
-    private readonly tables: RecentTables,
-  ) {
-    this.data = data;
-  }
-
-  /** Whether the fields beyond id, chain and position have been read (for tests and tools). */
-  get decoded(): boolean {
-    return this.body !== undefined;
-  }
-
-  get condition(): Condition | undefined {
-    const b = this.read();
-    if (this.error) throw this.error;
-    return b.condition;
-  }
-  set condition(v: Condition | undefined) {
-    this.read().condition = v;
-  }
-  get action(): topologypb.RuleAction {
-    return this.read().action;
-  }
-  set action(v: topologypb.RuleAction) {
-    this.read().action = v;
-  }
-  get jumpChainId(): string {
-    return this.read().jumpChainId;
-  }
-  set jumpChainId(v: string) {
-    this.read().jumpChainId = v;
-  }
-  get natTargets(): topologypb.NatTarget[] {
-    return this.read().natTargets;
-  }
-  set natTargets(v: topologypb.NatTarget[]) {
-    this.read().natTargets = v;
-  }
-  get intentId(): string {
-    return this.read().intentId;
-  }
-  set intentId(v: string) {
-    this.read().intentId = v;
-  }
-
-  private read(): RuleBody {
-    if (this.body !== undefined) return this.body;
-    try {
-      // A reader over the rule alone: a length inside it that runs past the rule is an error.
-      const r = new InterningReader(this.data!.subarray(this.start, this.end), this.tables);
-      this.body = readRule(r, r.len, this.tables);
-    } catch (err) {
-      this.error = new Error(`rule ${this.id}: cannot be decoded (${(err as Error).message})`);
-      this.body = undecodedBody();
-    }
-    this.data = undefined;
-    return this.body;
-  }
-}
-
-/** Whether `rule` is a snapshot rule whose fields beyond id, chain and position are not read yet. */
-export function isUnreadLazyRule(rule: topologypb.Rule): boolean {
-  return rule instanceof LazyRule && !rule.decoded;
-}
-
-/** A snapshot rule: id, chain and position now, the rest when first read (LazyRule). */
-function lazyRule(r: InterningReader, length: number, tables: RecentTables): topologypb.Rule {
+/**
+ * A snapshot rule's place: its id's bytes and its chain are read, everything else (the condition
+ * above all) is skipped over without reading. A rule without an id is refused, as the store refuses
+ * any object without one.
+ */
+function scanRule(r: InterningReader, length: number): void {
   const start = r.pos;
   const end = start + length;
   if (end > r.len) throw new RangeError("premature EOF");
-  let id = "";
+  let idStart = 0;
+  let idEnd = 0;
   let chainId = "";
-  let position = 0;
   while (r.pos < end) {
     const tag = r.uint32();
-    if (tag === 10) id = r.string();
-    else if (tag === 18) chainId = r.string();
-    else if (tag === 24) position = r.uint32();
+    if (tag === 18) chainId = r.string();
     else if ((tag & 7) === 2) {
-      // Condition, jump chain, NAT targets, intent: skipped over without reading (nor a subarray).
       const n = r.uint32();
+      if (tag === 10) {
+        idStart = r.pos;
+        idEnd = r.pos + n;
+      }
       r.pos += n;
       if (r.pos > end) throw new RangeError("premature EOF");
     } else if ((tag & 7) === 4 || tag === 0) break;
-    else r.skip(tag & 7);
+    else if ((tag & 7) === 0) {
+      // Position, action: skipped here (BinaryReader.skip would make a Buffer of the bytes skipped;
+      // a varint cut short is the rule's decoding error when its chain is compiled).
+      while (r.pos < end && (r.data[r.pos++]! & 0x80) !== 0) {}
+    } else r.skip(tag & 7);
   }
   r.pos = end;
-  return new LazyRule(id, chainId, position, r.data, start, end, tables);
+  if (idEnd === idStart) throw new Error("topology rule without an id");
+  AT.start = start;
+  AT.end = end;
+  AT.idStart = idStart;
+  AT.idEnd = idEnd;
+  AT.chainId = chainId;
 }
 
 /**
@@ -387,7 +341,7 @@ function sharedCondition(r: InterningReader, length: number, t: RecentTables): C
   const end = start + length;
   if (end > r.len) throw new RangeError("premature EOF");
   const b = r.data;
-  const h = hashBytes(b, start, end);
+  const h = hashIdBytes(b, start, end);
   const slot = h & (t.conditions.length - 1);
   const known = t.conditions[slot];
   if (known !== undefined && t.conditionHashes[slot] === h && known.bytes.length === length) {

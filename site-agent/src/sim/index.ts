@@ -10,6 +10,7 @@ export {
   NatPortAllocator,
 } from "./nat-ports.js";
 export { type NatBinding, NatTable } from "./nat-table.js";
+export type { PackedRules, RuleSnapshot } from "./packed-rules.js";
 export type * from "./result.js";
 export { DEFAULT_SIM_LIMITS, type SimLimits, SimState } from "./sim-state.js";
 export { MAX_LOCAL_TUNNEL_KEY, simulate, TUNNEL_FLOW_STATE, TUNNEL_TRACE_BIT } from "./simulate.js";

@@ -3,7 +3,9 @@
 // from a snapshot and updated by `apply(change)`, which rebuilds only what the change touched and
 // returns the tags of flows it makes stale. Nothing here is computed per packet. Chains are
 // compiled when a simulation first looks one up (ChainTable), as MidoNet's agent loads devices on
-// demand: a site's snapshot carries ~150k rules and a host's flows cross a few of its chains.
+// demand: a site's snapshot carries ~150k rules and a host's flows cross a few of its chains. A
+// snapshot's rules may come packed (packed-rules.ts): they become objects when their chain is
+// compiled, and a change that replaces or deletes one retires it there.
 import { topologypb } from "@isthmus/schema";
 import {
   type Cidr4,
@@ -17,6 +19,7 @@ import {
   parseMac,
 } from "../packets/addr.js";
 import { LpmTrie } from "./lpm.js";
+import type { PackedRules } from "./packed-rules.js";
 import type { OutputAction } from "./result.js";
 import { type CompiledRule, compileRule } from "./rule-compile.js";
 import { indexRules, type RuleRun } from "./rule-index.js";
@@ -360,7 +363,15 @@ export class TopologyView {
   private readonly macsByBridge = new Map<string, Set<string>>();
   private readonly arpsByBridge = new Map<string, Set<string>>();
 
-  constructor(objects: topologypb.TopologyObject[] = [], revision = 0) {
+  /**
+   * The snapshot's packed rules (the view takes them over: it retires those changes replace or
+   * delete); rules from changes, and any in `objects`, are in rawRules, and one there retires a
+   * packed rule with its id.
+   */
+  private readonly packed: PackedRules | undefined;
+
+  constructor(objects: topologypb.TopologyObject[] = [], revision = 0, packedRules?: PackedRules) {
+    this.packed = packedRules;
     // A new view has no flows to invalidate: its tags are not collected (for a snapshot of a
     // large site that is hundreds of thousands of strings hashed into a set, then dropped).
     this.update({ revision, upserts: objects, deletes: [] }, false);
@@ -431,12 +442,19 @@ export class TopologyView {
       }
       dirtyRouters.add(r.routerId);
     };
-    const ruleTouched = (r: topologypb.Rule) => {
+    const ruleTouched = (id: string, chainId: string) => {
       // A new view has compiled no chain and has no flows: nothing to drop or name.
       if (!collectTags) return;
-      tags.add(tag.rule(r.id));
-      tags.add(tag.chain(r.chainId));
-      dirtyChains.add(r.chainId);
+      tags.add(tag.rule(id));
+      tags.add(tag.chain(chainId));
+      dirtyChains.add(chainId);
+    };
+    /** The packed rule `id`, if current, is current no more (replaced or deleted). */
+    const retirePacked = (id: string) => {
+      const i = this.packed === undefined ? -1 : this.packed.find(id);
+      if (i < 0) return;
+      ruleTouched(id, this.packed!.chainOf(i));
+      this.packed!.retire(i);
     };
 
     const remove = (kind: topologypb.TopologyKind, id: string) => {
@@ -484,8 +502,11 @@ export class TopologyView {
           break;
         case K.TOPOLOGY_KIND_RULE: {
           const r = this.rawRules.get(id);
-          if (!r) break;
-          ruleTouched(r);
+          if (!r) {
+            retirePacked(id);
+            break;
+          }
+          ruleTouched(r.id, r.chainId);
           this.rawRules.delete(id);
           this.retireRule(r);
           break;
@@ -559,14 +580,14 @@ export class TopologyView {
         if (old !== r) {
           this.rawRules.set(r.id, r);
           if (old !== undefined) {
-            ruleTouched(old);
+            ruleTouched(old.id, old.chainId);
             this.retireRule(old);
-          }
+          } else retirePacked(r.id);
           const list = this.rulesByChain.get(r.chainId);
           if (list === undefined) this.rulesByChain.set(r.chainId, [r]);
           else list.push(r);
         }
-        ruleTouched(r);
+        ruleTouched(r.id, r.chainId);
       } else if (o.host) {
         this.hosts.set(o.host.id, o.host);
         this.hostTags.set(o.host.id, new Tag(tag.host(o.host.id)));
@@ -808,7 +829,17 @@ export class TopologyView {
     if (list !== undefined && n > 16 && 2 * n > list.length) this.currentRules(r.chainId);
   }
 
-  /** The chain's current rules, each once; drops its stale entries first if it has any. */
+  /** The chain's current rules, each once: its packed ones (decoded now) and those from changes. */
+  private chainRules(chainId: string): topologypb.Rule[] {
+    const list = this.currentRules(chainId);
+    const packed = this.packed?.rulesOf(chainId);
+    if (packed === undefined || packed.length === 0) return list;
+    const all = list.slice();
+    for (const i of packed) all.push(this.packed!.rule(i));
+    return all;
+  }
+
+  /** The chain's current rules from changes, each once; drops its stale entries first if it has any. */
   private currentRules(chainId: string): topologypb.Rule[] {
     const list = this.rulesByChain.get(chainId);
     if (list === undefined) return [];
@@ -831,7 +862,7 @@ export class TopologyView {
   private compileChain(id: string): ChainView | undefined {
     if (!this.rawChains.has(id)) return undefined;
     const rules: CompiledRule[] = [];
-    for (const r of this.currentRules(id)) rules.push(compileRule(r));
+    for (const r of this.chainRules(id)) rules.push(compileRule(r));
     rules.sort((a, b) => a.position - b.position || (a.id < b.id ? -1 : 1));
     for (let i = 0; i < rules.length; i++) rules[i]!.index = i;
     return { id, tag: new Tag(tag.chain(id)), rules, runs: indexRules(rules) };

@@ -20,9 +20,11 @@ import { silentLogger, startGrpcServer, topologypb } from "@isthmus/schema";
 import { firstSnapshot } from "../../agent/first-snapshot.js";
 import { KEY_SIZE } from "../../agent/flow-key.js";
 import { EngineSimulator } from "../../agent/sim-adapter.js";
+import { type DecodedSnapshot, joinSnapshot } from "../../agent/snapshot-rules.js";
 import { TopologyStore } from "../../agent/topology-store.js";
 import { WatchEventDecoder } from "../../agent/watch-event-decoder.js";
 import { eth } from "../../packets/index.js";
+import type { PackedRules } from "../../sim/packed-rules.js";
 import type { Database } from "../db/database.js";
 import { startTestPostgres } from "../db/test-postgres.js";
 import { EncodedWatchEvent, topologyServiceDefinition } from "../snapshot-encoding.js";
@@ -147,14 +149,16 @@ async function agent(address: string): Promise<void> {
   const gcDone = gc.done();
   const mem = process.memoryUsage();
   const heapMB = mem.heapUsed / 1e6;
-  // Buffers (the received messages that lazily read rules keep referenced).
+  // Buffers (the received messages, which the packed rules keep referenced).
   const buffersMB = mem.arrayBuffers / 1e6;
-  const packets = firstPackets(r.simulator, r.snapshot.objects);
+  const rules = r.snapshot.packedRules;
+  const packets = firstPackets(r.simulator, rules);
   const f = (n: number) => Number(n.toFixed(1));
   console.log(
     JSON.stringify({
       ms: f(r.ms),
-      objects: r.snapshot.objects.length,
+      objects: r.snapshot.objects.length + (rules?.count ?? 0),
+      rules: rules?.count ?? 0,
       parts: r.parts,
       firstEventMs: f(times.firstAt),
       decodeMs: f(times.decodeMs),
@@ -175,10 +179,7 @@ async function agent(address: string): Promise<void> {
  * first packet of the process, the first from another pair of ports (its own chains not yet
  * used), and the second pair again (everything it needs already prepared). Times in ms.
  */
-function firstPackets(
-  sim: EngineSimulator,
-  objects: topologypb.TopologyObject[],
-): Record<string, number | string> {
+function firstPackets(sim: EngineSimulator, rules: PackedRules | undefined): Record<string, number | string> {
   const vms = [...sim.view.ports.values()].filter((p) => p.raw.type === topologypb.PortType.PORT_TYPE_VM);
   const byBridge = new Map<string, typeof vms>();
   for (const p of vms) {
@@ -211,7 +212,10 @@ function firstPackets(
   };
   const portChain = compile(pair[4]?.raw.inboundFilterId ?? "");
   const sizes = new Map<string, number>();
-  for (const o of objects) if (o.rule) sizes.set(o.rule.chainId, (sizes.get(o.rule.chainId) ?? 0) + 1);
+  for (let i = 0; i < (rules?.count ?? 0); i++) {
+    const chain = rules!.chainOf(i);
+    sizes.set(chain, (sizes.get(chain) ?? 0) + 1);
+  }
   const largest = [...sizes].filter(([id]) => !sim.view.chains.isCompiled(id)).sort((a, b) => b[1] - a[1])[0];
   const bigChain = largest ? compile(largest[0]) : { ms: 0, rules: 0 };
   const f = (n: number) => Number(n.toFixed(2));
@@ -292,17 +296,15 @@ function decodeOnly(file: string): void {
   const heap0 = process.memoryUsage().heapUsed;
   const t0 = performance.now();
   const decoder = new WatchEventDecoder();
-  const parts: topologypb.TopologyObject[][] = [];
-  let revision = 0;
+  const parts: DecodedSnapshot[] = [];
   for (const ev of events) {
     const e = decoder.decode(ev);
-    const part = (e.snapshot ?? e.snapshotPart)!;
-    parts.push(part.objects);
-    revision = part.revision;
+    parts.push((e.snapshot ?? e.snapshotPart)!);
   }
+  const snapshot = joinSnapshot(parts);
   const t1 = performance.now();
   const store = new TopologyStore();
-  store.applySnapshot({ revision, objects: parts.flat() });
+  store.applySnapshot(snapshot);
   const t2 = performance.now();
   const cpu = process.cpuUsage(cpu0);
   setTimeout(() => {

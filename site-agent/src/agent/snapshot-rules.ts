@@ -1,0 +1,324 @@
+// A snapshot's rules as the agent keeps them: positions in the received Watch messages, not
+// objects (sim/packed-rules.ts says why). The decoder records, for each rule of each message, where
+// its bytes and its id's bytes are, a hash of the id and its chain; the rules of all the messages
+// of one snapshot are then indexed together — by chain (for compiling a chain) and by id (for a
+// change that replaces or deletes one) — in typed arrays, with no object or string per rule. A
+// rule is decoded when its chain is compiled, from the message that carried it, which stays
+// referenced as long as the view holding the rules does (no more bytes than the snapshot's own).
+import { topologypb } from "@isthmus/schema";
+import type { PackedRules, RuleSnapshot } from "../sim/packed-rules.js";
+
+/** Decodes a rule from bytes [start, end) of a message (throws when they do not decode). */
+export type RuleReader = (data: Buffer, start: number, end: number) => topologypb.Rule;
+
+/** FNV-1a over bytes [start, end), folded (ids here; the decoder's rule conditions too). */
+export function hashIdBytes(b: Uint8Array, start: number, end: number): number {
+  let h = 0x811c9dc5 | 0;
+  for (let i = start; i < end; i++) h = Math.imul(h ^ b[i]!, 16777619);
+  return h ^ (h >>> 16);
+}
+
+/** The same hash over an id's UTF-8 bytes. */
+function hashIdString(id: string): number {
+  let h = 0x811c9dc5 | 0;
+  for (let i = 0; i < id.length; i++) {
+    const c = id.charCodeAt(i);
+    if (c > 0x7f) {
+      const b = Buffer.from(id, "utf8");
+      return hashIdBytes(b, 0, b.length);
+    }
+    h = Math.imul(h ^ c, 16777619);
+  }
+  return h ^ (h >>> 16);
+}
+
+/** The rules of one received message, in the order they came. */
+export class RuleChunk {
+  count = 0;
+  start = new Int32Array(64);
+  end = new Int32Array(64);
+  idStart = new Int32Array(64);
+  idEnd = new Int32Array(64);
+  idHash = new Int32Array(64);
+  /** Index into chainIds. */
+  chain = new Int32Array(64);
+  readonly chainIds: string[] = [];
+  private readonly chainIndex = new Map<string, number>();
+
+  constructor(
+    readonly data: Buffer,
+    readonly read: RuleReader,
+  ) {}
+
+  add(start: number, end: number, idStart: number, idEnd: number, chainId: string): void {
+    if (this.count === this.start.length) this.grow();
+    const n = this.count++;
+    this.start[n] = start;
+    this.end[n] = end;
+    this.idStart[n] = idStart;
+    this.idEnd[n] = idEnd;
+    this.idHash[n] = hashIdBytes(this.data, idStart, idEnd);
+    let c = this.chainIndex.get(chainId);
+    if (c === undefined) {
+      c = this.chainIds.length;
+      this.chainIds.push(chainId);
+      this.chainIndex.set(chainId, c);
+    }
+    this.chain[n] = c;
+  }
+
+  private grow(): void {
+    const twice = (a: Int32Array) => {
+      const b = new Int32Array(a.length * 2);
+      b.set(a);
+      return b;
+    };
+    this.start = twice(this.start);
+    this.end = twice(this.end);
+    this.idStart = twice(this.idStart);
+    this.idEnd = twice(this.idEnd);
+    this.idHash = twice(this.idHash);
+    this.chain = twice(this.chain);
+  }
+}
+
+/** The object a rule whose bytes did not decode becomes: its `condition` throws why. */
+class UndecodableRule implements topologypb.Rule {
+  position = 0;
+  action = 0;
+  jumpChainId = "";
+  natTargets: topologypb.NatTarget[] = [];
+  intentId = "";
+
+  constructor(
+    readonly id: string,
+    readonly chainId: string,
+    private readonly error: Error,
+  ) {}
+
+  get condition(): topologypb.Condition | undefined {
+    throw this.error;
+  }
+}
+
+/** The rules of a whole snapshot (every message's chunk), indexed by chain and by id. */
+export class SnapshotRules implements PackedRules {
+  readonly count: number;
+  /** Rules decoded into objects so far (for tests and tools: a chain's rules are, when compiled). */
+  decoded = 0;
+  private readonly chunks: RuleChunk[];
+  private readonly chunkOf: Int32Array;
+  /** Index within its chunk. */
+  private readonly local: Int32Array;
+  private readonly hash: Int32Array;
+  private readonly next: Int32Array;
+  private readonly retired: Uint8Array;
+  private readonly chainOfRule: Int32Array;
+  private readonly chainIds: string[] = [];
+  private readonly chainIndex = new Map<string, number>();
+  private head: Int32Array;
+  /** Open addressing, linear probing: rule index + 1, 0 = empty; at most half full. */
+  private readonly table: Int32Array;
+
+  constructor(chunks: RuleChunk[]) {
+    this.chunks = chunks;
+    let n = 0;
+    for (const c of chunks) n += c.count;
+    this.count = n;
+    this.chunkOf = new Int32Array(n);
+    this.local = new Int32Array(n);
+    this.hash = new Int32Array(n);
+    this.next = new Int32Array(n).fill(-1);
+    this.retired = new Uint8Array(n);
+    this.chainOfRule = new Int32Array(n);
+    let size = 16;
+    while (size < 2 * n) size *= 2;
+    this.table = new Int32Array(size);
+    this.head = new Int32Array(64).fill(-1);
+    const tail: number[] = [];
+    let i = 0;
+    for (let k = 0; k < chunks.length; k++) {
+      const c = chunks[k]!;
+      // The chunk's chains in the snapshot's numbering.
+      const chainMap = new Int32Array(c.chainIds.length);
+      for (let j = 0; j < c.chainIds.length; j++) chainMap[j] = this.chainNumber(c.chainIds[j]!, tail);
+      for (let j = 0; j < c.count; j++, i++) {
+        this.chunkOf[i] = k;
+        this.local[i] = j;
+        this.hash[i] = c.idHash[j]!;
+        const chain = chainMap[c.chain[j]!]!;
+        this.chainOfRule[i] = chain;
+        // Filed at the end of its chain's list (the order the rules came in).
+        if (tail[chain] === -1) this.head[chain] = i;
+        else this.next[tail[chain]!] = i;
+        tail[chain] = i;
+        this.insert(i);
+      }
+    }
+  }
+
+  find(id: string): number {
+    const h = hashIdString(id);
+    const mask = this.table.length - 1;
+    for (let slot = h & mask; ; slot = (slot + 1) & mask) {
+      const v = this.table[slot]!;
+      if (v === 0) return -1;
+      const i = v - 1;
+      if (this.hash[i] === h && this.idEquals(i, id)) return this.retired[i] ? -1 : i;
+    }
+  }
+
+  chainOf(i: number): string {
+    return this.chainIds[this.chainOfRule[i]!]!;
+  }
+
+  rulesOf(chainId: string): number[] {
+    const c = this.chainIndex.get(chainId);
+    const out: number[] = [];
+    if (c === undefined) return out;
+    for (let i = this.head[c]!; i !== -1; i = this.next[i]!) if (!this.retired[i]) out.push(i);
+    return out;
+  }
+
+  rule(i: number): topologypb.Rule {
+    const c = this.chunks[this.chunkOf[i]!]!;
+    const j = this.local[i]!;
+    this.decoded++;
+    try {
+      return c.read(c.data, c.start[j]!, c.end[j]!);
+    } catch (err) {
+      const id = c.data.toString("utf8", c.idStart[j]!, c.idEnd[j]!);
+      return new UndecodableRule(
+        id,
+        this.chainOf(i),
+        new Error(`rule ${id}: cannot be decoded (${(err as Error).message})`),
+      );
+    }
+  }
+
+  retire(i: number): void {
+    this.retired[i] = 1;
+  }
+
+  /** The id of rule `i` (decoded from its bytes). */
+  idOf(i: number): string {
+    const c = this.chunks[this.chunkOf[i]!]!;
+    const j = this.local[i]!;
+    return c.data.toString("utf8", c.idStart[j]!, c.idEnd[j]!);
+  }
+
+  /** Each rule's encoded length (its message, without its framing in the snapshot), in order. */
+  *ruleLengths(): IterableIterator<number> {
+    for (const c of this.chunks) for (let j = 0; j < c.count; j++) yield c.end[j]! - c.start[j]!;
+  }
+
+  private chainNumber(id: string, tail: number[]): number {
+    let c = this.chainIndex.get(id);
+    if (c !== undefined) return c;
+    c = this.chainIds.length;
+    this.chainIds.push(id);
+    this.chainIndex.set(id, c);
+    tail.push(-1);
+    if (c === this.head.length) {
+      const h = new Int32Array(this.head.length * 2).fill(-1);
+      h.set(this.head);
+      this.head = h;
+    }
+    return c;
+  }
+
+  /** Files rule `i` by its id; an earlier rule with the same id is retired (the later one is current). */
+  private insert(i: number): void {
+    const h = this.hash[i]!;
+    const mask = this.table.length - 1;
+    for (let slot = h & mask; ; slot = (slot + 1) & mask) {
+      const v = this.table[slot]!;
+      if (v === 0) {
+        this.table[slot] = i + 1;
+        return;
+      }
+      const j = v - 1;
+      if (this.hash[j] === h && this.sameId(i, j)) {
+        this.retired[j] = 1;
+        this.table[slot] = i + 1;
+        return;
+      }
+    }
+  }
+
+  private idBytes(i: number): Buffer {
+    const c = this.chunks[this.chunkOf[i]!]!;
+    const j = this.local[i]!;
+    return c.data.subarray(c.idStart[j]!, c.idEnd[j]!);
+  }
+
+  private sameId(i: number, j: number): boolean {
+    return this.idBytes(i).equals(this.idBytes(j));
+  }
+
+  private idEquals(i: number, id: string): boolean {
+    const c = this.chunks[this.chunkOf[i]!]!;
+    const j = this.local[i]!;
+    const start = c.idStart[j]!;
+    const len = c.idEnd[j]! - start;
+    if (len === id.length) {
+      let ascii = true;
+      for (let k = 0; k < len; k++) {
+        const ch = id.charCodeAt(k);
+        if (ch > 0x7f) {
+          ascii = false;
+          break;
+        }
+        if (ch !== c.data[start + k]) return false;
+      }
+      if (ascii) return true;
+    }
+    return this.idBytes(i).equals(Buffer.from(id, "utf8"));
+  }
+}
+
+/** A decoded snapshot or part of one: `objects` without rules, its rules packed in `ruleChunk`. */
+export type DecodedSnapshot = topologypb.TopologySnapshot & { ruleChunk?: RuleChunk };
+
+/** Objects and rules a decoded snapshot (or part) holds. */
+export function snapshotSize(s: DecodedSnapshot): number {
+  return s.objects.length + (s.ruleChunk?.count ?? 0);
+}
+
+/**
+ * One snapshot from its decoded parts, in order: the objects together, the rules packed and
+ * indexed (a snapshot not sent in parts is its own one part).
+ */
+export function joinSnapshot(parts: DecodedSnapshot[]): RuleSnapshot {
+  if (parts.length === 0) throw new Error("a snapshot of no parts");
+  const revision = parts[0]!.revision;
+  let objects: topologypb.TopologyObject[];
+  if (parts.length === 1) objects = parts[0]!.objects;
+  else {
+    // One array of the final size, filled once (not grown object by object).
+    let n = 0;
+    for (const p of parts) n += p.objects.length;
+    objects = new Array<topologypb.TopologyObject>(n);
+    let at = 0;
+    for (const p of parts) for (const o of p.objects) objects[at++] = o;
+  }
+  const chunks: RuleChunk[] = [];
+  for (const p of parts) if (p.ruleChunk) chunks.push(p.ruleChunk);
+  return { revision, objects, packedRules: chunks.length > 0 ? new SnapshotRules(chunks) : undefined };
+}
+
+/** Bytes of a snapshot encoded as one TopologySnapshot message (its packed rules as objects again). */
+export function snapshotEncodedBytes(s: RuleSnapshot): number {
+  const varint = (n: number) => (n < 0x80 ? 1 : n < 0x4000 ? 2 : n < 0x200000 ? 3 : n < 0x10000000 ? 4 : 5);
+  let n = topologypb.TopologySnapshot.encode({ revision: s.revision, objects: s.objects }).finish().length;
+  const p = s.packedRules;
+  if (p === undefined) return n;
+  if (!(p instanceof SnapshotRules))
+    throw new Error("snapshotEncodedBytes: packed rules the decoder did not make");
+  // Each rule is a TopologyObject { rule = 7 } in the snapshot's objects (field 2): one-byte tags.
+  for (const len of p.ruleLengths()) {
+    const object = 1 + varint(len) + len;
+    n += 1 + varint(object) + object;
+  }
+  return n;
+}
