@@ -32,23 +32,33 @@ function hashIdString(id: string): number {
   return h ^ (h >>> 16);
 }
 
-/** The rules of one received message, in the order they came. */
+/** The rules of one received message, in the order they came (joined into SnapshotRules). */
 export class RuleChunk {
   count = 0;
-  start = new Int32Array(64);
-  end = new Int32Array(64);
-  idStart = new Int32Array(64);
-  idEnd = new Int32Array(64);
-  idHash = new Int32Array(64);
+  start: Int32Array;
+  end: Int32Array;
+  idStart: Int32Array;
+  idEnd: Int32Array;
+  idHash: Int32Array;
   /** Index into chainIds. */
-  chain = new Int32Array(64);
+  chain: Int32Array;
   readonly chainIds: string[] = [];
   private readonly chainIndex = new Map<string, number>();
 
+  /** `capacity`: rules expected (the arrays grow past it). */
   constructor(
     readonly data: Buffer,
     readonly read: RuleReader,
-  ) {}
+    capacity = 64,
+  ) {
+    const n = Math.max(16, capacity);
+    this.start = new Int32Array(n);
+    this.end = new Int32Array(n);
+    this.idStart = new Int32Array(n);
+    this.idEnd = new Int32Array(n);
+    this.idHash = new Int32Array(n);
+    this.chain = new Int32Array(n);
+  }
 
   add(start: number, end: number, idStart: number, idEnd: number, chainId: string): void {
     if (this.count === this.start.length) this.grow();
@@ -101,15 +111,22 @@ class UndecodableRule implements topologypb.Rule {
   }
 }
 
-/** The rules of a whole snapshot (every message's chunk), indexed by chain and by id. */
+/**
+ * The rules of a whole snapshot (every message's chunk), indexed by chain and by id. What it keeps
+ * per rule is copied out of the chunks into arrays of its own (the chunks' arrays, sized for a
+ * message, are dropped); the messages' bytes stay, for decoding rules and comparing ids.
+ */
 export class SnapshotRules implements PackedRules {
   readonly count: number;
   /** Rules decoded into objects so far (for tests and tools: a chain's rules are, when compiled). */
   decoded = 0;
-  private readonly chunks: RuleChunk[];
-  private readonly chunkOf: Int32Array;
-  /** Index within its chunk. */
-  private readonly local: Int32Array;
+  private readonly data: Buffer[];
+  private readonly read: RuleReader[];
+  private readonly dataOf: Int32Array;
+  private readonly start: Int32Array;
+  private readonly end: Int32Array;
+  private readonly idStart: Int32Array;
+  private readonly idEnd: Int32Array;
   private readonly hash: Int32Array;
   private readonly next: Int32Array;
   private readonly retired: Uint8Array;
@@ -121,12 +138,16 @@ export class SnapshotRules implements PackedRules {
   private readonly table: Int32Array;
 
   constructor(chunks: RuleChunk[]) {
-    this.chunks = chunks;
     let n = 0;
     for (const c of chunks) n += c.count;
     this.count = n;
-    this.chunkOf = new Int32Array(n);
-    this.local = new Int32Array(n);
+    this.data = chunks.map((c) => c.data);
+    this.read = chunks.map((c) => c.read);
+    this.dataOf = new Int32Array(n);
+    this.start = new Int32Array(n);
+    this.end = new Int32Array(n);
+    this.idStart = new Int32Array(n);
+    this.idEnd = new Int32Array(n);
     this.hash = new Int32Array(n);
     this.next = new Int32Array(n).fill(-1);
     this.retired = new Uint8Array(n);
@@ -139,13 +160,16 @@ export class SnapshotRules implements PackedRules {
     let i = 0;
     for (let k = 0; k < chunks.length; k++) {
       const c = chunks[k]!;
+      this.dataOf.fill(k, i, i + c.count);
+      this.start.set(c.start.subarray(0, c.count), i);
+      this.end.set(c.end.subarray(0, c.count), i);
+      this.idStart.set(c.idStart.subarray(0, c.count), i);
+      this.idEnd.set(c.idEnd.subarray(0, c.count), i);
+      this.hash.set(c.idHash.subarray(0, c.count), i);
       // The chunk's chains in the snapshot's numbering.
       const chainMap = new Int32Array(c.chainIds.length);
       for (let j = 0; j < c.chainIds.length; j++) chainMap[j] = this.chainNumber(c.chainIds[j]!, tail);
       for (let j = 0; j < c.count; j++, i++) {
-        this.chunkOf[i] = k;
-        this.local[i] = j;
-        this.hash[i] = c.idHash[j]!;
         const chain = chainMap[c.chain[j]!]!;
         this.chainOfRule[i] = chain;
         // Filed at the end of its chain's list (the order the rules came in).
@@ -181,13 +205,12 @@ export class SnapshotRules implements PackedRules {
   }
 
   rule(i: number): topologypb.Rule {
-    const c = this.chunks[this.chunkOf[i]!]!;
-    const j = this.local[i]!;
+    const k = this.dataOf[i]!;
     this.decoded++;
     try {
-      return c.read(c.data, c.start[j]!, c.end[j]!);
+      return this.read[k]!(this.data[k]!, this.start[i]!, this.end[i]!);
     } catch (err) {
-      const id = c.data.toString("utf8", c.idStart[j]!, c.idEnd[j]!);
+      const id = this.idOf(i);
       return new UndecodableRule(
         id,
         this.chainOf(i),
@@ -202,14 +225,12 @@ export class SnapshotRules implements PackedRules {
 
   /** The id of rule `i` (decoded from its bytes). */
   idOf(i: number): string {
-    const c = this.chunks[this.chunkOf[i]!]!;
-    const j = this.local[i]!;
-    return c.data.toString("utf8", c.idStart[j]!, c.idEnd[j]!);
+    return this.data[this.dataOf[i]!]!.toString("utf8", this.idStart[i]!, this.idEnd[i]!);
   }
 
   /** Each rule's encoded length (its message, without its framing in the snapshot), in order. */
   *ruleLengths(): IterableIterator<number> {
-    for (const c of this.chunks) for (let j = 0; j < c.count; j++) yield c.end[j]! - c.start[j]!;
+    for (let i = 0; i < this.count; i++) yield this.end[i]! - this.start[i]!;
   }
 
   private chainNumber(id: string, tail: number[]): number {
@@ -247,9 +268,7 @@ export class SnapshotRules implements PackedRules {
   }
 
   private idBytes(i: number): Buffer {
-    const c = this.chunks[this.chunkOf[i]!]!;
-    const j = this.local[i]!;
-    return c.data.subarray(c.idStart[j]!, c.idEnd[j]!);
+    return this.data[this.dataOf[i]!]!.subarray(this.idStart[i]!, this.idEnd[i]!);
   }
 
   private sameId(i: number, j: number): boolean {
@@ -257,10 +276,9 @@ export class SnapshotRules implements PackedRules {
   }
 
   private idEquals(i: number, id: string): boolean {
-    const c = this.chunks[this.chunkOf[i]!]!;
-    const j = this.local[i]!;
-    const start = c.idStart[j]!;
-    const len = c.idEnd[j]! - start;
+    const data = this.data[this.dataOf[i]!]!;
+    const start = this.idStart[i]!;
+    const len = this.idEnd[i]! - start;
     if (len === id.length) {
       let ascii = true;
       for (let k = 0; k < len; k++) {
@@ -269,7 +287,7 @@ export class SnapshotRules implements PackedRules {
           ascii = false;
           break;
         }
-        if (ch !== c.data[start + k]) return false;
+        if (ch !== data[start + k]) return false;
       }
       if (ascii) return true;
     }

@@ -152,7 +152,9 @@ export class WatchEventDecoder {
   private snapshot(r: InterningReader, length: number): DecodedSnapshot {
     const end = r.pos + length;
     const s: DecodedSnapshot = { revision: 0, objects: [], ruleChunk: undefined };
-    const rules = new RuleChunk(r.data, this.readRule);
+    // Room for as many rules as the message could hold at ~100 bytes a rule (the benchmark's are
+    // ~140; the arrays grow past it, and SnapshotRules keeps copies of what they hold).
+    const rules = new RuleChunk(r.data, this.readRule, Math.ceil(length / 100));
     while (r.pos < end) {
       const tag = r.uint32();
       if (tag === 18) {

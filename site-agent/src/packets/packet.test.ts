@@ -24,6 +24,50 @@ test("addresses: MAC, IPv4, IPv6 and CIDR parse and format round-trip; junk is r
   assert.equal(parseCidr4("10.0.0.0/33"), null);
 });
 
+test("addresses: MAC and IPv4 parse exactly what the plain rules (hex pairs; 1-3 digit parts up to 255) accept", () => {
+  // The rules as regular expressions, against the character-by-character parsers.
+  const macRule = (s: string) =>
+    /^[0-9a-fA-F]{2}([:-][0-9a-fA-F]{2}){5}$/.test(s) ? Number.parseInt(s.replace(/[:-]/g, ""), 16) : -1;
+  const ip4Rule = (s: string) => {
+    const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(s);
+    if (!m || m.slice(1).some((p) => Number(p) > 255)) return -1;
+    return m.slice(1).reduce((v, p) => v * 256 + Number(p), 0);
+  };
+  const chars = (alphabet: string, max: number) =>
+    fc.array(fc.constantFrom(...alphabet), { maxLength: max }).map((a) => a.join(""));
+  const mac = fc.oneof(
+    chars("0123456789abcdefABCDEFgG:-. ", 19),
+    fc
+      .array(fc.integer({ min: 0, max: 255 }), { minLength: 6, maxLength: 6 })
+      .map((b) => b.map((x) => x.toString(16).padStart(2, "0")).join(":")),
+  );
+  const ip = fc.oneof(
+    chars("0123456789.a -", 17),
+    fc.array(fc.integer({ min: 0, max: 999 }), { minLength: 3, maxLength: 5 }).map((p) => p.join(".")),
+  );
+  fc.assert(
+    fc.property(mac, (s) => assert.equal(parseMac(s), macRule(s), JSON.stringify(s))),
+    { numRuns: 3000 },
+  );
+  fc.assert(
+    fc.property(ip, (s) => assert.equal(parseIp4(s), ip4Rule(s), JSON.stringify(s))),
+    { numRuns: 3000 },
+  );
+  for (const s of [
+    "0.0.0.0",
+    "255.255.255.255",
+    "010.1.1.1",
+    "1.2.3.256",
+    "1..2.3",
+    ".1.2.3",
+    "1.2.3.",
+    "1.2.3.4.5",
+    "١.2.3.4",
+  ]) {
+    assert.equal(parseIp4(s), ip4Rule(s), s);
+  }
+});
+
 test("parse: ethernet with 802.1Q, IPv4 and TCP fields read in place", () => {
   const f = eth(A, B)
     .vlan(42, 3)
