@@ -187,10 +187,19 @@ export function parseCidr4(s: string): Cidr4 | null {
   const slash = s.indexOf("/");
   const ip = parseIp4(slash < 0 ? s : s.slice(0, slash));
   if (ip < 0) return null;
-  const lenStr = slash < 0 ? "32" : s.slice(slash + 1);
-  if (!/^\d{1,2}$/.test(lenStr)) return null;
-  const len = Number(lenStr);
-  if (len > 32) return null;
+  // The prefix length: one or two digits, at most 32.
+  let len = 32;
+  if (slash >= 0) {
+    const digits = s.length - slash - 1;
+    if (digits < 1 || digits > 2) return null;
+    len = 0;
+    for (let i = slash + 1; i < s.length; i++) {
+      const c = s.charCodeAt(i);
+      if (c < 48 || c > 57) return null;
+      len = len * 10 + (c - 48);
+    }
+    if (len > 32) return null;
+  }
   const mask = prefixMask4(len);
   return { addr: (ip & mask) >>> 0, len, mask };
 }

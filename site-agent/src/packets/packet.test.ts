@@ -24,7 +24,7 @@ test("addresses: MAC, IPv4, IPv6 and CIDR parse and format round-trip; junk is r
   assert.equal(parseCidr4("10.0.0.0/33"), null);
 });
 
-test("addresses: MAC and IPv4 parse exactly what the plain rules (hex pairs; 1-3 digit parts up to 255) accept", () => {
+test("addresses: MAC, IPv4 and IPv4 prefixes parse exactly what the plain rules (hex pairs; 1-3 digit parts up to 255; 1-2 digit lengths up to 32) accept", () => {
   // The rules as regular expressions, against the character-by-character parsers.
   const macRule = (s: string) =>
     /^[0-9a-fA-F]{2}([:-][0-9a-fA-F]{2}){5}$/.test(s) ? Number.parseInt(s.replace(/[:-]/g, ""), 16) : -1;
@@ -52,6 +52,22 @@ test("addresses: MAC and IPv4 parse exactly what the plain rules (hex pairs; 1-3
   fc.assert(
     fc.property(ip, (s) => assert.equal(parseIp4(s), ip4Rule(s), JSON.stringify(s))),
     { numRuns: 3000 },
+  );
+  // A prefix: the address as above, then "/" and one or two digits up to 32 (none: /32).
+  const cidrRule = (s: string) => {
+    const m = /^([^/]*)(?:\/(\d{1,2}))?$/.exec(s);
+    const ip = m ? ip4Rule(m[1]!) : -1;
+    const len = m?.[2] === undefined ? 32 : Number(m[2]);
+    if (ip < 0 || len > 32) return null;
+    const mask = len === 0 ? 0 : (0xffffffff << (32 - len)) >>> 0;
+    return { addr: (ip & mask) >>> 0, len, mask };
+  };
+  const cidr = fc.tuple(ip, fc.oneof(fc.constant(""), chars("/0123456789a", 4))).map(([a, b]) => a + b);
+  fc.assert(
+    fc.property(cidr, (s) => assert.deepEqual(parseCidr4(s), cidrRule(s), JSON.stringify(s))),
+    {
+      numRuns: 3000,
+    },
   );
   for (const s of [
     "0.0.0.0",

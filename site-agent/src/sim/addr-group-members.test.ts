@@ -4,6 +4,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { topologypb } from "@isthmus/schema";
+import { parseIp4 } from "../packets/addr.js";
 import { eth } from "../packets/packet-dsl.js";
 import type { SimResult } from "./result.js";
 import { simulate } from "./simulate.js";
@@ -114,4 +115,55 @@ test("address group members: each membership change invalidates the flows that r
   assert.deepEqual(stale, ["ipgroup:other-group"]);
   assert.ok(!tagged.tags.includes(stale[0]!));
   assert.ok(!passed(s.from("10.0.0.9")), "a member of a group that does not exist matches nothing");
+});
+
+test("address group members: the tables, read at any point (or first after many changes), hold exactly the current members' addresses", () => {
+  const pool = ["10.0.0.1", "10.0.0.2", "10.0.0.2/32", "10.1.0.0/16", "fd00::1", "fd00::1/128", "bad"];
+  let seed = 11;
+  const rnd = (n: number) => {
+    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+    return seed % n;
+  };
+  for (let round = 0; round < 40; round++) {
+    const own = ["192.0.2.1"];
+    const view = new TopologyView([
+      { ipAddrGroup: { id: "g", name: "", addresses: own } },
+      member("m0", "g", ["10.0.0.1"]),
+    ]);
+    const current = new Map<string, string[]>([["m0", ["10.0.0.1"]]]);
+    let revision = 1;
+    // Some rounds read the tables only at the end: every change before it lands on unbuilt tables.
+    const readEvery = round % 3 === 0 ? 0 : 1 + rnd(4);
+    for (let step = 0; step < 30; step++) {
+      const id = `m${rnd(5)}`;
+      if (rnd(3) === 0) {
+        view.apply({ revision: ++revision, upserts: [], deletes: [memberRef(id)] });
+        current.delete(id);
+      } else {
+        const addresses = Array.from({ length: rnd(3) }, () => pool[rnd(pool.length)]!);
+        view.apply({ revision: ++revision, upserts: [member(id, "g", addresses)], deletes: [] });
+        current.set(id, addresses);
+      }
+      if (readEvery === 0 ? step < 29 : step % readEvery !== 0) continue;
+      const g = view.ipGroups.get("g")!;
+      const all = [...own, ...[...current.values()].flat()];
+      const hosts = new Set(
+        all
+          .filter((a) => !a.includes(":") && (!a.includes("/") || a.endsWith("/32")))
+          .map((a) => parseIp4(a.split("/")[0]!))
+          .filter((ip) => ip >= 0),
+      );
+      assert.deepEqual([...g.v4].sort(), [...hosts].sort(), `round ${round} step ${step}: hosts`);
+      assert.deepEqual(
+        g.v4Cidrs.map((c) => c.len),
+        all.includes("10.1.0.0/16") ? [16] : [],
+        `round ${round} step ${step}: prefixes`,
+      );
+      assert.equal(
+        g.v6.length,
+        all.some((a) => a.startsWith("fd00::1")) ? 1 : 0,
+        `round ${round} step ${step}: v6`,
+      );
+    }
+  }
 });

@@ -149,9 +149,9 @@ export class ChainTable {
 
 export interface IpGroupView {
   readonly tag: Tag;
-  readonly v4: Set<number>;
-  readonly v4Cidrs: Cidr4[];
-  readonly v6: Cidr6[];
+  readonly v4: ReadonlySet<number>;
+  readonly v4Cidrs: readonly Cidr4[];
+  readonly v6: readonly Cidr6[];
 }
 
 /** What a group without addresses holds: shared, never written (add() replaces them first). */
@@ -162,25 +162,44 @@ const NO_CIDRS: never[] = Object.freeze([]) as unknown as never[];
  * The addresses of one address group: its own plus every member's, each counted (two ports may
  * hold one address), so a member joining or leaving costs its own addresses, not the group's.
  * A site has a group per security group and most hold no address an agent sees (the benchmark's
- * 10k-port site: 12k groups, one with members): the tables and the tag are made on first use.
+ * 10k-port site: 12k groups, one with 10k members): the tag is made on first use, and the tables
+ * when first read — until then the address lists added are only kept (`pending`), so a snapshot
+ * parses no group address that no rule of a compiled chain asks about.
  */
 class IpGroupAddresses implements IpGroupView {
   private tagObj: Tag | undefined;
-  v4 = NO_V4 as Set<number>;
-  v4Cidrs: Cidr4[] = NO_CIDRS;
-  v6: Cidr6[] = NO_CIDRS;
+  private v4Set = NO_V4 as Set<number>;
+  private cidrs4: Cidr4[] = NO_CIDRS;
+  private cidrs6: Cidr6[] = NO_CIDRS;
   /** The group object's own addresses (undefined: no such object, rules naming it match nothing). */
   own: string[] | undefined;
   /** Member ids (undefined: none yet). */
   private memberIds: Set<string> | undefined;
-  /** How many of own + members hold each address, by v4 number or a key string. */
+  /** How many of own + members hold each address, by v4 number or a key string (once built). */
   private counts: Map<number | string, number> | undefined;
+  /** Address lists added before the tables were first read (undefined once they are built). */
+  private pending: (readonly string[])[] | undefined = [];
 
   constructor(readonly id: string) {}
 
   get tag(): Tag {
     this.tagObj ??= new Tag(tag.ipGroup(this.id));
     return this.tagObj;
+  }
+
+  get v4(): ReadonlySet<number> {
+    if (this.pending !== undefined) this.build();
+    return this.v4Set;
+  }
+
+  get v4Cidrs(): readonly Cidr4[] {
+    if (this.pending !== undefined) this.build();
+    return this.cidrs4;
+  }
+
+  get v6(): readonly Cidr6[] {
+    if (this.pending !== undefined) this.build();
+    return this.cidrs6;
   }
 
   get empty(): boolean {
@@ -197,27 +216,15 @@ class IpGroupAddresses implements IpGroupView {
   }
 
   add(addresses: readonly string[]): void {
-    for (const a of addresses) {
-      const p = parseGroupAddress(a);
-      if (!p) continue;
-      this.counts ??= new Map();
-      const n = this.counts.get(p.key) ?? 0;
-      this.counts.set(p.key, n + 1);
-      if (n > 0) continue;
-      if (p.v4 !== undefined) {
-        if (this.v4 === NO_V4) this.v4 = new Set();
-        this.v4.add(p.v4);
-      } else if (p.cidr4) {
-        if (this.v4Cidrs === NO_CIDRS) this.v4Cidrs = [];
-        this.v4Cidrs.push(p.cidr4);
-      } else if (p.cidr6) {
-        if (this.v6 === NO_CIDRS) this.v6 = [];
-        this.v6.push(p.cidr6);
-      }
-    }
+    if (addresses.length === 0) return;
+    if (this.pending !== undefined) this.pending.push(addresses);
+    else this.count(addresses);
   }
 
   remove(addresses: readonly string[]): void {
+    if (addresses.length === 0) return;
+    // Built first (a removal is incremental against the counts, never a search of `pending`).
+    if (this.pending !== undefined) this.build();
     const counts = this.counts;
     if (counts === undefined) return;
     for (const a of addresses) {
@@ -230,9 +237,37 @@ class IpGroupAddresses implements IpGroupView {
       }
       if (n === 0) continue;
       counts.delete(p.key);
-      if (p.v4 !== undefined) this.v4.delete(p.v4);
-      else if (p.cidr4) removeWhere(this.v4Cidrs, (c) => c.addr === p.cidr4!.addr && c.len === p.cidr4!.len);
-      else if (p.cidr6) removeWhere(this.v6, (c) => cidr6Key(c) === p.key);
+      if (p.v4 !== undefined) this.v4Set.delete(p.v4);
+      else if (p.cidr4) removeWhere(this.cidrs4, (c) => c.addr === p.cidr4!.addr && c.len === p.cidr4!.len);
+      else if (p.cidr6) removeWhere(this.cidrs6, (c) => cidr6Key(c) === p.key);
+    }
+  }
+
+  /** Counts every address list added so far into the tables. */
+  private build(): void {
+    const lists = this.pending!;
+    this.pending = undefined;
+    for (const l of lists) this.count(l);
+  }
+
+  private count(addresses: readonly string[]): void {
+    for (const a of addresses) {
+      const p = parseGroupAddress(a);
+      if (!p) continue;
+      this.counts ??= new Map();
+      const n = this.counts.get(p.key) ?? 0;
+      this.counts.set(p.key, n + 1);
+      if (n > 0) continue;
+      if (p.v4 !== undefined) {
+        if (this.v4Set === NO_V4) this.v4Set = new Set();
+        this.v4Set.add(p.v4);
+      } else if (p.cidr4) {
+        if (this.cidrs4 === NO_CIDRS) this.cidrs4 = [];
+        this.cidrs4.push(p.cidr4);
+      } else if (p.cidr6) {
+        if (this.cidrs6 === NO_CIDRS) this.cidrs6 = [];
+        this.cidrs6.push(p.cidr6);
+      }
     }
   }
 }
@@ -286,6 +321,37 @@ export const tag = {
   nat: (key: string) => `nat:${key}`,
 } as const;
 
+/**
+ * A port as the simulation reads it. Its tag and its `output` action are made when first used: a
+ * snapshot holds every port of the site (13k in the benchmark's) and a host's flows reach few.
+ */
+class PortViewObj implements PortView {
+  private tagObj: Tag | undefined;
+  private outputObj: OutputAction | undefined;
+
+  constructor(
+    readonly raw: Port,
+    readonly id: string,
+    readonly type: topologypb.PortType,
+    readonly deviceId: string,
+    readonly mac: number,
+    readonly ips4: PortView["ips4"],
+    readonly ips6: PortView["ips6"],
+    readonly exterior: boolean,
+    readonly up: boolean,
+  ) {}
+
+  get tag(): Tag {
+    this.tagObj ??= new Tag(tag.port(this.id));
+    return this.tagObj;
+  }
+
+  get output(): OutputAction {
+    this.outputObj ??= Object.freeze({ kind: "output", portId: this.id }) as OutputAction;
+    return this.outputObj;
+  }
+}
+
 function buildPortView(p: Port): PortView {
   const ips4: PortView["ips4"] = [];
   const ips6: PortView["ips6"] = [];
@@ -296,7 +362,8 @@ function buildPortView(p: Port): PortView {
       if (c && bare) ips6.push({ ip: bare.addr, cidr: c });
     } else {
       const c = parseCidr4(s);
-      const ip = parseIp4(s.split("/")[0]!);
+      // A host address is its own prefix; otherwise the address before the prefix length.
+      const ip = c === null ? -1 : c.len === 32 ? c.addr : parseIp4(s.slice(0, s.indexOf("/")));
       if (c && ip >= 0) ips4.push({ ip, cidr: c });
     }
   }
@@ -305,19 +372,7 @@ function buildPortView(p: Port): PortView {
     p.type === PT.PORT_TYPE_ROUTER_UPLINK ||
     p.type === PT.PORT_TYPE_REMOTE_SITE;
   const mac = parseMac(p.mac);
-  return {
-    id: p.id,
-    tag: new Tag(tag.port(p.id)),
-    raw: p,
-    type: p.type,
-    deviceId: p.deviceId,
-    mac: Math.max(mac, 0),
-    ips4,
-    ips6,
-    exterior,
-    up: p.adminStateUp,
-    output: Object.freeze({ kind: "output", portId: p.id }) as OutputAction,
-  };
+  return new PortViewObj(p, p.id, p.type, p.deviceId, Math.max(mac, 0), ips4, ips6, exterior, p.adminStateUp);
 }
 
 export class TopologyView {
