@@ -90,6 +90,21 @@ test("packed rules are found by id and listed by chain as a map of the same rule
   );
 });
 
+test("one message with many chains (the chain table grows) files each rule under its own chain", () => {
+  const objects: Obj[] = [];
+  for (let c = 0; c < 300; c++) for (const k of [0, 1]) objects.push(rule(`r${c}-${k}`, `chaîne-${c}`, k));
+  // Interleaved: every chain's second rule after all the first ones.
+  objects.sort((a, b) => a.rule!.position - b.rule!.position);
+  const packed = decodeInParts(objects, 1).packedRules as SnapshotRules;
+  assert.equal(packed.count, 600);
+  for (let c = 0; c < 300; c++) {
+    assert.deepEqual(
+      packed.rulesOf(`chaîne-${c}`).map((i) => packed.idOf(i)),
+      [`r${c}-0`, `r${c}-1`],
+    );
+  }
+});
+
 test("a snapshot without rules has no packed rules; the object limit counts rules", () => {
   const d = new WatchEventDecoder();
   const s = d.decode(

@@ -43,7 +43,14 @@ export class RuleChunk {
   /** Index into chainIds. */
   chain: Int32Array;
   readonly chainIds: string[] = [];
-  private readonly chainIndex = new Map<string, number>();
+  /**
+   * The chains seen, by a hash of their id's bytes (open addressing: chain index + 1, 0 = empty),
+   * each with where its bytes first were: a rule's chain is found without making its id a string.
+   */
+  private chainTable = new Int32Array(64);
+  private readonly chainHashes: number[] = [];
+  private readonly chainAt: number[] = [];
+  private readonly chainLen: number[] = [];
 
   /** `capacity`: rules expected (the arrays grow past it). */
   constructor(
@@ -60,7 +67,15 @@ export class RuleChunk {
     this.chain = new Int32Array(n);
   }
 
-  add(start: number, end: number, idStart: number, idEnd: number, chainId: string): void {
+  /** A rule at bytes [start, end) of the message, its id at [idStart, idEnd), its chain's id at [chainStart, chainEnd). */
+  add(
+    start: number,
+    end: number,
+    idStart: number,
+    idEnd: number,
+    chainStart: number,
+    chainEnd: number,
+  ): void {
     if (this.count === this.start.length) this.grow();
     const n = this.count++;
     this.start[n] = start;
@@ -68,13 +83,45 @@ export class RuleChunk {
     this.idStart[n] = idStart;
     this.idEnd[n] = idEnd;
     this.idHash[n] = hashIdBytes(this.data, idStart, idEnd);
-    let c = this.chainIndex.get(chainId);
-    if (c === undefined) {
-      c = this.chainIds.length;
-      this.chainIds.push(chainId);
-      this.chainIndex.set(chainId, c);
+    this.chain[n] = this.chainNumber(chainStart, chainEnd);
+  }
+
+  private chainNumber(start: number, end: number): number {
+    const d = this.data;
+    const h = hashIdBytes(d, start, end);
+    const len = end - start;
+    let mask = this.chainTable.length - 1;
+    let slot = h & mask;
+    for (;;) {
+      const v = this.chainTable[slot]!;
+      if (v === 0) break;
+      const c = v - 1;
+      const at = this.chainAt[c]!;
+      if (
+        this.chainHashes[c] === h &&
+        this.chainIds[c]!.length === len &&
+        d.compare(d, at, at + len, start, end) === 0
+      ) {
+        return c;
+      }
+      slot = (slot + 1) & mask;
     }
-    this.chain[n] = c;
+    const c = this.chainIds.length;
+    this.chainIds.push(d.toString("utf8", start, end));
+    this.chainHashes.push(h);
+    this.chainAt.push(start);
+    this.chainLen.push(len);
+    // At most half full.
+    if (2 * (c + 1) > this.chainTable.length) {
+      this.chainTable = new Int32Array(this.chainTable.length * 2);
+      mask = this.chainTable.length - 1;
+      for (let k = 0; k <= c; k++) {
+        let s = this.chainHashes[k]! & mask;
+        while (this.chainTable[s] !== 0) s = (s + 1) & mask;
+        this.chainTable[s] = k + 1;
+      }
+    } else this.chainTable[slot] = c + 1;
+    return c;
   }
 
   private grow(): void {

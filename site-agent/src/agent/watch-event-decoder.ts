@@ -237,7 +237,7 @@ export class WatchEventDecoder {
       }
     }
     if (!rule) return o;
-    rules.add(AT.start, AT.end, AT.idStart, AT.idEnd, AT.chainId);
+    rules.add(AT.start, AT.end, AT.idStart, AT.idEnd, AT.chainStart, AT.chainEnd);
     return undefined;
   }
 }
@@ -246,7 +246,7 @@ export class WatchEventDecoder {
  * Where the snapshot rule scanRule read last is in its message: its bytes [start, end), its id's
  * bytes, its chain (one place for all: ~150k rules a snapshot, each filed before the next is read).
  */
-const AT = { start: 0, end: 0, idStart: 0, idEnd: 0, chainId: "" };
+const AT = { start: 0, end: 0, idStart: 0, idEnd: 0, chainStart: 0, chainEnd: 0 };
 
 /**
  * A snapshot rule's place: its id's bytes and its chain are read, everything else (the condition
@@ -259,15 +259,18 @@ function scanRule(r: InterningReader, length: number): void {
   if (end > r.len) throw new RangeError("premature EOF");
   let idStart = 0;
   let idEnd = 0;
-  let chainId = "";
+  let chainStart = 0;
+  let chainEnd = 0;
   while (r.pos < end) {
     const tag = r.uint32();
-    if (tag === 18) chainId = r.string();
-    else if ((tag & 7) === 2) {
+    if ((tag & 7) === 2) {
       const n = r.uint32();
       if (tag === 10) {
         idStart = r.pos;
         idEnd = r.pos + n;
+      } else if (tag === 18) {
+        chainStart = r.pos;
+        chainEnd = r.pos + n;
       }
       r.pos += n;
       if (r.pos > end) throw new RangeError("premature EOF");
@@ -284,7 +287,8 @@ function scanRule(r: InterningReader, length: number): void {
   AT.end = end;
   AT.idStart = idStart;
   AT.idEnd = idEnd;
-  AT.chainId = chainId;
+  AT.chainStart = chainStart;
+  AT.chainEnd = chainEnd;
 }
 
 /**
