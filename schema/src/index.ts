@@ -2,7 +2,7 @@
 // shares (logging, configuration, health, gRPC server lifecycle, metrics endpoint, pauses, shutdown).
 
 // The wire reader the generated decoders take (a subclass may read strings its own way).
-export { BinaryReader } from "@bufbuild/protobuf/wire";
+export { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 export * as topologypb from "./gen/isthmus/topology/v1/topology.js";
 export * as federationpb from "./gen/isthmus/v1/federation.js";
 export * as flowstatepb from "./gen/isthmus/v1/flowstate.js";

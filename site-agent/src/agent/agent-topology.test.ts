@@ -7,6 +7,7 @@ import { AgentTopology } from "./agent-topology.js";
 import { KEY_SIZE } from "./flow-key.js";
 import { EngineSimulator } from "./sim-adapter.js";
 import { joinSnapshot, type SnapshotRules } from "./snapshot-rules.js";
+import { eventOf, ruleWithUnknownField } from "./testing/wire.js";
 import { WatchEventDecoder } from "./watch-event-decoder.js";
 
 const RA = topologypb.RuleAction;
@@ -76,4 +77,34 @@ test("a decoded snapshot's rules are read only for the chains a simulation cross
   broken.applySnapshot(joinSnapshot([new WatchEventDecoder().decode(bytes).snapshot!]));
   const dropped = (broken.simulator as EngineSimulator).simulate(input);
   assert.match(dropped.dropReason ?? "", new RegExp(`rule ${bad.id}: cannot be decoded`));
+});
+
+test("an ACCEPT rule with a condition field the agent does not know drops what it would have let through (fail closed)", () => {
+  const s = twoSubnets();
+  const chain = s.t.chain("vm1-in");
+  s.t.dropRule(chain, {});
+  s.vm1.inboundFilterId = chain.id;
+  const bytes = topologypb.WatchTopologyResponse.encode({
+    snapshot: { revision: 1, objects: s.t.objects },
+  }).finish();
+  const decoder = new WatchEventDecoder();
+  const sim = new EngineSimulator({ hostId: "h1" });
+  const topology = new AgentTopology(sim);
+  topology.applySnapshot(joinSnapshot([decoder.decode(bytes).snapshot!]));
+  const frame = Buffer.from(eth(VM1_MAC, RA_MAC).ip4("10.0.1.1", "10.0.2.1").udp(1, 2).build());
+  const input = { frame, key: Buffer.alloc(KEY_SIZE), ingressPortId: s.vm1.id, traced: false, now: 0 };
+  assert.match(sim.simulate(input).dropReason ?? "", /dropped by rule/);
+
+  // A newer controller's ACCEPT for UDP, narrowed by condition field 40, ahead of the drop.
+  const change = decoder.decode(
+    eventOf("change", [ruleWithUnknownField("r-new", chain.id, RA.RULE_ACTION_ACCEPT, 40, 0)]),
+  ).change!;
+  const tags = topology.applyChange(change);
+  assert.ok(tags.has(`chain:${chain.id}`));
+  const r = sim.simulate(input);
+  assert.match(
+    r.dropReason ?? "",
+    /rule r-new: cannot be decoded \(condition field 40 is not known to this agent\)/,
+  );
+  assert.equal(r.groups.flatMap((g) => g.outputs).length, 0, "nothing forwarded");
 });

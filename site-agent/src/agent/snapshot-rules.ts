@@ -139,8 +139,11 @@ export class RuleChunk {
   }
 }
 
-/** The object a rule whose bytes did not decode becomes: its `condition` throws why. */
-class UndecodableRule implements topologypb.Rule {
+/**
+ * The object a rule whose bytes did not decode becomes (from a snapshot or a change): its
+ * `condition` throws why, which compileRule keeps as the rule's error (fail closed).
+ */
+export class UndecodableRule implements topologypb.Rule {
   position = 0;
   action = 0;
   jumpChainId = "";

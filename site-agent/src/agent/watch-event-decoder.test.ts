@@ -3,6 +3,7 @@ import { test } from "node:test";
 import { topologypb } from "@isthmus/schema";
 import fc from "fast-check";
 import { type DecodedSnapshot, joinSnapshot, type SnapshotRules } from "./snapshot-rules.js";
+import { eventOf, ruleWithUnknownField } from "./testing/wire.js";
 import { objectKind } from "./topology-store.js";
 import { CONDITION_FIELDS, RULE_FIELDS, WatchEventDecoder } from "./watch-event-decoder.js";
 
@@ -145,7 +146,13 @@ function assertSameAsGenerated(d: WatchEventDecoder, bytes: Buffer): ReturnType<
       assert.deepEqual(payloads(unpacked(ours[field]!)), payloads(rulesLast(generated[field]!.objects)));
     }
   }
-  assert.deepEqual(ours.change, generated.change);
+  // Changes: their rules are read here too (conditions through their prototype), field for field.
+  assert.equal(ours.change === undefined, generated.change === undefined, "change");
+  if (generated.change) {
+    assert.equal(ours.change!.revision, generated.change.revision);
+    assert.deepEqual(ours.change!.deletes, generated.change.deletes);
+    assert.deepEqual(payloads(ours.change!.upserts), payloads(generated.change.upserts));
+  }
   assert.equal(ours.heartbeatRevision, generated.heartbeatRevision);
   return ours;
 }
@@ -362,4 +369,26 @@ test("bad table sizes are refused by name; a truncated event is an error", () =>
   assert.throws(() => new WatchEventDecoder({ conditionSlots: 0 }), /conditionSlots/);
   const bytes = encode({ snapshot: { revision: 1, objects: sample() } });
   assert.throws(() => new WatchEventDecoder().decode(bytes.subarray(0, bytes.length - 5)));
+});
+
+test("a condition field this agent does not know fails the rule closed, in a snapshot and in a change; other rules read on", () => {
+  const known = Buffer.from(topologypb.TopologyObject.encode(rule("r-ok", "c1", { nwProto: 6 })).finish());
+  for (const field of [33, 40, 1000]) {
+    const unknown = ruleWithUnknownField("r-new", "c1", ACCEPT, field);
+    const d = new WatchEventDecoder();
+    const snap = rulesOf(d.decode(eventOf("snapshot", [known, unknown])).snapshot!);
+    const change = d.decode(eventOf("change", [known, unknown])).change!;
+    assert.equal(change.revision, 3);
+    for (const [r, ok] of [
+      [snap[1]!, snap[0]!],
+      [change.upserts[1]!.rule!, change.upserts[0]!.rule!],
+    ] as const) {
+      assert.deepEqual([r.id, r.chainId], ["r-new", "c1"]);
+      assert.throws(
+        () => r.condition,
+        new RegExp(`rule r-new: cannot be decoded \\(condition field ${field} is not known`),
+      );
+      assert.equal(ok.condition!.nwProto, 6, "the rule beside it reads as sent");
+    }
+  }
 });

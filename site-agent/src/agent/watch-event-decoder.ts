@@ -12,7 +12,13 @@
 // rule is decoded when the simulator compiles its chain — which most chains of a site never are on
 // a given host. Every other message below an object is still decoded by its generated decoder.
 import { BinaryReader, topologypb } from "@isthmus/schema";
-import { type DecodedSnapshot, hashIdBytes, RuleChunk, type RuleReader } from "./snapshot-rules.js";
+import {
+  type DecodedSnapshot,
+  hashIdBytes,
+  RuleChunk,
+  type RuleReader,
+  UndecodableRule,
+} from "./snapshot-rules.js";
 
 type Condition = topologypb.Condition;
 
@@ -141,12 +147,57 @@ export class WatchEventDecoder {
       const tag = r.uint32();
       if (tag === 10) ev.snapshot = this.snapshot(r, r.uint32());
       else if (tag === 34) ev.snapshotPart = this.snapshot(r, r.uint32());
-      else if (tag === 18) ev.change = topologypb.TopologyChange.decode(r, r.uint32());
+      else if (tag === 18) ev.change = this.change(r, r.uint32());
       else if (tag === 24) ev.heartbeatRevision = safeNumber(r.uint64());
       else if ((tag & 7) === 4 || tag === 0) break;
       else r.skip(tag & 7);
     }
     return ev;
+  }
+
+  /**
+   * A change, as topologypb.TopologyChange.decode reads it, except its rules: read here, each
+   * on its own — a rule that does not decode (a condition field this agent does not know, say)
+   * becomes an UndecodableRule with its id and chain, failing closed where it is evaluated,
+   * instead of failing the whole change (which the agent would fetch again and fail again).
+   */
+  private change(r: InterningReader, length: number): topologypb.TopologyChange {
+    const end = r.pos + length;
+    const c: topologypb.TopologyChange = { revision: 0, upserts: [], deletes: [] };
+    while (r.pos < end) {
+      const tag = r.uint32();
+      if (tag === 18) {
+        const o = this.object(r, r.uint32(), undefined);
+        if (o !== undefined) c.upserts.push(o);
+      } else if (tag === 26) c.deletes.push(topologypb.TopologyRef.decode(r, r.uint32()));
+      else if (tag === 8) c.revision = safeNumber(r.uint64());
+      else if ((tag & 7) === 4 || tag === 0) break;
+      else r.skip(tag & 7);
+    }
+    return c;
+  }
+
+  /** A change's rule, decoded now; one whose bytes do not decode as an UndecodableRule. */
+  private ruleNow(r: InterningReader, length: number): topologypb.Rule {
+    const start = r.pos;
+    const end = start + length;
+    if (end > r.len) throw new RangeError("premature EOF");
+    try {
+      const rule = this.readRule(r.data, start, end);
+      r.pos = end;
+      return rule;
+    } catch (err) {
+      // Its id and chain, as a snapshot's rules are read (no id: the change is refused, as before).
+      r.pos = start;
+      scanRule(r, length);
+      const id = r.data.toString("utf8", AT.idStart, AT.idEnd);
+      const chainId = r.data.toString("utf8", AT.chainStart, AT.chainEnd);
+      return new UndecodableRule(
+        id,
+        chainId,
+        new Error(`rule ${id}: cannot be decoded (${(err as Error).message})`),
+      );
+    }
   }
 
   private snapshot(r: InterningReader, length: number): DecodedSnapshot {
@@ -169,13 +220,14 @@ export class WatchEventDecoder {
   }
 
   /**
-   * An object holding only its kind's field (the last one set, as a oneof reads), or undefined for
-   * a rule, which goes into `rules` (the object's bytes stay where they are).
+   * An object holding only its kind's field (the last one set, as a oneof reads). A snapshot's
+   * rule goes into `rules` instead (undefined is returned; the object's bytes stay where they
+   * are); without `rules` (a change) a rule is decoded now.
    */
   private object(
     r: InterningReader,
     length: number,
-    rules: RuleChunk,
+    rules: RuleChunk | undefined,
   ): topologypb.TopologyObject | undefined {
     const end = r.pos + length;
     const P = topologypb;
@@ -194,6 +246,10 @@ export class WatchEventDecoder {
       // One literal per kind, so each kind's objects share a shape.
       switch (tag >>> 3) {
         case 7:
+          if (rules === undefined) {
+            o = { rule: this.ruleNow(r, n) };
+            break;
+          }
           scanRule(r, n);
           rule = true;
           o = undefined;
@@ -237,7 +293,7 @@ export class WatchEventDecoder {
       }
     }
     if (!rule) return o;
-    rules.add(AT.start, AT.end, AT.idStart, AT.idEnd, AT.chainStart, AT.chainEnd);
+    rules!.add(AT.start, AT.end, AT.idStart, AT.idEnd, AT.chainStart, AT.chainEnd);
     return undefined;
   }
 }
@@ -497,7 +553,10 @@ function decodeCondition(r: InterningReader, end: number): Condition {
         continue;
     }
     if ((tag & 7) === 4 || tag === 0) break;
-    r.skip(tag & 7);
+    // A field this agent does not know narrows what the rule matches in a way it cannot check:
+    // skipping it (as protobuf readers do) would match more — an ACCEPT letting through what the
+    // controller meant to keep out. The rule fails to decode instead, and fails closed.
+    throw new Error(`condition field ${tag >>> 3} is not known to this agent`);
   }
   return c;
 }
