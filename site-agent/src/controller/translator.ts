@@ -20,9 +20,10 @@ import {
  * new derivation when its controller next becomes active (IntentApplier.reconcileTranslation).
  * 1: each VM port with its own inbound and outbound chains. 2: ports with the same groups share
  * a profile's chains. 3: a security group's address group lists no addresses itself; each member
- * port's are an IpAddrGroupMember of their own.
+ * port's are an IpAddrGroupMember of their own. 4: a VM port bound at this site has no MacEntry
+ * or ArpEntry (the bridge reads its MAC and addresses from the port).
  */
-export const TRANSLATION_VERSION = 3;
+export const TRANSLATION_VERSION = 4;
 
 export interface Translator {
   /**

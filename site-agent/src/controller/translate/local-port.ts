@@ -112,10 +112,9 @@ export function deriveLocalPort(view: IntentView, id: string, out: DerivedSet): 
     });
   }
 
-  if (mac) {
-    out.macEntry({ id: derivedId(id, "mac-entry"), bridgeId: b.networkId, mac, portId: id });
-    for (const ip of ips) out.arpEntry({ id: derivedId(id, `arp/${ip}`), bridgeId: b.networkId, ip, mac });
-  }
+  // No MacEntry or ArpEntry: the bridge takes a VM port's MAC and addresses from the port itself
+  // (translation version 4; they repeated the port, two or more objects for every port of a site
+  // in every agent's snapshot).
 }
 
 /**

@@ -486,7 +486,10 @@ describe("local ports", () => {
     assert.deepEqual(w.all("ipAddrGroup").find((g) => g.id === portAddrGroupId(id("vm1")))?.addresses, [
       "10.0.0.5",
     ]);
-    assert.ok(w.all("macEntry").some((m) => m.portId === id("vm1") && m.bridgeId === id("net1")));
+    // Its MAC and addresses are the port's own: no MAC or ARP entry repeats them (version 4).
+    assert.deepEqual(port?.ips, ["10.0.0.5"]);
+    assert.equal(w.all("macEntry").filter((m) => m.portId === id("vm1")).length, 0);
+    assert.equal(w.all("arpEntry").filter((a) => a.ip === "10.0.0.5").length, 0);
     w.assertMatchesFull();
   });
 
