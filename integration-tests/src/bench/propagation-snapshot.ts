@@ -7,6 +7,7 @@ import { loadavg } from "node:os";
 import type { intentpb } from "@isthmus/schema";
 import { type FederationAdmin, type SiteApi, timeSnapshotFresh } from "../harness/bench-clients.js";
 import type { SiteProcess } from "../harness/site-process.js";
+import { DEFAULT_QUIET, type QuietResult } from "./machine-quiet.js";
 
 export interface SnapshotResult {
   ports: number;
@@ -21,7 +22,7 @@ export interface SnapshotResult {
   /** Messages the snapshot came in (parts of about 1 MiB). */
   parts: number;
   /** Each try: its time, the 1-minute load average when it ended, the try's process's CPU time. */
-  attempts?: { ms: number; load1: number; cpuMs?: number }[];
+  attempts?: { ms: number; load1: number; cpuMs?: number; quiet?: QuietResult }[];
   /** Creating the ports through SiteService (16 at a time), and the sites settling after (s). */
   createSeconds?: number;
   settleSeconds?: number;
@@ -44,6 +45,11 @@ export interface SnapshotBench {
   settle(timeoutMs: number): Promise<number>;
   /** Counts intent objects the step created. */
   created(n: number): void;
+  /**
+   * Waits until the machine's CPUs are quiet (machine-quiet.ts), before each try: a try then times
+   * the agent's snapshot, not PostgreSQL and the sites still digesting the 10k ports' creation.
+   */
+  machineQuiet(): Promise<QuietResult>;
 }
 
 /** How long the site must stay without a write before a snapshot is timed. */
@@ -150,11 +156,23 @@ export async function timeSiteSnapshot(
     load1: 0,
   };
   for (let k = 0; k < tries; k++) {
+    const quiet = await b.machineQuiet();
     // The site agent's own watch client, store and simulator view (its channel settings: 4 MiB per
     // message, an 8 MiB flow-control window), in a new process each try, as a new agent.
     const r = await timeSnapshotFresh(s.proc.address, s.hostId, s.hostToken);
-    const attempt = { ms: Number(r.ms.toFixed(1)), load1: Number(loadavg()[0]!.toFixed(2)), cpuMs: r.cpuMs };
-    console.log(`  snapshot try ${k + 1}: ${attempt.ms} ms (load ${attempt.load1}, cpu ${r.cpuMs} ms)`);
+    const attempt = {
+      ms: Number(r.ms.toFixed(1)),
+      load1: Number(loadavg()[0]!.toFixed(2)),
+      cpuMs: r.cpuMs,
+      quiet: {
+        ...quiet,
+        seconds: Number(quiet.seconds.toFixed(1)),
+        lastBusy: Number(quiet.lastBusy.toFixed(2)),
+      },
+    };
+    console.log(
+      `  snapshot try ${k + 1}: ${attempt.ms} ms (load ${attempt.load1}, cpu ${r.cpuMs} ms; ${quietText(quiet)})`,
+    );
     out.ms.push(attempt.ms);
     out.attempts!.push(attempt);
     out.counts = r.counts;
@@ -188,6 +206,12 @@ export async function snapshotStep(b: SnapshotBench, ports: number, tries: numbe
   }
 }
 
+function quietText(q: QuietResult): string {
+  return q.quiet
+    ? `machine quiet after ${q.seconds.toFixed(0)} s`
+    : `machine NOT quiet after ${q.seconds.toFixed(0)} s (busy ${(q.lastBusy * 100).toFixed(0)} %)`;
+}
+
 /** The results section's line on the snapshot (none when the step did not run). */
 export function snapshotMarkdown(s: SnapshotResult | undefined, ratio: number | null): string[] {
   if (s?.error) return [`- snapshot: failed — ${s.error}`];
@@ -200,7 +224,10 @@ export function snapshotMarkdown(s: SnapshotResult | undefined, ratio: number | 
       `${(s.bytes / 1e6).toFixed(1)} MB encoded, in ${s.parts} messages), Watch call → snapshot in the agent's topology store and simulator view (the agent can simulate), a new process each try: ${s.ms.join(", ")} ms (load ${s.load1})` +
       (ratio === null ? "." : `; best / 1 s goal = **${ratio}**.`) +
       (s.attempts && s.attempts.length > 0
-        ? ` Each try (ms, load): ${s.attempts.map((a) => `${a.ms} (${a.load1})`).join(", ")}.`
+        ? ` Each try (ms, load): ${s.attempts.map((a) => `${a.ms} (${a.load1})`).join(", ")}.` +
+          (s.attempts.some((a) => a.quiet)
+            ? ` Before each, the machine was waited for (under ${DEFAULT_QUIET.maxBusy * 100} % of its CPUs for ${DEFAULT_QUIET.windows} s): ${s.attempts.map((a) => (a.quiet ? quietText(a.quiet) : "not waited for")).join("; ")}.`
+            : "")
         : "") +
       (s.createSeconds !== undefined
         ? ` Creating the ports through SiteService took ${s.createSeconds} s, the sites settled ${s.settleSeconds} s after` +

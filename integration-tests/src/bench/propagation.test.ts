@@ -83,6 +83,10 @@ test("the propagation benchmark times admin writes to agents at two sites and a 
   assert.ok((s.counts.rule ?? 0) > 20 && s.ms.length === 1 && s.ms[0]! > 0);
   // Each try runs in a new process, as a new agent would (snapshot-child.ts reports its CPU time).
   assert.ok((s.attempts?.[0]?.cpuMs ?? 0) > 0, `the try's own process: ${JSON.stringify(s.attempts)}`);
+  // Timed after waiting for the machine to be quiet (or saying it did not get quiet).
+  const quiet = s.attempts?.[0]?.quiet;
+  assert.ok(quiet && typeof quiet.quiet === "boolean" && quiet.seconds >= 0, JSON.stringify(s.attempts));
+  assert.match(readFileSync(docsFile, "utf8"), /Before each, the machine was waited for/);
   assert.match(
     readFileSync(docsFile, "utf8"),
     /<!-- bench:propagation:start -->[\s\S]*\| 2 \|[\s\S]*Per-change timeline[\s\S]*<!-- bench:propagation:end -->/,

@@ -692,7 +692,7 @@ class Bench {
   }
 
   /** The snapshot step (propagation-snapshot.ts) at the first site. */
-  async snapshot(ports: number, tries: number): Promise<SnapshotResult> {
+  async snapshot(ports: number, tries: number, quick: boolean): Promise<SnapshotResult> {
     return snapshotStep(
       {
         admin: this.admin,
@@ -701,6 +701,8 @@ class Bench {
         created: (n) => {
           this.objects += n;
         },
+        machineQuiet: () =>
+          waitMachineQuiet(quick ? { ...DEFAULT_QUIET, timeoutMs: QUICK_QUIET_TIMEOUT_MS } : DEFAULT_QUIET),
       },
       ports,
       tries,
@@ -993,7 +995,8 @@ export async function measure(opts: PropagationBenchOptions): Promise<Propagatio
         break;
       }
     }
-    if (snapshotPorts > 0) snapshot = await b.snapshot(snapshotPorts, opts.quick ? 1 : 3);
+    if (snapshotPorts > 0)
+      snapshot = await b.snapshot(snapshotPorts, opts.quick ? 1 : 3, opts.quick === true);
     return summarize();
   } finally {
     process.off("SIGINT", onSignal);

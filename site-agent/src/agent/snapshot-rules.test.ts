@@ -95,6 +95,11 @@ test("one message with many chains (the chain table grows) files each rule under
   for (let c = 0; c < 300; c++) for (const k of [0, 1]) objects.push(rule(`r${c}-${k}`, `chaîne-${c}`, k));
   // Interleaved: every chain's second rule after all the first ones.
   objects.sort((a, b) => a.rule!.position - b.rule!.position);
+  const event = new WatchEventDecoder().decode(
+    topologypb.WatchTopologyResponse.encode({ snapshot: { revision: 1, objects } }).finish(),
+  );
+  // Each chain once in the message's table, though its id is not ASCII (bytes ≠ characters).
+  assert.equal(event.snapshot!.ruleChunk!.chainIds.length, 300);
   const packed = decodeInParts(objects, 1).packedRules as SnapshotRules;
   assert.equal(packed.count, 600);
   for (let c = 0; c < 300; c++) {

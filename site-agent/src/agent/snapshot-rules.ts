@@ -99,7 +99,7 @@ export class RuleChunk {
       const at = this.chainAt[c]!;
       if (
         this.chainHashes[c] === h &&
-        this.chainIds[c]!.length === len &&
+        this.chainLen[c] === len &&
         d.compare(d, at, at + len, start, end) === 0
       ) {
         return c;
