@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { topologypb } from "@isthmus/schema";
 import { postgresForTests } from "./db/postgres-for-tests.js";
-import { controllerFixture, dumpState } from "./test-support/controller-fixture.js";
+import { controllerFixture, dumpState, vmPortInput } from "./test-support/controller-fixture.js";
 import { writeTopologyChange } from "./topology-store.js";
 import { derivedId, securityGroupAddrGroupId, securityGroupMemberId } from "./translate/index.js";
 import * as b from "./translate/intent-builders.js";
@@ -77,19 +77,8 @@ test("a site translated at version 3 loses its local ports' MAC and ARP entries 
   t.after(() => f.close());
   await f.applier.applyChange({ index: 1, upserts: [b.network("n", { sites: ["a"] })], deletes: [] });
   const ports = [];
-  for (const n of [1, 2]) {
-    ports.push(
-      await f.local.createPort({
-        name: `vm${n}`,
-        networkId: b.id("n"),
-        hostId: "",
-        interfaceName: "",
-        mac: `02:00:00:00:00:0${n}`,
-        ips: [`10.0.0.${n}`, `fd00::${n}`],
-        securityGroupIds: [],
-      }),
-    );
-  }
+  for (const n of [1, 2])
+    ports.push(await f.local.createPort(vmPortInput(n, b.id("n"), [`10.0.0.${n}`, `fd00::${n}`])));
   const stored = async (kind: number) =>
     (await f.db.pool.query("SELECT id FROM topology_objects WHERE kind = $1 ORDER BY id", [kind])).rows.map(
       (r) => r.id as string,

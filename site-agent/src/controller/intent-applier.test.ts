@@ -4,7 +4,7 @@ import { type intentpb, topologypb } from "@isthmus/schema";
 import pgDriver from "pg";
 import { postgresForTests } from "./db/postgres-for-tests.js";
 import { FencedOut } from "./fence.js";
-import { controllerFixture, dumpState } from "./test-support/controller-fixture.js";
+import { controllerFixture, dumpState, vmPortInput } from "./test-support/controller-fixture.js";
 import { network, networkRef } from "./test-support/trivial-translator.js";
 import { writeTopologyChange } from "./topology-store.js";
 import { derivedId, portInboundChainId, portProfileChainId, securityGroupSetKey } from "./translate/index.js";
@@ -327,17 +327,7 @@ test("a controller with a newer translation moves the stored topology to it once
     upserts: [b.network("n", { sites: ["a"] }), b.securityGroup("g")],
     deletes: [],
   });
-  for (const n of [1, 2]) {
-    await f.local.createPort({
-      name: `vm${n}`,
-      networkId: b.id("n"),
-      hostId: "",
-      interfaceName: "",
-      mac: `02:00:00:00:00:0${n}`,
-      ips: [`10.0.0.${n}`],
-      securityGroupIds: [b.id("g")],
-    });
-  }
+  for (const n of [1, 2]) await f.local.createPort(vmPortInput(n, b.id("n"), [`10.0.0.${n}`], [b.id("g")]));
   // A fresh database is recorded as derived by this version (nothing to move).
   assert.equal(await f.applier.reconcileTranslation(), 0);
   assert.deepEqual((await f.db.pool.query("SELECT version FROM translation_state")).rows, [

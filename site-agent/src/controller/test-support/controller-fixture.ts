@@ -6,7 +6,7 @@ import { migrate } from "../db/migrations.js";
 import { leaseFence } from "../fence.js";
 import { IntentApplier } from "../intent-applier.js";
 import { ControllerLease } from "../lease.js";
-import { LocalWriter } from "../local-store.js";
+import { LocalWriter, type PortInput } from "../local-store.js";
 import { IntentIndex } from "../translate/index.js";
 import { siteTranslator, type Translator } from "../translator.js";
 import { TunnelKeyAllocator } from "../tunnel-key-allocator.js";
@@ -86,5 +86,23 @@ export async function dumpState(db: Database): Promise<unknown> {
     applied: hex(await q("SELECT applied_index FROM intent_state")),
     intent: hex(await q("SELECT kind, id, body, revision FROM intent_objects ORDER BY kind, id")),
     topology: hex(await q("SELECT kind, id, body FROM topology_objects ORDER BY kind, id")),
+  };
+}
+
+/** VM port `vm<n>` on a network, bound to no host, MAC 02:00:00:00:00:0<n> (n < 10). */
+export function vmPortInput(
+  n: number,
+  networkId: string,
+  ips: string[],
+  securityGroupIds: string[] = [],
+): PortInput {
+  return {
+    name: `vm${n}`,
+    networkId,
+    hostId: "",
+    interfaceName: "",
+    mac: `02:00:00:00:00:0${n}`,
+    ips,
+    securityGroupIds,
   };
 }
