@@ -2,6 +2,7 @@
 // once, then up to MAX_OUTPUTS outputs (local ports or VXLAN tunnels). The kernel fast path
 // (issue 8) stores the same struct in a BPF map value, which is why outputs are bounded and rewrites
 // are fixed fields rather than a free-form list.
+import { updateChecksum16 } from "../packets/checksum.js";
 import { ETH_TYPE_IPV4, ETH_TYPE_IPV6, ETH_TYPE_VLAN } from "./flow-key.js";
 
 /** Outputs per flow (a flood on a bridge with more ports is not cached; see the simulator adapter). */
@@ -46,17 +47,11 @@ export function validateActions(a: FlowActions): void {
   checkBytes("setIpDst", a.setIpDst, 4);
 }
 
-function fold(sum: number): number {
-  while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
-  return sum;
-}
-
 /** RFC 1624 incremental checksum update for one 16-bit word changing from `from` to `to`. */
 function csumReplace16(frame: Buffer, csumOff: number, from: number, to: number, udp = false): void {
   const old = frame.readUInt16BE(csumOff);
   if (udp && old === 0) return; // UDP over IPv4 without a checksum stays without one
-  let sum = (~old & 0xffff) + (~from & 0xffff) + to;
-  sum = ~fold(sum) & 0xffff;
+  let sum = updateChecksum16(old, from, to);
   if (udp && sum === 0) sum = 0xffff;
   frame.writeUInt16BE(sum, csumOff);
 }

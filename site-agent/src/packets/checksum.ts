@@ -37,7 +37,10 @@ export function pseudoSum6(
   return s;
 }
 
-/** RFC 1624 eqn. 3: new checksum after a 16-bit word changes from `old` to `now`. */
+/**
+ * RFC 1624 eqn. 3: new checksum after a 16-bit word changes from `old` to `now` (the agent's
+ * rewrites use it, agent/flow-actions.ts; a property test holds it to a full recomputation).
+ */
 export function updateChecksum16(check: number, old: number, now: number): number {
   let sum = (~check & 0xffff) + (~old & 0xffff) + now;
   while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
