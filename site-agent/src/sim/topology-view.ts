@@ -177,8 +177,11 @@ class IpGroupAddresses implements IpGroupView {
   private memberIds: Set<string> | undefined;
   /** How many of own + members hold each address, by v4 number or a key string (once built). */
   private counts: Map<number | string, number> | undefined;
-  /** Address lists added before the tables were first read (undefined once they are built). */
-  private pending: (readonly string[])[] | undefined = [];
+  /**
+   * Address lists added before the tables were first read (undefined once they are built; the
+   * shared empty list until the first is added: most groups never get one).
+   */
+  private pending: (readonly string[])[] | undefined = NO_CIDRS;
 
   constructor(readonly id: string) {}
 
@@ -217,8 +220,9 @@ class IpGroupAddresses implements IpGroupView {
 
   add(addresses: readonly string[]): void {
     if (addresses.length === 0) return;
-    if (this.pending !== undefined) this.pending.push(addresses);
-    else this.count(addresses);
+    if (this.pending === undefined) this.count(addresses);
+    else if (this.pending === NO_CIDRS) this.pending = [addresses];
+    else this.pending.push(addresses);
   }
 
   remove(addresses: readonly string[]): void {
