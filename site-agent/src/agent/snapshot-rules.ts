@@ -11,8 +11,8 @@ import type { PackedRules, RuleSnapshot } from "../sim/packed-rules.js";
 /** Decodes a rule from bytes [start, end) of a message (throws when they do not decode). */
 export type RuleReader = (data: Buffer, start: number, end: number) => topologypb.Rule;
 
-/** FNV-1a over bytes [start, end), folded (ids here; the decoder's rule conditions too). */
-export function hashIdBytes(b: Uint8Array, start: number, end: number): number {
+/** FNV-1a over bytes [start, end), folded: rule and chain ids here, rule conditions in the decoder. */
+export function hashBytes(b: Uint8Array, start: number, end: number): number {
   let h = 0x811c9dc5 | 0;
   for (let i = start; i < end; i++) h = Math.imul(h ^ b[i]!, 16777619);
   return h ^ (h >>> 16);
@@ -25,7 +25,7 @@ function hashIdString(id: string): number {
     const c = id.charCodeAt(i);
     if (c > 0x7f) {
       const b = Buffer.from(id, "utf8");
-      return hashIdBytes(b, 0, b.length);
+      return hashBytes(b, 0, b.length);
     }
     h = Math.imul(h ^ c, 16777619);
   }
@@ -82,13 +82,13 @@ export class RuleChunk {
     this.end[n] = end;
     this.idStart[n] = idStart;
     this.idEnd[n] = idEnd;
-    this.idHash[n] = hashIdBytes(this.data, idStart, idEnd);
+    this.idHash[n] = hashBytes(this.data, idStart, idEnd);
     this.chain[n] = this.chainNumber(chainStart, chainEnd);
   }
 
   private chainNumber(start: number, end: number): number {
     const d = this.data;
-    const h = hashIdBytes(d, start, end);
+    const h = hashBytes(d, start, end);
     const len = end - start;
     let mask = this.chainTable.length - 1;
     let slot = h & mask;

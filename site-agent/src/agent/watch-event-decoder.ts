@@ -14,7 +14,7 @@
 import { BinaryReader, topologypb } from "@isthmus/schema";
 import {
   type DecodedSnapshot,
-  hashIdBytes,
+  hashBytes,
   RuleChunk,
   type RuleReader,
   UndecodableRule,
@@ -403,7 +403,7 @@ function sharedCondition(r: InterningReader, length: number, t: RecentTables): C
   const end = start + length;
   if (end > r.len) throw new RangeError("premature EOF");
   const b = r.data;
-  const h = hashIdBytes(b, start, end);
+  const h = hashBytes(b, start, end);
   const slot = h & (t.conditions.length - 1);
   const known = t.conditions[slot];
   if (known !== undefined && t.conditionHashes[slot] === h && known.bytes.length === length) {

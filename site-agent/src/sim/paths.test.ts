@@ -11,6 +11,7 @@ import { simulate } from "./simulate.js";
 import { EXT_MAC, RA_MAC, RB_MAC, twoSubnets, UP_MAC, VM1_MAC, VM2_MAC } from "./test-topologies.js";
 import { newSimContext } from "./topology-builder.js";
 import { TopologyView } from "./topology-view.js";
+import type { SimContext } from "./walk.js";
 
 const RA = topologypb.RuleAction;
 const outputs = (r: SimResult) => r.actions.filter((a) => a.kind === "output" || a.kind === "encap");
@@ -40,21 +41,20 @@ function withSecurityGroups(opts: { pingFromGroup?: boolean } = {}) {
   return { ...s, members };
 }
 
-test("path: stateful security group allows the reply but not a new connection from the other side", () => {
-  const s = withSecurityGroups();
-  const view = new TopologyView(s.t.objects);
-  const ctx = newSimContext("h1");
-  const syn = simulate(
+type SgWorld = ReturnType<typeof withSecurityGroups>;
+
+/** vm1's SSH SYN to vm2 from `sport` (what vm2's group admits). */
+const sshSyn = (view: TopologyView, s: SgWorld, ctx: SimContext, sport = 40000) =>
+  simulate(
     view,
-    eth(VM1_MAC, RA_MAC).ip4("10.0.1.1", "10.0.2.1").tcp(40000, 22, TCP_SYN).build(),
+    eth(VM1_MAC, RA_MAC).ip4("10.0.1.1", "10.0.2.1").tcp(sport, 22, TCP_SYN).build(),
     { portId: s.vm1.id },
     ctx,
   );
-  assert.deepEqual(outputs(syn), [{ kind: "output", portId: s.vm2.id }]);
-  assert.equal(syn.conntrack.length, 1, "the forward connection is committed");
-  assert.ok(syn.tags.includes(`ipgroup:${s.members.id}`));
 
-  const reply = simulate(
+/** vm2's SYN-ACK back to vm1's port 40000. */
+const sshReply = (view: TopologyView, s: SgWorld, ctx: SimContext) =>
+  simulate(
     view,
     eth(VM2_MAC, RB_MAC)
       .ip4("10.0.2.1", "10.0.1.1")
@@ -63,6 +63,17 @@ test("path: stateful security group allows the reply but not a new connection fr
     { portId: s.vm2.id },
     ctx,
   );
+
+test("path: stateful security group allows the reply but not a new connection from the other side", () => {
+  const s = withSecurityGroups();
+  const view = new TopologyView(s.t.objects);
+  const ctx = newSimContext("h1");
+  const syn = sshSyn(view, s, ctx);
+  assert.deepEqual(outputs(syn), [{ kind: "output", portId: s.vm2.id }]);
+  assert.equal(syn.conntrack.length, 1, "the forward connection is committed");
+  assert.ok(syn.tags.includes(`ipgroup:${s.members.id}`));
+
+  const reply = sshReply(view, s, ctx);
   assert.deepEqual(outputs(reply), [{ kind: "output", portId: s.vm1.id }]);
   assert.ok(
     [...reply.tags].some((x) => x === `ct:${syn.conntrack[0]!.key}`),
@@ -457,13 +468,7 @@ test("path: a full conntrack table refuses new connections (not cached), and a f
   const s = withSecurityGroups();
   const view = new TopologyView(s.t.objects);
   const ctx = newSimContext("h1", undefined, { conntrackEntries: 1 });
-  const syn = (sport: number) =>
-    simulate(
-      view,
-      eth(VM1_MAC, RA_MAC).ip4("10.0.1.1", "10.0.2.1").tcp(sport, 22, TCP_SYN).build(),
-      { portId: s.vm1.id },
-      ctx,
-    );
+  const syn = (sport: number) => sshSyn(view, s, ctx, sport);
   assert.equal(syn(40000).conntrack.length, 1);
   const refused = syn(40001);
   assert.match(refused.dropReason ?? "", /conntrack table full \(1 entries\): new connection refused/);
@@ -471,15 +476,7 @@ test("path: a full conntrack table refuses new connections (not cached), and a f
   assert.deepEqual(refused.conntrack, []);
   assert.equal(ctx.state.conntrack.size, 1);
   // The connection already in the table goes on: its reply is a return flow.
-  const reply = simulate(
-    view,
-    eth(VM2_MAC, RB_MAC)
-      .ip4("10.0.2.1", "10.0.1.1")
-      .tcp(22, 40000, TCP_SYN | TCP_ACK)
-      .build(),
-    { portId: s.vm2.id },
-    ctx,
-  );
+  const reply = sshReply(view, s, ctx);
   assert.deepEqual(outputs(reply), [{ kind: "output", portId: s.vm1.id }]);
 
   const n = withSnat();
