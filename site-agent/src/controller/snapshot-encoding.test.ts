@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { topologypb } from "@isthmus/schema";
+import { BinaryWriter, topologypb } from "@isthmus/schema";
 import {
+  agentBody,
   EncodedWatchEvent,
   encodeSnapshotEvent,
   SnapshotPartFrame,
@@ -65,4 +66,54 @@ test("the service definition passes encoded events through and encodes the rest"
     upserts: decoded.slice(0, 1),
     deletes: [],
   });
+});
+
+test("agents get rules without intent_id; everything else, and bytes that are not one well-formed rule, as stored", () => {
+  const rule = topologypb.Rule.fromPartial({
+    id: "r1",
+    chainId: "c1",
+    position: 7,
+    condition: { nwProto: 6, tpDst: { start: 22, end: 22 } },
+    action: topologypb.RuleAction.RULE_ACTION_ACCEPT,
+    jumpChainId: "j",
+    natTargets: [{ ipStart: "10.0.0.1", ipEnd: "10.0.0.1", portStart: 1, portEnd: 2 }],
+    intentId: "i".repeat(300), // a two-byte length: the rule's own length varint shrinks too
+  });
+  const stored = Buffer.from(topologypb.TopologyObject.encode({ rule }).finish());
+  const sent = agentBody(stored);
+  assert.deepEqual(topologypb.TopologyObject.decode(sent).rule, { ...rule, intentId: "" });
+  assert.ok(
+    sent.equals(Buffer.from(topologypb.TopologyObject.encode({ rule: { ...rule, intentId: "" } }).finish())),
+    "what the generated encoder writes without it",
+  );
+
+  // intent_id twice (a decoder keeps the last; both go), and between other fields.
+  const w = new BinaryWriter();
+  w.uint32(0x3a).fork();
+  w.uint32(0x42)
+    .string("first")
+    .uint32(0x0a)
+    .string("r2")
+    .uint32(0x42)
+    .string("second")
+    .uint32(0x12)
+    .string("c2");
+  w.join();
+  const twice = agentBody(Buffer.from(w.finish()));
+  assert.deepEqual(
+    topologypb.TopologyObject.decode(twice).rule,
+    topologypb.Rule.fromPartial({ id: "r2", chainId: "c2" }),
+  );
+
+  for (const o of FRAMING_OBJECTS) {
+    const b = Buffer.from(topologypb.TopologyObject.encode(o).finish());
+    if (o.rule?.intentId) continue;
+    assert.equal(agentBody(b), b, `${Object.keys(o)[0]} without intent_id: the same buffer`);
+  }
+  const truncated = stored.subarray(0, stored.length - 3);
+  assert.equal(agentBody(truncated), truncated, "cut short: as stored");
+  const trailing = Buffer.concat([stored, Buffer.from([0x08, 0x01])]);
+  assert.equal(agentBody(trailing), trailing, "a field after the rule: as stored");
+  const badWireType = Buffer.from([0x3a, 0x02, 0x0f, 0x00]);
+  assert.equal(agentBody(badWireType), badWireType, "an invalid wire type inside: as stored");
 });

@@ -330,3 +330,37 @@ test("once changes are quiet the snapshot is framed in the background; a change 
   });
   assert.deepEqual(decodeFramed(mirror.snapshot()!), { revision, bridges: names });
 });
+
+test("the mirror frames rules without their intent_id, which agents never read", async (t) => {
+  if (pg.skip) return t.skip(pg.skip);
+  const writer = await freshWriter(t);
+  await put(writer, "a", "A");
+  const at = (await dbState(writer.db)).revision;
+  const feed = new ManualFeed();
+  const mirror = new TopologyMirror(
+    writer.db,
+    feed,
+    { maxBytes: 1 << 20, partBytes: 1 << 20 },
+    silentLogger(),
+  );
+  await mirror.start();
+  t.after(() => mirror.stop());
+  const rule = topologypb.Rule.fromPartial({
+    id: "r",
+    chainId: "c",
+    position: 3,
+    action: topologypb.RuleAction.RULE_ACTION_DROP,
+    intentId: "sg-rule-1",
+  });
+  feed.emit({ revision: at + 1, upserts: [{ rule }], deletes: [] });
+  const framed = mirror.snapshot()!;
+  assert.equal(framed.revision, at + 1);
+  const objects = framed.events.flatMap((ev) => {
+    const e = topologypb.WatchTopologyResponse.decode(ev.bytes);
+    return (e.snapshot ?? e.snapshotPart)!.objects;
+  });
+  assert.deepEqual(
+    objects.map((o) => o.rule ?? o.bridge?.id),
+    ["a", { ...rule, intentId: "" }],
+  );
+});

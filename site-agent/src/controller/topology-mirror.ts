@@ -12,7 +12,7 @@ import type { Logger, topologypb } from "@isthmus/schema";
 import type { ChangeFeed } from "./change-feed.js";
 import type { Database } from "./db/database.js";
 import { encodeTopology, keyString, topologyRefOf } from "./objects.js";
-import { type EncodedWatchEvent, SnapshotPartFrame } from "./snapshot-encoding.js";
+import { agentBody, type EncodedWatchEvent, SnapshotPartFrame } from "./snapshot-encoding.js";
 import { currentRevision, encodedUpserts } from "./topology-store.js";
 
 export interface TopologyMirrorOptions {
@@ -230,7 +230,9 @@ export class TopologyMirror {
     else this.schedulePrepare();
   }
 
-  private add(key: string, body: Buffer): void {
+  /** Files an object's stored bytes, as agents are sent them (agentBody: rules without intent_id). */
+  private add(key: string, stored: Buffer): void {
+    const body = agentBody(stored);
     const e: Entry = { body, part: undefined as unknown as Part };
     this.objects.set(key, e);
     this.bytes += body.length;
