@@ -68,7 +68,7 @@ test("the service definition passes encoded events through and encodes the rest"
   });
 });
 
-test("agents get rules without intent_id; everything else, and bytes that are not one well-formed rule, as stored", () => {
+test("agents get rules, ports and group members without intent_id; everything else, and bytes that are not one well-formed rule, as stored", () => {
   const rule = topologypb.Rule.fromPartial({
     id: "r1",
     chainId: "c1",
@@ -105,11 +105,36 @@ test("agents get rules without intent_id; everything else, and bytes that are no
     topologypb.Rule.fromPartial({ id: "r2", chainId: "c2" }),
   );
 
+  const port = topologypb.Port.fromPartial({
+    id: "p",
+    name: "vm",
+    ips: ["10.0.0.5"],
+    intentId: "rec",
+    vlan: 3,
+  });
+  const member = topologypb.IpAddrGroupMember.fromPartial({
+    id: "m",
+    groupId: "g",
+    addresses: ["10.0.0.5"],
+    intentId: "rec",
+  });
+  for (const o of [{ port }, { ipAddrGroupMember: member }] as topologypb.TopologyObject[]) {
+    const b = agentBody(Buffer.from(topologypb.TopologyObject.encode(o).finish()));
+    const [kind, value] = Object.entries(o)[0]!;
+    assert.deepEqual(
+      (topologypb.TopologyObject.decode(b) as Record<string, unknown>)[kind],
+      { ...value, intentId: "" },
+      kind,
+    );
+  }
+
   for (const o of FRAMING_OBJECTS) {
     const b = Buffer.from(topologypb.TopologyObject.encode(o).finish());
-    if (o.rule?.intentId) continue;
+    if (o.rule?.intentId || o.port?.intentId || o.ipAddrGroupMember?.intentId) continue;
     assert.equal(agentBody(b), b, `${Object.keys(o)[0]} without intent_id: the same buffer`);
   }
+  const chain = Buffer.from(topologypb.TopologyObject.encode({ chain: { id: "c", name: "n" } }).finish());
+  assert.equal(agentBody(chain), chain, "a chain: as stored");
   const truncated = stored.subarray(0, stored.length - 3);
   assert.equal(agentBody(truncated), truncated, "cut short: as stored");
   const trailing = Buffer.concat([stored, Buffer.from([0x08, 0x01])]);
