@@ -157,6 +157,25 @@ test("intent reaches two sites and an agent; sites serve through a federation ou
   const bridge = await until("bridge in the agent's watch stream", () => [...agent.bridges.values()][0]);
   assert.ok(bridge.tunnelKey >= 0x100000 && bridge.tunnelKey <= 0x7ffffe, "global VNI on the bridge");
 
+  // Both sites end up streaming from the raft leader, whichever coordinator they reached first.
+  const leaderNow = async () => {
+    const st = await runCli(["status", "--server", c1, "--token-file", adminToken, "-o", "json"]);
+    return st.code === 0 ? ((JSON.parse(st.stdout) as { leaderAddress?: string }).leaderAddress ?? "") : "";
+  };
+  const followingLeader = async () => {
+    const leader = await until("a known leader", leaderNow);
+    assert.ok(group.addresses.includes(leader), `the leader ${leader} is one of the coordinators`);
+    t.diagnostic(`leader c${group.addresses.indexOf(leader) + 1}`);
+    await until(
+      "both sites following the leader",
+      async () =>
+        ams.status().federationAddress === leader &&
+        fra.status().federationAddress === leader &&
+        (await leaderNow()) === leader,
+    );
+  };
+  await followingLeader();
+
   // Every coordinator stops: both sites keep serving and report staleness.
   await group.stopAll();
   await until("outage noticed", () => !ams.status().federationConnected && !fra.status().federationConnected);
@@ -184,4 +203,5 @@ test("intent reaches two sites and an agent; sites serve through a federation ou
   );
   await until("agent sees the new bridge", () => agent.bridges.size === 2);
   assert.equal(ams.status().federationConnected, true);
+  await followingLeader(); // after the restart's election too
 });

@@ -36,6 +36,7 @@ class SharedLog {
         return mine!;
       },
       read: async () => {},
+      otherLeader: () => "", // every node of the shared log acts as the leader
       status: () => ({
         nodeId,
         leaderId: nodeId,

@@ -2,7 +2,14 @@ import assert from "node:assert/strict";
 import { type TestContext, test } from "node:test";
 import { status } from "@grpc/grpc-js";
 import { intentpb, type sitesyncpb } from "@isthmus/schema";
-import { SNAPSHOT_AFTER_LAG_HEADER, SNAPSHOT_PARTS_HEADER, snapshotEvents } from "./intent-stream.js";
+import {
+  LEADER_HINT_CHECK_MS,
+  LEADER_HINTS_HEADER,
+  SNAPSHOT_AFTER_LAG_HEADER,
+  SNAPSHOT_PARTS_HEADER,
+  snapshotEvents,
+} from "./intent-stream.js";
+import { LocalReplicator } from "./local-replicator.js";
 import { call, md, startTestCoordinator } from "./test-support.js";
 
 const group = (i: number): intentpb.IntentObject => ({
@@ -126,4 +133,54 @@ test("a site far enough behind (isthmus-snapshot-after-lag) starts from a snapsh
     wire(c.sm.intentSnapshot().objects),
     "the snapshot carries the whole state",
   );
+});
+
+test("a site that asks (isthmus-leader-hints) is told where the leader is when another node leads, and on every move", async (t) => {
+  let leader = "10.0.0.2:7000";
+  class Follower extends LocalReplicator {
+    override otherLeader(): string {
+      return leader;
+    }
+  }
+  const c = await startTestCoordinator({ replicator: (sm) => new Follower(sm) });
+  t.after(() => c.close());
+  const admin = md("admin");
+  await call(
+    c.fed,
+    c.fed.addSite,
+    { name: "fra", region: "", description: "", labels: {}, tokenTtlSeconds: 0 },
+    admin,
+  );
+  const jwk = JSON.stringify({ kty: "OKP", crv: "Ed25519", x: "fra-key" });
+  await call(c.sync, c.sync.join, { site: "fra", publicKeyJwk: jwk }, md("onboard:fra:j1"));
+
+  const watch = (hints: boolean) => {
+    const m = md("site:fra");
+    if (hints) m.set(LEADER_HINTS_HEADER, "1");
+    const stream = c.sync.watchIntent({ site: "fra", fromIndex: 0 }, m);
+    const hintsGot: string[] = [];
+    stream.on("data", (e: sitesyncpb.WatchIntentResponse) => {
+      if (e.leaderAddress !== undefined) hintsGot.push(e.leaderAddress);
+    });
+    stream.on("error", () => {});
+    t.after(() => stream.cancel());
+    return hintsGot;
+  };
+  const asked = watch(true);
+  const notAsked = watch(false);
+  const settle = () => new Promise((r) => setTimeout(r, LEADER_HINT_CHECK_MS * 3));
+  await settle();
+  assert.deepEqual(asked, ["10.0.0.2:7000"], "told at the start");
+  leader = ""; // this node now leads
+  await settle();
+  leader = "10.0.0.3:7000";
+  await settle();
+  await settle();
+  assert.deepEqual(asked, ["10.0.0.2:7000", "", "10.0.0.3:7000"], "told of each move, once");
+  assert.deepEqual(notAsked, [], "a watcher that did not ask is told nothing");
+
+  leader = "";
+  const leading = watch(true);
+  await settle();
+  assert.deepEqual(leading, [], "nothing at the start while this node leads");
 });

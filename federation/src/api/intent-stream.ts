@@ -56,6 +56,14 @@ export const SNAPSHOT_PARTS_HEADER = "isthmus-snapshot-parts";
  * is at least this many entries behind (replaying costs it a transaction per entry).
  */
 export const SNAPSHOT_AFTER_LAG_HEADER = "isthmus-snapshot-after-lag";
+/**
+ * Call metadata by which a watcher asks to be told where the leader is when this node is not it
+ * (WatchIntentResponse.leader_address).
+ */
+export const LEADER_HINTS_HEADER = "isthmus-leader-hints";
+/** How often a stream that asked for leader hints checks whether the leader moved. */
+export const LEADER_HINT_CHECK_MS = 250;
+
 /** Encoded objects per snapshot part (the receiver's default limit is 4 MiB a message). */
 export const DEFAULT_SNAPSHOT_PART_BYTES = 1024 * 1024;
 
@@ -105,6 +113,8 @@ export interface IntentStreamOptions<Req> {
   snapshotPartBytes?: number;
   /** Start with a snapshot when the watcher is at least this many entries behind. */
   snapshotAfterLag?: number;
+  /** Tell the watcher where the leader is when it is another node, at the start and on every move. */
+  leaderHints?: boolean;
 }
 
 export async function streamIntent<Req>(o: IntentStreamOptions<Req>): Promise<void> {
@@ -113,12 +123,14 @@ export async function streamIntent<Req>(o: IntentStreamOptions<Req>): Promise<vo
   let off = () => {};
   let unregister = () => {};
   let timer: NodeJS.Timeout | undefined;
+  let leaderTimer: NodeJS.Timeout | undefined;
   const finish = (err?: ServiceError) => {
     if (done) return;
     done = true;
     off();
     unregister();
     if (timer) clearInterval(timer);
+    if (leaderTimer) clearInterval(leaderTimer);
     if (err) call.emit("error", err);
     else call.end();
   };
@@ -190,6 +202,20 @@ export async function streamIntent<Req>(o: IntentStreamOptions<Req>): Promise<vo
     }
   }, o.limits.progressIntervalMs);
   timer.unref();
+  if (o.leaderHints) {
+    let told = "";
+    const hint = () => {
+      const leader = o.replicator.otherLeader();
+      if (leader !== told) {
+        told = leader;
+        send({ leaderAddress: leader });
+      }
+    };
+    // At the start only when another node leads (the watcher assumes this one does).
+    hint();
+    leaderTimer = setInterval(hint, LEADER_HINT_CHECK_MS);
+    leaderTimer.unref();
+  }
   await new Promise<void>((resolve) => {
     if (done) return resolve();
     call.once("finish", resolve);

@@ -21,6 +21,10 @@ export class LocalReplicator implements Replicator {
     // One node: everything committed is already applied.
   }
 
+  otherLeader(): string {
+    return ""; // the only node leads
+  }
+
   status(): ReplicatorStatus {
     return {
       nodeId: this.nodeId,

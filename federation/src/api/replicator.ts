@@ -29,6 +29,8 @@ export interface Replicator {
   /** Resolves once this node has applied everything committed before the call (ReadIndex). */
   read(): Promise<void>;
   status(): ReplicatorStatus;
+  /** The leader's address when the leader is another node; "" when this node leads or none is known. Cheap. */
+  otherLeader(): string;
   addMember(id: string, address: string, learner: boolean): Promise<void>;
   removeMember(id: string): Promise<void>;
 }

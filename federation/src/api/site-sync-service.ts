@@ -7,6 +7,7 @@ import type { AppliedEvent } from "../intent/index.js";
 import { serviceError } from "./grpc-errors.js";
 import {
   DEFAULT_SNAPSHOT_PART_BYTES,
+  LEADER_HINTS_HEADER,
   SNAPSHOT_AFTER_LAG_HEADER,
   SNAPSHOT_PARTS_HEADER,
   streamIntent,
@@ -86,6 +87,7 @@ export function siteSyncService(ctx: ServiceContext): sitesyncpb.SiteSyncService
           snapshotPartBytes:
             call.metadata.get(SNAPSHOT_PARTS_HEADER)[0] === "1" ? DEFAULT_SNAPSHOT_PART_BYTES : undefined,
           snapshotAfterLag: positiveHeader(call.metadata.get(SNAPSHOT_AFTER_LAG_HEADER)[0]),
+          leaderHints: call.metadata.get(LEADER_HINTS_HEADER)[0] === "1",
         });
       };
       run().catch((err) => call.emit("error", err));

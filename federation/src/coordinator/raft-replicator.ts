@@ -46,6 +46,11 @@ export class RaftReplicator implements Replicator {
     }
   }
 
+  otherLeader(): string {
+    const leader = this.node.leaderId();
+    return leader && leader !== this.node.id ? this.node.addressOf(leader) : "";
+  }
+
   status(): ReplicatorStatus {
     const st = this.node.status();
     const member = (id: string, voter: boolean) => ({

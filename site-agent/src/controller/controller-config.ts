@@ -44,6 +44,7 @@ export const SiteControllerConfigSchema = z.object({
     maxIntentObjects: positive.default(T.maxIntentObjects),
     dbMaxConnections: positive.default(T.dbMaxConnections),
     snapshotAfterLag: z.number().int().nonnegative().default(T.snapshotAfterLag),
+    followLeader: z.boolean().default(T.followLeader),
     snapshotMirrorMaxBytes: z.number().int().nonnegative().default(T.snapshotMirrorMaxBytes),
     entryTimelineSize: z.number().int().nonnegative().max(1_000_000).default(T.entryTimelineSize),
     /** GC pauses and event-loop stalls of this process kept for `/debug/pauses`. */

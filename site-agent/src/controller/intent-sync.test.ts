@@ -123,3 +123,66 @@ test("an index moved by progress alone is acked at the refresh pace, an applied 
   await until("the ack of change 5", () => coord.acks.includes(5));
   assert.ok(Date.now() - t5 < 1_000, "a change is acked without waiting for the refresh");
 });
+
+/** Two coordinators, A (followed first) and B, each stopped after the test. */
+async function twoCoordinators(t: TestContext): Promise<[FakeCoordinator, FakeCoordinator]> {
+  const a = new FakeCoordinator();
+  const c = new FakeCoordinator();
+  await a.start();
+  await c.start();
+  t.after(() => a.stop());
+  t.after(() => c.stop());
+  return [a, c];
+}
+
+test("told that another of its coordinators leads, the site moves its stream there and resumes from its applied index", async (t) => {
+  const [a, leader] = await twoCoordinators(t);
+  a.log.push(b.upsert(1, b.securityGroup("g1")), b.upsert(2, b.securityGroup("g2")));
+  leader.log.push(...a.log);
+  const { applier, changes } = stubApplier();
+  const sync = startSync(t, a, applier, { addresses: [a.address, leader.address], leaderMoveDelayMs: 100 });
+  await until("the first entries from A", () => changes.length === 2);
+  assert.deepEqual(a.askedLeaderHints, [true], "the site asks for leader hints");
+  a.leader(leader.address);
+  await until("a stream at the leader", () => leader.watching === 1);
+  assert.deepEqual(leader.watchedFrom, [2], "resumed from the index applied");
+  const entry = b.upsert(3, b.securityGroup("g3"));
+  a.log.push(entry);
+  leader.append(entry);
+  await until("the next entry, from the leader", () => changes.length === 3);
+  assert.deepEqual(changes, [1, 2, 3], "nothing twice, nothing skipped");
+  assert.equal(sync.status.address, leader.address);
+  assert.equal(sync.status.leaderMoves, 1);
+  assert.equal(sync.status.reconnects, 0, "a move is not a reconnect");
+  await until("A's stream gone", () => a.watching === 0);
+});
+
+test("the site stays on its coordinator when the leader is not among its addresses, the word is withdrawn in time, or followLeader is off", async (t) => {
+  const [a, other] = await twoCoordinators(t);
+  a.log.push(b.upsert(1, b.securityGroup("g1")));
+  const { applier, changes } = stubApplier();
+  const sync = startSync(t, a, applier, { addresses: [a.address, other.address], leaderMoveDelayMs: 150 });
+  await until("the first entry", () => changes.length === 1);
+  a.leader("10.9.9.9:7000"); // not one of the site's addresses
+  a.leader(other.address);
+  a.leader(""); // within the delay: A leads after all
+  await new Promise((r) => setTimeout(r, 450));
+  assert.equal(sync.status.leaderMoves, 0);
+  assert.equal(other.watching, 0);
+  assert.equal(a.watching, 1);
+
+  const [c, d] = await twoCoordinators(t);
+  c.log.push(b.upsert(1, b.securityGroup("g1")));
+  const off = stubApplier();
+  const fixed = startSync(t, c, off.applier, {
+    addresses: [c.address, d.address],
+    followLeader: false,
+    leaderMoveDelayMs: 50,
+  });
+  await until("the first entry", () => off.changes.length === 1);
+  assert.deepEqual(c.askedLeaderHints, [false], "no hints asked for");
+  c.leader(d.address);
+  await new Promise((r) => setTimeout(r, 300));
+  assert.equal(fixed.status.leaderMoves, 0);
+  assert.equal(d.watching, 0);
+});

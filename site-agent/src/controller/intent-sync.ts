@@ -35,6 +35,14 @@ export interface IntentSyncOptions {
   onEntryTimed?: (timing: EntryTiming) => void;
   /** Called when the applier reports this replica was fenced out (lost the lease). */
   onFenced?: (err: Error) => void;
+  /**
+   * Move the stream to the coordinator group's leader when the coordinator followed says another
+   * node leads and that node is among `addresses` (default true): from a follower each change
+   * arrives one raft round later. false stays on whichever coordinator answered.
+   */
+  followLeader?: boolean;
+  /** How long a coordinator's word that another node leads must stand before the stream moves (LEADER_MOVE_DELAY_MS). */
+  leaderMoveDelayMs?: number;
 }
 
 /**
@@ -44,6 +52,14 @@ export interface IntentSyncOptions {
 const SNAPSHOT_PARTS_HEADER = "isthmus-snapshot-parts";
 /** Call metadata: send a snapshot rather than the journal when this many entries behind. */
 const SNAPSHOT_AFTER_LAG_HEADER = "isthmus-snapshot-after-lag";
+/** Call metadata asking the coordinator to say where the leader is when it is not (leader_address). */
+const LEADER_HINTS_HEADER = "isthmus-leader-hints";
+
+/**
+ * How long "the leader is X" must stand before the stream moves to X: an election settles first,
+ * and a leader that keeps changing does not drag the stream along with every change.
+ */
+export const LEADER_MOVE_DELAY_MS = 1_000;
 
 /**
  * How often an index moved only by progress is acked. Every ack is an entry in the federation's
@@ -63,6 +79,8 @@ export interface SyncStatus {
   /** Since when the site has had no coordinator stream (0 while connected). */
   disconnectedSinceMs: number;
   reconnects: number;
+  /** Streams ended to follow the leader (not counted in reconnects). */
+  leaderMoves: number;
 }
 
 export class IntentSync {
@@ -77,12 +95,18 @@ export class IntentSync {
   private changedSinceAck = false;
   private lastAckSentMs = 0;
   private next = 0;
+  /** The leader's address the current stream will move to once moveTimer fires. */
+  private moveTo = "";
+  private moveTimer: NodeJS.Timeout | undefined;
+  /** Set when moveTimer fired and ended the stream: where the next one goes. */
+  private moving = "";
   readonly status: SyncStatus = {
     connected: false,
     address: "",
     lastContactMs: 0,
     disconnectedSinceMs: Date.now(),
     reconnects: 0,
+    leaderMoves: 0,
   };
 
   constructor(
@@ -105,6 +129,7 @@ export class IntentSync {
 
   async stop(): Promise<void> {
     this.stopped = true;
+    this.cancelMove();
     this.stream?.cancel();
     this.wake?.();
     await this.loop;
@@ -139,8 +164,18 @@ export class IntentSync {
         }
         this.opts.log.warn({ address, err: (err as Error).message }, "intent stream ended");
       }
+      this.cancelMove();
+      const moved = this.moving;
+      this.moving = "";
       this.setDisconnected();
       if (this.stopped) break;
+      if (moved) {
+        // Ended to follow the leader: straight there, from the index applied (no backoff).
+        this.next = this.opts.addresses.indexOf(moved);
+        this.status.leaderMoves++;
+        failures = 0;
+        continue;
+      }
       failures = progressed ? 1 : failures + 1;
       this.status.reconnects++;
       const delay = Math.max(
@@ -171,6 +206,7 @@ export class IntentSync {
   private async follow(address: string): Promise<boolean> {
     const metadata = this.opts.metadata ? await this.opts.metadata() : new Metadata();
     metadata.set(SNAPSHOT_PARTS_HEADER, "1");
+    if (this.opts.followLeader ?? true) metadata.set(LEADER_HINTS_HEADER, "1");
     if (this.opts.snapshotAfterLag)
       metadata.set(SNAPSHOT_AFTER_LAG_HEADER, String(this.opts.snapshotAfterLag));
     const fromIndex = this.applier.appliedIndex;
@@ -190,6 +226,10 @@ export class IntentSync {
         const receivedAt = performance.now();
         got = true;
         this.markContact();
+        if (ev.leaderAddress !== undefined) {
+          this.leaderHint(address, ev.leaderAddress, stream);
+          return;
+        }
         stream.pause(); // one event at a time; the coordinator waits (flow control) meanwhile
         chain = chain
           .then(() => {
@@ -232,12 +272,55 @@ export class IntentSync {
       stream.on("error", (err: { code?: number; message: string }) => {
         void chain.then(() => {
           if (failed) return;
-          if (err.code === status.CANCELLED && this.stopped) resolve(got);
+          if (err.code === status.CANCELLED && (this.stopped || this.moving)) resolve(got);
           else reject(new Error(`${address}: ${err.message}`));
         });
       });
       stream.on("end", () => void chain.then(() => (failed ? undefined : resolve(got))));
     });
+  }
+
+  /**
+   * The coordinator at `address` says `leader` leads ("" = it does, or none is known). A leader
+   * among this site's addresses that still leads after leaderMoveDelayMs gets the stream: the
+   * current one is cancelled (what it already delivered is applied first) and the next starts
+   * there from the index applied.
+   */
+  private leaderHint(
+    address: string,
+    leader: string,
+    stream: ClientReadableStream<sitesyncpb.WatchIntentResponse>,
+  ): void {
+    if (!(this.opts.followLeader ?? true)) return; // not asked for: ignored
+    if (leader === "" || leader === address || this.stopped) {
+      this.cancelMove();
+      return;
+    }
+    if (!this.opts.addresses.includes(leader)) {
+      this.cancelMove();
+      this.opts.log.info(
+        { address, leader },
+        "the coordinator leader is not among this site's coordinator addresses; staying on a follower",
+      );
+      return;
+    }
+    if (this.moveTimer && this.moveTo === leader) return;
+    this.cancelMove();
+    this.moveTo = leader;
+    this.moveTimer = setTimeout(() => {
+      this.moveTimer = undefined;
+      if (this.stream !== stream || this.stopped) return;
+      this.opts.log.info({ from: address, to: leader }, "moving the intent stream to the coordinator leader");
+      this.moving = leader;
+      stream.cancel();
+    }, this.opts.leaderMoveDelayMs ?? LEADER_MOVE_DELAY_MS);
+    this.moveTimer.unref();
+  }
+
+  private cancelMove(): void {
+    if (this.moveTimer) clearTimeout(this.moveTimer);
+    this.moveTimer = undefined;
+    this.moveTo = "";
   }
 
   private markContact(): void {

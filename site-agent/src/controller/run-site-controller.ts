@@ -95,6 +95,7 @@ export async function startSiteController(
       maxIntentObjects: cfg.maxIntentObjects,
       dbMaxConnections: cfg.dbMaxConnections,
       snapshotAfterLag: cfg.snapshotAfterLag,
+      followLeader: cfg.followLeader,
       snapshotMirrorMaxBytes: cfg.snapshotMirrorMaxBytes,
       entryTimelineSize: cfg.entryTimelineSize,
     },

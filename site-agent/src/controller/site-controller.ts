@@ -86,6 +86,11 @@ export interface SiteControllerTuning {
    */
   snapshotAfterLag: number;
   /**
+   * Move the intent stream to the coordinator group's leader when the coordinator followed names
+   * another node among `federation` as the leader (each change then arrives one raft round sooner).
+   */
+  followLeader: boolean;
+  /**
    * Encoded topology bytes the in-memory copy that agents' snapshots are framed from may hold
    * (the framed snapshot takes as much again); 0 = read every snapshot from the database.
    */
@@ -122,6 +127,7 @@ export const DEFAULT_TUNING: SiteControllerTuning = {
   maxIntentObjects: 2_000_000,
   dbMaxConnections: 16,
   snapshotAfterLag: 0,
+  followLeader: true,
   snapshotMirrorMaxBytes: 512 * 1024 * 1024,
   entryTimelineSize: 1_024,
 };
@@ -423,6 +429,7 @@ export class SiteController {
         log: componentLogger(this.opts.log, "intent-sync"),
         maxSnapshotObjects: this.tuning.maxIntentObjects,
         snapshotAfterLag: this.tuning.snapshotAfterLag,
+        followLeader: this.tuning.followLeader,
         onEntryTimed: (t) => this.entryTimed(t),
         onFenced: () => this.onLease(false),
       });

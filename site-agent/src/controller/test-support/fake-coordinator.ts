@@ -23,6 +23,9 @@ export class FakeCoordinator {
   readonly askedForParts: boolean[] = [];
   /** The isthmus-snapshot-after-lag each watch call carried ("" = none), in order. */
   readonly askedLag: string[] = [];
+  /** Whether each watch call asked for leader hints (isthmus-leader-hints: 1), and its from_index. */
+  readonly askedLeaderHints: boolean[] = [];
+  readonly watchedFrom: number[] = [];
   readonly acks: number[] = [];
   readonly reports: sitesyncpb.ReportRealizedRequest[] = [];
   private watchers = new Set<{ call: WatchCall; next: number }>();
@@ -70,6 +73,16 @@ export class FakeCoordinator {
     for (const w of this.watchers) this.pump(w);
   }
 
+  /** Open watch streams. */
+  get watching(): number {
+    return this.watchers.size;
+  }
+
+  /** Tells every watcher where the leader is ("" = here). */
+  leader(address: string): void {
+    for (const w of this.watchers) w.call.write({ leaderAddress: address });
+  }
+
   /** Streams a progress event (entries with nothing for sites, e.g. acks) up to `index`. */
   progress(index: number): void {
     for (const w of this.watchers) {
@@ -84,6 +97,8 @@ export class FakeCoordinator {
     const parts = call.metadata.get("isthmus-snapshot-parts")[0] === "1";
     this.askedForParts.push(parts);
     this.askedLag.push(String(call.metadata.get("isthmus-snapshot-after-lag")[0] ?? ""));
+    this.askedLeaderHints.push(call.metadata.get("isthmus-leader-hints")[0] === "1");
+    this.watchedFrom.push(from);
     if (this.snapshot && from < this.snapshot.index) {
       const { index, objects } = this.snapshot;
       const n = this.snapshotPartObjects;
@@ -97,6 +112,7 @@ export class FakeCoordinator {
     }
     this.watchers.add(w);
     call.on("cancelled", () => this.watchers.delete(w));
+    call.on("close", () => this.watchers.delete(w));
     this.pump(w);
   }
 
