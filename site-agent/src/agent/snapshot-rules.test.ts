@@ -99,7 +99,7 @@ test("one message with many chains (the chain table grows) files each rule under
     topologypb.WatchTopologyResponse.encode({ snapshot: { revision: 1, objects } }).finish(),
   );
   // Each chain once in the message's table, though its id is not ASCII (bytes ≠ characters).
-  assert.equal(event.snapshot!.ruleChunk!.chainIds.length, 300);
+  assert.equal(event.snapshot!.ruleChunk!.chains.ids.length, 300);
   const packed = decodeInParts(objects, 1).packedRules as SnapshotRules;
   assert.equal(packed.count, 600);
   for (let c = 0; c < 300; c++) {
@@ -108,6 +108,57 @@ test("one message with many chains (the chain table grows) files each rule under
       [`r${c}-0`, `r${c}-1`],
     );
   }
+});
+
+test("one decoder: a snapshot's parts share one chain table, the next snapshot starts its own; a broken snapshot's parts change nothing", () => {
+  const d = new WatchEventDecoder();
+  const a = Array.from({ length: 60 }, (_, i) => rule(`a${i}`, `ca-${i % 7}`, i));
+  const first = decodeInParts(a, 3, d).packedRules as SnapshotRules;
+  // The parts of a snapshot whose stream broke before its last message (the client drops them).
+  for (const slice of [a.slice(0, 5), a.slice(5, 9)]) {
+    d.decode(
+      topologypb.WatchTopologyResponse.encode({ snapshotPart: { revision: 3, objects: slice } }).finish(),
+    );
+  }
+  const b = Array.from({ length: 40 }, (_, i) => rule(`b${i}`, i % 2 ? "cb-odd" : "ca-1", i));
+  const second = decodeInParts(b, 4, d).packedRules as SnapshotRules;
+  const ids = (p: SnapshotRules, chain: string) => p.rulesOf(chain).map((i) => p.idOf(i));
+  for (let c = 0; c < 7; c++) {
+    assert.deepEqual(
+      ids(first, `ca-${c}`),
+      a.filter((o) => o.rule!.chainId === `ca-${c}`).map((o) => o.rule!.id),
+    );
+  }
+  assert.deepEqual(
+    ids(second, "ca-1"),
+    b.filter((_, i) => i % 2 === 0).map((o) => o.rule!.id),
+  );
+  assert.deepEqual(
+    ids(second, "cb-odd"),
+    b.filter((_, i) => i % 2 === 1).map((o) => o.rule!.id),
+  );
+  assert.deepEqual(ids(second, "ca-2"), [], "a chain only the broken parts named has no rules");
+  assert.deepEqual(ids(first, "cb-odd"), [], "the first snapshot knows nothing of the second's chains");
+
+  // Messages of two snapshots cannot be joined as one.
+  const partOf = (objects: Obj[]) =>
+    d.decode(topologypb.WatchTopologyResponse.encode({ snapshot: { revision: 4, objects } }).finish())
+      .snapshot!;
+  assert.throws(() => joinSnapshot([partOf(a.slice(0, 2)), partOf(b.slice(0, 2))]), /different snapshots/);
+});
+
+test("a chain id whose bytes are not UTF-8 is found by its decoded form", () => {
+  // TopologyObject { rule { id "r1", chain_id = 'c' 0xFF } } in a snapshot at revision 1.
+  const ruleBytes = [0x0a, 2, 0x72, 0x31, 0x12, 2, 0x63, 0xff];
+  const object = [0x3a, ruleBytes.length, ...ruleBytes];
+  const snapshot = [0x08, 1, 0x12, object.length, ...object];
+  const event = new WatchEventDecoder().decode(Buffer.from([0x0a, snapshot.length, ...snapshot]));
+  const packed = joinSnapshot([event.snapshot!]).packedRules as SnapshotRules;
+  assert.deepEqual(
+    packed.rulesOf("c\uFFFD").map((i) => packed.idOf(i)),
+    ["r1"],
+  );
+  assert.equal(packed.chainOf(0), "c\uFFFD");
 });
 
 test("a snapshot without rules has no packed rules; the object limit counts rules", () => {

@@ -32,6 +32,77 @@ function hashIdString(id: string): number {
   return h ^ (h >>> 16);
 }
 
+/**
+ * The chains of one snapshot's rules, numbered in the order first seen and shared by the
+ * RuleChunks of all its messages: a rule's chain is found from its id's bytes (a hash, then the
+ * bytes compared with the id) without making a string per rule, and each chain's id becomes a
+ * string once per snapshot. (Per message, a snapshot's rules in id order name nearly every chain
+ * in every message: ~14k chains in each of 23 messages, each made a string and looked up again.)
+ */
+export class SnapshotChains {
+  readonly ids: string[] = [];
+  private readonly hashes: number[] = [];
+  /** Open addressing, linear probing: chain number + 1, 0 = empty; at most half full. */
+  private table = new Int32Array(1024);
+
+  /** The number of the chain whose id is bytes [start, end) of `d` (numbered now if new). */
+  number(d: Buffer, start: number, end: number): number {
+    const h = hashBytes(d, start, end);
+    const mask = this.table.length - 1;
+    let slot = h & mask;
+    for (let v = this.table[slot]!; v !== 0; v = this.table[slot]!) {
+      const c = v - 1;
+      if (this.hashes[c] === h && isUtf8Of(this.ids[c]!, d, start, end)) return c;
+      slot = (slot + 1) & mask;
+    }
+    const c = this.ids.length;
+    this.ids.push(d.toString("utf8", start, end));
+    this.hashes.push(h);
+    if (2 * (c + 1) > this.table.length) this.rehash();
+    else this.table[slot] = c + 1;
+    return c;
+  }
+
+  /** The number of chain `id`, or -1. */
+  find(id: string): number {
+    const h = hashIdString(id);
+    const mask = this.table.length - 1;
+    for (let slot = h & mask; ; slot = (slot + 1) & mask) {
+      const v = this.table[slot]!;
+      if (v === 0) break;
+      if (this.hashes[v - 1] === h && this.ids[v - 1] === id) return v - 1;
+    }
+    // An id whose bytes were not UTF-8 was hashed as received, not as decoded (U+FFFD for each
+    // bad sequence): looked for by its decoded form.
+    return id.includes("\uFFFD") ? this.ids.indexOf(id) : -1;
+  }
+
+  private rehash(): void {
+    this.table = new Int32Array(this.table.length * 2);
+    const mask = this.table.length - 1;
+    for (let c = 0; c < this.ids.length; c++) {
+      let slot = this.hashes[c]! & mask;
+      while (this.table[slot] !== 0) slot = (slot + 1) & mask;
+      this.table[slot] = c + 1;
+    }
+  }
+}
+
+/** Whether `s` is bytes [start, end) of `d` decoded as UTF-8 (ASCII compared in place). */
+function isUtf8Of(s: string, d: Buffer, start: number, end: number): boolean {
+  const len = end - start;
+  if (s.length === len) {
+    let k = 0;
+    for (; k < len; k++) {
+      const b = d[start + k]!;
+      if (b > 0x7f) break;
+      if (s.charCodeAt(k) !== b) return false;
+    }
+    if (k === len) return true;
+  }
+  return d.toString("utf8", start, end) === s;
+}
+
 /** The rules of one received message, in the order they came (joined into SnapshotRules). */
 export class RuleChunk {
   count = 0;
@@ -40,22 +111,14 @@ export class RuleChunk {
   idStart: Int32Array;
   idEnd: Int32Array;
   idHash: Int32Array;
-  /** Index into chainIds. */
+  /** The rule's chain's number in `chains`. */
   chain: Int32Array;
-  readonly chainIds: string[] = [];
-  /**
-   * The chains seen, by a hash of their id's bytes (open addressing: chain index + 1, 0 = empty),
-   * each with where its bytes first were: a rule's chain is found without making its id a string.
-   */
-  private chainTable = new Int32Array(64);
-  private readonly chainHashes: number[] = [];
-  private readonly chainAt: number[] = [];
-  private readonly chainLen: number[] = [];
 
   /** `capacity`: rules expected (the arrays grow past it). */
   constructor(
     readonly data: Buffer,
     readonly read: RuleReader,
+    readonly chains: SnapshotChains,
     capacity = 64,
   ) {
     const n = Math.max(16, capacity);
@@ -83,45 +146,7 @@ export class RuleChunk {
     this.idStart[n] = idStart;
     this.idEnd[n] = idEnd;
     this.idHash[n] = hashBytes(this.data, idStart, idEnd);
-    this.chain[n] = this.chainNumber(chainStart, chainEnd);
-  }
-
-  private chainNumber(start: number, end: number): number {
-    const d = this.data;
-    const h = hashBytes(d, start, end);
-    const len = end - start;
-    let mask = this.chainTable.length - 1;
-    let slot = h & mask;
-    for (;;) {
-      const v = this.chainTable[slot]!;
-      if (v === 0) break;
-      const c = v - 1;
-      const at = this.chainAt[c]!;
-      if (
-        this.chainHashes[c] === h &&
-        this.chainLen[c] === len &&
-        d.compare(d, at, at + len, start, end) === 0
-      ) {
-        return c;
-      }
-      slot = (slot + 1) & mask;
-    }
-    const c = this.chainIds.length;
-    this.chainIds.push(d.toString("utf8", start, end));
-    this.chainHashes.push(h);
-    this.chainAt.push(start);
-    this.chainLen.push(len);
-    // At most half full.
-    if (2 * (c + 1) > this.chainTable.length) {
-      this.chainTable = new Int32Array(this.chainTable.length * 2);
-      mask = this.chainTable.length - 1;
-      for (let k = 0; k <= c; k++) {
-        let s = this.chainHashes[k]! & mask;
-        while (this.chainTable[s] !== 0) s = (s + 1) & mask;
-        this.chainTable[s] = k + 1;
-      }
-    } else this.chainTable[slot] = c + 1;
-    return c;
+    this.chain[n] = this.chains.number(this.data, chainStart, chainEnd);
   }
 
   private grow(): void {
@@ -181,13 +206,18 @@ export class SnapshotRules implements PackedRules {
   private readonly next: Int32Array;
   private readonly retired: Uint8Array;
   private readonly chainOfRule: Int32Array;
-  private readonly chainIds: string[] = [];
-  private readonly chainIndex = new Map<string, number>();
-  private head: Int32Array;
+  private readonly chains: SnapshotChains;
+  /** Each chain's first rule (-1: none); `next` links the rest. */
+  private readonly head: Int32Array;
   /** Open addressing, linear probing: rule index + 1, 0 = empty; at most half full. */
   private readonly table: Int32Array;
 
   constructor(chunks: RuleChunk[]) {
+    if (chunks.length === 0) throw new Error("packed rules of no messages");
+    this.chains = chunks[0]!.chains;
+    if (chunks.some((c) => c.chains !== this.chains)) {
+      throw new Error("packed rules from messages of different snapshots");
+    }
     let n = 0;
     for (const c of chunks) n += c.count;
     this.count = n;
@@ -205,8 +235,8 @@ export class SnapshotRules implements PackedRules {
     let size = 16;
     while (size < 2 * n) size *= 2;
     this.table = new Int32Array(size);
-    this.head = new Int32Array(64).fill(-1);
-    const tail: number[] = [];
+    this.head = new Int32Array(this.chains.ids.length).fill(-1);
+    const tail = new Int32Array(this.chains.ids.length).fill(-1);
     let i = 0;
     for (let k = 0; k < chunks.length; k++) {
       const c = chunks[k]!;
@@ -216,11 +246,8 @@ export class SnapshotRules implements PackedRules {
       this.idStart.set(c.idStart.subarray(0, c.count), i);
       this.idEnd.set(c.idEnd.subarray(0, c.count), i);
       this.hash.set(c.idHash.subarray(0, c.count), i);
-      // The chunk's chains in the snapshot's numbering.
-      const chainMap = new Int32Array(c.chainIds.length);
-      for (let j = 0; j < c.chainIds.length; j++) chainMap[j] = this.chainNumber(c.chainIds[j]!, tail);
       for (let j = 0; j < c.count; j++, i++) {
-        const chain = chainMap[c.chain[j]!]!;
+        const chain = c.chain[j]!;
         this.chainOfRule[i] = chain;
         // Filed at the end of its chain's list (the order the rules came in).
         if (tail[chain] === -1) this.head[chain] = i;
@@ -243,13 +270,13 @@ export class SnapshotRules implements PackedRules {
   }
 
   chainOf(i: number): string {
-    return this.chainIds[this.chainOfRule[i]!]!;
+    return this.chains.ids[this.chainOfRule[i]!]!;
   }
 
   rulesOf(chainId: string): number[] {
-    const c = this.chainIndex.get(chainId);
+    const c = this.chains.find(chainId);
     const out: number[] = [];
-    if (c === undefined) return out;
+    if (c < 0 || c >= this.head.length) return out; // a chain numbered after these rules were joined has none
     for (let i = this.head[c]!; i !== -1; i = this.next[i]!) if (!this.retired[i]) out.push(i);
     return out;
   }
@@ -281,21 +308,6 @@ export class SnapshotRules implements PackedRules {
   /** Each rule's encoded length (its message, without its framing in the snapshot), in order. */
   *ruleLengths(): IterableIterator<number> {
     for (let i = 0; i < this.count; i++) yield this.end[i]! - this.start[i]!;
-  }
-
-  private chainNumber(id: string, tail: number[]): number {
-    let c = this.chainIndex.get(id);
-    if (c !== undefined) return c;
-    c = this.chainIds.length;
-    this.chainIds.push(id);
-    this.chainIndex.set(id, c);
-    tail.push(-1);
-    if (c === this.head.length) {
-      const h = new Int32Array(this.head.length * 2).fill(-1);
-      h.set(this.head);
-      this.head = h;
-    }
-    return c;
   }
 
   /** Files rule `i` by its id; an earlier rule with the same id is retired (the later one is current). */

@@ -17,6 +17,7 @@ import {
   hashBytes,
   RuleChunk,
   type RuleReader,
+  SnapshotChains,
   UndecodableRule,
 } from "./snapshot-rules.js";
 
@@ -113,6 +114,12 @@ export class WatchEventDecoder {
   private readonly tables: RecentTables;
   /** Decodes a snapshot rule from its message's bytes when its chain is compiled. */
   private readonly readRule: RuleReader;
+  /**
+   * The chains of the snapshot being received, shared by its messages' rule chunks; a new table
+   * after each whole snapshot (the parts of one a broken stream left behind only add chains
+   * without rules to the next one's).
+   */
+  private chains = new SnapshotChains();
 
   constructor(o: WatchDecoderOptions = {}) {
     const tables = new RecentTables(o);
@@ -145,8 +152,10 @@ export class WatchEventDecoder {
     };
     while (r.pos < r.len) {
       const tag = r.uint32();
-      if (tag === 10) ev.snapshot = this.snapshot(r, r.uint32());
-      else if (tag === 34) ev.snapshotPart = this.snapshot(r, r.uint32());
+      if (tag === 10) {
+        ev.snapshot = this.snapshot(r, r.uint32());
+        this.chains = new SnapshotChains();
+      } else if (tag === 34) ev.snapshotPart = this.snapshot(r, r.uint32());
       else if (tag === 18) ev.change = this.change(r, r.uint32());
       else if (tag === 24) ev.heartbeatRevision = safeNumber(r.uint64());
       else if ((tag & 7) === 4 || tag === 0) break;
@@ -205,7 +214,7 @@ export class WatchEventDecoder {
     const s: DecodedSnapshot = { revision: 0, objects: [], ruleChunk: undefined };
     // Room for as many rules as the message could hold at ~100 bytes a rule (the benchmark's are
     // ~140; the arrays grow past it, and SnapshotRules keeps copies of what they hold).
-    const rules = new RuleChunk(r.data, this.readRule, Math.ceil(length / 100));
+    const rules = new RuleChunk(r.data, this.readRule, this.chains, Math.ceil(length / 100));
     while (r.pos < end) {
       const tag = r.uint32();
       if (tag === 18) {
