@@ -319,6 +319,7 @@ const AT = { start: 0, end: 0, idStart: 0, idEnd: 0, chainStart: 0, chainEnd: 0 
  * any object without one.
  */
 function scanRule(r: InterningReader, length: number): void {
+  const d = r.data;
   const start = r.pos;
   const end = start + length;
   if (end > r.len) throw new RangeError("premature EOF");
@@ -326,25 +327,43 @@ function scanRule(r: InterningReader, length: number): void {
   let idEnd = 0;
   let chainStart = 0;
   let chainEnd = 0;
-  while (r.pos < end) {
-    const tag = r.uint32();
-    if ((tag & 7) === 2) {
-      const n = r.uint32();
-      if (tag === 10) {
-        idStart = r.pos;
-        idEnd = r.pos + n;
-      } else if (tag === 18) {
-        chainStart = r.pos;
-        chainEnd = r.pos + n;
+  // Read in place (~150k rules a snapshot): a Rule's tags and most lengths are one byte; longer
+  // varints go through the reader.
+  let p = start;
+  while (p < end) {
+    let tag = d[p++]!;
+    if (tag > 0x7f) {
+      r.pos = p - 1;
+      tag = r.uint32();
+      p = r.pos;
+    }
+    const wireType = tag & 7;
+    if (wireType === 2) {
+      let n = d[p++]!;
+      if (n > 0x7f) {
+        r.pos = p - 1;
+        n = r.uint32();
+        p = r.pos;
       }
-      r.pos += n;
-      if (r.pos > end) throw new RangeError("premature EOF");
-    } else if ((tag & 7) === 4 || tag === 0) break;
-    else if ((tag & 7) === 0) {
-      // Position, action: skipped here (BinaryReader.skip would make a Buffer of the bytes skipped;
-      // a varint cut short is the rule's decoding error when its chain is compiled).
-      while (r.pos < end && (r.data[r.pos++]! & 0x80) !== 0) {}
-    } else r.skip(tag & 7);
+      if (tag === 10) {
+        idStart = p;
+        idEnd = p + n;
+      } else if (tag === 18) {
+        chainStart = p;
+        chainEnd = p + n;
+      }
+      p += n;
+      if (p > end) throw new RangeError("premature EOF");
+    } else if (wireType === 4 || tag === 0) break;
+    else if (wireType === 0) {
+      // Position, action: skipped here (a varint cut short is the rule's decoding error when its
+      // chain is compiled).
+      while (p < end && (d[p++]! & 0x80) !== 0) {}
+    } else {
+      r.pos = p;
+      r.skip(wireType);
+      p = r.pos;
+    }
   }
   r.pos = end;
   if (idEnd === idStart) throw new Error("topology rule without an id");
