@@ -63,8 +63,12 @@ test("an object larger than the bound travels alone; without a bound the snapsho
 });
 
 /** A site onboarded on a test coordinator, with `groups` security groups created after it. */
-async function siteWithGroups(t: TestContext, groups: number) {
-  const c = await startTestCoordinator();
+async function siteWithGroups(
+  t: TestContext,
+  groups: number,
+  o: Parameters<typeof startTestCoordinator>[0] = {},
+) {
+  const c = await startTestCoordinator(o);
   t.after(() => c.close());
   const admin = md("admin");
   await call(
@@ -142,17 +146,7 @@ test("a site that asks (isthmus-leader-hints) is told where the leader is when a
       return leader;
     }
   }
-  const c = await startTestCoordinator({ replicator: (sm) => new Follower(sm) });
-  t.after(() => c.close());
-  const admin = md("admin");
-  await call(
-    c.fed,
-    c.fed.addSite,
-    { name: "fra", region: "", description: "", labels: {}, tokenTtlSeconds: 0 },
-    admin,
-  );
-  const jwk = JSON.stringify({ kty: "OKP", crv: "Ed25519", x: "fra-key" });
-  await call(c.sync, c.sync.join, { site: "fra", publicKeyJwk: jwk }, md("onboard:fra:j1"));
+  const c = await siteWithGroups(t, 0, { replicator: (sm) => new Follower(sm) });
 
   const watch = (hints: boolean) => {
     const m = md("site:fra");

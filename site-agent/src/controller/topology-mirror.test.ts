@@ -70,6 +70,13 @@ class ManualFeed {
   }
 }
 
+/** A mirror of `db` fed by hand, every object in one 1 MiB part. */
+function manualMirror(db: Database): { feed: ManualFeed; mirror: TopologyMirror } {
+  const feed = new ManualFeed();
+  const mirror = new TopologyMirror(db, feed, { maxBytes: 1 << 20, partBytes: 1 << 20 }, silentLogger());
+  return { feed, mirror };
+}
+
 const bridge = (id: string, name: string): topologypb.TopologyObject => ({
   bridge: topologypb.Bridge.fromPartial({
     id,
@@ -121,13 +128,7 @@ test("framed events are shared at one revision and framed again after a change",
   if (pg.skip) return t.skip(pg.skip);
   const writer = await freshWriter(t);
   await put(writer, "a", "A");
-  const feed = new ManualFeed();
-  const mirror = new TopologyMirror(
-    writer.db,
-    feed,
-    { maxBytes: 1 << 20, partBytes: 1 << 20 },
-    silentLogger(),
-  );
+  const { feed, mirror } = manualMirror(writer.db);
   await mirror.start();
   const first = mirror.snapshot()!;
   assert.equal(mirror.snapshot(), first, "the same framing for every agent at this revision");
@@ -147,13 +148,7 @@ test("changes delivered while loading apply after the load's revision; a gap rel
   await put(writer, "a", "A");
   await put(writer, "b", "B");
   const at = (await dbState(writer.db)).revision;
-  const feed = new ManualFeed();
-  const mirror = new TopologyMirror(
-    writer.db,
-    feed,
-    { maxBytes: 1 << 20, partBytes: 1 << 20 },
-    silentLogger(),
-  );
+  const { feed, mirror } = manualMirror(writer.db);
   const starting = mirror.start();
   // Delivered before the load's read returns: one the load already has, one after it.
   feed.emit({ revision: at, upserts: [bridge("b", "B")], deletes: [] });
@@ -336,13 +331,7 @@ test("the mirror frames rules without their intent_id, which agents never read",
   const writer = await freshWriter(t);
   await put(writer, "a", "A");
   const at = (await dbState(writer.db)).revision;
-  const feed = new ManualFeed();
-  const mirror = new TopologyMirror(
-    writer.db,
-    feed,
-    { maxBytes: 1 << 20, partBytes: 1 << 20 },
-    silentLogger(),
-  );
+  const { feed, mirror } = manualMirror(writer.db);
   await mirror.start();
   t.after(() => mirror.stop());
   const rule = topologypb.Rule.fromPartial({
