@@ -338,22 +338,7 @@ export class SnapshotRules implements PackedRules {
   }
 
   private idEquals(i: number, id: string): boolean {
-    const data = this.data[this.dataOf[i]!]!;
-    const start = this.idStart[i]!;
-    const len = this.idEnd[i]! - start;
-    if (len === id.length) {
-      let ascii = true;
-      for (let k = 0; k < len; k++) {
-        const ch = id.charCodeAt(k);
-        if (ch > 0x7f) {
-          ascii = false;
-          break;
-        }
-        if (ch !== data[start + k]) return false;
-      }
-      if (ascii) return true;
-    }
-    return this.idBytes(i).equals(Buffer.from(id, "utf8"));
+    return isUtf8Of(id, this.data[this.dataOf[i]!]!, this.idStart[i]!, this.idEnd[i]!);
   }
 }
 

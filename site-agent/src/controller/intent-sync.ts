@@ -300,7 +300,7 @@ export class IntentSync {
       this.cancelMove();
       this.opts.log.info(
         { address, leader },
-        "the coordinator leader is not among this site's coordinator addresses; staying on a follower",
+        "the coordinator leader is not among this site's coordinator addresses (--federation, written as the coordinators' --peers name them); staying on a follower",
       );
       return;
     }
