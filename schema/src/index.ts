@@ -37,6 +37,11 @@ export {
   levelFromEnv,
   silentLogger,
 } from "./runtime/logger.js";
+export {
+  MALLOC_HUGE_PAGES_TUNABLE,
+  mallocHugePagesEnv,
+  withMallocHugePages,
+} from "./runtime/malloc-env.js";
 export { closeServer, listenHttp, startMetricsServer } from "./runtime/metrics-server.js";
 export {
   attributePauses,

@@ -1,7 +1,7 @@
 // `isthmus agent`: runs this host's edge agent (site-agent's entry point, loaded only here) until
 // SIGTERM/SIGINT.
 import { constants } from "node:os";
-import { createLogger, onShutdown } from "@isthmus/schema";
+import { createLogger, onShutdown, withMallocHugePages } from "@isthmus/schema";
 import { stopWhenSupervisorLeaves, supervisedLogDestination } from "./parent-watch.js";
 
 export interface AgentCommandOptions {
@@ -32,27 +32,44 @@ export interface AgentCommandOptions {
 export const KERNEL_AGENT_MIN_SEMI_SPACE_MB = 8;
 const REEXEC_ENV = "ISTHMUS_AGENT_REEXEC";
 
-/** The node flags to re-execute with, or undefined when this process needs none. */
-export function agentNodeFlags(
-  datapath: string,
-  execArgv: readonly string[],
-  env: NodeJS.ProcessEnv,
-): string[] | undefined {
-  if (datapath !== "kernel" || env[REEXEC_ENV] === "1") return undefined;
-  if (execArgv.some((a) => a.startsWith("--min-semi-space-size"))) return undefined;
-  return [`--min-semi-space-size=${KERNEL_AGENT_MIN_SEMI_SPACE_MB}`];
+/** What the agent re-executes node with: V8 flags and an environment. */
+export interface AgentReexec {
+  flags: string[];
+  env: NodeJS.ProcessEnv;
 }
 
 /**
- * Runs this command again as a child with `flags`, passing on SIGTERM/SIGINT/SIGHUP and exiting
+ * How to re-execute, or undefined when this process already runs as the agent should: the young
+ * generation's floor on the kernel path, and glibc's huge pages for malloc'd memory (malloc-env.ts:
+ * a first snapshot's buffers, read once at start-up) on Linux unless GLIBC_TUNABLES already says.
+ * A launcher that sets both itself (isthmus dev, the tests' harness) spares the extra process.
+ */
+export function agentReexec(
+  datapath: string,
+  execArgv: readonly string[],
+  env: NodeJS.ProcessEnv,
+  platform: NodeJS.Platform = process.platform,
+): AgentReexec | undefined {
+  if (env[REEXEC_ENV] === "1") return undefined;
+  const flags =
+    datapath === "kernel" && !execArgv.some((a) => a.startsWith("--min-semi-space-size"))
+      ? [`--min-semi-space-size=${KERNEL_AGENT_MIN_SEMI_SPACE_MB}`]
+      : [];
+  const hugePages = withMallocHugePages(env, platform);
+  if (flags.length === 0 && hugePages === undefined) return undefined;
+  return { flags, env: hugePages ?? env };
+}
+
+/**
+ * Runs this command again as a child with `flags` and `env`, passing on SIGTERM/SIGINT/SIGHUP and exiting
  * with its status. The child gets an IPC channel so it stops cleanly when this process dies
  * however it dies (parent-watch.ts), and stops when this process's own supervisor leaves.
  */
-async function reexec(flags: string[]): Promise<void> {
+async function reexec({ flags, env }: AgentReexec): Promise<void> {
   const { spawn } = await import("node:child_process");
   const child = spawn(process.execPath, [...flags, ...process.execArgv, ...process.argv.slice(1)], {
     stdio: ["inherit", "inherit", "inherit", "ipc"],
-    env: { ...process.env, [REEXEC_ENV]: "1" },
+    env: { ...env, [REEXEC_ENV]: "1" },
   });
   for (const sig of ["SIGTERM", "SIGINT", "SIGHUP"] as const) {
     process.on(sig, () => child.kill(sig));
@@ -70,9 +87,9 @@ async function reexec(flags: string[]): Promise<void> {
 
 export async function runAgent(opts: AgentCommandOptions): Promise<void> {
   const { startAgent, loadAgentConfig } = await import("@isthmus/site-agent");
-  const flags = agentNodeFlags(loadAgentConfig(opts).datapath, process.execArgv, process.env);
-  if (flags) {
-    await reexec(flags);
+  const again = agentReexec(loadAgentConfig(opts).datapath, process.execArgv, process.env);
+  if (again) {
+    await reexec(again);
     return;
   }
   const log = createLogger({

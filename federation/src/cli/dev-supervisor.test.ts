@@ -13,7 +13,7 @@ const [mode, marker] = process.argv.slice(2);
 const log = (msg, extra = {}) => process.stdout.write(JSON.stringify({ level: "info", msg, ...extra }) + "\\n");
 process.on("SIGTERM", () => { log("bye"); process.exit(0); });
 if (mode === "never-ready") { console.error("cannot open the thing"); process.exit(4); }
-log("hello", { pid: process.pid });
+log("hello", { pid: process.pid, marker: process.env.ISTHMUS_TEST_MARKER });
 process.stdout.write("not json\\n");
 log("ready");
 const firstRun = marker && !existsSync(marker);
@@ -60,6 +60,22 @@ async function until(what: string, f: () => boolean, ms = 15_000): Promise<void>
 }
 
 describe("dev supervisor", () => {
+  it("gives a child the environment its spec makes from the supervisor's", async () => {
+    const h = harness();
+    const c = await h.sup.start({
+      name: "ams/agent",
+      args: ["steady"],
+      tier: 1,
+      ready: (r) => r.msg === "ready",
+      env: (base) => ({ ...base, ISTHMUS_TEST_MARKER: "from-the-spec" }),
+    });
+    const hello = JSON.parse(h.relayed[0] ?? "{}") as ChildRecord & { marker?: string };
+    assert.equal(hello.msg, "hello");
+    assert.equal(hello.marker, "from-the-spec");
+    await h.sup.stopAll();
+    assert.ok(!pidAlive(c.pid ?? 0));
+  });
+
   it("starts a child when it logs ready, tags its lines, and stops it with SIGTERM", async () => {
     const h = harness();
     const afterExit: number[] = [];

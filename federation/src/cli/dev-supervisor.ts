@@ -27,6 +27,8 @@ export interface ChildSpec {
   /** Higher tiers stop first. */
   tier: number;
   startTimeoutMs?: number;
+  /** The child's environment, instead of the supervisor's. */
+  env?: (base: NodeJS.ProcessEnv) => NodeJS.ProcessEnv;
 }
 
 export interface SupervisorOptions {
@@ -124,7 +126,7 @@ export class SupervisedChild {
       // order. The IPC channel closes if we die, and the child then stops itself (parent-watch.ts).
       detached: true,
       stdio: ["ignore", "pipe", "pipe", "ipc"],
-      env: opts.env ?? process.env,
+      env: spec.env ? spec.env(opts.env ?? process.env) : (opts.env ?? process.env),
     });
     this.child = child;
     this.stderrTail.length = 0;

@@ -22,6 +22,7 @@ import {
   healthService,
   type Logger,
   loadConfig,
+  mallocHugePagesEnv,
   onShutdown,
   startGrpcServer,
 } from "@isthmus/schema";
@@ -383,6 +384,8 @@ async function startAgent(
   return supervisor.start({
     name: `${site.name}/${agent.name}`,
     tier: 2,
+    // What the agent would otherwise re-execute itself with (agent.ts: agentReexec).
+    env: mallocHugePagesEnv,
     args: [
       "agent",
       "--name",

@@ -11,7 +11,15 @@ import {
   type ServiceError,
   status,
 } from "@grpc/grpc-js";
-import { federationpb, intentpb, type PauseReport, sitepb, topologypb, wallNow } from "@isthmus/schema";
+import {
+  federationpb,
+  intentpb,
+  mallocHugePagesEnv,
+  type PauseReport,
+  sitepb,
+  topologypb,
+  wallNow,
+} from "@isthmus/schema";
 import {
   type EntryTiming,
   firstSnapshot,
@@ -291,8 +299,10 @@ export function timeSnapshotFresh(
 ): Promise<SnapshotTiming> {
   const child = fileURLToPath(new URL("./snapshot-child.js", import.meta.url));
   return new Promise((resolve, reject) => {
+    // In the environment an agent runs in (agent.ts: agentReexec — malloc's huge pages).
     const p = spawn(process.execPath, [child, address, hostId, hostToken], {
       stdio: ["ignore", "pipe", "inherit"],
+      env: mallocHugePagesEnv(process.env),
     });
     let out = "";
     const timer = setTimeout(() => {

@@ -16,7 +16,7 @@ import { cpus, loadavg } from "node:os";
 import { PerformanceObserver } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
 import { Server, ServerCredentials } from "@grpc/grpc-js";
-import { silentLogger, startGrpcServer, topologypb } from "@isthmus/schema";
+import { mallocHugePagesEnv, silentLogger, startGrpcServer, topologypb } from "@isthmus/schema";
 import { firstSnapshot } from "../../agent/first-snapshot.js";
 import { KEY_SIZE } from "../../agent/flow-key.js";
 import { EngineSimulator } from "../../agent/sim-adapter.js";
@@ -102,8 +102,10 @@ async function run(file: string, tries: number): Promise<void> {
   console.log(`${events.length} events, ${(bytes / 1e6).toFixed(1)} MB; ${cpus().length} cpus`);
   for (let k = 0; k < tries; k++) {
     const out = await new Promise<string>((resolve, reject) => {
+      // In the environment an agent runs in (malloc's huge pages; REPLAY_PLAIN_MALLOC=1 leaves them out).
       const child = spawn(process.execPath, [...process.execArgv, self, "agent", srv.address], {
         stdio: ["ignore", "pipe", "inherit"],
+        env: process.env.REPLAY_PLAIN_MALLOC === "1" ? process.env : mallocHugePagesEnv(process.env),
       });
       let text = "";
       child.stdout.on("data", (d: Buffer) => {
@@ -142,9 +144,12 @@ async function agent(address: string): Promise<void> {
     times.viewMs += performance.now() - t;
   };
   const cpu0 = process.cpuUsage();
+  const faults0 = process.resourceUsage().minorPageFault;
   t0 = performance.now();
   const r = await firstSnapshot(address, "replay-host");
   const cpu = process.cpuUsage(cpu0);
+  // Pages the try touched for the first time (on a VM, each costs microseconds).
+  const minorFaults = process.resourceUsage().minorPageFault - faults0;
   await new Promise((res) => setTimeout(res, 10)); // let the GC entries arrive
   const gcDone = gc.done();
   const mem = process.memoryUsage();
@@ -165,6 +170,7 @@ async function agent(address: string): Promise<void> {
       storeMs: f(times.storeMs),
       viewMs: f(times.viewMs),
       cpuMs: f((cpu.user + cpu.system) / 1000),
+      minorFaults,
       gc: gcDone,
       heapMB: f(heapMB),
       buffersMB: f(buffersMB),
