@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { credentials, Server, ServerCredentials, status } from "@grpc/grpc-js";
-import { silentLogger, startGrpcServer, topologypb } from "@isthmus/schema";
+import { createLogger, silentLogger, startGrpcServer, topologypb } from "@isthmus/schema";
 import { ChangeFeed } from "./change-feed.js";
 import { Database } from "./db/database.js";
 import { postgresForTests } from "./db/postgres-for-tests.js";
@@ -19,6 +19,8 @@ interface Served {
   client: topologypb.TopologyServiceClient;
   nextIndex: () => number;
   mirror?: TopologyMirror;
+  /** What the watch service logged. */
+  logs: Record<string, unknown>[];
   close(): Promise<void>;
 }
 
@@ -45,11 +47,15 @@ async function serve(
       )
     : undefined;
   await mirror?.start();
+  const logs: Record<string, unknown>[] = [];
   const svc = new TopologyWatchService(
     readerDb,
     feed,
     { maxQueuedChanges: 1000, heartbeatMs: 10_000, catchUpBatch: 7, maxStreams: 10, ...opts },
-    silentLogger(),
+    createLogger({
+      name: "watch",
+      destination: { write: (line: string) => logs.push(JSON.parse(line) as Record<string, unknown>) },
+    }),
     async () => {},
     mirror,
   );
@@ -69,6 +75,7 @@ async function serve(
     client,
     nextIndex: () => ++idx,
     mirror,
+    logs,
     async close() {
       client.close();
       await started.stop(100);
@@ -183,6 +190,15 @@ for (const mirrored of [false, true]) {
       db.objects.map((o) => o.bridge!.id),
       "the parts together are the snapshot, without repeats",
     );
+    // Where its time went, logged once the last part was written.
+    const sent = s.logs.filter((l) => l.msg === "snapshot sent");
+    assert.equal(sent.length, 1);
+    assert.equal(sent[0]!.from, mirrored ? "memory" : "database");
+    assert.equal(sent[0]!.messages, all.length);
+    assert.equal(sent[0]!.revision, 12);
+    assert.equal(sent[0]!.host, "h1");
+    assert.ok((sent[0]!.bytes as number) > 12 * 40, `bytes ${sent[0]!.bytes}`);
+    for (const f of ["waitMs", "readMs", "writeMs"]) assert.equal(typeof sent[0]![f], "number", f);
   });
 
   test(`resume after a disconnect continues from the agent's revision without a snapshot${from}`, async (t) => {

@@ -6,7 +6,7 @@ import { type ServerWritableStream, status } from "@grpc/grpc-js";
 import type { Logger, topologypb } from "@isthmus/schema";
 import type { ChangeFeed } from "./change-feed.js";
 import type { Database } from "./db/database.js";
-import { encodeSnapshotEvent } from "./snapshot-encoding.js";
+import { type EncodedWatchEvent, encodeSnapshotEvent } from "./snapshot-encoding.js";
 import type { TopologyMirror } from "./topology-mirror.js";
 import { encodedChangeBytes, readChangesAfter, readSnapshotBodies } from "./topology-store.js";
 
@@ -58,6 +58,7 @@ export class TopologyWatchService {
   }
 
   private async watch(call: Call): Promise<void> {
+    const arrived = performance.now();
     try {
       await this.authorize(call);
     } catch (err) {
@@ -145,7 +146,7 @@ export class TopologyWatchService {
     });
     call.on("cancelled", () => close());
     try {
-      const started = await this.start(call, from);
+      const started = await this.start(call, from, arrived);
       queue.unshift(...started.backlog);
       sent = started.at;
       heartbeat = setInterval(() => {
@@ -165,6 +166,7 @@ export class TopologyWatchService {
   private async start(
     call: Call,
     from: number,
+    arrived: number,
   ): Promise<{ at: number; backlog: topologypb.TopologyChange[] }> {
     if (from > 0) {
       const recent = this.feed.recentAfter(from);
@@ -191,32 +193,67 @@ export class TopologyWatchService {
         if (r.changes.length < this.opts.catchUpBatch) return { at, backlog: [] };
       }
     }
-    return { at: await this.writeSnapshot(call), backlog: [] };
+    return { at: await this.writeSnapshot(call, arrived), backlog: [] };
   }
 
   private get maxChangeBytes(): number {
     return this.opts.maxChangeBytes ?? DEFAULT_MAX_CHANGE_BYTES;
   }
 
-  /** Writes a consistent snapshot in parts; returns its revision. */
-  private async writeSnapshot(call: Call): Promise<number> {
+  /**
+   * Writes a consistent snapshot in parts; returns its revision. When the last part is handed to
+   * the transport, logs where the time went: from the call's arrival (`arrived`) to the snapshot
+   * in hand (framed from memory, or read from the database), and on to the last part written.
+   */
+  private async writeSnapshot(call: Call, arrived = performance.now()): Promise<number> {
+    const t0 = performance.now();
     // From memory: consistent at the feed's revision, and this stream subscribed to the feed
     // before this synchronous call, so every later change reaches its queue.
     const framed = this.mirror?.snapshot();
+    let revision: number;
+    let events: EncodedWatchEvent[];
     if (framed) {
-      for (const ev of framed.events) call.write(ev as unknown as topologypb.WatchTopologyResponse);
-      return framed.revision;
+      revision = framed.revision;
+      events = framed.events;
+    } else {
+      const read = await readSnapshotBodies(
+        this.db,
+        this.opts.snapshotPartBytes ?? DEFAULT_SNAPSHOT_PART_BYTES,
+      );
+      revision = read.revision;
+      if (call.writableEnded || call.destroyed) return revision; // closed while reading
+      // Framed from the stored encodings (the stream's definition passes them through as they are).
+      events = read.parts.map((bodies, i) =>
+        encodeSnapshotEvent(i === read.parts.length - 1 ? "snapshot" : "snapshotPart", revision, bodies),
+      );
     }
-    const { revision, parts } = await readSnapshotBodies(
-      this.db,
-      this.opts.snapshotPartBytes ?? DEFAULT_SNAPSHOT_PART_BYTES,
-    );
-    if (call.writableEnded || call.destroyed) return revision; // closed while reading
-    // Framed from the stored encodings (the stream's definition passes them through as they are).
-    parts.forEach((bodies, i) => {
-      const field = i === parts.length - 1 ? "snapshot" : "snapshotPart";
-      call.write(encodeSnapshotEvent(field, revision, bodies) as topologypb.WatchTopologyResponse);
-    });
+    const ready = performance.now();
+    let bytes = 0;
+    for (const [i, ev] of events.entries()) {
+      bytes += ev.bytes.length;
+      const last = i === events.length - 1;
+      call.write(
+        ev as unknown as topologypb.WatchTopologyResponse,
+        last
+          ? () => {
+              const ms = (t: number) => Math.round(t * 10) / 10;
+              this.log.info(
+                {
+                  host: call.request.hostId,
+                  revision,
+                  from: framed ? "memory" : "database",
+                  messages: events.length,
+                  bytes,
+                  waitMs: ms(t0 - arrived),
+                  readMs: ms(ready - t0),
+                  writeMs: ms(performance.now() - ready),
+                },
+                "snapshot sent",
+              );
+            }
+          : undefined,
+      );
+    }
     return revision;
   }
 }

@@ -6,7 +6,8 @@
 //                                          fresh agent-like process per try (`agent` below)
 //   serve <file>                           only the server (prints its address; stop with SIGTERM)
 //   agent <address>                        one first snapshot in this process; prints JSON
-//   decode <file>                          the agent's decoding and store alone (no gRPC), this process
+//   decode <file>                          the agent's decoding, store and simulator's view alone (no
+//                                          gRPC), this process
 //   frame <file> [tries]                   the mirror's framing of the recorded objects: the first
 //                                          Watch after a load, then after a one-object change
 // `node site-agent/dist/controller/test-support/snapshot-replay.js run /tmp/snap.bin 5`
@@ -294,7 +295,7 @@ async function frame(file: string, tries: number): Promise<void> {
   mirror.stop();
 }
 
-/** Decoding and the store alone, as the watch client does them, in this (fresh) process. */
+/** Decoding, the store and the view alone, as the agent does them, in this (fresh) process. */
 function decodeOnly(file: string): void {
   const events = readEvents(file).map((e) => Buffer.from(e)); // each in a buffer of its own, as received
   const gc = gcObserver();
@@ -312,14 +313,17 @@ function decodeOnly(file: string): void {
   const store = new TopologyStore();
   store.applySnapshot(snapshot);
   const t2 = performance.now();
+  new EngineSimulator({ hostId: "replay-host" }).applySnapshot(snapshot);
+  const t3 = performance.now();
   const cpu = process.cpuUsage(cpu0);
   setTimeout(() => {
     const f = (n: number) => Number(n.toFixed(1));
     console.log(
       JSON.stringify({
-        ms: f(t2 - t0),
+        ms: f(t3 - t0),
         decodeMs: f(t1 - t0),
         storeMs: f(t2 - t1),
+        viewMs: f(t3 - t2),
         cpuMs: f((cpu.user + cpu.system) / 1000),
         gc: gc.done(),
         heapMB: f((process.memoryUsage().heapUsed - heap0) / 1e6),
