@@ -69,7 +69,7 @@ function fromTunnel(
     if (w.tracing) w.trace("port", port.id, `tunnel delivery by key ${key}`);
     return w.deliver(port);
   }
-  const bridge = view.bridgesByKey.get(key);
+  const bridge = view.bridgeByKey(key);
   if (!bridge)
     return w.drop(`tunnel key ${key} names no network here (router transit keys are not supported yet)`);
   w.tag(bridge.tag);

@@ -103,20 +103,22 @@ export interface ChainView {
 }
 
 /**
- * The compiled chains by id. A chain is compiled the first time it is looked up and kept until a
- * change touches it or one of its rules (`drop`); so at most one compiled form per chain in the
- * topology. What a lookup returns is what an eager build at the same revision would have held.
+ * Views by id, each built the first time it is looked up and kept until a change touches what it
+ * was built from (`drop`); so at most one built form per object in the topology. What a lookup
+ * returns is what an eager build at the same revision would have held. The compiled chains (a
+ * chain is built from its rules) and the bridges (from their ports, MAC and ARP entries): a
+ * snapshot holds every chain and bridge of the site, and a host's flows cross a few.
  */
-export class ChainTable {
-  private readonly compiled = new Map<string, ChainView>();
+export class LazyTable<V> {
+  private readonly compiled = new Map<string, V>();
 
   constructor(
-    private readonly compile: (id: string) => ChainView | undefined,
+    private readonly compile: (id: string) => V | undefined,
     private readonly ids: () => Iterable<string>,
   ) {}
 
-  /** The chain compiled (now, if it was not yet), or undefined when the topology has no such chain. */
-  get(id: string): ChainView | undefined {
+  /** The view built (now, if it was not yet), or undefined when the topology has no such object. */
+  get(id: string): V | undefined {
     const c = this.compiled.get(id);
     if (c !== undefined) return c;
     const made = this.compile(id);
@@ -124,15 +126,15 @@ export class ChainTable {
     return made;
   }
 
-  /** Every chain of the topology, each compiled (for tests and tools: it compiles them all). */
-  *values(): IterableIterator<ChainView> {
+  /** Every object's view, each built (for tests and tools: it builds them all). */
+  *values(): IterableIterator<V> {
     for (const id of [...this.ids()]) {
       const c = this.get(id);
       if (c !== undefined) yield c;
     }
   }
 
-  /** Chains compiled so far (the rest are compiled on first use). */
+  /** Views built so far (the rest are built on first use). */
   get compiledCount(): number {
     return this.compiled.size;
   }
@@ -141,11 +143,14 @@ export class ChainTable {
     return this.compiled.has(id);
   }
 
-  /** Forgets a chain's compiled form: a change touched it or one of its rules. */
+  /** Forgets a view: a change touched what it was built from. */
   drop(id: string): void {
     this.compiled.delete(id);
   }
 }
+
+/** The compiled chains by id (LazyTable). */
+export type ChainTable = LazyTable<ChainView>;
 
 export interface IpGroupView {
   readonly tag: Tag;
@@ -326,24 +331,33 @@ export const tag = {
 } as const;
 
 /**
- * A port as the simulation reads it. Its tag and its `output` action are made when first used: a
- * snapshot holds every port of the site (13k in the benchmark's) and a host's flows reach few.
+ * A port as the simulation reads it. Its tag, its `output` action, its MAC and its addresses are
+ * made when first used: a snapshot holds every port of the site (13k in the benchmark's) and a
+ * host's flows reach few (a bridge reads its ports' when it is built, on first use too).
  */
 class PortViewObj implements PortView {
+  readonly id: string;
+  readonly type: topologypb.PortType;
+  readonly deviceId: string;
+  /** VM, uplink and remote-site ports face the outside; bridge↔router ports are interior. */
+  readonly exterior: boolean;
+  readonly up: boolean;
   private tagObj: Tag | undefined;
   private outputObj: OutputAction | undefined;
+  private macNum = -1;
+  private ips4List: PortView["ips4"] | undefined;
+  private ips6List: PortView["ips6"] | undefined;
 
-  constructor(
-    readonly raw: Port,
-    readonly id: string,
-    readonly type: topologypb.PortType,
-    readonly deviceId: string,
-    readonly mac: number,
-    readonly ips4: PortView["ips4"],
-    readonly ips6: PortView["ips6"],
-    readonly exterior: boolean,
-    readonly up: boolean,
-  ) {}
+  constructor(readonly raw: Port) {
+    this.id = raw.id;
+    this.type = raw.type;
+    this.deviceId = raw.deviceId;
+    this.exterior =
+      raw.type === PT.PORT_TYPE_VM ||
+      raw.type === PT.PORT_TYPE_ROUTER_UPLINK ||
+      raw.type === PT.PORT_TYPE_REMOTE_SITE;
+    this.up = raw.adminStateUp;
+  }
 
   get tag(): Tag {
     this.tagObj ??= new Tag(tag.port(this.id));
@@ -354,39 +368,59 @@ class PortViewObj implements PortView {
     this.outputObj ??= Object.freeze({ kind: "output", portId: this.id }) as OutputAction;
     return this.outputObj;
   }
+
+  /** The MAC as a number (0 when it does not parse). */
+  get mac(): number {
+    if (this.macNum < 0) this.macNum = Math.max(parseMac(this.raw.mac), 0);
+    return this.macNum;
+  }
+
+  get ips4(): PortView["ips4"] {
+    if (this.ips4List === undefined) this.parseIps();
+    return this.ips4List!;
+  }
+
+  get ips6(): PortView["ips6"] {
+    if (this.ips6List === undefined) this.parseIps();
+    return this.ips6List!;
+  }
+
+  private parseIps(): void {
+    const ips4: PortView["ips4"] = [];
+    const ips6: PortView["ips6"] = [];
+    for (const s of this.raw.ips) {
+      if (s.includes(":")) {
+        const c = parseCidr6(s.includes("/") ? s : `${s}/128`);
+        const bare = parseCidr6(s.split("/")[0]!);
+        if (c && bare) ips6.push({ ip: bare.addr, cidr: c });
+      } else {
+        const c = parseCidr4(s);
+        // A host address is its own prefix; otherwise the address before the prefix length.
+        const ip = c === null ? -1 : c.len === 32 ? c.addr : parseIp4(s.slice(0, s.indexOf("/")));
+        if (c && ip >= 0) ips4.push({ ip, cidr: c });
+      }
+    }
+    this.ips4List = ips4;
+    this.ips6List = ips6;
+  }
 }
 
 function buildPortView(p: Port): PortView {
-  const ips4: PortView["ips4"] = [];
-  const ips6: PortView["ips6"] = [];
-  for (const s of p.ips) {
-    if (s.includes(":")) {
-      const c = parseCidr6(s.includes("/") ? s : `${s}/128`);
-      const bare = parseCidr6(s.split("/")[0]!);
-      if (c && bare) ips6.push({ ip: bare.addr, cidr: c });
-    } else {
-      const c = parseCidr4(s);
-      // A host address is its own prefix; otherwise the address before the prefix length.
-      const ip = c === null ? -1 : c.len === 32 ? c.addr : parseIp4(s.slice(0, s.indexOf("/")));
-      if (c && ip >= 0) ips4.push({ ip, cidr: c });
-    }
-  }
-  const exterior =
-    p.type === PT.PORT_TYPE_VM ||
-    p.type === PT.PORT_TYPE_ROUTER_UPLINK ||
-    p.type === PT.PORT_TYPE_REMOTE_SITE;
-  const mac = parseMac(p.mac);
-  return new PortViewObj(p, p.id, p.type, p.deviceId, Math.max(mac, 0), ips4, ips6, exterior, p.adminStateUp);
+  return new PortViewObj(p);
 }
 
 export class TopologyView {
   readonly hosts = new Map<string, Host>();
   readonly hostTags = new Map<string, Tag>();
   readonly ports = new Map<string, PortView>();
-  readonly bridges = new Map<string, BridgeView>();
+  /** Bridges by id, each built when first looked up (a host's flows cross few of a site's). */
+  readonly bridges: LazyTable<BridgeView> = new LazyTable(
+    (id) => this.buildBridge(id),
+    () => this.rawBridges.keys(),
+  );
   readonly routers = new Map<string, RouterView>();
   /** Chains by id, compiled on first lookup (see ChainTable). */
-  readonly chains: ChainTable = new ChainTable(
+  readonly chains: ChainTable = new LazyTable(
     (id) => this.compileChain(id),
     () => this.rawChains.keys(),
   );
@@ -395,7 +429,8 @@ export class TopologyView {
   readonly remoteGateways = new Map<string, topologypb.RemoteGateway>();
   /** Site-local tunnel key → port; global key → bridge. */
   readonly portsByKey = new Map<number, PortView>();
-  readonly bridgesByKey = new Map<number, BridgeView>();
+  /** Global key → bridge id (bridgeByKey gives the bridge). */
+  private readonly bridgeIdsByKey = new Map<number, string>();
   revision = 0;
 
   // Raw objects and reverse indexes, kept to rebuild derived views.
@@ -526,9 +561,10 @@ export class TopologyView {
           break;
         case K.TOPOLOGY_KIND_BRIDGE: {
           const b = this.rawBridges.get(id);
-          if (b?.tunnelKey) this.bridgesByKey.delete(b.tunnelKey);
+          if (b?.tunnelKey && this.bridgeIdsByKey.get(b.tunnelKey) === id)
+            this.bridgeIdsByKey.delete(b.tunnelKey);
           this.rawBridges.delete(id);
-          this.bridges.delete(id);
+          this.bridges.drop(id);
           tags.add(tag.device(id));
           tags.add(tag.flood(id));
           break;
@@ -654,6 +690,7 @@ export class TopologyView {
       } else if (o.bridge) {
         remove(K.TOPOLOGY_KIND_BRIDGE, o.bridge.id);
         this.rawBridges.set(o.bridge.id, o.bridge);
+        if (o.bridge.tunnelKey) this.bridgeIdsByKey.set(o.bridge.tunnelKey, o.bridge.id);
         dirtyBridges.add(o.bridge.id);
         for (const pid of this.portsByDevice.get(o.bridge.id) ?? []) {
           const peer = this.ports.get(this.ports.get(pid)?.raw.peerId ?? "");
@@ -677,8 +714,11 @@ export class TopologyView {
         routeTouched(o.route);
       } else if (o.chain) {
         this.rawChains.set(o.chain.id, o.chain);
-        if (collectTags) tags.add(tag.chain(o.chain.id));
-        dirtyChains.add(o.chain.id);
+        // A new view (no tags collected) has compiled no chain: nothing to drop.
+        if (collectTags) {
+          tags.add(tag.chain(o.chain.id));
+          dirtyChains.add(o.chain.id);
+        }
       } else if (o.ipAddrGroup) {
         remove(K.TOPOLOGY_KIND_IP_ADDR_GROUP, o.ipAddrGroup.id);
         const g = this.addressesOf(o.ipAddrGroup.id);
@@ -731,7 +771,8 @@ export class TopologyView {
     // Keys of the ports this change wrote (portTouched dropped the keys of the ports it touched);
     // a change costs what it touches, not a walk over every port of the site.
     for (const v of keyedPorts) if (this.ports.get(v.id) === v) this.portsByKey.set(v.raw.tunnelKey, v);
-    for (const id of dirtyBridges) this.rebuildBridge(id);
+    // Built again when next looked up, as chains are.
+    for (const id of dirtyBridges) this.bridges.drop(id);
     for (const id of dirtyRouters) this.rebuildRouter(id);
     // Compiled again when next looked up (an agent compiles only the chains its flows cross).
     for (const id of dirtyChains) this.chains.drop(id);
@@ -758,12 +799,16 @@ export class TopologyView {
     return out.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
   }
 
-  private rebuildBridge(id: string): void {
+  /** The bridge carrying global tunnel key `key`, or undefined. */
+  bridgeByKey(key: number): BridgeView | undefined {
+    const id = this.bridgeIdsByKey.get(key);
+    return id === undefined ? undefined : this.bridges.get(id);
+  }
+
+  /** The bridge `id` built from its ports, MAC and ARP entries as they are now; undefined when there is none. */
+  private buildBridge(id: string): BridgeView | undefined {
     const raw = this.rawBridges.get(id);
-    if (!raw) {
-      this.bridges.delete(id);
-      return;
-    }
+    if (!raw) return undefined;
     const ports = this.devicePorts(id);
     const staticMacs = new Map<number, Map<number, PortView>>();
     const put = (vlan: number, mac: number, p: PortView) => {
@@ -812,9 +857,7 @@ export class TopologyView {
         if (ip >= 0) arp.set(ip, mac);
       }
     }
-    const old = this.bridges.get(id);
-    if (old?.raw.tunnelKey) this.bridgesByKey.delete(old.raw.tunnelKey);
-    const v: BridgeView = {
+    return {
       id,
       tag: new Tag(tag.device(id)),
       floodTag: new Tag(tag.flood(id)),
@@ -828,8 +871,6 @@ export class TopologyView {
       macTags: new TagCache((mac) => tag.mac(id, mac)),
       arpTags: new TagCache((ip) => tag.arp(id, ip)),
     };
-    this.bridges.set(id, v);
-    if (raw.tunnelKey) this.bridgesByKey.set(raw.tunnelKey, v);
   }
 
   private rebuildRouter(id: string): void {
