@@ -7,7 +7,7 @@ import { loadavg } from "node:os";
 import type { intentpb } from "@isthmus/schema";
 import { type FederationAdmin, type SiteApi, timeSnapshotFresh } from "../harness/bench-clients.js";
 import type { SiteProcess } from "../harness/site-process.js";
-import { DEFAULT_QUIET, type QuietResult } from "./machine-quiet.js";
+import { DEFAULT_QUIET, notQuietWhy, type QuietResult } from "./machine-quiet.js";
 
 export interface SnapshotResult {
   ports: number;
@@ -209,7 +209,7 @@ export async function snapshotStep(b: SnapshotBench, ports: number, tries: numbe
 function quietText(q: QuietResult): string {
   return q.quiet
     ? `machine quiet after ${q.seconds.toFixed(0)} s`
-    : `machine NOT quiet after ${q.seconds.toFixed(0)} s (busy ${(q.lastBusy * 100).toFixed(0)} %)`;
+    : `machine NOT quiet after ${q.seconds.toFixed(0)} s (${notQuietWhy(q)})`;
 }
 
 /** The results section's line on the snapshot (none when the step did not run). */
@@ -226,7 +226,7 @@ export function snapshotMarkdown(s: SnapshotResult | undefined, ratio: number | 
       (s.attempts && s.attempts.length > 0
         ? ` Each try (ms, load): ${s.attempts.map((a) => `${a.ms} (${a.load1})`).join(", ")}.` +
           (s.attempts.some((a) => a.quiet)
-            ? ` Before each, the machine was waited for (under ${DEFAULT_QUIET.maxBusy * 100} % of its CPUs for ${DEFAULT_QUIET.windows} s): ${s.attempts.map((a) => (a.quiet ? quietText(a.quiet) : "not waited for")).join("; ")}.`
+            ? ` Before each, the machine was waited for (under ${DEFAULT_QUIET.maxBusy * 100} % of its CPUs for ${DEFAULT_QUIET.windows} s, under ${DEFAULT_QUIET.maxDirtyBytes / 1048576} MB of dirty page cache): ${s.attempts.map((a) => (a.quiet ? quietText(a.quiet) : "not waited for")).join("; ")}.`
             : "")
         : "") +
       (s.createSeconds !== undefined

@@ -33,7 +33,7 @@ import {
 import { runCli } from "../harness/cli.js";
 import { CoordinatorGroup } from "../harness/coordinator-group.js";
 import { onboardSite, SiteProcess } from "../harness/site-process.js";
-import { DEFAULT_QUIET, type QuietResult, waitMachineQuiet } from "./machine-quiet.js";
+import { DEFAULT_QUIET, notQuietWhy, type QuietResult, waitMachineQuiet } from "./machine-quiet.js";
 import { type SnapshotResult, snapshotMarkdown, snapshotStep } from "./propagation-snapshot.js";
 
 export interface PropagationBenchOptions {
@@ -741,7 +741,7 @@ function describe(p: PhaseResult): string {
     (p.quietBefore
       ? p.quietBefore.quiet
         ? `; machine quiet after ${p.quietBefore.seconds.toFixed(0)} s`
-        : `; machine NOT quiet after ${p.quietBefore.seconds.toFixed(0)} s (busy ${(p.quietBefore.lastBusy * 100).toFixed(0)} %)`
+        : `; machine NOT quiet after ${p.quietBefore.seconds.toFixed(0)} s (${notQuietWhy(p.quietBefore)})`
       : "") +
     (p.stages
       ? `\n    mean ${p.stages.commitToEverySiteMeanMs} ms = site queue wait ${p.stages.siteWaitMs} + site apply ${p.stages.siteApplyMs} + streams ${p.stages.otherMs}`
@@ -1037,16 +1037,16 @@ export function markdown(r: PropagationResult): string {
       "",
       `Before each phase the benchmark waits until the whole machine (every process, PostgreSQL included) ` +
         `has used under ${DEFAULT_QUIET.maxBusy * 100} % of its CPUs for ${DEFAULT_QUIET.windows} seconds in a row ` +
+        `and the kernel holds under ${DEFAULT_QUIET.maxDirtyBytes / 1048576} MB of dirty page cache ` +
         `(at most ${(r.quick ? QUICK_QUIET_TIMEOUT_MS : DEFAULT_QUIET.timeoutMs) / 1000} s), so that a phase measures the steady state at its size rather ` +
         "than the aftermath of the load before it (after a 100k catch-up the controllers go on reading the change " +
-        "log and collecting its garbage for seconds). Waited: " +
+        "log and collecting its garbage for seconds, and the kernel writes the databases' pages back ~30 s after " +
+        "they were written, stalling every commit behind them). Waited: " +
         waits
           .map(
             (p) =>
               `${p.stateObjects.toLocaleString("en-US")} objects ${p.quietBefore!.seconds.toFixed(0)} s` +
-              (p.quietBefore!.quiet
-                ? ""
-                : ` (not quiet: ${(p.quietBefore!.lastBusy * 100).toFixed(0)} % busy)`),
+              (p.quietBefore!.quiet ? "" : ` (not quiet: ${notQuietWhy(p.quietBefore!)})`),
           )
           .join(", ") +
         ".",
