@@ -38,20 +38,6 @@ export function hydrateSymlinks(root: string): number {
   return made;
 }
 
-/**
- * The embedded server's settings.
- * - SERIALIZABLE by default, as the controller's transactions are.
- * - `backend_flush_after`: a backend (an autovacuum worker, a bulk catch-up) asks the kernel to
- *   write its pages back every 256 kB, as the checkpointer and the background writer already do by
- *   default. Without it they stay dirty in the page cache until the kernel writes them back, ~30 s
- *   later, all at once. On this project's VM that was 76–364 MB in single seconds after a 100k
- *   catch-up, and every commit (an fsync) behind it waited 50–100 ms (docs/site-controller.md).
- */
-export const EMBEDDED_POSTGRES_SETTINGS: Readonly<Record<string, string>> = {
-  default_transaction_isolation: "serializable",
-  backend_flush_after: "256kB",
-};
-
 export async function startEmbeddedPostgres(
   dir: string,
   log: Logger,
@@ -63,7 +49,7 @@ export async function startEmbeddedPostgres(
   return startPostgresServer({
     binDir: join(root, "native", "bin"),
     dir,
-    settings: { ...EMBEDDED_POSTGRES_SETTINGS },
+    settings: { default_transaction_isolation: "serializable" },
     unsafeNoSync: opts.unsafeNoSync,
     log,
   });
