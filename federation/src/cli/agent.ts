@@ -61,9 +61,10 @@ export function agentReexec(
 }
 
 /**
- * Runs this command again as a child with `flags` and `env`, passing on SIGTERM/SIGINT/SIGHUP and exiting
- * with its status. The child gets an IPC channel so it stops cleanly when this process dies
- * however it dies (parent-watch.ts), and stops when this process's own supervisor leaves.
+ * Runs this command again as a child with `flags` and `env`, passing on SIGTERM/SIGINT/SIGHUP
+ * and exiting with its status. The child gets an IPC channel so it stops cleanly when this
+ * process dies however it dies (parent-watch.ts), and stops when this process's own supervisor
+ * leaves.
  */
 async function reexec({ flags, env }: AgentReexec): Promise<void> {
   const { spawn } = await import("node:child_process");

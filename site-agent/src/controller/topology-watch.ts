@@ -235,7 +235,8 @@ export class TopologyWatchService {
       call.write(
         ev as unknown as topologypb.WatchTopologyResponse,
         last
-          ? () => {
+          ? (err?: Error | null) => {
+              if (err) return; // the stream failed first: its error is the stream's to report
               const ms = (t: number) => Math.round(t * 10) / 10;
               this.log.info(
                 {
