@@ -200,6 +200,8 @@ export interface PropagationResult {
     settleSeconds: number;
     /** Whether the sites were down during the load (large loads) or followed it live. */
     sitesStopped: boolean;
+    /** VACUUM (ANALYZE) of every site's database after the sites caught up (s, one after another). */
+    vacuumSeconds?: number;
     load1: number;
   }[];
   snapshot?: SnapshotResult;
@@ -312,6 +314,16 @@ class Bench {
     const watch = new AgentWatchProcess(name, proc.address, hostId, host.hostToken);
     this.sites.push({ name, proc, api, hostId, hostToken: host.hostToken, watch });
     this.sites.sort((a, b) => a.name.localeCompare(b.name));
+  }
+
+  /**
+   * VACUUM (ANALYZE) of every running site's database, one after another (SiteProcess.vacuum);
+   * returns the seconds in all.
+   */
+  async vacuumSites(): Promise<number> {
+    let seconds = 0;
+    for (const s of this.sites) seconds += await s.proc.vacuum();
+    return seconds;
   }
 
   /** Stops every running site (their databases keep what they applied). */
@@ -971,12 +983,16 @@ export async function measure(opts: PropagationBenchOptions): Promise<Propagatio
         if (offline) await startAll(Array.from({ length: running }, (_, i) => b.startSite(i)));
         await b.settle(Math.max(300_000, size * 30));
         const settle = (Date.now() - t0) / 1000;
+        // The maintenance PostgreSQL advises after a bulk load, now rather than when autovacuum
+        // gets to it in the middle of the next phase.
+        const vacuum = await b.vacuumSites();
         bulk.push({
           objects: size - loaded,
           seconds: Number(secs.toFixed(1)),
           perSecond: Math.round((size - loaded) / secs),
           settleSeconds: Number(settle.toFixed(1)),
           sitesStopped: offline,
+          vacuumSeconds: Number(vacuum.toFixed(1)),
           load1: Number(loadavg()[0]!.toFixed(2)),
         });
         console.log(
@@ -984,7 +1000,7 @@ export async function measure(opts: PropagationBenchOptions): Promise<Propagatio
             (offline
               ? `with the sites stopped; restarted, they caught up in ${settle.toFixed(1)} s`
               : `with the sites following; they settled ${settle.toFixed(1)} s later`) +
-            ` (load ${loadavg()[0]!.toFixed(1)})`,
+            `; VACUUM (ANALYZE) of the site databases ${vacuum.toFixed(1)} s (load ${loadavg()[0]!.toFixed(1)})`,
         );
         loaded = size;
         await phase(`n${size}`);
@@ -1153,6 +1169,9 @@ export function markdown(r: PropagationResult): string {
             (b.sitesStopped
               ? `with the sites stopped, which then started and caught up in ${b.settleSeconds} s`
               : `with the sites following, settled ${b.settleSeconds} s after`) +
+            (b.vacuumSeconds !== undefined
+              ? `, then VACUUM (ANALYZE) of every site database, ${b.vacuumSeconds} s`
+              : "") +
             ` (load ${b.load1})`,
         )
         .join("; ")}.`,

@@ -5,6 +5,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { chmod, mkdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
+import pg from "pg";
 import { benchLogStream, stopOnExit } from "./child-lifetime.js";
 import { CLI, runCli } from "./cli.js";
 
@@ -51,7 +52,42 @@ export class SiteProcess {
     /** The embedded database's server, killed too if the controller has to be killed. */
     private readonly postgresPid: number,
     private readonly metrics: { address: string },
+    /** The site's directory (its controller's data directory is `data` under it). */
+    private readonly dir: string,
   ) {}
+
+  /**
+   * VACUUM (ANALYZE) of the site's embedded database, as PostgreSQL's documentation advises after
+   * a bulk load; returns the seconds it took. Left to autovacuum, the same work came a minute or
+   * two after the load, in every site's database at once: on the benchmark's shared 2-CPU machine
+   * that was seconds with the CPUs full in the middle of the 100k phase (docs/site-controller.md).
+   */
+  async vacuum(): Promise<number> {
+    const pgDir = join(this.dir, "data", "postgres");
+    const [pidFile, password] = await Promise.all([
+      readFile(join(pgDir, "data", "postmaster.pid"), "utf8"),
+      readFile(join(pgDir, "password"), "utf8"),
+    ]);
+    // postmaster.pid: pid, data directory, start time, port, ...
+    const port = Number(pidFile.split("\n")[3]);
+    if (!Number.isInteger(port) || port <= 0)
+      throw new Error(`${this.site}: no port in ${pgDir}/data/postmaster.pid`);
+    const c = new pg.Client({
+      host: "127.0.0.1",
+      port,
+      user: "isthmus",
+      password: password.trim(),
+      database: "postgres",
+    });
+    await c.connect();
+    try {
+      const t0 = Date.now();
+      await c.query("VACUUM (ANALYZE)");
+      return (Date.now() - t0) / 1000;
+    } finally {
+      await c.end();
+    }
+  }
 
   /** The controller's Prometheus endpoint (host:port; "" until it has said). */
   get metricsAddress(): string {
@@ -142,7 +178,7 @@ export class SiteProcess {
         if (Date.now() > end) throw new Error(`site-controller ${o.site} wrote no admin token`);
         await new Promise((r) => setTimeout(r, 50));
       }
-      return new SiteProcess(o.site, address, token, child, postgresPid, metrics);
+      return new SiteProcess(o.site, address, token, child, postgresPid, metrics, o.dir);
     } catch (err) {
       child.kill("SIGKILL");
       killQuietly(postgresPid);
