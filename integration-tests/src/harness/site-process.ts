@@ -72,9 +72,11 @@ export class SiteProcess {
     const port = Number(pidFile.split("\n")[3]);
     if (!Number.isInteger(port) || port <= 0)
       throw new Error(`${this.site}: no port in ${pgDir}/data/postmaster.pid`);
+    // The embedded server's superuser (postgres-server.ts), with the password it keeps beside its data.
     const c = new pg.Client({
       host: "127.0.0.1",
       port,
+      connectionTimeoutMillis: 10_000,
       user: "isthmus",
       password: password.trim(),
       database: "postgres",
