@@ -12,6 +12,7 @@ export { EngineSimulator, maskToFields } from "./agent/sim-adapter.js";
 export { snapshotEncodedBytes } from "./agent/snapshot-rules.js";
 export * as agentTesting from "./agent/testing/index.js";
 export { UserspaceDatapath } from "./agent/userspace-datapath.js";
+export { runningPostgresUrl } from "./controller/db/postgres-server.js";
 export { startTestPostgres, type TestPostgres } from "./controller/db/test-postgres.js";
 export type { EntryTiming } from "./controller/entry-timeline.js";
 export {

@@ -5,6 +5,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { chmod, mkdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
+import { runningPostgresUrl } from "@isthmus/site-agent";
 import pg from "pg";
 import { benchLogStream, stopOnExit } from "./child-lifetime.js";
 import { CLI, runCli } from "./cli.js";
@@ -63,24 +64,8 @@ export class SiteProcess {
    * that was seconds with the CPUs full in the middle of the 100k phase (docs/site-controller.md).
    */
   async vacuum(): Promise<number> {
-    const pgDir = join(this.dir, "data", "postgres");
-    const [pidFile, password] = await Promise.all([
-      readFile(join(pgDir, "data", "postmaster.pid"), "utf8"),
-      readFile(join(pgDir, "password"), "utf8"),
-    ]);
-    // postmaster.pid: pid, data directory, start time, port, ...
-    const port = Number(pidFile.split("\n")[3]);
-    if (!Number.isInteger(port) || port <= 0)
-      throw new Error(`${this.site}: no port in ${pgDir}/data/postmaster.pid`);
-    // The embedded server's superuser (postgres-server.ts), with the password it keeps beside its data.
-    const c = new pg.Client({
-      host: "127.0.0.1",
-      port,
-      connectionTimeoutMillis: 10_000,
-      user: "isthmus",
-      password: password.trim(),
-      database: "postgres",
-    });
+    const url = await runningPostgresUrl(join(this.dir, "data", "postgres"));
+    const c = new pg.Client({ connectionString: url, connectionTimeoutMillis: 10_000 });
     await c.connect();
     try {
       const t0 = Date.now();

@@ -339,7 +339,6 @@ class PortViewObj implements PortView {
   readonly id: string;
   readonly type: topologypb.PortType;
   readonly deviceId: string;
-  /** VM, uplink and remote-site ports face the outside; bridge↔router ports are interior. */
   readonly exterior: boolean;
   readonly up: boolean;
   private tagObj: Tag | undefined;
@@ -403,10 +402,6 @@ class PortViewObj implements PortView {
     this.ips4List = ips4;
     this.ips6List = ips6;
   }
-}
-
-function buildPortView(p: Port): PortView {
-  return new PortViewObj(p);
 }
 
 export class TopologyView {
@@ -702,7 +697,7 @@ export class TopologyView {
         dirtyRouters.add(o.router.id);
       } else if (o.port) {
         remove(K.TOPOLOGY_KIND_PORT, o.port.id);
-        const v = buildPortView(o.port);
+        const v: PortView = new PortViewObj(o.port);
         this.ports.set(v.id, v);
         if (v.raw.tunnelKey) keyedPorts.push(v);
         index(this.portsByDevice, v.deviceId, v.id, true);

@@ -7,6 +7,7 @@ import { test } from "node:test";
 import { silentLogger } from "@isthmus/schema";
 import pg from "pg";
 import { embeddedPostgresRoot, hydrateSymlinks, startEmbeddedPostgres } from "./embedded-postgres.js";
+import { runningPostgresUrl } from "./postgres-server.js";
 
 test("library symlinks listed by the package are recreated once, then left alone", () => {
   const root = mkdtempSync(join(tmpdir(), "isthmus-hydrate-"));
@@ -42,6 +43,8 @@ test("the embedded PostgreSQL from the npm package starts (as root: as the postg
       const c = new pg.Client({ connectionString: server.url });
       await c.connect();
       const iso = await c.query("SHOW default_transaction_isolation");
+      // Tools beside the controller find the running server from its directory alone.
+      assert.equal(await runningPostgresUrl(join(dir, "postgres")), server.url);
       assert.equal(iso.rows[0].default_transaction_isolation, "serializable");
       if (life === 0) await c.query("CREATE TABLE survives (x INT8)");
       else await c.query("SELECT count(*) FROM survives");

@@ -14,6 +14,7 @@ import {
   statSync,
   writeFileSync,
 } from "node:fs";
+import { readFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import { dirname, join } from "node:path";
 import type { Logger } from "@isthmus/schema";
@@ -66,6 +67,30 @@ function chownTree(path: string, ids: UserIds): void {
   if (statSync(path).isDirectory()) {
     for (const name of readdirSync(path)) chownTree(join(path, name), ids);
   }
+}
+
+/** The superuser's URL of a server in this layout (password beside the data directory). */
+function serverUrl(password: string, port: number): string {
+  return `postgres://${SUPERUSER}:${encodeURIComponent(password)}@127.0.0.1:${port}/postgres`;
+}
+
+/**
+ * The URL of the server running on `dir` (startPostgresServer's layout): its password from
+ * `dir/password`, its port from `dir/data/postmaster.pid`. For tools beside a running controller
+ * (the benchmark's maintenance); throws naming the file when the server is not running.
+ */
+export async function runningPostgresUrl(dir: string): Promise<string> {
+  const pidFile = join(dir, "data", "postmaster.pid");
+  const [pid, password] = await Promise.all([
+    readFile(pidFile, "utf8").catch(() => {
+      throw new Error(`no PostgreSQL server is running on ${dir} (${pidFile} is missing)`);
+    }),
+    readFile(join(dir, "password"), "utf8"),
+  ]);
+  // postmaster.pid: pid, data directory, start time, port, ...
+  const port = Number(pid.split("\n")[3]);
+  if (!Number.isInteger(port) || port <= 0) throw new Error(`${pidFile} names no port`);
+  return serverUrl(password.trim(), port);
 }
 
 export function freeLoopbackPort(): Promise<number> {
@@ -163,7 +188,7 @@ export async function startPostgresServer(opts: PostgresServerOptions): Promise<
       resolve();
     }),
   );
-  const url = `postgres://${SUPERUSER}:${encodeURIComponent(password)}@127.0.0.1:${port}/postgres`;
+  const url = serverUrl(password, port);
   const deadline = Date.now() + (opts.startTimeoutMs ?? 30_000);
   for (;;) {
     if (exited) throw new Error(`postgres exited during start-up: ${stderr.trim()}`);
