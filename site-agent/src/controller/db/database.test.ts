@@ -1,5 +1,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
+import v8 from "node:v8";
+import { runInNewContext } from "node:vm";
 import { silentLogger } from "@isthmus/schema";
 import pgDriver from "pg";
 import { Database, serializableByDefault } from "./database.js";
@@ -86,6 +88,42 @@ test("serialization conflicts are retried until every increment lands", async (t
   assert.equal(Number(r.rows[0].n), workers * each, "no lost update");
   assert.ok(retries > 0, "the conflicts really happened and were retried");
   assert.equal(db.retryCount, retries);
+});
+
+test("a finished transaction's body is not kept alive by its connection", async (t) => {
+  if (pg.skip) return t.skip(pg.skip);
+  v8.setFlagsFromString("--expose-gc");
+  const gc = runInNewContext("gc") as () => void;
+  const db = await freshDb({ maxConnections: 1 });
+  t.after(() => db.close());
+  // The first transaction on a connection once added the connection's error listener from inside
+  // tx(), so the listener's scope kept that transaction's body — and a snapshot's 100k objects
+  // the body held — alive as long as the connection.
+  const refs: WeakRef<object>[] = [];
+  for (let i = 0; i < 2; i++) {
+    const held = { rows: Array.from({ length: 1000 }, (_, k) => ({ k })) };
+    refs.push(new WeakRef(held));
+    await db.tx("holds", async (tx) => {
+      await tx.query("SELECT $1::INT8 AS n", [held.rows.length]);
+    });
+  }
+  await new Promise((r) => setImmediate(r));
+  gc();
+  assert.deepEqual(
+    refs.map((r) => r.deref() === undefined),
+    [true, true],
+    "nothing a finished transaction's body held is reachable",
+  );
+  // The connection still has its listener: dying while checked out rejects the transaction (it
+  // does not crash the process), and the next one gets a new connection.
+  await assert.rejects(
+    db.tx("dies", async (tx) => {
+      await tx.query("SELECT pg_terminate_backend(pg_backend_pid())");
+    }),
+    /terminat/,
+  );
+  const r = await db.tx("after", (tx) => tx.query("SELECT 1 AS one"));
+  assert.equal(r.rows[0].one, 1);
 });
 
 test("a transaction that keeps conflicting fails with a clear bounded error", async (t) => {

@@ -51,7 +51,6 @@ export class Database {
   private readonly policy: RetryPolicy;
   private readonly log: Logger;
   private retries = 0;
-  private readonly guarded = new WeakSet<pg.PoolClient>();
 
   constructor(private readonly opts: DatabaseOptions) {
     this.pool = new pg.Pool({
@@ -62,6 +61,13 @@ export class Database {
     });
     // An idle client's connection dying (database restarted) must not crash the process.
     this.pool.on("error", (err) => opts.log.warn({ err: err.message }, "idle database connection failed"));
+    // A connection dying while checked out surfaces as the query's rejection; without a listener
+    // the client's 'error' event would also crash the process. Added once per connection, here:
+    // a listener added inside tx() would close over that transaction's scope — its body and all
+    // the body holds (a 100k-object snapshot) — for the connection's lifetime.
+    this.pool.on("connect", (client) =>
+      client.on("error", (err) => opts.log.warn({ err: err.message }, "database connection failed")),
+    );
     if (process.env[SQL_PORTABILITY_CHECK_ENV] === "1") this.pool.on("connect", checkPortability);
     this.policy = { ...DEFAULT_RETRY_POLICY, ...opts.retry };
     if (this.policy.maxAttempts < 1) throw new Error("database retry.maxAttempts must be at least 1");
@@ -80,12 +86,6 @@ export class Database {
   async tx<T>(label: string, body: (tx: Tx) => Promise<T>, options: TxOptions = {}): Promise<T> {
     return this.retrying(label, options.retryCodes, async () => {
       const client = await this.pool.connect();
-      if (!this.guarded.has(client)) {
-        // A connection dying while checked out surfaces as the query's rejection; without a
-        // listener the client's 'error' event would also crash the process.
-        this.guarded.add(client);
-        client.on("error", (err) => this.log.warn({ err: err.message }, "database connection failed"));
-      }
       let broken = false;
       try {
         await client.query(
