@@ -5,6 +5,12 @@ import { ChangeFeed } from "./change-feed.js";
 import type { Database } from "./db/database.js";
 import { encodedChangeBytes } from "./topology-store.js";
 
+/** The revisions recentAfter answers with (or what it answers instead of changes). */
+function revisionsAfter(feed: ChangeFeed, revision: number): number[] | "snapshot" | undefined {
+  const r = feed.recentAfter(revision);
+  return Array.isArray(r) ? r.map((c) => c.revision) : r;
+}
+
 /** A change at `revision` with `rules` rule upserts of ~100 encoded bytes each. */
 function change(revision: number, rules: number): topologypb.TopologyChange {
   return {
@@ -31,28 +37,41 @@ test("the feed's ring of recent changes is bounded by bytes as well as by count"
   for (let r = 0; r < 8; r++) feed.committed(change(r, 1));
   assert.deepEqual(seen, [0, 1, 2, 3, 4, 5, 6, 7]);
   // By count: the last 5.
-  assert.equal(feed.recentAfter(1), undefined);
-  assert.deepEqual(
-    feed.recentAfter(2)?.map((c) => c.revision),
-    [3, 4, 5, 6, 7],
-  );
+  assert.equal(revisionsAfter(feed, 1), undefined);
+  assert.deepEqual(revisionsAfter(feed, 2), [3, 4, 5, 6, 7]);
   // A change of ~3 KB: the older ones go until the ring fits 4 000 bytes again.
   feed.committed(change(8, 30));
-  assert.deepEqual(
-    feed.recentAfter(7)?.map((c) => c.revision),
-    [8],
-  );
-  assert.equal(feed.recentAfter(6), undefined);
+  assert.deepEqual(revisionsAfter(feed, 7), [8]);
+  assert.equal(revisionsAfter(feed, 6), undefined);
   // A change over the bound on its own is delivered but not kept; resuming before it reads the log.
   feed.committed(change(9, 60));
   assert.deepEqual(seen.slice(-2), [8, 9]);
-  assert.deepEqual(feed.recentAfter(9), []);
-  assert.equal(feed.recentAfter(8), undefined);
+  assert.deepEqual(revisionsAfter(feed, 9), []);
+  assert.equal(revisionsAfter(feed, 8), undefined);
   feed.committed(change(10, 1));
-  assert.deepEqual(
-    feed.recentAfter(9)?.map((c) => c.revision),
-    [10],
+  assert.deepEqual(revisionsAfter(feed, 9), [10]);
+});
+
+test("a change too large to send as one is delivered but not kept, and a resume before it is owed a snapshot", () => {
+  const small = encodedChangeBytes(change(0, 1));
+  const large = encodedChangeBytes(change(5, 30));
+  const feed = new ChangeFeed(
+    {} as Database,
+    { pollMs: 1000, ringSize: 100, ringBytes: 100 * large, batch: 10, maxChangeBytes: large - 1 },
+    createLogger({ name: "t", level: "silent" }),
   );
+  const seen: number[] = [];
+  feed.subscribe((c) => seen.push(c.revision));
+  for (let r = 0; r < 5; r++) feed.committed(change(r, 1));
+  assert.deepEqual(revisionsAfter(feed, 2), [3, 4]);
+  feed.committed(change(5, 30));
+  for (let r = 6; r < 8; r++) feed.committed(change(r, 1));
+  assert.deepEqual(seen, [0, 1, 2, 3, 4, 5, 6, 7], "every change is delivered, the large one too");
+  // Anything before the large change needs a snapshot: the ring need not (and does not) reach back.
+  for (const r of [0, 2, 4]) assert.equal(revisionsAfter(feed, r), "snapshot", `resume from ${r}`);
+  assert.deepEqual(revisionsAfter(feed, 5), [6, 7]);
+  assert.deepEqual(revisionsAfter(feed, 7), []);
+  assert.ok(small < large - 1);
 });
 
 /**
@@ -122,10 +141,7 @@ test("own commits that arrive while a poll is in flight are delivered in order, 
     );
     // 3, 4 and 5 are the very objects committed (with their encodings), not decoded copies.
     for (const [i, c] of own.entries()) assert.equal(seen[i + 1], c, `revision ${c.revision}`);
-    assert.deepEqual(
-      feed.recentAfter(1)?.map((c) => c.revision),
-      [2, 3, 4, 5],
-    );
+    assert.deepEqual(revisionsAfter(feed, 1), [2, 3, 4, 5]);
     // Nothing is delivered twice by later polls.
     await feed.poll();
     assert.equal(seen.length, 4);

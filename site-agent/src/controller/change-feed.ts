@@ -18,9 +18,31 @@ export interface ChangeFeedOptions {
   ringBytes?: number;
   /** Rows read per query. */
   batch: number;
+  /**
+   * Encoded bytes above which a change is not kept at all (default DEFAULT_MAX_CHANGE_BYTES, the
+   * watch's own bound): a watcher gets a snapshot instead of such a change, so keeping it — 100k
+   * decoded objects after a catch-up, several times their encoded size on the heap, for every
+   * collection to mark — would serve nobody.
+   */
+  maxChangeBytes?: number;
 }
 
 export const DEFAULT_RING_BYTES = 64 * 1024 * 1024;
+
+/**
+ * Encoded bytes above which a change goes to an agent as a fresh snapshot (in parts) instead of
+ * one message (an agent's gRPC client takes 4 MiB a message).
+ */
+export const DEFAULT_MAX_CHANGE_BYTES = 3 * 1024 * 1024;
+
+/** What a stream resuming from a revision is owed, as far as the ring knows. */
+export type RecentChanges =
+  /** The changes after it, all kept. */
+  | topologypb.TopologyChange[]
+  /** A snapshot: a change after it was too large to keep (or to send as one message). */
+  | "snapshot"
+  /** Not known here: the ring does not reach back that far (read the log). */
+  | undefined;
 
 /**
  * Own commits kept while a poll is in flight (a catch-up commits one entry after another, faster
@@ -34,6 +56,8 @@ export class ChangeFeed {
   private head = -1;
   private ring: topologypb.TopologyChange[] = [];
   private ringBytes = 0;
+  /** The newest change too large to keep (-1: none since start). */
+  private lastTooLarge = -1;
   private readonly listeners = new Set<ChangeListener>();
   private timer: NodeJS.Timeout | undefined;
   private polling: Promise<void> | undefined;
@@ -69,8 +93,9 @@ export class ChangeFeed {
     return () => this.listeners.delete(fn);
   }
 
-  /** Changes after `revision` still in memory, or undefined when the ring does not reach back. */
-  recentAfter(revision: number): topologypb.TopologyChange[] | undefined {
+  /** What a stream resuming from `revision` is owed (RecentChanges). */
+  recentAfter(revision: number): RecentChanges {
+    if (revision < this.lastTooLarge) return "snapshot";
     const first = this.ring[0]?.revision ?? this.head + 1;
     if (revision + 1 < first) return undefined;
     return this.ring.filter((c) => c.revision > revision);
@@ -141,8 +166,17 @@ export class ChangeFeed {
       this.ringBytes = 0;
     }
     this.head = c.revision;
+    const bytes = encodedChangeBytes(c);
+    if (bytes > (this.opts.maxChangeBytes ?? DEFAULT_MAX_CHANGE_BYTES)) {
+      // Nor anything before it: a stream resuming from before it is owed a snapshot anyway.
+      this.lastTooLarge = c.revision;
+      this.ring = [];
+      this.ringBytes = 0;
+      for (const l of this.listeners) l(c);
+      return;
+    }
     this.ring.push(c);
-    this.ringBytes += encodedChangeBytes(c);
+    this.ringBytes += bytes;
     // The oldest go first; a change over the byte bound on its own is not kept at all (streams
     // resuming from before it read the log, and get a snapshot for it).
     const maxBytes = this.opts.ringBytes ?? DEFAULT_RING_BYTES;

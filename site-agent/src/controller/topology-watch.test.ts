@@ -21,6 +21,8 @@ interface Served {
   mirror?: TopologyMirror;
   /** What the watch service logged. */
   logs: Record<string, unknown>[];
+  /** The revision each read of the change log started after, in order (the feed's polls too). */
+  logReadsAfter: number[];
   close(): Promise<void>;
 }
 
@@ -32,11 +34,23 @@ async function serve(
   opts: Partial<WatchOptions> = {},
   onService: (svc: TopologyWatchService) => void = () => {},
   mirrored = false,
+  feedMaxChangeBytes?: number,
 ): Promise<Served> {
   const url = await pg.createDatabase();
   const writer = await controllerFixture(url, { translator: trivialTranslator });
   const readerDb = new Database({ url, log: silentLogger() });
-  const feed = new ChangeFeed(readerDb, { pollMs: 20, ringSize: 8, batch: 50 }, silentLogger());
+  // The `after` of every read of the change log through the reader's handle (feed and watch).
+  const logReadsAfter: number[] = [];
+  const statement = readerDb.statement.bind(readerDb);
+  readerDb.statement = (label, text, params = []) => {
+    if (label === "topology-changes") logReadsAfter.push(Number(params[0]));
+    return statement(label, text, params);
+  };
+  const feed = new ChangeFeed(
+    readerDb,
+    { pollMs: 20, ringSize: 8, batch: 50, maxChangeBytes: feedMaxChangeBytes },
+    silentLogger(),
+  );
   await feed.start();
   const mirror = mirrored
     ? new TopologyMirror(
@@ -76,6 +90,7 @@ async function serve(
     nextIndex: () => ++idx,
     mirror,
     logs,
+    logReadsAfter,
     async close() {
       client.close();
       await started.stop(100);
@@ -294,49 +309,61 @@ function rebuild(events: topologypb.WatchTopologyResponse[]): Map<string, string
   return state;
 }
 
-test("a change too large for one message reaches agents as a fresh snapshot, live and on resume", async (t) => {
-  if (pg.skip) return t.skip(pg.skip);
-  const s = await serve({ maxChangeBytes: 1000 });
-  t.after(() => s.close());
-  await applyNetworks(s, 2);
-  let snapshotIn = () => {};
-  const first = new Promise<void>((r) => {
-    snapshotIn = r;
-  });
-  const live = collect(
-    s.client,
-    0,
-    (ev) => lastRevision(ev) >= 14,
-    () => snapshotIn(),
-  );
-  await first; // the agent has its first snapshot (at revision 2) before the large change
-  await applyNetworks(s, 1, 3000); // revision 3: one bridge of about 3 KB
-  await applyNetworks(s, 11);
-  const db = await readSnapshot(s.writer.db);
-  const want = new Map(db.objects.map((o) => [o.bridge!.id, o.bridge!.name]));
-  const big = [...want.values()].find((name) => name.length > 3000);
-  assert.ok(big, "the large bridge is in the database");
-  const check = (events: topologypb.WatchTopologyResponse[], what: string) => {
-    for (const e of events) {
-      if (!e.change) continue;
-      const bytes = topologypb.TopologyChange.encode(e.change).finish().length;
-      assert.ok(bytes <= 1000, `${what}: change ${e.change.revision} of ${bytes} bytes sent as a change`);
-      assert.notEqual(e.change.revision, 3, `${what}: the large change itself is not sent`);
-    }
-    const snaps = events.filter((e) => e.snapshot).map((e) => e.snapshot!);
-    assert.ok(
-      snaps.some((x) => x.revision >= 3 && x.objects.some((o) => o.bridge!.name === big)),
-      `${what}: a snapshot at revision 3 or later carries the large bridge`,
+for (const [feedBound, how] of [
+  [undefined, "the feed keeps it, so a resume before it reads the log"],
+  [1000, "the feed does not keep it, so a resume before it reads nothing"],
+] as const)
+  test(`a change too large for one message reaches agents as a fresh snapshot, live and on resume (${how})`, async (t) => {
+    if (pg.skip) return t.skip(pg.skip);
+    const s = await serve({ maxChangeBytes: 1000 }, undefined, false, feedBound);
+    t.after(() => s.close());
+    await applyNetworks(s, 2);
+    let snapshotIn = () => {};
+    const first = new Promise<void>((r) => {
+      snapshotIn = r;
+    });
+    const live = collect(
+      s.client,
+      0,
+      (ev) => lastRevision(ev) >= 14,
+      () => snapshotIn(),
     );
-    assert.deepEqual(rebuild(events), want, `${what}: the agent ends with the database's state`);
-  };
-  const { events, error } = await live;
-  assert.equal(error, undefined);
-  assert.equal(events.filter((e) => e.snapshot).length, 2, "the first snapshot, then one for revision 3");
-  check(events, "live");
-  // Resuming from before it (further back than the feed's ring of 8): read from the log, which
-  // meets the large change and answers with a snapshot instead.
-  const resumed = await collect(s.client, 2, (ev) => lastRevision(ev) >= 14);
-  assert.equal(resumed.error, undefined);
-  check(resumed.events, "resumed");
-});
+    await first; // the agent has its first snapshot (at revision 2) before the large change
+    await applyNetworks(s, 1, 3000); // revision 3: one bridge of about 3 KB
+    await applyNetworks(s, 11);
+    const db = await readSnapshot(s.writer.db);
+    const want = new Map(db.objects.map((o) => [o.bridge!.id, o.bridge!.name]));
+    const big = [...want.values()].find((name) => name.length > 3000);
+    assert.ok(big, "the large bridge is in the database");
+    const check = (events: topologypb.WatchTopologyResponse[], what: string) => {
+      for (const e of events) {
+        if (!e.change) continue;
+        const bytes = topologypb.TopologyChange.encode(e.change).finish().length;
+        assert.ok(bytes <= 1000, `${what}: change ${e.change.revision} of ${bytes} bytes sent as a change`);
+        assert.notEqual(e.change.revision, 3, `${what}: the large change itself is not sent`);
+      }
+      const snaps = events.filter((e) => e.snapshot).map((e) => e.snapshot!);
+      assert.ok(
+        snaps.some((x) => x.revision >= 3 && x.objects.some((o) => o.bridge!.name === big)),
+        `${what}: a snapshot at revision 3 or later carries the large bridge`,
+      );
+      assert.deepEqual(rebuild(events), want, `${what}: the agent ends with the database's state`);
+    };
+    const { events, error } = await live;
+    assert.equal(error, undefined);
+    assert.equal(events.filter((e) => e.snapshot).length, 2, "the first snapshot, then one for revision 3");
+    check(events, "live");
+    // Resuming from before it (further back than the feed's ring of 8): read from the log, which
+    // meets the large change and answers with a snapshot instead — or, when the feed saw it too
+    // large to keep, a snapshot at once.
+    const mark = s.logReadsAfter.length;
+    const resumed = await collect(s.client, 2, (ev) => lastRevision(ev) >= 14);
+    // The feed's polls read after its head (14); only the resume reads from further back.
+    assert.deepEqual(
+      s.logReadsAfter.slice(mark).filter((after) => after < 14),
+      feedBound === undefined ? [2] : [],
+      how,
+    );
+    assert.equal(resumed.error, undefined);
+    check(resumed.events, "resumed");
+  });

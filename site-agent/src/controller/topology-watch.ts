@@ -4,7 +4,7 @@
 // the controller buffering without limit. The agent reconnects and resumes from its revision.
 import { type ServerWritableStream, status } from "@grpc/grpc-js";
 import type { Logger, topologypb } from "@isthmus/schema";
-import type { ChangeFeed } from "./change-feed.js";
+import { type ChangeFeed, DEFAULT_MAX_CHANGE_BYTES } from "./change-feed.js";
 import type { Database } from "./db/database.js";
 import { type EncodedWatchEvent, encodeSnapshotEvent } from "./snapshot-encoding.js";
 import type { TopologyMirror } from "./topology-mirror.js";
@@ -30,7 +30,7 @@ export interface WatchOptions {
 }
 
 export const DEFAULT_SNAPSHOT_PART_BYTES = 1024 * 1024;
-export const DEFAULT_MAX_CHANGE_BYTES = 3 * 1024 * 1024;
+export { DEFAULT_MAX_CHANGE_BYTES };
 
 export type WatchAuthorizer = (call: Call) => Promise<void>;
 
@@ -170,9 +170,10 @@ export class TopologyWatchService {
   ): Promise<{ at: number; backlog: topologypb.TopologyChange[] }> {
     if (from > 0) {
       const recent = this.feed.recentAfter(from);
-      if (recent) return { at: from, backlog: recent };
+      if (Array.isArray(recent)) return { at: from, backlog: recent };
       let at = from;
-      for (;;) {
+      // "snapshot": a change since `from` is too large to send as one; skip reading it back.
+      while (recent === undefined) {
         const r = await readChangesAfter(this.db, at, this.opts.catchUpBatch);
         if (at > r.current) break; // the agent's revision is from another database: resync
         if (r.changes.length === 0) {
