@@ -6,11 +6,12 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { createInterface } from "node:readline";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { credentials, Metadata, type ServiceError, status } from "@grpc/grpc-js";
 import { auth } from "@isthmus/federation";
-import { federationpb, healthpb } from "@isthmus/schema";
+import { federationpb, healthpb, MEMORY_REDUCER_ENV } from "@isthmus/schema";
 import { CLI, runCli } from "./harness/cli.js";
 import { fixedPort } from "./harness/ports.js";
 
@@ -18,6 +19,15 @@ const SAMPLE = fileURLToPath(new URL("../../docs/examples/two-site-web.yaml", im
 
 function startNode(args: string[]): ChildProcess {
   return spawn(process.execPath, [CLI, "coordinator", ...args], { stdio: ["ignore", "ignore", "inherit"] });
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** Polls health until SERVING; bounded by a deadline generous enough for a loaded CI machine. */
@@ -94,6 +104,71 @@ test("isthmus coordinator: serves the admin CLI, stops on SIGTERM, keeps intent 
   assert.equal(nets.code, 0, nets.stderr);
   assert.equal((JSON.parse(nets.stdout) as { network: { vni: number } }).network.vni, 0x100000);
   second.kill("SIGTERM");
+});
+
+test("isthmus coordinator re-executes itself without V8's memory reducer, unless told to keep it", async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), "isthmus-coordinator-"));
+  const keys = join(dir, "keys");
+  const children: ChildProcess[] = [];
+  t.after(() => {
+    for (const c of children) if (c.exitCode === null) c.kill("SIGKILL");
+    rmSync(dir, { recursive: true, force: true });
+  });
+  await auth.bootstrapKeyDir(keys);
+  for (const [keep, on, reexecuted, stop] of [
+    [undefined, false, true, "SIGTERM"],
+    [undefined, false, true, "SIGKILL"],
+    ["1", true, false, "SIGTERM"],
+  ] as const) {
+    const address = `127.0.0.1:${await fixedPort()}`;
+    const env = { ...process.env };
+    delete env[MEMORY_REDUCER_ENV];
+    if (keep !== undefined) env[MEMORY_REDUCER_ENV] = keep;
+    const child = spawn(
+      process.execPath,
+      [
+        CLI,
+        "coordinator",
+        "--id",
+        "c1",
+        "--listen",
+        address,
+        "--data-dir",
+        join(dir, `c1-${keep}`),
+        "--key-dir",
+        keys,
+      ],
+      {
+        stdio: ["ignore", "pipe", "inherit"],
+        env,
+      },
+    );
+    children.push(child);
+    const logged = new Promise<{ pid: number; memoryReducer: boolean }>((resolve) =>
+      createInterface({ input: child.stdout! }).on("line", (line) => {
+        const rec = JSON.parse(line) as { pid: number; memoryReducer?: boolean };
+        if (rec.memoryReducer !== undefined) resolve({ pid: rec.pid, memoryReducer: rec.memoryReducer });
+      }),
+    );
+    await waitServing(address, child);
+    const rec = await logged;
+    assert.equal(rec.memoryReducer, on, `${MEMORY_REDUCER_ENV}=${keep}`);
+    assert.equal(rec.pid !== child.pid, reexecuted, "the node is a child of the process started");
+    const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+    child.kill(stop);
+    if (stop === "SIGTERM")
+      assert.equal(await exited, 0, "SIGTERM reaches the node; it exits cleanly, and so does its parent");
+    else await exited;
+    // Killed outright, the parent cannot pass anything on: the node sees it gone and stops itself.
+    const deadline = Date.now() + 30_000;
+    while (pidAlive(rec.pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    assert.ok(!pidAlive(rec.pid), `after ${stop} to the process started, the node itself is gone`);
+  }
+  const bad = await runCli(["coordinator", "--id", "c1", "--data-dir", "x", "--key-dir", "y"], {
+    env: { [MEMORY_REDUCER_ENV]: "yes" },
+  });
+  assert.equal(bad.code, 2);
+  assert.match(bad.stderr, /ISTHMUS_MEMORY_REDUCER must be 0 or 1, got "yes"/);
 });
 
 test("isthmus coordinator refuses plaintext off loopback without --insecure, naming the address", async () => {

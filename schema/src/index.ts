@@ -42,6 +42,14 @@ export {
   mallocHugePagesEnv,
   withMallocHugePages,
 } from "./runtime/malloc-env.js";
+export {
+  logMemoryReducer,
+  MEMORY_REDUCER_ENV,
+  type MemoryReducerChoice,
+  memoryReducerChoice,
+  memoryReducerFlags,
+  NO_MEMORY_REDUCER_FLAG,
+} from "./runtime/memory-reducer.js";
 export { closeServer, listenHttp, startMetricsServer } from "./runtime/metrics-server.js";
 export {
   attributePauses,

@@ -1,8 +1,8 @@
 // `isthmus agent`: runs this host's edge agent (site-agent's entry point, loaded only here) until
 // SIGTERM/SIGINT.
-import { constants } from "node:os";
 import { createLogger, onShutdown, withMallocHugePages } from "@isthmus/schema";
 import { stopWhenSupervisorLeaves, supervisedLogDestination } from "./parent-watch.js";
+import { reexecNode } from "./reexec.js";
 
 export interface AgentCommandOptions {
   config?: string;
@@ -60,37 +60,11 @@ export function agentReexec(
   return { flags, env: hugePages ?? env };
 }
 
-/**
- * Runs this command again as a child with `flags` and `env`, passing on SIGTERM/SIGINT/SIGHUP
- * and exiting with its status. The child gets an IPC channel so it stops cleanly when this
- * process dies however it dies (parent-watch.ts), and stops when this process's own supervisor
- * leaves.
- */
-async function reexec({ flags, env }: AgentReexec): Promise<void> {
-  const { spawn } = await import("node:child_process");
-  const child = spawn(process.execPath, [...flags, ...process.execArgv, ...process.argv.slice(1)], {
-    stdio: ["inherit", "inherit", "inherit", "ipc"],
-    env: { ...env, [REEXEC_ENV]: "1" },
-  });
-  for (const sig of ["SIGTERM", "SIGINT", "SIGHUP"] as const) {
-    process.on(sig, () => child.kill(sig));
-  }
-  if (process.channel) process.once("disconnect", () => child.kill("SIGTERM"));
-  await new Promise<void>((resolve) => {
-    child.on("exit", (code, signal) => {
-      // A child killed by a signal: 128 + its number, as a shell reports it.
-      process.exitCode = code ?? (signal ? 128 + (constants.signals[signal] ?? 0) : 0);
-      resolve();
-    });
-  });
-  process.channel?.unref();
-}
-
 export async function runAgent(opts: AgentCommandOptions): Promise<void> {
   const { startAgent, loadAgentConfig } = await import("@isthmus/site-agent");
   const again = agentReexec(loadAgentConfig(opts).datapath, process.execArgv, process.env);
   if (again) {
-    await reexec(again);
+    process.exitCode = await reexecNode(again.flags, { ...again.env, [REEXEC_ENV]: "1" });
     return;
   }
   const log = createLogger({

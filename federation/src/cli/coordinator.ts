@@ -9,6 +9,10 @@ import {
   createLogger,
   isLoopbackAddress,
   loadConfig,
+  logMemoryReducer,
+  type MemoryReducerChoice,
+  memoryReducerChoice,
+  memoryReducerFlags,
   onShutdown,
   PauseRecorder,
   startMetricsServer,
@@ -16,6 +20,8 @@ import {
 import { z } from "zod";
 import { Coordinator } from "../coordinator/coordinator.js";
 import { authFromKeyDir } from "../coordinator/key-dir-auth.js";
+import { stopWhenSupervisorLeaves } from "./parent-watch.js";
+import { reexecNode } from "./reexec.js";
 
 const HostPort = z
   .string()
@@ -103,6 +109,14 @@ function read(what: string, file: string): Buffer {
 }
 
 export async function runCoordinator(flags: CoordinatorFlags): Promise<number> {
+  let reducer: MemoryReducerChoice;
+  try {
+    reducer = memoryReducerChoice(process.execArgv, process.env);
+  } catch (err) {
+    console.error(`isthmus coordinator: ${(err as Error).message}`);
+    return 2;
+  }
+  if (!reducer.inEffect) return reexecNode(memoryReducerFlags(reducer), process.env);
   let config: CoordinatorConfig;
   let peers: Record<string, string>;
   try {
@@ -137,6 +151,7 @@ export async function runCoordinator(flags: CoordinatorFlags): Promise<number> {
   });
   try {
     chooseScavenger(log);
+    logMemoryReducer(log, reducer);
   } catch (err) {
     console.error(`isthmus coordinator: ${(err as Error).message}`);
     return 2;
@@ -233,6 +248,8 @@ export async function runCoordinator(flags: CoordinatorFlags): Promise<number> {
     if (ma && typeof ma === "object")
       log.info({ metricsAddress: `${ma.address}:${ma.port}` }, "metrics listening");
   }
+  // Re-executed (reexec.ts), it stops when the process that started it goes, however it goes.
+  stopWhenSupervisorLeaves();
   // Hooks run last to first: the metrics endpoint closes before the node stops.
   onShutdown(log, [
     () => coordinator.stop(),

@@ -13,7 +13,7 @@ const [mode, marker] = process.argv.slice(2);
 const log = (msg, extra = {}) => process.stdout.write(JSON.stringify({ level: "info", msg, ...extra }) + "\\n");
 process.on("SIGTERM", () => { log("bye"); process.exit(0); });
 if (mode === "never-ready") { console.error("cannot open the thing"); process.exit(4); }
-log("hello", { pid: process.pid, marker: process.env.ISTHMUS_TEST_MARKER });
+log("hello", { pid: process.pid, marker: process.env.ISTHMUS_TEST_MARKER, execArgv: process.execArgv });
 process.stdout.write("not json\\n");
 log("ready");
 const firstRun = marker && !existsSync(marker);
@@ -60,7 +60,7 @@ async function until(what: string, f: () => boolean, ms = 15_000): Promise<void>
 }
 
 describe("dev supervisor", () => {
-  it("gives a child the environment its spec makes from the supervisor's", async () => {
+  it("gives a child the environment and node flags its spec says", async () => {
     const h = harness();
     const c = await h.sup.start({
       name: "ams/agent",
@@ -68,10 +68,12 @@ describe("dev supervisor", () => {
       tier: 1,
       ready: (r) => r.msg === "ready",
       env: (base) => ({ ...base, ISTHMUS_TEST_MARKER: "from-the-spec" }),
+      nodeArgs: ["--no-memory-reducer"],
     });
-    const hello = JSON.parse(h.relayed[0] ?? "{}") as ChildRecord & { marker?: string };
+    const hello = JSON.parse(h.relayed[0] ?? "{}") as ChildRecord & { marker?: string; execArgv?: string[] };
     assert.equal(hello.msg, "hello");
     assert.equal(hello.marker, "from-the-spec");
+    assert.deepEqual(hello.execArgv, ["--no-memory-reducer"]);
     await h.sup.stopAll();
     assert.ok(!pidAlive(c.pid ?? 0));
   });

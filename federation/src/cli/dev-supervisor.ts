@@ -29,6 +29,8 @@ export interface ChildSpec {
   startTimeoutMs?: number;
   /** The child's environment, instead of the supervisor's. */
   env?: (base: NodeJS.ProcessEnv) => NodeJS.ProcessEnv;
+  /** Node flags ahead of the `isthmus` binary (those it would otherwise re-execute itself with). */
+  nodeArgs?: string[];
 }
 
 export interface SupervisorOptions {
@@ -121,7 +123,7 @@ export class SupervisedChild {
   launch(): Promise<void> {
     const { spec } = this;
     const { opts } = this.sup;
-    const child = spawn(process.execPath, [opts.cli, ...spec.args], {
+    const child = spawn(process.execPath, [...(spec.nodeArgs ?? []), opts.cli, ...spec.args], {
       // Own process group: a terminal's Ctrl-C reaches only `isthmus dev`, which stops children in
       // order. The IPC channel closes if we die, and the child then stops itself (parent-watch.ts).
       detached: true,

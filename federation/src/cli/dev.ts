@@ -23,6 +23,7 @@ import {
   type Logger,
   loadConfig,
   mallocHugePagesEnv,
+  NO_MEMORY_REDUCER_FLAG,
   onShutdown,
   startGrpcServer,
 } from "@isthmus/schema";
@@ -335,6 +336,8 @@ function startController(
     name: `${site.name}/controller`,
     tier: 1,
     startTimeoutMs: 120_000, // the first start runs initdb
+    // What the controller would otherwise re-execute itself with (memory-reducer.ts).
+    nodeArgs: [NO_MEMORY_REDUCER_FLAG],
     args: [
       "site-controller",
       "--site",

@@ -1,7 +1,14 @@
 // `isthmus site-controller`: runs one controller replica of a site (site-agent's entry point,
 // loaded only here) until SIGTERM/SIGINT.
-import { chooseScavenger, createLogger } from "@isthmus/schema";
+import {
+  chooseScavenger,
+  createLogger,
+  logMemoryReducer,
+  memoryReducerChoice,
+  memoryReducerFlags,
+} from "@isthmus/schema";
 import { stopWhenSupervisorLeaves, supervisedLogDestination } from "./parent-watch.js";
+import { reexecNode } from "./reexec.js";
 
 export interface SiteControllerCommandOptions {
   config?: string;
@@ -17,6 +24,11 @@ export interface SiteControllerCommandOptions {
 }
 
 export async function runSiteController(opts: SiteControllerCommandOptions): Promise<void> {
+  const reducer = memoryReducerChoice(process.execArgv, process.env);
+  if (!reducer.inEffect) {
+    process.exitCode = await reexecNode(memoryReducerFlags(reducer), process.env);
+    return;
+  }
   const { startSiteController } = await import("@isthmus/site-agent");
   const log = createLogger({
     name: "site-controller",
@@ -24,6 +36,7 @@ export async function runSiteController(opts: SiteControllerCommandOptions): Pro
     destination: supervisedLogDestination(),
   });
   chooseScavenger(log);
+  logMemoryReducer(log, reducer);
   await startSiteController(opts, { log });
   stopWhenSupervisorLeaves();
 }

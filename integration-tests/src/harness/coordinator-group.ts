@@ -4,7 +4,7 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { join } from "node:path";
 import { credentials, Metadata } from "@grpc/grpc-js";
-import { healthpb } from "@isthmus/schema";
+import { healthpb, NO_MEMORY_REDUCER_FLAG } from "@isthmus/schema";
 import { benchLogStream, stopOnExit } from "./child-lifetime.js";
 import { CLI } from "./cli.js";
 import { fixedPort } from "./ports.js";
@@ -49,6 +49,8 @@ export class CoordinatorGroup {
       const child = spawn(
         process.execPath,
         [
+          // As `isthmus coordinator` would re-execute itself (memory-reducer.ts), without the extra process.
+          NO_MEMORY_REDUCER_FLAG,
           // ISTHMUS_BENCH_COORDINATOR_NODE_ARGS: node flags for every node (e.g. --cpu-prof), space-separated.
           ...(process.env.ISTHMUS_BENCH_COORDINATOR_NODE_ARGS?.split(" ").filter((a) => a !== "") ?? []),
           CLI,

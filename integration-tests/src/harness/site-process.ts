@@ -5,6 +5,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { chmod, mkdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
+import { NO_MEMORY_REDUCER_FLAG } from "@isthmus/schema";
 import { runningPostgresUrl } from "@isthmus/site-agent";
 import pg from "pg";
 import { benchLogStream, stopOnExit } from "./child-lifetime.js";
@@ -93,6 +94,8 @@ export class SiteProcess {
     const child = spawn(
       process.execPath,
       [
+        // As `isthmus site-controller` would re-execute itself (memory-reducer.ts), without the extra process.
+        NO_MEMORY_REDUCER_FLAG,
         ...(o.nodeArgs ?? []),
         CLI,
         "site-controller",
