@@ -1,6 +1,13 @@
 // `isthmus agent`: runs this host's edge agent (site-agent's entry point, loaded only here) until
 // SIGTERM/SIGINT.
-import { createLogger, onShutdown, withMallocHugePages } from "@isthmus/schema";
+import {
+  createLogger,
+  logMemoryReducer,
+  memoryReducerChoice,
+  memoryReducerFlags,
+  onShutdown,
+  withMallocHugePages,
+} from "@isthmus/schema";
 import { stopWhenSupervisorLeaves, supervisedLogDestination } from "./parent-watch.js";
 import { reexecNode } from "./reexec.js";
 
@@ -40,8 +47,10 @@ export interface AgentReexec {
 
 /**
  * How to re-execute, or undefined when this process already runs as the agent should: the young
- * generation's floor on the kernel path, and glibc's huge pages for malloc'd memory (malloc-env.ts:
- * a first snapshot's buffers, read once at start-up) on Linux unless GLIBC_TUNABLES already says.
+ * generation's floor on the kernel path, V8's memory reducer off (memory-reducer.ts: its compacting
+ * collections would come 8 s after a first snapshot, in the middle of flow set-ups) unless
+ * ISTHMUS_MEMORY_REDUCER=1, and glibc's huge pages for malloc'd memory (malloc-env.ts: a first
+ * snapshot's buffers, read once at start-up) on Linux unless GLIBC_TUNABLES already says.
  * A launcher that sets both itself (isthmus dev, the tests' harness) spares the extra process.
  */
 export function agentReexec(
@@ -51,10 +60,12 @@ export function agentReexec(
   platform: NodeJS.Platform = process.platform,
 ): AgentReexec | undefined {
   if (env[REEXEC_ENV] === "1") return undefined;
-  const flags =
-    datapath === "kernel" && !execArgv.some((a) => a.startsWith("--min-semi-space-size"))
+  const flags = [
+    ...(datapath === "kernel" && !execArgv.some((a) => a.startsWith("--min-semi-space-size"))
       ? [`--min-semi-space-size=${KERNEL_AGENT_MIN_SEMI_SPACE_MB}`]
-      : [];
+      : []),
+    ...memoryReducerFlags(memoryReducerChoice(execArgv, env)),
+  ];
   const hugePages = withMallocHugePages(env, platform);
   if (flags.length === 0 && hugePages === undefined) return undefined;
   return { flags, env: hugePages ?? env };
@@ -72,6 +83,7 @@ export async function runAgent(opts: AgentCommandOptions): Promise<void> {
     base: { host: opts.host ?? opts.name },
     destination: supervisedLogDestination(),
   });
+  logMemoryReducer(log, memoryReducerChoice(process.execArgv, process.env));
   // Signals are handled from the start: one that comes while the agent is still starting (its
   // controller not reachable yet, say) abandons the start, which removes what it had set up —
   // the kernel path's programs and devices — rather than leaving it for the next start to reclaim.

@@ -389,6 +389,7 @@ async function startAgent(
     tier: 2,
     // What the agent would otherwise re-execute itself with (agent.ts: agentReexec).
     env: mallocHugePagesEnv,
+    nodeArgs: [NO_MEMORY_REDUCER_FLAG],
     args: [
       "agent",
       "--name",

@@ -1,6 +1,6 @@
 // Runs `isthmus agent` as a separate process and learns its ports from its "agent started" log line.
 import { type ChildProcess, spawn } from "node:child_process";
-import { mallocHugePagesEnv } from "@isthmus/schema";
+import { mallocHugePagesEnv, NO_MEMORY_REDUCER_FLAG } from "@isthmus/schema";
 import { benchLogStream } from "./child-lifetime.js";
 import { CLI } from "./cli.js";
 
@@ -43,8 +43,8 @@ export function hostAgentArgs(
  * deadline is generous: on a loaded 2-core machine node alone can take seconds to load the CLI.
  */
 export function spawnAgent(args: string[], timeoutMs = 60_000, nodeArgs: string[] = []): Promise<AgentProc> {
-  // With the environment the agent would otherwise re-execute itself with (agentReexec).
-  const child = spawn(process.execPath, [...nodeArgs, CLI, "agent", ...args], {
+  // With the environment and node flag the agent would otherwise re-execute itself with (agentReexec).
+  const child = spawn(process.execPath, [NO_MEMORY_REDUCER_FLAG, ...nodeArgs, CLI, "agent", ...args], {
     stdio: ["ignore", "pipe", "pipe"],
     env: mallocHugePagesEnv(process.env),
   });

@@ -3,7 +3,7 @@
 // decode every site's catch-up) are not on the path it measures. Same surface as AgentWatch.
 import { type ChildProcess, fork } from "node:child_process";
 import { fileURLToPath } from "node:url";
-import type { PauseReport } from "@isthmus/schema";
+import { NO_MEMORY_REDUCER_FLAG, type PauseReport } from "@isthmus/schema";
 import type { FromWatcher, ToWatcher } from "./agent-watch-child.js";
 
 const CHILD = fileURLToPath(new URL("./agent-watch-child.js", import.meta.url));
@@ -26,6 +26,8 @@ export class AgentWatchProcess {
   ) {
     this.child = fork(CHILD, [site, address, hostId, hostToken], {
       stdio: ["ignore", "inherit", "inherit", "ipc"],
+      // As an agent runs (agent.ts: agentReexec): no compacting collections 8 s after its snapshot.
+      execArgv: [...process.execArgv, NO_MEMORY_REDUCER_FLAG],
     });
     this.child.on("message", (m: FromWatcher) => {
       if (m.type === "arrival") this.arrivals.set(m.id, m.at);

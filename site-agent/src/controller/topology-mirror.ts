@@ -11,7 +11,7 @@
 import type { Logger, topologypb } from "@isthmus/schema";
 import type { ChangeFeed } from "./change-feed.js";
 import type { Database } from "./db/database.js";
-import { encodeTopology, keyString, topologyRefOf } from "./objects.js";
+import { encodeTopology, topologyRefOf } from "./objects.js";
 import { agentBody, type EncodedWatchEvent, SnapshotPartFrame } from "./snapshot-encoding.js";
 import { currentRevision, encodedUpserts } from "./topology-store.js";
 
@@ -54,7 +54,12 @@ interface Entry {
 }
 
 export class TopologyMirror {
-  private objects = new Map<string, Entry>();
+  /**
+   * Kind → id → entry. Not one map by `${kind}/${id}`: at 100k+ objects each such key was two
+   * more heap objects to mark in every full collection (a copied prefix and a concatenation).
+   */
+  private objects = new Map<number, Map<string, Entry>>();
+  private count = 0;
   /** In framing order; none empty. */
   private parts: Part[] = [];
   private bytes = 0;
@@ -105,7 +110,7 @@ export class TopologyMirror {
         this.parts.length === 0
           ? [SnapshotPartFrame.of([]).event("snapshot", this.revision)]
           : this.parts.map((_, i) => this.partEvent(i));
-      this.framed = { revision: this.revision, objects: this.objects.size, events };
+      this.framed = { revision: this.revision, objects: this.count, events };
     }
     return this.framed;
   }
@@ -165,7 +170,7 @@ export class TopologyMirror {
   private compact(): void {
     const needed = Math.ceil(this.bytes / Math.max(1, this.opts.partBytes));
     if (this.parts.length <= 2 * needed + 1) return;
-    const entries = [...this.objects.values()];
+    const entries = [...this.objects.values()].flatMap((byId) => [...byId.values()]);
     this.parts = [];
     for (const e of entries) this.place(e);
   }
@@ -214,15 +219,14 @@ export class TopologyMirror {
   }
 
   private apply(c: topologypb.TopologyChange): void {
-    for (const d of c.deletes) this.remove(keyString(d.kind, d.id));
+    for (const d of c.deletes) this.remove(d.kind, d.id);
     // This replica's own commits come with their encodings (a catch-up is 100k+ objects).
     const bodies = encodedUpserts(c);
     for (const [i, o] of c.upserts.entries()) {
       const ref = topologyRefOf(o);
-      const key = keyString(ref.kind, ref.id);
-      this.remove(key);
+      this.remove(ref.kind, ref.id);
       const body = bodies?.[i] ?? encodeTopology(o);
-      this.add(key, body);
+      this.add(ref.kind, ref.id, body);
     }
     this.revision = c.revision;
     this.framed = undefined;
@@ -231,19 +235,24 @@ export class TopologyMirror {
   }
 
   /** Files an object's stored bytes, as agents are sent them (agentBody: rules without intent_id). */
-  private add(key: string, stored: Buffer): void {
+  private add(kind: number, id: string, stored: Buffer): void {
     const body = agentBody(stored);
     const e: Entry = { body, part: undefined as unknown as Part };
-    this.objects.set(key, e);
+    let byId = this.objects.get(kind);
+    if (byId === undefined) this.objects.set(kind, (byId = new Map()));
+    byId.set(id, e);
+    this.count++;
     this.bytes += body.length;
     this.place(e);
   }
 
-  private remove(key: string): void {
-    const old = this.objects.get(key);
-    if (old === undefined) return;
+  private remove(kind: number, id: string): void {
+    const byId = this.objects.get(kind);
+    const old = byId?.get(id);
+    if (byId === undefined || old === undefined) return;
     this.bytes -= old.body.length;
-    this.objects.delete(key);
+    byId.delete(id);
+    this.count--;
     const p = old.part;
     p.objects.delete(old);
     p.bytes -= old.body.length;
@@ -263,6 +272,7 @@ export class TopologyMirror {
 
   private clear(): void {
     this.objects = new Map();
+    this.count = 0;
     this.parts = [];
     this.bytes = 0;
     this.framed = undefined;
@@ -301,7 +311,7 @@ export class TopologyMirror {
       );
       if ((this.state as State) === "stopped") return;
       for (const row of read.rows) {
-        this.add(keyString(Number(row.kind), row.id as string), row.body as Buffer);
+        this.add(Number(row.kind), row.id as string, row.body as Buffer);
         if (this.bytes > this.opts.maxBytes) {
           this.overBound();
           return;
