@@ -47,6 +47,7 @@ export const SiteControllerConfigSchema = z.object({
     followLeader: z.boolean().default(T.followLeader),
     snapshotMirrorMaxBytes: z.number().int().nonnegative().default(T.snapshotMirrorMaxBytes),
     entryTimelineSize: z.number().int().nonnegative().max(1_000_000).default(T.entryTimelineSize),
+    vacuumAfterSnapshotObjects: z.number().int().nonnegative().default(T.vacuumAfterSnapshotObjects),
     /** GC pauses and event-loop stalls of this process kept for `/debug/pauses`. */
     pauseRingSize: z.number().int().nonnegative().max(1_000_000).default(4_096),
   }),

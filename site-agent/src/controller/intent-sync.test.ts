@@ -73,8 +73,10 @@ test("a snapshot sent in parts is applied once, whole, then the changes after it
   coord.snapshotPartObjects = 3;
   coord.log.push(b.upsert(41, b.securityGroup("after")));
   const { applier, snapshots, changes } = stubApplier();
-  startSync(t, coord, applier, { snapshotAfterLag: 2500 });
+  const applied: number[] = [];
+  startSync(t, coord, applier, { snapshotAfterLag: 2500, onSnapshotApplied: (n) => applied.push(n) });
   await until("the change after the snapshot", () => changes.length > 0);
+  assert.deepEqual(applied, [objects.length], "told once, with the whole snapshot's object count");
   assert.deepEqual(coord.askedForParts, [true], "the site asks for snapshot parts");
   assert.deepEqual(coord.askedLag, ["2500"], "and for a snapshot when 2500 or more behind");
   assert.equal(snapshots.length, 1, "one snapshot applied for its three parts");

@@ -43,6 +43,8 @@ export interface IntentSyncOptions {
   followLeader?: boolean;
   /** How long a coordinator's word that another node leads must stand before the stream moves (LEADER_MOVE_DELAY_MS). */
   leaderMoveDelayMs?: number;
+  /** A snapshot of this many intent objects was applied (a catch-up). */
+  onSnapshotApplied?: (objects: number) => void;
 }
 
 /**
@@ -333,8 +335,9 @@ export class IntentSync {
 
   private async handle(ev: sitesyncpb.WatchIntentResponse, receivedAt?: number): Promise<void> {
     if (ev.snapshot) {
-      await this.applier.applySnapshot(ev.snapshot);
+      const outcome = await this.applier.applySnapshot(ev.snapshot);
       this.changedSinceAck = true;
+      if (outcome === "applied") this.opts.onSnapshotApplied?.(ev.snapshot.objects.length);
     } else if (ev.change) {
       const timing: ApplyTiming = {};
       const outcome = await this.applier.applyChange(ev.change, timing);

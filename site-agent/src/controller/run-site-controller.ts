@@ -98,6 +98,7 @@ export async function startSiteController(
       followLeader: cfg.followLeader,
       snapshotMirrorMaxBytes: cfg.snapshotMirrorMaxBytes,
       entryTimelineSize: cfg.entryTimelineSize,
+      vacuumAfterSnapshotObjects: cfg.vacuumAfterSnapshotObjects,
     },
   });
   if (cfg.adminTokenFile && !existsSync(cfg.adminTokenFile)) {

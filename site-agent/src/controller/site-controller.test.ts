@@ -282,6 +282,39 @@ test("a controller follows the federation, serves agents, stays up without coord
   assert.equal(ctl.status().stalenessMs, 0);
 });
 
+test("a large snapshot applied is followed by a vacuum of the tables it rewrote; a small one, or with the bound 0, is not", async (t) => {
+  if (pg.skip) return t.skip(pg.skip);
+  const objects = [0, 1, 2].map((i) => net(`3333333${i}-3333-4333-8333-333333333333`, `n${i}`, 0x100010 + i));
+  for (const [bound, vacuums] of [
+    [3, 1],
+    [4, 0],
+    [0, 0],
+  ] as const) {
+    const coord = new FakeCoordinator();
+    coord.snapshot = { index: 5, objects };
+    await coord.start();
+    const url = await pg.createDatabase();
+    const ctl = await SiteController.start({
+      site: "a",
+      controllerId: "ctl-v",
+      dbUrl: url,
+      federation: [coord.address],
+      listen: "127.0.0.1:0",
+      log: silentLogger(),
+      tuning: { ...SOLO, vacuumAfterSnapshotObjects: bound },
+    });
+    try {
+      await until("the snapshot applied", () => ctl.applier.appliedIndex === 5);
+      if (vacuums > 0) await until("the vacuum after it", () => ctl.vacuumsAfterSnapshot === vacuums);
+      else await new Promise((r) => setTimeout(r, 300));
+      assert.equal(ctl.vacuumsAfterSnapshot, vacuums, `bound ${bound}`);
+    } finally {
+      await ctl.stop();
+      await coord.stop();
+    }
+  }
+});
+
 test("two replicas: the standby takes over when the active one dies and continues from its index", async (t) => {
   if (pg.skip) return t.skip(pg.skip);
   const coord = new FakeCoordinator();

@@ -27,6 +27,7 @@ import {
 import type { Registry } from "prom-client";
 import { ChangeFeed } from "./change-feed.js";
 import { controllerMetrics, type EntryStages } from "./controller-metrics.js";
+import { vacuumAfterCatchUp } from "./db/catch-up-vacuum.js";
 import { Database } from "./db/database.js";
 import { startEmbeddedPostgres } from "./db/embedded-postgres.js";
 import { migrate } from "./db/migrations.js";
@@ -97,6 +98,11 @@ export interface SiteControllerTuning {
   snapshotMirrorMaxBytes: number;
   /** Recent intent entries whose arrival, queue and commit times are kept (0 = none). */
   entryTimelineSize: number;
+  /**
+   * After applying a snapshot of this many intent objects or more, VACUUM (ANALYZE) the tables it
+   * rewrote at once rather than leave them to autovacuum (PostgreSQL only; 0 = never).
+   */
+  vacuumAfterSnapshotObjects: number;
 }
 
 export const DEFAULT_TUNING: SiteControllerTuning = {
@@ -130,6 +136,7 @@ export const DEFAULT_TUNING: SiteControllerTuning = {
   followLeader: true,
   snapshotMirrorMaxBytes: 512 * 1024 * 1024,
   entryTimelineSize: 1_024,
+  vacuumAfterSnapshotObjects: 10_000,
 };
 
 export interface SiteControllerOptions {
@@ -168,6 +175,9 @@ export class SiteController {
   private activateRetry: NodeJS.Timeout | undefined;
   private transitions: Promise<void> = Promise.resolve();
   private stopping: Promise<void> | undefined;
+  private vacuuming: Promise<void> | undefined;
+  /** Vacuums after a large snapshot that finished (a metric, and for tests). */
+  vacuumsAfterSnapshot = 0;
   /** The lease's own connection (closed after the lease is released). */
   private leaseDb: Database | undefined;
 
@@ -432,6 +442,7 @@ export class SiteController {
         followLeader: this.tuning.followLeader,
         onEntryTimed: (t) => this.entryTimed(t),
         onFenced: () => this.onLease(false),
+        onSnapshotApplied: (objects) => this.afterSnapshot(objects),
       });
       this.sync.start();
       this.reporter = new RealizedReporter(this.index, {
@@ -461,6 +472,16 @@ export class SiteController {
     this.sync = undefined;
     this.reporter = undefined;
     this.updateHealth();
+  }
+
+  /** A large snapshot was applied: vacuum what it rewrote (one at a time; stop waits for it). */
+  private afterSnapshot(objects: number): void {
+    const min = this.tuning.vacuumAfterSnapshotObjects;
+    if (min === 0 || objects < min || this.vacuuming || this.stopping) return;
+    this.vacuuming = vacuumAfterCatchUp(this.db, componentLogger(this.opts.log, "db"), objects).then(() => {
+      this.vacuuming = undefined;
+      this.vacuumsAfterSnapshot++;
+    });
   }
 
   private recordProblems(p: string[]): void {
@@ -542,6 +563,7 @@ export class SiteController {
     await this.becomeStandby();
     this.watch.mirror?.stop();
     await this.feed.stop();
+    await this.vacuuming;
     await this.db.close();
     await this.leaseDb?.close();
     await this.pg?.stop();

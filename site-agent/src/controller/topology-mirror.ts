@@ -239,7 +239,10 @@ export class TopologyMirror {
     const body = agentBody(stored);
     const e: Entry = { body, part: undefined as unknown as Part };
     let byId = this.objects.get(kind);
-    if (byId === undefined) this.objects.set(kind, (byId = new Map()));
+    if (byId === undefined) {
+      byId = new Map();
+      this.objects.set(kind, byId);
+    }
     byId.set(id, e);
     this.count++;
     this.bytes += body.length;
