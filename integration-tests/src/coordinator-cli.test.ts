@@ -7,7 +7,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
-import { test } from "node:test";
+import { type TestContext, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { credentials, Metadata, type ServiceError, status } from "@grpc/grpc-js";
 import { auth } from "@isthmus/federation";
@@ -52,7 +52,8 @@ async function waitServing(address: string, child: ChildProcess): Promise<void> 
   throw new Error(`${address} never became SERVING`);
 }
 
-test("isthmus coordinator: serves the admin CLI, stops on SIGTERM, keeps intent across restarts", async (t) => {
+/** A directory with a key directory from bootstrap; children started are killed after the test. */
+async function keyDirFixture(t: TestContext) {
   const dir = mkdtempSync(join(tmpdir(), "isthmus-coordinator-"));
   const keys = join(dir, "keys");
   const children: ChildProcess[] = [];
@@ -61,6 +62,11 @@ test("isthmus coordinator: serves the admin CLI, stops on SIGTERM, keeps intent 
     rmSync(dir, { recursive: true, force: true });
   });
   await auth.bootstrapKeyDir(keys);
+  return { dir, keys, children };
+}
+
+test("isthmus coordinator: serves the admin CLI, stops on SIGTERM, keeps intent across restarts", async (t) => {
+  const { dir, keys, children } = await keyDirFixture(t);
   const address = `127.0.0.1:${await fixedPort()}`;
   const nodeArgs = ["--id", "c1", "--listen", address, "--data-dir", join(dir, "c1"), "--key-dir", keys];
   const env = { ISTHMUS_SERVER: address, ISTHMUS_TOKEN_FILE: join(keys, "admin.token") };
@@ -107,14 +113,7 @@ test("isthmus coordinator: serves the admin CLI, stops on SIGTERM, keeps intent 
 });
 
 test("isthmus coordinator re-executes itself without V8's memory reducer, unless told to keep it", async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), "isthmus-coordinator-"));
-  const keys = join(dir, "keys");
-  const children: ChildProcess[] = [];
-  t.after(() => {
-    for (const c of children) if (c.exitCode === null) c.kill("SIGKILL");
-    rmSync(dir, { recursive: true, force: true });
-  });
-  await auth.bootstrapKeyDir(keys);
+  const { dir, keys, children } = await keyDirFixture(t);
   for (const [keep, on, reexecuted, stop] of [
     [undefined, false, true, "SIGTERM"],
     [undefined, false, true, "SIGKILL"],
