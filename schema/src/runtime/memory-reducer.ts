@@ -4,9 +4,9 @@
 // idle time; for a federation server it is the moment after a catch-up (a site restoring a
 // 100k-object snapshot, a bulk load through the coordinators) when it is back to serving changes
 // one at a time — and every process that took part goes through it at once. In the propagation
-// benchmark those collections paused site controllers and coordinators for 50–530 ms each
-// (114 ms plus a 99 ms marking step in one site controller at 100k objects), several processes
-// together on two CPUs, in the middle of the measured changes. Without the reducer the garbage
+// benchmark at 100k objects those collections paused a site controller 114 ms plus a 99 ms
+// marking step, and coordinators 52–206 ms each, up to three in a row, within the same two
+// seconds on two CPUs, once the measured changes had begun or were about to. Without the reducer the garbage
 // goes at the next ordinary collection, whose marking is incremental and concurrent; the heap is
 // larger in between (bounded by V8's usual old-generation limit). V8 reads the flag only when the
 // heap is set up, and node refuses it in NODE_OPTIONS, so a process started without it re-executes
