@@ -9,4 +9,5 @@ export {
   RAFT_SERVER_OPTIONS,
 } from "./api/raft-transport-grpc.js";
 export * as auth from "./auth/index.js";
+export { pidAlive } from "./cli/dev-supervisor.js";
 export * as intent from "./intent/index.js";

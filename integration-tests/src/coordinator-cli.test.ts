@@ -10,7 +10,7 @@ import { createInterface } from "node:readline";
 import { type TestContext, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { credentials, Metadata, type ServiceError, status } from "@grpc/grpc-js";
-import { auth } from "@isthmus/federation";
+import { auth, pidAlive } from "@isthmus/federation";
 import { federationpb, healthpb, MEMORY_REDUCER_ENV } from "@isthmus/schema";
 import { CLI, runCli } from "./harness/cli.js";
 import { fixedPort } from "./harness/ports.js";
@@ -19,15 +19,6 @@ const SAMPLE = fileURLToPath(new URL("../../docs/examples/two-site-web.yaml", im
 
 function startNode(args: string[]): ChildProcess {
   return spawn(process.execPath, [CLI, "coordinator", ...args], { stdio: ["ignore", "ignore", "inherit"] });
-}
-
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** Polls health until SERVING; bounded by a deadline generous enough for a loaded CI machine. */

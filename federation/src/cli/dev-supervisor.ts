@@ -55,6 +55,7 @@ export interface SupervisorOptions {
 const STDERR_TAIL = 20;
 const MAX_LINE = 64 * 1024;
 
+/** Whether a process runs (a zombie, exited but not yet reaped, counts as gone). */
 export function pidAlive(pid: number): boolean {
   if (!(pid > 0)) return false;
   try {

@@ -171,9 +171,10 @@ export class TopologyWatchService {
     if (from > 0) {
       const recent = this.feed.recentAfter(from);
       if (Array.isArray(recent)) return { at: from, backlog: recent };
+      // A change since `from` was too large to send as one: a snapshot, without reading it back.
+      if (recent === "snapshot") return { at: await this.writeSnapshot(call, arrived), backlog: [] };
       let at = from;
-      // "snapshot": a change since `from` is too large to send as one; skip reading it back.
-      while (recent === undefined) {
+      for (;;) {
         const r = await readChangesAfter(this.db, at, this.opts.catchUpBatch);
         if (at > r.current) break; // the agent's revision is from another database: resync
         if (r.changes.length === 0) {
